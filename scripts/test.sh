@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs into ./.venv and run it. On a fresh machine this is the
+# only command needed; .ci/run calls it. The CPU build of torch is installed first on purpose: an
+# unpinned torch would pull several GB of CUDA wheels.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test,triton]"
+# Triton kernels run through Triton's CPU interpreter when no GPU is present (set in tests/conftest.py).
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,300 @@
+"""Input validation shared by every loss.
+
+Two kinds of checks live here:
+
+* **Structural checks** (types, dtypes, shapes, devices, option values) look only at metadata. They
+  cost nothing on the device and always run.
+* **Value checks** (class indices in range, probabilities in ``[0, 1]``, ...) must read tensor values,
+  which is a device-to-host synchronisation on CUDA and a graph break under ``torch.compile``. They run
+  according to :func:`set_value_checks`:
+
+  - ``None`` (the default, "auto"): run when the tensors live on the CPU (where reading them is free)
+    and the code is not being traced by ``torch.compile``; skipped on accelerators.
+  - ``True``: always run (debugging; syncs on CUDA).
+  - ``False``: never run.
+
+  The environment variable ``LOSSFORGE_CHECKS`` (``1``/``0``) sets the starting mode. When value checks
+  are skipped, invalid class indices never reach an indexing kernel (no device-side assert): they are
+  clamped for the lookup and the affected loss elements are set to NaN, so a bad batch is loud, not
+  silently wrong.
+
+Every error uses one template: ``"<function>: expected `<argument>` <what>, got <what came>"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, NoReturn
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "OptionalDependencyError",
+    "set_value_checks",
+    "value_checks",
+    "value_checks_enabled",
+]
+
+REDUCTIONS = ("none", "mean", "sum")
+
+_UNSET = object()
+_value_checks_mode: Any = _UNSET
+
+
+class OptionalDependencyError(ImportError):
+    """Raised at use time when an optional extra (``lossforge[triton]``, ``[cli]``, ...) is missing."""
+
+
+def _mode() -> bool | None:
+    global _value_checks_mode
+    if _value_checks_mode is _UNSET:
+        env = os.environ.get("LOSSFORGE_CHECKS", "").strip().lower()
+        if env in ("1", "true", "on", "yes"):
+            _value_checks_mode = True
+        elif env in ("0", "false", "off", "no"):
+            _value_checks_mode = False
+        else:
+            _value_checks_mode = None
+    return _value_checks_mode
+
+
+def set_value_checks(mode: bool | None) -> None:
+    """Set when value checks (the ones that read tensor values) run.
+
+    Args:
+        mode: ``True`` always, ``False`` never, ``None`` automatic (CPU tensors outside
+            ``torch.compile`` only). Structural checks (shapes, dtypes, options) always run.
+    """
+    global _value_checks_mode
+    if mode is not None and not isinstance(mode, bool):
+        raise TypeError(f"set_value_checks: expected `mode` True, False or None, got {mode!r}")
+    _value_checks_mode = mode
+
+
+@contextlib.contextmanager
+def value_checks(mode: bool | None) -> Iterator[None]:
+    """Context manager form of :func:`set_value_checks`; restores the previous mode on exit."""
+    previous = _mode()
+    set_value_checks(mode)
+    try:
+        yield
+    finally:
+        set_value_checks(previous)
+
+
+def value_checks_enabled(*tensors: Tensor | None) -> bool:
+    """Whether value checks should run for these tensors under the current mode."""
+    mode = _mode()
+    if mode is False:
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    if mode is True:
+        return True
+    return all(t is None or t.device.type == "cpu" for t in tensors)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Structural checks: always on, no device sync.
+# ---------------------------------------------------------------------------------------------------
+
+
+def fail(
+    fn: str, name: str, expected: str, got: object, exc: type[Exception] = ValueError
+) -> NoReturn:
+    """Raise ``exc`` with the library's single message template."""
+    raise exc(f"{fn}: expected `{name}` {expected}, got {got}")
+
+
+def check_tensor(fn: str, name: str, x: object) -> Tensor:
+    if not isinstance(x, Tensor):
+        fail(fn, name, "to be a torch.Tensor", type(x).__name__, TypeError)
+    return x  # type: ignore[return-value]
+
+
+def check_floating(fn: str, name: str, x: object) -> Tensor:
+    """A floating-point tensor (the predictions of every loss)."""
+    t = check_tensor(fn, name, x)
+    if not t.is_floating_point():
+        fail(fn, name, "to be a floating-point tensor", f"dtype {t.dtype}", TypeError)
+    return t
+
+
+def check_same_device(fn: str, **tensors: Tensor | None) -> None:
+    items = [(k, v) for k, v in tensors.items() if isinstance(v, Tensor)]
+    if not items:
+        return
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.device != first.device:
+            fail(fn, name, f"on the same device as `{first_name}` ({first.device})", t.device)
+
+
+def check_same_shape(fn: str, name: str, x: Tensor, ref_name: str, ref: Tensor) -> None:
+    if x.shape != ref.shape:
+        fail(fn, name, f"to have the shape of `{ref_name}` {tuple(ref.shape)}", tuple(x.shape))
+
+
+def check_reduction(fn: str, reduction: object, name: str = "reduction") -> str:
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        fail(fn, name, "one of 'none', 'mean', 'sum'", repr(reduction))
+    return reduction  # type: ignore[return-value]
+
+
+def check_number(
+    fn: str,
+    name: str,
+    value: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """A finite real number (bools rejected) inside the given interval."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        fail(fn, name, "a real number", repr(value), TypeError)
+    v = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(v):
+        fail(fn, name, "a finite number", v)
+    lo_ok = low is None or (v > low if low_open else v >= low)
+    hi_ok = high is None or (v < high if high_open else v <= high)
+    if not (lo_ok and hi_ok):
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        fail(fn, name, f"in {left}{lo}, {hi}{right}", v)
+    return v
+
+
+def check_int(fn: str, name: str, value: object, *, low: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        fail(fn, name, "an integer", repr(value), TypeError)
+    v = int(value)  # type: ignore[arg-type]
+    if low is not None and v < low:
+        fail(fn, name, f">= {low}", v)
+    return v
+
+
+def check_optional_int(fn: str, name: str, value: object) -> int | None:
+    return None if value is None else check_int(fn, name, value)
+
+
+def check_bool(fn: str, name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        fail(fn, name, "a bool", repr(value), TypeError)
+    return value  # type: ignore[return-value]
+
+
+def check_choice(fn: str, name: str, value: object, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        fail(fn, name, "one of " + ", ".join(repr(c) for c in choices), repr(value))
+    return value  # type: ignore[return-value]
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """float64 stays float64; everything else (fp16, bf16, fp32) is computed in float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def as_index_target(fn: str, target: object, name: str = "target") -> Tensor:
+    """Class-index targets: any integer dtype, returned as int64. Float/bool raise ``TypeError``."""
+    t = check_tensor(fn, name, target)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        fail(fn, name, "an integer tensor of class indices", f"dtype {t.dtype}", TypeError)
+    return t.long() if t.dtype != torch.int64 else t
+
+
+def as_float_target(fn: str, target: object, like: Tensor, name: str = "target") -> Tensor:
+    """Dense targets for element-wise losses: bool/int cast to the compute dtype."""
+    t = check_tensor(fn, name, target)
+    if t.is_complex():
+        fail(fn, name, "a real tensor", f"dtype {t.dtype}", TypeError)
+    return t.to(compute_dtype(like))
+
+
+def as_class_weight(
+    fn: str, class_weight: object, num_classes: int, like: Tensor, name: str = "class_weight"
+) -> Tensor | None:
+    """A per-class weight vector of length C (list, tuple or tensor), non-negative.
+
+    Returned in the compute dtype on ``like``'s device. The non-negativity check reads values and
+    therefore follows the value-check mode (it is free for lists and CPU tensors).
+    """
+    if class_weight is None:
+        return None
+    if isinstance(class_weight, Tensor):
+        w = class_weight
+    elif isinstance(class_weight, (list, tuple)):
+        try:
+            w = torch.tensor([float(v) for v in class_weight])
+        except (TypeError, ValueError):
+            fail(fn, name, "a sequence of numbers", repr(class_weight), TypeError)
+    else:
+        fail(fn, name, "a 1-d tensor or a sequence of numbers", type(class_weight).__name__, TypeError)
+    if w.is_complex() or w.dtype == torch.bool:
+        fail(fn, name, "a real tensor", f"dtype {w.dtype}", TypeError)
+    if w.ndim != 1 or w.shape[0] != num_classes:
+        fail(fn, name, f"a 1-d tensor of length C={num_classes}", f"shape {tuple(w.shape)}")
+    if isinstance(class_weight, Tensor) and w.device != like.device:
+        fail(fn, name, f"on the device of the input ({like.device})", w.device)
+    w = w.to(device=like.device, dtype=compute_dtype(like))
+    if value_checks_enabled(w):
+        if not bool(torch.isfinite(w).all()):
+            fail(fn, name, "finite values", w.tolist())
+        if bool((w < 0).any()):
+            fail(fn, name, "non-negative values", w.tolist())
+    return w
+
+
+# ---------------------------------------------------------------------------------------------------
+# Value checks: follow the value-check mode.
+# ---------------------------------------------------------------------------------------------------
+
+
+def check_index_range(
+    fn: str,
+    target: Tensor,
+    num_classes: int,
+    *,
+    ignore_index: int | None,
+    allow_background: bool = False,
+    name: str = "target",
+) -> None:
+    """Class indices in ``[0, C)`` (``[0, C]`` with a background class), or equal to ``ignore_index``."""
+    if target.numel() == 0 or not value_checks_enabled(target):
+        return
+    high = num_classes if allow_background else num_classes - 1
+    valid = target if ignore_index is None else target[target != ignore_index]
+    if valid.numel() == 0:
+        return
+    lo, hi = int(valid.min()), int(valid.max())
+    if lo < 0 or hi > high:
+        extra = f" or ignore_index={ignore_index}" if ignore_index is not None else ""
+        bg = " (C = background)" if allow_background else ""
+        fail(fn, name, f"class indices in [0, {high}]{bg}{extra}", f"values in [{lo}, {hi}]")
+
+
+def check_unit_interval(fn: str, name: str, x: Tensor, *, ignore_value: float | None = None) -> None:
+    """Values in ``[0, 1]`` (probabilities or soft targets); NaN is reported too."""
+    if x.numel() == 0 or not value_checks_enabled(x):
+        return
+    v = x if ignore_value is None else x[x != ignore_value]
+    if v.numel() == 0:
+        return
+    bad = (v < 0) | (v > 1) | torch.isnan(v)
+    if bool(bad.any()):
+        fail(fn, name, "values in [0, 1]", f"{int(bad.sum())} values outside, e.g. {float(v[bad][0])}")
+
+
+def poison_out_of_range(loss: Tensor, bad: Tensor | None) -> Tensor:
+    """Set loss elements to NaN where the input was invalid (used when value checks are off)."""
+    if bad is None:
+        return loss
+    return torch.where(bad, torch.full_like(loss, float("nan")), loss)

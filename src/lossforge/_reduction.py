@@ -1,0 +1,151 @@
+"""The one place where unreduced losses are weighted and reduced.
+
+Every functional loss computes its unreduced loss ``l`` (in float32, or float64 for float64 inputs)
+and ends with :func:`weight_reduce`. The rules, shared by every loss and backend:
+
+* ``weight`` multiplies ``l`` element-wise. It must have ``l``'s shape, be a scalar, share ``l``'s
+  leading dimensions (a ``(N,)`` weight on a ``(N, C)`` loss is per sample), or broadcast to ``l``
+  with the same number of dimensions (``(N, 1)`` on ``(N, C)``). Anything else raises: no silent
+  broadcasting along the wrong axis.
+* Elements outside ``valid`` (ignored targets) are exactly zero in every reduction.
+* ``"sum"`` adds the weighted losses. ``"mean"`` divides that sum by ``avg_factor`` when given, else by
+  a loss-specific ``denominator`` when the loss defines one (PyTorch's class-weighted cross-entropy),
+  else by the number of valid elements.
+* A zero denominator (empty batch, everything ignored, ``avg_factor=0`` with nothing to sum) gives
+  exactly ``0`` with zero gradients, still attached to the graph; never NaN. Denominators are made
+  safe *before* dividing (``where(d > 0, d, 1)``), so no NaN gradient leaks from an unused branch.
+* ``avg_factor`` with ``"sum"`` raises ``ValueError``; a float or 0-d tensor works without a host sync.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from lossforge._checks import check_reduction, fail, value_checks_enabled
+
+__all__ = ["Backend", "Reduction", "weight_reduce", "expand_weight", "check_avg_factor"]
+
+Reduction = Literal["none", "mean", "sum"]
+Backend = Literal["auto", "torch", "triton"]
+
+
+def expand_weight(fn: str, weight: object, shape: torch.Size, like: Tensor, name: str = "weight") -> Tensor:
+    """Check an element-wise weight against the unreduced loss shape and make it broadcastable."""
+    if not isinstance(weight, Tensor):
+        fail(fn, name, "a torch.Tensor", type(weight).__name__, TypeError)
+    w: Tensor = weight  # type: ignore[assignment]
+    if w.is_complex():
+        fail(fn, name, "a real tensor", f"dtype {w.dtype}", TypeError)
+    if w.device != like.device:
+        fail(fn, name, f"on the device of the input ({like.device})", w.device)
+    target = tuple(shape)
+    ws = tuple(w.shape)
+    if ws == target or w.ndim == 0:
+        pass
+    elif w.ndim < len(target) and ws == target[: w.ndim]:
+        w = w.reshape(ws + (1,) * (len(target) - w.ndim))
+    elif w.ndim == len(target) and all(a in (1, b) for a, b in zip(ws, target)):
+        pass
+    else:
+        fail(
+            fn,
+            name,
+            f"the loss shape {target}, its leading dimensions, or a same-rank broadcastable shape",
+            f"shape {ws}",
+        )
+    return w.to(like.dtype)
+
+
+def check_avg_factor(fn: str, avg_factor: object, reduction: str) -> float | Tensor | None:
+    """Validate ``avg_factor`` without reading device values (those checks follow the value mode)."""
+    if avg_factor is None:
+        return None
+    if reduction == "sum":
+        fail(fn, "avg_factor", 'None when reduction="sum" (avg_factor can not be used with sum)', avg_factor)
+    if isinstance(avg_factor, Tensor):
+        if avg_factor.numel() != 1:
+            fail(fn, "avg_factor", "a number or a one-element tensor", f"shape {tuple(avg_factor.shape)}")
+        if avg_factor.is_complex() or avg_factor.dtype == torch.bool:
+            fail(fn, "avg_factor", "a real tensor", f"dtype {avg_factor.dtype}", TypeError)
+        if value_checks_enabled(avg_factor):
+            v = float(avg_factor)
+            if not math.isfinite(v) or v < 0:
+                fail(fn, "avg_factor", "a finite number >= 0", v)
+        return avg_factor
+    if isinstance(avg_factor, bool) or not isinstance(avg_factor, numbers.Real):
+        fail(fn, "avg_factor", "a number or a one-element tensor", repr(avg_factor), TypeError)
+    v = float(avg_factor)  # type: ignore[arg-type]
+    if not math.isfinite(v) or v < 0:
+        fail(fn, "avg_factor", "a finite number >= 0", v)
+    return v
+
+
+def _safe_div(total: Tensor, denom: Tensor) -> Tensor:
+    denom = denom.to(total.dtype)
+    positive = denom > 0
+    return total / torch.where(positive, denom, torch.ones_like(denom))
+
+
+def weight_reduce(
+    loss: Tensor,
+    *,
+    fn: str,
+    reduction: str,
+    weight: Tensor | None = None,
+    avg_factor: float | Tensor | None = None,
+    valid: Tensor | None = None,
+    denominator: Tensor | None = None,
+) -> Tensor:
+    """Apply ``weight``, the ``valid`` mask and the reduction to an unreduced loss.
+
+    Args:
+        loss: Unreduced loss in the compute dtype. Must be finite where ``valid`` is False (callers
+            sanitise ignored positions before computing it).
+        fn: Public name of the calling loss, for error messages.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        weight: Element-wise weight (see the module docstring for the accepted shapes).
+        avg_factor: Denominator of ``"mean"``; a number or a one-element tensor.
+        valid: Boolean mask broadcastable to ``loss`` (``False`` = ignored element).
+        denominator: Loss-specific default denominator of ``"mean"`` (used when ``avg_factor`` is
+            None), e.g. the summed class weights of PyTorch's weighted cross-entropy.
+
+    Returns:
+        ``loss``'s shape for ``"none"``, else a 0-d tensor.
+    """
+    reduction = check_reduction(fn, reduction)
+    avg = check_avg_factor(fn, avg_factor, reduction)
+    if weight is not None:
+        loss = loss * expand_weight(fn, weight, loss.shape, loss)
+    if valid is not None:
+        loss = torch.where(valid, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    if avg is not None:
+        if isinstance(avg, Tensor):
+            avg_t = avg.to(device=total.device, dtype=total.dtype).reshape(())
+            if value_checks_enabled(avg_t) and float(avg_t) == 0 and float(total) != 0:
+                fail(fn, "avg_factor", "> 0 when the weighted loss sum is non-zero", 0.0)
+            return _safe_div(total, avg_t)
+        if avg == 0:
+            if value_checks_enabled(total) and float(total) != 0:
+                fail(fn, "avg_factor", "> 0 when the weighted loss sum is non-zero", 0.0)
+            return total
+        return total / avg
+    if denominator is not None:
+        return _safe_div(total, denominator)
+    if valid is None:
+        count = loss.numel()
+        return total / count if count > 0 else total
+    count_t = valid.sum()
+    if valid.numel() != loss.numel():
+        # valid broadcasts over some dimensions of the loss (e.g. a per-row mask).
+        count_t = count_t * (loss.numel() // max(valid.numel(), 1))
+    return _safe_div(total, count_t)

@@ -1,0 +1,194 @@
+"""Target formats shared by the sigmoid (element-wise) and softmax (class-dimension) losses.
+
+Sigmoid losses (BCE with logits, sigmoid focal, ASL, balanced BCE, dice on sigmoid) accept:
+
+* dense targets of the logits' shape (float soft labels in ``[0, 1]``, or bool / integer 0-1 values),
+  where ``ignore_index`` (if given) marks ignored *elements*;
+* class-index targets of the logits' shape without the class dimension (dimension 1, or 0 for 1-d
+  logits): value ``k`` in ``[0, C)`` makes class ``k`` the positive, value ``C`` means "all negative"
+  (background, the mmdetection convention), ``ignore_index`` drops the whole row. The one-hot is never
+  materialised with ``F.one_hot``: it is a broadcast comparison with ``arange(C)``.
+
+Softmax losses (cross-entropy, softmax focal, single-label ASL, balanced softmax) accept class-index
+targets (``ignore_index`` drops the position) or probability targets of the logits' shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lossforge._checks import (
+    as_index_target,
+    check_index_range,
+    check_unit_interval,
+    compute_dtype,
+    fail,
+    value_checks_enabled,
+)
+
+
+def class_dim(logits: Tensor) -> int:
+    """The class dimension: 1 for ``(N, C, *)``, 0 for a single unbatched ``(C,)`` row."""
+    return 1 if logits.ndim >= 2 else 0
+
+
+def _shape_without(shape: torch.Size, dim: int) -> tuple[int, ...]:
+    return tuple(shape[:dim]) + tuple(shape[dim + 1 :])
+
+
+def _class_range(logits: Tensor, cdim: int, ndim: int) -> Tensor:
+    c = logits.shape[cdim]
+    view = [1] * ndim
+    view[cdim] = c
+    return torch.arange(c, device=logits.device).view(view)
+
+
+@dataclass(frozen=True)
+class DenseTarget:
+    """A sigmoid-loss target as dense floats of the logits' shape.
+
+    Attributes:
+        target: Float target in the compute dtype; ignored elements hold 0.
+        valid: Bool mask broadcastable to the logits (``None`` = everything valid).
+        bad: Bool mask of elements whose target was out of range while value checks were off
+            (``None`` when nothing needs poisoning); the loss there becomes NaN.
+        from_index: Whether the target was given as class indices.
+    """
+
+    target: Tensor
+    valid: Tensor | None
+    bad: Tensor | None
+    from_index: bool
+
+
+def sigmoid_target(
+    fn: str, logits: Tensor, target: object, *, ignore_index: int | None, check_range: bool = True
+) -> DenseTarget:
+    """Normalise a sigmoid-loss target (dense or class indices) to a :class:`DenseTarget`."""
+    if not isinstance(target, Tensor):
+        fail(fn, "target", "a torch.Tensor", type(target).__name__, TypeError)
+    t: Tensor = target  # type: ignore[assignment]
+    if t.device != logits.device:
+        fail(fn, "target", f"on the device of `logits` ({logits.device})", t.device)
+    cdtype = compute_dtype(logits)
+    if t.shape == logits.shape:
+        if t.is_complex():
+            fail(fn, "target", "a real tensor", f"dtype {t.dtype}", TypeError)
+        valid = None
+        if ignore_index is not None:
+            valid = t != ignore_index
+            t = torch.where(valid, t, torch.zeros((), dtype=t.dtype, device=t.device))
+        dense = t.to(cdtype)
+        if check_range:
+            check_unit_interval(fn, "target", dense)
+        return DenseTarget(dense, valid, None, False)
+
+    cdim = class_dim(logits)
+    if logits.ndim >= 1 and tuple(t.shape) == _shape_without(logits.shape, cdim):
+        idx = as_index_target(fn, t)
+        c = logits.shape[cdim]
+        check_index_range(fn, idx, c, ignore_index=ignore_index, allow_background=True)
+        valid = None
+        if ignore_index is not None:
+            valid = (idx != ignore_index).unsqueeze(cdim)
+        bad = None
+        if not value_checks_enabled(idx):
+            out = (idx < 0) | (idx > c)
+            if ignore_index is not None:
+                out = out & (idx != ignore_index)
+            bad = out.unsqueeze(cdim)
+        onehot = idx.unsqueeze(cdim) == _class_range(logits, cdim, logits.ndim)
+        return DenseTarget(onehot.to(cdtype), valid, bad, True)
+
+    fail(
+        fn,
+        "target",
+        f"the logits' shape {tuple(logits.shape)} (dense) or "
+        f"{_shape_without(logits.shape, class_dim(logits))} (class indices)",
+        f"shape {tuple(t.shape)}",
+    )
+
+
+@dataclass(frozen=True)
+class SoftmaxTarget:
+    """A softmax-loss target.
+
+    Exactly one of ``index`` and ``probs`` is set.
+
+    Attributes:
+        index: int64 class indices of the logits' shape without the class dimension; ignored and
+            out-of-range positions hold 0 (safe for ``gather``).
+        probs: Probability target of the logits' shape, in the compute dtype.
+        valid: Bool mask of the index shape (``None`` = everything valid).
+        bad: Bool mask of out-of-range indices met while value checks were off, or ``None``.
+        cdim: The class dimension of the logits.
+    """
+
+    index: Tensor | None
+    probs: Tensor | None
+    valid: Tensor | None
+    bad: Tensor | None
+    cdim: int
+
+
+def softmax_target(
+    fn: str, logits: Tensor, target: object, *, ignore_index: int | None, default_ignore: int | None = -100
+) -> SoftmaxTarget:
+    """Normalise a softmax-loss target (class indices or probabilities) to a :class:`SoftmaxTarget`.
+
+    ``ignore_index`` applies to class-index targets only; passing a non-default value together with
+    probability targets raises (PyTorch raises a RuntimeError there).
+    """
+    if not isinstance(target, Tensor):
+        fail(fn, "target", "a torch.Tensor", type(target).__name__, TypeError)
+    t: Tensor = target  # type: ignore[assignment]
+    if t.device != logits.device:
+        fail(fn, "target", f"on the device of `logits` ({logits.device})", t.device)
+    if logits.ndim == 0:
+        fail(fn, "logits", "a tensor of shape (N, C, *) or (C,)", "a 0-d tensor")
+    cdim = class_dim(logits)
+    c = logits.shape[cdim]
+    if c < 2:
+        fail(fn, "logits", "at least 2 classes along dim 1 (a 1-class softmax loss is always 0)", f"C={c}")
+    index_shape = _shape_without(logits.shape, cdim)
+
+    if t.is_floating_point() and t.shape == logits.shape:
+        if ignore_index is not None and ignore_index != default_ignore:
+            fail(fn, "ignore_index", "to be unset with probability targets (it applies to class indices)", ignore_index)
+        probs = t.to(compute_dtype(logits))
+        check_unit_interval(fn, "target", probs)
+        return SoftmaxTarget(None, probs, None, None, cdim)
+
+    if tuple(t.shape) == index_shape:
+        idx = as_index_target(fn, t)
+        check_index_range(fn, idx, c, ignore_index=ignore_index)
+        valid = None
+        if ignore_index is not None:
+            valid = idx != ignore_index
+        bad = None
+        if not value_checks_enabled(idx):
+            out = (idx < 0) | (idx >= c)
+            if valid is not None:
+                out = out & valid
+            bad = out
+        safe = idx
+        if valid is not None or bad is not None:
+            keep = torch.ones_like(idx, dtype=torch.bool)
+            if valid is not None:
+                keep = keep & valid
+            if bad is not None:
+                keep = keep & ~bad
+            safe = torch.where(keep, idx, torch.zeros((), dtype=idx.dtype, device=idx.device))
+        return SoftmaxTarget(safe, None, valid, bad, cdim)
+
+    if t.is_floating_point() and tuple(t.shape) != tuple(logits.shape):
+        fail(fn, "target", f"probabilities of the logits' shape {tuple(logits.shape)}", f"shape {tuple(t.shape)}")
+    fail(
+        fn,
+        "target",
+        f"class indices of shape {index_shape} or probabilities of shape {tuple(logits.shape)}",
+        f"shape {tuple(t.shape)} and dtype {t.dtype}",
+    )

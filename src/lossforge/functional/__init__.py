@@ -1,0 +1,22 @@
+"""Pure-PyTorch losses: the specification every backend must match.
+
+All functions are stateless, take ``(input, target)`` positionally and everything else by keyword, and
+end in the shared weighting/reduction contract (:mod:`lossforge._reduction`).
+"""
+
+from lossforge.functional import asymmetric, balanced, classification, dice, focal, regression
+from lossforge.functional.asymmetric import *  # noqa: F403
+from lossforge.functional.balanced import *  # noqa: F403
+from lossforge.functional.classification import *  # noqa: F403
+from lossforge.functional.dice import *  # noqa: F403
+from lossforge.functional.focal import *  # noqa: F403
+from lossforge.functional.regression import *  # noqa: F403
+
+__all__ = [
+    *classification.__all__,
+    *focal.__all__,
+    *asymmetric.__all__,
+    *balanced.__all__,
+    *dice.__all__,
+    *regression.__all__,
+]

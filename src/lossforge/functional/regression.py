@@ -1,0 +1,148 @@
+"""Regression losses: L1, smooth L1 and MSE, with the shared weighting contract."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lossforge._checks import (
+    as_float_target,
+    check_floating,
+    check_number,
+    check_same_device,
+    check_same_shape,
+    compute_dtype,
+)
+from lossforge._dispatch import kernel_eligible
+from lossforge._reduction import Backend, Reduction, weight_reduce
+
+__all__ = ["l1_loss", "mse_loss", "smooth_l1_loss"]
+
+
+def _prepare(fn: str, pred: object, target: object, backend: object) -> tuple[Tensor, Tensor]:
+    p = check_floating(fn, "pred", pred)
+    t = as_float_target(fn, target, p)
+    check_same_device(fn, pred=p, target=target)  # type: ignore[arg-type]
+    check_same_shape(fn, "target", t, "pred", p)
+    kernel_eligible(fn, backend, p)  # validates `backend`; no regression kernel is wired in here
+    return p.to(compute_dtype(p)), t
+
+
+def l1_loss(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+    backend: Backend = "torch",
+) -> Tensor:
+    r"""Mean absolute error.
+
+    .. math::
+        \ell_i = |x_i - y_i|
+
+    The subgradient at :math:`x_i = y_i` is 0, as in :func:`torch.nn.functional.l1_loss`. Equals
+    :func:`smooth_l1_loss` with ``beta=0``.
+
+    Args:
+        pred: Predictions, any shape ``(*)``.
+        target: Same shape as ``pred`` (no broadcasting).
+        weight: Element-wise weight, ``pred``'s shape or its leading dimensions.
+        reduction: ``"none"`` | ``"mean"`` (over elements, or ``avg_factor``) | ``"sum"``.
+        avg_factor: Denominator of ``"mean"`` (mmdetection convention).
+        backend: ``"torch"`` | ``"auto"`` | ``"triton"``.
+
+    Returns:
+        ``pred``'s shape for ``"none"``, else a scalar; float32 (float64 for float64 input).
+
+    Example:
+        >>> l1_loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 4.0]))
+        tensor(1.5000)
+    """
+    p, t = _prepare("l1_loss", pred, target, backend)
+    return weight_reduce((p - t).abs(), fn="l1_loss", reduction=reduction, weight=weight, avg_factor=avg_factor)
+
+
+def mse_loss(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+    backend: Backend = "torch",
+) -> Tensor:
+    r"""Mean squared error.
+
+    .. math::
+        \ell_i = (x_i - y_i)^2
+
+    Args:
+        pred: Predictions, any shape ``(*)``.
+        target: Same shape as ``pred`` (no broadcasting).
+        weight: Element-wise weight, ``pred``'s shape or its leading dimensions.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        avg_factor: Denominator of ``"mean"``.
+        backend: ``"torch"`` | ``"auto"`` | ``"triton"``.
+
+    Returns:
+        ``pred``'s shape for ``"none"``, else a scalar.
+
+    Example:
+        >>> mse_loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 4.0]))
+        tensor(2.5000)
+    """
+    p, t = _prepare("mse_loss", pred, target, backend)
+    return weight_reduce((p - t).square(), fn="mse_loss", reduction=reduction, weight=weight, avg_factor=avg_factor)
+
+
+def smooth_l1_loss(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    beta: float = 1.0,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+    backend: Backend = "torch",
+) -> Tensor:
+    r"""Smooth L1 loss (Fast R-CNN), quadratic below ``beta`` and linear above.
+
+    .. math::
+        \ell_i = \begin{cases} 0.5\,d_i^2 / \beta & |d_i| < \beta \\ |d_i| - 0.5\,\beta & \text{otherwise}
+        \end{cases},\qquad d_i = x_i - y_i
+
+    ``beta=0`` is exactly :func:`l1_loss`. As ``beta`` grows the loss approaches ``MSE / (2 beta)``;
+    Huber loss with ``delta`` equals ``delta * smooth_l1(beta=delta)``.
+
+    Args:
+        pred: Predictions, any shape ``(*)``.
+        target: Same shape as ``pred``.
+        beta: Transition point, ``>= 0``.
+        weight: Element-wise weight, ``pred``'s shape or its leading dimensions.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        avg_factor: Denominator of ``"mean"``.
+        backend: ``"torch"`` | ``"auto"`` | ``"triton"``.
+
+    Returns:
+        ``pred``'s shape for ``"none"``, else a scalar.
+
+    References:
+        Girshick, "Fast R-CNN", ICCV 2015, arXiv:1504.08083.
+
+    Example:
+        >>> smooth_l1_loss(torch.tensor([0.5, 3.0]), torch.tensor([0.0, 0.0]), beta=1.0)
+        tensor(1.3125)
+    """
+    beta = check_number("smooth_l1_loss", "beta", beta, low=0.0)
+    p, t = _prepare("smooth_l1_loss", pred, target, backend)
+    d = (p - t).abs()
+    if beta == 0.0:
+        loss = d
+    else:
+        # The quadratic branch is evaluated on min(d, beta) so neither branch can overflow or produce a
+        # gradient that torch.where would have to mask.
+        small = torch.clamp(d, max=beta)
+        loss = torch.where(d < beta, 0.5 * small * small / beta, d - 0.5 * beta)
+    return weight_reduce(loss, fn="smooth_l1_loss", reduction=reduction, weight=weight, avg_factor=avg_factor)
