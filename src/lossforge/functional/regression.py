@@ -39,8 +39,9 @@ def l1_loss(
 ) -> Tensor:
     r"""Mean absolute error.
 
-    .. math::
-        \ell_i = |x_i - y_i|
+    $$
+    \ell_i = |x_i - y_i|
+    $$
 
     The subgradient at :math:`x_i = y_i` is 0, as in :func:`torch.nn.functional.l1_loss`. Equals
     :func:`smooth_l1_loss` with ``beta=0``.
@@ -75,8 +76,9 @@ def mse_loss(
 ) -> Tensor:
     r"""Mean squared error.
 
-    .. math::
-        \ell_i = (x_i - y_i)^2
+    $$
+    \ell_i = (x_i - y_i)^2
+    $$
 
     Args:
         pred: Predictions, any shape ``(*)``.
@@ -109,9 +111,10 @@ def smooth_l1_loss(
 ) -> Tensor:
     r"""Smooth L1 loss (Fast R-CNN), quadratic below ``beta`` and linear above.
 
-    .. math::
-        \ell_i = \begin{cases} 0.5\,d_i^2 / \beta & |d_i| < \beta \\ |d_i| - 0.5\,\beta & \text{otherwise}
-        \end{cases},\qquad d_i = x_i - y_i
+    $$
+    \ell_i = \begin{cases} 0.5\,d_i^2 / \beta & |d_i| < \beta \\ |d_i| - 0.5\,\beta & \text{otherwise}
+    \end{cases},\qquad d_i = x_i - y_i
+    $$
 
     ``beta=0`` is exactly :func:`l1_loss`. As ``beta`` grows the loss approaches ``MSE / (2 beta)``;
     Huber loss with ``delta`` equals ``delta * smooth_l1(beta=delta)``.

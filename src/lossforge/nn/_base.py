@@ -23,6 +23,8 @@ class Loss(nn.Module):
     Subclasses list the names of their hyperparameters in ``_repr_fields`` for ``repr``.
     """
 
+    #: Key in :mod:`lossforge.registry` (the functional stem without ``_loss``); set by every subclass.
+    registry_name: str = ""
     _repr_fields: tuple[str, ...] = ()
 
     def __init__(self, *, reduction: str = "mean", loss_weight: float = 1.0) -> None:

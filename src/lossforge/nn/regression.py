@@ -21,6 +21,7 @@ class L1Loss(Loss):
         tensor(2.)
     """
 
+    registry_name = "l1"
     _repr_fields = ("backend",)
 
     def __init__(self, *, reduction: Reduction = "mean", loss_weight: float = 1.0, backend: Backend = "torch") -> None:
@@ -50,6 +51,7 @@ class L1Loss(Loss):
 class MSELoss(Loss):
     """Module form of :func:`lossforge.functional.mse_loss`."""
 
+    registry_name = "mse"
     _repr_fields = ("backend",)
 
     def __init__(self, *, reduction: Reduction = "mean", loss_weight: float = 1.0, backend: Backend = "torch") -> None:
@@ -79,6 +81,7 @@ class MSELoss(Loss):
 class SmoothL1Loss(Loss):
     """Module form of :func:`lossforge.functional.smooth_l1_loss`."""
 
+    registry_name = "smooth_l1"
     _repr_fields = ("beta", "backend")
 
     def __init__(

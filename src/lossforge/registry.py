@@ -1,0 +1,171 @@
+"""Registry of every loss module, and building losses from configuration.
+
+The registry is a plain dictionary filled from :mod:`lossforge.nn` on first use: every
+:class:`~lossforge.nn.Loss` subclass exported there with a ``registry_name`` is registered under that
+name (the functional stem without ``_loss``: ``"sigmoid_focal"`` for
+:class:`~lossforge.nn.SigmoidFocalLoss`). There is no plugin scanning; third-party losses can be added
+with :func:`register_loss`.
+
+Example:
+    >>> from lossforge.registry import build_loss
+    >>> build_loss({"type": "smooth_l1", "beta": 0.5})
+    SmoothL1Loss(beta=0.5, backend='torch', reduction='mean')
+"""
+
+from __future__ import annotations
+
+import inspect
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lossforge._checks import fail
+
+__all__ = ["LossInfo", "build_loss", "build_loss_from_toml", "get_loss", "list_losses", "register_loss"]
+
+_REGISTRY: dict[str, type] = {}
+_FILLED = False
+
+
+@dataclass(frozen=True)
+class LossInfo:
+    """What ``lossforge list`` shows for one loss."""
+
+    name: str
+    cls: type
+    params: dict[str, Any]  # constructor keyword -> default (inspect.Parameter.empty when required)
+    summary: str
+
+
+def _fill() -> None:
+    global _FILLED
+    if _FILLED:
+        return
+    from lossforge import nn as lnn
+
+    for export in lnn.__all__:
+        cls = getattr(lnn, export)
+        name = getattr(cls, "registry_name", None)
+        if isinstance(cls, type) and issubclass(cls, lnn.Loss) and name:
+            _REGISTRY.setdefault(name, cls)
+    _FILLED = True
+
+
+def register_loss(name: str, cls: type | None = None) -> Any:
+    """Register a loss module class under ``name``; usable as a decorator.
+
+    Raises:
+        ValueError: ``name`` is already taken by another class.
+    """
+
+    def deco(c: type) -> type:
+        _fill()
+        if not isinstance(name, str) or not name:
+            fail("register_loss", "name", "a non-empty string", repr(name))
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing is not c:
+            fail("register_loss", "name", "a name not registered yet", f"{name!r} (taken by {existing.__name__})")
+        _REGISTRY[name] = c
+        return c
+
+    return deco(cls) if cls is not None else deco
+
+
+def _names() -> list[str]:
+    _fill()
+    return sorted(_REGISTRY)
+
+
+def get_loss(name: str) -> type:
+    """The module class registered under ``name`` (a registry name or the class name).
+
+    Raises:
+        ValueError: unknown name; the message lists the valid ones.
+    """
+    _fill()
+    if not isinstance(name, str):
+        fail("get_loss", "name", "a string", repr(name), TypeError)
+    key = name.removeprefix("lossforge.")
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    for cls in _REGISTRY.values():
+        if cls.__name__ == key:
+            return cls
+    fail("get_loss", "name", "one of " + ", ".join(_names()), repr(name))
+
+
+def _params(cls: type) -> dict[str, Any]:
+    sig = inspect.signature(cls.__init__)
+    return {
+        p.name: p.default
+        for p in list(sig.parameters.values())[1:]
+        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    }
+
+
+def list_losses() -> list[LossInfo]:
+    """Every registered loss with its constructor parameters and defaults, sorted by name."""
+    out = []
+    for name in _names():
+        cls = _REGISTRY[name]
+        doc = (inspect.getdoc(cls) or "").strip().splitlines()
+        out.append(LossInfo(name, cls, _params(cls), doc[0] if doc else ""))
+    return out
+
+
+def build_loss(spec: Mapping[str, Any] | str) -> Any:
+    """Build a loss module from ``{"type": name, **params}`` (or just a name).
+
+    Unknown names and unknown parameters raise ``ValueError`` listing the valid ones; parameter
+    values are validated by the module's constructor.
+
+    Example:
+        >>> build_loss({"type": "l1", "loss_weight": 2.0})
+        L1Loss(backend='torch', reduction='mean', loss_weight=2.0)
+    """
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if not isinstance(spec, Mapping):
+        fail("build_loss", "spec", "a mapping with a 'type' key, or a loss name", type(spec).__name__, TypeError)
+    params = dict(spec)
+    if "type" not in params:
+        fail("build_loss", "spec", "a 'type' key naming the loss (see `lossforge list`)", sorted(params))
+    cls = get_loss(params.pop("type"))
+    allowed = _params(cls)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        fail(
+            "build_loss",
+            "parameters",
+            f"parameters of {cls.__name__}: " + ", ".join(sorted(allowed)),
+            "unknown " + ", ".join(repr(u) for u in unknown),
+        )
+    return cls(**params)
+
+
+def build_loss_from_toml(source: str | Path, table: str | None = None) -> Any:
+    """Build a loss from a TOML file (or TOML text) holding ``type = "..."`` and its parameters.
+
+    Args:
+        source: A path to a ``.toml`` file, or TOML text.
+        table: Optional dotted table name inside the document (``"loss"`` for a ``[loss]`` table).
+    """
+    path = Path(source) if not isinstance(source, str) or not ("=" in source or "\n" in source) else None
+    if path is not None:
+        try:
+            text = path.read_text()
+        except OSError as err:
+            fail("build_loss_from_toml", "source", "a readable TOML file", f"{source} ({err.strerror})")
+    else:
+        text = str(source)
+    try:
+        doc: Any = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        fail("build_loss_from_toml", "source", "valid TOML", str(err))
+    for part in (table.split(".") if table else []):
+        if not isinstance(doc, dict) or part not in doc:
+            fail("build_loss_from_toml", "table", "a table present in the document", repr(table))
+        doc = doc[part]
+    return build_loss(doc)
