@@ -6,7 +6,7 @@ Two kinds of checks live here:
   cost nothing on the device and always run.
 * **Value checks** (class indices in range, probabilities in ``[0, 1]``, ...) must read tensor values,
   which is a device-to-host synchronisation on CUDA and a graph break under ``torch.compile``. They run
-  according to :func:`set_value_checks`:
+  according to ``set_value_checks``:
 
   - ``None`` (the default, "auto"): run when the tensors live on the CPU (where reading them is free)
     and the code is not being traced by ``torch.compile``; skipped on accelerators.
@@ -78,7 +78,7 @@ def set_value_checks(mode: bool | None) -> None:
 
 @contextlib.contextmanager
 def value_checks(mode: bool | None) -> Iterator[None]:
-    """Context manager form of :func:`set_value_checks`; restores the previous mode on exit."""
+    """Context manager form of ``set_value_checks``; restores the previous mode on exit."""
     previous = _mode()
     set_value_checks(mode)
     try:

@@ -1,7 +1,7 @@
 """The one place where unreduced losses are weighted and reduced.
 
 Every functional loss computes its unreduced loss ``l`` (in float32, or float64 for float64 inputs)
-and ends with :func:`weight_reduce`. The rules, shared by every loss and backend:
+and ends with ``weight_reduce``. The rules, shared by every loss and backend:
 
 * ``weight`` multiplies ``l`` element-wise. It must have ``l``'s shape, be a scalar, share ``l``'s
   leading dimensions (a ``(N,)`` weight on a ``(N, C)`` loss is per sample), or broadcast to ``l``

@@ -67,7 +67,7 @@ class DenseTarget:
 def sigmoid_target(
     fn: str, logits: Tensor, target: object, *, ignore_index: int | None, check_range: bool = True
 ) -> DenseTarget:
-    """Normalise a sigmoid-loss target (dense or class indices) to a :class:`DenseTarget`."""
+    """Normalise a sigmoid-loss target (dense or class indices) to a ``DenseTarget``."""
     if not isinstance(target, Tensor):
         fail(fn, "target", "a torch.Tensor", type(target).__name__, TypeError)
     t: Tensor = target  # type: ignore[assignment]
@@ -137,7 +137,7 @@ class SoftmaxTarget:
 def softmax_target(
     fn: str, logits: Tensor, target: object, *, ignore_index: int | None, default_ignore: int | None = -100
 ) -> SoftmaxTarget:
-    """Normalise a softmax-loss target (class indices or probabilities) to a :class:`SoftmaxTarget`.
+    """Normalise a softmax-loss target (class indices or probabilities) to a ``SoftmaxTarget``.
 
     ``ignore_index`` applies to class-index targets only; passing a non-default value together with
     probability targets raises (PyTorch raises a RuntimeError there).

@@ -1,10 +1,10 @@
 """Registry of every loss module, and building losses from configuration.
 
-The registry is a plain dictionary filled from :mod:`lossforge.nn` on first use: every
-:class:`~lossforge.nn.Loss` subclass exported there with a ``registry_name`` is registered under that
+The registry is a plain dictionary filled from ``lossforge.nn`` on first use: every
+``~lossforge.nn.Loss`` subclass exported there with a ``registry_name`` is registered under that
 name (the functional stem without ``_loss``: ``"sigmoid_focal"`` for
-:class:`~lossforge.nn.SigmoidFocalLoss`). There is no plugin scanning; third-party losses can be added
-with :func:`register_loss`.
+``~lossforge.nn.SigmoidFocalLoss``). There is no plugin scanning; third-party losses can be added
+with ``register_loss``.
 
 Example:
     >>> from lossforge.registry import build_loss

@@ -43,8 +43,8 @@ def l1_loss(
     \ell_i = |x_i - y_i|
     $$
 
-    The subgradient at :math:`x_i = y_i` is 0, as in :func:`torch.nn.functional.l1_loss`. Equals
-    :func:`smooth_l1_loss` with ``beta=0``.
+    The subgradient at $x_i = y_i$ is 0, as in ``torch.nn.functional.l1_loss``. Equals
+    ``smooth_l1_loss`` with ``beta=0``.
 
     Args:
         pred: Predictions, any shape ``(*)``.
@@ -116,7 +116,7 @@ def smooth_l1_loss(
     \end{cases},\qquad d_i = x_i - y_i
     $$
 
-    ``beta=0`` is exactly :func:`l1_loss`. As ``beta`` grows the loss approaches ``MSE / (2 beta)``;
+    ``beta=0`` is exactly ``l1_loss``. As ``beta`` grows the loss approaches ``MSE / (2 beta)``;
     Huber loss with ``delta`` equals ``delta * smooth_l1(beta=delta)``.
 
     Args:

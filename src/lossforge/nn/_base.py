@@ -23,7 +23,7 @@ class Loss(nn.Module):
     Subclasses list the names of their hyperparameters in ``_repr_fields`` for ``repr``.
     """
 
-    #: Key in :mod:`lossforge.registry` (the functional stem without ``_loss``); set by every subclass.
+    #: Key in ``lossforge.registry`` (the functional stem without ``_loss``); set by every subclass.
     registry_name: str = ""
     _repr_fields: tuple[str, ...] = ()
 

@@ -14,7 +14,7 @@ __all__ = ["L1Loss", "MSELoss", "SmoothL1Loss"]
 
 
 class L1Loss(Loss):
-    """Module form of :func:`lossforge.functional.l1_loss`.
+    """Module form of ``lossforge.functional.l1_loss``.
 
     Example:
         >>> L1Loss(loss_weight=2.0)(torch.tensor([1.0]), torch.tensor([0.0]))
@@ -49,7 +49,7 @@ class L1Loss(Loss):
 
 
 class MSELoss(Loss):
-    """Module form of :func:`lossforge.functional.mse_loss`."""
+    """Module form of ``lossforge.functional.mse_loss``."""
 
     registry_name = "mse"
     _repr_fields = ("backend",)
@@ -79,7 +79,7 @@ class MSELoss(Loss):
 
 
 class SmoothL1Loss(Loss):
-    """Module form of :func:`lossforge.functional.smooth_l1_loss`."""
+    """Module form of ``lossforge.functional.smooth_l1_loss``."""
 
     registry_name = "smooth_l1"
     _repr_fields = ("beta", "backend")
