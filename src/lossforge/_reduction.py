@@ -131,11 +131,11 @@ def weight_reduce(
     if avg is not None:
         if isinstance(avg, Tensor):
             avg_t = avg.to(device=total.device, dtype=total.dtype).reshape(())
-            if value_checks_enabled(avg_t) and float(avg_t) == 0 and float(total) != 0:
+            if value_checks_enabled(avg_t) and float(avg_t) == 0 and float(total.detach()) != 0:
                 fail(fn, "avg_factor", "> 0 when the weighted loss sum is non-zero", 0.0)
             return _safe_div(total, avg_t)
         if avg == 0:
-            if value_checks_enabled(total) and float(total) != 0:
+            if value_checks_enabled(total) and float(total.detach()) != 0:
                 fail(fn, "avg_factor", "> 0 when the weighted loss sum is non-zero", 0.0)
             return total
         return total / avg

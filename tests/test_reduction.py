@@ -1,0 +1,134 @@
+"""The shared weighting / reduction rules (``lossforge._reduction``) and the value-check switch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import lossforge as lf
+from lossforge._checks import value_checks_enabled
+from lossforge._reduction import weight_reduce
+
+
+def _loss(*shape: int) -> torch.Tensor:
+    return torch.arange(1, 1 + int(torch.Size(shape).numel()), dtype=torch.float64).reshape(shape)
+
+
+def test_mean_divides_by_valid_count_not_numel() -> None:
+    loss = _loss(2, 3)
+    valid = torch.tensor([[True, False, True], [False, False, True]])
+    got = weight_reduce(loss, fn="t", reduction="mean", valid=valid)
+    assert got.item() == pytest.approx((1 + 3 + 6) / 3)
+    assert weight_reduce(loss, fn="t", reduction="sum", valid=valid).item() == 10
+    none = weight_reduce(loss, fn="t", reduction="none", valid=valid)
+    assert none.tolist() == [[1, 0, 3], [0, 0, 6]]
+
+
+def test_row_mask_counts_every_element_of_a_valid_row() -> None:
+    loss = _loss(3, 4)
+    rows = torch.tensor([[True], [False], [True]])
+    got = weight_reduce(loss, fn="t", reduction="mean", valid=rows)
+    expected = (loss[0].sum() + loss[2].sum()) / 8
+    assert got.item() == pytest.approx(expected.item())
+
+
+def test_weight_shapes() -> None:
+    loss = _loss(3, 4)
+    per_row = torch.tensor([1.0, 0.0, 2.0], dtype=torch.float64)
+    got = weight_reduce(loss, fn="t", reduction="none", weight=per_row)
+    assert torch.equal(got, loss * per_row[:, None])
+    col = torch.tensor([[1.0], [0.0], [2.0]], dtype=torch.float64)
+    assert torch.equal(weight_reduce(loss, fn="t", reduction="none", weight=col), loss * col)
+    assert torch.equal(weight_reduce(loss, fn="t", reduction="none", weight=torch.tensor(2.0)), 2 * loss)
+    # a (C,) weight on (N, C) would broadcast along the wrong axis in plain PyTorch: we refuse it
+    with pytest.raises(ValueError, match=r"t: expected `weight` the loss shape \(3, 4\)"):
+        weight_reduce(loss, fn="t", reduction="mean", weight=torch.ones(4))
+    with pytest.raises(TypeError, match="weight"):
+        weight_reduce(loss, fn="t", reduction="mean", weight=[1.0, 2.0, 3.0])  # type: ignore[arg-type]
+
+
+def test_avg_factor_rules() -> None:
+    loss = _loss(2, 2)
+    assert weight_reduce(loss, fn="t", reduction="mean", avg_factor=5.0).item() == 2.0
+    assert weight_reduce(loss, fn="t", reduction="mean", avg_factor=torch.tensor(5)).item() == 2.0
+    with pytest.raises(ValueError, match=r'avg_factor can not be used with sum'):
+        weight_reduce(loss, fn="t", reduction="sum", avg_factor=5.0)
+    for bad in (-1.0, float("nan"), float("inf"), torch.tensor(-2.0)):
+        with pytest.raises(ValueError, match="avg_factor"):
+            weight_reduce(loss, fn="t", reduction="mean", avg_factor=bad)
+    with pytest.raises(ValueError, match="one-element"):
+        weight_reduce(loss, fn="t", reduction="mean", avg_factor=torch.ones(2))
+    with pytest.raises(TypeError, match="avg_factor"):
+        weight_reduce(loss, fn="t", reduction="mean", avg_factor="3")  # type: ignore[arg-type]
+
+
+def test_avg_factor_zero_with_nothing_to_sum_is_zero_with_zero_grad() -> None:
+    x = torch.randn(4, requires_grad=True, dtype=torch.float64)
+    valid = torch.zeros(4, dtype=torch.bool)
+    for af in (0.0, torch.tensor(0.0, dtype=torch.float64)):
+        out = weight_reduce(x * 2, fn="t", reduction="mean", avg_factor=af, valid=valid)
+        assert out.item() == 0.0
+        (g,) = torch.autograd.grad(out, x)
+        assert torch.all(g == 0)
+
+
+def test_avg_factor_zero_with_nonzero_sum_is_an_error_not_a_blow_up() -> None:
+    # mmdetection divides by avg_factor + eps here and returns sum * 8.4e6 without a word
+    with pytest.raises(ValueError, match="avg_factor"):
+        weight_reduce(_loss(3), fn="t", reduction="mean", avg_factor=0.0)
+    with pytest.raises(ValueError, match="avg_factor"):
+        weight_reduce(_loss(3), fn="t", reduction="mean", avg_factor=torch.tensor(0.0))
+
+
+def test_empty_and_all_invalid_give_exact_zero_connected_to_graph() -> None:
+    x = torch.randn(0, 3, requires_grad=True)
+    for reduction in ("mean", "sum"):
+        out = weight_reduce(x.exp(), fn="t", reduction=reduction)
+        assert out.item() == 0.0 and out.requires_grad
+    y = torch.randn(2, 3, requires_grad=True)
+    out = weight_reduce(y.exp(), fn="t", reduction="mean", valid=torch.zeros(2, 3, dtype=torch.bool))
+    assert out.item() == 0.0
+    (g,) = torch.autograd.grad(out, y)
+    assert torch.all(g == 0)
+
+
+def test_denominator_zero_is_safe() -> None:
+    x = torch.randn(3, requires_grad=True, dtype=torch.float64)
+    out = weight_reduce(x * 0, fn="t", reduction="mean", denominator=torch.tensor(0.0, dtype=torch.float64))
+    assert out.item() == 0.0
+    (g,) = torch.autograd.grad(out, x)
+    assert torch.isfinite(g).all()
+
+
+def test_value_check_modes() -> None:
+    cpu = torch.zeros(2)
+    meta = torch.zeros(2, device="meta")
+    with lf.value_checks(None):
+        assert value_checks_enabled(cpu)
+        assert not value_checks_enabled(meta)
+    with lf.value_checks(True):
+        assert value_checks_enabled(meta)
+    with lf.value_checks(False):
+        assert not value_checks_enabled(cpu)
+    with pytest.raises(TypeError, match="mode"):
+        lf.set_value_checks("yes")  # type: ignore[arg-type]
+
+
+def test_environment_variable_sets_the_starting_mode() -> None:
+    code = "import lossforge, torch; print(lossforge.value_checks_enabled(torch.zeros(1)))"
+    env_off = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={"LOSSFORGE_CHECKS": "0", "PATH": ""}
+    )
+    assert env_off.stdout.strip() == "False", env_off.stderr
+
+
+def test_import_does_not_touch_triton_or_cuda() -> None:
+    code = (
+        "import sys, lossforge, lossforge.registry; "
+        "print('triton' in sys.modules, 'sklearn' in sys.modules, 'matplotlib' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False False"
