@@ -1,3 +1,612 @@
-"""(being written)"""
+"""Classification losses: softmax cross-entropy, NLL, binary cross-entropy, and the long-tail
+(prior-adjusted) softmax losses.
 
-__all__: list[str] = []
+The softmax losses share one core (``_softmax_loss``): ``log_softmax`` over the class dimension in the
+compute dtype, a ``gather`` for class-index targets (no one-hot is ever built), PyTorch's label
+smoothing and class-weight formulas, and ``weight_reduce`` for weighting and reduction.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as TF
+from torch import Tensor
+
+from lossforge._checks import (
+    as_class_weight,
+    check_floating,
+    check_number,
+    check_optional_int,
+    check_unit_interval,
+    compute_dtype,
+    fail,
+    poison_out_of_range,
+    value_checks_enabled,
+)
+from lossforge._dispatch import kernel_eligible, unsupported
+from lossforge._reduction import Backend, Reduction, weight_reduce
+from lossforge._targets import sigmoid_target, softmax_target
+
+__all__ = [
+    "balanced_softmax_loss",
+    "binary_cross_entropy",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "logit_adjusted_loss",
+    "nll_loss",
+]
+
+#: Prior given to a class with a zero count before taking its log (log(1e-12) ~ -27.6), so the
+#: adjusted logits stay finite.
+ZERO_PRIOR = 1e-12
+
+
+def _class_view(v: Tensor, ndim: int, cdim: int) -> Tensor:
+    """Reshape a length-C vector so that it broadcasts along the class dimension."""
+    shape = [1] * ndim
+    shape[cdim] = v.shape[0]
+    return v.view(shape)
+
+
+def _softmax_loss(
+    fn: str,
+    logits: object,
+    target: object,
+    *,
+    class_weight: object,
+    ignore_index: object,
+    label_smoothing: object,
+    weight: Tensor | None,
+    reduction: str,
+    avg_factor: float | Tensor | None,
+    backend: object,
+    log_softmax: bool = True,
+    allow_probs: bool = True,
+    log_prior: Tensor | None = None,
+    input_name: str = "logits",
+) -> Tensor:
+    """Shared cross-entropy / NLL core (PyTorch semantics; see ``cross_entropy``)."""
+    x = check_floating(fn, input_name, logits)
+    eps = check_number(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
+    ignore = check_optional_int(fn, "ignore_index", ignore_index)
+    if kernel_eligible(fn, backend, x):
+        unsupported(fn, backend, "no fused softmax cross-entropy kernel is available")  # type: ignore[arg-type]
+    if not allow_probs and isinstance(target, Tensor) and target.is_floating_point():
+        fail(fn, "target", "an integer tensor of class indices", f"dtype {target.dtype}", TypeError)
+    st = softmax_target(fn, x, target, ignore_index=ignore)
+    cdim, ndim = st.cdim, x.ndim
+    c = x.shape[cdim]
+    w = as_class_weight(fn, class_weight, c, x)
+    z = x.to(compute_dtype(x))
+    if log_prior is not None:
+        z = z + _class_view(log_prior.to(z.dtype), ndim, cdim)
+    logp = torch.log_softmax(z, dim=cdim) if log_softmax else z
+    w_c = None if w is None else _class_view(w, ndim, cdim)
+
+    if st.probs is not None:
+        # Probability targets: -sum_c w_c t_c log p_c; "mean" divides by the number of positions
+        # (PyTorch: the class weights do not enter the denominator here).
+        t = st.probs
+        if eps > 0:
+            t = t * (1.0 - eps) + eps / c
+        prod = logp * t if w_c is None else logp * t * w_c
+        loss = -prod.sum(dim=cdim)
+        return weight_reduce(loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor)
+
+    assert st.index is not None  # internal invariant of softmax_target
+    idx = st.index
+    nll = -logp.gather(cdim, idx.unsqueeze(cdim)).squeeze(cdim)
+    w_t = None
+    if w is not None:
+        w_t = w[idx]
+        nll = nll * w_t
+    loss = nll
+    if eps > 0:
+        # PyTorch: (1 - eps) * w[y] * nll + eps / C * sum_c w_c * (-log p_c)
+        smooth = -(logp.sum(dim=cdim) if w_c is None else (logp * w_c).sum(dim=cdim))
+        loss = (1.0 - eps) * nll + (eps / c) * smooth
+    loss = poison_out_of_range(loss, st.bad)
+    valid = st.valid
+    denominator = None
+    if w_t is not None and reduction == "mean" and avg_factor is None:
+        # PyTorch divides the class-weighted mean by the summed class weights of the valid targets.
+        w_valid = w_t if valid is None else torch.where(valid, w_t, torch.zeros((), dtype=w_t.dtype, device=w_t.device))
+        denominator = w_valid.sum()
+        # A zero denominator (all ignored, or all valid targets weighted 0) gives exactly 0, also when
+        # label smoothing would leave a non-zero numerator (PyTorch returns NaN or inf there).
+        nonzero = denominator > 0
+        valid = nonzero if valid is None else valid & nonzero
+    return weight_reduce(
+        loss,
+        fn=fn,
+        reduction=reduction,
+        weight=weight,
+        avg_factor=avg_factor,
+        valid=valid,
+        denominator=denominator,
+    )
+
+
+def cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    class_weight: Tensor | list[float] | None = None,
+    ignore_index: int | None = -100,
+    label_smoothing: float = 0.0,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+    backend: Backend = "torch",
+) -> Tensor:
+    r"""Softmax cross-entropy with ``torch.nn.functional.cross_entropy`` semantics.
+
+    With $p = \operatorname{softmax}(x)$ over the class dimension, class weights $w$ (all 1 when
+    unset), $C$ classes and smoothing $\varepsilon$, a class-index target $y$ gives
+
+    $$
+    \ell = (1 - \varepsilon)\, w_y\, (-\log p_y) + \frac{\varepsilon}{C} \sum_{c=1}^{C} w_c\, (-\log p_c)
+    $$
+
+    and a probability target $t$ gives
+
+    $$
+    \ell = -\sum_{c=1}^{C} w_c\, t'_c \log p_c, \qquad t' = (1 - \varepsilon)\, t + \varepsilon / C.
+    $$
+
+    ``"mean"`` divides the weighted sum by ``avg_factor`` when given; otherwise, for index targets,
+    by $\sum_i w_{y_i}$ over the non-ignored positions (the number of non-ignored positions without
+    ``class_weight``), and for probability targets by the number of positions (as PyTorch does,
+    ``class_weight`` does not enter that denominator). Ignored positions give 0 in ``"none"``.
+    The ``ignore_index`` class, if it is a valid class, still sits in the softmax denominator.
+
+    Deviations from PyTorch: an empty batch, every target ignored, or all-zero weights of the valid
+    targets give exactly 0 with zero gradients (PyTorch: NaN); integer targets of any integer dtype
+    (int32, uint8, ...) are accepted; ``C = 1`` raises.
+
+    Args:
+        logits: Unnormalised scores, ``(N, C, d1, ..., dk)`` or unbatched ``(C,)``. Half inputs are
+            computed in float32.
+        target: Class indices of shape ``(N, d1, ..., dk)`` (or ``()``), any integer dtype, values
+            in ``[0, C)`` or ``ignore_index``; or probabilities of the logits' shape (float).
+        class_weight: Per-class weights, length ``C``, non-negative (tensor or list).
+        ignore_index: Index target value that is ignored; ``None`` disables it. Must be left at its
+            default with probability targets.
+        label_smoothing: $\varepsilon \in [0, 1]$.
+        weight: Element-wise weight of the unreduced loss (the target's shape or its leading dims).
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        avg_factor: Denominator of ``"mean"`` (mmdetection convention); replaces the one above.
+        backend: ``"torch"`` | ``"auto"`` | ``"triton"`` (no fused kernel yet: ``"auto"`` runs the
+            reference, ``"triton"`` raises).
+
+    Returns:
+        ``"none"``: the loss per position, shape ``(N, d1, ..., dk)`` (``()`` for unbatched input);
+        otherwise a scalar. float32 for half/float32 inputs, float64 for float64 inputs.
+
+    References:
+        Szegedy et al., "Rethinking the Inception Architecture for Computer Vision" (label
+        smoothing), CVPR 2016, arXiv:1512.00567.
+
+    Example:
+        >>> logits = torch.tensor([[0.2, 0.3, 0.4], [-0.02, -0.13, 0.2], [0.5, -0.3, 0.73]])
+        >>> cross_entropy(logits, torch.tensor([0, 2, 1]))
+        tensor(1.3077)
+    """
+    return _softmax_loss(
+        "cross_entropy",
+        logits,
+        target,
+        class_weight=class_weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        weight=weight,
+        reduction=reduction,
+        avg_factor=avg_factor,
+        backend=backend,
+    )
+
+
+def nll_loss(
+    log_probs: Tensor,
+    target: Tensor,
+    *,
+    class_weight: Tensor | list[float] | None = None,
+    ignore_index: int | None = -100,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+) -> Tensor:
+    r"""Negative log-likelihood of class-index targets, ``torch.nn.functional.nll_loss`` semantics.
+
+    $$
+    \ell = -w_y\, z_y
+    $$
+
+    where $z$ are the given log-probabilities (usually ``log_softmax`` output; they are not
+    normalised here) and $w$ the class weights (1 when unset). ``"mean"`` divides by
+    $\sum_i w_{y_i}$ over the non-ignored positions, like PyTorch; empty or all-ignored batches give
+    0 (PyTorch: NaN). ``nll_loss(log_softmax(x), y) == cross_entropy(x, y)``.
+
+    Args:
+        log_probs: Log-probabilities, ``(N, C, d1, ..., dk)`` or unbatched ``(C,)``.
+        target: Class indices, ``(N, d1, ..., dk)``, any integer dtype.
+        class_weight: Per-class weights, length ``C``, non-negative.
+        ignore_index: Ignored target value; ``None`` disables it.
+        weight: Element-wise weight of the unreduced loss.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        avg_factor: Denominator of ``"mean"``.
+
+    Returns:
+        The target's shape for ``"none"``, else a scalar.
+
+    Example:
+        >>> nll_loss(torch.tensor([[-0.5, -1.0], [-2.0, -0.1]]), torch.tensor([0, 1]))
+        tensor(0.3000)
+    """
+    return _softmax_loss(
+        "nll_loss",
+        log_probs,
+        target,
+        class_weight=class_weight,
+        ignore_index=ignore_index,
+        label_smoothing=0.0,
+        weight=weight,
+        reduction=reduction,
+        avg_factor=avg_factor,
+        backend="torch",
+        log_softmax=False,
+        allow_probs=False,
+        input_name="log_probs",
+    )
+
+
+def _safe_log(v: Tensor) -> Tensor:
+    """``max(log v, -100)`` as in PyTorch's BCE, with a zero (not NaN) gradient where ``v == 0``."""
+    positive = v > 0
+    logv = torch.log(torch.where(positive, v, torch.ones_like(v)))
+    logv = torch.where(positive, logv, torch.full_like(v, -100.0))
+    return torch.clamp(logv, min=-100.0)
+
+
+def binary_cross_entropy(
+    probs: Tensor,
+    target: Tensor,
+    *,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+    ignore_index: int | None = None,
+) -> Tensor:
+    r"""Binary cross-entropy on probabilities, ``torch.nn.functional.binary_cross_entropy`` semantics.
+
+    $$
+    \ell = -\bigl[\, y \max(\log p, -100) + (1 - y) \max(\log(1 - p), -100) \,\bigr]
+    $$
+
+    The logs are clamped at $-100$ exactly as PyTorch does, so $p \in \{0, 1\}$ gives a finite loss
+    (and a zero gradient where the clamp is active). Prefer ``binary_cross_entropy_with_logits``:
+    it is stable and autocast-safe.
+
+    Args:
+        probs: Probabilities in ``[0, 1]``, any shape ``(*)``; values outside raise ``ValueError``
+            (a value check).
+        target: Dense targets in ``[0, 1]`` of ``probs``' shape (soft labels, bool and integers
+            allowed), or class indices of ``probs``' shape without dim 1 (value ``C`` = all
+            negative), as in ``binary_cross_entropy_with_logits``.
+        weight: Element-wise weight, ``probs``' shape, its leading dims or same-rank broadcastable.
+        reduction: ``"none"`` | ``"mean"`` (over valid elements) | ``"sum"``.
+        avg_factor: Denominator of ``"mean"``.
+        ignore_index: Dense target value (or index-target row value) that is ignored.
+
+    Returns:
+        ``probs``' shape for ``"none"``, else a scalar.
+
+    Example:
+        >>> p = torch.tensor([[0.5, 0.1], [0.3, 0.2]])
+        >>> binary_cross_entropy(p, torch.tensor([[0.0, 0.0], [1.0, 0.0]]), reduction="none")
+        tensor([[0.6931, 0.1054],
+                [1.2040, 0.2231]])
+    """
+    fn = "binary_cross_entropy"
+    p = check_floating(fn, "probs", probs)
+    ignore = check_optional_int(fn, "ignore_index", ignore_index)
+    check_unit_interval(fn, "probs", p)
+    dt = sigmoid_target(fn, p, target, ignore_index=ignore)
+    q = p.to(compute_dtype(p))
+    y = dt.target
+    # log(1 - p) through log1p keeps precision near p = 0; its argument is 1 - p >= 0.
+    one_minus = 1.0 - q
+    positive = one_minus > 0
+    log1m = torch.log1p(-torch.where(positive, q, torch.zeros_like(q)))
+    log1m = torch.clamp(torch.where(positive, log1m, torch.full_like(q, -100.0)), min=-100.0)
+    loss = -(y * _safe_log(q) + (1.0 - y) * log1m)
+    loss = poison_out_of_range(loss, dt.bad)
+    return weight_reduce(loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=dt.valid)
+
+
+def _as_pos_weight(fn: str, pos_weight: object, like: Tensor) -> Tensor:
+    if isinstance(pos_weight, Tensor):
+        pw = pos_weight
+        if pw.device != like.device:
+            fail(fn, "pos_weight", f"on the device of `logits` ({like.device})", pw.device)
+    elif isinstance(pos_weight, (list, tuple)):
+        try:
+            pw = torch.tensor([float(v) for v in pos_weight], device=like.device)
+        except (TypeError, ValueError):
+            fail(fn, "pos_weight", "a sequence of numbers", repr(pos_weight), TypeError)
+    else:
+        fail(fn, "pos_weight", "a tensor or a sequence of numbers", type(pos_weight).__name__, TypeError)
+    if pw.is_complex() or pw.dtype == torch.bool:
+        fail(fn, "pos_weight", "a real tensor", f"dtype {pw.dtype}", TypeError)
+    ok = pw.ndim <= like.ndim
+    if ok:
+        try:
+            ok = tuple(torch.broadcast_shapes(pw.shape, like.shape)) == tuple(like.shape)
+        except RuntimeError:
+            ok = False
+    if not ok:
+        fail(
+            fn,
+            "pos_weight",
+            f"a shape that broadcasts to the logits' shape {tuple(like.shape)} (a (C,) vector lines up "
+            "with the last dimension, as in PyTorch)",
+            f"shape {tuple(pw.shape)}",
+        )
+    pw = pw.to(compute_dtype(like))
+    if value_checks_enabled(pw) and pw.numel() > 0:
+        if not bool(torch.isfinite(pw).all()) or bool((pw < 0).any()):
+            fail(fn, "pos_weight", "finite non-negative values", pw.flatten()[:8].tolist())
+    return pw
+
+
+def binary_cross_entropy_with_logits(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    pos_weight: Tensor | list[float] | None = None,
+    label_smoothing: float = 0.0,
+    ignore_index: int | None = None,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+    backend: Backend = "torch",
+) -> Tensor:
+    r"""Sigmoid binary cross-entropy on logits (binary and multi-label classification).
+
+    With positive-class weight $w_+$ (1 when unset) and smoothing $\varepsilon$,
+
+    $$
+    \ell = -\bigl[\, w_+\, y' \log \sigma(x) + (1 - y') \log \sigma(-x) \,\bigr],
+    \qquad y' = y\,(1 - \varepsilon) + \varepsilon / 2,
+    $$
+
+    computed as ``-logsigmoid(x)`` / ``-logsigmoid(-x)`` in float32 (never ``log(sigmoid(x))``), so it
+    is finite with finite gradients at logits of $\pm 10^4$ in every dtype. With $\varepsilon = 0$
+    this is ``torch.nn.functional.binary_cross_entropy_with_logits``. Label smoothing moves both
+    binary targets towards 1/2 (0 -> eps/2, 1 -> 1 - eps/2), the symmetric form of SMP's
+    ``smooth_factor`` with ``eps = 2 * smooth_factor``; timm's ``BinaryCrossEntropy`` instead uses
+    eps/C for the negatives.
+
+    Targets are dense (the logits' shape, soft labels allowed; elements equal to ``ignore_index`` are
+    ignored) or class indices of the logits' shape without the class dim (dim 1; dim 0 for 1-d
+    logits): value ``k`` in ``[0, C)`` makes class ``k`` positive, value ``C`` means all negative
+    (background), ``ignore_index`` drops the whole row. ``"mean"`` divides by the number of valid
+    elements (rows x C for index targets).
+
+    Args:
+        logits: Raw scores, ``(N, C, *)`` (or any shape with dense targets).
+        target: Dense targets in ``[0, 1]`` or class indices (see above).
+        pos_weight: Weight of the positive term, broadcast against the logits exactly as in PyTorch:
+            a ``(C,)`` vector lines up with the **last** dimension (the class dim of ``(N, C)``
+            logits); for ``(N, C, H, W)`` logits pass it as ``(C, 1, 1)``. Non-negative.
+        label_smoothing: $\varepsilon \in [0, 1]$.
+        ignore_index: Ignored target value; ``None`` disables it.
+        weight: Element-wise weight, the logits' shape, its leading dims (``(N,)`` = per sample) or
+            same-rank broadcastable.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        avg_factor: Denominator of ``"mean"``.
+        backend: ``"torch"`` | ``"auto"`` | ``"triton"`` (no fused kernel yet).
+
+    Returns:
+        The logits' shape for ``"none"``, else a scalar.
+
+    Example:
+        >>> binary_cross_entropy_with_logits(torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.0]))
+        tensor(1.4100)
+    """
+    fn = "binary_cross_entropy_with_logits"
+    x = check_floating(fn, "logits", logits)
+    eps = check_number(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
+    ignore = check_optional_int(fn, "ignore_index", ignore_index)
+    if kernel_eligible(fn, backend, x):
+        unsupported(fn, backend, "no fused binary cross-entropy kernel is available")  # type: ignore[arg-type]
+    dt = sigmoid_target(fn, x, target, ignore_index=ignore)
+    pw = None if pos_weight is None else _as_pos_weight(fn, pos_weight, x)
+    z = x.to(compute_dtype(x))
+    y = dt.target
+    if eps > 0:
+        y = y * (1.0 - eps) + 0.5 * eps
+    pos_term = -TF.logsigmoid(z)  # -log sigma(x)
+    neg_term = -TF.logsigmoid(-z)  # -log(1 - sigma(x))
+    pos = y * pos_term if pw is None else pw * y * pos_term
+    loss = pos + (1.0 - y) * neg_term
+    loss = poison_out_of_range(loss, dt.bad)
+    return weight_reduce(loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=dt.valid)
+
+
+def _log_prior(fn: str, values: object, name: str, like: Tensor) -> Tensor:
+    """log(v / sum v) for class counts or priors, zero entries floored at ``ZERO_PRIOR``."""
+    if isinstance(values, Tensor):
+        v = values
+        if v.device != like.device:
+            fail(fn, name, f"on the device of `logits` ({like.device})", v.device)
+    elif isinstance(values, (list, tuple)):
+        try:
+            v = torch.tensor([float(a) for a in values], device=like.device)
+        except (TypeError, ValueError):
+            fail(fn, name, "a sequence of numbers", repr(values), TypeError)
+    else:
+        fail(fn, name, "a 1-d tensor or a sequence of numbers", type(values).__name__, TypeError)
+    if v.is_complex() or v.dtype == torch.bool:
+        fail(fn, name, "a real tensor", f"dtype {v.dtype}", TypeError)
+    if like.ndim == 0:
+        fail(fn, "logits", "a tensor of shape (N, C, *) or (C,)", "a 0-d tensor")
+    c = like.shape[1 if like.ndim >= 2 else 0]
+    if v.ndim != 1 or v.shape[0] != c:
+        fail(fn, name, f"a 1-d tensor of length C={c}", f"shape {tuple(v.shape)}")
+    v = v.to(compute_dtype(like))
+    if value_checks_enabled(v):
+        if not bool(torch.isfinite(v).all()) or bool((v < 0).any()):
+            fail(fn, name, "finite non-negative values", v.tolist())
+        if not bool(v.sum() > 0):
+            fail(fn, name, "at least one positive value", v.tolist())
+    prior = v / v.sum()
+    return torch.log(torch.clamp(prior, min=ZERO_PRIOR))
+
+
+def logit_adjusted_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    class_counts: Tensor | list[float] | None = None,
+    priors: Tensor | list[float] | None = None,
+    tau: float = 1.0,
+    class_weight: Tensor | list[float] | None = None,
+    ignore_index: int | None = -100,
+    label_smoothing: float = 0.0,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+    backend: Backend = "torch",
+) -> Tensor:
+    r"""Logit-adjusted softmax cross-entropy for long-tailed labels (Menon et al. 2021).
+
+    $$
+    \ell = \operatorname{CE}\bigl(x + \tau \log \pi,\; y\bigr), \qquad \pi_c = n_c / \textstyle\sum_k n_k
+    $$
+
+    where $n$ are the class counts (or given priors, normalised the same way). Everything else
+    (class weights, ``ignore_index``, label smoothing, the ``"mean"`` denominator) is exactly
+    ``cross_entropy`` on the adjusted logits. ``tau=0`` is plain cross-entropy, ``tau=1`` is the
+    Balanced Softmax loss. Use the raw logits (without the adjustment) at test time. Because
+    cross-entropy is invariant to adding one constant to every logit, scaling the counts changes
+    nothing. A class with count 0 gets the prior $10^{-12}$ ($\log \pi \approx -27.6$) instead of
+    $\log 0 = -\infty$, so the loss and its gradient stay finite.
+
+    Args:
+        logits: ``(N, C, d1, ..., dk)`` or ``(C,)``.
+        target: Class indices ``(N, d1, ..., dk)`` or probabilities of the logits' shape.
+        class_counts: Training-set count per class, length ``C``, non-negative, not all zero.
+        priors: Alternatively, class priors (exactly one of ``class_counts`` / ``priors``).
+        tau: Adjustment strength $\tau \ge 0$.
+        class_weight: Per-class weights passed to ``cross_entropy``.
+        ignore_index: Ignored index target value; ``None`` disables it.
+        label_smoothing: $\varepsilon \in [0, 1]$.
+        weight: Element-wise weight of the unreduced loss.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        avg_factor: Denominator of ``"mean"``.
+        backend: ``"torch"`` | ``"auto"`` | ``"triton"``.
+
+    Returns:
+        As ``cross_entropy``.
+
+    References:
+        Menon et al., "Long-tail learning via logit adjustment", ICLR 2021, arXiv:2007.07314.
+
+    Example:
+        >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> logit_adjusted_loss(x, torch.tensor([0, 1]), class_counts=[90, 10], tau=1.0)
+        tensor(0.7506)
+    """
+    fn = "logit_adjusted_loss"
+    t = check_number(fn, "tau", tau, low=0.0)
+    if (class_counts is None) == (priors is None):
+        fail(fn, "class_counts", "exactly one of `class_counts` and `priors`", "both" if priors is not None else "neither")
+    x = check_floating(fn, "logits", logits)
+    if class_counts is not None:
+        log_prior = _log_prior(fn, class_counts, "class_counts", x)
+    else:
+        log_prior = _log_prior(fn, priors, "priors", x)
+    return _softmax_loss(
+        fn,
+        x,
+        target,
+        class_weight=class_weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        weight=weight,
+        reduction=reduction,
+        avg_factor=avg_factor,
+        backend=backend,
+        log_prior=t * log_prior,
+    )
+
+
+def balanced_softmax_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    class_counts: Tensor | list[float],
+    class_weight: Tensor | list[float] | None = None,
+    ignore_index: int | None = -100,
+    label_smoothing: float = 0.0,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+    backend: Backend = "torch",
+) -> Tensor:
+    r"""Balanced Softmax cross-entropy for long-tailed labels (Ren et al. 2020).
+
+    The softmax is reweighted by the class counts $n_c$, which is cross-entropy on prior-shifted
+    logits:
+
+    $$
+    \ell = -\log \frac{n_y\, e^{x_y}}{\sum_c n_c\, e^{x_c}} = \operatorname{CE}\bigl(x + \log \pi,\; y\bigr),
+    \qquad \pi_c = n_c / \textstyle\sum_k n_k .
+    $$
+
+    This is ``logit_adjusted_loss`` with ``tau=1``; uniform counts give plain ``cross_entropy``.
+    Zero counts get the prior $10^{-12}$ (finite loss and gradients). Options are passed to
+    ``cross_entropy`` unchanged.
+
+    Args:
+        logits: ``(N, C, d1, ..., dk)`` or ``(C,)``.
+        target: Class indices ``(N, d1, ..., dk)`` or probabilities of the logits' shape.
+        class_counts: Training-set count per class, length ``C``, non-negative, not all zero.
+        class_weight: Per-class weights passed to ``cross_entropy``.
+        ignore_index: Ignored index target value; ``None`` disables it.
+        label_smoothing: $\varepsilon \in [0, 1]$.
+        weight: Element-wise weight of the unreduced loss.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        avg_factor: Denominator of ``"mean"``.
+        backend: ``"torch"`` | ``"auto"`` | ``"triton"``.
+
+    Returns:
+        As ``cross_entropy``.
+
+    References:
+        Ren et al., "Balanced Meta-Softmax for Long-Tailed Visual Recognition", NeurIPS 2020,
+        arXiv:2007.10740.
+
+    Example:
+        >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> balanced_softmax_loss(x, torch.tensor([0, 1]), class_counts=[90, 10])
+        tensor(0.7506)
+    """
+    fn = "balanced_softmax_loss"
+    x = check_floating(fn, "logits", logits)
+    log_prior = _log_prior(fn, class_counts, "class_counts", x)
+    return _softmax_loss(
+        fn,
+        x,
+        target,
+        class_weight=class_weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        weight=weight,
+        reduction=reduction,
+        avg_factor=avg_factor,
+        backend=backend,
+        log_prior=log_prior,
+    )
+
