@@ -1,0 +1,98 @@
+"""Launch heuristics and host-side helpers shared by the kernel families.
+
+Block sizes follow PERFORMANCE.md section 5: element-wise tiles of 1024 with 4 warps (8192-wide tiles
+halved the throughput on an H100 from register pressure), row tiles capped at 16K columns. Under the
+Triton CPU interpreter the tiles are small so that the tests exercise many programs and masked tails.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def interpreting() -> bool:
+    """True when triton runs kernels through its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("", "0", "false", "off")
+
+
+def fast_math() -> bool:
+    """Approximate division/log (libdevice) on the GPU: opt-in with ``LOSSFORGE_FAST_MATH=1``.
+
+    Always off under the interpreter, where libdevice calls fail (PERFORMANCE.md section 4).
+    """
+    return os.environ.get("LOSSFORGE_FAST_MATH", "0") == "1" and not interpreting()
+
+
+def elementwise_block() -> int:
+    return 128 if interpreting() else 1024
+
+
+def elementwise_warps() -> int:
+    return 4
+
+
+@lru_cache(maxsize=8)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def persistent_programs(device: torch.device, n_blocks: int) -> int:
+    """Grid of a grid-stride kernel: at most 4 programs per SM (4 under the interpreter)."""
+    if device.type == "cuda":
+        cap = 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    else:
+        cap = 4
+    return max(1, min(n_blocks, cap))
+
+
+def is_dense(x: Tensor) -> bool:
+    """Non-overlapping and dense in one of the layouts the element-wise kernels walk in memory order."""
+    if x.is_contiguous():
+        return True
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return True
+    return x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def same_layout(ref: Tensor, *others: Tensor) -> tuple[Tensor, ...]:
+    """Return ``(ref, *others)`` in one dense memory layout, copying only what does not match.
+
+    Element-wise kernels then walk all of them in memory order, so channels_last inputs are read in
+    place. A copy happens only for strided views (``x[..., ::2]``, expanded tensors).
+    """
+    if not is_dense(ref):
+        ref = ref.contiguous()
+    out = [ref]
+    for o in others:
+        if o.shape != ref.shape or o.stride() != ref.stride():
+            o = o.contiguous() if ref.is_contiguous() else torch.empty_like(ref, dtype=o.dtype).copy_(o)
+        out.append(o)
+    return tuple(out)
+
+
+def mean_scale(
+    reduction: str,
+    avg_factor: float | Tensor | None,
+    count: int | Tensor,
+    device: torch.device,
+) -> tuple[float, Tensor | None]:
+    """The factor that turns a weighted sum into the reduced loss, as (host float, device tensor).
+
+    Exactly one matters: the device tensor when not None (no host sync: an ``avg_factor`` tensor or
+    a valid count computed on the device), else the host float. A zero denominator divides by 1
+    (the reference's safe division: the sum is 0 then).
+    """
+    if reduction == "sum":
+        return 1.0, None
+    denom: float | Tensor = count if avg_factor is None else avg_factor
+    if isinstance(denom, Tensor):
+        d = denom.to(device=device, dtype=torch.float32).reshape(1)
+        return 1.0, 1.0 / torch.where(d > 0, d, torch.ones_like(d))
+    d = float(denom)
+    return (1.0 / d if d > 0 else 1.0), None

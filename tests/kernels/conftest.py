@@ -1,0 +1,20 @@
+"""Kernel tests: run on the GPU when there is one, else through the Triton CPU interpreter.
+
+``TRITON_INTERPRET`` must be set before triton is imported, so this conftest sets it (when no CUDA
+device is present) before anything imports ``lossforge.kernels``. Without triton the whole directory
+is skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+collect_ignore_glob: list[str] = []
+if importlib.util.find_spec("triton") is None:
+    collect_ignore_glob = ["test_*.py"]
