@@ -781,3 +781,56 @@ def test_property_permutation_invariance_and_split_additivity(n: int, seed: int,
     whole = fn(x, y, reduction="sum")
     parts = fn(x[:k], y[:k], reduction="sum") + fn(x[k:], y[k:], reduction="sum")
     assert_close(whole, parts, F64)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tracing, autocast, determinism
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_torch_compile_smoke_eager_backend() -> None:
+    # Dynamo tracing with the "eager" backend (~2 s); the inductor backend takes ~20 s on the CI CPU.
+    fn = torch.compile(
+        lambda a, b: F.cross_entropy(a, b, label_smoothing=0.1, class_weight=[1.0, 2.0, 3.0], ignore_index=2),
+        fullgraph=False,
+        backend="eager",
+    )
+    x = torch.randn(4, 3, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 1])
+    got = fn(x, y)
+    (g1,) = torch.autograd.grad(got, x)
+    expected = TF.cross_entropy(x, y, label_smoothing=0.1, weight=torch.tensor([1.0, 2.0, 3.0]), ignore_index=2)
+    (g2,) = torch.autograd.grad(expected, x)
+    assert_close(got, expected)
+    assert_close(g1, g2)
+
+
+def test_cpu_bf16_autocast_is_finite_and_float32() -> None:
+    x = torch.tensor([[1e4, -1e4, 3.0], [0.5, -0.5, 20.0]], requires_grad=True)
+    lin = torch.nn.Linear(3, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = lin(x)
+        assert h.dtype == torch.bfloat16
+        losses = [
+            F.cross_entropy(h, torch.tensor([1, 2]), label_smoothing=0.1),
+            F.binary_cross_entropy_with_logits(h, torch.tensor([0, 3])),
+            F.balanced_softmax_loss(h, torch.tensor([1, 2]), class_counts=[1, 0, 5]),
+        ]
+    for loss in losses:
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+        (grad,) = torch.autograd.grad(loss, x, retain_graph=True)
+        assert torch.isfinite(grad).all()
+
+
+def test_deterministic_mode_spatial_cross_entropy() -> None:
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        x = torch.randn(2, 3, 4, 4, requires_grad=True)
+        y = torch.randint(0, 3, (2, 4, 4))
+        a = F.cross_entropy(x, y, class_weight=[1.0, 2.0, 0.5], label_smoothing=0.1)
+        a.backward()
+        b = F.cross_entropy(x, y, class_weight=[1.0, 2.0, 0.5], label_smoothing=0.1)
+        assert a.item() == b.item()
+    finally:
+        torch.use_deterministic_algorithms(previous)
