@@ -834,3 +834,55 @@ def test_deterministic_mode_spatial_cross_entropy() -> None:
         assert a.item() == b.item()
     finally:
         torch.use_deterministic_algorithms(previous)
+
+
+def test_bce_with_logits_routes_to_the_fused_kernel_when_it_can_serve(monkeypatch) -> None:
+    """Dispatch plumbing (no GPU needed): a stand-in kernel module records what it receives."""
+    import sys
+    import types
+
+    import lossforge.functional.classification as cls_mod
+    import lossforge.kernels
+
+    calls: list[dict] = []
+
+    def fake_entry(logits, target, **kw):
+        calls.append({"target": target, **kw})
+        return F.binary_cross_entropy_with_logits(logits, target, **kw)
+
+    def fake_reason(logits, target, weight=None, pos_weight=None):
+        return "logits dtype torch.float64" if logits.dtype == F64 else None
+
+    fake = types.SimpleNamespace(binary_cross_entropy_with_logits=fake_entry, unsupported_reason=fake_reason)
+    monkeypatch.setitem(sys.modules, "lossforge.kernels.sigmoid", fake)
+    monkeypatch.setattr(lossforge.kernels, "sigmoid", fake, raising=False)
+    monkeypatch.setattr(cls_mod, "kernel_eligible", lambda fn, backend, *t: backend != "torch")
+
+    x = torch.randn(5, 3)
+    y = torch.tensor([0, 3, 2, -1, 1], dtype=torch.int32)
+    kw = {"pos_weight": [2.0, 1.0, 0.5], "label_smoothing": 0.1, "ignore_index": -1}
+    got = F.binary_cross_entropy_with_logits(x, y, backend="auto", **kw)
+    assert len(calls) == 1 and calls[0]["target"] is y  # raw index target, no one-hot built
+    assert calls[0]["label_smoothing"] == 0.1 and calls[0]["ignore_index"] == -1
+    assert_close(got, F.binary_cross_entropy_with_logits(x, y, **kw))
+    # validation still runs before the kernel
+    with pytest.raises(ValueError, match="target"):
+        F.binary_cross_entropy_with_logits(x, torch.tensor([0, 9, 2, 1, 1]), backend="auto")
+    with pytest.raises(ValueError, match="weight"):
+        F.binary_cross_entropy_with_logits(x, y.long(), weight=torch.ones(4), ignore_index=-1, backend="auto")
+    # cases the kernel cannot serve: fall back under "auto", raise under "triton"
+    x4 = torch.randn(2, 3, 4, 4)
+    t4 = torch.rand(2, 3, 4, 4)
+    pw4 = torch.rand(4)  # PyTorch's last-dim broadcast on 4-d logits
+    n_calls = len(calls)
+    assert_close(
+        F.binary_cross_entropy_with_logits(x4, t4, pos_weight=pw4, backend="auto"),
+        TF.binary_cross_entropy_with_logits(x4, t4, pos_weight=pw4),
+    )
+    assert len(calls) == n_calls
+    with pytest.raises(ValueError, match="pos_weight of shape"):
+        F.binary_cross_entropy_with_logits(x4, t4, pos_weight=pw4, backend="triton")
+    with pytest.raises(ValueError, match="float64"):
+        F.binary_cross_entropy_with_logits(x.double(), y, backend="triton", ignore_index=-1)
+    F.binary_cross_entropy_with_logits(x4, t4, pos_weight=2.0, backend="triton")  # a scalar is fine
+    assert len(calls) == n_calls + 1

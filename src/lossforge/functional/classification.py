@@ -8,6 +8,8 @@ smoothing and class-weight formulas, and ``weight_reduce`` for weighting and red
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as TF
 from torch import Tensor
@@ -15,8 +17,10 @@ from torch import Tensor
 from lossforge._checks import (
     as_class_weight,
     check_floating,
+    check_index_range,
     check_number,
     check_optional_int,
+    check_reduction,
     check_unit_interval,
     compute_dtype,
     fail,
@@ -24,7 +28,7 @@ from lossforge._checks import (
     value_checks_enabled,
 )
 from lossforge._dispatch import kernel_eligible, unsupported
-from lossforge._reduction import Backend, Reduction, weight_reduce
+from lossforge._reduction import Backend, Reduction, check_avg_factor, expand_weight, weight_reduce
 from lossforge._targets import sigmoid_target, softmax_target
 
 __all__ = [
@@ -329,13 +333,15 @@ def _as_pos_weight(fn: str, pos_weight: object, like: Tensor) -> Tensor:
         pw = pos_weight
         if pw.device != like.device:
             fail(fn, "pos_weight", f"on the device of `logits` ({like.device})", pw.device)
+    elif isinstance(pos_weight, numbers.Real) and not isinstance(pos_weight, bool):
+        pw = torch.tensor(float(pos_weight), device=like.device)
     elif isinstance(pos_weight, (list, tuple)):
         try:
             pw = torch.tensor([float(v) for v in pos_weight], device=like.device)
         except (TypeError, ValueError):
             fail(fn, "pos_weight", "a sequence of numbers", repr(pos_weight), TypeError)
     else:
-        fail(fn, "pos_weight", "a tensor or a sequence of numbers", type(pos_weight).__name__, TypeError)
+        fail(fn, "pos_weight", "a number, a tensor or a sequence of numbers", type(pos_weight).__name__, TypeError)
     if pw.is_complex() or pw.dtype == torch.bool:
         fail(fn, "pos_weight", "a real tensor", f"dtype {pw.dtype}", TypeError)
     ok = pw.ndim <= like.ndim
@@ -359,11 +365,68 @@ def _as_pos_weight(fn: str, pos_weight: object, like: Tensor) -> Tensor:
     return pw
 
 
+def _check_index_or_dense_target(fn: str, x: Tensor, target: object, ignore: int | None) -> Tensor:
+    """The checks of ``sigmoid_target`` without building the dense target (fused-kernel path)."""
+    if isinstance(target, Tensor) and x.ndim >= 1 and tuple(target.shape) != tuple(x.shape):
+        cdim = 1 if x.ndim >= 2 else 0
+        if tuple(target.shape) == tuple(x.shape[:cdim]) + tuple(x.shape[cdim + 1 :]):
+            if target.device != x.device:
+                fail(fn, "target", f"on the device of `logits` ({x.device})", target.device)
+            if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+                fail(fn, "target", "an integer tensor of class indices", f"dtype {target.dtype}", TypeError)
+            check_index_range(fn, target, x.shape[cdim], ignore_index=ignore, allow_background=True)
+            return target
+    sigmoid_target(fn, x, target, ignore_index=ignore)  # dense: validates (shape, dtype, values)
+    return target  # type: ignore[return-value]
+
+
+def _bce_kernel(
+    fn: str,
+    backend: object,
+    x: Tensor,
+    target: object,
+    pw: Tensor | None,
+    eps: float,
+    ignore: int | None,
+    weight: Tensor | None,
+    reduction: str,
+    avg_factor: float | Tensor | None,
+) -> Tensor | None:
+    """Run the fused sigmoid kernel when it can serve the case; None means "use the reference"."""
+    t = _check_index_or_dense_target(fn, x, target, ignore)
+    check_reduction(fn, reduction)
+    check_avg_factor(fn, avg_factor, reduction)
+    if weight is not None:
+        expand_weight(fn, weight, x.shape, x)  # validation only; the kernel reads `weight` as given
+    from lossforge.kernels import sigmoid as fused
+
+    why = fused.unsupported_reason(x, t, weight, pw)
+    if why is None and pw is not None and pw.numel() > 1:
+        # The kernel indexes a pos_weight vector by class; that is PyTorch's last-dim broadcast only
+        # for a (C,)-like vector on logits with at most 2 dims.
+        c = x.shape[1 if x.ndim >= 2 else 0]
+        if x.ndim > 2 or pw.numel() != c or pw.shape[-1] != c:
+            why = f"pos_weight of shape {tuple(pw.shape)}"
+    if why is not None:
+        unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
+        return None
+    return fused.binary_cross_entropy_with_logits(
+        x,
+        t,
+        weight=weight,
+        reduction=reduction,
+        avg_factor=avg_factor,
+        ignore_index=ignore,
+        pos_weight=pw,
+        label_smoothing=eps,
+    )
+
+
 def binary_cross_entropy_with_logits(
     logits: Tensor,
     target: Tensor,
     *,
-    pos_weight: Tensor | list[float] | None = None,
+    pos_weight: Tensor | float | list[float] | None = None,
     label_smoothing: float = 0.0,
     ignore_index: int | None = None,
     weight: Tensor | None = None,
@@ -396,7 +459,8 @@ def binary_cross_entropy_with_logits(
     Args:
         logits: Raw scores, ``(N, C, *)`` (or any shape with dense targets).
         target: Dense targets in ``[0, 1]`` or class indices (see above).
-        pos_weight: Weight of the positive term, broadcast against the logits exactly as in PyTorch:
+        pos_weight: Weight of the positive term (a number, list or tensor), broadcast against the
+            logits exactly as in PyTorch:
             a ``(C,)`` vector lines up with the **last** dimension (the class dim of ``(N, C)``
             logits); for ``(N, C, H, W)`` logits pass it as ``(C, 1, 1)``. Non-negative.
         label_smoothing: $\varepsilon \in [0, 1]$.
@@ -405,7 +469,10 @@ def binary_cross_entropy_with_logits(
             same-rank broadcastable.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
         avg_factor: Denominator of ``"mean"``.
-        backend: ``"torch"`` | ``"auto"`` | ``"triton"`` (no fused kernel yet).
+        backend: ``"torch"`` | ``"auto"`` | ``"triton"``: the fused sigmoid kernel
+            (``lossforge.kernels``) serves CUDA float32/float16/bfloat16 inputs, with ``pos_weight``
+            a number or a ``(C,)`` vector on logits of at most 2 dims; other cases fall back under
+            ``"auto"`` and raise under ``"triton"``.
 
     Returns:
         The logits' shape for ``"none"``, else a scalar.
@@ -418,10 +485,12 @@ def binary_cross_entropy_with_logits(
     x = check_floating(fn, "logits", logits)
     eps = check_number(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
     ignore = check_optional_int(fn, "ignore_index", ignore_index)
-    if kernel_eligible(fn, backend, x):
-        unsupported(fn, backend, "no fused binary cross-entropy kernel is available")  # type: ignore[arg-type]
-    dt = sigmoid_target(fn, x, target, ignore_index=ignore)
     pw = None if pos_weight is None else _as_pos_weight(fn, pos_weight, x)
+    if kernel_eligible(fn, backend, x):
+        fused = _bce_kernel(fn, backend, x, target, pw, eps, ignore, weight, reduction, avg_factor)
+        if fused is not None:
+            return fused
+    dt = sigmoid_target(fn, x, target, ignore_index=ignore)
     z = x.to(compute_dtype(x))
     y = dt.target
     if eps > 0:

@@ -182,7 +182,7 @@ class BinaryCrossEntropyWithLogitsLoss(Loss):
     def __init__(
         self,
         *,
-        pos_weight: TensorOption = None,
+        pos_weight: TensorOption | float = None,
         label_smoothing: float = 0.0,
         ignore_index: int | None = None,
         reduction: Reduction = "mean",
@@ -191,6 +191,8 @@ class BinaryCrossEntropyWithLogitsLoss(Loss):
     ) -> None:
         super().__init__(reduction=reduction, loss_weight=loss_weight)
         name = type(self).__name__
+        if isinstance(pos_weight, (int, float)) and not isinstance(pos_weight, bool):
+            pos_weight = torch.tensor(float(pos_weight))
         self._register_tensor_option("pos_weight", pos_weight)
         _check_non_negative(name, "pos_weight", self.pos_weight)
         self.label_smoothing = check_number(name, "label_smoothing", label_smoothing, low=0.0, high=1.0)
