@@ -22,9 +22,9 @@ CW4 = [0.5, 2.0, 1.0, 0.25]
 COUNTS4 = [40.0, 10.0, 2.0, 0.0]
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Input makers for the contract suite
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 
 def _index(n: int, dtype: torch.dtype, g: torch.Generator, c: int = 4, ignore: int | None = None):
@@ -86,47 +86,142 @@ def _bce_spatial_dense(n, dtype, g):
 
 CASES = [
     LossCase("ce", F.cross_entropy, lf.CrossEntropyLoss, {}, _index, elementwise=False),
-    LossCase("ce_ignore", F.cross_entropy, lf.CrossEntropyLoss, {}, _index_ignored, elementwise=False,
-             mean_is_count=False),
-    LossCase("ce_class_weight", F.cross_entropy, lf.CrossEntropyLoss, {"class_weight": CW4}, _index_ignored,
-             elementwise=False, mean_is_count=False),
-    LossCase("ce_smoothing", F.cross_entropy, lf.CrossEntropyLoss, {"label_smoothing": 0.2}, _index,
-             elementwise=False),
-    LossCase("ce_weight_smooth_ignore", F.cross_entropy, lf.CrossEntropyLoss,
-             {"class_weight": CW4, "label_smoothing": 0.1}, _index_ignored, elementwise=False, mean_is_count=False),
-    LossCase("ce_spatial", F.cross_entropy, lf.CrossEntropyLoss, {"ignore_index": 255, "label_smoothing": 0.05},
-             _spatial, elementwise=False, mean_is_count=False),
+    LossCase(
+        "ce_ignore",
+        F.cross_entropy,
+        lf.CrossEntropyLoss,
+        {},
+        _index_ignored,
+        elementwise=False,
+        mean_is_count=False,
+    ),
+    LossCase(
+        "ce_class_weight",
+        F.cross_entropy,
+        lf.CrossEntropyLoss,
+        {"class_weight": CW4},
+        _index_ignored,
+        elementwise=False,
+        mean_is_count=False,
+    ),
+    LossCase(
+        "ce_smoothing",
+        F.cross_entropy,
+        lf.CrossEntropyLoss,
+        {"label_smoothing": 0.2},
+        _index,
+        elementwise=False,
+    ),
+    LossCase(
+        "ce_weight_smooth_ignore",
+        F.cross_entropy,
+        lf.CrossEntropyLoss,
+        {"class_weight": CW4, "label_smoothing": 0.1},
+        _index_ignored,
+        elementwise=False,
+        mean_is_count=False,
+    ),
+    LossCase(
+        "ce_spatial",
+        F.cross_entropy,
+        lf.CrossEntropyLoss,
+        {"ignore_index": 255, "label_smoothing": 0.05},
+        _spatial,
+        elementwise=False,
+        mean_is_count=False,
+    ),
     LossCase("ce_probs", F.cross_entropy, lf.CrossEntropyLoss, {}, _probs, elementwise=False),
-    LossCase("ce_probs_weight_smooth", F.cross_entropy, lf.CrossEntropyLoss,
-             {"class_weight": CW4, "label_smoothing": 0.3}, _probs, elementwise=False),
-    LossCase("nll", F.nll_loss, lf.NLLLoss, {"class_weight": CW4}, _log_probs, elementwise=False,
-             mean_is_count=False, extreme=False),
-    LossCase("bce", F.binary_cross_entropy, lf.BinaryCrossEntropyLoss, {}, _bce_probs, extreme=False),
-    LossCase("bce_logits", F.binary_cross_entropy_with_logits, lf.BinaryCrossEntropyWithLogitsLoss, {},
-             _bce_dense),
-    LossCase("bce_logits_pos_weight_smooth", F.binary_cross_entropy_with_logits,
-             lf.BinaryCrossEntropyWithLogitsLoss, {"pos_weight": [3.0, 0.5, 1.0], "label_smoothing": 0.1},
-             _bce_dense),
-    LossCase("bce_logits_index", F.binary_cross_entropy_with_logits, lf.BinaryCrossEntropyWithLogitsLoss,
-             {"ignore_index": -1}, _bce_index, mean_is_count=False),
-    LossCase("bce_logits_spatial_soft", F.binary_cross_entropy_with_logits, lf.BinaryCrossEntropyWithLogitsLoss,
-             {"pos_weight": torch.tensor([[[2.0]], [[0.5]]], dtype=F64)}, _bce_spatial_dense),
-    LossCase("balanced_softmax", F.balanced_softmax_loss, lf.BalancedSoftmaxLoss, {"class_counts": COUNTS4},
-             _index, elementwise=False),
-    LossCase("balanced_softmax_opts", F.balanced_softmax_loss, lf.BalancedSoftmaxLoss,
-             {"class_counts": COUNTS4, "class_weight": CW4, "label_smoothing": 0.1}, _index_ignored,
-             elementwise=False, mean_is_count=False),
-    LossCase("logit_adjusted", F.logit_adjusted_loss, lf.LogitAdjustedLoss, {"class_counts": COUNTS4, "tau": 1.5},
-             _index_ignored, elementwise=False, mean_is_count=False),
-    LossCase("logit_adjusted_priors_probs", F.logit_adjusted_loss, lf.LogitAdjustedLoss,
-             {"priors": [0.5, 0.25, 0.125, 0.125], "tau": 0.5}, _probs, elementwise=False),
+    LossCase(
+        "ce_probs_weight_smooth",
+        F.cross_entropy,
+        lf.CrossEntropyLoss,
+        {"class_weight": CW4, "label_smoothing": 0.3},
+        _probs,
+        elementwise=False,
+    ),
+    LossCase(
+        "nll",
+        F.nll_loss,
+        lf.NLLLoss,
+        {"class_weight": CW4},
+        _log_probs,
+        elementwise=False,
+        mean_is_count=False,
+        extreme=False,
+    ),
+    LossCase(
+        "bce", F.binary_cross_entropy, lf.BinaryCrossEntropyLoss, {}, _bce_probs, extreme=False
+    ),
+    LossCase(
+        "bce_logits",
+        F.binary_cross_entropy_with_logits,
+        lf.BinaryCrossEntropyWithLogitsLoss,
+        {},
+        _bce_dense,
+    ),
+    LossCase(
+        "bce_logits_pos_weight_smooth",
+        F.binary_cross_entropy_with_logits,
+        lf.BinaryCrossEntropyWithLogitsLoss,
+        {"pos_weight": [3.0, 0.5, 1.0], "label_smoothing": 0.1},
+        _bce_dense,
+    ),
+    LossCase(
+        "bce_logits_index",
+        F.binary_cross_entropy_with_logits,
+        lf.BinaryCrossEntropyWithLogitsLoss,
+        {"ignore_index": -1},
+        _bce_index,
+        mean_is_count=False,
+    ),
+    LossCase(
+        "bce_logits_spatial_soft",
+        F.binary_cross_entropy_with_logits,
+        lf.BinaryCrossEntropyWithLogitsLoss,
+        {"pos_weight": torch.tensor([[[2.0]], [[0.5]]], dtype=F64)},
+        _bce_spatial_dense,
+    ),
+    LossCase(
+        "balanced_softmax",
+        F.balanced_softmax_loss,
+        lf.BalancedSoftmaxLoss,
+        {"class_counts": COUNTS4},
+        _index,
+        elementwise=False,
+    ),
+    LossCase(
+        "balanced_softmax_opts",
+        F.balanced_softmax_loss,
+        lf.BalancedSoftmaxLoss,
+        {"class_counts": COUNTS4, "class_weight": CW4, "label_smoothing": 0.1},
+        _index_ignored,
+        elementwise=False,
+        mean_is_count=False,
+    ),
+    LossCase(
+        "logit_adjusted",
+        F.logit_adjusted_loss,
+        lf.LogitAdjustedLoss,
+        {"class_counts": COUNTS4, "tau": 1.5},
+        _index_ignored,
+        elementwise=False,
+        mean_is_count=False,
+    ),
+    LossCase(
+        "logit_adjusted_priors_probs",
+        F.logit_adjusted_loss,
+        lf.LogitAdjustedLoss,
+        {"priors": [0.5, 0.25, 0.125, 0.125], "tau": 0.5},
+        _probs,
+        elementwise=False,
+    ),
 ]
 globals().update(contract_test_suite(CASES))
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Reference and PyTorch parity
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 # (logits shape, index-target shape)
 CE_SHAPES = [
@@ -144,7 +239,9 @@ def _expected_vs_torch_ok(reduction: str, n_valid: int) -> bool:
     return reduction != "mean" or n_valid > 0
 
 
-@pytest.mark.parametrize(("shape", "tshape"), CE_SHAPES, ids=lambda s: "x".join(map(str, s)) or "scalar")
+@pytest.mark.parametrize(
+    ("shape", "tshape"), CE_SHAPES, ids=lambda s: "x".join(map(str, s)) or "scalar"
+)
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_cross_entropy_matches_torch_and_reference(shape, tshape, reduction) -> None:
     g = torch.Generator().manual_seed(sum(shape) + len(shape))
@@ -181,7 +278,12 @@ def test_cross_entropy_matches_torch_and_reference(shape, tshape, reduction) -> 
 
     # probability targets, incl. class weights and smoothing (no ignore_index with probabilities)
     t = torch.softmax(torch.randn(shape, generator=g, dtype=F64), dim=1 if len(shape) > 1 else 0)
-    for kw in ({}, {"class_weight": cw}, {"label_smoothing": 0.25}, {"label_smoothing": 0.25, "class_weight": cw}):
+    for kw in (
+        {},
+        {"class_weight": cw},
+        {"label_smoothing": 0.25},
+        {"label_smoothing": 0.25, "class_weight": cw},
+    ):
         got = F.cross_entropy(x, t, reduction=reduction, **kw)
         torch_kw = {("weight" if k == "class_weight" else k): v for k, v in kw.items()}
         if _expected_vs_torch_ok(reduction, t.numel()):
@@ -197,7 +299,9 @@ def test_cross_entropy_matches_torch_and_reference(shape, tshape, reduction) -> 
 def test_nll_loss_matches_torch_and_reference(shape, tshape, reduction) -> None:
     g = torch.Generator().manual_seed(7)
     c = shape[1] if len(shape) >= 2 else shape[0]
-    lp = torch.log_softmax(torch.randn(shape, generator=g, dtype=F64), dim=1 if len(shape) > 1 else 0)
+    lp = torch.log_softmax(
+        torch.randn(shape, generator=g, dtype=F64), dim=1 if len(shape) > 1 else 0
+    )
     y = torch.randint(0, c, tshape, generator=g)
     if y.numel() > 2:
         y.view(-1)[::3] = -100
@@ -243,12 +347,19 @@ def test_bce_with_logits_dense_matches_torch_and_reference(shape, reduction) -> 
     x = torch.randn(shape, generator=g, dtype=F64) * 3
     y = torch.rand(shape, generator=g, dtype=F64)
     pw = torch.rand(shape[-1:], generator=g, dtype=F64) * 3  # torch: lines up with the last dim
-    for kw in ({}, {"pos_weight": pw}, {"label_smoothing": 0.2}, {"pos_weight": pw, "label_smoothing": 0.2}):
+    for kw in (
+        {},
+        {"pos_weight": pw},
+        {"label_smoothing": 0.2},
+        {"pos_weight": pw, "label_smoothing": 0.2},
+    ):
         got = F.binary_cross_entropy_with_logits(x, y, reduction=reduction, **kw)
         eps = kw.get("label_smoothing", 0.0)
         y_s = y * (1 - eps) + eps / 2
         if _expected_vs_torch_ok(reduction, x.numel()):
-            expected = TF.binary_cross_entropy_with_logits(x, y_s, pos_weight=kw.get("pos_weight"), reduction=reduction)
+            expected = TF.binary_cross_entropy_with_logits(
+                x, y_s, pos_weight=kw.get("pos_weight"), reduction=reduction
+            )
             assert_close(got, expected, F64)
         assert_close(
             got,
@@ -274,7 +385,9 @@ def test_bce_with_logits_index_targets_match_reference(reduction) -> None:
         classes = torch.arange(c).view([c if d == cdim else 1 for d in range(len(shape))])
         dense = (y.unsqueeze(cdim) == classes).double().expand(shape)
         valid = (y != 255).unsqueeze(cdim).expand(shape)
-        pw = torch.tensor([2.0, 1.0, 0.5, 3.0], dtype=F64).view([c if d == cdim else 1 for d in range(len(shape))])
+        pw = torch.tensor([2.0, 1.0, 0.5, 3.0], dtype=F64).view(
+            [c if d == cdim else 1 for d in range(len(shape))]
+        )
         for eps in (0.0, 0.1):
             got = F.binary_cross_entropy_with_logits(
                 x, y, ignore_index=255, pos_weight=pw, label_smoothing=eps, reduction=reduction
@@ -305,9 +418,9 @@ def test_bce_with_logits_dense_ignore_index() -> None:
     assert none[0, 1] == 0 and none[3, 2] == 0
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Worked numbers
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 CE_X = [[0.2, 0.3, 0.4], [-0.02, -0.13, 0.2], [0.5, -0.3, 0.73]]
 
@@ -316,7 +429,9 @@ def test_worked_bce_example() -> None:
     p = torch.tensor([[0.5, 0.1], [0.3, 0.2]])
     y = torch.tensor([[0, 0], [1, 0]])
     got = F.binary_cross_entropy(p, y, reduction="none")
-    torch.testing.assert_close(got, torch.tensor([[0.6931, 0.1054], [1.2040, 0.2231]]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        got, torch.tensor([[0.6931, 0.1054], [1.2040, 0.2231]]), atol=1e-4, rtol=0
+    )
     assert got.dtype == torch.float32
     assert abs(F.binary_cross_entropy(p, y).item() - (0.6931 + 0.1054 + 1.2040 + 0.2231) / 4) < 1e-4
 
@@ -330,9 +445,9 @@ def test_worked_cross_entropy_example() -> None:
     assert abs(lf.CrossEntropyLoss()(x, y).item() - 1.3077) < 5e-5
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Identities
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 
 def test_zero_label_smoothing_is_plain_cross_entropy_with_grads() -> None:
@@ -347,7 +462,13 @@ def test_zero_label_smoothing_is_plain_cross_entropy_with_grads() -> None:
 
 
 @pytest.mark.parametrize(
-    "kw", [{}, {"class_weight": CW4}, {"label_smoothing": 0.2}, {"class_weight": CW4, "label_smoothing": 0.2}]
+    "kw",
+    [
+        {},
+        {"class_weight": CW4},
+        {"label_smoothing": 0.2},
+        {"class_weight": CW4, "label_smoothing": 0.2},
+    ],
 )
 @pytest.mark.parametrize("fn", [F.cross_entropy, F.balanced_softmax_loss])
 def test_ignoring_rows_equals_dropping_them(kw, fn) -> None:
@@ -385,7 +506,7 @@ def test_one_hot_probability_targets_equal_index_targets(eps) -> None:
             F.cross_entropy(x, y, label_smoothing=eps, reduction=reduction),
             F64,
         )
-    # with class weights the unreduced losses and sums agree; only PyTorch's mean denominators differ
+    # with class weights the unreduced losses and sums agree; only the mean denominators differ
     for reduction in ("none", "sum"):
         assert_close(
             F.cross_entropy(x, onehot, class_weight=CW4, label_smoothing=eps, reduction=reduction),
@@ -395,7 +516,9 @@ def test_one_hot_probability_targets_equal_index_targets(eps) -> None:
     s = F.cross_entropy(x, y, class_weight=CW4, label_smoothing=eps, reduction="sum")
     cw = torch.tensor(CW4, dtype=F64)
     assert_close(F.cross_entropy(x, y, class_weight=CW4, label_smoothing=eps), s / cw[y].sum(), F64)
-    assert_close(F.cross_entropy(x, onehot, class_weight=CW4, label_smoothing=eps), s / y.numel(), F64)
+    assert_close(
+        F.cross_entropy(x, onehot, class_weight=CW4, label_smoothing=eps), s / y.numel(), F64
+    )
 
 
 def test_bce_symmetry() -> None:
@@ -410,9 +533,13 @@ def test_bce_symmetry() -> None:
         )
     p = torch.sigmoid(x)
     assert_close(
-        F.binary_cross_entropy(p, y, reduction="none"), F.binary_cross_entropy(1 - p, 1 - y, reduction="none"), F64
+        F.binary_cross_entropy(p, y, reduction="none"),
+        F.binary_cross_entropy(1 - p, 1 - y, reduction="none"),
+        F64,
     )
-    assert_close(F.binary_cross_entropy(p, y), F.binary_cross_entropy_with_logits(x, y), F64, rtol=1e-6)
+    assert_close(
+        F.binary_cross_entropy(p, y), F.binary_cross_entropy_with_logits(x, y), F64, rtol=1e-6
+    )
 
 
 def test_long_tail_reductions_to_cross_entropy() -> None:
@@ -435,8 +562,14 @@ def test_long_tail_reductions_to_cross_entropy() -> None:
     counts = [30.0, 5.0, 1.0, 12.0]
     bal = F.balanced_softmax_loss(x, y, class_counts=counts, reduction="none")
     assert_close(bal, F.logit_adjusted_loss(x, y, class_counts=counts, reduction="none"), F64)
-    assert_close(bal, F.logit_adjusted_loss(x, y, priors=[c / 48 for c in counts], reduction="none"), F64)
-    assert_close(bal, F.balanced_softmax_loss(x, y, class_counts=[3 * c for c in counts], reduction="none"), F64)
+    assert_close(
+        bal, F.logit_adjusted_loss(x, y, priors=[c / 48 for c in counts], reduction="none"), F64
+    )
+    assert_close(
+        bal,
+        F.balanced_softmax_loss(x, y, class_counts=[3 * c for c in counts], reduction="none"),
+        F64,
+    )
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
@@ -449,16 +582,22 @@ def test_long_tail_losses_match_reference(reduction) -> None:
     for tau in (0.5, 1.0, 2.0):
         lp = ref.log_prior(COUNTS4, tau)
         for kw in ({}, {"class_weight": CW4, "label_smoothing": 0.2}):
-            got = F.logit_adjusted_loss(x, y, class_counts=COUNTS4, tau=tau, reduction=reduction, **kw)
+            got = F.logit_adjusted_loss(
+                x, y, class_counts=COUNTS4, tau=tau, reduction=reduction, **kw
+            )
             expected = ref.cross_entropy(x, y, log_prior=lp, reduction=reduction, **kw)
             assert_close(got, expected, F64)
             assert torch.isfinite(got).all()
             # as PyTorch's CE on the adjusted logits
             adj = x + torch.tensor(lp, dtype=F64)
-            torch_kw = {"weight": torch.tensor(CW4, dtype=F64), "label_smoothing": 0.2} if kw else {}
+            torch_kw = (
+                {"weight": torch.tensor(CW4, dtype=F64), "label_smoothing": 0.2} if kw else {}
+            )
             assert_close(got, TF.cross_entropy(adj, y, reduction=reduction, **torch_kw), F64)
     got = F.balanced_softmax_loss(x, y, class_counts=COUNTS4, reduction=reduction)
-    assert_close(got, ref.cross_entropy(x, y, log_prior=ref.log_prior(COUNTS4), reduction=reduction), F64)
+    assert_close(
+        got, ref.cross_entropy(x, y, log_prior=ref.log_prior(COUNTS4), reduction=reduction), F64
+    )
 
 
 @given(st.floats(-1e4, 1e4), st.integers(0, 1000), st.floats(0.0, 1.0))
@@ -477,9 +616,9 @@ def test_property_cross_entropy_shift_invariance(c: float, seed: int, eps: float
     assert abs(a32.item() - F.cross_entropy(x, y).item()) < 2e-3 * max(1.0, abs(c) / 1e3)
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Edge cases (RELIABILITY.md section 3), fp32 / fp16 / bf16
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 
 def _zero_with_zero_grad(loss: torch.Tensor, x: torch.Tensor) -> None:
@@ -492,8 +631,12 @@ def _zero_with_zero_grad(loss: torch.Tensor, x: torch.Tensor) -> None:
 def test_all_ignored_and_zero_class_weights_give_zero(dtype) -> None:
     x = torch.randn(4, 3, 2).to(dtype).requires_grad_(True)
     ign = torch.full((4, 2), -100)
-    y = torch.randint(0, 3, (4, 2))
-    for kw in ({}, {"class_weight": [1.0, 2.0, 3.0]}, {"label_smoothing": 0.3}, {"class_weight": [1.0, 2.0, 3.0], "label_smoothing": 0.3}):
+    for kw in (
+        {},
+        {"class_weight": [1.0, 2.0, 3.0]},
+        {"label_smoothing": 0.3},
+        {"class_weight": [1.0, 2.0, 3.0], "label_smoothing": 0.3},
+    ):
         _zero_with_zero_grad(F.cross_entropy(x, ign, **kw), x)
         _zero_with_zero_grad(F.balanced_softmax_loss(x, ign, class_counts=[1, 2, 3], **kw), x)
         _zero_with_zero_grad(F.logit_adjusted_loss(x, ign, class_counts=[1, 2, 3], **kw), x)
@@ -501,16 +644,24 @@ def test_all_ignored_and_zero_class_weights_give_zero(dtype) -> None:
     # class weights that are zero for every valid target: 0 (torch: NaN), also with smoothing
     only0 = torch.zeros((4, 2), dtype=torch.long)
     _zero_with_zero_grad(F.cross_entropy(x, only0, class_weight=[0.0, 0.0, 0.0]), x)
-    _zero_with_zero_grad(F.cross_entropy(x, only0, class_weight=[0.0, 1.0, 1.0], label_smoothing=0.2), x)
+    _zero_with_zero_grad(
+        F.cross_entropy(x, only0, class_weight=[0.0, 1.0, 1.0], label_smoothing=0.2), x
+    )
     # sigmoid losses: every row ignored / every dense element ignored
     xb = torch.randn(4, 3).to(dtype).requires_grad_(True)
-    _zero_with_zero_grad(F.binary_cross_entropy_with_logits(xb, torch.full((4,), -1), ignore_index=-1), xb)
-    _zero_with_zero_grad(F.binary_cross_entropy_with_logits(xb, torch.full((4, 3), 255.0), ignore_index=255), xb)
+    _zero_with_zero_grad(
+        F.binary_cross_entropy_with_logits(xb, torch.full((4,), -1), ignore_index=-1), xb
+    )
+    _zero_with_zero_grad(
+        F.binary_cross_entropy_with_logits(xb, torch.full((4, 3), 255.0), ignore_index=255), xb
+    )
     pb = torch.rand(4, 3).to(dtype).requires_grad_(True)
     _zero_with_zero_grad(F.binary_cross_entropy(pb, torch.full((4, 3), -1.0), ignore_index=-1), pb)
     # empty batches
     e = torch.randn(0, 3).to(dtype).requires_grad_(True)
-    _zero_with_zero_grad(F.cross_entropy(e, torch.zeros(0, dtype=torch.long), class_weight=[1.0, 2.0, 3.0]), e)
+    _zero_with_zero_grad(
+        F.cross_entropy(e, torch.zeros(0, dtype=torch.long), class_weight=[1.0, 2.0, 3.0]), e
+    )
     _zero_with_zero_grad(F.binary_cross_entropy_with_logits(e, torch.zeros(0, 3)), e)
 
 
@@ -521,7 +672,9 @@ def test_extreme_logits_finite_in_low_precision(dtype) -> None:
     for loss in (
         F.cross_entropy(x, y, label_smoothing=0.1, class_weight=[1.0, 2.0, 0.5]),
         F.logit_adjusted_loss(x, y, class_counts=[5, 0, 1], tau=2.0),
-        F.binary_cross_entropy_with_logits(x, torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]]), pos_weight=[2, 1, 1]),
+        F.binary_cross_entropy_with_logits(
+            x, torch.tensor([[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]]), pos_weight=[2, 1, 1]
+        ),
         F.binary_cross_entropy_with_logits(x, torch.tensor([3, 0]), label_smoothing=0.1),
     ):
         assert loss.dtype == torch.float32 and torch.isfinite(loss)
@@ -548,7 +701,10 @@ def test_half_inputs_computed_in_float32(dtype) -> None:
 
 def test_out_of_range_class_raises_naming_min_and_max() -> None:
     x = torch.randn(3, 3)
-    with pytest.raises(ValueError, match=r"cross_entropy: expected `target` class indices in \[0, 2\].*got values in \[0, 5\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"cross_entropy: expected `target` class indices in \[0, 2\].*got values in \[0, 5\]",
+    ):
         F.cross_entropy(x, torch.tensor([0, 5, 1]))
     with pytest.raises(ValueError, match=r"values in \[-1, 1\]"):
         F.cross_entropy(x, torch.tensor([-1, 0, 1]))
@@ -556,7 +712,9 @@ def test_out_of_range_class_raises_naming_min_and_max() -> None:
         F.nll_loss(x, torch.tensor([0, 3, 1]))
     with pytest.raises(ValueError, match=r"balanced_softmax_loss.*target"):
         F.balanced_softmax_loss(x, torch.tensor([0, 3, 1]), class_counts=[1, 1, 1])
-    with pytest.raises(ValueError, match=r"binary_cross_entropy_with_logits.*\[0, 3\] \(C = background\)"):
+    with pytest.raises(
+        ValueError, match=r"binary_cross_entropy_with_logits.*\[0, 3\] \(C = background\)"
+    ):
         F.binary_cross_entropy_with_logits(x, torch.tensor([0, 4, 1]))
 
 
@@ -582,8 +740,13 @@ def test_target_dtypes() -> None:
     for dt in (torch.int32, torch.uint8, torch.int16, torch.int8):
         assert_close(F.cross_entropy(x, y.to(dt)), expected)
         assert_close(F.nll_loss(x, y.to(dt)), F.nll_loss(x, y))
-        assert_close(F.binary_cross_entropy_with_logits(x, y.to(dt)), F.binary_cross_entropy_with_logits(x, y))
-    with pytest.raises(TypeError, match=r"cross_entropy: expected `target` an integer tensor of class indices"):
+        assert_close(
+            F.binary_cross_entropy_with_logits(x, y.to(dt)),
+            F.binary_cross_entropy_with_logits(x, y),
+        )
+    with pytest.raises(
+        TypeError, match=r"cross_entropy: expected `target` an integer tensor of class indices"
+    ):
         F.cross_entropy(x, y.float())
     with pytest.raises(TypeError, match="target"):
         F.cross_entropy(x, y.bool())
@@ -593,18 +756,28 @@ def test_target_dtypes() -> None:
         F.cross_entropy(x.long(), y)
     # bool / integer dense targets for the sigmoid losses are cast
     yb = torch.rand(5, 4) > 0.5
-    assert_close(F.binary_cross_entropy_with_logits(x, yb), TF.binary_cross_entropy_with_logits(x, yb.float()))
-    assert_close(F.binary_cross_entropy(torch.sigmoid(x), yb.long()), TF.binary_cross_entropy(torch.sigmoid(x), yb.float()))
+    assert_close(
+        F.binary_cross_entropy_with_logits(x, yb),
+        TF.binary_cross_entropy_with_logits(x, yb.float()),
+    )
+    assert_close(
+        F.binary_cross_entropy(torch.sigmoid(x), yb.long()),
+        TF.binary_cross_entropy(torch.sigmoid(x), yb.float()),
+    )
 
 
 def test_structural_errors() -> None:
     x = torch.randn(4, 3)
     y = torch.tensor([0, 1, 2, 0])
-    with pytest.raises(ValueError, match=r"cross_entropy: expected `logits` at least 2 classes.*C=1"):
+    with pytest.raises(
+        ValueError, match=r"cross_entropy: expected `logits` at least 2 classes.*C=1"
+    ):
         F.cross_entropy(torch.randn(4, 1), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="ignore_index"):
         F.cross_entropy(x, torch.softmax(x, 1), ignore_index=0)
-    with pytest.raises(ValueError, match=r"`class_weight` a 1-d tensor of length C=3, got shape \(4,\)"):
+    with pytest.raises(
+        ValueError, match=r"`class_weight` a 1-d tensor of length C=3, got shape \(4,\)"
+    ):
         F.cross_entropy(x, y, class_weight=[1.0, 1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match=r"`class_weight` non-negative"):
         F.cross_entropy(x, y, class_weight=torch.tensor([1.0, -1.0, 1.0]))
@@ -617,7 +790,9 @@ def test_structural_errors() -> None:
             F.binary_cross_entropy_with_logits(x, y, label_smoothing=bad)
         with pytest.raises(ValueError, match="label_smoothing"):
             lf.CrossEntropyLoss(label_smoothing=bad)
-    with pytest.raises(ValueError, match=r"binary_cross_entropy: expected `probs` values in \[0, 1\]"):
+    with pytest.raises(
+        ValueError, match=r"binary_cross_entropy: expected `probs` values in \[0, 1\]"
+    ):
         F.binary_cross_entropy(torch.tensor([0.2, 1.5]), torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match=r"`probs` values in \[0, 1\]"):
         F.binary_cross_entropy(torch.tensor([-0.1, 0.5]), torch.tensor([0.0, 1.0]))
@@ -650,7 +825,10 @@ def test_structural_errors() -> None:
 def test_long_tail_argument_errors() -> None:
     x = torch.randn(4, 3)
     y = torch.tensor([0, 1, 2, 0])
-    with pytest.raises(ValueError, match=r"balanced_softmax_loss: expected `class_counts` a 1-d tensor of length C=3"):
+    with pytest.raises(
+        ValueError,
+        match=r"balanced_softmax_loss: expected `class_counts` a 1-d tensor of length C=3",
+    ):
         F.balanced_softmax_loss(x, y, class_counts=[1, 2])
     with pytest.raises(ValueError, match="class_counts.*non-negative"):
         F.balanced_softmax_loss(x, y, class_counts=[1, -2, 3])
@@ -680,9 +858,9 @@ def test_zero_count_class_is_finite_and_documented_floor() -> None:
     assert torch.isfinite(grad).all()
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Modules
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 
 def test_module_buffers_registry_and_repr() -> None:
@@ -716,7 +894,8 @@ def test_module_buffers_registry_and_repr() -> None:
     y = torch.tensor([0, 1, 1])
     assert_close(built(x, y), F.logit_adjusted_loss(x, y, class_counts=[5, 1], tau=2.0))
     assert_close(
-        build_loss({"type": "cross_entropy", "label_smoothing": 0.2})(x, y), F.cross_entropy(x, y, label_smoothing=0.2)
+        build_loss({"type": "cross_entropy", "label_smoothing": 0.2})(x, y),
+        F.cross_entropy(x, y, label_smoothing=0.2),
     )
 
 
@@ -725,15 +904,20 @@ def test_module_forward_weight_and_avg_factor() -> None:
     y = torch.tensor([0, 2, 1, -100, 2])
     w = torch.rand(5)
     mod = lf.CrossEntropyLoss(class_weight=[1.0, 2.0, 0.5], loss_weight=0.5)
-    assert_close(mod(x, y, weight=w), 0.5 * F.cross_entropy(x, y, class_weight=[1.0, 2.0, 0.5], weight=w))
-    assert_close(mod(x, y, avg_factor=7.0), 0.5 * F.cross_entropy(x, y, class_weight=[1.0, 2.0, 0.5], reduction="sum") / 7)
+    assert_close(
+        mod(x, y, weight=w), 0.5 * F.cross_entropy(x, y, class_weight=[1.0, 2.0, 0.5], weight=w)
+    )
+    assert_close(
+        mod(x, y, avg_factor=7.0),
+        0.5 * F.cross_entropy(x, y, class_weight=[1.0, 2.0, 0.5], reduction="sum") / 7,
+    )
     none = mod(x, y, reduction_override="none")
     assert none.shape == (5,) and none[3] == 0
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Properties
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 
 @given(st.integers(1, 10), st.integers(2, 6), st.integers(0, 10_000), st.floats(0.0, 1.0))
@@ -743,17 +927,33 @@ def test_property_non_negative(n: int, c: int, seed: int, eps: float) -> None:
     y = torch.randint(0, c, (n,), generator=g)
     t = torch.softmax(torch.randn(n, c, dtype=F64, generator=g) * 3, dim=1)
     cw = torch.rand(c, dtype=F64, generator=g)
-    assert (F.cross_entropy(x, y, label_smoothing=eps, class_weight=cw, reduction="none") >= 0).all()
+    assert (
+        F.cross_entropy(x, y, label_smoothing=eps, class_weight=cw, reduction="none") >= 0
+    ).all()
     assert (F.cross_entropy(x, t, label_smoothing=eps, reduction="none") >= 0).all()
     counts = torch.randint(0, 100, (c,), generator=g).double() + 1
-    assert (F.balanced_softmax_loss(x, y, class_counts=counts, label_smoothing=eps, reduction="none") >= 0).all()
+    assert (
+        F.balanced_softmax_loss(x, y, class_counts=counts, label_smoothing=eps, reduction="none")
+        >= 0
+    ).all()
     yb = torch.rand(n, c, dtype=F64, generator=g)
-    assert (F.binary_cross_entropy_with_logits(x, yb, label_smoothing=eps, pos_weight=cw, reduction="none") >= 0).all()
+    assert (
+        F.binary_cross_entropy_with_logits(
+            x, yb, label_smoothing=eps, pos_weight=cw, reduction="none"
+        )
+        >= 0
+    ).all()
     assert (F.binary_cross_entropy(torch.sigmoid(x), yb, reduction="none") >= 0).all()
 
 
-@given(st.integers(1, 12), st.integers(0, 10_000), st.sampled_from(["ce", "ce_soft", "bal", "bce", "bce_idx", "nll"]))
-def test_property_permutation_invariance_and_split_additivity(n: int, seed: int, which: str) -> None:
+@given(
+    st.integers(1, 12),
+    st.integers(0, 10_000),
+    st.sampled_from(["ce", "ce_soft", "bal", "bce", "bce_idx", "nll"]),
+)
+def test_property_permutation_invariance_and_split_additivity(
+    n: int, seed: int, which: str
+) -> None:
     g = torch.Generator().manual_seed(seed)
     c = 4
     x = torch.randn(n, c, 2, dtype=F64, generator=g)
@@ -771,8 +971,12 @@ def test_property_permutation_invariance_and_split_additivity(n: int, seed: int,
         "ce_soft": lambda a, b, **k: F.cross_entropy(a, b, class_weight=CW4, **k),
         "bal": lambda a, b, **k: F.balanced_softmax_loss(a, b, class_counts=COUNTS4, **k),
         "nll": lambda a, b, **k: F.nll_loss(a, b, class_weight=CW4, **k),
-        "bce": lambda a, b, **k: F.binary_cross_entropy_with_logits(a, b, pos_weight=[1.0, 2.0], **k),
-        "bce_idx": lambda a, b, **k: F.binary_cross_entropy_with_logits(a, b, label_smoothing=0.1, **k),
+        "bce": lambda a, b, **k: F.binary_cross_entropy_with_logits(
+            a, b, pos_weight=[1.0, 2.0], **k
+        ),
+        "bce_idx": lambda a, b, **k: F.binary_cross_entropy_with_logits(
+            a, b, label_smoothing=0.1, **k
+        ),
     }
     fn = fns[which]
     perm = torch.randperm(n, generator=g)
@@ -783,15 +987,17 @@ def test_property_permutation_invariance_and_split_additivity(n: int, seed: int,
     assert_close(whole, parts, F64)
 
 
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Tracing, autocast, determinism
-# ---------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 
 
 def test_torch_compile_smoke_eager_backend() -> None:
-    # Dynamo tracing with the "eager" backend (~2 s); the inductor backend takes ~20 s on the CI CPU.
+    # Dynamo tracing with the "eager" backend (~2 s); inductor takes ~20 s on the CI CPU.
     fn = torch.compile(
-        lambda a, b: F.cross_entropy(a, b, label_smoothing=0.1, class_weight=[1.0, 2.0, 3.0], ignore_index=2),
+        lambda a, b: F.cross_entropy(
+            a, b, label_smoothing=0.1, class_weight=[1.0, 2.0, 3.0], ignore_index=2
+        ),
         fullgraph=False,
         backend="eager",
     )
@@ -799,7 +1005,9 @@ def test_torch_compile_smoke_eager_backend() -> None:
     y = torch.tensor([0, 1, 2, 1])
     got = fn(x, y)
     (g1,) = torch.autograd.grad(got, x)
-    expected = TF.cross_entropy(x, y, label_smoothing=0.1, weight=torch.tensor([1.0, 2.0, 3.0]), ignore_index=2)
+    expected = TF.cross_entropy(
+        x, y, label_smoothing=0.1, weight=torch.tensor([1.0, 2.0, 3.0]), ignore_index=2
+    )
     (g2,) = torch.autograd.grad(expected, x)
     assert_close(got, expected)
     assert_close(g1, g2)
@@ -853,7 +1061,9 @@ def test_bce_with_logits_routes_to_the_fused_kernel_when_it_can_serve(monkeypatc
     def fake_reason(logits, target, weight=None, pos_weight=None):
         return "logits dtype torch.float64" if logits.dtype == F64 else None
 
-    fake = types.SimpleNamespace(binary_cross_entropy_with_logits=fake_entry, unsupported_reason=fake_reason)
+    fake = types.SimpleNamespace(
+        binary_cross_entropy_with_logits=fake_entry, unsupported_reason=fake_reason
+    )
     monkeypatch.setitem(sys.modules, "lossforge.kernels.sigmoid", fake)
     monkeypatch.setattr(lossforge.kernels, "sigmoid", fake, raising=False)
     monkeypatch.setattr(cls_mod, "kernel_eligible", lambda fn, backend, *t: backend != "torch")
@@ -869,7 +1079,9 @@ def test_bce_with_logits_routes_to_the_fused_kernel_when_it_can_serve(monkeypatc
     with pytest.raises(ValueError, match="target"):
         F.binary_cross_entropy_with_logits(x, torch.tensor([0, 9, 2, 1, 1]), backend="auto")
     with pytest.raises(ValueError, match="weight"):
-        F.binary_cross_entropy_with_logits(x, y.long(), weight=torch.ones(4), ignore_index=-1, backend="auto")
+        F.binary_cross_entropy_with_logits(
+            x, y.long(), weight=torch.ones(4), ignore_index=-1, backend="auto"
+        )
     # cases the kernel cannot serve: fall back under "auto", raise under "triton"
     x4 = torch.randn(2, 3, 4, 4)
     t4 = torch.rand(2, 3, 4, 4)

@@ -58,9 +58,9 @@ def cross_entropy(
     out: list[float] = []
     if target.is_floating_point():
         probs, _ = _rows(target)
-        for row, t in zip(rows, probs):
+        for row, t in zip(rows, probs, strict=True):
             if log_prior is not None:
-                row = [v + lp for v, lp in zip(row, log_prior)]
+                row = [v + lp for v, lp in zip(row, log_prior, strict=True)]
             logp = row if already_log_probs else _log_softmax(row)
             loss = 0.0
             for k in range(c):
@@ -70,12 +70,12 @@ def cross_entropy(
         return _reduce(out, float(len(out)), reduction, pos_shape)
     labels = [int(v) for v in target.reshape(-1)]
     denom = 0.0
-    for row, y in zip(rows, labels):
+    for row, y in zip(rows, labels, strict=True):
         if ignore_index is not None and y == ignore_index:
             out.append(0.0)
             continue
         if log_prior is not None:
-            row = [v + lp for v, lp in zip(row, log_prior)]
+            row = [v + lp for v, lp in zip(row, log_prior, strict=True)]
         logp = row if already_log_probs else _log_softmax(row)
         nll = -w[y] * logp[y]
         smooth = 0.0
@@ -100,7 +100,7 @@ def binary_cross_entropy(probs: Tensor, target: Tensor, reduction: str = "mean")
     p = [float(v) for v in probs.detach().double().reshape(-1)]
     y = [float(v) for v in target.double().reshape(-1)]
     out = []
-    for pi, yi in zip(p, y):
+    for pi, yi in zip(p, y, strict=True):
         lp = math.log(pi) if pi > 0 else -math.inf
         lq = math.log(1.0 - pi) if pi < 1 else -math.inf
         out.append(-(yi * max(lp, -100.0) + (1.0 - yi) * max(lq, -100.0)))
@@ -131,11 +131,15 @@ def binary_cross_entropy_with_logits(
     shape = tuple(logits.shape)
     x = [float(v) for v in logits.detach().double().reshape(-1)]
     y = [float(v) for v in target.double().reshape(-1)]
-    pw = [1.0] * len(x) if pos_weight is None else [float(v) for v in pos_weight.double().expand(shape).reshape(-1)]
+    pw = (
+        [1.0] * len(x)
+        if pos_weight is None
+        else [float(v) for v in pos_weight.double().expand(shape).reshape(-1)]
+    )
     ok = [True] * len(x) if valid is None else [bool(v) for v in valid.expand(shape).reshape(-1)]
     eps = label_smoothing
     out = []
-    for xi, yi, wi, vi in zip(x, y, pw, ok):
+    for xi, yi, wi, vi in zip(x, y, pw, ok, strict=True):
         if not vi:
             out.append(0.0)
             continue

@@ -1,8 +1,8 @@
 """Classification losses: softmax cross-entropy, NLL, binary cross-entropy, and the long-tail
 (prior-adjusted) softmax losses.
 
-The softmax losses share one core (``_softmax_loss``): ``log_softmax`` over the class dimension in the
-compute dtype, a ``gather`` for class-index targets (no one-hot is ever built), PyTorch's label
+The softmax losses share one core (``_softmax_loss``): ``log_softmax`` over the class dimension in
+the compute dtype, a ``gather`` for class-index targets (no one-hot is ever built), PyTorch's label
 smoothing and class-weight formulas, and ``weight_reduce`` for weighting and reduction.
 """
 
@@ -74,7 +74,8 @@ def _softmax_loss(
     eps = check_number(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
     ignore = check_optional_int(fn, "ignore_index", ignore_index)
     if kernel_eligible(fn, backend, x):
-        unsupported(fn, backend, "no fused softmax cross-entropy kernel is available")  # type: ignore[arg-type]
+        why = "no fused softmax cross-entropy kernel is available"
+        unsupported(fn, backend, why)  # type: ignore[arg-type]
     if not allow_probs and isinstance(target, Tensor) and target.is_floating_point():
         fail(fn, "target", "an integer tensor of class indices", f"dtype {target.dtype}", TypeError)
     st = softmax_target(fn, x, target, ignore_index=ignore)
@@ -114,10 +115,14 @@ def _softmax_loss(
     denominator = None
     if w_t is not None and reduction == "mean" and avg_factor is None:
         # PyTorch divides the class-weighted mean by the summed class weights of the valid targets.
-        w_valid = w_t if valid is None else torch.where(valid, w_t, torch.zeros((), dtype=w_t.dtype, device=w_t.device))
+        w_valid = (
+            w_t
+            if valid is None
+            else torch.where(valid, w_t, torch.zeros((), dtype=w_t.dtype, device=w_t.device))
+        )
         denominator = w_valid.sum()
-        # A zero denominator (all ignored, or all valid targets weighted 0) gives exactly 0, also when
-        # label smoothing would leave a non-zero numerator (PyTorch returns NaN or inf there).
+        # A zero denominator (all ignored, or all valid targets weighted 0) gives exactly 0, also
+        # when label smoothing would leave a non-zero numerator (PyTorch returns NaN or inf there).
         nonzero = denominator > 0
         valid = nonzero if valid is None else valid & nonzero
     return weight_reduce(
@@ -149,7 +154,8 @@ def cross_entropy(
     unset), $C$ classes and smoothing $\varepsilon$, a class-index target $y$ gives
 
     $$
-    \ell = (1 - \varepsilon)\, w_y\, (-\log p_y) + \frac{\varepsilon}{C} \sum_{c=1}^{C} w_c\, (-\log p_c)
+    \ell = (1 - \varepsilon)\, w_y\, (-\log p_y)
+        + \frac{\varepsilon}{C} \sum_{c=1}^{C} w_c\, (-\log p_c)
     $$
 
     and a probability target $t$ gives
@@ -281,7 +287,7 @@ def binary_cross_entropy(
     avg_factor: float | Tensor | None = None,
     ignore_index: int | None = None,
 ) -> Tensor:
-    r"""Binary cross-entropy on probabilities, ``torch.nn.functional.binary_cross_entropy`` semantics.
+    r"""Binary cross-entropy on probabilities (``torch.nn.functional.binary_cross_entropy``).
 
     $$
     \ell = -\bigl[\, y \max(\log p, -100) + (1 - y) \max(\log(1 - p), -100) \,\bigr]
@@ -325,7 +331,9 @@ def binary_cross_entropy(
     log1m = torch.clamp(torch.where(positive, log1m, torch.full_like(q, -100.0)), min=-100.0)
     loss = -(y * _safe_log(q) + (1.0 - y) * log1m)
     loss = poison_out_of_range(loss, dt.bad)
-    return weight_reduce(loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=dt.valid)
+    return weight_reduce(
+        loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=dt.valid
+    )
 
 
 def _as_pos_weight(fn: str, pos_weight: object, like: Tensor) -> Tensor:
@@ -341,7 +349,13 @@ def _as_pos_weight(fn: str, pos_weight: object, like: Tensor) -> Tensor:
         except (TypeError, ValueError):
             fail(fn, "pos_weight", "a sequence of numbers", repr(pos_weight), TypeError)
     else:
-        fail(fn, "pos_weight", "a number, a tensor or a sequence of numbers", type(pos_weight).__name__, TypeError)
+        fail(
+            fn,
+            "pos_weight",
+            "a number, a tensor or a sequence of numbers",
+            type(pos_weight).__name__,
+            TypeError,
+        )
     if pw.is_complex() or pw.dtype == torch.bool:
         fail(fn, "pos_weight", "a real tensor", f"dtype {pw.dtype}", TypeError)
     ok = pw.ndim <= like.ndim
@@ -354,14 +368,14 @@ def _as_pos_weight(fn: str, pos_weight: object, like: Tensor) -> Tensor:
         fail(
             fn,
             "pos_weight",
-            f"a shape that broadcasts to the logits' shape {tuple(like.shape)} (a (C,) vector lines up "
-            "with the last dimension, as in PyTorch)",
+            f"a shape that broadcasts to the logits' shape {tuple(like.shape)} "
+            "(a (C,) vector lines up with the last dimension, as in PyTorch)",
             f"shape {tuple(pw.shape)}",
         )
     pw = pw.to(compute_dtype(like))
-    if value_checks_enabled(pw) and pw.numel() > 0:
-        if not bool(torch.isfinite(pw).all()) or bool((pw < 0).any()):
-            fail(fn, "pos_weight", "finite non-negative values", pw.flatten()[:8].tolist())
+    checked = value_checks_enabled(pw) and pw.numel() > 0
+    if checked and (not bool(torch.isfinite(pw).all()) or bool((pw < 0).any())):
+        fail(fn, "pos_weight", "finite non-negative values", pw.flatten()[:8].tolist())
     return pw
 
 
@@ -373,7 +387,13 @@ def _check_index_or_dense_target(fn: str, x: Tensor, target: object, ignore: int
             if target.device != x.device:
                 fail(fn, "target", f"on the device of `logits` ({x.device})", target.device)
             if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-                fail(fn, "target", "an integer tensor of class indices", f"dtype {target.dtype}", TypeError)
+                fail(
+                    fn,
+                    "target",
+                    "an integer tensor of class indices",
+                    f"dtype {target.dtype}",
+                    TypeError,
+                )
             check_index_range(fn, target, x.shape[cdim], ignore_index=ignore, allow_background=True)
             return target
     sigmoid_target(fn, x, target, ignore_index=ignore)  # dense: validates (shape, dtype, values)
@@ -443,15 +463,15 @@ def binary_cross_entropy_with_logits(
     \qquad y' = y\,(1 - \varepsilon) + \varepsilon / 2,
     $$
 
-    computed as ``-logsigmoid(x)`` / ``-logsigmoid(-x)`` in float32 (never ``log(sigmoid(x))``), so it
-    is finite with finite gradients at logits of $\pm 10^4$ in every dtype. With $\varepsilon = 0$
-    this is ``torch.nn.functional.binary_cross_entropy_with_logits``. Label smoothing moves both
-    binary targets towards 1/2 (0 -> eps/2, 1 -> 1 - eps/2), the symmetric form of SMP's
+    computed as ``-logsigmoid(x)`` / ``-logsigmoid(-x)`` in float32 (never ``log(sigmoid(x))``),
+    so it is finite with finite gradients at logits of $\pm 10^4$ in every dtype. With
+    $\varepsilon = 0$ this is ``torch.nn.functional.binary_cross_entropy_with_logits``. Label
+    smoothing moves both binary targets towards 1/2 (0 -> eps/2, 1 -> 1 - eps/2): SMP's
     ``smooth_factor`` with ``eps = 2 * smooth_factor``; timm's ``BinaryCrossEntropy`` instead uses
     eps/C for the negatives.
 
-    Targets are dense (the logits' shape, soft labels allowed; elements equal to ``ignore_index`` are
-    ignored) or class indices of the logits' shape without the class dim (dim 1; dim 0 for 1-d
+    Targets are dense (the logits' shape, soft labels allowed; elements equal to ``ignore_index``
+    are ignored) or class indices of the logits' shape without the class dim (dim 1; dim 0 for 1-d
     logits): value ``k`` in ``[0, C)`` makes class ``k`` positive, value ``C`` means all negative
     (background), ``ignore_index`` drops the whole row. ``"mean"`` divides by the number of valid
     elements (rows x C for index targets).
@@ -500,7 +520,9 @@ def binary_cross_entropy_with_logits(
     pos = y * pos_term if pw is None else pw * y * pos_term
     loss = pos + (1.0 - y) * neg_term
     loss = poison_out_of_range(loss, dt.bad)
-    return weight_reduce(loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=dt.valid)
+    return weight_reduce(
+        loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=dt.valid
+    )
 
 
 def _log_prior(fn: str, values: object, name: str, like: Tensor) -> Tensor:
@@ -551,7 +573,8 @@ def logit_adjusted_loss(
     r"""Logit-adjusted softmax cross-entropy for long-tailed labels (Menon et al. 2021).
 
     $$
-    \ell = \operatorname{CE}\bigl(x + \tau \log \pi,\; y\bigr), \qquad \pi_c = n_c / \textstyle\sum_k n_k
+    \ell = \operatorname{CE}\bigl(x + \tau \log \pi,\; y\bigr),
+    \qquad \pi_c = n_c / \textstyle\sum_k n_k
     $$
 
     where $n$ are the class counts (or given priors, normalised the same way). Everything else
@@ -590,7 +613,12 @@ def logit_adjusted_loss(
     fn = "logit_adjusted_loss"
     t = check_number(fn, "tau", tau, low=0.0)
     if (class_counts is None) == (priors is None):
-        fail(fn, "class_counts", "exactly one of `class_counts` and `priors`", "both" if priors is not None else "neither")
+        fail(
+            fn,
+            "class_counts",
+            "exactly one of `class_counts` and `priors`",
+            "both" if priors is not None else "neither",
+        )
     x = check_floating(fn, "logits", logits)
     if class_counts is not None:
         log_prior = _log_prior(fn, class_counts, "class_counts", x)
@@ -630,7 +658,8 @@ def balanced_softmax_loss(
     logits:
 
     $$
-    \ell = -\log \frac{n_y\, e^{x_y}}{\sum_c n_c\, e^{x_c}} = \operatorname{CE}\bigl(x + \log \pi,\; y\bigr),
+    \ell = -\log \frac{n_y\, e^{x_y}}{\sum_c n_c\, e^{x_c}}
+         = \operatorname{CE}\bigl(x + \log \pi,\; y\bigr),
     \qquad \pi_c = n_c / \textstyle\sum_k n_k .
     $$
 
@@ -678,4 +707,3 @@ def balanced_softmax_loss(
         backend=backend,
         log_prior=log_prior,
     )
-

@@ -1,4 +1,4 @@
-"""Module forms of the classification losses (configuration only; ``forward`` is one functional call)."""
+"""Module forms of the classification losses (configuration only; one functional call each)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,9 @@ class CrossEntropyLoss(Loss):
         self._register_tensor_option("class_weight", class_weight)
         _check_non_negative(name, "class_weight", self.class_weight)
         self.ignore_index = check_optional_int(name, "ignore_index", ignore_index)
-        self.label_smoothing = check_number(name, "label_smoothing", label_smoothing, low=0.0, high=1.0)
+        self.label_smoothing = check_number(
+            name, "label_smoothing", label_smoothing, low=0.0, high=1.0
+        )
         self.backend = check_choice(name, "backend", backend, BACKENDS)
 
     def forward(
@@ -195,7 +197,9 @@ class BinaryCrossEntropyWithLogitsLoss(Loss):
             pos_weight = torch.tensor(float(pos_weight))
         self._register_tensor_option("pos_weight", pos_weight)
         _check_non_negative(name, "pos_weight", self.pos_weight)
-        self.label_smoothing = check_number(name, "label_smoothing", label_smoothing, low=0.0, high=1.0)
+        self.label_smoothing = check_number(
+            name, "label_smoothing", label_smoothing, low=0.0, high=1.0
+        )
         self.ignore_index = check_optional_int(name, "ignore_index", ignore_index)
         self.backend = check_choice(name, "backend", backend, BACKENDS)
 
@@ -256,7 +260,9 @@ class BalancedSoftmaxLoss(Loss):
         self._register_tensor_option("class_weight", class_weight)
         _check_non_negative(name, "class_weight", self.class_weight)
         self.ignore_index = check_optional_int(name, "ignore_index", ignore_index)
-        self.label_smoothing = check_number(name, "label_smoothing", label_smoothing, low=0.0, high=1.0)
+        self.label_smoothing = check_number(
+            name, "label_smoothing", label_smoothing, low=0.0, high=1.0
+        )
         self.backend = check_choice(name, "backend", backend, BACKENDS)
 
     def forward(
@@ -295,7 +301,15 @@ class LogitAdjustedLoss(Loss):
     """
 
     registry_name = "logit_adjusted"
-    _repr_fields = ("class_counts", "priors", "tau", "class_weight", "ignore_index", "label_smoothing", "backend")
+    _repr_fields = (
+        "class_counts",
+        "priors",
+        "tau",
+        "class_weight",
+        "ignore_index",
+        "label_smoothing",
+        "backend",
+    )
 
     def __init__(
         self,
@@ -313,7 +327,12 @@ class LogitAdjustedLoss(Loss):
         super().__init__(reduction=reduction, loss_weight=loss_weight)
         name = type(self).__name__
         if (class_counts is None) == (priors is None):
-            fail(name, "class_counts", "exactly one of `class_counts` and `priors`", "both" if priors is not None else "neither")
+            fail(
+                name,
+                "class_counts",
+                "exactly one of `class_counts` and `priors`",
+                "both" if priors is not None else "neither",
+            )
         self._register_tensor_option("class_counts", class_counts)
         self._register_tensor_option("priors", priors)
         _check_non_negative(name, "class_counts", self.class_counts)
@@ -322,7 +341,9 @@ class LogitAdjustedLoss(Loss):
         self._register_tensor_option("class_weight", class_weight)
         _check_non_negative(name, "class_weight", self.class_weight)
         self.ignore_index = check_optional_int(name, "ignore_index", ignore_index)
-        self.label_smoothing = check_number(name, "label_smoothing", label_smoothing, low=0.0, high=1.0)
+        self.label_smoothing = check_number(
+            name, "label_smoothing", label_smoothing, low=0.0, high=1.0
+        )
         self.backend = check_choice(name, "backend", backend, BACKENDS)
 
     def forward(
