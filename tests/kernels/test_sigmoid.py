@@ -277,3 +277,45 @@ def test_gpu_detection_shape(dtype):
     run_case(x, t, dtype, ignore_index=-2, **_kw("focal"))
     y = (torch.rand(n, c, device="cuda") < 0.02).float()
     run_case(x, y, dtype, **_kw("asl"))
+
+
+# ---- against the landed reference functionals -------------------------------------------------------
+
+import lossforge.functional as LF  # noqa: E402
+
+
+def _vs_functional(fn_ref, fn_kernel, x, t, dtype, grad_out=None, **kw):
+    x_low = x.to(dtype)
+    xk = x_low.detach().clone().requires_grad_()
+    out = fn_kernel(xk, t, **kw)
+    x64 = x_low.detach().double().requires_grad_()
+    ref64 = fn_ref(x64, t, **kw)
+    x32 = x_low.detach().clone().requires_grad_()
+    ref32 = fn_ref(x32, t, **kw)  # the functional on the low-precision input (computes in fp32)
+    go = torch.ones_like(ref64) if grad_out is None else grad_out
+    out.backward(go.to(out.dtype))
+    ref64.backward(go.double())
+    ref32.backward(go.to(ref32.dtype))
+    record("functional-bce:loss", dtype, assert_within_2x(out, ref64, ref32, dtype, "loss"))
+    record("functional-bce:grad", dtype, assert_within_2x(xk.grad, x64.grad, x32.grad, dtype, "grad"))
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("case", ["dense", "index", "pw_ls", "ignore_w", "none"])
+def test_bce_matches_functional(case, dtype):
+    x = torch.randn(6, 11, device=DEVICE) * 3
+    y = (torch.rand(6, 11, device=DEVICE) < 0.3).float()
+    kw, go = {}, None
+    if case == "index":
+        y = torch.randint(0, 12, (6,), device=DEVICE)
+        y[1] = -1
+        kw = {"ignore_index": -1}
+    elif case == "pw_ls":
+        kw = {"pos_weight": torch.rand(11, device=DEVICE) * 3, "label_smoothing": 0.1}
+    elif case == "ignore_w":
+        y[0] = 255
+        kw = {"ignore_index": 255, "weight": torch.rand(6, device=DEVICE), "avg_factor": 7.0}
+    elif case == "none":
+        kw = {"reduction": "none"}
+        go = torch.randn(6, 11, device=DEVICE)
+    _vs_functional(LF.binary_cross_entropy_with_logits, K.binary_cross_entropy_with_logits, x, y, dtype, go, **kw)
