@@ -1098,3 +1098,42 @@ def test_bce_with_logits_routes_to_the_fused_kernel_when_it_can_serve(monkeypatc
         F.binary_cross_entropy_with_logits(x.double(), y, backend="triton", ignore_index=-1)
     F.binary_cross_entropy_with_logits(x4, t4, pos_weight=2.0, backend="triton")  # a scalar is fine
     assert len(calls) == n_calls + 1
+
+
+def test_list_options_follow_the_logits_device() -> None:
+    # "meta" stands in for an accelerator: list options are checked on the host, then moved.
+    x = torch.randn(3, 4, device="meta")
+    y = torch.zeros(3, dtype=torch.long, device="meta")
+    for loss in (
+        F.balanced_softmax_loss(x, y, class_counts=[1, 2, 3, 0], class_weight=[1, 1, 2, 2]),
+        F.logit_adjusted_loss(x, y, priors=[0.1, 0.2, 0.3, 0.4], label_smoothing=0.1),
+        F.binary_cross_entropy_with_logits(x, y, pos_weight=[1.0, 2.0, 3.0, 4.0]),
+        F.binary_cross_entropy_with_logits(x, y, pos_weight=2.0),
+    ):
+        assert loss.device.type == "meta" and loss.shape == ()
+    with pytest.raises(ValueError, match="class_counts.*non-negative"):
+        F.balanced_softmax_loss(x, y, class_counts=[1, -2, 3, 0])
+    with pytest.raises(ValueError, match="pos_weight.*non-negative"):
+        F.binary_cross_entropy_with_logits(x, y, pos_weight=[1.0, -2.0, 3.0, 4.0])
+    with pytest.raises(ValueError, match="device"):
+        F.binary_cross_entropy_with_logits(x, y, pos_weight=torch.ones(4))
+
+
+def test_gradgradcheck_float64() -> None:
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(3, 4, 2, dtype=F64, generator=g, requires_grad=True)
+    y = torch.randint(0, 4, (3, 2), generator=g)
+    y[0, 0] = -100
+    t = torch.softmax(torch.randn(3, 4, 2, dtype=F64, generator=g), dim=1)
+    yb = torch.rand(3, 4, 2, dtype=F64, generator=g)
+    fns = [
+        lambda a: F.cross_entropy(a, y, class_weight=CW4, label_smoothing=0.2),
+        lambda a: F.cross_entropy(a, t, class_weight=CW4, label_smoothing=0.2, reduction="sum"),
+        lambda a: F.logit_adjusted_loss(a, y, class_counts=COUNTS4, tau=1.5, reduction="none"),
+        lambda a: F.binary_cross_entropy_with_logits(
+            a, yb, pos_weight=torch.tensor([2.0, 0.5], dtype=F64), label_smoothing=0.1
+        ),
+        lambda a: F.binary_cross_entropy(torch.sigmoid(a), yb),
+    ]
+    for fn in fns:
+        assert torch.autograd.gradgradcheck(fn, (x,), eps=1e-6, atol=1e-5)

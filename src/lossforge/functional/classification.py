@@ -342,10 +342,10 @@ def _as_pos_weight(fn: str, pos_weight: object, like: Tensor) -> Tensor:
         if pw.device != like.device:
             fail(fn, "pos_weight", f"on the device of `logits` ({like.device})", pw.device)
     elif isinstance(pos_weight, numbers.Real) and not isinstance(pos_weight, bool):
-        pw = torch.tensor(float(pos_weight), device=like.device)
+        pw = torch.tensor(float(pos_weight))
     elif isinstance(pos_weight, (list, tuple)):
         try:
-            pw = torch.tensor([float(v) for v in pos_weight], device=like.device)
+            pw = torch.tensor([float(v) for v in pos_weight])
         except (TypeError, ValueError):
             fail(fn, "pos_weight", "a sequence of numbers", repr(pos_weight), TypeError)
     else:
@@ -372,11 +372,12 @@ def _as_pos_weight(fn: str, pos_weight: object, like: Tensor) -> Tensor:
             "(a (C,) vector lines up with the last dimension, as in PyTorch)",
             f"shape {tuple(pw.shape)}",
         )
+    # Python numbers and lists are checked on the host (free) before they move to the logits' device.
     pw = pw.to(compute_dtype(like))
     checked = value_checks_enabled(pw) and pw.numel() > 0
     if checked and (not bool(torch.isfinite(pw).all()) or bool((pw < 0).any())):
         fail(fn, "pos_weight", "finite non-negative values", pw.flatten()[:8].tolist())
-    return pw
+    return pw.to(like.device)
 
 
 def _check_index_or_dense_target(fn: str, x: Tensor, target: object, ignore: int | None) -> Tensor:
@@ -533,7 +534,7 @@ def _log_prior(fn: str, values: object, name: str, like: Tensor) -> Tensor:
             fail(fn, name, f"on the device of `logits` ({like.device})", v.device)
     elif isinstance(values, (list, tuple)):
         try:
-            v = torch.tensor([float(a) for a in values], device=like.device)
+            v = torch.tensor([float(a) for a in values])
         except (TypeError, ValueError):
             fail(fn, name, "a sequence of numbers", repr(values), TypeError)
     else:
@@ -551,7 +552,7 @@ def _log_prior(fn: str, values: object, name: str, like: Tensor) -> Tensor:
             fail(fn, name, "finite non-negative values", v.tolist())
         if not bool(v.sum() > 0):
             fail(fn, name, "at least one positive value", v.tolist())
-    prior = v / v.sum()
+    prior = (v / v.sum()).to(like.device)
     return torch.log(torch.clamp(prior, min=ZERO_PRIOR))
 
 
