@@ -731,6 +731,9 @@ def test_value_checks_off_out_of_range_gives_nan(dtype) -> None:
         assert torch.isfinite(F.cross_entropy(x, torch.tensor([0, -100, 1])))
         b = F.binary_cross_entropy_with_logits(x, torch.tensor([0, 9, 3]), reduction="none")
         assert torch.isnan(b[1]).all() and torch.isfinite(b[[0, 2]]).all()
+        p = torch.sigmoid(x.float()).to(dtype)
+        b = F.binary_cross_entropy(p, torch.tensor([0, 9, 3]), reduction="none")
+        assert torch.isnan(b[1]).all() and torch.isfinite(b[[0, 2]]).all()
 
 
 def test_target_dtypes() -> None:

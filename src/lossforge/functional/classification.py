@@ -372,7 +372,7 @@ def _as_pos_weight(fn: str, pos_weight: object, like: Tensor) -> Tensor:
             "(a (C,) vector lines up with the last dimension, as in PyTorch)",
             f"shape {tuple(pw.shape)}",
         )
-    # Python numbers and lists are checked on the host (free) before they move to the logits' device.
+    # Numbers and lists are checked on the host (free), then moved to the logits' device.
     pw = pw.to(compute_dtype(like))
     checked = value_checks_enabled(pw) and pw.numel() > 0
     if checked and (not bool(torch.isfinite(pw).all()) or bool((pw < 0).any())):
