@@ -1,0 +1,763 @@
+r"""Multi-task loss weighting as plain ``nn.Module``s.
+
+A weighting turns the ``T`` scalar task losses of one step into the total loss that the caller
+back-propagates:
+
+$$
+\mathcal{L} = \sum_{i=1}^{T} w_i\,\mathcal{L}_i \;+\; R
+$$
+
+where $w_i$ are the task weights and $R$ an optional regulariser (only ``UncertaintyWeighting``
+has one). Every weighting here
+
+* takes the losses as a sequence of 0-d tensors (or one 1-d tensor of length ``T``) and returns the
+  total from ``forward``; ``weights()`` returns the current ``(T,)`` weights;
+* never calls ``.backward()``, never touches the model and never switches grad mode;
+* keeps its state in ``nn.Parameter``s (learned: uncertainty log-variances, GradNorm weights) or
+  buffers (DTP's KPI averages, DWA's loss history, GradNorm's initial losses), so it follows
+  ``.to()``, ``state_dict`` and checkpoints. ``forward`` writes no state; state changes only in the
+  explicit ``update(...)`` / ``renormalize_()`` methods (and GradNorm's first ``gradnorm_loss``
+  call, which records the initial losses).
+
+Classes: ``Weighting`` (base), ``FixedWeighting``, ``EqualWeighting``, ``UncertaintyWeighting``,
+``DynamicTaskPrioritization``, ``DynamicWeightAverage``, ``GradNorm``. Functions: ``weighted_sum``
+and ``uncertainty_weighted_sum``.
+
+Validation follows the library's rules: the number of tasks, option values and hyperparameters are
+always checked; checks that read tensor values (non-finite losses, KPIs outside ``[0, 1]`` given as
+tensors) follow ``lossforge.set_value_checks`` (on for CPU tensors by default, off on accelerators
+unless enabled) because they synchronise with the device.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from lossforge._checks import (
+    check_choice,
+    check_int,
+    check_number,
+    fail,
+    value_checks_enabled,
+)
+
+__all__ = [
+    "DynamicTaskPrioritization",
+    "DynamicWeightAverage",
+    "EqualWeighting",
+    "FixedWeighting",
+    "GradNorm",
+    "TaskType",
+    "UncertaintyWeighting",
+    "Weighting",
+    "uncertainty_weighted_sum",
+    "weighted_sum",
+]
+
+TaskType = Literal["regression", "classification"]
+Regularizer = Literal["log", "log1p"]
+_TASK_TYPES = ("regression", "classification")
+_REGULARIZERS = ("log", "log1p")
+
+LossesLike = Sequence[Tensor] | Tensor
+
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------------
+
+
+def _stack_losses(fn: str, losses: object, num_tasks: int | None, name: str = "losses") -> Tensor:
+    """Turn ``T`` scalar losses into one ``(T,)`` tensor (graph kept), checking count and finiteness."""
+    if isinstance(losses, Tensor):
+        if losses.ndim != 1:
+            fail(fn, name, "a 1-d tensor of task losses or a sequence of 0-d tensors", f"shape {tuple(losses.shape)}")
+        stacked = losses
+    elif isinstance(losses, Sequence) and not isinstance(losses, str):
+        items = list(losses)
+        if not items:
+            fail(fn, name, "at least one task loss", "an empty sequence")
+        for i, item in enumerate(items):
+            if not isinstance(item, Tensor):
+                fail(fn, f"{name}[{i}]", "to be a torch.Tensor", type(item).__name__, TypeError)
+            if item.numel() != 1:
+                fail(fn, f"{name}[{i}]", "a scalar (0-d) loss", f"shape {tuple(item.shape)}")
+        devices = {t.device for t in items}
+        if len(devices) > 1:
+            fail(fn, name, "every task loss on one device", sorted(str(d) for d in devices))
+        stacked = torch.stack([t.reshape(()) for t in items])
+    else:
+        fail(fn, name, "a sequence of 0-d tensors or a 1-d tensor", type(losses).__name__, TypeError)
+    if not stacked.is_floating_point():
+        fail(fn, name, "floating-point losses", f"dtype {stacked.dtype}", TypeError)
+    if num_tasks is not None and stacked.shape[0] != num_tasks:
+        fail(fn, name, f"{num_tasks} task losses (num_tasks={num_tasks})", stacked.shape[0])
+    if value_checks_enabled(stacked):
+        finite = torch.isfinite(stacked.detach())
+        if not bool(finite.all()):
+            bad = [i for i, ok in enumerate(finite.tolist()) if not ok]
+            fail(fn, name, "finite task losses", f"{stacked.detach().tolist()} (non-finite at task {bad})")
+    return stacked
+
+
+def _check_state_device(fn: str, losses: Tensor, state: Tensor) -> None:
+    if losses.device != state.device:
+        fail(
+            fn,
+            "losses",
+            f"on the weighting's device ({state.device}; move the weighting with `.to(device)`)",
+            losses.device,
+        )
+
+
+def _per_task_numbers(
+    fn: str, name: str, value: object, num_tasks: int, *, low: float | None = None, low_open: bool = False
+) -> list[float]:
+    """A number, or a sequence of ``num_tasks`` numbers, each checked against ``low``."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().tolist()
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        values = list(value)
+        if len(values) != num_tasks:
+            fail(fn, name, f"one value per task ({num_tasks})", f"{len(values)} values")
+        return [check_number(fn, f"{name}[{i}]", v, low=low, low_open=low_open) for i, v in enumerate(values)]
+    v = check_number(fn, name, value, low=low, low_open=low_open)
+    return [v] * num_tasks
+
+
+def weighted_sum(losses: LossesLike, weights: Tensor) -> Tensor:
+    r"""Weighted sum of task losses.
+
+    $$
+    \mathcal{L} = \sum_i w_i\,\mathcal{L}_i
+    $$
+
+    Args:
+        losses: ``T`` scalar losses (sequence of 0-d tensors, or a ``(T,)`` tensor).
+        weights: ``(T,)`` weights on the losses' device.
+
+    Returns:
+        The 0-d total, in the promoted dtype of losses and weights.
+    """
+    fn = "weighted_sum"
+    if not isinstance(weights, Tensor):
+        fail(fn, "weights", "to be a torch.Tensor", type(weights).__name__, TypeError)
+    if weights.ndim != 1:
+        fail(fn, "weights", "a 1-d tensor", f"shape {tuple(weights.shape)}")
+    stacked = _stack_losses(fn, losses, weights.shape[0])
+    _check_state_device(fn, stacked, weights)
+    return (weights * stacked).sum()
+
+
+def uncertainty_weighted_sum(
+    losses: LossesLike,
+    log_vars: Tensor,
+    *,
+    task_types: TaskType | Sequence[TaskType] = "regression",
+    regularizer: Regularizer = "log",
+) -> Tensor:
+    r"""Homoscedastic-uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018), functional form.
+
+    With $s_i = \log\sigma_i^2$ and $c_i = \tfrac12$ for regression tasks, $c_i = 1$ for
+    classification tasks:
+
+    $$
+    \mathcal{L} = \sum_i c_i\,e^{-s_i}\,\mathcal{L}_i + r(s_i),\qquad
+    r(s) = \tfrac12 s = \log\sigma \;(\texttt{"log"}),\qquad
+    r(s) = \log(1 + e^{s}) = \log(1+\sigma^2) \;(\texttt{"log1p"})
+    $$
+
+    See ``UncertaintyWeighting`` for the derivation, the optima and why the total can be negative.
+
+    Args:
+        losses: ``T`` scalar losses.
+        log_vars: ``(T,)`` log-variances $s_i$ (usually an ``nn.Parameter``).
+        task_types: ``"regression"`` or ``"classification"``, one for all tasks or one per task.
+        regularizer: ``"log"`` (Kendall et al.) or ``"log1p"`` (Liebel & Koerner 2018, positive).
+
+    Returns:
+        The 0-d total.
+    """
+    fn = "uncertainty_weighted_sum"
+    if not isinstance(log_vars, Tensor):
+        fail(fn, "log_vars", "to be a torch.Tensor", type(log_vars).__name__, TypeError)
+    if log_vars.ndim != 1:
+        fail(fn, "log_vars", "a 1-d tensor", f"shape {tuple(log_vars.shape)}")
+    num_tasks = log_vars.shape[0]
+    factors = _task_factors(fn, task_types, num_tasks)
+    regularizer = check_choice(fn, "regularizer", regularizer, _REGULARIZERS)  # type: ignore[assignment]
+    stacked = _stack_losses(fn, losses, num_tasks)
+    _check_state_device(fn, stacked, log_vars)
+    return _uncertainty_total(stacked, log_vars, factors, regularizer)
+
+
+def _task_factors(fn: str, task_types: object, num_tasks: int) -> list[float]:
+    if isinstance(task_types, str):
+        kinds = [check_choice(fn, "task_types", task_types, _TASK_TYPES)] * num_tasks
+    elif isinstance(task_types, Sequence):
+        kinds = list(task_types)
+        if len(kinds) != num_tasks:
+            fail(fn, "task_types", f"one entry per task ({num_tasks})", f"{len(kinds)} entries")
+        kinds = [check_choice(fn, f"task_types[{i}]", k, _TASK_TYPES) for i, k in enumerate(kinds)]
+    else:
+        fail(fn, "task_types", "a string or a sequence of strings", type(task_types).__name__, TypeError)
+    return [0.5 if k == "regression" else 1.0 for k in kinds]
+
+
+def _uncertainty_total(losses: Tensor, log_vars: Tensor, factors: Sequence[float], regularizer: str) -> Tensor:
+    c = torch.tensor(factors, dtype=log_vars.dtype, device=log_vars.device)
+    reg = 0.5 * log_vars if regularizer == "log" else nn.functional.softplus(log_vars)
+    return (c * torch.exp(-log_vars) * losses + reg).sum()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Base class and static weightings
+# ---------------------------------------------------------------------------------------------------
+
+
+class Weighting(nn.Module, ABC):
+    r"""Base class: ``T`` task losses in, the total loss out; ``weights()`` gives the ``(T,)`` weights.
+
+    $$
+    \mathcal{L} = \sum_{i=1}^{T} w_i\,\mathcal{L}_i + R
+    $$
+
+    Subclasses implement ``weights()`` and, when they add a term that is not a weight times a loss,
+    ``regularizer()``. ``forward`` checks the losses (count, scalar shape, device, finiteness under
+    the value-check mode) and returns the total; it never calls ``.backward()`` and writes no state.
+
+    Args:
+        num_tasks: Number of tasks ``T`` (>= 1).
+    """
+
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__()
+        self.num_tasks = check_int(type(self).__name__, "num_tasks", num_tasks, low=1)
+
+    @abstractmethod
+    def weights(self) -> Tensor:
+        """The current ``(T,)`` task weights (what multiplies each loss in ``forward``)."""
+
+    def regularizer(self) -> Tensor | None:
+        """Additive term of the total that is not a weight times a loss (``None`` here)."""
+        return None
+
+    def forward(self, losses: LossesLike) -> Tensor:
+        """Total loss $\\sum_i w_i \\mathcal{L}_i (+ R)$ of ``T`` scalar task losses."""
+        stacked = _stack_losses(type(self).__name__, losses, self.num_tasks)
+        w = self.weights()
+        _check_state_device(type(self).__name__, stacked, w)
+        total = (w * stacked).sum()
+        reg = self.regularizer()
+        return total if reg is None else total + reg
+
+    def extra_repr(self) -> str:
+        return f"num_tasks={self.num_tasks}"
+
+
+class FixedWeighting(Weighting):
+    r"""Constant, user-given task weights: $\mathcal{L} = \sum_i w_i \mathcal{L}_i$.
+
+    Args:
+        weights: One finite, non-negative number per task (list, tuple or 1-d tensor). Stored as a
+            buffer, so it follows ``.to()`` and ``state_dict``.
+
+    Example:
+        >>> import torch
+        >>> from lossforge.multitask import FixedWeighting
+        >>> FixedWeighting([1.0, 0.5])([torch.tensor(2.0), torch.tensor(4.0)])
+        tensor(4.)
+    """
+
+    task_weights: Tensor
+
+    def __init__(self, weights: Sequence[float] | Tensor) -> None:
+        fn = type(self).__name__
+        if isinstance(weights, Tensor):
+            if weights.ndim != 1:
+                fail(fn, "weights", "a 1-d tensor", f"shape {tuple(weights.shape)}")
+            values = weights.detach().cpu().tolist()
+        elif isinstance(weights, Sequence) and not isinstance(weights, str):
+            values = list(weights)
+        else:
+            fail(fn, "weights", "a sequence of numbers or a 1-d tensor", type(weights).__name__, TypeError)
+        if not values:
+            fail(fn, "weights", "at least one weight", "an empty sequence")
+        checked = [check_number(fn, f"weights[{i}]", v, low=0.0) for i, v in enumerate(values)]
+        super().__init__(len(checked))
+        dtype = weights.dtype if isinstance(weights, Tensor) and weights.is_floating_point() else None
+        self.register_buffer("task_weights", torch.tensor(checked, dtype=dtype or torch.get_default_dtype()))
+
+    def weights(self) -> Tensor:
+        return self.task_weights
+
+    def extra_repr(self) -> str:
+        return f"weights={self.task_weights.tolist()}"
+
+
+class EqualWeighting(FixedWeighting):
+    r"""Every task weight is 1: $\mathcal{L} = \sum_i \mathcal{L}_i$ (the usual baseline).
+
+    Args:
+        num_tasks: Number of tasks ``T``.
+    """
+
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__([1.0] * check_int(type(self).__name__, "num_tasks", num_tasks, low=1))
+
+    def extra_repr(self) -> str:
+        return f"num_tasks={self.num_tasks}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Uncertainty weighting
+# ---------------------------------------------------------------------------------------------------
+
+
+class UncertaintyWeighting(Weighting):
+    r"""Homoscedastic-uncertainty task weighting (Kendall, Gal & Cipolla, CVPR 2018).
+
+    Each task $i$ has a learned $s_i = \log\sigma_i^2$ (an ``nn.Parameter`` named ``log_vars``;
+    learning the log keeps $\sigma^2 > 0$ without clamps). With $c_i = \tfrac12$ for a regression task
+    (Gaussian likelihood, $\mathcal{L}_i$ = mean squared error) and $c_i = 1$ for a classification
+    task (scaled softmax, $\mathcal{L}_i$ = cross-entropy):
+
+    $$
+    \mathcal{L} = \sum_i c_i\,e^{-s_i}\,\mathcal{L}_i + r(s_i),\qquad
+    r(s) = \tfrac12 s = \log\sigma\quad(\texttt{regularizer="log"})
+    $$
+
+    i.e. $\frac{1}{2\sigma^2}\mathcal{L} + \log\sigma$ (regression) and
+    $\frac{1}{\sigma^2}\mathcal{L} + \log\sigma$ (classification). For a fixed loss $L$ the optimum is
+    $\sigma^2 = L$ (regression) and $\sigma^2 = 2L$ (classification), so a task's weight falls as its
+    loss (its noise) grows.
+
+    **The total can be negative, and that is expected**: the $\log\sigma$ term is negative whenever
+    $\sigma < 1$, i.e. whenever a task's loss falls below 1 (regression) or 1/2 (classification).
+    Only its gradient matters. If a non-negative total is wanted (logging, early stopping on the
+    total), use ``regularizer="log1p"``, the positive form of Liebel & Koerner (2018):
+
+    $$
+    r(s) = \log(1 + \sigma^2) = \log(1 + e^{s}) > 0
+    $$
+
+    whose optimum for regression is $\sigma^2 = \tfrac14\left(L + \sqrt{L^2 + 8L}\right)$ (it also
+    keeps $\sigma^2$ from collapsing when $L \to 0$). ``log_var_bounds`` optionally clamps $s$.
+
+    Put this module's parameters in the optimizer (``list(model.parameters()) +
+    list(weighting.parameters())``), usually without weight decay.
+
+    Args:
+        num_tasks: Number of tasks ``T``.
+        task_types: ``"regression"`` or ``"classification"``, for all tasks or one per task.
+        init_log_var: Starting $s_i$ (0 means $\sigma^2 = 1$), a number or one per task.
+        regularizer: ``"log"`` (Kendall et al., $\log\sigma$) or ``"log1p"`` ($\log(1+\sigma^2)$).
+        log_var_bounds: Optional ``(low, high)`` clamp of $s$ in the forward pass.
+
+    Example:
+        >>> import torch
+        >>> from lossforge.multitask import UncertaintyWeighting
+        >>> uw = UncertaintyWeighting(2, task_types=["regression", "classification"])
+        >>> total = uw([torch.tensor(2.0), torch.tensor(0.7)])  # 0.5*2 + 0 + 1*0.7 + 0
+        >>> round(float(total.detach()), 4)
+        1.7
+    """
+
+    log_vars: nn.Parameter
+
+    def __init__(
+        self,
+        num_tasks: int,
+        *,
+        task_types: TaskType | Sequence[TaskType] = "regression",
+        init_log_var: float | Sequence[float] = 0.0,
+        regularizer: Regularizer = "log",
+        log_var_bounds: tuple[float, float] | None = None,
+    ) -> None:
+        super().__init__(num_tasks)
+        fn = type(self).__name__
+        self.task_types: tuple[str, ...] = tuple(
+            "regression" if f == 0.5 else "classification" for f in _task_factors(fn, task_types, self.num_tasks)
+        )
+        self._factors = _task_factors(fn, task_types, self.num_tasks)
+        self.regularizer_kind: str = check_choice(fn, "regularizer", regularizer, _REGULARIZERS)
+        if log_var_bounds is not None:
+            if not isinstance(log_var_bounds, Sequence) or len(log_var_bounds) != 2:
+                fail(fn, "log_var_bounds", "None or a (low, high) pair", repr(log_var_bounds), TypeError)
+            low = check_number(fn, "log_var_bounds[0]", log_var_bounds[0])
+            high = check_number(fn, "log_var_bounds[1]", log_var_bounds[1])
+            if not low < high:
+                fail(fn, "log_var_bounds", "low < high", repr(tuple(log_var_bounds)))
+            log_var_bounds = (low, high)
+        self.log_var_bounds = log_var_bounds
+        init = _per_task_numbers(fn, "init_log_var", init_log_var, self.num_tasks)
+        self.log_vars = nn.Parameter(torch.tensor(init, dtype=torch.get_default_dtype()))
+
+    def _s(self) -> Tensor:
+        if self.log_var_bounds is None:
+            return self.log_vars
+        return self.log_vars.clamp(self.log_var_bounds[0], self.log_var_bounds[1])
+
+    def variances(self) -> Tensor:
+        r"""The learned $\sigma_i^2 = e^{s_i}$, detached."""
+        return torch.exp(self._s().detach())
+
+    def weights(self) -> Tensor:
+        r"""$c_i e^{-s_i}$ (with gradient to ``log_vars``)."""
+        c = torch.tensor(self._factors, dtype=self.log_vars.dtype, device=self.log_vars.device)
+        return c * torch.exp(-self._s())
+
+    def regularizer(self) -> Tensor:
+        s = self._s()
+        reg = 0.5 * s if self.regularizer_kind == "log" else nn.functional.softplus(s)
+        return reg.sum()
+
+    def extra_repr(self) -> str:
+        parts = [f"num_tasks={self.num_tasks}", f"task_types={list(self.task_types)}"]
+        parts.append(f"regularizer={self.regularizer_kind!r}")
+        if self.log_var_bounds is not None:
+            parts.append(f"log_var_bounds={self.log_var_bounds}")
+        return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dynamic Task Prioritization
+# ---------------------------------------------------------------------------------------------------
+
+
+class DynamicTaskPrioritization(Weighting):
+    r"""Dynamic Task Prioritization (Guo, Haque, Huang, Yeung & Fei-Fei, ECCV 2018), task level.
+
+    Each task reports a KPI $\kappa_i \in [0, 1]$ (accuracy, mAP, IoU, clipped $R^2$: higher is
+    better). ``update(kpis)`` keeps its moving average with momentum $\alpha$ (the weight of the new
+    value, as in ``BatchNorm``):
+
+    $$
+    \bar\kappa_i \leftarrow \alpha\,\kappa_i + (1 - \alpha)\,\bar\kappa_i
+    \qquad(\text{the first update sets } \bar\kappa_i = \kappa_i)
+    $$
+
+    and the task weight is a focal term of the averaged KPI,
+
+    $$
+    w_i = -(1 - \bar\kappa_i)^{\gamma_i}\,\log \bar\kappa_i,\qquad
+    \bar\kappa_i \text{ clipped to } [\epsilon_{lo}, \epsilon_{hi}] \text{ first}
+    $$
+
+    so the task that is doing worst gets the largest weight, and $\gamma_i$ sets how sharply. The
+    clip keeps $\kappa = 0$ (weight $\infty$) and $\kappa = 1$ (weight 0, the task would be dropped)
+    finite and non-zero. The weights carry no gradient. Until the first ``update`` every weight is 1.
+
+    The paper pairs this task-level focusing with *example-level* focusing inside each task: use a
+    focal loss per task, e.g. ``lossforge.functional.softmax_focal_loss(logits, y, gamma=g0)`` or
+    ``sigmoid_focal_loss`` for the classification tasks, and pass those losses to ``forward``.
+
+    State: the buffers ``kpi_average`` ``(T,)`` and ``num_updates`` (0-d), so it checkpoints.
+
+    Args:
+        num_tasks: Number of tasks ``T``.
+        gamma: Task-level focusing parameter $\gamma_i \ge 0$, one for all tasks or one per task.
+        momentum: $\alpha \in (0, 1]$, the weight of the newest KPI in the moving average.
+        kpi_clip: ``(low, high)`` with ``0 < low < high < 1``; the averaged KPI is clipped to it
+            before the log (public DTP code uses ``(0.1, 0.99)``; the default is milder).
+
+    Example:
+        >>> import torch
+        >>> from lossforge.multitask import DynamicTaskPrioritization
+        >>> dtp = DynamicTaskPrioritization(2, gamma=1.0, momentum=0.5)
+        >>> dtp.update([0.9, 0.5])
+        >>> [round(w, 4) for w in dtp.weights().tolist()]  # -(1-k) log k
+        [0.0105, 0.3466]
+    """
+
+    kpi_average: Tensor
+    num_updates: Tensor
+    gamma: Tensor
+
+    def __init__(
+        self,
+        num_tasks: int,
+        *,
+        gamma: float | Sequence[float] = 1.0,
+        momentum: float = 0.1,
+        kpi_clip: tuple[float, float] = (1e-4, 1.0 - 1e-4),
+    ) -> None:
+        super().__init__(num_tasks)
+        fn = type(self).__name__
+        gammas = _per_task_numbers(fn, "gamma", gamma, self.num_tasks, low=0.0)
+        self.momentum = check_number(fn, "momentum", momentum, low=0.0, high=1.0, low_open=True)
+        if not isinstance(kpi_clip, Sequence) or len(kpi_clip) != 2:
+            fail(fn, "kpi_clip", "a (low, high) pair", repr(kpi_clip), TypeError)
+        low = check_number(fn, "kpi_clip[0]", kpi_clip[0], low=0.0, high=1.0, low_open=True, high_open=True)
+        high = check_number(fn, "kpi_clip[1]", kpi_clip[1], low=0.0, high=1.0, low_open=True, high_open=True)
+        if not low < high:
+            fail(fn, "kpi_clip", "low < high", repr(tuple(kpi_clip)))
+        self.kpi_clip = (low, high)
+        dtype = torch.get_default_dtype()
+        self.register_buffer("gamma", torch.tensor(gammas, dtype=dtype))
+        self.register_buffer("kpi_average", torch.ones(self.num_tasks, dtype=dtype))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, kpis: Sequence[float] | Tensor) -> None:
+        """Fold one observation of each task's KPI (values in ``[0, 1]``) into the moving average.
+
+        Call it as often as you measure the KPIs (every step on the batch, or once per epoch on a
+        validation set). KPIs may be Python numbers (always checked) or a ``(T,)`` tensor (checked
+        under the value-check mode).
+        """
+        fn = f"{type(self).__name__}.update"
+        if isinstance(kpis, Tensor):
+            if kpis.ndim != 1 or kpis.shape[0] != self.num_tasks:
+                fail(fn, "kpis", f"a (T,) tensor with T={self.num_tasks}", f"shape {tuple(kpis.shape)}")
+            if not kpis.is_floating_point():
+                kpis = kpis.to(self.kpi_average.dtype)
+            if kpis.device != self.kpi_average.device:
+                fail(fn, "kpis", f"on the weighting's device ({self.kpi_average.device})", kpis.device)
+            if value_checks_enabled(kpis):
+                bad = ~((kpis >= 0) & (kpis <= 1))  # NaN is bad too
+                if bool(bad.any()):
+                    fail(fn, "kpis", "values in [0, 1]", kpis.tolist())
+            k = kpis.detach().to(self.kpi_average.dtype)
+        elif isinstance(kpis, Sequence) and not isinstance(kpis, str):
+            values = list(kpis)
+            if len(values) != self.num_tasks:
+                fail(fn, "kpis", f"{self.num_tasks} KPIs (num_tasks={self.num_tasks})", len(values))
+            checked = []
+            for i, v in enumerate(values):
+                if isinstance(v, Tensor):
+                    v = float(v.detach())
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+                    fail(fn, "kpis", "values in [0, 1]", repr(values))
+                checked.append(float(v))
+            k = torch.tensor(checked, dtype=self.kpi_average.dtype, device=self.kpi_average.device)
+        else:
+            fail(fn, "kpis", "a sequence of numbers or a 1-d tensor", type(kpis).__name__, TypeError)
+        first = self.num_updates == 0
+        blended = self.momentum * k + (1.0 - self.momentum) * self.kpi_average
+        self.kpi_average.copy_(torch.where(first, k, blended))
+        self.num_updates.add_(1)
+
+    def weights(self) -> Tensor:
+        r"""$-(1-\bar\kappa_i)^{\gamma_i}\log\bar\kappa_i$ (detached; all 1 before the first update)."""
+        k = self.kpi_average.detach().clamp(self.kpi_clip[0], self.kpi_clip[1])
+        w = -torch.pow(1.0 - k, self.gamma) * torch.log(k)
+        return torch.where(self.num_updates > 0, w, torch.ones_like(w))
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_tasks={self.num_tasks}, gamma={self.gamma.tolist()}, momentum={self.momentum}, "
+            f"kpi_clip={self.kpi_clip}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dynamic Weight Average
+# ---------------------------------------------------------------------------------------------------
+
+
+class DynamicWeightAverage(Weighting):
+    r"""Dynamic Weight Average (Liu, Johns & Davison, CVPR 2019, "MTAN").
+
+    From the average losses of the last two epochs, $r_i = \mathcal{L}_i(t-1) / \mathcal{L}_i(t-2)$
+    (how slowly task $i$ is improving), and
+
+    $$
+    w_i(t) = \frac{K \exp(r_i / T)}{\sum_j \exp(r_j / T)}
+    $$
+
+    with $K$ = number of tasks (so the weights sum to $K$) and temperature $T$ (larger = more
+    uniform). Until two epochs have been recorded every weight is 1.
+
+    Call ``update(epoch_losses)`` once at the end of each epoch with that epoch's mean loss per task;
+    the weights for the next epoch follow. State: the buffers ``loss_history`` ``(2, K)`` (row 0 the
+    epoch before last, row 1 the last) and ``num_epochs``.
+
+    Args:
+        num_tasks: Number of tasks $K$.
+        temperature: $T > 0$ (the paper uses 2).
+
+    Example:
+        >>> import torch
+        >>> from lossforge.multitask import DynamicWeightAverage
+        >>> dwa = DynamicWeightAverage(2, temperature=2.0)
+        >>> dwa.update([1.0, 1.0]); dwa.update([0.5, 1.0])  # r = (0.5, 1.0)
+        >>> [round(w, 4) for w in dwa.weights().tolist()]
+        [0.8756, 1.1244]
+    """
+
+    loss_history: Tensor
+    num_epochs: Tensor
+
+    def __init__(self, num_tasks: int, *, temperature: float = 2.0) -> None:
+        super().__init__(num_tasks)
+        self.temperature = check_number(type(self).__name__, "temperature", temperature, low=0.0, low_open=True)
+        dtype = torch.get_default_dtype()
+        self.register_buffer("loss_history", torch.ones(2, self.num_tasks, dtype=dtype))
+        self.register_buffer("num_epochs", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, epoch_losses: LossesLike | Sequence[float]) -> None:
+        """Record one epoch's mean loss per task (positive, finite; numbers or tensors, detached)."""
+        fn = f"{type(self).__name__}.update"
+        if isinstance(epoch_losses, Sequence) and not isinstance(epoch_losses, str):
+            items = list(epoch_losses)
+            if len(items) != self.num_tasks:
+                fail(fn, "epoch_losses", f"{self.num_tasks} task losses (num_tasks={self.num_tasks})", len(items))
+            if all(not isinstance(v, Tensor) for v in items):
+                for i, v in enumerate(items):
+                    check_number(fn, f"epoch_losses[{i}]", v, low=0.0, low_open=True)
+                epoch_losses = torch.tensor([float(v) for v in items], dtype=self.loss_history.dtype)
+                epoch_losses = epoch_losses.to(self.loss_history.device)
+        stacked = _stack_losses(fn, epoch_losses, self.num_tasks, name="epoch_losses").detach()
+        _check_state_device(fn, stacked, self.loss_history)
+        if value_checks_enabled(stacked) and not bool((stacked > 0).all()):
+            fail(fn, "epoch_losses", "positive task losses (DWA divides by them)", stacked.tolist())
+        self.loss_history[0].copy_(self.loss_history[1])
+        self.loss_history[1].copy_(stacked.to(self.loss_history.dtype))
+        self.num_epochs.add_(1)
+
+    def weights(self) -> Tensor:
+        """Softmax of the loss ratios over the temperature, times ``K`` (detached; 1 for 2 epochs)."""
+        ratio = self.loss_history[1] / self.loss_history[0]
+        w = self.num_tasks * torch.softmax(ratio / self.temperature, dim=0)
+        return torch.where(self.num_epochs >= 2, w, torch.ones_like(w))
+
+    def extra_repr(self) -> str:
+        return f"num_tasks={self.num_tasks}, temperature={self.temperature}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# GradNorm
+# ---------------------------------------------------------------------------------------------------
+
+
+class GradNorm(Weighting):
+    r"""GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018).
+
+    Learnable task weights $w_i$ (``nn.Parameter`` ``task_weight``, starting at 1) are tuned so that
+    each task's gradient norm on the shared parameters $W$ tracks its relative training rate:
+
+    $$
+    G_i = \lVert \nabla_W\, w_i \mathcal{L}_i \rVert_2,\quad
+    \bar G = \tfrac1T \sum_i G_i,\quad
+    \tilde{\mathcal{L}}_i = \frac{\mathcal{L}_i}{\mathcal{L}_i(0)},\quad
+    r_i = \frac{\tilde{\mathcal{L}}_i}{\tfrac1T\sum_j \tilde{\mathcal{L}}_j}
+    $$
+
+    $$
+    \mathcal{L}_{\text{grad}} = \sum_i \left| G_i - \operatorname{sg}\!\left[\bar G\, r_i^{\alpha}\right] \right|
+    $$
+
+    where sg is stop-gradient and $\alpha$ (``asymmetry``) the restoring force (the paper uses 0.12
+    to 3; 1.5 on NYUv2). One training step:
+
+    ```python
+    losses = [loss_a, loss_b]
+    gn_loss = gradnorm.gradnorm_loss(losses, shared_params)  # autograd.grad, retains the graph
+    total = gradnorm(losses)                                 # sum_i w_i L_i, weights detached
+    optimizer.zero_grad()
+    total.backward()       # network gradients (weights act as constants)
+    gn_loss.backward()     # gradient only on gradnorm.task_weight
+    optimizer.step()       # optimizer holds model and gradnorm parameters
+    gradnorm.renormalize_()  # sum_i w_i = T again
+    ```
+
+    ``forward`` uses the weights detached, so the network loss never pushes on them, and
+    ``gradnorm_loss`` differentiates only into ``task_weight``: since $w_i > 0$ is a scalar,
+    $G_i = w_i\,\lVert\nabla_W \mathcal{L}_i\rVert$, and the norms are taken with
+    ``torch.autograd.grad`` (no ``.grad`` is written, no second-order graph is built).
+    ``shared_params`` is usually the last shared layer, as in the paper.
+
+    The first ``gradnorm_loss`` call records the losses as $\mathcal{L}_i(0)$ in the buffer
+    ``initial_losses`` (or set them with ``set_initial_losses``, e.g. to $\log C$ for a $C$-way
+    classification task, as the paper suggests).
+
+    Args:
+        num_tasks: Number of tasks ``T``.
+        asymmetry: The paper's $\alpha \ge 0$.
+        min_weight: Floor that ``renormalize_`` applies before rescaling, keeping weights positive.
+    """
+
+    task_weight: nn.Parameter
+    initial_losses: Tensor
+    has_initial_losses: Tensor
+
+    def __init__(self, num_tasks: int, *, asymmetry: float = 1.5, min_weight: float = 1e-6) -> None:
+        super().__init__(num_tasks)
+        fn = type(self).__name__
+        self.asymmetry = check_number(fn, "asymmetry", asymmetry, low=0.0)
+        self.min_weight = check_number(fn, "min_weight", min_weight, low=0.0, low_open=True)
+        dtype = torch.get_default_dtype()
+        self.task_weight = nn.Parameter(torch.ones(self.num_tasks, dtype=dtype))
+        self.register_buffer("initial_losses", torch.ones(self.num_tasks, dtype=dtype))
+        self.register_buffer("has_initial_losses", torch.zeros((), dtype=torch.bool))
+
+    def weights(self) -> Tensor:
+        """The current weights, detached (they are learned only through ``gradnorm_loss``)."""
+        return self.task_weight.detach()
+
+    @torch.no_grad()
+    def set_initial_losses(self, losses: LossesLike | Sequence[float]) -> None:
+        r"""Set $\mathcal{L}_i(0)$ explicitly (positive, finite)."""
+        fn = f"{type(self).__name__}.set_initial_losses"
+        if isinstance(losses, Sequence) and all(not isinstance(v, Tensor) for v in losses):
+            vals = [check_number(fn, f"losses[{i}]", v, low=0.0, low_open=True) for i, v in enumerate(losses)]
+            losses = torch.tensor(vals, dtype=self.initial_losses.dtype, device=self.initial_losses.device)
+        stacked = _stack_losses(fn, losses, self.num_tasks).detach()
+        _check_state_device(fn, stacked, self.initial_losses)
+        if value_checks_enabled(stacked) and not bool((stacked > 0).all()):
+            fail(fn, "losses", "positive initial losses", stacked.tolist())
+        self.initial_losses.copy_(stacked.to(self.initial_losses.dtype))
+        self.has_initial_losses.fill_(True)
+
+    def gradnorm_loss(self, losses: LossesLike, shared_params: Iterable[Tensor]) -> Tensor:
+        r"""The GradNorm objective $\mathcal{L}_{\text{grad}}$; its gradient reaches only ``task_weight``.
+
+        Args:
+            losses: The ``T`` task losses of this step, still attached to the graph (the graph is
+                retained, so ``forward(losses).backward()`` works afterwards).
+            shared_params: The shared parameters $W$ (e.g. ``model.trunk[-1].parameters()``).
+
+        Returns:
+            A 0-d tensor; call ``.backward()`` on it (it never calls backward itself).
+        """
+        fn = f"{type(self).__name__}.gradnorm_loss"
+        stacked = _stack_losses(fn, losses, self.num_tasks)
+        _check_state_device(fn, stacked, self.task_weight)
+        params = [p for p in shared_params]
+        if not params:
+            fail(fn, "shared_params", "at least one tensor", "none")
+        for i, p in enumerate(params):
+            if not isinstance(p, Tensor) or not p.requires_grad:
+                fail(fn, f"shared_params[{i}]", "a tensor that requires grad", type(p).__name__)
+        if not bool(self.has_initial_losses):
+            self.set_initial_losses(stacked.detach())
+        norms = []
+        for i in range(self.num_tasks):
+            grads = torch.autograd.grad(stacked[i], params, retain_graph=True, allow_unused=True)
+            squares = [g.detach().pow(2).sum() for g in grads if g is not None]
+            if not squares:
+                fail(fn, "shared_params", f"parameters that task {i}'s loss depends on", "no gradient path")
+            norms.append(torch.stack(squares).sum().sqrt())
+        grad_norms = torch.stack(norms).to(self.task_weight.dtype)  # ||grad_W L_i||, constants
+        g = self.task_weight * grad_norms  # G_i = w_i ||grad_W L_i||
+        ratio = stacked.detach().to(self.task_weight.dtype) / self.initial_losses
+        rate = ratio / ratio.mean()
+        target = (g.mean() * rate.pow(self.asymmetry)).detach()
+        return (g - target).abs().sum()
+
+    @torch.no_grad()
+    def renormalize_(self) -> None:
+        r"""Clamp the weights to ``min_weight`` and rescale them so that $\sum_i w_i = T$."""
+        self.task_weight.clamp_(min=self.min_weight)
+        self.task_weight.mul_(self.num_tasks / self.task_weight.sum())
+
+    def extra_repr(self) -> str:
+        return f"num_tasks={self.num_tasks}, asymmetry={self.asymmetry}"
+
