@@ -1,0 +1,98 @@
+"""Fused softmax dice vs a float64 reference (``functional.dice_loss`` has not landed yet)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.kernels._helpers import DEVICE, LOW, assert_within_2x, record
+
+from lossforge.kernels import dice as K  # noqa: E402
+
+
+def reference(x, t, *, smooth=1.0, squared=False, per_sample=False, ignore_index=None, reduction="mean"):
+    c = x.shape[1]
+    p = torch.softmax(x, dim=1).reshape(x.shape[0], c, -1)  # N, C, S
+    tt = t.reshape(t.shape[0], -1)
+    valid = torch.ones_like(tt, dtype=torch.bool) if ignore_index is None else tt != ignore_index
+    oh = (tt.unsqueeze(1) == torch.arange(c, device=x.device).view(1, c, 1)) & valid.unsqueeze(1)
+    pv = p * valid.unsqueeze(1)
+    dims = (2,) if per_sample else (0, 2)
+    inter = (pv * oh).sum(dims)
+    card = (pv * pv if squared else pv).sum(dims)
+    gt = oh.to(p.dtype).sum(dims)
+    dice = (2 * inter + smooth) / (card + gt + smooth)
+    return (1 - dice).mean() if reduction == "mean" else (1 - dice).sum()
+
+
+def run_case(x, t, dtype, grad_out=None, **kw):
+    x_low = x.to(dtype)
+    xk = x_low.detach().clone().requires_grad_()
+    out = K.dice_loss(xk, t, **kw)
+    x64 = x_low.detach().double().requires_grad_()
+    ref64 = reference(x64, t, **kw)
+    x32 = x_low.detach().clone().requires_grad_()
+    ref32 = reference(x32.float(), t, **kw)
+    go = torch.ones_like(ref64) if grad_out is None else grad_out
+    out.backward(go.to(out.dtype))
+    ref64.backward(go.double())
+    ref32.backward(go.float())
+    assert xk.grad.dtype == dtype
+    record("dice:loss", dtype, assert_within_2x(out, ref64, ref32, dtype, "loss"))
+    record("dice:grad", dtype, assert_within_2x(xk.grad, x64.grad, x32.grad, dtype, "grad"))
+    return xk.grad
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("shape", [(3, 5), (2, 3, 5, 7), (2, 19, 4, 9)])
+def test_matches_reference(shape, dtype):
+    x = torch.randn(*shape, device=DEVICE) * 2
+    t = torch.randint(0, shape[1], (shape[0],) + shape[2:], device=DEVICE)
+    run_case(x, t, dtype)
+
+
+@pytest.mark.parametrize("opts", [
+    {"squared": True, "smooth": 0.5},
+    {"per_sample": True},
+    {"ignore_index": 255},
+    {"reduction": "sum", "smooth": 0.0},
+])
+def test_options(opts):
+    x = torch.randn(2, 4, 5, 6, device=DEVICE) * 2
+    t = torch.randint(0, 4, (2, 5, 6), device=DEVICE)
+    t[:, ::2, 1] = 255
+    if "ignore_index" not in opts:
+        t = t.clamp(max=3)
+    run_case(x, t, torch.float32, grad_out=torch.tensor(1.7, device=DEVICE), **opts)
+
+
+def test_channels_last_in_place():
+    x = (torch.randn(2, 3, 4, 5, device=DEVICE) * 2).to(memory_format=torch.channels_last)
+    t = torch.randint(0, 3, (2, 4, 5), device=DEVICE)
+    g = run_case(x, t, torch.float16)
+    assert g.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_empty_gt_and_all_ignored_finite():
+    x = torch.randn(2, 3, 4, device=DEVICE, requires_grad=True)
+    t = torch.full((2, 4), 255, device=DEVICE)
+    out = K.dice_loss(x, t, ignore_index=255, smooth=1.0)
+    out.backward()
+    assert out.item() == 0.0 and torch.count_nonzero(x.grad) == 0
+    x = torch.randn(2, 3, 4, device=DEVICE, requires_grad=True)
+    out = K.dice_loss(x, t, ignore_index=255, smooth=0.0)  # 0/0 per class: dice := 1, loss 0
+    out.backward()
+    assert torch.isfinite(out) and torch.isfinite(x.grad).all()
+
+
+def test_deterministic_bitwise():
+    x = torch.randn(2, 5, 8, 8, device=DEVICE)
+    t = torch.randint(0, 5, (2, 8, 8), device=DEVICE)
+    assert len({K.dice_loss(x, t).item() for _ in range(3)}) == 1
+
+
+@pytest.mark.gpu
+def test_gpu_segmentation_shape():
+    x = torch.randn(2, 19, 256, 512, device="cuda")
+    t = torch.randint(0, 19, (2, 256, 512), device="cuda")
+    run_case(x, t, torch.bfloat16)
