@@ -1,3 +1,558 @@
-"""(being written)"""
+"""Focal losses (Lin et al. 2017): the sigmoid (binary / multi-label) and softmax (multi-class) forms.
 
-__all__: list[str] = []
+Both multiply a cross-entropy term by the modulating factor $(1 - p_t)^\gamma$. The numerics:
+
+* Log terms come from ``logsigmoid`` / ``log_softmax`` in float32 (float64 for float64 inputs), never
+  ``log(sigmoid(x))``; $1 - p_t$ is formed without cancellation (``sigmoid(-x)`` rather than
+  ``1 - sigmoid(x)``).
+* $0 < \gamma < 1$: the factor's own derivative $\gamma (1 - p_t)^{\gamma - 1}$ is infinite where
+  $p_t$ rounds to 1, and the naive ``pow`` backward multiplies that infinity by the zero derivative
+  of $p_t$ (NaN; torchvision's ``sigmoid_focal_loss`` does this at logits of +-20). Here the focal
+  term is differentiated as a whole: with $l = \log p_t$,
+  $\varphi(l) = -(1 - e^l)^\gamma\, l$ has the bounded derivative
+  $\varphi'(l) = (1 - e^l)^\gamma \bigl(\gamma\, l e^l / (1 - e^l) - 1\bigr)$ with
+  $l e^l / (1 - e^l) \in [-1, 0]$ (``_FocalTerm``, used for class-index / hard targets and every
+  softmax case). Soft sigmoid targets with $0 < \gamma < 1$ use
+  $(1 - p_t)^\gamma = \exp(\gamma \log(1 - p_t))$ with $\log(1 - p_t)$ a ``logaddexp`` of
+  log-sigmoids, whose gradient is bounded too.
+* $\gamma = 0$ skips the factor: the loss is then computed exactly like the cross-entropy.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as TF
+from torch import Tensor
+
+from lossforge._checks import (
+    as_class_weight,
+    as_index_target,
+    check_floating,
+    check_index_range,
+    check_int,
+    check_number,
+    check_optional_int,
+    check_reduction,
+    compute_dtype,
+    fail,
+    poison_out_of_range,
+    value_checks_enabled,
+)
+from lossforge._dispatch import kernel_eligible, unsupported
+from lossforge._reduction import Backend, Reduction, check_avg_factor, expand_weight, weight_reduce
+from lossforge._targets import sigmoid_target, softmax_target
+
+__all__ = ["sigmoid_focal_loss", "softmax_focal_loss"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The focal term phi(l) = -(1 - e^l)^gamma * l of a log-probability l <= 0, with a bounded derivative.
+# --------------------------------------------------------------------------------------------------
+
+
+def _one_minus_exp(log_p: Tensor) -> Tensor:
+    # 1 - p = -expm1(log p): relative precision where p is close to 1. Clamped at 0 against a
+    # log-probability that rounded to a tiny positive value.
+    return (-torch.expm1(log_p)).clamp(min=0.0)
+
+
+def _focal_term_grad(log_p: Tensor, gamma: float) -> Tensor:
+    """phi'(l) = (1 - e^l)^gamma * (gamma * r(l) - 1), r(l) = l e^l / (1 - e^l) in [-1, 0]."""
+    q = _one_minus_exp(log_p)
+    positive = q > 0
+    # Safe denominator first (no NaN from the unused branch); r -> -1 as l -> 0 (p_t -> 1).
+    r = torch.where(positive, log_p * torch.exp(log_p) / torch.where(positive, q, torch.ones_like(q)), -1.0)
+    return q.pow(gamma) * (gamma * r - 1.0)
+
+
+class _FocalTerm(torch.autograd.Function):
+    """phi(l) = -(1 - e^l)^gamma * l with the closed-form derivative (finite for every gamma >= 0).
+
+    The backward is written with differentiable operations, so second derivatives work away from
+    exact saturation.
+    """
+
+    @staticmethod
+    def forward(log_p: Tensor, gamma: float) -> Tensor:  # type: ignore[override]
+        return -_one_minus_exp(log_p).pow(gamma) * log_p
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, float], output: Tensor) -> None:
+        log_p, gamma = inputs
+        ctx.gamma = gamma
+        ctx.save_for_backward(log_p)
+        ctx.save_for_forward(log_p)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (log_p,) = ctx.saved_tensors
+        return grad * _focal_term_grad(log_p, ctx.gamma), None
+
+    @staticmethod
+    def jvp(ctx: Any, log_p_t: Tensor, _gamma_t: None) -> Tensor:  # type: ignore[override]
+        (log_p,) = ctx.saved_tensors
+        return log_p_t * _focal_term_grad(log_p, ctx.gamma)
+
+
+def _focal_term(log_p: Tensor, gamma: float) -> Tensor:
+    """-(1 - p)^gamma log p from log p; gamma = 0 is exactly the cross-entropy term -log p."""
+    if gamma == 0.0:
+        return -log_p
+    return _FocalTerm.apply(log_p, gamma)
+
+
+def _log_or_neg_inf(v: Tensor) -> Tensor:
+    """log v with log 0 = -inf exactly and a zero (not NaN) gradient at v = 0."""
+    positive = v > 0
+    return torch.where(positive, torch.log(torch.where(positive, v, torch.ones_like(v))), float("-inf"))
+
+
+def _sigmoid_focal_unweighted(z: Tensor, y: Tensor, gamma: float, hard: bool) -> Tensor:
+    """ce(z, y) * (1 - p_t)^gamma, element-wise, without alpha (see the module docstring)."""
+    if gamma == 0.0:
+        # Exactly the BCE-with-logits expression of ``binary_cross_entropy_with_logits``.
+        return y * -TF.logsigmoid(z) + (1.0 - y) * -TF.logsigmoid(-z)
+    if hard:
+        # y in {0, 1}: log p_t = logsigmoid(+-z), one transcendental per element.
+        return _focal_term(TF.logsigmoid(torch.where(y > 0.5, z, -z)), gamma)
+    log_p, log_q = TF.logsigmoid(z), TF.logsigmoid(-z)
+    ce = -(y * log_p + (1.0 - y) * log_q)
+    if gamma >= 1.0:
+        # 1 - p_t = y sigma(-z) + (1 - y) sigma(z) (torchvision / mmdet soft form), no cancellation;
+        # d/dq q^gamma = gamma q^(gamma - 1) is finite for gamma >= 1.
+        one_minus_pt = y * torch.sigmoid(-z) + (1.0 - y) * torch.sigmoid(z)
+        return ce * one_minus_pt.pow(gamma)
+    # 0 < gamma < 1: (1 - p_t)^gamma = exp(gamma log(1 - p_t)) with a bounded d/dz log(1 - p_t).
+    log_one_minus_pt = torch.logaddexp(_log_or_neg_inf(y) + log_q, _log_or_neg_inf(1.0 - y) + log_p)
+    return ce * torch.exp(gamma * log_one_minus_pt)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fused-kernel routing (validated first; None means "run the reference").
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_sigmoid_target_light(fn: str, x: Tensor, target: object, ignore: int | None) -> Tensor:
+    """The checks of ``sigmoid_target`` without building the dense target (fused-kernel path)."""
+    if isinstance(target, Tensor) and x.ndim >= 1 and tuple(target.shape) != tuple(x.shape):
+        cdim = 1 if x.ndim >= 2 else 0
+        if tuple(target.shape) == tuple(x.shape[:cdim]) + tuple(x.shape[cdim + 1 :]):
+            if target.device != x.device:
+                fail(fn, "target", f"on the device of `logits` ({x.device})", target.device)
+            idx = as_index_target(fn, target)
+            check_index_range(fn, idx, x.shape[cdim], ignore_index=ignore, allow_background=True)
+            return target
+    sigmoid_target(fn, x, target, ignore_index=ignore)  # dense: shape, dtype and value checks
+    return target  # type: ignore[return-value]
+
+
+def _sigmoid_kernel(
+    fn: str,
+    backend: object,
+    x: Tensor,
+    target: object,
+    alpha: float | None,
+    gamma: float,
+    ignore: int | None,
+    weight: Tensor | None,
+    reduction: str,
+    avg_factor: float | Tensor | None,
+) -> Tensor | None:
+    t = _check_sigmoid_target_light(fn, x, target, ignore)
+    check_avg_factor(fn, avg_factor, check_reduction(fn, reduction))
+    if weight is not None:
+        expand_weight(fn, weight, x.shape, x)  # validation only
+    from lossforge.kernels import sigmoid as fused
+
+    why = fused.unsupported_reason(x, t, weight)
+    if why is not None:
+        unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
+        return None
+    return fused.sigmoid_focal_loss(
+        x,
+        t,
+        alpha=alpha,
+        gamma=gamma,
+        weight=weight,
+        reduction=reduction,
+        avg_factor=avg_factor,
+        ignore_index=ignore,
+    )
+
+
+def sigmoid_focal_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    alpha: float | None = 0.25,
+    gamma: float = 2.0,
+    ignore_index: int | None = None,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+    backend: Backend = "torch",
+) -> Tensor:
+    r"""Sigmoid focal loss for binary and multi-label classification (RetinaNet).
+
+    With $p = \sigma(x)$ and a target $y \in [0, 1]$ per element,
+
+    $$
+    \ell = \alpha_t\,(1 - p_t)^{\gamma}\, \operatorname{BCE}(x, y), \qquad
+    p_t = y\,p + (1 - y)(1 - p), \qquad \alpha_t = y\,\alpha + (1 - y)(1 - \alpha),
+    $$
+
+    where $\operatorname{BCE}(x, y) = -y \log p - (1 - y) \log(1 - p)$. For hard targets this is the
+    paper's $-\alpha_t (1 - p_t)^\gamma \log p_t$; soft targets use the same $p_t$ and
+    $\alpha_t$ as torchvision and mmdetection (``py_sigmoid_focal_loss``), so the values match
+    ``torchvision.ops.sigmoid_focal_loss`` (with ``alpha=-1`` written ``None`` here) and mmdet.
+
+    Special cases: ``gamma=0, alpha=None`` is ``binary_cross_entropy_with_logits`` (values and
+    gradients); ``alpha=0.5`` halves it; ``alpha=1`` keeps only the positive terms, ``alpha=0`` only
+    the negative ones. The loss is never larger than $\alpha_t \operatorname{BCE}$.
+
+    Numerics: log terms from ``logsigmoid``, $1 - p_t$ from ``sigmoid(-x)`` / ``sigmoid(x)`` (no
+    cancellation), float32 math for half inputs. Gradients stay finite for every $\gamma \ge 0$,
+    including $0 < \gamma < 1$ at saturated logits, where the naive ``pow`` backward (and
+    torchvision) gives NaN: see the module docstring.
+
+    Targets are dense (the logits' shape; soft labels, bool and integers allowed; elements equal to
+    ``ignore_index`` are ignored) or class indices of the logits' shape without the class dim
+    (dim 1, or dim 0 for 1-d logits): value ``k`` in ``[0, C)`` makes class ``k`` positive, value
+    ``C`` means all negative (background, the mmdetection convention), ``ignore_index`` drops the
+    whole row. No one-hot is materialised for index targets on the fused path.
+
+    Args:
+        logits: Raw scores, ``(N, C, *)`` (any shape with dense targets).
+        target: Dense targets in ``[0, 1]`` of the logits' shape, or class indices ``(N, *)``.
+        alpha: Weight of the positive class in ``[0, 1]``, negatives get ``1 - alpha``; ``None``
+            turns the weighting off (torchvision's ``alpha=-1``).
+        gamma: Focusing parameter $\gamma \ge 0$.
+        ignore_index: Ignored target value (dense: per element; indices: per row); ``None`` = off.
+        weight: Element-wise weight: the logits' shape, its leading dims (``(N,)`` = per sample, as in
+            mmdetection) or a same-rank broadcastable shape.
+        reduction: ``"none"`` | ``"mean"`` (over valid elements, i.e. rows x C for index targets) |
+            ``"sum"``.
+        avg_factor: Denominator of ``"mean"`` (e.g. the number of positive anchors).
+        backend: ``"torch"`` | ``"auto"`` | ``"triton"``: the fused sigmoid kernel serves CUDA
+            float32 / float16 / bfloat16 logits; other cases fall back under ``"auto"`` and raise
+            under ``"triton"``.
+
+    Returns:
+        The logits' shape for ``"none"``, else a scalar; float32 (float64 for float64 logits).
+
+    References:
+        Lin, Goyal, Girshick, He, Dollar, "Focal Loss for Dense Object Detection", ICCV 2017,
+        arXiv:1708.02002.
+
+    Example:
+        >>> logits = torch.tensor([[2.0, -1.0, 0.5], [-3.0, 0.0, 1.0]])
+        >>> sigmoid_focal_loss(logits, torch.tensor([0, 3]), reduction="sum")  # 3 = background
+        tensor(0.9570)
+        >>> sigmoid_focal_loss(logits, torch.tensor([0, 3]), gamma=0.0, alpha=None).item() == (
+        ...     torch.nn.functional.binary_cross_entropy_with_logits(
+        ...         logits, torch.tensor([[1.0, 0, 0], [0, 0, 0]])).item())
+        True
+    """
+    fn = "sigmoid_focal_loss"
+    x = check_floating(fn, "logits", logits)
+    g = check_number(fn, "gamma", gamma, low=0.0)
+    a = None if alpha is None else check_number(fn, "alpha", alpha, low=0.0, high=1.0)
+    ignore = check_optional_int(fn, "ignore_index", ignore_index)
+    if kernel_eligible(fn, backend, x):
+        fused = _sigmoid_kernel(fn, backend, x, target, a, g, ignore, weight, reduction, avg_factor)
+        if fused is not None:
+            return fused
+    dt = sigmoid_target(fn, x, target, ignore_index=ignore)
+    z = x.to(compute_dtype(x))
+    y = dt.target
+    hard = dt.from_index or not target.is_floating_point()
+    loss = _sigmoid_focal_unweighted(z, y, g, hard)
+    if a is not None:
+        loss = loss * (a * y + (1.0 - a) * (1.0 - y))
+    loss = poison_out_of_range(loss, dt.bad)
+    return weight_reduce(loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=dt.valid)
+
+
+# --------------------------------------------------------------------------------------------------
+# Softmax focal loss.
+# --------------------------------------------------------------------------------------------------
+
+
+def _alpha_vector(fn: str, alpha: object, balance_index: int, num_classes: int, like: Tensor) -> Tensor | None:
+    """alpha as a (C,) vector: None, a float (alpha at ``balance_index``, 1 - alpha elsewhere), or a
+    per-class sequence / 1-d tensor with values in [0, 1], used as given."""
+    if alpha is None:
+        return None
+    dtype = compute_dtype(like)
+    if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
+        a = check_number(fn, "alpha", alpha, low=0.0, high=1.0)
+        vec = torch.full((num_classes,), 1.0 - a, dtype=dtype, device=like.device)
+        vec[balance_index] = a
+        return vec
+    if isinstance(alpha, Tensor):
+        if alpha.is_complex() or alpha.dtype == torch.bool:
+            fail(fn, "alpha", "a real tensor", f"dtype {alpha.dtype}", TypeError)
+        if alpha.device != like.device:
+            fail(fn, "alpha", f"on the device of `logits` ({like.device})", alpha.device)
+        vec = alpha
+    elif isinstance(alpha, Sequence) and not isinstance(alpha, str):
+        try:
+            vec = torch.tensor([float(v) for v in alpha])
+        except (TypeError, ValueError):
+            fail(fn, "alpha", "None, a float or a sequence of numbers", repr(alpha), TypeError)
+    else:
+        fail(fn, "alpha", "None, a float, or a per-class sequence / 1-d tensor", type(alpha).__name__, TypeError)
+    if vec.ndim != 1 or vec.shape[0] != num_classes:
+        fail(fn, "alpha", f"a float or a per-class sequence of length C={num_classes}", f"shape {tuple(vec.shape)}")
+    vec = vec.to(device=like.device, dtype=dtype)
+    if value_checks_enabled(vec):
+        bad = ~((vec >= 0) & (vec <= 1))
+        if bool(bad.any()):
+            fail(fn, "alpha", "per-class values in [0, 1]", vec.tolist())
+    return vec
+
+
+def _class_view(v: Tensor, ndim: int, cdim: int) -> Tensor:
+    shape = [1] * ndim
+    shape[cdim] = v.shape[0]
+    return v.view(shape)
+
+
+def _check_softmax_index_target_light(fn: str, x: Tensor, target: Tensor, ignore: int | None) -> None:
+    """Structural and (mode-dependent) range checks of an index target, without building masks."""
+    cdim = 1 if x.ndim >= 2 else 0
+    if target.device != x.device:
+        fail(fn, "target", f"on the device of `logits` ({x.device})", target.device)
+    if x.shape[cdim] < 2:
+        fail(fn, "logits", "at least 2 classes along dim 1 (a 1-class softmax loss is always 0)", f"C={x.shape[cdim]}")
+    check_index_range(fn, as_index_target(fn, target), x.shape[cdim], ignore_index=ignore)
+
+
+def _softmax_kernel(
+    fn: str,
+    backend: object,
+    x: Tensor,
+    target: object,
+    *,
+    gamma: float,
+    alpha: object,
+    balance_index: int,
+    class_weight: object,
+    eps: float,
+    ignore: int | None,
+    weight: Tensor | None,
+    reduction: str,
+    avg_factor: float | Tensor | None,
+) -> Tensor | None:
+    from lossforge.kernels import softmax as fused
+
+    if x.ndim == 0 or not isinstance(target, Tensor):
+        return None  # the reference raises the right error
+    why = fused.unsupported_reason(x, target, eps, kind="focal")
+    if why is not None:
+        softmax_target(fn, x, target, ignore_index=ignore)  # raise for malformed targets first
+        unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
+        return None
+    _check_softmax_index_target_light(fn, x, target, ignore)
+    cdim = 1 if x.ndim >= 2 else 0
+    c = x.shape[cdim]
+    if not 0 <= balance_index < c:
+        fail(fn, "balance_index", f"in [0, {c}) (a class of the logits)", balance_index)
+    reduction = check_reduction(fn, reduction)
+    avg = check_avg_factor(fn, avg_factor, reduction)
+    if weight is not None:
+        expand_weight(fn, weight, torch.Size(target.shape), x)  # validation only
+    a = _alpha_vector(fn, alpha, balance_index, c, x)
+    w = as_class_weight(fn, class_weight, c, x)
+    coef = a
+    if w is not None:
+        # class_weight multiplies like alpha; its "mean" denominator (sum of the valid targets' class
+        # weights, as in cross_entropy) is computed here on the device and passed as avg_factor.
+        coef = w if coef is None else coef * w
+        if reduction == "mean" and avg is None:
+            idx = as_index_target(fn, target)
+            keep = (idx >= 0) & (idx < c)
+            if ignore is not None:
+                keep = keep & (idx != ignore)
+            w_t = w[torch.where(keep, idx, torch.zeros((), dtype=idx.dtype, device=idx.device))]
+            avg = torch.where(keep, w_t, torch.zeros((), dtype=w_t.dtype, device=w_t.device)).sum()
+    return fused.softmax_focal_loss(
+        x,
+        target,
+        gamma=gamma,
+        alpha=coef,
+        ignore_index=ignore,
+        weight=weight,
+        reduction=reduction,
+        avg_factor=avg,
+    )
+
+
+def softmax_focal_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    gamma: float = 2.0,
+    alpha: float | Sequence[float] | Tensor | None = None,
+    balance_index: int = 0,
+    class_weight: Tensor | Sequence[float] | None = None,
+    label_smoothing: float = 0.0,
+    ignore_index: int | None = -100,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+    backend: Backend = "torch",
+) -> Tensor:
+    r"""Softmax (multi-class) focal loss.
+
+    With $p = \operatorname{softmax}(x)$ over the class dimension, per-class factors $\alpha_c$ (all
+    1 when ``alpha=None``) and class weights $w_c$ (all 1 when unset), a class-index target $y$ gives
+
+    $$
+    \ell = -\alpha_y\, w_y\, (1 - p_y)^{\gamma} \log p_y .
+    $$
+
+    With label smoothing $\varepsilon$, or a probability target $t$, the focal term is applied to
+    every class of the target distribution $q$:
+
+    $$
+    \ell = -\sum_{c=1}^{C} q_c\, \alpha_c\, w_c\, (1 - p_c)^{\gamma} \log p_c, \qquad
+    q = (1 - \varepsilon)\,\operatorname{onehot}(y) + \varepsilon / C
+    \quad\text{or}\quad q = (1 - \varepsilon)\, t + \varepsilon / C .
+    $$
+
+    ``gamma=0, alpha=None`` is exactly ``cross_entropy`` with the same ``class_weight``,
+    ``ignore_index`` and ``label_smoothing`` (values, gradients and the ``"mean"`` denominator); with
+    $\varepsilon = 0$ the sum form reduces to the index form.
+
+    ``alpha`` conventions: ``None`` is off; a float $a$ gives $\alpha_c = a$ for class
+    ``balance_index`` and $1 - a$ for every other class (Hsuxu's ``balance_index``; kornia and MONAI
+    hard-code ``1 - a`` for class 0 and ``a`` for the others, which is ``alpha=1 - a,
+    balance_index=0`` here); a sequence or 1-d tensor of length $C$ with values in ``[0, 1]`` is used
+    as given (not renormalised, unlike Hsuxu). ``alpha`` does not enter the ``"mean"`` denominator.
+
+    ``"mean"`` divides by ``avg_factor`` when given, else by the number of non-ignored positions,
+    except that with ``class_weight`` and index targets it divides by $\sum_i w_{y_i}$ over the
+    non-ignored positions, exactly as ``cross_entropy`` does. Empty or all-ignored batches give 0
+    with zero gradients.
+
+    Numerics: ``log_softmax`` in float32 (float64 for float64 logits), the target's log-probability
+    is gathered along the class dim (no one-hot, no permute / flatten copy of ``(N, C, H, W)``
+    input), $1 - p$ is ``-expm1(log p)``, and the focal term is differentiated in closed form, so
+    gradients are finite for $0 < \gamma < 1$ at saturated logits.
+
+    Args:
+        logits: Unnormalised scores ``(N, C, d1, ..., dk)`` or unbatched ``(C,)``, ``C >= 2``.
+        target: Class indices ``(N, d1, ..., dk)`` (any integer dtype, values in ``[0, C)`` or
+            ``ignore_index``), or probabilities of the logits' shape.
+        gamma: Focusing parameter $\gamma \ge 0$.
+        alpha: ``None``, a float in ``[0, 1]`` (with ``balance_index``), or a per-class sequence /
+            tensor of length ``C`` with values in ``[0, 1]``.
+        balance_index: The class that receives a float ``alpha``; in ``[0, C)``.
+        class_weight: Non-negative per-class weights of length ``C`` (``cross_entropy`` semantics).
+        label_smoothing: $\varepsilon \in [0, 1]$.
+        ignore_index: Ignored index-target value; ``None`` disables it. Must stay at its default with
+            probability targets.
+        weight: Element-wise weight of the per-position loss (the target's shape or its leading dims).
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        avg_factor: Denominator of ``"mean"``.
+        backend: ``"torch"`` | ``"auto"`` | ``"triton"``: the fused softmax kernel serves CUDA
+            float32 / float16 / bfloat16 logits with class-index targets and no label smoothing;
+            other cases fall back under ``"auto"`` and raise under ``"triton"``.
+
+    Returns:
+        ``"none"``: the per-position loss with the index target's shape ``(N, d1, ..., dk)``;
+        otherwise a scalar. float32 (float64 for float64 logits).
+
+    References:
+        Lin, Goyal, Girshick, He, Dollar, "Focal Loss for Dense Object Detection", ICCV 2017,
+        arXiv:1708.02002.
+
+    Example:
+        >>> logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+        >>> softmax_focal_loss(logits, torch.tensor([0, 2]), gamma=2.0)
+        tensor(0.4313)
+        >>> softmax_focal_loss(logits, torch.tensor([0, 2]), gamma=0.0).item() == (
+        ...     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2])).item())
+        True
+    """
+    fn = "softmax_focal_loss"
+    x = check_floating(fn, "logits", logits)
+    g = check_number(fn, "gamma", gamma, low=0.0)
+    eps = check_number(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
+    ignore = check_optional_int(fn, "ignore_index", ignore_index)
+    bidx = check_int(fn, "balance_index", balance_index)
+    if kernel_eligible(fn, backend, x):
+        fused = _softmax_kernel(
+            fn,
+            backend,
+            x,
+            target,
+            gamma=g,
+            alpha=alpha,
+            balance_index=bidx,
+            class_weight=class_weight,
+            eps=eps,
+            ignore=ignore,
+            weight=weight,
+            reduction=reduction,
+            avg_factor=avg_factor,
+        )
+        if fused is not None:
+            return fused
+    st = softmax_target(fn, x, target, ignore_index=ignore)
+    cdim, ndim = st.cdim, x.ndim
+    c = x.shape[cdim]
+    if not 0 <= bidx < c:
+        fail(fn, "balance_index", f"in [0, {c}) (a class of the logits)", bidx)
+    a = _alpha_vector(fn, alpha, bidx, c, x)
+    w = as_class_weight(fn, class_weight, c, x)
+    coef = a if w is None else (w if a is None else a * w)  # per-class multiplier alpha_c * w_c
+    z = x.to(compute_dtype(x))
+    logp = torch.log_softmax(z, dim=cdim)
+
+    if st.probs is not None:
+        t = st.probs if eps == 0 else st.probs * (1.0 - eps) + eps / c
+        terms = _focal_term(logp, g) * t
+        if coef is not None:
+            terms = terms * _class_view(coef, ndim, cdim)
+        loss = terms.sum(dim=cdim)
+        return weight_reduce(loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor)
+
+    assert st.index is not None  # internal invariant of softmax_target
+    idx = st.index
+    loss = _focal_term(logp.gather(cdim, idx.unsqueeze(cdim)).squeeze(cdim), g)
+    coef_t = None
+    if coef is not None:
+        coef_t = coef[idx]
+        loss = loss * coef_t
+    if eps > 0:
+        # (1 - eps) * (target-class term) + eps / C * sum over all classes; no one-hot is built.
+        every = _focal_term(logp, g)
+        if coef is not None:
+            every = every * _class_view(coef, ndim, cdim)
+        loss = (1.0 - eps) * loss + (eps / c) * every.sum(dim=cdim)
+    loss = poison_out_of_range(loss, st.bad)
+    valid = st.valid
+    denominator = None
+    if w is not None and reduction == "mean" and avg_factor is None:
+        # cross_entropy's rule: divide by the summed class weights of the valid targets.
+        w_t = w[idx]
+        if valid is not None:
+            w_t = torch.where(valid, w_t, torch.zeros((), dtype=w_t.dtype, device=w_t.device))
+        denominator = w_t.sum()
+        nonzero = denominator > 0
+        valid = nonzero if valid is None else valid & nonzero
+    return weight_reduce(
+        loss,
+        fn=fn,
+        reduction=reduction,
+        weight=weight,
+        avg_factor=avg_factor,
+        valid=valid,
+        denominator=denominator,
+    )
