@@ -1,3 +1,323 @@
-"""(being written)"""
+"""Asymmetric loss (ASL): the multi-label sigmoid form and the single-label softmax form.
 
-__all__: list[str] = []
+Both forms build their focusing weights as ``exp(gamma * log(base))`` where ``log(base)`` comes
+from ``logsigmoid`` / ``log_softmax`` / ``logsumexp`` in float32 (float64 for float64 inputs). That
+keeps the loss and its gradient finite in every dtype, also for ``0 < gamma < 1`` at saturated
+logits, where ``pow``'s backward ``gamma * base**(gamma - 1)`` is ``inf * 0 = NaN``. The gradient
+stop through the focusing weight is a ``.detach()`` on the weight: global grad mode is never touched.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as TF
+from torch import Tensor
+
+from lossforge._checks import (
+    check_bool,
+    check_floating,
+    check_number,
+    check_optional_int,
+    check_reduction,
+    compute_dtype,
+    fail,
+    poison_out_of_range,
+)
+from lossforge._dispatch import kernel_eligible, unsupported
+from lossforge._reduction import Backend, Reduction, check_avg_factor, expand_weight, weight_reduce
+from lossforge._targets import sigmoid_target, softmax_target
+
+__all__ = ["asymmetric_loss", "softmax_asymmetric_loss"]
+
+#: Smallest positive ``eps``: the float32 ``tiny`` (all low-precision inputs are computed in float32).
+EPS_MIN = torch.finfo(torch.float32).tiny
+
+
+def check_asl_args(
+    fn: str, gamma_pos: object, gamma_neg: object, clip: object = 0.0, eps: object = 0.0
+) -> tuple[float, float, float, float]:
+    """Validate the ASL hyperparameters (shared by the functional and module forms)."""
+    gp = check_number(fn, "gamma_pos", gamma_pos, low=0.0)
+    gn = check_number(fn, "gamma_neg", gamma_neg, low=0.0)
+    c = check_number(fn, "clip", clip, low=0.0, high=1.0, high_open=True)
+    e = check_number(fn, "eps", eps, low=0.0, high=1.0, high_open=True)
+    if 0.0 < e < EPS_MIN:
+        fail(fn, "eps", f"0 (no clamp) or >= {EPS_MIN:.3g} (float32 tiny; smaller values underflow)", e)
+    return gp, gn, c, e
+
+
+def _asl_unreduced(
+    z: Tensor, y: Tensor, *, gamma_pos: float, gamma_neg: float, clip: float, eps: float, detach: bool
+) -> Tensor:
+    """Element-wise multi-label ASL in ``z``'s dtype (float32 or float64)."""
+    log_p = TF.logsigmoid(z)  # log p
+    log_q = TF.logsigmoid(-z)  # log(1 - p), exact: 1 - sigmoid(x) = sigmoid(-x)
+    if clip > 0:
+        p = torch.sigmoid(z)
+        q = torch.sigmoid(-z)
+        # log(1 - p_m) = log(min(1 - p + clip, 1)); >= log(clip), so never log(0).
+        log_neg = torch.log(torch.clamp(q + clip, max=1.0))
+        pm = torch.clamp(p - clip, min=0.0)  # p_m, the shifted probability
+        pm_zero = pm <= 0
+        # log p_m where p_m > 0; the masked branch reads log(1), so no -inf and no NaN gradient.
+        log_pm = torch.log(torch.where(pm_zero, torch.ones_like(pm), pm))
+    else:
+        q = pm = pm_zero = None
+        log_neg = log_q
+        log_pm = log_p
+    if eps > 0:
+        # eps clamps the probabilities inside the logs (as in the reference): log max(p, eps).
+        log_eps = math.log(eps)
+        log_pos_term = torch.clamp(log_p, min=log_eps)
+        log_neg = torch.clamp(log_neg, min=log_eps)
+    else:
+        log_pos_term = log_p
+    lp = y * log_pos_term + (1.0 - y) * log_neg
+    if gamma_pos == 0.0 and gamma_neg == 0.0:
+        return -lp
+
+    # Focusing weight (1 - p_t)^gamma_t with 1 - p_t = y (1 - p) + (1 - y) p_m and
+    # gamma_t = gamma_pos y + gamma_neg (1 - y) (the reference's form; exact for hard targets).
+    g = gamma_pos * y + gamma_neg * (1.0 - y)
+    hard_pos = y >= 1.0
+    hard_neg = y <= 0.0
+    soft = ~(hard_pos | hard_neg)
+    log_base = torch.where(hard_pos, log_q, log_pm)
+    # Soft targets (y strictly inside (0, 1)): the base is >= min(y, 1 - y) * min(1 - p, p_m) mixed,
+    # bounded away from 0, so a direct log is safe; hard elements read log(1) there.
+    p_ = torch.sigmoid(z) if pm is None else pm
+    q_ = torch.sigmoid(-z) if q is None else q
+    base_soft = torch.where(soft, y * q_ + (1.0 - y) * p_, torch.ones_like(z))
+    log_base = torch.where(soft, torch.log(base_soft), log_base)
+    w = torch.exp(g * log_base)
+    if pm_zero is not None:
+        # p_m = 0 (p <= clip) on a hard negative: weight 0**gamma_neg (1 when gamma_neg = 0).
+        w = torch.where(hard_neg & pm_zero, (g == 0).to(w.dtype), w)
+    if detach:
+        w = w.detach()
+    return -lp * w
+
+
+def _fused_target(fn: str, x: Tensor, target: object, ignore: int | None) -> Tensor:
+    # Shared with the BCE path: validates dense or index targets without building the one-hot.
+    from lossforge.functional.classification import _check_index_or_dense_target
+
+    return _check_index_or_dense_target(fn, x, target, ignore)
+
+
+def asymmetric_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    gamma_pos: float = 0.0,
+    gamma_neg: float = 4.0,
+    clip: float = 0.05,
+    eps: float = 1e-8,
+    detach_focal_weight: bool = False,
+    ignore_index: int | None = None,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+    backend: Backend = "torch",
+) -> Tensor:
+    r"""Multi-label asymmetric loss (ASL) on logits.
+
+    With $p = \sigma(x)$, the shifted probability $p_m = \max(p - m, 0)$ (margin $m$ = ``clip``)
+    and a binary target $y$,
+
+    $$
+    \ell = -\,y\,(1 - p)^{\gamma_+} \log p \;-\; (1 - y)\, p_m^{\gamma_-} \log(1 - p_m).
+    $$
+
+    Soft targets follow the reference implementation (Alibaba-MIIL/ASL, timm): one weight
+    $(1 - p_t)^{\gamma_t}$ with $1 - p_t = y (1 - p) + (1 - y) p_m$ and
+    $\gamma_t = \gamma_+ y + \gamma_- (1 - y)$ multiplies $y \log p + (1 - y)\log(1 - p_m)$;
+    for $y \in \{0, 1\}$ this is the formula above.
+
+    ``eps`` clamps the probabilities inside the two logs ($\log\max(p, \epsilon)$ and
+    $\log\max(1 - p_m, \epsilon)$), as in the reference; where it clamps, the gradient is 0.
+    The logs themselves are computed as ``logsigmoid`` in float32 (never ``log(sigmoid(x))``),
+    and $\log(1 - p_m) = \log\min(\sigma(-x) + m, 1)$ is at least $\log m$, so ``eps=0`` (no
+    clamp) is safe too. Half inputs are computed in float32: the loss and its gradients are
+    finite at logits of $\pm 10^4$ in float16/bfloat16 (the reference's ``clamp(min=1e-8)`` is 0 in
+    float16, giving ``log(0)``). The focusing weight is built as
+    $\exp(\gamma \log(\text{base}))$ from stable logs, so $0 < \gamma < 1$ has finite gradients at
+    saturated logits.
+
+    With ``gamma_pos = gamma_neg = 0`` and ``clip = 0`` (and ``eps = 0`` or logits with
+    $|x| < -\log\epsilon$) this is ``binary_cross_entropy_with_logits``; with ``clip = 0`` and
+    ``gamma_pos = gamma_neg`` it is the sigmoid focal loss without $\alpha$.
+
+    Reduction convention: the reference repo and timm return the **sum** ($-\sum$ over every
+    element); here ``"mean"`` (the default) divides by the number of valid elements
+    ($N \cdot C$ without ignored ones). ``reduction="sum"`` gives their number.
+
+    Args:
+        logits: Raw scores ``(N, C, *)`` (any shape with dense targets).
+        target: Dense targets of the logits' shape in ``[0, 1]`` (soft labels allowed, elements equal
+            to ``ignore_index`` ignored), or class indices of the logits' shape without dim 1:
+            ``k`` in ``[0, C)`` is the positive class, ``C`` means all negative (background),
+            ``ignore_index`` drops the row.
+        gamma_pos: $\gamma_+ \ge 0$, focusing of the positive term (paper: 0).
+        gamma_neg: $\gamma_- \ge 0$, focusing of the negative term (paper: 4).
+        clip: Probability margin $m \in [0, 1)$ of the negatives (paper: 0.05); 0 disables it.
+        eps: Clamp of the probabilities inside the logs, 0 or in ``[1.18e-38, 1)`` (below float32's
+            ``tiny`` it would underflow); 0 disables the clamp.
+        detach_focal_weight: Stop the gradient through the focusing weight (the reference's
+            ``disable_torch_grad_focal_loss``), by ``.detach()`` on the weight; grad mode is untouched.
+        ignore_index: Ignored target value; ``None`` disables it.
+        weight: Element-wise weight: the logits' shape, its leading dims (``(N,)`` = per sample) or
+            a same-rank broadcastable shape.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        avg_factor: Denominator of ``"mean"`` (mmdetection convention).
+        backend: ``"torch"`` | ``"auto"`` | ``"triton"``: the fused sigmoid kernel serves CUDA
+            float32/float16/bfloat16 logits; other cases fall back under ``"auto"`` and raise under
+            ``"triton"``.
+
+    Returns:
+        The logits' shape for ``"none"``, else a scalar; float32 (float64 for float64 input).
+
+    References:
+        Ridnik et al., "Asymmetric Loss For Multi-Label Classification", ICCV 2021,
+        arXiv:2009.14119.
+
+    Example:
+        >>> x = torch.tensor([[3.0, -1.0, 0.5]])
+        >>> y = torch.tensor([[1.0, 0.0, 0.0]])
+        >>> asymmetric_loss(x, y, reduction="sum")
+        tensor(0.1404)
+    """
+    fn = "asymmetric_loss"
+    x = check_floating(fn, "logits", logits)
+    gp, gn, m, e = check_asl_args(fn, gamma_pos, gamma_neg, clip, eps)
+    detach = check_bool(fn, "detach_focal_weight", detach_focal_weight)
+    ignore = check_optional_int(fn, "ignore_index", ignore_index)
+    if kernel_eligible(fn, backend, x):
+        t = _fused_target(fn, x, target, ignore)
+        check_reduction(fn, reduction)
+        check_avg_factor(fn, avg_factor, reduction)
+        if weight is not None:
+            expand_weight(fn, weight, x.shape, x)
+        from lossforge.kernels import sigmoid as fused
+
+        why = fused.unsupported_reason(x, t, weight)
+        if why is None:
+            return fused.asymmetric_loss(
+                x,
+                t,
+                gamma_pos=gp,
+                gamma_neg=gn,
+                clip=m,
+                eps=e,
+                detach_focal_weight=detach,
+                ignore_index=ignore,
+                weight=weight,
+                reduction=reduction,
+                avg_factor=avg_factor,
+            )
+        unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
+    dt = sigmoid_target(fn, x, target, ignore_index=ignore)
+    z = x.to(compute_dtype(x))
+    loss = _asl_unreduced(z, dt.target, gamma_pos=gp, gamma_neg=gn, clip=m, eps=e, detach=detach)
+    loss = poison_out_of_range(loss, dt.bad)
+    return weight_reduce(loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=dt.valid)
+
+
+def softmax_asymmetric_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    gamma_pos: float = 0.0,
+    gamma_neg: float = 4.0,
+    label_smoothing: float = 0.1,
+    detach_focal_weight: bool = False,
+    ignore_index: int | None = -100,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+    backend: Backend = "torch",
+) -> Tensor:
+    r"""Single-label asymmetric loss (softmax ASL, the reference's ``ASLSingleLabel``).
+
+    With $p = \operatorname{softmax}(x)$ over the class dimension, target class $t$, $C$ classes and
+    label smoothing $\varepsilon$, the focusing weights are $w_t = (1 - p_t)^{\gamma_+}$ on the target
+    class and $w_c = p_c^{\gamma_-}$ on the others, applied to the smoothed target distribution
+    $q = (1 - \varepsilon)\,\mathbb{1}[c = t] + \varepsilon / C$:
+
+    $$
+    \ell = -\sum_{c=1}^{C} q_c\, w_c \log p_c .
+    $$
+
+    $\log p$ is ``log_softmax`` in float32 and $\log(1 - p_t)$ is the ``logsumexp`` of the other
+    classes' log-probabilities (no cancellation when $p_t \to 1$); the weights are
+    $\exp(\gamma \log \cdot)$, so $0 < \gamma < 1$ stays finite at saturated logits. With
+    $\gamma_+ = \gamma_- = 0$ this is ``cross_entropy(label_smoothing=eps)``; the reference's
+    ``eps`` argument is this ``label_smoothing`` (here ``eps`` always means a numerical clamp).
+    Per-class weighting: pass ``weight=class_weight[target]``.
+
+    Args:
+        logits: Unnormalised scores ``(N, C, d1, ..., dk)`` or unbatched ``(C,)``, $C \ge 2$.
+        target: Class indices ``(N, d1, ..., dk)`` (any integer dtype) in ``[0, C)`` or
+            ``ignore_index``. Probability targets are not accepted (the weights need a target class).
+        gamma_pos: $\gamma_+ \ge 0$ (reference default 0).
+        gamma_neg: $\gamma_- \ge 0$ (reference default 4).
+        label_smoothing: $\varepsilon \in [0, 1]$ (reference default 0.1).
+        detach_focal_weight: Stop the gradient through the weights (``.detach()``; grad mode untouched).
+        ignore_index: Ignored target value (``None`` disables it); ignored positions give 0.
+        weight: Element-wise weight of the per-position loss (the target's shape or its leading dims).
+        reduction: ``"none"`` | ``"mean"`` (over non-ignored positions) | ``"sum"``.
+        avg_factor: Denominator of ``"mean"``.
+        backend: ``"torch"`` | ``"auto"`` | ``"triton"`` (no fused kernel: ``"auto"`` runs the
+            reference, ``"triton"`` raises).
+
+    Returns:
+        ``"none"``: the target's shape; otherwise a scalar.
+
+    References:
+        Ridnik et al., "Asymmetric Loss For Multi-Label Classification", ICCV 2021,
+        arXiv:2009.14119 (single-label variant in the authors' code).
+
+    Example:
+        >>> x = torch.tensor([[2.0, 0.5, -1.0]])
+        >>> softmax_asymmetric_loss(x, torch.tensor([0]), gamma_neg=0.0, label_smoothing=0.0)
+        tensor(0.2413)
+    """
+    fn = "softmax_asymmetric_loss"
+    x = check_floating(fn, "logits", logits)
+    gp, gn, _, _ = check_asl_args(fn, gamma_pos, gamma_neg)
+    eps = check_number(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
+    detach = check_bool(fn, "detach_focal_weight", detach_focal_weight)
+    ignore = check_optional_int(fn, "ignore_index", ignore_index)
+    if kernel_eligible(fn, backend, x):
+        unsupported(fn, backend, "no fused softmax ASL kernel is available")  # type: ignore[arg-type]
+    if isinstance(target, Tensor) and (target.is_floating_point() or target.dtype == torch.bool):
+        fail(fn, "target", "an integer tensor of class indices", f"dtype {target.dtype}", TypeError)
+    st = softmax_target(fn, x, target, ignore_index=ignore)
+    assert st.index is not None  # internal invariant: float targets were rejected above
+    cdim = st.cdim
+    c = x.shape[cdim]
+    z = x.to(compute_dtype(x))
+    logp = torch.log_softmax(z, dim=cdim)
+    view = [1] * x.ndim
+    view[cdim] = c
+    onehot = st.index.unsqueeze(cdim) == torch.arange(c, device=x.device).view(view)
+    if gp > 0 or gn > 0:
+        w = torch.exp(gn * logp) if gn > 0 else torch.ones_like(logp)  # p_c ** gamma_neg
+        if gp > 0:
+            # log(1 - p_t) = logsumexp over the other classes of log p_c.
+            others = logp.masked_fill(onehot, float("-inf"))
+            log_rest = torch.logsumexp(others, dim=cdim, keepdim=True)
+            w = torch.where(onehot, torch.exp(gp * log_rest), w)
+        else:
+            w = torch.where(onehot, torch.ones_like(w), w)
+        if detach:
+            w = w.detach()
+        wlogp = w * logp
+    else:
+        wlogp = logp
+    q = onehot.to(z.dtype) * (1.0 - eps) + eps / c
+    loss = -(q * wlogp).sum(dim=cdim)
+    loss = poison_out_of_range(loss, st.bad)
+    return weight_reduce(loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=st.valid)

@@ -1,3 +1,257 @@
-"""(being written)"""
+"""Class-balanced binary cross-entropy: HED's per-sample balanced BCE and DB/mmocr-style OHEM BCE.
 
-__all__: list[str] = []
+Both are computed on logits with ``logsigmoid`` in float32 (float64 for float64 inputs) and end in
+``weight_reduce``. Neither needs a host synchronisation: the OHEM selection is a stable sort of the
+negative losses plus a rank comparison against a count that stays on the device.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as TF
+from torch import Tensor
+
+from lossforge._checks import (
+    check_floating,
+    check_int,
+    check_number,
+    check_optional_int,
+    check_reduction,
+    check_same_shape,
+    check_tensor,
+    check_unit_interval,
+    compute_dtype,
+    fail,
+    poison_out_of_range,
+)
+from lossforge._dispatch import kernel_eligible, unsupported
+from lossforge._reduction import Backend, Reduction, check_avg_factor, expand_weight, weight_reduce
+from lossforge._targets import sigmoid_target
+
+__all__ = ["balanced_binary_cross_entropy", "ohem_binary_cross_entropy"]
+
+
+def _per_sample_beta(y: Tensor, valid: Tensor | None) -> Tensor:
+    """beta = (sum of 1 - y) / (number of valid elements) per sample, broadcastable to ``y``.
+
+    Samples are along dim 0 for inputs with >= 2 dims; a 1-d input is one sample. A sample with no
+    valid element gets 0.5 (it contributes nothing anyway), so there is never a 0/0.
+    """
+    v = torch.ones_like(y) if valid is None else valid.expand(y.shape).to(y.dtype)
+    dims = tuple(range(1, y.ndim)) if y.ndim >= 2 else tuple(range(y.ndim))
+    n_valid = v.sum(dim=dims, keepdim=True)
+    n_neg = ((1.0 - y) * v).sum(dim=dims, keepdim=True)
+    has = n_valid > 0
+    return torch.where(has, n_neg / torch.where(has, n_valid, torch.ones_like(n_valid)), torch.full_like(n_valid, 0.5))
+
+
+def balanced_binary_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    beta: float | None = None,
+    ignore_index: int | None = None,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+    backend: Backend = "torch",
+) -> Tensor:
+    r"""Class-balanced binary cross-entropy on logits (HED).
+
+    With $p = \sigma(x)$,
+
+    $$
+    \ell = -\,\beta\, y \log p \;-\; (1 - \beta)(1 - y) \log(1 - p),
+    \qquad \beta = \frac{|Y_-|}{|Y_+| + |Y_-|}
+    $$
+
+    where, when ``beta=None``, $\beta$ is computed **per sample** (over every non-batch dimension
+    of that sample, over its valid elements) as the fraction of negatives:
+    $|Y_-| = \sum (1 - y)$ and $|Y_+| + |Y_-|$ = the number of valid elements. For binary targets
+    these are counts; soft targets count fractionally (sum of $1 - y$). A 1-d input is one sample.
+    $\beta$ depends on the targets only (no gradient). An all-positive sample gets $\beta = 0$ and
+    an all-negative one $\beta = 1$, so such a sample contributes 0 (HED's definition); a sample
+    with no valid element contributes 0 as well; there is never a 0/0. A float ``beta`` is used as
+    given for every element. ``beta=0.5`` is half the plain BCE.
+
+    ``"mean"`` divides by the number of valid elements (or ``avg_factor``).
+
+    Args:
+        logits: Raw scores ``(N, *)`` (``(N, C, *)`` with index targets).
+        target: Dense targets of the logits' shape in ``[0, 1]``, or class indices of the logits'
+            shape without dim 1 (``C`` = background, ``ignore_index`` drops the row).
+        beta: ``None`` (per-sample fraction of negatives) or a float in ``[0, 1]``: the weight of
+            the positive term; negatives get ``1 - beta``.
+        ignore_index: Ignored target value (excluded from $\beta$ and from the loss).
+        weight: Element-wise weight (the logits' shape, its leading dims, or same-rank broadcastable).
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        avg_factor: Denominator of ``"mean"``.
+        backend: ``"torch"`` | ``"auto"`` | ``"triton"``: the fused sigmoid kernel serves a float
+            ``beta`` on CUDA float32/float16/bfloat16 logits; ``beta=None`` is not fused (falls back
+            under ``"auto"``, raises under ``"triton"``).
+
+    Returns:
+        The logits' shape for ``"none"``, else a scalar.
+
+    References:
+        Xie & Tu, "Holistically-Nested Edge Detection", ICCV 2015, arXiv:1504.06375.
+
+    Example:
+        >>> x = torch.tensor([[2.0, -1.0, 0.0, -3.0]])
+        >>> y = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+        >>> balanced_binary_cross_entropy(x, y, reduction="sum")  # beta = 3/4
+        tensor(0.3589)
+    """
+    fn = "balanced_binary_cross_entropy"
+    x = check_floating(fn, "logits", logits)
+    b = None if beta is None else check_number(fn, "beta", beta, low=0.0, high=1.0)
+    ignore = check_optional_int(fn, "ignore_index", ignore_index)
+    if kernel_eligible(fn, backend, x):
+        if b is None:
+            unsupported(fn, backend, "beta=None (the per-sample beta is not fused)")  # type: ignore[arg-type]
+        else:
+            from lossforge.functional.classification import _check_index_or_dense_target
+
+            t = _check_index_or_dense_target(fn, x, target, ignore)
+            check_reduction(fn, reduction)
+            check_avg_factor(fn, avg_factor, reduction)
+            if weight is not None:
+                expand_weight(fn, weight, x.shape, x)
+            from lossforge.kernels import sigmoid as fused
+
+            why = fused.unsupported_reason(x, t, weight)
+            if why is None:
+                return fused.balanced_binary_cross_entropy(
+                    x,
+                    t,
+                    beta=b,
+                    ignore_index=ignore,
+                    weight=weight,
+                    reduction=reduction,
+                    avg_factor=avg_factor,
+                )
+            unsupported(fn, backend, why)  # type: ignore[arg-type]
+    dt = sigmoid_target(fn, x, target, ignore_index=ignore)
+    z = x.to(compute_dtype(x))
+    y = dt.target
+    beta_t: Tensor | float = _per_sample_beta(y, dt.valid) if b is None else b
+    loss = -(beta_t * y * TF.logsigmoid(z) + (1.0 - beta_t) * (1.0 - y) * TF.logsigmoid(-z))
+    loss = poison_out_of_range(loss, dt.bad)
+    return weight_reduce(loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=dt.valid)
+
+
+def ohem_binary_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    mask: Tensor | None = None,
+    negative_ratio: float = 3.0,
+    fallback_negative_num: int = 0,
+    eps: float = 1e-6,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: float | Tensor | None = None,
+    backend: Backend = "torch",
+) -> Tensor:
+    r"""Balanced BCE with online hard negative mining (DB / mmocr ``MaskedBalancedBCEWithLogitsLoss``).
+
+    With the element-wise BCE $b_i = -[y_i \log p_i + (1 - y_i)\log(1 - p_i)]$, mask $M$,
+    positives $P_i = y_i M_i$ and negatives $Q_i = (1 - y_i) M_i$, counts
+    $n_+ = \sum_i P_i$ and $n_- = \sum_i Q_i$ over the **whole batch** (as DB does), the number of
+    kept negatives is
+
+    $$
+    k = \min\bigl(\lfloor n_- \rfloor,\ \lfloor r\, n_+ \rfloor\bigr) \ (n_+ > 0), \qquad
+    k = \min\bigl(\lfloor n_- \rfloor,\ k_0\bigr) \ (n_+ = 0),
+    $$
+
+    with $r$ = ``negative_ratio`` and $k_0$ = ``fallback_negative_num`` (mmocr's option; default 0,
+    DB's behaviour: no positives, no negatives, loss 0). With $S_k$ the $k$ negatives of largest
+    $Q_i b_i$ (ties broken by the lower flat index: a stable sort),
+
+    $$
+    L = \frac{\sum_i P_i b_i + \sum_{i \in S_k} Q_i b_i}{n_+ + k + \epsilon}.
+    $$
+
+    ``"mean"`` is $L$ (``avg_factor``, if given, replaces $n_+ + k + \epsilon$); ``"sum"`` is the
+    numerator; ``"none"`` is the per-element $P_i b_i + [i \in S_k]\, Q_i b_i$ (unselected negatives
+    and masked elements are 0), so ``none.sum() == sum``. ``weight`` multiplies the element losses
+    after the selection (selection uses the unweighted loss) and does not change the denominator.
+    For binary targets and masks this is exactly mmocr/DB; soft values count fractionally. The
+    selection and the counts stay on the device (no host sync); the selection has no gradient.
+    Asking for more negatives than exist keeps them all.
+
+    Args:
+        logits: Raw scores, any shape (e.g. ``(N, H, W)`` probability maps' logits).
+        target: The logits' shape, values in ``[0, 1]`` (binary in DB/mmocr).
+        mask: Optional training mask of the logits' shape, values in ``[0, 1]`` (bool allowed);
+            ``None`` = everything.
+        negative_ratio: $r > 0$ (DB: 3).
+        fallback_negative_num: $k_0 \ge 0$, negatives kept when there are no positives.
+        eps: $\epsilon \ge 0$ in the denominator (DB/mmocr: 1e-6).
+        weight: Element-wise weight (the logits' shape, its leading dims, or same-rank broadcastable).
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        avg_factor: Replaces the denominator $n_+ + k + \epsilon$ of ``"mean"``.
+        backend: ``"torch"`` | ``"auto"`` | ``"triton"`` (no fused kernel: ``"auto"`` runs the
+            reference, ``"triton"`` raises).
+
+    Returns:
+        The logits' shape for ``"none"``, else a scalar.
+
+    References:
+        Liao et al., "Real-time Scene Text Detection with Differentiable Binarization", AAAI 2020,
+        arXiv:1911.08947; Shrivastava et al., "Training Region-based Object Detectors with Online
+        Hard Example Mining", CVPR 2016, arXiv:1604.03540.
+
+    Example:
+        >>> x = torch.tensor([2.0, -1.0, 1.0, -3.0, 0.5])
+        >>> y = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0])
+        >>> ohem_binary_cross_entropy(x, y, negative_ratio=2.0)  # keeps negatives 1.0, 0.5
+        tensor(0.8048)
+    """
+    fn = "ohem_binary_cross_entropy"
+    x = check_floating(fn, "logits", logits)
+    ratio = check_number(fn, "negative_ratio", negative_ratio, low=0.0, low_open=True)
+    k0 = check_int(fn, "fallback_negative_num", fallback_negative_num, low=0)
+    e = check_number(fn, "eps", eps, low=0.0)
+    if kernel_eligible(fn, backend, x):
+        unsupported(fn, backend, "no fused OHEM kernel is available")  # type: ignore[arg-type]
+    t = check_tensor(fn, "target", target)
+    if t.device != x.device:
+        fail(fn, "target", f"on the device of `logits` ({x.device})", t.device)
+    check_same_shape(fn, "target", t, "logits", x)
+    dt = sigmoid_target(fn, x, t, ignore_index=None)  # dense; checks values in [0, 1]
+    z = x.to(compute_dtype(x))
+    y = dt.target
+    if mask is None:
+        m = torch.ones_like(y)
+    else:
+        mk = check_tensor(fn, "mask", mask)
+        if mk.device != x.device:
+            fail(fn, "mask", f"on the device of `logits` ({x.device})", mk.device)
+        check_same_shape(fn, "mask", mk, "logits", x)
+        if mk.is_complex():
+            fail(fn, "mask", "a real or bool tensor", f"dtype {mk.dtype}", TypeError)
+        m = mk.to(z.dtype)
+        check_unit_interval(fn, "mask", m)
+    bce = -(y * TF.logsigmoid(z) + (1.0 - y) * TF.logsigmoid(-z))
+    pos = y * m
+    neg = (1.0 - y) * m
+    # Counts in float64 so they stay exact integers beyond 2**24 elements.
+    n_pos = pos.sum(dtype=torch.float64)
+    n_neg = neg.sum(dtype=torch.float64)
+    wanted = torch.where(n_pos > 0, torch.floor(n_pos * ratio), torch.full_like(n_pos, float(k0)))
+    k = torch.minimum(torch.floor(n_neg), wanted)
+    # Rank the negatives by their (unweighted) loss, hardest first; a stable sort makes ties go to
+    # the lower flat index. Non-negatives sort last (key -1 < any loss).
+    is_neg = (neg > 0).reshape(-1)
+    key = torch.where(is_neg, (neg * bce).detach().reshape(-1), torch.full_like(is_neg, -1.0, dtype=z.dtype))
+    order = torch.sort(key, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+    selected = (is_neg & (rank < k)).reshape(y.shape)
+    loss = pos * bce + torch.where(selected, neg * bce, torch.zeros((), dtype=z.dtype, device=z.device))
+    loss = poison_out_of_range(loss, dt.bad)
+    denominator = (n_pos + k + e).to(z.dtype)
+    return weight_reduce(
+        loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, denominator=denominator
+    )
