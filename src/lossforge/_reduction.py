@@ -15,12 +15,17 @@ and ends with ``weight_reduce``. The rules, shared by every loss and backend:
   exactly ``0`` with zero gradients, still attached to the graph; never NaN. Denominators are made
   safe *before* dividing (``where(d > 0, d, 1)``), so no NaN gradient leaks from an unused branch.
 * ``avg_factor`` with ``"sum"`` raises ``ValueError``; a float or 0-d tensor works without a host sync.
+* Inside ``lossforge.distributed.global_normalization()`` the ``"mean"`` denominator (``avg_factor``,
+  ``denominator`` or the valid count) is first replaced by its global value, summed over the ranks
+  and divided by the world size (``global_denominator`` below), so that K data-parallel ranks
+  reproduce one process on the concatenated batch. Outside that scope nothing changes.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -28,7 +33,14 @@ from torch import Tensor
 
 from lossforge._checks import check_reduction, fail, value_checks_enabled
 
-__all__ = ["Backend", "Reduction", "weight_reduce", "expand_weight", "check_avg_factor"]
+__all__ = [
+    "Backend",
+    "Reduction",
+    "check_avg_factor",
+    "expand_weight",
+    "global_denominator",
+    "weight_reduce",
+]
 
 Reduction = Literal["none", "mean", "sum"]
 Backend = Literal["auto", "torch", "triton"]
@@ -85,6 +97,31 @@ def check_avg_factor(fn: str, avg_factor: object, reduction: str) -> float | Ten
     return v
 
 
+# Set (and restored) only by ``lossforge.distributed.global_normalization``: maps a rank's local "mean"
+# denominator to the global one. A plain module global rather than a ContextVar so that
+# ``torch.compile`` reads it without a graph break (it is process-wide, one process per rank).
+_denominator_hook: Callable[[Tensor, bool], Tensor] | None = None
+
+
+def global_denominator(
+    denom: Tensor | float, *, is_avg_factor: bool = False, like: Tensor | None = None
+) -> Tensor | float:
+    """The ``"mean"`` denominator to divide by: ``denom`` itself, or its global value.
+
+    Returns ``denom`` unchanged outside ``lossforge.distributed.global_normalization()``. Inside it,
+    returns ``all_reduce(denom) / world_size`` as a tensor (on ``like``'s device and dtype when
+    ``denom`` is a number). Fused kernels that compute their own ``"mean"`` call this on their
+    denominator so they follow the same rule as ``weight_reduce``.
+    """
+    hook = _denominator_hook
+    if hook is None:
+        return denom
+    if not isinstance(denom, Tensor):
+        ref = like if like is not None else torch.empty(())
+        denom = torch.tensor(float(denom), dtype=ref.dtype, device=ref.device)
+    return hook(denom, is_avg_factor)
+
+
 def _safe_div(total: Tensor, denom: Tensor) -> Tensor:
     denom = denom.to(total.dtype)
     positive = denom > 0
@@ -128,6 +165,8 @@ def weight_reduce(
     total = loss.sum()
     if reduction == "sum":
         return total
+    if _denominator_hook is not None:
+        return _global_mean(fn, total, loss, avg, valid, denominator)
     if avg is not None:
         if isinstance(avg, Tensor):
             avg_t = avg.to(device=total.device, dtype=total.dtype).reshape(())
@@ -149,3 +188,38 @@ def weight_reduce(
         # valid broadcasts over some dimensions of the loss (e.g. a per-row mask).
         count_t = count_t * (loss.numel() // max(valid.numel(), 1))
     return _safe_div(total, count_t)
+
+
+def _global_mean(
+    fn: str,
+    total: Tensor,
+    loss: Tensor,
+    avg: float | Tensor | None,
+    valid: Tensor | None,
+    denominator: Tensor | None,
+) -> Tensor:
+    """``"mean"`` under global normalisation: the same denominator rules, with the global value.
+
+    Exactly one collective per call, whatever this rank's data (empty, all ignored): no rank can
+    skip it and deadlock the others.
+    """
+    if avg is not None:
+        local = avg if isinstance(avg, Tensor) else torch.tensor(float(avg))
+        local = local.reshape(()).to(device=total.device, dtype=total.dtype)
+        is_avg = True
+    elif denominator is not None:
+        local, is_avg = denominator, False
+    elif valid is None:
+        local, is_avg = torch.tensor(float(loss.numel()), dtype=total.dtype, device=total.device), False
+    else:
+        count_t = valid.sum()
+        if valid.numel() != loss.numel():
+            count_t = count_t * (loss.numel() // max(valid.numel(), 1))
+        local, is_avg = count_t.to(total.dtype), False
+    hook = _denominator_hook
+    if hook is None:  # pragma: no cover - only reached through a race with the scope's exit
+        return _safe_div(total, local)
+    glob = hook(local, is_avg)
+    if is_avg and value_checks_enabled(glob) and float(glob) == 0 and float(total.detach()) != 0:
+        fail(fn, "avg_factor", "> 0 (summed over the ranks) when the weighted loss sum is non-zero", 0.0)
+    return _safe_div(total, glob)
