@@ -132,7 +132,7 @@ def test_soft_targets_sum(name):
     run_case(x, y, torch.float32, reduction="sum", **_kw(name))
 
 
-@pytest.mark.parametrize("shape", [(3, 5), (7, 13), (2, 3, 5, 7)])
+@pytest.mark.parametrize("shape", [(3, 5), (7, 13), (37, 13), (5, 150), (2, 3, 5, 7)])
 @pytest.mark.parametrize("name", ["focal", "asl", "bce_pw_ls"])
 def test_index_targets_background_and_ignore(shape, name):
     x = torch.randn(*shape, device=DEVICE) * 3

@@ -121,21 +121,34 @@ def _sigmoid_fwd_kernel(
     REDUCE: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
     SCALE_FROM_PTR: tl.constexpr,
+    ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < n
+    if ROWS:
+        # (rows, C) logits with S == 1: a [BLOCK // BLOCK_C, BLOCK_C] tile gives row and class
+        # without integer division.
+        rows = pid.to(tl.int64) * (BLOCK // BLOCK_C) + tl.arange(0, BLOCK // BLOCK_C)[:, None]
+        cls = tl.arange(0, BLOCK_C)[None, :]
+        offs = rows * C + cls
+        m = (cls < C) & (offs < n)
+    else:
+        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < n
     x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
 
     # ---- targets -------------------------------------------------------------------------------
     valid = m
-    bad = tl.zeros([BLOCK], dtype=tl.int1)
-    if INDEX_TARGET or HAS_PW:
+    bad = offs < 0  # all False, the tile's shape
+    if (INDEX_TARGET or HAS_PW) and not ROWS:
         cs = offs // S
         cls = cs % C
     if INDEX_TARGET:
-        pos = (cs // C) * S + (offs - cs * S)
+        if ROWS:
+            pos = rows
+        else:
+            pos = (cs // C) * S + (offs - cs * S)
         idx = tl.load(t_ptr + pos, mask=m, other=0).to(tl.int64)
         if HAS_IGNORE:
             valid = valid & (idx != ignore_index)
@@ -236,7 +249,10 @@ def _sigmoid_fwd_kernel(
     loss = tl.where(bad, float("nan"), loss)
     grad = tl.where(valid & ~bad, grad, 0.0)
     if REDUCE:
-        tl.store(part_ptr + pid, tl.sum(loss, axis=0))
+        if ROWS:
+            tl.store(part_ptr + pid, tl.sum(tl.sum(loss, axis=1), axis=0))
+        else:
+            tl.store(part_ptr + pid, tl.sum(loss, axis=0))
         if WRITE_GRAD:
             if SCALE_FROM_PTR:
                 grad = grad * tl.load(scale_ptr)
@@ -287,7 +303,12 @@ def sigmoid_fwd(
     """
     n = logits.numel()
     block = elementwise_block()
-    n_prog = triton.cdiv(n, block)
+    block_c = triton.next_power_of_2(max(num_classes, 1))
+    rows_mode = (index_target or pos_weight is not None) and inner == 1 and block_c <= block
+    if rows_mode:
+        n_prog = triton.cdiv(n // max(num_classes, 1), block // block_c)
+    else:
+        n_prog = triton.cdiv(n, block)
     dev = logits.device
     grad = torch.empty_like(logits) if write_grad else logits.new_empty(0)
     if reduce:
@@ -332,7 +353,9 @@ def sigmoid_fwd(
             REDUCE=reduce,
             WRITE_GRAD=write_grad,
             SCALE_FROM_PTR=scale_t is not None,
+            ROWS=rows_mode,
             BLOCK=block,
+            BLOCK_C=block_c if rows_mode else 1,
             num_warps=elementwise_warps(),
         )
     elif reduce:
