@@ -1,0 +1,85 @@
+"""Float64 references for the balanced binary cross-entropies, with explicit loops and Python ``math``.
+
+``balanced_bce`` follows HED (Xie & Tu 2015): beta = |Y-| / |Y| per sample. ``ohem_bce`` follows DB's
+``BalanceCrossEntropyLoss`` / mmocr's ``MaskedBalancedBCEWithLogitsLoss``: count positives and negatives
+over the whole batch, keep the ``min(#neg, int(#pos * ratio))`` hardest negatives (a Python sort), divide
+by ``#pos + k + eps``. Nothing here calls lossforge or ``torch.nn.functional``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def bce_element(x: float, y: float) -> float:
+    """-(y log sigma(x) + (1 - y) log(1 - sigma(x))), overflow-free."""
+    log_p = -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+    log_q = -math.log1p(math.exp(x)) if x <= 0 else -x - math.log1p(math.exp(-x))
+    return -(y * log_p + (1 - y) * log_q)
+
+
+def balanced_bce(
+    logits: Tensor, target: Tensor, *, beta: float | None = None, reduction: str = "mean"
+) -> Tensor:
+    """HED balanced BCE for dense targets; samples along dim 0 (a 1-d input is one sample)."""
+    x = logits.detach().double()
+    y = target.detach().double()
+    samples = [(x.reshape(-1), y.reshape(-1))] if x.ndim < 2 else [(x[i].reshape(-1), y[i].reshape(-1)) for i in range(x.shape[0])]
+    out: list[list[float]] = []
+    for xs, ys in samples:
+        xl, yl = xs.tolist(), ys.tolist()
+        if beta is None:
+            n = len(yl)
+            b = sum(1.0 - v for v in yl) / n if n else 0.5
+        else:
+            b = beta
+        row = []
+        for xi, yi in zip(xl, yl, strict=True):
+            log_p = -bce_element(xi, 1.0)
+            log_q = -bce_element(xi, 0.0)
+            row.append(-(b * yi * log_p + (1 - b) * (1 - yi) * log_q))
+        out.append(row)
+    flat = [v for row in out for v in row]
+    if reduction == "none":
+        return torch.tensor(flat, dtype=torch.float64).reshape(x.shape)
+    total = sum(flat)
+    if reduction == "sum":
+        return torch.tensor(total, dtype=torch.float64)
+    return torch.tensor(total / len(flat) if flat else 0.0, dtype=torch.float64)
+
+
+def ohem_bce(
+    logits: Tensor,
+    target: Tensor,
+    mask: Tensor | None = None,
+    *,
+    negative_ratio: float = 3.0,
+    fallback_negative_num: int = 0,
+    eps: float = 1e-6,
+    reduction: str = "mean",
+) -> Tensor:
+    """DB/mmocr OHEM balanced BCE for binary targets and masks."""
+    xs = logits.detach().double().reshape(-1).tolist()
+    ys = target.detach().double().reshape(-1).tolist()
+    ms = [1.0] * len(xs) if mask is None else mask.detach().double().reshape(-1).tolist()
+    losses = [bce_element(a, b) for a, b in zip(xs, ys, strict=True)]
+    positives = [i for i in range(len(xs)) if ys[i] == 1 and ms[i] == 1]
+    negatives = [i for i in range(len(xs)) if ys[i] == 0 and ms[i] == 1]
+    n_pos = len(positives)
+    if n_pos > 0:
+        k = min(len(negatives), int(n_pos * negative_ratio))
+    else:
+        k = min(len(negatives), fallback_negative_num)
+    hardest = sorted(negatives, key=lambda i: (-losses[i], i))[:k]
+    out = [0.0] * len(xs)
+    for i in positives + hardest:
+        out[i] = losses[i]
+    if reduction == "none":
+        return torch.tensor(out, dtype=torch.float64).reshape(logits.shape)
+    total = sum(out)
+    if reduction == "sum":
+        return torch.tensor(total, dtype=torch.float64)
+    return torch.tensor(total / (n_pos + k + eps), dtype=torch.float64)
