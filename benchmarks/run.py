@@ -6,8 +6,9 @@
 
 For every (workload, dtype, loss) it times, in one process and interleaved rep by rep: the eager
 reference users run today (torchvision-style focal, the ASL repo, F.cross_entropy with and without
-``.float()``, smp-style dice, F.l1/smooth_l1), ``torch.compile`` of it (compile time reported apart),
-Liger's cross-entropy when installed, and lossforge's ``backend="torch"`` and ``backend="triton"``
+``.float()``, smp-style dice, F.l1/smooth_l1), ``torch.compile`` of it (compile time reported
+apart), Liger's cross-entropy when installed, and lossforge's ``backend="torch"`` and
+``backend="triton"``
 (the kernel entry point directly when the functional is not wired to it yet).
 
 Reported per row: GPU time (N back-to-back fwd+bwd between two CUDA events / N; median, p20, p80
@@ -16,18 +17,18 @@ and peak extra memory (also per logit), CUDA kernel launches per direction (torc
 bytes, the roofline time at the copy bandwidth measured in the same run, ``x_roof``, effective TB/s,
 a measured floor op with the same streams (``torch.sub`` for dense sigmoid losses, ``torch.neg``
 otherwise), and speed-ups vs eager, vs compile and vs Liger. Results go to
-``benchmarks/results/<stamp>.{json,csv,md}``; the header records GPU, clocks, versions and bandwidth.
+``benchmarks/results/<stamp>.{json,csv,md}``; the header records GPU, clocks, versions and
+bandwidth.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import gc
 import json
-import math
-import os
 import platform
 import statistics
 import subprocess
@@ -50,7 +51,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def torchvision_focal(x, t, alpha=0.25, gamma=2.0):
-    """torchvision.ops.sigmoid_focal_loss (dense targets), reduction="sum" / numel like mmdet mean."""
+    """torchvision.ops.sigmoid_focal_loss (dense targets), reduction="sum" / numel like mmdet
+    mean."""
     p = torch.sigmoid(x)
     ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
     p_t = p * t + (1 - p) * (1 - t)
@@ -114,7 +116,8 @@ class Row:
     dtype: str
     shape: tuple[int, ...]
     target_format: str
-    family: str  # "sigmoid_dense" | "sigmoid_index" | "softmax" | "softmax_2read" | "dice" | "regression"
+    # "sigmoid_dense" | "sigmoid_index" | "softmax" | "softmax_2read" | "dice" | "regression"
+    family: str
     make: Callable[[], dict[str, Any]]  # -> {"x": logits (leaf, requires grad), "t": target, ...}
     providers: dict[str, Callable[[dict[str, Any]], torch.Tensor]]
 
@@ -156,8 +159,12 @@ def _det(n, c, dtype, dev, dense):
         ign = torch.rand(n, device=dev) < 0.01
         idx = torch.where(ign, torch.full_like(idx, -2), idx)
         dense_t = (idx.unsqueeze(1) == torch.arange(c, device=dev)).to(torch.float32)
-        return {"x": x, "t": dense_t if dense else idx, "dense": dense_t,
-                "kw": {} if dense else {"ignore_index": -2}}
+        return {
+            "x": x,
+            "t": dense_t if dense else idx,
+            "dense": dense_t,
+            "kw": {} if dense else {"ignore_index": -2},
+        }
 
     return make
 
@@ -211,84 +218,265 @@ def workloads(dev: str, smoke: bool) -> list[Row]:
         dn = str(dt).replace("torch.", "")
         for gamma in (2.0, 1.5):
             for dense in (False, True):
-                rows.append(Row("DET", f"sigmoid_focal_g{gamma:g}", dn, (det_n, 80), "dense" if dense else "index",
-                                "sigmoid_dense" if dense else "sigmoid_index", _det(det_n, 80, dt, dev, dense), {
-                    "eager_ref": lambda d, g=gamma: torchvision_focal(d["x"], d["dense"].to(d["x"].dtype), 0.25, g),
-                    **_lf("sigmoid_focal_loss", alpha=0.25, gamma=gamma),
-                }))
-        rows.append(Row("DET", "bce", dn, (det_n, 80), "dense", "sigmoid_dense", _det(det_n, 80, dt, dev, True), {
-            "eager_ref": lambda d: F.binary_cross_entropy_with_logits(d["x"], d["dense"].to(d["x"].dtype)),
-            **_lf("binary_cross_entropy_with_logits"),
-        }))
-        rows.append(Row("DET", "balanced_bce", dn, (det_n, 80), "dense", "sigmoid_dense",
-                        _det(det_n, 80, dt, dev, True), {
-            "eager_ref": lambda d: balanced_bce_eager(d["x"], d["dense"].to(d["x"].dtype)),
-            **_lf("balanced_binary_cross_entropy", beta=0.98),
-        }))
-        ml_shapes = [(256, 80, 0.03, 0.0, 1.0)] if smoke else [
-            (256, 80, 0.03, 0.0, 1.0), (256, 9605, 0.003, -3.0, 2.0), (4096, 9605, 0.003, -3.0, 2.0)]
+                rows.append(
+                    Row(
+                        "DET",
+                        f"sigmoid_focal_g{gamma:g}",
+                        dn,
+                        (det_n, 80),
+                        "dense" if dense else "index",
+                        "sigmoid_dense" if dense else "sigmoid_index",
+                        _det(det_n, 80, dt, dev, dense),
+                        {
+                            "eager_ref": lambda d, g=gamma: torchvision_focal(
+                                d["x"], d["dense"].to(d["x"].dtype), 0.25, g
+                            ),
+                            **_lf("sigmoid_focal_loss", alpha=0.25, gamma=gamma),
+                        },
+                    )
+                )
+        rows.append(
+            Row(
+                "DET",
+                "bce",
+                dn,
+                (det_n, 80),
+                "dense",
+                "sigmoid_dense",
+                _det(det_n, 80, dt, dev, True),
+                {
+                    "eager_ref": lambda d: F.binary_cross_entropy_with_logits(
+                        d["x"], d["dense"].to(d["x"].dtype)
+                    ),
+                    **_lf("binary_cross_entropy_with_logits"),
+                },
+            )
+        )
+        rows.append(
+            Row(
+                "DET",
+                "balanced_bce",
+                dn,
+                (det_n, 80),
+                "dense",
+                "sigmoid_dense",
+                _det(det_n, 80, dt, dev, True),
+                {
+                    "eager_ref": lambda d: balanced_bce_eager(d["x"], d["dense"].to(d["x"].dtype)),
+                    **_lf("balanced_binary_cross_entropy", beta=0.98),
+                },
+            )
+        )
+        ml_shapes = (
+            [(256, 80, 0.03, 0.0, 1.0)]
+            if smoke
+            else [
+                (256, 80, 0.03, 0.0, 1.0),
+                (256, 9605, 0.003, -3.0, 2.0),
+                (4096, 9605, 0.003, -3.0, 2.0),
+            ]
+        )
         for n, c, frac, mu, sd in ml_shapes:
             wid = "ML-S" if c == 80 else "ML-L"
             mk = _ml(n, c, dt, dev, frac, mu, sd)
-            rows.append(Row(wid, "asl", dn, (n, c), "dense", "sigmoid_dense", mk, {
-                "eager_ref": lambda d: asl_repo(d["x"], d["t"].to(d["x"].dtype)),
-                **_lf("asymmetric_loss", gamma_pos=1.0, gamma_neg=4.0, clip=0.05),
-            }))
-            rows.append(Row(wid, "bce", dn, (n, c), "dense", "sigmoid_dense", mk, {
-                "eager_ref": lambda d: F.binary_cross_entropy_with_logits(d["x"], d["t"].to(d["x"].dtype)),
-                **_lf("binary_cross_entropy_with_logits"),
-            }))
-            rows.append(Row(wid, "sigmoid_focal_g2", dn, (n, c), "dense", "sigmoid_dense", mk, {
-                "eager_ref": lambda d: torchvision_focal(d["x"], d["t"].to(d["x"].dtype)),
-                **_lf("sigmoid_focal_loss", alpha=0.25, gamma=2.0),
-            }))
+            rows.append(
+                Row(
+                    wid,
+                    "asl",
+                    dn,
+                    (n, c),
+                    "dense",
+                    "sigmoid_dense",
+                    mk,
+                    {
+                        "eager_ref": lambda d: asl_repo(d["x"], d["t"].to(d["x"].dtype)),
+                        **_lf("asymmetric_loss", gamma_pos=1.0, gamma_neg=4.0, clip=0.05),
+                    },
+                )
+            )
+            rows.append(
+                Row(
+                    wid,
+                    "bce",
+                    dn,
+                    (n, c),
+                    "dense",
+                    "sigmoid_dense",
+                    mk,
+                    {
+                        "eager_ref": lambda d: F.binary_cross_entropy_with_logits(
+                            d["x"], d["t"].to(d["x"].dtype)
+                        ),
+                        **_lf("binary_cross_entropy_with_logits"),
+                    },
+                )
+            )
+            rows.append(
+                Row(
+                    wid,
+                    "sigmoid_focal_g2",
+                    dn,
+                    (n, c),
+                    "dense",
+                    "sigmoid_dense",
+                    mk,
+                    {
+                        "eager_ref": lambda d: torchvision_focal(d["x"], d["t"].to(d["x"].dtype)),
+                        **_lf("sigmoid_focal_loss", alpha=0.25, gamma=2.0),
+                    },
+                )
+            )
         seg = (1, 19, 32, 64) if smoke else (8, 19, 512, 1024)
         for cl in (False, True) if not smoke else (False,):
             lay = "channels_last" if cl else "NCHW"
             mk = _seg(seg, dt, dev, cl)
-            rows.append(Row("SEG", f"ce_ignore[{lay}]", dn, seg, "index", "softmax", mk, {
-                "eager_ref": lambda d: F.cross_entropy(d["x"], d["t"], ignore_index=255),
-                **_lf("cross_entropy"),
-            }))
-            rows.append(Row("SEG", f"ce_ignore_cw_ls[{lay}]", dn, seg, "index", "softmax", mk, {
-                "eager_ref": lambda d: F.cross_entropy(d["x"], d["t"], ignore_index=255, label_smoothing=0.1,
-                                                       weight=torch.linspace(0.5, 2, 19, device=d["x"].device,
-                                                                             dtype=d["x"].dtype)),
-                **{k: (lambda d, f=f: f({**d, "kw": {**d["kw"], "label_smoothing": 0.1,
-                                                     "class_weight": torch.linspace(0.5, 2, 19, device=d["x"].device)}}))
-                   for k, f in _lf("cross_entropy").items()},
-            }))
-            rows.append(Row("SEG", f"softmax_focal[{lay}]", dn, seg, "index", "softmax", mk, {
-                "eager_ref": lambda d: softmax_focal_eager(d["x"], d["t"]),
-                **_lf("softmax_focal_loss", gamma=2.0),
-            }))
-            rows.append(Row("SEG", f"dice[{lay}]", dn, seg, "index", "dice", mk, {
-                "eager_ref": lambda d: smp_dice(d["x"], d["t"]),
-                **_lf("dice_loss"),
-            }))
+            rows.append(
+                Row(
+                    "SEG",
+                    f"ce_ignore[{lay}]",
+                    dn,
+                    seg,
+                    "index",
+                    "softmax",
+                    mk,
+                    {
+                        "eager_ref": lambda d: F.cross_entropy(d["x"], d["t"], ignore_index=255),
+                        **_lf("cross_entropy"),
+                    },
+                )
+            )
+            rows.append(
+                Row(
+                    "SEG",
+                    f"ce_ignore_cw_ls[{lay}]",
+                    dn,
+                    seg,
+                    "index",
+                    "softmax",
+                    mk,
+                    {
+                        "eager_ref": lambda d: F.cross_entropy(
+                            d["x"],
+                            d["t"],
+                            ignore_index=255,
+                            label_smoothing=0.1,
+                            weight=torch.linspace(
+                                0.5, 2, 19, device=d["x"].device, dtype=d["x"].dtype
+                            ),
+                        ),
+                        **{
+                            k: (
+                                lambda d, f=f: f(
+                                    {
+                                        **d,
+                                        "kw": {
+                                            **d["kw"],
+                                            "label_smoothing": 0.1,
+                                            "class_weight": torch.linspace(
+                                                0.5, 2, 19, device=d["x"].device
+                                            ),
+                                        },
+                                    }
+                                )
+                            )
+                            for k, f in _lf("cross_entropy").items()
+                        },
+                    },
+                )
+            )
+            rows.append(
+                Row(
+                    "SEG",
+                    f"softmax_focal[{lay}]",
+                    dn,
+                    seg,
+                    "index",
+                    "softmax",
+                    mk,
+                    {
+                        "eager_ref": lambda d: softmax_focal_eager(d["x"], d["t"]),
+                        **_lf("softmax_focal_loss", gamma=2.0),
+                    },
+                )
+            )
+            rows.append(
+                Row(
+                    "SEG",
+                    f"dice[{lay}]",
+                    dn,
+                    seg,
+                    "index",
+                    "dice",
+                    mk,
+                    {
+                        "eager_ref": lambda d: smp_dice(d["x"], d["t"]),
+                        **_lf("dice_loss"),
+                    },
+                )
+            )
         reg_n = 4096 if smoke else 1_600_000
         mk = _reg(reg_n, dt, dev)
-        rows.append(Row("REG", "l1", dn, (reg_n, 4), "dense", "regression", mk, {
-            "eager_ref": lambda d: F.l1_loss(d["x"], d["t"]), **_lf("l1_loss")}))
-        rows.append(Row("REG", "smooth_l1_b1/9", dn, (reg_n, 4), "dense", "regression", mk, {
-            "eager_ref": lambda d: F.smooth_l1_loss(d["x"], d["t"], beta=1 / 9), **_lf("smooth_l1_loss", beta=1 / 9)}))
+        rows.append(
+            Row(
+                "REG",
+                "l1",
+                dn,
+                (reg_n, 4),
+                "dense",
+                "regression",
+                mk,
+                {"eager_ref": lambda d: F.l1_loss(d["x"], d["t"]), **_lf("l1_loss")},
+            )
+        )
+        rows.append(
+            Row(
+                "REG",
+                "smooth_l1_b1/9",
+                dn,
+                (reg_n, 4),
+                "dense",
+                "regression",
+                mk,
+                {
+                    "eager_ref": lambda d: F.smooth_l1_loss(d["x"], d["t"], beta=1 / 9),
+                    **_lf("smooth_l1_loss", beta=1 / 9),
+                },
+            )
+        )
     if not smoke:
         llm = (8192, 128256)
         for ls in (0.0, 0.1):
             provs = {
                 "eager_ref": lambda d, ls=ls: F.cross_entropy(d["x"], d["t"], label_smoothing=ls),
-                "eager_ref_float": lambda d, ls=ls: F.cross_entropy(d["x"].float(), d["t"], label_smoothing=ls),
-                **{k: (lambda d, f=f, ls=ls: f({**d, "kw": {"label_smoothing": ls}}))
-                   for k, f in _lf("cross_entropy").items()},
+                "eager_ref_float": lambda d, ls=ls: F.cross_entropy(
+                    d["x"].float(), d["t"], label_smoothing=ls
+                ),
+                **{
+                    k: (lambda d, f=f, ls=ls: f({**d, "kw": {"label_smoothing": ls}}))
+                    for k, f in _lf("cross_entropy").items()
+                },
             }
             try:
                 from liger_kernel.transformers import LigerCrossEntropyLoss  # type: ignore
 
                 liger = LigerCrossEntropyLoss(label_smoothing=ls)
-                provs["liger"] = lambda d, liger=liger: liger(d["x"].clone(), d["t"])  # it overwrites its input
+                provs["liger"] = lambda d, liger=liger: liger(
+                    d["x"].clone(), d["t"]
+                )  # it overwrites its input
             except Exception:  # noqa: BLE001 - optional
                 pass
-            rows.append(Row("LLM", f"ce_ls{ls:g}", "bfloat16", llm, "index", "softmax_2read", _llm(*llm, dev), provs))
+            rows.append(
+                Row(
+                    "LLM",
+                    f"ce_ls{ls:g}",
+                    "bfloat16",
+                    llm,
+                    "index",
+                    "softmax_2read",
+                    _llm(*llm, dev),
+                    provs,
+                )
+            )
     return rows
 
 
@@ -398,7 +586,10 @@ def bandwidth() -> dict[str, float]:
     b = torch.empty(n, device="cuda").uniform_()
     c = torch.empty(n, device="cuda")
     out = {}
-    for name, op, nbytes in (("copy", lambda: c.copy_(a), 8 * n), ("sub_2r1w", lambda: torch.sub(a, b, out=c), 12 * n)):
+    for name, op, nbytes in (
+        ("copy", lambda: c.copy_(a), 8 * n),
+        ("sub_2r1w", lambda: torch.sub(a, b, out=c), 12 * n),
+    ):
         for _ in range(3):
             op()
         ts = []
@@ -410,7 +601,6 @@ def bandwidth() -> dict[str, float]:
             e.synchronize()
             ts.append(s.elapsed_time(e))
         out[name] = nbytes / (statistics.median(ts) * 1e-3) / 1e12
-    del a, b, c
     torch.cuda.empty_cache()
     out["best"] = max(out["copy"], out["sub_2r1w"])
     return out
@@ -460,8 +650,15 @@ def header(dev: str) -> dict[str, Any]:
         h["gpu"] = torch.cuda.get_device_name()
         try:
             h["nvidia_smi"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name,clocks.sm,clocks.mem,clocks.max.sm,power.limit,driver_version",
-                 "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout.strip()
+                [
+                    "nvidia-smi",
+                    "--query-gpu=name,clocks.sm,clocks.mem,clocks.max.sm,power.limit,driver_version",
+                    "--format=csv,noheader",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout.strip()
         except Exception as exc:  # noqa: BLE001
             h["nvidia_smi"] = f"unavailable: {exc}"
     return h
@@ -506,57 +703,97 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     compile_s[name] = time.perf_counter() - t0
                 status[name] = "ok"
             except Exception as exc:  # noqa: BLE001
-                status[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+                status[name] = (
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+                )
                 provs.pop(name)
         times: dict[str, list[float]] = {k: [] for k in provs}
         names = list(provs)
         for r in range(reps):  # interleaved: rotate the provider order every rep
-            for k in names[r % len(names):] + names[: r % len(names)]:
+            for k in names[r % len(names) :] + names[: r % len(names)]:
                 times[k].append((gpu_time if dev == "cuda" else cpu_time)(provs[k], d, iters))
         floor = floor_ms(row, d, iters) if dev == "cuda" else None
         ib = ideal_bytes(row, d)
         roof = ib / (bw["best"] * 1e12) * 1e3 if bw else None
         for k in names:
             med = statistics.median(times[k])
-            single, fwd, bwd = zip(*(split_time(provs[k], d, dev) for _ in range(5)))
+            single, fwd, bwd = zip(*(split_time(provs[k], d, dev) for _ in range(5)), strict=False)
             rec: dict[str, Any] = {
-                "workload": row.workload, "loss": row.loss, "dtype": row.dtype, "shape": list(row.shape),
-                "target": row.target_format, "provider": k, "status": "ok",
+                "workload": row.workload,
+                "loss": row.loss,
+                "dtype": row.dtype,
+                "shape": list(row.shape),
+                "target": row.target_format,
+                "provider": k,
+                "status": "ok",
                 "via": d.get("_via", "functional") if k == "lossforge_triton" else "",
-                "median_ms": med, "p20_ms": _q(times[k], 0.2), "p80_ms": _q(times[k], 0.8),
-                "single_shot_ms": statistics.median(single), "fwd_ms": statistics.median(fwd),
-                "bwd_ms": statistics.median(bwd), "compile_s": compile_s.get(k),
-                "ideal_bytes": ib, "roof_ms": roof, "x_roof": med / roof if roof else None,
+                "median_ms": med,
+                "p20_ms": _q(times[k], 0.2),
+                "p80_ms": _q(times[k], 0.8),
+                "single_shot_ms": statistics.median(single),
+                "fwd_ms": statistics.median(fwd),
+                "bwd_ms": statistics.median(bwd),
+                "compile_s": compile_s.get(k),
+                "ideal_bytes": ib,
+                "roof_ms": roof,
+                "x_roof": med / roof if roof else None,
                 "eff_TBps": ib / (med * 1e-3) / 1e12 if dev == "cuda" else None,
-                "floor_ms": floor, "x_floor": med / floor if floor else None,
+                "floor_ms": floor,
+                "x_floor": med / floor if floor else None,
             }
             if dev == "cuda":
                 saved, peak = memory(provs[k], d)
-                rec.update(saved_bytes=saved, peak_extra_bytes=peak, saved_B_per_logit=saved / numel,
-                           peak_B_per_logit=peak / numel)
+                rec.update(
+                    saved_bytes=saved,
+                    peak_extra_bytes=peak,
+                    saved_B_per_logit=saved / numel,
+                    peak_B_per_logit=peak / numel,
+                )
                 if not args.no_launches:
-                    try:
+                    with contextlib.suppress(Exception):
                         rec["launches_fwd"], rec["launches_bwd"] = launches(provs[k], d)
-                    except Exception:  # noqa: BLE001
-                        pass
             results.append(rec)
         for k, st in status.items():
             if st != "ok":
-                results.append({"workload": row.workload, "loss": row.loss, "dtype": row.dtype,
-                                "shape": list(row.shape), "target": row.target_format, "provider": k, "status": st})
+                results.append(
+                    {
+                        "workload": row.workload,
+                        "loss": row.loss,
+                        "dtype": row.dtype,
+                        "shape": list(row.shape),
+                        "target": row.target_format,
+                        "provider": k,
+                        "status": st,
+                    }
+                )
         # Ratios against the references of the same row.
-        same = [x for x in results if x["workload"] == row.workload and x["loss"] == row.loss
-                and x["dtype"] == row.dtype and x["target"] == row.target_format and x["status"] == "ok"]
+        same = [
+            x
+            for x in results
+            if x["workload"] == row.workload
+            and x["loss"] == row.loss
+            and x["dtype"] == row.dtype
+            and x["target"] == row.target_format
+            and x["status"] == "ok"
+        ]
         by = {x["provider"]: x for x in same}
         for x in same:
-            for refname, col in (("eager_ref", "speedup_vs_eager"), ("compile_ref", "speedup_vs_compile"),
-                                 ("liger", "speedup_vs_liger")):
+            for refname, col in (
+                ("eager_ref", "speedup_vs_eager"),
+                ("compile_ref", "speedup_vs_compile"),
+                ("liger", "speedup_vs_liger"),
+            ):
                 if refname in by:
                     x[col] = by[refname]["median_ms"] / x["median_ms"]
                     if "peak_extra_bytes" in x and by[refname].get("peak_extra_bytes"):
-                        x[col.replace("speedup", "mem_ratio")] = x["peak_extra_bytes"] / max(by[refname]["peak_extra_bytes"], 1)
-        print(f"{row.workload:5s} {row.loss:28s} {row.dtype:9s} {row.target_format:6s} "
-              + "  ".join(f"{k}={statistics.median(times[k]):.3f}ms" for k in names), flush=True)
+                        x[col.replace("speedup", "mem_ratio")] = x["peak_extra_bytes"] / max(
+                            by[refname]["peak_extra_bytes"], 1
+                        )
+        print(
+            f"{row.workload:5s} {row.loss:28s} {row.dtype:9s} {row.target_format:6s} "
+            + "  ".join(f"{k}={statistics.median(times[k]):.3f}ms" for k in names),
+            flush=True,
+        )
         del d
         gc.collect()
         if dev == "cuda":
@@ -564,10 +801,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"header": hdr, "results": results}
 
 
-COLUMNS = ["workload", "loss", "dtype", "target", "provider", "status", "via", "median_ms", "p20_ms", "p80_ms",
-           "single_shot_ms", "fwd_ms", "bwd_ms", "compile_s", "launches_fwd", "launches_bwd", "saved_B_per_logit",
-           "peak_B_per_logit", "roof_ms", "x_roof", "eff_TBps", "floor_ms", "x_floor", "speedup_vs_eager",
-           "speedup_vs_compile", "speedup_vs_liger", "mem_ratio_vs_eager", "mem_ratio_vs_compile"]
+COLUMNS = [
+    "workload",
+    "loss",
+    "dtype",
+    "target",
+    "provider",
+    "status",
+    "via",
+    "median_ms",
+    "p20_ms",
+    "p80_ms",
+    "single_shot_ms",
+    "fwd_ms",
+    "bwd_ms",
+    "compile_s",
+    "launches_fwd",
+    "launches_bwd",
+    "saved_B_per_logit",
+    "peak_B_per_logit",
+    "roof_ms",
+    "x_roof",
+    "eff_TBps",
+    "floor_ms",
+    "x_floor",
+    "speedup_vs_eager",
+    "speedup_vs_compile",
+    "speedup_vs_liger",
+    "mem_ratio_vs_eager",
+    "mem_ratio_vs_compile",
+]
 
 
 def _fmt(v: Any) -> str:
@@ -587,8 +850,16 @@ def write(out: dict[str, Any], directory: Path, stem: str) -> list[Path]:
         w.writeheader()
         for r in out["results"]:
             w.writerow({k: _fmt(r.get(k)) for k in COLUMNS})
-    lines = [f"# lossforge benchmark {out['header']['time']}", "", "```", json.dumps(out["header"], indent=1,
-             default=str), "```", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = [
+        f"# lossforge benchmark {out['header']['time']}",
+        "",
+        "```",
+        json.dumps(out["header"], indent=1, default=str),
+        "```",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
     for r in out["results"]:
         lines.append("| " + " | ".join(_fmt(r.get(k)) for k in COLUMNS) + " |")
     pm.write_text("\n".join(lines) + "\n")
@@ -596,9 +867,15 @@ def write(out: dict[str, Any], directory: Path, stem: str) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny CPU version (also the default without CUDA)")
-    ap.add_argument("--only", default="", help="comma-separated workload ids: DET,ML-S,ML-L,SEG,LLM,REG")
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0]
+    )
+    ap.add_argument(
+        "--smoke", action="store_true", help="tiny CPU version (also the default without CUDA)"
+    )
+    ap.add_argument(
+        "--only", default="", help="comma-separated workload ids: DET,ML-S,ML-L,SEG,LLM,REG"
+    )
     ap.add_argument("--reps", type=int, default=0)
     ap.add_argument("--iters", type=int, default=0, help="back-to-back fwd+bwd per timed rep")
     ap.add_argument("--no-compile", action="store_true")
@@ -607,7 +884,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stem", default="")
     args = ap.parse_args(argv)
     out = run(args)
-    stem = args.stem or ("smoke" if out["header"]["device"] == "cpu" else time.strftime("%Y%m%d-%H%M%S"))
+    stem = args.stem or (
+        "smoke" if out["header"]["device"] == "cpu" else time.strftime("%Y%m%d-%H%M%S")
+    )
     for p in write(out, Path(args.out), stem):
         print("wrote", p)
     return 0

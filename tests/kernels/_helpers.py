@@ -13,7 +13,9 @@ LOW = (torch.float32, torch.float16, torch.bfloat16)
 FLOOR = {torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
-def assert_within_2x(kernel: Tensor, ref64: Tensor, ref_same: Tensor, dtype: torch.dtype, what: str) -> float:
+def assert_within_2x(
+    kernel: Tensor, ref64: Tensor, ref_same: Tensor, dtype: torch.dtype, what: str
+) -> float:
     """Kernel error vs float64 <= 2 x (same-dtype PyTorch error vs float64) + a tiny floor.
 
     Returns the kernel's max abs error (reported by the suite)."""
@@ -21,14 +23,18 @@ def assert_within_2x(kernel: Tensor, ref64: Tensor, ref_same: Tensor, dtype: tor
     r64 = ref64.detach().double().cpu()
     rs = ref_same.detach().double().cpu()
     assert k.shape == r64.shape, (what, k.shape, r64.shape)
-    assert torch.isfinite(k).all() or not torch.isfinite(r64).all(), f"{what}: non-finite kernel output"
+    assert torch.isfinite(k).all() or not torch.isfinite(r64).all(), (
+        f"{what}: non-finite kernel output"
+    )
     if k.numel() == 0:
         return 0.0
     err_k = (k - r64).abs().max().item()
     err_r = (rs - r64).abs().max().item()
     scale = max(1.0, r64.abs().max().item())
     bound = 2 * err_r + FLOOR[dtype] * scale
-    assert err_k <= bound, f"{what} ({dtype}): kernel err {err_k:.3g} > 2 x torch err {err_r:.3g} + floor"
+    assert err_k <= bound, (
+        f"{what} ({dtype}): kernel err {err_k:.3g} > 2 x torch err {err_r:.3g} + floor"
+    )
     return err_k
 
 

@@ -12,7 +12,22 @@ import torch
 def test_benchmark_smoke(tmp_path):
     from benchmarks.run import main
 
-    assert main(["--smoke", "--reps", "1", "--only", "ML-S,SEG,REG", "--out", str(tmp_path), "--stem", "t"]) == 0
+    assert (
+        main(
+            [
+                "--smoke",
+                "--reps",
+                "1",
+                "--only",
+                "ML-S,SEG,REG",
+                "--out",
+                str(tmp_path),
+                "--stem",
+                "t",
+            ]
+        )
+        == 0
+    )
     data = json.loads((tmp_path / "t.json").read_text())
     ok = [r for r in data["results"] if r["status"] == "ok"]
     assert {r["provider"] for r in ok} >= {"eager_ref", "lossforge_torch"}

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lossforge.kernels import dice as K  # noqa: E402
 from tests.kernels._helpers import DEVICE, LOW, assert_within_2x, record
 
-from lossforge.kernels import dice as K  # noqa: E402
 
-
-def reference(x, t, *, smooth=1.0, squared=False, per_sample=False, ignore_index=None, reduction="mean"):
+def reference(
+    x, t, *, smooth=1.0, squared=False, per_sample=False, ignore_index=None, reduction="mean"
+):
     c = x.shape[1]
     p = torch.softmax(x, dim=1).reshape(x.shape[0], c, -1)  # N, C, S
     tt = t.reshape(t.shape[0], -1)
@@ -51,12 +52,15 @@ def test_matches_reference(shape, dtype):
     run_case(x, t, dtype)
 
 
-@pytest.mark.parametrize("opts", [
-    {"squared": True, "smooth": 0.5},
-    {"per_sample": True},
-    {"ignore_index": 255},
-    {"reduction": "sum", "smooth": 0.0},
-])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"squared": True, "smooth": 0.5},
+        {"per_sample": True},
+        {"ignore_index": 255},
+        {"reduction": "sum", "smooth": 0.0},
+    ],
+)
 def test_options(opts):
     x = torch.randn(2, 4, 5, 6, device=DEVICE) * 2
     t = torch.randint(0, 4, (2, 5, 6), device=DEVICE)
@@ -78,11 +82,13 @@ def test_empty_gt_and_all_ignored_finite():
     t = torch.full((2, 4), 255, device=DEVICE)
     out = K.dice_loss(x, t, ignore_index=255, smooth=1.0)
     out.backward()
-    assert out.item() == 0.0 and torch.count_nonzero(x.grad) == 0
+    assert out.item() == 0.0
+    assert torch.count_nonzero(x.grad) == 0
     x = torch.randn(2, 3, 4, device=DEVICE, requires_grad=True)
     out = K.dice_loss(x, t, ignore_index=255, smooth=0.0)  # 0/0 per class: dice := 1, loss 0
     out.backward()
-    assert torch.isfinite(out) and torch.isfinite(x.grad).all()
+    assert torch.isfinite(out)
+    assert torch.isfinite(x.grad).all()
 
 
 def test_deterministic_bitwise():

@@ -1,4 +1,5 @@
-"""Regression kernels (L1, smooth L1, MSE) vs ``lossforge.functional`` (float64 truth, fp32 same-dtype)."""
+"""Regression kernels (L1, smooth L1, MSE) vs ``lossforge.functional`` (float64 truth, fp32
+same-dtype)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,8 @@ import pytest
 import torch
 
 import lossforge.functional as LF
-from tests.kernels._helpers import DEVICE, LOW, assert_within_2x, record
-
 from lossforge.kernels import regression as K  # noqa: E402
+from tests.kernels._helpers import DEVICE, LOW, assert_within_2x, record
 
 FNS = {
     "l1": (LF.l1_loss, K.l1_loss, {}),
@@ -55,7 +55,10 @@ def test_weights_reductions(opts):
     elif opts == "row_w":
         kw = {"weight": torch.rand(9, device=DEVICE)}
     elif opts == "scalar_w":
-        kw = {"weight": torch.tensor(0.3, device=DEVICE), "avg_factor": torch.tensor(6.0, device=DEVICE)}
+        kw = {
+            "weight": torch.tensor(0.3, device=DEVICE),
+            "avg_factor": torch.tensor(6.0, device=DEVICE),
+        }
     elif opts == "avg_t":
         kw = {"avg_factor": torch.tensor(3.0, device=DEVICE)}
         go = torch.tensor(2.0, device=DEVICE)
@@ -74,7 +77,8 @@ def test_layouts_and_empty():
     x = torch.randn(0, 4, device=DEVICE, requires_grad=True)
     out = K.l1_loss(x, torch.zeros(0, 4, device=DEVICE))
     out.backward()
-    assert out.item() == 0.0 and x.grad.shape == (0, 4)
+    assert out.item() == 0.0
+    assert x.grad.shape == (0, 4)
 
 
 def test_target_requiring_grad_is_unsupported():

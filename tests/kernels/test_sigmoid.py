@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from lossforge._reduction import weight_reduce
-from tests.kernels._helpers import DEVICE, LOW, assert_within_2x, record
-
 from lossforge.kernels import sigmoid as K  # noqa: E402  (after conftest set TRITON_INTERPRET)
+from tests.kernels._helpers import DEVICE, LOW, assert_within_2x, record
 
 
 def _dense(logits, target, ignore_index):
@@ -31,14 +30,36 @@ def _dense(logits, target, ignore_index):
     c = logits.shape[cdim]
     view = [1] * logits.ndim
     view[cdim] = c
-    onehot = (target.unsqueeze(cdim) == torch.arange(c, device=logits.device).view(view)).to(logits.dtype)
-    valid = None if ignore_index is None else (target != ignore_index).unsqueeze(cdim).expand_as(logits)
+    onehot = (target.unsqueeze(cdim) == torch.arange(c, device=logits.device).view(view)).to(
+        logits.dtype
+    )
+    valid = (
+        None if ignore_index is None else (target != ignore_index).unsqueeze(cdim).expand_as(logits)
+    )
     return onehot, valid
 
 
-def reference(logits, target, *, kind, dtype, weight=None, reduction="mean", avg_factor=None,
-              ignore_index=None, pos_weight=None, label_smoothing=0.0, alpha=None, gamma=0.0,
-              gamma_pos=0.0, gamma_neg=0.0, clip=0.0, eps=0.0, beta=0.5, detach_focal_weight=False):
+def reference(
+    logits,
+    target,
+    *,
+    kind,
+    dtype,
+    weight=None,
+    reduction="mean",
+    avg_factor=None,
+    ignore_index=None,
+    pos_weight=None,
+    label_smoothing=0.0,
+    alpha=None,
+    gamma=0.0,
+    gamma_pos=0.0,
+    gamma_neg=0.0,
+    clip=0.0,
+    eps=0.0,
+    beta=0.5,
+    detach_focal_weight=False,
+):
     """Unreduced formula in ``dtype`` (float64 = the truth, float32 = what PyTorch computes)."""
     x = logits.to(dtype)
     y, valid = _dense(x, target, ignore_index)
@@ -73,9 +94,14 @@ def reference(logits, target, *, kind, dtype, weight=None, reduction="mean", avg
     if valid is not None:
         loss = torch.where(valid, loss, torch.zeros_like(loss))
     af = avg_factor
-    return weight_reduce(loss, fn="ref", reduction=reduction,
-                         weight=None if weight is None else weight.to(dtype), avg_factor=af,
-                         valid=valid)
+    return weight_reduce(
+        loss,
+        fn="ref",
+        reduction=reduction,
+        weight=None if weight is None else weight.to(dtype),
+        avg_factor=af,
+        valid=valid,
+    )
 
 
 def run_case(logits, target, dtype, grad_out=None, family="sigmoid", **kw):
@@ -161,14 +187,23 @@ def test_weights_and_avg_factor(mode):
         "broadcast": torch.rand(1, 11, device=DEVICE),
     }[mode]
     run_case(x, y, torch.float32, weight=w, avg_factor=17.0, **_kw("focal"))
-    run_case(x, y, torch.float32, weight=w, avg_factor=torch.tensor(9.0, device=DEVICE), **_kw("asl"))
+    run_case(
+        x, y, torch.float32, weight=w, avg_factor=torch.tensor(9.0, device=DEVICE), **_kw("asl")
+    )
 
 
 def test_grad_output_not_one_and_dense_ignore():
     x = torch.randn(9, 7, device=DEVICE) * 2
     y = (torch.rand(9, 7, device=DEVICE) < 0.3).float()
     y[::3] = -1.0
-    run_case(x, y, torch.float32, grad_out=torch.tensor(3.5, device=DEVICE), ignore_index=-1, **_kw("bce"))
+    run_case(
+        x,
+        y,
+        torch.float32,
+        grad_out=torch.tensor(3.5, device=DEVICE),
+        ignore_index=-1,
+        **_kw("bce"),
+    )
 
 
 def test_per_class_pos_weight():
@@ -182,11 +217,14 @@ def test_per_class_pos_weight():
 @pytest.mark.parametrize("name", ["bce", "focal", "asl"])
 def test_extreme_logits_finite(name, dtype):
     x = torch.tensor([[-1e4, 1e4, -30.0, 30.0, 0.0, 17.0, -17.0]], device=DEVICE).repeat(2, 1)
-    y = torch.tensor([[1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0]], device=DEVICE)
+    y = torch.tensor(
+        [[1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0]], device=DEVICE
+    )
     xk = x.to(dtype).requires_grad_()
     out = K.sigmoid_loss(xk, y, reduction="sum", **_kw(name))
     out.backward()
-    assert torch.isfinite(out).all() and torch.isfinite(xk.grad).all()
+    assert torch.isfinite(out).all()
+    assert torch.isfinite(xk.grad).all()
     if name == "bce":
         big = float(xk[0, 1].detach().abs())  # 1e4 rounded to the dtype
         assert math.isclose(out.item(), 2 * big + 2 * 30 + 2 * math.log(2) + 2 * 17, rel_tol=1e-4)
@@ -213,8 +251,17 @@ def test_asl_no_clip_and_detached_weight():
     x = torch.randn(5, 9, device=DEVICE) * 3
     y = (torch.rand(5, 9, device=DEVICE) < 0.3).float()
     run_case(x, y, torch.float32, kind="asl", gamma_pos=0.0, gamma_neg=2.0, clip=0.0, eps=1e-8)
-    run_case(x, y, torch.float32, kind="asl", gamma_pos=1.0, gamma_neg=4.0, clip=0.05, eps=1e-8,
-             detach_focal_weight=True)
+    run_case(
+        x,
+        y,
+        torch.float32,
+        kind="asl",
+        gamma_pos=1.0,
+        gamma_neg=4.0,
+        clip=0.05,
+        eps=1e-8,
+        detach_focal_weight=True,
+    )
 
 
 def test_layouts_channels_last_and_strided():
@@ -231,12 +278,14 @@ def test_empty_and_all_ignored_give_exact_zero():
     x = torch.randn(0, 5, device=DEVICE, requires_grad=True)
     out = K.sigmoid_loss(x, torch.zeros(0, 5, device=DEVICE), kind="focal", gamma=2.0)
     out.backward()
-    assert out.item() == 0.0 and x.grad.shape == (0, 5)
+    assert out.item() == 0.0
+    assert x.grad.shape == (0, 5)
     x = torch.randn(4, 5, device=DEVICE, requires_grad=True)
     t = torch.full((4,), -1, device=DEVICE)
     out = K.sigmoid_loss(x, t, kind="focal", gamma=2.0, ignore_index=-1)
     out.backward()
-    assert out.item() == 0.0 and not torch.isnan(out)
+    assert out.item() == 0.0
+    assert not torch.isnan(out)
     assert torch.count_nonzero(x.grad) == 0
 
 
@@ -258,8 +307,31 @@ def test_no_grad_skips_gradient():
 def test_opcheck_schema_and_autograd_registration():
     x = torch.randn(3, 5, device=DEVICE, requires_grad=True)
     y = torch.rand(3, 5, device=DEVICE)
-    args = (x, y, None, None, None, 1, False, 5, 1, 0, 1, None, True, 1 / 15, 1.0, 1.0, 2.0, 0.0, 0.0, 0.0,
-            0.0, False, True)
+    args = (
+        x,
+        y,
+        None,
+        None,
+        None,
+        1,
+        False,
+        5,
+        1,
+        0,
+        1,
+        None,
+        True,
+        1 / 15,
+        1.0,
+        1.0,
+        2.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        False,
+        True,
+    )
     utils = ("test_schema", "test_autograd_registration")
     if torch.cuda.is_available():
         utils = utils + ("test_faketensor", "test_aot_dispatch_dynamic")
@@ -279,7 +351,7 @@ def test_gpu_detection_shape(dtype):
     run_case(x, y, dtype, **_kw("asl"))
 
 
-# ---- against the landed reference functionals -------------------------------------------------------
+# ---- against the landed reference functionals ----------------------------------------------------
 
 import lossforge.functional as LF  # noqa: E402
 
@@ -297,7 +369,9 @@ def _vs_functional(fn_ref, fn_kernel, x, t, dtype, grad_out=None, **kw):
     ref64.backward(go.double())
     ref32.backward(go.to(ref32.dtype))
     record("functional-bce:loss", dtype, assert_within_2x(out, ref64, ref32, dtype, "loss"))
-    record("functional-bce:grad", dtype, assert_within_2x(xk.grad, x64.grad, x32.grad, dtype, "grad"))
+    record(
+        "functional-bce:grad", dtype, assert_within_2x(xk.grad, x64.grad, x32.grad, dtype, "grad")
+    )
 
 
 @pytest.mark.parametrize("dtype", LOW)
@@ -318,4 +392,12 @@ def test_bce_matches_functional(case, dtype):
     elif case == "none":
         kw = {"reduction": "none"}
         go = torch.randn(6, 11, device=DEVICE)
-    _vs_functional(LF.binary_cross_entropy_with_logits, K.binary_cross_entropy_with_logits, x, y, dtype, go, **kw)
+    _vs_functional(
+        LF.binary_cross_entropy_with_logits,
+        K.binary_cross_entropy_with_logits,
+        x,
+        y,
+        dtype,
+        go,
+        **kw,
+    )

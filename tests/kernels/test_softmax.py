@@ -1,6 +1,7 @@
 """Softmax-family kernel (cross-entropy, softmax focal) vs the reference functional / float64.
 
-Cross-entropy is checked against ``lossforge.functional.cross_entropy`` itself: in float64 (the truth)
+Cross-entropy is checked against ``lossforge.functional.cross_entropy`` itself: in float64 (the
+truth)
 and on the same rounded low-precision inputs (the same-dtype PyTorch error the kernel may double).
 Softmax focal is checked against a float64 formula until ``functional.softmax_focal_loss`` lands.
 """
@@ -12,13 +13,22 @@ import torch
 
 import lossforge.functional as LF
 from lossforge._reduction import weight_reduce
+from lossforge.kernels import softmax as K  # noqa: E402
 from tests.kernels._helpers import DEVICE, LOW, assert_within_2x, record
 
-from lossforge.kernels import softmax as K  # noqa: E402
 
-
-def focal_reference(logits, target, *, gamma=2.0, alpha=None, ignore_index=-100, weight=None,
-                    reduction="mean", avg_factor=None, **_):
+def focal_reference(
+    logits,
+    target,
+    *,
+    gamma=2.0,
+    alpha=None,
+    ignore_index=-100,
+    weight=None,
+    reduction="mean",
+    avg_factor=None,
+    **_,
+):
     x = logits
     cdim = 1 if x.ndim >= 2 else 0
     logp = torch.log_softmax(x, dim=cdim)
@@ -31,8 +41,14 @@ def focal_reference(logits, target, *, gamma=2.0, alpha=None, ignore_index=-100,
         loss = loss * alpha.to(x.dtype)[safe]
     if valid is not None:
         loss = torch.where(valid, loss, torch.zeros_like(loss))
-    return weight_reduce(loss, fn="ref", reduction=reduction, weight=None if weight is None else weight.to(x.dtype),
-                         avg_factor=avg_factor, valid=valid)
+    return weight_reduce(
+        loss,
+        fn="ref",
+        reduction=reduction,
+        weight=None if weight is None else weight.to(x.dtype),
+        avg_factor=avg_factor,
+        valid=valid,
+    )
 
 
 def ce_reference(logits, target, **kw):
@@ -56,7 +72,8 @@ def run_case(logits, target, dtype, grad_out=None, kind="ce", **kw):
     out.backward(grad_out.to(out.dtype))
     ref64.backward(grad_out.double())
     ref32.backward(grad_out.float())
-    assert out.dtype == torch.float32 and out.shape == ref64.shape
+    assert out.dtype == torch.float32
+    assert out.shape == ref64.shape
     assert xk.grad.dtype == dtype
     e1 = assert_within_2x(out, ref64, ref32, dtype, "loss")
     e2 = assert_within_2x(xk.grad, x64.grad, x32.grad, dtype, "grad")
@@ -81,14 +98,17 @@ def test_index_targets_ignore(kind, shape, dtype):
     run_case(x, _target(shape, shape[1]), dtype, kind=kind)
 
 
-@pytest.mark.parametrize("opts", [
-    {"label_smoothing": 0.1},
-    {"class_weight": "w"},
-    {"class_weight": "w", "label_smoothing": 0.2},
-    {"weight": "per_pos", "avg_factor": 11.0},
-    {"reduction": "sum"},
-    {"reduction": "none"},
-])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"label_smoothing": 0.1},
+        {"class_weight": "w"},
+        {"class_weight": "w", "label_smoothing": 0.2},
+        {"weight": "per_pos", "avg_factor": 11.0},
+        {"reduction": "sum"},
+        {"reduction": "none"},
+    ],
+)
 def test_ce_options(opts):
     shape = (6, 9)
     x = torch.randn(*shape, device=DEVICE) * 2
@@ -104,8 +124,15 @@ def test_ce_options(opts):
 def test_nchw_channels_last_and_strided_views():
     x = (torch.randn(2, 5, 3, 7, device=DEVICE) * 2).to(memory_format=torch.channels_last)
     t = _target((2, 5, 3, 7), 5, ignore=255)
-    _, g = run_case(x, t, torch.float16, kind="ce", ignore_index=255, label_smoothing=0.1,
-                    class_weight=torch.rand(5, device=DEVICE) + 0.5)
+    _, g = run_case(
+        x,
+        t,
+        torch.float16,
+        kind="ce",
+        ignore_index=255,
+        label_smoothing=0.1,
+        class_weight=torch.rand(5, device=DEVICE) + 0.5,
+    )
     assert g.is_contiguous(memory_format=torch.channels_last)  # read and written in place
     base = torch.randn(7, 26, device=DEVICE)
     run_case(base[:, ::2], _target((7, 13), 13), torch.float32, kind="focal", gamma=1.5)
@@ -115,18 +142,37 @@ def test_nchw_channels_last_and_strided_views():
 def test_online_multi_block_variant(kind):
     # Force the online-softmax path with a small chunk: C = 300 in chunks of 64 (masked tail).
     x = torch.randn(5, 300, device=DEVICE) * 4
-    kw = {"label_smoothing": 0.1, "class_weight": torch.rand(300, device=DEVICE)} if kind == "ce" else {}
+    kw = (
+        {"label_smoothing": 0.1, "class_weight": torch.rand(300, device=DEVICE)}
+        if kind == "ce"
+        else {}
+    )
     run_case(x, _target((5, 300), 300), torch.bfloat16, kind=kind, max_single_pass_classes=64, **kw)
-    run_case(x, _target((5, 300), 300), torch.float32, kind=kind, max_single_pass_classes=64,
-             grad_out=torch.tensor(0.5, device=DEVICE), **kw)
+    run_case(
+        x,
+        _target((5, 300), 300),
+        torch.float32,
+        kind=kind,
+        max_single_pass_classes=64,
+        grad_out=torch.tensor(0.5, device=DEVICE),
+        **kw,
+    )
 
 
 def test_focal_alpha_gamma_variants():
     x = torch.randn(6, 7, device=DEVICE) * 3
     alpha = torch.rand(7, device=DEVICE)
     for gamma in (0.0, 0.5, 1.0, 2.0, 2.5):
-        run_case(x, _target((6, 7), 7), torch.float32, kind="focal", gamma=gamma, alpha=alpha,
-                 weight=torch.rand(6, device=DEVICE), avg_factor=torch.tensor(4.0, device=DEVICE))
+        run_case(
+            x,
+            _target((6, 7), 7),
+            torch.float32,
+            kind="focal",
+            gamma=gamma,
+            alpha=alpha,
+            weight=torch.rand(6, device=DEVICE),
+            avg_factor=torch.tensor(4.0, device=DEVICE),
+        )
 
 
 @pytest.mark.parametrize("dtype", LOW)
@@ -138,7 +184,8 @@ def test_extreme_logits_finite(kind, dtype):
     kw = {"gamma": 0.5} if kind == "focal" else {"label_smoothing": 0.1}
     out = K.softmax_loss(xk, t, kind=kind, **kw)
     out.backward()
-    assert torch.isfinite(out) and torch.isfinite(xk.grad).all()
+    assert torch.isfinite(out)
+    assert torch.isfinite(xk.grad).all()
     run_case(x, t, dtype, kind=kind, **kw)
 
 
@@ -147,17 +194,24 @@ def test_zero_denominators_and_empty():
     t = torch.full((4,), -100, device=DEVICE)
     out = K.cross_entropy(x, t, label_smoothing=0.1)
     out.backward()
-    assert out.item() == 0.0 and torch.count_nonzero(x.grad) == 0
+    assert out.item() == 0.0
+    assert torch.count_nonzero(x.grad) == 0
     x = torch.randn(4, 5, device=DEVICE, requires_grad=True)
     cw = torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0], device=DEVICE)
-    out = K.cross_entropy(x, torch.zeros(4, dtype=torch.long, device=DEVICE), class_weight=cw, label_smoothing=0.1)
-    ref = LF.cross_entropy(x, torch.zeros(4, dtype=torch.long, device=DEVICE), class_weight=cw, label_smoothing=0.1)
+    out = K.cross_entropy(
+        x, torch.zeros(4, dtype=torch.long, device=DEVICE), class_weight=cw, label_smoothing=0.1
+    )
+    ref = LF.cross_entropy(
+        x, torch.zeros(4, dtype=torch.long, device=DEVICE), class_weight=cw, label_smoothing=0.1
+    )
     out.backward()
-    assert out.item() == ref.item() == 0.0 and torch.count_nonzero(x.grad) == 0
+    assert out.item() == ref.item() == 0.0
+    assert torch.count_nonzero(x.grad) == 0
     x = torch.randn(0, 5, device=DEVICE, requires_grad=True)
     out = K.cross_entropy(x, torch.zeros(0, dtype=torch.long, device=DEVICE))
     out.backward()
-    assert out.item() == 0.0 and x.grad.shape == (0, 5)
+    assert out.item() == 0.0
+    assert x.grad.shape == (0, 5)
 
 
 def test_unbatched_and_int32_targets():

@@ -2,7 +2,8 @@
 
 Importing this package does not import triton: ``is_available()`` only looks for the module, and the
 entry points below are imported on first attribute access. The functional losses call these entry
-points through ``lossforge._dispatch`` when ``backend`` is ``"auto"`` (CUDA tensors) or ``"triton"``.
+points through ``lossforge._dispatch`` when ``backend`` is ``"auto"`` (CUDA tensors) or
+``"triton"``.
 
 Every entry point takes the same arguments as its reference in ``lossforge.functional`` (minus
 ``backend``) and returns the same value within the dtype's tolerance. Under ``TRITON_INTERPRET=1``

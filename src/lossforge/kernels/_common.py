@@ -4,9 +4,11 @@ backward's device-side predicate scaling pass.
 Backward design (PERFORMANCE.md section 1): every forward kernel already wrote the gradient of the
 reduced loss. The backward must still multiply it by ``grad_output``. Reading ``grad_output`` on the
 host (``torch.equal``, ``.item()``) is a sync; an unconditional ``g.mul_(grad_output)`` costs a full
-read+write. ``_scale_grad_kernel`` reads ``grad_output`` from device memory in each program of a small
+read+write. ``_scale_grad_kernel`` reads ``grad_output`` from device memory in each program of a
+small
 persistent grid and sets its loop count to 0 when it equals 1.0, so the common case costs one launch
-and no traffic, and the other case one read+write pass. No sync either way, so it can be captured in a
+and no traffic, and the other case one read+write pass. No sync either way, so it can be captured
+in a
 CUDA graph.
 """
 
@@ -37,10 +39,7 @@ def _finish_kernel(
         offs = start + tl.arange(0, BLOCK)
         acc += tl.load(part_ptr + offs, mask=offs < n_part, other=0.0)
     total = tl.sum(acc, axis=0)
-    if HAS_SCALE_PTR:
-        total = total * tl.load(scale_ptr)
-    else:
-        total = total * scale
+    total = total * tl.load(scale_ptr) if HAS_SCALE_PTR else total * scale
     tl.store(out_ptr, total)
 
 
@@ -55,7 +54,9 @@ def _scale_grad_kernel(
     nprog = tl.num_programs(0)
     go = tl.load(go_ptr).to(tl.float32)
     n_blocks = tl.cdiv(n, BLOCK)
-    n_blocks = tl.where(go == 1.0, 0, n_blocks)  # the predicate: nothing to do when grad_output == 1
+    n_blocks = tl.where(
+        go == 1.0, 0, n_blocks
+    )  # the predicate: nothing to do when grad_output == 1
     for b in range(pid, n_blocks, nprog):
         offs = tl.cast(b, tl.int64) * BLOCK + tl.arange(0, BLOCK)
         m = offs < n
@@ -88,14 +89,17 @@ def scale_grad_(grad: Tensor, grad_output: Tensor) -> None:
         return
     block = elementwise_block()
     grid = (persistent_programs(grad.device, triton.cdiv(n, block)),)
-    wrap_triton(_scale_grad_kernel)[grid](grad, grad_output, n, BLOCK=block, num_warps=elementwise_warps())
+    wrap_triton(_scale_grad_kernel)[grid](
+        grad, grad_output, n, BLOCK=block, num_warps=elementwise_warps()
+    )
 
 
 def backward_scaled(grad: Tensor, grad_output: Tensor, reduced: bool) -> Tensor:
     """The gradient of the loss w.r.t. the logits from the one the forward wrote.
 
     Reduced losses scale in place (the buffer is owned by the autograd node; calling backward twice
-    with ``retain_graph=True`` and ``grad_output != 1`` would scale it twice, as in Liger). Unreduced
+    with ``retain_graph=True`` and ``grad_output != 1`` would scale it twice, as in Liger).
+    Unreduced
     losses multiply by the element-wise ``grad_output`` into a new tensor.
     """
     if reduced:

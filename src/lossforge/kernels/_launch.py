@@ -1,8 +1,10 @@
 """Launch heuristics and host-side helpers shared by the kernel families.
 
-Block sizes follow PERFORMANCE.md section 5: element-wise tiles of 1024 with 4 warps (8192-wide tiles
+Block sizes follow PERFORMANCE.md section 5: element-wise tiles of 1024 with 4 warps (8192-wide
+tiles
 halved the throughput on an H100 from register pressure), row tiles capped at 16K columns. Under the
-Triton CPU interpreter the tiles are small so that the tests exercise many programs and masked tails.
+Triton CPU interpreter the tiles are small so that the tests exercise many programs and masked
+tails.
 """
 
 from __future__ import annotations
@@ -45,14 +47,17 @@ def _sm_count(index: int) -> int:
 def persistent_programs(device: torch.device, n_blocks: int) -> int:
     """Grid of a grid-stride kernel: at most 4 programs per SM (4 under the interpreter)."""
     if device.type == "cuda":
-        cap = 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        cap = 4 * _sm_count(
+            device.index if device.index is not None else torch.cuda.current_device()
+        )
     else:
         cap = 4
     return max(1, min(n_blocks, cap))
 
 
 def is_dense(x: Tensor) -> bool:
-    """Non-overlapping and dense in one of the layouts the element-wise kernels walk in memory order."""
+    """Non-overlapping and dense in one of the layouts the element-wise kernels walk in memory
+    order."""
     if x.is_contiguous():
         return True
     if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
@@ -71,7 +76,11 @@ def same_layout(ref: Tensor, *others: Tensor) -> tuple[Tensor, ...]:
     out = [ref]
     for o in others:
         if o.shape != ref.shape or o.stride() != ref.stride():
-            o = o.contiguous() if ref.is_contiguous() else torch.empty_like(ref, dtype=o.dtype).copy_(o)
+            o = (
+                o.contiguous()
+                if ref.is_contiguous()
+                else torch.empty_like(ref, dtype=o.dtype).copy_(o)
+            )
         out.append(o)
     return tuple(out)
 

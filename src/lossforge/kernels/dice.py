@@ -4,7 +4,8 @@ Dice needs global per-class sums before any gradient exists, so it is two passes
 section 2.6), both inside the forward:
 
 1. ``_dice_stats_kernel``: each program reads a tile of positions x all classes (NCHW read in place
-   through the class stride), computes the softmax in registers and writes its per-class partial sums
+   through the class stride), computes the softmax in registers and writes its per-class partial
+   sums
    ``I_c = sum p_c [y = c]``, ``P_c = sum p_c`` (or ``p_c**2`` for squared denominators) and
    ``G_c = sum [y = c]`` into a ``[N, blocks, 3, C]`` fp32 buffer (no atomics).
 2. A fixed-order reduction of that small buffer (``torch.sum`` over the block dim: deterministic run
@@ -34,15 +35,30 @@ MAX_CLASSES = 4096
 
 
 @triton.jit
-def _softmax_tile(x_ptr, t_ptr, n, sb, S, C, sN, sC, sS, ignore_index,
-                  HAS_IGNORE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
+def _softmax_tile(
+    x_ptr,
+    t_ptr,
+    n,
+    sb,
+    S,
+    C,
+    sN,
+    sC,
+    sS,
+    ignore_index,
+    HAS_IGNORE: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     s = sb.to(tl.int64) * BLOCK_S + tl.arange(0, BLOCK_S)
     sm = s < S
     cols = tl.arange(0, BLOCK_C)
     cm = cols < C
     mask2 = sm[:, None] & cm[None, :]
     xrow = n.to(tl.int64) * sN + s * sS
-    x = tl.load(x_ptr + xrow[:, None] + cols[None, :] * sC, mask=mask2, other=float("-inf")).to(tl.float32)
+    x = tl.load(x_ptr + xrow[:, None] + cols[None, :] * sC, mask=mask2, other=float("-inf")).to(
+        tl.float32
+    )
     mx = tl.where(sm, tl.max(x, axis=1), 0.0)
     e = tl.exp(x - mx[:, None])
     d = tl.where(sm, tl.sum(e, axis=1), 1.0)
@@ -75,14 +91,12 @@ def _dice_stats_kernel(
     n = tl.program_id(0)
     sb = tl.program_id(1)
     s, sm, cols, cm, mask2, p, oh, valid = _softmax_tile(
-        x_ptr, t_ptr, n, sb, S, C, sN, sC, sS, ignore_index, HAS_IGNORE, BLOCK_S, BLOCK_C)
+        x_ptr, t_ptr, n, sb, S, C, sN, sC, sS, ignore_index, HAS_IGNORE, BLOCK_S, BLOCK_C
+    )
     pv = tl.where(valid[:, None] & cm[None, :], p, 0.0)
     ohf = oh.to(tl.float32)
     inter = tl.sum(pv * ohf, axis=0)
-    if SQUARED:
-        card = tl.sum(pv * pv, axis=0)
-    else:
-        card = tl.sum(pv, axis=0)
+    card = tl.sum(pv * pv, axis=0) if SQUARED else tl.sum(pv, axis=0)
     gt = tl.sum(ohf, axis=0)
     base = st_ptr + (n.to(tl.int64) * n_sb + sb) * 3 * C
     tl.store(base + cols, inter, mask=cm)
@@ -115,13 +129,11 @@ def _dice_grad_kernel(
     n = tl.program_id(0)
     sb = tl.program_id(1)
     s, sm, cols, cm, mask2, p, oh, valid = _softmax_tile(
-        x_ptr, t_ptr, n, sb, S, C, sN, sC, sS, ignore_index, HAS_IGNORE, BLOCK_S, BLOCK_C)
+        x_ptr, t_ptr, n, sb, S, C, sN, sC, sS, ignore_index, HAS_IGNORE, BLOCK_S, BLOCK_C
+    )
     a = tl.load(a_ptr + n.to(tl.int64) * ab_stride + cols, mask=cm, other=0.0)
     b = tl.load(b_ptr + n.to(tl.int64) * ab_stride + cols, mask=cm, other=0.0)
-    if SQUARED:
-        dp = 2.0 * p
-    else:
-        dp = tl.full(p.shape, 1.0, tl.float32)
+    dp = 2.0 * p if SQUARED else tl.full(p.shape, 1.0, tl.float32)
     g = tl.where(oh, a[None, :], 0.0) + b[None, :] * dp
     g = tl.where(valid[:, None] & cm[None, :], g, 0.0)
     pg = tl.sum(tl.where(mask2, p * g, 0.0), axis=1)
@@ -157,9 +169,21 @@ def dice_fwd(
     stats = torch.zeros(nb, max(n_sb, 1), 3, c, dtype=torch.float32, device=dev)
     if nb * s_len > 0:
         wrap_triton(_dice_stats_kernel)[(nb, n_sb)](
-            logits, target, stats, s_len, c, logits.stride(0), logits.stride(1), logits.stride(2), n_sb,
+            logits,
+            target,
+            stats,
+            s_len,
+            c,
+            logits.stride(0),
+            logits.stride(1),
+            logits.stride(2),
+            n_sb,
             ignore_index if ignore_index is not None else 0,
-            HAS_IGNORE=ignore_index is not None, SQUARED=squared, BLOCK_S=bs, BLOCK_C=bc, num_warps=warps,
+            HAS_IGNORE=ignore_index is not None,
+            SQUARED=squared,
+            BLOCK_S=bs,
+            BLOCK_C=bc,
+            num_warps=warps,
         )
     sums = stats.sum(dim=1)  # [N, 3, C], fixed order
     if not per_sample:
@@ -178,20 +202,36 @@ def dice_fwd(
         b = torch.where(denom > 0, num * k / (safe * safe), torch.zeros_like(safe)).contiguous()
         gs = grad.stride()
         wrap_triton(_dice_grad_kernel)[(nb, n_sb)](
-            logits, target, a, b, grad, s_len, c, logits.stride(0), logits.stride(1), logits.stride(2),
-            gs[0], gs[1], gs[2], c if per_sample else 0,
+            logits,
+            target,
+            a,
+            b,
+            grad,
+            s_len,
+            c,
+            logits.stride(0),
+            logits.stride(1),
+            logits.stride(2),
+            gs[0],
+            gs[1],
+            gs[2],
+            c if per_sample else 0,
             ignore_index if ignore_index is not None else 0,
-            HAS_IGNORE=ignore_index is not None, SQUARED=squared, BLOCK_S=bs, BLOCK_C=bc, num_warps=warps,
+            HAS_IGNORE=ignore_index is not None,
+            SQUARED=squared,
+            BLOCK_S=bs,
+            BLOCK_C=bc,
+            num_warps=warps,
         )
     return loss, grad
 
 
-def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+def _setup_context(ctx, inputs, output) -> None:
     ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(output[1])
 
 
-def _backward(ctx, grad_loss, _grad_grad):  # noqa: ANN001
+def _backward(ctx, grad_loss, _grad_grad):
     (grad,) = ctx.saved_tensors
     return (backward_scaled(grad, grad_loss, True),) + (None,) * 7
 
@@ -235,6 +275,13 @@ def dice_loss(
         t = t.contiguous()
     write_grad = logits.requires_grad and torch.is_grad_enabled()
     loss, _ = torch.ops.lossforge.dice_fwd(
-        x, t, ignore_index, float(smooth), bool(squared), bool(per_sample), reduction == "sum", write_grad
+        x,
+        t,
+        ignore_index,
+        float(smooth),
+        bool(squared),
+        bool(per_sample),
+        reduction == "sum",
+        write_grad,
     )
     return loss

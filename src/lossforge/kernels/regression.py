@@ -1,7 +1,8 @@
 """Fused regression losses: L1, smooth L1 (``beta``) and MSE, element-wise with the shared
 weighting contract.
 
-One forward launch reads ``pred`` and ``target`` once, writes d(loss)/d(pred) in ``pred``'s dtype and
+One forward launch reads ``pred`` and ``target`` once, writes d(loss)/d(pred) in ``pred``'s dtype
+and
 one fp32 partial sum per program (then a fixed-order finishing sum); the backward is the predicate
 kernel of ``_common``. Gradients w.r.t. ``target`` are not produced: a ``target`` that requires grad
 falls back to the reference.
@@ -16,7 +17,13 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from lossforge.kernels._common import backward_scaled, finish_sum
-from lossforge.kernels._launch import KERNEL_DTYPES, elementwise_block, elementwise_warps, mean_scale, same_layout
+from lossforge.kernels._launch import (
+    KERNEL_DTYPES,
+    elementwise_block,
+    elementwise_warps,
+    mean_scale,
+    same_layout,
+)
 
 __all__ = ["l1_loss", "smooth_l1_loss", "mse_loss", "regression_loss", "unsupported_reason"]
 
@@ -78,10 +85,7 @@ def _regression_fwd_kernel(
     if REDUCE:
         tl.store(part_ptr + pid, tl.sum(loss, axis=0))
         if WRITE_GRAD:
-            if SCALE_FROM_PTR:
-                grad = grad * tl.load(scale_ptr)
-            else:
-                grad = grad * scale
+            grad = grad * tl.load(scale_ptr) if SCALE_FROM_PTR else grad * scale
             tl.store(g_ptr + offs, grad.to(g_ptr.dtype.element_ty), mask=m)
     else:
         tl.store(loss_ptr + offs, loss, mask=m)
@@ -140,13 +144,13 @@ def regression_fwd(
     return loss_map, grad
 
 
-def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+def _setup_context(ctx, inputs, output) -> None:
     ctx.reduce = inputs[7]
     ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(output[1])
 
 
-def _backward(ctx, grad_loss, _grad_grad):  # noqa: ANN001
+def _backward(ctx, grad_loss, _grad_grad):
     (grad,) = ctx.saved_tensors
     return (backward_scaled(grad, grad_loss, ctx.reduce),) + (None,) * 10
 
@@ -211,16 +215,16 @@ def regression_loss(
     return loss
 
 
-def l1_loss(pred: Tensor, target: Tensor, **kw) -> Tensor:  # noqa: ANN003
+def l1_loss(pred: Tensor, target: Tensor, **kw) -> Tensor:
     """Fused ``lossforge.functional.l1_loss``."""
     return regression_loss(pred, target, kind="l1", **kw)
 
 
-def smooth_l1_loss(pred: Tensor, target: Tensor, *, beta: float = 1.0, **kw) -> Tensor:  # noqa: ANN003
+def smooth_l1_loss(pred: Tensor, target: Tensor, *, beta: float = 1.0, **kw) -> Tensor:
     """Fused ``lossforge.functional.smooth_l1_loss``."""
     return regression_loss(pred, target, kind="smooth_l1", beta=beta, **kw)
 
 
-def mse_loss(pred: Tensor, target: Tensor, **kw) -> Tensor:  # noqa: ANN003
+def mse_loss(pred: Tensor, target: Tensor, **kw) -> Tensor:
     """Fused ``lossforge.functional.mse_loss``."""
     return regression_loss(pred, target, kind="mse", **kw)

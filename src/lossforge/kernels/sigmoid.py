@@ -6,12 +6,14 @@ Design (PERFORMANCE.md sections 1, 2.2-2.5, 5):
 * One launch per direction. The forward reads the logits and targets once, writes the gradient of
   the reduced loss (in the logits' dtype) and one fp32 partial sum per program; a one-program kernel
   adds the partials in a fixed order (deterministic, no atomics). The backward is the predicate
-  kernel of ``_common`` (nothing to do when ``grad_output == 1``). Extra memory: the gradient buffer.
+  kernel of ``_common`` (nothing to do when ``grad_output == 1``). Extra memory: the gradient
+  buffer.
 * Targets: dense (float soft labels, bool, integers; ``ignore_index`` marks elements) or class
   indices of the logits' shape without dim 1 (``k`` positive, ``C`` background, ``ignore_index``
   drops the row) read as indices: the one-hot never exists.
 * Math in fp32 from one ``exp(-|x|)``: sigma(x), sigma(-x), log-sigmoid of both signs. The focal
-  derivative is written as ``gamma * q**gamma * (dq/q)`` with ``|dq/q| <= 1``, so 0 < gamma < 1 stays
+  derivative is written as ``gamma * q**gamma * (dq/q)`` with ``|dq/q| <= 1``, so 0 < gamma < 1
+  stays
   finite at saturation; gamma in {0, 1, 2} uses multiplies, other gamma ``exp2(gamma * log2 q)``.
 * ``mean`` divides by the valid count, ``avg_factor`` (float or device tensor, no sync), and 0 valid
   elements give exactly 0 with zero gradients.
@@ -145,10 +147,7 @@ def _sigmoid_fwd_kernel(
         cs = offs // S
         cls = cs % C
     if INDEX_TARGET:
-        if ROWS:
-            pos = rows
-        else:
-            pos = (cs // C) * S + (offs - cs * S)
+        pos = rows if ROWS else cs // C * S + (offs - cs * S)
         idx = tl.load(t_ptr + pos, mask=m, other=0).to(tl.int64)
         if HAS_IGNORE:
             valid = valid & (idx != ignore_index)
@@ -224,7 +223,9 @@ def _sigmoid_fwd_kernel(
             base = y * q1 + (1.0 - y) * pm  # 1 - p_t
             dbase = (1.0 - y) * dpm - y * p * q1
             g = gamma_pos * y + gamma_neg * (1.0 - y)
-            w = tl.where(base > 0, tl.exp2(g * tl.log2(tl.maximum(base, 1e-38))), tl.where(g == 0, 1.0, 0.0))
+            w = tl.where(
+                base > 0, tl.exp2(g * tl.log2(tl.maximum(base, 1e-38))), tl.where(g == 0, 1.0, 0.0)
+            )
             loss = -lp * w
             if DETACH:
                 grad = -dlp * w
@@ -254,10 +255,7 @@ def _sigmoid_fwd_kernel(
         else:
             tl.store(part_ptr + pid, tl.sum(loss, axis=0))
         if WRITE_GRAD:
-            if SCALE_FROM_PTR:
-                grad = grad * tl.load(scale_ptr)
-            else:
-                grad = grad * scale
+            grad = grad * tl.load(scale_ptr) if SCALE_FROM_PTR else grad * scale
             tl.store(g_ptr + offs, grad.to(g_ptr.dtype.element_ty), mask=m)
     else:
         tl.store(loss_ptr + offs, loss, mask=m)
@@ -297,7 +295,8 @@ def sigmoid_fwd(
 ) -> tuple[Tensor, Tensor]:
     """Forward of every sigmoid loss: returns ``(loss, grad)``.
 
-    ``loss`` is the fp32 reduced scalar when ``reduce`` (already divided by the mean scale), else the
+    ``loss`` is the fp32 reduced scalar when ``reduce`` (already divided by the mean scale), else
+    the
     fp32 unreduced map in the logits' layout. ``grad`` is d(loss)/d(logits) in the logits' dtype and
     layout (scaled like the loss when ``reduce``), or an empty tensor when ``write_grad`` is False.
     """
@@ -365,13 +364,13 @@ def sigmoid_fwd(
     return loss_map, grad
 
 
-def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+def _setup_context(ctx, inputs, output) -> None:
     ctx.reduce = inputs[12]
     ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(output[1])
 
 
-def _backward(ctx, grad_loss, _grad_grad):  # noqa: ANN001
+def _backward(ctx, grad_loss, _grad_grad):
     (grad,) = ctx.saved_tensors
     return (backward_scaled(grad, grad_loss, ctx.reduce),) + (None,) * 22
 
@@ -496,10 +495,7 @@ def sigmoid_loss(
     if reduction == "mean":
         count: int | Tensor = x.numel()
         if avg_factor is None and ignore_index is not None:
-            if index_target:
-                count = (t != ignore_index).sum() * c
-            else:
-                count = (t != ignore_index).sum()
+            count = (t != ignore_index).sum() * c if index_target else (t != ignore_index).sum()
         scale, scale_t = mean_scale(reduction, avg_factor, count, x.device)
     write_grad = logits.requires_grad and torch.is_grad_enabled()
     loss, _ = torch.ops.lossforge.sigmoid_fwd(
@@ -530,18 +526,24 @@ def sigmoid_loss(
     return loss
 
 
-def binary_cross_entropy_with_logits(logits: Tensor, target: Tensor, **kw) -> Tensor:  # noqa: ANN003
+def binary_cross_entropy_with_logits(logits: Tensor, target: Tensor, **kw) -> Tensor:
     """Fused ``lossforge.functional.binary_cross_entropy_with_logits``."""
     return sigmoid_loss(logits, target, kind="bce", **kw)
 
 
-def balanced_binary_cross_entropy(logits: Tensor, target: Tensor, *, beta: float, **kw) -> Tensor:  # noqa: ANN003
-    """Fused balanced BCE for a given ``beta`` (the per-sample ``beta=None`` variant is not fused)."""
+def balanced_binary_cross_entropy(logits: Tensor, target: Tensor, *, beta: float, **kw) -> Tensor:
+    """Fused balanced BCE for a given ``beta`` (the per-sample ``beta=None`` variant is not
+    fused)."""
     return sigmoid_loss(logits, target, kind="balanced_bce", beta=beta, **kw)
 
 
 def sigmoid_focal_loss(
-    logits: Tensor, target: Tensor, *, alpha: float | None = 0.25, gamma: float = 2.0, **kw  # noqa: ANN003
+    logits: Tensor,
+    target: Tensor,
+    *,
+    alpha: float | None = 0.25,
+    gamma: float = 2.0,
+    **kw,
 ) -> Tensor:
     """Fused ``lossforge.functional.sigmoid_focal_loss``."""
     return sigmoid_loss(logits, target, kind="focal", alpha=alpha, gamma=gamma, **kw)
@@ -555,9 +557,16 @@ def asymmetric_loss(
     gamma_neg: float = 4.0,
     clip: float = 0.05,
     eps: float = 1e-8,
-    **kw,  # noqa: ANN003
+    **kw,
 ) -> Tensor:
     """Fused multi-label ASL."""
     return sigmoid_loss(
-        logits, target, kind="asl", gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip, eps=eps, **kw
+        logits,
+        target,
+        kind="asl",
+        gamma_pos=gamma_pos,
+        gamma_neg=gamma_neg,
+        clip=clip,
+        eps=eps,
+        **kw,
     )

@@ -6,21 +6,25 @@ Design (PERFORMANCE.md sections 2.1, 2.6, 2.8, 5.7):
 * The logits are read as ``(N, C, S)`` through their strides: ``(N, C)`` rows, contiguous NCHW
   (class stride ``H*W``) and channels_last (class stride 1) are all read in place, no permute copy.
   A program handles ``BLOCK_P`` positions x all classes.
-* When the class dim fits on chip (``next_pow2(C) <= 16384``) one pass: load the tile once, softmax in
-  registers, write the gradient (1 read + 1 write). Larger vocabularies use an online softmax (running
+* When the class dim fits on chip (``next_pow2(C) <= 16384``) one pass: load the tile once, softmax
+  in
+  registers, write the gradient (1 read + 1 write). Larger vocabularies use an online softmax
+  (running
   max and sum over class chunks, then a second sweep writing the gradient: 2 reads + 1 write).
 * The target logit and class weight are gathered per position; the ``-1`` of the target class is
   applied in fp32 before the gradient is rounded (no bf16 cancellation).
 * The ``mean`` denominators (valid count, or the summed class weights of valid targets) come from a
-  device pre-pass over the targets only (8 bytes per position, no sync), so the forward can write the
+  device pre-pass over the targets only (8 bytes per position, no sync), so the forward can write
+  the
   final gradient and the backward is the predicate kernel of ``_common``.
-* Focal: ``q = 1 - p_y`` is computed as (sum of the other exponentials) / (sum), not ``1 - p_y``, and
-  ``log p_y = log1p(-q)`` by series when ``q`` is small, so the loss and the finite gradient keep their
+* Focal: ``q = 1 - p_y`` is computed as (sum of the other exponentials) / (sum), not ``1 - p_y``,
+  and
+  ``log p_y = log1p(-q)`` by series when ``q`` is small, so the loss and the finite gradient keep
+  their
   relative accuracy at saturation, also for ``0 < gamma < 1``.
 """
 
 from __future__ import annotations
-
 
 import torch
 import triton
@@ -109,7 +113,9 @@ def _softmax_fwd_kernel(
     if SINGLE:
         cm = cols < C
         mask2 = pm[:, None] & cm[None, :]
-        x = tl.load(x_ptr + xrow[:, None] + cols[None, :] * sC, mask=mask2, other=float("-inf")).to(tl.float32)
+        x = tl.load(x_ptr + xrow[:, None] + cols[None, :] * sC, mask=mask2, other=float("-inf")).to(
+            tl.float32
+        )
         mx = tl.max(x, axis=1)
         mx = tl.where(pm, mx, 0.0)
         e = tl.exp(x - mx[:, None])
@@ -131,7 +137,9 @@ def _softmax_fwd_kernel(
             cc = c0 + cols
             cm = cc < C
             mask2 = pm[:, None] & cm[None, :]
-            x = tl.load(x_ptr + xrow[:, None] + cc[None, :] * sC, mask=mask2, other=float("-inf")).to(tl.float32)
+            x = tl.load(
+                x_ptr + xrow[:, None] + cc[None, :] * sC, mask=mask2, other=float("-inf")
+            ).to(tl.float32)
             new_m = tl.maximum(mx, tl.max(x, axis=1))
             new_m = tl.where(pm, new_m, 0.0)
             alpha = tl.exp(mx - new_m)
@@ -197,13 +205,7 @@ def _softmax_fwd_kernel(
         tl.store(loss_ptr + p, loss, mask=pm)
 
     if WRITE_GRAD:
-        if REDUCE:
-            if SCALE_FROM_PTR:
-                gs = tl.load(scale_ptr)
-            else:
-                gs = scale
-        else:
-            gs = 1.0
+        gs = (tl.load(scale_ptr) if SCALE_FROM_PTR else scale) if REDUCE else 1.0
         okf = tl.where(ok, gs, 0.0)
         coef_p = coef_p * okf * inv_d
         coef_t = coef_t * okf
@@ -216,7 +218,9 @@ def _softmax_fwd_kernel(
             if SINGLE:
                 pe = e
             else:
-                xc = tl.load(x_ptr + xrow[:, None] + cc[None, :] * sC, mask=mask2, other=float("-inf"))
+                xc = tl.load(
+                    x_ptr + xrow[:, None] + cc[None, :] * sC, mask=mask2, other=float("-inf")
+                )
                 pe = tl.exp(xc.to(tl.float32) - mx[:, None])
             g = coef_p[:, None] * pe - tl.where(cc[None, :] == ts[:, None], coef_t[:, None], 0.0)
             if LOSS == 0 and HAS_SMOOTH:
@@ -225,7 +229,9 @@ def _softmax_fwd_kernel(
                     g = g - wt_s[:, None] * cwv[None, :]
                 else:
                     g = g - wt_s[:, None]
-            tl.store(g_ptr + grow[:, None] + cc[None, :] * gC, g.to(g_ptr.dtype.element_ty), mask=mask2)
+            tl.store(
+                g_ptr + grow[:, None] + cc[None, :] * gC, g.to(g_ptr.dtype.element_ty), mask=mask2
+            )
 
 
 def _gamma_mode(gamma: float) -> int:
@@ -320,13 +326,13 @@ def softmax_fwd(
     return loss_map, grad
 
 
-def _setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+def _setup_context(ctx, inputs, output) -> None:
     ctx.reduce = inputs[7]
     ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(output[1])
 
 
-def _backward(ctx, grad_loss, _grad_grad):  # noqa: ANN001
+def _backward(ctx, grad_loss, _grad_grad):
     (grad,) = ctx.saved_tensors
     if ctx.reduce:
         torch.ops.lossforge.scale_grad_(grad, grad_loss.reshape(1))
@@ -348,7 +354,9 @@ def _as_ncs(logits: Tensor) -> Tensor:
     """A strided ``(N, C, S)`` view of ``(N, C, *)`` logits (copying only when the spatial dims
     cannot be merged into one stride)."""
     if logits.ndim == 1:
-        return logits.view(1, -1, 1) if logits.is_contiguous() else logits.contiguous().view(1, -1, 1)
+        return (
+            logits.view(1, -1, 1) if logits.is_contiguous() else logits.contiguous().view(1, -1, 1)
+        )
     if logits.ndim == 2:
         return logits.unsqueeze(2)
     # flatten() is a view when the spatial strides merge (contiguous NCHW, channels_last) and a copy
@@ -356,11 +364,18 @@ def _as_ncs(logits: Tensor) -> Tensor:
     return logits.flatten(2)
 
 
-def unsupported_reason(logits: Tensor, target: Tensor, label_smoothing: float = 0.0, kind: str = "ce") -> str | None:
+def unsupported_reason(
+    logits: Tensor, target: Tensor, label_smoothing: float = 0.0, kind: str = "ce"
+) -> str | None:
     """Why the kernel cannot serve this case, or None when it can."""
     if logits.dtype not in KERNEL_DTYPES:
         return f"logits dtype {logits.dtype} (the kernel takes float32/float16/bfloat16)"
-    if logits.ndim == 0 or target.is_floating_point() or target.dtype == torch.bool or target.is_complex():
+    if (
+        logits.ndim == 0
+        or target.is_floating_point()
+        or target.dtype == torch.bool
+        or target.is_complex()
+    ):
         return "probability (soft) targets"
     cdim = 1 if logits.ndim >= 2 else 0
     if tuple(target.shape) != tuple(logits.shape[:cdim]) + tuple(logits.shape[cdim + 1 :]):
@@ -431,7 +446,9 @@ def softmax_loss(
                 if valid is not None:
                     wt = torch.where(valid, wt, torch.zeros((), dtype=wt.dtype, device=wt.device))
                 d = wt.sum().reshape(1)
-                scale_t = torch.where(d > 0, 1.0 / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(d))
+                scale_t = torch.where(
+                    d > 0, 1.0 / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(d)
+                )
             elif valid is not None:
                 count = valid.sum()
         if scale_t is None:
@@ -457,11 +474,13 @@ def softmax_loss(
     return loss
 
 
-def cross_entropy(logits: Tensor, target: Tensor, **kw) -> Tensor:  # noqa: ANN003
+def cross_entropy(logits: Tensor, target: Tensor, **kw) -> Tensor:
     """Fused ``lossforge.functional.cross_entropy`` (class-index targets)."""
     return softmax_loss(logits, target, kind="ce", **kw)
 
 
-def softmax_focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha: Tensor | None = None, **kw) -> Tensor:  # noqa: ANN003,E501
+def softmax_focal_loss(
+    logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha: Tensor | None = None, **kw
+) -> Tensor:
     """Fused softmax focal loss ``-alpha_y (1 - p_y)**gamma log p_y`` (class-index targets)."""
     return softmax_loss(logits, target, kind="focal", gamma=gamma, alpha=alpha, **kw)
