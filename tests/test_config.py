@@ -1,0 +1,247 @@
+"""Registry and configuration: build_loss, TOML, mmengine's MODELS registry, Hydra ``_target_``."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from typing import Any
+
+import pytest
+import torch
+
+import lossforge.nn as lnn
+from lossforge._checks import OptionalDependencyError
+from lossforge.integrations.hydra import target_of, to_hydra
+from lossforge.registry import (
+    build_loss,
+    build_loss_from_toml,
+    get_loss,
+    list_losses,
+    register_loss,
+)
+
+# Values for constructor parameters without a default.
+REQUIRED = {"class_counts": [30.0, 10.0, 3.0], "num_classes": 3}
+# Losses whose defaulted parameters still need one of them set (documented in their docstrings).
+NEEDS = {"logit_adjusted": {"class_counts": [30.0, 10.0, 3.0]}}
+
+NAMES = [info.name for info in list_losses()]
+
+
+def _required(info: Any) -> dict[str, Any]:
+    out = dict(NEEDS.get(info.name, {}))
+    for name, default in info.params.items():
+        if default is inspect.Parameter.empty:
+            if name not in REQUIRED:
+                pytest.fail(f"{info.name}: no test value for the required parameter {name!r}")
+            out[name] = REQUIRED[name]
+    return out
+
+
+def test_registry_is_nonempty_and_sorted() -> None:
+    assert len(NAMES) >= 5
+    assert NAMES == sorted(NAMES)
+    for info in list_losses():
+        assert issubclass(info.cls, lnn.Loss)
+        assert info.cls.registry_name == info.name
+        assert info.summary, f"{info.cls.__name__} has no docstring summary"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_loss_builds_with_defaults(name: str) -> None:
+    info = next(i for i in list_losses() if i.name == name)
+    loss = build_loss({"type": name, **_required(info)})
+    assert type(loss) is info.cls
+    assert loss.reduction == "mean" and loss.loss_weight == 1.0
+    # By class name too, and with the "lossforge." prefix used in mmengine-style configs.
+    assert type(build_loss({"type": info.cls.__name__, **_required(info)})) is info.cls
+    assert get_loss("lossforge." + name) is info.cls
+    repr(loss)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_loss_builds_with_reduction_and_weight(name: str) -> None:
+    info = next(i for i in list_losses() if i.name == name)
+    loss = build_loss({"type": name, "reduction": "sum", "loss_weight": 0.5, **_required(info)})
+    assert loss.reduction == "sum" and loss.loss_weight == 0.5
+
+
+def test_build_from_name_string() -> None:
+    assert type(build_loss("smooth_l1")) is lnn.SmoothL1Loss
+
+
+def test_build_passes_parameters() -> None:
+    loss = build_loss({"type": "smooth_l1", "beta": 0.5, "loss_weight": 2.0})
+    assert loss.beta == 0.5 and loss.loss_weight == 2.0
+    x, y = torch.tensor([0.25, 3.0]), torch.zeros(2)
+    torch.testing.assert_close(loss(x, y), 2.0 * lnn.SmoothL1Loss(beta=0.5)(x, y))
+
+
+def test_unknown_name_lists_valid_ones() -> None:
+    with pytest.raises(ValueError, match="expected `name` one of") as err:
+        build_loss({"type": "focal_typo"})
+    for name in NAMES:
+        assert name in str(err.value)
+
+
+def test_unknown_parameter_lists_valid_ones() -> None:
+    with pytest.raises(ValueError, match="unknown 'gama'") as err:
+        build_loss({"type": "smooth_l1", "gama": 2.0})
+    assert "beta" in str(err.value) and "loss_weight" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "exc", "match"),
+    [
+        ({"beta": 1.0}, ValueError, "'type' key"),
+        (3, TypeError, "mapping"),
+        ({"type": 3}, TypeError, "a string"),
+        ({"type": "smooth_l1", "beta": -1.0}, ValueError, "beta"),
+        ({"type": "l1", "reduction": "avg"}, ValueError, "reduction"),
+    ],
+)
+def test_bad_specs(spec: Any, exc: type[Exception], match: str) -> None:
+    with pytest.raises(exc, match=match):
+        build_loss(spec)
+
+
+def test_class_weight_lists_build() -> None:
+    loss = build_loss({"type": "cross_entropy", "class_weight": [1.0, 2.0, 0.5]})
+    assert isinstance(loss.class_weight, torch.Tensor)
+    out = loss(torch.randn(4, 3), torch.tensor([0, 1, 2, 1]))
+    assert out.shape == ()
+
+
+def test_toml_text_file_and_table(tmp_path: Any) -> None:
+    text = 'type = "smooth_l1"\nbeta = 0.25\nloss_weight = 3.0\n'
+    assert build_loss_from_toml(text).beta == 0.25
+    path = tmp_path / "loss.toml"
+    path.write_text('[train.loss]\ntype = "cross_entropy"\nclass_weight = [1.0, 2.0]\nlabel_smoothing = 0.1\n')
+    loss = build_loss_from_toml(path, table="train.loss")
+    assert type(loss) is lnn.CrossEntropyLoss and loss.label_smoothing == 0.1
+    torch.testing.assert_close(loss.class_weight, torch.tensor([1.0, 2.0]))
+    assert build_loss_from_toml(str(path), table="train.loss").label_smoothing == 0.1
+
+
+def test_toml_errors(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match="valid TOML"):
+        build_loss_from_toml("type = = 3\n")
+    with pytest.raises(ValueError, match="readable TOML file"):
+        build_loss_from_toml(tmp_path / "missing.toml")
+    with pytest.raises(ValueError, match="table present"):
+        build_loss_from_toml('[loss]\ntype = "l1"\n', table="model")
+    with pytest.raises(ValueError, match="unknown 'betaa'"):
+        build_loss_from_toml('type = "smooth_l1"\nbetaa = 1.0\n')
+
+
+def test_register_loss_third_party() -> None:
+    class MyLoss(lnn.Loss):
+        """A third-party loss."""
+
+        registry_name = "test_config_my_loss"
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self._scale((x - y).abs().mean())
+
+    register_loss("test_config_my_loss", MyLoss)
+    register_loss("test_config_my_loss", MyLoss)  # idempotent for the same class
+    assert type(build_loss({"type": "test_config_my_loss", "loss_weight": 2.0})) is MyLoss
+    with pytest.raises(ValueError, match="taken by MyLoss"):
+        register_loss("test_config_my_loss", lnn.L1Loss)
+    from lossforge import registry
+
+    del registry._REGISTRY["test_config_my_loss"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# mmengine
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_mmengine_missing_raises_optional_dependency_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lossforge.integrations import mmengine as adapter
+
+    monkeypatch.setitem(sys.modules, "mmengine", None)
+    monkeypatch.setitem(sys.modules, "mmengine.registry", None)
+    with pytest.raises(OptionalDependencyError, match="lossforge\\[mmengine\\]"):
+        adapter.register_all()
+
+
+def test_mmengine_registry() -> None:
+    pytest.importorskip("mmengine")
+    from mmengine.registry import MODELS, Registry
+
+    from lossforge.integrations.mmengine import SCOPE, register_all
+
+    child = register_all()
+    assert child is register_all()  # idempotent, reused
+    assert child.scope == SCOPE and child.parent is MODELS
+    focal = MODELS.build({"type": "lossforge.SigmoidFocalLoss", "gamma": 1.0})
+    assert type(focal) is lnn.SigmoidFocalLoss and focal.gamma == 1.0
+    ce = MODELS.build({"type": "lossforge.cross_entropy", "class_weight": [1.0, 2.0], "loss_weight": 0.5})
+    assert type(ce) is lnn.CrossEntropyLoss and ce.loss_weight == 0.5
+    for info in list_losses():
+        assert child.get(info.cls.__name__) is info.cls
+    with pytest.raises(KeyError):
+        MODELS.build({"type": "lossforge.NoSuchLoss"})
+    # A downstream registry (as mmdetection's MODELS) gets its own lossforge child.
+    downstream = Registry("model", parent=MODELS, scope="test_config_downstream")
+    sub = register_all(downstream)
+    assert sub.parent is downstream and type(downstream.build({"type": "lossforge.L1Loss"})) is lnn.L1Loss
+    with pytest.raises(TypeError, match="mmengine Registry"):
+        register_all(object())
+
+
+def test_mmengine_forward_keywords() -> None:
+    """mmdetection calls loss(pred, target, weight, avg_factor=..., reduction_override=...)."""
+    pytest.importorskip("mmengine")
+    from mmengine.registry import MODELS
+
+    import lossforge.integrations.mmengine  # noqa: F401  (custom_imports does exactly this)
+
+    loss = MODELS.build({"type": "lossforge.L1Loss", "loss_weight": 2.0})
+    pred, target = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.zeros(2, 2)
+    w = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    torch.testing.assert_close(loss(pred, target, w, avg_factor=2.0), torch.tensor(3.0))
+    torch.testing.assert_close(loss(pred, target, reduction_override="sum"), torch.tensor(20.0))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hydra
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_to_hydra_without_hydra() -> None:
+    cfg = to_hydra({"type": "sigmoid_focal", "gamma": 2.0})
+    assert cfg == {"_target_": "lossforge.nn.SigmoidFocalLoss", "_convert_": "all", "gamma": 2.0}
+    assert target_of("SmoothL1Loss") == "lossforge.nn.SmoothL1Loss"
+    with pytest.raises(ValueError, match="'type' key"):
+        to_hydra({"gamma": 2.0})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hydra_target_paths_resolve(name: str) -> None:
+    mod, _, attr = target_of(name).rpartition(".")
+    assert getattr(sys.modules[mod], attr) is get_loss(name)
+
+
+def test_hydra_instantiate_module_and_partial() -> None:
+    pytest.importorskip("hydra")
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    import lossforge.functional as LF
+
+    cfg = OmegaConf.create({"_target_": "lossforge.nn.SigmoidFocalLoss", "gamma": 2.0})
+    focal = instantiate(cfg)
+    assert type(focal) is lnn.SigmoidFocalLoss and focal.gamma == 2.0
+    # Lists from YAML (class weights) with _convert_: all, as to_hydra writes it.
+    yaml = "_target_: lossforge.nn.CrossEntropyLoss\n_convert_: all\nclass_weight: [1.0, 2.0, 0.5]\n"
+    ce = instantiate(OmegaConf.create(yaml))
+    torch.testing.assert_close(ce.class_weight, torch.tensor([1.0, 2.0, 0.5]))
+    ce2 = instantiate(OmegaConf.create(to_hydra({"type": "cross_entropy", "class_weight": [1.0, 2.0, 0.5]})))
+    torch.testing.assert_close(ce2.class_weight, ce.class_weight)
+    # _partial_ for functionals.
+    fn = instantiate({"_target_": "lossforge.functional.smooth_l1_loss", "_partial_": True, "beta": 0.5})
+    x, y = torch.tensor([0.25, 3.0]), torch.zeros(2)
+    torch.testing.assert_close(fn(x, y), LF.smooth_l1_loss(x, y, beta=0.5))
