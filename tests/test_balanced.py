@@ -1,0 +1,308 @@
+"""Balanced BCE (HED) and OHEM BCE (DB / mmocr): float64 references, identities, edge cases,
+validation and properties."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as TF
+from _contract import LossCase, assert_close, contract_test_suite
+from hypothesis import given
+from hypothesis import strategies as st
+from reference import balanced as ref
+
+import lossforge as lf
+import lossforge.functional as F
+
+
+def _make(n: int, dtype: torch.dtype, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    x = (torch.randn(n, 3, 4, generator=g, dtype=torch.float64) * 2).to(dtype)
+    y = (torch.rand(n, 3, 4, generator=g) < 0.3).to(dtype)
+    return x, y
+
+
+def _make_index(n: int, dtype: torch.dtype, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    x = (torch.randn(n, 4, generator=g, dtype=torch.float64) * 2).to(dtype)
+    t = torch.randint(0, 5, (n,), generator=g)
+    if n > 2:
+        t[2] = 255
+    return x, t
+
+
+BAL, OHEM = F.balanced_binary_cross_entropy, F.ohem_binary_cross_entropy
+CASES = [
+    LossCase("balanced_per_sample", BAL, lf.BalancedBinaryCrossEntropyLoss, {}, _make),
+    LossCase("balanced_fixed_beta", BAL, lf.BalancedBinaryCrossEntropyLoss, {"beta": 0.8}, _make),
+    LossCase(
+        "balanced_index_ignore",
+        BAL,
+        lf.BalancedBinaryCrossEntropyLoss,
+        {"ignore_index": 255},
+        _make_index,
+        mean_is_count=False,
+    ),
+    # OHEM's mean divides by (#pos + k + eps), not by the element count.
+    LossCase("ohem_default", OHEM, lf.OHEMBinaryCrossEntropyLoss, {}, _make, mean_is_count=False),
+    LossCase(
+        "ohem_ratio1_fallback",
+        OHEM,
+        lf.OHEMBinaryCrossEntropyLoss,
+        {"negative_ratio": 1.0, "fallback_negative_num": 5, "eps": 0.0},
+        _make,
+        mean_is_count=False,
+    ),
+]
+globals().update(contract_test_suite(CASES))
+
+
+# --------------------------------------------------------------------------------------------------
+# Balanced BCE (HED)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("beta", [None, 0.0, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("shape", [(4, 2, 3, 3), (5, 7), (9,)])
+def test_balanced_matches_reference(beta: float | None, reduction: str, shape: tuple) -> None:
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+    y = (torch.rand(shape, generator=g) < 0.25).double()
+    assert_close(BAL(x, y, beta=beta, reduction=reduction), ref.balanced_bce(x, y, beta=beta, reduction=reduction),
+                 torch.float64)
+
+
+def test_balanced_beta_is_per_sample_fraction_of_negatives() -> None:
+    x = torch.randn(2, 4, dtype=torch.float64)
+    y = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]])
+    got = BAL(x, y, reduction="none")
+    bce = TF.binary_cross_entropy_with_logits(x, y, reduction="none")
+    beta = torch.tensor([[0.75], [0.25]], dtype=torch.float64)
+    expected = torch.where(y == 1, beta * bce, (1 - beta) * bce)
+    assert_close(got, expected, torch.float64)
+
+
+def test_balanced_beta_half_is_half_bce_with_grads() -> None:
+    x = (torch.randn(6, 5, dtype=torch.float64) * 4).requires_grad_()
+    y = torch.rand(6, 5, dtype=torch.float64)  # soft targets too
+    a = BAL(x, y, beta=0.5)
+    b = 0.5 * TF.binary_cross_entropy_with_logits(x, y)
+    assert_close(a, b, torch.float64)
+    assert_close(torch.autograd.grad(a, x)[0], torch.autograd.grad(b, x)[0], torch.float64)
+
+
+def test_balanced_soft_targets_count_fractionally() -> None:
+    x = torch.zeros(1, 4, dtype=torch.float64)
+    y = torch.tensor([[0.5, 0.5, 0.0, 1.0]], dtype=torch.float64)  # sum(1 - y) = 2 -> beta = 0.5
+    assert_close(BAL(x, y), BAL(x, y, beta=0.5), torch.float64)
+
+
+def test_balanced_all_positive_all_negative_empty_and_ignored() -> None:
+    x = torch.randn(3, 4, requires_grad=True)
+    y = torch.stack([torch.ones(4), torch.zeros(4), torch.tensor([1.0, 0.0, 0.0, 0.0])])
+    none = BAL(x, y, reduction="none")
+    assert torch.isfinite(none).all()
+    assert torch.all(none[:2] == 0)  # beta = 0 for all-positive, 1 for all-negative (HED): no loss
+    (g,) = torch.autograd.grad(none.sum(), x)
+    assert torch.isfinite(g).all() and torch.all(g[:2] == 0)
+    # index targets: background row is all-negative, ignored rows are excluded from beta and loss
+    t = torch.tensor([4, 255, 1])
+    got = BAL(x, t, ignore_index=255, reduction="none")
+    dense = torch.zeros(3, 4)
+    dense[2, 1] = 1.0
+    assert torch.all(got[1] == 0) and torch.all(got[0] == 0)
+    assert_close(got[2], BAL(x[2:], dense[2:], reduction="none")[0], torch.float32)
+    kept = t != 255
+    assert_close(BAL(x, t, ignore_index=255), BAL(x[kept], t[kept]), torch.float32)
+    every = BAL(x, torch.full((3,), 255), ignore_index=255)
+    assert every.item() == 0.0 and every.requires_grad
+    assert torch.all(torch.autograd.grad(every, x)[0] == 0)
+    # an element-wise ignore: ignored elements leave beta
+    yd = torch.tensor([[1.0, 0.0, 7.0, 7.0]])
+    assert_close(BAL(x[:1], yd, ignore_index=7, reduction="sum"), BAL(x[:1, :2], yd[:, :2], reduction="sum"),
+                 torch.float32)
+
+
+def test_balanced_validation() -> None:
+    x, y = torch.zeros(2, 3), torch.zeros(2, 3)
+    with pytest.raises(ValueError, match=r"balanced_binary_cross_entropy: expected `beta` in \[0, 1\], got 1.5"):
+        BAL(x, y, beta=1.5)
+    with pytest.raises(TypeError, match="beta"):
+        BAL(x, y, beta="auto")
+    with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+        BAL(x, y - 1)
+    with pytest.raises(ValueError, match="target"):
+        BAL(x, torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="beta"):
+        lf.BalancedBinaryCrossEntropyLoss(beta=-0.1)
+    with pytest.raises(ValueError, match="triton"):
+        BAL(x, y, backend="triton")
+
+
+# --------------------------------------------------------------------------------------------------
+# OHEM BCE
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ratio", [0.5, 1.0, 3.0, 1000.0])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("fallback", [0, 4])
+def test_ohem_matches_reference(ratio: float, reduction: str, fallback: int) -> None:
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 6, 5, generator=g, dtype=torch.float64) * 3
+    y = (torch.rand(2, 6, 5, generator=g) < 0.15).double()
+    m = (torch.rand(2, 6, 5, generator=g) < 0.8).double()
+    for mask in (m, None):
+        got = OHEM(x, y, mask=mask, negative_ratio=ratio, fallback_negative_num=fallback, reduction=reduction)
+        exp = ref.ohem_bce(x, y, mask, negative_ratio=ratio, fallback_negative_num=fallback, reduction=reduction)
+        assert_close(got, exp, torch.float64)
+    # no positives: the fallback decides
+    got = OHEM(x, torch.zeros_like(y), mask=m, fallback_negative_num=fallback, reduction=reduction)
+    exp = ref.ohem_bce(x, torch.zeros_like(y), m, fallback_negative_num=fallback, reduction=reduction)
+    assert_close(got, exp, torch.float64)
+
+
+def test_ohem_worked_example_and_selection() -> None:
+    x = torch.tensor([2.0, -1.0, 1.0, -3.0, 0.5], dtype=torch.float64)
+    y = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    bce = TF.binary_cross_entropy_with_logits(x, y, reduction="none")
+    none = OHEM(x, y, negative_ratio=2.0, reduction="none")
+    assert_close(none, bce * torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0], dtype=torch.float64), torch.float64)
+    assert_close(OHEM(x, y, negative_ratio=2.0), (bce[0] + bce[2] + bce[4]) / (3 + 1e-6), torch.float64)
+    assert_close(OHEM(x, y, negative_ratio=2.0, reduction="sum"), none.sum(), torch.float64)
+    assert_close(OHEM(x, y, negative_ratio=2.0, avg_factor=10.0), none.sum() / 10.0, torch.float64)
+
+
+def test_ohem_taking_all_negatives_is_masked_bce_mean() -> None:
+    x = (torch.randn(3, 8, 8, dtype=torch.float64) * 2).requires_grad_()
+    y = (torch.rand(3, 8, 8) < 0.2).double()
+    m = (torch.rand(3, 8, 8) < 0.7).double()
+    got = OHEM(x, y, mask=m, negative_ratio=1e6)
+    bce = TF.binary_cross_entropy_with_logits(x, y, reduction="none")
+    expected = (bce * m).sum() / (m.sum() + 1e-6)
+    assert_close(got, expected, torch.float64)
+    assert_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(expected, x)[0], torch.float64)
+
+
+def test_ohem_edge_cases() -> None:
+    x = torch.randn(2, 3, 3, requires_grad=True)
+    y = torch.zeros(2, 3, 3)
+    # no positives, default fallback 0: exactly 0, zero grads, attached
+    for loss in (OHEM(x, y), OHEM(x, y, reduction="sum")):
+        assert loss.item() == 0.0 and loss.requires_grad
+        assert torch.all(torch.autograd.grad(loss, x)[0] == 0)
+    # no negatives: plain mean of the positives
+    ones = torch.ones(2, 3, 3)
+    bce = TF.binary_cross_entropy_with_logits(x, ones, reduction="none")
+    assert_close(OHEM(x, ones, eps=0.0), bce.mean(), torch.float32)
+    # k > #neg: every negative is used
+    y1 = torch.zeros(2, 3, 3)
+    y1[0, 0, 0] = 1.0
+    y1[1, :, :2] = 1.0  # 7 positives, 11 negatives, ratio 3 asks for 21
+    full = TF.binary_cross_entropy_with_logits(x, y1, reduction="none")
+    assert_close(OHEM(x, y1, eps=0.0), full.mean(), torch.float32)
+    # all masked: 0 with zero grads
+    zero = OHEM(x, y1, mask=torch.zeros(2, 3, 3))
+    assert zero.item() == 0.0 and torch.all(torch.autograd.grad(zero, x)[0] == 0)
+    # bool mask == float mask
+    mb = torch.rand(2, 3, 3) < 0.5
+    assert_close(OHEM(x, y1, mask=mb), OHEM(x, y1, mask=mb.float()), torch.float32)
+    # empty input
+    e = torch.zeros(0, 4, requires_grad=True)
+    assert OHEM(e, torch.zeros(0, 4)).item() == 0.0
+
+
+def test_ohem_ties_are_broken_by_lower_index() -> None:
+    x = torch.zeros(8, dtype=torch.float64)  # every negative has the same loss
+    y = torch.tensor([1.0, 0, 0, 0, 0, 0, 0, 0], dtype=torch.float64)
+    none = OHEM(x, y, negative_ratio=3.0, reduction="none")
+    assert torch.equal(none > 0, torch.tensor([True, True, True, True, False, False, False, False]))
+    assert torch.equal(none, OHEM(x, y, negative_ratio=3.0, reduction="none"))
+
+
+def test_ohem_weight_applies_after_selection() -> None:
+    x = torch.randn(4, 6, dtype=torch.float64) * 2
+    y = (torch.rand(4, 6) < 0.3).double()
+    w = torch.rand(4, 6, dtype=torch.float64)
+    base = OHEM(x, y, reduction="none")
+    assert_close(OHEM(x, y, weight=w, reduction="none"), base * w, torch.float64)
+    n_pos = y.sum()
+    k = min(int((1 - y).sum()), int(n_pos * 3))
+    assert_close(OHEM(x, y, weight=w), (base * w).sum() / (n_pos + k + 1e-6), torch.float64)
+
+
+def test_ohem_module_takes_mask_in_forward() -> None:
+    x = torch.randn(2, 5, 5)
+    y = (torch.rand(2, 5, 5) < 0.3).float()
+    m = (torch.rand(2, 5, 5) < 0.6).float()
+    mod = lf.OHEMBinaryCrossEntropyLoss(negative_ratio=2.0, loss_weight=0.5)
+    assert_close(mod(x, y, mask=m), 0.5 * OHEM(x, y, mask=m, negative_ratio=2.0), torch.float32)
+    assert "negative_ratio=2.0" in repr(mod)
+    from lossforge.registry import build_loss
+
+    assert isinstance(build_loss({"type": "ohem_binary_cross_entropy"}), lf.OHEMBinaryCrossEntropyLoss)
+    assert isinstance(build_loss({"type": "balanced_binary_cross_entropy", "beta": 0.7}),
+                      lf.BalancedBinaryCrossEntropyLoss)
+
+
+def test_ohem_validation() -> None:
+    x, y = torch.zeros(2, 3), torch.zeros(2, 3)
+    with pytest.raises(ValueError, match=r"ohem_binary_cross_entropy: expected `negative_ratio` in \(0, inf\]"):
+        OHEM(x, y, negative_ratio=0.0)
+    with pytest.raises(ValueError, match="negative_ratio"):
+        OHEM(x, y, negative_ratio=-1.0)
+    with pytest.raises(ValueError, match=r"expected `mask` to have the shape of `logits` \(2, 3\)"):
+        OHEM(x, y, mask=torch.ones(3))
+    with pytest.raises(ValueError, match=r"expected `target` to have the shape of `logits`"):
+        OHEM(x, torch.zeros(2))
+    with pytest.raises(ValueError, match=r"expected `target` values in \[0, 1\]"):
+        OHEM(x, torch.full((2, 3), 2.0))
+    with pytest.raises(ValueError, match=r"expected `mask` values in \[0, 1\]"):
+        OHEM(x, y, mask=torch.full((2, 3), -1.0))
+    with pytest.raises(ValueError, match="fallback_negative_num"):
+        OHEM(x, y, fallback_negative_num=-1)
+    with pytest.raises(ValueError, match="eps"):
+        OHEM(x, y, eps=-1.0)
+    with pytest.raises(ValueError, match="triton"):
+        OHEM(x, y, backend="triton")
+    with pytest.raises(ValueError, match="negative_ratio"):
+        lf.OHEMBinaryCrossEntropyLoss(negative_ratio=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_low_precision_finite_at_extreme_logits(dtype: torch.dtype) -> None:
+    y = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]])
+    for scale in (20.0, 1e4):
+        x = (torch.tensor([[1.0, -1.0, 1.0, -1.0], [1.0, -1.0, -1.0, 1.0]]) * scale).to(dtype).requires_grad_()
+        for loss in (BAL(x, y), BAL(x, y, beta=0.3), OHEM(x, y), OHEM(x, y, mask=torch.ones(2, 4))):
+            (g,) = torch.autograd.grad(loss, x)
+            assert loss.dtype == torch.float32 and torch.isfinite(loss) and torch.isfinite(g).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# Properties
+# --------------------------------------------------------------------------------------------------
+
+
+@given(st.integers(1, 5), st.integers(1, 12), st.integers(0, 10_000), st.floats(0.1, 8.0))
+def test_property_ohem_matches_sorted_reference(n: int, s: int, seed: int, ratio: float) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, s, generator=g, dtype=torch.float64) * 3
+    y = (torch.rand(n, s, generator=g) < 0.3).double()
+    m = (torch.rand(n, s, generator=g) < 0.8).double()
+    none = OHEM(x, y, mask=m, negative_ratio=ratio, reduction="none")
+    assert torch.all(none >= 0)
+    assert_close(none, ref.ohem_bce(x, y, m, negative_ratio=ratio, reduction="none"), torch.float64)
+    assert_close(OHEM(x, y, mask=m, negative_ratio=ratio), ref.ohem_bce(x, y, m, negative_ratio=ratio),
+                 torch.float64)
+
+
+@given(st.integers(1, 4), st.integers(1, 10), st.integers(0, 10_000))
+def test_property_balanced_nonnegative_symmetric_and_below_bce(n: int, s: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, s, generator=g, dtype=torch.float64) * 4
+    y = (torch.rand(n, s, generator=g) < 0.5).double()
+    a = BAL(x, y, reduction="none")
+    assert torch.all(a >= 0)
+    assert torch.all(a <= TF.binary_cross_entropy_with_logits(x, y, reduction="none") + 1e-12)
+    # swapping the classes (x -> -x, y -> 1 - y) swaps beta and 1 - beta: the loss is unchanged
+    assert_close(BAL(-x, 1 - y, reduction="none"), a, torch.float64)
