@@ -71,7 +71,9 @@ def standardise(ink: Tensor, ref: Tensor) -> Tensor:
 class TwoHead(nn.Module):
     def __init__(self, hidden: int = 64) -> None:
         super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.trunk = nn.Sequential(
+            nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+        )
         self.digit = nn.Linear(hidden, 10)
         self.ink = nn.Linear(hidden, 1)
 
@@ -84,7 +86,9 @@ def r2_score(pred: Tensor, target: Tensor) -> Tensor:
     return 1 - ((pred - target) ** 2).sum() / ((target - target.mean()) ** 2).sum()
 
 
-def train(method: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-2, seed: int = 0) -> dict[str, float]:
+def train(
+    method: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-2, seed: int = 0
+) -> dict[str, float]:
     """Train one model with one weighting; return the test metrics."""
     x_tr, y_tr, ink_tr_raw, x_te, y_te, ink_te = load_data(seed)
     ink_tr = standardise(ink_tr_raw, ink_tr_raw)
@@ -134,11 +138,14 @@ def train(method: str, *, epochs: int, batch_size: int = 64, lr: float = 1e-2, s
     return result
 
 
-def main(epochs: int = 30, methods: tuple[str, ...] = METHODS, seed: int = 0) -> dict[str, dict[str, float]]:
+def main(
+    epochs: int = 30, methods: tuple[str, ...] = METHODS, seed: int = 0
+) -> dict[str, dict[str, float]]:
     """Train every method and print one line of test metrics each."""
     results = {}
     print(f"digits: 1347 train / 450 test, {epochs} epochs, seed {seed}")
-    print(f"{'method':<12} {'digit acc':>9} {'ink R2':>7} {'ink MAE':>8} {'w_digit':>8} {'w_ink':>8} {'time':>6}")
+    header = ("method", "digit acc", "ink R2", "ink MAE", "w_digit", "w_ink", "time")
+    print("{:<12} {:>9} {:>7} {:>8} {:>8} {:>8} {:>6}".format(*header))
     for method in methods:
         start = time.perf_counter()
         r = train(method, epochs=epochs, seed=seed)

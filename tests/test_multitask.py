@@ -32,22 +32,30 @@ def _scalars(*values: float, dtype: torch.dtype = torch.float32) -> list[torch.T
     return [torch.tensor(v, dtype=dtype) for v in values]
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Uncertainty weighting
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def test_uncertainty_total_matches_hand_formula() -> None:
-    uw = UncertaintyWeighting(2, task_types=["regression", "classification"], init_log_var=[0.4, -0.3])
+    uw = UncertaintyWeighting(
+        2, task_types=["regression", "classification"], init_log_var=[0.4, -0.3]
+    )
     l1, l2 = 1.7, 0.6
     expected = 0.5 * math.exp(-0.4) * l1 + 0.5 * 0.4 + math.exp(0.3) * l2 + 0.5 * -0.3
     assert float(uw(_scalars(l1, l2)).detach()) == pytest.approx(expected, rel=1e-6)
     # log1p form: softplus(s) = log(1 + sigma^2)
     uw1 = UncertaintyWeighting(
-        2, task_types=["regression", "classification"], init_log_var=[0.4, -0.3], regularizer="log1p"
+        2,
+        task_types=["regression", "classification"],
+        init_log_var=[0.4, -0.3],
+        regularizer="log1p",
     )
     expected1 = (
-        0.5 * math.exp(-0.4) * l1 + math.log1p(math.exp(0.4)) + math.exp(0.3) * l2 + math.log1p(math.exp(-0.3))
+        0.5 * math.exp(-0.4) * l1
+        + math.log1p(math.exp(0.4))
+        + math.exp(0.3) * l2
+        + math.log1p(math.exp(-0.3))
     )
     assert float(uw1(_scalars(l1, l2)).detach()) == pytest.approx(expected1, rel=1e-6)
     # functional form agrees
@@ -57,7 +65,9 @@ def test_uncertainty_total_matches_hand_formula() -> None:
     assert float(got) == pytest.approx(expected, rel=1e-6)
 
 
-def _optimise_log_vars(uw: UncertaintyWeighting, losses: list[float], steps: int = 400) -> torch.Tensor:
+def _optimise_log_vars(
+    uw: UncertaintyWeighting, losses: list[float], steps: int = 400
+) -> torch.Tensor:
     uw = uw.double()
     const = _scalars(*losses, dtype=torch.float64)
     opt = torch.optim.SGD(uw.parameters(), lr=0.5)
@@ -79,7 +89,9 @@ def _optimise_log_vars(uw: UncertaintyWeighting, losses: list[float], steps: int
         ("classification", "log1p", lambda L: (L + math.sqrt(L * L + 4 * L)) / 2),
     ],
 )
-def test_gradient_descent_reaches_closed_form_optimum(task_type: str, regularizer: str, optimum) -> None:
+def test_gradient_descent_reaches_closed_form_optimum(
+    task_type: str, regularizer: str, optimum
+) -> None:
     losses = [0.2, 1.0, 4.0]
     uw = UncertaintyWeighting(3, task_types=task_type, regularizer=regularizer)
     var = _optimise_log_vars(uw, losses, steps=600)
@@ -157,9 +169,9 @@ def test_uncertainty_recovers_noise_variances_and_beats_equal(seed: int) -> None
     assert uw_err2 < eq_err2
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Dynamic Task Prioritization
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def _dtp_weight(k: float, gamma: float, clip=(1e-4, 1 - 1e-4)) -> float:
@@ -183,7 +195,11 @@ def test_dtp_moving_average_and_weights_match_formula() -> None:
     avg = None
     for kpis in history:
         dtp.update(kpis)
-        avg = list(kpis) if avg is None else [momentum * k + (1 - momentum) * a for k, a in zip(kpis, avg, strict=True)]
+        avg = (
+            list(kpis)
+            if avg is None
+            else [momentum * k + (1 - momentum) * a for k, a in zip(kpis, avg, strict=True)]
+        )
         assert dtp.kpi_average.tolist() == pytest.approx(avg, rel=1e-6)
         expected = [_dtp_weight(a, g) for a, g in zip(avg, gammas, strict=True)]
         assert dtp.weights().tolist() == pytest.approx(expected, rel=1e-5)
@@ -219,9 +235,9 @@ def test_dtp_state_dict_round_trip_mid_training() -> None:
     assert int(b.num_updates) == 5
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Dynamic Weight Average
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def test_dwa_matches_hand_computed_weights() -> None:
@@ -242,12 +258,14 @@ def test_dwa_matches_hand_computed_weights() -> None:
     assert dwa.weights().tolist() == pytest.approx(expected, rel=1e-6)
     assert sum(dwa.weights().tolist()) == pytest.approx(3.0)
     losses = _scalars(1.0, 2.0, 3.0)
-    assert float(dwa(losses)) == pytest.approx(expected[0] + 2 * expected[1] + 3 * expected[2], rel=1e-6)
+    assert float(dwa(losses)) == pytest.approx(
+        expected[0] + 2 * expected[1] + 3 * expected[2], rel=1e-6
+    )
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # GradNorm
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def _gradnorm_case():
@@ -318,16 +336,18 @@ def test_gradnorm_balances_gradient_norms() -> None:
     assert gn.task_weight.tolist() == pytest.approx([2 * v / sum(inv) for v in inv], abs=0.02)
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Every weighting: state, dtype, no backward
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def _make_all() -> dict[str, Weighting]:
     return {
         "fixed": FixedWeighting([0.5, 2.0]),
         "equal": EqualWeighting(2),
-        "uncertainty": UncertaintyWeighting(2, task_types=["classification", "regression"], init_log_var=[0.3, -0.2]),
+        "uncertainty": UncertaintyWeighting(
+            2, task_types=["classification", "regression"], init_log_var=[0.3, -0.2]
+        ),
         "dtp": DynamicTaskPrioritization(2, gamma=[1.0, 3.0]),
         "dwa": DynamicWeightAverage(2, temperature=1.5),
         "gradnorm": GradNorm(2),
@@ -417,9 +437,9 @@ def test_repr() -> None:
     assert "asymmetry=1.5" in repr(GradNorm(2))
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Validation
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
@@ -444,7 +464,9 @@ def test_wrong_number_of_tasks_raises(name: str) -> None:
 
 def test_loss_shape_and_type_errors() -> None:
     w = EqualWeighting(2)
-    with pytest.raises(ValueError, match=r"EqualWeighting: expected `losses\[0\]` a scalar \(0-d\) loss"):
+    with pytest.raises(
+        ValueError, match=r"EqualWeighting: expected `losses\[0\]` a scalar \(0-d\) loss"
+    ):
         w([torch.ones(3), torch.tensor(1.0)])
     with pytest.raises(TypeError, match=r"expected `losses\[1\]` to be a torch.Tensor, got float"):
         w([torch.tensor(1.0), 2.0])
@@ -459,7 +481,9 @@ def test_loss_shape_and_type_errors() -> None:
 @pytest.mark.parametrize("kpis", [[0.5, 1.2], [-0.1, 0.5], [0.5, float("nan")]])
 def test_kpi_outside_unit_interval_raises(kpis: list[float]) -> None:
     dtp = DynamicTaskPrioritization(2)
-    with pytest.raises(ValueError, match=r"DynamicTaskPrioritization.update: expected `kpis` values in \[0, 1\]"):
+    with pytest.raises(
+        ValueError, match=r"DynamicTaskPrioritization.update: expected `kpis` values in \[0, 1\]"
+    ):
         dtp.update(kpis)
     with pytest.raises(ValueError, match=r"expected `kpis` values in \[0, 1\]"):
         dtp.update(torch.tensor(kpis))
@@ -476,22 +500,86 @@ def test_kpi_count_raises() -> None:
 @pytest.mark.parametrize(
     ("factory", "pattern", "exc"),
     [
-        (lambda: DynamicTaskPrioritization(2, gamma=-1.0), r"DynamicTaskPrioritization: expected `gamma` in \[0, inf\], got -1.0", ValueError),
-        (lambda: DynamicTaskPrioritization(2, gamma=[1.0, -0.5]), r"expected `gamma\[1\]` in \[0, inf\], got -0.5", ValueError),
-        (lambda: DynamicTaskPrioritization(2, gamma=[1.0]), r"expected `gamma` one value per task \(2\), got 1 values", ValueError),
-        (lambda: DynamicTaskPrioritization(2, gamma=float("nan")), r"expected `gamma` a finite number", ValueError),
-        (lambda: DynamicTaskPrioritization(2, momentum=0.0), r"expected `momentum` in \(0, 1\]", ValueError),
-        (lambda: DynamicTaskPrioritization(2, kpi_clip=(0.0, 0.9)), r"expected `kpi_clip\[0\]` in \(0, 1\)", ValueError),
-        (lambda: DynamicTaskPrioritization(2, kpi_clip=(0.9, 0.1)), r"expected `kpi_clip` low < high", ValueError),
-        (lambda: DynamicWeightAverage(2, temperature=0.0), r"DynamicWeightAverage: expected `temperature` in \(0, inf\], got 0.0", ValueError),
-        (lambda: DynamicWeightAverage(2, temperature=-2), r"expected `temperature` in \(0, inf\]", ValueError),
-        (lambda: UncertaintyWeighting(2, task_types="segmentation"), r"expected `task_types` one of 'regression', 'classification'", ValueError),
-        (lambda: UncertaintyWeighting(2, task_types=["regression"]), r"expected `task_types` one entry per task \(2\), got 1 entries", ValueError),
-        (lambda: UncertaintyWeighting(2, regularizer="abs"), r"expected `regularizer` one of 'log', 'log1p'", ValueError),
-        (lambda: UncertaintyWeighting(2, log_var_bounds=(1.0, -1.0)), r"expected `log_var_bounds` low < high", ValueError),
-        (lambda: UncertaintyWeighting(0), r"UncertaintyWeighting: expected `num_tasks` >= 1, got 0", ValueError),
-        (lambda: GradNorm(2, asymmetry=-0.1), r"GradNorm: expected `asymmetry` in \[0, inf\]", ValueError),
-        (lambda: FixedWeighting([1.0, -2.0]), r"FixedWeighting: expected `weights\[1\]` in \[0, inf\], got -2.0", ValueError),
+        (
+            lambda: DynamicTaskPrioritization(2, gamma=-1.0),
+            r"DynamicTaskPrioritization: expected `gamma` in \[0, inf\], got -1.0",
+            ValueError,
+        ),
+        (
+            lambda: DynamicTaskPrioritization(2, gamma=[1.0, -0.5]),
+            r"expected `gamma\[1\]` in \[0, inf\], got -0.5",
+            ValueError,
+        ),
+        (
+            lambda: DynamicTaskPrioritization(2, gamma=[1.0]),
+            r"expected `gamma` one value per task \(2\), got 1 values",
+            ValueError,
+        ),
+        (
+            lambda: DynamicTaskPrioritization(2, gamma=float("nan")),
+            r"expected `gamma` a finite number",
+            ValueError,
+        ),
+        (
+            lambda: DynamicTaskPrioritization(2, momentum=0.0),
+            r"expected `momentum` in \(0, 1\]",
+            ValueError,
+        ),
+        (
+            lambda: DynamicTaskPrioritization(2, kpi_clip=(0.0, 0.9)),
+            r"expected `kpi_clip\[0\]` in \(0, 1\)",
+            ValueError,
+        ),
+        (
+            lambda: DynamicTaskPrioritization(2, kpi_clip=(0.9, 0.1)),
+            r"expected `kpi_clip` low < high",
+            ValueError,
+        ),
+        (
+            lambda: DynamicWeightAverage(2, temperature=0.0),
+            r"DynamicWeightAverage: expected `temperature` in \(0, inf\], got 0.0",
+            ValueError,
+        ),
+        (
+            lambda: DynamicWeightAverage(2, temperature=-2),
+            r"expected `temperature` in \(0, inf\]",
+            ValueError,
+        ),
+        (
+            lambda: UncertaintyWeighting(2, task_types="segmentation"),
+            r"expected `task_types` one of 'regression', 'classification'",
+            ValueError,
+        ),
+        (
+            lambda: UncertaintyWeighting(2, task_types=["regression"]),
+            r"expected `task_types` one entry per task \(2\), got 1 entries",
+            ValueError,
+        ),
+        (
+            lambda: UncertaintyWeighting(2, regularizer="abs"),
+            r"expected `regularizer` one of 'log', 'log1p'",
+            ValueError,
+        ),
+        (
+            lambda: UncertaintyWeighting(2, log_var_bounds=(1.0, -1.0)),
+            r"expected `log_var_bounds` low < high",
+            ValueError,
+        ),
+        (
+            lambda: UncertaintyWeighting(0),
+            r"UncertaintyWeighting: expected `num_tasks` >= 1, got 0",
+            ValueError,
+        ),
+        (
+            lambda: GradNorm(2, asymmetry=-0.1),
+            r"GradNorm: expected `asymmetry` in \[0, inf\]",
+            ValueError,
+        ),
+        (
+            lambda: FixedWeighting([1.0, -2.0]),
+            r"FixedWeighting: expected `weights\[1\]` in \[0, inf\], got -2.0",
+            ValueError,
+        ),
         (lambda: FixedWeighting([]), r"expected `weights` at least one weight", ValueError),
         (lambda: EqualWeighting(2.5), r"expected `num_tasks` an integer", TypeError),
     ],
@@ -503,7 +591,9 @@ def test_bad_hyperparameters_raise(factory, pattern: str, exc: type[Exception]) 
 
 def test_dwa_and_gradnorm_update_validation() -> None:
     dwa = DynamicWeightAverage(2)
-    with pytest.raises(ValueError, match=r"DynamicWeightAverage.update: expected `epoch_losses\[1\]` in \(0, inf\]"):
+    with pytest.raises(
+        ValueError, match=r"DynamicWeightAverage.update: expected `epoch_losses\[1\]` in \(0, inf\]"
+    ):
         dwa.update([1.0, 0.0])
     with pytest.raises(ValueError, match=r"expected `epoch_losses` positive task losses"):
         dwa.update(torch.tensor([1.0, -1.0]))
@@ -513,9 +603,13 @@ def test_dwa_and_gradnorm_update_validation() -> None:
         dwa.update([1.0])
     gn = GradNorm(2)
     W = torch.ones(2, requires_grad=True)
-    with pytest.raises(ValueError, match=r"GradNorm.gradnorm_loss: expected `shared_params` at least one tensor"):
+    with pytest.raises(
+        ValueError, match=r"GradNorm.gradnorm_loss: expected `shared_params` at least one tensor"
+    ):
         gn.gradnorm_loss([W.sum(), W.prod()], [])
-    with pytest.raises(ValueError, match=r"expected `shared_params\[0\]` a tensor that requires grad"):
+    with pytest.raises(
+        ValueError, match=r"expected `shared_params\[0\]` a tensor that requires grad"
+    ):
         gn.gradnorm_loss([W.sum(), W.prod()], [torch.ones(2)])
     with pytest.raises(ValueError, match=r"expected `losses` finite task losses"):
         gn.gradnorm_loss([W.sum(), W.sum() * float("nan")], [W])
@@ -523,16 +617,17 @@ def test_dwa_and_gradnorm_update_validation() -> None:
         gn.set_initial_losses([0.0, 1.0])
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # The example
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def test_digits_example_runs_and_prints_metrics(capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("sklearn")
     path = ROOT / "examples" / "multitask_digits.py"
     spec = importlib.util.spec_from_file_location("multitask_digits_example", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     try:
@@ -541,10 +636,12 @@ def test_digits_example_runs_and_prints_metrics(capsys: pytest.CaptureFixture[st
     finally:
         sys.modules.pop(spec.name, None)
     out = capsys.readouterr().out
-    assert "digit acc" in out and "ink R2" in out
+    assert "digit acc" in out
+    assert "ink R2" in out
     for method in ("equal", "uncertainty", "dtp"):
         assert method in out
         r = results[method]
         assert 0.0 <= r["digit_acc"] <= 1.0
-        assert math.isfinite(r["ink_r2"]) and math.isfinite(r["ink_mae"])
+        assert math.isfinite(r["ink_r2"])
+        assert math.isfinite(r["ink_mae"])
     assert results["equal"]["digit_acc"] > 0.5  # two epochs already learn the digits

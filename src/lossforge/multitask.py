@@ -67,16 +67,21 @@ _REGULARIZERS = ("log", "log1p")
 LossesLike = Sequence[Tensor] | Tensor
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Helpers
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def _stack_losses(fn: str, losses: object, num_tasks: int | None, name: str = "losses") -> Tensor:
-    """Turn ``T`` scalar losses into one ``(T,)`` tensor (graph kept), checking count and finiteness."""
+    """``T`` scalar losses as one ``(T,)`` tensor (graph kept); checks count and finiteness."""
     if isinstance(losses, Tensor):
         if losses.ndim != 1:
-            fail(fn, name, "a 1-d tensor of task losses or a sequence of 0-d tensors", f"shape {tuple(losses.shape)}")
+            fail(
+                fn,
+                name,
+                "a 1-d tensor of task losses or a sequence of 0-d tensors",
+                f"shape {tuple(losses.shape)}",
+            )
         stacked = losses
     elif isinstance(losses, Sequence) and not isinstance(losses, str):
         items = list(losses)
@@ -92,7 +97,9 @@ def _stack_losses(fn: str, losses: object, num_tasks: int | None, name: str = "l
             fail(fn, name, "every task loss on one device", sorted(str(d) for d in devices))
         stacked = torch.stack([t.reshape(()) for t in items])
     else:
-        fail(fn, name, "a sequence of 0-d tensors or a 1-d tensor", type(losses).__name__, TypeError)
+        fail(
+            fn, name, "a sequence of 0-d tensors or a 1-d tensor", type(losses).__name__, TypeError
+        )
     if not stacked.is_floating_point():
         fail(fn, name, "floating-point losses", f"dtype {stacked.dtype}", TypeError)
     if num_tasks is not None and stacked.shape[0] != num_tasks:
@@ -101,7 +108,12 @@ def _stack_losses(fn: str, losses: object, num_tasks: int | None, name: str = "l
         finite = torch.isfinite(stacked.detach())
         if not bool(finite.all()):
             bad = [i for i, ok in enumerate(finite.tolist()) if not ok]
-            fail(fn, name, "finite task losses", f"{stacked.detach().tolist()} (non-finite at task {bad})")
+            fail(
+                fn,
+                name,
+                "finite task losses",
+                f"{stacked.detach().tolist()} (non-finite at task {bad})",
+            )
     return stacked
 
 
@@ -116,7 +128,13 @@ def _check_state_device(fn: str, losses: Tensor, state: Tensor) -> None:
 
 
 def _per_task_numbers(
-    fn: str, name: str, value: object, num_tasks: int, *, low: float | None = None, low_open: bool = False
+    fn: str,
+    name: str,
+    value: object,
+    num_tasks: int,
+    *,
+    low: float | None = None,
+    low_open: bool = False,
 ) -> list[float]:
     """A number, or a sequence of ``num_tasks`` numbers, each checked against ``low``."""
     if isinstance(value, Tensor):
@@ -125,7 +143,10 @@ def _per_task_numbers(
         values = list(value)
         if len(values) != num_tasks:
             fail(fn, name, f"one value per task ({num_tasks})", f"{len(values)} values")
-        return [check_number(fn, f"{name}[{i}]", v, low=low, low_open=low_open) for i, v in enumerate(values)]
+        return [
+            check_number(fn, f"{name}[{i}]", v, low=low, low_open=low_open)
+            for i, v in enumerate(values)
+        ]
     v = check_number(fn, name, value, low=low, low_open=low_open)
     return [v] * num_tasks
 
@@ -205,23 +226,31 @@ def _task_factors(fn: str, task_types: object, num_tasks: int) -> list[float]:
             fail(fn, "task_types", f"one entry per task ({num_tasks})", f"{len(kinds)} entries")
         kinds = [check_choice(fn, f"task_types[{i}]", k, _TASK_TYPES) for i, k in enumerate(kinds)]
     else:
-        fail(fn, "task_types", "a string or a sequence of strings", type(task_types).__name__, TypeError)
+        fail(
+            fn,
+            "task_types",
+            "a string or a sequence of strings",
+            type(task_types).__name__,
+            TypeError,
+        )
     return [0.5 if k == "regression" else 1.0 for k in kinds]
 
 
-def _uncertainty_total(losses: Tensor, log_vars: Tensor, factors: Sequence[float], regularizer: str) -> Tensor:
+def _uncertainty_total(
+    losses: Tensor, log_vars: Tensor, factors: Sequence[float], regularizer: str
+) -> Tensor:
     c = torch.tensor(factors, dtype=log_vars.dtype, device=log_vars.device)
     reg = 0.5 * log_vars if regularizer == "log" else nn.functional.softplus(log_vars)
     return (c * torch.exp(-log_vars) * losses + reg).sum()
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Base class and static weightings
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 class Weighting(nn.Module, ABC):
-    r"""Base class: ``T`` task losses in, the total loss out; ``weights()`` gives the ``(T,)`` weights.
+    r"""Base class: ``T`` task losses in, the total out; ``weights()`` gives the ``(T,)`` weights.
 
     $$
     \mathcal{L} = \sum_{i=1}^{T} w_i\,\mathcal{L}_i + R
@@ -285,13 +314,23 @@ class FixedWeighting(Weighting):
         elif isinstance(weights, Sequence) and not isinstance(weights, str):
             values = list(weights)
         else:
-            fail(fn, "weights", "a sequence of numbers or a 1-d tensor", type(weights).__name__, TypeError)
+            fail(
+                fn,
+                "weights",
+                "a sequence of numbers or a 1-d tensor",
+                type(weights).__name__,
+                TypeError,
+            )
         if not values:
             fail(fn, "weights", "at least one weight", "an empty sequence")
         checked = [check_number(fn, f"weights[{i}]", v, low=0.0) for i, v in enumerate(values)]
         super().__init__(len(checked))
-        dtype = weights.dtype if isinstance(weights, Tensor) and weights.is_floating_point() else None
-        self.register_buffer("task_weights", torch.tensor(checked, dtype=dtype or torch.get_default_dtype()))
+        dtype = (
+            weights.dtype if isinstance(weights, Tensor) and weights.is_floating_point() else None
+        )
+        self.register_buffer(
+            "task_weights", torch.tensor(checked, dtype=dtype or torch.get_default_dtype())
+        )
 
     def weights(self) -> Tensor:
         return self.task_weights
@@ -314,18 +353,18 @@ class EqualWeighting(FixedWeighting):
         return f"num_tasks={self.num_tasks}"
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Uncertainty weighting
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 class UncertaintyWeighting(Weighting):
     r"""Homoscedastic-uncertainty task weighting (Kendall, Gal & Cipolla, CVPR 2018).
 
     Each task $i$ has a learned $s_i = \log\sigma_i^2$ (an ``nn.Parameter`` named ``log_vars``;
-    learning the log keeps $\sigma^2 > 0$ without clamps). With $c_i = \tfrac12$ for a regression task
-    (Gaussian likelihood, $\mathcal{L}_i$ = mean squared error) and $c_i = 1$ for a classification
-    task (scaled softmax, $\mathcal{L}_i$ = cross-entropy):
+    learning the log keeps $\sigma^2 > 0$ without clamps). With $c_i = \tfrac12$ for a regression
+    task (Gaussian likelihood, $\mathcal{L}_i$ = mean squared error) and $c_i = 1$ for a
+    classification task (scaled softmax, $\mathcal{L}_i$ = cross-entropy):
 
     $$
     \mathcal{L} = \sum_i c_i\,e^{-s_i}\,\mathcal{L}_i + r(s_i),\qquad
@@ -333,9 +372,9 @@ class UncertaintyWeighting(Weighting):
     $$
 
     i.e. $\frac{1}{2\sigma^2}\mathcal{L} + \log\sigma$ (regression) and
-    $\frac{1}{\sigma^2}\mathcal{L} + \log\sigma$ (classification). For a fixed loss $L$ the optimum is
-    $\sigma^2 = L$ (regression) and $\sigma^2 = 2L$ (classification), so a task's weight falls as its
-    loss (its noise) grows.
+    $\frac{1}{\sigma^2}\mathcal{L} + \log\sigma$ (classification). For a fixed loss $L$ the
+    optimum is $\sigma^2 = L$ (regression) and $\sigma^2 = 2L$ (classification), so a task's weight
+    falls as its loss (its noise) grows.
 
     **The total can be negative, and that is expected**: the $\log\sigma$ term is negative whenever
     $\sigma < 1$, i.e. whenever a task's loss falls below 1 (regression) or 1/2 (classification).
@@ -369,6 +408,7 @@ class UncertaintyWeighting(Weighting):
     """
 
     log_vars: nn.Parameter
+    task_factors: Tensor
 
     def __init__(
         self,
@@ -381,14 +421,20 @@ class UncertaintyWeighting(Weighting):
     ) -> None:
         super().__init__(num_tasks)
         fn = type(self).__name__
+        factors = _task_factors(fn, task_types, self.num_tasks)
         self.task_types: tuple[str, ...] = tuple(
-            "regression" if f == 0.5 else "classification" for f in _task_factors(fn, task_types, self.num_tasks)
+            "regression" if f == 0.5 else "classification" for f in factors
         )
-        self._factors = _task_factors(fn, task_types, self.num_tasks)
         self.regularizer_kind: str = check_choice(fn, "regularizer", regularizer, _REGULARIZERS)
         if log_var_bounds is not None:
             if not isinstance(log_var_bounds, Sequence) or len(log_var_bounds) != 2:
-                fail(fn, "log_var_bounds", "None or a (low, high) pair", repr(log_var_bounds), TypeError)
+                fail(
+                    fn,
+                    "log_var_bounds",
+                    "None or a (low, high) pair",
+                    repr(log_var_bounds),
+                    TypeError,
+                )
             low = check_number(fn, "log_var_bounds[0]", log_var_bounds[0])
             high = check_number(fn, "log_var_bounds[1]", log_var_bounds[1])
             if not low < high:
@@ -396,7 +442,10 @@ class UncertaintyWeighting(Weighting):
             log_var_bounds = (low, high)
         self.log_var_bounds = log_var_bounds
         init = _per_task_numbers(fn, "init_log_var", init_log_var, self.num_tasks)
-        self.log_vars = nn.Parameter(torch.tensor(init, dtype=torch.get_default_dtype()))
+        dtype = torch.get_default_dtype()
+        self.log_vars = nn.Parameter(torch.tensor(init, dtype=dtype))
+        # c_i (1/2 regression, 1 classification): configuration, so not in the state_dict
+        self.register_buffer("task_factors", torch.tensor(factors, dtype=dtype), persistent=False)
 
     def _s(self) -> Tensor:
         if self.log_var_bounds is None:
@@ -409,8 +458,7 @@ class UncertaintyWeighting(Weighting):
 
     def weights(self) -> Tensor:
         r"""$c_i e^{-s_i}$ (with gradient to ``log_vars``)."""
-        c = torch.tensor(self._factors, dtype=self.log_vars.dtype, device=self.log_vars.device)
-        return c * torch.exp(-self._s())
+        return self.task_factors * torch.exp(-self._s())
 
     def regularizer(self) -> Tensor:
         s = self._s()
@@ -425,9 +473,9 @@ class UncertaintyWeighting(Weighting):
         return ", ".join(parts)
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Dynamic Task Prioritization
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 class DynamicTaskPrioritization(Weighting):
@@ -451,7 +499,7 @@ class DynamicTaskPrioritization(Weighting):
 
     so the task that is doing worst gets the largest weight, and $\gamma_i$ sets how sharply. The
     clip keeps $\kappa = 0$ (weight $\infty$) and $\kappa = 1$ (weight 0, the task would be dropped)
-    finite and non-zero. The weights carry no gradient. Until the first ``update`` every weight is 1.
+    finite and non-zero. The weights carry no gradient; before the first ``update`` they are all 1.
 
     The paper pairs this task-level focusing with *example-level* focusing inside each task: use a
     focal loss per task, e.g. ``lossforge.functional.softmax_focal_loss(logits, y, gamma=g0)`` or
@@ -493,8 +541,12 @@ class DynamicTaskPrioritization(Weighting):
         self.momentum = check_number(fn, "momentum", momentum, low=0.0, high=1.0, low_open=True)
         if not isinstance(kpi_clip, Sequence) or len(kpi_clip) != 2:
             fail(fn, "kpi_clip", "a (low, high) pair", repr(kpi_clip), TypeError)
-        low = check_number(fn, "kpi_clip[0]", kpi_clip[0], low=0.0, high=1.0, low_open=True, high_open=True)
-        high = check_number(fn, "kpi_clip[1]", kpi_clip[1], low=0.0, high=1.0, low_open=True, high_open=True)
+        low = check_number(
+            fn, "kpi_clip[0]", kpi_clip[0], low=0.0, high=1.0, low_open=True, high_open=True
+        )
+        high = check_number(
+            fn, "kpi_clip[1]", kpi_clip[1], low=0.0, high=1.0, low_open=True, high_open=True
+        )
         if not low < high:
             fail(fn, "kpi_clip", "low < high", repr(tuple(kpi_clip)))
         self.kpi_clip = (low, high)
@@ -514,11 +566,21 @@ class DynamicTaskPrioritization(Weighting):
         fn = f"{type(self).__name__}.update"
         if isinstance(kpis, Tensor):
             if kpis.ndim != 1 or kpis.shape[0] != self.num_tasks:
-                fail(fn, "kpis", f"a (T,) tensor with T={self.num_tasks}", f"shape {tuple(kpis.shape)}")
+                fail(
+                    fn,
+                    "kpis",
+                    f"a (T,) tensor with T={self.num_tasks}",
+                    f"shape {tuple(kpis.shape)}",
+                )
             if not kpis.is_floating_point():
                 kpis = kpis.to(self.kpi_average.dtype)
             if kpis.device != self.kpi_average.device:
-                fail(fn, "kpis", f"on the weighting's device ({self.kpi_average.device})", kpis.device)
+                fail(
+                    fn,
+                    "kpis",
+                    f"on the weighting's device ({self.kpi_average.device})",
+                    kpis.device,
+                )
             if value_checks_enabled(kpis):
                 bad = ~((kpis >= 0) & (kpis <= 1))  # NaN is bad too
                 if bool(bad.any()):
@@ -529,22 +591,28 @@ class DynamicTaskPrioritization(Weighting):
             if len(values) != self.num_tasks:
                 fail(fn, "kpis", f"{self.num_tasks} KPIs (num_tasks={self.num_tasks})", len(values))
             checked = []
-            for i, v in enumerate(values):
+            for v in values:
                 if isinstance(v, Tensor):
                     v = float(v.detach())
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+                if (
+                    isinstance(v, bool)
+                    or not isinstance(v, (int, float))
+                    or not 0.0 <= float(v) <= 1.0
+                ):
                     fail(fn, "kpis", "values in [0, 1]", repr(values))
                 checked.append(float(v))
             k = torch.tensor(checked, dtype=self.kpi_average.dtype, device=self.kpi_average.device)
         else:
-            fail(fn, "kpis", "a sequence of numbers or a 1-d tensor", type(kpis).__name__, TypeError)
+            fail(
+                fn, "kpis", "a sequence of numbers or a 1-d tensor", type(kpis).__name__, TypeError
+            )
         first = self.num_updates == 0
         blended = self.momentum * k + (1.0 - self.momentum) * self.kpi_average
         self.kpi_average.copy_(torch.where(first, k, blended))
         self.num_updates.add_(1)
 
     def weights(self) -> Tensor:
-        r"""$-(1-\bar\kappa_i)^{\gamma_i}\log\bar\kappa_i$ (detached; all 1 before the first update)."""
+        r"""$-(1-\bar\kappa_i)^{\gamma_i}\log\bar\kappa_i$, detached (all 1 before any update)."""
         k = self.kpi_average.detach().clamp(self.kpi_clip[0], self.kpi_clip[1])
         w = -torch.pow(1.0 - k, self.gamma) * torch.log(k)
         return torch.where(self.num_updates > 0, w, torch.ones_like(w))
@@ -556,9 +624,9 @@ class DynamicTaskPrioritization(Weighting):
         )
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Dynamic Weight Average
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 class DynamicWeightAverage(Weighting):
@@ -574,9 +642,9 @@ class DynamicWeightAverage(Weighting):
     with $K$ = number of tasks (so the weights sum to $K$) and temperature $T$ (larger = more
     uniform). Until two epochs have been recorded every weight is 1.
 
-    Call ``update(epoch_losses)`` once at the end of each epoch with that epoch's mean loss per task;
-    the weights for the next epoch follow. State: the buffers ``loss_history`` ``(2, K)`` (row 0 the
-    epoch before last, row 1 the last) and ``num_epochs``.
+    Call ``update(epoch_losses)`` once at the end of each epoch with that epoch's mean loss per
+    task; the weights for the next epoch follow. State: the buffers ``loss_history`` ``(2, K)`` (row
+    0 the epoch before last, row 1 the last) and ``num_epochs``.
 
     Args:
         num_tasks: Number of tasks $K$.
@@ -596,23 +664,32 @@ class DynamicWeightAverage(Weighting):
 
     def __init__(self, num_tasks: int, *, temperature: float = 2.0) -> None:
         super().__init__(num_tasks)
-        self.temperature = check_number(type(self).__name__, "temperature", temperature, low=0.0, low_open=True)
+        self.temperature = check_number(
+            type(self).__name__, "temperature", temperature, low=0.0, low_open=True
+        )
         dtype = torch.get_default_dtype()
         self.register_buffer("loss_history", torch.ones(2, self.num_tasks, dtype=dtype))
         self.register_buffer("num_epochs", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
     def update(self, epoch_losses: LossesLike | Sequence[float]) -> None:
-        """Record one epoch's mean loss per task (positive, finite; numbers or tensors, detached)."""
+        """Record one epoch's mean loss per task (positive, finite; numbers or tensors)."""
         fn = f"{type(self).__name__}.update"
         if isinstance(epoch_losses, Sequence) and not isinstance(epoch_losses, str):
             items = list(epoch_losses)
             if len(items) != self.num_tasks:
-                fail(fn, "epoch_losses", f"{self.num_tasks} task losses (num_tasks={self.num_tasks})", len(items))
+                fail(
+                    fn,
+                    "epoch_losses",
+                    f"{self.num_tasks} task losses (num_tasks={self.num_tasks})",
+                    len(items),
+                )
             if all(not isinstance(v, Tensor) for v in items):
                 for i, v in enumerate(items):
                     check_number(fn, f"epoch_losses[{i}]", v, low=0.0, low_open=True)
-                epoch_losses = torch.tensor([float(v) for v in items], dtype=self.loss_history.dtype)
+                epoch_losses = torch.tensor(
+                    [float(v) for v in items], dtype=self.loss_history.dtype
+                )
                 epoch_losses = epoch_losses.to(self.loss_history.device)
         stacked = _stack_losses(fn, epoch_losses, self.num_tasks, name="epoch_losses").detach()
         _check_state_device(fn, stacked, self.loss_history)
@@ -623,7 +700,7 @@ class DynamicWeightAverage(Weighting):
         self.num_epochs.add_(1)
 
     def weights(self) -> Tensor:
-        """Softmax of the loss ratios over the temperature, times ``K`` (detached; 1 for 2 epochs)."""
+        """``K`` times the softmax of the loss ratios over ``T`` (detached; 1 for 2 epochs)."""
         ratio = self.loss_history[1] / self.loss_history[0]
         w = self.num_tasks * torch.softmax(ratio / self.temperature, dim=0)
         return torch.where(self.num_epochs >= 2, w, torch.ones_like(w))
@@ -632,9 +709,9 @@ class DynamicWeightAverage(Weighting):
         return f"num_tasks={self.num_tasks}, temperature={self.temperature}"
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # GradNorm
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 class GradNorm(Weighting):
@@ -651,7 +728,8 @@ class GradNorm(Weighting):
     $$
 
     $$
-    \mathcal{L}_{\text{grad}} = \sum_i \left| G_i - \operatorname{sg}\!\left[\bar G\, r_i^{\alpha}\right] \right|
+    \mathcal{L}_{\text{grad}} =
+    \sum_i \left| G_i - \operatorname{sg}\!\left[\bar G\, r_i^{\alpha}\right] \right|
     $$
 
     where sg is stop-gradient and $\alpha$ (``asymmetry``) the restoring force (the paper uses 0.12
@@ -707,8 +785,13 @@ class GradNorm(Weighting):
         r"""Set $\mathcal{L}_i(0)$ explicitly (positive, finite)."""
         fn = f"{type(self).__name__}.set_initial_losses"
         if isinstance(losses, Sequence) and all(not isinstance(v, Tensor) for v in losses):
-            vals = [check_number(fn, f"losses[{i}]", v, low=0.0, low_open=True) for i, v in enumerate(losses)]
-            losses = torch.tensor(vals, dtype=self.initial_losses.dtype, device=self.initial_losses.device)
+            vals = [
+                check_number(fn, f"losses[{i}]", v, low=0.0, low_open=True)
+                for i, v in enumerate(losses)
+            ]
+            losses = torch.tensor(
+                vals, dtype=self.initial_losses.dtype, device=self.initial_losses.device
+            )
         stacked = _stack_losses(fn, losses, self.num_tasks).detach()
         _check_state_device(fn, stacked, self.initial_losses)
         if value_checks_enabled(stacked) and not bool((stacked > 0).all()):
@@ -717,7 +800,7 @@ class GradNorm(Weighting):
         self.has_initial_losses.fill_(True)
 
     def gradnorm_loss(self, losses: LossesLike, shared_params: Iterable[Tensor]) -> Tensor:
-        r"""The GradNorm objective $\mathcal{L}_{\text{grad}}$; its gradient reaches only ``task_weight``.
+        r"""The GradNorm objective $\mathcal{L}_{\text{grad}}$ (differentiable in ``task_weight``).
 
         Args:
             losses: The ``T`` task losses of this step, still attached to the graph (the graph is
@@ -743,7 +826,12 @@ class GradNorm(Weighting):
             grads = torch.autograd.grad(stacked[i], params, retain_graph=True, allow_unused=True)
             squares = [g.detach().pow(2).sum() for g in grads if g is not None]
             if not squares:
-                fail(fn, "shared_params", f"parameters that task {i}'s loss depends on", "no gradient path")
+                fail(
+                    fn,
+                    "shared_params",
+                    f"parameters that task {i}'s loss depends on",
+                    "no gradient path",
+                )
             norms.append(torch.stack(squares).sum().sqrt())
         grad_norms = torch.stack(norms).to(self.task_weight.dtype)  # ||grad_W L_i||, constants
         g = self.task_weight * grad_norms  # G_i = w_i ||grad_W L_i||
@@ -760,4 +848,3 @@ class GradNorm(Weighting):
 
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}, asymmetry={self.asymmetry}"
-
