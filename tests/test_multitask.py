@@ -336,6 +336,29 @@ def test_gradnorm_balances_gradient_norms() -> None:
     assert gn.task_weight.tolist() == pytest.approx([2 * v / sum(inv) for v in inv], abs=0.02)
 
 
+def test_gradnorm_training_loop_as_documented() -> None:
+    torch.manual_seed(0)
+    trunk, head_a, head_b = nn.Linear(4, 8), nn.Linear(8, 1), nn.Linear(8, 1)
+    gn = GradNorm(2, asymmetry=1.0)
+    params = [*trunk.parameters(), *head_a.parameters(), *head_b.parameters()]
+    opt = torch.optim.SGD([*params, *gn.parameters()], lr=0.01)
+    x = torch.randn(32, 4)
+    ya, yb = x.sum(1, keepdim=True), 10 * x[:, :1]  # task b has a 10x larger scale
+    for _ in range(30):
+        h = torch.tanh(trunk(x))
+        losses = [((head_a(h) - ya) ** 2).mean(), ((head_b(h) - yb) ** 2).mean()]
+        gn_loss = gn.gradnorm_loss(losses, trunk.parameters())
+        total = gn(losses)
+        opt.zero_grad()
+        total.backward()
+        gn_loss.backward()
+        opt.step()
+        gn.renormalize_()
+    w = gn.task_weight.detach()
+    assert float(w.sum()) == pytest.approx(2.0)
+    assert float(w[1]) < float(w[0])  # the task with the larger gradients is turned down
+
+
 # --------------------------------------------------------------------------------------------------
 # Every weighting: state, dtype, no backward
 # --------------------------------------------------------------------------------------------------

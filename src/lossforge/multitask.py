@@ -505,7 +505,8 @@ class DynamicTaskPrioritization(Weighting):
     focal loss per task, e.g. ``lossforge.functional.softmax_focal_loss(logits, y, gamma=g0)`` or
     ``sigmoid_focal_loss`` for the classification tasks, and pass those losses to ``forward``.
 
-    State: the buffers ``kpi_average`` ``(T,)`` and ``num_updates`` (0-d), so it checkpoints.
+    State: the buffers ``kpi_average`` ``(T,)`` and ``num_updates`` (0-d), so it checkpoints
+    (``gamma`` is a non-persistent buffer: configuration, not state).
 
     Args:
         num_tasks: Number of tasks ``T``.
@@ -551,7 +552,8 @@ class DynamicTaskPrioritization(Weighting):
             fail(fn, "kpi_clip", "low < high", repr(tuple(kpi_clip)))
         self.kpi_clip = (low, high)
         dtype = torch.get_default_dtype()
-        self.register_buffer("gamma", torch.tensor(gammas, dtype=dtype))
+        # configuration: follows .to() but stays out of the state_dict
+        self.register_buffer("gamma", torch.tensor(gammas, dtype=dtype), persistent=False)
         self.register_buffer("kpi_average", torch.ones(self.num_tasks, dtype=dtype))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
