@@ -1,3 +1,198 @@
-"""(being written)"""
+r"""Class weights from class counts (inverse frequency, median frequency, ENet, effective number).
 
-__all__: list[str] = []
+The weights feed ``class_weight`` of ``cross_entropy``, ``softmax_focal_loss``, ``dice_loss`` and the
+modules. This is set-up code, run once per dataset: it reads the counts' values (a host sync for
+CUDA tensors) and computes in float64.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from lossforge._checks import check_choice, check_number, fail
+
+__all__ = ["class_weights"]
+
+Method = Literal["inverse", "inverse_sqrt", "median", "enet", "effective_number"]
+Normalize = Literal["mean_one", "sum_one", "max_one"]
+ZeroCount = Literal["as_one", "max", "zero"]
+
+METHODS = ("inverse", "inverse_sqrt", "median", "enet", "effective_number")
+NORMALIZE = ("mean_one", "sum_one", "max_one")
+ZERO_COUNT = ("as_one", "max", "zero")
+
+_FN = "class_weights"
+
+
+def _as_counts(counts: object) -> tuple[Tensor, torch.dtype, torch.device]:
+    """Counts as a float64 CPU tensor, plus the output dtype and device."""
+    if isinstance(counts, Tensor):
+        t = counts
+        if t.is_complex() or t.dtype == torch.bool:
+            fail(_FN, "counts", "real (integer or floating) counts", f"dtype {t.dtype}", TypeError)
+        out_dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
+        device = t.device
+        values = t.detach().to(device="cpu", dtype=torch.float64)
+    else:
+        out_dtype, device = torch.float32, torch.device("cpu")
+        if hasattr(counts, "__array__") and hasattr(counts, "dtype") and hasattr(counts, "shape"):
+            kind = getattr(counts.dtype, "kind", "")  # type: ignore[union-attr]
+            if kind not in ("i", "u", "f"):
+                fail(_FN, "counts", "real (integer or floating) counts", f"dtype {counts.dtype}", TypeError)  # type: ignore[union-attr]
+            if kind == "f" and getattr(counts.dtype, "itemsize", 0) == 8:  # type: ignore[union-attr]
+                out_dtype = torch.float64
+            values = torch.as_tensor(counts).to(torch.float64)
+        elif isinstance(counts, Sequence) and not isinstance(counts, (str, bytes)):
+            items: list[Any] = list(counts)
+            for v in items:
+                if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                    fail(_FN, "counts", "a sequence of numbers", repr(counts), TypeError)
+            values = torch.tensor([float(v) for v in items], dtype=torch.float64)
+        else:
+            fail(_FN, "counts", "a 1-d tensor, array or sequence of numbers", type(counts).__name__, TypeError)
+    if values.ndim != 1:
+        fail(_FN, "counts", "a 1-d sequence (one count per class)", f"shape {tuple(values.shape)}")
+    if values.numel() == 0:
+        fail(_FN, "counts", "at least one class", "an empty sequence")
+    if not bool(torch.isfinite(values).all()):
+        fail(_FN, "counts", "finite values", values.tolist())
+    if bool((values < 0).any()):
+        fail(_FN, "counts", "non-negative values", values.tolist())
+    if not bool((values > 0).any()):
+        fail(_FN, "counts", "at least one positive count", values.tolist())
+    return values, out_dtype, device
+
+
+def _median(x: Tensor) -> float:
+    """The statistical median (mean of the two middle values for an even number)."""
+    v = sorted(x.tolist())
+    m = len(v) // 2
+    return v[m] if len(v) % 2 else 0.5 * (v[m - 1] + v[m])
+
+
+def class_weights(
+    counts: Tensor | Sequence[float] | Any,
+    *,
+    method: Method = "inverse",
+    normalize: Normalize | None = "mean_one",
+    zero_count: ZeroCount = "as_one",
+    beta: float = 0.999,
+    c: float = 1.02,
+) -> Tensor:
+    r"""Per-class loss weights from per-class counts (samples, pixels or boxes per class).
+
+    With $n_c$ the count of class $c$, $N = \sum_c n_c$ and $f_c = n_c / N$ the frequency:
+
+    $$
+    w_c = \begin{cases}
+    1 / n_c & \texttt{"inverse"} \\
+    1 / \sqrt{n_c} & \texttt{"inverse\_sqrt"} \\
+    \operatorname{median}_{k: n_k > 0}(f_k) / f_c & \texttt{"median"} \\
+    1 / \ln(c + f_c) & \texttt{"enet"} \\
+    (1 - \beta) / (1 - \beta^{n_c}) & \texttt{"effective\_number"}
+    \end{cases}
+    $$
+
+    ``"median"`` is median frequency balancing (Eigen & Fergus 2015; SegNet): the median runs over
+    the classes that occur and is the mean of the two middle values for an even number of them, so
+    with ``normalize=None`` the median class gets weight 1. ``"enet"`` bounds the weights by
+    $1/\ln c$ (about 50.5 for $c = 1.02$); it needs $c > 1$ so that $\ln(c + f_c) > 0$ for every
+    frequency. ``"effective_number"`` is the class-balanced weight of Cui et al. (the inverse of
+    $E_n = (1 - \beta^n)/(1 - \beta)$, the expected number of distinct samples): $\beta = 0$ gives
+    uniform weights and $\beta \to 1$ tends to ``"inverse"``.
+
+    A class with $n_c = 0$ would get an infinite weight under every method but ``"enet"``.
+    ``zero_count`` decides instead, for every method (``"enet"`` included, for consistency):
+
+    * ``"as_one"`` (default): the weight the class would get with a count of 1 (keeping $N$ and
+      the median of the other classes): the largest finite weight of the formula. A class that
+      never appears in the counts still has its false positives penalised (this matters for dice).
+    * ``"max"``: the largest weight among the classes that occur.
+    * ``"zero"``: weight 0 (the class is left out of the loss).
+
+    ``normalize`` is applied last, over all classes: ``"mean_one"`` (default) scales the weights to
+    mean 1, i.e. to sum to the number of classes $C$ (Cui et al.'s normalisation; it keeps the scale
+    of a ``"mean"``-reduced loss); ``"sum_one"`` to sum 1; ``"max_one"`` to maximum 1; ``None``
+    returns the formula's values.
+
+    Args:
+        counts: ``(C,)`` non-negative counts, as a list/tuple of numbers, a numpy array or a tensor
+            (integer or floating). At least one count must be positive.
+        method: ``"inverse"`` | ``"inverse_sqrt"`` | ``"median"`` | ``"enet"`` |
+            ``"effective_number"``.
+        normalize: ``"mean_one"`` | ``"sum_one"`` | ``"max_one"`` | ``None``.
+        zero_count: ``"as_one"`` | ``"max"`` | ``"zero"``: the weight of zero-count classes.
+        beta: $\beta \in [0, 1)$ of ``"effective_number"``.
+        c: $c > 1$ of ``"enet"``.
+
+    Returns:
+        ``(C,)`` finite, non-negative weights: float64 for float64 input (tensor or array), float32
+        otherwise, on the input tensor's device (CPU for lists and arrays).
+
+    Raises:
+        TypeError: ``counts`` is not numeric (bool, complex, strings), or ``beta``/``c`` is not a
+            number.
+        ValueError: ``counts`` is not 1-d, is empty, has negative, non-finite or only zero values;
+            unknown ``method``/``normalize``/``zero_count``; ``beta`` outside $[0, 1)$; ``c <= 1``.
+
+    References:
+        Paszke et al., "ENet: A Deep Neural Network Architecture for Real-Time Semantic
+        Segmentation", 2016, arXiv:1606.02147.
+        Eigen & Fergus, "Predicting Depth, Surface Normals and Semantic Labels with a Common
+        Multi-Scale Convolutional Architecture", ICCV 2015, arXiv:1411.4734.
+        Cui et al., "Class-Balanced Loss Based on Effective Number of Samples", CVPR 2019,
+        arXiv:1901.05555.
+
+    Example:
+        >>> class_weights([10, 100, 1000], normalize="max_one")
+        tensor([1.0000, 0.1000, 0.0100])
+        >>> class_weights([10, 100, 1000], method="effective_number", beta=0.9, normalize=None)
+        tensor([0.1535, 0.1000, 0.1000])
+    """
+    method = check_choice(_FN, "method", method, METHODS)
+    if normalize is not None:
+        normalize = check_choice(_FN, "normalize", normalize, NORMALIZE)  # type: ignore[assignment]
+    zero_count = check_choice(_FN, "zero_count", zero_count, ZERO_COUNT)  # type: ignore[assignment]
+    beta = check_number(_FN, "beta", beta, low=0.0, high=1.0, high_open=True)
+    c = check_number(_FN, "c", c, low=1.0, low_open=True)
+    n, out_dtype, device = _as_counts(counts)
+
+    total = float(n.sum())
+    present = n > 0
+    med = _median(n[present] / total) if method == "median" else 0.0
+
+    def formula(count: float) -> float:
+        if method == "inverse":
+            return 1.0 / count
+        if method == "inverse_sqrt":
+            return 1.0 / math.sqrt(count)
+        if method == "median":
+            return med / (count / total)
+        if method == "enet":
+            return 1.0 / math.log(c + count / total)
+        # effective number; beta**n underflows to 0 for large n, giving 1 - beta (no cancellation).
+        return (1.0 - beta) / (1.0 - beta**count) if beta > 0 else 1.0
+
+    values = [formula(v) if v > 0 else math.nan for v in n.tolist()]
+    if not bool(present.all()):
+        if zero_count == "as_one":
+            fill = formula(1.0)
+        elif zero_count == "max":
+            fill = max(v for v in values if not math.isnan(v))
+        else:
+            fill = 0.0
+        values = [fill if math.isnan(v) else v for v in values]
+    w = torch.tensor(values, dtype=torch.float64)
+    if normalize == "mean_one":
+        w = w * (w.numel() / w.sum())
+    elif normalize == "sum_one":
+        w = w / w.sum()
+    elif normalize == "max_one":
+        w = w / w.max()
+    return w.to(device=device, dtype=out_dtype)
