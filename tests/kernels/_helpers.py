@@ -15,10 +15,11 @@ FLOOR = {torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 def assert_within_2x(
     kernel: Tensor, ref64: Tensor, ref_same: Tensor, dtype: torch.dtype, what: str
-) -> float:
+) -> tuple[float, float]:
     """Kernel error vs float64 <= 2 x (same-dtype PyTorch error vs float64) + a tiny floor.
 
-    Returns the kernel's max abs error (reported by the suite)."""
+    Returns ``(kernel error, torch error)``, both divided by ``max(1, max |ref64|)``, for the
+    suite's summary."""
     k = kernel.detach().double().cpu()
     r64 = ref64.detach().double().cpu()
     rs = ref_same.detach().double().cpu()
@@ -27,7 +28,7 @@ def assert_within_2x(
         f"{what}: non-finite kernel output"
     )
     if k.numel() == 0:
-        return 0.0
+        return 0.0, 0.0
     err_k = (k - r64).abs().max().item()
     err_r = (rs - r64).abs().max().item()
     scale = max(1.0, r64.abs().max().item())
@@ -35,12 +36,14 @@ def assert_within_2x(
     assert err_k <= bound, (
         f"{what} ({dtype}): kernel err {err_k:.3g} > 2 x torch err {err_r:.3g} + floor"
     )
-    return err_k
+    return err_k / scale, err_r / scale
 
 
-ERRORS: dict[tuple[str, str], float] = {}
+ERRORS: dict[tuple[str, str], tuple[float, float]] = {}
 
 
-def record(family: str, dtype: torch.dtype, err: float) -> None:
+def record(family: str, dtype: torch.dtype, errs: tuple[float, float]) -> None:
+    """Keep the largest (kernel, torch) relative errors per (family, dtype)."""
     key = (family, str(dtype).replace("torch.", ""))
-    ERRORS[key] = max(ERRORS.get(key, 0.0), err)
+    old = ERRORS.get(key, (0.0, 0.0))
+    ERRORS[key] = (max(old[0], errs[0]), max(old[1], errs[1]))

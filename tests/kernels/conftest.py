@@ -25,3 +25,16 @@ if not torch.cuda.is_available():
 collect_ignore_glob: list[str] = []
 if importlib.util.find_spec("triton") is None:
     collect_ignore_glob = ["test_*.py"]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ANN001, ARG001
+    """Print the largest kernel error vs float64 seen per (family, dtype)."""
+    try:
+        from tests.kernels._helpers import ERRORS
+    except ImportError:
+        return
+    if not ERRORS:
+        return
+    terminalreporter.section("max error vs float64 / max(1, |ref|): kernel, same-dtype torch")
+    for (family, dtype), (ek, er) in sorted(ERRORS.items()):
+        terminalreporter.write_line(f"{family:48s} {dtype:9s} kernel {ek:.2e}  torch {er:.2e}")

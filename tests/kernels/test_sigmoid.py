@@ -356,7 +356,7 @@ def test_gpu_detection_shape(dtype):
 import lossforge.functional as LF  # noqa: E402
 
 
-def _vs_functional(fn_ref, fn_kernel, x, t, dtype, grad_out=None, **kw):
+def _vs_functional(fn_ref, fn_kernel, x, t, dtype, grad_out=None, label="functional-bce", **kw):
     x_low = x.to(dtype)
     xk = x_low.detach().clone().requires_grad_()
     out = fn_kernel(xk, t, **kw)
@@ -368,10 +368,8 @@ def _vs_functional(fn_ref, fn_kernel, x, t, dtype, grad_out=None, **kw):
     out.backward(go.to(out.dtype))
     ref64.backward(go.double())
     ref32.backward(go.to(ref32.dtype))
-    record("functional-bce:loss", dtype, assert_within_2x(out, ref64, ref32, dtype, "loss"))
-    record(
-        "functional-bce:grad", dtype, assert_within_2x(xk.grad, x64.grad, x32.grad, dtype, "grad")
-    )
+    record(f"{label}:loss", dtype, assert_within_2x(out, ref64, ref32, dtype, "loss"))
+    record(f"{label}:grad", dtype, assert_within_2x(xk.grad, x64.grad, x32.grad, dtype, "grad"))
 
 
 @pytest.mark.parametrize("dtype", LOW)
@@ -401,3 +399,39 @@ def test_bce_matches_functional(case, dtype):
         go,
         **kw,
     )
+
+
+FUNCTIONAL_CASES = {
+    "focal": ("sigmoid_focal_loss", "sigmoid_focal_loss", {"alpha": 0.25, "gamma": 2.0}),
+    "focal_g05_soft": ("sigmoid_focal_loss", "sigmoid_focal_loss", {"alpha": None, "gamma": 0.5}),
+    "asl": (
+        "asymmetric_loss",
+        "asymmetric_loss",
+        {"gamma_pos": 1.0, "gamma_neg": 4.0, "clip": 0.05, "eps": 1e-8},
+    ),
+    "asl_detach_noclip": (
+        "asymmetric_loss",
+        "asymmetric_loss",
+        {"gamma_pos": 0.0, "gamma_neg": 2.0, "clip": 0.0, "detach_focal_weight": True},
+    ),
+    "balanced": ("balanced_binary_cross_entropy", "balanced_binary_cross_entropy", {"beta": 0.9}),
+}
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("name", list(FUNCTIONAL_CASES))
+@pytest.mark.parametrize("target_kind", ["dense", "index"])
+def test_family_matches_functional(name, target_kind, dtype):
+    ref_name, ker_name, kw = FUNCTIONAL_CASES[name]
+    ref = getattr(LF, ref_name)
+    ker = getattr(K, ker_name)
+    x = torch.randn(9, 7, device=DEVICE) * 4
+    if target_kind == "index":
+        t = torch.randint(0, 8, (9,), device=DEVICE)
+        t[2] = -1
+        kw = {**kw, "ignore_index": -1, "weight": torch.rand(9, device=DEVICE)}
+    elif name.endswith("soft"):
+        t = torch.rand(9, 7, device=DEVICE)
+    else:
+        t = (torch.rand(9, 7, device=DEVICE) < 0.3).float()
+    _vs_functional(ref, ker, x, t, dtype, label=f"functional-{ref_name}", **kw)

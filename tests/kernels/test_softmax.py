@@ -256,3 +256,25 @@ def test_gpu_llm_shape_bf16():
     t = torch.randint(0, 128256, (512,), device="cuda")
     t[::10] = -100
     run_case(x, t, torch.bfloat16, kind="ce", label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_focal_matches_functional(gamma, dtype):
+    x = torch.randn(2, 5, 3, 4, device=DEVICE) * 3
+    t = _target((2, 5, 3, 4), 5)
+    alpha = torch.rand(5, device=DEVICE)
+    x_low = x.to(dtype)
+    xk = x_low.detach().clone().requires_grad_()
+    out = K.softmax_focal_loss(xk, t, gamma=gamma, alpha=alpha)
+    x64 = x_low.detach().double().requires_grad_()
+    ref64 = LF.softmax_focal_loss(x64, t, gamma=gamma, alpha=alpha.double())
+    x32 = x_low.detach().clone().requires_grad_()
+    ref32 = LF.softmax_focal_loss(x32, t, gamma=gamma, alpha=alpha)
+    out.backward()
+    ref64.backward()
+    ref32.backward()
+    record("softmax-focal:loss", dtype, assert_within_2x(out, ref64, ref32, dtype, "loss"))
+    record(
+        "softmax-focal:grad", dtype, assert_within_2x(xk.grad, x64.grad, x32.grad, dtype, "grad")
+    )
