@@ -16,12 +16,14 @@ import lossforge.functional as F
 
 
 def _make(n: int, dtype: torch.dtype, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    x = (torch.randn(n, 3, 4, generator=g, dtype=torch.float64) * 2).to(dtype)
-    y = (torch.rand(n, 3, 4, generator=g) < 0.3).to(dtype)
+    x = (torch.randn(n, 2, 3, generator=g, dtype=torch.float64) * 2).to(dtype)
+    y = (torch.rand(n, 2, 3, generator=g) < 0.3).to(dtype)
     return x, y
 
 
-def _make_index(n: int, dtype: torch.dtype, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _make_index(
+    n: int, dtype: torch.dtype, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     x = (torch.randn(n, 4, generator=g, dtype=torch.float64) * 2).to(dtype)
     t = torch.randint(0, 5, (n,), generator=g)
     if n > 2:
@@ -67,8 +69,11 @@ def test_balanced_matches_reference(beta: float | None, reduction: str, shape: t
     g = torch.Generator().manual_seed(11)
     x = torch.randn(shape, generator=g, dtype=torch.float64) * 3
     y = (torch.rand(shape, generator=g) < 0.25).double()
-    assert_close(BAL(x, y, beta=beta, reduction=reduction), ref.balanced_bce(x, y, beta=beta, reduction=reduction),
-                 torch.float64)
+    assert_close(
+        BAL(x, y, beta=beta, reduction=reduction),
+        ref.balanced_bce(x, y, beta=beta, reduction=reduction),
+        torch.float64,
+    )
 
 
 def test_balanced_beta_is_per_sample_fraction_of_negatives() -> None:
@@ -118,13 +123,18 @@ def test_balanced_all_positive_all_negative_empty_and_ignored() -> None:
     assert torch.all(torch.autograd.grad(every, x)[0] == 0)
     # an element-wise ignore: ignored elements leave beta
     yd = torch.tensor([[1.0, 0.0, 7.0, 7.0]])
-    assert_close(BAL(x[:1], yd, ignore_index=7, reduction="sum"), BAL(x[:1, :2], yd[:, :2], reduction="sum"),
-                 torch.float32)
+    assert_close(
+        BAL(x[:1], yd, ignore_index=7, reduction="sum"),
+        BAL(x[:1, :2], yd[:, :2], reduction="sum"),
+        torch.float32,
+    )
 
 
 def test_balanced_validation() -> None:
     x, y = torch.zeros(2, 3), torch.zeros(2, 3)
-    with pytest.raises(ValueError, match=r"balanced_binary_cross_entropy: expected `beta` in \[0, 1\], got 1.5"):
+    with pytest.raises(
+        ValueError, match=r"balanced_binary_cross_entropy: expected `beta` in \[0, 1\], got 1.5"
+    ):
         BAL(x, y, beta=1.5)
     with pytest.raises(TypeError, match="beta"):
         BAL(x, y, beta="auto")
@@ -152,12 +162,23 @@ def test_ohem_matches_reference(ratio: float, reduction: str, fallback: int) -> 
     y = (torch.rand(2, 6, 5, generator=g) < 0.15).double()
     m = (torch.rand(2, 6, 5, generator=g) < 0.8).double()
     for mask in (m, None):
-        got = OHEM(x, y, mask=mask, negative_ratio=ratio, fallback_negative_num=fallback, reduction=reduction)
-        exp = ref.ohem_bce(x, y, mask, negative_ratio=ratio, fallback_negative_num=fallback, reduction=reduction)
+        got = OHEM(
+            x,
+            y,
+            mask=mask,
+            negative_ratio=ratio,
+            fallback_negative_num=fallback,
+            reduction=reduction,
+        )
+        exp = ref.ohem_bce(
+            x, y, mask, negative_ratio=ratio, fallback_negative_num=fallback, reduction=reduction
+        )
         assert_close(got, exp, torch.float64)
     # no positives: the fallback decides
     got = OHEM(x, torch.zeros_like(y), mask=m, fallback_negative_num=fallback, reduction=reduction)
-    exp = ref.ohem_bce(x, torch.zeros_like(y), m, fallback_negative_num=fallback, reduction=reduction)
+    exp = ref.ohem_bce(
+        x, torch.zeros_like(y), m, fallback_negative_num=fallback, reduction=reduction
+    )
     assert_close(got, exp, torch.float64)
 
 
@@ -166,8 +187,12 @@ def test_ohem_worked_example_and_selection() -> None:
     y = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)
     bce = TF.binary_cross_entropy_with_logits(x, y, reduction="none")
     none = OHEM(x, y, negative_ratio=2.0, reduction="none")
-    assert_close(none, bce * torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0], dtype=torch.float64), torch.float64)
-    assert_close(OHEM(x, y, negative_ratio=2.0), (bce[0] + bce[2] + bce[4]) / (3 + 1e-6), torch.float64)
+    assert_close(
+        none, bce * torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0], dtype=torch.float64), torch.float64
+    )
+    assert_close(
+        OHEM(x, y, negative_ratio=2.0), (bce[0] + bce[2] + bce[4]) / (3 + 1e-6), torch.float64
+    )
     assert_close(OHEM(x, y, negative_ratio=2.0, reduction="sum"), none.sum(), torch.float64)
     assert_close(OHEM(x, y, negative_ratio=2.0, avg_factor=10.0), none.sum() / 10.0, torch.float64)
 
@@ -239,14 +264,20 @@ def test_ohem_module_takes_mask_in_forward() -> None:
     assert "negative_ratio=2.0" in repr(mod)
     from lossforge.registry import build_loss
 
-    assert isinstance(build_loss({"type": "ohem_binary_cross_entropy"}), lf.OHEMBinaryCrossEntropyLoss)
-    assert isinstance(build_loss({"type": "balanced_binary_cross_entropy", "beta": 0.7}),
-                      lf.BalancedBinaryCrossEntropyLoss)
+    assert isinstance(
+        build_loss({"type": "ohem_binary_cross_entropy"}), lf.OHEMBinaryCrossEntropyLoss
+    )
+    assert isinstance(
+        build_loss({"type": "balanced_binary_cross_entropy", "beta": 0.7}),
+        lf.BalancedBinaryCrossEntropyLoss,
+    )
 
 
 def test_ohem_validation() -> None:
     x, y = torch.zeros(2, 3), torch.zeros(2, 3)
-    with pytest.raises(ValueError, match=r"ohem_binary_cross_entropy: expected `negative_ratio` in \(0, inf\]"):
+    with pytest.raises(
+        ValueError, match=r"ohem_binary_cross_entropy: expected `negative_ratio` in \(0, inf\]"
+    ):
         OHEM(x, y, negative_ratio=0.0)
     with pytest.raises(ValueError, match="negative_ratio"):
         OHEM(x, y, negative_ratio=-1.0)
@@ -272,7 +303,11 @@ def test_ohem_validation() -> None:
 def test_low_precision_finite_at_extreme_logits(dtype: torch.dtype) -> None:
     y = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0]])
     for scale in (20.0, 1e4):
-        x = (torch.tensor([[1.0, -1.0, 1.0, -1.0], [1.0, -1.0, -1.0, 1.0]]) * scale).to(dtype).requires_grad_()
+        x = (
+            (torch.tensor([[1.0, -1.0, 1.0, -1.0], [1.0, -1.0, -1.0, 1.0]]) * scale)
+            .to(dtype)
+            .requires_grad_()
+        )
         for loss in (BAL(x, y), BAL(x, y, beta=0.3), OHEM(x, y), OHEM(x, y, mask=torch.ones(2, 4))):
             (g,) = torch.autograd.grad(loss, x)
             assert loss.dtype == torch.float32 and torch.isfinite(loss) and torch.isfinite(g).all()
@@ -292,8 +327,11 @@ def test_property_ohem_matches_sorted_reference(n: int, s: int, seed: int, ratio
     none = OHEM(x, y, mask=m, negative_ratio=ratio, reduction="none")
     assert torch.all(none >= 0)
     assert_close(none, ref.ohem_bce(x, y, m, negative_ratio=ratio, reduction="none"), torch.float64)
-    assert_close(OHEM(x, y, mask=m, negative_ratio=ratio), ref.ohem_bce(x, y, m, negative_ratio=ratio),
-                 torch.float64)
+    assert_close(
+        OHEM(x, y, mask=m, negative_ratio=ratio),
+        ref.ohem_bce(x, y, m, negative_ratio=ratio),
+        torch.float64,
+    )
 
 
 @given(st.integers(1, 4), st.integers(1, 10), st.integers(0, 10_000))

@@ -1,9 +1,9 @@
 """Float64 references for the asymmetric losses, written from Ridnik et al. (ICCV 2021) and the
 authors' code with explicit loops and Python ``math``.
 
-Nothing here calls lossforge or ``torch.nn.functional``; tensors are only containers. The multi-label
-reference follows the reference repo literally (``pow`` of ``1 - p_t``, ``log(max(., eps))``), not the
-stable ``exp(gamma * log)`` construction of the library.
+Nothing here calls lossforge or ``torch.nn.functional``; tensors are only containers. The
+multi-label reference follows the reference repo literally (``pow`` of ``1 - p_t``,
+``log(max(., eps))``), not the stable ``exp(gamma * log)`` construction of the library.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ def _log_sigmoid(x: float) -> float:
     return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
 
 
-def asl_element(x: float, y: float, gamma_pos: float, gamma_neg: float, clip: float, eps: float) -> float:
+def asl_element(
+    x: float, y: float, gamma_pos: float, gamma_neg: float, clip: float, eps: float
+) -> float:
     """One element of the multi-label ASL (the reference repo's formula)."""
     p = _sigmoid(x)
     one_minus_p = _sigmoid(-x)
@@ -102,7 +104,7 @@ def asymmetric(
     ignore_index: int | None = None,
     reduction: str = "mean",
 ) -> Tensor:
-    """Multi-label ASL, reduced with lossforge's conventions (mean over valid elements, 0 if none)."""
+    """Multi-label ASL, reduced with lossforge's conventions (mean over valid elements)."""
     y, valid = _dense(logits, target, ignore_index)
     x = logits.detach().double()
     out = torch.zeros_like(x)

@@ -1,9 +1,9 @@
-"""Float64 references for the balanced binary cross-entropies, with explicit loops and Python ``math``.
+"""Float64 references for the balanced binary cross-entropies (explicit loops, Python ``math``).
 
-``balanced_bce`` follows HED (Xie & Tu 2015): beta = |Y-| / |Y| per sample. ``ohem_bce`` follows DB's
-``BalanceCrossEntropyLoss`` / mmocr's ``MaskedBalancedBCEWithLogitsLoss``: count positives and negatives
-over the whole batch, keep the ``min(#neg, int(#pos * ratio))`` hardest negatives (a Python sort), divide
-by ``#pos + k + eps``. Nothing here calls lossforge or ``torch.nn.functional``.
+``balanced_bce`` follows HED (Xie & Tu 2015): beta = |Y-| / |Y| per sample. ``ohem_bce`` follows
+DB's ``BalanceCrossEntropyLoss`` / mmocr's ``MaskedBalancedBCEWithLogitsLoss``: count positives
+and negatives over the whole batch, keep the ``min(#neg, int(#pos * ratio))`` hardest negatives (a
+Python sort), divide by ``#pos + k + eps``. Nothing here calls lossforge or ``torch.nn.functional``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,11 @@ def balanced_bce(
     """HED balanced BCE for dense targets; samples along dim 0 (a 1-d input is one sample)."""
     x = logits.detach().double()
     y = target.detach().double()
-    samples = [(x.reshape(-1), y.reshape(-1))] if x.ndim < 2 else [(x[i].reshape(-1), y[i].reshape(-1)) for i in range(x.shape[0])]
+    samples = (
+        [(x.reshape(-1), y.reshape(-1))]
+        if x.ndim < 2
+        else [(x[i].reshape(-1), y[i].reshape(-1)) for i in range(x.shape[0])]
+    )
     out: list[list[float]] = []
     for xs, ys in samples:
         xl, yl = xs.tolist(), ys.tolist()

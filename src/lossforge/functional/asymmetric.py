@@ -4,7 +4,8 @@ Both forms build their focusing weights as ``exp(gamma * log(base))`` where ``lo
 from ``logsigmoid`` / ``log_softmax`` / ``logsumexp`` in float32 (float64 for float64 inputs). That
 keeps the loss and its gradient finite in every dtype, also for ``0 < gamma < 1`` at saturated
 logits, where ``pow``'s backward ``gamma * base**(gamma - 1)`` is ``inf * 0 = NaN``. The gradient
-stop through the focusing weight is a ``.detach()`` on the weight: global grad mode is never touched.
+stop through the focusing weight is a ``.detach()`` on the weight: global grad mode is never
+touched.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from lossforge._targets import sigmoid_target, softmax_target
 
 __all__ = ["asymmetric_loss", "softmax_asymmetric_loss"]
 
-#: Smallest positive ``eps``: the float32 ``tiny`` (all low-precision inputs are computed in float32).
+#: Smallest positive ``eps``: float32's ``tiny`` (low-precision inputs are computed in float32).
 EPS_MIN = torch.finfo(torch.float32).tiny
 
 
@@ -44,12 +45,24 @@ def check_asl_args(
     c = check_number(fn, "clip", clip, low=0.0, high=1.0, high_open=True)
     e = check_number(fn, "eps", eps, low=0.0, high=1.0, high_open=True)
     if 0.0 < e < EPS_MIN:
-        fail(fn, "eps", f"0 (no clamp) or >= {EPS_MIN:.3g} (float32 tiny; smaller values underflow)", e)
+        fail(
+            fn,
+            "eps",
+            f"0 (no clamp) or >= {EPS_MIN:.3g} (float32 tiny; smaller values underflow)",
+            e,
+        )
     return gp, gn, c, e
 
 
 def _asl_unreduced(
-    z: Tensor, y: Tensor, *, gamma_pos: float, gamma_neg: float, clip: float, eps: float, detach: bool
+    z: Tensor,
+    y: Tensor,
+    *,
+    gamma_pos: float,
+    gamma_neg: float,
+    clip: float,
+    eps: float,
+    detach: bool,
 ) -> Tensor:
     """Element-wise multi-label ASL in ``z``'s dtype (float32 or float64)."""
     log_p = TF.logsigmoid(z)  # log p
@@ -156,8 +169,8 @@ def asymmetric_loss(
 
     Args:
         logits: Raw scores ``(N, C, *)`` (any shape with dense targets).
-        target: Dense targets of the logits' shape in ``[0, 1]`` (soft labels allowed, elements equal
-            to ``ignore_index`` ignored), or class indices of the logits' shape without dim 1:
+        target: Dense targets of the logits' shape in ``[0, 1]`` (soft labels allowed, elements
+            equal to ``ignore_index`` ignored), or class indices of the logits' shape without dim 1:
             ``k`` in ``[0, C)`` is the positive class, ``C`` means all negative (background),
             ``ignore_index`` drops the row.
         gamma_pos: $\gamma_+ \ge 0$, focusing of the positive term (paper: 0).
@@ -166,7 +179,8 @@ def asymmetric_loss(
         eps: Clamp of the probabilities inside the logs, 0 or in ``[1.18e-38, 1)`` (below float32's
             ``tiny`` it would underflow); 0 disables the clamp.
         detach_focal_weight: Stop the gradient through the focusing weight (the reference's
-            ``disable_torch_grad_focal_loss``), by ``.detach()`` on the weight; grad mode is untouched.
+            ``disable_torch_grad_focal_loss``), by ``.detach()`` on the weight; grad mode is
+            untouched.
         ignore_index: Ignored target value; ``None`` disables it.
         weight: Element-wise weight: the logits' shape, its leading dims (``(N,)`` = per sample) or
             a same-rank broadcastable shape.
@@ -222,7 +236,9 @@ def asymmetric_loss(
     z = x.to(compute_dtype(x))
     loss = _asl_unreduced(z, dt.target, gamma_pos=gp, gamma_neg=gn, clip=m, eps=e, detach=detach)
     loss = poison_out_of_range(loss, dt.bad)
-    return weight_reduce(loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=dt.valid)
+    return weight_reduce(
+        loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=dt.valid
+    )
 
 
 def softmax_asymmetric_loss(
@@ -242,9 +258,9 @@ def softmax_asymmetric_loss(
     r"""Single-label asymmetric loss (softmax ASL, the reference's ``ASLSingleLabel``).
 
     With $p = \operatorname{softmax}(x)$ over the class dimension, target class $t$, $C$ classes and
-    label smoothing $\varepsilon$, the focusing weights are $w_t = (1 - p_t)^{\gamma_+}$ on the target
-    class and $w_c = p_c^{\gamma_-}$ on the others, applied to the smoothed target distribution
-    $q = (1 - \varepsilon)\,\mathbb{1}[c = t] + \varepsilon / C$:
+    label smoothing $\varepsilon$, the focusing weights are $w_t = (1 - p_t)^{\gamma_+}$ on the
+    target class and $w_c = p_c^{\gamma_-}$ on the others, applied to the smoothed target
+    distribution $q = (1 - \varepsilon)\,\mathbb{1}[c = t] + \varepsilon / C$:
 
     $$
     \ell = -\sum_{c=1}^{C} q_c\, w_c \log p_c .
@@ -260,13 +276,16 @@ def softmax_asymmetric_loss(
     Args:
         logits: Unnormalised scores ``(N, C, d1, ..., dk)`` or unbatched ``(C,)``, $C \ge 2$.
         target: Class indices ``(N, d1, ..., dk)`` (any integer dtype) in ``[0, C)`` or
-            ``ignore_index``. Probability targets are not accepted (the weights need a target class).
+            ``ignore_index``. Probability targets are not accepted (the weights need a target
+            class).
         gamma_pos: $\gamma_+ \ge 0$ (reference default 0).
         gamma_neg: $\gamma_- \ge 0$ (reference default 4).
         label_smoothing: $\varepsilon \in [0, 1]$ (reference default 0.1).
-        detach_focal_weight: Stop the gradient through the weights (``.detach()``; grad mode untouched).
+        detach_focal_weight: Stop the gradient through the weights (``.detach()``; grad mode
+            untouched).
         ignore_index: Ignored target value (``None`` disables it); ignored positions give 0.
-        weight: Element-wise weight of the per-position loss (the target's shape or its leading dims).
+        weight: Element-wise weight of the per-position loss (the target's shape or its leading
+            dims).
         reduction: ``"none"`` | ``"mean"`` (over non-ignored positions) | ``"sum"``.
         avg_factor: Denominator of ``"mean"``.
         backend: ``"torch"`` | ``"auto"`` | ``"triton"`` (no fused kernel: ``"auto"`` runs the
@@ -320,4 +339,6 @@ def softmax_asymmetric_loss(
     q = onehot.to(z.dtype) * (1.0 - eps) + eps / c
     loss = -(q * wlogp).sum(dim=cdim)
     loss = poison_out_of_range(loss, st.bad)
-    return weight_reduce(loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=st.valid)
+    return weight_reduce(
+        loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=st.valid
+    )

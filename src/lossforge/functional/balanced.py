@@ -42,7 +42,11 @@ def _per_sample_beta(y: Tensor, valid: Tensor | None) -> Tensor:
     n_valid = v.sum(dim=dims, keepdim=True)
     n_neg = ((1.0 - y) * v).sum(dim=dims, keepdim=True)
     has = n_valid > 0
-    return torch.where(has, n_neg / torch.where(has, n_valid, torch.ones_like(n_valid)), torch.full_like(n_valid, 0.5))
+    return torch.where(
+        has,
+        n_neg / torch.where(has, n_valid, torch.ones_like(n_valid)),
+        torch.full_like(n_valid, 0.5),
+    )
 
 
 def balanced_binary_cross_entropy(
@@ -83,7 +87,8 @@ def balanced_binary_cross_entropy(
         beta: ``None`` (per-sample fraction of negatives) or a float in ``[0, 1]``: the weight of
             the positive term; negatives get ``1 - beta``.
         ignore_index: Ignored target value (excluded from $\beta$ and from the loss).
-        weight: Element-wise weight (the logits' shape, its leading dims, or same-rank broadcastable).
+        weight: Element-wise weight (the logits' shape, its leading dims, or a same-rank
+            broadcastable shape).
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
         avg_factor: Denominator of ``"mean"``.
         backend: ``"torch"`` | ``"auto"`` | ``"triton"``: the fused sigmoid kernel serves a float
@@ -137,7 +142,9 @@ def balanced_binary_cross_entropy(
     beta_t: Tensor | float = _per_sample_beta(y, dt.valid) if b is None else b
     loss = -(beta_t * y * TF.logsigmoid(z) + (1.0 - beta_t) * (1.0 - y) * TF.logsigmoid(-z))
     loss = poison_out_of_range(loss, dt.bad)
-    return weight_reduce(loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=dt.valid)
+    return weight_reduce(
+        loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=dt.valid
+    )
 
 
 def ohem_binary_cross_entropy(
@@ -153,7 +160,7 @@ def ohem_binary_cross_entropy(
     avg_factor: float | Tensor | None = None,
     backend: Backend = "torch",
 ) -> Tensor:
-    r"""Balanced BCE with online hard negative mining (DB / mmocr ``MaskedBalancedBCEWithLogitsLoss``).
+    r"""Balanced BCE with online hard negative mining (DB / mmocr OHEM balanced BCE).
 
     With the element-wise BCE $b_i = -[y_i \log p_i + (1 - y_i)\log(1 - p_i)]$, mask $M$,
     positives $P_i = y_i M_i$ and negatives $Q_i = (1 - y_i) M_i$, counts
@@ -189,7 +196,8 @@ def ohem_binary_cross_entropy(
         negative_ratio: $r > 0$ (DB: 3).
         fallback_negative_num: $k_0 \ge 0$, negatives kept when there are no positives.
         eps: $\epsilon \ge 0$ in the denominator (DB/mmocr: 1e-6).
-        weight: Element-wise weight (the logits' shape, its leading dims, or same-rank broadcastable).
+        weight: Element-wise weight (the logits' shape, its leading dims, or a same-rank
+            broadcastable shape).
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
         avg_factor: Replaces the denominator $n_+ + k + \epsilon$ of ``"mean"``.
         backend: ``"torch"`` | ``"auto"`` | ``"triton"`` (no fused kernel: ``"auto"`` runs the
@@ -245,13 +253,24 @@ def ohem_binary_cross_entropy(
     # Rank the negatives by their (unweighted) loss, hardest first; a stable sort makes ties go to
     # the lower flat index. Non-negatives sort last (key -1 < any loss).
     is_neg = (neg > 0).reshape(-1)
-    key = torch.where(is_neg, (neg * bce).detach().reshape(-1), torch.full_like(is_neg, -1.0, dtype=z.dtype))
+    key = torch.where(
+        is_neg, (neg * bce).detach().reshape(-1), torch.full_like(is_neg, -1.0, dtype=z.dtype)
+    )
     order = torch.sort(key, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+    rank = torch.empty_like(order).scatter_(
+        0, order, torch.arange(order.numel(), device=order.device)
+    )
     selected = (is_neg & (rank < k)).reshape(y.shape)
-    loss = pos * bce + torch.where(selected, neg * bce, torch.zeros((), dtype=z.dtype, device=z.device))
+    loss = pos * bce + torch.where(
+        selected, neg * bce, torch.zeros((), dtype=z.dtype, device=z.device)
+    )
     loss = poison_out_of_range(loss, dt.bad)
     denominator = (n_pos + k + e).to(z.dtype)
     return weight_reduce(
-        loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, denominator=denominator
+        loss,
+        fn=fn,
+        reduction=reduction,
+        weight=weight,
+        avg_factor=avg_factor,
+        denominator=denominator,
     )

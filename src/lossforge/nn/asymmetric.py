@@ -28,7 +28,15 @@ class AsymmetricLoss(Loss):
     """
 
     registry_name = "asymmetric"
-    _repr_fields = ("gamma_pos", "gamma_neg", "clip", "eps", "detach_focal_weight", "ignore_index", "backend")
+    _repr_fields = (
+        "gamma_pos",
+        "gamma_neg",
+        "clip",
+        "eps",
+        "detach_focal_weight",
+        "ignore_index",
+        "backend",
+    )
 
     def __init__(
         self,
@@ -45,7 +53,9 @@ class AsymmetricLoss(Loss):
     ) -> None:
         super().__init__(reduction=reduction, loss_weight=loss_weight)
         name = type(self).__name__
-        self.gamma_pos, self.gamma_neg, self.clip, self.eps = check_asl_args(name, gamma_pos, gamma_neg, clip, eps)
+        self.gamma_pos, self.gamma_neg, self.clip, self.eps = check_asl_args(
+            name, gamma_pos, gamma_neg, clip, eps
+        )
         self.detach_focal_weight = check_bool(name, "detach_focal_weight", detach_focal_weight)
         self.ignore_index = check_optional_int(name, "ignore_index", ignore_index)
         self.backend = check_choice(name, "backend", backend, BACKENDS)
@@ -88,7 +98,14 @@ class SoftmaxAsymmetricLoss(Loss):
     """
 
     registry_name = "softmax_asymmetric"
-    _repr_fields = ("gamma_pos", "gamma_neg", "label_smoothing", "detach_focal_weight", "ignore_index", "backend")
+    _repr_fields = (
+        "gamma_pos",
+        "gamma_neg",
+        "label_smoothing",
+        "detach_focal_weight",
+        "ignore_index",
+        "backend",
+    )
 
     def __init__(
         self,
@@ -105,7 +122,9 @@ class SoftmaxAsymmetricLoss(Loss):
         super().__init__(reduction=reduction, loss_weight=loss_weight)
         name = type(self).__name__
         self.gamma_pos, self.gamma_neg, _, _ = check_asl_args(name, gamma_pos, gamma_neg)
-        self.label_smoothing = check_number(name, "label_smoothing", label_smoothing, low=0.0, high=1.0)
+        self.label_smoothing = check_number(
+            name, "label_smoothing", label_smoothing, low=0.0, high=1.0
+        )
         self.detach_focal_weight = check_bool(name, "detach_focal_weight", detach_focal_weight)
         self.ignore_index = check_optional_int(name, "ignore_index", ignore_index)
         self.backend = check_choice(name, "backend", backend, BACKENDS)

@@ -89,8 +89,12 @@ class OHEMBinaryCrossEntropyLoss(Loss):
     ) -> None:
         super().__init__(reduction=reduction, loss_weight=loss_weight)
         name = type(self).__name__
-        self.negative_ratio = check_number(name, "negative_ratio", negative_ratio, low=0.0, low_open=True)
-        self.fallback_negative_num = check_int(name, "fallback_negative_num", fallback_negative_num, low=0)
+        self.negative_ratio = check_number(
+            name, "negative_ratio", negative_ratio, low=0.0, low_open=True
+        )
+        self.fallback_negative_num = check_int(
+            name, "fallback_negative_num", fallback_negative_num, low=0
+        )
         self.eps = check_number(name, "eps", eps, low=0.0)
         self.backend = check_choice(name, "backend", backend, BACKENDS)
 
