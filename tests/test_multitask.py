@@ -28,6 +28,15 @@ from lossforge.multitask import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is fastest and immune to a busy machine; restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _scalars(*values: float, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
     return [torch.tensor(v, dtype=dtype) for v in values]
 
