@@ -411,6 +411,21 @@ def _run_ddp_wrapper(rank: int | None) -> dict[str, Any]:
     return {"loss": loss.detach(), "grad": torch.cat([p.grad.reshape(-1) for p in model.parameters()])}
 
 
+EXAMPLE = "examples/ddp_dense_head.py"
+EXAMPLE_ARGS = {"steps": 3, "batch": 8, "lr": 0.05, "dtype": "float64", "check": True, "verbose": False}
+
+
+def _example() -> Any:
+    """examples/ddp_dense_head.py, loaded by path (examples/ is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "ddp_dense_head.py"
+    spec = importlib.util.spec_from_file_location("lossforge_example_ddp_dense_head", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
 # ---------------------------------------------------------------------------------------------------
 # Spawn harness
 # ---------------------------------------------------------------------------------------------------
@@ -434,6 +449,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         jobs.append(("ddp_wrapper_cross_entropy", lambda: _run_ddp_wrapper(rank)))
         if _dice_wired():
             jobs.append((DICE_NAME, lambda: _run_dice(rank)))
+        jobs.append((EXAMPLE, lambda: {"history": _example().train(rank, world, EXAMPLE_ARGS)}))
         t0 = time.perf_counter()
         for name, job in jobs:
             # Scenarios are deterministic and identical on both ranks, so an exception is raised on
@@ -543,6 +559,20 @@ def test_dice_batch_sums(ddp_results: dict[str, Any]) -> None:
     ref = _run_dice(None)
     torch.testing.assert_close(loss, ref["loss"], rtol=0, atol=ATOL)
     torch.testing.assert_close(grad, ref["grad"], rtol=0, atol=ATOL)
+
+
+def test_example_dense_head_equals_single_process(ddp_results: dict[str, Any]) -> None:
+    """The worked example, 3 SGD steps under DDP, rank 0 checking a single-process replica."""
+    r0 = ddp_results["ranks"][0][EXAMPLE]
+    if "error" in r0:
+        pytest.fail(r0["error"])
+    history = r0["history"]
+    assert len(history) == EXAMPLE_ARGS["steps"]
+    for row in history:
+        assert row["max_dloss"] <= 1e-12 and row["max_dparam"] <= 1e-12, row
+    # Rank 1's half of the batch is nearly empty; the shards really are unbalanced.
+    r1 = ddp_results["ranks"][1][EXAMPLE]["history"]
+    assert all(a["rank_pos"] > 3 * b["rank_pos"] for a, b in zip(history, r1))
 
 
 def test_scope_restored_in_workers(ddp_results: dict[str, Any]) -> None:
