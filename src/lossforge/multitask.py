@@ -31,6 +31,7 @@ unless enabled) because they synchronise with the device.
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Literal
@@ -598,7 +599,7 @@ class DynamicTaskPrioritization(Weighting):
                     v = float(v.detach())
                 if (
                     isinstance(v, bool)
-                    or not isinstance(v, (int, float))
+                    or not isinstance(v, numbers.Real)
                     or not 0.0 <= float(v) <= 1.0
                 ):
                     fail(fn, "kpis", "values in [0, 1]", repr(values))
