@@ -435,3 +435,11 @@ def test_family_matches_functional(name, target_kind, dtype):
     else:
         t = (torch.rand(9, 7, device=DEVICE) < 0.3).float()
     _vs_functional(ref, ker, x, t, dtype, label=f"functional-{ref_name}", **kw)
+
+
+def test_second_backward_raises_instead_of_double_scaling():
+    x = torch.randn(4, 5, device=DEVICE, requires_grad=True)
+    loss = K.binary_cross_entropy_with_logits(x, torch.rand(4, 5, device=DEVICE))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        loss.backward()

@@ -97,12 +97,13 @@ def scale_grad_(grad: Tensor, grad_output: Tensor) -> None:
 def backward_scaled(grad: Tensor, grad_output: Tensor, reduced: bool) -> Tensor:
     """The gradient of the loss w.r.t. the logits from the one the forward wrote.
 
-    Reduced losses scale in place (the buffer is owned by the autograd node; calling backward twice
-    with ``retain_graph=True`` and ``grad_output != 1`` would scale it twice, as in Liger).
-    Unreduced
-    losses multiply by the element-wise ``grad_output`` into a new tensor.
+    The saved buffer is scaled in place: by the scalar ``grad_output`` through the predicate kernel
+    (reduced losses), or by the element-wise ``grad_output`` (``reduction="none"``; fp32 math, no
+    new buffer). The in-place update bumps the saved tensor's version, so a second ``backward``
+    through the same graph (``retain_graph=True``) raises autograd's "modified by an inplace
+    operation" error instead of silently returning a twice-scaled gradient.
     """
     if reduced:
         torch.ops.lossforge.scale_grad_(grad, grad_output.reshape(1))
         return grad
-    return (grad * grad_output).to(grad.dtype)
+    return grad.mul_(grad_output)

@@ -338,7 +338,7 @@ def _backward(ctx, grad_loss, _grad_grad):
         torch.ops.lossforge.scale_grad_(grad, grad_loss.reshape(1))
         g = grad
     else:
-        g = (grad * grad_loss.unsqueeze(1)).to(grad.dtype)
+        g = grad.mul_(grad_loss.unsqueeze(1))
     return (g,) + (None,) * 12
 
 
