@@ -701,3 +701,22 @@ def test_report_max_delta(ddp_results: dict[str, Any]) -> None:
         dg = max(v[1] for v in MAX_DELTA.values())
         print(f"\nDDP == single process: {len(MAX_DELTA)} scenarios, max |dloss| {dl:.2e}, max |dgrad| {dg:.2e}")
         assert dl <= ATOL and dg <= ATOL
+
+
+def test_lightning_example() -> None:
+    """examples/lightning_module.py in a reduced form (a few steps; skipped without lightning)."""
+    pytest.importorskip("lightning")
+    pytest.importorskip("sklearn")
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "lightning_module.py"
+    spec = importlib.util.spec_from_file_location("lossforge_example_lightning", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    metrics = module.main(epochs=1)  # ~7 steps and one validation pass
+    assert set(metrics) >= {"train_loss", "val_balanced_acc"}
+    assert all(v == v and abs(v) < 1e6 for v in metrics.values())  # finite
+    spec = {"type": "cross_entropy", "class_weight": "effective_number"}
+    model = module.LongTailClassifier(loss=spec, class_counts=[100.0, 10.0, 1.0] + [5.0] * 7)
+    assert isinstance(model.loss_fn.class_weight, torch.Tensor)
+    assert "loss_fn.class_weight" in model.state_dict()  # a buffer: follows .to() and checkpoints
