@@ -102,3 +102,36 @@ def test_gpu_segmentation_shape():
     x = torch.randn(2, 19, 256, 512, device="cuda")
     t = torch.randint(0, 19, (2, 256, 512), device="cuda")
     run_case(x, t, torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"batch": True},
+        {"batch": False, "squared": True, "smooth": 0.5},
+        {"batch": False, "ignore_index": 255, "smooth": 0.0},
+    ],
+)
+def test_matches_functional_sum(opts, dtype):
+    import lossforge.functional as LF
+
+    x = torch.randn(2, 4, 3, 5, device=DEVICE) * 2
+    t = torch.randint(0, 4, (2, 3, 5), device=DEVICE)
+    if "ignore_index" in opts:
+        t[0] = 255  # a whole sample ignored
+        t[1, 0] = 255
+    kw = {k: v for k, v in opts.items() if k != "batch"}
+    x_low = x.to(dtype)
+    xk = x_low.detach().clone().requires_grad_()
+    out = K.dice_loss(xk, t, per_sample=not opts["batch"], reduction="sum", **kw)
+    x64 = x_low.detach().double().requires_grad_()
+    ref64 = LF.dice_loss(x64, t, batch=opts["batch"], reduction="sum", **kw)
+    x32 = x_low.detach().clone().requires_grad_()
+    ref32 = LF.dice_loss(x32, t, batch=opts["batch"], reduction="sum", **kw)
+    for v in (out, ref64, ref32):
+        v.backward()
+    record("functional-dice:loss", dtype, assert_within_2x(out, ref64, ref32, dtype, "loss"))
+    record(
+        "functional-dice:grad", dtype, assert_within_2x(xk.grad, x64.grad, x32.grad, dtype, "grad")
+    )
