@@ -2,8 +2,8 @@
 
 Loss-family pages (docs/losses/*.md) and API pages (docs/api/*.md) are written by several people;
 listing them here means a new page is in the navigation as soon as it exists, and ``--strict`` never
-fails on a page that has not been written yet. Optional top-level pages (the CLI page) are added
-when present.
+fails on a page that has not been written yet. Other top-level pages (the CLI page, multitask.md)
+are added before "Benchmarks" when present, titled by their first heading.
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ def _title(path: Path) -> str:
 
 
 def _pages(docs: Path, sub: str) -> list[dict[str, str]]:
-    files = sorted((docs / sub).glob("*.md"), key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else len(ORDER), p.stem))
+    files = sorted(
+        (docs / sub).glob("*.md"),
+        key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else len(ORDER), p.stem),
+    )
     return [{_title(p): f"{sub}/{p.name}"} for p in files]
 
 
@@ -38,8 +41,14 @@ def on_config(config: Any, **kwargs: Any) -> Any:
             entry["API reference"] = _pages(docs, "api")
     known = {v for e in nav if isinstance(e, dict) for v in e.values() if isinstance(v, str)}
     tail = next((i for i, e in enumerate(nav) if isinstance(e, dict) and "Benchmarks" in e), len(nav))
-    for title, page in OPTIONAL_TOP:
-        if (docs / page).exists() and page not in known:
+    extra = [(title, page) for title, page in OPTIONAL_TOP if (docs / page).exists()]
+    # Any other top-level page written by someone (multitask.md, ...) goes in too, by its heading.
+    for path in sorted(docs.glob("*.md")):
+        if path.name not in known and path.name not in {p for _, p in extra}:
+            extra.append((_title(path), path.name))
+    for title, page in extra:
+        if page not in known:
             nav.insert(tail, {title: page})
+            tail += 1
     config["nav"] = nav
     return config
