@@ -1,0 +1,272 @@
+"""The ``lossforge`` command: ``compare``, ``plot``, ``list`` and ``bench``.
+
+Entry point: ``main(argv) -> int`` (the console script and ``python -m lossforge``). Parsing uses
+the standard library only; each subcommand imports what it needs (numpy, scikit-learn, matplotlib,
+tqdm from the ``lossforge[cli]`` extra) when it runs, so ``import lossforge`` never does.
+
+User mistakes (unknown loss, bad parameter value, unreadable data file, bad experiment key) end
+with one line ``lossforge: error: ...`` on stderr and exit code 2, never a traceback. Set
+``LOSSFORGE_TRACEBACK=1`` to see the traceback anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from lossforge._checks import OptionalDependencyError
+
+__all__ = ["EXIT_USAGE", "build_parser", "main", "require"]
+
+EXIT_USAGE = 2
+
+_PIP_NAMES = {"sklearn": "scikit-learn"}
+
+
+def require(module: str, purpose: str) -> None:
+    """Raise ``OptionalDependencyError`` if ``module`` cannot be imported.
+
+    Args:
+        module: Import name (``"sklearn"``, ``"matplotlib"``, ``"tqdm"``, ``"numpy"``).
+        purpose: What needs it, for the message.
+    """
+    if importlib.util.find_spec(module) is None:
+        name = _PIP_NAMES.get(module, module)
+        raise OptionalDependencyError(f"{purpose} needs {name}: pip install lossforge[cli]")
+
+
+class _Parser(argparse.ArgumentParser):
+    """``ArgumentParser`` whose errors are one line (``<prog>: error: ...``) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    return values
+
+
+def _add_compare(sub: Any) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="train a small head with each loss on real data and rank the losses",
+        description=(
+            "Train a linear or small MLP head with each loss, several seeds, and print a leaderboard "
+            "(mean ± std); write results.json and compare.png to an output folder. With no arguments: "
+            "scikit-learn's bundled digits as a long-tailed single-label task (imbalance ratios 10, 50, "
+            "100) and a multi-label 3x3 mosaic task (90 labels, ~2%% positive). With --data: your own "
+            "features (.npz with X and y, or .csv)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  lossforge compare\n"
+            "  lossforge compare --data feats.npz --model linear\n"
+            "  lossforge compare --data table.csv --label-column species\n"
+            "  lossforge compare --config examples/experiment.toml\n"
+            "  lossforge compare --loss cross_entropy --loss 'softmax_focal:gamma=1' --task long-tail"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="TOML", help="experiment file (losses, data, model, train, seeds)")
+    p.add_argument("--data", metavar="FILE", help="your data: .npz with arrays X, y (indices or multi-hot) or .csv")
+    p.add_argument(
+        "--label-column",
+        metavar="COL[,COL...]",
+        help="CSV label column (default: 'label', 'y', 'target', 'class' or the last); several = multi-hot",
+    )
+    p.add_argument(
+        "--task",
+        choices=("all", "long-tail", "multi-label"),
+        help="built-in digits tasks to run (default: all)",
+    )
+    p.add_argument(
+        "--loss",
+        action="append",
+        metavar="NAME[:K=V,...]",
+        help="a loss to compare (repeatable), e.g. 'sigmoid_focal:gamma=1,alpha=none'; "
+        "class_counts=from_train uses the training counts (default: a standard set per task)",
+    )
+    p.add_argument("--model", choices=("linear", "mlp"), help="head trained on the features (default: mlp)")
+    p.add_argument("--hidden", type=_positive_int, metavar="N", help="MLP hidden width (default: 128)")
+    p.add_argument("--epochs", type=_positive_int, metavar="N", help="training epochs per run (default: 30)")
+    p.add_argument("--batch-size", type=_positive_int, metavar="N", help="mini-batch size (default: 64)")
+    p.add_argument("--lr", type=_positive_float, metavar="LR", help="Adam learning rate (default: 0.003)")
+    p.add_argument("--weight-decay", type=float, metavar="WD", help="Adam weight decay (default: 1e-4)")
+    p.add_argument("--seeds", type=_positive_int, metavar="N", help="number of seeds 0..N-1 (default: 3)")
+    p.add_argument(
+        "--imbalance-ratios", type=_float_list, metavar="R,R,...", help="long-tailed ratios (default: 10,50,100)"
+    )
+    p.add_argument("--test-size", type=float, metavar="F", help="held-out fraction of your data (default: 0.25)")
+    p.add_argument("--full", action="store_true", help="bigger run: 5 seeds, twice the epochs and canvases")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: ./lossforge-out/compare-<timestamp>)")
+    p.add_argument("--no-plot", action="store_true", help="do not draw compare.png")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="torch intra-op threads (default: 1; the heads are tiny, more threads only add overhead)",
+    )
+    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tests: 1 seed, 2 epochs, small mosaics
+
+
+def _add_plot(sub: Any) -> None:
+    p = sub.add_parser(
+        "plot",
+        help="draw a loss and its gradient against the true-class probability",
+        description=(
+            "Draw the loss and d loss / d logit (torch.autograd.grad on a 1-D grid) against the "
+            "predicted probability of the true class p_t, one curve per parameter value (Fig. 1 of the "
+            "focal loss paper). Sigmoid losses show the positive (target 1) and negative (target 0) "
+            "branches separately; softmax losses use a 2-class logit pair; regression losses use the "
+            "prediction error as the x-axis. Writes a PNG."
+        ),
+        epilog="examples:\n  lossforge plot sigmoid_focal --param gamma=0,0.5,1,2,5\n  lossforge plot asymmetric "
+        "--param gamma_neg=0,2,4 --out asl.png\n  lossforge plot smooth_l1 --param beta=0.5,1,2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("loss", help="registry name (see 'lossforge list')")
+    p.add_argument(
+        "--param",
+        action="append",
+        metavar="NAME=V1,V2,...",
+        help="parameter values to sweep (repeatable; several sweeps are crossed); one value = fixed",
+    )
+    p.add_argument("--out", metavar="FILE", help="PNG path (default: ./lossforge-out/plot-<loss>.png)")
+    p.add_argument("--points", type=_positive_int, default=400, metavar="N", help="grid points (default: 400)")
+
+
+def _add_list(sub: Any) -> None:
+    p = sub.add_parser(
+        "list",
+        help="print every registered loss with its parameters and defaults",
+        description="Print every loss of lossforge.registry with its constructor parameters and defaults.",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _add_bench(sub: Any) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time forward+backward of lossforge losses against eager references",
+        description=(
+            "Time forward+backward of lossforge losses against the eager formulas users run today "
+            "(torchvision-style focal, the ASL repository's loss, F.binary_cross_entropy_with_logits, "
+            "F.cross_entropy, F.smooth_l1_loss) with torch.utils.benchmark.Timer.blocked_autorange on "
+            "the available device; report the median time, the ratio to the reference and, on CUDA, "
+            "the peak memory."
+        ),
+    )
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if present")
+    p.add_argument("--workloads", metavar="NAME[,NAME]", help="subset of workloads (see --list)")
+    p.add_argument("--list", action="store_true", help="list the workloads and exit")
+    p.add_argument("--scale", type=_positive_float, default=1.0, metavar="S", help="multiply the batch sizes")
+    p.add_argument(
+        "--min-run-time", type=_positive_float, default=0.3, metavar="SEC", help="per measurement (default: 0.3)"
+    )
+    p.add_argument("--out", metavar="DIR", help="write bench.json, bench.csv and bench.md here")
+    p.add_argument("--threads", type=_positive_int, metavar="N", help="torch threads (default: min(4, CPUs))")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lossforge`` argument parser with its four subcommands."""
+    from lossforge import __version__
+
+    parser = _Parser(
+        prog="lossforge",
+        description="lossforge: compare, plot, list and benchmark loss functions.",
+        epilog="run 'lossforge <command> --help' for the options of a command",
+    )
+    parser.add_argument("--version", action="version", version=f"lossforge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="command", required=True, parser_class=_Parser)
+    _add_compare(sub)
+    _add_plot(sub)
+    _add_list(sub)
+    _add_bench(sub)
+    return parser
+
+
+def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    if args.command == "list":
+        from lossforge.cli.listing import run_list
+
+        return run_list(args)
+    require("numpy", f"lossforge {args.command}")
+    if args.command == "compare":
+        from lossforge.cli.compare import run_compare_command
+
+        return run_compare_command(args, argv)
+    if args.command == "plot":
+        from lossforge.cli.plot import run_plot
+
+        return run_plot(args)
+    from lossforge.cli.bench import run_bench
+
+    return run_bench(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``lossforge`` command.
+
+    Args:
+        argv: Arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: 0 on success, 2 for a usage or input error, 130 when interrupted.
+    """
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as stop:  # --help, --version, usage errors
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else EXIT_USAGE)
+
+    import torch
+
+    threads = torch.get_num_threads()
+    wanted = getattr(args, "threads", None) or min(4, os.cpu_count() or 1)
+    torch.set_num_threads(max(1, wanted))
+    try:
+        return _dispatch(args, args_list)
+    except KeyboardInterrupt:
+        print("lossforge: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, OptionalDependencyError) as err:
+        if os.environ.get("LOSSFORGE_TRACEBACK"):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"lossforge: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        torch.set_num_threads(threads)

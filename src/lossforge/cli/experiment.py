@@ -1,0 +1,557 @@
+"""Experiment specification for ``lossforge compare``: frozen dataclasses, loaded from TOML.
+
+An experiment is a list of losses (registry names plus parameters, validated by
+``lossforge.registry.build_loss``), the data, the model, the training settings and the seeds.
+Every table and key is checked: an unknown key, a wrong type or an out-of-range value raises
+``ConfigError`` (a ``ValueError``) naming the table, the key, what was expected and what came.
+
+A TOML file looks like this (every table and key is optional; see ``examples/experiment.toml``):
+
+    [experiment]
+    name = "my-features"
+    seeds = 3                  # or an explicit list: [0, 1, 2]
+
+    [data]
+    source = "features.npz"    # "digits", "digits-lt", "digits-multilabel", or a .npz / .csv path
+
+    [model]
+    kind = "mlp"               # or "linear"
+    hidden = 128
+
+    [train]
+    epochs = 30
+
+    [[loss]]
+    type = "cross_entropy"
+
+    [[loss]]
+    label = "CB-CE"
+    type = "cross_entropy"
+    class_weight = { from_train = "effective_number", beta = 0.999 }
+
+    [[loss]]
+    type = "balanced_softmax"
+    class_counts = "from_train"
+
+Two placeholder values stand for statistics of the training split, which differ per seed and per
+task: the string ``"from_train"`` is replaced by the per-class training counts (positives per label
+for multi-label data), and a table ``{ from_train = METHOD, ... }`` by
+``lossforge.class_weights(counts, method=METHOD, ...)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEFAULT_MULTI_LABEL_LOSSES",
+    "DEFAULT_SINGLE_LABEL_LOSSES",
+    "FROM_TRAIN",
+    "LOSS_KINDS",
+    "MULTI_LABEL",
+    "SINGLE_LABEL",
+    "ConfigError",
+    "DataSpec",
+    "Experiment",
+    "LossSpec",
+    "ModelSpec",
+    "TrainSpec",
+    "check_experiment",
+    "load_experiment",
+    "parse_experiment",
+    "parse_loss_option",
+    "parse_value",
+    "resolve_params",
+]
+
+SINGLE_LABEL = "single_label"
+MULTI_LABEL = "multi_label"
+FROM_TRAIN = "from_train"
+
+#: Which task kind each registered classification loss serves in ``compare``: single-label losses
+#: take ``(N, C)`` logits and class indices, multi-label ones ``(N, C)`` logits and multi-hot rows.
+LOSS_KINDS: dict[str, str] = {
+    "cross_entropy": SINGLE_LABEL,
+    "softmax_focal": SINGLE_LABEL,
+    "balanced_softmax": SINGLE_LABEL,
+    "logit_adjusted": SINGLE_LABEL,
+    "softmax_asymmetric": SINGLE_LABEL,
+    "binary_cross_entropy_with_logits": MULTI_LABEL,
+    "sigmoid_focal": MULTI_LABEL,
+    "asymmetric": MULTI_LABEL,
+    "balanced_binary_cross_entropy": MULTI_LABEL,
+    "ohem_binary_cross_entropy": MULTI_LABEL,
+}
+
+
+class ConfigError(ValueError):
+    """A bad experiment specification (unknown key, wrong type, value out of range)."""
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One loss of an experiment.
+
+    Attributes:
+        type: Registry name (``lossforge list``).
+        params: Constructor parameters; may hold the ``"from_train"`` placeholders.
+        label: Name shown in the leaderboard (default: built from ``type`` and ``params``).
+        kind: ``"single_label"`` or ``"multi_label"``; inferred for the built-in losses.
+    """
+
+    type: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    label: str = ""
+    kind: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            kind = LOSS_KINDS.get(self.type.removeprefix("lossforge."))
+            if kind is None:
+                raise ConfigError(
+                    f"loss {self.type!r}: compare cannot tell whether it is a single-label or a multi-label "
+                    f"loss; add kind = \"single_label\" or \"multi_label\" (built-in classification losses: "
+                    f"{', '.join(sorted(LOSS_KINDS))})"
+                )
+            object.__setattr__(self, "kind", kind)
+        if self.kind not in (SINGLE_LABEL, MULTI_LABEL):
+            raise ConfigError(f"loss {self.type!r}: expected kind 'single_label' or 'multi_label', got {self.kind!r}")
+        if not self.label:
+            object.__setattr__(self, "label", _default_label(self.type, self.params))
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"label": self.label, "type": self.type, "kind": self.kind, "params": dict(self.params)}
+
+
+def _fmt_param(value: Any) -> str:
+    if isinstance(value, Mapping) and FROM_TRAIN in value:
+        extra = ",".join(f"{k}={v}" for k, v in value.items() if k != FROM_TRAIN)
+        return f"{value[FROM_TRAIN]}" + (f"({extra})" if extra else "")
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _default_label(type_: str, params: Mapping[str, Any]) -> str:
+    shown = [f"{k}={_fmt_param(v)}" for k, v in params.items() if v != FROM_TRAIN]
+    return type_ + (f" ({', '.join(shown)})" if shown else "")
+
+
+def _effective(beta: float = 0.999) -> dict[str, Any]:
+    return {FROM_TRAIN: "effective_number", "beta": beta}
+
+
+#: The default single-label set: plain CE, re-weighting (Cui et al. 2019), label smoothing, focal
+#: alone and with re-weighting, and the two logit-adjustment losses (Ren et al. 2020, Menon et al. 2021).
+DEFAULT_SINGLE_LABEL_LOSSES: tuple[LossSpec, ...] = (
+    LossSpec("cross_entropy", {}, "cross-entropy"),
+    LossSpec("cross_entropy", {"class_weight": _effective()}, "CB cross-entropy (eff. number 0.999)"),
+    LossSpec("cross_entropy", {"label_smoothing": 0.1}, "label smoothing 0.1"),
+    LossSpec("softmax_focal", {"gamma": 2.0}, "softmax focal (gamma 2)"),
+    LossSpec("softmax_focal", {"gamma": 2.0, "class_weight": _effective()}, "CB focal (gamma 2, eff. number)"),
+    LossSpec("balanced_softmax", {"class_counts": FROM_TRAIN}, "balanced softmax"),
+    LossSpec("logit_adjusted", {"class_counts": FROM_TRAIN, "tau": 1.0}, "logit adjusted (tau 1)"),
+)
+
+#: The default multi-label set, as compared in the ASL paper: BCE, focal (gamma 2, no alpha) and
+#: ASL with the paper's recommended gamma_neg 4, gamma_pos 0, clip 0.05.
+DEFAULT_MULTI_LABEL_LOSSES: tuple[LossSpec, ...] = (
+    LossSpec("binary_cross_entropy_with_logits", {}, "BCE"),
+    LossSpec("sigmoid_focal", {"gamma": 2.0, "alpha": None}, "sigmoid focal (gamma 2)"),
+    LossSpec("asymmetric", {"gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05}, "ASL (gamma- 4, gamma+ 0, clip 0.05)"),
+)
+
+DIGIT_SOURCES = ("digits", "digits-lt", "digits-multilabel")
+MODEL_KINDS = ("linear", "mlp")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the data comes from and how the built-in digits tasks are derived.
+
+    Attributes:
+        source: ``"digits"`` (both built-in tasks), ``"digits-lt"``, ``"digits-multilabel"``, or a
+            path to a ``.npz`` (arrays ``X`` and ``y``) or ``.csv`` file.
+        imbalance_ratios: Long-tailed task: one task per ratio $\\rho = n_{max} / n_{min}$.
+        lt_max_per_class: Long-tailed task: $n_{max}$, training images of the head class.
+        lt_test_per_class: Long-tailed task: balanced test images per class.
+        mosaic_grid: Multi-label task: the canvas is ``grid x grid`` cells of 8 x 8 digits.
+        mosaic_digits: Multi-label task: smallest and largest number of digits per canvas.
+        mosaic_train: Multi-label task: training canvases (composed from the training pool).
+        mosaic_test: Multi-label task: test canvases (composed from the disjoint test pool).
+        test_size: User data: fraction held out for testing.
+        label_column: User ``.csv``: label column(s); several columns make multi-hot labels.
+        standardize: User data: scale features to zero mean, unit variance (training statistics).
+    """
+
+    source: str = "digits"
+    imbalance_ratios: tuple[float, ...] = (10.0, 50.0, 100.0)
+    lt_max_per_class: int = 120
+    lt_test_per_class: int = 50
+    mosaic_grid: int = 3
+    mosaic_digits: tuple[int, ...] = (1, 3)
+    mosaic_train: int = 2000
+    mosaic_test: int = 1000
+    test_size: float = 0.25
+    label_column: tuple[str, ...] = ()
+    standardize: bool = True
+
+    @property
+    def is_digits(self) -> bool:
+        """Whether the source is one of the built-in digits tasks."""
+        return self.source in DIGIT_SOURCES
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The head trained with each loss: ``"linear"`` or a one-hidden-layer ``"mlp"`` (ReLU)."""
+
+    kind: str = "mlp"
+    hidden: int = 128
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Optimisation: Adam with weight decay, mini-batches reshuffled every epoch."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A full ``compare`` run.
+
+    Attributes:
+        name: Shown in the report and the results file.
+        seeds: One run per seed and loss; a seed fixes the data split/subsample, the
+            initialisation and the batch order, identically for every loss (paired comparison).
+        losses: The losses; empty means the defaults for each task kind.
+    """
+
+    name: str = "default"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    losses: tuple[LossSpec, ...] = ()
+
+    def losses_for(self, kind: str) -> tuple[LossSpec, ...]:
+        """The losses of one task kind (the defaults when none were given)."""
+        if not self.losses:
+            return DEFAULT_SINGLE_LABEL_LOSSES if kind == SINGLE_LABEL else DEFAULT_MULTI_LABEL_LOSSES
+        return tuple(spec for spec in self.losses if spec.kind == kind)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        out = dataclasses.asdict(self)
+        out["losses"] = [spec.as_dict() for spec in self.losses]
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Checking values
+# ----------------------------------------------------------------------------------------------
+
+
+def _where(origin: str, table: str, key: str) -> str:
+    return f"{origin}: [{table}] {key}" if origin else f"[{table}] {key}"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _check_value(where: str, default: Any, value: Any) -> Any:
+    """Coerce ``value`` to the type of the field's ``default`` or raise ``ConfigError``."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if not _is_int(value):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if not _is_number(value):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if isinstance(default, tuple):
+        items = [value] if isinstance(value, (str, int, float)) and not isinstance(value, bool) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        sample = default[0] if default else ""
+        return tuple(_check_value(where, sample, item) for item in items)
+    raise ConfigError(f"{where}: unsupported value {value!r}")  # pragma: no cover - schema bug
+
+
+def _build(cls: type, table: Mapping[str, Any], table_name: str, origin: str) -> Any:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{origin + ': ' if origin else ''}[{table_name}]: expected a table, got {table!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{origin + ': ' if origin else ''}[{table_name}]: unknown key {', '.join(map(repr, unknown))}; "
+            f"valid keys: {', '.join(fields)}"
+        )
+    defaults = cls()
+    kwargs = {k: _check_value(_where(origin, table_name, k), getattr(defaults, k), v) for k, v in table.items()}
+    return cls(**kwargs)
+
+
+def check_experiment(exp: Experiment, origin: str = "") -> None:
+    """Check value ranges of a complete experiment (raises ``ConfigError``)."""
+
+    def bad(table: str, key: str, expected: str, got: Any) -> ConfigError:
+        return ConfigError(f"{_where(origin, table, key)}: expected {expected}, got {got!r}")
+
+    d, m, t = exp.data, exp.model, exp.train
+    if not d.is_digits and not d.source:
+        raise bad("data", "source", "'digits', 'digits-lt', 'digits-multilabel' or a .npz/.csv path", d.source)
+    if not d.imbalance_ratios or any(r < 1 for r in d.imbalance_ratios):
+        raise bad("data", "imbalance_ratios", "a non-empty list of numbers >= 1", list(d.imbalance_ratios))
+    if d.lt_max_per_class < 1:
+        raise bad("data", "lt_max_per_class", "an integer >= 1", d.lt_max_per_class)
+    if d.lt_test_per_class < 1:
+        raise bad("data", "lt_test_per_class", "an integer >= 1", d.lt_test_per_class)
+    if not 1 <= d.mosaic_grid <= 6:
+        raise bad("data", "mosaic_grid", "an integer in [1, 6]", d.mosaic_grid)
+    cells = d.mosaic_grid**2
+    if len(d.mosaic_digits) != 2 or not 1 <= d.mosaic_digits[0] <= d.mosaic_digits[1] <= cells:
+        raise bad("data", "mosaic_digits", f"[low, high] with 1 <= low <= high <= {cells}", list(d.mosaic_digits))
+    if d.mosaic_train < 1 or d.mosaic_test < 1:
+        raise bad("data", "mosaic_train/mosaic_test", "integers >= 1", (d.mosaic_train, d.mosaic_test))
+    if not 0.0 < d.test_size < 1.0:
+        raise bad("data", "test_size", "a number in (0, 1)", d.test_size)
+    if m.kind not in MODEL_KINDS:
+        raise bad("model", "kind", "'linear' or 'mlp'", m.kind)
+    if m.hidden < 1:
+        raise bad("model", "hidden", "an integer >= 1", m.hidden)
+    if t.epochs < 1:
+        raise bad("train", "epochs", "an integer >= 1", t.epochs)
+    if t.batch_size < 1:
+        raise bad("train", "batch_size", "an integer >= 1", t.batch_size)
+    if not t.lr > 0:
+        raise bad("train", "lr", "a number > 0", t.lr)
+    if t.weight_decay < 0:
+        raise bad("train", "weight_decay", "a number >= 0", t.weight_decay)
+    if not exp.seeds:
+        raise bad("experiment", "seeds", "at least one seed", list(exp.seeds))
+    if any(s < 0 for s in exp.seeds):
+        raise bad("experiment", "seeds", "non-negative integers", list(exp.seeds))
+
+
+def _seeds(value: Any, where: str) -> tuple[int, ...]:
+    if _is_int(value):
+        if value < 1:
+            raise ConfigError(f"{where}: expected a count >= 1 or a list of seeds, got {value!r}")
+        return tuple(range(value))
+    if isinstance(value, list) and value and all(_is_int(v) for v in value):
+        return tuple(value)
+    raise ConfigError(f"{where}: expected a count >= 1 or a non-empty list of integers, got {value!r}")
+
+
+def _loss_spec(table: Any, index: int, origin: str) -> LossSpec:
+    where = f"{origin + ': ' if origin else ''}[[loss]] #{index + 1}"
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: expected a table, got {table!r}")
+    params = dict(table)
+    type_ = params.pop("type", None)
+    if not isinstance(type_, str) or not type_:
+        raise ConfigError(f"{where}: expected a 'type' key naming a registered loss (see `lossforge list`)")
+    label = params.pop("label", "")
+    kind = params.pop("kind", "")
+    if not isinstance(label, str) or not isinstance(kind, str):
+        raise ConfigError(f"{where}: expected 'label' and 'kind' to be strings")
+    _check_loss_name(type_, where)
+    try:
+        return LossSpec(type_, params, label, kind)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _check_loss_name(name: str, where: str) -> None:
+    from lossforge.registry import get_loss
+
+    try:
+        get_loss(name)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+_TABLES = ("experiment", "data", "model", "train", "loss")
+
+
+def parse_experiment(doc: Mapping[str, Any], origin: str = "") -> Experiment:
+    """Build an ``Experiment`` from a parsed TOML document (or any nested mapping).
+
+    Args:
+        doc: Tables ``experiment``, ``data``, ``model``, ``train`` and an array ``loss``.
+        origin: Prefix for error messages (the file name).
+
+    Raises:
+        ConfigError: an unknown table or key, a wrong type, a value out of range, an unknown loss.
+    """
+    prefix = f"{origin}: " if origin else ""
+    unknown = sorted(set(doc) - set(_TABLES))
+    if unknown:
+        raise ConfigError(
+            f"{prefix}unknown table or key {', '.join(map(repr, unknown))}; valid: "
+            "[experiment], [data], [model], [train], [[loss]]"
+        )
+    head = doc.get("experiment", {})
+    if not isinstance(head, Mapping):
+        raise ConfigError(f"{prefix}[experiment]: expected a table, got {head!r}")
+    bad_keys = sorted(set(head) - {"name", "seeds"})
+    if bad_keys:
+        raise ConfigError(f"{prefix}[experiment]: unknown key {', '.join(map(repr, bad_keys))}; valid keys: name, seeds")
+    name = head.get("name", "default")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{_where(origin, 'experiment', 'name')}: expected a non-empty string, got {name!r}")
+    seeds = _seeds(head["seeds"], _where(origin, "experiment", "seeds")) if "seeds" in head else Experiment.seeds
+    losses = doc.get("loss", [])
+    if not isinstance(losses, list):
+        raise ConfigError(f"{prefix}'loss' must be an array of tables ([[loss]]), got {type(losses).__name__}")
+    exp = Experiment(
+        name=name,
+        seeds=seeds,
+        data=_build(DataSpec, doc.get("data", {}), "data", origin),
+        model=_build(ModelSpec, doc.get("model", {}), "model", origin),
+        train=_build(TrainSpec, doc.get("train", {}), "train", origin),
+        losses=tuple(_loss_spec(t, i, origin) for i, t in enumerate(losses)),
+    )
+    check_experiment(exp, origin)
+    return exp
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and check an experiment TOML file; a relative ``[data] source`` is taken relative to it.
+
+    Raises:
+        OSError: the file cannot be read.
+        ConfigError: invalid TOML or an invalid specification.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise OSError(f"cannot read experiment file {str(path)!r}: {err.strerror or err}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: invalid TOML: {err}") from None
+    exp = parse_experiment(doc, str(path))
+    source = exp.data.source
+    if not exp.data.is_digits and not Path(source).is_absolute():
+        exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, source=str(path.parent / source)))
+    return exp
+
+
+# ----------------------------------------------------------------------------------------------
+# Command-line loss specs and placeholders
+# ----------------------------------------------------------------------------------------------
+
+
+def parse_value(text: str) -> Any:
+    """Parse one command-line value as a TOML value (``2``, ``0.25``, ``[1, 2]``, ``true``).
+
+    ``none``/``null`` give ``None``; anything that is not valid TOML is kept as a string.
+    """
+    stripped = text.strip()
+    if stripped.lower() in ("none", "null"):
+        return None
+    try:
+        return tomllib.loads(f"v = {stripped}")["v"]
+    except tomllib.TOMLDecodeError:
+        return stripped
+
+
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split on ``sep`` outside brackets and braces (so ``a=[1,2],b=3`` gives two items)."""
+    parts, depth, current = [], 0, []
+    for ch in text:
+        if ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        if ch == sep and depth == 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return [p for p in (s.strip() for s in parts) if p]
+
+
+def parse_loss_option(text: str) -> LossSpec:
+    """Parse ``--loss NAME[:KEY=VALUE,KEY=VALUE...]`` (values as in ``parse_value``).
+
+    Example: ``sigmoid_focal:gamma=1,alpha=none`` or
+    ``cross_entropy:class_weight={from_train="effective_number",beta=0.99}``.
+
+    Raises:
+        ConfigError: malformed text or an unknown loss name.
+    """
+    name, _, rest = text.partition(":")
+    name = name.strip()
+    if not name:
+        raise ConfigError(f"--loss {text!r}: expected NAME[:KEY=VALUE,...]")
+    params: dict[str, Any] = {}
+    for item in split_top_level(rest):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--loss {text!r}: expected KEY=VALUE, got {item!r}")
+        params[key.strip()] = parse_value(value)
+    label = params.pop("label", "")
+    kind = params.pop("kind", "")
+    _check_loss_name(name, f"--loss {text!r}")
+    try:
+        return LossSpec(name, params, str(label or ""), str(kind or ""))
+    except ConfigError as err:
+        raise ConfigError(f"--loss {text!r}: {err}") from None
+
+
+def resolve_params(spec: LossSpec, counts: Sequence[float]) -> dict[str, Any]:
+    """The constructor parameters of ``spec`` with the ``from_train`` placeholders filled in.
+
+    Args:
+        spec: The loss.
+        counts: Training count per class (single-label) or positives per label (multi-label).
+
+    Raises:
+        ConfigError: a malformed placeholder.
+        ValueError: ``lossforge.class_weights`` rejects the method or its options.
+    """
+    out: dict[str, Any] = {}
+    for key, value in spec.params.items():
+        if value == FROM_TRAIN:
+            out[key] = [float(c) for c in counts]
+        elif isinstance(value, Mapping) and FROM_TRAIN in value:
+            options = {k: v for k, v in value.items() if k != FROM_TRAIN}
+            method = value[FROM_TRAIN]
+            if not isinstance(method, str):
+                raise ConfigError(f"loss {spec.label!r}: {key}.{FROM_TRAIN} must name a class_weights method")
+            from lossforge import class_weights
+
+            out[key] = [float(w) for w in class_weights([float(c) for c in counts], method=method, **options)]
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,322 @@
+"""``lossforge plot`` (loss and gradient curves) and the ``compare`` chart.
+
+Figures are drawn on a ``matplotlib.figure.Figure`` with the Agg canvas attached explicitly, so
+nothing here touches pyplot's global state or the user's interactive backend, and nothing is
+imported before a figure is actually drawn.
+
+Loss curves follow Fig. 1 of the focal loss paper (Lin et al. 2017): for each grid point the loss
+of one example is evaluated with ``reduction="none"`` and its gradient with respect to the logit is
+taken with ``torch.autograd.grad``; the x-axis is the predicted probability of the true class
+
+$$ p_t = \\sigma(x) \\text{ (target 1)}, \\qquad p_t = \\mathrm{softmax}([x, 0])_0 $$
+
+for sigmoid and softmax losses. Sigmoid losses also show the negative branch (target 0) against
+the predicted probability $p = \\sigma(x)$, as in the ASL paper's gradient figure. Regression
+losses are drawn against the prediction error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DEFAULT_SWEEPS",
+    "PLOT_FAMILIES",
+    "curves",
+    "draw_compare_chart",
+    "draw_loss_plot",
+    "parse_sweeps",
+    "run_plot",
+]
+
+#: How each registered loss is evaluated on a 1-D grid.
+PLOT_FAMILIES: dict[str, str] = {
+    "binary_cross_entropy_with_logits": "sigmoid",
+    "sigmoid_focal": "sigmoid",
+    "asymmetric": "sigmoid",
+    "balanced_binary_cross_entropy": "sigmoid",
+    "binary_cross_entropy": "sigmoid-prob",
+    "cross_entropy": "softmax",
+    "softmax_focal": "softmax",
+    "balanced_softmax": "softmax",
+    "logit_adjusted": "softmax",
+    "softmax_asymmetric": "softmax",
+    "nll": "softmax-logprob",
+    "l1": "regression",
+    "smooth_l1": "regression",
+    "mse": "regression",
+}
+
+#: Losses that are not element-wise (their value for one example depends on the others).
+NOT_ELEMENTWISE: dict[str, str] = {
+    "ohem_binary_cross_entropy": "it mines hard negatives across the batch",
+    "dice": "it is a set-level overlap, not a per-element loss",
+}
+
+#: Parameter sweeps drawn when no ``--param`` is given.
+DEFAULT_SWEEPS: dict[str, dict[str, list[Any]]] = {
+    "sigmoid_focal": {"gamma": [0.0, 0.5, 1.0, 2.0, 5.0], "alpha": [None]},
+    "softmax_focal": {"gamma": [0.0, 0.5, 1.0, 2.0, 5.0]},
+    "asymmetric": {"gamma_neg": [0.0, 1.0, 2.0, 4.0]},
+    "softmax_asymmetric": {"gamma_neg": [0.0, 1.0, 2.0, 4.0]},
+    "balanced_binary_cross_entropy": {"beta": [0.25, 0.5, 0.75]},
+    "binary_cross_entropy_with_logits": {"label_smoothing": [0.0, 0.1]},
+    "cross_entropy": {"label_smoothing": [0.0, 0.1, 0.2]},
+    "logit_adjusted": {"tau": [0.0, 0.5, 1.0, 2.0]},
+    "smooth_l1": {"beta": [0.5, 1.0, 2.0]},
+}
+
+#: Values for required parameters when the user gives none: a 2-class problem whose true class
+#: (index 0) is ten times rarer than the other one.
+REQUIRED_FILL: dict[str, Any] = {"class_counts": [1.0, 10.0]}
+
+_MAX_CURVES = 16
+
+
+def parse_sweeps(items: Sequence[str] | None) -> dict[str, list[Any]]:
+    """``["gamma=0,1,2", "alpha=none"]`` -> ``{"gamma": [0, 1, 2], "alpha": [None]}``.
+
+    Values are TOML literals (lists in brackets keep their commas: ``class_counts=[1,10],[1,100]``).
+
+    Raises:
+        ValueError: an item without ``=`` or without values, or a parameter given twice.
+    """
+    from lossforge.cli.experiment import parse_value, split_top_level
+
+    out: dict[str, list[Any]] = {}
+    for item in items or ():
+        name, eq, values = item.partition("=")
+        name = name.strip()
+        parsed = [parse_value(v) for v in split_top_level(values)]
+        if not eq or not name or not parsed:
+            raise ValueError(f"--param {item!r}: expected NAME=V1,V2,...")
+        if name in out:
+            raise ValueError(f"--param {name!r} given twice")
+        if name == "reduction":
+            raise ValueError("--param reduction: plot evaluates every point with reduction='none'")
+        out[name] = parsed
+    return out
+
+
+def _label(params: Mapping[str, Any]) -> str:
+    def fmt(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    return ", ".join(f"{k}={fmt(v)}" for k, v in params.items()) or "defaults"
+
+
+def curves(
+    name: str, sweeps: Mapping[str, Sequence[Any]], points: int = 400
+) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+    """Evaluate ``name`` for every combination of the swept parameters.
+
+    Returns:
+        ``(family, curves, fixed)``: each curve has ``label``, ``params``, ``x`` and per branch
+        (``"pos"``, plus ``"neg"`` for sigmoid losses) the ``loss`` and ``grad`` arrays; ``fixed``
+        holds the parameters shared by every curve.
+
+    Raises:
+        ValueError: unknown loss, a loss that is not element-wise, unknown parameter or bad value.
+    """
+    from lossforge.registry import build_loss, get_loss
+
+    cls = get_loss(name)  # ValueError listing the valid names
+    key = getattr(cls, "registry_name", name) or name
+    if key in NOT_ELEMENTWISE:
+        raise ValueError(f"cannot plot {key!r}: {NOT_ELEMENTWISE[key]}")
+    family = PLOT_FAMILIES.get(key)
+    if family is None:
+        raise ValueError(
+            f"cannot plot {key!r}: plot knows the element-wise losses {', '.join(sorted(PLOT_FAMILIES))}"
+        )
+    sweeps = dict(sweeps) if sweeps else dict(DEFAULT_SWEEPS.get(key, {}))
+    if "class_counts" in sweeps or "priors" in sweeps:
+        fill: dict[str, Any] = {}
+    else:
+        from lossforge.registry import list_losses
+
+        info = next(i for i in list_losses() if i.name == key)
+        fill = {k: v for k, v in REQUIRED_FILL.items() if k in info.params}
+    names = list(sweeps)
+    combos = list(itertools.product(*(sweeps[n] for n in names)))
+    if len(combos) > _MAX_CURVES:
+        raise ValueError(f"--param: {len(combos)} combinations; at most {_MAX_CURVES} curves fit in one plot")
+    fixed = {**fill, **{n: sweeps[n][0] for n in names if len(sweeps[n]) == 1}}
+    varying = [n for n in names if len(sweeps[n]) > 1]
+    out = []
+    for combo in combos:
+        params = {**fill, **dict(zip(names, combo, strict=True))}
+        try:
+            module = build_loss({"type": key, **params, "reduction": "none"})
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{key} with {_label(params)}: {err}") from None
+        curve = _evaluate(module, family, points)
+        curve["params"] = params
+        curve["label"] = _label({n: params[n] for n in varying}) if varying else _label(
+            {n: params[n] for n in names}
+        )
+        out.append(curve)
+    return family, out, fixed
+
+
+def _per_point(loss: torch.Tensor, n: int) -> torch.Tensor:
+    if loss.numel() != n:
+        raise ValueError(f"the loss returned {loss.numel()} values for {n} points: it is not element-wise")
+    return loss.reshape(n)
+
+
+def _evaluate(module: torch.nn.Module, family: str, points: int) -> dict[str, Any]:
+    dt = torch.float64
+    if family == "regression":
+        err = torch.linspace(-3.0, 3.0, points, dtype=dt).requires_grad_(True)
+        loss = _per_point(module(err, torch.zeros_like(err)), points)
+        (grad,) = torch.autograd.grad(loss.sum(), err)
+        return {"x": err.detach().numpy(), "pos": {"loss": loss.detach().numpy(), "grad": grad.numpy()}}
+    p = torch.linspace(0.002, 0.998, points, dtype=dt)
+    out: dict[str, Any] = {"x": p.numpy()}
+    branches = {"pos": 1.0, "neg": 0.0} if family.startswith("sigmoid") else {"pos": None}
+    for branch, target_value in branches.items():
+        z = torch.logit(p).requires_grad_(True)
+        if family.startswith("sigmoid"):
+            inp = torch.sigmoid(z) if family == "sigmoid-prob" else z
+            target = torch.full((points, 1), float(target_value), dtype=dt)
+            loss = module(inp.unsqueeze(1), target)
+        else:
+            pair = torch.stack([z, torch.zeros_like(z)], dim=1)  # softmax([z, 0])_0 = sigmoid(z) = p_t
+            inp = torch.log_softmax(pair, dim=1) if family == "softmax-logprob" else pair
+            loss = module(inp, torch.zeros(points, dtype=torch.long))
+        loss = _per_point(loss, points)
+        (grad,) = torch.autograd.grad(loss.sum(), z)
+        out[branch] = {"loss": loss.detach().numpy(), "grad": grad.numpy()}
+    return out
+
+
+def _figure(width: float, height: float) -> Any:
+    """A Figure with the Agg canvas attached (no pyplot, no global backend switch)."""
+    from lossforge.cli import require
+
+    require("matplotlib", "drawing PNG files")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def draw_loss_plot(name: str, family: str, data: list[dict[str, Any]], fixed: Mapping[str, Any], path: Path) -> None:
+    """Write the loss / gradient figure of ``curves`` to ``path`` (PNG)."""
+    two = family.startswith("sigmoid")
+    fig = _figure(10.5 if two else 10.0, 7.5 if two else 4.0)
+    axes = np.atleast_2d(fig.subplots(2 if two else 1, 2, squeeze=False))
+    branches = [("pos", "positive (target 1)"), ("neg", "negative (target 0)")] if two else [("pos", "")]
+    if family == "regression":
+        xlabel = "prediction error (prediction - target)"
+    elif two:
+        xlabel = ""
+    else:
+        xlabel = "probability of the true class $p_t$ (2-class logit pair)"
+    for row, (branch, title) in enumerate(branches):
+        ax_loss, ax_grad = (axes[row, 0], axes[row, 1]) if two else (axes[0, 0], axes[0, 1])
+        for curve in data:
+            ax_loss.plot(curve["x"], curve[branch]["loss"], label=curve["label"])
+            ax_grad.plot(curve["x"], curve[branch]["grad"], label=curve["label"])
+        xl = xlabel or ("predicted probability $p = p_t$" if branch == "pos" else "predicted probability $p$ (= 1 - $p_t$)")
+        suffix = f" - {title}" if title else ""
+        ax_loss.set(xlabel=xl, ylabel="loss", title=f"loss{suffix}")
+        ax_grad.set(xlabel=xl, ylabel="d loss / d " + ("prediction" if family == "regression" else "logit"), title=f"gradient{suffix}")
+        if family != "regression" and branch == "pos":
+            ax_loss.set_ylim(bottom=0, top=min(5.0, max(float(np.nanmax(c[branch]["loss"])) for c in data) * 1.05))
+        for ax in (ax_loss, ax_grad):
+            ax.grid(alpha=0.3)
+            ax.axhline(0.0, color="0.6", lw=0.6)
+        ax_loss.legend(fontsize=8)
+    fixed_text = f" ({_label(fixed)})" if fixed else ""
+    fig.suptitle(f"lossforge plot {name}{fixed_text}")
+    fig.savefig(path, format="png")
+
+
+def run_plot(args: Any) -> int:
+    """``lossforge plot``: draw the figure and print its path."""
+    sweeps = parse_sweeps(args.param)
+    family, data, fixed = curves(args.loss, sweeps, args.points)
+    path = Path(args.out) if args.out else Path("lossforge-out") / f"plot-{args.loss}.png"
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--out {str(path)!r}: expected a .png file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"cannot create folder {str(path.parent)!r}: {err.strerror or err}") from None
+    draw_loss_plot(args.loss, family, data, fixed, path)
+    print(f"plot: {path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# compare chart
+# ----------------------------------------------------------------------------------------------
+
+
+def _bar_panel(ax: Any, task: Mapping[str, Any]) -> None:
+    from lossforge.cli.compare import METRICS
+
+    names = dict(METRICS[task["kind"]])
+    metrics = [m for m in task["metrics"] if m != "accuracy"]  # accuracy = balanced accuracy on a balanced test
+    rows = list(reversed(task["leaderboard"]))
+    height = 0.8 / len(metrics)
+    y = np.arange(len(rows))
+    for k, metric in enumerate(metrics):
+        means = [100 * (r["metrics"][metric]["mean"] or 0.0) for r in rows]
+        stds = [100 * (r["metrics"][metric]["std"] or 0.0) for r in rows]
+        ax.barh(y + (k - (len(metrics) - 1) / 2) * height, means, height=height, xerr=stds, capsize=2, label=names[metric])
+    ax.set_yticks(y, [r["label"] for r in rows], fontsize=7)
+    lows = [100 * (r["metrics"][m]["mean"] or 0.0) - 100 * (r["metrics"][m]["std"] or 0.0) for r in rows for m in metrics]
+    ax.set_xlim(max(0.0, min(lows) - 5.0), 100.0)
+    ax.set_xlabel("%")
+    ax.set_title(task["key"], fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    if len(metrics) > 1:
+        ax.legend(fontsize=7, loc="best")
+
+
+def _per_class_panel(ax: Any, task: Mapping[str, Any]) -> None:
+    names = task["class_names"]
+    many = len(names) > 30
+    for row in task["leaderboard"]:
+        vals = np.array([np.nan if v is None else 100 * v for v in row["per_class"]], dtype=float)
+        if many:
+            vals = np.sort(vals[~np.isnan(vals)])[::-1]
+            ax.plot(np.arange(len(vals)), vals, lw=1.0, label=row["label"])
+        else:
+            ax.plot(np.arange(len(vals)), vals, marker="o", ms=3, lw=1.0, label=row["label"])
+    metric = "accuracy" if task["kind"] == "single_label" else "AP"
+    if many:
+        ax.set_xlabel("labels, sorted by AP" if metric == "AP" else "classes, sorted")
+    else:
+        ax.set_xticks(np.arange(len(names)), names, fontsize=7)
+        ax.set_xlabel("class (head ... tail)" if task["key"].startswith("lt-") else "class")
+    ax.set_ylabel(f"per-class {metric} (%)")
+    ax.set_title(f"{task['key']}: per-class {metric}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+
+
+def draw_compare_chart(report: Mapping[str, Any], path: Path) -> None:
+    """Bars (mean ± std over seeds) per task, and per-class accuracy / AP below them."""
+    tasks = report["tasks"]
+    cols = len(tasks)
+    fig = _figure(max(6.0, 4.6 * cols), 8.0)
+    axes = fig.subplots(2, cols, squeeze=False)
+    for j, task in enumerate(tasks):
+        _bar_panel(axes[0, j], task)
+        _per_class_panel(axes[1, j], task)
+    seeds = len(report["experiment"]["seeds"])
+    fig.suptitle(f"lossforge compare: {Path(str(report['data'])).name}, {seeds} seed{'s' if seeds != 1 else ''}")
+    fig.savefig(path, format="png")
