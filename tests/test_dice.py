@@ -71,7 +71,14 @@ CASES = [
         elementwise=False,
         mean_is_count=False,
     ),
-    LossCase("sigmoid", F.dice_loss, lf.DiceLoss, {"activation": "sigmoid"}, _sigmoid_dense, elementwise=False),
+    LossCase(
+        "sigmoid",
+        F.dice_loss,
+        lf.DiceLoss,
+        {"activation": "sigmoid"},
+        _sigmoid_dense,
+        elementwise=False,
+    ),
     LossCase(
         "sigmoid_binary_smooth0",
         F.dice_loss,
@@ -158,7 +165,8 @@ def test_matches_reference(shape, activation: str, kind: str, batch: bool, ignor
 
 
 def test_vnet_hand_values() -> None:
-    # p = [0.5, 1.0], g = [1, 0]: plain (2*0.5 + 1) / (1.5 + 1 + 1), squared (1 + 1) / (1.25 + 1 + 1)
+    # p = [0.5, 1.0], g = [1, 0]: plain (2*0.5 + 1) / (1.5 + 1 + 1),
+    # squared (1 + 1) / (1.25 + 1 + 1)
     p = torch.tensor([[[0.5, 1.0]]], dtype=F64)
     g = torch.tensor([[[1.0, 0.0]]], dtype=F64)
     plain = F.dice_loss(p, g, activation="none", reduction="none")
@@ -166,7 +174,9 @@ def test_vnet_hand_values() -> None:
     assert_close(plain, torch.tensor([[1 - 2 / 3.5]], dtype=F64), F64)
     assert_close(squared, torch.tensor([[1 - 2 / 3.25]], dtype=F64), F64)
     # smooth = 0: 1 - 2*0.5 / 2.5
-    assert_close(F.dice_loss(p, g, activation="none", smooth=0.0), torch.tensor(0.6, dtype=F64), F64)
+    assert_close(
+        F.dice_loss(p, g, activation="none", smooth=0.0), torch.tensor(0.6, dtype=F64), F64
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -179,7 +189,9 @@ def test_vnet_hand_values() -> None:
 def test_perfect_prediction_is_zero(squared: bool, smooth: float) -> None:
     g = (torch.rand(3, 4, 5, 6, generator=torch.Generator().manual_seed(0)) < 0.3).to(F64)
     g[:, 2] = 0  # a class absent from target and prediction
-    loss = F.dice_loss(g.clone(), g, activation="none", squared=squared, smooth=smooth, reduction="none")
+    loss = F.dice_loss(
+        g.clone(), g, activation="none", squared=squared, smooth=smooth, reduction="none"
+    )
     assert torch.all(loss.abs() < 1e-15), loss
 
 
@@ -194,18 +206,22 @@ def test_empty_ground_truth(squared: bool, batch: bool) -> None:
     p0 = torch.zeros_like(g, requires_grad=True)
     z = F.dice_loss(p0, g, activation="none", smooth=0.0, squared=squared, batch=batch)
     (gr,) = torch.autograd.grad(z, p0)
-    assert z.item() == 0.0 and torch.all(gr == 0)
+    assert z.item() == 0.0
+    assert torch.all(gr == 0)
     # empty GT + full prediction: finite, > 0 (16 pixels: 1 - 1/17 per sample), finite gradients
     for act, x in (("none", torch.ones_like(g)), ("sigmoid", torch.full_like(g, 30.0))):
         x = x.requires_grad_(True)
         loss = F.dice_loss(x, g, activation=act, squared=squared, batch=batch)
         (grad,) = torch.autograd.grad(loss, x)
-        assert torch.isfinite(loss) and 0.9 < loss.item() < 1.0
+        assert torch.isfinite(loss)
+        assert 0.9 < loss.item() < 1.0
         assert torch.isfinite(grad).all()
     full = F.dice_loss(torch.ones_like(g), g, activation="none", squared=squared, batch=batch)
     assert_close(full, torch.tensor(1 - 1 / (33.0 if batch else 17.0), dtype=F64), F64)
     # logits: empty GT, sigmoid saturates at logit -30 is essentially perfect
-    low = F.dice_loss(torch.full_like(g, -30.0), g, activation="sigmoid", squared=squared, batch=batch)
+    low = F.dice_loss(
+        torch.full_like(g, -30.0), g, activation="sigmoid", squared=squared, batch=batch
+    )
     assert 0 <= low.item() < 1e-10
 
 
@@ -218,13 +234,23 @@ def test_ignoring_pixels_equals_cropping_them(activation: str, batch: bool) -> N
     x_ign = x.clone()
     x_ign[..., 4:] = 1e3 if activation != "none" else 1.0  # whatever is predicted there is ignored
     for kw in ({}, {"squared": True}, {"smooth": 0.0}, {"class_weight": [1.0, 2.0, 0.5]}):
-        got = F.dice_loss(x_ign, t_ign, activation=activation, batch=batch, ignore_index=IGNORE, reduction="none", **kw)
-        want = F.dice_loss(x[..., :4], t[..., :4], activation=activation, batch=batch, reduction="none", **kw)
+        got = F.dice_loss(
+            x_ign,
+            t_ign,
+            activation=activation,
+            batch=batch,
+            ignore_index=IGNORE,
+            reduction="none",
+            **kw,
+        )
+        want = F.dice_loss(
+            x[..., :4], t[..., :4], activation=activation, batch=batch, reduction="none", **kw
+        )
         assert_close(got, want, F64)
 
 
 def test_ignored_pixels_are_not_false_positives() -> None:
-    """mmsegmentation's DiceLoss counts pixels labelled ignore_index as false positives; not here."""
+    """mmsegmentation's DiceLoss counts pixels labelled ignore_index as false positives."""
     t = torch.tensor([[[0, 0, 1, IGNORE]]])
     a = torch.tensor([[[[5.0, 5.0, -5.0, -5.0]], [[-5.0, -5.0, 5.0, 5.0]]]], dtype=F64)
     b = a.clone()
@@ -241,7 +267,9 @@ def test_ignore_index_may_be_a_class_id() -> None:
     assert_close(got, ref.reduce(want, valid, "none"), F64)
     # class 0 then has no target pixel, but its probability elsewhere still counts: false positives
     assert torch.all(got[:, 0] > 0)
-    crop = F.dice_loss(x, torch.where(t == 0, torch.full_like(t, IGNORE), t), ignore_index=IGNORE, reduction="none")
+    crop = F.dice_loss(
+        x, torch.where(t == 0, torch.full_like(t, IGNORE), t), ignore_index=IGNORE, reduction="none"
+    )
     assert_close(got, crop, F64)
 
 
@@ -252,9 +280,12 @@ def test_fully_ignored_sample_is_left_out_of_the_mean() -> None:
     got = F.dice_loss(x, t_ign, ignore_index=IGNORE)
     want = F.dice_loss(x[[0, 2]], t[[0, 2]])
     assert_close(got, want, F64)
-    everything = F.dice_loss(x.requires_grad_(True), torch.full_like(t, IGNORE), ignore_index=IGNORE)
+    everything = F.dice_loss(
+        x.requires_grad_(True), torch.full_like(t, IGNORE), ignore_index=IGNORE
+    )
     (grad,) = torch.autograd.grad(everything, x)
-    assert everything.item() == 0.0 and torch.all(grad == 0)
+    assert everything.item() == 0.0
+    assert torch.all(grad == 0)
 
 
 @pytest.mark.parametrize("squared", [False, True])
@@ -297,10 +328,20 @@ def test_binary_mask_shapes_agree() -> None:
 @pytest.mark.parametrize("squared", [False, True])
 def test_batch_dice_is_per_sample_dice_of_the_concatenation(activation: str, squared: bool) -> None:
     x, t = _inputs((3, 3, 4, 5), activation, "index", True, seed=8)
-    batch = F.dice_loss(x, t, activation=activation, squared=squared, batch=True, ignore_index=IGNORE, reduction="none")
+    batch = F.dice_loss(
+        x,
+        t,
+        activation=activation,
+        squared=squared,
+        batch=True,
+        ignore_index=IGNORE,
+        reduction="none",
+    )
     cat_x = torch.cat(list(x), dim=1).unsqueeze(0)  # (1, C, N*H, W)
     cat_t = torch.cat(list(t), dim=0).unsqueeze(0)
-    single = F.dice_loss(cat_x, cat_t, activation=activation, squared=squared, ignore_index=IGNORE, reduction="none")
+    single = F.dice_loss(
+        cat_x, cat_t, activation=activation, squared=squared, ignore_index=IGNORE, reduction="none"
+    )
     assert batch.shape == (3,)
     assert_close(batch, single[0], F64)
     # and it differs from the mean of the per-sample dice
@@ -328,7 +369,11 @@ def test_include_background_false_drops_channel_zero() -> None:
     assert_close(fg, full[:, 1:], F64)
     assert_close(F.dice_loss(x, t, include_background=False), full[:, 1:].mean(), F64)
     w = torch.tensor([9.0, 1.0, 2.0], dtype=F64)  # length C; entry 0 unused
-    assert_close(F.dice_loss(x, t, include_background=False, class_weight=w), (full[:, 1:] * w[1:]).mean(), F64)
+    assert_close(
+        F.dice_loss(x, t, include_background=False, class_weight=w),
+        (full[:, 1:] * w[1:]).mean(),
+        F64,
+    )
 
 
 def test_two_dimensional_input_is_one_element_per_entry() -> None:
@@ -349,7 +394,9 @@ def test_two_dimensional_input_is_one_element_per_entry() -> None:
     st.booleans(),
     st.integers(min_value=0, max_value=2**31 - 1),
 )
-def test_range_and_symmetry(n: int, c: int, s: int, smooth: float, squared: bool, batch: bool, seed: int) -> None:
+def test_range_and_symmetry(
+    n: int, c: int, s: int, smooth: float, squared: bool, batch: bool, seed: int
+) -> None:
     g = torch.Generator().manual_seed(seed)
     p = torch.rand(n, c, s, generator=g, dtype=F64)
     y = torch.rand(n, c, s, generator=g, dtype=F64)
@@ -358,7 +405,8 @@ def test_range_and_symmetry(n: int, c: int, s: int, smooth: float, squared: bool
     kw = dict(activation="none", smooth=smooth, squared=squared, batch=batch, reduction="none")
     a = F.dice_loss(p, y, **kw)
     b = F.dice_loss(y, p, **kw)
-    assert torch.all(a >= -1e-12) and torch.all(a <= 1 + 1e-12)
+    assert torch.all(a >= -1e-12)
+    assert torch.all(a <= 1 + 1e-12)
     assert_close(a, b, F64)
 
 
@@ -370,10 +418,14 @@ def test_gradcheck_options() -> None:
         {"smooth": 0.0, "ignore_index": IGNORE, "class_weight": [1.0, 2.0, 0.5]},
         {"include_background": False, "ignore_index": IGNORE, "squared": True},
     ):
-        assert torch.autograd.gradcheck(lambda inp, kw=kw: F.dice_loss(inp, t, reduction="none", **kw), (x,))
+        assert torch.autograd.gradcheck(
+            lambda inp, kw=kw: F.dice_loss(inp, t, reduction="none", **kw), (x,)
+        )
     xs = torch.randn(2, 3, 4, dtype=F64, requires_grad=True)
     ys = (torch.rand(2, 3, 4) < 0.5).to(F64)
-    assert torch.autograd.gradcheck(lambda inp: F.dice_loss(inp, ys, activation="sigmoid", batch=True), (xs,))
+    assert torch.autograd.gradcheck(
+        lambda inp: F.dice_loss(inp, ys, activation="sigmoid", batch=True), (xs,)
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -387,23 +439,27 @@ def test_batch_low_precision_close_to_float64(dtype: torch.dtype) -> None:
     assert_close(got, want, torch.float32, rtol=1e-5, atol=1e-6)
     got.backward()
     want.backward()
-    assert xl.grad.dtype == dtype and torch.isfinite(xl.grad).all()
+    assert xl.grad.dtype == dtype
+    assert torch.isfinite(xl.grad).all()
     assert_close(xl.grad.float(), x64.grad, dtype, rtol=2e-2, atol=1e-3)
     big = (torch.sign(x) * 1e4).to(dtype).requires_grad_(True)
     loss = F.dice_loss(big, t, batch=True, ignore_index=IGNORE)
     (gb,) = torch.autograd.grad(loss, big)
-    assert torch.isfinite(loss) and torch.isfinite(gb).all()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(gb).all()
 
 
 def test_batch_empty_gives_zero_per_class() -> None:
     x = torch.randn(0, 3, 4, dtype=F64, requires_grad=True)
     t = torch.zeros(0, 4, dtype=torch.long)
     none = F.dice_loss(x, t, batch=True, reduction="none")
-    assert none.shape == (3,) and torch.all(none == 0)
+    assert none.shape == (3,)
+    assert torch.all(none == 0)
     for reduction in ("mean", "sum"):
         loss = F.dice_loss(x, t, batch=True, reduction=reduction)
         (grad,) = torch.autograd.grad(loss, x)
-        assert loss.item() == 0.0 and grad.shape == x.shape
+        assert loss.item() == 0.0
+        assert grad.shape == x.shape
 
 
 def test_global_normalization_without_group_changes_nothing() -> None:
@@ -422,12 +478,15 @@ def test_value_checks_off_poisons_out_of_range_indices() -> None:
     t = torch.tensor([[0, 1, 2, 1], [0, 7, 1, 1]])
     with value_checks(False):
         none = F.dice_loss(x, t, reduction="none")
-        assert torch.isfinite(none[0]).all() and torch.isnan(none[1]).all()
+        assert torch.isfinite(none[0]).all()
+        assert torch.isnan(none[1]).all()
         assert torch.isnan(F.dice_loss(x, t))
         # index C is the sigmoid background, C + 1 is not
         ok = F.dice_loss(x, torch.tensor([[0, 3, 2, 1], [0, 3, 1, 1]]), activation="sigmoid")
         assert torch.isfinite(ok)
-        assert torch.isnan(F.dice_loss(x, torch.tensor([[0, 4, 2, 1], [0, 3, 1, 1]]), activation="sigmoid"))
+        assert torch.isnan(
+            F.dice_loss(x, torch.tensor([[0, 4, 2, 1], [0, 3, 1, 1]]), activation="sigmoid")
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -439,45 +498,99 @@ def test_validation_errors() -> None:
     x = torch.randn(2, 3, 4)
     t = torch.randint(0, 3, (2, 4))
     cases = [
-        (ValueError, r"dice_loss: expected `activation` one of 'softmax', 'sigmoid', 'none'", {"activation": "relu"}),
+        (
+            ValueError,
+            r"dice_loss: expected `activation` one of 'softmax', 'sigmoid', 'none'",
+            {"activation": "relu"},
+        ),
         (ValueError, r"dice_loss: expected `smooth` in \[0, inf\], got -1.0", {"smooth": -1.0}),
         (TypeError, r"dice_loss: expected `smooth` a real number", {"smooth": "1"}),
         (ValueError, r"dice_loss: expected `smooth` a finite number", {"smooth": float("inf")}),
         (TypeError, r"dice_loss: expected `squared` a bool", {"squared": 1}),
         (TypeError, r"dice_loss: expected `batch` a bool", {"batch": "yes"}),
-        (TypeError, r"dice_loss: expected `include_background` a bool", {"include_background": None}),
+        (
+            TypeError,
+            r"dice_loss: expected `include_background` a bool",
+            {"include_background": None},
+        ),
         (TypeError, r"dice_loss: expected `ignore_index` an integer", {"ignore_index": 2.5}),
-        (ValueError, r"dice_loss: expected `class_weight` a 1-d tensor of length C=3", {"class_weight": [1.0, 2.0]}),
-        (ValueError, r"dice_loss: expected `class_weight` non-negative", {"class_weight": [1.0, -2.0, 1.0]}),
+        (
+            ValueError,
+            r"dice_loss: expected `class_weight` a 1-d tensor of length C=3",
+            {"class_weight": [1.0, 2.0]},
+        ),
+        (
+            ValueError,
+            r"dice_loss: expected `class_weight` non-negative",
+            {"class_weight": [1.0, -2.0, 1.0]},
+        ),
         (ValueError, r"dice_loss: expected `reduction` one of", {"reduction": "avg"}),
-        (ValueError, r"dice_loss: expected `avg_factor` None when reduction=\"sum\"", {"reduction": "sum", "avg_factor": 2.0}),
+        (
+            ValueError,
+            r"dice_loss: expected `avg_factor` None when reduction=\"sum\"",
+            {"reduction": "sum", "avg_factor": 2.0},
+        ),
         (ValueError, r"dice_loss: expected `backend` one of", {"backend": "cuda"}),
-        (ValueError, r"dice_loss: expected `backend` 'triton' only with CUDA tensors", {"backend": "triton"}),
-        (ValueError, r"dice_loss: expected `weight` the loss shape \(2, 3\)", {"weight": torch.ones(4)}),
+        (
+            ValueError,
+            r"dice_loss: expected `backend` 'triton' only with CUDA tensors",
+            {"backend": "triton"},
+        ),
+        (
+            ValueError,
+            r"dice_loss: expected `weight` the loss shape \(2, 3\)",
+            {"weight": torch.ones(4)},
+        ),
     ]
     for exc, match, kw in cases:
         with pytest.raises(exc, match=match):
             F.dice_loss(x, t, **kw)
-    with pytest.raises(ValueError, match=r"dice_loss: expected `logits` a tensor of shape \(N, C, \*\), got shape \(4,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"dice_loss: expected `logits` a tensor of shape \(N, C, \*\), got shape \(4,\)",
+    ):
         F.dice_loss(torch.randn(4), torch.zeros(4))
-    with pytest.raises(ValueError, match=r"dice_loss: expected `logits` at least 2 channels with activation='softmax'"):
+    with pytest.raises(
+        ValueError,
+        match=r"dice_loss: expected `logits` at least 2 channels with activation='softmax'",
+    ):
         F.dice_loss(torch.randn(2, 1, 4), torch.zeros(2, 4, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"dice_loss: expected `include_background` True when there is a single"):
-        F.dice_loss(torch.randn(2, 1, 4), torch.zeros(2, 4), activation="sigmoid", include_background=False)
-    with pytest.raises(ValueError, match=r"dice_loss: expected `target` dense targets of the logits' shape \(2, 3, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"dice_loss: expected `include_background` True when there is a single"
+    ):
+        F.dice_loss(
+            torch.randn(2, 1, 4), torch.zeros(2, 4), activation="sigmoid", include_background=False
+        )
+    with pytest.raises(
+        ValueError,
+        match=r"dice_loss: expected `target` dense targets of the logits' shape \(2, 3, 4\)",
+    ):
         F.dice_loss(x, torch.zeros(2, 5, dtype=torch.long))
     with pytest.raises(ValueError, match=r"or a \(N, \*\) binary mask"):
         F.dice_loss(torch.randn(2, 1, 4), torch.zeros(2, 5), activation="sigmoid")
-    with pytest.raises(TypeError, match=r"dice_loss: expected `target` an integer tensor of class indices"):
+    with pytest.raises(
+        TypeError, match=r"dice_loss: expected `target` an integer tensor of class indices"
+    ):
         F.dice_loss(x, t.float())
-    with pytest.raises(TypeError, match=r"dice_loss: expected `target` to be a torch.Tensor, got list"):
+    with pytest.raises(
+        TypeError, match=r"dice_loss: expected `target` to be a torch.Tensor, got list"
+    ):
         F.dice_loss(x, t.tolist())
-    with pytest.raises(TypeError, match=r"dice_loss: expected `logits` to be a floating-point tensor"):
+    with pytest.raises(
+        TypeError, match=r"dice_loss: expected `logits` to be a floating-point tensor"
+    ):
         F.dice_loss(t.unsqueeze(1).expand(2, 3, 4), t)
-    with pytest.raises(ValueError, match=r"dice_loss: expected `target` class indices in \[0, 2\].*got values in \[0, 3\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"dice_loss: expected `target` class indices in \[0, 2\].*got values in \[0, 3\]",
+    ):
         F.dice_loss(x, torch.tensor([[0, 1, 2, 3], [0, 0, 0, 0]]))
-    with pytest.raises(ValueError, match=r"class indices in \[0, 3\] \(C = background\) or ignore_index=255"):
-        F.dice_loss(x, torch.tensor([[0, 1, 4, 255], [0, 0, 0, 0]]), activation="sigmoid", ignore_index=255)
+    with pytest.raises(
+        ValueError, match=r"class indices in \[0, 3\] \(C = background\) or ignore_index=255"
+    ):
+        F.dice_loss(
+            x, torch.tensor([[0, 1, 4, 255], [0, 0, 0, 0]]), activation="sigmoid", ignore_index=255
+        )
     with pytest.raises(ValueError, match=r"dice_loss: expected `logits` values in \[0, 1\]"):
         F.dice_loss(x.abs() + 1.0, t, activation="none")
     with pytest.raises(ValueError, match=r"dice_loss: expected `target` values in \[0, 1\]"):
@@ -494,18 +607,29 @@ def test_module_buffers_registry_and_repr() -> None:
     assert "class_weight" in dict(mod.named_buffers())
     assert "class_weight" in mod.state_dict()
     text = repr(mod)
-    for field in ("activation='softmax'", "squared=True", "batch=True", "ignore_index=255", "class_weight=[0.5, 1.0, 2.0]"):
+    for field in (
+        "activation='softmax'",
+        "squared=True",
+        "batch=True",
+        "ignore_index=255",
+        "class_weight=[0.5, 1.0, 2.0]",
+    ):
         assert field in text, text
     x, t = _inputs((2, 3, 4, 5), "softmax", "index", True, seed=14)
     d = copy.deepcopy(mod).double()
     assert d.class_weight.dtype == F64
-    want = F.dice_loss(x, t, class_weight=[0.5, 1.0, 2.0], squared=True, ignore_index=IGNORE, batch=True)
+    want = F.dice_loss(
+        x, t, class_weight=[0.5, 1.0, 2.0], squared=True, ignore_index=IGNORE, batch=True
+    )
     for m in (mod, d, pickle.loads(pickle.dumps(mod))):
         assert_close(m(x, t), want, F64)
     from lossforge import registry
 
-    built = registry.build_loss({"type": "dice", "activation": "sigmoid", "class_weight": [1.0, 2.0]})
-    assert isinstance(built, lf.DiceLoss) and built.activation == "sigmoid"
+    built = registry.build_loss(
+        {"type": "dice", "activation": "sigmoid", "class_weight": [1.0, 2.0]}
+    )
+    assert isinstance(built, lf.DiceLoss)
+    assert built.activation == "sigmoid"
     assert registry.get_loss("dice") is lf.DiceLoss
 
 
@@ -514,7 +638,10 @@ def test_module_validation() -> None:
         lf.DiceLoss(activation="softplus")
     with pytest.raises(ValueError, match=r"DiceLoss: expected `smooth` in \[0, inf\]"):
         lf.DiceLoss(smooth=-0.1)
-    with pytest.raises(TypeError, match=r"DiceLoss: expected `class_weight` a tensor, a sequence of numbers or None"):
+    with pytest.raises(
+        TypeError,
+        match=r"DiceLoss: expected `class_weight` a tensor, a sequence of numbers or None",
+    ):
         lf.DiceLoss(class_weight="balanced")
     with pytest.raises(ValueError, match=r"DiceLoss: expected `class_weight` a 1-d sequence"):
         lf.DiceLoss(class_weight=torch.ones(2, 2))

@@ -20,7 +20,7 @@ F64 = torch.float64
 
 def _close(got: torch.Tensor, want: list[float], rel: float = 1e-12) -> None:
     assert got.shape == (len(want),)
-    for a, b in zip(got.tolist(), want):
+    for a, b in zip(got.tolist(), want, strict=True):
         assert math.isclose(a, b, rel_tol=rel, abs_tol=0.0), (got.tolist(), want)
 
 
@@ -41,14 +41,22 @@ def test_inverse_hand_values() -> None:
 
 
 def test_inverse_sqrt_hand_values() -> None:
-    w = class_weights(torch.tensor([4.0, 16.0, 100.0], dtype=F64), method="inverse_sqrt", normalize=None)
+    w = class_weights(
+        torch.tensor([4.0, 16.0, 100.0], dtype=F64), method="inverse_sqrt", normalize=None
+    )
     _close(w, [0.5, 0.25, 0.1])
-    _close(class_weights(torch.tensor(COUNTS, dtype=F64), method="inverse_sqrt", normalize=None), ref.inverse_sqrt(COUNTS))
+    _close(
+        class_weights(torch.tensor(COUNTS, dtype=F64), method="inverse_sqrt", normalize=None),
+        ref.inverse_sqrt(COUNTS),
+    )
 
 
 def test_median_frequency_odd_and_even() -> None:
     # odd: freq = [10, 100, 1000] / 1110, median = 100/1110 -> weights [10, 1, 0.1]
-    _close(class_weights(torch.tensor(COUNTS, dtype=F64), method="median", normalize=None), [10.0, 1.0, 0.1])
+    _close(
+        class_weights(torch.tensor(COUNTS, dtype=F64), method="median", normalize=None),
+        [10.0, 1.0, 0.1],
+    )
     # even: counts [1, 2, 3, 4] (N = 10), median freq = (0.2 + 0.3) / 2 = 0.25
     w = class_weights(torch.tensor([1, 2, 3, 4], dtype=F64), method="median", normalize=None)
     _close(w, [2.5, 1.25, 0.25 / 0.3, 0.625])
@@ -60,18 +68,31 @@ def test_median_frequency_odd_and_even() -> None:
 def test_enet_hand_values() -> None:
     w = class_weights(torch.tensor(COUNTS, dtype=F64), method="enet", normalize=None)
     total = 1110.0
-    _close(w, [1 / math.log(1.02 + 10 / total), 1 / math.log(1.02 + 100 / total), 1 / math.log(1.02 + 1000 / total)])
+    _close(
+        w,
+        [
+            1 / math.log(1.02 + 10 / total),
+            1 / math.log(1.02 + 100 / total),
+            1 / math.log(1.02 + 1000 / total),
+        ],
+    )
     _close(w, ref.enet(COUNTS))
-    _close(class_weights(torch.tensor(COUNTS, dtype=F64), method="enet", c=1.5, normalize=None), ref.enet(COUNTS, 1.5))
+    _close(
+        class_weights(torch.tensor(COUNTS, dtype=F64), method="enet", c=1.5, normalize=None),
+        ref.enet(COUNTS, 1.5),
+    )
     # bounded by 1 / ln(c) (a vanishing frequency)
     big = class_weights(torch.tensor([1, 10**9], dtype=F64), method="enet", normalize=None)
-    assert big[0] < 1 / math.log(1.02) and big[0] > 50
+    assert big[0] < 1 / math.log(1.02)
+    assert big[0] > 50
 
 
 @pytest.mark.parametrize("beta", [0.9, 0.99, 0.999])
 def test_effective_number_hand_values(beta: float) -> None:
     counts = [1, 5, 37, 400]
-    w = class_weights(torch.tensor(counts, dtype=F64), method="effective_number", beta=beta, normalize=None)
+    w = class_weights(
+        torch.tensor(counts, dtype=F64), method="effective_number", beta=beta, normalize=None
+    )
     _close(w, ref.effective_number(counts, beta), rel=1e-9)
     _close(w, [(1 - beta) / (1 - beta**n) for n in counts])
     # Cui et al. normalisation: sum to the number of classes
@@ -85,11 +106,15 @@ def test_effective_number_limits() -> None:
     _close(uniform, [1.0, 1.0, 1.0])
     near_inverse = class_weights(counts, method="effective_number", beta=1 - 1e-9)
     _close(near_inverse, class_weights(counts, method="inverse").tolist(), rel=1e-5)
-    huge = class_weights(torch.tensor([1e12, 1.0], dtype=F64), method="effective_number", beta=0.999, normalize=None)
+    huge = class_weights(
+        torch.tensor([1e12, 1.0], dtype=F64), method="effective_number", beta=0.999, normalize=None
+    )
     _close(huge, [1 - 0.999, 1.0], rel=1e-9)  # beta^n underflows to 0: (1 - beta)
 
 
-@pytest.mark.parametrize("method", ["inverse", "inverse_sqrt", "median", "enet", "effective_number"])
+@pytest.mark.parametrize(
+    "method", ["inverse", "inverse_sqrt", "median", "enet", "effective_number"]
+)
 def test_zero_counts_are_finite(method: str) -> None:
     counts = torch.tensor([0, 5, 50, 0, 500], dtype=F64)
     kw = dict(method=method, normalize=None, beta=0.99)
@@ -97,11 +122,13 @@ def test_zero_counts_are_finite(method: str) -> None:
     mx = class_weights(counts, zero_count="max", **kw)
     zero = class_weights(counts, zero_count="zero", **kw)
     for w in (as_one, mx, zero):
-        assert torch.isfinite(w).all() and (w >= 0).all()
+        assert torch.isfinite(w).all()
+        assert (w >= 0).all()
     # the present classes keep their weights (N and the median of the others are unchanged)
     for w in (as_one, mx, zero):
         torch.testing.assert_close(w[[1, 2, 4]], zero[[1, 2, 4]], rtol=0, atol=0)
-    assert zero[0] == 0 and zero[3] == 0
+    assert zero[0] == 0
+    assert zero[3] == 0
     assert mx[0] == mx[3] == zero.max()
     total = 555.0
     single = {
@@ -114,7 +141,10 @@ def test_zero_counts_are_finite(method: str) -> None:
     _close(as_one[[0, 3]], [single, single], rel=1e-12)
     # a count of one would give exactly that weight
     assert as_one[0] >= as_one[1]
-    for w in (class_weights(counts, method=method), class_weights(counts, method=method, zero_count="zero")):
+    for w in (
+        class_weights(counts, method=method),
+        class_weights(counts, method=method, zero_count="zero"),
+    ):
         assert torch.isfinite(w).all()
         assert math.isclose(float(w.sum()), 5.0, rel_tol=1e-12)
 
@@ -130,7 +160,8 @@ def test_normalize_options() -> None:
 
 def test_input_types_dtype_and_device() -> None:
     want = class_weights([10, 100, 1000])
-    assert want.dtype == torch.float32 and want.device.type == "cpu"
+    assert want.dtype == torch.float32
+    assert want.device.type == "cpu"
     for counts in (
         (10, 100, 1000),
         [10.0, 100.0, 1000.0],
@@ -150,8 +181,11 @@ def test_input_types_dtype_and_device() -> None:
         assert got.dtype == F64
         torch.testing.assert_close(got.float(), want)
     # large integer counts (pixels) are computed in float64 before the cast
-    big = class_weights(torch.tensor([2**40 + 1, 2**40], dtype=torch.int64), normalize=None, method="inverse")
-    assert big.dtype == torch.float32 and torch.isfinite(big).all()
+    big = class_weights(
+        torch.tensor([2**40 + 1, 2**40], dtype=torch.int64), normalize=None, method="inverse"
+    )
+    assert big.dtype == torch.float32
+    assert torch.isfinite(big).all()
     # a counts tensor that requires grad is read, not differentiated
     cw = class_weights(torch.tensor([1.0, 2.0], requires_grad=True))
     assert not cw.requires_grad
@@ -165,35 +199,104 @@ def test_properties(counts: list[int]) -> None:
         return
     for method in ("inverse", "inverse_sqrt", "median", "enet", "effective_number"):
         w = class_weights(torch.tensor(counts, dtype=F64), method=method)
-        assert torch.isfinite(w).all() and (w > 0).all()
+        assert torch.isfinite(w).all()
+        assert (w > 0).all()
         assert math.isclose(float(w.sum()), len(counts), rel_tol=1e-9)
         # rarer classes never get smaller weights (zero counts behave as a count of one)
         eff = [max(c, 1) for c in counts]
         order = sorted(range(len(counts)), key=lambda i: eff[i])
         ws = [float(w[i]) for i in order]
-        assert all(a >= b * (1 - 1e-9) for a, b in zip(ws, ws[1:])), (method, counts, w)
+        assert all(a >= b * (1 - 1e-9) for a, b in zip(ws, ws[1:], strict=False)), (
+            method,
+            counts,
+            w,
+        )
 
 
 def test_validation_errors() -> None:
     cases = [
-        (ValueError, r"class_weights: expected `counts` non-negative values, got \[1.0, -2.0\]", [1, -2], {}),
-        (ValueError, r"class_weights: expected `counts` a 1-d sequence \(one count per class\), got shape \(2, 2\)", torch.ones(2, 2), {}),
+        (
+            ValueError,
+            r"class_weights: expected `counts` non-negative values, got \[1.0, -2.0\]",
+            [1, -2],
+            {},
+        ),
+        (
+            ValueError,
+            r"class_weights: expected `counts` a 1-d sequence \(one count per class\), "
+            r"got shape \(2, 2\)",
+            torch.ones(2, 2),
+            {},
+        ),
         (ValueError, r"class_weights: expected `counts` a 1-d sequence", torch.tensor(3.0), {}),
-        (ValueError, r"class_weights: expected `counts` at least one class, got an empty sequence", [], {}),
+        (
+            ValueError,
+            r"class_weights: expected `counts` at least one class, got an empty sequence",
+            [],
+            {},
+        ),
         (ValueError, r"class_weights: expected `counts` at least one positive count", [0, 0], {}),
         (ValueError, r"class_weights: expected `counts` finite values", [1.0, float("nan")], {}),
-        (ValueError, r"class_weights: expected `counts` finite values", np.array([1.0, np.inf]), {}),
-        (TypeError, r"class_weights: expected `counts` real \(integer or floating\) counts, got dtype torch.bool", torch.tensor([True, False]), {}),
-        (TypeError, r"class_weights: expected `counts` real \(integer or floating\) counts", np.array(["a", "b"]), {}),
+        (
+            ValueError,
+            r"class_weights: expected `counts` finite values",
+            np.array([1.0, np.inf]),
+            {},
+        ),
+        (
+            TypeError,
+            r"class_weights: expected `counts` real \(integer or floating\) counts, "
+            r"got dtype torch.bool",
+            torch.tensor([True, False]),
+            {},
+        ),
+        (
+            TypeError,
+            r"class_weights: expected `counts` real \(integer or floating\) counts",
+            np.array(["a", "b"]),
+            {},
+        ),
         (TypeError, r"class_weights: expected `counts` a sequence of numbers", [1, "2"], {}),
         (TypeError, r"class_weights: expected `counts` a sequence of numbers", [True, 2], {}),
-        (TypeError, r"class_weights: expected `counts` a 1-d tensor, array or sequence of numbers, got int", 5, {}),
-        (TypeError, r"class_weights: expected `counts` a 1-d tensor, array or sequence of numbers, got str", "123", {}),
-        (ValueError, r"class_weights: expected `method` one of 'inverse', 'inverse_sqrt', 'median', 'enet', 'effective_number', got 'log'", COUNTS, {"method": "log"}),
-        (ValueError, r"class_weights: expected `normalize` one of 'mean_one', 'sum_one', 'max_one', got 'sum_to_C'", COUNTS, {"normalize": "sum_to_C"}),
-        (ValueError, r"class_weights: expected `zero_count` one of 'as_one', 'max', 'zero'", COUNTS, {"zero_count": 0}),
+        (
+            TypeError,
+            r"class_weights: expected `counts` a 1-d tensor, array or sequence of numbers, got int",
+            5,
+            {},
+        ),
+        (
+            TypeError,
+            r"class_weights: expected `counts` a 1-d tensor, array or sequence of numbers, got str",
+            "123",
+            {},
+        ),
+        (
+            ValueError,
+            r"class_weights: expected `method` one of 'inverse', 'inverse_sqrt', 'median', "
+            r"'enet', 'effective_number', got 'log'",
+            COUNTS,
+            {"method": "log"},
+        ),
+        (
+            ValueError,
+            r"class_weights: expected `normalize` one of 'mean_one', 'sum_one', 'max_one', "
+            r"got 'sum_to_C'",
+            COUNTS,
+            {"normalize": "sum_to_C"},
+        ),
+        (
+            ValueError,
+            r"class_weights: expected `zero_count` one of 'as_one', 'max', 'zero'",
+            COUNTS,
+            {"zero_count": 0},
+        ),
         (ValueError, r"class_weights: expected `beta` in \[0, 1\), got 1.0", COUNTS, {"beta": 1.0}),
-        (ValueError, r"class_weights: expected `beta` in \[0, 1\), got -0.1", COUNTS, {"beta": -0.1}),
+        (
+            ValueError,
+            r"class_weights: expected `beta` in \[0, 1\), got -0.1",
+            COUNTS,
+            {"beta": -0.1},
+        ),
         (TypeError, r"class_weights: expected `beta` a real number", COUNTS, {"beta": "0.9"}),
         (ValueError, r"class_weights: expected `c` in \(1, inf\], got 1.0", COUNTS, {"c": 1.0}),
         (ValueError, r"class_weights: expected `c` in \(1, inf\], got 0.5", COUNTS, {"c": 0.5}),

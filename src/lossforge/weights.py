@@ -1,7 +1,7 @@
 r"""Class weights from class counts (inverse frequency, median frequency, ENet, effective number).
 
-The weights feed ``class_weight`` of ``cross_entropy``, ``softmax_focal_loss``, ``dice_loss`` and the
-modules. This is set-up code, run once per dataset: it reads the counts' values (a host sync for
+The weights feed ``class_weight`` of ``cross_entropy``, ``softmax_focal_loss``, ``dice_loss`` and
+the modules. This is set-up code, run once per dataset: it reads the counts' values (a host sync for
 CUDA tensors) and computes in float64.
 """
 
@@ -44,7 +44,13 @@ def _as_counts(counts: object) -> tuple[Tensor, torch.dtype, torch.device]:
         if hasattr(counts, "__array__") and hasattr(counts, "dtype") and hasattr(counts, "shape"):
             kind = getattr(counts.dtype, "kind", "")  # type: ignore[union-attr]
             if kind not in ("i", "u", "f"):
-                fail(_FN, "counts", "real (integer or floating) counts", f"dtype {counts.dtype}", TypeError)  # type: ignore[union-attr]
+                fail(
+                    _FN,
+                    "counts",
+                    "real (integer or floating) counts",
+                    f"dtype {counts.dtype}",
+                    TypeError,
+                )  # type: ignore[union-attr]
             if kind == "f" and getattr(counts.dtype, "itemsize", 0) == 8:  # type: ignore[union-attr]
                 out_dtype = torch.float64
             values = torch.as_tensor(counts).to(torch.float64)
@@ -55,7 +61,13 @@ def _as_counts(counts: object) -> tuple[Tensor, torch.dtype, torch.device]:
                     fail(_FN, "counts", "a sequence of numbers", repr(counts), TypeError)
             values = torch.tensor([float(v) for v in items], dtype=torch.float64)
         else:
-            fail(_FN, "counts", "a 1-d tensor, array or sequence of numbers", type(counts).__name__, TypeError)
+            fail(
+                _FN,
+                "counts",
+                "a 1-d tensor, array or sequence of numbers",
+                type(counts).__name__,
+                TypeError,
+            )
     if values.ndim != 1:
         fail(_FN, "counts", "a 1-d sequence (one count per class)", f"shape {tuple(values.shape)}")
     if values.numel() == 0:

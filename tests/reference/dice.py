@@ -100,7 +100,9 @@ def dice(
     )
 
 
-def reduce(loss: torch.Tensor, valid: torch.Tensor, reduction: str, weight: torch.Tensor | None = None) -> torch.Tensor:
+def reduce(
+    loss: torch.Tensor, valid: torch.Tensor, reduction: str, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Weighted sum over the valid entries, divided by their number for ``"mean"`` (0 when none)."""
     total, count = 0.0, 0
     flat_l, flat_v = loss.reshape(-1).tolist(), valid.reshape(-1).tolist()
@@ -110,7 +112,7 @@ def reduce(loss: torch.Tensor, valid: torch.Tensor, reduction: str, weight: torc
         if w.ndim < loss.ndim:
             w = w.reshape(tuple(w.shape) + (1,) * (loss.ndim - w.ndim))
         flat_w = w.expand(loss.shape).reshape(-1).tolist()
-    for j, (lv, ok) in enumerate(zip(flat_l, flat_v)):
+    for j, (lv, ok) in enumerate(zip(flat_l, flat_v, strict=True)):
         if ok:
             total += lv * (1.0 if flat_w is None else flat_w[j])
             count += 1

@@ -48,8 +48,8 @@ def _dice_target(
     """Dense ``(N, C, *)`` float target (ignored and absent entries 0) and the valid-pixel mask.
 
     The mask is ``(N, 1, *)`` for class-index targets (a pixel is ignored in every class) and
-    ``(N, C, *)`` for dense targets (element-wise). Out-of-range class indices met while value checks
-    are off become NaN in the dense target, so the loss of the affected entries is NaN.
+    ``(N, C, *)`` for dense targets (element-wise). Out-of-range class indices met while value
+    checks are off become NaN in the dense target, so the loss of the affected entries is NaN.
     """
     t = check_tensor(fn, "target", target)
     if t.device != x.device:
@@ -68,32 +68,32 @@ def _dice_target(
         dense = t.to(cdtype)
         check_unit_interval(fn, "target", dense)
         return dense, valid
-    if tuple(t.shape) == _index_shape(x):
-        idx = as_index_target(fn, t)
-        background = activation == "sigmoid"
-        check_index_range(fn, idx, c, ignore_index=ignore, allow_background=background)
-        idx = idx.unsqueeze(1)
-        classes = torch.arange(c, device=x.device).view((1, c) + (1,) * (x.ndim - 2))
-        hit = idx == classes
-        valid = None
-        if ignore is not None:
-            valid = idx != ignore
-            hit = hit & valid  # ignore_index may be a valid class id
-        dense = hit.to(cdtype)
-        if not value_checks_enabled(idx):
-            out = (idx < 0) | (idx > (c if background else c - 1))
-            if valid is not None:
-                out = out & valid
-            dense = torch.where(out, torch.full((), float("nan"), dtype=cdtype, device=x.device), dense)
-        return dense, valid
-    binary = " or a (N, *) binary mask" if c == 1 and activation != "softmax" else ""
-    fail(
-        fn,
-        "target",
-        f"dense targets of the logits' shape {tuple(x.shape)}, class indices of shape "
-        f"{_index_shape(x)}{binary}",
-        f"shape {tuple(t.shape)}",
-    )
+    if tuple(t.shape) != _index_shape(x):
+        binary = " or a (N, *) binary mask" if c == 1 and activation != "softmax" else ""
+        fail(
+            fn,
+            "target",
+            f"dense targets of the logits' shape {tuple(x.shape)}, class indices of shape "
+            f"{_index_shape(x)}{binary}",
+            f"shape {tuple(t.shape)}",
+        )
+    idx = as_index_target(fn, t)
+    background = activation == "sigmoid"
+    check_index_range(fn, idx, c, ignore_index=ignore, allow_background=background)
+    idx = idx.unsqueeze(1)
+    classes = torch.arange(c, device=x.device).view((1, c) + (1,) * (x.ndim - 2))
+    hit = idx == classes
+    valid = None
+    if ignore is not None:
+        valid = idx != ignore
+        hit = hit & valid  # ignore_index may be a valid class id
+    dense = hit.to(cdtype)
+    if not value_checks_enabled(idx):
+        out = (idx < 0) | (idx > (c if background else c - 1))
+        if valid is not None:
+            out = out & valid
+        dense = torch.where(out, torch.full((), float("nan"), dtype=cdtype, device=x.device), dense)
+    return dense, valid
 
 
 def _fused(
@@ -124,7 +124,13 @@ def _fused(
     c = x.shape[1]
     check_index_range(fn, idx, c, ignore_index=ignore)
     total = fused.dice_loss(
-        x, idx, smooth=smooth, squared=squared, per_sample=not batch, ignore_index=ignore, reduction="sum"
+        x,
+        idx,
+        smooth=smooth,
+        squared=squared,
+        per_sample=not batch,
+        ignore_index=ignore,
+        reduction="sum",
     )
     if reduction == "sum":
         return total
@@ -156,7 +162,8 @@ def dice_loss(
     r"""Soft dice loss (V-Net) per sample and class, for binary, multi-label and multi-class masks.
 
     With $p$ the probabilities (``activation`` applied to ``logits``) and $g$ the dense target,
-    for every sample $n$ and class $c$ (every class only, summed over the batch, when ``batch=True``):
+    for every sample $n$ and class $c$ (or for every class, summed over the batch, when
+    ``batch=True``):
 
     $$
     \ell_{n,c} = 1 - \frac{2 \sum_i p_{n,c,i}\, g_{n,c,i} + s}
@@ -272,11 +279,25 @@ def dice_loss(
         and avg_factor is None
         and include_background
     ):
-        out = _fused(fn, backend, x, target, smooth=s, squared=squared, batch=batch, ignore=ignore, reduction=reduction)
+        out = _fused(
+            fn,
+            backend,
+            x,
+            target,
+            smooth=s,
+            squared=squared,
+            batch=batch,
+            ignore=ignore,
+            reduction=reduction,
+        )
         if out is not None:
             return out
     elif backend == "triton":
-        unsupported(fn, "triton", "softmax, class-index targets, no class_weight/weight/avg_factor, background kept")
+        unsupported(
+            fn,
+            "triton",
+            "softmax, class-index targets, no class_weight/weight/avg_factor, background kept",
+        )
 
     g, valid = _dice_target(fn, x, target, act, ignore)
     z = x.to(compute_dtype(x))
@@ -316,7 +337,9 @@ def dice_loss(
     num = 2.0 * inter + s
     den = card + s
     empty = den == 0  # only with smooth=0: empty target and empty prediction, defined as dice 1
-    dice = torch.where(empty, torch.ones_like(num), num / torch.where(empty, torch.ones_like(den), den))
+    dice = torch.where(
+        empty, torch.ones_like(num), num / torch.where(empty, torch.ones_like(den), den)
+    )
     loss = 1.0 - dice
     if w is not None:
         loss = loss * w

@@ -20,7 +20,8 @@ class DiceLoss(Loss):
     """Module form of ``lossforge.functional.dice_loss`` (soft dice, V-Net).
 
     Holds the configuration; ``forward`` is one call to ``dice_loss`` scaled by ``loss_weight``.
-    ``class_weight`` is a buffer (it follows ``.to()`` and ``state_dict``) and may be given as a list.
+    ``class_weight`` is a buffer (it follows ``.to()`` and ``state_dict``) and may be given as a
+    list.
 
     Args:
         activation: ``"softmax"`` | ``"sigmoid"`` | ``"none"`` (see ``dice_loss``).
@@ -35,6 +36,7 @@ class DiceLoss(Loss):
         backend: ``"torch"`` | ``"auto"`` | ``"triton"``.
 
     Example:
+        >>> import torch
         >>> loss = DiceLoss(class_weight=[0.5, 1.5])
         >>> loss(torch.zeros(1, 2, 3), torch.tensor([[0, 1, 1]])).shape
         torch.Size([])
@@ -77,7 +79,12 @@ class DiceLoss(Loss):
         self.backend = check_choice(name, "backend", backend, BACKENDS)
         self._register_tensor_option("class_weight", class_weight)
         if self.class_weight is not None and self.class_weight.ndim != 1:
-            fail(name, "class_weight", "a 1-d sequence of per-class weights", f"shape {tuple(self.class_weight.shape)}")
+            fail(
+                name,
+                "class_weight",
+                "a 1-d sequence of per-class weights",
+                f"shape {tuple(self.class_weight.shape)}",
+            )
 
     def forward(
         self,
