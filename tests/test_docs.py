@@ -54,6 +54,12 @@ def test_build_strict_has_every_page(site: Path) -> None:
     api = (site / "api" / "distributed" / "index.html").read_text()
     assert "global_avg_factor" in api and "doc-function" in api
     assert (site / "javascripts" / "katex" / "katex.min.js").is_file()
+    # `Example:` sections render their doctests as code (docs/hooks/griffe_examples.py), not as
+    # nested block quotes.
+    reg = (site / "api" / "regression" / "index.html").read_text()
+    assert '<span class="gp">&gt;&gt;&gt; </span>' in reg
+    for page in site.rglob("*.html"):
+        assert "<blockquote>\n<blockquote>" not in page.read_text(encoding="utf-8"), page
 
 
 _MATH = re.compile(r'<(div|span) class="arithmatex">(.*?)</\1>', re.S)
