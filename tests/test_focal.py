@@ -84,15 +84,43 @@ CASES = [
     LossCase("sig_index_g2", *SIG, {"gamma": 2.0}, _sig_index),
     LossCase("sig_index_g05", *SIG, {"gamma": 0.5, "alpha": None}, _sig_index),
     LossCase(
-        "sig_index_ignore", *SIG, {"gamma": 1.5, "ignore_index": -1}, _sig_index_ignore, mean_is_count=False
+        "sig_index_ignore",
+        *SIG,
+        {"gamma": 1.5, "ignore_index": -1},
+        _sig_index_ignore,
+        mean_is_count=False,
     ),
     LossCase("soft_g2", *SOFT, {}, _soft_index, elementwise=False),
     LossCase("soft_g0", *SOFT, {"gamma": 0.0}, _soft_index, elementwise=False),
-    LossCase("soft_g05_alpha_float", *SOFT, {"gamma": 0.5, "alpha": 0.25, "balance_index": 2}, _soft_index,
-             elementwise=False),
-    LossCase("soft_per_class_alpha", *SOFT, {"alpha": [0.1, 0.2, 0.3, 0.4, 1.0]}, _soft_index, elementwise=False),
-    LossCase("soft_smoothing", *SOFT, {"gamma": 0.5, "label_smoothing": 0.1}, _soft_index, elementwise=False),
-    LossCase("soft_ignore", *SOFT, {"gamma": 2.0}, _soft_index_ignore, elementwise=False, mean_is_count=False),
+    LossCase(
+        "soft_g05_alpha_float",
+        *SOFT,
+        {"gamma": 0.5, "alpha": 0.25, "balance_index": 2},
+        _soft_index,
+        elementwise=False,
+    ),
+    LossCase(
+        "soft_per_class_alpha",
+        *SOFT,
+        {"alpha": [0.1, 0.2, 0.3, 0.4, 1.0]},
+        _soft_index,
+        elementwise=False,
+    ),
+    LossCase(
+        "soft_smoothing",
+        *SOFT,
+        {"gamma": 0.5, "label_smoothing": 0.1},
+        _soft_index,
+        elementwise=False,
+    ),
+    LossCase(
+        "soft_ignore",
+        *SOFT,
+        {"gamma": 2.0},
+        _soft_index_ignore,
+        elementwise=False,
+        mean_is_count=False,
+    ),
     LossCase(
         "soft_class_weight",
         *SOFT,
@@ -142,8 +170,10 @@ def test_sigmoid_matches_float64_reference(gamma: float, kind: str) -> None:
             assert_close(got, _reduce(expected, reduction), F64)
 
 
-def _torchvision_sigmoid_focal_loss(inputs, targets, alpha: float = 0.25, gamma: float = 2.0, reduction="none"):
-    """Re-derivation of torchvision.ops.sigmoid_focal_loss (not installable here), formula for formula."""
+def _torchvision_sigmoid_focal_loss(
+    inputs, targets, alpha: float = 0.25, gamma: float = 2.0, reduction="none"
+):
+    """Re-derivation of torchvision.ops.sigmoid_focal_loss (not installable here), op for op."""
     p = torch.sigmoid(inputs)
     ce_loss = TF.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
     p_t = p * targets + (1 - p) * (1 - targets)
@@ -161,22 +191,32 @@ def _torchvision_sigmoid_focal_loss(inputs, targets, alpha: float = 0.25, gamma:
 @pytest.mark.parametrize("gamma", [0.0, 1.5, 2.0])
 @pytest.mark.parametrize("alpha", [-1.0, 0.25, 0.58])
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
-def test_sigmoid_matches_torchvision_values_and_gradients(gamma: float, alpha: float, reduction: str) -> None:
+def test_sigmoid_matches_torchvision_values_and_gradients(
+    gamma: float, alpha: float, reduction: str
+) -> None:
     g = torch.Generator().manual_seed(3)
     x = (4 * torch.randn(8, 5, generator=g, dtype=F64)).requires_grad_(True)
-    for targets in ((torch.rand(8, 5, generator=g) < 0.3).to(F64), torch.rand(8, 5, generator=g, dtype=F64)):
+    for targets in (
+        (torch.rand(8, 5, generator=g) < 0.3).to(F64),
+        torch.rand(8, 5, generator=g, dtype=F64),
+    ):
         theirs = _torchvision_sigmoid_focal_loss(x, targets, alpha, gamma, reduction)
-        ours = F.sigmoid_focal_loss(x, targets, alpha=None if alpha < 0 else alpha, gamma=gamma, reduction=reduction)
+        ours = F.sigmoid_focal_loss(
+            x, targets, alpha=None if alpha < 0 else alpha, gamma=gamma, reduction=reduction
+        )
         assert_close(ours, theirs, F64)
         (g1,) = torch.autograd.grad(ours.sum(), x)
         (g2,) = torch.autograd.grad(theirs.sum(), x)
         assert_close(g1, g2, F64)
 
 
-def _mmdet_py_sigmoid_focal_loss(pred, target, weight=None, gamma=2.0, alpha=0.25, reduction="mean", avg_factor=None):
+def _mmdet_py_sigmoid_focal_loss(
+    pred, target, weight=None, gamma=2.0, alpha=0.25, reduction="mean", avg_factor=None
+):
     """Re-derivation of mmdet's FocalLoss(use_sigmoid=True).forward on the CPU path: one-hot of the
     index target with num_classes + 1 columns (last = background) cut to C, then
-    py_sigmoid_focal_loss and weight_reduce_loss (mean with avg_factor divides by avg_factor + eps)."""
+    py_sigmoid_focal_loss and weight_reduce_loss (mean with avg_factor: sum / (avg_factor + eps)).
+    """
     num_classes = pred.size(1)
     target = TF.one_hot(target, num_classes=num_classes + 1)[:, :num_classes].type_as(pred)
     pred_sigmoid = pred.sigmoid()
@@ -185,7 +225,11 @@ def _mmdet_py_sigmoid_focal_loss(pred, target, weight=None, gamma=2.0, alpha=0.2
     loss = TF.binary_cross_entropy_with_logits(pred, target, reduction="none") * focal_weight
     if weight is not None:
         if weight.shape != loss.shape:
-            weight = weight.view(-1, 1) if weight.size(0) == loss.size(0) else weight.view(loss.size(0), -1)
+            weight = (
+                weight.view(-1, 1)
+                if weight.size(0) == loss.size(0)
+                else weight.view(loss.size(0), -1)
+            )
         loss = loss * weight
     if avg_factor is None:
         return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
@@ -197,7 +241,9 @@ def _mmdet_py_sigmoid_focal_loss(pred, target, weight=None, gamma=2.0, alpha=0.2
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 @pytest.mark.parametrize("with_weight", [False, True])
 @pytest.mark.parametrize("avg_factor", [None, 7.0])
-def test_sigmoid_matches_mmdet_index_targets(reduction: str, with_weight: bool, avg_factor: float | None) -> None:
+def test_sigmoid_matches_mmdet_index_targets(
+    reduction: str, with_weight: bool, avg_factor: float | None
+) -> None:
     if avg_factor is not None and reduction == "sum":
         pytest.skip("avg_factor with sum raises (tested in the contract suite)")
     g = torch.Generator().manual_seed(5)
@@ -212,7 +258,12 @@ def test_sigmoid_matches_mmdet_index_targets(reduction: str, with_weight: bool, 
     (g2,) = torch.autograd.grad(theirs.sum(), x)
     assert_close(g1, g2, F64, rtol=1e-6)
     module = lf.SigmoidFocalLoss(loss_weight=2.0)
-    assert_close(module(x, labels, w, avg_factor=avg_factor, reduction_override=reduction), 2 * theirs, F64, rtol=1e-6)
+    assert_close(
+        module(x, labels, w, avg_factor=avg_factor, reduction_override=reduction),
+        2 * theirs,
+        F64,
+        rtol=1e-6,
+    )
 
 
 def test_sigmoid_worked_numbers() -> None:
@@ -220,7 +271,9 @@ def test_sigmoid_worked_numbers() -> None:
     got = F.sigmoid_focal_loss(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), reduction="none")
     assert_close(got, torch.tensor([[0.25 * 0.25 * math.log(2), 0.75 * 0.25 * math.log(2)]]))
     # x = 2, y = 1, gamma = 1, alpha off: sigma(-2) * softplus(-2)
-    got = F.sigmoid_focal_loss(torch.tensor([2.0]), torch.tensor([1.0]), gamma=1.0, alpha=None, reduction="sum")
+    got = F.sigmoid_focal_loss(
+        torch.tensor([2.0]), torch.tensor([1.0]), gamma=1.0, alpha=None, reduction="sum"
+    )
     s = 1 / (1 + math.exp(2.0))
     assert_close(got, torch.tensor(s * math.log1p(math.exp(-2.0))))
 
@@ -234,7 +287,10 @@ def test_sigmoid_worked_numbers() -> None:
 def test_sigmoid_gamma0_no_alpha_is_bce_with_logits(dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(1)
     x = (5 * torch.randn(7, 3, generator=g, dtype=F64)).to(dtype).requires_grad_(True)
-    for y in ((torch.rand(7, 3, generator=g) < 0.5).to(dtype), torch.rand(7, 3, generator=g).to(dtype)):
+    for y in (
+        (torch.rand(7, 3, generator=g) < 0.5).to(dtype),
+        torch.rand(7, 3, generator=g).to(dtype),
+    ):
         for reduction in ("none", "mean", "sum"):
             ours = F.sigmoid_focal_loss(x, y, gamma=0.0, alpha=None, reduction=reduction)
             theirs = TF.binary_cross_entropy_with_logits(x, y, reduction=reduction)
@@ -253,17 +309,25 @@ def test_sigmoid_gamma0_no_alpha_is_bce_with_logits(dtype: torch.dtype) -> None:
     st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.0, 3.3]),
     st.one_of(st.none(), st.floats(0.0, 1.0)),
 )
-def test_property_ratio_to_bce_is_alpha_t_times_modulating_factor(values, data, gamma, alpha) -> None:
-    """torchvision's test_correct_ratio as a property: focal / BCE == alpha_t (1 - p_t)^gamma, focal <= BCE."""
+def test_property_ratio_to_bce_is_alpha_t_times_modulating_factor(
+    values, data, gamma, alpha
+) -> None:
+    """torchvision's test_correct_ratio as a property.
+
+    focal / BCE == alpha_t (1 - p_t)^gamma and focal <= BCE."""
     x = torch.tensor(values, dtype=F64)
     soft = data.draw(st.booleans())
     ys = data.draw(
-        st.lists(st.floats(0, 1) if soft else st.sampled_from([0.0, 1.0]), min_size=len(values), max_size=len(values))
+        st.lists(
+            st.floats(0, 1) if soft else st.sampled_from([0.0, 1.0]),
+            min_size=len(values),
+            max_size=len(values),
+        )
     )
     y = torch.tensor(ys, dtype=F64)
     focal = F.sigmoid_focal_loss(x, y, alpha=alpha, gamma=gamma, reduction="none")
-    # BCE as log(1 + e^-+x) via logaddexp: torch's BCE-with-logits cancels (x + |x| + log1p) for large
-    # negative logits and softplus returns x above its threshold, neither accurate to 1e-9 there.
+    # BCE as log(1 + e^-+x) via logaddexp: torch's BCE-with-logits cancels (x + |x| + log1p) for
+    # large negative logits and softplus returns x above its threshold: neither is 1e-9 accurate.
     zero = torch.zeros_like(x)
     bce = y * torch.logaddexp(zero, -x) + (1 - y) * torch.logaddexp(zero, x)
     p = torch.sigmoid(x)
@@ -301,7 +365,9 @@ def test_sigmoid_ignoring_a_row_equals_dropping_it(gamma: float) -> None:
     assert_close(got, dropped, F64)
     (grad,) = torch.autograd.grad(got, x)
     assert torch.all(grad[~keep] == 0)
-    assert torch.all(F.sigmoid_focal_loss(x, idx, gamma=gamma, ignore_index=-1, reduction="none")[~keep] == 0)
+    assert torch.all(
+        F.sigmoid_focal_loss(x, idx, gamma=gamma, ignore_index=-1, reduction="none")[~keep] == 0
+    )
     # dense targets: ignore_index marks single elements
     dense = ref.dense_from_index(idx.clamp(min=0), 3)
     dense[0, 1] = -1
@@ -405,7 +471,7 @@ def test_softmax_saturated_gradients_are_correct() -> None:
         logp = torch.log_softmax(x64, 1).gather(1, idx[:, None]).squeeze(1)
         q = -torch.expm1(logp)
         (expected,) = torch.autograd.grad((-(q**gamma) * logp).sum(), x64)
-        # atol: fp32 log_softmax rounds log p_y to 0 once p_y > 1 - 6e-8 (cross-entropy does the same)
+        # atol: fp32 log_softmax rounds log p_y to 0 once p_y > 1 - 6e-8 (as cross-entropy does)
         torch.testing.assert_close(got.double(), expected, rtol=2e-3, atol=1e-6)
 
 
@@ -436,7 +502,9 @@ def _alpha_list(opts: dict, c: int) -> list[float] | None:
     return out
 
 
-@pytest.mark.parametrize("opts", SOFTMAX_OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+@pytest.mark.parametrize(
+    "opts", SOFTMAX_OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items())
+)
 def test_softmax_matches_float64_reference(opts: dict) -> None:
     for reduction in ("none", "mean", "sum"):
         _check_softmax_against_reference(opts, reduction)
@@ -481,14 +549,26 @@ def test_softmax_worked_numbers() -> None:
         got = F.softmax_focal_loss(x, torch.tensor([1]), gamma=gamma)
         assert_close(got, torch.tensor(0.5**gamma * math.log(2)))
     # float alpha: 0.25 on class 1 (balance_index), 0.75 on class 0
-    got = F.softmax_focal_loss(x.expand(2, 2), torch.tensor([0, 1]), gamma=2.0, alpha=0.25, balance_index=1, reduction="none")
+    got = F.softmax_focal_loss(
+        x.expand(2, 2),
+        torch.tensor([0, 1]),
+        gamma=2.0,
+        alpha=0.25,
+        balance_index=1,
+        reduction="none",
+    )
     assert_close(got, torch.tensor([0.75, 0.25]) * 0.25 * math.log(2))
 
 
 @pytest.mark.parametrize(
     "opts",
-    [{}, {"ignore_index": 1}, {"label_smoothing": 0.15}, {"class_weight": [1.0, 2.0, 0.5]},
-     {"class_weight": [1.0, 2.0, 0.5], "label_smoothing": 0.3, "ignore_index": 0}],
+    [
+        {},
+        {"ignore_index": 1},
+        {"label_smoothing": 0.15},
+        {"class_weight": [1.0, 2.0, 0.5]},
+        {"class_weight": [1.0, 2.0, 0.5], "label_smoothing": 0.3, "ignore_index": 0},
+    ],
     ids=["plain", "ignore", "smoothing", "class_weight", "all"],
 )
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
@@ -529,7 +609,11 @@ def test_softmax_float_alpha_with_balance_index_equals_per_class_list(gamma: flo
         vec[b] = 0.3
         a = F.softmax_focal_loss(x, y, gamma=gamma, alpha=0.3, balance_index=b, reduction="none")
         assert_close(a, F.softmax_focal_loss(x, y, gamma=gamma, alpha=vec, reduction="none"), F64)
-        assert_close(a, F.softmax_focal_loss(x, y, gamma=gamma, alpha=torch.tensor(vec), reduction="none"), F64)
+        assert_close(
+            a,
+            F.softmax_focal_loss(x, y, gamma=gamma, alpha=torch.tensor(vec), reduction="none"),
+            F64,
+        )
     # a per-class alpha is used as given: scaling it scales the loss (no renormalisation)
     base = F.softmax_focal_loss(x, y, gamma=gamma, alpha=[0.2, 0.2, 0.2, 0.2])
     assert_close(base, 0.2 * F.softmax_focal_loss(x, y, gamma=gamma), F64)
@@ -542,19 +626,27 @@ def test_softmax_one_hot_probabilities_equal_index_targets(gamma: float) -> None
     y = torch.randint(0, 5, (6,), generator=g)
     onehot = ref.dense_from_index(y, 5)
     for eps in (0.0, 0.1):
-        a = F.softmax_focal_loss(x, y, gamma=gamma, alpha=[0.1, 0.3, 0.5, 0.7, 0.9], label_smoothing=eps)
-        b = F.softmax_focal_loss(x, onehot, gamma=gamma, alpha=[0.1, 0.3, 0.5, 0.7, 0.9], label_smoothing=eps)
+        a = F.softmax_focal_loss(
+            x, y, gamma=gamma, alpha=[0.1, 0.3, 0.5, 0.7, 0.9], label_smoothing=eps
+        )
+        b = F.softmax_focal_loss(
+            x, onehot, gamma=gamma, alpha=[0.1, 0.3, 0.5, 0.7, 0.9], label_smoothing=eps
+        )
         assert_close(a, b, F64)
         (ga,) = torch.autograd.grad(a, x)
         (gb,) = torch.autograd.grad(b, x)
         assert_close(ga, gb, F64)
     # eps = 0 is the plain index loss
     assert_close(
-        F.softmax_focal_loss(x, y, gamma=gamma, label_smoothing=0.0), F.softmax_focal_loss(x, y, gamma=gamma), F64
+        F.softmax_focal_loss(x, y, gamma=gamma, label_smoothing=0.0),
+        F.softmax_focal_loss(x, y, gamma=gamma),
+        F64,
     )
 
 
-@pytest.mark.parametrize("opts", [{"gamma": 2.0}, {"gamma": 0.5, "label_smoothing": 0.1, "alpha": 0.3}])
+@pytest.mark.parametrize(
+    "opts", [{"gamma": 2.0}, {"gamma": 0.5, "label_smoothing": 0.1, "alpha": 0.3}]
+)
 def test_softmax_spatial_equals_flattened_rows(opts: dict) -> None:
     g = torch.Generator().manual_seed(11)
     x = (2 * torch.randn(2, 4, 3, 5, generator=g, dtype=F64)).requires_grad_(True)
@@ -596,8 +688,12 @@ def test_softmax_unbatched_row() -> None:
     assert_close(got, F.softmax_focal_loss(x[None], torch.tensor([2]), reduction="none")[0], F64)
 
 
-@given(st.integers(1, 8), st.integers(2, 6), st.integers(0, 10_000), st.sampled_from([0.0, 0.5, 2.0]))
-def test_property_softmax_bounded_by_cross_entropy_and_permutation_invariant(n, c, seed, gamma) -> None:
+@given(
+    st.integers(1, 8), st.integers(2, 6), st.integers(0, 10_000), st.sampled_from([0.0, 0.5, 2.0])
+)
+def test_property_softmax_bounded_by_cross_entropy_and_permutation_invariant(
+    n, c, seed, gamma
+) -> None:
     g = torch.Generator().manual_seed(seed)
     x = 4 * torch.randn(n, c, generator=g, dtype=F64)
     y = torch.randint(0, c, (n,), generator=g)
@@ -621,7 +717,10 @@ def test_gradcheck_gamma_half_and_second_order() -> None:
     y = torch.tensor([1, 4])
     soft = torch.rand(2, 4, generator=g, dtype=F64)
     for gamma, t in ((0.5, y), (0.5, soft)):
-        fn = lambda inp, t=t, gamma=gamma: F.sigmoid_focal_loss(inp, t, gamma=gamma, reduction="none")  # noqa: E731
+
+        def fn(inp, t=t, gamma=gamma):
+            return F.sigmoid_focal_loss(inp, t, gamma=gamma, reduction="none")
+
         assert torch.autograd.gradcheck(fn, (x,))
         assert torch.autograd.gradgradcheck(fn, (x,))
     sfn = lambda inp: F.softmax_focal_loss(  # noqa: E731
@@ -646,7 +745,8 @@ def test_gradcheck_with_respect_to_soft_targets() -> None:
     y = (0.1 + 0.8 * torch.rand(3, 4, generator=g, dtype=F64)).requires_grad_(True)
     for gamma in (0.0, 0.5, 2.0):
         assert torch.autograd.gradcheck(
-            lambda a, b, gamma=gamma: F.sigmoid_focal_loss(a, b, gamma=gamma, reduction="none"), (x, y)
+            lambda a, b, gamma=gamma: F.sigmoid_focal_loss(a, b, gamma=gamma, reduction="none"),
+            (x, y),
         )
     p = torch.softmax(torch.randn(3, 4, generator=g, dtype=F64), 1).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda a, b: F.softmax_focal_loss(a, b, gamma=0.5), (x, p))
@@ -666,20 +766,29 @@ def _assert_zero_with_zero_grad(loss: torch.Tensor, x: torch.Tensor) -> None:
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
 def test_all_ignored_gives_zero_with_zero_grads(gamma: float) -> None:
     x = torch.randn(4, 3, requires_grad=True)
-    _assert_zero_with_zero_grad(F.sigmoid_focal_loss(x, torch.full((4,), -1), gamma=gamma, ignore_index=-1), x)
+    _assert_zero_with_zero_grad(
+        F.sigmoid_focal_loss(x, torch.full((4,), -1), gamma=gamma, ignore_index=-1), x
+    )
     _assert_zero_with_zero_grad(
         F.sigmoid_focal_loss(x, torch.full((4, 3), 255.0), gamma=gamma, ignore_index=255), x
     )
     _assert_zero_with_zero_grad(F.softmax_focal_loss(x, torch.full((4,), -100), gamma=gamma), x)
     _assert_zero_with_zero_grad(
-        F.softmax_focal_loss(x, torch.full((4,), -100), gamma=gamma, class_weight=[1.0, 2.0, 3.0]), x
+        F.softmax_focal_loss(x, torch.full((4,), -100), gamma=gamma, class_weight=[1.0, 2.0, 3.0]),
+        x,
     )
     _assert_zero_with_zero_grad(
-        F.softmax_focal_loss(x, torch.full((4,), -100), gamma=gamma, label_smoothing=0.1, avg_factor=0.0), x
+        F.softmax_focal_loss(
+            x, torch.full((4,), -100), gamma=gamma, label_smoothing=0.1, avg_factor=0.0
+        ),
+        x,
     )
     # all valid targets weighted 0 by class_weight: 0, not NaN (cross_entropy's rule)
     _assert_zero_with_zero_grad(
-        F.softmax_focal_loss(x, torch.zeros(4, dtype=torch.long), gamma=gamma, class_weight=[0.0, 1.0, 1.0]), x
+        F.softmax_focal_loss(
+            x, torch.zeros(4, dtype=torch.long), gamma=gamma, class_weight=[0.0, 1.0, 1.0]
+        ),
+        x,
     )
 
 
@@ -693,9 +802,13 @@ def test_empty_spatial_input() -> None:
 
 def test_out_of_range_indices_raise_or_poison() -> None:
     x = torch.randn(3, 4)
-    with pytest.raises(ValueError, match=r"sigmoid_focal_loss: expected `target` class indices in \[0, 4\]"):
+    with pytest.raises(
+        ValueError, match=r"sigmoid_focal_loss: expected `target` class indices in \[0, 4\]"
+    ):
         F.sigmoid_focal_loss(x, torch.tensor([0, 5, 1]))
-    with pytest.raises(ValueError, match=r"softmax_focal_loss: expected `target` class indices in \[0, 3\]"):
+    with pytest.raises(
+        ValueError, match=r"softmax_focal_loss: expected `target` class indices in \[0, 3\]"
+    ):
         F.softmax_focal_loss(x, torch.tensor([0, 4, 1]))
     with pytest.raises(ValueError, match="target"):
         F.sigmoid_focal_loss(x, torch.full((3, 4), 1.5))
@@ -727,11 +840,17 @@ def test_half_inputs_compute_in_float32_and_sum_stays_finite() -> None:
 def test_rejects_bad_options_with_clear_messages() -> None:
     x, yi = torch.randn(3, 4), torch.tensor([0, 1, 2])
     sig, soft = F.sigmoid_focal_loss, F.softmax_focal_loss
-    with pytest.raises(ValueError, match=r"sigmoid_focal_loss: expected `gamma` in \[0, inf\], got -1.0"):
+    with pytest.raises(
+        ValueError, match=r"sigmoid_focal_loss: expected `gamma` in \[0, inf\], got -1.0"
+    ):
         sig(x, yi, gamma=-1.0)
-    with pytest.raises(ValueError, match=r"softmax_focal_loss: expected `gamma` in \[0, inf\], got -0.5"):
+    with pytest.raises(
+        ValueError, match=r"softmax_focal_loss: expected `gamma` in \[0, inf\], got -0.5"
+    ):
         soft(x, yi, gamma=-0.5)
-    with pytest.raises(ValueError, match=r"sigmoid_focal_loss: expected `alpha` in \[0, 1\], got 1.5"):
+    with pytest.raises(
+        ValueError, match=r"sigmoid_focal_loss: expected `alpha` in \[0, 1\], got 1.5"
+    ):
         sig(x, yi, alpha=1.5)
     with pytest.raises(ValueError, match=r"expected `alpha` in \[0, 1\], got -0.1"):
         soft(x, yi, alpha=-0.1)
@@ -741,7 +860,9 @@ def test_rejects_bad_options_with_clear_messages() -> None:
         sig(x, yi, alpha="0.25")
     with pytest.raises(TypeError, match="alpha"):
         soft(x, yi, alpha="0.25")
-    with pytest.raises(ValueError, match=r"`alpha` a float or a per-class sequence of length C=4, got shape \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"`alpha` a float or a per-class sequence of length C=4, got shape \(3,\)"
+    ):
         soft(x, yi, alpha=[0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match=r"`alpha` per-class values in \[0, 1\]"):
         soft(x, yi, alpha=[0.1, 0.2, 0.3, 1.2])
@@ -769,9 +890,13 @@ def test_rejects_bad_options_with_clear_messages() -> None:
 
 def test_rejects_bad_targets() -> None:
     x = torch.randn(3, 4)
-    with pytest.raises(ValueError, match=r"sigmoid_focal_loss: expected `target` the logits' shape \(3, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"sigmoid_focal_loss: expected `target` the logits' shape \(3, 4\)"
+    ):
         F.sigmoid_focal_loss(x, torch.zeros(4, 3))
-    with pytest.raises(ValueError, match=r"softmax_focal_loss: expected `target` class indices of shape \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"softmax_focal_loss: expected `target` class indices of shape \(3,\)"
+    ):
         F.softmax_focal_loss(x, torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="probabilities of the logits' shape"):
         F.softmax_focal_loss(x, torch.zeros(3, 5))
@@ -800,11 +925,15 @@ def test_module_validation_buffers_and_repr() -> None:
         lf.SoftmaxFocalLoss(balance_index=-1)
     with pytest.raises(ValueError, match="label_smoothing"):
         lf.SoftmaxFocalLoss(label_smoothing=2.0)
-    mod = lf.SoftmaxFocalLoss(alpha=[0.25, 0.5, 0.25], class_weight=torch.tensor([1.0, 2.0, 3.0]), gamma=0.5)
+    mod = lf.SoftmaxFocalLoss(
+        alpha=[0.25, 0.5, 0.25], class_weight=torch.tensor([1.0, 2.0, 3.0]), gamma=0.5
+    )
     assert set(dict(mod.named_buffers())) == {"alpha", "class_weight"}
     assert "alpha=[0.25, 0.5, 0.25]" in repr(mod) and "gamma=0.5" in repr(mod)
     x, y = torch.randn(5, 3, dtype=F64), torch.randint(0, 3, (5,))
-    expected = F.softmax_focal_loss(x, y, gamma=0.5, alpha=[0.25, 0.5, 0.25], class_weight=[1.0, 2.0, 3.0])
+    expected = F.softmax_focal_loss(
+        x, y, gamma=0.5, alpha=[0.25, 0.5, 0.25], class_weight=[1.0, 2.0, 3.0]
+    )
     assert_close(mod.to(F64)(x, y), expected, F64)
     assert mod.alpha.dtype == F64  # buffers follow .to()
     assert "alpha" not in dict(lf.SoftmaxFocalLoss(alpha=0.3).named_buffers())
@@ -864,7 +993,11 @@ def test_sigmoid_routes_to_the_fused_kernel(monkeypatch) -> None:
     y = torch.tensor([0, 3, 2, -1, 1], dtype=torch.int32)
     got = F.sigmoid_focal_loss(x, y, gamma=0.5, alpha=0.3, ignore_index=-1, backend="auto")
     assert len(calls) == 1 and calls[0][1] is y  # the raw index target: no one-hot built
-    assert calls[0][2]["gamma"] == 0.5 and calls[0][2]["alpha"] == 0.3 and calls[0][2]["ignore_index"] == -1
+    assert (
+        calls[0][2]["gamma"] == 0.5
+        and calls[0][2]["alpha"] == 0.3
+        and calls[0][2]["ignore_index"] == -1
+    )
     assert_close(got, F.sigmoid_focal_loss(x, y, gamma=0.5, alpha=0.3, ignore_index=-1))
     with pytest.raises(ValueError, match="target"):  # validated before the kernel
         F.sigmoid_focal_loss(x, torch.tensor([0, 9, 2, 1, 1]), backend="auto")
@@ -874,8 +1007,11 @@ def test_sigmoid_routes_to_the_fused_kernel(monkeypatch) -> None:
         F.sigmoid_focal_loss(x, y.long(), weight=torch.ones(4), ignore_index=-1, backend="auto")
     n = len(calls)
     x64 = x.double()
-    assert_close(F.sigmoid_focal_loss(x64, y, ignore_index=-1, backend="auto"),
-                 F.sigmoid_focal_loss(x64, y, ignore_index=-1), F64)
+    assert_close(
+        F.sigmoid_focal_loss(x64, y, ignore_index=-1, backend="auto"),
+        F.sigmoid_focal_loss(x64, y, ignore_index=-1),
+        F64,
+    )
     assert len(calls) == n  # fell back
     with pytest.raises(ValueError, match="float64"):
         F.sigmoid_focal_loss(x64, y, ignore_index=-1, backend="triton")

@@ -1,7 +1,8 @@
 """Focal-loss references written from Lin et al. (2017), element by element with Python floats.
 
 ``p_t`` and ``alpha_t`` follow the paper (and, for soft labels, torchvision / mmdetection):
-p_t = y p + (1 - y)(1 - p), alpha_t = y alpha + (1 - y)(1 - alpha), loss = alpha_t (1 - p_t)^gamma BCE.
+p_t = y p + (1 - y)(1 - p), alpha_t = y alpha + (1 - y)(1 - alpha),
+loss = alpha_t (1 - p_t)^gamma BCE.
 The softmax form is -sum_c q_c alpha_c w_c (1 - p_c)^gamma log p_c over the (smoothed) target q.
 """
 
@@ -37,11 +38,13 @@ def sigmoid_focal(x: float, y: float, alpha: float | None, gamma: float) -> floa
     return loss
 
 
-def sigmoid_focal_map(logits: torch.Tensor, target: torch.Tensor, alpha: float | None, gamma: float) -> torch.Tensor:
+def sigmoid_focal_map(
+    logits: torch.Tensor, target: torch.Tensor, alpha: float | None, gamma: float
+) -> torch.Tensor:
     """Unreduced loss for dense targets of the logits' shape."""
     xs = logits.detach().double().reshape(-1).tolist()
     ys = target.detach().double().reshape(-1).tolist()
-    out = [sigmoid_focal(x, y, alpha, gamma) for x, y in zip(xs, ys)]
+    out = [sigmoid_focal(x, y, alpha, gamma) for x, y in zip(xs, ys, strict=True)]
     return torch.tensor(out, dtype=torch.float64).reshape(logits.shape)
 
 

@@ -1,9 +1,9 @@
-"""Focal losses (Lin et al. 2017): the sigmoid (binary / multi-label) and softmax (multi-class) forms.
+"""Focal losses (Lin et al. 2017): sigmoid (binary / multi-label) and softmax (multi-class) forms.
 
 Both multiply a cross-entropy term by the modulating factor $(1 - p_t)^\gamma$. The numerics:
 
-* Log terms come from ``logsigmoid`` / ``log_softmax`` in float32 (float64 for float64 inputs), never
-  ``log(sigmoid(x))``; $1 - p_t$ is formed without cancellation (``sigmoid(-x)`` rather than
+* Log terms come from ``logsigmoid`` / ``log_softmax`` in float32 (float64 for float64 inputs),
+  never ``log(sigmoid(x))``; $1 - p_t$ is formed without cancellation (``sigmoid(-x)`` rather than
   ``1 - sigmoid(x)``).
 * $0 < \gamma < 1$: the factor's own derivative $\gamma (1 - p_t)^{\gamma - 1}$ is infinite where
   $p_t$ rounds to 1, and the naive ``pow`` backward multiplies that infinity by the zero derivative
@@ -50,7 +50,7 @@ __all__ = ["sigmoid_focal_loss", "softmax_focal_loss"]
 
 
 # --------------------------------------------------------------------------------------------------
-# The focal term phi(l) = -(1 - e^l)^gamma * l of a log-probability l <= 0, with a bounded derivative.
+# The focal term phi(l) = -(1 - e^l)^gamma * l of a log-probability l <= 0 (bounded derivative).
 # --------------------------------------------------------------------------------------------------
 
 
@@ -65,7 +65,9 @@ def _focal_term_grad(log_p: Tensor, gamma: float) -> Tensor:
     q = _one_minus_exp(log_p)
     positive = q > 0
     # Safe denominator first (no NaN from the unused branch); r -> -1 as l -> 0 (p_t -> 1).
-    r = torch.where(positive, log_p * torch.exp(log_p) / torch.where(positive, q, torch.ones_like(q)), -1.0)
+    r = torch.where(
+        positive, log_p * torch.exp(log_p) / torch.where(positive, q, torch.ones_like(q)), -1.0
+    )
     return q.pow(gamma) * (gamma * r - 1.0)
 
 
@@ -108,7 +110,9 @@ def _focal_term(log_p: Tensor, gamma: float) -> Tensor:
 def _log_or_neg_inf(v: Tensor) -> Tensor:
     """log v with log 0 = -inf exactly and a zero (not NaN) gradient at v = 0."""
     positive = v > 0
-    return torch.where(positive, torch.log(torch.where(positive, v, torch.ones_like(v))), float("-inf"))
+    return torch.where(
+        positive, torch.log(torch.where(positive, v, torch.ones_like(v))), float("-inf")
+    )
 
 
 def _sigmoid_focal_unweighted(z: Tensor, y: Tensor, gamma: float, hard: bool) -> Tensor:
@@ -232,8 +236,8 @@ def sigmoid_focal_loss(
             turns the weighting off (torchvision's ``alpha=-1``).
         gamma: Focusing parameter $\gamma \ge 0$.
         ignore_index: Ignored target value (dense: per element; indices: per row); ``None`` = off.
-        weight: Element-wise weight: the logits' shape, its leading dims (``(N,)`` = per sample, as in
-            mmdetection) or a same-rank broadcastable shape.
+        weight: Element-wise weight: the logits' shape, its leading dims (``(N,)`` = per sample,
+            as in mmdetection) or a same-rank broadcastable shape.
         reduction: ``"none"`` | ``"mean"`` (over valid elements, i.e. rows x C for index targets) |
             ``"sum"``.
         avg_factor: Denominator of ``"mean"`` (e.g. the number of positive anchors).
@@ -274,7 +278,9 @@ def sigmoid_focal_loss(
     if a is not None:
         loss = loss * (a * y + (1.0 - a) * (1.0 - y))
     loss = poison_out_of_range(loss, dt.bad)
-    return weight_reduce(loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=dt.valid)
+    return weight_reduce(
+        loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=dt.valid
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -282,7 +288,9 @@ def sigmoid_focal_loss(
 # --------------------------------------------------------------------------------------------------
 
 
-def _alpha_vector(fn: str, alpha: object, balance_index: int, num_classes: int, like: Tensor) -> Tensor | None:
+def _alpha_vector(
+    fn: str, alpha: object, balance_index: int, num_classes: int, like: Tensor
+) -> Tensor | None:
     """alpha as a (C,) vector: None, a float (alpha at ``balance_index``, 1 - alpha elsewhere), or a
     per-class sequence / 1-d tensor with values in [0, 1], used as given."""
     if alpha is None:
@@ -305,9 +313,20 @@ def _alpha_vector(fn: str, alpha: object, balance_index: int, num_classes: int, 
         except (TypeError, ValueError):
             fail(fn, "alpha", "None, a float or a sequence of numbers", repr(alpha), TypeError)
     else:
-        fail(fn, "alpha", "None, a float, or a per-class sequence / 1-d tensor", type(alpha).__name__, TypeError)
+        fail(
+            fn,
+            "alpha",
+            "None, a float, or a per-class sequence / 1-d tensor",
+            type(alpha).__name__,
+            TypeError,
+        )
     if vec.ndim != 1 or vec.shape[0] != num_classes:
-        fail(fn, "alpha", f"a float or a per-class sequence of length C={num_classes}", f"shape {tuple(vec.shape)}")
+        fail(
+            fn,
+            "alpha",
+            f"a float or a per-class sequence of length C={num_classes}",
+            f"shape {tuple(vec.shape)}",
+        )
     vec = vec.to(device=like.device, dtype=dtype)
     if value_checks_enabled(vec):
         bad = ~((vec >= 0) & (vec <= 1))
@@ -322,13 +341,20 @@ def _class_view(v: Tensor, ndim: int, cdim: int) -> Tensor:
     return v.view(shape)
 
 
-def _check_softmax_index_target_light(fn: str, x: Tensor, target: Tensor, ignore: int | None) -> None:
+def _check_softmax_index_target_light(
+    fn: str, x: Tensor, target: Tensor, ignore: int | None
+) -> None:
     """Structural and (mode-dependent) range checks of an index target, without building masks."""
     cdim = 1 if x.ndim >= 2 else 0
     if target.device != x.device:
         fail(fn, "target", f"on the device of `logits` ({x.device})", target.device)
     if x.shape[cdim] < 2:
-        fail(fn, "logits", "at least 2 classes along dim 1 (a 1-class softmax loss is always 0)", f"C={x.shape[cdim]}")
+        fail(
+            fn,
+            "logits",
+            "at least 2 classes along dim 1 (a 1-class softmax loss is always 0)",
+            f"C={x.shape[cdim]}",
+        )
     check_index_range(fn, as_index_target(fn, target), x.shape[cdim], ignore_index=ignore)
 
 
@@ -370,8 +396,8 @@ def _softmax_kernel(
     w = as_class_weight(fn, class_weight, c, x)
     coef = a
     if w is not None:
-        # class_weight multiplies like alpha; its "mean" denominator (sum of the valid targets' class
-        # weights, as in cross_entropy) is computed here on the device and passed as avg_factor.
+        # class_weight multiplies like alpha; its "mean" denominator (sum of the valid targets'
+        # class weights, as in cross_entropy) is computed on the device and sent as avg_factor.
         coef = w if coef is None else coef * w
         if reduction == "mean" and avg is None:
             idx = as_index_target(fn, target)
@@ -410,7 +436,8 @@ def softmax_focal_loss(
     r"""Softmax (multi-class) focal loss.
 
     With $p = \operatorname{softmax}(x)$ over the class dimension, per-class factors $\alpha_c$ (all
-    1 when ``alpha=None``) and class weights $w_c$ (all 1 when unset), a class-index target $y$ gives
+    1 when ``alpha=None``) and class weights $w_c$ (all 1 when unset), a class-index target $y$
+    gives
 
     $$
     \ell = -\alpha_y\, w_y\, (1 - p_y)^{\gamma} \log p_y .
@@ -426,14 +453,15 @@ def softmax_focal_loss(
     $$
 
     ``gamma=0, alpha=None`` is exactly ``cross_entropy`` with the same ``class_weight``,
-    ``ignore_index`` and ``label_smoothing`` (values, gradients and the ``"mean"`` denominator); with
-    $\varepsilon = 0$ the sum form reduces to the index form.
+    ``ignore_index`` and ``label_smoothing`` (values, gradients and the ``"mean"`` denominator);
+    with $\varepsilon = 0$ the sum form reduces to the index form.
 
     ``alpha`` conventions: ``None`` is off; a float $a$ gives $\alpha_c = a$ for class
     ``balance_index`` and $1 - a$ for every other class (Hsuxu's ``balance_index``; kornia and MONAI
     hard-code ``1 - a`` for class 0 and ``a`` for the others, which is ``alpha=1 - a,
-    balance_index=0`` here); a sequence or 1-d tensor of length $C$ with values in ``[0, 1]`` is used
-    as given (not renormalised, unlike Hsuxu). ``alpha`` does not enter the ``"mean"`` denominator.
+    balance_index=0`` here); a sequence or 1-d tensor of length $C$ with values in ``[0, 1]`` is
+    used as given (not renormalised, unlike Hsuxu). ``alpha`` does not enter the ``"mean"``
+    denominator.
 
     ``"mean"`` divides by ``avg_factor`` when given, else by the number of non-ignored positions,
     except that with ``class_weight`` and index targets it divides by $\sum_i w_{y_i}$ over the
@@ -455,9 +483,10 @@ def softmax_focal_loss(
         balance_index: The class that receives a float ``alpha``; in ``[0, C)``.
         class_weight: Non-negative per-class weights of length ``C`` (``cross_entropy`` semantics).
         label_smoothing: $\varepsilon \in [0, 1]$.
-        ignore_index: Ignored index-target value; ``None`` disables it. Must stay at its default with
-            probability targets.
-        weight: Element-wise weight of the per-position loss (the target's shape or its leading dims).
+        ignore_index: Ignored index-target value; ``None`` disables it. Must stay at its default
+            with probability targets.
+        weight: Element-wise weight of the per-position loss (the target's shape or its leading
+            dims).
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
         avg_factor: Denominator of ``"mean"``.
         backend: ``"torch"`` | ``"auto"`` | ``"triton"``: the fused softmax kernel serves CUDA

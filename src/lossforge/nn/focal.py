@@ -19,8 +19,10 @@ __all__ = ["SigmoidFocalLoss", "SoftmaxFocalLoss"]
 TensorOption = Tensor | Sequence[float] | None
 
 
-def _check_buffer_values(owner: str, name: str, value: Tensor | None, *, high: float | None) -> None:
-    """Construction-time value check of a registered tensor option (free: buffers start on the CPU)."""
+def _check_buffer_values(
+    owner: str, name: str, value: Tensor | None, *, high: float | None
+) -> None:
+    """Construction-time value check of a tensor option (free: buffers start on the CPU)."""
     if value is None or value.device.type != "cpu" or value.numel() == 0:
         return
     ok = torch.isfinite(value) & (value >= 0)
@@ -58,7 +60,9 @@ class SigmoidFocalLoss(Loss):
     ) -> None:
         super().__init__(reduction=reduction, loss_weight=loss_weight)
         name = type(self).__name__
-        self.alpha = None if alpha is None else check_number(name, "alpha", alpha, low=0.0, high=1.0)
+        self.alpha = (
+            None if alpha is None else check_number(name, "alpha", alpha, low=0.0, high=1.0)
+        )
         self.gamma = check_number(name, "gamma", gamma, low=0.0)
         self.ignore_index = check_optional_int(name, "ignore_index", ignore_index)
         self.backend = check_choice(name, "backend", backend, BACKENDS)
@@ -99,7 +103,15 @@ class SoftmaxFocalLoss(Loss):
     """
 
     registry_name = "softmax_focal"
-    _repr_fields = ("gamma", "alpha", "balance_index", "class_weight", "label_smoothing", "ignore_index", "backend")
+    _repr_fields = (
+        "gamma",
+        "alpha",
+        "balance_index",
+        "class_weight",
+        "label_smoothing",
+        "ignore_index",
+        "backend",
+    )
 
     def __init__(
         self,
@@ -118,16 +130,25 @@ class SoftmaxFocalLoss(Loss):
         name = type(self).__name__
         self.gamma = check_number(name, "gamma", gamma, low=0.0)
         if alpha is None or (isinstance(alpha, numbers.Real) and not isinstance(alpha, bool)):
-            self.alpha = None if alpha is None else check_number(name, "alpha", alpha, low=0.0, high=1.0)
+            self.alpha = (
+                None if alpha is None else check_number(name, "alpha", alpha, low=0.0, high=1.0)
+            )
         else:
             self._register_tensor_option("alpha", alpha)  # type: ignore[arg-type]
             if self.alpha.ndim != 1:
-                fail(name, "alpha", "a float or a 1-d per-class sequence", f"shape {tuple(self.alpha.shape)}")
+                fail(
+                    name,
+                    "alpha",
+                    "a float or a 1-d per-class sequence",
+                    f"shape {tuple(self.alpha.shape)}",
+                )
             _check_buffer_values(name, "alpha", self.alpha, high=1.0)
         self.balance_index = check_int(name, "balance_index", balance_index, low=0)
         self._register_tensor_option("class_weight", class_weight)
         _check_buffer_values(name, "class_weight", self.class_weight, high=None)
-        self.label_smoothing = check_number(name, "label_smoothing", label_smoothing, low=0.0, high=1.0)
+        self.label_smoothing = check_number(
+            name, "label_smoothing", label_smoothing, low=0.0, high=1.0
+        )
         self.ignore_index = check_optional_int(name, "ignore_index", ignore_index)
         self.backend = check_choice(name, "backend", backend, BACKENDS)
 
