@@ -1,4 +1,4 @@
-"""Focal losses (Lin et al. 2017): sigmoid (binary / multi-label) and softmax (multi-class) forms.
+r"""Focal losses (Lin et al. 2017): sigmoid (binary / multi-label) and softmax (multi-class) forms.
 
 Both multiply a cross-entropy term by the modulating factor $(1 - p_t)^\gamma$. The numerics:
 
