@@ -56,7 +56,7 @@ class DenseHead(nn.Module):
 
 
 def make_batch(step: int, batch: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """Features (B, CH, S, S), labels (B, S, S) in [0, C] (C = background), box targets (B, S, S, 4).
+    """Features (B, CH, S, S), labels (B, S, S) in [0, C] (C = background), boxes (B, S, S, 4).
 
     The second half of the batch is nearly empty (and its last image has no object at all).
     """
@@ -71,12 +71,16 @@ def make_batch(step: int, batch: int, dtype: torch.dtype) -> tuple[Tensor, Tenso
     # Object features carry the class and box signal so that the head can learn something.
     boxes = torch.randn(batch, SIZE, SIZE, 4, generator=g, dtype=dtype)
     feats[:, :4] += boxes.permute(0, 3, 1, 2) * pos[:, None]
-    onehot = nn.functional.one_hot(labels.clamp(max=NUM_CLASSES - 1), NUM_CLASSES).permute(0, 3, 1, 2)
+    onehot = nn.functional.one_hot(labels.clamp(max=NUM_CLASSES - 1), NUM_CLASSES).permute(
+        0, 3, 1, 2
+    )
     feats[:, 4 : 4 + NUM_CLASSES] += 2.0 * onehot.to(dtype) * pos[:, None]
     return feats, labels, boxes
 
 
-def head_loss(model: nn.Module, feats: Tensor, labels: Tensor, boxes: Tensor, avg: Tensor | float) -> Tensor:
+def head_loss(
+    model: nn.Module, feats: Tensor, labels: Tensor, boxes: Tensor, avg: Tensor | float
+) -> Tensor:
     """Focal classification + smooth L1 box regression, both divided by ``avg``."""
     cls, box = model(feats)
     logits = cls.permute(0, 2, 3, 1).reshape(-1, NUM_CLASSES)
@@ -84,7 +88,9 @@ def head_loss(model: nn.Module, feats: Tensor, labels: Tensor, boxes: Tensor, av
     pos = (target < NUM_CLASSES).to(logits.dtype)
     loss_cls = sigmoid_focal_loss(logits, target, gamma=2.0, alpha=0.25, avg_factor=avg)
     box_pred = box.permute(0, 2, 3, 1).reshape(-1, 4)
-    loss_box = smooth_l1_loss(box_pred, boxes.reshape(-1, 4), beta=1.0 / 9.0, weight=pos, avg_factor=avg)
+    loss_box = smooth_l1_loss(
+        box_pred, boxes.reshape(-1, 4), beta=1.0 / 9.0, weight=pos, avg_factor=avg
+    )
     return loss_cls + loss_box
 
 
@@ -96,7 +102,9 @@ def train(rank: int, world: int, args: dict[str, Any]) -> list[dict[str, float]]
     reference = copy.deepcopy(model) if (args["check"] and rank == 0) else None
     ddp = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(ddp.parameters(), lr=args["lr"])
-    ref_opt = torch.optim.SGD(reference.parameters(), lr=args["lr"]) if reference is not None else None
+    ref_opt = (
+        torch.optim.SGD(reference.parameters(), lr=args["lr"]) if reference is not None else None
+    )
     per = args["batch"] // world
     history: list[dict[str, float]] = []
     for step in range(args["steps"]):
@@ -122,19 +130,31 @@ def train(rank: int, world: int, args: dict[str, Any]) -> list[dict[str, float]]
             row["single_loss"] = float(ref_loss.detach())
             row["max_dloss"] = abs(row["loss"] - row["single_loss"])
             row["max_dparam"] = max(
-                float((p - q).detach().abs().max()) for p, q in zip(model.parameters(), reference.parameters())
+                float((p - q).detach().abs().max())
+                for p, q in zip(model.parameters(), reference.parameters(), strict=False)
             )
         history.append(row)
         if rank == 0 and args["verbose"]:
-            extra = f"  |dloss| {row['max_dloss']:.1e}  |dparam| {row['max_dparam']:.1e}" if reference else ""
-            print(f"step {step:3d}  loss {row['loss']:.5f}  positives on rank 0: {row['rank_pos']}{extra}")
+            extra = (
+                f"  |dloss| {row['max_dloss']:.1e}  |dparam| {row['max_dparam']:.1e}"
+                if reference
+                else ""
+            )
+            print(
+                f"step {step:3d}  loss {row['loss']:.5f}  "
+                f"positives on rank 0: {row['rank_pos']}{extra}"
+            )
     return history
 
 
 def _worker(rank: int, world: int, init_file: str, args: dict[str, Any], out_file: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60)
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
     )
     try:
         history = train(rank, world, args)
@@ -146,12 +166,27 @@ def _worker(rank: int, world: int, init_file: str, args: dict[str, Any], out_fil
         dist.destroy_process_group()
 
 
-def run(steps: int = 10, world: int = 2, batch: int = 8, lr: float = 0.05, dtype: str = "float32",
-        check: bool = False, verbose: bool = True, timeout: float = 300.0) -> list[dict[str, float]]:
+def run(
+    steps: int = 10,
+    world: int = 2,
+    batch: int = 8,
+    lr: float = 0.05,
+    dtype: str = "float32",
+    check: bool = False,
+    verbose: bool = True,
+    timeout: float = 300.0,
+) -> list[dict[str, float]]:
     """Spawn ``world`` gloo processes, train, and return rank 0's per-step history."""
     if batch % world:
         raise ValueError(f"run: expected `batch` divisible by world={world}, got {batch}")
-    args = {"steps": steps, "batch": batch, "lr": lr, "dtype": dtype, "check": check, "verbose": verbose}
+    args = {
+        "steps": steps,
+        "batch": batch,
+        "lr": lr,
+        "dtype": dtype,
+        "check": check,
+        "verbose": verbose,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         init_file, out_file = os.path.join(tmp, "pg"), os.path.join(tmp, "history.json")
         ctx = mp.spawn(_worker, args=(world, init_file, args, out_file), nprocs=world, join=False)
@@ -173,7 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    parser.add_argument("--check", action="store_true", help="compare with one process on the whole batch")
+    parser.add_argument(
+        "--check", action="store_true", help="compare with one process on the whole batch"
+    )
     parser.add_argument("--json", help="write the per-step history here")
     a = parser.parse_args(argv)
     history = run(a.steps, a.world_size, a.batch, a.lr, a.dtype, a.check)

@@ -39,8 +39,10 @@ except ImportError:  # the example (and its test) need `pip install lightning`
 DEFAULT_LOSS: dict[str, Any] = {"type": "softmax_focal", "gamma": 2.0}
 
 
-def long_tailed_digits(ratio: float = 10.0, seed: int = 0) -> tuple[TensorDataset, TensorDataset, Tensor]:
-    """Train (long-tailed) and test (50 per class) splits of sklearn's digits, and the train counts."""
+def long_tailed_digits(
+    ratio: float = 10.0, seed: int = 0
+) -> tuple[TensorDataset, TensorDataset, Tensor]:
+    """Long-tailed train and balanced test (50 per class) splits of sklearn's digits; counts."""
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
@@ -115,7 +117,8 @@ def main(
     """Train on long-tailed digits and return the last logged metrics."""
     if pl is None:
         raise lossforge.OptionalDependencyError(
-            "examples/lightning_module.py: expected `lightning` installed (pip install lightning), got ImportError"
+            "examples/lightning_module.py: expected `lightning` installed "
+            "(pip install lightning), got ImportError"
         )
     pl.seed_everything(seed, verbose=False)
     train, test, counts = long_tailed_digits(seed=seed)

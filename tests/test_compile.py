@@ -87,8 +87,8 @@ NAMES = [info.name for info in list_losses()]
 
 # Graph breaks reported to the loss owners; the test xfails (imperatively: it passes once fixed).
 KNOWN_BREAKS = {
-    "softmax_focal": "functional/focal.py _FocalTerm defines a custom `jvp` staticmethod, which dynamo "
-    "does not trace (gb0144 'Unsupported custom jvp'); gamma != 0 breaks the graph",
+    "softmax_focal": "functional/focal.py _FocalTerm defines a custom `jvp` staticmethod, which "
+    "dynamo does not trace (gb0144 'Unsupported custom jvp'); gamma != 0 breaks the graph",
 }
 
 
@@ -139,7 +139,9 @@ def test_fullgraph_other_reductions(name: str, reduction: str) -> None:
     _check(name, "eager", reduction=reduction)
 
 
-@pytest.mark.parametrize("name", ["cross_entropy", "binary_cross_entropy_with_logits", "sigmoid_focal", "dice"])
+@pytest.mark.parametrize(
+    "name", ["cross_entropy", "binary_cross_entropy_with_logits", "sigmoid_focal", "dice"]
+)
 def test_fullgraph_in_global_normalization_scope(name: str) -> None:
     """The scope's switch is a module global that dynamo reads without a graph break."""
     if name not in NAMES:
@@ -147,7 +149,10 @@ def test_fullgraph_in_global_normalization_scope(name: str) -> None:
     _check(name, "eager", scope=True)
 
 
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor needs a C++ compiler")
+@pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None,
+    reason="inductor needs a C++ compiler",
+)
 @pytest.mark.parametrize("name", ["sigmoid_focal"])
 def test_inductor(name: str) -> None:
     if name not in NAMES:

@@ -40,7 +40,7 @@ def _required(info: Any) -> dict[str, Any]:
 
 def test_registry_is_nonempty_and_sorted() -> None:
     assert len(NAMES) >= 5
-    assert NAMES == sorted(NAMES)
+    assert sorted(NAMES) == NAMES
     for info in list_losses():
         assert issubclass(info.cls, lnn.Loss)
         assert info.cls.registry_name == info.name
@@ -52,7 +52,8 @@ def test_every_loss_builds_with_defaults(name: str) -> None:
     info = next(i for i in list_losses() if i.name == name)
     loss = build_loss({"type": name, **_required(info)})
     assert type(loss) is info.cls
-    assert loss.reduction == "mean" and loss.loss_weight == 1.0
+    assert loss.reduction == "mean"
+    assert loss.loss_weight == 1.0
     # By class name too, and with the "lossforge." prefix used in mmengine-style configs.
     assert type(build_loss({"type": info.cls.__name__, **_required(info)})) is info.cls
     assert get_loss("lossforge." + name) is info.cls
@@ -63,7 +64,8 @@ def test_every_loss_builds_with_defaults(name: str) -> None:
 def test_every_loss_builds_with_reduction_and_weight(name: str) -> None:
     info = next(i for i in list_losses() if i.name == name)
     loss = build_loss({"type": name, "reduction": "sum", "loss_weight": 0.5, **_required(info)})
-    assert loss.reduction == "sum" and loss.loss_weight == 0.5
+    assert loss.reduction == "sum"
+    assert loss.loss_weight == 0.5
 
 
 def test_build_from_name_string() -> None:
@@ -72,7 +74,8 @@ def test_build_from_name_string() -> None:
 
 def test_build_passes_parameters() -> None:
     loss = build_loss({"type": "smooth_l1", "beta": 0.5, "loss_weight": 2.0})
-    assert loss.beta == 0.5 and loss.loss_weight == 2.0
+    assert loss.beta == 0.5
+    assert loss.loss_weight == 2.0
     x, y = torch.tensor([0.25, 3.0]), torch.zeros(2)
     torch.testing.assert_close(loss(x, y), 2.0 * lnn.SmoothL1Loss(beta=0.5)(x, y))
 
@@ -87,7 +90,8 @@ def test_unknown_name_lists_valid_ones() -> None:
 def test_unknown_parameter_lists_valid_ones() -> None:
     with pytest.raises(ValueError, match="unknown 'gama'") as err:
         build_loss({"type": "smooth_l1", "gama": 2.0})
-    assert "beta" in str(err.value) and "loss_weight" in str(err.value)
+    assert "beta" in str(err.value)
+    assert "loss_weight" in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -116,9 +120,12 @@ def test_toml_text_file_and_table(tmp_path: Any) -> None:
     text = 'type = "smooth_l1"\nbeta = 0.25\nloss_weight = 3.0\n'
     assert build_loss_from_toml(text).beta == 0.25
     path = tmp_path / "loss.toml"
-    path.write_text('[train.loss]\ntype = "cross_entropy"\nclass_weight = [1.0, 2.0]\nlabel_smoothing = 0.1\n')
+    path.write_text(
+        '[train.loss]\ntype = "cross_entropy"\nclass_weight = [1.0, 2.0]\nlabel_smoothing = 0.1\n'
+    )
     loss = build_loss_from_toml(path, table="train.loss")
-    assert type(loss) is lnn.CrossEntropyLoss and loss.label_smoothing == 0.1
+    assert type(loss) is lnn.CrossEntropyLoss
+    assert loss.label_smoothing == 0.1
     torch.testing.assert_close(loss.class_weight, torch.tensor([1.0, 2.0]))
     assert build_loss_from_toml(str(path), table="train.loss").label_smoothing == 0.1
 
@@ -153,9 +160,9 @@ def test_register_loss_third_party() -> None:
     del registry._REGISTRY["test_config_my_loss"]
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # mmengine
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def test_mmengine_missing_raises_optional_dependency_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,11 +182,16 @@ def test_mmengine_registry() -> None:
 
     child = register_all()
     assert child is register_all()  # idempotent, reused
-    assert child.scope == SCOPE and child.parent is MODELS
+    assert child.scope == SCOPE
+    assert child.parent is MODELS
     focal = MODELS.build({"type": "lossforge.SigmoidFocalLoss", "gamma": 1.0})
-    assert type(focal) is lnn.SigmoidFocalLoss and focal.gamma == 1.0
-    ce = MODELS.build({"type": "lossforge.cross_entropy", "class_weight": [1.0, 2.0], "loss_weight": 0.5})
-    assert type(ce) is lnn.CrossEntropyLoss and ce.loss_weight == 0.5
+    assert type(focal) is lnn.SigmoidFocalLoss
+    assert focal.gamma == 1.0
+    ce = MODELS.build(
+        {"type": "lossforge.cross_entropy", "class_weight": [1.0, 2.0], "loss_weight": 0.5}
+    )
+    assert type(ce) is lnn.CrossEntropyLoss
+    assert ce.loss_weight == 0.5
     for info in list_losses():
         assert child.get(info.cls.__name__) is info.cls
     with pytest.raises(KeyError):
@@ -187,7 +199,8 @@ def test_mmengine_registry() -> None:
     # A downstream registry (as mmdetection's MODELS) gets its own lossforge child.
     downstream = Registry("model", parent=MODELS, scope="test_config_downstream")
     sub = register_all(downstream)
-    assert sub.parent is downstream and type(downstream.build({"type": "lossforge.L1Loss"})) is lnn.L1Loss
+    assert sub.parent is downstream
+    assert type(downstream.build({"type": "lossforge.L1Loss"})) is lnn.L1Loss
     with pytest.raises(TypeError, match="mmengine Registry"):
         register_all(object())
 
@@ -206,9 +219,9 @@ def test_mmengine_forward_keywords() -> None:
     torch.testing.assert_close(loss(pred, target, reduction_override="sum"), torch.tensor(20.0))
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Hydra
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def test_to_hydra_without_hydra() -> None:
@@ -234,14 +247,21 @@ def test_hydra_instantiate_module_and_partial() -> None:
 
     cfg = OmegaConf.create({"_target_": "lossforge.nn.SigmoidFocalLoss", "gamma": 2.0})
     focal = instantiate(cfg)
-    assert type(focal) is lnn.SigmoidFocalLoss and focal.gamma == 2.0
+    assert type(focal) is lnn.SigmoidFocalLoss
+    assert focal.gamma == 2.0
     # Lists from YAML (class weights) with _convert_: all, as to_hydra writes it.
-    yaml = "_target_: lossforge.nn.CrossEntropyLoss\n_convert_: all\nclass_weight: [1.0, 2.0, 0.5]\n"
+    yaml = (
+        "_target_: lossforge.nn.CrossEntropyLoss\n_convert_: all\nclass_weight: [1.0, 2.0, 0.5]\n"
+    )
     ce = instantiate(OmegaConf.create(yaml))
     torch.testing.assert_close(ce.class_weight, torch.tensor([1.0, 2.0, 0.5]))
-    ce2 = instantiate(OmegaConf.create(to_hydra({"type": "cross_entropy", "class_weight": [1.0, 2.0, 0.5]})))
+    ce2 = instantiate(
+        OmegaConf.create(to_hydra({"type": "cross_entropy", "class_weight": [1.0, 2.0, 0.5]}))
+    )
     torch.testing.assert_close(ce2.class_weight, ce.class_weight)
     # _partial_ for functionals.
-    fn = instantiate({"_target_": "lossforge.functional.smooth_l1_loss", "_partial_": True, "beta": 0.5})
+    fn = instantiate(
+        {"_target_": "lossforge.functional.smooth_l1_loss", "_partial_": True, "beta": 0.5}
+    )
     x, y = torch.tensor([0.25, 3.0]), torch.zeros(2)
     torch.testing.assert_close(fn(x, y), LF.smooth_l1_loss(x, y, beta=0.5))

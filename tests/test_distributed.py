@@ -48,16 +48,16 @@ SPAWN_TIMEOUT_S = 120.0
 ATOL = 1e-12
 IGNORE = -100
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Scenarios
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Scenario:
     """One loss configuration on one batch, split over two ranks.
 
-    ``make()`` builds the whole batch (float64 inputs with the batch on dim 0, class dim 1, targets);
+    ``make()`` builds the whole batch (float64 inputs, batch on dim 0, class dim 1; targets);
     ``shards`` are the two ranks' row ranges. ``loss(logits, target, avg)`` calls the loss;
     ``count(target)`` is the rank-local count passed as ``avg_factor`` (None: the loss' own
     denominator). ``mode``: ``"scope"`` runs inside ``global_normalization(min_avg_factor=clamp)``
@@ -83,12 +83,16 @@ def _logits(n: int, c: int, *spatial: int, seed: int = 0) -> Tensor:
     return torch.randn(n, c, *spatial, generator=_gen(seed), dtype=torch.float64) * 2
 
 
-def _ce_data(spatial: tuple[int, ...] = (), ignore_rows: range | None = None, ignore_frac: float = 0.25):
+def _ce_data(
+    spatial: tuple[int, ...] = (), ignore_rows: range | None = None, ignore_frac: float = 0.25
+):
     def make() -> tuple[Tensor, Tensor]:
         x = _logits(8, 4, *spatial, seed=1)
         g = _gen(2)
         t = torch.randint(0, 4, (8, *spatial), generator=g)
-        t = torch.where(torch.rand(t.shape, generator=g) < ignore_frac, torch.full_like(t, IGNORE), t)
+        t = torch.where(
+            torch.rand(t.shape, generator=g) < ignore_frac, torch.full_like(t, IGNORE), t
+        )
         if ignore_rows is not None:
             t[ignore_rows.start : ignore_rows.stop] = IGNORE
         return x, t
@@ -96,7 +100,11 @@ def _ce_data(spatial: tuple[int, ...] = (), ignore_rows: range | None = None, ig
     return make
 
 
-def _multilabel(pos_rows: tuple[int, ...] | None = None, ignore_rows: range | None = None, n_pos: int | None = None):
+def _multilabel(
+    pos_rows: tuple[int, ...] | None = None,
+    ignore_rows: range | None = None,
+    n_pos: int | None = None,
+):
     """Dense multi-label targets (8, 3) in {0, 1}, -1 = ignored; positives restricted as asked."""
 
     def make() -> tuple[Tensor, Tensor]:
@@ -161,7 +169,9 @@ def _ce(**kw: Any) -> Callable[[Tensor, Tensor, Any], Tensor]:
 
 
 def _bce(**kw: Any) -> Callable[[Tensor, Tensor, Any], Tensor]:
-    return lambda x, t, avg: LF.binary_cross_entropy_with_logits(x, t, ignore_index=-1, avg_factor=avg, **kw)
+    return lambda x, t, avg: LF.binary_cross_entropy_with_logits(
+        x, t, ignore_index=-1, avg_factor=avg, **kw
+    )
 
 
 def _sigmoid_focal(x: Tensor, t: Tensor, avg: Any) -> Tensor:
@@ -178,20 +188,42 @@ CW = [0.2, 1.0, 3.0, 0.5]
 SCENARIOS: list[Scenario] = [
     # cross_entropy: valid-count and class-weight denominators
     Scenario("ce_ignore_balanced", "cross_entropy", _ce_data(), _ce()),
-    Scenario("ce_ignore_rank_all_ignored", "cross_entropy", _ce_data(ignore_rows=range(4, 8)), _ce()),
+    Scenario(
+        "ce_ignore_rank_all_ignored", "cross_entropy", _ce_data(ignore_rows=range(4, 8)), _ce()
+    ),
     Scenario("ce_rank_empty", "cross_entropy", _ce_data(), _ce(), shards=((0, 8), (8, 8))),
-    Scenario("ce_dense_uneven", "cross_entropy", _ce_data(spatial=(3, 2)), _ce(), shards=((0, 3), (3, 8))),
+    Scenario(
+        "ce_dense_uneven", "cross_entropy", _ce_data(spatial=(3, 2)), _ce(), shards=((0, 3), (3, 8))
+    ),
     Scenario("ce_class_weight", "cross_entropy", _ce_data(), _ce(class_weight=CW)),
     Scenario(
-        "ce_class_weight_rank_all_ignored", "cross_entropy", _ce_data(ignore_rows=range(0, 4)), _ce(class_weight=CW)
+        "ce_class_weight_rank_all_ignored",
+        "cross_entropy",
+        _ce_data(ignore_rows=range(0, 4)),
+        _ce(class_weight=CW),
     ),
-    Scenario("ce_class_weight_rank_empty", "cross_entropy", _ce_data(), _ce(class_weight=CW), shards=((0, 0), (0, 8))),
+    Scenario(
+        "ce_class_weight_rank_empty",
+        "cross_entropy",
+        _ce_data(),
+        _ce(class_weight=CW),
+        shards=((0, 0), (0, 8)),
+    ),
     Scenario("ce_label_smoothing_ignore", "cross_entropy", _ce_data(), _ce(label_smoothing=0.1)),
     # binary_cross_entropy_with_logits: valid-element count, and avg_factor = number of positives
     Scenario("bce_ignore_balanced", "binary_cross_entropy_with_logits", _multilabel(), _bce()),
-    Scenario("bce_rank_all_ignored", "binary_cross_entropy_with_logits", _multilabel(ignore_rows=range(4, 8)), _bce()),
     Scenario(
-        "bce_rank_empty", "binary_cross_entropy_with_logits", _multilabel(), _bce(), shards=((0, 8), (8, 8))
+        "bce_rank_all_ignored",
+        "binary_cross_entropy_with_logits",
+        _multilabel(ignore_rows=range(4, 8)),
+        _bce(),
+    ),
+    Scenario(
+        "bce_rank_empty",
+        "binary_cross_entropy_with_logits",
+        _multilabel(),
+        _bce(),
+        shards=((0, 8), (8, 8)),
     ),
     Scenario(
         "bce_pos_factor_rank_zero_pos",
@@ -221,7 +253,15 @@ SCENARIOS: list[Scenario] = [
         clamp=1.0,
     ),
     # l1 / smooth_l1 with avg_factor = number of positive boxes
-    Scenario("l1_factor_balanced", "l1_loss", _boxes(), _box_loss(LF.l1_loss), count=_box_count, mode="factor", clamp=1.0),
+    Scenario(
+        "l1_factor_balanced",
+        "l1_loss",
+        _boxes(),
+        _box_loss(LF.l1_loss),
+        count=_box_count,
+        mode="factor",
+        clamp=1.0,
+    ),
     Scenario(
         "l1_scope_int_count",
         "l1_loss",
@@ -257,7 +297,13 @@ SCENARIOS: list[Scenario] = [
         count=_box_count,
         clamp=1.0,
     ),
-    Scenario("mse_valid_count_uneven", "mse_loss", _boxes(), lambda x, yt, avg: LF.mse_loss(x, yt[:, :4]), shards=((0, 7), (7, 8))),
+    Scenario(
+        "mse_valid_count_uneven",
+        "mse_loss",
+        _boxes(),
+        lambda x, yt, avg: LF.mse_loss(x, yt[:, :4]),
+        shards=((0, 7), (7, 8)),
+    ),
     # focal losses (skipped until they land)
     Scenario(
         "sigmoid_focal_factor_rank_zero_pos",
@@ -287,11 +333,22 @@ SCENARIOS: list[Scenario] = [
         clamp=1.0,
     ),
     Scenario("softmax_focal_ignore", "softmax_focal_loss", _ce_data(), _softmax_focal),
-    Scenario("softmax_focal_rank_all_ignored", "softmax_focal_loss", _ce_data(ignore_rows=range(4, 8)), _softmax_focal),
-    Scenario("softmax_focal_rank_empty", "softmax_focal_loss", _ce_data(), _softmax_focal, shards=((0, 8), (8, 8))),
+    Scenario(
+        "softmax_focal_rank_all_ignored",
+        "softmax_focal_loss",
+        _ce_data(ignore_rows=range(4, 8)),
+        _softmax_focal,
+    ),
+    Scenario(
+        "softmax_focal_rank_empty",
+        "softmax_focal_loss",
+        _ce_data(),
+        _softmax_focal,
+        shards=((0, 8), (8, 8)),
+    ),
 ]
 
-# The mmdetection idiom avg = max(reduce_mean(num_pos), 1): clamps the rank mean, not the global sum.
+# The mmdetection idiom avg = max(reduce_mean(num_pos), 1) clamps the rank mean, not the global sum.
 MMDET_CLAMP = "bce_pos_rank_mean_clamp"
 MMDET_DATA = _multilabel(n_pos=1)
 
@@ -303,7 +360,9 @@ def _available(needs: str) -> bool:
 
 
 def _weight_matrix(c: int) -> Tensor:
-    return (torch.eye(c, dtype=torch.float64) + 0.1 * torch.randn(c, c, generator=_gen(9), dtype=torch.float64))
+    return torch.eye(c, dtype=torch.float64) + 0.1 * torch.randn(
+        c, c, generator=_gen(9), dtype=torch.float64
+    )
 
 
 def _apply(x: Tensor, w: Tensor) -> Tensor:
@@ -334,7 +393,9 @@ def _run(sc: Scenario, rank: int | None) -> dict[str, Any]:
     out["loss"] = loss.detach()
     out["grad"] = w.grad.detach().clone() if w.grad is not None else torch.zeros_like(w)
     if isinstance(count, Tensor):
-        out["count_unchanged"] = bool(torch.equal(count, count_before)) and count.dtype == count_before.dtype
+        out["count_unchanged"] = (
+            bool(torch.equal(count, count_before)) and count.dtype == count_before.dtype
+        )
     return out
 
 
@@ -347,13 +408,17 @@ def _run_mmdet_clamp(rank: int | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     num_pos = (t == 1).sum().to(torch.float64)
     if rank is None:
-        out["loss"] = LF.binary_cross_entropy_with_logits(x, t, ignore_index=-1, avg_factor=max(float(num_pos), 1.0))
+        out["loss"] = LF.binary_cross_entropy_with_logits(
+            x, t, ignore_index=-1, avg_factor=max(float(num_pos), 1.0)
+        )
         return out
     mean = num_pos.clone()
     dist.all_reduce(mean.div_(dist.get_world_size()))  # mmdet reduce_mean
     wrong = torch.clamp(mean, min=1.0)
     out["wrong"] = LF.binary_cross_entropy_with_logits(x, t, ignore_index=-1, avg_factor=wrong)
-    out["loss"] = LF.binary_cross_entropy_with_logits(x, t, ignore_index=-1, avg_factor=global_avg_factor(num_pos))
+    out["loss"] = LF.binary_cross_entropy_with_logits(
+        x, t, ignore_index=-1, avg_factor=global_avg_factor(num_pos)
+    )
     return out
 
 
@@ -408,11 +473,21 @@ def _run_ddp_wrapper(rank: int | None) -> dict[str, Any]:
         params = model.module.parameters()
         return {"loss": loss.detach(), "grad": torch.cat([p.grad.reshape(-1) for p in params])}
     loss.backward()
-    return {"loss": loss.detach(), "grad": torch.cat([p.grad.reshape(-1) for p in model.parameters()])}
+    return {
+        "loss": loss.detach(),
+        "grad": torch.cat([p.grad.reshape(-1) for p in model.parameters()]),
+    }
 
 
 EXAMPLE = "examples/ddp_dense_head.py"
-EXAMPLE_ARGS = {"steps": 3, "batch": 8, "lr": 0.05, "dtype": "float64", "check": True, "verbose": False}
+EXAMPLE_ARGS = {
+    "steps": 3,
+    "batch": 8,
+    "lr": 0.05,
+    "dtype": "float64",
+    "check": True,
+    "verbose": False,
+}
 
 
 def _example() -> Any:
@@ -426,9 +501,9 @@ def _example() -> Any:
     return module
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Spawn harness
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -466,7 +541,9 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def spawn(worker: Callable[..., None], tmp_path: Path, *args: Any, timeout: float = SPAWN_TIMEOUT_S) -> float:
+def spawn(
+    worker: Callable[..., None], tmp_path: Path, *args: Any, timeout: float = SPAWN_TIMEOUT_S
+) -> float:
     """Run ``worker(rank, WORLD, init_file, out_dir, *args)`` on WORLD processes; wall seconds."""
     init_file = tmp_path / "pg_init"
     out = tmp_path / "out"
@@ -490,11 +567,16 @@ def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("ddp")
     wall = spawn(_worker, tmp)
     ranks = [torch.load(tmp / "out" / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
-    print(f"\nDDP spawn (2 gloo ranks, all loss scenarios): {wall:.2f} s wall, work {ranks[0]['_seconds']:.2f} s")
+    print(
+        f"\nDDP spawn (2 gloo ranks, all loss scenarios): {wall:.2f} s wall, "
+        f"work {ranks[0]['_seconds']:.2f} s"
+    )
     return {"ranks": ranks, "wall": wall}
 
 
-def _combine(ddp_results: dict[str, Any], name: str) -> tuple[Tensor, Tensor | None, list[dict[str, Any]]]:
+def _combine(
+    ddp_results: dict[str, Any], name: str
+) -> tuple[Tensor, Tensor | None, list[dict[str, Any]]]:
     per_rank = [r.get(name) for r in ddp_results["ranks"]]
     if per_rank[0] is None:
         pytest.skip(f"{name} did not run")
@@ -509,9 +591,9 @@ def _combine(ddp_results: dict[str, Any], name: str) -> tuple[Tensor, Tensor | N
 MAX_DELTA: dict[str, tuple[float, float]] = {}
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # DDP tests
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("sc", SCENARIOS, ids=[s.name for s in SCENARIOS])
@@ -522,7 +604,10 @@ def test_ranks_equal_single_process(sc: Scenario, ddp_results: dict[str, Any]) -
     ref = _run(sc, None)
     torch.testing.assert_close(loss, ref["loss"], rtol=0, atol=ATOL)
     torch.testing.assert_close(grad, ref["grad"], rtol=0, atol=ATOL)
-    MAX_DELTA[sc.name] = (float((loss - ref["loss"]).abs()), float((grad - ref["grad"]).abs().max()))
+    MAX_DELTA[sc.name] = (
+        float((loss - ref["loss"]).abs()),
+        float((grad - ref["grad"]).abs().max()),
+    )
     assert torch.isfinite(ref["loss"])
     for r in per_rank:
         if "count_unchanged" in r:
@@ -534,7 +619,9 @@ def test_real_ddp_wrapper(ddp_results: dict[str, Any]) -> None:
     ref = _run_ddp_wrapper(None)
     # DDP already averaged the gradients: both ranks hold the single-process gradient.
     for r in ddp_results["ranks"]:
-        torch.testing.assert_close(r["ddp_wrapper_cross_entropy"]["grad"], ref["grad"], rtol=0, atol=ATOL)
+        torch.testing.assert_close(
+            r["ddp_wrapper_cross_entropy"]["grad"], ref["grad"], rtol=0, atol=ATOL
+        )
     torch.testing.assert_close(loss, ref["loss"], rtol=0, atol=ATOL)
 
 
@@ -554,7 +641,9 @@ def test_rank_mean_clamp_is_wrong_when_positives_are_scarce(ddp_results: dict[st
 
 def test_dice_batch_sums(ddp_results: dict[str, Any]) -> None:
     if not _dice_wired():
-        pytest.skip("dice_loss(batch=True) does not call lossforge.distributed.maybe_global_sum yet")
+        pytest.skip(
+            "dice_loss(batch=True) does not call lossforge.distributed.maybe_global_sum yet"
+        )
     loss, grad, _ = _combine(ddp_results, DICE_NAME)
     ref = _run_dice(None)
     torch.testing.assert_close(loss, ref["loss"], rtol=0, atol=ATOL)
@@ -569,10 +658,11 @@ def test_example_dense_head_equals_single_process(ddp_results: dict[str, Any]) -
     history = r0["history"]
     assert len(history) == EXAMPLE_ARGS["steps"]
     for row in history:
-        assert row["max_dloss"] <= 1e-12 and row["max_dparam"] <= 1e-12, row
+        assert row["max_dloss"] <= 1e-12, row
+        assert row["max_dparam"] <= 1e-12, row
     # Rank 1's half of the batch is nearly empty; the shards really are unbalanced.
     r1 = ddp_results["ranks"][1][EXAMPLE]["history"]
-    assert all(a["rank_pos"] > 3 * b["rank_pos"] for a, b in zip(history, r1))
+    assert all(a["rank_pos"] > 3 * b["rank_pos"] for a, b in zip(history, r1, strict=False))
 
 
 def test_scope_restored_in_workers(ddp_results: dict[str, Any]) -> None:
@@ -586,9 +676,9 @@ def test_global_sum_gradients_spawn_free() -> None:
     assert maybe_global_sum(x) is x
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Single-process behaviour (no process group)
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def test_no_group_is_noop() -> None:
@@ -613,11 +703,16 @@ def test_no_group_is_noop() -> None:
 def test_global_avg_factor_types_and_no_mutation() -> None:
     c = torch.tensor(3, dtype=torch.int64)
     out = global_avg_factor(c)
-    assert out.dtype == torch.get_default_dtype() and out.ndim == 0 and not out.requires_grad
-    assert c.dtype == torch.int64 and int(c) == 3
+    assert out.dtype == torch.get_default_dtype()
+    assert out.ndim == 0
+    assert not out.requires_grad
+    assert c.dtype == torch.int64
+    assert int(c) == 3
     f = torch.tensor([2.5], dtype=torch.float64, requires_grad=True)
     out = global_avg_factor(f, min_value=0.0)
-    assert out.dtype == torch.float64 and out.shape == () and not out.requires_grad
+    assert out.dtype == torch.float64
+    assert out.shape == ()
+    assert not out.requires_grad
     out.add_(1)  # the result is a new tensor
     assert float(f.detach()) == 2.5
     assert global_avg_factor(torch.tensor(0.3)).item() == 1.0  # clamped
@@ -633,7 +728,9 @@ def test_global_avg_factor_types_and_no_mutation() -> None:
         ({"count": 1, "min_value": -1}, ValueError, ">= 0"),
     ],
 )
-def test_global_avg_factor_rejects(kwargs: dict[str, Any], exc: type[Exception], match: str) -> None:
+def test_global_avg_factor_rejects(
+    kwargs: dict[str, Any], exc: type[Exception], match: str
+) -> None:
     with pytest.raises(exc, match=match):
         global_avg_factor(**kwargs)
 
@@ -644,17 +741,23 @@ def test_double_reduction_is_refused() -> None:
 
 
 def test_scope_arguments_and_nesting() -> None:
-    with pytest.raises(TypeError, match="enabled"):
-        with global_normalization(enabled=1):  # type: ignore[arg-type]
-            pass
-    with pytest.raises(ValueError, match="min_avg_factor"):
-        with global_normalization(min_avg_factor=-1.0):
-            pass
+    with (
+        pytest.raises(TypeError, match="enabled"),
+        global_normalization(enabled=1),  # type: ignore[arg-type]
+    ):
+        pass
+    with (
+        pytest.raises(ValueError, match="min_avg_factor"),
+        global_normalization(min_avg_factor=-1.0),
+    ):
+        pass
     with global_normalization(enabled=False):
         assert not global_normalization_enabled()
     with global_normalization():
         with global_normalization(min_avg_factor=2.0):
-            assert LF.l1_loss(torch.ones(2), torch.zeros(2), avg_factor=1.0).item() == 1.0  # 2 / max(1, 2)
+            assert (
+                LF.l1_loss(torch.ones(2), torch.zeros(2), avg_factor=1.0).item() == 1.0
+            )  # 2 / max(1, 2)
         assert global_normalization_enabled()
         assert LF.l1_loss(torch.ones(2), torch.zeros(2), avg_factor=1.0).item() == 2.0
     assert not global_normalization_enabled()
@@ -677,7 +780,8 @@ def test_global_denominator_outside_and_inside() -> None:
     assert _reduction.global_denominator(d) is d
     with global_normalization():
         out = _reduction.global_denominator(3, like=torch.zeros((), dtype=torch.float64))
-        assert out.dtype == torch.float64 and float(out) == 3.0
+        assert out.dtype == torch.float64
+        assert float(out) == 3.0
 
 
 def test_import_has_no_side_effects() -> None:
@@ -690,7 +794,9 @@ def test_import_has_no_side_effects() -> None:
         "bad=[m for m in ('mmengine','hydra','lightning','omegaconf') if m in sys.modules];"
         "print(bad, d.is_initialized())"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
     assert out.stdout.strip() == "[] False", out.stdout + out.stderr
 
 
@@ -699,8 +805,12 @@ def test_report_max_delta(ddp_results: dict[str, Any]) -> None:
     if MAX_DELTA:
         dl = max(v[0] for v in MAX_DELTA.values())
         dg = max(v[1] for v in MAX_DELTA.values())
-        print(f"\nDDP == single process: {len(MAX_DELTA)} scenarios, max |dloss| {dl:.2e}, max |dgrad| {dg:.2e}")
-        assert dl <= ATOL and dg <= ATOL
+        print(
+            f"\nDDP == single process: {len(MAX_DELTA)} scenarios, "
+            f"max |dloss| {dl:.2e}, max |dgrad| {dg:.2e}"
+        )
+        assert dl <= ATOL
+        assert dg <= ATOL
 
 
 def test_lightning_example() -> None:

@@ -44,7 +44,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_build_strict_has_every_page(site: Path) -> None:
-    for page in ("index.html", "contract/index.html", "distributed/index.html", "config/index.html"):
+    for page in (
+        "index.html",
+        "contract/index.html",
+        "distributed/index.html",
+        "config/index.html",
+    ):
         assert (site / page).is_file(), page
     for md in (ROOT / "docs" / "losses").glob("*.md"):
         assert (site / "losses" / md.stem / "index.html").is_file(), md.name
@@ -52,7 +57,8 @@ def test_build_strict_has_every_page(site: Path) -> None:
         assert (site / "api" / md.stem / "index.html").is_file(), md.name
     # mkdocstrings rendered the docstrings (not just the headings).
     api = (site / "api" / "distributed" / "index.html").read_text()
-    assert "global_avg_factor" in api and "doc-function" in api
+    assert "global_avg_factor" in api
+    assert "doc-function" in api
     assert (site / "javascripts" / "katex" / "katex.min.js").is_file()
     # `Example:` sections render their doctests as code (docs/hooks/griffe_examples.py), not as
     # nested block quotes.
@@ -73,19 +79,26 @@ def test_math_renders_with_katex(site: Path, tmp_path: Path) -> None:
     for page in sorted(site.rglob("*.html")):
         for tag, body in _MATH.findall(page.read_text(encoding="utf-8")):
             tex = html.unescape(re.sub(r"<[^>]+>", "", body)).strip()
-            tex = re.sub(r"^\\\[|\\\]$", "", tex) if tag == "div" else re.sub(r"^\\\(|\\\)$", "", tex)
-            formulas.append({"page": str(page.relative_to(site)), "tex": tex, "display": tag == "div"})
+            tex = (
+                re.sub(r"^\\\[|\\\]$", "", tex) if tag == "div" else re.sub(r"^\\\(|\\\)$", "", tex)
+            )
+            formulas.append(
+                {"page": str(page.relative_to(site)), "tex": tex, "display": tag == "div"}
+            )
     assert len(formulas) > 20, "expected the docstrings' math on the API pages"
     (tmp_path / "math.json").write_text(json.dumps(formulas))
     script = (
         f"const katex = require({json.dumps(str(KATEX))});"
         f"const items = require({json.dumps(str(tmp_path / 'math.json'))});"
         "const bad = [];"
-        "for (const it of items) { try { katex.renderToString(it.tex, {displayMode: it.display, throwOnError: true}); }"
-        " catch (e) { bad.push(it.page + ': ' + e.message); } }"
+        "for (const it of items) { try {"
+        " katex.renderToString(it.tex, {displayMode: it.display, throwOnError: true});"
+        " } catch (e) { bad.push(it.page + ': ' + e.message); } }"
         "console.log(JSON.stringify({n: items.length, bad}));"
     )
-    proc = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [node, "-e", script], capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["n"] == len(formulas)

@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Any
 
 # Families in reading order; anything else follows alphabetically.
-ORDER = ["classification", "focal", "asymmetric", "balanced", "dice", "regression", "weights", "multitask"]
+ORDER = [
+    "classification",
+    "focal",
+    "asymmetric",
+    "balanced",
+    "dice",
+    "regression",
+    "weights",
+    "multitask",
+]
 OPTIONAL_TOP = [("Command line and compare", "cli.md")]
 
 
@@ -40,7 +49,9 @@ def on_config(config: Any, **kwargs: Any) -> Any:
         if isinstance(entry, dict) and "API reference" in entry:
             entry["API reference"] = _pages(docs, "api")
     known = {v for e in nav if isinstance(e, dict) for v in e.values() if isinstance(v, str)}
-    tail = next((i for i, e in enumerate(nav) if isinstance(e, dict) and "Benchmarks" in e), len(nav))
+    tail = next(
+        (i for i, e in enumerate(nav) if isinstance(e, dict) and "Benchmarks" in e), len(nav)
+    )
     extra = [(title, page) for title, page in OPTIONAL_TOP if (docs / page).exists()]
     # Any other top-level page written by someone (multitask.md, ...) goes in too, by its heading.
     for path in sorted(docs.glob("*.md")):

@@ -89,7 +89,9 @@ def _reduce_device(like: Tensor | None) -> torch.device:
     return torch.device("cpu")
 
 
-def _as_count(fn: str, count: object, device: torch.device | None, dtype: torch.dtype | None) -> Tensor:
+def _as_count(
+    fn: str, count: object, device: torch.device | None, dtype: torch.dtype | None
+) -> Tensor:
     """A detached floating 0-d copy of ``count`` (never the caller's tensor itself)."""
     if isinstance(count, Tensor):
         if count.numel() != 1:
@@ -105,7 +107,9 @@ def _as_count(fn: str, count: object, device: torch.device | None, dtype: torch.
     v = float(count)  # type: ignore[arg-type]
     if not math.isfinite(v):
         fail(fn, "count", "a finite number", v)
-    return torch.tensor(v, dtype=dtype or torch.get_default_dtype(), device=device or _reduce_device(None))
+    return torch.tensor(
+        v, dtype=dtype or torch.get_default_dtype(), device=device or _reduce_device(None)
+    )
 
 
 def all_reduce_sum(x: Tensor) -> Tensor:
@@ -262,8 +266,8 @@ def global_normalization(
     (except the ``min_avg_factor`` clamp).
 
     Pass **local** counts as ``avg_factor`` inside the scope (not ``global_avg_factor``, which
-    raises there). ``"none"`` and ``"sum"`` are unaffected. Each ``"mean"`` issues one all-reduce, so
-    every rank must call the same losses in the same order (the usual DDP requirement).
+    raises there). ``"none"`` and ``"sum"`` are unaffected. Each ``"mean"`` issues one all-reduce,
+    so every rank must call the same losses in the same order (the usual DDP requirement).
 
     The switch is process-wide (one process per rank), not thread-local, so ``torch.compile``
     can read it without a graph break; do not enter it from several threads at once.
