@@ -18,6 +18,15 @@ from lossforge import class_weights
 F64 = torch.float64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The tensors here are tiny: one intra-op thread avoids oversubscribing a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _close(got: torch.Tensor, want: list[float], rel: float = 1e-12) -> None:
     assert got.shape == (len(want),)
     for a, b in zip(got.tolist(), want, strict=True):
