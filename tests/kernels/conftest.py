@@ -19,12 +19,25 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+# triton reads TRITON_INTERPRET when it is first imported: if something imported it before this
+# conftest ran without the variable, the kernels cannot run on the CPU in this process.
+_LATE = (
+    not torch.cuda.is_available()
+    and "triton" in sys.modules
+    and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+)
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 collect_ignore_glob: list[str] = []
-if importlib.util.find_spec("triton") is None:
+if importlib.util.find_spec("triton") is None or _LATE:
     collect_ignore_glob = ["test_*.py"]
+    if _LATE:
+        print(
+            "tests/kernels skipped: triton was imported before TRITON_INTERPRET=1 was set; "
+            "run them with TRITON_INTERPRET=1 in the environment",
+            file=sys.stderr,
+        )
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ANN001, ARG001
