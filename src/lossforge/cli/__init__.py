@@ -259,6 +259,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(max(1, wanted))
     try:
         return _dispatch(args, args_list)
+    except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        except OSError:
+            pass
+        return 141
     except KeyboardInterrupt:
         print("lossforge: interrupted", file=sys.stderr)
         return 130

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lossforge._checks import value_checks
 from lossforge.cli.data import (
     DataError,
     Task,
@@ -101,15 +102,18 @@ def train_one(task: Task, loss: torch.nn.Module, exp: Experiment, seed: int) -> 
     n, bs = len(x), exp.train.batch_size
     last = float("nan")
     model.train()
-    for _ in range(exp.train.epochs):
-        perm = torch.randperm(n, generator=gen)
-        for start in range(0, n, bs):
-            idx = perm[start : start + bs]
-            value = loss(model(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            opt.step()
-        last = float(value.detach())
+    with torch.no_grad():
+        loss(model(x), y)  # value checks (targets in range, ...) once on the whole training split
+    with value_checks(False):  # ... not again on every batch
+        for _ in range(exp.train.epochs):
+            perm = torch.randperm(n, generator=gen)
+            for start in range(0, n, bs):
+                idx = perm[start : start + bs]
+                value = loss(model(x[idx]), y[idx])
+                opt.zero_grad(set_to_none=True)
+                value.backward()
+                opt.step()
+            last = float(value.detach())
     model.eval()
     with torch.no_grad():
         logits = model(torch.from_numpy(task.x_test)).double().numpy()
