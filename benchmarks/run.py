@@ -687,6 +687,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if smoke:
             provs = {k: v for k, v in provs.items() if k in ("eager_ref", "lossforge_torch")}
         elif not args.no_compile:
+            # Rows built in loops share lambda code objects: reset dynamo so no row hits the
+            # recompile limit and silently falls back to eager.
+            torch._dynamo.reset()
             ref = provs["eager_ref"]
             provs["compile_ref"] = torch.compile(lambda dd, ref=ref: ref(dd), dynamic=False)
         numel = d["x"].numel()
