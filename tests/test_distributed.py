@@ -184,6 +184,31 @@ def _softmax_focal(x: Tensor, t: Tensor, avg: Any) -> Tensor:
     return LF.softmax_focal_loss(x, t, ignore_index=IGNORE, avg_factor=avg)
 
 
+def _seg(ignore_rows: range | None = None) -> Callable[[], tuple[Tensor, Tensor]]:
+    """(8, 3, 4, 4) logits, (8, 4, 4) class indices; rows 5-7 only class 0; some pixels ignored."""
+
+    def make() -> tuple[Tensor, Tensor]:
+        x = _logits(8, 3, 4, 4, seed=11)
+        g = _gen(12)
+        t = torch.randint(0, 3, (8, 4, 4), generator=g)
+        t[5:] = 0
+        t = torch.where(torch.rand(t.shape, generator=g) < 0.2, torch.full_like(t, IGNORE), t)
+        if ignore_rows is not None:
+            t[ignore_rows.start : ignore_rows.stop] = IGNORE
+        return x, t
+
+    return make
+
+
+def _dice(**kw: Any) -> Callable[[Tensor, Tensor, Any], Tensor]:
+    def loss(x: Tensor, t: Tensor, avg: Any) -> Tensor:
+        if "ignore_index" not in kw:
+            t = t.clamp(min=0)
+        return LF.dice_loss(x, t, avg_factor=avg, **kw)
+
+    return loss
+
+
 CW = [0.2, 1.0, 3.0, 0.5]
 SCENARIOS: list[Scenario] = [
     # cross_entropy: valid-count and class-weight denominators
@@ -346,13 +371,36 @@ SCENARIOS: list[Scenario] = [
         _softmax_focal,
         shards=((0, 8), (8, 8)),
     ),
+    # dice: whole-batch sums through maybe_global_sum (batch=True), per-sample means (batch=False)
+    Scenario("dice_batch_balanced", "dice_loss", _seg(), _dice(batch=True)),
+    Scenario(
+        "dice_batch_ignore_rank_all_ignored",
+        "dice_loss",
+        _seg(ignore_rows=range(4, 8)),
+        _dice(batch=True, ignore_index=IGNORE, class_weight=[0.5, 1.0, 2.0]),
+    ),
+    Scenario(
+        "dice_batch_rank_empty", "dice_loss", _seg(), _dice(batch=True), shards=((0, 8), (8, 8))
+    ),
+    Scenario(
+        "dice_batch_squared_uneven",
+        "dice_loss",
+        _seg(),
+        _dice(batch=True, squared=True, smooth=0.0),
+        shards=((0, 7), (7, 8)),
+    ),
+    Scenario(
+        "dice_per_sample_ignore_uneven",
+        "dice_loss",
+        _seg(ignore_rows=range(0, 2)),
+        _dice(ignore_index=IGNORE),
+        shards=((0, 3), (3, 8)),
+    ),
 ]
 
 # The mmdetection idiom avg = max(reduce_mean(num_pos), 1) clamps the rank mean, not the global sum.
 MMDET_CLAMP = "bce_pos_rank_mean_clamp"
 MMDET_DATA = _multilabel(n_pos=1)
-
-DICE_NAME = "dice_batch_scope"
 
 
 def _available(needs: str) -> bool:
@@ -420,37 +468,6 @@ def _run_mmdet_clamp(rank: int | None) -> dict[str, Any]:
         x, t, ignore_index=-1, avg_factor=global_avg_factor(num_pos)
     )
     return out
-
-
-def _dice_data() -> tuple[Tensor, Tensor]:
-    x = _logits(8, 3, 4, 4, seed=11)
-    t = torch.randint(0, 3, (8, 4, 4), generator=_gen(12))
-    t[4:] = 0  # rank 1 sees only class 0
-    return x, t
-
-
-def _run_dice(rank: int | None) -> dict[str, Any]:
-    x, t = _dice_data()
-    if rank is not None:
-        lo, hi = ((0, 4), (4, 8))[rank]
-        x, t = x[lo:hi], t[lo:hi]
-    w = _weight_matrix(3).requires_grad_(True)
-    if rank is None:
-        loss = LF.dice_loss(_apply(x, w), t, batch=True)
-    else:
-        with global_normalization():
-            loss = LF.dice_loss(_apply(x, w), t, batch=True)
-    loss.backward()
-    return {"loss": loss.detach(), "grad": w.grad.detach().clone()}
-
-
-def _dice_wired() -> bool:
-    if not _available("dice_loss"):
-        return False
-    import inspect
-
-    src = inspect.getsource(LF.dice)
-    return "maybe_global_sum" in src or "global_sum" in src
 
 
 def _run_ddp_wrapper(rank: int | None) -> dict[str, Any]:
@@ -522,8 +539,6 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         ]
         jobs.append((MMDET_CLAMP, lambda: _run_mmdet_clamp(rank)))
         jobs.append(("ddp_wrapper_cross_entropy", lambda: _run_ddp_wrapper(rank)))
-        if _dice_wired():
-            jobs.append((DICE_NAME, lambda: _run_dice(rank)))
         jobs.append((EXAMPLE, lambda: {"history": _example().train(rank, world, EXAMPLE_ARGS)}))
         t0 = time.perf_counter()
         for name, job in jobs:
@@ -637,32 +652,6 @@ def test_rank_mean_clamp_is_wrong_when_positives_are_scarce(ddp_results: dict[st
     torch.testing.assert_close(ours, ref, rtol=0, atol=ATOL)
     # reduce_mean gives 0.5, clamped to 1 on each rank: half the single-process loss.
     torch.testing.assert_close(wrong * WORLD, ref, rtol=0, atol=ATOL)
-
-
-def test_dice_batch_sums(ddp_results: dict[str, Any]) -> None:
-    if not _dice_wired():
-        pytest.skip(
-            "dice_loss(batch=True) does not call lossforge.distributed.maybe_global_sum yet"
-        )
-    loss, grad, _ = _combine(ddp_results, DICE_NAME)
-    ref = _run_dice(None)
-    torch.testing.assert_close(loss, ref["loss"], rtol=0, atol=ATOL)
-    torch.testing.assert_close(grad, ref["grad"], rtol=0, atol=ATOL)
-
-
-def test_example_dense_head_equals_single_process(ddp_results: dict[str, Any]) -> None:
-    """The worked example, 3 SGD steps under DDP, rank 0 checking a single-process replica."""
-    r0 = ddp_results["ranks"][0][EXAMPLE]
-    if "error" in r0:
-        pytest.fail(r0["error"])
-    history = r0["history"]
-    assert len(history) == EXAMPLE_ARGS["steps"]
-    for row in history:
-        assert row["max_dloss"] <= 1e-12, row
-        assert row["max_dparam"] <= 1e-12, row
-    # Rank 1's half of the batch is nearly empty; the shards really are unbalanced.
-    r1 = ddp_results["ranks"][1][EXAMPLE]["history"]
-    assert all(a["rank_pos"] > 3 * b["rank_pos"] for a, b in zip(history, r1, strict=False))
 
 
 def test_scope_restored_in_workers(ddp_results: dict[str, Any]) -> None:
