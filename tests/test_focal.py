@@ -1042,3 +1042,25 @@ def test_softmax_routes_to_the_fused_kernel(monkeypatch) -> None:
     assert len(calls) == n
     with pytest.raises(ValueError, match="label smoothing"):
         F.softmax_focal_loss(x, y, label_smoothing=0.1, backend="triton")
+
+
+def test_compiles_without_graph_breaks_on_the_closed_form_path() -> None:
+    """The custom focal-term Function (index targets, gamma < 1, smoothing) traces under
+    torch.compile(fullgraph=True); forward-mode AD (its ``jvp``) is eager-only."""
+    x = 3 * torch.randn(5, 4, 3)
+    y = torch.randint(0, 4, (5, 3))
+    y[0, 0] = -100
+    xs, ys = 30 * torch.randn(6, 4), torch.randint(0, 5, (6,))
+    cases = [
+        (lambda a: F.softmax_focal_loss(a, y, gamma=0.5, label_smoothing=0.1, alpha=0.3), x),
+        (lambda a: F.sigmoid_focal_loss(a, ys, gamma=0.5), xs),
+    ]
+    for fn, inp in cases:
+        torch._dynamo.reset()
+        compiled = torch.compile(fn, fullgraph=True, backend="eager")
+        a, b = inp.clone().requires_grad_(True), inp.clone().requires_grad_(True)
+        got, want = compiled(a), fn(b)
+        got.backward()
+        want.backward()
+        assert_close(got, want)
+        assert_close(a.grad, b.grad)

@@ -94,6 +94,11 @@ class _FocalTerm(torch.autograd.Function):
         (log_p,) = ctx.saved_tensors
         return grad * _focal_term_grad(log_p, ctx.gamma), None
 
+
+class _FocalTermWithJvp(_FocalTerm):
+    """``_FocalTerm`` plus forward-mode AD. Kept separate because dynamo does not trace a custom
+    ``jvp`` (a graph break): compiled code uses ``_FocalTerm``, eager code this class."""
+
     @staticmethod
     def jvp(ctx: Any, log_p_t: Tensor, _gamma_t: None) -> Tensor:  # type: ignore[override]
         (log_p,) = ctx.saved_tensors
@@ -104,7 +109,9 @@ def _focal_term(log_p: Tensor, gamma: float) -> Tensor:
     """-(1 - p)^gamma log p from log p; gamma = 0 is exactly the cross-entropy term -log p."""
     if gamma == 0.0:
         return -log_p
-    return _FocalTerm.apply(log_p, gamma)
+    if torch.compiler.is_compiling():
+        return _FocalTerm.apply(log_p, gamma)
+    return _FocalTermWithJvp.apply(log_p, gamma)
 
 
 def _log_or_neg_inf(v: Tensor) -> Tensor:
