@@ -278,3 +278,27 @@ def test_focal_matches_functional(gamma, dtype):
     record(
         "softmax-focal:grad", dtype, assert_within_2x(xk.grad, x64.grad, x32.grad, dtype, "grad")
     )
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize(
+    "case", ["plain", "ls_cw", "nchw_channels_last", "online_chunks", "none_weight"]
+)
+def test_ce_probability_targets(case, dtype):
+    shape = (6, 9)
+    kw, go = {}, None
+    if case == "nchw_channels_last":
+        shape = (2, 5, 3, 4)
+    if case == "online_chunks":
+        shape = (4, 150)
+        kw["max_single_pass_classes"] = 32
+    x = torch.randn(*shape, device=DEVICE) * 3
+    t = torch.softmax(torch.randn(*shape, device=DEVICE) * 2, dim=1)
+    if case == "nchw_channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    if case == "ls_cw":
+        kw.update(label_smoothing=0.2, class_weight=torch.rand(9, device=DEVICE) + 0.2)
+    if case == "none_weight":
+        kw.update(reduction="none", weight=torch.rand(6, device=DEVICE))
+        go = torch.randn(6, device=DEVICE)
+    run_case(x, t.to(dtype), dtype, grad_out=go, kind="ce", **kw)

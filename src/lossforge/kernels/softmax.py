@@ -1,5 +1,5 @@
 """Fused softmax losses over the class dimension: cross-entropy (class weights, ``ignore_index``,
-label smoothing) and softmax focal, for class-index targets.
+label smoothing; class-index or probability targets) and softmax focal (class-index targets).
 
 Design (PERFORMANCE.md sections 2.1, 2.6, 2.8, 5.7):
 
@@ -234,6 +234,108 @@ def _softmax_fwd_kernel(
             )
 
 
+@triton.jit
+def _softmax_probs_kernel(
+    x_ptr,  # logits, element (n, c, s) at n*sN + c*sC + s*sS
+    t_ptr,  # probability target of the logits' shape, at n*tN + c*tC + s*tS (any float dtype)
+    cw_ptr,  # [C] fp32 class weights (HAS_CW)
+    w_ptr,  # [P] fp32 element weight of the per-position loss (HAS_W)
+    loss_ptr,  # [P] fp32 per-position loss (not REDUCE)
+    g_ptr,  # gradient, element (n, c, s) at n*gN + c*gC + s*gS (WRITE_GRAD)
+    part_ptr,  # [num_programs] fp32 partial sums (REDUCE)
+    scale_ptr,  # [1] fp32 mean scale (SCALE_FROM_PTR)
+    P,
+    C,
+    S,
+    sN,
+    sC,
+    sS,
+    tN,
+    tC,
+    tS,
+    gN,
+    gC,
+    gS,
+    scale,
+    smooth,
+    HAS_CW: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_SMOOTH: tl.constexpr,
+    REDUCE: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    SCALE_FROM_PTR: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    # loss = sum_c w_c t'_c (lse - x_c) = A lse - B;  d/dx_c = A p_c - w_c t'_c.
+    # Online over class chunks (one chunk when C fits), then a second sweep for the gradient.
+    pid = tl.program_id(0)
+    p = pid.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    pm = p < P
+    n = p // S
+    s = p - n * S
+    xrow = n * sN + s * sS
+    trow = n * tN + s * tS
+    grow = n * gN + s * gS
+    cols = tl.arange(0, BLOCK_C)
+    mx = tl.full([BLOCK_P], float("-inf"), tl.float32)
+    d = tl.zeros([BLOCK_P], tl.float32)
+    a = tl.zeros([BLOCK_P], tl.float32)
+    b = tl.zeros([BLOCK_P], tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cc = c0 + cols
+        cm = cc < C
+        mask2 = pm[:, None] & cm[None, :]
+        x = tl.load(x_ptr + xrow[:, None] + cc[None, :] * sC, mask=mask2, other=float("-inf"))
+        x = x.to(tl.float32)
+        tv = tl.load(t_ptr + trow[:, None] + cc[None, :] * tC, mask=mask2, other=0.0).to(tl.float32)
+        if HAS_SMOOTH:
+            tv = tl.where(mask2, tv * (1.0 - smooth) + smooth / C, 0.0)
+        if HAS_CW:
+            tv = tv * tl.load(cw_ptr + cc, mask=cm, other=0.0)[None, :]
+        a += tl.sum(tv, axis=1)
+        b += tl.sum(tv * tl.where(mask2, x, 0.0), axis=1)
+        new_m = tl.where(pm, tl.maximum(mx, tl.max(x, axis=1)), 0.0)
+        d = d * tl.exp(mx - new_m) + tl.sum(tl.exp(x - new_m[:, None]), axis=1)
+        mx = new_m
+    d = tl.where(pm, d, 1.0)
+    lse = mx + tl.log(d)
+    loss = tl.where(pm, a * lse - b, 0.0)
+    if HAS_W:
+        wt = tl.load(w_ptr + p, mask=pm, other=0.0)
+        loss = loss * wt
+    if REDUCE:
+        tl.store(part_ptr + pid, tl.sum(loss, axis=0))
+    else:
+        tl.store(loss_ptr + p, loss, mask=pm)
+    if WRITE_GRAD:
+        gs = 1.0
+        if REDUCE:
+            if SCALE_FROM_PTR:  # noqa: SIM108 (constexpr branch inside a Triton kernel)
+                gs = tl.load(scale_ptr)
+            else:
+                gs = scale
+        rowf = tl.where(pm, gs, 0.0)
+        if HAS_W:
+            rowf = rowf * wt
+        coef = a * rowf / d
+        for c0 in range(0, C, BLOCK_C):
+            cc = c0 + cols
+            cm = cc < C
+            mask2 = pm[:, None] & cm[None, :]
+            x = tl.load(x_ptr + xrow[:, None] + cc[None, :] * sC, mask=mask2, other=float("-inf"))
+            tv = tl.load(t_ptr + trow[:, None] + cc[None, :] * tC, mask=mask2, other=0.0)
+            tv = tv.to(tl.float32)
+            if HAS_SMOOTH:
+                tv = tl.where(mask2, tv * (1.0 - smooth) + smooth / C, 0.0)
+            if HAS_CW:
+                tv = tv * tl.load(cw_ptr + cc, mask=cm, other=0.0)[None, :]
+            g = coef[:, None] * tl.exp(x.to(tl.float32) - mx[:, None]) - rowf[:, None] * tv
+            tl.store(
+                g_ptr + grow[:, None] + cc[None, :] * gC, g.to(g_ptr.dtype.element_ty), mask=mask2
+            )
+
+
 def _gamma_mode(gamma: float) -> int:
     return {0.0: 0, 1.0: 1, 2.0: 2}.get(float(gamma), 3)
 
@@ -284,7 +386,43 @@ def softmax_fwd(
     else:
         parts = logits.new_empty(0, dtype=torch.float32)
         loss_map = torch.empty(nb, s_len, dtype=torch.float32, device=dev)
-    if p_total > 0:
+    if p_total > 0 and target.is_floating_point():
+        # Probability targets, viewed (N, C, S) like the logits: reads logits and targets twice.
+        tstr = target.stride()
+        wrap_triton(_softmax_probs_kernel)[(n_prog,)](
+            logits,
+            target,
+            class_weight if class_weight is not None else parts,
+            weight if weight is not None else parts,
+            loss_map,
+            grad if write_grad else logits,
+            parts,
+            scale_t if scale_t is not None else parts,
+            p_total,
+            c,
+            s_len,
+            logits.stride(0),
+            logits.stride(1),
+            logits.stride(2),
+            tstr[0],
+            tstr[1],
+            tstr[2],
+            gstride[0],
+            gstride[1],
+            gstride[2],
+            scale,
+            label_smoothing,
+            HAS_CW=class_weight is not None,
+            HAS_W=weight is not None,
+            HAS_SMOOTH=label_smoothing > 0,
+            REDUCE=reduce,
+            WRITE_GRAD=write_grad,
+            SCALE_FROM_PTR=scale_t is not None,
+            BLOCK_P=bp,
+            BLOCK_C=bc,
+            num_warps=warps,
+        )
+    elif p_total > 0:
         wrap_triton(_softmax_fwd_kernel)[(n_prog,)](
             logits,
             target,
@@ -370,14 +508,15 @@ def unsupported_reason(
     """Why the kernel cannot serve this case, or None when it can."""
     if logits.dtype not in KERNEL_DTYPES:
         return f"logits dtype {logits.dtype} (the kernel takes float32/float16/bfloat16)"
-    if (
-        logits.ndim == 0
-        or target.is_floating_point()
-        or target.dtype == torch.bool
-        or target.is_complex()
-    ):
-        return "probability (soft) targets"
+    if logits.ndim == 0 or target.dtype == torch.bool or target.is_complex():
+        return f"logits of shape {tuple(logits.shape)} with a {target.dtype} target"
     cdim = 1 if logits.ndim >= 2 else 0
+    if target.is_floating_point():
+        if kind != "ce":
+            return "probability (soft) targets in the softmax focal loss"
+        if tuple(target.shape) != tuple(logits.shape) or target.dtype == torch.float64:
+            return "probability targets that are not float32/16/bf16 of the logits' shape"
+        return None
     if tuple(target.shape) != tuple(logits.shape[:cdim]) + tuple(logits.shape[cdim + 1 :]):
         return "a target shape that is not the logits' shape without the class dim"
     if kind == "focal" and label_smoothing > 0:
@@ -426,10 +565,19 @@ def softmax_loss(
     kid = FOCAL if kind == "focal" else CE
     x = _as_ncs(logits)
     nb, c, s_len = x.shape
-    loss_shape = tuple(target.shape)
-    t = target.reshape(-1)
-    if not t.is_contiguous():
-        t = t.contiguous()
+    probs = target.is_floating_point()
+    if probs:
+        # Probability targets: read through their own (N, C, S) strides; "mean" divides by the
+        # number of positions (class weights do not enter it), nothing is ignored.
+        cdim = 1 if logits.ndim >= 2 else 0
+        loss_shape = tuple(logits.shape[:cdim]) + tuple(logits.shape[cdim + 1 :])
+        t = _as_ncs(target)
+        ignore_index = None
+    else:
+        loss_shape = tuple(target.shape)
+        t = target.reshape(-1)
+        if not t.is_contiguous():
+            t = t.contiguous()
     cw = class_weight if kid == CE else alpha
     if cw is not None:
         cw = cw.to(device=x.device, dtype=torch.float32).reshape(-1).contiguous()
@@ -441,7 +589,7 @@ def softmax_loss(
         count: int | Tensor = nb * s_len
         if avg_factor is None:
             valid = None if ignore_index is None else t != ignore_index
-            if kid == CE and cw is not None:
+            if kid == CE and cw is not None and not probs:
                 wt = cw[t.clamp(0, c - 1)]
                 if valid is not None:
                     wt = torch.where(valid, wt, torch.zeros((), dtype=wt.dtype, device=wt.device))
@@ -475,7 +623,7 @@ def softmax_loss(
 
 
 def cross_entropy(logits: Tensor, target: Tensor, **kw) -> Tensor:
-    """Fused ``lossforge.functional.cross_entropy`` (class-index targets)."""
+    """Fused ``lossforge.functional.cross_entropy`` (class-index or probability targets)."""
     return softmax_loss(logits, target, kind="ce", **kw)
 
 
