@@ -56,8 +56,8 @@ PLOT_FAMILIES: dict[str, str] = {
 
 #: Losses that are not element-wise (their value for one example depends on the others).
 NOT_ELEMENTWISE: dict[str, str] = {
-    "ohem_binary_cross_entropy": "it mines hard negatives across the batch",
-    "dice": "it is a set-level overlap, not a per-element loss",
+    "ohem_binary_cross_entropy": "hard negatives are mined across the batch",
+    "dice": "a set-level overlap over a whole mask",
 }
 
 #: Parameter sweeps drawn when no ``--param`` is given.
@@ -130,7 +130,7 @@ def curves(
     cls = get_loss(name)  # ValueError listing the valid names
     key = getattr(cls, "registry_name", name) or name
     if key in NOT_ELEMENTWISE:
-        raise ValueError(f"cannot plot {key!r}: {NOT_ELEMENTWISE[key]}")
+        raise ValueError(f"cannot plot {key!r}: it is not element-wise ({NOT_ELEMENTWISE[key]})")
     family = PLOT_FAMILIES.get(key)
     if family is None:
         raise ValueError(
