@@ -470,6 +470,27 @@ def _run_mmdet_clamp(rank: int | None) -> dict[str, Any]:
     return out
 
 
+def _run_compiled(rank: int) -> dict[str, Any]:
+    """torch.compile(fullgraph=True) with a live process group: dynamo traces the all-reduces."""
+    g = _gen(30 + rank)
+    x = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 1, IGNORE, 2]) if rank == 0 else torch.full((4,), IGNORE)
+
+    def scoped(x: Tensor, t: Tensor) -> Tensor:
+        with global_normalization():
+            return LF.cross_entropy(x, t, ignore_index=IGNORE)
+
+    def explicit(x: Tensor, t: Tensor) -> Tensor:
+        avg = global_avg_factor((t >= 0).sum())
+        return LF.l1_loss(x, torch.zeros_like(x), weight=(t >= 0).to(x.dtype), avg_factor=avg)
+
+    out: dict[str, Any] = {}
+    for name, fn in (("scoped", scoped), ("explicit", explicit)):
+        compiled = torch.compile(fn, fullgraph=True, backend="eager")
+        out[name] = (compiled(x, t).detach(), fn(x, t).detach())
+    return out
+
+
 def _run_ddp_wrapper(rank: int | None) -> dict[str, Any]:
     """A real DistributedDataParallel model (a Linear layer) with cross_entropy in the scope."""
     g = _gen(21)
@@ -539,6 +560,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         ]
         jobs.append((MMDET_CLAMP, lambda: _run_mmdet_clamp(rank)))
         jobs.append(("ddp_wrapper_cross_entropy", lambda: _run_ddp_wrapper(rank)))
+        jobs.append(("compiled", lambda: _run_compiled(rank)))
         jobs.append((EXAMPLE, lambda: {"history": _example().train(rank, world, EXAMPLE_ARGS)}))
         t0 = time.perf_counter()
         for name, job in jobs:
@@ -638,6 +660,17 @@ def test_real_ddp_wrapper(ddp_results: dict[str, Any]) -> None:
             r["ddp_wrapper_cross_entropy"]["grad"], ref["grad"], rtol=0, atol=ATOL
         )
     torch.testing.assert_close(loss, ref["loss"], rtol=0, atol=ATOL)
+
+
+def test_compiled_with_process_group(ddp_results: dict[str, Any]) -> None:
+    """fullgraph compile in the scope and with global_avg_factor: no graph break, same values."""
+    for r in ddp_results["ranks"]:
+        res = r["compiled"]
+        if "error" in res:
+            pytest.fail(res["error"])
+        for name in ("scoped", "explicit"):
+            compiled, eager = res[name]
+            torch.testing.assert_close(compiled, eager, rtol=0, atol=ATOL)
 
 
 def test_rank_mean_clamp_is_wrong_when_positives_are_scarce(ddp_results: dict[str, Any]) -> None:
