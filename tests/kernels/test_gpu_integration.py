@@ -40,10 +40,11 @@ def test_no_host_sync(i):
     fn().backward()  # warm up (compiles the kernels)
     torch.cuda.synchronize()
     x.grad = None
+    go = torch.full((), 2.0, device="cuda")  # made before the check: a host->device copy syncs
     torch.cuda.set_sync_debug_mode("error")
     try:
         loss = fn()
-        loss.backward(torch.tensor(2.0, device="cuda"))
+        loss.backward(go)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
