@@ -84,7 +84,7 @@ def _add_compare(sub: Any) -> None:
             "Train a linear or small MLP head with each loss, several seeds, and print a leaderboard "
             "(mean ± std); write results.json and compare.png to an output folder. With no arguments: "
             "scikit-learn's bundled digits as a long-tailed single-label task (imbalance ratios 10, 50, "
-            "100) and a multi-label 3x3 mosaic task (90 labels, ~2%% positive). With --data: your own "
+            "100) and a multi-label 3x3 mosaic task (90 labels, ~2% positive). With --data: your own "
             "features (.npz with X and y, or .csv)."
         ),
         epilog=(

@@ -379,6 +379,11 @@ def format_leaderboard(report: dict[str, Any]) -> list[str]:
             lines.append(f"  {rank:>2}  {row['label']:<{width}}  {vals}")
     lines.append("")
     lines.append("values in %, mean ± std over seeds; tail-third = the rarest third of the classes by training count")
+    types = {(r["type"], json.dumps(r["params"], sort_keys=True)) for t in report["tasks"] for r in t["leaderboard"]}
+    if ("logit_adjusted", json.dumps({"class_counts": "from_train", "tau": 1.0}, sort_keys=True)) in types and any(
+        t == "balanced_softmax" for t, _ in types
+    ):
+        lines.append("balanced softmax and logit adjustment with tau 1 are the same loss (identical rows expected)")
     return lines
 
 
