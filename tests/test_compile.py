@@ -86,9 +86,8 @@ CASES: dict[str, tuple[dict[str, Any], Inputs]] = {
 NAMES = [info.name for info in list_losses()]
 
 # Graph breaks reported to the loss owners; the test xfails (imperatively: it passes once fixed).
-KNOWN_BREAKS = {
-    "softmax_focal": "functional/focal.py _FocalTerm defines a custom `jvp` staticmethod, which "
-    "dynamo does not trace (gb0144 'Unsupported custom jvp'); gamma != 0 breaks the graph",
+KNOWN_BREAKS: dict[str, str] = {
+    # e.g. "softmax_focal": "custom autograd.Function with a `jvp` (gb0144)": fixed in 7f67b02.
 }
 
 
