@@ -57,7 +57,9 @@ def assert_png(path: Path) -> None:
     assert b"Matplotlib" in data[:4096]  # the Software text chunk matplotlib writes
 
 
-def blobs(n: int = 150, classes: int = 3, features: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def blobs(
+    n: int = 150, classes: int = 3, features: int = 6, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, classes, n)
     centers = rng.normal(0, 3, (classes, features))
@@ -77,7 +79,11 @@ def test_compare_default_path_reduced(tmp_path: Path, capsys: pytest.CaptureFixt
     keys = [t["key"] for t in report["tasks"]]
     assert keys == ["lt-ir10", "lt-ir50", "lt-ir100", "multilabel"]
     for task in report["tasks"]:
-        expected = DEFAULT_SINGLE_LABEL_LOSSES if task["kind"] == "single_label" else DEFAULT_MULTI_LABEL_LOSSES
+        expected = (
+            DEFAULT_SINGLE_LABEL_LOSSES
+            if task["kind"] == "single_label"
+            else DEFAULT_MULTI_LABEL_LOSSES
+        )
         assert {r["label"] for r in task["leaderboard"]} == {s.label for s in expected}
         for row in task["leaderboard"]:
             for metric in task["metrics"]:
@@ -85,7 +91,9 @@ def test_compare_default_path_reduced(tmp_path: Path, capsys: pytest.CaptureFixt
     ml = report["tasks"][-1]
     assert len(ml["leaderboard"][0]["per_class"]) == 90
     assert_png(out / "compare.png")
-    assert "lt-ir100" in stdout and "multilabel" in stdout and str(out / "results.json") in stdout
+    assert "lt-ir100" in stdout
+    assert "multilabel" in stdout
+    assert str(out / "results.json") in stdout
 
 
 def _save_npz(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
@@ -96,13 +104,26 @@ def _save_npz(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
 def test_compare_npz_single_label(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     x, y = blobs()
     data = _save_npz(tmp_path / "feats.npz", x, y)
-    args = ("compare", "--data", str(data), "--model", "linear", "--epochs", "3", "--seeds", "2", "--quiet")
+    args = (
+        "compare",
+        "--data",
+        str(data),
+        "--model",
+        "linear",
+        "--epochs",
+        "3",
+        "--seeds",
+        "2",
+        "--quiet",
+    )
     code, stdout, err = run(capsys, *args, "--out", str(tmp_path / "a"), "--no-plot")
     assert code == 0, err
     report = json.loads((tmp_path / "a" / "results.json").read_text())
     (task,) = report["tasks"]
     assert task["kind"] == "single_label"
-    assert {r["label"] for r in task["leaderboard"]} == {s.label for s in DEFAULT_SINGLE_LABEL_LOSSES}
+    assert {r["label"] for r in task["leaderboard"]} == {
+        s.label for s in DEFAULT_SINGLE_LABEL_LOSSES
+    }
     assert len(task["leaderboard"][0]["metrics"]["accuracy"]["values"]) == 2
     # deterministic: the same command gives the same numbers
     code, _, err = run(capsys, *args, "--out", str(tmp_path / "b"), "--no-plot")
@@ -151,7 +172,9 @@ def test_compare_npz_multi_hot(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_compare_csv_with_label_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     x, y = blobs(n=90)
     names = np.array(["setosa", "versicolor", "virginica"])[y]
-    lines = ["species,f1,f2,f3,f4,f5,f6"] + [",".join([n, *(f"{v:.4f}" for v in row)]) for n, row in zip(names, x, strict=True)]
+    lines = ["species,f1,f2,f3,f4,f5,f6"] + [
+        ",".join([n, *(f"{v:.4f}" for v in row)]) for n, row in zip(names, x, strict=True)
+    ]
     path = tmp_path / "table.csv"
     path.write_text("\n".join(lines) + "\n")
     code, _, err = run(
@@ -200,7 +223,16 @@ class_counts = "from_train"
 tau = 1.5
 """
     )
-    code, _, err = run(capsys, "compare", "--config", str(config), "--quiet", "--no-plot", "--out", str(tmp_path / "o"))
+    code, _, err = run(
+        capsys,
+        "compare",
+        "--config",
+        str(config),
+        "--quiet",
+        "--no-plot",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert code == 0, err
     report = json.loads((tmp_path / "o" / "results.json").read_text())
     assert report["experiment"]["name"] == "unit"
@@ -211,7 +243,8 @@ tau = 1.5
 
 def test_example_experiment_file_is_valid() -> None:
     exp = load_experiment(ROOT / "examples" / "experiment.toml")
-    assert exp.losses and exp.seeds
+    assert exp.losses
+    assert exp.seeds
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,11 +290,17 @@ ERROR_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("argv", "message"), ERROR_CASES, ids=[" ".join(a)[:60] for a, _ in ERROR_CASES])
-def test_error_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], message: str) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"), ERROR_CASES, ids=[" ".join(a)[:60] for a, _ in ERROR_CASES]
+)
+def test_error_paths(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], message: str
+) -> None:
     _bad_files(tmp_path)
     args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
-    code, _, err = run(capsys, *args, *(["--out", str(tmp_path / "o")] if args[0] == "compare" else []))
+    code, _, err = run(
+        capsys, *args, *(["--out", str(tmp_path / "o")] if args[0] == "compare" else [])
+    )
     assert code == 2
     assert message in err
     assert "Traceback" not in err
@@ -270,14 +309,21 @@ def test_error_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: t
     assert not (tmp_path / "o" / "results.json").exists()
 
 
-def test_missing_extra_gives_install_hint(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_extra_gives_install_hint(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "matplotlib" else real(name, *a),
+    )
     code, _, err = run(capsys, "plot", "sigmoid_focal", "--out", "unused.png")
     assert code == 2
-    assert "pip install lossforge[cli]" in err and "matplotlib" in err
+    assert "pip install lossforge[cli]" in err
+    assert "matplotlib" in err
 
 
 @pytest.mark.parametrize("command", ["compare", "plot", "list", "bench"])
@@ -288,7 +334,9 @@ def test_subcommand_help(capsys: pytest.CaptureFixture[str], command: str) -> No
 
 
 def test_python_m_lossforge_help_and_lazy_imports() -> None:
-    proc = subprocess.run([sys.executable, "-m", "lossforge", "--help"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lossforge", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     for command in ("compare", "plot", "list", "bench"):
         assert command in proc.stdout
@@ -297,7 +345,9 @@ def test_python_m_lossforge_help_and_lazy_imports() -> None:
         "import sys, torch; before = set(sys.modules); import lossforge, lossforge.cli; "
         "print(sorted({'sklearn', 'matplotlib', 'tqdm'} & (set(sys.modules) - before)))"
     )
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 
@@ -317,7 +367,9 @@ def test_python_m_lossforge_help_and_lazy_imports() -> None:
         ("smooth_l1", "--param", "beta=0.5,1"),
     ],
 )
-def test_plot_writes_png(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]) -> None:
+def test_plot_writes_png(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
+) -> None:
     out = tmp_path / "fig.png"
     code, stdout, err = run(capsys, "plot", *argv, "--points", "50", "--out", str(out))
     assert code == 0, err
@@ -337,7 +389,9 @@ def test_plot_curves_for_every_registered_elementwise_loss() -> None:
         branches = ("pos", "neg") if family.startswith("sigmoid") else ("pos",)
         for curve in data:
             for b in branches:
-                assert np.isfinite(curve[b]["loss"]).all() and np.isfinite(curve[b]["grad"]).all(), info.name
+                assert (
+                    np.isfinite(curve[b]["loss"]).all() and np.isfinite(curve[b]["grad"]).all()
+                ), info.name
 
 
 def test_plot_focal_gradient_matches_the_paper_shape() -> None:
@@ -345,7 +399,9 @@ def test_plot_focal_gradient_matches_the_paper_shape() -> None:
 
     _, data, _ = curves("sigmoid_focal", {"gamma": [0.0, 2.0], "alpha": [None]}, points=101)
     ce, focal = data
-    easy = ce["x"] > 0.6  # well-classified positives: focal loss is down-weighted (Lin et al. Fig. 1)
+    easy = (
+        ce["x"] > 0.6
+    )  # well-classified positives: focal loss is down-weighted (Lin et al. Fig. 1)
     assert (focal["pos"]["loss"][easy] < ce["pos"]["loss"][easy]).all()
     # gamma = 0 is BCE: d loss / d logit = p - 1 for a positive
     np.testing.assert_allclose(ce["pos"]["grad"], ce["x"] - 1.0, atol=1e-9)
@@ -357,7 +413,8 @@ def test_list_shows_every_loss(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     for name in names:
         assert any(line.split()[:1] == [name] for line in out.splitlines()), name
-    assert "gamma=2.0" in out and "class_counts=<required>" in out
+    assert "gamma=2.0" in out
+    assert "class_counts=<required>" in out
     code, out, _ = run(capsys, "list", "--json")
     assert code == 0
     rows = json.loads(out)
@@ -379,7 +436,8 @@ def test_bench_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert (tmp_path / "bench.csv").read_text().startswith("workload,provider")
     assert "| workload |" in (tmp_path / "bench.md").read_text()
     code, out, _ = run(capsys, "bench", "--list")
-    assert code == 0 and "focal-dense" in out
+    assert code == 0
+    assert "focal-dense" in out
 
 
 def test_bench_references_agree_with_lossforge() -> None:
@@ -405,10 +463,13 @@ def test_bench_references_agree_with_lossforge() -> None:
 
 
 @pytest.mark.parametrize("ir", [10, 50, 100])
-def test_long_tailed_counts_follow_the_exponential_profile(digits: tuple[np.ndarray, np.ndarray], ir: int) -> None:
+def test_long_tailed_counts_follow_the_exponential_profile(
+    digits: tuple[np.ndarray, np.ndarray], ir: int
+) -> None:
     counts = long_tailed_counts(120, ir, 10)
     assert counts == [max(1, int(120 * ir ** (-c / 9))) for c in range(10)]
-    assert counts[0] == 120 and counts[-1] == max(1, int(120 / ir))
+    assert counts[0] == 120
+    assert counts[-1] == max(1, int(120 / ir))
     images, labels = digits
     task = make_long_tailed(images, labels, ir, seed=0)
     assert np.bincount(task.y_train, minlength=10).tolist() == counts
@@ -429,11 +490,13 @@ def test_long_tailed_is_seeded(digits: tuple[np.ndarray, np.ndarray]) -> None:
 def test_mosaics_protocol(digits: tuple[np.ndarray, np.ndarray]) -> None:
     images, labels = digits
     task = make_mosaics(images, labels, seed=0, n_train=1500, n_test=800)
-    assert task.num_classes == 90 and task.x_train.shape == (1500, 576)
+    assert task.num_classes == 90
+    assert task.x_train.shape == (1500, 576)
     rate = task.y_train.mean()
     assert 0.018 < rate < 0.026  # 2 digits on average over 90 labels = 2.2 %
     per_row = task.y_train.sum(axis=1)
-    assert per_row.min() >= 1 and per_row.max() <= 3
+    assert per_row.min() >= 1
+    assert per_row.max() <= 3
     cells = task.y_train.reshape(-1, 10, 9).sum(axis=1)  # (n, cell): at most one digit per cell
     assert cells.max() == 1
     assert not set(task.info["train_images"]) & set(task.info["test_images"])  # disjoint pools
@@ -443,7 +506,10 @@ def test_mosaics_protocol(digits: tuple[np.ndarray, np.ndarray]) -> None:
     np.testing.assert_array_equal(filled, cells.astype(bool))
     digit = task.y_train.reshape(-1, 10, 9).argmax(axis=1)
     n, cell = np.nonzero(cells)
-    matches = [np.any(np.all(images.reshape(-1, 64)[labels == digit[i, k]] == canvas[i, k], axis=1)) for i, k in zip(n[:200], cell[:200], strict=True)]
+    matches = [
+        np.any(np.all(images.reshape(-1, 64)[labels == digit[i, k]] == canvas[i, k], axis=1))
+        for i, k in zip(n[:200], cell[:200], strict=True)
+    ]
     assert all(matches)
 
 
@@ -463,8 +529,11 @@ def test_average_precision_matches_sklearn() -> None:
     s = rng.normal(size=(300, 12)) + 2 * y
     got = multi_label_metrics(y, s)
     keep = y.sum(axis=0) > 0
-    assert got["mAP"] == pytest.approx(average_precision_score(y[:, keep], s[:, keep], average="macro"), abs=1e-12)
-    assert got["per_class"][3] is None and got["labels_evaluated"] == 11
+    assert got["mAP"] == pytest.approx(
+        average_precision_score(y[:, keep], s[:, keep], average="macro"), abs=1e-12
+    )
+    assert got["per_class"][3] is None
+    assert got["labels_evaluated"] == 11
 
 
 def test_single_label_metrics_match_sklearn() -> None:
@@ -484,7 +553,8 @@ def test_user_split_is_stratified_and_seeded() -> None:
     x, y = blobs(n=200, classes=4)
     y[0] = 4  # a singleton class stays in the training split
     x_tr, y_tr, x_te, y_te = split_user_data(x, y, "single_label", test_size=0.25, seed=0)
-    assert 4 in y_tr and 4 not in y_te
+    assert 4 in y_tr
+    assert 4 not in y_te
     for c in range(4):
         assert abs((y_te == c).sum() - 0.25 * (y == c).sum()) <= 1
     assert abs(float(x_tr.mean())) < 1e-5  # standardised with training statistics
@@ -503,10 +573,18 @@ def test_experiment_spec_is_strict() -> None:
         parse_experiment({"loss": [{"type": "mse"}]})
     with pytest.raises(ConfigError, match="'type' key"):
         parse_experiment({"loss": [{"gamma": 2}]})
-    exp = parse_experiment({"experiment": {"seeds": 4}, "loss": [{"type": "sigmoid_focal", "gamma": 1}]})
+    exp = parse_experiment(
+        {"experiment": {"seeds": 4}, "loss": [{"type": "sigmoid_focal", "gamma": 1}]}
+    )
     assert exp.seeds == (0, 1, 2, 3)
-    assert exp.losses[0].kind == "multi_label" and exp.losses[0].label == "sigmoid_focal (gamma=1)"
+    assert exp.losses[0].kind == "multi_label"
+    assert exp.losses[0].label == "sigmoid_focal (gamma=1)"
     with pytest.raises(AttributeError):
         exp.seeds = (1,)  # type: ignore[misc]
-    spec = parse_loss_option("cross_entropy:class_weight={from_train=\"effective_number\",beta=0.99},label_smoothing=0.1")
-    assert spec.params == {"class_weight": {"from_train": "effective_number", "beta": 0.99}, "label_smoothing": 0.1}
+    spec = parse_loss_option(
+        'cross_entropy:class_weight={from_train="effective_number",beta=0.99},label_smoothing=0.1'
+    )
+    assert spec.params == {
+        "class_weight": {"from_train": "effective_number", "beta": 0.99},
+        "label_smoothing": 0.1,
+    }

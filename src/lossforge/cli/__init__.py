@@ -70,7 +70,9 @@ def _float_list(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
     if not values:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
     return values
@@ -97,8 +99,14 @@ def _add_compare(sub: Any) -> None:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", metavar="TOML", help="experiment file (losses, data, model, train, seeds)")
-    p.add_argument("--data", metavar="FILE", help="your data: .npz with arrays X, y (indices or multi-hot) or .csv")
+    p.add_argument(
+        "--config", metavar="TOML", help="experiment file (losses, data, model, train, seeds)"
+    )
+    p.add_argument(
+        "--data",
+        metavar="FILE",
+        help="your data: .npz with arrays X, y (indices or multi-hot) or .csv",
+    )
     p.add_argument(
         "--label-column",
         metavar="COL[,COL...]",
@@ -116,19 +124,45 @@ def _add_compare(sub: Any) -> None:
         help="a loss to compare (repeatable), e.g. 'sigmoid_focal:gamma=1,alpha=none'; "
         "class_counts=from_train uses the training counts (default: a standard set per task)",
     )
-    p.add_argument("--model", choices=("linear", "mlp"), help="head trained on the features (default: mlp)")
-    p.add_argument("--hidden", type=_positive_int, metavar="N", help="MLP hidden width (default: 128)")
-    p.add_argument("--epochs", type=_positive_int, metavar="N", help="training epochs per run (default: 30)")
-    p.add_argument("--batch-size", type=_positive_int, metavar="N", help="mini-batch size (default: 64)")
-    p.add_argument("--lr", type=_positive_float, metavar="LR", help="Adam learning rate (default: 0.003)")
-    p.add_argument("--weight-decay", type=float, metavar="WD", help="Adam weight decay (default: 1e-4)")
-    p.add_argument("--seeds", type=_positive_int, metavar="N", help="number of seeds 0..N-1 (default: 3)")
     p.add_argument(
-        "--imbalance-ratios", type=_float_list, metavar="R,R,...", help="long-tailed ratios (default: 10,50,100)"
+        "--model", choices=("linear", "mlp"), help="head trained on the features (default: mlp)"
     )
-    p.add_argument("--test-size", type=float, metavar="F", help="held-out fraction of your data (default: 0.25)")
-    p.add_argument("--full", action="store_true", help="bigger run: 5 seeds, twice the epochs and canvases")
-    p.add_argument("--out", metavar="DIR", help="output folder (default: ./lossforge-out/compare-<timestamp>)")
+    p.add_argument(
+        "--hidden", type=_positive_int, metavar="N", help="MLP hidden width (default: 128)"
+    )
+    p.add_argument(
+        "--epochs", type=_positive_int, metavar="N", help="training epochs per run (default: 30)"
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, metavar="N", help="mini-batch size (default: 64)"
+    )
+    p.add_argument(
+        "--lr", type=_positive_float, metavar="LR", help="Adam learning rate (default: 0.003)"
+    )
+    p.add_argument(
+        "--weight-decay", type=float, metavar="WD", help="Adam weight decay (default: 1e-4)"
+    )
+    p.add_argument(
+        "--seeds", type=_positive_int, metavar="N", help="number of seeds 0..N-1 (default: 3)"
+    )
+    p.add_argument(
+        "--imbalance-ratios",
+        type=_float_list,
+        metavar="R,R,...",
+        help="long-tailed ratios (default: 10,50,100)",
+    )
+    p.add_argument(
+        "--test-size",
+        type=float,
+        metavar="F",
+        help="held-out fraction of your data (default: 0.25)",
+    )
+    p.add_argument(
+        "--full", action="store_true", help="bigger run: 5 seeds, twice the epochs and canvases"
+    )
+    p.add_argument(
+        "--out", metavar="DIR", help="output folder (default: ./lossforge-out/compare-<timestamp>)"
+    )
     p.add_argument("--no-plot", action="store_true", help="do not draw compare.png")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
@@ -138,7 +172,9 @@ def _add_compare(sub: Any) -> None:
         metavar="N",
         help="torch intra-op threads (default: 1; the heads are tiny, more threads only add overhead)",
     )
-    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tests: 1 seed, 2 epochs, small mosaics
+    p.add_argument(
+        "--smoke", action="store_true", help=argparse.SUPPRESS
+    )  # tests: 1 seed, 2 epochs, small mosaics
 
 
 def _add_plot(sub: Any) -> None:
@@ -163,8 +199,12 @@ def _add_plot(sub: Any) -> None:
         metavar="NAME=V1,V2,...",
         help="parameter values to sweep (repeatable; several sweeps are crossed); one value = fixed",
     )
-    p.add_argument("--out", metavar="FILE", help="PNG path (default: ./lossforge-out/plot-<loss>.png)")
-    p.add_argument("--points", type=_positive_int, default=400, metavar="N", help="grid points (default: 400)")
+    p.add_argument(
+        "--out", metavar="FILE", help="PNG path (default: ./lossforge-out/plot-<loss>.png)"
+    )
+    p.add_argument(
+        "--points", type=_positive_int, default=400, metavar="N", help="grid points (default: 400)"
+    )
 
 
 def _add_list(sub: Any) -> None:
@@ -188,15 +228,25 @@ def _add_bench(sub: Any) -> None:
             "the peak memory."
         ),
     )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if present")
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if present"
+    )
     p.add_argument("--workloads", metavar="NAME[,NAME]", help="subset of workloads (see --list)")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
-    p.add_argument("--scale", type=_positive_float, default=1.0, metavar="S", help="multiply the batch sizes")
     p.add_argument(
-        "--min-run-time", type=_positive_float, default=0.3, metavar="SEC", help="per measurement (default: 0.3)"
+        "--scale", type=_positive_float, default=1.0, metavar="S", help="multiply the batch sizes"
+    )
+    p.add_argument(
+        "--min-run-time",
+        type=_positive_float,
+        default=0.3,
+        metavar="SEC",
+        help="per measurement (default: 0.3)",
     )
     p.add_argument("--out", metavar="DIR", help="write bench.json, bench.csv and bench.md here")
-    p.add_argument("--threads", type=_positive_int, metavar="N", help="torch threads (default: min(4, CPUs))")
+    p.add_argument(
+        "--threads", type=_positive_int, metavar="N", help="torch threads (default: min(4, CPUs))"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="run 'lossforge <command> --help' for the options of a command",
     )
     parser.add_argument("--version", action="version", version=f"lossforge {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(
+        dest="command", metavar="command", required=True, parser_class=_Parser
+    )
     _add_compare(sub)
     _add_plot(sub)
     _add_list(sub)

@@ -37,7 +37,9 @@ Inputs = tuple[Tensor, Tensor]
 # ----------------------------------------------------------------------------------------------
 
 
-def torchvision_sigmoid_focal(x: Tensor, t: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+def torchvision_sigmoid_focal(
+    x: Tensor, t: Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> Tensor:
     """``torchvision.ops.sigmoid_focal_loss`` (dense targets), mean reduction."""
     p = torch.sigmoid(x)
     ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
@@ -49,7 +51,12 @@ def torchvision_sigmoid_focal(x: Tensor, t: Tensor, alpha: float = 0.25, gamma: 
 
 
 def asl_repo_loss(
-    x: Tensor, y: Tensor, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05, eps: float = 1e-8
+    x: Tensor,
+    y: Tensor,
+    gamma_neg: float = 4.0,
+    gamma_pos: float = 0.0,
+    clip: float = 0.05,
+    eps: float = 1e-8,
 ) -> Tensor:
     """``AsymmetricLoss`` of the ASL repository (Alibaba-MIIL/ASL, ``losses.py``): ``-loss.sum()``."""
     xs_pos = torch.sigmoid(x)
@@ -103,7 +110,9 @@ def _rows(base: int, scale: float) -> int:
     return max(8, int(base * scale))
 
 
-def _dense_multilabel(n: int, c: int, rate: float, mean: float, std: float) -> Callable[..., Inputs]:
+def _dense_multilabel(
+    n: int, c: int, rate: float, mean: float, std: float
+) -> Callable[..., Inputs]:
     def make(scale: float, device: torch.device, gen: torch.Generator) -> Inputs:
         rows = _rows(n, scale)
         x = torch.randn(rows, c, generator=gen) * std + mean
@@ -130,7 +139,9 @@ def _classification(scale: float, device: torch.device, gen: torch.Generator) ->
 
 def _regression(scale: float, device: torch.device, gen: torch.Generator) -> Inputs:
     rows = _rows(65536, scale)
-    return torch.randn(rows, 4, generator=gen).to(device), torch.randn(rows, 4, generator=gen).to(device)
+    return torch.randn(rows, 4, generator=gen).to(device), torch.randn(rows, 4, generator=gen).to(
+        device
+    )
 
 
 #: The default workloads (small, CPU-friendly shapes; ``--scale`` multiplies the batch).
@@ -186,7 +197,9 @@ WORKLOADS: tuple[Workload, ...] = (
 )
 
 
-def _providers(work: Workload, device: torch.device) -> list[tuple[str, Callable[[Tensor, Tensor], Tensor]]]:
+def _providers(
+    work: Workload, device: torch.device
+) -> list[tuple[str, Callable[[Tensor, Tensor], Tensor]]]:
     from lossforge.registry import build_loss, list_losses
 
     info = {i.name: i for i in list_losses()}
@@ -203,7 +216,12 @@ def _providers(work: Workload, device: torch.device) -> list[tuple[str, Callable
     for backend in backends:
         params = {**work.params, **({"backend": backend} if has_backend else {})}
         module = build_loss({"type": work.loss, **params}).to(device)
-        providers.append((f"lossforge {work.loss} ({backend})" if has_backend else f"lossforge {work.loss}", module))
+        providers.append(
+            (
+                f"lossforge {work.loss} ({backend})" if has_backend else f"lossforge {work.loss}",
+                module,
+            )
+        )
     if device.type == "cpu":
         # On the CPU value checks (class indices in range, ...) run by default and read the tensors;
         # show the cost apart (on CUDA they are off by default).
@@ -222,7 +240,9 @@ def _unchecked(module: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, 
     return call
 
 
-def _measure(fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor, min_run_time: float) -> dict[str, Any]:
+def _measure(
+    fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor, min_run_time: float
+) -> dict[str, Any]:
     from torch.utils.benchmark import Timer
 
     leaf = x.detach().clone().requires_grad_(True)
@@ -241,11 +261,20 @@ def _measure(fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor, min_r
         torch.cuda.synchronize()
         peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
     m = Timer(stmt="step()", globals={"step": step}).blocked_autorange(min_run_time=min_run_time)
-    return {"median_ms": m.median * 1e3, "iqr_ms": m.iqr * 1e3, "runs": len(m.times), "peak_extra_mb": peak_mb}
+    return {
+        "median_ms": m.median * 1e3,
+        "iqr_ms": m.iqr * 1e3,
+        "runs": len(m.times),
+        "peak_extra_mb": peak_mb,
+    }
 
 
 def run_workloads(
-    workloads: tuple[Workload, ...], device: torch.device, *, scale: float = 1.0, min_run_time: float = 0.3
+    workloads: tuple[Workload, ...],
+    device: torch.device,
+    *,
+    scale: float = 1.0,
+    min_run_time: float = 0.3,
 ) -> list[dict[str, Any]]:
     """Time every provider of every workload; returns one row per (workload, provider)."""
     rows: list[dict[str, Any]] = []
@@ -255,7 +284,9 @@ def run_workloads(
         group = []
         for provider, fn in _providers(work, device):
             result = _measure(fn, x, t, min_run_time)
-            group.append({"workload": work.name, "provider": provider, "shape": list(x.shape), **result})
+            group.append(
+                {"workload": work.name, "provider": provider, "shape": list(x.shape), **result}
+            )
         ref = group[0]["median_ms"]
         for row in group:
             row["speedup_vs_ref"] = ref / row["median_ms"] if row["median_ms"] > 0 else None
@@ -271,7 +302,9 @@ def _select(names: str | None) -> tuple[Workload, ...]:
     chosen = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in chosen if n not in known]
     if unknown:
-        raise ValueError(f"unknown workload {', '.join(map(repr, unknown))}; valid: {', '.join(known)}")
+        raise ValueError(
+            f"unknown workload {', '.join(map(repr, unknown))}; valid: {', '.join(known)}"
+        )
     return tuple(known[n] for n in chosen)
 
 
@@ -299,9 +332,21 @@ def run_bench(args: Any) -> int:
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
-    header = {"device": f"{device.type} ({name})", "torch": torch.__version__, "threads": torch.get_num_threads()}
+    device = torch.device(
+        "cuda"
+        if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else (platform.processor() or platform.machine())
+    )
+    header = {
+        "device": f"{device.type} ({name})",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
     rows = run_workloads(workloads, device, scale=args.scale, min_run_time=args.min_run_time)
     for line in _markdown(rows, header):
         print(line)
@@ -310,8 +355,12 @@ def run_bench(args: Any) -> int:
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise OSError(f"cannot create output folder {str(out)!r}: {err.strerror or err}") from None
-        (out / "bench.json").write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
+            raise OSError(
+                f"cannot create output folder {str(out)!r}: {err.strerror or err}"
+            ) from None
+        (out / "bench.json").write_text(
+            json.dumps({"header": header, "rows": rows}, indent=2) + "\n"
+        )
         with (out / "bench.csv").open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()

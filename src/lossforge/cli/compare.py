@@ -60,7 +60,11 @@ __all__ = [
 
 #: Metrics per task kind, the first one ranks the leaderboard.
 METRICS: dict[str, tuple[tuple[str, str], ...]] = {
-    SINGLE_LABEL: (("balanced_accuracy", "bal. acc"), ("accuracy", "accuracy"), ("tail_accuracy", "tail-third acc")),
+    SINGLE_LABEL: (
+        ("balanced_accuracy", "bal. acc"),
+        ("accuracy", "accuracy"),
+        ("tail_accuracy", "tail-third acc"),
+    ),
     MULTI_LABEL: (("mAP", "mAP"),),
 }
 
@@ -130,7 +134,9 @@ def _load_tasks(exp: Experiment) -> tuple[list[list[Task]], str]:
     data = exp.data
     if data.is_digits:
         images, labels = load_digits_arrays()
-        return [digits_tasks(data, s, images, labels) for s in exp.seeds], "scikit-learn bundled digits (load_digits)"
+        return [
+            digits_tasks(data, s, images, labels) for s in exp.seeds
+        ], "scikit-learn bundled digits (load_digits)"
     x, y, kind, names = load_user_data(data.source, data.label_column)
     return [[user_task(data.source, x, y, kind, names, data, s)] for s in exp.seeds], data.source
 
@@ -187,7 +193,9 @@ def _progress(total: int, enabled: bool) -> Any:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="compare", unit="run", file=sys.stderr, leave=False, dynamic_ncols=True)
+    return tqdm(
+        total=total, desc="compare", unit="run", file=sys.stderr, leave=False, dynamic_ncols=True
+    )
 
 
 def run_compare(
@@ -236,7 +244,9 @@ def run_compare(
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise OSError(f"cannot create output folder {str(out_dir)!r}: {err.strerror or err}") from None
+            raise OSError(
+                f"cannot create output folder {str(out_dir)!r}: {err.strerror or err}"
+            ) from None
 
     cells: dict[tuple[int, str], list[dict[str, Any]]] = {}
     bar = _progress(len(plan) * len(exp.seeds), progress)
@@ -259,7 +269,9 @@ def run_compare(
         echo(line)
     if out_dir is not None:
         results = out_dir / "results.json"
-        results.write_text(json.dumps(report, indent=2, allow_nan=False, default=_json_default) + "\n")
+        results.write_text(
+            json.dumps(report, indent=2, allow_nan=False, default=_json_default) + "\n"
+        )
         echo(f"results: {results}")
         if plot:
             from lossforge.cli.plot import draw_compare_chart
@@ -317,7 +329,15 @@ def _report(
                 }
             )
         primary = metric_names[0]
-        rows.sort(key=lambda r: -(r["metrics"][primary]["mean"] if r["metrics"][primary]["mean"] is not None else -1))
+        rows.sort(
+            key=lambda r: (
+                -(
+                    r["metrics"][primary]["mean"]
+                    if r["metrics"][primary]["mean"] is not None
+                    else -1
+                )
+            )
+        )
         info = _public_info(task.info)
         if task.kind == SINGLE_LABEL:
             info["tail_classes"] = [task.class_names[c] for c in tail_classes(task.train_counts())]
@@ -378,12 +398,21 @@ def format_leaderboard(report: dict[str, Any]) -> list[str]:
             vals = "  ".join(f"{_pct(row['metrics'][c]):>14}" for c in cols)
             lines.append(f"  {rank:>2}  {row['label']:<{width}}  {vals}")
     lines.append("")
-    lines.append("values in %, mean ± std over seeds; tail-third = the rarest third of the classes by training count")
-    types = {(r["type"], json.dumps(r["params"], sort_keys=True)) for t in report["tasks"] for r in t["leaderboard"]}
-    if ("logit_adjusted", json.dumps({"class_counts": "from_train", "tau": 1.0}, sort_keys=True)) in types and any(
-        t == "balanced_softmax" for t, _ in types
-    ):
-        lines.append("balanced softmax and logit adjustment with tau 1 are the same loss (identical rows expected)")
+    lines.append(
+        "values in %, mean ± std over seeds; tail-third = the rarest third of the classes by training count"
+    )
+    types = {
+        (r["type"], json.dumps(r["params"], sort_keys=True))
+        for t in report["tasks"]
+        for r in t["leaderboard"]
+    }
+    if (
+        "logit_adjusted",
+        json.dumps({"class_counts": "from_train", "tau": 1.0}, sort_keys=True),
+    ) in types and any(t == "balanced_softmax" for t, _ in types):
+        lines.append(
+            "balanced softmax and logit adjustment with tau 1 are the same loss (identical rows expected)"
+        )
     return lines
 
 
@@ -391,7 +420,6 @@ def default_out_dir() -> Path:
     """``./lossforge-out/compare-<UTC timestamp>``."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     return Path("lossforge-out") / f"compare-{stamp}"
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -424,14 +452,25 @@ def experiment_from_args(args: Any) -> Experiment:
         data = replace(data, mosaic_train=300, mosaic_test=200)
     if args.data:
         if args.task:
-            raise ValueError("--task selects the built-in digits tasks; it cannot be used with --data")
+            raise ValueError(
+                "--task selects the built-in digits tasks; it cannot be used with --data"
+            )
         data = replace(data, source=args.data)
     elif args.task:
         if not data.is_digits:
-            raise ValueError("--task selects the built-in digits tasks; the experiment uses " + repr(data.source))
-        data = replace(data, source={"all": "digits", "long-tail": "digits-lt", "multi-label": "digits-multilabel"}[args.task])
+            raise ValueError(
+                "--task selects the built-in digits tasks; the experiment uses " + repr(data.source)
+            )
+        data = replace(
+            data,
+            source={"all": "digits", "long-tail": "digits-lt", "multi-label": "digits-multilabel"}[
+                args.task
+            ],
+        )
     if args.label_column:
-        data = replace(data, label_column=tuple(c.strip() for c in args.label_column.split(",") if c.strip()))
+        data = replace(
+            data, label_column=tuple(c.strip() for c in args.label_column.split(",") if c.strip())
+        )
     if args.imbalance_ratios:
         data = replace(data, imbalance_ratios=args.imbalance_ratios)
     if args.test_size is not None:

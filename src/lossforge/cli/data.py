@@ -114,7 +114,9 @@ def long_tailed_counts(n_max: int, imbalance_ratio: float, num_classes: int) -> 
     """
     if num_classes == 1:
         return [n_max]
-    return [max(1, int(n_max * imbalance_ratio ** (-c / (num_classes - 1)))) for c in range(num_classes)]
+    return [
+        max(1, int(n_max * imbalance_ratio ** (-c / (num_classes - 1)))) for c in range(num_classes)
+    ]
 
 
 def make_long_tailed(
@@ -160,7 +162,9 @@ def make_long_tailed(
     )
 
 
-def split_pools(labels: np.ndarray, rng: np.random.Generator, test_fraction: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def split_pools(
+    labels: np.ndarray, rng: np.random.Generator, test_fraction: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
     """Disjoint training / test image pools, split per class."""
     train, test = [], []
     for c in np.unique(labels):
@@ -185,7 +189,9 @@ def _compose(
     cells = grid * grid
     h, w = images.shape[1:]
     k = rng.integers(low, high + 1, size=n)
-    rank = np.argsort(rng.random((n, cells)), axis=1).argsort(axis=1)  # a random permutation per canvas
+    rank = np.argsort(rng.random((n, cells)), axis=1).argsort(
+        axis=1
+    )  # a random permutation per canvas
     used = rank < k[:, None]  # (n, cells): cell holds a digit
     pick = pool[rng.integers(0, len(pool), size=(n, cells))]  # image index per (canvas, cell)
     canvas = np.zeros((n, grid * h, grid * w), dtype=np.float32)
@@ -219,8 +225,12 @@ def make_mosaics(
     cells = grid * grid
     train_pool, test_pool = split_pools(labels, rng)
     low, high = digits
-    x_tr, y_tr, used_tr = _compose(images, labels, train_pool, n_train, rng, grid, low, high, num_digits)
-    x_te, y_te, used_te = _compose(images, labels, test_pool, n_test, rng, grid, low, high, num_digits)
+    x_tr, y_tr, used_tr = _compose(
+        images, labels, train_pool, n_train, rng, grid, low, high, num_digits
+    )
+    x_te, y_te, used_te = _compose(
+        images, labels, test_pool, n_test, rng, grid, low, high, num_digits
+    )
     rate = float(y_tr.mean())
     return Task(
         key="multilabel",
@@ -251,7 +261,14 @@ def digits_tasks(spec: DataSpec, seed: int, images: np.ndarray, labels: np.ndarr
     if spec.source in ("digits", "digits-lt"):
         for ir in spec.imbalance_ratios:
             tasks.append(
-                make_long_tailed(images, labels, ir, seed, n_max=spec.lt_max_per_class, n_test=spec.lt_test_per_class)
+                make_long_tailed(
+                    images,
+                    labels,
+                    ir,
+                    seed,
+                    n_max=spec.lt_max_per_class,
+                    n_test=spec.lt_test_per_class,
+                )
             )
     if spec.source in ("digits", "digits-multilabel"):
         tasks.append(
@@ -321,11 +338,15 @@ def _read_csv(path: Path, label_columns: tuple[str, ...]) -> tuple[np.ndarray, n
     labels: list[list[str]] = []
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
-            raise DataError(f"data file {str(path)!r}, line {line}: {len(row)} fields, header has {len(header)}")
+            raise DataError(
+                f"data file {str(path)!r}, line {line}: {len(row)} fields, header has {len(header)}"
+            )
         try:
             feats[line - 2] = [float(row[i]) for i in feat_idx]
         except ValueError:
-            raise DataError(f"data file {str(path)!r}, line {line}: a feature value is not a number") from None
+            raise DataError(
+                f"data file {str(path)!r}, line {line}: a feature value is not a number"
+            ) from None
         labels.append([row[i].strip() for i in label_idx])
     if len(chosen) == 1:
         raw = [lab[0] for lab in labels]
@@ -337,11 +358,15 @@ def _read_csv(path: Path, label_columns: tuple[str, ...]) -> tuple[np.ndarray, n
         try:
             y = np.array([[float(v) for v in lab] for lab in labels])
         except ValueError:
-            raise DataError(f"data file {str(path)!r}: multi-label columns must hold 0/1 values") from None
+            raise DataError(
+                f"data file {str(path)!r}: multi-label columns must hold 0/1 values"
+            ) from None
     return feats, y
 
 
-def load_user_data(path: str | Path, label_columns: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
+def load_user_data(
+    path: str | Path, label_columns: tuple[str, ...] = ()
+) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
     """Read ``X`` and ``y`` from a ``.npz`` or ``.csv`` file.
 
     ``y`` of shape ``(N,)`` holds class labels (any values; sorted unique values become class
@@ -359,14 +384,18 @@ def load_user_data(path: str | Path, label_columns: tuple[str, ...] = ()) -> tup
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".npz", ".csv"):
-        raise DataError(f"data file {str(path)!r}: unsupported type {suffix or '(none)'!r}; use .npz (arrays X, y) or .csv")
+        raise DataError(
+            f"data file {str(path)!r}: unsupported type {suffix or '(none)'!r}; use .npz (arrays X, y) or .csv"
+        )
     if not path.is_file():
         raise OSError(f"cannot read data file {str(path)!r}: no such file")
     x, y = _read_npz(path) if suffix == ".npz" else _read_csv(path, label_columns)
     return _check_xy(str(path), x, y)
 
 
-def _check_xy(name: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
+def _check_xy(
+    name: str, x: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
     if x.ndim < 2:
         raise DataError(f"data {name!r}: expected X of shape (N, features), got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.number) and x.dtype != np.bool_:
@@ -389,7 +418,9 @@ def _check_xy(name: str, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.n
             y = y.astype(np.int64)
         values, idx = np.unique(y, return_inverse=True)
         if len(values) < 2:
-            raise DataError(f"data {name!r}: y holds a single class ({values[0]!r}); need at least 2")
+            raise DataError(
+                f"data {name!r}: y holds a single class ({values[0]!r}); need at least 2"
+            )
         return x, idx.astype(np.int64), SINGLE_LABEL, [str(v) for v in values]
     if y.ndim == 2:
         if not np.issubdtype(y.dtype, np.number) and y.dtype != np.bool_:
@@ -445,7 +476,13 @@ def split_user_data(
 
 
 def user_task(
-    name: str, x: np.ndarray, y: np.ndarray, kind: str, class_names: list[str], spec: DataSpec, seed: int
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    kind: str,
+    class_names: list[str],
+    spec: DataSpec,
+    seed: int,
 ) -> Task:
     """A ``Task`` from user arrays for one seed (the split depends on the seed)."""
     x_tr, y_tr, x_te, y_te = split_user_data(
@@ -513,7 +550,9 @@ def tail_classes(train_counts: np.ndarray) -> list[int]:
     return sorted(order[: max(1, round(num / 3))])
 
 
-def single_label_metrics(y_true: np.ndarray, pred: np.ndarray, train_counts: np.ndarray) -> dict[str, Any]:
+def single_label_metrics(
+    y_true: np.ndarray, pred: np.ndarray, train_counts: np.ndarray
+) -> dict[str, Any]:
     """Accuracy, balanced accuracy (mean per-class recall over classes in the test split), accuracy
     on the rarest third of the classes (mean recall), and per-class recall (``None`` if absent)."""
     num = len(train_counts)

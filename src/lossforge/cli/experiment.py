@@ -43,11 +43,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 __all__ = [
     "DEFAULT_MULTI_LABEL_LOSSES",
@@ -116,18 +117,25 @@ class LossSpec:
             if kind is None:
                 raise ConfigError(
                     f"loss {self.type!r}: compare cannot tell whether it is a single-label or a multi-label "
-                    f"loss; add kind = \"single_label\" or \"multi_label\" (built-in classification losses: "
+                    f'loss; add kind = "single_label" or "multi_label" (built-in classification losses: '
                     f"{', '.join(sorted(LOSS_KINDS))})"
                 )
             object.__setattr__(self, "kind", kind)
         if self.kind not in (SINGLE_LABEL, MULTI_LABEL):
-            raise ConfigError(f"loss {self.type!r}: expected kind 'single_label' or 'multi_label', got {self.kind!r}")
+            raise ConfigError(
+                f"loss {self.type!r}: expected kind 'single_label' or 'multi_label', got {self.kind!r}"
+            )
         if not self.label:
             object.__setattr__(self, "label", _default_label(self.type, self.params))
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"label": self.label, "type": self.type, "kind": self.kind, "params": dict(self.params)}
+        return {
+            "label": self.label,
+            "type": self.type,
+            "kind": self.kind,
+            "params": dict(self.params),
+        }
 
 
 def _fmt_param(value: Any) -> str:
@@ -152,10 +160,16 @@ def _effective(beta: float = 0.999) -> dict[str, Any]:
 #: alone and with re-weighting, and the two logit-adjustment losses (Ren et al. 2020, Menon et al. 2021).
 DEFAULT_SINGLE_LABEL_LOSSES: tuple[LossSpec, ...] = (
     LossSpec("cross_entropy", {}, "cross-entropy"),
-    LossSpec("cross_entropy", {"class_weight": _effective()}, "CB cross-entropy (eff. number 0.999)"),
+    LossSpec(
+        "cross_entropy", {"class_weight": _effective()}, "CB cross-entropy (eff. number 0.999)"
+    ),
     LossSpec("cross_entropy", {"label_smoothing": 0.1}, "label smoothing 0.1"),
     LossSpec("softmax_focal", {"gamma": 2.0}, "softmax focal (gamma 2)"),
-    LossSpec("softmax_focal", {"gamma": 2.0, "class_weight": _effective()}, "CB focal (gamma 2, eff. number)"),
+    LossSpec(
+        "softmax_focal",
+        {"gamma": 2.0, "class_weight": _effective()},
+        "CB focal (gamma 2, eff. number)",
+    ),
     LossSpec("balanced_softmax", {"class_counts": FROM_TRAIN}, "balanced softmax"),
     LossSpec("logit_adjusted", {"class_counts": FROM_TRAIN, "tau": 1.0}, "logit adjusted (tau 1)"),
 )
@@ -165,7 +179,11 @@ DEFAULT_SINGLE_LABEL_LOSSES: tuple[LossSpec, ...] = (
 DEFAULT_MULTI_LABEL_LOSSES: tuple[LossSpec, ...] = (
     LossSpec("binary_cross_entropy_with_logits", {}, "BCE"),
     LossSpec("sigmoid_focal", {"gamma": 2.0, "alpha": None}, "sigmoid focal (gamma 2)"),
-    LossSpec("asymmetric", {"gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05}, "ASL (gamma- 4, gamma+ 0, clip 0.05)"),
+    LossSpec(
+        "asymmetric",
+        {"gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05},
+        "ASL (gamma- 4, gamma+ 0, clip 0.05)",
+    ),
 )
 
 DIGIT_SOURCES = ("digits", "digits-lt", "digits-multilabel")
@@ -248,7 +266,9 @@ class Experiment:
     def losses_for(self, kind: str) -> tuple[LossSpec, ...]:
         """The losses of one task kind (the defaults when none were given)."""
         if not self.losses:
-            return DEFAULT_SINGLE_LABEL_LOSSES if kind == SINGLE_LABEL else DEFAULT_MULTI_LABEL_LOSSES
+            return (
+                DEFAULT_SINGLE_LABEL_LOSSES if kind == SINGLE_LABEL else DEFAULT_MULTI_LABEL_LOSSES
+            )
         return tuple(spec for spec in self.losses if spec.kind == kind)
 
     def as_dict(self) -> dict[str, Any]:
@@ -294,7 +314,11 @@ def _check_value(where: str, default: Any, value: Any) -> Any:
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
     if isinstance(default, tuple):
-        items = [value] if isinstance(value, (str, int, float)) and not isinstance(value, bool) else value
+        items = (
+            [value]
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool)
+            else value
+        )
         if not isinstance(items, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         sample = default[0] if default else ""
@@ -304,7 +328,9 @@ def _check_value(where: str, default: Any, value: Any) -> Any:
 
 def _build(cls: type, table: Mapping[str, Any], table_name: str, origin: str) -> Any:
     if not isinstance(table, Mapping):
-        raise ConfigError(f"{origin + ': ' if origin else ''}[{table_name}]: expected a table, got {table!r}")
+        raise ConfigError(
+            f"{origin + ': ' if origin else ''}[{table_name}]: expected a table, got {table!r}"
+        )
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(table) - set(fields))
     if unknown:
@@ -313,7 +339,10 @@ def _build(cls: type, table: Mapping[str, Any], table_name: str, origin: str) ->
             f"valid keys: {', '.join(fields)}"
         )
     defaults = cls()
-    kwargs = {k: _check_value(_where(origin, table_name, k), getattr(defaults, k), v) for k, v in table.items()}
+    kwargs = {
+        k: _check_value(_where(origin, table_name, k), getattr(defaults, k), v)
+        for k, v in table.items()
+    }
     return cls(**kwargs)
 
 
@@ -325,9 +354,16 @@ def check_experiment(exp: Experiment, origin: str = "") -> None:
 
     d, m, t = exp.data, exp.model, exp.train
     if not d.is_digits and not d.source:
-        raise bad("data", "source", "'digits', 'digits-lt', 'digits-multilabel' or a .npz/.csv path", d.source)
+        raise bad(
+            "data",
+            "source",
+            "'digits', 'digits-lt', 'digits-multilabel' or a .npz/.csv path",
+            d.source,
+        )
     if not d.imbalance_ratios or any(r < 1 for r in d.imbalance_ratios):
-        raise bad("data", "imbalance_ratios", "a non-empty list of numbers >= 1", list(d.imbalance_ratios))
+        raise bad(
+            "data", "imbalance_ratios", "a non-empty list of numbers >= 1", list(d.imbalance_ratios)
+        )
     if d.lt_max_per_class < 1:
         raise bad("data", "lt_max_per_class", "an integer >= 1", d.lt_max_per_class)
     if d.lt_test_per_class < 1:
@@ -336,9 +372,16 @@ def check_experiment(exp: Experiment, origin: str = "") -> None:
         raise bad("data", "mosaic_grid", "an integer in [1, 6]", d.mosaic_grid)
     cells = d.mosaic_grid**2
     if len(d.mosaic_digits) != 2 or not 1 <= d.mosaic_digits[0] <= d.mosaic_digits[1] <= cells:
-        raise bad("data", "mosaic_digits", f"[low, high] with 1 <= low <= high <= {cells}", list(d.mosaic_digits))
+        raise bad(
+            "data",
+            "mosaic_digits",
+            f"[low, high] with 1 <= low <= high <= {cells}",
+            list(d.mosaic_digits),
+        )
     if d.mosaic_train < 1 or d.mosaic_test < 1:
-        raise bad("data", "mosaic_train/mosaic_test", "integers >= 1", (d.mosaic_train, d.mosaic_test))
+        raise bad(
+            "data", "mosaic_train/mosaic_test", "integers >= 1", (d.mosaic_train, d.mosaic_test)
+        )
     if not 0.0 < d.test_size < 1.0:
         raise bad("data", "test_size", "a number in (0, 1)", d.test_size)
     if m.kind not in MODEL_KINDS:
@@ -366,7 +409,9 @@ def _seeds(value: Any, where: str) -> tuple[int, ...]:
         return tuple(range(value))
     if isinstance(value, list) and value and all(_is_int(v) for v in value):
         return tuple(value)
-    raise ConfigError(f"{where}: expected a count >= 1 or a non-empty list of integers, got {value!r}")
+    raise ConfigError(
+        f"{where}: expected a count >= 1 or a non-empty list of integers, got {value!r}"
+    )
 
 
 def _loss_spec(table: Any, index: int, origin: str) -> LossSpec:
@@ -376,7 +421,9 @@ def _loss_spec(table: Any, index: int, origin: str) -> LossSpec:
     params = dict(table)
     type_ = params.pop("type", None)
     if not isinstance(type_, str) or not type_:
-        raise ConfigError(f"{where}: expected a 'type' key naming a registered loss (see `lossforge list`)")
+        raise ConfigError(
+            f"{where}: expected a 'type' key naming a registered loss (see `lossforge list`)"
+        )
     label = params.pop("label", "")
     kind = params.pop("kind", "")
     if not isinstance(label, str) or not isinstance(kind, str):
@@ -422,14 +469,24 @@ def parse_experiment(doc: Mapping[str, Any], origin: str = "") -> Experiment:
         raise ConfigError(f"{prefix}[experiment]: expected a table, got {head!r}")
     bad_keys = sorted(set(head) - {"name", "seeds"})
     if bad_keys:
-        raise ConfigError(f"{prefix}[experiment]: unknown key {', '.join(map(repr, bad_keys))}; valid keys: name, seeds")
+        raise ConfigError(
+            f"{prefix}[experiment]: unknown key {', '.join(map(repr, bad_keys))}; valid keys: name, seeds"
+        )
     name = head.get("name", "default")
     if not isinstance(name, str) or not name:
-        raise ConfigError(f"{_where(origin, 'experiment', 'name')}: expected a non-empty string, got {name!r}")
-    seeds = _seeds(head["seeds"], _where(origin, "experiment", "seeds")) if "seeds" in head else Experiment.seeds
+        raise ConfigError(
+            f"{_where(origin, 'experiment', 'name')}: expected a non-empty string, got {name!r}"
+        )
+    seeds = (
+        _seeds(head["seeds"], _where(origin, "experiment", "seeds"))
+        if "seeds" in head
+        else Experiment.seeds
+    )
     losses = doc.get("loss", [])
     if not isinstance(losses, list):
-        raise ConfigError(f"{prefix}'loss' must be an array of tables ([[loss]]), got {type(losses).__name__}")
+        raise ConfigError(
+            f"{prefix}'loss' must be an array of tables ([[loss]]), got {type(losses).__name__}"
+        )
     exp = Experiment(
         name=name,
         seeds=seeds,
@@ -461,7 +518,9 @@ def load_experiment(path: str | Path) -> Experiment:
     exp = parse_experiment(doc, str(path))
     source = exp.data.source
     if not exp.data.is_digits and not Path(source).is_absolute():
-        exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, source=str(path.parent / source)))
+        exp = dataclasses.replace(
+            exp, data=dataclasses.replace(exp.data, source=str(path.parent / source))
+        )
     return exp
 
 
@@ -548,10 +607,15 @@ def resolve_params(spec: LossSpec, counts: Sequence[float]) -> dict[str, Any]:
             options = {k: v for k, v in value.items() if k != FROM_TRAIN}
             method = value[FROM_TRAIN]
             if not isinstance(method, str):
-                raise ConfigError(f"loss {spec.label!r}: {key}.{FROM_TRAIN} must name a class_weights method")
+                raise ConfigError(
+                    f"loss {spec.label!r}: {key}.{FROM_TRAIN} must name a class_weights method"
+                )
             from lossforge import class_weights
 
-            out[key] = [float(w) for w in class_weights([float(c) for c in counts], method=method, **options)]
+            out[key] = [
+                float(w)
+                for w in class_weights([float(c) for c in counts], method=method, **options)
+            ]
         else:
             out[key] = value
     return out

@@ -51,6 +51,8 @@ def run_list(args: Any) -> int:
         print(f"{row['name']:<{width}}  {row['class']}")
         print(f"{'':<{width}}  {params or '(no parameters)'}")
     print()
-    print(f"{len(rows)} losses; every loss also takes reduction='mean', loss_weight=1.0 (and most backend='torch').")
+    print(
+        f"{len(rows)} losses; every loss also takes reduction='mean', loss_weight=1.0 (and most backend='torch')."
+    )
     print("Build one with lossforge.registry.build_loss({'type': NAME, **params}).")
     return 0

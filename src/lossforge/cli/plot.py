@@ -18,7 +18,6 @@ losses are drawn against the prediction error.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -147,7 +146,9 @@ def curves(
     names = list(sweeps)
     combos = list(itertools.product(*(sweeps[n] for n in names)))
     if len(combos) > _MAX_CURVES:
-        raise ValueError(f"--param: {len(combos)} combinations; at most {_MAX_CURVES} curves fit in one plot")
+        raise ValueError(
+            f"--param: {len(combos)} combinations; at most {_MAX_CURVES} curves fit in one plot"
+        )
     fixed = {**fill, **{n: sweeps[n][0] for n in names if len(sweeps[n]) == 1}}
     varying = [n for n in names if len(sweeps[n]) > 1]
     out = []
@@ -159,8 +160,10 @@ def curves(
             raise ValueError(f"{key} with {_label(params)}: {err}") from None
         curve = _evaluate(module, family, points)
         curve["params"] = params
-        curve["label"] = _label({n: params[n] for n in varying}) if varying else _label(
-            {n: params[n] for n in names}
+        curve["label"] = (
+            _label({n: params[n] for n in varying})
+            if varying
+            else _label({n: params[n] for n in names})
         )
         out.append(curve)
     return family, out, fixed
@@ -168,7 +171,9 @@ def curves(
 
 def _per_point(loss: torch.Tensor, n: int) -> torch.Tensor:
     if loss.numel() != n:
-        raise ValueError(f"the loss returned {loss.numel()} values for {n} points: it is not element-wise")
+        raise ValueError(
+            f"the loss returned {loss.numel()} values for {n} points: it is not element-wise"
+        )
     return loss.reshape(n)
 
 
@@ -178,7 +183,10 @@ def _evaluate(module: torch.nn.Module, family: str, points: int) -> dict[str, An
         err = torch.linspace(-3.0, 3.0, points, dtype=dt).requires_grad_(True)
         loss = _per_point(module(err, torch.zeros_like(err)), points)
         (grad,) = torch.autograd.grad(loss.sum(), err)
-        return {"x": err.detach().numpy(), "pos": {"loss": loss.detach().numpy(), "grad": grad.numpy()}}
+        return {
+            "x": err.detach().numpy(),
+            "pos": {"loss": loss.detach().numpy(), "grad": grad.numpy()},
+        }
     p = torch.linspace(0.002, 0.998, points, dtype=dt)
     out: dict[str, Any] = {"x": p.numpy()}
     branches = {"pos": 1.0, "neg": 0.0} if family.startswith("sigmoid") else {"pos": None}
@@ -189,7 +197,9 @@ def _evaluate(module: torch.nn.Module, family: str, points: int) -> dict[str, An
             target = torch.full((points, 1), float(target_value), dtype=dt)
             loss = module(inp.unsqueeze(1), target)
         else:
-            pair = torch.stack([z, torch.zeros_like(z)], dim=1)  # softmax([z, 0])_0 = sigmoid(z) = p_t
+            pair = torch.stack(
+                [z, torch.zeros_like(z)], dim=1
+            )  # softmax([z, 0])_0 = sigmoid(z) = p_t
             inp = torch.log_softmax(pair, dim=1) if family == "softmax-logprob" else pair
             loss = module(inp, torch.zeros(points, dtype=torch.long))
         loss = _per_point(loss, points)
@@ -211,12 +221,16 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def draw_loss_plot(name: str, family: str, data: list[dict[str, Any]], fixed: Mapping[str, Any], path: Path) -> None:
+def draw_loss_plot(
+    name: str, family: str, data: list[dict[str, Any]], fixed: Mapping[str, Any], path: Path
+) -> None:
     """Write the loss / gradient figure of ``curves`` to ``path`` (PNG)."""
     two = family.startswith("sigmoid")
     fig = _figure(10.5 if two else 10.0, 7.5 if two else 4.0)
     axes = np.atleast_2d(fig.subplots(2 if two else 1, 2, squeeze=False))
-    branches = [("pos", "positive (target 1)"), ("neg", "negative (target 0)")] if two else [("pos", "")]
+    branches = (
+        [("pos", "positive (target 1)"), ("neg", "negative (target 0)")] if two else [("pos", "")]
+    )
     if family == "regression":
         xlabel = "prediction error (prediction - target)"
     elif two:
@@ -228,12 +242,23 @@ def draw_loss_plot(name: str, family: str, data: list[dict[str, Any]], fixed: Ma
         for curve in data:
             ax_loss.plot(curve["x"], curve[branch]["loss"], label=curve["label"])
             ax_grad.plot(curve["x"], curve[branch]["grad"], label=curve["label"])
-        xl = xlabel or ("predicted probability $p = p_t$" if branch == "pos" else "predicted probability $p$ (= 1 - $p_t$)")
+        xl = xlabel or (
+            "predicted probability $p = p_t$"
+            if branch == "pos"
+            else "predicted probability $p$ (= 1 - $p_t$)"
+        )
         suffix = f" - {title}" if title else ""
         ax_loss.set(xlabel=xl, ylabel="loss", title=f"loss{suffix}")
-        ax_grad.set(xlabel=xl, ylabel="d loss / d " + ("prediction" if family == "regression" else "logit"), title=f"gradient{suffix}")
+        ax_grad.set(
+            xlabel=xl,
+            ylabel="d loss / d " + ("prediction" if family == "regression" else "logit"),
+            title=f"gradient{suffix}",
+        )
         if family != "regression" and branch == "pos":
-            ax_loss.set_ylim(bottom=0, top=min(5.0, max(float(np.nanmax(c[branch]["loss"])) for c in data) * 1.05))
+            ax_loss.set_ylim(
+                bottom=0,
+                top=min(5.0, max(float(np.nanmax(c[branch]["loss"])) for c in data) * 1.05),
+            )
         for ax in (ax_loss, ax_grad):
             ax.grid(alpha=0.3)
             ax.axhline(0.0, color="0.6", lw=0.6)
@@ -268,16 +293,29 @@ def _bar_panel(ax: Any, task: Mapping[str, Any]) -> None:
     from lossforge.cli.compare import METRICS
 
     names = dict(METRICS[task["kind"]])
-    metrics = [m for m in task["metrics"] if m != "accuracy"]  # accuracy = balanced accuracy on a balanced test
+    metrics = [
+        m for m in task["metrics"] if m != "accuracy"
+    ]  # accuracy = balanced accuracy on a balanced test
     rows = list(reversed(task["leaderboard"]))
     height = 0.8 / len(metrics)
     y = np.arange(len(rows))
     for k, metric in enumerate(metrics):
         means = [100 * (r["metrics"][metric]["mean"] or 0.0) for r in rows]
         stds = [100 * (r["metrics"][metric]["std"] or 0.0) for r in rows]
-        ax.barh(y + (k - (len(metrics) - 1) / 2) * height, means, height=height, xerr=stds, capsize=2, label=names[metric])
+        ax.barh(
+            y + (k - (len(metrics) - 1) / 2) * height,
+            means,
+            height=height,
+            xerr=stds,
+            capsize=2,
+            label=names[metric],
+        )
     ax.set_yticks(y, [r["label"] for r in rows], fontsize=7)
-    lows = [100 * (r["metrics"][m]["mean"] or 0.0) - 100 * (r["metrics"][m]["std"] or 0.0) for r in rows for m in metrics]
+    lows = [
+        100 * (r["metrics"][m]["mean"] or 0.0) - 100 * (r["metrics"][m]["std"] or 0.0)
+        for r in rows
+        for m in metrics
+    ]
     ax.set_xlim(max(0.0, min(lows) - 5.0), 100.0)
     ax.set_xlabel("%")
     ax.set_title(task["key"], fontsize=9)
@@ -318,5 +356,7 @@ def draw_compare_chart(report: Mapping[str, Any], path: Path) -> None:
         _bar_panel(axes[0, j], task)
         _per_class_panel(axes[1, j], task)
     seeds = len(report["experiment"]["seeds"])
-    fig.suptitle(f"lossforge compare: {Path(str(report['data'])).name}, {seeds} seed{'s' if seeds != 1 else ''}")
+    fig.suptitle(
+        f"lossforge compare: {Path(str(report['data'])).name}, {seeds} seed{'s' if seeds != 1 else ''}"
+    )
     fig.savefig(path, format="png")
