@@ -232,7 +232,7 @@ def test_deterministic_bitwise():
 def test_opcheck_schema_and_autograd_registration():
     x = torch.randn(3, 5, 1, device=DEVICE, requires_grad=True)
     t = torch.randint(0, 5, (3,), device=DEVICE)
-    args = (x, t, None, None, None, 0, -100, True, 1 / 3, 0.0, 2.0, 16384, True)
+    args = (x, t, None, None, None, 0, -100, True, 1 / 3, 0.0, 2.0, 16384, True, None)
     utils = ("test_schema", "test_autograd_registration")
     if torch.cuda.is_available():
         utils = utils + ("test_faketensor", "test_aot_dispatch_dynamic")
@@ -302,3 +302,31 @@ def test_ce_probability_targets(case, dtype):
         kw.update(reduction="none", weight=torch.rand(6, device=DEVICE))
         go = torch.randn(6, device=DEVICE)
     run_case(x, t.to(dtype), dtype, grad_out=go, kind="ce", **kw)
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("case", ["index", "index_online", "probs"])
+def test_logit_bias_matches_shifted_logits(case, dtype):
+    # The kernel's logit_bias b gives CE(x + b): the long-tail losses (logit adjustment, balanced
+    # softmax) add tau * log(prior) this way.
+    c = 150 if case == "index_online" else 7
+    x = torch.randn(2, c, 3, device=DEVICE) * 2
+    b = torch.log(torch.rand(c, device=DEVICE) + 1e-3)
+    if case == "probs":
+        t = torch.softmax(torch.randn(2, c, 3, device=DEVICE), dim=1)
+    else:
+        t = torch.randint(0, c, (2, 3), device=DEVICE)
+    kw = {"max_single_pass_classes": 32} if case == "index_online" else {}
+    x_low = x.to(dtype)
+    xk = x_low.detach().clone().requires_grad_()
+    out = K.cross_entropy(xk, t, logit_bias=b, label_smoothing=0.1, **kw)
+    x64 = x_low.detach().double().requires_grad_()
+    ref64 = LF.cross_entropy(x64 + b.double().view(1, c, 1), t, label_smoothing=0.1)
+    x32 = x_low.detach().clone().requires_grad_()
+    ref32 = LF.cross_entropy(x32.float() + b.view(1, c, 1), t, label_smoothing=0.1)
+    for v in (out, ref64, ref32):
+        v.backward()
+    record("softmax-ce-bias:loss", dtype, assert_within_2x(out, ref64, ref32, dtype, "loss"))
+    record(
+        "softmax-ce-bias:grad", dtype, assert_within_2x(xk.grad, x64.grad, x32.grad, dtype, "grad")
+    )

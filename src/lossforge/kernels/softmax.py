@@ -54,6 +54,7 @@ def _softmax_fwd_kernel(
     g_ptr,  # gradient, element (n, c, s) at n*gN + c*gC + s*gS, logits dtype (WRITE_GRAD)
     part_ptr,  # [num_programs] fp32 partial sums (REDUCE)
     scale_ptr,  # [1] fp32 mean scale (SCALE_FROM_PTR)
+    b_ptr,  # [C] fp32 additive logit bias, e.g. tau * log(prior) (HAS_BIAS)
     P,
     C,
     S,
@@ -72,6 +73,7 @@ def _softmax_fwd_kernel(
     HAS_CW: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_SMOOTH: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     GMODE: tl.constexpr,
     REDUCE: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
@@ -96,6 +98,8 @@ def _softmax_fwd_kernel(
     ok = valid & ~bad
     ts = tl.where(ok, tgt, 0)
     x_t = tl.load(x_ptr + xrow + ts * sC, mask=pm, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        x_t = x_t + tl.load(b_ptr + ts, mask=pm, other=0.0)
     if HAS_CW:
         w_t = tl.load(cw_ptr + ts, mask=pm, other=0.0)
     else:
@@ -116,6 +120,8 @@ def _softmax_fwd_kernel(
         x = tl.load(x_ptr + xrow[:, None] + cols[None, :] * sC, mask=mask2, other=float("-inf")).to(
             tl.float32
         )
+        if HAS_BIAS:
+            x = x + tl.load(b_ptr + cols, mask=cm, other=0.0)[None, :]
         mx = tl.max(x, axis=1)
         mx = tl.where(pm, mx, 0.0)
         e = tl.exp(x - mx[:, None])
@@ -140,6 +146,8 @@ def _softmax_fwd_kernel(
             x = tl.load(
                 x_ptr + xrow[:, None] + cc[None, :] * sC, mask=mask2, other=float("-inf")
             ).to(tl.float32)
+            if HAS_BIAS:
+                x = x + tl.load(b_ptr + cc, mask=cm, other=0.0)[None, :]
             new_m = tl.maximum(mx, tl.max(x, axis=1))
             new_m = tl.where(pm, new_m, 0.0)
             alpha = tl.exp(mx - new_m)
@@ -221,7 +229,10 @@ def _softmax_fwd_kernel(
                 xc = tl.load(
                     x_ptr + xrow[:, None] + cc[None, :] * sC, mask=mask2, other=float("-inf")
                 )
-                pe = tl.exp(xc.to(tl.float32) - mx[:, None])
+                xc = xc.to(tl.float32)
+                if HAS_BIAS:
+                    xc = xc + tl.load(b_ptr + cc, mask=cm, other=0.0)[None, :]
+                pe = tl.exp(xc - mx[:, None])
             g = coef_p[:, None] * pe - tl.where(cc[None, :] == ts[:, None], coef_t[:, None], 0.0)
             if LOSS == 0 and HAS_SMOOTH:
                 if HAS_CW:
@@ -244,6 +255,7 @@ def _softmax_probs_kernel(
     g_ptr,  # gradient, element (n, c, s) at n*gN + c*gC + s*gS (WRITE_GRAD)
     part_ptr,  # [num_programs] fp32 partial sums (REDUCE)
     scale_ptr,  # [1] fp32 mean scale (SCALE_FROM_PTR)
+    b_ptr,  # [C] fp32 additive logit bias (HAS_BIAS)
     P,
     C,
     S,
@@ -261,6 +273,7 @@ def _softmax_probs_kernel(
     HAS_CW: tl.constexpr,
     HAS_W: tl.constexpr,
     HAS_SMOOTH: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     REDUCE: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
     SCALE_FROM_PTR: tl.constexpr,
@@ -288,6 +301,8 @@ def _softmax_probs_kernel(
         mask2 = pm[:, None] & cm[None, :]
         x = tl.load(x_ptr + xrow[:, None] + cc[None, :] * sC, mask=mask2, other=float("-inf"))
         x = x.to(tl.float32)
+        if HAS_BIAS:
+            x = x + tl.load(b_ptr + cc, mask=cm, other=0.0)[None, :]
         tv = tl.load(t_ptr + trow[:, None] + cc[None, :] * tC, mask=mask2, other=0.0).to(tl.float32)
         if HAS_SMOOTH:
             tv = tl.where(mask2, tv * (1.0 - smooth) + smooth / C, 0.0)
@@ -330,7 +345,10 @@ def _softmax_probs_kernel(
                 tv = tl.where(mask2, tv * (1.0 - smooth) + smooth / C, 0.0)
             if HAS_CW:
                 tv = tv * tl.load(cw_ptr + cc, mask=cm, other=0.0)[None, :]
-            g = coef[:, None] * tl.exp(x.to(tl.float32) - mx[:, None]) - rowf[:, None] * tv
+            x = x.to(tl.float32)
+            if HAS_BIAS:
+                x = x + tl.load(b_ptr + cc, mask=cm, other=0.0)[None, :]
+            g = coef[:, None] * tl.exp(x - mx[:, None]) - rowf[:, None] * tv
             tl.store(
                 g_ptr + grow[:, None] + cc[None, :] * gC, g.to(g_ptr.dtype.element_ty), mask=mask2
             )
@@ -367,6 +385,7 @@ def softmax_fwd(
     gamma: float,
     max_single: int,
     write_grad: bool,
+    bias: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """Forward of the softmax losses on ``(N, C, S)``-strided logits: returns ``(loss, grad)``.
 
@@ -398,6 +417,7 @@ def softmax_fwd(
             grad if write_grad else logits,
             parts,
             scale_t if scale_t is not None else parts,
+            bias if bias is not None else parts,
             p_total,
             c,
             s_len,
@@ -415,6 +435,7 @@ def softmax_fwd(
             HAS_CW=class_weight is not None,
             HAS_W=weight is not None,
             HAS_SMOOTH=label_smoothing > 0,
+            HAS_BIAS=bias is not None,
             REDUCE=reduce,
             WRITE_GRAD=write_grad,
             SCALE_FROM_PTR=scale_t is not None,
@@ -432,6 +453,7 @@ def softmax_fwd(
             grad if write_grad else logits,
             parts,
             scale_t if scale_t is not None else parts,
+            bias if bias is not None else parts,
             p_total,
             c,
             s_len,
@@ -450,6 +472,7 @@ def softmax_fwd(
             HAS_CW=class_weight is not None,
             HAS_W=weight is not None,
             HAS_SMOOTH=label_smoothing > 0,
+            HAS_BIAS=bias is not None,
             GMODE=_gamma_mode(gamma),
             REDUCE=reduce,
             WRITE_GRAD=write_grad,
@@ -477,7 +500,7 @@ def _backward(ctx, grad_loss, _grad_grad):
         g = grad
     else:
         g = grad.mul_(grad_loss.unsqueeze(1))
-    return (g,) + (None,) * 12
+    return (g,) + (None,) * 13
 
 
 softmax_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -548,6 +571,7 @@ def softmax_loss(
     weight: Tensor | None = None,
     reduction: str = "mean",
     avg_factor: float | Tensor | None = None,
+    logit_bias: Tensor | None = None,
     max_single_pass_classes: int = SINGLE_PASS_MAX_C,
 ) -> Tensor:
     """Run a softmax loss through the fused kernel (arguments validated by the caller).
@@ -556,6 +580,8 @@ def softmax_loss(
         kind: ``"ce"`` or ``"focal"``.
         class_weight: ``(C,)`` class weights (CE; PyTorch's mean denominator).
         alpha: ``(C,)`` per-class focal weights (focal; not in the denominator).
+        logit_bias: ``(C,)`` added to the logits before the softmax (``tau * log(prior)`` of the
+            logit-adjusted / balanced-softmax losses).
         max_single_pass_classes: padded class count up to which the one-pass variant is used (tests
             lower it to exercise the online variant).
 
@@ -616,6 +642,9 @@ def softmax_loss(
         float(gamma),
         int(max_single_pass_classes),
         write_grad,
+        None
+        if logit_bias is None
+        else logit_bias.to(device=x.device, dtype=torch.float32).reshape(-1).contiguous(),
     )
     if not reduce:
         loss = loss.reshape(loss_shape)
