@@ -4,19 +4,26 @@
 module forms. Importing lossforge never imports triton and never touches CUDA.
 """
 
-from lossforge import functional, nn
+from lossforge import functional, multitask, nn
 from lossforge._checks import OptionalDependencyError, set_value_checks, value_checks, value_checks_enabled
 from lossforge.functional import *  # noqa: F403
 from lossforge.nn import *  # noqa: F403
 from lossforge.weights import *  # noqa: F403
 from lossforge import weights as _weights
+from lossforge.registry import build_loss, build_loss_from_toml, get_loss, list_losses, register_loss
 
 __version__ = "0.1.0"
 
 __all__ = [
     "OptionalDependencyError",
     "__version__",
+    "build_loss",
+    "build_loss_from_toml",
     "functional",
+    "get_loss",
+    "list_losses",
+    "multitask",
+    "register_loss",
     "nn",
     "set_value_checks",
     "value_checks",

@@ -123,9 +123,17 @@ def global_denominator(
 
 
 def _safe_div(total: Tensor, denom: Tensor) -> Tensor:
+    """``total / denom``, and exactly 0 (zero gradients, still attached) where ``denom`` is 0.
+
+    The denominator is made safe before dividing, so the unselected branch cannot leak a NaN
+    gradient (pytorch#52248). A zero denominator with a non-zero numerator only happens with
+    class-weighted means (all valid targets weighted 0, label smoothing leaving a numerator) or a
+    zero ``avg_factor``; both are defined as 0.
+    """
     denom = denom.to(total.dtype)
     positive = denom > 0
-    return total / torch.where(positive, denom, torch.ones_like(denom))
+    quotient = total / torch.where(positive, denom, torch.ones_like(denom))
+    return torch.where(positive, quotient, torch.zeros_like(quotient))
 
 
 def weight_reduce(
@@ -176,7 +184,7 @@ def weight_reduce(
         if avg == 0:
             if value_checks_enabled(total) and float(total.detach()) != 0:
                 fail(fn, "avg_factor", "> 0 when the weighted loss sum is non-zero", 0.0)
-            return total
+            return total * 0.0
         return total / avg
     if denominator is not None:
         return _safe_div(total, denominator)

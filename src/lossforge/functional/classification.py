@@ -121,10 +121,9 @@ def _softmax_loss(
             else torch.where(valid, w_t, torch.zeros((), dtype=w_t.dtype, device=w_t.device))
         )
         denominator = w_valid.sum()
-        # A zero denominator (all ignored, or all valid targets weighted 0) gives exactly 0, also
-        # when label smoothing would leave a non-zero numerator (PyTorch returns NaN or inf there).
-        nonzero = denominator > 0
-        valid = nonzero if valid is None else valid & nonzero
+        # A zero denominator (all ignored, or all valid targets weighted 0) gives exactly 0 in
+        # weight_reduce, also when label smoothing leaves a non-zero numerator (PyTorch: NaN/inf),
+        # and under global normalisation the test is made on the global denominator.
     return weight_reduce(
         loss,
         fn=fn,

@@ -581,8 +581,9 @@ def softmax_focal_loss(
         if valid is not None:
             w_t = torch.where(valid, w_t, torch.zeros((), dtype=w_t.dtype, device=w_t.device))
         denominator = w_t.sum()
-        nonzero = denominator > 0
-        valid = nonzero if valid is None else valid & nonzero
+        # A zero denominator (all ignored, or all valid targets weighted 0) gives exactly 0 in
+        # weight_reduce, also when label smoothing leaves a non-zero numerator (PyTorch: NaN/inf),
+        # and under global normalisation the test is made on the global denominator.
     return weight_reduce(
         loss,
         fn=fn,

@@ -48,7 +48,8 @@ class Loss(nn.Module):
             return
         if isinstance(value, Tensor):
             tensor = value.detach().clone()
-        elif isinstance(value, (list, tuple)):
+        elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+            # any sequence: lists, tuples, Hydra/OmegaConf ListConfig
             try:
                 tensor = torch.tensor([float(v) for v in value])
             except (TypeError, ValueError):
