@@ -1,4 +1,4 @@
-"""Tests of the ``lossforge`` command (driven through ``lossforge.cli.main``) and its data protocols."""
+"""Tests of the ``lossforge`` command (through ``lossforge.cli.main``) and its data protocols."""
 
 from __future__ import annotations
 
@@ -178,8 +178,10 @@ def test_compare_csv_with_label_column(tmp_path: Path, capsys: pytest.CaptureFix
     path = tmp_path / "table.csv"
     path.write_text("\n".join(lines) + "\n")
     code, _, err = run(
-        capsys, "compare", "--data", str(path), "--label-column", "species", "--epochs", "2", "--seeds", "1",
-        "--loss", "cross_entropy", "--loss", "balanced_softmax:class_counts=from_train", "--quiet", "--no-plot",
+        capsys, "compare", "--data", str(path), "--label-column", "species", "--epochs", "2",
+        "--seeds", "1", "--loss", "cross_entropy",
+        "--loss", "balanced_softmax:class_counts=from_train",
+        "--quiet", "--no-plot",
         "--out", str(tmp_path / "o"),
     )  # fmt: skip
     assert code == 0, err
@@ -389,9 +391,8 @@ def test_plot_curves_for_every_registered_elementwise_loss() -> None:
         branches = ("pos", "neg") if family.startswith("sigmoid") else ("pos",)
         for curve in data:
             for b in branches:
-                assert (
-                    np.isfinite(curve[b]["loss"]).all() and np.isfinite(curve[b]["grad"]).all()
-                ), info.name
+                assert np.isfinite(curve[b]["loss"]).all(), info.name
+                assert np.isfinite(curve[b]["grad"]).all(), info.name
 
 
 def test_plot_focal_gradient_matches_the_paper_shape() -> None:
@@ -424,7 +425,8 @@ def test_list_shows_every_loss(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_bench_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(
-        capsys, "bench", "--workloads", "bce-multilabel,smooth-l1", "--scale", "0.01", "--min-run-time", "0.01",
+        capsys, "bench", "--workloads", "bce-multilabel,smooth-l1", "--scale", "0.01",
+        "--min-run-time", "0.01",
         "--out", str(tmp_path),
     )  # fmt: skip
     assert code == 0, err
@@ -500,7 +502,7 @@ def test_mosaics_protocol(digits: tuple[np.ndarray, np.ndarray]) -> None:
     cells = task.y_train.reshape(-1, 10, 9).sum(axis=1)  # (n, cell): at most one digit per cell
     assert cells.max() == 1
     assert not set(task.info["train_images"]) & set(task.info["test_images"])  # disjoint pools
-    # the label digit * 9 + cell matches the pixels: every labelled cell is non-empty, the others blank
+    # label digit * 9 + cell matches the pixels: every labelled cell is non-empty, the others blank
     canvas = task.x_train.reshape(-1, 3, 8, 3, 8).transpose(0, 1, 3, 2, 4).reshape(-1, 9, 64)
     filled = canvas.sum(axis=2) > 0
     np.testing.assert_array_equal(filled, cells.astype(bool))

@@ -12,6 +12,7 @@ with one line ``lossforge: error: ...`` on stderr and exit code 2, never a trace
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import sys
@@ -83,11 +84,11 @@ def _add_compare(sub: Any) -> None:
         "compare",
         help="train a small head with each loss on real data and rank the losses",
         description=(
-            "Train a linear or small MLP head with each loss, several seeds, and print a leaderboard "
-            "(mean ± std); write results.json and compare.png to an output folder. With no arguments: "
-            "scikit-learn's bundled digits as a long-tailed single-label task (imbalance ratios 10, 50, "
-            "100) and a multi-label 3x3 mosaic task (90 labels, ~2% positive). With --data: your own "
-            "features (.npz with X and y, or .csv)."
+            "Train a linear or small MLP head with each loss, several seeds, and print a "
+            "leaderboard (mean ± std); write results.json and compare.png to an output folder. "
+            "With no arguments: scikit-learn's bundled digits as a long-tailed single-label task "
+            "(imbalance ratios 10, 50, 100) and a multi-label 3x3 mosaic task (90 labels, ~2% "
+            "positive). With --data: your own features (.npz with X and y, or .csv)."
         ),
         epilog=(
             "examples:\n"
@@ -95,7 +96,7 @@ def _add_compare(sub: Any) -> None:
             "  lossforge compare --data feats.npz --model linear\n"
             "  lossforge compare --data table.csv --label-column species\n"
             "  lossforge compare --config examples/experiment.toml\n"
-            "  lossforge compare --loss cross_entropy --loss 'softmax_focal:gamma=1' --task long-tail"
+            "  lossforge compare --task long-tail --loss cross_entropy --loss softmax_focal:gamma=1"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -110,7 +111,10 @@ def _add_compare(sub: Any) -> None:
     p.add_argument(
         "--label-column",
         metavar="COL[,COL...]",
-        help="CSV label column (default: 'label', 'y', 'target', 'class' or the last); several = multi-hot",
+        help=(
+            "CSV label column (default: 'label', 'y', 'target', 'class' or the last); "
+            "several columns = multi-hot labels"
+        ),
     )
     p.add_argument(
         "--task",
@@ -170,7 +174,10 @@ def _add_compare(sub: Any) -> None:
         type=_positive_int,
         default=1,
         metavar="N",
-        help="torch intra-op threads (default: 1; the heads are tiny, more threads only add overhead)",
+        help=(
+            "torch intra-op threads (default: 1; the heads are tiny, more threads only add "
+            "overhead)"
+        ),
     )
     p.add_argument(
         "--smoke", action="store_true", help=argparse.SUPPRESS
@@ -183,13 +190,17 @@ def _add_plot(sub: Any) -> None:
         help="draw a loss and its gradient against the true-class probability",
         description=(
             "Draw the loss and d loss / d logit (torch.autograd.grad on a 1-D grid) against the "
-            "predicted probability of the true class p_t, one curve per parameter value (Fig. 1 of the "
-            "focal loss paper). Sigmoid losses show the positive (target 1) and negative (target 0) "
-            "branches separately; softmax losses use a 2-class logit pair; regression losses use the "
-            "prediction error as the x-axis. Writes a PNG."
+            "predicted probability of the true class p_t, one curve per parameter value (Fig. 1 "
+            "of the focal loss paper). Sigmoid losses show the positive (target 1) and negative "
+            "(target 0) branches separately; softmax losses use a 2-class logit pair; regression "
+            "losses use the prediction error as the x-axis. Writes a PNG."
         ),
-        epilog="examples:\n  lossforge plot sigmoid_focal --param gamma=0,0.5,1,2,5\n  lossforge plot asymmetric "
-        "--param gamma_neg=0,2,4 --out asl.png\n  lossforge plot smooth_l1 --param beta=0.5,1,2",
+        epilog=(
+            "examples:\n"
+            "  lossforge plot sigmoid_focal --param gamma=0,0.5,1,2,5\n"
+            "  lossforge plot asymmetric --param gamma_neg=0,2,4 --out asl.png\n"
+            "  lossforge plot smooth_l1 --param beta=0.5,1,2"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("loss", help="registry name (see 'lossforge list')")
@@ -197,7 +208,9 @@ def _add_plot(sub: Any) -> None:
         "--param",
         action="append",
         metavar="NAME=V1,V2,...",
-        help="parameter values to sweep (repeatable; several sweeps are crossed); one value = fixed",
+        help=(
+            "parameter values to sweep (repeatable; several sweeps are crossed); one value = fixed"
+        ),
     )
     p.add_argument(
         "--out", metavar="FILE", help="PNG path (default: ./lossforge-out/plot-<loss>.png)"
@@ -211,7 +224,9 @@ def _add_list(sub: Any) -> None:
     p = sub.add_parser(
         "list",
         help="print every registered loss with its parameters and defaults",
-        description="Print every loss of lossforge.registry with its constructor parameters and defaults.",
+        description=(
+            "Print every loss of lossforge.registry with its constructor parameters and defaults."
+        ),
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -222,9 +237,12 @@ def _add_bench(sub: Any) -> None:
         help="time forward+backward of lossforge losses against eager references",
         description=(
             "Time forward+backward of lossforge losses against the eager formulas users run today "
-            "(torchvision-style focal, the ASL repository's loss, F.binary_cross_entropy_with_logits, "
-            "F.cross_entropy, F.smooth_l1_loss) with torch.utils.benchmark.Timer.blocked_autorange on "
-            "the available device; report the median time, the ratio to the reference and, on CUDA, "
+            "(torchvision-style focal, the ASL repository's loss, "
+            "F.binary_cross_entropy_with_logits, "
+            "F.cross_entropy, F.smooth_l1_loss) with "
+            "torch.utils.benchmark.Timer.blocked_autorange on "
+            "the available device; report the median time, the ratio to the reference and, on "
+            "CUDA, "
             "the peak memory."
         ),
     )
@@ -312,10 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _dispatch(args, args_list)
     except BrokenPipeError:  # output piped into `head` and closed: not an error of ours
-        try:
+        with contextlib.suppress(OSError):
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
-        except OSError:
-            pass
         return 141
     except KeyboardInterrupt:
         print("lossforge: interrupted", file=sys.stderr)

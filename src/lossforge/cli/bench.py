@@ -58,7 +58,7 @@ def asl_repo_loss(
     clip: float = 0.05,
     eps: float = 1e-8,
 ) -> Tensor:
-    """``AsymmetricLoss`` of the ASL repository (Alibaba-MIIL/ASL, ``losses.py``): ``-loss.sum()``."""
+    """``AsymmetricLoss`` of the ASL repository (Alibaba-MIIL/ASL ``losses.py``); it sums."""
     xs_pos = torch.sigmoid(x)
     xs_neg = 1 - xs_pos
     if clip is not None and clip > 0:
@@ -318,7 +318,8 @@ def _markdown(rows: list[dict[str, Any]], header: Mapping[str, Any]) -> list[str
     for r in rows:
         peak = "n/a" if r["peak_extra_mb"] is None else f"{r['peak_extra_mb']:.1f}"
         lines.append(
-            f"| {r['workload']} | {r['provider']} | {r['median_ms']:.3f} | {r['speedup_vs_ref']:.2f}x | {peak} |"
+            f"| {r['workload']} | {r['provider']} | {r['median_ms']:.3f} | "
+            f"{r['speedup_vs_ref']:.2f}x | {peak} |"
         )
     return lines
 

@@ -157,7 +157,8 @@ def build_tasks(exp: Experiment) -> tuple[list[list[Task]], str]:
             other = [s for s in exp.losses if s.kind not in kinds]
             if other:
                 raise ValueError(
-                    f"loss {other[0].type!r} is {other[0].kind.replace('_', '-')} but the data {exp.data.source!r} "
+                    f"loss {other[0].type!r} is {other[0].kind.replace('_', '-')} but the data "
+                    f"{exp.data.source!r} "
                     f"is {next(iter(kinds)).replace('_', '-')}"
                 )
     return tasks, source
@@ -399,7 +400,8 @@ def format_leaderboard(report: dict[str, Any]) -> list[str]:
             lines.append(f"  {rank:>2}  {row['label']:<{width}}  {vals}")
     lines.append("")
     lines.append(
-        "values in %, mean ± std over seeds; tail-third = the rarest third of the classes by training count"
+        "values in %, mean ± std over seeds; tail-third = the rarest third of the classes by "
+        "training count"
     )
     types = {
         (r["type"], json.dumps(r["params"], sort_keys=True))
@@ -411,7 +413,8 @@ def format_leaderboard(report: dict[str, Any]) -> list[str]:
         json.dumps({"class_counts": "from_train", "tau": 1.0}, sort_keys=True),
     ) in types and any(t == "balanced_softmax" for t, _ in types):
         lines.append(
-            "balanced softmax and logit adjustment with tau 1 are the same loss (identical rows expected)"
+            "balanced softmax and logit adjustment with tau 1 are the same loss (identical rows "
+            "expected)"
         )
     return lines
 

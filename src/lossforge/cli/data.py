@@ -57,7 +57,7 @@ class Task:
     Attributes:
         key: Short identifier (``"lt-ir100"``, ``"multilabel"``, ``"user"``).
         title: One-line description for the report.
-        kind: ``"single_label"`` (``y`` = class indices) or ``"multi_label"`` (``y`` = multi-hot rows).
+        kind: ``"single_label"`` (``y`` = class indices) or ``"multi_label"`` (multi-hot rows).
         x_train, y_train, x_test, y_test: float32 features; int64 indices or float32 multi-hot.
         class_names: One name per class / label.
         info: Extra facts for the results file (counts, positive rate, pool sizes).
@@ -151,7 +151,10 @@ def make_long_tailed(
     tr, te = np.concatenate(train_idx), np.concatenate(test_idx)
     return Task(
         key=f"lt-ir{imbalance_ratio:g}",
-        title=f"long-tailed digits, imbalance ratio {imbalance_ratio:g} ({len(tr)} train / {len(te)} balanced test)",
+        title=(
+            f"long-tailed digits, imbalance ratio {imbalance_ratio:g} ({len(tr)} train / "
+            f"{len(te)} balanced test)"
+        ),
         kind=SINGLE_LABEL,
         x_train=features[tr],
         y_train=labels[tr],
@@ -298,7 +301,8 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
             if missing:
                 raise DataError(
                     f"data file {str(path)!r} has no array {', '.join(map(repr, missing))} "
-                    f"(found: {', '.join(names) or 'nothing'}); save it with np.savez(path, X=..., y=...)"
+                    f"(found: {', '.join(names) or 'nothing'}); save it with np.savez(path, "
+                    "X=..., y=...)"
                 )
             return np.asarray(archive["X"]), np.asarray(archive["y"])
     except DataError:
@@ -325,7 +329,8 @@ def _read_csv(path: Path, label_columns: tuple[str, ...]) -> tuple[np.ndarray, n
         missing = [c for c in label_columns if c not in header]
         if missing:
             raise DataError(
-                f"data file {str(path)!r}: no column {', '.join(map(repr, missing))} (columns: {', '.join(header)})"
+                f"data file {str(path)!r}: no column {', '.join(map(repr, missing))} (columns: "
+                f"{', '.join(header)})"
             )
         chosen = list(label_columns)
     else:
@@ -385,7 +390,8 @@ def load_user_data(
     suffix = path.suffix.lower()
     if suffix not in (".npz", ".csv"):
         raise DataError(
-            f"data file {str(path)!r}: unsupported type {suffix or '(none)'!r}; use .npz (arrays X, y) or .csv"
+            f"data file {str(path)!r}: unsupported type {suffix or '(none)'!r}; use .npz (arrays "
+            "X, y) or .csv"
         )
     if not path.is_file():
         raise OSError(f"cannot read data file {str(path)!r}: no such file")
@@ -413,7 +419,8 @@ def _check_xy(
         if np.issubdtype(y.dtype, np.floating):
             if not np.isfinite(y).all() or not np.all(y == np.round(y)):
                 raise DataError(
-                    f"data {name!r}: y of shape (N,) must hold class labels (integers or names), got non-integer values"
+                    f"data {name!r}: y of shape (N,) must hold class labels (integers or names), "
+                    "got non-integer values"
                 )
             y = y.astype(np.int64)
         values, idx = np.unique(y, return_inverse=True)
@@ -494,7 +501,10 @@ def user_task(
         info["positive_rate_train"] = float(y_tr.mean())
     return Task(
         key="user",
-        title=f"{Path(name).name}: {len(x_tr)} train / {len(x_te)} test, {x.shape[1]} features, {len(class_names)} {what}",
+        title=(
+            f"{Path(name).name}: {len(x_tr)} train / {len(x_te)} test, {x.shape[1]} features, "
+            f"{len(class_names)} {what}"
+        ),
         kind=kind,
         x_train=x_tr,
         y_train=y_tr,
@@ -533,7 +543,7 @@ def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
 
 
 def multi_label_metrics(y_true: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
-    """Macro mAP over the labels with at least one test positive, and per-label AP (``None`` if none)."""
+    """Macro mAP over the labels with a test positive, and per-label AP (``None`` if none)."""
     aps = [average_precision(y_true[:, j], scores[:, j]) for j in range(y_true.shape[1])]
     valid = [a for a in aps if not np.isnan(a)]
     return {

@@ -116,14 +116,15 @@ class LossSpec:
             kind = LOSS_KINDS.get(self.type.removeprefix("lossforge."))
             if kind is None:
                 raise ConfigError(
-                    f"loss {self.type!r}: compare cannot tell whether it is a single-label or a multi-label "
-                    f'loss; add kind = "single_label" or "multi_label" (built-in classification losses: '
-                    f"{', '.join(sorted(LOSS_KINDS))})"
+                    f"loss {self.type!r}: compare cannot tell whether it is a single-label or a "
+                    'multi-label loss; add kind = "single_label" or "multi_label" (built-in '
+                    f"classification losses: {', '.join(sorted(LOSS_KINDS))})"
                 )
             object.__setattr__(self, "kind", kind)
         if self.kind not in (SINGLE_LABEL, MULTI_LABEL):
             raise ConfigError(
-                f"loss {self.type!r}: expected kind 'single_label' or 'multi_label', got {self.kind!r}"
+                f"loss {self.type!r}: expected kind 'single_label' or 'multi_label', got "
+                f"{self.kind!r}"
             )
         if not self.label:
             object.__setattr__(self, "label", _default_label(self.type, self.params))
@@ -157,7 +158,8 @@ def _effective(beta: float = 0.999) -> dict[str, Any]:
 
 
 #: The default single-label set: plain CE, re-weighting (Cui et al. 2019), label smoothing, focal
-#: alone and with re-weighting, and the two logit-adjustment losses (Ren et al. 2020, Menon et al. 2021).
+#: alone and with re-weighting, and the two logit-adjustment losses (Ren et al. 2020; Menon
+#: et al. 2021).
 DEFAULT_SINGLE_LABEL_LOSSES: tuple[LossSpec, ...] = (
     LossSpec("cross_entropy", {}, "cross-entropy"),
     LossSpec(
@@ -335,7 +337,8 @@ def _build(cls: type, table: Mapping[str, Any], table_name: str, origin: str) ->
     unknown = sorted(set(table) - set(fields))
     if unknown:
         raise ConfigError(
-            f"{origin + ': ' if origin else ''}[{table_name}]: unknown key {', '.join(map(repr, unknown))}; "
+            f"{origin + ': ' if origin else ''}[{table_name}]: unknown key "
+            f"{', '.join(map(repr, unknown))}; "
             f"valid keys: {', '.join(fields)}"
         )
     defaults = cls()
@@ -470,7 +473,8 @@ def parse_experiment(doc: Mapping[str, Any], origin: str = "") -> Experiment:
     bad_keys = sorted(set(head) - {"name", "seeds"})
     if bad_keys:
         raise ConfigError(
-            f"{prefix}[experiment]: unknown key {', '.join(map(repr, bad_keys))}; valid keys: name, seeds"
+            f"{prefix}[experiment]: unknown key {', '.join(map(repr, bad_keys))}; valid keys: "
+            "name, seeds"
         )
     name = head.get("name", "default")
     if not isinstance(name, str) or not name:

@@ -16,7 +16,7 @@ def _default(value: Any) -> Any:
 
 
 def loss_table() -> list[dict[str, Any]]:
-    """One entry per registered loss: name, class, task kind, summary and parameters with defaults."""
+    """One entry per registered loss: name, class, task kind, summary, parameters and defaults."""
     from lossforge.cli.experiment import LOSS_KINDS
     from lossforge.registry import list_losses
 
@@ -52,7 +52,8 @@ def run_list(args: Any) -> int:
         print(f"{'':<{width}}  {params or '(no parameters)'}")
     print()
     print(
-        f"{len(rows)} losses; every loss also takes reduction='mean', loss_weight=1.0 (and most backend='torch')."
+        f"{len(rows)} losses; every loss also takes reduction='mean', loss_weight=1.0 (and most "
+        "backend='torch')."
     )
     print("Build one with lossforge.registry.build_loss({'type': NAME, **params}).")
     return 0

@@ -133,7 +133,8 @@ def curves(
     family = PLOT_FAMILIES.get(key)
     if family is None:
         raise ValueError(
-            f"cannot plot {key!r}: plot knows the element-wise losses {', '.join(sorted(PLOT_FAMILIES))}"
+            f"cannot plot {key!r}: plot knows the element-wise losses "
+            f"{', '.join(sorted(PLOT_FAMILIES))}"
         )
     sweeps = dict(sweeps) if sweeps else dict(DEFAULT_SWEEPS.get(key, {}))
     if "class_counts" in sweeps or "priors" in sweeps:
@@ -357,6 +358,7 @@ def draw_compare_chart(report: Mapping[str, Any], path: Path) -> None:
         _per_class_panel(axes[1, j], task)
     seeds = len(report["experiment"]["seeds"])
     fig.suptitle(
-        f"lossforge compare: {Path(str(report['data'])).name}, {seeds} seed{'s' if seeds != 1 else ''}"
+        f"lossforge compare: {Path(str(report['data'])).name}, {seeds} "
+        f"seed{'s' if seeds != 1 else ''}"
     )
     fig.savefig(path, format="png")
