@@ -126,6 +126,18 @@ def _multilabel(
     return make
 
 
+def _ce_rank_weighted_zero() -> Callable[[], tuple[Tensor, Tensor]]:
+    """Rank 1 holds only class 0, whose class weight is 0: its local weighted denominator is 0."""
+
+    def make() -> tuple[Tensor, Tensor]:
+        x = _logits(8, 4, seed=5)
+        t = torch.randint(1, 4, (8,), generator=_gen(6))
+        t[4:] = 0
+        return x, t
+
+    return make
+
+
 def _num_pos(t: Tensor) -> Tensor:
     return (t == 1).sum()  # int64, as detection heads compute it
 
@@ -235,6 +247,12 @@ SCENARIOS: list[Scenario] = [
         shards=((0, 0), (0, 8)),
     ),
     Scenario("ce_label_smoothing_ignore", "cross_entropy", _ce_data(), _ce(label_smoothing=0.1)),
+    Scenario(
+        "ce_class_weight_smoothing_rank_weight_zero",
+        "cross_entropy",
+        _ce_rank_weighted_zero(),
+        _ce(class_weight=[0.0, 1.0, 2.0, 0.5], label_smoothing=0.2),
+    ),
     # binary_cross_entropy_with_logits: valid-element count, and avg_factor = number of positives
     Scenario("bce_ignore_balanced", "binary_cross_entropy_with_logits", _multilabel(), _bce()),
     Scenario(
