@@ -681,123 +681,140 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     iters = args.iters or (1 if smoke else 5)
     results = []
     for row in rows:
-        torch.manual_seed(0)
-        d = row.make()
-        provs = dict(row.providers)
-        if smoke:
-            provs = {k: v for k, v in provs.items() if k in ("eager_ref", "lossforge_torch")}
-        elif not args.no_compile:
-            # Rows built in loops share lambda code objects: reset dynamo so no row hits the
-            # recompile limit and silently falls back to eager.
-            torch._dynamo.reset()
-            ref = provs["eager_ref"]
-            provs["compile_ref"] = torch.compile(lambda dd, ref=ref: ref(dd), dynamic=False)
-        numel = d["x"].numel()
-        # Warm-up (compile included, timed apart); providers that fail are recorded, not fatal.
-        status: dict[str, str] = {}
-        compile_s: dict[str, float] = {}
-        for name, fn in list(provs.items()):
-            try:
-                t0 = time.perf_counter()
-                for _ in range(3):
-                    _step(fn, d)
-                _sync(dev)
-                if name == "compile_ref":
-                    compile_s[name] = time.perf_counter() - t0
-                status[name] = "ok"
-            except Exception as exc:  # noqa: BLE001
-                status[name] = (
-                    f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+        try:
+            torch.manual_seed(0)
+            d = row.make()
+            provs = dict(row.providers)
+            if smoke:
+                provs = {k: v for k, v in provs.items() if k in ("eager_ref", "lossforge_torch")}
+            elif not args.no_compile:
+                # Rows built in loops share lambda code objects: reset dynamo so no row hits the
+                # recompile limit and silently falls back to eager.
+                torch._dynamo.reset()
+                ref = provs["eager_ref"]
+                provs["compile_ref"] = torch.compile(lambda dd, ref=ref: ref(dd), dynamic=False)
+            numel = d["x"].numel()
+            # Warm-up (compile included, timed apart); providers that fail are recorded, not fatal.
+            status: dict[str, str] = {}
+            compile_s: dict[str, float] = {}
+            for name, fn in list(provs.items()):
+                try:
+                    t0 = time.perf_counter()
+                    for _ in range(3):
+                        _step(fn, d)
+                    _sync(dev)
+                    if name == "compile_ref":
+                        compile_s[name] = time.perf_counter() - t0
+                    status[name] = "ok"
+                except Exception as exc:  # noqa: BLE001
+                    first = str(exc).splitlines()[0][:160] if str(exc) else ""
+                    status[name] = f"{type(exc).__name__}: {first}"
+                    provs.pop(name)
+            times: dict[str, list[float]] = {k: [] for k in provs}
+            names = list(provs)
+            for r in range(reps):  # interleaved: rotate the provider order every rep
+                for k in names[r % len(names) :] + names[: r % len(names)]:
+                    times[k].append((gpu_time if dev == "cuda" else cpu_time)(provs[k], d, iters))
+            floor = floor_ms(row, d, iters) if dev == "cuda" else None
+            ib = ideal_bytes(row, d)
+            roof = ib / (bw["best"] * 1e12) * 1e3 if bw else None
+            for k in names:
+                med = statistics.median(times[k])
+                single, fwd, bwd = zip(
+                    *(split_time(provs[k], d, dev) for _ in range(5)), strict=False
                 )
-                provs.pop(name)
-        times: dict[str, list[float]] = {k: [] for k in provs}
-        names = list(provs)
-        for r in range(reps):  # interleaved: rotate the provider order every rep
-            for k in names[r % len(names) :] + names[: r % len(names)]:
-                times[k].append((gpu_time if dev == "cuda" else cpu_time)(provs[k], d, iters))
-        floor = floor_ms(row, d, iters) if dev == "cuda" else None
-        ib = ideal_bytes(row, d)
-        roof = ib / (bw["best"] * 1e12) * 1e3 if bw else None
-        for k in names:
-            med = statistics.median(times[k])
-            single, fwd, bwd = zip(*(split_time(provs[k], d, dev) for _ in range(5)), strict=False)
-            rec: dict[str, Any] = {
-                "workload": row.workload,
-                "loss": row.loss,
-                "dtype": row.dtype,
-                "shape": list(row.shape),
-                "target": row.target_format,
-                "provider": k,
-                "status": "ok",
-                "via": d.get("_via", "functional") if k == "lossforge_triton" else "",
-                "median_ms": med,
-                "p20_ms": _q(times[k], 0.2),
-                "p80_ms": _q(times[k], 0.8),
-                "single_shot_ms": statistics.median(single),
-                "fwd_ms": statistics.median(fwd),
-                "bwd_ms": statistics.median(bwd),
-                "compile_s": compile_s.get(k),
-                "ideal_bytes": ib,
-                "roof_ms": roof,
-                "x_roof": med / roof if roof else None,
-                "eff_TBps": ib / (med * 1e-3) / 1e12 if dev == "cuda" else None,
-                "floor_ms": floor,
-                "x_floor": med / floor if floor else None,
-            }
-            if dev == "cuda":
-                saved, peak = memory(provs[k], d)
-                rec.update(
-                    saved_bytes=saved,
-                    peak_extra_bytes=peak,
-                    saved_B_per_logit=saved / numel,
-                    peak_B_per_logit=peak / numel,
-                )
-                if not args.no_launches:
-                    with contextlib.suppress(Exception):
-                        rec["launches_fwd"], rec["launches_bwd"] = launches(provs[k], d)
-            results.append(rec)
-        for k, st in status.items():
-            if st != "ok":
-                results.append(
-                    {
-                        "workload": row.workload,
-                        "loss": row.loss,
-                        "dtype": row.dtype,
-                        "shape": list(row.shape),
-                        "target": row.target_format,
-                        "provider": k,
-                        "status": st,
-                    }
-                )
-        # Ratios against the references of the same row.
-        same = [
-            x
-            for x in results
-            if x["workload"] == row.workload
-            and x["loss"] == row.loss
-            and x["dtype"] == row.dtype
-            and x["target"] == row.target_format
-            and x["status"] == "ok"
-        ]
-        by = {x["provider"]: x for x in same}
-        for x in same:
-            for refname, col in (
-                ("eager_ref", "speedup_vs_eager"),
-                ("compile_ref", "speedup_vs_compile"),
-                ("liger", "speedup_vs_liger"),
-            ):
-                if refname in by:
-                    x[col] = by[refname]["median_ms"] / x["median_ms"]
-                    if "peak_extra_bytes" in x and by[refname].get("peak_extra_bytes"):
-                        x[col.replace("speedup", "mem_ratio")] = x["peak_extra_bytes"] / max(
-                            by[refname]["peak_extra_bytes"], 1
-                        )
-        print(
-            f"{row.workload:5s} {row.loss:28s} {row.dtype:9s} {row.target_format:6s} "
-            + "  ".join(f"{k}={statistics.median(times[k]):.3f}ms" for k in names),
-            flush=True,
-        )
-        del d
+                rec: dict[str, Any] = {
+                    "workload": row.workload,
+                    "loss": row.loss,
+                    "dtype": row.dtype,
+                    "shape": list(row.shape),
+                    "target": row.target_format,
+                    "provider": k,
+                    "status": "ok",
+                    "via": d.get("_via", "functional") if k == "lossforge_triton" else "",
+                    "median_ms": med,
+                    "p20_ms": _q(times[k], 0.2),
+                    "p80_ms": _q(times[k], 0.8),
+                    "single_shot_ms": statistics.median(single),
+                    "fwd_ms": statistics.median(fwd),
+                    "bwd_ms": statistics.median(bwd),
+                    "compile_s": compile_s.get(k),
+                    "ideal_bytes": ib,
+                    "roof_ms": roof,
+                    "x_roof": med / roof if roof else None,
+                    "eff_TBps": ib / (med * 1e-3) / 1e12 if dev == "cuda" else None,
+                    "floor_ms": floor,
+                    "x_floor": med / floor if floor else None,
+                }
+                if dev == "cuda":
+                    saved, peak = memory(provs[k], d)
+                    rec.update(
+                        saved_bytes=saved,
+                        peak_extra_bytes=peak,
+                        saved_B_per_logit=saved / numel,
+                        peak_B_per_logit=peak / numel,
+                    )
+                    if not args.no_launches:
+                        with contextlib.suppress(Exception):
+                            rec["launches_fwd"], rec["launches_bwd"] = launches(provs[k], d)
+                results.append(rec)
+            for k, st in status.items():
+                if st != "ok":
+                    results.append(
+                        {
+                            "workload": row.workload,
+                            "loss": row.loss,
+                            "dtype": row.dtype,
+                            "shape": list(row.shape),
+                            "target": row.target_format,
+                            "provider": k,
+                            "status": st,
+                        }
+                    )
+            # Ratios against the references of the same row.
+            same = [
+                x
+                for x in results
+                if x["workload"] == row.workload
+                and x["loss"] == row.loss
+                and x["dtype"] == row.dtype
+                and x["target"] == row.target_format
+                and x["status"] == "ok"
+            ]
+            by = {x["provider"]: x for x in same}
+            for x in same:
+                for refname, col in (
+                    ("eager_ref", "speedup_vs_eager"),
+                    ("compile_ref", "speedup_vs_compile"),
+                    ("liger", "speedup_vs_liger"),
+                ):
+                    if refname in by:
+                        x[col] = by[refname]["median_ms"] / x["median_ms"]
+                        if "peak_extra_bytes" in x and by[refname].get("peak_extra_bytes"):
+                            x[col.replace("speedup", "mem_ratio")] = x["peak_extra_bytes"] / max(
+                                by[refname]["peak_extra_bytes"], 1
+                            )
+            print(
+                f"{row.workload:5s} {row.loss:28s} {row.dtype:9s} {row.target_format:6s} "
+                + "  ".join(f"{k}={statistics.median(times[k]):.3f}ms" for k in names),
+                flush=True,
+            )
+        except Exception as exc:  # noqa: BLE001 - one failing row must not lose the run
+            results.append(
+                {
+                    "workload": row.workload,
+                    "loss": row.loss,
+                    "dtype": row.dtype,
+                    "shape": list(row.shape),
+                    "target": row.target_format,
+                    "provider": "*",
+                    "status": f"row failed: {type(exc).__name__}: {str(exc)[:200]}",
+                }
+            )
+            print(f"{row.workload} {row.loss} {row.dtype}: FAILED {exc!r}", flush=True)
+        if getattr(args, "partial", None) is not None:
+            args.partial({"header": hdr, "results": results})  # results so far, after each row
+        d = None
         gc.collect()
         if dev == "cuda":
             torch.cuda.empty_cache()
@@ -889,13 +906,14 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     if args.smoke or not torch.cuda.is_available():
         torch.set_num_threads(1)  # a loaded small CPU box runs the tiny smoke shapes faster so
+    on_gpu = torch.cuda.is_available() and not args.smoke
+    stem = args.stem or (time.strftime("%Y%m%d-%H%M%S") if on_gpu else "smoke")
+    # Rewritten after every row, so a run cut short by a time limit still leaves its results.
+    args.partial = lambda out: write(out, Path(args.out), stem)
     try:
         out = run(args)
     finally:
         torch.set_num_threads(threads)
-    stem = args.stem or (
-        "smoke" if out["header"]["device"] == "cpu" else time.strftime("%Y%m%d-%H%M%S")
-    )
     for p in write(out, Path(args.out), stem):
         print("wrote", p)
     return 0
