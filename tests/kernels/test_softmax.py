@@ -330,3 +330,32 @@ def test_logit_bias_matches_shifted_logits(case, dtype):
     record(
         "softmax-ce-bias:grad", dtype, assert_within_2x(xk.grad, x64.grad, x32.grad, dtype, "grad")
     )
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("kind", ["ce", "focal"])
+def test_confident_logits_target_gradient(kind, dtype):
+    # Liger's check: with p_y close to 1 the target-class gradient p_y - 1 is tiny; forming it after
+    # rounding p_y to the dtype cancels. The kernel folds the -1 in fp32 before rounding.
+    x = torch.randn(16, 11, device=DEVICE)
+    t = torch.randint(0, 11, (16,), device=DEVICE)
+    x[torch.arange(16), t] = 12.0
+    kw = {"gamma": 0.5} if kind == "focal" else {"label_smoothing": 0.0}
+    run_case(x, t, dtype, kind=kind, **kw)
+    ref = (
+        (lambda z: LF.cross_entropy(z, t))
+        if kind == "ce"
+        else (lambda z: focal_reference(z, t, gamma=0.5))
+    )
+    xk = x.to(dtype).detach().requires_grad_()
+    K.softmax_loss(xk, t, kind=kind, **kw).backward()
+    x64 = x.to(dtype).detach().double().requires_grad_()
+    ref(x64).backward()
+    xs = x.to(dtype).detach().requires_grad_()
+    ref(xs.float()).backward()  # same-dtype PyTorch: fp32 math, gradient rounded to the dtype
+    rows = torch.arange(16)
+    g_t = xk.grad[rows, t].double()
+    r_t = x64.grad[rows, t]
+    s_t = xs.grad[rows, t].double()
+    err_torch = (s_t - r_t).abs().max().item()
+    assert (g_t - r_t).abs().max().item() <= max(4 * err_torch, torch.finfo(dtype).tiny)
