@@ -57,13 +57,11 @@ def expand_weight(fn: str, weight: object, shape: torch.Size, like: Tensor, name
         fail(fn, name, f"on the device of the input ({like.device})", w.device)
     target = tuple(shape)
     ws = tuple(w.shape)
-    if ws == target or w.ndim == 0:
-        pass
-    elif w.ndim < len(target) and ws == target[: w.ndim]:
+    leading = w.ndim < len(target) and ws == target[: w.ndim]
+    same_rank = w.ndim == len(target) and all(a in (1, b) for a, b in zip(ws, target))
+    if leading:
         w = w.reshape(ws + (1,) * (len(target) - w.ndim))
-    elif w.ndim == len(target) and all(a in (1, b) for a, b in zip(ws, target)):
-        pass
-    else:
+    elif not (w.ndim == 0 or same_rank):
         fail(
             fn,
             name,

@@ -207,12 +207,10 @@ def _providers(
     has_backend = work.loss in info and "backend" in info[work.loss].params
     backends = ["torch"]
     if device.type == "cuda" and has_backend:
-        try:
-            import triton  # noqa: F401
+        from lossforge._dispatch import triton_importable
 
+        if triton_importable():
             backends.append("auto")
-        except ImportError:
-            pass
     for backend in backends:
         params = {**work.params, **({"backend": backend} if has_backend else {})}
         module = build_loss({"type": work.loss, **params}).to(device)

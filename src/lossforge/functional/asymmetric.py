@@ -11,6 +11,7 @@ touched.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as TF
@@ -314,14 +315,14 @@ def softmax_asymmetric_loss(
     if isinstance(target, Tensor) and (target.is_floating_point() or target.dtype == torch.bool):
         fail(fn, "target", "an integer tensor of class indices", f"dtype {target.dtype}", TypeError)
     st = softmax_target(fn, x, target, ignore_index=ignore)
-    assert st.index is not None  # internal invariant: float targets were rejected above
+    idx = cast(Tensor, st.index)  # float targets were rejected above, so indices are set
     cdim = st.cdim
     c = x.shape[cdim]
     z = x.to(compute_dtype(x))
     logp = torch.log_softmax(z, dim=cdim)
     view = [1] * x.ndim
     view[cdim] = c
-    onehot = st.index.unsqueeze(cdim) == torch.arange(c, device=x.device).view(view)
+    onehot = idx.unsqueeze(cdim) == torch.arange(c, device=x.device).view(view)
     if gp > 0 or gn > 0:
         w = torch.exp(gn * logp) if gn > 0 else torch.ones_like(logp)  # p_c ** gamma_neg
         if gp > 0:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numbers
 
+from typing import cast
+
 import torch
 import torch.nn.functional as TF
 from torch import Tensor
@@ -98,8 +100,7 @@ def _softmax_loss(
         loss = -prod.sum(dim=cdim)
         return weight_reduce(loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor)
 
-    assert st.index is not None  # internal invariant of softmax_target
-    idx = st.index
+    idx = cast(Tensor, st.index)  # softmax_target sets exactly one of index / probs
     nll = -logp.gather(cdim, idx.unsqueeze(cdim)).squeeze(cdim)
     w_t = None
     if w is not None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as TF
@@ -559,8 +559,7 @@ def softmax_focal_loss(
         loss = terms.sum(dim=cdim)
         return weight_reduce(loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor)
 
-    assert st.index is not None  # internal invariant of softmax_target
-    idx = st.index
+    idx = cast(Tensor, st.index)  # softmax_target sets exactly one of index / probs
     loss = _focal_term(logp.gather(cdim, idx.unsqueeze(cdim)).squeeze(cdim), g)
     coef_t = None
     if coef is not None:
