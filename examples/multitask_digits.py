@@ -37,16 +37,7 @@ METHODS = ("equal", "uncertainty", "dtp")
 
 def _focal_loss() -> Callable[[Tensor, Tensor], Tensor]:
     """lossforge's softmax focal loss (gamma=2), the example-level focusing DTP is paired with."""
-    focal = getattr(LF, "softmax_focal_loss", None)
-    if focal is not None:
-        return lambda logits, y: focal(logits, y, gamma=2.0)
-
-    # Stand-in while the core focal loss is unavailable: -(1 - p_t)^2 log p_t, mean over the batch.
-    def stand_in(logits: Tensor, y: Tensor) -> Tensor:
-        logp = torch.log_softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)
-        return (-((1 - logp.exp()) ** 2) * logp).mean()
-
-    return stand_in
+    return lambda logits, y: LF.softmax_focal_loss(logits, y, gamma=2.0)
 
 
 def load_data(seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
