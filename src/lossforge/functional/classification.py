@@ -18,6 +18,7 @@ from torch import Tensor
 
 from lossforge._checks import (
     as_class_weight,
+    as_index_target,
     check_floating,
     check_index_range,
     check_number,
@@ -54,6 +55,63 @@ def _class_view(v: Tensor, ndim: int, cdim: int) -> Tensor:
     return v.view(shape)
 
 
+def _ce_kernel(
+    fn: str,
+    backend: object,
+    x: Tensor,
+    target: object,
+    class_weight: object,
+    eps: float,
+    ignore: int | None,
+    weight: Tensor | None,
+    reduction: str,
+    avg_factor: float | Tensor | None,
+    log_prior: Tensor | None = None,
+) -> Tensor | None:
+    """The fused softmax kernel (index or probability targets); None means "use the reference"."""
+    from lossforge.kernels import softmax as fused
+
+    if x.ndim == 0 or not isinstance(target, Tensor):
+        return None  # the reference raises the right error
+    if target.is_floating_point() and (
+        tuple(target.shape) != tuple(x.shape) or (ignore is not None and ignore != -100)
+    ):
+        return None  # malformed probability targets: the reference raises the right error
+    why = fused.unsupported_reason(x, target, eps, kind="ce")
+    if why is not None:
+        softmax_target(fn, x, target, ignore_index=ignore)  # malformed targets raise first
+        unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
+        return None
+    if target.device != x.device:
+        fail(fn, "target", f"on the device of `logits` ({x.device})", target.device)
+    c = x.shape[1 if x.ndim >= 2 else 0]
+    if c < 2:
+        fail(fn, "logits", "at least 2 classes along dim 1 (a 1-class softmax loss is 0)", f"C={c}")
+    if target.is_floating_point():
+        check_unit_interval(fn, "target", target)  # follows the value-check mode
+        t, ignore = target, None
+        loss_shape = x.shape[:1] + x.shape[2:] if x.ndim >= 2 else torch.Size()
+    else:
+        t = as_index_target(fn, target)
+        check_index_range(fn, t, c, ignore_index=ignore)
+        loss_shape = t.shape
+    check_avg_factor(fn, avg_factor, check_reduction(fn, reduction))
+    if weight is not None:
+        expand_weight(fn, weight, loss_shape, x)  # validation only
+    w = as_class_weight(fn, class_weight, c, x)
+    return fused.cross_entropy(
+        x,
+        t,
+        class_weight=w,
+        ignore_index=ignore,
+        label_smoothing=eps,
+        weight=weight,
+        reduction=reduction,
+        avg_factor=avg_factor,
+        logit_bias=log_prior,
+    )
+
+
 def _softmax_loss(
     fn: str,
     logits: object,
@@ -76,8 +134,25 @@ def _softmax_loss(
     eps = check_number(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
     ignore = check_optional_int(fn, "ignore_index", ignore_index)
     if kernel_eligible(fn, backend, x):
-        why = "no fused softmax cross-entropy kernel is available"
-        unsupported(fn, backend, why)  # type: ignore[arg-type]
+        fused = None
+        if log_softmax:
+            fused = _ce_kernel(
+                fn,
+                backend,
+                x,
+                target,
+                class_weight,
+                eps,
+                ignore,
+                weight,
+                reduction,
+                avg_factor,
+                log_prior,
+            )
+        else:
+            unsupported(fn, backend, "no fused NLL kernel (log-probability input)")  # type: ignore[arg-type]
+        if fused is not None:
+            return fused
     if not allow_probs and isinstance(target, Tensor) and target.is_floating_point():
         fail(fn, "target", "an integer tensor of class indices", f"dtype {target.dtype}", TypeError)
     st = softmax_target(fn, x, target, ignore_index=ignore)
@@ -186,8 +261,9 @@ def cross_entropy(
         weight: Element-wise weight of the unreduced loss (the target's shape or its leading dims).
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
         avg_factor: Denominator of ``"mean"`` (mmdetection convention); replaces the one above.
-        backend: ``"torch"`` | ``"auto"`` | ``"triton"`` (no fused kernel yet: ``"auto"`` runs the
-            reference, ``"triton"`` raises).
+        backend: ``"torch"`` | ``"auto"`` | ``"triton"``: the fused softmax kernel serves CUDA
+            float32 / float16 / bfloat16 logits with class-index or probability targets; other
+            cases run the reference under ``"auto"`` and raise under ``"triton"``.
 
     Returns:
         ``"none"``: the loss per position, shape ``(N, d1, ..., dk)`` (``()`` for unbatched input);

@@ -9,12 +9,15 @@ from lossforge._checks import (
     as_float_target,
     check_floating,
     check_number,
+    check_reduction,
     check_same_device,
     check_same_shape,
+    check_tensor,
     compute_dtype,
+    fail,
 )
-from lossforge._dispatch import kernel_eligible
-from lossforge._reduction import Backend, Reduction, weight_reduce
+from lossforge._dispatch import kernel_eligible, unsupported
+from lossforge._reduction import Backend, Reduction, check_avg_factor, expand_weight, weight_reduce
 
 __all__ = ["l1_loss", "mse_loss", "smooth_l1_loss"]
 
@@ -24,8 +27,42 @@ def _prepare(fn: str, pred: object, target: object, backend: object) -> tuple[Te
     t = as_float_target(fn, target, p)
     check_same_device(fn, pred=p, target=target)  # type: ignore[arg-type]
     check_same_shape(fn, "target", t, "pred", p)
-    kernel_eligible(fn, backend, p)  # validates `backend`; no regression kernel is wired in here
+    kernel_eligible(fn, backend, p)  # validates `backend`
     return p.to(compute_dtype(p)), t
+
+
+def _fused(
+    fn: str,
+    kind: str,
+    pred: object,
+    target: object,
+    backend: object,
+    weight: Tensor | None,
+    reduction: str,
+    avg_factor: float | Tensor | None,
+    beta: float = 1.0,
+) -> Tensor | None:
+    """The fused regression kernel when it can serve the case; None means "use the reference"."""
+    if not (isinstance(pred, Tensor) and kernel_eligible(fn, backend, pred)):
+        return None
+    p = check_floating(fn, "pred", pred)
+    t = check_tensor(fn, "target", target)
+    if t.is_complex():
+        fail(fn, "target", "a real tensor", f"dtype {t.dtype}", TypeError)
+    check_same_device(fn, pred=p, target=t)
+    check_same_shape(fn, "target", t, "pred", p)
+    from lossforge.kernels import regression as fused
+
+    why = fused.unsupported_reason(p, t)
+    if why is not None:
+        unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
+        return None
+    check_avg_factor(fn, avg_factor, check_reduction(fn, reduction))
+    if weight is not None:
+        expand_weight(fn, weight, p.shape, p)  # validation only
+    return fused.regression_loss(
+        p, t, kind=kind, beta=beta, weight=weight, reduction=reduction, avg_factor=avg_factor
+    )
 
 
 def l1_loss(
@@ -61,6 +98,9 @@ def l1_loss(
         >>> l1_loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 4.0]))
         tensor(1.5000)
     """
+    fused = _fused("l1_loss", "l1", pred, target, backend, weight, reduction, avg_factor)
+    if fused is not None:
+        return fused
     p, t = _prepare("l1_loss", pred, target, backend)
     return weight_reduce(TF.l1_loss(p, t, reduction="none"), fn="l1_loss", reduction=reduction, weight=weight, avg_factor=avg_factor)
 
@@ -95,6 +135,9 @@ def mse_loss(
         >>> mse_loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 4.0]))
         tensor(2.5000)
     """
+    fused = _fused("mse_loss", "mse", pred, target, backend, weight, reduction, avg_factor)
+    if fused is not None:
+        return fused
     p, t = _prepare("mse_loss", pred, target, backend)
     return weight_reduce(TF.mse_loss(p, t, reduction="none"), fn="mse_loss", reduction=reduction, weight=weight, avg_factor=avg_factor)
 
@@ -139,6 +182,11 @@ def smooth_l1_loss(
         tensor(1.3125)
     """
     beta = check_number("smooth_l1_loss", "beta", beta, low=0.0)
+    fused = _fused(
+        "smooth_l1_loss", "smooth_l1", pred, target, backend, weight, reduction, avg_factor, beta
+    )
+    if fused is not None:
+        return fused
     p, t = _prepare("smooth_l1_loss", pred, target, backend)
     # PyTorch's fused element-wise kernels (one pass forward, one backward) on the float32/float64
     # copies; beta=0 is exactly L1 there too. The tests check them against loop references.
