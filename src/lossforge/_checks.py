@@ -288,8 +288,9 @@ def check_unit_interval(fn: str, name: str, x: Tensor, *, ignore_value: float | 
     v = x if ignore_value is None else x[x != ignore_value]
     if v.numel() == 0:
         return
-    bad = (v < 0) | (v > 1) | torch.isnan(v)
-    if bool(bad.any()):
+    lo, hi = torch.aminmax(v.detach())  # one pass; NaN propagates and fails both comparisons
+    if not (float(lo) >= 0.0 and float(hi) <= 1.0):
+        bad = (v < 0) | (v > 1) | torch.isnan(v)
         fail(fn, name, "values in [0, 1]", f"{int(bad.sum())} values outside, e.g. {float(v[bad][0])}")
 
 
