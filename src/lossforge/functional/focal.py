@@ -125,8 +125,8 @@ def _log_or_neg_inf(v: Tensor) -> Tensor:
 def _sigmoid_focal_unweighted(z: Tensor, y: Tensor, gamma: float, hard: bool) -> Tensor:
     """ce(z, y) * (1 - p_t)^gamma, element-wise, without alpha (see the module docstring)."""
     if gamma == 0.0:
-        # Exactly the BCE-with-logits expression of ``binary_cross_entropy_with_logits``.
-        return y * -TF.logsigmoid(z) + (1.0 - y) * -TF.logsigmoid(-z)
+        # Exactly the element-wise term of ``binary_cross_entropy_with_logits`` (PyTorch's kernel).
+        return TF.binary_cross_entropy_with_logits(z, y, reduction="none")
     if hard:
         # y in {0, 1}: log p_t = logsigmoid(+-z), one transcendental per element.
         return _focal_term(TF.logsigmoid(torch.where(y > 0.5, z, -z)), gamma)
