@@ -132,3 +132,43 @@ def test_import_does_not_touch_triton_or_cuda() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False False"
+
+
+def _nan_cases() -> list[tuple[str, object, str]]:
+    dense = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 1.0]])
+    index = torch.tensor([0, 1, 2, 1])
+    counts = [10.0, 5.0, 1.0]
+    return [
+        ("binary_cross_entropy_with_logits", lambda x: lf.binary_cross_entropy_with_logits(x, dense), "logits"),
+        ("sigmoid_focal_loss", lambda x: lf.sigmoid_focal_loss(x, dense), "logits"),
+        ("asymmetric_loss", lambda x: lf.asymmetric_loss(x, dense), "logits"),
+        ("balanced_binary_cross_entropy", lambda x: lf.balanced_binary_cross_entropy(x, dense), "logits"),
+        ("ohem_binary_cross_entropy", lambda x: lf.ohem_binary_cross_entropy(x, dense), "logits"),
+        ("cross_entropy", lambda x: lf.cross_entropy(x, index), "logits"),
+        ("softmax_focal_loss", lambda x: lf.softmax_focal_loss(x, index), "logits"),
+        ("softmax_asymmetric_loss", lambda x: lf.softmax_asymmetric_loss(x, index), "logits"),
+        ("balanced_softmax_loss", lambda x: lf.balanced_softmax_loss(x, index, class_counts=counts), "logits"),
+        ("dice_loss", lambda x: lf.dice_loss(x, index), "logits"),
+        ("binary_cross_entropy", lambda x: lf.binary_cross_entropy(x.sigmoid(), dense), "probs"),
+        ("smooth_l1_loss", lambda x: lf.smooth_l1_loss(x, dense), "pred"),
+    ]
+
+
+def test_nan_input_raises_with_checks_and_propagates_without() -> None:
+    x = torch.randn(4, 3)
+    x[1, 2] = float("nan")
+    for name, call, arg in _nan_cases():
+        with pytest.raises(ValueError, match=rf"{name}: expected `{arg}` no NaN values, got 1 NaN of 12"):
+            call(x)
+        with lf.value_checks(False):
+            assert torch.isnan(call(x)), f"{name}: a NaN input must not become a finite loss"
+
+
+def test_negative_infinity_logits_mask_classes_in_cross_entropy() -> None:
+    x = torch.tensor([[2.0, float("-inf"), 0.5], [float("-inf"), 1.0, 0.0]], requires_grad=True)
+    y = torch.tensor([0, 2])
+    loss = lf.cross_entropy(x, y)
+    ref = torch.nn.functional.cross_entropy(x, y)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(ref.item())
+    loss.backward()
+    assert torch.isfinite(x.grad).all()

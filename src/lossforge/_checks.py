@@ -118,10 +118,19 @@ def check_tensor(fn: str, name: str, x: object) -> Tensor:
 
 
 def check_floating(fn: str, name: str, x: object) -> Tensor:
-    """A floating-point tensor (the predictions of every loss)."""
+    """A floating-point tensor (the predictions of every loss), without NaN.
+
+    The NaN check reads values, so it follows the value-check mode; with checks off a NaN
+    propagates to the loss (it is never masked into a finite value). Infinite values are accepted:
+    ``-inf`` is a legitimate log-probability and a common way to mask classes out of a softmax.
+    """
     t = check_tensor(fn, name, x)
     if not t.is_floating_point():
         fail(fn, name, "to be a floating-point tensor", f"dtype {t.dtype}", TypeError)
+    if t.numel() and value_checks_enabled(t):
+        nan = torch.isnan(t.detach())
+        if bool(nan.any()):
+            fail(fn, name, "no NaN values", f"{int(nan.sum())} NaN of {t.numel()}")
     return t
 
 

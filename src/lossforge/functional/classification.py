@@ -356,7 +356,7 @@ def nll_loss(
 
 def _safe_log(v: Tensor) -> Tensor:
     """``max(log v, -100)`` as in PyTorch's BCE, with a zero (not NaN) gradient where ``v == 0``."""
-    positive = v > 0
+    positive = ~(v <= 0)  # NaN stays on the log path, so it propagates instead of becoming -100
     logv = torch.log(torch.where(positive, v, torch.ones_like(v)))
     logv = torch.where(positive, logv, torch.full_like(v, -100.0))
     return torch.clamp(logv, min=-100.0)
@@ -410,7 +410,7 @@ def binary_cross_entropy(
     y = dt.target
     # log(1 - p) through log1p keeps precision near p = 0; its argument is 1 - p >= 0.
     one_minus = 1.0 - q
-    positive = one_minus > 0
+    positive = ~(one_minus <= 0)  # NaN propagates (see _safe_log)
     log1m = torch.log1p(-torch.where(positive, q, torch.zeros_like(q)))
     log1m = torch.clamp(torch.where(positive, log1m, torch.full_like(q, -100.0)), min=-100.0)
     loss = -(y * _safe_log(q) + (1.0 - y) * log1m)
