@@ -37,6 +37,7 @@ __all__ = [
     "Backend",
     "Reduction",
     "check_avg_factor",
+    "class_weight_denominator",
     "expand_weight",
     "global_denominator",
     "weight_reduce",
@@ -118,6 +119,20 @@ def global_denominator(
         ref = like if like is not None else torch.empty(())
         denom = torch.tensor(float(denom), dtype=ref.dtype, device=ref.device)
     return hook(denom, is_avg_factor)
+
+
+def class_weight_denominator(w_target: Tensor, valid: Tensor | None) -> Tensor:
+    """PyTorch's ``"mean"`` denominator for class-weighted softmax losses.
+
+    The summed class weights ``w[y]`` of the valid (not ignored) targets. Passed to
+    ``weight_reduce(..., denominator=...)``; a zero sum (everything ignored, or every valid target
+    weighted 0) then gives exactly 0, also when label smoothing leaves a non-zero numerator (PyTorch
+    returns NaN or inf there), and under global normalisation the test uses the global sum.
+    """
+    if valid is not None:
+        zero = torch.zeros((), dtype=w_target.dtype, device=w_target.device)
+        w_target = torch.where(valid, w_target, zero)
+    return w_target.sum()
 
 
 def _safe_div(total: Tensor, denom: Tensor) -> Tensor:

@@ -31,7 +31,14 @@ from lossforge._checks import (
     value_checks_enabled,
 )
 from lossforge._dispatch import kernel_eligible, unsupported
-from lossforge._reduction import Backend, Reduction, check_avg_factor, expand_weight, weight_reduce
+from lossforge._reduction import (
+    Backend,
+    Reduction,
+    check_avg_factor,
+    class_weight_denominator,
+    expand_weight,
+    weight_reduce,
+)
 from lossforge._targets import sigmoid_target, softmax_target
 
 __all__ = [
@@ -198,16 +205,7 @@ def _softmax_loss(
     valid = st.valid
     denominator = None
     if w_t is not None and reduction == "mean" and avg_factor is None:
-        # PyTorch divides the class-weighted mean by the summed class weights of the valid targets.
-        w_valid = (
-            w_t
-            if valid is None
-            else torch.where(valid, w_t, torch.zeros((), dtype=w_t.dtype, device=w_t.device))
-        )
-        denominator = w_valid.sum()
-        # A zero denominator (all ignored, or all valid targets weighted 0) gives exactly 0 in
-        # weight_reduce, also when label smoothing leaves a non-zero numerator (PyTorch: NaN/inf),
-        # and under global normalisation the test is made on the global denominator.
+        denominator = class_weight_denominator(w_t, valid)
     return weight_reduce(
         loss,
         fn=fn,

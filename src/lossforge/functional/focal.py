@@ -43,7 +43,14 @@ from lossforge._checks import (
     value_checks_enabled,
 )
 from lossforge._dispatch import kernel_eligible, unsupported
-from lossforge._reduction import Backend, Reduction, check_avg_factor, expand_weight, weight_reduce
+from lossforge._reduction import (
+    Backend,
+    Reduction,
+    check_avg_factor,
+    class_weight_denominator,
+    expand_weight,
+    weight_reduce,
+)
 from lossforge._targets import sigmoid_target, softmax_target
 
 __all__ = ["sigmoid_focal_loss", "softmax_focal_loss"]
@@ -576,13 +583,7 @@ def softmax_focal_loss(
     denominator = None
     if w is not None and reduction == "mean" and avg_factor is None:
         # cross_entropy's rule: divide by the summed class weights of the valid targets.
-        w_t = w[idx]
-        if valid is not None:
-            w_t = torch.where(valid, w_t, torch.zeros((), dtype=w_t.dtype, device=w_t.device))
-        denominator = w_t.sum()
-        # A zero denominator (all ignored, or all valid targets weighted 0) gives exactly 0 in
-        # weight_reduce, also when label smoothing leaves a non-zero numerator (PyTorch: NaN/inf),
-        # and under global normalisation the test is made on the global denominator.
+        denominator = class_weight_denominator(w[idx], valid)
     return weight_reduce(
         loss,
         fn=fn,
