@@ -259,6 +259,10 @@ def test_hydra_instantiate_module_and_partial() -> None:
         OmegaConf.create(to_hydra({"type": "cross_entropy", "class_weight": [1.0, 2.0, 0.5]}))
     )
     torch.testing.assert_close(ce2.class_weight, ce.class_weight)
+    # Without _convert_, Hydra passes an OmegaConf ListConfig: modules accept any sequence.
+    raw = "_target_: lossforge.nn.CrossEntropyLoss\nclass_weight: [1.0, 2.0, 0.5]\n"
+    ce3 = instantiate(OmegaConf.create(raw))
+    torch.testing.assert_close(ce3.class_weight, ce.class_weight)
     # _partial_ for functionals.
     fn = instantiate(
         {"_target_": "lossforge.functional.smooth_l1_loss", "_partial_": True, "beta": 0.5}
