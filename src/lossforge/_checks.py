@@ -128,9 +128,9 @@ def check_floating(fn: str, name: str, x: object) -> Tensor:
     if not t.is_floating_point():
         fail(fn, name, "to be a floating-point tensor", f"dtype {t.dtype}", TypeError)
     if t.numel() and value_checks_enabled(t):
-        nan = torch.isnan(t.detach())
-        if bool(nan.any()):
-            fail(fn, name, "no NaN values", f"{int(nan.sum())} NaN of {t.numel()}")
+        lo, _ = torch.aminmax(t.detach())  # one pass; NaN propagates into the minimum
+        if bool(torch.isnan(lo)):
+            fail(fn, name, "no NaN values", f"{int(torch.isnan(t).sum())} NaN of {t.numel()}")
     return t
 
 
@@ -280,6 +280,11 @@ def check_index_range(
     if target.numel() == 0 or not value_checks_enabled(target):
         return
     high = num_classes if allow_background else num_classes - 1
+    # The common case in one or two passes, without compacting the valid entries.
+    probe = target if ignore_index is None else torch.where(target == ignore_index, 0, target)
+    lo_all, hi_all = torch.aminmax(probe)
+    if int(lo_all) >= 0 and int(hi_all) <= high:
+        return
     valid = target if ignore_index is None else target[target != ignore_index]
     if valid.numel() == 0:
         return
