@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 # (rtol, atol) when comparing a low-precision computation with the float64 reference on the *same
-# rounded inputs* (RELIABILITY.md section 4, L1). Reductions over many elements get the looser value.
+# rounded inputs* (RELIABILITY.md section 4, L1). Reductions over many elements get the looser
+# value.
 TOL = {
     torch.float64: (1e-7, 1e-7),
     torch.float32: (1.3e-6, 1e-5),
@@ -27,10 +28,15 @@ TOL = {
 }
 
 
-def assert_close(actual: Tensor, expected: Tensor, dtype: torch.dtype = torch.float32, **kw: Any) -> None:
+def assert_close(
+    actual: Tensor, expected: Tensor, dtype: torch.dtype = torch.float32, **kw: Any
+) -> None:
     rtol, atol = TOL[dtype]
     torch.testing.assert_close(
-        actual.to(torch.float64), expected.to(torch.float64), rtol=kw.get("rtol", rtol), atol=kw.get("atol", atol)
+        actual.to(torch.float64),
+        expected.to(torch.float64),
+        rtol=kw.get("rtol", rtol),
+        atol=kw.get("atol", atol),
     )
 
 
@@ -43,10 +49,10 @@ class LossCase:
         fn: The functional loss.
         module: The module class.
         kwargs: Hyperparameters accepted by both ``fn`` (keywords) and ``module`` (constructor).
-        make: ``make(shape_n, dtype, generator) -> (input, target)`` with ``shape_n`` rows (N may be 0).
-            The input must be a leaf created in ``dtype``; the target must not require grad.
-        elementwise: The unreduced loss has the input's shape (sigmoid/regression losses) rather than
-            the target's (softmax losses).
+        make: ``make(shape_n, dtype, generator) -> (input, target)`` with ``shape_n`` rows (N may
+            be 0). The input must be a leaf created in ``dtype``; the target must not require grad.
+        elementwise: The unreduced loss has the input's shape (sigmoid/regression losses) rather
+            than the target's (softmax losses).
         extreme: Whether the input is logits (so +-1e4 is a meaningful test).
         mean_is_count: ``"mean" == none.sum() / none.numel()`` holds for these kwargs.
         supports_weight: Accepts an element-wise ``weight``.
@@ -65,7 +71,9 @@ class LossCase:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _inputs(case: LossCase, n: int = 5, dtype: torch.dtype = torch.float64, seed: int = 0) -> tuple[Tensor, Tensor]:
+def _inputs(
+    case: LossCase, n: int = 5, dtype: torch.dtype = torch.float64, seed: int = 0
+) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(seed)
     x, y = case.make(n, dtype, g)
     return x.detach().requires_grad_(True), y
@@ -81,7 +89,10 @@ def _zero_and_zero_grad(loss: Tensor, x: Tensor) -> None:
 
 
 def contract_test_suite(cases: list[LossCase]) -> dict[str, Callable[..., None]]:
-    """Return the generic contract tests parametrised over ``cases`` (assign into module globals)."""
+    """Return the generic contract tests parametrised over ``cases`` (assign into module globals).
+
+    Usage: ``globals().update(contract_test_suite(CASES))``.
+    """
     ids = [c.id for c in cases]
     param = pytest.mark.parametrize("case", cases, ids=ids)
 
@@ -125,7 +136,9 @@ def contract_test_suite(cases: list[LossCase]) -> dict[str, Callable[..., None]]
         zero = case.fn(x, y, reduction="sum", weight=torch.zeros_like(w), **case.kwargs)
         assert zero.item() == 0.0
         # a per-sample (N,) weight broadcasts over the remaining dimensions
-        per_row = torch.rand(none.shape[:1], dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        per_row = torch.rand(
+            none.shape[:1], dtype=torch.float64, generator=torch.Generator().manual_seed(2)
+        )
         got = case.fn(x, y, reduction="none", weight=per_row, **case.kwargs)
         assert_close(got, none * per_row.reshape((-1,) + (1,) * (none.ndim - 1)), torch.float64)
         with pytest.raises(ValueError, match="weight"):
@@ -161,12 +174,17 @@ def contract_test_suite(cases: list[LossCase]) -> dict[str, Callable[..., None]]
         x, y = _inputs(case, n=3)
         for reduction in ("none", "mean"):
             assert torch.autograd.gradcheck(
-                lambda inp, r=reduction: case.fn(inp, y, reduction=r, **case.kwargs), (x,), eps=1e-6, atol=1e-6
+                lambda inp, r=reduction: case.fn(inp, y, reduction=r, **case.kwargs),
+                (x,),
+                eps=1e-6,
+                atol=1e-6,
             )
 
     @param
     @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-    def test_low_precision_matches_float64_on_same_inputs(case: LossCase, dtype: torch.dtype) -> None:
+    def test_low_precision_matches_float64_on_same_inputs(
+        case: LossCase, dtype: torch.dtype
+    ) -> None:
         x, y = _inputs(case, n=6, dtype=dtype)
         x64 = x.detach().double().requires_grad_(True)
         y64 = y.double() if y.is_floating_point() else y
@@ -185,7 +203,9 @@ def contract_test_suite(cases: list[LossCase]) -> dict[str, Callable[..., None]]
         if not case.extreme:
             pytest.skip("input is not logits")
         x, y = _inputs(case, n=4, dtype=torch.float32)
-        big = (torch.sign(x.detach() - x.detach().mean() + 1e-3) * 1e4).to(dtype).requires_grad_(True)
+        big = (
+            (torch.sign(x.detach() - x.detach().mean() + 1e-3) * 1e4).to(dtype).requires_grad_(True)
+        )
         for reduction in ("mean", "sum", "none"):
             loss = case.fn(big, y, reduction=reduction, **case.kwargs)
             assert torch.isfinite(loss).all(), f"{reduction}: {loss}"
@@ -211,11 +231,15 @@ def contract_test_suite(cases: list[LossCase]) -> dict[str, Callable[..., None]]
         scaled = case.module(loss_weight=2.5, **case.kwargs)
         assert_close(scaled(x, y), 2.5 * case.fn(x, y, **case.kwargs), torch.float64)
         assert_close(
-            mod(x, y, reduction_override="sum"), case.fn(x, y, reduction="sum", **case.kwargs), torch.float64
+            mod(x, y, reduction_override="sum"),
+            case.fn(x, y, reduction="sum", **case.kwargs),
+            torch.float64,
         )
         if case.supports_avg_factor:
             assert_close(
-                mod(x, y, avg_factor=4.0), case.fn(x, y, avg_factor=4.0, **case.kwargs), torch.float64
+                mod(x, y, avg_factor=4.0),
+                case.fn(x, y, avg_factor=4.0, **case.kwargs),
+                torch.float64,
             )
         with pytest.raises(ValueError, match="reduction_override"):
             mod(x, y, reduction_override="avg")
@@ -249,7 +273,5 @@ def contract_test_suite(cases: list[LossCase]) -> dict[str, Callable[..., None]]
             torch.testing.assert_close(v, before_buffers[k])
 
     return {
-        name: obj
-        for name, obj in locals().items()
-        if name.startswith("test_") and callable(obj)
+        name: obj for name, obj in locals().items() if name.startswith("test_") and callable(obj)
     }

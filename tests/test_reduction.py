@@ -42,7 +42,9 @@ def test_weight_shapes() -> None:
     assert torch.equal(got, loss * per_row[:, None])
     col = torch.tensor([[1.0], [0.0], [2.0]], dtype=torch.float64)
     assert torch.equal(weight_reduce(loss, fn="t", reduction="none", weight=col), loss * col)
-    assert torch.equal(weight_reduce(loss, fn="t", reduction="none", weight=torch.tensor(2.0)), 2 * loss)
+    assert torch.equal(
+        weight_reduce(loss, fn="t", reduction="none", weight=torch.tensor(2.0)), 2 * loss
+    )
     # a (C,) weight on (N, C) would broadcast along the wrong axis in plain PyTorch: we refuse it
     with pytest.raises(ValueError, match=r"t: expected `weight` the loss shape \(3, 4\)"):
         weight_reduce(loss, fn="t", reduction="mean", weight=torch.ones(4))
@@ -54,7 +56,7 @@ def test_avg_factor_rules() -> None:
     loss = _loss(2, 2)
     assert weight_reduce(loss, fn="t", reduction="mean", avg_factor=5.0).item() == 2.0
     assert weight_reduce(loss, fn="t", reduction="mean", avg_factor=torch.tensor(5)).item() == 2.0
-    with pytest.raises(ValueError, match=r'avg_factor can not be used with sum'):
+    with pytest.raises(ValueError, match=r"avg_factor can not be used with sum"):
         weight_reduce(loss, fn="t", reduction="sum", avg_factor=5.0)
     for bad in (-1.0, float("nan"), float("inf"), torch.tensor(-2.0)):
         with pytest.raises(ValueError, match="avg_factor"):
@@ -89,7 +91,9 @@ def test_empty_and_all_invalid_give_exact_zero_connected_to_graph() -> None:
         out = weight_reduce(x.exp(), fn="t", reduction=reduction)
         assert out.item() == 0.0 and out.requires_grad
     y = torch.randn(2, 3, requires_grad=True)
-    out = weight_reduce(y.exp(), fn="t", reduction="mean", valid=torch.zeros(2, 3, dtype=torch.bool))
+    out = weight_reduce(
+        y.exp(), fn="t", reduction="mean", valid=torch.zeros(2, 3, dtype=torch.bool)
+    )
     assert out.item() == 0.0
     (g,) = torch.autograd.grad(out, y)
     assert torch.all(g == 0)
@@ -97,7 +101,9 @@ def test_empty_and_all_invalid_give_exact_zero_connected_to_graph() -> None:
 
 def test_denominator_zero_is_safe() -> None:
     x = torch.randn(3, requires_grad=True, dtype=torch.float64)
-    out = weight_reduce(x * 0, fn="t", reduction="mean", denominator=torch.tensor(0.0, dtype=torch.float64))
+    out = weight_reduce(
+        x * 0, fn="t", reduction="mean", denominator=torch.tensor(0.0, dtype=torch.float64)
+    )
     assert out.item() == 0.0
     (g,) = torch.autograd.grad(out, x)
     assert torch.isfinite(g).all()
@@ -120,7 +126,10 @@ def test_value_check_modes() -> None:
 def test_environment_variable_sets_the_starting_mode() -> None:
     code = "import lossforge, torch; print(lossforge.value_checks_enabled(torch.zeros(1)))"
     env_off = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env={"LOSSFORGE_CHECKS": "0", "PATH": ""}
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"LOSSFORGE_CHECKS": "0", "PATH": ""},
     )
     assert env_off.stdout.strip() == "False", env_off.stderr
 
@@ -139,15 +148,27 @@ def _nan_cases() -> list[tuple[str, object, str]]:
     index = torch.tensor([0, 1, 2, 1])
     counts = [10.0, 5.0, 1.0]
     return [
-        ("binary_cross_entropy_with_logits", lambda x: lf.binary_cross_entropy_with_logits(x, dense), "logits"),
+        (
+            "binary_cross_entropy_with_logits",
+            lambda x: lf.binary_cross_entropy_with_logits(x, dense),
+            "logits",
+        ),
         ("sigmoid_focal_loss", lambda x: lf.sigmoid_focal_loss(x, dense), "logits"),
         ("asymmetric_loss", lambda x: lf.asymmetric_loss(x, dense), "logits"),
-        ("balanced_binary_cross_entropy", lambda x: lf.balanced_binary_cross_entropy(x, dense), "logits"),
+        (
+            "balanced_binary_cross_entropy",
+            lambda x: lf.balanced_binary_cross_entropy(x, dense),
+            "logits",
+        ),
         ("ohem_binary_cross_entropy", lambda x: lf.ohem_binary_cross_entropy(x, dense), "logits"),
         ("cross_entropy", lambda x: lf.cross_entropy(x, index), "logits"),
         ("softmax_focal_loss", lambda x: lf.softmax_focal_loss(x, index), "logits"),
         ("softmax_asymmetric_loss", lambda x: lf.softmax_asymmetric_loss(x, index), "logits"),
-        ("balanced_softmax_loss", lambda x: lf.balanced_softmax_loss(x, index, class_counts=counts), "logits"),
+        (
+            "balanced_softmax_loss",
+            lambda x: lf.balanced_softmax_loss(x, index, class_counts=counts),
+            "logits",
+        ),
         ("dice_loss", lambda x: lf.dice_loss(x, index), "logits"),
         ("binary_cross_entropy", lambda x: lf.binary_cross_entropy(x.sigmoid(), dense), "probs"),
         ("smooth_l1_loss", lambda x: lf.smooth_l1_loss(x, dense), "pred"),
@@ -158,7 +179,9 @@ def test_nan_input_raises_with_checks_and_propagates_without() -> None:
     x = torch.randn(4, 3)
     x[1, 2] = float("nan")
     for name, call, arg in _nan_cases():
-        with pytest.raises(ValueError, match=rf"{name}: expected `{arg}` no NaN values, got 1 NaN of 12"):
+        with pytest.raises(
+            ValueError, match=rf"{name}: expected `{arg}` no NaN values, got 1 NaN of 12"
+        ):
             call(x)
         with lf.value_checks(False):
             assert torch.isnan(call(x)), f"{name}: a NaN input must not become a finite loss"

@@ -24,7 +24,9 @@ CASES = [
     LossCase("l1", F.l1_loss, lf.L1Loss, {}, _make, extreme=False),
     LossCase("mse", F.mse_loss, lf.MSELoss, {}, _make, extreme=False),
     LossCase("smooth_l1", F.smooth_l1_loss, lf.SmoothL1Loss, {"beta": 0.7}, _make, extreme=False),
-    LossCase("smooth_l1_beta0", F.smooth_l1_loss, lf.SmoothL1Loss, {"beta": 0.0}, _make, extreme=False),
+    LossCase(
+        "smooth_l1_beta0", F.smooth_l1_loss, lf.SmoothL1Loss, {"beta": 0.0}, _make, extreme=False
+    ),
 ]
 globals().update(contract_test_suite(CASES))
 
@@ -36,7 +38,9 @@ def test_matches_torch_and_reference(shape: tuple[int, ...], reduction: str) -> 
     for beta in (0.0, 0.3, 1.0, 5.0):
         got = F.smooth_l1_loss(x, y, beta=beta, reduction=reduction)
         if x.numel() or reduction != "mean":  # torch's mean of an empty tensor is NaN, ours is 0
-            assert_close(got, TF.smooth_l1_loss(x, y, beta=beta, reduction=reduction), torch.float64)
+            assert_close(
+                got, TF.smooth_l1_loss(x, y, beta=beta, reduction=reduction), torch.float64
+            )
         r = ref.smooth_l1(x, y, beta) if beta > 0 else ref.l1(x, y)
         expected = {"none": r, "sum": r.sum(), "mean": r.sum() / max(r.numel(), 1)}[reduction]
         assert_close(got, expected, torch.float64)
@@ -45,7 +49,11 @@ def test_matches_torch_and_reference(shape: tuple[int, ...], reduction: str) -> 
         if x.numel() or reduction != "mean":
             assert_close(got, theirs(x, y, reduction=reduction), torch.float64)
         r = mine(x, y)
-        assert_close(got, {"none": r, "sum": r.sum(), "mean": r.sum() / max(r.numel(), 1)}[reduction], torch.float64)
+        assert_close(
+            got,
+            {"none": r, "sum": r.sum(), "mean": r.sum() / max(r.numel(), 1)}[reduction],
+            torch.float64,
+        )
 
 
 def test_smooth_l1_beta_zero_is_l1_with_gradients() -> None:
@@ -79,14 +87,18 @@ def test_huber_relation() -> None:
 
 
 def test_rejects_shape_mismatch_instead_of_broadcasting() -> None:
-    with pytest.raises(ValueError, match=r"l1_loss: expected `target` to have the shape of `pred` \(2, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"l1_loss: expected `target` to have the shape of `pred` \(2, 3\)"
+    ):
         F.l1_loss(torch.zeros(2, 3), torch.zeros(3))
     with pytest.raises(ValueError, match="target"):
         F.mse_loss(torch.zeros(2, 3), torch.zeros(3, 2))
 
 
 def test_rejects_negative_beta_and_bad_backend() -> None:
-    with pytest.raises(ValueError, match=r"smooth_l1_loss: expected `beta` in \[0, inf\], got -1.0"):
+    with pytest.raises(
+        ValueError, match=r"smooth_l1_loss: expected `beta` in \[0, inf\], got -1.0"
+    ):
         F.smooth_l1_loss(torch.zeros(2), torch.zeros(2), beta=-1.0)
     with pytest.raises(ValueError, match="beta"):
         lf.SmoothL1Loss(beta=-0.1)
@@ -125,7 +137,10 @@ def test_property_smooth_l1_bounded_by_l1_and_nonnegative(values: list[float], b
 @given(st.integers(1, 12), st.integers(1, 5), st.integers(0, 10_000))
 def test_property_split_additivity_of_sum(n: int, c: int, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
-    x, y = torch.randn(n, c, generator=g, dtype=torch.float64), torch.randn(n, c, generator=g, dtype=torch.float64)
+    x, y = (
+        torch.randn(n, c, generator=g, dtype=torch.float64),
+        torch.randn(n, c, generator=g, dtype=torch.float64),
+    )
     k = n // 2
     whole = F.mse_loss(x, y, reduction="sum")
     parts = F.mse_loss(x[:k], y[:k], reduction="sum") + F.mse_loss(x[k:], y[k:], reduction="sum")

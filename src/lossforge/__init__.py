@@ -5,12 +5,23 @@ module forms. Importing lossforge never imports triton and never touches CUDA.
 """
 
 from lossforge import functional, multitask, nn
-from lossforge._checks import OptionalDependencyError, set_value_checks, value_checks, value_checks_enabled
+from lossforge import weights as _weights
+from lossforge._checks import (
+    OptionalDependencyError,
+    set_value_checks,
+    value_checks,
+    value_checks_enabled,
+)
 from lossforge.functional import *  # noqa: F403
 from lossforge.nn import *  # noqa: F403
+from lossforge.registry import (
+    build_loss,
+    build_loss_from_toml,
+    get_loss,
+    list_losses,
+    register_loss,
+)
 from lossforge.weights import *  # noqa: F403
-from lossforge import weights as _weights
-from lossforge.registry import build_loss, build_loss_from_toml, get_loss, list_losses, register_loss
 
 __version__ = "0.1.0"
 

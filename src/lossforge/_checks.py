@@ -4,19 +4,19 @@ Two kinds of checks live here:
 
 * **Structural checks** (types, dtypes, shapes, devices, option values) look only at metadata. They
   cost nothing on the device and always run.
-* **Value checks** (class indices in range, probabilities in ``[0, 1]``, ...) must read tensor values,
-  which is a device-to-host synchronisation on CUDA and a graph break under ``torch.compile``. They run
-  according to ``set_value_checks``:
+* **Value checks** (class indices in range, probabilities in ``[0, 1]``, ...) must read tensor
+  values, which is a device-to-host synchronisation on CUDA and a graph break under
+  ``torch.compile``. They run according to ``set_value_checks``:
 
-  - ``None`` (the default, "auto"): run when the tensors live on the CPU (where reading them is free)
-    and the code is not being traced by ``torch.compile``; skipped on accelerators.
+  - ``None`` (the default, "auto"): run when the tensors live on the CPU (where reading them is
+    free) and the code is not being traced by ``torch.compile``; skipped on accelerators.
   - ``True``: always run (debugging; syncs on CUDA).
   - ``False``: never run.
 
-  The environment variable ``LOSSFORGE_CHECKS`` (``1``/``0``) sets the starting mode. When value checks
-  are skipped, invalid class indices never reach an indexing kernel (no device-side assert): they are
-  clamped for the lookup and the affected loss elements are set to NaN, so a bad batch is loud, not
-  silently wrong.
+  The environment variable ``LOSSFORGE_CHECKS`` (``1``/``0``) sets the starting mode. When value
+  checks are skipped, invalid class indices never reach an indexing kernel (no device-side assert):
+  they are clamped for the lookup and the affected loss elements are set to NaN, so a bad batch is
+  loud, not silently wrong.
 
 Every error uses one template: ``"<function>: expected `<argument>` <what>, got <what came>"``.
 """
@@ -47,7 +47,8 @@ _value_checks_mode: Any = _UNSET
 
 
 class OptionalDependencyError(ImportError):
-    """Raised at use time when an optional extra (``lossforge[triton]``, ``[cli]``, ...) is missing."""
+    """Raised at use time when an optional extra (``lossforge[triton]``, ``[cli]``, ...) is
+    missing."""
 
 
 def _mode() -> bool | None:
@@ -99,9 +100,9 @@ def value_checks_enabled(*tensors: Tensor | None) -> bool:
     return all(t is None or t.device.type == "cpu" for t in tensors)
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Structural checks: always on, no device sync.
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def fail(
@@ -246,7 +247,13 @@ def as_class_weight(
         except (TypeError, ValueError):
             fail(fn, name, "a sequence of numbers", repr(class_weight), TypeError)
     else:
-        fail(fn, name, "a 1-d tensor or a sequence of numbers", type(class_weight).__name__, TypeError)
+        fail(
+            fn,
+            name,
+            "a 1-d tensor or a sequence of numbers",
+            type(class_weight).__name__,
+            TypeError,
+        )
     if w.is_complex() or w.dtype == torch.bool:
         fail(fn, name, "a real tensor", f"dtype {w.dtype}", TypeError)
     if w.ndim != 1 or w.shape[0] != num_classes:
@@ -262,9 +269,9 @@ def as_class_weight(
     return w
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Value checks: follow the value-check mode.
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 
 
 def check_index_range(
@@ -276,7 +283,8 @@ def check_index_range(
     allow_background: bool = False,
     name: str = "target",
 ) -> None:
-    """Class indices in ``[0, C)`` (``[0, C]`` with a background class), or equal to ``ignore_index``."""
+    """Class indices in ``[0, C)`` (``[0, C]`` with a background class), or equal to
+    ``ignore_index``."""
     if target.numel() == 0 or not value_checks_enabled(target):
         return
     high = num_classes if allow_background else num_classes - 1
@@ -295,7 +303,9 @@ def check_index_range(
         fail(fn, name, f"class indices in [0, {high}]{bg}{extra}", f"values in [{lo}, {hi}]")
 
 
-def check_unit_interval(fn: str, name: str, x: Tensor, *, ignore_value: float | None = None) -> None:
+def check_unit_interval(
+    fn: str, name: str, x: Tensor, *, ignore_value: float | None = None
+) -> None:
     """Values in ``[0, 1]`` (probabilities or soft targets); NaN is reported too."""
     if x.numel() == 0 or not value_checks_enabled(x):
         return
@@ -305,7 +315,12 @@ def check_unit_interval(fn: str, name: str, x: Tensor, *, ignore_value: float | 
     lo, hi = torch.aminmax(v.detach())  # one pass; NaN propagates and fails both comparisons
     if not (float(lo) >= 0.0 and float(hi) <= 1.0):
         bad = (v < 0) | (v > 1) | torch.isnan(v)
-        fail(fn, name, "values in [0, 1]", f"{int(bad.sum())} values outside, e.g. {float(v[bad][0])}")
+        fail(
+            fn,
+            name,
+            "values in [0, 1]",
+            f"{int(bad.sum())} values outside, e.g. {float(v[bad][0])}",
+        )
 
 
 def poison_out_of_range(loss: Tensor, bad: Tensor | None) -> Tensor:

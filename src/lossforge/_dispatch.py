@@ -1,8 +1,9 @@
 """Backend selection between the pure-PyTorch reference and the optional fused kernels.
 
-``backend="torch"`` always runs the reference. ``"auto"`` runs a fused kernel when every tensor is on
-CUDA, triton is importable and the kernel supports the case, else the reference. ``"triton"`` raises a
-clear error when no kernel can serve. Nothing here imports triton at ``import lossforge`` time.
+``backend="torch"`` always runs the reference. ``"auto"`` runs a fused kernel when every tensor is
+on CUDA, triton is importable and the kernel supports the case, else the reference. ``"triton"``
+raises a clear error when no kernel can serve. Nothing here imports triton at ``import lossforge``
+time.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ def triton_importable() -> bool:
 def kernel_eligible(fn: str, backend: object, *tensors: Tensor | None) -> bool:
     """Validate ``backend`` and say whether a fused kernel may be tried for these tensors.
 
-    Returns False for ``"torch"``. For ``"triton"`` it raises ``ValueError`` when the tensors are not
-    on CUDA or triton is missing; for ``"auto"`` it returns False in those cases.
+    Returns False for ``"torch"``. For ``"triton"`` it raises ``ValueError`` when the tensors are
+    not on CUDA or triton is missing; for ``"auto"`` it returns False in those cases.
     """
     backend = check_choice(fn, "backend", backend, BACKENDS)
     if backend == "torch":
@@ -37,14 +38,30 @@ def kernel_eligible(fn: str, backend: object, *tensors: Tensor | None) -> bool:
     if backend == "triton":
         if not on_cuda:
             devices = sorted({str(t.device) for t in present})
-            fail(fn, "backend", "'triton' only with CUDA tensors (use 'auto' to fall back)", f"tensors on {devices}")
+            fail(
+                fn,
+                "backend",
+                "'triton' only with CUDA tensors (use 'auto' to fall back)",
+                f"tensors on {devices}",
+            )
         if not triton_importable():
-            fail(fn, "backend", "'triton' with triton installed (pip install lossforge[triton])", "no triton module")
+            fail(
+                fn,
+                "backend",
+                "'triton' with triton installed (pip install lossforge[triton])",
+                "no triton module",
+            )
     return on_cuda and triton_importable()
 
 
 def unsupported(fn: str, backend: str, why: str) -> bool:
-    """Called when a kernel cannot serve a case: raise for ``"triton"``, fall back for ``"auto"``."""
+    """Called when a kernel cannot serve a case: raise for ``"triton"``, fall back for
+    ``"auto"``."""
     if backend == "triton":
-        fail(fn, "backend", f"a case the triton kernel supports ({why}); use backend='auto' to fall back", "'triton'")
+        fail(
+            fn,
+            "backend",
+            f"a case the triton kernel supports ({why}); use backend='auto' to fall back",
+            "'triton'",
+        )
     return False

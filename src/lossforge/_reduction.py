@@ -8,17 +8,19 @@ and ends with ``weight_reduce``. The rules, shared by every loss and backend:
   with the same number of dimensions (``(N, 1)`` on ``(N, C)``). Anything else raises: no silent
   broadcasting along the wrong axis.
 * Elements outside ``valid`` (ignored targets) are exactly zero in every reduction.
-* ``"sum"`` adds the weighted losses. ``"mean"`` divides that sum by ``avg_factor`` when given, else by
-  a loss-specific ``denominator`` when the loss defines one (PyTorch's class-weighted cross-entropy),
-  else by the number of valid elements.
+* ``"sum"`` adds the weighted losses. ``"mean"`` divides that sum by ``avg_factor`` when given,
+  else by a loss-specific ``denominator`` when the loss defines one (PyTorch's class-weighted
+  cross-entropy), else by the number of valid elements.
 * A zero denominator (empty batch, everything ignored, ``avg_factor=0`` with nothing to sum) gives
   exactly ``0`` with zero gradients, still attached to the graph; never NaN. Denominators are made
   safe *before* dividing (``where(d > 0, d, 1)``), so no NaN gradient leaks from an unused branch.
-* ``avg_factor`` with ``"sum"`` raises ``ValueError``; a float or 0-d tensor works without a host sync.
-* Inside ``lossforge.distributed.global_normalization()`` the ``"mean"`` denominator (``avg_factor``,
-  ``denominator`` or the valid count) is first replaced by its global value, summed over the ranks
-  and divided by the world size (``global_denominator`` below), so that K data-parallel ranks
-  reproduce one process on the concatenated batch. Outside that scope nothing changes.
+* ``avg_factor`` with ``"sum"`` raises ``ValueError``; a float or 0-d tensor works without a host
+  sync.
+* Inside ``lossforge.distributed.global_normalization()`` the ``"mean"`` denominator
+  (``avg_factor``, ``denominator`` or the valid count) is first replaced by its global value,
+  summed over the ranks and divided by the world size (``global_denominator`` below), so that K
+  data-parallel ranks reproduce one process on the concatenated batch. Outside that scope nothing
+  changes.
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ Reduction = Literal["none", "mean", "sum"]
 Backend = Literal["auto", "torch", "triton"]
 
 
-def expand_weight(fn: str, weight: object, shape: torch.Size, like: Tensor, name: str = "weight") -> Tensor:
+def expand_weight(
+    fn: str, weight: object, shape: torch.Size, like: Tensor, name: str = "weight"
+) -> Tensor:
     """Check an element-wise weight against the unreduced loss shape and make it broadcastable."""
     if not isinstance(weight, Tensor):
         fail(fn, name, "a torch.Tensor", type(weight).__name__, TypeError)
@@ -59,7 +63,7 @@ def expand_weight(fn: str, weight: object, shape: torch.Size, like: Tensor, name
     target = tuple(shape)
     ws = tuple(w.shape)
     leading = w.ndim < len(target) and ws == target[: w.ndim]
-    same_rank = w.ndim == len(target) and all(a in (1, b) for a, b in zip(ws, target))
+    same_rank = w.ndim == len(target) and all(a in (1, b) for a, b in zip(ws, target, strict=True))
     if leading:
         w = w.reshape(ws + (1,) * (len(target) - w.ndim))
     elif not (w.ndim == 0 or same_rank):
@@ -73,14 +77,25 @@ def expand_weight(fn: str, weight: object, shape: torch.Size, like: Tensor, name
 
 
 def check_avg_factor(fn: str, avg_factor: object, reduction: str) -> float | Tensor | None:
-    """Validate ``avg_factor`` without reading device values (those checks follow the value mode)."""
+    """Validate ``avg_factor`` without reading device values (those checks follow the value
+    mode)."""
     if avg_factor is None:
         return None
     if reduction == "sum":
-        fail(fn, "avg_factor", 'None when reduction="sum" (avg_factor can not be used with sum)', avg_factor)
+        fail(
+            fn,
+            "avg_factor",
+            'None when reduction="sum" (avg_factor can not be used with sum)',
+            avg_factor,
+        )
     if isinstance(avg_factor, Tensor):
         if avg_factor.numel() != 1:
-            fail(fn, "avg_factor", "a number or a one-element tensor", f"shape {tuple(avg_factor.shape)}")
+            fail(
+                fn,
+                "avg_factor",
+                "a number or a one-element tensor",
+                f"shape {tuple(avg_factor.shape)}",
+            )
         if avg_factor.is_complex() or avg_factor.dtype == torch.bool:
             fail(fn, "avg_factor", "a real tensor", f"dtype {avg_factor.dtype}", TypeError)
         if value_checks_enabled(avg_factor):
@@ -96,8 +111,8 @@ def check_avg_factor(fn: str, avg_factor: object, reduction: str) -> float | Ten
     return v
 
 
-# Set (and restored) only by ``lossforge.distributed.global_normalization``: maps a rank's local "mean"
-# denominator to the global one. A plain module global rather than a ContextVar so that
+# Set (and restored) only by ``lossforge.distributed.global_normalization``: maps a rank's local
+# "mean" denominator to the global one. A plain module global rather than a ContextVar so that
 # ``torch.compile`` reads it without a graph break (it is process-wide, one process per rank).
 _denominator_hook: Callable[[Tensor, bool], Tensor] | None = None
 
@@ -231,7 +246,10 @@ def _global_mean(
     elif denominator is not None:
         local, is_avg = denominator, False
     elif valid is None:
-        local, is_avg = torch.tensor(float(loss.numel()), dtype=total.dtype, device=total.device), False
+        local, is_avg = (
+            torch.tensor(float(loss.numel()), dtype=total.dtype, device=total.device),
+            False,
+        )
     else:
         count_t = valid.sum()
         if valid.numel() != loss.numel():
@@ -242,5 +260,10 @@ def _global_mean(
         return _safe_div(total, local)
     glob = hook(local, is_avg)
     if is_avg and value_checks_enabled(glob) and float(glob) == 0 and float(total.detach()) != 0:
-        fail(fn, "avg_factor", "> 0 (summed over the ranks) when the weighted loss sum is non-zero", 0.0)
+        fail(
+            fn,
+            "avg_factor",
+            "> 0 (summed over the ranks) when the weighted loss sum is non-zero",
+            0.0,
+        )
     return _safe_div(total, glob)

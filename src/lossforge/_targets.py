@@ -2,12 +2,12 @@
 
 Sigmoid losses (BCE with logits, sigmoid focal, ASL, balanced BCE, dice on sigmoid) accept:
 
-* dense targets of the logits' shape (float soft labels in ``[0, 1]``, or bool / integer 0-1 values),
-  where ``ignore_index`` (if given) marks ignored *elements*;
+* dense targets of the logits' shape (float soft labels in ``[0, 1]``, or bool / integer 0-1
+  values), where ``ignore_index`` (if given) marks ignored *elements*;
 * class-index targets of the logits' shape without the class dimension (dimension 1, or 0 for 1-d
-  logits): value ``k`` in ``[0, C)`` makes class ``k`` the positive, value ``C`` means "all negative"
-  (background, the mmdetection convention), ``ignore_index`` drops the whole row. The one-hot is never
-  materialised with ``F.one_hot``: it is a broadcast comparison with ``arange(C)``.
+  logits): value ``k`` in ``[0, C)`` makes class ``k`` the positive, value ``C`` means "all
+  negative" (background, the mmdetection convention), ``ignore_index`` drops the whole row. The
+  one-hot is never materialised with ``F.one_hot``: it is a broadcast comparison with ``arange(C)``.
 
 Softmax losses (cross-entropy, softmax focal, single-label ASL, balanced softmax) accept class-index
 targets (``ignore_index`` drops the position) or probability targets of the logits' shape.
@@ -135,7 +135,12 @@ class SoftmaxTarget:
 
 
 def softmax_target(
-    fn: str, logits: Tensor, target: object, *, ignore_index: int | None, default_ignore: int | None = -100
+    fn: str,
+    logits: Tensor,
+    target: object,
+    *,
+    ignore_index: int | None,
+    default_ignore: int | None = -100,
 ) -> SoftmaxTarget:
     """Normalise a softmax-loss target (class indices or probabilities) to a ``SoftmaxTarget``.
 
@@ -152,12 +157,22 @@ def softmax_target(
     cdim = class_dim(logits)
     c = logits.shape[cdim]
     if c < 2:
-        fail(fn, "logits", "at least 2 classes along dim 1 (a 1-class softmax loss is always 0)", f"C={c}")
+        fail(
+            fn,
+            "logits",
+            "at least 2 classes along dim 1 (a 1-class softmax loss is always 0)",
+            f"C={c}",
+        )
     index_shape = _shape_without(logits.shape, cdim)
 
     if t.is_floating_point() and t.shape == logits.shape:
         if ignore_index is not None and ignore_index != default_ignore:
-            fail(fn, "ignore_index", "to be unset with probability targets (it applies to class indices)", ignore_index)
+            fail(
+                fn,
+                "ignore_index",
+                "to be unset with probability targets (it applies to class indices)",
+                ignore_index,
+            )
         probs = t.to(compute_dtype(logits))
         check_unit_interval(fn, "target", probs)
         return SoftmaxTarget(None, probs, None, None, cdim)
@@ -185,7 +200,12 @@ def softmax_target(
         return SoftmaxTarget(safe, None, valid, bad, cdim)
 
     if t.is_floating_point() and tuple(t.shape) != tuple(logits.shape):
-        fail(fn, "target", f"probabilities of the logits' shape {tuple(logits.shape)}", f"shape {tuple(t.shape)}")
+        fail(
+            fn,
+            "target",
+            f"probabilities of the logits' shape {tuple(logits.shape)}",
+            f"shape {tuple(t.shape)}",
+        )
     fail(
         fn,
         "target",

@@ -15,15 +15,23 @@ Example:
 from __future__ import annotations
 
 import inspect
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 from lossforge._checks import fail
 
-__all__ = ["LossInfo", "build_loss", "build_loss_from_toml", "get_loss", "list_losses", "register_loss"]
+__all__ = [
+    "LossInfo",
+    "build_loss",
+    "build_loss_from_toml",
+    "get_loss",
+    "list_losses",
+    "register_loss",
+]
 
 _REGISTRY: dict[str, type] = {}
 _FILLED = False
@@ -66,7 +74,12 @@ def register_loss(name: str, cls: type | None = None) -> Any:
             fail("register_loss", "name", "a non-empty string", repr(name))
         existing = _REGISTRY.get(name)
         if existing is not None and existing is not c:
-            fail("register_loss", "name", "a name not registered yet", f"{name!r} (taken by {existing.__name__})")
+            fail(
+                "register_loss",
+                "name",
+                "a name not registered yet",
+                f"{name!r} (taken by {existing.__name__})",
+            )
         _REGISTRY[name] = c
         return c
 
@@ -128,10 +141,21 @@ def build_loss(spec: Mapping[str, Any] | str) -> Any:
     if isinstance(spec, str):
         spec = {"type": spec}
     if not isinstance(spec, Mapping):
-        fail("build_loss", "spec", "a mapping with a 'type' key, or a loss name", type(spec).__name__, TypeError)
+        fail(
+            "build_loss",
+            "spec",
+            "a mapping with a 'type' key, or a loss name",
+            type(spec).__name__,
+            TypeError,
+        )
     params = dict(spec)
     if "type" not in params:
-        fail("build_loss", "spec", "a 'type' key naming the loss (see `lossforge list`)", sorted(params))
+        fail(
+            "build_loss",
+            "spec",
+            "a 'type' key naming the loss (see `lossforge list`)",
+            sorted(params),
+        )
     cls = get_loss(params.pop("type"))
     allowed = _params(cls)
     unknown = sorted(set(params) - set(allowed))
@@ -152,19 +176,28 @@ def build_loss_from_toml(source: str | Path, table: str | None = None) -> Any:
         source: A path to a ``.toml`` file, or TOML text.
         table: Optional dotted table name inside the document (``"loss"`` for a ``[loss]`` table).
     """
-    path = Path(source) if not isinstance(source, str) or not ("=" in source or "\n" in source) else None
+    path = (
+        Path(source)
+        if not isinstance(source, str) or not ("=" in source or "\n" in source)
+        else None
+    )
     if path is not None:
         try:
             text = path.read_text()
         except OSError as err:
-            fail("build_loss_from_toml", "source", "a readable TOML file", f"{source} ({err.strerror})")
+            fail(
+                "build_loss_from_toml",
+                "source",
+                "a readable TOML file",
+                f"{source} ({err.strerror})",
+            )
     else:
         text = str(source)
     try:
         doc: Any = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         fail("build_loss_from_toml", "source", "valid TOML", str(err))
-    for part in (table.split(".") if table else []):
+    for part in table.split(".") if table else []:
         if not isinstance(doc, dict) or part not in doc:
             fail("build_loss_from_toml", "table", "a table present in the document", repr(table))
         doc = doc[part]

@@ -15,10 +15,20 @@ def smooth_l1(pred: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Te
 
 
 def l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return torch.tensor([abs(float(a) - float(b)) for a, b in zip(pred.reshape(-1), target.reshape(-1))],
-                        dtype=torch.float64).reshape(pred.shape)
+    return torch.tensor(
+        [
+            abs(float(a) - float(b))
+            for a, b in zip(pred.reshape(-1), target.reshape(-1), strict=True)
+        ],
+        dtype=torch.float64,
+    ).reshape(pred.shape)
 
 
 def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return torch.tensor([(float(a) - float(b)) ** 2 for a, b in zip(pred.reshape(-1), target.reshape(-1))],
-                        dtype=torch.float64).reshape(pred.shape)
+    return torch.tensor(
+        [
+            (float(a) - float(b)) ** 2
+            for a, b in zip(pred.reshape(-1), target.reshape(-1), strict=True)
+        ],
+        dtype=torch.float64,
+    ).reshape(pred.shape)

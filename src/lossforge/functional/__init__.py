@@ -1,7 +1,7 @@
 """Pure-PyTorch losses: the specification every backend must match.
 
-All functions are stateless, take ``(input, target)`` positionally and everything else by keyword, and
-end in the shared weighting/reduction contract (``lossforge._reduction``).
+All functions are stateless, take ``(input, target)`` positionally and everything else by keyword,
+and end in the shared weighting/reduction contract (``lossforge._reduction``).
 """
 
 from lossforge.functional import asymmetric, balanced, classification, dice, focal, regression

@@ -9,7 +9,6 @@ smoothing and class-weight formulas, and ``weight_reduce`` for weighting and red
 from __future__ import annotations
 
 import numbers
-
 from typing import cast
 
 import torch

@@ -102,7 +102,13 @@ def l1_loss(
     if fused is not None:
         return fused
     p, t = _prepare("l1_loss", pred, target, backend)
-    return weight_reduce(TF.l1_loss(p, t, reduction="none"), fn="l1_loss", reduction=reduction, weight=weight, avg_factor=avg_factor)
+    return weight_reduce(
+        TF.l1_loss(p, t, reduction="none"),
+        fn="l1_loss",
+        reduction=reduction,
+        weight=weight,
+        avg_factor=avg_factor,
+    )
 
 
 def mse_loss(
@@ -139,7 +145,13 @@ def mse_loss(
     if fused is not None:
         return fused
     p, t = _prepare("mse_loss", pred, target, backend)
-    return weight_reduce(TF.mse_loss(p, t, reduction="none"), fn="mse_loss", reduction=reduction, weight=weight, avg_factor=avg_factor)
+    return weight_reduce(
+        TF.mse_loss(p, t, reduction="none"),
+        fn="mse_loss",
+        reduction=reduction,
+        weight=weight,
+        avg_factor=avg_factor,
+    )
 
 
 def smooth_l1_loss(
@@ -155,8 +167,8 @@ def smooth_l1_loss(
     r"""Smooth L1 loss (Fast R-CNN), quadratic below ``beta`` and linear above.
 
     $$
-    \ell_i = \begin{cases} 0.5\,d_i^2 / \beta & |d_i| < \beta \\ |d_i| - 0.5\,\beta & \text{otherwise}
-    \end{cases},\qquad d_i = x_i - y_i
+    \ell_i = \begin{cases} 0.5\,d_i^2 / \beta & |d_i| < \beta \\
+    |d_i| - 0.5\,\beta & \text{otherwise} \end{cases},\qquad d_i = x_i - y_i
     $$
 
     ``beta=0`` is exactly ``l1_loss``. As ``beta`` grows the loss approaches ``MSE / (2 beta)``;
@@ -191,4 +203,6 @@ def smooth_l1_loss(
     # PyTorch's fused element-wise kernels (one pass forward, one backward) on the float32/float64
     # copies; beta=0 is exactly L1 there too. The tests check them against loop references.
     loss = TF.smooth_l1_loss(p, t, reduction="none", beta=beta)
-    return weight_reduce(loss, fn="smooth_l1_loss", reduction=reduction, weight=weight, avg_factor=avg_factor)
+    return weight_reduce(
+        loss, fn="smooth_l1_loss", reduction=reduction, weight=weight, avg_factor=avg_factor
+    )

@@ -1,10 +1,10 @@
 """Base class of every lossforge loss module.
 
 Modules hold configuration only; ``forward`` is one call to the functional form. Every module takes
-``reduction`` and ``loss_weight`` (a scalar multiplier), and its ``forward`` takes the mmdetection-style
-``weight``, ``avg_factor`` and ``reduction_override`` keywords. Tensor options (``class_weight``,
-``pos_weight``) are registered as buffers, so they follow ``.to()`` and ``state_dict``; they may be
-given as lists (what Hydra and TOML configs produce).
+``reduction`` and ``loss_weight`` (a scalar multiplier), and its ``forward`` takes the
+mmdetection-style ``weight``, ``avg_factor`` and ``reduction_override`` keywords. Tensor options
+(``class_weight``, ``pos_weight``) are registered as buffers, so they follow ``.to()`` and
+``state_dict``; they may be given as lists (what Hydra and TOML configs produce).
 """
 
 from __future__ import annotations
@@ -53,9 +53,21 @@ class Loss(nn.Module):
             try:
                 tensor = torch.tensor([float(v) for v in value])
             except (TypeError, ValueError):
-                fail(type(self).__name__, name, "a sequence of numbers or a tensor", repr(value), TypeError)
+                fail(
+                    type(self).__name__,
+                    name,
+                    "a sequence of numbers or a tensor",
+                    repr(value),
+                    TypeError,
+                )
         else:
-            fail(type(self).__name__, name, "a tensor, a sequence of numbers or None", type(value).__name__, TypeError)
+            fail(
+                type(self).__name__,
+                name,
+                "a tensor, a sequence of numbers or None",
+                type(value).__name__,
+                TypeError,
+            )
         if not tensor.is_floating_point():
             tensor = tensor.float()
         self.register_buffer(name, tensor)
@@ -65,7 +77,9 @@ class Loss(nn.Module):
         for field in self._repr_fields:
             value = getattr(self, field)
             if isinstance(value, Tensor):
-                value = value.tolist() if value.numel() <= 8 else f"tensor(shape={tuple(value.shape)})"
+                value = (
+                    value.tolist() if value.numel() <= 8 else f"tensor(shape={tuple(value.shape)})"
+                )
             parts.append(f"{field}={value!r}")
         parts.append(f"reduction={self.reduction!r}")
         if self.loss_weight != 1.0:

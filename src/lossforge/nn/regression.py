@@ -24,7 +24,9 @@ class L1Loss(Loss):
     registry_name = "l1"
     _repr_fields = ("backend",)
 
-    def __init__(self, *, reduction: Reduction = "mean", loss_weight: float = 1.0, backend: Backend = "torch") -> None:
+    def __init__(
+        self, *, reduction: Reduction = "mean", loss_weight: float = 1.0, backend: Backend = "torch"
+    ) -> None:
         super().__init__(reduction=reduction, loss_weight=loss_weight)
         self.backend = check_choice("L1Loss", "backend", backend, BACKENDS)
 
@@ -54,7 +56,9 @@ class MSELoss(Loss):
     registry_name = "mse"
     _repr_fields = ("backend",)
 
-    def __init__(self, *, reduction: Reduction = "mean", loss_weight: float = 1.0, backend: Backend = "torch") -> None:
+    def __init__(
+        self, *, reduction: Reduction = "mean", loss_weight: float = 1.0, backend: Backend = "torch"
+    ) -> None:
         super().__init__(reduction=reduction, loss_weight=loss_weight)
         self.backend = check_choice("MSELoss", "backend", backend, BACKENDS)
 
