@@ -35,6 +35,13 @@ def class_dim(logits: Tensor) -> int:
     return 1 if logits.ndim >= 2 else 0
 
 
+def class_view(v: Tensor, ndim: int, cdim: int) -> Tensor:
+    """Reshape a length-C vector so that it broadcasts along the class dimension ``cdim``."""
+    shape = [1] * ndim
+    shape[cdim] = v.shape[0]
+    return v.view(shape)
+
+
 def _shape_without(shape: torch.Size, dim: int) -> tuple[int, ...]:
     return tuple(shape[:dim]) + tuple(shape[dim + 1 :])
 

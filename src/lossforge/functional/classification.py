@@ -38,7 +38,7 @@ from lossforge._reduction import (
     expand_weight,
     weight_reduce,
 )
-from lossforge._targets import sigmoid_target, softmax_target
+from lossforge._targets import class_view, sigmoid_target, softmax_target
 
 __all__ = [
     "balanced_softmax_loss",
@@ -52,13 +52,6 @@ __all__ = [
 #: Prior given to a class with a zero count before taking its log (log(1e-12) ~ -27.6), so the
 #: adjusted logits stay finite.
 ZERO_PRIOR = 1e-12
-
-
-def _class_view(v: Tensor, ndim: int, cdim: int) -> Tensor:
-    """Reshape a length-C vector so that it broadcasts along the class dimension."""
-    shape = [1] * ndim
-    shape[cdim] = v.shape[0]
-    return v.view(shape)
 
 
 def _ce_kernel(
@@ -167,8 +160,8 @@ def _softmax_loss(
     w = as_class_weight(fn, class_weight, c, x)
     z = x.to(compute_dtype(x))
     if log_prior is not None:
-        z = z + _class_view(log_prior.to(z.dtype), ndim, cdim)
-    w_c = None if w is None else _class_view(w, ndim, cdim)
+        z = z + class_view(log_prior.to(z.dtype), ndim, cdim)
+    w_c = None if w is None else class_view(w, ndim, cdim)
 
     if st.probs is not None:
         logp = torch.log_softmax(z, dim=cdim) if log_softmax else z

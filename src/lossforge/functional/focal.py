@@ -51,7 +51,7 @@ from lossforge._reduction import (
     expand_weight,
     weight_reduce,
 )
-from lossforge._targets import sigmoid_target, softmax_target
+from lossforge._targets import class_view, sigmoid_target, softmax_target
 
 __all__ = ["sigmoid_focal_loss", "softmax_focal_loss"]
 
@@ -349,12 +349,6 @@ def _alpha_vector(
     return vec
 
 
-def _class_view(v: Tensor, ndim: int, cdim: int) -> Tensor:
-    shape = [1] * ndim
-    shape[cdim] = v.shape[0]
-    return v.view(shape)
-
-
 def _check_softmax_index_target_light(
     fn: str, x: Tensor, target: Tensor, ignore: int | None
 ) -> None:
@@ -562,7 +556,7 @@ def softmax_focal_loss(
         t = st.probs if eps == 0 else st.probs * (1.0 - eps) + eps / c
         terms = _focal_term(logp, g) * t
         if coef is not None:
-            terms = terms * _class_view(coef, ndim, cdim)
+            terms = terms * class_view(coef, ndim, cdim)
         loss = terms.sum(dim=cdim)
         return weight_reduce(loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor)
 
@@ -576,7 +570,7 @@ def softmax_focal_loss(
         # (1 - eps) * (target-class term) + eps / C * sum over all classes; no one-hot is built.
         every = _focal_term(logp, g)
         if coef is not None:
-            every = every * _class_view(coef, ndim, cdim)
+            every = every * class_view(coef, ndim, cdim)
         loss = (1.0 - eps) * loss + (eps / c) * every.sum(dim=cdim)
     loss = poison_out_of_range(loss, st.bad)
     valid = st.valid

@@ -17,6 +17,24 @@ from torch import Tensor, nn
 from lossforge._checks import check_number, check_reduction, fail
 
 
+def check_buffer_values(
+    owner: str, name: str, value: Tensor | None, *, high: float | None = None
+) -> None:
+    """Construction-time value check of a tensor option: finite, >= 0 (and <= ``high``).
+
+    Free at construction, where buffers are still on the CPU; skipped for tensors already on an
+    accelerator (no device sync).
+    """
+    if value is None or value.device.type != "cpu" or value.numel() == 0:
+        return
+    ok = torch.isfinite(value) & (value >= 0)
+    if high is not None:
+        ok = ok & (value <= high)
+    if not bool(ok.all()):
+        expected = f"values in [0, {high:g}]" if high is not None else "finite non-negative values"
+        fail(owner, name, expected, value.flatten()[:8].tolist())
+
+
 class Loss(nn.Module):
     """Base class: ``reduction``, ``loss_weight`` and ``reduction_override`` handling.
 

@@ -11,7 +11,7 @@ from lossforge import functional as F
 from lossforge._checks import check_choice, check_number, check_optional_int, fail
 from lossforge._dispatch import BACKENDS
 from lossforge._reduction import Backend, Reduction
-from lossforge.nn._base import Loss
+from lossforge.nn._base import Loss, check_buffer_values
 
 __all__ = [
     "BalancedSoftmaxLoss",
@@ -23,14 +23,6 @@ __all__ = [
 ]
 
 TensorOption = Tensor | Sequence[float] | None
-
-
-def _check_non_negative(owner: str, name: str, value: Tensor | None) -> None:
-    """Construction-time check of a registered tensor option (free: buffers start on the CPU)."""
-    if value is None or value.device.type != "cpu" or value.numel() == 0:
-        return
-    if not bool(torch.isfinite(value).all()) or bool((value < 0).any()):
-        fail(owner, name, "finite non-negative values", value.flatten()[:8].tolist())
 
 
 class CrossEntropyLoss(Loss):
@@ -60,7 +52,7 @@ class CrossEntropyLoss(Loss):
         super().__init__(reduction=reduction, loss_weight=loss_weight)
         name = type(self).__name__
         self._register_tensor_option("class_weight", class_weight)
-        _check_non_negative(name, "class_weight", self.class_weight)
+        check_buffer_values(name, "class_weight", self.class_weight)
         self.ignore_index = check_optional_int(name, "ignore_index", ignore_index)
         self.label_smoothing = check_number(
             name, "label_smoothing", label_smoothing, low=0.0, high=1.0
@@ -107,7 +99,7 @@ class NLLLoss(Loss):
         super().__init__(reduction=reduction, loss_weight=loss_weight)
         name = type(self).__name__
         self._register_tensor_option("class_weight", class_weight)
-        _check_non_negative(name, "class_weight", self.class_weight)
+        check_buffer_values(name, "class_weight", self.class_weight)
         self.ignore_index = check_optional_int(name, "ignore_index", ignore_index)
 
     def forward(
@@ -196,7 +188,7 @@ class BinaryCrossEntropyWithLogitsLoss(Loss):
         if isinstance(pos_weight, (int, float)) and not isinstance(pos_weight, bool):
             pos_weight = torch.tensor(float(pos_weight))
         self._register_tensor_option("pos_weight", pos_weight)
-        _check_non_negative(name, "pos_weight", self.pos_weight)
+        check_buffer_values(name, "pos_weight", self.pos_weight)
         self.label_smoothing = check_number(
             name, "label_smoothing", label_smoothing, low=0.0, high=1.0
         )
@@ -256,9 +248,9 @@ class BalancedSoftmaxLoss(Loss):
         if class_counts is None:
             fail(name, "class_counts", "a tensor or a sequence of counts", None, TypeError)
         self._register_tensor_option("class_counts", class_counts)
-        _check_non_negative(name, "class_counts", self.class_counts)
+        check_buffer_values(name, "class_counts", self.class_counts)
         self._register_tensor_option("class_weight", class_weight)
-        _check_non_negative(name, "class_weight", self.class_weight)
+        check_buffer_values(name, "class_weight", self.class_weight)
         self.ignore_index = check_optional_int(name, "ignore_index", ignore_index)
         self.label_smoothing = check_number(
             name, "label_smoothing", label_smoothing, low=0.0, high=1.0
@@ -335,11 +327,11 @@ class LogitAdjustedLoss(Loss):
             )
         self._register_tensor_option("class_counts", class_counts)
         self._register_tensor_option("priors", priors)
-        _check_non_negative(name, "class_counts", self.class_counts)
-        _check_non_negative(name, "priors", self.priors)
+        check_buffer_values(name, "class_counts", self.class_counts)
+        check_buffer_values(name, "priors", self.priors)
         self.tau = check_number(name, "tau", tau, low=0.0)
         self._register_tensor_option("class_weight", class_weight)
-        _check_non_negative(name, "class_weight", self.class_weight)
+        check_buffer_values(name, "class_weight", self.class_weight)
         self.ignore_index = check_optional_int(name, "ignore_index", ignore_index)
         self.label_smoothing = check_number(
             name, "label_smoothing", label_smoothing, low=0.0, high=1.0

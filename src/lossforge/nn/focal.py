@@ -5,32 +5,17 @@ from __future__ import annotations
 import numbers
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
 from lossforge import functional as F
 from lossforge._checks import check_choice, check_int, check_number, check_optional_int, fail
 from lossforge._dispatch import BACKENDS
 from lossforge._reduction import Backend, Reduction
-from lossforge.nn._base import Loss
+from lossforge.nn._base import Loss, check_buffer_values
 
 __all__ = ["SigmoidFocalLoss", "SoftmaxFocalLoss"]
 
 TensorOption = Tensor | Sequence[float] | None
-
-
-def _check_buffer_values(
-    owner: str, name: str, value: Tensor | None, *, high: float | None
-) -> None:
-    """Construction-time value check of a tensor option (free: buffers start on the CPU)."""
-    if value is None or value.device.type != "cpu" or value.numel() == 0:
-        return
-    ok = torch.isfinite(value) & (value >= 0)
-    if high is not None:
-        ok = ok & (value <= high)
-    if not bool(ok.all()):
-        expected = f"values in [0, {high:g}]" if high is not None else "finite non-negative values"
-        fail(owner, name, expected, value.flatten()[:8].tolist())
 
 
 class SigmoidFocalLoss(Loss):
@@ -142,10 +127,10 @@ class SoftmaxFocalLoss(Loss):
                     "a float or a 1-d per-class sequence",
                     f"shape {tuple(self.alpha.shape)}",
                 )
-            _check_buffer_values(name, "alpha", self.alpha, high=1.0)
+            check_buffer_values(name, "alpha", self.alpha, high=1.0)
         self.balance_index = check_int(name, "balance_index", balance_index, low=0)
         self._register_tensor_option("class_weight", class_weight)
-        _check_buffer_values(name, "class_weight", self.class_weight, high=None)
+        check_buffer_values(name, "class_weight", self.class_weight, high=None)
         self.label_smoothing = check_number(
             name, "label_smoothing", label_smoothing, low=0.0, high=1.0
         )
