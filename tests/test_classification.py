@@ -1140,3 +1140,78 @@ def test_gradgradcheck_float64() -> None:
     ]
     for fn in fns:
         assert torch.autograd.gradgradcheck(fn, (x,), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize(("shape", "tshape"), CE_SHAPES[1:5], ids=["2d", "4d", "6d", "empty"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"ignore_index": -100},
+        {"ignore_index": 1},
+        {"class_weight": "cw"},
+        {"label_smoothing": 0.2, "class_weight": "cw", "ignore_index": -100},
+        {"avg_factor": 3.5},
+        {"reduction": "sum", "ignore_index": -100, "label_smoothing": 0.1},
+    ],
+    ids=lambda kw: ",".join(kw) or "plain",
+)
+def test_summing_fast_path_equals_unreduced_path(shape, tshape, kw, monkeypatch) -> None:
+    # With value checks on (every index known to be in range) and no element-wise weight, the
+    # reduced cross-entropy / NLL run PyTorch's summing kernel; with checks off they take the
+    # unreduced path. Both must equal the float64 reference, values and gradients.
+    import lossforge.functional.classification as mod
+
+    calls: list[int] = []
+    real = mod._softmax_loss_total
+    monkeypatch.setattr(
+        mod, "_softmax_loss_total", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    for all_ignored in (False, True) if "ignore_index" in kw else (False,):
+        _check_fast_path_case(shape, tshape, dict(kw), all_ignored, calls)
+
+
+def _check_fast_path_case(shape, tshape, kw, all_ignored, calls) -> None:
+    g = torch.Generator().manual_seed(11)
+    c = shape[1]
+    x = torch.randn(shape, generator=g, dtype=F64) * 3
+    y = torch.randint(0, c, tshape, generator=g)
+    if kw.get("class_weight") == "cw":
+        kw["class_weight"] = (torch.rand(c, generator=g, dtype=F64) + 0.1).tolist()
+    ignore = kw.get("ignore_index")
+    if ignore is not None and y.numel() > 1:
+        y.view(-1)[::3] = ignore
+        if all_ignored:
+            y.fill_(ignore)
+    reduction = kw.pop("reduction", "mean")
+    for fn, rfn, inp in (
+        (F.cross_entropy, ref.cross_entropy, x),
+        (F.nll_loss, ref.nll_loss, torch.log_softmax(x, 1)),
+    ):
+        fkw = dict(kw)
+        if fn is F.nll_loss:
+            fkw.pop("label_smoothing", None)
+        results = []
+        for checks in (True, False):
+            leaf = inp.detach().clone().requires_grad_(True)
+            calls.clear()
+            with lf.value_checks(checks):
+                out = fn(leaf, y, reduction=reduction, **fkw)
+            assert len(calls) == int(checks), (fn.__name__, checks)  # the path really taken
+            out.backward(torch.tensor(1.7, dtype=F64))
+            results.append((out.detach(), leaf.grad))
+        (v1, g1), (v2, g2) = results
+        assert_close(v1, v2, F64)
+        assert_close(g1, g2, F64)
+        r_leaf = inp.detach().clone().requires_grad_(True)
+        rkw = {k: v for k, v in fkw.items() if k != "avg_factor"}
+        if "avg_factor" in fkw:
+            expected = rfn(r_leaf, y, reduction="sum", **rkw) / fkw["avg_factor"]
+        else:
+            expected = rfn(r_leaf, y, reduction=reduction, **rkw)
+        assert_close(v1, expected, F64)
+        if expected.requires_grad:
+            expected.backward(torch.tensor(1.7, dtype=F64))
+            assert_close(g1, r_leaf.grad, F64)
+        if all_ignored or y.numel() == 0:
+            assert float(v1) == 0.0 and not g1.any()

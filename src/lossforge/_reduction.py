@@ -41,6 +41,7 @@ __all__ = [
     "check_avg_factor",
     "class_weight_denominator",
     "expand_weight",
+    "finish_reduction",
     "global_denominator",
     "weight_reduce",
 ]
@@ -191,18 +192,48 @@ def weight_reduce(
         ``loss``'s shape for ``"none"``, else a 0-d tensor.
     """
     reduction = check_reduction(fn, reduction)
-    avg = check_avg_factor(fn, avg_factor, reduction)
+    check_avg_factor(fn, avg_factor, reduction)
     if weight is not None:
         loss = loss * expand_weight(fn, weight, loss.shape, loss)
     if valid is not None:
         loss = torch.where(valid, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
     if reduction == "none":
         return loss
-    total = loss.sum()
+    return finish_reduction(
+        loss.sum(),
+        fn=fn,
+        reduction=reduction,
+        avg_factor=avg_factor,
+        numel=loss.numel(),
+        valid=valid,
+        denominator=denominator,
+    )
+
+
+def finish_reduction(
+    total: Tensor,
+    *,
+    fn: str,
+    reduction: str,
+    avg_factor: float | Tensor | None = None,
+    numel: int,
+    valid: Tensor | None = None,
+    denominator: Tensor | None = None,
+) -> Tensor:
+    """``"sum"`` / ``"mean"`` from an already weighted and masked sum (``weight_reduce``'s rules).
+
+    For losses whose fused PyTorch kernel returns the sum directly (cross-entropy): ``total`` is the
+    sum over the valid elements, ``numel`` the number of unreduced loss elements, ``valid`` the mask
+    that defines the default ``"mean"`` count (it may broadcast over the loss: a per-row mask).
+    """
+    reduction = check_reduction(fn, reduction)
+    avg = check_avg_factor(fn, avg_factor, reduction)
+    if reduction == "none":
+        fail(fn, "reduction", '"mean" or "sum" (an unreduced loss has no total)', reduction)
     if reduction == "sum":
         return total
     if _denominator_hook is not None:
-        return _global_mean(fn, total, loss, avg, valid, denominator)
+        return _global_mean(fn, total, numel, avg, valid, denominator)
     if avg is not None:
         if isinstance(avg, Tensor):
             avg_t = avg.to(device=total.device, dtype=total.dtype).reshape(())
@@ -217,19 +248,22 @@ def weight_reduce(
     if denominator is not None:
         return _safe_div(total, denominator)
     if valid is None:
-        count = loss.numel()
-        return total / count if count > 0 else total
+        return total / numel if numel > 0 else total
+    return _safe_div(total, _valid_count(valid, numel))
+
+
+def _valid_count(valid: Tensor, numel: int) -> Tensor:
     count_t = valid.sum()
-    if valid.numel() != loss.numel():
+    if valid.numel() != numel:
         # valid broadcasts over some dimensions of the loss (e.g. a per-row mask).
-        count_t = count_t * (loss.numel() // max(valid.numel(), 1))
-    return _safe_div(total, count_t)
+        count_t = count_t * (numel // max(valid.numel(), 1))
+    return count_t
 
 
 def _global_mean(
     fn: str,
     total: Tensor,
-    loss: Tensor,
+    numel: int,
     avg: float | Tensor | None,
     valid: Tensor | None,
     denominator: Tensor | None,
@@ -247,14 +281,11 @@ def _global_mean(
         local, is_avg = denominator, False
     elif valid is None:
         local, is_avg = (
-            torch.tensor(float(loss.numel()), dtype=total.dtype, device=total.device),
+            torch.tensor(float(numel), dtype=total.dtype, device=total.device),
             False,
         )
     else:
-        count_t = valid.sum()
-        if valid.numel() != loss.numel():
-            count_t = count_t * (loss.numel() // max(valid.numel(), 1))
-        local, is_avg = count_t.to(total.dtype), False
+        local, is_avg = _valid_count(valid, numel).to(total.dtype), False
     hook = _denominator_hook
     if hook is None:  # pragma: no cover - only reached through a race with the scope's exit
         return _safe_div(total, local)

@@ -132,6 +132,9 @@ class SoftmaxTarget:
         valid: Bool mask of the index shape (``None`` = everything valid).
         bad: Bool mask of out-of-range indices met while value checks were off, or ``None``.
         cdim: The class dimension of the logits.
+        raw: The int64 class indices as given (``ignore_index`` positions keep their value). Set
+            only when ``bad`` is ``None``, i.e. every other value is known to lie in ``[0, C)``:
+            safe for PyTorch's own NLL kernels with ``ignore_index``.
     """
 
     index: Tensor | None
@@ -139,6 +142,7 @@ class SoftmaxTarget:
     valid: Tensor | None
     bad: Tensor | None
     cdim: int
+    raw: Tensor | None = None
 
 
 def softmax_target(
@@ -204,7 +208,7 @@ def softmax_target(
             if bad is not None:
                 keep = keep & ~bad
             safe = torch.where(keep, idx, torch.zeros((), dtype=idx.dtype, device=idx.device))
-        return SoftmaxTarget(safe, None, valid, bad, cdim)
+        return SoftmaxTarget(safe, None, valid, bad, cdim, raw=idx if bad is None else None)
 
     if t.is_floating_point() and tuple(t.shape) != tuple(logits.shape):
         fail(
