@@ -729,6 +729,13 @@ def test_value_checks_off_out_of_range_gives_nan(dtype) -> None:
         assert torch.isnan(F.nll_loss(x, torch.tensor([0, 5, 1])))
         # an ignored target is not "out of range"
         assert torch.isfinite(F.cross_entropy(x, torch.tensor([0, -100, 1])))
+        for t in ([255, 7, 1], [255, -100, 1], [0, 3, 255]):  # bad next to ignored positions
+            for reduction in ("sum", "mean"):
+                leaf = x.detach().clone().requires_grad_(True)
+                out = F.cross_entropy(leaf, torch.tensor(t), ignore_index=255, reduction=reduction)
+                assert torch.isnan(out), (t, reduction)
+                out.backward()
+                assert torch.isfinite(leaf.grad).all()
         b = F.binary_cross_entropy_with_logits(x, torch.tensor([0, 9, 3]), reduction="none")
         assert torch.isnan(b[1]).all() and torch.isfinite(b[[0, 2]]).all()
         p = torch.sigmoid(x.float()).to(dtype)
@@ -1157,9 +1164,9 @@ def test_gradgradcheck_float64() -> None:
     ids=lambda kw: ",".join(kw) or "plain",
 )
 def test_summing_fast_path_equals_unreduced_path(shape, tshape, kw, monkeypatch) -> None:
-    # With value checks on (every index known to be in range) and no element-wise weight, the
-    # reduced cross-entropy / NLL run PyTorch's summing kernel; with checks off they take the
-    # unreduced path. Both must equal the float64 reference, values and gradients.
+    # Without an element-wise weight, the reduced cross-entropy / NLL run PyTorch's summing kernel
+    # (value checks on or off); an all-ones element-wise weight forces the unreduced path. All must
+    # equal the float64 reference, values and gradients.
     import lossforge.functional.classification as mod
 
     calls: list[int] = []
@@ -1192,17 +1199,19 @@ def _check_fast_path_case(shape, tshape, kw, all_ignored, calls) -> None:
         if fn is F.nll_loss:
             fkw.pop("label_smoothing", None)
         results = []
-        for checks in (True, False):
+        ones = torch.ones(y.shape, dtype=F64)
+        for checks, extra, fast in ((True, {}, 1), (False, {}, 1), (True, {"weight": ones}, 0)):
             leaf = inp.detach().clone().requires_grad_(True)
             calls.clear()
             with lf.value_checks(checks):
-                out = fn(leaf, y, reduction=reduction, **fkw)
-            assert len(calls) == int(checks), (fn.__name__, checks)  # the path really taken
+                out = fn(leaf, y, reduction=reduction, **fkw, **extra)
+            assert len(calls) == fast, (fn.__name__, checks, extra)  # the path really taken
             out.backward(torch.tensor(1.7, dtype=F64))
             results.append((out.detach(), leaf.grad))
-        (v1, g1), (v2, g2) = results
-        assert_close(v1, v2, F64)
-        assert_close(g1, g2, F64)
+        (v1, g1), *others = results
+        for v2, g2 in others:
+            assert_close(v1, v2, F64)
+            assert_close(g1, g2, F64)
         r_leaf = inp.detach().clone().requires_grad_(True)
         rkw = {k: v for k, v in fkw.items() if k != "avg_factor"}
         if "avg_factor" in fkw:

@@ -132,9 +132,11 @@ class SoftmaxTarget:
         valid: Bool mask of the index shape (``None`` = everything valid).
         bad: Bool mask of out-of-range indices met while value checks were off, or ``None``.
         cdim: The class dimension of the logits.
-        raw: The int64 class indices as given (``ignore_index`` positions keep their value). Set
-            only when ``bad`` is ``None``, i.e. every other value is known to lie in ``[0, C)``:
-            safe for PyTorch's own NLL kernels with ``ignore_index``.
+        raw: The int64 class indices for PyTorch's own NLL kernels called with
+            ``ignore_index=raw_ignore``: ``ignore_index`` positions keep their value, ``bad``
+            positions hold ``raw_ignore``, every other value lies in ``[0, C)``.
+        raw_ignore: ``ignore_index``, or -100 when it is unset (then only ``bad`` positions hold
+            it).
     """
 
     index: Tensor | None
@@ -143,6 +145,7 @@ class SoftmaxTarget:
     bad: Tensor | None
     cdim: int
     raw: Tensor | None = None
+    raw_ignore: int = -100
 
 
 def softmax_target(
@@ -208,7 +211,11 @@ def softmax_target(
             if bad is not None:
                 keep = keep & ~bad
             safe = torch.where(keep, idx, torch.zeros((), dtype=idx.dtype, device=idx.device))
-        return SoftmaxTarget(safe, None, valid, bad, cdim, raw=idx if bad is None else None)
+        raw_ignore = -100 if ignore_index is None else ignore_index
+        raw = idx
+        if bad is not None:
+            raw = torch.where(bad, torch.full((), raw_ignore, device=idx.device), idx)
+        return SoftmaxTarget(safe, None, valid, bad, cdim, raw=raw, raw_ignore=raw_ignore)
 
     if t.is_floating_point() and tuple(t.shape) != tuple(logits.shape):
         fail(

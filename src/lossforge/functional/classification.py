@@ -177,12 +177,12 @@ def _softmax_loss(
 
     idx = cast(Tensor, st.index)  # softmax_target sets exactly one of index / probs
     w_t = None if w is None else w[idx]
-    if st.raw is not None and weight is None and reduction != "none" and (log_softmax or eps == 0):
+    if weight is None and reduction != "none" and (log_softmax or eps == 0):
         # Fast path: every index is in range (or ignored), nothing element-wise to apply, so
         # PyTorch's fused kernel sums directly (its backward then takes a scalar gradient); the
         # denominator follows weight_reduce's rules (0 for an empty or all-ignored batch).
         return _softmax_loss_total(
-            fn, z, st, w, w_t, eps, ignore, reduction, avg_factor, log_softmax=log_softmax
+            fn, z, st, w, w_t, eps, reduction, avg_factor, log_softmax=log_softmax
         )
     # The element-wise term, in PyTorch's convention:
     #   (1 - eps) * w[y] * (-log p_y) + eps / C * sum_c w_c * (-log p_c)
@@ -224,7 +224,6 @@ def _softmax_loss_total(
     w: Tensor | None,
     w_t: Tensor | None,
     eps: float,
-    ignore: int | None,
     reduction: str,
     avg_factor: float | Tensor | None,
     *,
@@ -232,22 +231,25 @@ def _softmax_loss_total(
 ) -> Tensor:
     """``"sum"`` / ``"mean"`` of index-target CE / NLL through PyTorch's summing kernel.
 
-    Only for ``st.raw`` set (no out-of-range index) and no element-wise ``weight``: the result
-    equals ``weight_reduce`` of the unreduced loss, with one pass fewer and no loss-sized
-    temporaries. ``ignore_index`` positions are skipped by PyTorch's kernel; with ``ignore=None``
-    every index is in ``[0, C)``, so PyTorch's default -100 matches nothing.
+    Only without an element-wise ``weight``: the result equals ``weight_reduce`` of the unreduced
+    loss, with one pass fewer and no loss-sized temporaries. PyTorch's kernel skips the
+    ``st.raw_ignore`` positions: the ignored ones and the out-of-range ones met with value checks
+    off, which make the result NaN (as one NaN element makes the unreduced path's sum NaN) without
+    a host sync.
     """
     c = z.shape[st.cdim]
     zz, ii = z, cast(Tensor, st.raw)
     if z.is_cuda and z.ndim > 2 and torch.are_deterministic_algorithms_enabled():
         zz, ii = z.movedim(1, -1).reshape(-1, c), ii.reshape(-1)
-    skip = -100 if ignore is None else ignore
+    skip = st.raw_ignore
     if log_softmax:
         total = TF.cross_entropy(
             zz, ii, weight=w, ignore_index=skip, label_smoothing=eps, reduction="sum"
         )
     else:
         total = TF.nll_loss(zz, ii, weight=w, ignore_index=skip, reduction="sum")
+    if st.bad is not None:
+        total = torch.where(st.bad.any(), torch.full_like(total, float("nan")), total)
     denominator = None
     if w_t is not None and reduction == "mean" and avg_factor is None:
         denominator = class_weight_denominator(w_t, st.valid)
