@@ -435,17 +435,53 @@ def test_bench_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert ("bce-multilabel", "F.binary_cross_entropy_with_logits") in providers
     assert any(p.startswith("lossforge smooth_l1") for _, p in providers)
     assert all(r["median_ms"] > 0 for r in payload["rows"])
+    # peak memory on the CPU too: at least the gradient buffer (4 bytes per float32 logit)
+    assert all(r["peak_B_per_logit"] >= 4 for r in payload["rows"])
+    assert all(r["peak_extra_mb"] == r["peak_extra_bytes"] / 2**20 for r in payload["rows"])
+    assert {r["mem_ratio_vs_ref"] for r in payload["rows"] if r["provider"] == r["reference"]} == {
+        1.0
+    }
     assert (tmp_path / "bench.csv").read_text().startswith("workload,provider")
-    assert "| workload |" in (tmp_path / "bench.md").read_text()
+    md = (tmp_path / "bench.md").read_text()
+    assert "| workload |" in md
+    assert "peak extra MB | bytes/logit | memory vs reference |" in md
     code, out, _ = run(capsys, "bench", "--list")
     assert code == 0
     assert "focal-dense" in out
 
 
+def test_cpu_memory_known_case() -> None:
+    """sigmoid -> exp -> sum of a 1000 x 1000 float32 leaf: the forward keeps sigmoid's and exp's
+    outputs (4 MB each) for the backward, which adds exp's gradient and then x.grad: peak 3 x 4 MB;
+    the inputs, allocated before, are not counted."""
+    import torch
+
+    from lossforge.cli.bench import cpu_memory
+
+    x = torch.randn(1000, 1000, requires_grad=True)
+    mem = cpu_memory(lambda: x.sigmoid().exp().sum())
+    assert x.grad is not None
+    mb = 4_000_000
+    assert 3 * mb <= mem.peak_bytes < 3 * mb + 4096
+    assert 2 * mb <= mem.saved_bytes < 2 * mb + 4096
+    x.grad = None
+    # F.binary_cross_entropy_with_logits' fused backward: only its gradient and x.grad
+    t = torch.rand(1000, 1000)
+    mem = cpu_memory(lambda: torch.nn.functional.binary_cross_entropy_with_logits(x, t))
+    assert 1 * mb <= mem.peak_bytes < 2 * mb + 4096
+
+
 def test_bench_references_agree_with_lossforge() -> None:
     import torch
 
-    from lossforge.cli.bench import WORKLOADS, asl_repo_loss
+    import lossforge.functional as LF
+    from lossforge.cli.bench import (
+        WORKLOADS,
+        asl_repo_loss,
+        balanced_bce_eager,
+        eager_softmax_focal,
+        torchvision_sigmoid_focal,
+    )
     from lossforge.registry import build_loss
 
     gen = torch.Generator().manual_seed(0)
@@ -454,9 +490,39 @@ def test_bench_references_agree_with_lossforge() -> None:
         ours = build_loss({"type": work.loss, **work.params})(x, t)
         ref_fn = next(iter(work.references.values()))
         ref = ref_fn(x, t)
-        if ref_fn is asl_repo_loss:
+        if work.loss == "asymmetric":
             ref = ref / x.numel()  # the ASL repository sums
         torch.testing.assert_close(ours.float(), ref.float(), rtol=1e-4, atol=1e-5, msg=work.name)
+    # the same references with the protocol's parameters
+    x = torch.randn(64, 19, 4, 4, generator=gen)
+    t = torch.randint(0, 19, (64, 4, 4), generator=gen)
+    t[torch.rand(64, 4, 4, generator=gen) < 0.1] = 255
+    torch.testing.assert_close(
+        eager_softmax_focal(x, t, 2.0, 255),
+        LF.softmax_focal_loss(x, t, gamma=2.0, ignore_index=255),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    x = torch.randn(256, 80, generator=gen) * 2 - 3
+    y = (torch.rand(256, 80, generator=gen) < 0.03).float()
+    torch.testing.assert_close(
+        asl_repo_loss(x, y, gamma_neg=4.0, gamma_pos=1.0, clip=0.05) / x.numel(),
+        LF.asymmetric_loss(x, y, gamma_neg=4.0, gamma_pos=1.0, clip=0.05),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    torch.testing.assert_close(
+        torchvision_sigmoid_focal(x, y, 0.25, 1.5),
+        LF.sigmoid_focal_loss(x, y, alpha=0.25, gamma=1.5),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    torch.testing.assert_close(
+        balanced_bce_eager(x, y, 0.98),
+        LF.balanced_binary_cross_entropy(x, y, beta=0.98),
+        rtol=1e-4,
+        atol=1e-6,
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,39 +1,55 @@
-"""``lossforge bench``: forward+backward time of lossforge losses against eager references.
+"""``lossforge bench``: forward+backward time and peak memory of lossforge against eager references.
 
-Each ``Workload`` names a registered loss with its parameters, an input generator and the eager
-formulas users run today (written below as the projects write them). Every provider runs
-forward+backward under ``torch.utils.benchmark.Timer(...).blocked_autorange``; the report gives the
-median time per call and the speed-up of each provider relative to the workload's first reference
-($t_{ref} / t$, above 1 = faster than the reference). On CUDA the peak extra memory of one
-forward+backward is measured with ``torch.cuda.max_memory_allocated``; on the CPU only time is
-reported (tensor allocations are invisible to ``tracemalloc``).
+Two suites share this command, the eager references and the memory measurement below:
 
-The lossforge providers are ``backend="torch"`` everywhere and, on CUDA with triton installed,
-``backend="triton"`` for the losses that have a fused kernel: adding a device or a backend is a
-change to ``_providers`` only, and adding a workload is one more ``Workload`` in ``WORKLOADS``.
+``--suite quick`` (the default), this module: small CPU-friendly workloads. Each ``Workload`` names
+a registered loss with its parameters, an input generator and the eager formulas users run today.
+Every provider runs forward+backward under ``torch.utils.benchmark.Timer(...).blocked_autorange``;
+the report gives the median time per call, the speed-up relative to the workload's first reference
+($t_{ref} / t$, above 1 = faster than the reference) and the peak extra memory of one separate,
+untimed forward+backward (MB, bytes per logit, ratio to the reference: below 1 = less memory). On
+CUDA the memory comes from ``torch.cuda.max_memory_allocated``, on the CPU from the allocator events
+of ``torch.profiler`` (``cpu_memory``). The lossforge providers are ``backend="torch"`` everywhere,
+on the CPU also with value checks off, and on CUDA with triton ``backend="auto"``: adding a device
+or a backend is a change to ``_providers`` only, adding a workload one more ``Workload``.
+
+``--suite protocol``, ``lossforge.cli.protocol``: the full GPU protocol of PERFORMANCE.md section 6
+(DET, SEG, ML-L, LLM, ML-S, REG; CUDA events, fwd/bwd split, memory, launches, roofline), with
+tiny shapes on the CPU (``--smoke``). ``python -m benchmarks.run`` in the repository runs it too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 import platform
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["WORKLOADS", "Workload", "run_bench", "run_workloads"]
+__all__ = [
+    "WORKLOADS",
+    "CpuMemory",
+    "Workload",
+    "cpu_memory",
+    "run_bench",
+    "run_workloads",
+]
 
 Inputs = tuple[Tensor, Tensor]
 
 
 # ----------------------------------------------------------------------------------------------
-# Eager references
+# Eager references, written as the projects write them (composites, autograd through every op).
+# Both suites use these.
 # ----------------------------------------------------------------------------------------------
 
 
@@ -54,11 +70,12 @@ def asl_repo_loss(
     x: Tensor,
     y: Tensor,
     gamma_neg: float = 4.0,
-    gamma_pos: float = 0.0,
+    gamma_pos: float = 1.0,
     clip: float = 0.05,
     eps: float = 1e-8,
 ) -> Tensor:
-    """``AsymmetricLoss`` of the ASL repository (Alibaba-MIIL/ASL ``losses.py``); it sums."""
+    """``AsymmetricLoss.forward`` of the ASL repository (Alibaba-MIIL/ASL ``losses.py``, with its
+    defaults); it sums."""
     xs_pos = torch.sigmoid(x)
     xs_neg = 1 - xs_pos
     if clip is not None and clip > 0:
@@ -66,28 +83,129 @@ def asl_repo_loss(
     los_pos = y * torch.log(xs_pos.clamp(min=eps))
     los_neg = (1 - y) * torch.log(xs_neg.clamp(min=eps))
     loss = los_pos + los_neg
-    pt0 = xs_pos * y
-    pt1 = xs_neg * (1 - y)
-    pt = pt0 + pt1
+    pt = xs_pos * y + xs_neg * (1 - y)
     one_sided_gamma = gamma_pos * y + gamma_neg * (1 - y)
-    loss = loss * torch.pow(1 - pt, one_sided_gamma)
-    return -loss.sum()
+    return -(loss * torch.pow(1 - pt, one_sided_gamma)).sum()
 
 
-def eager_softmax_focal(x: Tensor, t: Tensor, gamma: float = 2.0) -> Tensor:
-    """The usual eager softmax focal loss: ``-(1 - p_t)^gamma log p_t``, mean over samples."""
-    logp = F.log_softmax(x, dim=1).gather(1, t.unsqueeze(1)).squeeze(1)
-    return (-((1 - logp.exp()) ** gamma) * logp).mean()
+def eager_softmax_focal(
+    x: Tensor, t: Tensor, gamma: float = 2.0, ignore_index: int | None = None
+) -> Tensor:
+    """The usual eager softmax focal loss ``-(1 - p_t)^gamma log p_t`` (log-softmax in float32),
+    mean over the samples whose target is not ``ignore_index``."""
+    logp = F.log_softmax(x.float(), dim=1)
+    if ignore_index is None:
+        lpy = logp.gather(1, t.unsqueeze(1)).squeeze(1)
+        return (-((1 - lpy.exp()) ** gamma) * lpy).mean()
+    valid = t != ignore_index
+    lpy = logp.gather(1, torch.where(valid, t, torch.zeros_like(t)).unsqueeze(1)).squeeze(1)
+    loss = -((1 - lpy.exp()) ** gamma) * lpy
+    return (loss * valid).sum() / valid.sum().clamp(min=1)
+
+
+def balanced_bce_eager(x: Tensor, y: Tensor, beta: float = 0.98) -> Tensor:
+    """Class-balanced BCE as written by hand: ``beta`` on positives, ``1 - beta`` on negatives."""
+    w = beta * y + (1 - beta) * (1 - y)
+    return F.binary_cross_entropy_with_logits(x, y, weight=w)
+
+
+def smp_dice(
+    x: Tensor, t: Tensor, ignore_index: int = 255, smooth: float = 0.0, eps: float = 1e-7
+) -> Tensor:
+    """segmentation_models.pytorch ``DiceLoss(mode="multiclass", from_logits=True)``."""
+    n, c = x.shape[:2]
+    p = x.log_softmax(dim=1).exp().view(n, c, -1)
+    y = t.view(n, -1)
+    mask = (y != ignore_index).unsqueeze(1)
+    p = p * mask
+    oh = F.one_hot((y * mask.squeeze(1)).long(), c).permute(0, 2, 1) * mask
+    inter = (p * oh).sum(dim=(0, 2))
+    card = (p + oh).sum(dim=(0, 2))
+    dice = (2 * inter + smooth) / (card + smooth).clamp_min(eps)
+    return (1 - dice).mean()
 
 
 # ----------------------------------------------------------------------------------------------
-# Workloads
+# Peak memory on the CPU
+# ----------------------------------------------------------------------------------------------
+
+
+class CpuMemory(NamedTuple):
+    """Bytes allocated by one forward+backward above the state before it (``cpu_memory``)."""
+
+    saved_bytes: int | None  # held when the backward starts: the loss and what autograd saved
+    peak_bytes: int  # the maximum over forward and backward
+
+
+_BACKWARD_MARK = "lossforge.bench.backward"
+
+
+@contextlib.contextmanager
+def _quiet_fd2() -> Iterator[None]:
+    """Silence file descriptor 2 (Kineto prints a line at every profiler start and stop)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (embedded interpreters, some test runners)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def cpu_memory(forward: Callable[[], Tensor]) -> CpuMemory:
+    """Peak extra CPU memory of ``forward().backward()``, from the allocator's own events.
+
+    Tensor allocations are invisible to ``tracemalloc``, so the step runs once under
+    ``torch.profiler.profile(activities=[CPU], profile_memory=True)``; the ``[memory]`` events
+    (``nbytes() > 0`` an allocation, ``< 0`` a free) are replayed in time order and the running sum
+    is the memory allocated above the state before the call. Tensors that exist before it (the
+    inputs) are not counted; the gradient buffers the backward allocates (``x.grad``) are, and
+    every implementation pays them. Profiling slows the step: time it separately.
+
+    Args:
+        forward: Computes the scalar loss from leaves that require grad.
+
+    Returns:
+        ``CpuMemory(saved_bytes, peak_bytes)``; ``saved_bytes`` is the running sum when the backward
+        starts (None if the profiler did not record the mark).
+    """
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    with _quiet_fd2(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        loss = forward()
+        with record_function(_BACKWARD_MARK):
+            loss.backward()
+        del loss
+    events = list(prof.profiler.kineto_results.events())  # type: ignore[union-attr]
+    marks = [e.start_ns() for e in events if e.name() == _BACKWARD_MARK]
+    allocs = sorted((e for e in events if e.name() == "[memory]"), key=lambda e: e.start_ns())
+    running = peak = 0
+    saved: int | None = None
+    for event in allocs:
+        if saved is None and marks and event.start_ns() >= marks[0]:
+            saved = running
+        running += event.nbytes()
+        peak = max(peak, running)
+    if saved is None and marks:
+        saved = running
+    return CpuMemory(saved, peak)
+
+
+# ----------------------------------------------------------------------------------------------
+# Quick suite: workloads
 # ----------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Workload:
-    """One benchmark row group.
+    """One benchmark row group of the quick suite.
 
     Attributes:
         name: Identifier (``--workloads``).
@@ -144,7 +262,11 @@ def _regression(scale: float, device: torch.device, gen: torch.Generator) -> Inp
     )
 
 
-#: The default workloads (small, CPU-friendly shapes; ``--scale`` multiplies the batch).
+def _asl_gamma_pos_0(x: Tensor, y: Tensor) -> Tensor:
+    return asl_repo_loss(x, y, gamma_neg=4.0, gamma_pos=0.0, clip=0.05)
+
+
+#: The quick suite (small, CPU-friendly shapes; ``--scale`` multiplies the batch).
 WORKLOADS: tuple[Workload, ...] = (
     Workload(
         "focal-dense",
@@ -168,7 +290,7 @@ WORKLOADS: tuple[Workload, ...] = (
         "asymmetric",
         {"gamma_neg": 4.0, "gamma_pos": 0.0, "clip": 0.05},
         _dense_multilabel(256, 80, 0.03, -3.0, 2.0),
-        {"ASL repo": asl_repo_loss},
+        {"ASL repo": _asl_gamma_pos_0},
     ),
     Workload(
         "softmax-focal",
@@ -250,20 +372,25 @@ def _measure(
         leaf.grad = None
 
     step()  # warm-up (and compile caches)
-    peak_mb = None
+    # Memory: one separate forward+backward (the CPU measurement profiles, which slows it).
     if leaf.is_cuda:
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         step()
         torch.cuda.synchronize()
-        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = cpu_memory(lambda: fn(leaf, t)).peak_bytes
+        leaf.grad = None
     m = Timer(stmt="step()", globals={"step": step}).blocked_autorange(min_run_time=min_run_time)
     return {
         "median_ms": m.median * 1e3,
         "iqr_ms": m.iqr * 1e3,
         "runs": len(m.times),
-        "peak_extra_mb": peak_mb,
+        "peak_extra_mb": peak / 2**20,
+        "peak_extra_bytes": peak,
+        "peak_B_per_logit": peak / x.numel(),
     }
 
 
@@ -274,7 +401,7 @@ def run_workloads(
     scale: float = 1.0,
     min_run_time: float = 0.3,
 ) -> list[dict[str, Any]]:
-    """Time every provider of every workload; returns one row per (workload, provider)."""
+    """Time and measure every provider of every workload; one row per (workload, provider)."""
     rows: list[dict[str, Any]] = []
     for work in workloads:
         gen = torch.Generator().manual_seed(0)
@@ -285,10 +412,17 @@ def run_workloads(
             group.append(
                 {"workload": work.name, "provider": provider, "shape": list(x.shape), **result}
             )
-        ref = group[0]["median_ms"]
+        ref = group[0]
         for row in group:
-            row["speedup_vs_ref"] = ref / row["median_ms"] if row["median_ms"] > 0 else None
-            row["reference"] = group[0]["provider"]
+            row["speedup_vs_ref"] = (
+                ref["median_ms"] / row["median_ms"] if row["median_ms"] > 0 else None
+            )
+            row["mem_ratio_vs_ref"] = (
+                row["peak_extra_bytes"] / ref["peak_extra_bytes"]
+                if ref["peak_extra_bytes"] > 0
+                else None
+            )
+            row["reference"] = ref["provider"]
         rows.extend(group)
     return rows
 
@@ -301,41 +435,88 @@ def _select(names: str | None) -> tuple[Workload, ...]:
     unknown = [n for n in chosen if n not in known]
     if unknown:
         raise ValueError(
-            f"unknown workload {', '.join(map(repr, unknown))}; valid: {', '.join(known)}"
+            f"unknown workload {', '.join(map(repr, unknown))} of --suite quick; "
+            f"valid: {', '.join(known)}"
         )
     return tuple(known[n] for n in chosen)
 
 
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
 def _markdown(rows: list[dict[str, Any]], header: Mapping[str, Any]) -> list[str]:
     lines = [
-        f"device: {header['device']}, torch {header['torch']}, threads {header['threads']}",
+        f"device: {header['device']}, torch {header['torch']}, threads {header['threads']}; "
+        f"peak extra memory of one forward+backward above the inputs, gradient included "
+        f"({header['memory']})",
         "",
-        "| workload | provider | median ms | speed-up vs reference | peak extra MB |",
-        "|---|---|---:|---:|---:|",
+        "| workload | provider | median ms | speed-up vs reference | peak extra MB "
+        "| bytes/logit | memory vs reference |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        peak = "n/a" if r["peak_extra_mb"] is None else f"{r['peak_extra_mb']:.1f}"
         lines.append(
             f"| {r['workload']} | {r['provider']} | {r['median_ms']:.3f} | "
-            f"{r['speedup_vs_ref']:.2f}x | {peak} |"
+            f"{_ratio(r['speedup_vs_ref'])} | {r['peak_extra_mb']:.2f} | "
+            f"{r['peak_B_per_logit']:.1f} | {_ratio(r['mem_ratio_vs_ref'])} |"
         )
     return lines
 
 
+# ----------------------------------------------------------------------------------------------
+# The command
+# ----------------------------------------------------------------------------------------------
+
+_QUICK_ONLY = ("scale", "min_run_time")
+_PROTOCOL_ONLY = ("smoke", "reps", "iters", "no_compile", "no_launches")
+
+
+def _check_suite_options(args: Any) -> None:
+    """Refuse an option of the other suite instead of silently ignoring it."""
+    other = _PROTOCOL_ONLY if args.suite == "quick" else _QUICK_ONLY
+    for name in other:
+        if getattr(args, name, None) not in (None, False):
+            flag = "--" + name.replace("_", "-")
+            suite = "protocol" if args.suite == "quick" else "quick"
+            raise ValueError(f"{flag} is an option of --suite {suite}")
+
+
+def _device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    use_cuda = choice == "cuda" or (choice == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if use_cuda else "cpu")
+
+
+def _out_dir(path: str) -> Path:
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"cannot create output folder {str(out)!r}: {err.strerror or err}") from None
+    return out
+
+
 def run_bench(args: Any) -> int:
-    """``lossforge bench``: print the table, optionally write JSON/CSV/markdown."""
+    """``lossforge bench``: run the suite of ``args.suite`` (``quick`` or ``protocol``)."""
+    suite = getattr(args, "suite", None) or "quick"
+    args.suite = suite
+    _check_suite_options(args)
+    if suite == "protocol":
+        from lossforge.cli.protocol import run_protocol_command
+
+        return run_protocol_command(args)
+    return _run_quick(args)
+
+
+def _run_quick(args: Any) -> int:
     workloads = _select(args.workloads)
     if args.list:
         for w in WORKLOADS:
             print(f"{w.name:<16} {w.loss:<34} {w.description}")
         return 0
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
-    device = torch.device(
-        "cuda"
-        if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-        else "cpu"
-    )
+    device = _device(args.device)
     name = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -345,25 +526,27 @@ def run_bench(args: Any) -> int:
         "device": f"{device.type} ({name})",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "memory": "torch.cuda.max_memory_allocated"
+        if device.type == "cuda"
+        else "torch.profiler memory events",
     }
-    rows = run_workloads(workloads, device, scale=args.scale, min_run_time=args.min_run_time)
+    rows = run_workloads(
+        workloads,
+        device,
+        scale=args.scale if args.scale is not None else 1.0,
+        min_run_time=args.min_run_time if args.min_run_time is not None else 0.3,
+    )
     for line in _markdown(rows, header):
         print(line)
     if args.out:
-        out = Path(args.out)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise OSError(
-                f"cannot create output folder {str(out)!r}: {err.strerror or err}"
-            ) from None
-        (out / "bench.json").write_text(
-            json.dumps({"header": header, "rows": rows}, indent=2) + "\n"
-        )
-        with (out / "bench.csv").open("w", newline="") as fh:
+        out = _out_dir(args.out)
+        stem = getattr(args, "stem", None) or "bench"
+        paths = [out / f"{stem}.{ext}" for ext in ("json", "csv", "md")]
+        paths[0].write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")
+        with paths[1].open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        (out / "bench.md").write_text("\n".join(_markdown(rows, header)) + "\n")
-        print(f"results: {out / 'bench.json'}, {out / 'bench.csv'}, {out / 'bench.md'}")
+        paths[2].write_text("\n".join(_markdown(rows, header)) + "\n")
+        print(f"results: {', '.join(map(str, paths))}")
     return 0
