@@ -234,37 +234,96 @@ def _add_list(sub: Any) -> None:
 def _add_bench(sub: Any) -> None:
     p = sub.add_parser(
         "bench",
-        help="time forward+backward of lossforge losses against eager references",
+        help="time and measure forward+backward of lossforge losses against eager references",
         description=(
-            "Time forward+backward of lossforge losses against the eager formulas users run today "
-            "(torchvision-style focal, the ASL repository's loss, "
-            "F.binary_cross_entropy_with_logits, "
-            "F.cross_entropy, F.smooth_l1_loss) with "
-            "torch.utils.benchmark.Timer.blocked_autorange on "
-            "the available device; report the median time, the ratio to the reference and, on "
-            "CUDA, "
-            "the peak memory."
+            "Time forward+backward of lossforge losses against the eager formulas users run\n"
+            "today (torchvision-style focal, the ASL repository's loss, smp-style dice,\n"
+            "F.binary_cross_entropy_with_logits, F.cross_entropy, F.smooth_l1_loss, ...) and\n"
+            "measure the peak extra memory of one separate, untimed forward+backward (CUDA:\n"
+            "torch.cuda.max_memory_allocated; CPU: the allocator events of torch.profiler), as\n"
+            "MB, bytes per logit and ratio to the reference.\n\n"
+            "suites:\n"
+            "  quick     (default) one table of small CPU-friendly workloads, timed with\n"
+            "            torch.utils.benchmark; lossforge backend='torch' (CPU: also with value\n"
+            "            checks off; CUDA: also the triton kernels)\n"
+            "  protocol  the full benchmark protocol of the design (workloads DET, SEG, ML-L,\n"
+            "            LLM, ML-S, REG on CUDA: CUDA events, fwd/bwd split, kernel launches,\n"
+            "            roofline, torch.compile and Liger references); writes\n"
+            "            <stem>.json/.csv/.md after every row; on the CPU (--smoke, or no CUDA)\n"
+            "            tiny shapes, eager reference vs backend='torch'"
         ),
+        epilog=(
+            "examples:\n"
+            "  lossforge bench                                   # quick table, ~30 s on CPU\n"
+            "  lossforge bench --workloads focal-dense --scale 4 --out bench-out\n"
+            "  lossforge bench --suite protocol --only DET,SEG --out results --stem h100\n"
+            "  lossforge bench --suite protocol --smoke          # tiny CPU version, seconds\n"
+            "  lossforge bench --suite protocol --list"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--suite",
+        choices=("quick", "protocol"),
+        default="quick",
+        help="quick: one small table (default); protocol: the full GPU protocol",
     )
     p.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if present"
     )
-    p.add_argument("--workloads", metavar="NAME[,NAME]", help="subset of workloads (see --list)")
-    p.add_argument("--list", action="store_true", help="list the workloads and exit")
     p.add_argument(
-        "--scale", type=_positive_float, default=1.0, metavar="S", help="multiply the batch sizes"
+        "--workloads",
+        "--only",
+        dest="workloads",
+        metavar="NAME[,NAME]",
+        help="subset of the suite's workloads (see --list)",
+    )
+    p.add_argument("--list", action="store_true", help="list the suite's workloads and exit")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write <stem>.json, .csv and .md here (quick: only when given; protocol: default .)",
     )
     p.add_argument(
+        "--stem",
+        metavar="NAME",
+        help="file name stem (quick: bench; protocol: a timestamp on CUDA, smoke on the CPU)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help="torch threads (default: min(4, CPUs); protocol on the CPU: 1)",
+    )
+    quick = p.add_argument_group("quick suite")
+    quick.add_argument(
+        "--scale", type=_positive_float, metavar="S", help="multiply the batch sizes (default: 1)"
+    )
+    quick.add_argument(
         "--min-run-time",
         type=_positive_float,
-        default=0.3,
         metavar="SEC",
-        help="per measurement (default: 0.3)",
+        help="seconds per time measurement (default: 0.3)",
     )
-    p.add_argument("--out", metavar="DIR", help="write bench.json, bench.csv and bench.md here")
-    p.add_argument(
-        "--threads", type=_positive_int, metavar="N", help="torch threads (default: min(4, CPUs))"
+    protocol = p.add_argument_group("protocol suite")
+    protocol.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny shapes on the CPU, eager vs backend='torch' (the default without CUDA)",
     )
+    protocol.add_argument(
+        "--reps", type=_positive_int, metavar="N", help="timed reps (default: 20 CUDA, 3 CPU)"
+    )
+    protocol.add_argument(
+        "--iters",
+        type=_positive_int,
+        metavar="N",
+        help="back-to-back fwd+bwd per timed rep (default: 5 CUDA, 1 CPU)",
+    )
+    protocol.add_argument(
+        "--no-compile", action="store_true", help="skip the torch.compile reference"
+    )
+    protocol.add_argument("--no-launches", action="store_true", help="skip the kernel launch count")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,18 +351,18 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
         from lossforge.cli.listing import run_list
 
         return run_list(args)
+    if args.command == "bench":  # torch only: runs where the [cli] extra is not installed
+        from lossforge.cli.bench import run_bench
+
+        return run_bench(args)
     require("numpy", f"lossforge {args.command}")
     if args.command == "compare":
         from lossforge.cli.compare import run_compare_command
 
         return run_compare_command(args, argv)
-    if args.command == "plot":
-        from lossforge.cli.plot import run_plot
+    from lossforge.cli.plot import run_plot
 
-        return run_plot(args)
-    from lossforge.cli.bench import run_bench
-
-    return run_bench(args)
+    return run_plot(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,940 @@
+"""``lossforge bench --suite protocol``: the benchmark protocol of PERFORMANCE.md section 6.
+
+    lossforge bench --suite protocol                   # every workload (needs CUDA)
+    lossforge bench --suite protocol --only DET,SEG    # a subset
+    lossforge bench --suite protocol --smoke           # tiny CPU version, seconds
+
+(``python -m benchmarks.run`` with the same flags in the repository, writing to
+``benchmarks/results/``.)
+
+For every (workload, dtype, loss) it times, in one process and interleaved rep by rep: the eager
+reference users run today (``lossforge.cli.bench``: torchvision-style focal, the ASL repo,
+F.cross_entropy with and without ``.float()``, smp-style dice, F.l1/smooth_l1), ``torch.compile`` of
+it (compile time reported apart), Liger's cross-entropy when installed, and lossforge's
+``backend="torch"`` and ``backend="triton"`` (the kernel entry point directly when the functional
+is not wired to it yet).
+
+Reported per row: GPU time (N back-to-back fwd+bwd between two CUDA events / N; median, p20, p80
+over the reps), single-shot latency (sync per rep), fwd-only / bwd-only medians, saved-for-backward
+and peak extra memory (MB and per logit; CUDA: ``max_memory_allocated``, CPU: the profiler's
+allocator events, ``lossforge.cli.bench.cpu_memory``), CUDA kernel launches per direction
+(torch.profiler), ideal bytes, the roofline time at the copy bandwidth measured in the same run,
+``x_roof``, effective TB/s, a measured floor op with the same streams (``torch.sub`` for dense
+sigmoid losses, ``torch.neg`` otherwise), and speed-ups (and memory ratios) vs eager, vs compile and
+vs Liger. Results go to ``<out>/<stem>.{json,csv,md}``, rewritten after every row; the header
+records GPU, clocks, versions and bandwidth. On the CPU (``--smoke``, or no CUDA) the shapes are
+tiny and only the eager reference and ``backend="torch"`` run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import gc
+import json
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+import lossforge.functional as LF
+from lossforge.cli.bench import (
+    asl_repo_loss,
+    balanced_bce_eager,
+    cpu_memory,
+    eager_softmax_focal,
+    smp_dice,
+    torchvision_sigmoid_focal,
+)
+
+__all__ = ["COLUMNS", "PROTOCOL_WORKLOADS", "run_protocol", "run_protocol_command", "write"]
+
+#: Workload ids of PERFORMANCE.md section 6 (``--only``), with what they stand for.
+PROTOCOL_WORKLOADS: dict[str, str] = {
+    "DET": "RetinaNet-style head (1.6M, 80), ~2% positive, index and dense targets: "
+    "sigmoid focal (gamma 2, 1.5), BCE, balanced BCE",
+    "SEG": "Cityscapes-like (8, 19, 512, 1024), NCHW and channels_last, 5% ignore: "
+    "CE (+class weights, label smoothing), softmax focal, dice",
+    "ML-L": "OpenImages-like multi-label (256 and 4096, 9605), ~0.3% positive: ASL, BCE, focal",
+    "LLM": "LM head (8192, 128256) bf16, 10% ignore: CE (label smoothing 0, 0.1), vs Liger",
+    "ML-S": "COCO-like multi-label (256, 80), ~3% positive: ASL, BCE, focal",
+    "REG": "box regression (1.6M, 4): L1, smooth L1 (beta 1/9)",
+}
+
+# --------------------------------------------------------------------------------------------------
+# Workloads.
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Row:
+    workload: str
+    loss: str
+    dtype: str
+    shape: tuple[int, ...]
+    target_format: str
+    # "sigmoid_dense" | "sigmoid_index" | "softmax" | "softmax_2read" | "dice" | "regression"
+    family: str
+    make: Callable[[], dict[str, Any]]  # -> {"x": logits (leaf, requires grad), "t": target, ...}
+    providers: dict[str, Callable[[dict[str, Any]], torch.Tensor]]
+
+
+def _kern(name: str) -> Callable[..., torch.Tensor]:
+    def call(*a, **k):
+        import lossforge.kernels as K
+
+        return getattr(K, name)(*a, **k)
+
+    return call
+
+
+def _lf(name: str, kernel: str | None = None, **fixed) -> dict[str, Callable]:
+    """lossforge torch / triton providers for a functional name (triton: functional with
+    backend="triton" when it dispatches, else the kernel entry point)."""
+
+    def torch_backend(d):
+        return getattr(LF, name)(d["x"], d["t"], backend="torch", **fixed, **d.get("kw", {}))
+
+    def triton_backend(d):
+        fn = getattr(LF, name, None)
+        if fn is not None and d.get("_via") != "kernels":
+            try:
+                return fn(d["x"], d["t"], backend="triton", **fixed, **d.get("kw", {}))
+            except ValueError:
+                d["_via"] = "kernels"
+        return _kern(kernel or name)(d["x"], d["t"], **fixed, **d.get("kw", {}))
+
+    return {"lossforge_torch": torch_backend, "lossforge_triton": triton_backend}
+
+
+def _det(n, c, dtype, dev, dense):
+    def make():
+        x = (torch.randn(n, c, device=dev) * 3 - 4).to(dtype).requires_grad_()
+        idx = torch.randint(0, c, (n,), device=dev)
+        pos = torch.rand(n, device=dev) < 0.02  # ~2 % positive anchors
+        idx = torch.where(pos, idx, torch.full_like(idx, c))  # background = C
+        ign = torch.rand(n, device=dev) < 0.01
+        idx = torch.where(ign, torch.full_like(idx, -2), idx)
+        dense_t = (idx.unsqueeze(1) == torch.arange(c, device=dev)).to(torch.float32)
+        return {
+            "x": x,
+            "t": dense_t if dense else idx,
+            "dense": dense_t,
+            "kw": {} if dense else {"ignore_index": -2},
+        }
+
+    return make
+
+
+def _ml(n, c, dtype, dev, frac, mean, std):
+    def make():
+        x = (torch.randn(n, c, device=dev) * std + mean).to(dtype).requires_grad_()
+        y = (torch.rand(n, c, device=dev) < frac).to(torch.float32)
+        return {"x": x, "t": y, "dense": y, "kw": {}}
+
+    return make
+
+
+def _seg(shape, dtype, dev, channels_last=False):
+    def make():
+        x = torch.randn(*shape, device=dev).to(dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        t = torch.randint(0, shape[1], (shape[0],) + tuple(shape[2:]), device=dev)
+        t = torch.where(torch.rand(t.shape, device=dev) < 0.05, torch.full_like(t, 255), t)
+        return {"x": x, "t": t, "kw": {"ignore_index": 255}}
+
+    return make
+
+
+def _llm(n, v, dev):
+    def make():
+        x = torch.randn(n, v, device=dev, dtype=torch.bfloat16).requires_grad_()
+        t = torch.randint(0, v, (n,), device=dev)
+        t = torch.where(torch.rand(n, device=dev) < 0.1, torch.full_like(t, -100), t)
+        return {"x": x, "t": t, "kw": {}}
+
+    return make
+
+
+def _reg(n, dtype, dev):
+    def make():
+        x = torch.randn(n, 4, device=dev).to(dtype).requires_grad_()
+        t = torch.randn(n, 4, device=dev).to(dtype)
+        return {"x": x, "t": t, "kw": {}}
+
+    return make
+
+
+def workloads(dev: str, smoke: bool) -> list[Row]:
+    rows: list[Row] = []
+    dtypes = [torch.float32] if smoke else [torch.float32, torch.bfloat16]
+    det_n = 2048 if smoke else 1_600_000
+    for dt in dtypes:
+        dn = str(dt).replace("torch.", "")
+        for gamma in (2.0, 1.5):
+            for dense in (False, True):
+                rows.append(
+                    Row(
+                        "DET",
+                        f"sigmoid_focal_g{gamma:g}",
+                        dn,
+                        (det_n, 80),
+                        "dense" if dense else "index",
+                        "sigmoid_dense" if dense else "sigmoid_index",
+                        _det(det_n, 80, dt, dev, dense),
+                        {
+                            "eager_ref": lambda d, g=gamma: torchvision_sigmoid_focal(
+                                d["x"], d["dense"].to(d["x"].dtype), 0.25, g
+                            ),
+                            **_lf("sigmoid_focal_loss", alpha=0.25, gamma=gamma),
+                        },
+                    )
+                )
+        rows.append(
+            Row(
+                "DET",
+                "bce",
+                dn,
+                (det_n, 80),
+                "dense",
+                "sigmoid_dense",
+                _det(det_n, 80, dt, dev, True),
+                {
+                    "eager_ref": lambda d: F.binary_cross_entropy_with_logits(
+                        d["x"], d["dense"].to(d["x"].dtype)
+                    ),
+                    **_lf("binary_cross_entropy_with_logits"),
+                },
+            )
+        )
+        rows.append(
+            Row(
+                "DET",
+                "balanced_bce",
+                dn,
+                (det_n, 80),
+                "dense",
+                "sigmoid_dense",
+                _det(det_n, 80, dt, dev, True),
+                {
+                    "eager_ref": lambda d: balanced_bce_eager(d["x"], d["dense"].to(d["x"].dtype)),
+                    **_lf("balanced_binary_cross_entropy", beta=0.98),
+                },
+            )
+        )
+        ml_shapes = (
+            [(256, 80, 0.03, 0.0, 1.0)]
+            if smoke
+            else [
+                (256, 80, 0.03, 0.0, 1.0),
+                (256, 9605, 0.003, -3.0, 2.0),
+                (4096, 9605, 0.003, -3.0, 2.0),
+            ]
+        )
+        for n, c, frac, mu, sd in ml_shapes:
+            wid = "ML-S" if c == 80 else "ML-L"
+            mk = _ml(n, c, dt, dev, frac, mu, sd)
+            rows.append(
+                Row(
+                    wid,
+                    "asl",
+                    dn,
+                    (n, c),
+                    "dense",
+                    "sigmoid_dense",
+                    mk,
+                    {
+                        "eager_ref": lambda d: asl_repo_loss(
+                            d["x"], d["t"].to(d["x"].dtype), gamma_neg=4.0, gamma_pos=1.0, clip=0.05
+                        ),
+                        **_lf("asymmetric_loss", gamma_pos=1.0, gamma_neg=4.0, clip=0.05),
+                    },
+                )
+            )
+            rows.append(
+                Row(
+                    wid,
+                    "bce",
+                    dn,
+                    (n, c),
+                    "dense",
+                    "sigmoid_dense",
+                    mk,
+                    {
+                        "eager_ref": lambda d: F.binary_cross_entropy_with_logits(
+                            d["x"], d["t"].to(d["x"].dtype)
+                        ),
+                        **_lf("binary_cross_entropy_with_logits"),
+                    },
+                )
+            )
+            rows.append(
+                Row(
+                    wid,
+                    "sigmoid_focal_g2",
+                    dn,
+                    (n, c),
+                    "dense",
+                    "sigmoid_dense",
+                    mk,
+                    {
+                        "eager_ref": lambda d: torchvision_sigmoid_focal(
+                            d["x"], d["t"].to(d["x"].dtype)
+                        ),
+                        **_lf("sigmoid_focal_loss", alpha=0.25, gamma=2.0),
+                    },
+                )
+            )
+        seg = (1, 19, 32, 64) if smoke else (8, 19, 512, 1024)
+        for cl in (False, True) if not smoke else (False,):
+            lay = "channels_last" if cl else "NCHW"
+            mk = _seg(seg, dt, dev, cl)
+            rows.append(
+                Row(
+                    "SEG",
+                    f"ce_ignore[{lay}]",
+                    dn,
+                    seg,
+                    "index",
+                    "softmax",
+                    mk,
+                    {
+                        "eager_ref": lambda d: F.cross_entropy(d["x"], d["t"], ignore_index=255),
+                        **_lf("cross_entropy"),
+                    },
+                )
+            )
+            rows.append(
+                Row(
+                    "SEG",
+                    f"ce_ignore_cw_ls[{lay}]",
+                    dn,
+                    seg,
+                    "index",
+                    "softmax",
+                    mk,
+                    {
+                        "eager_ref": lambda d: F.cross_entropy(
+                            d["x"],
+                            d["t"],
+                            ignore_index=255,
+                            label_smoothing=0.1,
+                            weight=torch.linspace(
+                                0.5, 2, 19, device=d["x"].device, dtype=d["x"].dtype
+                            ),
+                        ),
+                        **{
+                            k: (
+                                lambda d, f=f: f(
+                                    {
+                                        **d,
+                                        "kw": {
+                                            **d["kw"],
+                                            "label_smoothing": 0.1,
+                                            "class_weight": torch.linspace(
+                                                0.5, 2, 19, device=d["x"].device
+                                            ),
+                                        },
+                                    }
+                                )
+                            )
+                            for k, f in _lf("cross_entropy").items()
+                        },
+                    },
+                )
+            )
+            rows.append(
+                Row(
+                    "SEG",
+                    f"softmax_focal[{lay}]",
+                    dn,
+                    seg,
+                    "index",
+                    "softmax",
+                    mk,
+                    {
+                        "eager_ref": lambda d: eager_softmax_focal(d["x"], d["t"], 2.0, 255),
+                        **_lf("softmax_focal_loss", gamma=2.0),
+                    },
+                )
+            )
+            rows.append(
+                Row(
+                    "SEG",
+                    f"dice[{lay}]",
+                    dn,
+                    seg,
+                    "index",
+                    "dice",
+                    mk,
+                    {
+                        "eager_ref": lambda d: smp_dice(d["x"], d["t"]),
+                        **_lf("dice_loss"),
+                    },
+                )
+            )
+        reg_n = 4096 if smoke else 1_600_000
+        mk = _reg(reg_n, dt, dev)
+        rows.append(
+            Row(
+                "REG",
+                "l1",
+                dn,
+                (reg_n, 4),
+                "dense",
+                "regression",
+                mk,
+                {"eager_ref": lambda d: F.l1_loss(d["x"], d["t"]), **_lf("l1_loss")},
+            )
+        )
+        rows.append(
+            Row(
+                "REG",
+                "smooth_l1_b1/9",
+                dn,
+                (reg_n, 4),
+                "dense",
+                "regression",
+                mk,
+                {
+                    "eager_ref": lambda d: F.smooth_l1_loss(d["x"], d["t"], beta=1 / 9),
+                    **_lf("smooth_l1_loss", beta=1 / 9),
+                },
+            )
+        )
+    if not smoke:
+        llm = (8192, 128256)
+        for ls in (0.0, 0.1):
+            provs = {
+                "eager_ref": lambda d, ls=ls: F.cross_entropy(d["x"], d["t"], label_smoothing=ls),
+                "eager_ref_float": lambda d, ls=ls: F.cross_entropy(
+                    d["x"].float(), d["t"], label_smoothing=ls
+                ),
+                **{
+                    k: (lambda d, f=f, ls=ls: f({**d, "kw": {"label_smoothing": ls}}))
+                    for k, f in _lf("cross_entropy").items()
+                },
+            }
+            try:
+                from liger_kernel.transformers import LigerCrossEntropyLoss  # type: ignore
+
+                liger = LigerCrossEntropyLoss(label_smoothing=ls)
+                provs["liger"] = lambda d, liger=liger: liger(
+                    d["x"].clone(), d["t"]
+                )  # it overwrites its input
+            except Exception:  # noqa: BLE001 - optional
+                pass
+            rows.append(
+                Row(
+                    "LLM",
+                    f"ce_ls{ls:g}",
+                    "bfloat16",
+                    llm,
+                    "index",
+                    "softmax_2read",
+                    _llm(*llm, dev),
+                    provs,
+                )
+            )
+    return rows
+
+
+def ideal_bytes(row: Row, d: dict[str, Any]) -> int:
+    x, t = d["x"], d["t"]
+    b = x.element_size() * x.numel()
+    tb = t.element_size() * t.numel()
+    if row.family == "softmax_2read" or row.family == "dice":
+        return 3 * b + tb
+    if row.family == "regression":
+        return 2 * b + tb
+    return 2 * b + tb
+
+
+# --------------------------------------------------------------------------------------------------
+# Measurement.
+# --------------------------------------------------------------------------------------------------
+
+
+def _step(fn, d):
+    d["x"].grad = None
+    loss = fn(d)
+    loss.backward()
+
+
+def _sync(dev):
+    if dev == "cuda":
+        torch.cuda.synchronize()
+
+
+def gpu_time(fn, d, iters) -> float:
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        _step(fn, d)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def cpu_time(fn, d, iters) -> float:
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        _step(fn, d)
+    return (time.perf_counter() - t0) * 1e3 / iters
+
+
+def split_time(fn, d, dev) -> tuple[float, float, float]:
+    """(single-shot fwd+bwd latency with sync, fwd ms, bwd ms)."""
+    d["x"].grad = None
+    _sync(dev)
+    t0 = time.perf_counter()
+    if dev == "cuda":
+        e0, e1, e2 = (torch.cuda.Event(enable_timing=True) for _ in range(3))
+        e0.record()
+        loss = fn(d)
+        e1.record()
+        loss.backward()
+        e2.record()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) * 1e3, e0.elapsed_time(e1), e1.elapsed_time(e2)
+    loss = fn(d)
+    t1 = time.perf_counter()
+    loss.backward()
+    t2 = time.perf_counter()
+    return (t2 - t0) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3
+
+
+def memory(fn, d, dev="cuda") -> tuple[int | None, int]:
+    """(saved-for-backward bytes after the forward, peak extra bytes over fwd+bwd)."""
+    d["x"].grad = None
+    if dev != "cuda":  # counts the allocations of the step itself: no baseline to clean
+        mem = cpu_memory(lambda: fn(d))
+        d["x"].grad = None
+        return mem.saved_bytes, mem.peak_bytes
+    gc.collect()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    loss = fn(d)
+    torch.cuda.synchronize()
+    saved = torch.cuda.memory_allocated() - base
+    loss.backward()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    del loss
+    d["x"].grad = None
+    return saved, peak
+
+
+def launches(fn, d) -> tuple[int, int]:
+    from torch.profiler import ProfilerActivity, profile
+
+    d["x"].grad = None
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        loss = fn(d)
+        torch.cuda.synchronize()
+    n_fwd = sum(1 for e in prof.events() if e.device_type.name == "CUDA")
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        loss.backward()
+        torch.cuda.synchronize()
+    n_bwd = sum(1 for e in prof.events() if e.device_type.name == "CUDA")
+    return n_fwd, n_bwd
+
+
+def bandwidth() -> dict[str, float]:
+    """Best of copy_ and a 2-read-1-write torch.sub on 1 GiB, in TB/s (bytes read + written)."""
+    n = (1 << 30) // 4
+    a = torch.empty(n, device="cuda").uniform_()
+    b = torch.empty(n, device="cuda").uniform_()
+    c = torch.empty(n, device="cuda")
+    out = {}
+    for name, op, nbytes in (
+        ("copy", lambda: c.copy_(a), 8 * n),
+        ("sub_2r1w", lambda: torch.sub(a, b, out=c), 12 * n),
+    ):
+        for _ in range(3):
+            op()
+        ts = []
+        for _ in range(20):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            op()
+            e.record()
+            e.synchronize()
+            ts.append(s.elapsed_time(e))
+        out[name] = nbytes / (statistics.median(ts) * 1e-3) / 1e12
+    torch.cuda.empty_cache()
+    out["best"] = max(out["copy"], out["sub_2r1w"])
+    return out
+
+
+def floor_ms(row: Row, d: dict[str, Any], iters: int) -> float:
+    x = d["x"].detach()
+    g = torch.empty_like(x)
+    if row.family == "sigmoid_dense" or row.family == "regression":
+        t = d["t"].detach()
+
+        def op():
+            torch.sub(x, t, out=g) if t.dtype == x.dtype else torch.sub(x, t.to(x.dtype), out=g)
+    else:
+
+        def op():
+            torch.neg(x, out=g)
+
+    for _ in range(3):
+        op()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    ts = []
+    for _ in range(10):
+        s.record()
+        for _ in range(iters):
+            op()
+        e.record()
+        e.synchronize()
+        ts.append(s.elapsed_time(e) / iters)
+    return statistics.median(ts)
+
+
+def header(dev: str, smoke: bool = False) -> dict[str, Any]:
+    h: dict[str, Any] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": dev,
+        "smoke": smoke,
+        "threads": torch.get_num_threads(),
+        "memory": "torch.cuda.max_memory_allocated"
+        if dev == "cuda"
+        else "torch.profiler memory events (lossforge.cli.bench.cpu_memory)",
+    }
+    if dev != "cuda":
+        h["cpu"] = platform.processor() or platform.machine()
+    try:
+        import triton
+
+        h["triton"] = triton.__version__
+    except Exception:  # noqa: BLE001
+        h["triton"] = None
+    if dev == "cuda":
+        h["gpu"] = torch.cuda.get_device_name()
+        try:
+            h["nvidia_smi"] = subprocess.run(
+                [
+                    "nvidia-smi",
+                    "--query-gpu=name,clocks.sm,clocks.mem,clocks.max.sm,power.limit,driver_version",
+                    "--format=csv,noheader",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout.strip()
+        except Exception as exc:  # noqa: BLE001
+            h["nvidia_smi"] = f"unavailable: {exc}"
+    return h
+
+
+def _q(v: list[float], q: float) -> float:
+    v = sorted(v)
+    return v[min(len(v) - 1, max(0, round(q * (len(v) - 1))))]
+
+
+def run_protocol(
+    dev: str,
+    *,
+    only: set[str] | None = None,
+    reps: int | None = None,
+    iters: int | None = None,
+    compile_ref: bool = True,
+    count_launches: bool = True,
+    on_row: Callable[[dict[str, Any]], Any] | None = None,
+) -> dict[str, Any]:
+    """Run the protocol on ``dev`` (``"cuda"``: full shapes; ``"cpu"``: the smoke shapes).
+
+    Args:
+        dev: ``"cuda"`` or ``"cpu"``.
+        only: Workload ids to run (``PROTOCOL_WORKLOADS``); None = all.
+        reps: Timed reps per provider (default 20 on CUDA, 3 on the CPU).
+        iters: Back-to-back fwd+bwd per timed rep (default 5 on CUDA, 1 on the CPU).
+        compile_ref: Also time ``torch.compile`` of the eager reference (CUDA only).
+        count_launches: Count CUDA kernel launches with the profiler.
+        on_row: Called with ``{"header", "results"}`` so far after every row.
+
+    Returns:
+        ``{"header": ..., "results": [one dict per (row, provider)]}``.
+    """
+    smoke = dev != "cuda"
+    hdr = header(dev, smoke)
+    bw = bandwidth() if dev == "cuda" else None
+    hdr["bandwidth_TBps"] = bw
+    rows = [r for r in workloads(dev, smoke) if only is None or r.workload in only]
+    reps = reps or (3 if smoke else 20)
+    iters = iters or (1 if smoke else 5)
+    results = []
+    for row in rows:
+        try:
+            torch.manual_seed(0)
+            d = row.make()
+            provs = dict(row.providers)
+            if smoke:
+                provs = {k: v for k, v in provs.items() if k in ("eager_ref", "lossforge_torch")}
+            elif compile_ref:
+                # Rows built in loops share lambda code objects: reset dynamo so no row hits the
+                # recompile limit and silently falls back to eager.
+                torch._dynamo.reset()
+                ref = provs["eager_ref"]
+                provs["compile_ref"] = torch.compile(lambda dd, ref=ref: ref(dd), dynamic=False)
+            numel = d["x"].numel()
+            # Warm-up (compile included, timed apart); providers that fail are recorded, not fatal.
+            status: dict[str, str] = {}
+            compile_s: dict[str, float] = {}
+            for name, fn in list(provs.items()):
+                try:
+                    t0 = time.perf_counter()
+                    for _ in range(3):
+                        _step(fn, d)
+                    _sync(dev)
+                    if name == "compile_ref":
+                        compile_s[name] = time.perf_counter() - t0
+                    status[name] = "ok"
+                except Exception as exc:  # noqa: BLE001
+                    first = str(exc).splitlines()[0][:160] if str(exc) else ""
+                    status[name] = f"{type(exc).__name__}: {first}"
+                    provs.pop(name)
+            times: dict[str, list[float]] = {k: [] for k in provs}
+            names = list(provs)
+            for r in range(reps):  # interleaved: rotate the provider order every rep
+                for k in names[r % len(names) :] + names[: r % len(names)]:
+                    times[k].append((gpu_time if dev == "cuda" else cpu_time)(provs[k], d, iters))
+            floor = floor_ms(row, d, iters) if dev == "cuda" else None
+            ib = ideal_bytes(row, d)
+            roof = ib / (bw["best"] * 1e12) * 1e3 if bw else None
+            for k in names:
+                med = statistics.median(times[k])
+                single, fwd, bwd = zip(
+                    *(split_time(provs[k], d, dev) for _ in range(5)), strict=False
+                )
+                rec: dict[str, Any] = {
+                    "workload": row.workload,
+                    "loss": row.loss,
+                    "dtype": row.dtype,
+                    "shape": list(row.shape),
+                    "target": row.target_format,
+                    "provider": k,
+                    "status": "ok",
+                    "via": d.get("_via", "functional") if k == "lossforge_triton" else "",
+                    "median_ms": med,
+                    "p20_ms": _q(times[k], 0.2),
+                    "p80_ms": _q(times[k], 0.8),
+                    "single_shot_ms": statistics.median(single),
+                    "fwd_ms": statistics.median(fwd),
+                    "bwd_ms": statistics.median(bwd),
+                    "compile_s": compile_s.get(k),
+                    "ideal_bytes": ib,
+                    "roof_ms": roof,
+                    "x_roof": med / roof if roof else None,
+                    "eff_TBps": ib / (med * 1e-3) / 1e12 if dev == "cuda" else None,
+                    "floor_ms": floor,
+                    "x_floor": med / floor if floor else None,
+                }
+                # Memory: one separate, untimed fwd+bwd (the CPU path profiles, which is slow).
+                saved, peak = memory(provs[k], d, dev)
+                rec.update(
+                    saved_bytes=saved,
+                    peak_extra_bytes=peak,
+                    peak_extra_MB=peak / 2**20,
+                    saved_B_per_logit=None if saved is None else saved / numel,
+                    peak_B_per_logit=peak / numel,
+                )
+                if dev == "cuda" and count_launches:
+                    with contextlib.suppress(Exception):
+                        rec["launches_fwd"], rec["launches_bwd"] = launches(provs[k], d)
+                results.append(rec)
+            for k, st in status.items():
+                if st != "ok":
+                    results.append(
+                        {
+                            "workload": row.workload,
+                            "loss": row.loss,
+                            "dtype": row.dtype,
+                            "shape": list(row.shape),
+                            "target": row.target_format,
+                            "provider": k,
+                            "status": st,
+                        }
+                    )
+            # Ratios against the references of the same row.
+            same = [
+                x
+                for x in results
+                if x["workload"] == row.workload
+                and x["loss"] == row.loss
+                and x["dtype"] == row.dtype
+                and x["target"] == row.target_format
+                and x["status"] == "ok"
+            ]
+            by = {x["provider"]: x for x in same}
+            for x in same:
+                for refname, col in (
+                    ("eager_ref", "speedup_vs_eager"),
+                    ("compile_ref", "speedup_vs_compile"),
+                    ("liger", "speedup_vs_liger"),
+                ):
+                    if refname in by:
+                        x[col] = by[refname]["median_ms"] / x["median_ms"]
+                        if "peak_extra_bytes" in x and by[refname].get("peak_extra_bytes"):
+                            x[col.replace("speedup", "mem_ratio")] = x["peak_extra_bytes"] / max(
+                                by[refname]["peak_extra_bytes"], 1
+                            )
+            print(
+                f"{row.workload:5s} {row.loss:28s} {row.dtype:9s} {row.target_format:6s} "
+                + "  ".join(
+                    f"{k}={by[k]['median_ms']:.3f}ms/{by[k]['peak_extra_MB']:.2f}MB" for k in names
+                ),
+                flush=True,
+            )
+        except Exception as exc:  # noqa: BLE001 - one failing row must not lose the run
+            results.append(
+                {
+                    "workload": row.workload,
+                    "loss": row.loss,
+                    "dtype": row.dtype,
+                    "shape": list(row.shape),
+                    "target": row.target_format,
+                    "provider": "*",
+                    "status": f"row failed: {type(exc).__name__}: {str(exc)[:200]}",
+                }
+            )
+            print(f"{row.workload} {row.loss} {row.dtype}: FAILED {exc!r}", flush=True)
+        if on_row is not None:
+            on_row({"header": hdr, "results": results})  # results so far, after each row
+        d = None
+        gc.collect()
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+    return {"header": hdr, "results": results}
+
+
+COLUMNS = [
+    "workload",
+    "loss",
+    "dtype",
+    "target",
+    "provider",
+    "status",
+    "via",
+    "median_ms",
+    "p20_ms",
+    "p80_ms",
+    "single_shot_ms",
+    "fwd_ms",
+    "bwd_ms",
+    "compile_s",
+    "launches_fwd",
+    "launches_bwd",
+    "saved_B_per_logit",
+    "peak_B_per_logit",
+    "peak_extra_MB",
+    "roof_ms",
+    "x_roof",
+    "eff_TBps",
+    "floor_ms",
+    "x_floor",
+    "speedup_vs_eager",
+    "speedup_vs_compile",
+    "speedup_vs_liger",
+    "mem_ratio_vs_eager",
+    "mem_ratio_vs_compile",
+    "mem_ratio_vs_liger",
+]
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def write(out: dict[str, Any], directory: Path, stem: str) -> list[Path]:
+    """Write ``<stem>.json`` (everything), ``.csv`` and ``.md`` (the ``COLUMNS``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pj, pc, pm = directory / f"{stem}.json", directory / f"{stem}.csv", directory / f"{stem}.md"
+    pj.write_text(json.dumps(out, indent=1, default=str))
+    with pc.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in out["results"]:
+            w.writerow({k: _fmt(r.get(k)) for k in COLUMNS})
+    lines = [
+        f"# lossforge benchmark {out['header']['time']}",
+        "",
+        "```",
+        json.dumps(out["header"], indent=1, default=str),
+        "```",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    for r in out["results"]:
+        lines.append("| " + " | ".join(_fmt(r.get(k)) for k in COLUMNS) + " |")
+    pm.write_text("\n".join(lines) + "\n")
+    return [pj, pc, pm]
+
+
+def _select(names: str | None) -> set[str] | None:
+    if not names:
+        return None
+    chosen = {n.strip() for n in names.split(",") if n.strip()}
+    unknown = sorted(chosen - set(PROTOCOL_WORKLOADS))
+    if unknown:
+        raise ValueError(
+            f"unknown workload {', '.join(map(repr, unknown))} of --suite protocol; "
+            f"valid: {', '.join(PROTOCOL_WORKLOADS)}"
+        )
+    return chosen
+
+
+def run_protocol_command(args: Any) -> int:
+    """``lossforge bench --suite protocol``: run, write ``<out>/<stem>.{json,csv,md}``."""
+    from lossforge.cli.bench import _device, _out_dir
+
+    only = _select(args.workloads)
+    if args.list:
+        for name, what in PROTOCOL_WORKLOADS.items():
+            print(f"{name:<6} {what}")
+        return 0
+    if args.smoke and args.device == "cuda":
+        raise ValueError("--smoke runs the tiny shapes on the CPU; drop --device cuda")
+    dev = "cpu" if args.smoke else _device(args.device).type
+    stem = args.stem or (time.strftime("%Y%m%d-%H%M%S") if dev == "cuda" else "smoke")
+    out_dir = _out_dir(args.out or ".")
+    threads = torch.get_num_threads()
+    if dev == "cpu" and not args.threads:
+        torch.set_num_threads(1)  # the tiny smoke shapes run faster on one thread of a small box
+    try:
+        out = run_protocol(
+            dev,
+            only=only,
+            reps=args.reps,
+            iters=args.iters,
+            compile_ref=not args.no_compile,
+            count_launches=not args.no_launches,
+            # Rewritten after every row, so a run cut short by a time limit keeps its results.
+            on_row=lambda partial: write(partial, out_dir, stem),
+        )
+    finally:
+        torch.set_num_threads(threads)
+    for path in write(out, out_dir, stem):
+        print("wrote", path)
+    return 0
