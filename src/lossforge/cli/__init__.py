@@ -254,7 +254,7 @@ def _add_bench(sub: Any) -> None:
         ),
         epilog=(
             "examples:\n"
-            "  lossforge bench                                   # quick table, ~30 s on CPU\n"
+            "  lossforge bench                                   # quick table, ~20 s on 2 cores\n"
             "  lossforge bench --workloads focal-dense --scale 4 --out bench-out\n"
             "  lossforge bench --suite protocol --only DET,SEG --out results --stem h100\n"
             "  lossforge bench --suite protocol --smoke          # tiny CPU version, seconds\n"
