@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, cast
 
 import torch
@@ -52,6 +53,7 @@ from lossforge._reduction import (
     weight_reduce,
 )
 from lossforge._targets import class_view, sigmoid_target, softmax_target
+from lossforge.functional._closed_form import ClosedForm, closed_form_loss
 
 __all__ = ["sigmoid_focal_loss", "softmax_focal_loss"]
 
@@ -147,6 +149,69 @@ def _sigmoid_focal_unweighted(z: Tensor, y: Tensor, gamma: float, hard: bool) ->
     # 0 < gamma < 1: (1 - p_t)^gamma = exp(gamma log(1 - p_t)) with a bounded d/dz log(1 - p_t).
     log_one_minus_pt = torch.logaddexp(_log_or_neg_inf(y) + log_q, _log_or_neg_inf(1.0 - y) + log_p)
     return ce * torch.exp(gamma * log_one_minus_pt)
+
+
+def _alpha_t(y: Tensor, alpha: float) -> Tensor:
+    """alpha y + (1 - alpha)(1 - y): the class-balance factor of the sigmoid focal loss."""
+    return y * (2.0 * alpha - 1.0) + (1.0 - alpha)
+
+
+def _sigmoid_focal_composite(
+    z: Tensor, y: Tensor, *, gamma: float, alpha: float | None, hard: bool
+) -> Tensor:
+    """The sigmoid focal loss element-wise (the specification; autograd differentiates it)."""
+    loss = _sigmoid_focal_unweighted(z, y, gamma, hard)
+    return loss if alpha is None else loss * _alpha_t(y, alpha)
+
+
+def _sigmoid_focal_closed(
+    z: Tensor, y: Tensor, *, gamma: float, alpha: float | None, hard: bool
+) -> tuple[Tensor, Tensor]:
+    r"""The loss and $\partial\ell/\partial z$ together (no autograd), finite for every gamma.
+
+    With $p = \sigma(z)$, $q = \sigma(-z)$, $m = 1 - p_t = y q + (1 - y) p$ and
+    $\operatorname{ce} = -y \log p - (1 - y) \log q$:
+    $\partial\ell/\partial z = \alpha_t m^\gamma \bigl[((1 - y) p - y q)
+    + \gamma \operatorname{ce}\,(pq/m)\,(1 - 2y)\bigr]$, where $pq/m$ is $p$ for $y = 1$ and
+    $q$ for $y = 0$ (bounded; it is set to 1 where $m$ underflows to 0, then $m^\gamma = 0$
+    for $\gamma > 0$). Hard targets use $s = \pm z$, $p_t = \sigma(s)$:
+    $\partial\ell/\partial s = m^\gamma (\gamma\, p_t \log p_t - m)$.
+    """
+    # In-place arithmetic on fresh temporaries (this runs under no-grad) keeps the peak low.
+    if hard:
+        pos = y > 0.5
+        s = torch.where(pos, z, -z)
+        log_pt = TF.logsigmoid(s)
+        m = torch.sigmoid(s.neg_())  # 1 - p_t without cancellation
+        del s
+        mg = m.pow(gamma)
+        loss = log_pt * mg
+        loss.neg_()
+        gs = torch.exp(log_pt).mul_(log_pt).mul_(gamma).sub_(m).mul_(mg)
+        del log_pt, m, mg
+        grad = torch.where(pos, gs, -gs)
+    else:
+        p = torch.sigmoid(z)
+        q = torch.sigmoid(-z)
+        ny = 1.0 - y
+        ce = TF.logsigmoid(z).mul_(y)
+        ce.addcmul_(TF.logsigmoid(-z), ny).neg_()
+        m = q * y
+        m.addcmul_(p, ny)
+        mg = m.pow(gamma)
+        loss = ce * mg
+        # p q / m, set to 1 where m underflowed to 0 (0/0 there).
+        ratio = torch.mul(p, q).div_(m).masked_fill_(m <= 0, 1.0)
+        del m
+        focus = ce.mul_(ratio).mul_(gamma).mul_(ny - y)  # gamma ce (pq/m)(1 - 2y)
+        del ratio
+        # p - y as (1 - y) p - y q: no cancellation where p rounds to 1.
+        grad = p.mul_(ny).sub_(q.mul_(y)).add_(focus).mul_(mg)
+    if alpha is not None:
+        a_t = _alpha_t(y, alpha)
+        loss.mul_(a_t)
+        grad.mul_(a_t)
+    return loss, grad
 
 
 # --------------------------------------------------------------------------------------------------
@@ -285,12 +350,14 @@ def sigmoid_focal_loss(
         if fused is not None:
             return fused
     dt = sigmoid_target(fn, x, target, ignore_index=ignore)
-    z = x.to(compute_dtype(x))
     y = dt.target
     hard = dt.from_index or not target.is_floating_point()
-    loss = _sigmoid_focal_unweighted(z, y, g, hard)
-    if a is not None:
-        loss = loss * (a * y + (1.0 - a) * (1.0 - y))
+    opts = {"gamma": g, "alpha": a, "hard": hard}
+    spec = ClosedForm(
+        partial(_sigmoid_focal_closed, **opts), partial(_sigmoid_focal_composite, **opts)
+    )
+    # gamma = 0 is exactly binary_cross_entropy_with_logits (PyTorch's fused kernel), times alpha.
+    loss = spec.composite(x.to(compute_dtype(x)), y) if g == 0.0 else closed_form_loss(x, y, spec)
     loss = poison_out_of_range(loss, dt.bad)
     return weight_reduce(
         loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=dt.valid

@@ -1,0 +1,163 @@
+"""The closed-form fast path of the torch backend (``functional/_closed_form.py``).
+
+Element-wise losses whose forward computes the loss and its derivative together must agree with
+their composite specification (autograd through the formula) on values, first derivatives,
+second derivatives and forward-mode derivatives, and must actually be taken.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+from _contract import assert_close
+from torch.autograd import gradcheck, gradgradcheck
+
+import lossforge.functional as F
+from lossforge.functional import focal as focal_mod
+
+F64 = torch.float64
+GAMMAS = [0.25, 0.5, 1.0, 2.0, 4.0]
+ALPHAS = [None, 0.25, 0.9]
+
+
+def _inputs(seed: int, *, soft: bool, dtype: torch.dtype = F64, scale: float = 4.0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(6, 7, generator=g, dtype=F64) * scale).to(dtype)
+    # saturated corners in every row pattern
+    x[0, :4] = torch.tensor([40.0, -40.0, 80.0, -80.0], dtype=F64).to(dtype)
+    y = (torch.rand(6, 7, generator=g) < 0.4).to(F64)
+    if soft:
+        y[1] = torch.rand(7, generator=g, dtype=F64)  # a soft row next to exact 0/1 elements
+    return x, y
+
+
+def _composite(x, y, gamma, alpha, hard):
+    return focal_mod._sigmoid_focal_composite(x, y, gamma=gamma, alpha=alpha, hard=hard)
+
+
+def _grad_fn_name(t: torch.Tensor) -> str:
+    fn = t.grad_fn
+    seen = []
+    stack = [fn]
+    while stack:
+        f = stack.pop()
+        if f is None:
+            continue
+        seen.append(type(f).__name__)
+        stack.extend(n for n, _ in f.next_functions)
+    return ",".join(seen)
+
+
+@pytest.mark.parametrize(("gamma", "alpha"), list(itertools.product(GAMMAS, ALPHAS)))
+@pytest.mark.parametrize("kind", ["dense-hard", "dense-soft", "index"])
+def test_sigmoid_focal_closed_form_equals_composite(gamma, alpha, kind) -> None:
+    x0, y = _inputs(3, soft=kind == "dense-soft")
+    target = y.argmax(dim=1) if kind == "index" else y  # index: class k positive, others negative
+    dense = torch.nn.functional.one_hot(target, 7).to(F64) if kind == "index" else y
+    x = x0.clone().requires_grad_(True)
+    out = F.sigmoid_focal_loss(x, target, gamma=gamma, alpha=alpha, reduction="none")
+    assert "ElementwiseLoss" in _grad_fn_name(out)  # the fast path was taken
+    up = torch.rand(out.shape, dtype=F64, generator=torch.Generator().manual_seed(1)) + 0.5
+    (g_fast,) = torch.autograd.grad(out, x, up)
+
+    xr = x0.clone().requires_grad_(True)
+    ref = _composite(xr, dense, gamma, alpha, hard=kind == "index")
+    (g_ref,) = torch.autograd.grad(ref, xr, up)
+    assert_close(out.detach(), ref.detach(), F64)
+    assert_close(g_fast, g_ref, F64)
+    assert torch.isfinite(g_fast).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_sigmoid_focal_closed_form_low_precision(dtype, gamma) -> None:
+    """Gradients come back in the input dtype, within the same-dtype composite's error of the
+    float64 truth (the tolerance rule of the kernels: <= 2x, plus one rounding step)."""
+    x0, y = _inputs(5, soft=True, dtype=dtype, scale=3.0)
+    x = x0.clone().requires_grad_(True)
+    out = F.sigmoid_focal_loss(x, y, gamma=gamma, reduction="sum")
+    (g_fast,) = torch.autograd.grad(out, x)
+    assert g_fast.dtype == dtype and out.dtype == torch.float32
+    assert torch.isfinite(g_fast).all()
+
+    x64 = x0.double().requires_grad_(True)
+    (g_true,) = torch.autograd.grad(_composite(x64, y, gamma, 0.25, False).sum(), x64)
+    xc = x0.clone().requires_grad_(True)
+    (g_comp,) = torch.autograd.grad(_composite(xc.float(), y.float(), gamma, 0.25, False).sum(), xc)
+    err_fast = (g_fast.double() - g_true).abs().max()
+    err_comp = (g_comp.double() - g_true).abs().max()
+    step = torch.finfo(dtype).eps * g_true.abs().max()
+    assert err_fast <= 2 * err_comp + step, (float(err_fast), float(err_comp))
+
+
+@pytest.mark.parametrize("hard", [False, True])
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_sigmoid_focal_closed_form_gradcheck_and_second_derivatives(hard, gamma) -> None:
+    g = torch.Generator().manual_seed(9)
+    x = (torch.randn(4, 5, generator=g, dtype=F64) * 2).requires_grad_(True)
+    if hard:
+        t = torch.randint(0, 6, (4,), generator=g)  # 5 = background
+
+        def fn(v):
+            return F.sigmoid_focal_loss(v, t, gamma=gamma, reduction="none")
+    else:
+        y = torch.rand(4, 5, generator=g, dtype=F64)
+
+        def fn(v):
+            return F.sigmoid_focal_loss(v, y, gamma=gamma, reduction="none")
+
+    assert "ElementwiseLoss" in _grad_fn_name(fn(x))
+    assert gradcheck(fn, (x,))
+    assert gradgradcheck(fn, (x,))
+    # forward-mode AD (through the fast path: the dual input requires grad) agrees with backward
+    tangent = torch.randn(4, 5, generator=g, dtype=F64)
+    with fwAD.dual_level():
+        out = fn(fwAD.make_dual(x, tangent))
+        assert "ElementwiseLoss" in _grad_fn_name(out)
+        jvp = fwAD.unpack_dual(out).tangent
+    (grad,) = torch.autograd.grad(fn(x).sum(), x)
+    assert_close(jvp, grad * tangent, F64)
+
+
+def test_target_requiring_grad_takes_the_composite() -> None:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 4, generator=g, dtype=F64, requires_grad=True)
+    y = torch.rand(3, 4, generator=g, dtype=F64, requires_grad=True)
+    out = F.sigmoid_focal_loss(x, y, gamma=2.0, reduction="sum")
+    assert "ElementwiseLoss" not in _grad_fn_name(out)
+    gx, gy = torch.autograd.grad(out, (x, y))
+    assert gradcheck(lambda a, b: F.sigmoid_focal_loss(a, b, gamma=2.0), (x, y))
+    assert torch.isfinite(gy).all() and gy.abs().sum() > 0
+
+
+def test_no_grad_and_inference_take_the_composite_and_agree() -> None:
+    x, y = _inputs(4, soft=True)
+    with torch.no_grad():
+        a = F.sigmoid_focal_loss(x, y, reduction="none")
+    b = F.sigmoid_focal_loss(x.clone().requires_grad_(True), y, reduction="none")
+    assert a.grad_fn is None and "ElementwiseLoss" in _grad_fn_name(b)
+    assert_close(a, b.detach(), F64)
+
+
+def test_saved_memory_is_one_gradient_buffer() -> None:
+    """Between forward and backward the fast path holds the gradient buffer (plus what the
+    reduction saves), not the composite's 10+ intermediates."""
+    x = torch.randn(64, 80, requires_grad=True)
+    y = (torch.rand(64, 80) < 0.05).float()
+    saved: list[int] = []
+
+    def pack(t):
+        saved.append(t.untyped_storage().nbytes() if t.data_ptr() not in ptrs else 0)
+        return t
+
+    ptrs = {x.data_ptr(), y.data_ptr()}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        F.sigmoid_focal_loss(x, y, reduction="mean")
+    assert sum(saved) <= x.numel() * 4 + 64, saved
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _composite(x, y, 2.0, 0.25, False).mean()
+    assert sum(saved) >= 4 * x.numel() * 4  # the composite keeps several element-sized tensors
