@@ -161,3 +161,53 @@ def test_saved_memory_is_one_gradient_buffer() -> None:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         _composite(x, y, 2.0, 0.25, False).mean()
     assert sum(saved) >= 4 * x.numel() * 4  # the composite keeps several element-sized tensors
+
+
+# ------------------------------------------------------------------------------------------------
+# Balanced BCE
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("beta", [None, 0.0, 0.3, 0.98, 1.0])
+@pytest.mark.parametrize("kind", ["dense-hard", "dense-soft", "index-ignore"])
+def test_balanced_bce_closed_form_equals_composite(beta, kind) -> None:
+    from lossforge.functional import balanced as bal
+
+    x0, y = _inputs(7, soft=kind == "dense-soft")
+    kw = {}
+    if kind == "index-ignore":
+        target = y.argmax(dim=1)
+        target[2] = -1
+        kw["ignore_index"] = -1
+        dense = torch.nn.functional.one_hot(target.clamp(min=0), 7).to(F64)
+        valid = (target != -1)[:, None].expand(-1, 7)
+    else:
+        target, dense, valid = y, y, None
+    x = x0.clone().requires_grad_(True)
+    out = F.balanced_binary_cross_entropy(x, target, beta=beta, reduction="none", **kw)
+    assert "ElementwiseLoss" in _grad_fn_name(out)
+    up = torch.rand(out.shape, dtype=F64, generator=torch.Generator().manual_seed(1)) + 0.5
+    (g_fast,) = torch.autograd.grad(out, x, up)
+
+    b = bal._per_sample_beta(dense, valid) if beta is None else beta
+    xr = x0.clone().requires_grad_(True)
+    ref = bal._balanced_bce_composite(xr, dense, beta=b)
+    if valid is not None:
+        ref = torch.where(valid, ref, 0.0)
+    (g_ref,) = torch.autograd.grad(ref, xr, up)
+    assert_close(out.detach(), ref.detach(), F64)
+    assert_close(g_fast, g_ref, F64)
+
+
+@pytest.mark.parametrize("beta", [None, 0.7])
+def test_balanced_bce_gradcheck_and_second_derivatives(beta) -> None:
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(3, 6, generator=g, dtype=F64) * 2).requires_grad_(True)
+    y = torch.rand(3, 6, generator=g, dtype=F64)
+
+    def fn(v):
+        return F.balanced_binary_cross_entropy(v, y, beta=beta, reduction="none")
+
+    assert "ElementwiseLoss" in _grad_fn_name(fn(x))
+    assert gradcheck(fn, (x,))
+    assert gradgradcheck(fn, (x,))

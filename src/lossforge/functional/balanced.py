@@ -7,6 +7,8 @@ negative losses plus a rank comparison against a count that stays on the device.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as TF
 from torch import Tensor
@@ -27,6 +29,7 @@ from lossforge._checks import (
 from lossforge._dispatch import kernel_eligible, unsupported
 from lossforge._reduction import Backend, Reduction, check_avg_factor, expand_weight, weight_reduce
 from lossforge._targets import sigmoid_target
+from lossforge.functional._closed_form import ClosedForm, closed_form_loss
 
 __all__ = ["balanced_binary_cross_entropy", "ohem_binary_cross_entropy"]
 
@@ -47,6 +50,22 @@ def _per_sample_beta(y: Tensor, valid: Tensor | None) -> Tensor:
         n_neg / torch.where(has, n_valid, torch.ones_like(n_valid)),
         torch.full_like(n_valid, 0.5),
     )
+
+
+def _balanced_bce_composite(z: Tensor, y: Tensor, *, beta: Tensor | float) -> Tensor:
+    """-(beta y log p + (1 - beta)(1 - y) log(1 - p)) element-wise (the specification)."""
+    return -(beta * y * TF.logsigmoid(z) + (1.0 - beta) * (1.0 - y) * TF.logsigmoid(-z))
+
+
+def _balanced_bce_closed(z: Tensor, y: Tensor, *, beta: Tensor | float) -> tuple[Tensor, Tensor]:
+    """The loss and d loss / dz = (1 - beta)(1 - y) p - beta y q together (no autograd)."""
+    w_pos = y * beta
+    w_neg = (1.0 - y).mul_(1.0 - beta)
+    loss = TF.logsigmoid(z).mul_(w_pos)
+    loss.addcmul_(TF.logsigmoid(-z), w_neg).neg_()
+    grad = torch.sigmoid(z).mul_(w_neg)
+    grad.sub_(torch.sigmoid(-z).mul_(w_pos))
+    return loss, grad
 
 
 def balanced_binary_cross_entropy(
@@ -137,10 +156,12 @@ def balanced_binary_cross_entropy(
                 )
             unsupported(fn, backend, why)  # type: ignore[arg-type]
     dt = sigmoid_target(fn, x, target, ignore_index=ignore)
-    z = x.to(compute_dtype(x))
     y = dt.target
     beta_t: Tensor | float = _per_sample_beta(y, dt.valid) if b is None else b
-    loss = -(beta_t * y * TF.logsigmoid(z) + (1.0 - beta_t) * (1.0 - y) * TF.logsigmoid(-z))
+    spec = ClosedForm(
+        partial(_balanced_bce_closed, beta=beta_t), partial(_balanced_bce_composite, beta=beta_t)
+    )
+    loss = closed_form_loss(x, y, spec)
     loss = poison_out_of_range(loss, dt.bad)
     return weight_reduce(
         loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=dt.valid
