@@ -3,10 +3,15 @@ the gradient-stop switch, index targets, edge cases and properties."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
+from typing import NamedTuple
+from unittest import mock
 
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as TF
 from _contract import LossCase, assert_close, contract_test_suite
 from hypothesis import given
@@ -15,6 +20,8 @@ from reference import asymmetric as ref
 
 import lossforge as lf
 import lossforge.functional as F
+from lossforge._checks import compute_dtype
+from lossforge.functional import asymmetric as asl_mod
 
 
 def _make_dense(
@@ -538,3 +545,355 @@ def test_property_softmax_asl_nonnegative_and_below_smoothed_ce(
     ce = TF.cross_entropy(x, t, label_smoothing=ls, reduction="none")
     assert torch.all(got >= 0)
     assert torch.all(got <= ce + 1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# Multi-label ASL: the closed-form fast path of the torch backend against the composite
+# --------------------------------------------------------------------------------------------------
+#
+# The torch backend evaluates the element-wise ASL in closed form (loss and gradient in one no-grad
+# pass, ``_ASLClosedForm``); the composite ``_asl_unreduced`` is its specification. ``_composite()``
+# swaps the element-wise term of the same public call for the composite, so target parsing,
+# weights and reductions are shared and only the element-wise term differs.
+
+
+def _composite_elementwise(x: torch.Tensor, y: torch.Tensor, opts: dict) -> torch.Tensor:
+    return asl_mod._asl_unreduced(x.to(compute_dtype(x)), y, **opts)
+
+
+def _composite() -> contextlib.AbstractContextManager:
+    return mock.patch.object(asl_mod, "_asl_elementwise", _composite_elementwise)
+
+
+def _closed_form_nodes(t: torch.Tensor) -> list:
+    """The ``_ASLClosedForm`` backward nodes in ``t``'s autograd graph."""
+    found, seen, stack = [], set(), [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == "_ASLClosedFormBackward":
+            found.append(node)
+        stack.extend(f for f, _ in node.next_functions)
+    return found
+
+
+class _Run(NamedTuple):
+    loss: torch.Tensor  # with its graph
+    grad: torch.Tensor  # d(sum(loss * grad_out)) / d logits
+
+
+def _run(
+    x: torch.Tensor,
+    target: torch.Tensor,
+    grad_out: torch.Tensor | None = None,
+    *,
+    composite: bool = False,
+    **kw: object,
+) -> _Run:
+    """``F.asymmetric_loss`` on a fresh leaf copy of ``x`` and its gradient for ``grad_out``."""
+    leaf = x.detach().clone().requires_grad_()
+    with _composite() if composite else contextlib.nullcontext():
+        loss = F.asymmetric_loss(leaf, target, **kw)
+    go = torch.ones_like(loss) if grad_out is None else grad_out
+    (g,) = torch.autograd.grad(loss, leaf, go, retain_graph=True)
+    if not composite:
+        assert _closed_form_nodes(loss), "the closed-form path was not taken"
+    return _Run(loss, g)
+
+
+def _fast_logits(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
+    """N(0, 3^2) float64 logits whose first elements are saturated: eps clamps and the clip act."""
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+    sat = torch.tensor([-40.0, -20.0, -8.0, -3.5, 0.0, 3.5, 8.0, 20.0, 40.0], dtype=torch.float64)
+    x.view(-1)[: sat.numel()] = sat
+    x.view(-1)[sat.numel() : 2 * sat.numel()] = sat.flip(0)
+    return x
+
+
+FAST_GAMMAS = [0.0, 0.5, 1.0, 4.0]
+# clip 0 / > 0, eps 0 / tiny / clamping widely, and eps > clip (the -log(1 - p_m) clamp acts).
+FAST_CLIP_EPS = [(0.0, 0.0), (0.0, 1e-8), (0.0, 0.2), (0.05, 0.0), (0.05, 1e-8), (0.05, 0.2)]
+FAST_TOL = {"rtol": 1e-9, "atol": 1e-12}
+
+
+@pytest.mark.parametrize("detach", [False, True], ids=["weight_grad", "detached"])
+@pytest.mark.parametrize("clip_eps", FAST_CLIP_EPS, ids=lambda ce: f"clip={ce[0]},eps={ce[1]}")
+def test_closed_form_matches_composite_float64(clip_eps: tuple, detach: bool) -> None:
+    clip, eps = clip_eps
+    g = torch.Generator().manual_seed(11)
+    x = _fast_logits((6, 7, 3), g)
+    hard = (torch.rand(6, 7, 3, generator=g) < 0.4).double()
+    soft = torch.rand(6, 7, 3, generator=g, dtype=torch.float64)
+    soft[0] = hard[0]  # exact 0 / 1 inside a soft target too
+    grad_out = torch.randn(6, 7, 3, generator=g, dtype=torch.float64)  # != 1, element-wise
+    for gp, gn in itertools.product(FAST_GAMMAS, FAST_GAMMAS):
+        kw = {"gamma_pos": gp, "gamma_neg": gn, "clip": clip, "eps": eps}
+        kw |= {"detach_focal_weight": detach, "reduction": "none"}
+        for y in (hard, soft):
+            fast = _run(x, y, grad_out, **kw)
+            ref_ = _run(x, y, grad_out, composite=True, **kw)
+            assert_close(fast.loss, ref_.loss, torch.float64, **FAST_TOL)
+            assert_close(fast.grad, ref_.grad, torch.float64, **FAST_TOL)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_closed_form_index_targets_ignore_and_weights(reduction: str) -> None:
+    g = torch.Generator().manual_seed(12)
+    x = _fast_logits((6, 4, 3), g)
+    t = torch.randint(0, 5, (6, 3), generator=g)  # 4 = background
+    t[1, 0] = t[4, 2] = -1
+    weights = [
+        None,
+        torch.rand(6, generator=g, dtype=torch.float64) + 0.5,  # per sample
+        (torch.rand(6, 4, 3, generator=g, dtype=torch.float64) + 0.5).requires_grad_(),
+    ]
+    kw = {"gamma_pos": 1.0, "gamma_neg": 4.0, "clip": 0.05, "eps": 1e-3, "ignore_index": -1}
+    for w in weights:
+        for avg in (None, 7.0) if reduction == "mean" else (None,):
+            call = {"weight": w, "reduction": reduction, "avg_factor": avg, **kw}
+            fast = _run(x, t, **call)
+            ref_ = _run(x, t, composite=True, **call)
+            assert_close(fast.loss, ref_.loss, torch.float64, **FAST_TOL)
+            assert_close(fast.grad, ref_.grad, torch.float64, **FAST_TOL)
+            assert torch.all(fast.grad[1, :, 0] == 0) and torch.all(fast.grad[4, :, 2] == 0)
+            if w is not None and w.requires_grad:  # d loss / d weight through the closed form
+                (gw_fast,) = torch.autograd.grad(fast.loss.sum(), w)
+                (gw_ref,) = torch.autograd.grad(ref_.loss.sum(), w)
+                assert_close(gw_fast, gw_ref, torch.float64, **FAST_TOL)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_closed_form_grad_output_scaling(dtype: torch.dtype) -> None:
+    # mean (a broadcast 1/N), 3 * sum (a broadcast 3), sum (a broadcast 1: the saved gradient
+    # itself) and an element-wise upstream gradient all give grad_output * d loss / dx.
+    g = torch.Generator().manual_seed(13)
+    x = (torch.randn(5, 6, generator=g, dtype=torch.float64) * 3).to(dtype)
+    y = (torch.rand(5, 6, generator=g) < 0.4).to(dtype)
+    up = torch.rand(5, 6, generator=g) + 0.5
+    kw = {"gamma_pos": 0.5, "gamma_neg": 4.0, "clip": 0.05}
+    base = _run(x, y, reduction="sum", **kw).grad
+    for fn, scale in (
+        (lambda a: F.asymmetric_loss(a, y, reduction="mean", **kw), torch.full_like(up, 1 / 30)),
+        (lambda a: 3.0 * F.asymmetric_loss(a, y, reduction="sum", **kw), torch.full_like(up, 3.0)),
+        (lambda a: (up * F.asymmetric_loss(a, y, reduction="none", **kw)).sum(), up),
+    ):
+        leaf = x.detach().clone().requires_grad_()
+        (got,) = torch.autograd.grad(fn(leaf), leaf)
+        assert got.dtype == dtype
+        assert_close(got, (base.double() * scale).to(dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_closed_form_finite_at_1e4_logits(dtype: torch.dtype) -> None:
+    signs = torch.tensor([[1.0, -1.0, 1.0, -1.0], [1.0, 1.0, -1.0, -1.0], [1.0, -1.0, -1.0, 1.0]])
+    y = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.3, 0.7, 0.5, 1.0], [0.0, 0.0, 1.0, 1.0]])
+    x = (signs * 1e4).to(dtype)
+    for gp, gn, clip, eps in itertools.product(FAST_GAMMAS, FAST_GAMMAS, (0.0, 0.05), (0.0, 1e-8)):
+        kw = {"gamma_pos": gp, "gamma_neg": gn, "clip": clip, "eps": eps, "reduction": "none"}
+        fast = _run(x, y, **kw)
+        assert torch.isfinite(fast.loss).all() and torch.isfinite(fast.grad).all(), kw
+        if dtype == torch.float64:
+            ref_ = _run(x, y, composite=True, **kw)
+            assert_close(fast.loss, ref_.loss, torch.float64, **FAST_TOL)
+            assert_close(fast.grad, ref_.grad, torch.float64, **FAST_TOL)
+
+
+@pytest.mark.parametrize("chunk", [None, 16], ids=["whole", "chunked"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_closed_form_low_precision_gradient_dtype_and_values(
+    dtype: torch.dtype, chunk: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if chunk is not None:  # 7 * 40 = 280 elements > 4 * 16: the CPU chunked path, partial tail
+        monkeypatch.setattr(asl_mod, "_CHUNK", chunk)
+    g = torch.Generator().manual_seed(14)
+    x = (torch.randn(7, 40, generator=g, dtype=torch.float64) * 2 - 2).to(dtype)
+    y = (torch.rand(7, 40, generator=g) < 0.2).float()
+    kw = {"gamma_pos": 1.0, "gamma_neg": 4.0, "clip": 0.05, "reduction": "sum"}
+    fast = _run(x, y, **kw)
+    (node,) = _closed_form_nodes(fast.loss)
+    assert node.saved_tensors[2].dtype == dtype  # the one saved buffer is in the input's dtype
+    assert fast.loss.dtype == torch.float32 and fast.grad.dtype == dtype
+    ref_ = _run(x.double(), y.double(), composite=True, **kw)  # same rounded inputs, float64
+    assert_close(fast.loss, ref_.loss, torch.float32)
+    assert_close(fast.grad, ref_.grad, dtype)
+
+
+GRADCHECK_OPTS = [
+    {"gamma_pos": 0.0, "gamma_neg": 4.0, "clip": 0.05, "eps": 1e-8},
+    {"gamma_pos": 1.0, "gamma_neg": 4.0, "clip": 0.05, "eps": 1e-3},
+    {"gamma_pos": 0.5, "gamma_neg": 0.5, "clip": 0.0, "eps": 0.0},
+    {"gamma_pos": 4.0, "gamma_neg": 1.0, "clip": 0.3, "eps": 0.0},
+    {"gamma_pos": 0.0, "gamma_neg": 0.0, "clip": 0.0, "eps": 1e-8},
+]
+
+
+# forward-mode AD loads torch's jvp decompositions through torch.jit.script
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("soft", [False, True], ids=["hard", "soft"])
+@pytest.mark.parametrize("kw", GRADCHECK_OPTS, ids=lambda kw: ",".join(map(str, kw.values())))
+def test_closed_form_gradcheck_and_gradgradcheck(kw: dict, soft: bool) -> None:
+    # Logits away from the kinks (p = clip, the eps clamps) so finite differences are valid.
+    # (detach_focal_weight is no derivative, so not here: it is compared with the composite.)
+    x = torch.tensor(
+        [[-4.5, -1.5, -0.4, 0.7, 2.2], [3.6, -2.2, 1.4, -0.9, 0.1]], dtype=torch.float64
+    ).requires_grad_()
+    y = torch.tensor([[0.0, 1.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 1.0, 0.0]], dtype=torch.float64)
+    if soft:
+        y = y * 0.6 + 0.2
+
+    def fn(a: torch.Tensor) -> torch.Tensor:
+        return F.asymmetric_loss(a, y, reduction="none", **kw)
+
+    assert _closed_form_nodes(fn(x))
+    assert torch.autograd.gradcheck(fn, (x,), check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+def test_target_requiring_grad_takes_the_composite() -> None:
+    g = torch.Generator().manual_seed(15)
+    x = (torch.randn(4, 5, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    y = (torch.rand(4, 5, generator=g, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
+    kw = {"gamma_pos": 1.0, "gamma_neg": 2.0, "clip": 0.05, "reduction": "sum"}
+    loss = F.asymmetric_loss(x, y, **kw)
+    assert not _closed_form_nodes(loss)
+    gx, gy = torch.autograd.grad(loss, (x, y))
+    assert_close(gx, _run(x, y.detach(), **kw).grad, torch.float64, **FAST_TOL)
+    # d loss / d y of the reference's single-weight soft form, by hand:
+    # l = -(y a + (1 - y) b) w, w = exp(g_t log base), base = y q + (1 - y) p_m.
+    xd, yd = x.detach(), y.detach()
+    p, q = torch.sigmoid(xd), torch.sigmoid(-xd)
+    a, b = TF.logsigmoid(xd).clamp(min=math.log(1e-8)), torch.log((q + 0.05).clamp(max=1.0))
+    pm = (p - 0.05).clamp(min=0.0)
+    base, gt = yd * q + (1 - yd) * pm, 1.0 * yd + 2.0 * (1 - yd)
+    w = base**gt
+    dw = w * ((1.0 - 2.0) * torch.log(base) + gt * (q - pm) / base)
+    assert_close(gy, -((a - b) * w + (yd * a + (1 - yd) * b) * dw), torch.float64, **FAST_TOL)
+    assert torch.autograd.gradcheck(lambda u, v: F.asymmetric_loss(u, v, **kw), (x, y))
+
+
+def test_closed_form_routes() -> None:
+    g = torch.Generator().manual_seed(16)
+    x = torch.randn(6, 5, generator=g) * 3
+    y = (torch.rand(6, 5, generator=g) < 0.3).float()
+    t = torch.randint(0, 6, (6,), generator=g)
+    xr = x.clone().requires_grad_()
+    for target in (y, t, y.bool(), y.half()):
+        for red in ("none", "mean", "sum"):
+            assert _closed_form_nodes(F.asymmetric_loss(xr, target, reduction=red))
+            assert _closed_form_nodes(lf.AsymmetricLoss(reduction=red)(xr, target))
+    assert _closed_form_nodes(F.asymmetric_loss(xr, y, weight=torch.rand(6, requires_grad=True)))
+    assert _closed_form_nodes(F.asymmetric_loss(xr.half(), y))
+    # No gradient needed: the loss alone, no graph.
+    with torch.no_grad():
+        assert F.asymmetric_loss(xr, y).grad_fn is None
+    with torch.inference_mode():
+        assert F.asymmetric_loss(xr, y).grad_fn is None
+    assert F.asymmetric_loss(x, y).grad_fn is None
+
+
+@pytest.mark.parametrize("chunk", [None, 16], ids=["whole", "chunked"])
+@pytest.mark.parametrize("clip_eps", FAST_CLIP_EPS, ids=lambda ce: f"clip={ce[0]},eps={ce[1]}")
+def test_closed_form_loss_without_gradient_matches_composite(
+    clip_eps: tuple, chunk: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if chunk is not None:
+        monkeypatch.setattr(asl_mod, "_CHUNK", chunk)
+    clip, eps = clip_eps
+    g = torch.Generator().manual_seed(17)
+    x = _fast_logits((7, 40), g)
+    hard = (torch.rand(7, 40, generator=g) < 0.4).double()
+    soft = torch.rand(7, 40, generator=g, dtype=torch.float64)
+    for gp, gn in itertools.product(FAST_GAMMAS, FAST_GAMMAS):
+        kw = {"gamma_pos": gp, "gamma_neg": gn, "clip": clip, "eps": eps, "reduction": "none"}
+        for y in (hard, soft):
+            with torch.no_grad():
+                got = F.asymmetric_loss(x, y, **kw)
+            assert_close(got, _composite_elementwise(x, y, {**kw_opts(kw)}), torch.float64)
+
+
+def kw_opts(kw: dict) -> dict:
+    """The element-wise options of ``F.asymmetric_loss`` keywords (for ``_asl_unreduced``)."""
+    return {
+        "gamma_pos": kw["gamma_pos"],
+        "gamma_neg": kw["gamma_neg"],
+        "clip": kw["clip"],
+        "eps": kw["eps"],
+        "detach": kw.get("detach_focal_weight", False),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+@pytest.mark.parametrize("gammas", [(0.0, 0.0), (1.0, 4.0)], ids=["no_focus", "focus"])
+@pytest.mark.parametrize("detach", [False, True], ids=["weight_grad", "detached"])
+def test_chunked_cpu_path_equals_whole_tensor(
+    dtype: torch.dtype, gammas: tuple, detach: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    g = torch.Generator().manual_seed(18)
+    x = (torch.randn(7, 40, generator=g, dtype=torch.float64) * 3).to(dtype)
+    y = torch.rand(7, 40, generator=g).to(dtype)
+    y[:3] = (y[:3] < 0.3).to(dtype)
+    kw = {"gamma_pos": gammas[0], "gamma_neg": gammas[1], "detach_focal_weight": detach}
+    kw["reduction"] = "none"
+    whole = _run(x, y, **kw)
+    with torch.no_grad():
+        whole_ng = F.asymmetric_loss(x, y, **kw)
+    monkeypatch.setattr(asl_mod, "_CHUNK", 16)  # 280 elements: 17 full chunks and a tail of 8
+    chunked = _run(x, y, **kw)
+    with torch.no_grad():
+        chunked_ng = F.asymmetric_loss(x, y, **kw)
+    # Same operations on slices: equal up to the last bits of vectorised vs. tail evaluation.
+    assert_close(chunked.loss, whole.loss, dtype)
+    assert_close(chunked.grad, whole.grad, dtype)
+    assert_close(chunked_ng, whole_ng, dtype)
+
+
+def test_closed_form_backward_semantics() -> None:
+    g = torch.Generator().manual_seed(19)
+    x = (torch.randn(5, 4, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    y = (torch.rand(5, 4, generator=g) < 0.4).double()
+    kw = {"gamma_pos": 1.0, "gamma_neg": 4.0, "clip": 0.05, "reduction": "sum"}
+    g_ref = _run(x, y, composite=True, **kw).grad
+    # retain_graph: a second (and third) backward through the same graph accumulates correctly
+    loss = F.asymmetric_loss(x, y, **kw)
+    loss.backward(retain_graph=True)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    assert_close(x.grad, 3 * g_ref, torch.float64, **FAST_TOL)
+    # the same logits used twice in one graph
+    x.grad = None
+    (F.asymmetric_loss(x, y, **kw) + F.asymmetric_loss(x, y, **kw)).backward()
+    assert_close(x.grad, 2 * g_ref, torch.float64, **FAST_TOL)
+    # create_graph=True: the gradient is differentiable (Hessian-vector product of the composite)
+    v = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    hvp = []
+    for composite in (False, True):
+        leaf = x.detach().clone().requires_grad_()
+        with _composite() if composite else contextlib.nullcontext():
+            loss = F.asymmetric_loss(leaf, y, **kw)
+        (gx,) = torch.autograd.grad(loss, leaf, create_graph=True)
+        hvp.append(torch.autograd.grad((gx * v).sum(), leaf)[0])
+    assert_close(hvp[0], hvp[1], torch.float64, **FAST_TOL)
+    assert hvp[0].abs().sum() > 0
+
+
+# forward-mode AD loads torch's jvp decompositions through torch.jit.script
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_functorch_and_forward_mode_take_the_composite() -> None:
+    g = torch.Generator().manual_seed(20)
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64) * 3
+    y = (torch.rand(4, 5, generator=g) < 0.4).double()
+    kw = {"gamma_pos": 1.0, "gamma_neg": 4.0, "clip": 0.05, "reduction": "sum"}
+    grad = _run(x, y, **kw).grad
+
+    def loss_of(a: torch.Tensor) -> torch.Tensor:
+        return F.asymmetric_loss(a, y, **kw)
+
+    assert_close(torch.func.grad(loss_of)(x), grad, torch.float64, **FAST_TOL)
+    tangent = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    _, jvp = torch.func.jvp(loss_of, (x,), (tangent,))
+    assert_close(jvp, (grad * tangent).sum(), torch.float64, **FAST_TOL)
+    with fwAD.dual_level():
+        out = loss_of(fwAD.make_dual(x, tangent))
+        assert_close(fwAD.unpack_dual(out).tangent, (grad * tangent).sum(), torch.float64)
