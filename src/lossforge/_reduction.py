@@ -249,7 +249,8 @@ def finish_reduction(
         return _safe_div(total, denominator)
     if valid is None:
         return total / numel if numel > 0 else total
-    return _safe_div(total, _valid_count(valid, numel))
+    # The total only sums valid elements, so it is 0 when there are none: 0 / 1 = 0 exactly.
+    return total / _valid_count(valid, numel).clamp(min=1).to(total.dtype)
 
 
 def _valid_count(valid: Tensor, numel: int) -> Tensor:

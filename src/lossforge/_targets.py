@@ -205,11 +205,7 @@ def softmax_target(
             bad = out
         safe = idx
         if valid is not None or bad is not None:
-            keep = torch.ones_like(idx, dtype=torch.bool)
-            if valid is not None:
-                keep = keep & valid
-            if bad is not None:
-                keep = keep & ~bad
+            keep = valid if bad is None else ~bad if valid is None else valid & ~bad
             safe = torch.where(keep, idx, torch.zeros((), dtype=idx.dtype, device=idx.device))
         raw_ignore = -100 if ignore_index is None else ignore_index
         raw = idx
