@@ -126,9 +126,9 @@ def _asl_unreduced(
 # Closed form of the multi-label ASL: the loss and d loss / dz in one no-grad pass
 # --------------------------------------------------------------------------------------------------
 
-# relu's backward: ``grad`` where ``self > threshold``, else 0, in one vectorised pass (a comparison
-# plus ``torch.where`` costs 3-7x more on CPU).
+# relu's backward: ``grad`` where ``self > threshold``, else 0, in one vectorised pass.
 _masked = torch.ops.aten.threshold_backward
+_masked_into = torch.ops.aten.threshold_backward.grad_input  # its out= form
 
 #: CPU inputs above this many elements are processed in chunks of ``_CHUNK`` elements, so that the
 #: temporaries stay in cache and are recycled by the allocator instead of being freshly mapped
@@ -151,103 +151,105 @@ def _asl_closed_form(
 ) -> tuple[Tensor, Tensor | None]:
     r"""The element-wise loss of ``_asl_unreduced`` and, if ``need_grad``, its derivative in ``z``.
 
-    No autograd: in-place operations on fresh temporaries. With $p = \sigma(z)$, $q = \sigma(-z)$,
-    $L_+ = -\log\max(p, \epsilon)$, $L_- = -\log\max(1 - p_m, \epsilon)$ ($1 - p_m = \min(q + m,
-    1)$), $n = y L_+ + (1 - y) L_-$, base $b = y q + (1 - y) p_m$ and $\gamma_t = \gamma_+ y +
-    \gamma_- (1 - y)$: $\ell = n\, w$ with $w = b^{\gamma_t}$ and
+    No autograd. With $p = \sigma(z)$, $q = \sigma(-z)$, $L_+ = -\log\max(p, \epsilon)$,
+    $L_- = -\log\max(1 - p_m, \epsilon)$ where $1 - p_m = \min(q + m, 1)$,
+    $n = y L_+ + (1 - y) L_-$, the base $b = y q + (1 - y) p_m$ and
+    $\gamma_t = \gamma_+ y + \gamma_- (1 - y)$:
+    $\ell = n\, w$ with $w = b^{\gamma_t}$, and
 
     $$
-    \frac{\partial \ell}{\partial z} = w \Bigl(n'+ n\, \gamma_t \frac{b'}{b}\Bigr),\quad
+    \frac{\partial \ell}{\partial z} = w \Bigl(n' + n\, \gamma_t \frac{b'}{b}\Bigr),\quad
     n' = -y q\,[p > \epsilon] + (1 - y) \frac{p_m'}{1 - p_m}[1 - p_m > \epsilon],\quad
     b' = -y p q + (1 - y) p_m',
     $$
 
-    $p_m' = p q\,[p_m > 0]$ ($pq$ without the margin); the $n\,\gamma_t\, b'/b$ term is dropped
-    with ``detach``. Every blend over $y$ is a ``lerp`` (exact at $y \in \{0, 1\}$, so no
-    cancellation where one branch is tiny). ``b`` is clamped at the dtype's ``tiny`` before its
-    log and $w = \exp(\max(\gamma_t \log b, 1 + \log \mathrm{tiny}))$: finite, 1 for
-    $\gamma_t = 0$, and $e \cdot$ ``tiny`` instead of a subnormal or 0 (loss and gradient there
-    are $O(\mathrm{tiny})$; where $p_m = 0$ the gradient is exactly 0, as $n' = b' = 0$). $b'/b$
-    is finite everywhere. With
-    ``eps > 0``, $L_+ = \log(1 + q/p)$ and (without margin) $L_- = \log(1 + p/q)$: the ratio
-    overflows only far inside the clamp; with ``eps = 0`` they are ``-logsigmoid``.
+    with $p_m' = p q\,[p_m > 0]$ ($pq$ without the margin); ``detach`` drops the $b'/b$ term.
+    Every blend over $y$ is a ``lerp``, exact at $y \in \{0, 1\}$ (no cancellation where one
+    branch is tiny). $b$ is clamped at the dtype's ``tiny`` and
+    $w = \exp(\max(\gamma_t \log b, 1 + \log \mathrm{tiny}))$: finite, 1 for $\gamma_t = 0$,
+    $e \cdot \mathrm{tiny}$ instead of a subnormal or 0 (loss and gradient there are
+    $O(\mathrm{tiny})$; where $p_m = 0$ the gradient is exactly 0, as $n' = b' = 0$), and $b'/b$
+    finite. With ``eps > 0``, $L_+ = \log(1 + q/p)$ and, without margin, $L_- = \log(1 + p/q)$ (a
+    ratio overflows only where the clamp holds); with ``eps = 0`` they are ``-logsigmoid``.
 
-    ``loss_out`` / ``grad_out`` receive the results when given (the gradient is cast to
+    Masks come from ``threshold_backward`` (one pass, where a comparison plus ``torch.where``
+    costs 3-7x more on CPU), and temporaries are reused through ``out=`` / in-place operations:
+    7 buffers of ``z``'s size besides the loss (8 when ``eps > clip``), on every device.
+    ``loss_out`` / ``grad_out`` receive the results when given (the gradient cast to
     ``grad_out``'s dtype); otherwise both come in ``z``'s dtype.
     """
     gp, gn = gamma_pos, gamma_neg
+    focal = gp != 0.0 or gn != 0.0
+    nlog_eps = -math.log(eps) if eps > 0 else math.inf
+    tiny = torch.finfo(z.dtype).tiny
+    # Comments of the form "a -> b" name a buffer's new role.
     p = torch.sigmoid(z)
     q = torch.neg(z).sigmoid_()  # sigma(-z): 1 - p without cancellation
-    # d(-log p)/dz = -q where the eps clamp is inactive (nd_pos), -log p itself (nl_pos).
-    nd_pos: Tensor | None = None
+    if clip > 0:
+        pm = torch.sub(p, clip).clamp_(min=0.0)
+        xs: Tensor | None = torch.add(q, clip).clamp_(max=1.0)  # 1 - p_m, >= clip
+    else:
+        pm, xs = p, None
+    base = torch.lerp(pm, q, y).clamp_(min=tiny) if focal else None  # 1 - p_t
+    # -log p (nl_pos) and its derivative -q [p > eps] (nd_pos).
     if eps > 0:
-        nl_pos = torch.div(q, p).log1p_()
-        if need_grad:
-            nd_pos = _masked(q, p, eps).neg_()
-        nl_pos.clamp_(max=-math.log(eps))
+        nl_pos = torch.div(q, p).log1p_().clamp_(max=nlog_eps)  # q / p = inf only when clamped
+        nd_pos = _masked(q, p, eps).neg_() if need_grad else None
     else:
         nl_pos = TF.logsigmoid(z).neg_()
-        if need_grad:
-            nd_pos = torch.neg(q)
-    # -log(1 - p_m) (nl_neg), its derivative (nd_neg, after s = pq below), p_m and 1 - p_m.
-    nd_neg: Tensor | None = None
-    xs: Tensor | None = None
-    if clip > 0:
-        xs = torch.add(q, clip).clamp_(max=1.0)  # 1 - p_m, >= clip
-        nl_neg = torch.log(xs).neg_()
-        if eps > clip:  # log(1 - p_m) >= log(clip): the clamp can only act if eps > clip
-            nl_neg.clamp_(max=-math.log(eps))
-        pm = torch.sub(p, clip).clamp_(min=0.0)
-    else:
+        nd_pos = torch.neg(q) if need_grad else None
+    # -log(1 - p_m) (nl_neg) and its derivative (nd_neg): without margin -log q and p [q > eps].
+    if xs is None:
         if eps > 0:
-            nl_neg = torch.div(p, q).log1p_()
-            if need_grad:
-                nd_neg = _masked(p, q, eps)
-            nl_neg.clamp_(max=-math.log(eps))
+            nl_neg = torch.div(p, q).log1p_().clamp_(max=nlog_eps)
+            nd_neg = _masked(p, q, eps) if need_grad else None
         else:
             nl_neg = TF.logsigmoid(-z).neg_()
-            if need_grad:
-                nd_neg = p.clone()
-        pm = p
-    nl = nl_neg.lerp_(nl_pos, y)  # -(y log p + (1 - y) log(1 - p_m))
-    focal = gp != 0.0 or gn != 0.0
-    w: Tensor | None = None
+            nd_neg = p.clone() if need_grad else None
+    s = p.mul_(q) if need_grad else None  # p -> pq = dp/dz
+    if xs is not None:
+        nl_neg = torch.log(xs, out=q).neg_()  # q -> -log(1 - p_m)
+        if eps > clip:  # log(1 - p_m) >= log(clip): this clamp can only act if eps > clip
+            nl_neg.clamp_(max=nlog_eps)
+    nl = nl_neg.lerp_(nl_pos, y)  # n = -(y log p + (1 - y) log(1 - p_m)); nl_pos is free
+    nd: Tensor | None = None
+    dpm: Tensor | None = None
+    if s is not None:
+        assert nd_pos is not None
+        if xs is not None:
+            dpm = _masked_into(s, pm, 0.0, grad_input=pm)  # pm -> p_m' (0 where p_m = 0)
+            if eps > clip:  # rare: the mask needs xs, so a new buffer
+                nd_neg = _masked(torch.div(dpm, xs), xs, eps)
+            else:
+                nd_neg = torch.div(dpm, xs, out=xs)  # xs -> p_m' / (1 - p_m)
+        else:
+            dpm = s
+        assert nd_neg is not None
+        nd = nd_neg.lerp_(nd_pos, y)  # n' = d n / dz; nd_pos is free
     g: Tensor | float = gp
-    base: Tensor | None = None
+    w: Tensor | None = None
     if focal:
-        tiny = torch.finfo(z.dtype).tiny
-        base = torch.lerp(pm, q, y).clamp_(min=tiny)  # 1 - p_t
-        if gp != gn:
-            g = torch.mul(y, gp - gn).add_(gn)  # gamma_t
+        assert base is not None
+        if gp != gn:  # gamma_t, in a free buffer (nd_pos, or p when no gradient is computed)
+            g = torch.mul(y, gp - gn, out=nd_pos if nd_pos is not None else p).add_(gn)
         # exp's argument is kept >= log(tiny) + 1 (w >= e * tiny): below it (e.g. gamma log(tiny)
         # where p_m = 0) the result is subnormal or 0 and the CPU exp takes a path ~50-180x slower
         # per element (float32 at log(tiny) itself, float64 up to ~0.5 above it).
-        w = torch.log(base).mul_(g).clamp_(min=math.log(tiny) + 1.0).exp_()
+        w = torch.log(base, out=nl_pos).mul_(g).clamp_(min=math.log(tiny) + 1.0).exp_()
         loss = torch.mul(nl, w, out=loss_out) if loss_out is not None else torch.mul(nl, w)
     elif loss_out is not None:
         loss = loss_out.copy_(nl)
     else:
         loss = nl
-    if not need_grad:
+    if nd is None:
         return loss, None
-    assert nd_pos is not None
 
-    s = torch.mul(p, q)  # dp/dz
-    if clip > 0:
-        assert xs is not None
-        dpm = _masked(s, pm, 0.0)  # d p_m / dz, 0 where p_m = 0
-        nd_neg = torch.div(dpm, xs)
-        if eps > clip:
-            nd_neg = _masked(nd_neg, xs, eps)
-    else:
-        dpm = s
-    assert nd_neg is not None
-    nd = nd_neg.lerp_(nd_pos, y)  # d n / dz
+    assert s is not None and dpm is not None
     if focal and not detach:
         assert base is not None
-        # d log b / dz = lerp(p_m', -pq, y) / b (without margin p_m' is s itself)
-        neg_s = torch.neg(s) if dpm is s else s.neg_()
-        dlb = torch.lerp(dpm, neg_s, y).div_(base)
+        # d log b / dz = lerp(p_m', -pq, y) / b; without margin p_m' is s itself.
+        neg_s = torch.neg(s, out=q) if dpm is s else s.neg_()  # q is free without margin
+        dlb = torch.lerp(dpm, neg_s, y, out=s).div_(base)  # s -> d log b / dz
         if isinstance(g, Tensor):
             nd.addcmul_(nl, dlb.mul_(g))
         else:
