@@ -552,7 +552,7 @@ def test_property_softmax_asl_nonnegative_and_below_smoothed_ce(
 # --------------------------------------------------------------------------------------------------
 #
 # The torch backend evaluates the element-wise ASL in closed form (loss and gradient in one no-grad
-# pass, ``_ASLClosedForm``); the composite ``_asl_unreduced`` is its specification. ``_composite()``
+# pass, ``ElementwiseLoss``); the composite ``_asl_unreduced`` is its specification. ``_composite()``
 # swaps the element-wise term of the same public call for the composite, so target parsing,
 # weights and reductions are shared and only the element-wise term differs.
 
@@ -566,14 +566,14 @@ def _composite() -> contextlib.AbstractContextManager:
 
 
 def _closed_form_nodes(t: torch.Tensor) -> list:
-    """The ``_ASLClosedForm`` backward nodes in ``t``'s autograd graph."""
+    """The ``ElementwiseLoss`` backward nodes in ``t``'s autograd graph."""
     found, seen, stack = [], set(), [t.grad_fn]
     while stack:
         node = stack.pop()
         if node is None or node in seen:
             continue
         seen.add(node)
-        if type(node).__name__ == "_ASLClosedFormBackward":
+        if type(node).__name__ == "ElementwiseLossBackward":
             found.append(node)
         stack.extend(f for f, _ in node.next_functions)
     return found

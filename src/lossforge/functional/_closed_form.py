@@ -5,95 +5,129 @@ intermediate (40-110 bytes per element for a focal or ASL loss) and runs one bac
 operation. For an element-wise loss $\ell(x; y)$ the derivative $\partial\ell / \partial x$ has a
 closed form that shares most of its terms with $\ell$. ``ElementwiseLoss`` computes both in one
 no-grad forward, keeps only the derivative (in the input's dtype: one gradient-sized buffer, the
-same memory contract as the Triton kernels) and multiplies it by the incoming gradient in the
-backward.
+same memory contract as the Triton kernels) and scales it by the incoming gradient in the backward.
 
 Second derivatives stay exact: under ``create_graph=True`` (the only case in which a custom
 Function's backward runs with grad mode on) the backward re-runs the composite on the saved input
-and differentiates it with ``create_graph=True``. Forward-mode AD uses the saved derivative.
+and differentiates it with ``create_graph=True``. A target that requires grad, forward-mode AD
+(dual tensors) and functorch transforms take the composite directly.
 
-A ``ClosedForm`` spec supplies the two formulas. Callers use ``ElementwiseLoss`` only when the
-input needs a gradient and the target does not (a target that requires grad takes the composite).
+A ``ClosedForm`` spec supplies the two formulas; ``closed_form_loss`` picks the route.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from lossforge._checks import compute_dtype
 
-__all__ = ["ClosedForm", "closed_form_loss"]
+__all__ = ["ClosedForm", "ElementwiseLoss", "closed_form_loss", "upcast"]
+
+#: ``(x, y, need_grad) -> (loss, dloss/dx or None)``: ``x`` in its own dtype, the loss in the
+#: compute dtype, the derivative in ``x``'s dtype.
+LossAndGrad = Callable[[Tensor, Tensor, bool], tuple[Tensor, Tensor | None]]
 
 
 @dataclass(frozen=True)
 class ClosedForm:
-    """The two forms of one element-wise loss (both take the input in the compute dtype).
+    """The two forms of one element-wise loss.
 
     Attributes:
-        loss_and_grad: ``(z, y) -> (loss, dloss/dz)``, run under no-grad.
-        composite: ``(z, y) -> loss`` with differentiable operations: the specification, used for
-            second derivatives.
+        loss_and_grad: The closed form (``LossAndGrad``), run without autograd.
+        composite: ``(z, y) -> loss`` on the input in the compute dtype, with differentiable
+            operations: the specification, used wherever autograd must see the formula.
     """
 
-    loss_and_grad: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+    loss_and_grad: LossAndGrad
     composite: Callable[[Tensor, Tensor], Tensor]
 
 
+def upcast(fn: Callable[[Tensor, Tensor, bool], tuple[Tensor, Tensor | None]]) -> LossAndGrad:
+    """Wrap a closed form written for the compute dtype: the input is upcast (half -> float32) and
+    the derivative is returned in the input's dtype."""
+
+    def wrapped(x: Tensor, y: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
+        loss, grad = fn(x.to(compute_dtype(x)), y, need_grad)
+        if grad is not None and grad.dtype != x.dtype:
+            grad = grad.to(x.dtype)
+        return loss, grad
+
+    return wrapped
+
+
+def _scaled(grad: Tensor, grad_loss: Tensor) -> Tensor:
+    """``grad_loss * grad`` in ``grad``'s dtype, out of place (``retain_graph=True`` stays valid).
+
+    Where ``grad_loss`` is a broadcast 1 (``reduction="sum"``) the saved derivative itself is
+    returned: no pass over memory, and autograd takes the buffer over once the graph is freed (it
+    clones it while the graph is retained). The value is read on the host for CPU tensors only
+    (no device sync).
+    """
+    if (
+        grad_loss.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and grad_loss.numel() > 0
+        and all(st == 0 for st in grad_loss.stride())
+    ):
+        c = grad_loss[(0,) * grad_loss.ndim].item()
+        return grad if c == 1.0 else grad * c
+    out = grad_loss * grad
+    return out if out.dtype == grad.dtype else out.to(grad.dtype)
+
+
 class ElementwiseLoss(torch.autograd.Function):
-    """``loss = spec(x; y)`` element-wise, with the derivative computed in the forward."""
+    """``loss = spec(x; y)`` element-wise, with the derivative computed in the forward.
+
+    The classic ``forward(ctx, ...)`` form on purpose: with a ``setup_context``,
+    ``Function.apply`` binds the arguments through ``inspect.signature`` on every call (~50 us,
+    a tenth of a small multi-label step). functorch transforms, which need ``setup_context``,
+    take the composite instead (``closed_form_loss``).
+    """
 
     @staticmethod
-    def forward(x: Tensor, y: Tensor, spec: ClosedForm) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        loss, grad = spec.loss_and_grad(x.to(compute_dtype(x)), y)
-        return loss, grad.to(x.dtype)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Tensor, Tensor, ClosedForm], output: Any) -> None:
-        x, y, spec = inputs
-        _, grad = output
-        ctx.mark_non_differentiable(grad)
+    def forward(ctx: Any, x: Tensor, y: Tensor, spec: ClosedForm) -> Tensor:  # type: ignore[override]
+        loss, grad = spec.loss_and_grad(x, y, True)
+        ctx.set_materialize_grads(False)
         ctx.spec = spec
         ctx.save_for_backward(x, y, grad)
-        ctx.save_for_forward(grad)
+        return loss
 
     @staticmethod
-    def backward(
-        ctx: Any, grad_loss: Tensor, _grad_grad: Tensor
-    ) -> tuple[Tensor | None, None, None]:  # type: ignore[override]
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_loss: Tensor | None
+    ) -> tuple[Tensor | None, None, None]:
+        if grad_loss is None:
+            return None, None, None
         x, y, grad = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # create_graph=True: differentiate the composite so that the result is differentiable.
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient
             with torch.enable_grad():
                 loss = ctx.spec.composite(x.to(compute_dtype(x)), y)
                 (gx,) = torch.autograd.grad(loss, x, grad_loss, create_graph=True)
             return gx, None, None
-        return (grad_loss * grad).to(x.dtype), None, None
-
-
-class ElementwiseLossWithJvp(ElementwiseLoss):
-    """``ElementwiseLoss`` plus forward-mode AD. Kept apart because dynamo does not trace a custom
-    ``jvp`` (a graph break): compiled code uses ``ElementwiseLoss``, eager code this class."""
-
-    @staticmethod
-    def jvp(ctx: Any, x_t: Tensor, _y_t: Any, _spec_t: Any) -> tuple[Tensor, None]:  # type: ignore[override]
-        (grad,) = ctx.saved_tensors
-        return x_t.to(grad.dtype) * grad, None
+        return _scaled(grad, grad_loss), None, None
 
 
 def closed_form_loss(x: Tensor, y: Tensor, spec: ClosedForm) -> Tensor:
-    """The element-wise loss in the compute dtype, by the cheapest route that keeps exact gradients.
-
-    ``x`` is the logits in their own dtype, ``y`` the dense target (compute dtype). The closed form
-    runs when ``x`` needs a gradient and ``y`` does not; otherwise the composite (which records a
-    graph only where one is needed).
-    """
-    if not (torch.is_grad_enabled() and x.requires_grad) or y.requires_grad:
+    """The element-wise loss of the logits ``x`` (own dtype) against the dense target ``y``, in the
+    compute dtype, by the cheapest route with exact gradients: ``ElementwiseLoss`` when ``x``
+    needs a gradient, the closed-form loss alone when nothing does, the composite when the target
+    requires grad, under functorch transforms and for forward-mode AD (dual tensors)."""
+    if (
+        y.requires_grad
+        or torch._C._are_functorch_transforms_active()
+        or (
+            not torch.compiler.is_compiling()
+            and (fwAD.unpack_dual(x).tangent is not None or fwAD.unpack_dual(y).tangent is not None)
+        )
+    ):
         return spec.composite(x.to(compute_dtype(x)), y)
-    fn = ElementwiseLoss if torch.compiler.is_compiling() else ElementwiseLossWithJvp
-    loss, _ = fn.apply(x, y, spec)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return cast(Tensor, ElementwiseLoss.apply(x, y, spec))
+    loss, _ = spec.loss_and_grad(x, y, False)
     return loss

@@ -9,8 +9,9 @@ touched.
 
 The multi-label composite ``_asl_unreduced`` is the specification. The torch backend evaluates it
 in closed form (``_asl_closed_form``): when the logits need a gradient, one no-grad pass computes
-the element-wise loss and its derivative together (``_ASLClosedForm``, an autograd Function that
-keeps only the derivative, in the logits' dtype, and scales it in the backward); without a
+the element-wise loss and its derivative together (``functional/_closed_form.ElementwiseLoss``, an
+autograd Function that keeps only the derivative, in the logits' dtype, and scales it in the
+backward); without a
 gradient, the same pass computes the loss alone. Second derivatives (``create_graph=True``)
 differentiate the composite, and a target that requires grad runs the composite throughout.
 """
@@ -18,10 +19,10 @@ differentiate the composite, and a target that requires grad runs the composite 
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, cast
 
 import torch
-import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as TF
 from torch import Tensor
 
@@ -38,6 +39,7 @@ from lossforge._checks import (
 from lossforge._dispatch import kernel_eligible, unsupported
 from lossforge._reduction import Backend, Reduction, check_avg_factor, expand_weight, weight_reduce
 from lossforge._targets import sigmoid_target, softmax_target
+from lossforge.functional._closed_form import ClosedForm, closed_form_loss
 
 __all__ = ["asymmetric_loss", "softmax_asymmetric_loss"]
 
@@ -262,7 +264,7 @@ def _asl_closed_form(
 
 
 def _asl_loss_and_grad(
-    x: Tensor, y: Tensor, opts: dict[str, Any], need_grad: bool
+    x: Tensor, y: Tensor, need_grad: bool, *, opts: dict[str, Any]
 ) -> tuple[Tensor, Tensor | None]:
     """``_asl_closed_form`` on the logits ``x`` (any float dtype): the loss in the compute dtype,
     the gradient in ``x``'s dtype. Large contiguous CPU inputs go through in chunks."""
@@ -295,81 +297,16 @@ def _asl_loss_and_grad(
     return loss, grad
 
 
-def _scaled(grad: Tensor, grad_loss: Tensor) -> Tensor:
-    """``grad_loss * grad`` in ``grad``'s dtype, out of place (``retain_graph=True`` stays valid).
-
-    Where ``grad_loss`` is a broadcast 1 (``reduction="sum"``) the saved gradient itself is
-    returned, no pass over memory; the value is read on the host for CPU tensors only (no device
-    sync). Autograd clones it before accumulating while the graph is retained; a hook that
-    modifies its argument in place (which hooks must not do) then makes a second backward through
-    the same graph raise autograd's "modified by an inplace operation" error, never a silently
-    wrong gradient.
-    """
-    if (
-        grad_loss.device.type == "cpu"
-        and not torch.compiler.is_compiling()
-        and all(st == 0 for st in grad_loss.stride())
-        and grad_loss.numel() > 0
-    ):
-        c = grad_loss[(0,) * grad_loss.ndim].item()
-        return grad if c == 1.0 else grad * c
-    out = grad_loss * grad
-    return out if out.dtype == grad.dtype else out.to(grad.dtype)
-
-
-class _ASLClosedForm(torch.autograd.Function):
-    """Multi-label ASL element-wise with the derivative computed in the forward (closed form).
-
-    Saves the logits, the target and the derivative (in the logits' dtype). The backward scales
-    the derivative; under ``create_graph=True`` (the only case in which it runs with grad mode on)
-    it differentiates the composite ``_asl_unreduced`` instead, so second derivatives are exact.
-
-    The classic ``forward(ctx, ...)`` form on purpose: with a ``setup_context``,
-    ``Function.apply`` binds the arguments through ``inspect.signature`` on every call (~50 us,
-    a tenth of a (256, 80) step). functorch transforms, which need ``setup_context``, take the
-    composite instead (``_asl_elementwise``).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, y: Tensor, opts: dict[str, Any]) -> Tensor:  # type: ignore[override]
-        loss, grad = _asl_loss_and_grad(x, y, opts, need_grad=True)
-        ctx.set_materialize_grads(False)
-        ctx.opts = opts
-        ctx.save_for_backward(x, y, grad)
-        return loss
-
-    @staticmethod
-    def backward(ctx: Any, grad_loss: Tensor | None) -> tuple[Tensor | None, None, None]:  # type: ignore[override]
-        if grad_loss is None:
-            return None, None, None
-        x, y, grad = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient
-            with torch.enable_grad():
-                loss = _asl_unreduced(x.to(compute_dtype(x)), y, **ctx.opts)
-                (gx,) = torch.autograd.grad(loss, x, grad_loss, create_graph=True)
-            return gx, None, None
-        return _scaled(grad, grad_loss), None, None
-
-
 def _asl_elementwise(x: Tensor, y: Tensor, opts: dict[str, Any]) -> Tensor:
-    """The element-wise multi-label ASL of the logits ``x`` (compute dtype), by the cheapest route
-    with exact gradients: the closed-form Function when ``x`` needs a gradient, the closed-form
-    loss alone when nothing does, the composite when the target requires grad, under functorch
-    transforms and for forward-mode AD (dual tensors), so the Function needs no ``jvp``."""
-    compiling = torch.compiler.is_compiling()
-    if (
-        y.requires_grad
-        or torch._C._are_functorch_transforms_active()
-        or (
-            not compiling
-            and (fwAD.unpack_dual(x).tangent is not None or fwAD.unpack_dual(y).tangent is not None)
-        )
-    ):
-        return _asl_unreduced(x.to(compute_dtype(x)), y, **opts)
-    if torch.is_grad_enabled() and x.requires_grad:
-        return cast(Tensor, _ASLClosedForm.apply(x, y, opts))
-    loss, _ = _asl_loss_and_grad(x, y, opts, need_grad=False)
-    return loss
+    """The element-wise multi-label ASL of the logits ``x`` (own dtype) by the cheapest route with
+    exact gradients (``closed_form_loss``: the closed form, or the composite where autograd must
+    see the formula)."""
+    spec = ClosedForm(partial(_asl_loss_and_grad, opts=opts), partial(_asl_composite, opts=opts))
+    return closed_form_loss(x, y, spec)
+
+
+def _asl_composite(z: Tensor, y: Tensor, *, opts: dict[str, Any]) -> Tensor:
+    return _asl_unreduced(z, y, **opts)
 
 
 def _fused_target(fn: str, x: Tensor, target: object, ignore: int | None) -> Tensor:

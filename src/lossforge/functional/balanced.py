@@ -29,7 +29,7 @@ from lossforge._checks import (
 from lossforge._dispatch import kernel_eligible, unsupported
 from lossforge._reduction import Backend, Reduction, check_avg_factor, expand_weight, weight_reduce
 from lossforge._targets import sigmoid_target
-from lossforge.functional._closed_form import ClosedForm, closed_form_loss
+from lossforge.functional._closed_form import ClosedForm, closed_form_loss, upcast
 
 __all__ = ["balanced_binary_cross_entropy", "ohem_binary_cross_entropy"]
 
@@ -57,12 +57,16 @@ def _balanced_bce_composite(z: Tensor, y: Tensor, *, beta: Tensor | float) -> Te
     return -(beta * y * TF.logsigmoid(z) + (1.0 - beta) * (1.0 - y) * TF.logsigmoid(-z))
 
 
-def _balanced_bce_closed(z: Tensor, y: Tensor, *, beta: Tensor | float) -> tuple[Tensor, Tensor]:
+def _balanced_bce_closed(
+    z: Tensor, y: Tensor, need_grad: bool, *, beta: Tensor | float
+) -> tuple[Tensor, Tensor | None]:
     """The loss and d loss / dz = (1 - beta)(1 - y) p - beta y q together (no autograd)."""
     w_pos = y * beta
     w_neg = (1.0 - y).mul_(1.0 - beta)
     loss = TF.logsigmoid(z).mul_(w_pos)
     loss.addcmul_(TF.logsigmoid(-z), w_neg).neg_()
+    if not need_grad:
+        return loss, None
     grad = torch.sigmoid(z).mul_(w_neg)
     grad.sub_(torch.sigmoid(-z).mul_(w_pos))
     return loss, grad
@@ -159,7 +163,8 @@ def balanced_binary_cross_entropy(
     y = dt.target
     beta_t: Tensor | float = _per_sample_beta(y, dt.valid) if b is None else b
     spec = ClosedForm(
-        partial(_balanced_bce_closed, beta=beta_t), partial(_balanced_bce_composite, beta=beta_t)
+        upcast(partial(_balanced_bce_closed, beta=beta_t)),
+        partial(_balanced_bce_composite, beta=beta_t),
     )
     loss = closed_form_loss(x, y, spec)
     loss = poison_out_of_range(loss, dt.bad)

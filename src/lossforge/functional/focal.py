@@ -53,7 +53,7 @@ from lossforge._reduction import (
     weight_reduce,
 )
 from lossforge._targets import class_view, sigmoid_target, softmax_target
-from lossforge.functional._closed_form import ClosedForm, closed_form_loss
+from lossforge.functional._closed_form import ClosedForm, closed_form_loss, upcast
 
 __all__ = ["sigmoid_focal_loss", "softmax_focal_loss"]
 
@@ -165,8 +165,8 @@ def _sigmoid_focal_composite(
 
 
 def _sigmoid_focal_closed(
-    z: Tensor, y: Tensor, *, gamma: float, alpha: float | None, hard: bool
-) -> tuple[Tensor, Tensor]:
+    z: Tensor, y: Tensor, need_grad: bool, *, gamma: float, alpha: float | None, hard: bool
+) -> tuple[Tensor, Tensor | None]:
     r"""The loss and $\partial\ell/\partial z$ together (no autograd), finite for every gamma.
 
     With $p = \sigma(z)$, $q = \sigma(-z)$, $m = 1 - p_t = y q + (1 - y) p$ and
@@ -187,6 +187,8 @@ def _sigmoid_focal_closed(
         mg = m.pow(gamma)
         loss = log_pt * mg
         loss.neg_()
+        if not need_grad:
+            return _times_alpha_t(loss, None, y, alpha)
         gs = torch.exp(log_pt).mul_(log_pt).mul_(gamma).sub_(m).mul_(mg)
         del log_pt, m, mg
         grad = torch.where(pos, gs, -gs)
@@ -200,6 +202,8 @@ def _sigmoid_focal_closed(
         m.addcmul_(p, ny)
         mg = m.pow(gamma)
         loss = ce * mg
+        if not need_grad:
+            return _times_alpha_t(loss, None, y, alpha)
         # p q / m, set to 1 where m underflowed to 0 (0/0 there).
         ratio = torch.mul(p, q).div_(m).masked_fill_(m <= 0, 1.0)
         del m
@@ -207,10 +211,17 @@ def _sigmoid_focal_closed(
         del ratio
         # p - y as (1 - y) p - y q: no cancellation where p rounds to 1.
         grad = p.mul_(ny).sub_(q.mul_(y)).add_(focus).mul_(mg)
+    return _times_alpha_t(loss, grad, y, alpha)
+
+
+def _times_alpha_t(
+    loss: Tensor, grad: Tensor | None, y: Tensor, alpha: float | None
+) -> tuple[Tensor, Tensor | None]:
     if alpha is not None:
         a_t = _alpha_t(y, alpha)
         loss.mul_(a_t)
-        grad.mul_(a_t)
+        if grad is not None:
+            grad.mul_(a_t)
     return loss, grad
 
 
@@ -354,7 +365,7 @@ def sigmoid_focal_loss(
     hard = dt.from_index or not target.is_floating_point()
     opts = {"gamma": g, "alpha": a, "hard": hard}
     spec = ClosedForm(
-        partial(_sigmoid_focal_closed, **opts), partial(_sigmoid_focal_composite, **opts)
+        upcast(partial(_sigmoid_focal_closed, **opts)), partial(_sigmoid_focal_composite, **opts)
     )
     # gamma = 0 is exactly binary_cross_entropy_with_logits (PyTorch's fused kernel), times alpha.
     loss = spec.composite(x.to(compute_dtype(x)), y) if g == 0.0 else closed_form_loss(x, y, spec)
