@@ -211,3 +211,47 @@ def test_balanced_bce_gradcheck_and_second_derivatives(beta) -> None:
     assert "ElementwiseLoss" in _grad_fn_name(fn(x))
     assert gradcheck(fn, (x,))
     assert gradgradcheck(fn, (x,))
+
+
+# ------------------------------------------------------------------------------------------------
+# The focal term of the softmax focal loss (and of hard sigmoid targets' composite)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gamma", [0.25, 0.5, 2.0, 4.0])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_softmax_focal_fast_focal_term_matches_formula(gamma, smoothing) -> None:
+    g = torch.Generator().manual_seed(12)
+    x0 = torch.randn(9, 5, generator=g, dtype=F64) * 3
+    x0[0] = torch.tensor([30.0, -30.0, 0.0, 1.0, 2.0], dtype=F64)  # saturated rows
+    t = torch.randint(0, 5, (9,), generator=g)
+    t[0] = 0
+    x = x0.clone().requires_grad_(True)
+    out = F.softmax_focal_loss(x, t, gamma=gamma, label_smoothing=smoothing, reduction="none")
+    assert "ElementwiseLoss" in _grad_fn_name(out)
+    up = torch.rand(9, generator=g, dtype=F64) + 0.5
+    (g_fast,) = torch.autograd.grad(out, x, up)
+
+    xr = x0.clone().requires_grad_(True)
+    logp = torch.log_softmax(xr, dim=1)
+    q = (1 - logp.exp()).clamp(min=0)  # gamma >= 0.25 and float64: pow's backward is finite here
+    terms = -(q**gamma) * logp
+    ref = (1 - smoothing) * terms.gather(1, t[:, None])[:, 0] + smoothing / 5 * terms.sum(1)
+    (g_ref,) = torch.autograd.grad(ref, xr, up)
+    assert_close(out.detach(), ref.detach(), F64)
+    finite = torch.isfinite(g_ref)
+    assert_close(g_fast[finite], g_ref[finite], F64)
+    assert torch.isfinite(g_fast).all()
+
+
+def test_softmax_focal_second_derivatives() -> None:
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(4, 5, generator=g, dtype=F64, requires_grad=True)
+    t = torch.randint(0, 5, (4,), generator=g)
+
+    def fn(v):
+        return F.softmax_focal_loss(v, t, gamma=2.0, label_smoothing=0.1, reduction="none")
+
+    assert "ElementwiseLoss" in _grad_fn_name(fn(x))
+    assert gradcheck(fn, (x,))
+    assert gradgradcheck(fn, (x,))

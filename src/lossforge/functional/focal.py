@@ -114,13 +114,32 @@ class _FocalTermWithJvp(_FocalTerm):
         return log_p_t * _focal_term_grad(log_p, ctx.gamma)
 
 
-def _focal_term(log_p: Tensor, gamma: float) -> Tensor:
-    """-(1 - p)^gamma log p from log p; gamma = 0 is exactly the cross-entropy term -log p."""
-    if gamma == 0.0:
-        return -log_p
+def _focal_term_composite(log_p: Tensor, _unused: Tensor, *, gamma: float) -> Tensor:
     if torch.compiler.is_compiling():
         return _FocalTerm.apply(log_p, gamma)
     return _FocalTermWithJvp.apply(log_p, gamma)
+
+
+def _focal_term_closed(
+    log_p: Tensor, _unused: Tensor, need_grad: bool, *, gamma: float
+) -> tuple[Tensor, Tensor | None]:
+    loss = _FocalTerm.forward(log_p, gamma)
+    return loss, _focal_term_grad(log_p, gamma) if need_grad else None
+
+
+def _focal_term(log_p: Tensor, gamma: float) -> Tensor:
+    """-(1 - p)^gamma log p from log p; gamma = 0 is exactly the cross-entropy term -log p.
+
+    The value and its derivative are computed together (``ElementwiseLoss``: no per-call
+    ``setup_context`` binding, no backward recomputation); ``_FocalTerm`` is the composite used
+    for second derivatives, forward-mode AD and functorch transforms.
+    """
+    if gamma == 0.0:
+        return -log_p
+    spec = ClosedForm(
+        partial(_focal_term_closed, gamma=gamma), partial(_focal_term_composite, gamma=gamma)
+    )
+    return closed_form_loss(log_p, log_p.detach(), spec)
 
 
 def _log_or_neg_inf(v: Tensor) -> Tensor:
