@@ -195,3 +195,44 @@ def test_negative_infinity_logits_mask_classes_in_cross_entropy() -> None:
     assert torch.isfinite(loss) and loss.item() == pytest.approx(ref.item())
     loss.backward()
     assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "make"),
+    [
+        ("binary_cross_entropy_with_logits", lambda g, s: torch.rand(s, generator=g) < 0.3),
+        ("l1_loss", lambda g, s: torch.randn(s, generator=g)),
+        ("mse_loss", lambda g, s: torch.randn(s, generator=g)),
+        ("smooth_l1_loss", lambda g, s: torch.randn(s, generator=g)),
+        ("cross_entropy", lambda g, s: torch.randint(0, s[1], (s[0],), generator=g)),
+    ],
+)
+@pytest.mark.parametrize("shape", [(6, 4), (0, 4)])
+@pytest.mark.parametrize(
+    "opts", [{"reduction": "mean"}, {"reduction": "sum"}, {"avg_factor": 2.5}], ids=str
+)
+def test_summing_path_equals_weighted_path(name, make, shape, opts) -> None:
+    """Without an element-wise weight the reduced losses let PyTorch's kernel sum; an all-ones
+    weight takes the unreduced path. Same value, same gradient, 0 for an empty batch."""
+    import lossforge.functional as F
+
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+    t = make(g, shape)
+    t = (
+        t.double()
+        if t.dtype == torch.bool
+        else t.to(torch.float64 if t.is_floating_point() else t.dtype)
+    )
+    fn = getattr(F, name)
+    results = []
+    for weight in (None, torch.ones(t.shape, dtype=torch.float64)):
+        x = x0.clone().requires_grad_(True)
+        out = fn(x, t, weight=weight, **opts)
+        out.backward(torch.tensor(1.3, dtype=torch.float64))
+        results.append((out.detach(), x.grad))
+    (v1, g1), (v2, g2) = results
+    torch.testing.assert_close(v1, v2, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-14)
+    if x0.numel() == 0:
+        assert float(v1) == 0.0

@@ -17,7 +17,14 @@ from lossforge._checks import (
     fail,
 )
 from lossforge._dispatch import kernel_eligible, unsupported
-from lossforge._reduction import Backend, Reduction, check_avg_factor, expand_weight, weight_reduce
+from lossforge._reduction import (
+    Backend,
+    Reduction,
+    check_avg_factor,
+    expand_weight,
+    finish_reduction,
+    weight_reduce,
+)
 
 __all__ = ["l1_loss", "mse_loss", "smooth_l1_loss"]
 
@@ -65,6 +72,14 @@ def _fused(
     )
 
 
+def _finish(
+    fn: str, total: Tensor, reduction: str, avg_factor: float | Tensor | None, numel: int
+) -> Tensor:
+    """``"sum"`` / ``"mean"`` from PyTorch's summing kernel (no element-wise weight to apply): one
+    pass fewer than reducing the unreduced loss, same denominators as ``weight_reduce``."""
+    return finish_reduction(total, fn=fn, reduction=reduction, avg_factor=avg_factor, numel=numel)
+
+
 def l1_loss(
     pred: Tensor,
     target: Tensor,
@@ -102,6 +117,9 @@ def l1_loss(
     if fused is not None:
         return fused
     p, t = _prepare("l1_loss", pred, target, backend)
+    if weight is None and reduction != "none":
+        total = TF.l1_loss(p, t, reduction="sum")
+        return _finish("l1_loss", total, reduction, avg_factor, p.numel())
     return weight_reduce(
         TF.l1_loss(p, t, reduction="none"),
         fn="l1_loss",
@@ -145,6 +163,9 @@ def mse_loss(
     if fused is not None:
         return fused
     p, t = _prepare("mse_loss", pred, target, backend)
+    if weight is None and reduction != "none":
+        total = TF.mse_loss(p, t, reduction="sum")
+        return _finish("mse_loss", total, reduction, avg_factor, p.numel())
     return weight_reduce(
         TF.mse_loss(p, t, reduction="none"),
         fn="mse_loss",
@@ -202,6 +223,9 @@ def smooth_l1_loss(
     p, t = _prepare("smooth_l1_loss", pred, target, backend)
     # PyTorch's fused element-wise kernels (one pass forward, one backward) on the float32/float64
     # copies; beta=0 is exactly L1 there too. The tests check them against loop references.
+    if weight is None and reduction != "none":
+        total = TF.smooth_l1_loss(p, t, reduction="sum", beta=beta)
+        return _finish("smooth_l1_loss", total, reduction, avg_factor, p.numel())
     loss = TF.smooth_l1_loss(p, t, reduction="none", beta=beta)
     return weight_reduce(
         loss, fn="smooth_l1_loss", reduction=reduction, weight=weight, avg_factor=avg_factor
