@@ -236,3 +236,29 @@ def test_summing_path_equals_weighted_path(name, make, shape, opts) -> None:
     torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-14)
     if x0.numel() == 0:
         assert float(v1) == 0.0
+
+
+def test_ignore_mask_is_skipped_only_when_the_values_prove_it_absent() -> None:
+    from lossforge._checks import check_index_range
+    from lossforge._targets import sigmoid_target, softmax_target
+
+    x = torch.randn(4, 3)
+    clean, with_ignored = torch.tensor([0, 2, 1, 2]), torch.tensor([0, -100, 1, 2])
+    assert check_index_range("f", clean, 3, ignore_index=-100) is False
+    assert check_index_range("f", clean, 3, ignore_index=1) is True  # a valid class, present
+    assert check_index_range("f", with_ignored, 3, ignore_index=-100) is True
+    assert check_index_range("f", clean, 3, ignore_index=None) is False
+    assert softmax_target("f", x, clean, ignore_index=-100).valid is None
+    st = softmax_target("f", x, with_ignored, ignore_index=-100)
+    assert st.valid is not None and st.valid.tolist() == [True, False, True, True]
+    assert sigmoid_target("f", x, clean, ignore_index=-1).valid is None
+    assert sigmoid_target("f", x, torch.tensor([0, -1, 3, 1]), ignore_index=-1).valid is not None
+    with lf.value_checks(False):  # nothing read: the mask is always built
+        assert check_index_range("f", clean, 3, ignore_index=-100) is None
+        assert softmax_target("f", x, clean, ignore_index=-100).valid is not None
+    # and the losses agree either way
+    with lf.value_checks(False):
+        off = lf.functional.cross_entropy(x, clean), lf.functional.softmax_focal_loss(x, clean)
+    on = lf.functional.cross_entropy(x, clean), lf.functional.softmax_focal_loss(x, clean)
+    for a, b in zip(on, off, strict=True):
+        torch.testing.assert_close(a, b)

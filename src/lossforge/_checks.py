@@ -282,25 +282,39 @@ def check_index_range(
     ignore_index: int | None,
     allow_background: bool = False,
     name: str = "target",
-) -> None:
+) -> bool | None:
     """Class indices in ``[0, C)`` (``[0, C]`` with a background class), or equal to
-    ``ignore_index``."""
+    ``ignore_index``.
+
+    Returns whether ``ignore_index`` can occur in ``target`` as learnt from the values read:
+    ``False`` when it provably does not (every value lies in a range that excludes it, so callers
+    can skip building an ignore mask), ``True`` when it may, ``None`` when no value was read
+    (value checks off, or an empty target).
+    """
     if target.numel() == 0 or not value_checks_enabled(target):
-        return
+        return None
     high = num_classes if allow_background else num_classes - 1
-    # The common case in one or two passes, without compacting the valid entries.
-    probe = target if ignore_index is None else torch.where(target == ignore_index, 0, target)
-    lo_all, hi_all = torch.aminmax(probe)
-    if int(lo_all) >= 0 and int(hi_all) <= high:
-        return
-    valid = target if ignore_index is None else target[target != ignore_index]
+    # The common cases in one or two passes, without compacting the valid entries.
+    lo_all, hi_all = (int(v) for v in torch.aminmax(target))
+    if lo_all >= 0 and hi_all <= high:
+        return ignore_index is not None and lo_all <= ignore_index <= hi_all
+    if ignore_index is None:
+        valid = target
+    else:
+        lo_all, hi_all = (
+            int(v) for v in torch.aminmax(torch.where(target == ignore_index, 0, target))
+        )
+        if lo_all >= 0 and hi_all <= high:
+            return True
+        valid = target[target != ignore_index]
     if valid.numel() == 0:
-        return
+        return True
     lo, hi = int(valid.min()), int(valid.max())
     if lo < 0 or hi > high:
         extra = f" or ignore_index={ignore_index}" if ignore_index is not None else ""
         bg = " (C = background)" if allow_background else ""
         fail(fn, name, f"class indices in [0, {high}]{bg}{extra}", f"values in [{lo}, {hi}]")
+    return True
 
 
 def check_unit_interval(

@@ -97,7 +97,9 @@ def sigmoid_target(
     if logits.ndim >= 1 and tuple(t.shape) == _shape_without(logits.shape, cdim):
         idx = as_index_target(fn, t)
         c = logits.shape[cdim]
-        check_index_range(fn, idx, c, ignore_index=ignore_index, allow_background=True)
+        may_ignore = check_index_range(fn, idx, c, ignore_index=ignore_index, allow_background=True)
+        if may_ignore is False:
+            ignore_index = None  # the values were read: no element equals it, no mask needed
         valid = None
         if ignore_index is not None:
             valid = (idx != ignore_index).unsqueeze(cdim)
@@ -193,10 +195,12 @@ def softmax_target(
 
     if tuple(t.shape) == index_shape:
         idx = as_index_target(fn, t)
-        check_index_range(fn, idx, c, ignore_index=ignore_index)
+        may_ignore = check_index_range(fn, idx, c, ignore_index=ignore_index)
+        # may_ignore is False when the values were read and none equals ignore_index: no mask.
+        mask_ignore = ignore_index if may_ignore is not False else None
         valid = None
-        if ignore_index is not None:
-            valid = idx != ignore_index
+        if mask_ignore is not None:
+            valid = idx != mask_ignore
         bad = None
         if not value_checks_enabled(idx):
             out = (idx < 0) | (idx >= c)
