@@ -123,8 +123,16 @@ def _focal_term_composite(log_p: Tensor, _unused: Tensor, *, gamma: float) -> Te
 def _focal_term_closed(
     log_p: Tensor, _unused: Tensor, need_grad: bool, *, gamma: float
 ) -> tuple[Tensor, Tensor | None]:
-    loss = _FocalTerm.forward(log_p, gamma)
-    return loss, _focal_term_grad(log_p, gamma) if need_grad else None
+    """phi(l) and phi'(l) sharing 1 - e^l and its power (see ``_focal_term_grad``)."""
+    q = _one_minus_exp(log_p)
+    qg = q.pow(gamma)
+    loss = torch.mul(qg, log_p).neg_()
+    if not need_grad:
+        return loss, None
+    positive = q > 0
+    r = torch.exp(log_p).mul_(log_p).div_(torch.where(positive, q, 1.0))
+    r = torch.where(positive, r, -1.0)  # r -> -1 as l -> 0
+    return loss, r.mul_(gamma).sub_(1.0).mul_(qg)
 
 
 def _focal_term(log_p: Tensor, gamma: float) -> Tensor:
