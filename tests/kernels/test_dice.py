@@ -135,3 +135,34 @@ def test_matches_functional_sum(opts, dtype):
     record(
         "functional-dice:grad", dtype, assert_within_2x(xk.grad, x64.grad, x32.grad, dtype, "grad")
     )
+
+
+def test_grid_puts_spatial_blocks_on_the_unbounded_axis(monkeypatch):
+    """CUDA grid axes 1 and 2 stop at 65535 (the interpreter has no such limit): a 3-d volume of
+    2**21 voxels with 128 classes has 65536 spatial blocks, so they must be on axis 0, and a batch
+    above 65535 samples is routed to the reference."""
+    grids = []
+    real = K.wrap_triton
+
+    def spy(kernel):
+        launcher = real(kernel)
+
+        class Grid:
+            def __getitem__(self, grid):
+                grids.append(tuple(grid))
+                return launcher[grid]
+
+        return Grid()
+
+    monkeypatch.setattr(K, "wrap_triton", spy)
+    bs = K._blocks(5)[0]
+    x = torch.randn(3, 5, 5 * bs, device=DEVICE, requires_grad=True)  # 5 spatial blocks, 3 samples
+    t = torch.randint(0, 5, (3, 5 * bs), device=DEVICE)
+    K.dice_loss(x, t).backward()
+    assert grids and all(g == (5, 3) for g in grids), grids
+    big = torch.empty(K.MAX_GRID_Y + 1, 2, 1)
+    assert "batch" in K.unsupported_reason(big, torch.zeros(K.MAX_GRID_Y + 1, 1, dtype=torch.long))
+    assert (
+        K.unsupported_reason(big[: K.MAX_GRID_Y], torch.zeros(K.MAX_GRID_Y, 1, dtype=torch.long))
+        is None
+    )

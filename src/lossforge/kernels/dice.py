@@ -88,8 +88,9 @@ def _dice_stats_kernel(
     BLOCK_S: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    n = tl.program_id(0)
-    sb = tl.program_id(1)
+    # spatial blocks on grid axis 0 (up to 2**31 - 1; axis 1 stops at 65535), samples on axis 1
+    sb = tl.program_id(0)
+    n = tl.program_id(1)
     s, sm, cols, cm, mask2, p, oh, valid = _softmax_tile(
         x_ptr, t_ptr, n, sb, S, C, sN, sC, sS, ignore_index, HAS_IGNORE, BLOCK_S, BLOCK_C
     )
@@ -126,8 +127,9 @@ def _dice_grad_kernel(
     BLOCK_S: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    n = tl.program_id(0)
-    sb = tl.program_id(1)
+    # spatial blocks on grid axis 0 (up to 2**31 - 1; axis 1 stops at 65535), samples on axis 1
+    sb = tl.program_id(0)
+    n = tl.program_id(1)
     s, sm, cols, cm, mask2, p, oh, valid = _softmax_tile(
         x_ptr, t_ptr, n, sb, S, C, sN, sC, sS, ignore_index, HAS_IGNORE, BLOCK_S, BLOCK_C
     )
@@ -141,6 +143,10 @@ def _dice_grad_kernel(
     dx = tl.where(valid[:, None], dx, 0.0)
     grow = n.to(tl.int64) * gN + s * gS
     tl.store(g_ptr + grow[:, None] + cols[None, :] * gC, dx.to(g_ptr.dtype.element_ty), mask=mask2)
+
+
+#: CUDA's limit on grid axes 1 and 2 (axis 0 goes to 2**31 - 1).
+MAX_GRID_Y = 65535
 
 
 def _blocks(c: int) -> tuple[int, int, int]:
@@ -168,7 +174,7 @@ def dice_fwd(
     dev = logits.device
     stats = torch.zeros(nb, max(n_sb, 1), 3, c, dtype=torch.float32, device=dev)
     if nb * s_len > 0:
-        wrap_triton(_dice_stats_kernel)[(nb, n_sb)](
+        wrap_triton(_dice_stats_kernel)[(n_sb, nb)](
             logits,
             target,
             stats,
@@ -201,7 +207,7 @@ def dice_fwd(
         a = torch.where(denom > 0, -2.0 * k / safe, torch.zeros_like(safe)).contiguous()
         b = torch.where(denom > 0, num * k / (safe * safe), torch.zeros_like(safe)).contiguous()
         gs = grad.stride()
-        wrap_triton(_dice_grad_kernel)[(nb, n_sb)](
+        wrap_triton(_dice_grad_kernel)[(n_sb, nb)](
             logits,
             target,
             a,
@@ -251,6 +257,8 @@ def unsupported_reason(logits: Tensor, target: Tensor, reduction: str = "mean") 
         return f"more than {MAX_CLASSES} classes"
     if reduction not in ("mean", "sum"):
         return f"reduction={reduction!r}"
+    if logits.shape[0] > MAX_GRID_Y:
+        return f"a batch of more than {MAX_GRID_Y} samples (one CUDA grid axis per sample)"
     return None
 
 
