@@ -1,0 +1,71 @@
+"""Compile every Triton kernel for sm_90 at its production launch configuration, without a GPU.
+
+The interpreter tests in this directory never run the GPU compiler and use small tiles;
+``tests/kernels/aot.py`` captures the launches the entry points make at the PERFORMANCE.md
+section 6 shapes (meta tensors) and compiles them to cubin with the bundled ptxas. It runs in a
+subprocess because this directory's conftest sets ``TRITON_INTERPRET=1`` before triton is imported,
+and under the interpreter ``@triton.jit`` builds objects that cannot be compiled.
+
+By default a representative set (every kernel at production tiles, fp32 and bf16; ~10-20 s on two
+cores). ``LOSSFORGE_AOT_FULL=1`` runs the whole sweep (every workload, fp32/bf16/fp16, sm_90 and
+sm_80; ~1-2 min). Skipped when triton has no NVIDIA backend or ptxas.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FULL = os.environ.get("LOSSFORGE_AOT_FULL", "0") == "1"
+
+
+@pytest.fixture(scope="module")
+def aot(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("aot") / "aot.json"
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    cmd = [sys.executable, "-m", "tests.kernels.aot", "--json", str(out)]
+    if FULL:
+        cmd += ["--full", "--arch", "90,80"]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+    if not out.exists():
+        pytest.fail(f"{' '.join(cmd)} wrote nothing (rc {proc.returncode}):\n{proc.stderr[-4000:]}")
+    data = json.loads(out.read_text())
+    if "skip" in data:
+        pytest.skip(f"no AOT compile for NVIDIA here: {data['skip']}")
+    return data
+
+
+def _fmt(r: dict) -> str:
+    return f"sm_{r['arch']} {r['kernel']} [{','.join(r['dtypes'])}] {r['cases'][0]!r}"
+
+
+def test_every_kernel_compiles_at_production_tiles_fp32_and_bf16(aot):
+    seen: dict[str, set[str]] = {}
+    for r in aot["results"]:
+        if r["status"] == "ok":
+            seen.setdefault(r["kernel"], set()).update(r["dtypes"])
+    missing = [k for k in aot["kernels"] if not {"fp32", "bf16"} <= seen.get(k, set())]
+    assert not missing, f"kernels not compiled for both fp32 and bf16 workloads: {missing}"
+
+
+def test_no_compile_failures(aot):
+    failed = [f"{_fmt(r)}: {r['error']}" for r in aot["results"] if r["status"] != "ok"]
+    assert not failed, "\n\n".join(failed)
+
+
+def test_no_spills_and_within_shared_memory_and_grid_limits(aot):
+    bad = [
+        f"{_fmt(r)}: {'; '.join(r['problems'])}"
+        for r in aot["results"]
+        if r["status"] == "ok" and r["problems"]
+    ]
+    assert not bad, "\n".join(bad)
