@@ -552,9 +552,9 @@ def test_property_softmax_asl_nonnegative_and_below_smoothed_ce(
 # --------------------------------------------------------------------------------------------------
 #
 # The torch backend evaluates the element-wise ASL in closed form (loss and gradient in one no-grad
-# pass, ``ElementwiseLoss``); the composite ``_asl_unreduced`` is its specification. ``_composite()``
-# swaps the element-wise term of the same public call for the composite, so target parsing,
-# weights and reductions are shared and only the element-wise term differs.
+# pass, ``ElementwiseLoss``); the composite ``_asl_unreduced`` is its specification.
+# ``_composite()`` swaps the element-wise term of the same public call for the composite, so target
+# parsing, weights and reductions are shared and only the element-wise term differs.
 
 
 def _composite_elementwise(x: torch.Tensor, y: torch.Tensor, opts: dict) -> torch.Tensor:
