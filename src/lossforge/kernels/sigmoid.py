@@ -134,7 +134,8 @@ def _sigmoid_fwd_kernel(
         rows = pid.to(tl.int64) * (BLOCK // BLOCK_C) + tl.arange(0, BLOCK // BLOCK_C)[:, None]
         cls = tl.arange(0, BLOCK_C)[None, :]
         offs = rows * C + cls
-        m = (cls < C) & (offs < n)
+        rm = rows * C < n  # [R, 1]: per-row values (the class index) load once per row
+        m = (cls < C) & rm
     else:
         offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         m = offs < n
@@ -147,8 +148,13 @@ def _sigmoid_fwd_kernel(
         cs = offs // S
         cls = cs % C
     if INDEX_TARGET:
-        pos = rows if ROWS else cs // C * S + (offs - cs * S)
-        idx = tl.load(t_ptr + pos, mask=m, other=0).to(tl.int64)
+        if ROWS:
+            # [R, 1], not broadcast to the tile: a [R, BLOCK_C] gather of the same index got its
+            # own layout and cost 4 shared-memory layout conversions (PTX review).
+            idx = tl.load(t_ptr + rows, mask=rm, other=0).to(tl.int64)
+        else:
+            pos = cs // C * S + (offs - cs * S)
+            idx = tl.load(t_ptr + pos, mask=m, other=0).to(tl.int64)
         if HAS_IGNORE:
             valid = valid & (idx != ignore_index)
         bad = valid & ((idx < 0) | (idx > C))
