@@ -262,3 +262,19 @@ def test_ignore_mask_is_skipped_only_when_the_values_prove_it_absent() -> None:
     on = lf.functional.cross_entropy(x, clean), lf.functional.softmax_focal_loss(x, clean)
     for a, b in zip(on, off, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_nan_check_is_exact_behind_its_summing_filter() -> None:
+    """The NaN check sums first (a NaN sum can also come from +inf and -inf, or from overflow in
+    half precision) and only an exact count raises."""
+    from lossforge._checks import check_floating
+
+    check_floating("f", "x", torch.tensor([float("inf"), float("-inf"), 1.0]))  # no NaN: fine
+    h = torch.full((1000,), 60000.0, dtype=torch.float16)
+    h[::2] = -60000.0
+    check_floating("f", "x", h)
+    for bad in (torch.tensor([1.0, float("nan")]), torch.tensor([float("inf"), float("nan")])):
+        with pytest.raises(ValueError, match="1 NaN of 2"):
+            check_floating("f", "x", bad)
+    with lf.value_checks(False):
+        check_floating("f", "x", torch.tensor([float("nan")]))  # not read with checks off
