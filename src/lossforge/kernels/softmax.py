@@ -79,16 +79,24 @@ def _softmax_fwd_kernel(
     WRITE_GRAD: tl.constexpr,
     SCALE_FROM_PTR: tl.constexpr,
     SINGLE: tl.constexpr,
+    FLAT: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0)
     p = pid.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     pm = p < P
-    n = p // S
-    s = p - n * S
-    xrow = n * sN + s * sS
-    grow = n * gN + s * gS
+    if FLAT:
+        # sN == S * sS and gN == S * gS (channels_last, or (N, C) rows): no 64-bit division.
+        # With the class dim contiguous, every lane of a warp repeats the per-position integer
+        # work of its rows, so n = p // S (a 64-bit division call) dominated the SASS.
+        xrow = p * sS
+        grow = p * gS
+    else:
+        n = p // S
+        s = p - n * S
+        xrow = n * sN + s * sS
+        grow = n * gN + s * gS
 
     tgt = tl.load(t_ptr + p, mask=pm, other=0).to(tl.int64)
     valid = pm
@@ -458,6 +466,10 @@ def softmax_fwd(
             num_warps=warps,
         )
     elif p_total > 0:
+        ls = logits.stride()
+        # Position p = n * S + s at p * sS (channels_last): see FLAT in the kernel.
+        flat = s_len > 1 and ls[0] == s_len * ls[2]
+        flat = flat and (not write_grad or gstride[0] == s_len * gstride[2])
         wrap_triton(_softmax_fwd_kernel)[(n_prog,)](
             logits,
             target,
@@ -492,6 +504,7 @@ def softmax_fwd(
             WRITE_GRAD=write_grad,
             SCALE_FROM_PTR=scale_t is not None,
             SINGLE=single,
+            FLAT=flat,
             BLOCK_P=bp,
             BLOCK_C=bc,
             num_warps=warps,
