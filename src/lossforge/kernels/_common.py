@@ -24,6 +24,19 @@ from lossforge.kernels._launch import elementwise_block, elementwise_warps, pers
 
 
 @triton.jit
+def block_div(start, BLOCK: tl.constexpr, d):
+    """``(start + tl.arange(0, BLOCK)) // d`` for an int64 ``start >= 0`` and an int ``d > 0``.
+
+    One 64-bit division per program; the per-element quotient is a 32-bit division (``d`` below
+    2**31 - BLOCK, which the launcher types as i32). ``offs // d`` on the int64 offsets compiled to
+    a call of the 64-bit division routine per element (8 per thread at BLOCK 1024, 4 warps).
+    """
+    q0 = start // d
+    r0 = (start - q0 * d).to(tl.int32)
+    return q0 + (r0 + tl.arange(0, BLOCK)) // d
+
+
+@triton.jit
 def _finish_kernel(
     part_ptr,  # [n_part] fp32 per-program partial sums
     scale_ptr,  # [1] fp32 device scale (HAS_SCALE_PTR)

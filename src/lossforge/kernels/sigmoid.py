@@ -29,7 +29,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from lossforge.kernels._common import backward_scaled, finish_sum
+from lossforge.kernels._common import backward_scaled, block_div, finish_sum
 from lossforge.kernels._launch import (
     KERNEL_DTYPES,
     elementwise_block,
@@ -245,7 +245,11 @@ def _sigmoid_fwd_kernel(
         loss = loss * wt
         grad = grad * wt
     elif WEIGHT_MODE == 2:
-        wt = tl.load(w_ptr + offs // w_inner, mask=m, other=0.0).to(tl.float32)
+        if ROWS:  # noqa: SIM108 (constexpr branch inside a Triton kernel)
+            wrow = offs // w_inner
+        else:
+            wrow = block_div(pid.to(tl.int64) * BLOCK, BLOCK, w_inner)  # offs // w_inner
+        wt = tl.load(w_ptr + wrow, mask=m, other=0.0).to(tl.float32)
         loss = loss * wt
         grad = grad * wt
     elif WEIGHT_MODE == 3:
