@@ -513,7 +513,35 @@ def _compile_one(job: tuple[str, dict, dict, dict, dict, int]) -> dict:
     )
     if regs == [] or frame == []:
         res.update(_cuobjdump(c.asm["cubin"]))
+    res["ptx"] = ptx_stats(c.asm["ptx"], c.asm["ttgir"])
     return res
+
+
+_PTX_PATTERNS = {
+    # global memory access widths (v4.b32 = 16 B: 4 fp32 or 8 bf16/fp16 values)
+    "ld_v4": r"ld\.global[\w.:]*?\.v4\.",
+    "ld_v2": r"ld\.global[\w.:]*?\.v2\.",
+    "ld": r"\bld\.global",
+    "st_v4": r"st\.global[\w.:]*?\.v4\.",
+    "st_v2": r"st\.global[\w.:]*?\.v2\.",
+    "st": r"\bst\.global",
+    "local": r"(?:ld|st)\.local",
+    # transcendental (MUFU) instructions; precise tl.log / tl.log2 are libdevice polynomials
+    "ex2": r"ex2\.approx",
+    "lg2": r"lg2\.approx",
+    "rcp": r"rcp\.approx|div\.(?:full|approx)\.f32",
+    "div_rn": r"div\.rn\.f32",
+    "div_s64": r"(?:div|rem)\.[su]64",
+}
+
+
+def ptx_stats(ptx: str, ttgir: str = "") -> dict:
+    """Static instruction counts in the PTX (per thread, not per element) + TTGIR layout moves."""
+    out = {k: len(re.findall(v, ptx)) for k, v in _PTX_PATTERNS.items()}
+    for op in ("ld", "st"):  # scalar: 1, 2, 4 or 8 bytes
+        out[f"{op}_scalar"] = out.pop(op) - out[f"{op}_v4"] - out[f"{op}_v2"]
+    out["convert_layout"] = ttgir.count("ttg.convert_layout")
+    return out
 
 
 def _cuobjdump(cubin: bytes) -> dict:

@@ -69,3 +69,61 @@ def test_no_spills_and_within_shared_memory_and_grid_limits(aot):
         if r["status"] == "ok" and r["problems"]
     ]
     assert not bad, "\n".join(bad)
+
+
+# --------------------------------------------------------------------------------------------------
+# PTX checks of the hot variants (benchmarks/results/ptx-review.md): counted on the same compiles.
+# --------------------------------------------------------------------------------------------------
+
+
+def _sm90(aot: dict, kernel: str, case: str, dtype: str) -> list[dict]:
+    rs = [
+        r
+        for r in aot["results"]
+        if r["arch"] == 90
+        and r["status"] == "ok"
+        and r["kernel"].endswith(":" + kernel)
+        and dtype in r["dtypes"]
+        and case in r["cases"]
+    ]
+    assert rs, f"no sm_90 {kernel} variant for {case!r} [{dtype}] in the AOT run"
+    return rs
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize(
+    ("kernel", "case"),
+    [
+        ("_sigmoid_fwd_kernel", "DET sigmoid_focal g2 index"),
+        ("_sigmoid_fwd_kernel", "DET bce dense"),
+        ("_softmax_fwd_kernel", "SEG ce ignore [NCHW]"),
+        ("_dice_grad_kernel", "SEG dice ignore [NCHW]"),
+        ("_regression_fwd_kernel", "REG l1"),
+        ("_scale_grad_kernel", "DET sigmoid_focal g2 index"),
+    ],
+)
+def test_hot_loads_and_stores_are_128_bit(aot, kernel, case, dtype):
+    # ld/st.global.v4.b32: 4 fp32 or 8 bf16 per instruction. A scalar access where a vector one is
+    # possible means the compiler lost the contiguity/divisibility of the offsets.
+    for r in _sm90(aot, kernel, case, dtype):
+        p = r["ptx"]
+        assert p["ld_v4"] >= 1 and p["st_v4"] >= 1, (r["cases"][0], p)
+        assert p["local"] == 0, (r["cases"][0], p)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_sigmoid_focal_transcendental_budget_and_no_layout_moves(aot, dtype):
+    # PERFORMANCE.md rule 4: <= 3 MUFU ops (ex2, rcp, lg2) per element for integer gamma.
+    for r in _sm90(aot, "_sigmoid_fwd_kernel", "DET sigmoid_focal g2 index", dtype):
+        p = r["ptx"]
+        per_thread = r["constexprs"]["BLOCK"] // (32 * r["num_warps"])
+        assert p["ex2"] + p["rcp"] + p["lg2"] <= 3 * per_thread, p
+        assert p["div_rn"] == 0, p
+        # the class index is loaded per row: no shared-memory layout conversion in the tile
+        assert p["convert_layout"] == 0, p
+
+
+def test_softmax_channels_last_has_no_64_bit_division(aot):
+    for dt in ("fp32", "bf16"):
+        for r in _sm90(aot, "_softmax_fwd_kernel", "SEG ce ignore+cw+ls.1 [channels_last]", dt):
+            assert r["ptx"]["div_s64"] == 0, r["ptx"]
