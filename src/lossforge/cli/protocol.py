@@ -174,6 +174,15 @@ def _reg(n, dtype, dev):
     return make
 
 
+def _liger_cross_entropy(label_smoothing: float) -> Any:
+    """Liger-Kernel's cross-entropy module when liger_kernel is installed and usable, else None."""
+    try:
+        from liger_kernel.transformers import LigerCrossEntropyLoss  # type: ignore
+    except Exception:  # noqa: BLE001 - optional dependency, any import failure means "absent"
+        return None
+    return LigerCrossEntropyLoss(label_smoothing=label_smoothing)
+
+
 def workloads(dev: str, smoke: bool) -> list[Row]:
     rows: list[Row] = []
     dtypes = [torch.float32] if smoke else [torch.float32, torch.bfloat16]
@@ -424,15 +433,11 @@ def workloads(dev: str, smoke: bool) -> list[Row]:
                     for k, f in _lf("cross_entropy").items()
                 },
             }
-            try:
-                from liger_kernel.transformers import LigerCrossEntropyLoss  # type: ignore
-
-                liger = LigerCrossEntropyLoss(label_smoothing=ls)
+            liger = _liger_cross_entropy(ls)
+            if liger is not None:
                 provs["liger"] = lambda d, liger=liger: liger(
                     d["x"].clone(), d["t"]
                 )  # it overwrites its input
-            except Exception:  # noqa: BLE001 - optional
-                pass
             rows.append(
                 Row(
                     "LLM",

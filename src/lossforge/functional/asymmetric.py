@@ -216,8 +216,7 @@ def _asl_closed_form(
     nl = nl_neg.lerp_(nl_pos, y)  # n = -(y log p + (1 - y) log(1 - p_m)); nl_pos is free
     nd: Tensor | None = None
     dpm: Tensor | None = None
-    if s is not None:
-        assert nd_pos is not None
+    if s is not None:  # need_grad: nd_pos and nd_neg (or xs) were computed above
         if xs is not None:
             dpm = _masked_into(s, pm, 0.0, grad_input=pm)  # pm -> p_m' (0 where p_m = 0)
             if eps > clip:  # rare: the mask needs xs, so a new buffer
@@ -226,18 +225,17 @@ def _asl_closed_form(
                 nd_neg = torch.div(dpm, xs, out=xs)  # xs -> p_m' / (1 - p_m)
         else:
             dpm = s
-        assert nd_neg is not None
-        nd = nd_neg.lerp_(nd_pos, y)  # n' = d n / dz; nd_pos is free
+        nd = cast(Tensor, nd_neg).lerp_(cast(Tensor, nd_pos), y)  # n' = d n / dz; nd_pos is free
     g: Tensor | float = gp
     w: Tensor | None = None
     if focal:
-        assert base is not None
         if gp != gn:  # gamma_t, in a free buffer (nd_pos, or p when no gradient is computed)
             g = torch.mul(y, gp - gn, out=nd_pos if nd_pos is not None else p).add_(gn)
         # exp's argument is kept >= log(tiny) + 1 (w >= e * tiny): below it (e.g. gamma log(tiny)
         # where p_m = 0) the result is subnormal or 0 and the CPU exp takes a path ~50-180x slower
         # per element (float32 at log(tiny) itself, float64 up to ~0.5 above it).
-        w = torch.log(base, out=nl_pos).mul_(g).clamp_(min=math.log(tiny) + 1.0).exp_()
+        w = torch.log(cast(Tensor, base), out=nl_pos).mul_(g)
+        w = w.clamp_(min=math.log(tiny) + 1.0).exp_()
         loss = torch.mul(nl, w, out=loss_out) if loss_out is not None else torch.mul(nl, w)
     elif loss_out is not None:
         loss = loss_out.copy_(nl)
@@ -246,12 +244,11 @@ def _asl_closed_form(
     if nd is None:
         return loss, None
 
-    assert s is not None and dpm is not None
+    s, dpm = cast(Tensor, s), cast(Tensor, dpm)  # set whenever nd is
     if focal and not detach:
-        assert base is not None
         # d log b / dz = lerp(p_m', -pq, y) / b; without margin p_m' is s itself.
         neg_s = torch.neg(s, out=q) if dpm is s else s.neg_()  # q is free without margin
-        dlb = torch.lerp(dpm, neg_s, y, out=s).div_(base)  # s -> d log b / dz
+        dlb = torch.lerp(dpm, neg_s, y, out=s).div_(cast(Tensor, base))  # s -> d log b / dz
         if isinstance(g, Tensor):
             nd.addcmul_(nl, dlb.mul_(g))
         else:
