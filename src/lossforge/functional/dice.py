@@ -2,161 +2,55 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from lossforge import _reduction
-from lossforge._checks import (
-    as_class_weight,
-    as_index_target,
-    check_bool,
-    check_choice,
-    check_floating,
-    check_index_range,
-    check_number,
-    check_optional_int,
-    check_reduction,
-    check_tensor,
-    check_unit_interval,
-    compute_dtype,
-    fail,
-    value_checks_enabled,
-)
-from lossforge._dispatch import kernel_eligible, unsupported
-from lossforge._reduction import Backend, Reduction, check_avg_factor, weight_reduce
+from lossforge import _pipeline as pipeline
+from lossforge._params import ClassValues, NonNegative, loss_function
+from lossforge._pipeline import Fused
+from lossforge._reduction import AvgFactor, Backend, Reduction
 
 __all__ = ["dice_loss"]
 
 Activation = Literal["softmax", "sigmoid", "none"]
-ACTIVATIONS = ("softmax", "sigmoid", "none")
+ACTIVATIONS = pipeline.ACTIVATIONS
 
 
-def _index_shape(x: Tensor) -> tuple[int, ...]:
-    return (x.shape[0],) + tuple(x.shape[2:])
+def _dice_stats(p: Tensor, g: Tensor, *, squared: bool) -> list[Tensor]:
+    """The element-wise terms whose sums make the dice ratio: intersection and cardinality."""
+    return [p * g, p * p + g * g if squared else p + g]
 
 
-def _sum(t: Tensor, dims: tuple[int, ...]) -> Tensor:
-    # ``sum(dim=())`` would reduce every dimension; (N, C) inputs have nothing to sum per entry.
-    return t.sum(dim=dims) if dims else t
-
-
-def _dice_target(
-    fn: str, x: Tensor, target: object, activation: str, ignore: int | None
-) -> tuple[Tensor, Tensor | None]:
-    """Dense ``(N, C, *)`` float target (ignored and absent entries 0) and the valid-pixel mask.
-
-    The mask is ``(N, 1, *)`` for class-index targets (a pixel is ignored in every class) and
-    ``(N, C, *)`` for dense targets (element-wise). Out-of-range class indices met while value
-    checks are off become NaN in the dense target, so the loss of the affected entries is NaN.
-    """
-    t = check_tensor(fn, "target", target)
-    if t.device != x.device:
-        fail(fn, "target", f"on the device of `logits` ({x.device})", t.device)
-    if t.is_complex():
-        fail(fn, "target", "a real tensor", f"dtype {t.dtype}", TypeError)
-    c = x.shape[1]
-    cdtype = compute_dtype(x)
-    if c == 1 and activation != "softmax" and tuple(t.shape) == _index_shape(x):
-        t = t.unsqueeze(1)  # a binary mask (N, *) for a single (N, 1, *) logit channel
-    if t.shape == x.shape:
-        valid = None
-        if ignore is not None:
-            valid = t != ignore
-            t = torch.where(valid, t, torch.zeros((), dtype=t.dtype, device=t.device))
-        dense = t.to(cdtype)
-        check_unit_interval(fn, "target", dense)
-        return dense, valid
-    if tuple(t.shape) != _index_shape(x):
-        binary = " or a (N, *) binary mask" if c == 1 and activation != "softmax" else ""
-        fail(
-            fn,
-            "target",
-            f"dense targets of the logits' shape {tuple(x.shape)}, class indices of shape "
-            f"{_index_shape(x)}{binary}",
-            f"shape {tuple(t.shape)}",
-        )
-    idx = as_index_target(fn, t)
-    background = activation == "sigmoid"
-    check_index_range(fn, idx, c, ignore_index=ignore, allow_background=background)
-    idx = idx.unsqueeze(1)
-    classes = torch.arange(c, device=x.device).view((1, c) + (1,) * (x.ndim - 2))
-    hit = idx == classes
-    valid = None
-    if ignore is not None:
-        valid = idx != ignore
-        hit = hit & valid  # ignore_index may be a valid class id
-    dense = hit.to(cdtype)
-    if not value_checks_enabled(idx):
-        out = (idx < 0) | (idx > (c if background else c - 1))
-        if valid is not None:
-            out = out & valid
-        dense = torch.where(out, torch.full((), float("nan"), dtype=cdtype, device=x.device), dense)
-    return dense, valid
-
-
-def _fused(
-    fn: str,
-    backend: object,
-    x: Tensor,
-    target: object,
-    *,
-    smooth: float,
-    squared: bool,
-    batch: bool,
-    ignore: int | None,
-    reduction: str,
-) -> Tensor | None:
-    """The fused softmax kernel for the cases it serves; ``None`` to fall back to the reference."""
-    from lossforge.kernels import dice as fused
-
-    t = check_tensor(fn, "target", target)
-    why = fused.unsupported_reason(x, t, reduction)
-    if why is None and batch and _reduction._denominator_hook is not None:
-        why = "batch=True inside global_normalization() (the batch sums are all-reduced)"
-    if why is not None:
-        unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
-        return None
-    if t.device != x.device:
-        fail(fn, "target", f"on the device of `logits` ({x.device})", t.device)
-    idx = as_index_target(fn, t)
-    c = x.shape[1]
-    check_index_range(fn, idx, c, ignore_index=ignore)
-    total = fused.dice_loss(
-        x,
-        idx,
-        smooth=smooth,
-        squared=squared,
-        per_sample=not batch,
-        ignore_index=ignore,
-        reduction="sum",
+def _dice_combine(sums: list[Tensor], *, smooth: float) -> Tensor:
+    """1 - (2 I + s) / (U + s) per entry; with ``smooth=0`` an empty entry (U = 0) is dice 1."""
+    inter, card = sums
+    num = 2.0 * inter + smooth
+    den = card + smooth
+    empty = den == 0  # only with smooth=0: empty target and empty prediction, defined as dice 1
+    dice = torch.where(
+        empty, torch.ones_like(num), num / torch.where(empty, torch.ones_like(den), den)
     )
-    if reduction == "sum":
-        return total
-    # "mean": the reference's denominator, the number of (sample, class) entries with a valid pixel.
-    if ignore is None:
-        count = torch.tensor(float(c * (1 if batch else x.shape[0])), device=x.device)
-    else:
-        keep = (idx != ignore).flatten(1).any(dim=1) if idx.ndim > 1 else idx != ignore
-        count = (keep.any() if batch else keep.sum()).to(torch.float32) * c
-    return weight_reduce(total, fn=fn, reduction="mean", denominator=count)
+    return 1.0 - dice
 
 
+@loss_function
 def dice_loss(
     logits: Tensor,
     target: Tensor,
     *,
     activation: Activation = "softmax",
-    smooth: float = 1.0,
+    smooth: NonNegative = 1.0,
     squared: bool = False,
     batch: bool = False,
     ignore_index: int | None = None,
-    class_weight: Tensor | list[float] | None = None,
+    class_weight: ClassValues | None = None,
     include_background: bool = True,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
-    avg_factor: float | Tensor | None = None,
+    avg_factor: AvgFactor = None,
     backend: Backend = "torch",
 ) -> Tensor:
     r"""Soft dice loss (V-Net) per sample and class, for binary, multi-label and multi-class masks.
@@ -247,103 +141,20 @@ def dice_loss(
         >>> round(float(dice_loss(logits, target)), 4)
         0.0002
     """
-    fn = "dice_loss"
-    x = check_floating(fn, "logits", logits)
-    act = check_choice(fn, "activation", activation, ACTIVATIONS)
-    s = check_number(fn, "smooth", smooth, low=0.0)
-    squared = check_bool(fn, "squared", squared)
-    batch = check_bool(fn, "batch", batch)
-    include_background = check_bool(fn, "include_background", include_background)
-    ignore = check_optional_int(fn, "ignore_index", ignore_index)
-    reduction = check_reduction(fn, reduction)
-    check_avg_factor(fn, avg_factor, reduction)
-    if x.ndim < 2:
-        fail(fn, "logits", "a tensor of shape (N, C, *)", f"shape {tuple(x.shape)}")
-    c = x.shape[1]
-    if act == "softmax" and c < 2:
-        fail(
-            fn,
-            "logits",
-            "at least 2 channels with activation='softmax' (use 'sigmoid' for one binary channel)",
-            f"C={c}",
-        )
-    if not include_background and c < 2:
-        fail(fn, "include_background", "True when there is a single channel", include_background)
-    w = as_class_weight(fn, class_weight, c, x)
-
-    if (
-        kernel_eligible(fn, backend, x)
-        and act == "softmax"
-        and w is None
-        and weight is None
-        and avg_factor is None
-        and include_background
-    ):
-        out = _fused(
-            fn,
-            backend,
-            x,
-            target,
-            smooth=s,
-            squared=squared,
-            batch=batch,
-            ignore=ignore,
-            reduction=reduction,
-        )
-        if out is not None:
-            return out
-    elif backend == "triton":
-        unsupported(
-            fn,
-            "triton",
-            "softmax, class-index targets, no class_weight/weight/avg_factor, background kept",
-        )
-
-    g, valid = _dice_target(fn, x, target, act, ignore)
-    z = x.to(compute_dtype(x))
-    if act == "softmax":
-        p = torch.softmax(z, dim=1)
-    elif act == "sigmoid":
-        p = torch.sigmoid(z)
-    else:
-        check_unit_interval(fn, "logits", z)
-        p = z
-    if valid is not None:
-        p = torch.where(valid, p, torch.zeros((), dtype=p.dtype, device=p.device))
-    if not include_background:
-        p, g = p[:, 1:], g[:, 1:]
-        if valid is not None and valid.shape[1] > 1:
-            valid = valid[:, 1:]
-        if w is not None:
-            w = w[1:]
-
-    dims = tuple(range(2, x.ndim))
-    if batch:
-        dims = (0,) + dims
-    inter = _sum(p * g, dims)
-    card = _sum(p * p + g * g, dims) if squared else _sum(p + g, dims)
-    count = None
-    if valid is not None:
-        count = _sum(valid.to(p.dtype), dims).expand_as(inter)
-    if batch and _reduction._denominator_hook is not None:
-        from lossforge.distributed import maybe_global_sum
-
-        parts = [inter, card] if count is None else [inter, card, count]
-        summed = maybe_global_sum(torch.stack(parts))
-        inter, card = summed[0], summed[1]
-        if count is not None:
-            count = summed[2]
-
-    num = 2.0 * inter + s
-    den = card + s
-    empty = den == 0  # only with smooth=0: empty target and empty prediction, defined as dice 1
-    dice = torch.where(
-        empty, torch.ones_like(num), num / torch.where(empty, torch.ones_like(den), den)
-    )
-    loss = 1.0 - dice
-    if w is not None:
-        loss = loss * w
-    entry_valid = None if count is None else count > 0
-    return weight_reduce(
-        loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=entry_valid
+    return pipeline.region(
+        "dice_loss",
+        logits,
+        target,
+        stats=partial(_dice_stats, squared=squared),
+        combine=partial(_dice_combine, smooth=smooth),
+        fused=Fused("dice", "dice", {"smooth": smooth, "squared": squared}),
+        activation=activation,
+        ignore_index=ignore_index,
+        class_weight=class_weight,
+        include_background=include_background,
+        batch=batch,
+        weight=weight,
+        reduction=reduction,
+        avg_factor=avg_factor,
+        backend=backend,
     )

@@ -2,91 +2,48 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch.nn.functional as TF
 from torch import Tensor
 
-from lossforge._checks import (
-    as_float_target,
-    check_floating,
-    check_number,
-    check_reduction,
-    check_same_device,
-    check_same_shape,
-    check_tensor,
-    compute_dtype,
-    fail,
-)
-from lossforge._dispatch import kernel_eligible, unsupported
-from lossforge._reduction import (
-    Backend,
-    Reduction,
-    check_avg_factor,
-    expand_weight,
-    finish_reduction,
-    weight_reduce,
-)
+from lossforge import _pipeline as pipeline
+from lossforge._params import NonNegative, loss_function
+from lossforge._pipeline import Fused, Total
+from lossforge._reduction import AvgFactor, Backend, Reduction
 
 __all__ = ["l1_loss", "mse_loss", "smooth_l1_loss"]
 
 
-def _prepare(fn: str, pred: object, target: object, backend: object) -> tuple[Tensor, Tensor]:
-    p = check_floating(fn, "pred", pred)
-    t = as_float_target(fn, target, p)
-    check_same_device(fn, pred=p, target=target)  # type: ignore[arg-type]
-    check_same_shape(fn, "target", t, "pred", p)
-    kernel_eligible(fn, backend, p)  # validates `backend`
-    return p.to(compute_dtype(p)), t
+# PyTorch's fused element-wise kernels (one pass forward, one backward) on the float32/float64
+# copies; with nothing element-wise to apply they sum directly. The tests check them against loop
+# references.
+def _l1(p: Tensor, t: Tensor, want_total: bool) -> Tensor | Total:
+    if want_total:
+        return Total(TF.l1_loss(p, t, reduction="sum"))
+    return TF.l1_loss(p, t, reduction="none")
 
 
-def _fused(
-    fn: str,
-    kind: str,
-    pred: object,
-    target: object,
-    backend: object,
-    weight: Tensor | None,
-    reduction: str,
-    avg_factor: float | Tensor | None,
-    beta: float = 1.0,
-) -> Tensor | None:
-    """The fused regression kernel when it can serve the case; None means "use the reference"."""
-    if not (isinstance(pred, Tensor) and kernel_eligible(fn, backend, pred)):
-        return None
-    p = check_floating(fn, "pred", pred)
-    t = check_tensor(fn, "target", target)
-    if t.is_complex():
-        fail(fn, "target", "a real tensor", f"dtype {t.dtype}", TypeError)
-    check_same_device(fn, pred=p, target=t)
-    check_same_shape(fn, "target", t, "pred", p)
-    from lossforge.kernels import regression as fused
-
-    why = fused.unsupported_reason(p, t)
-    if why is not None:
-        unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
-        return None
-    check_avg_factor(fn, avg_factor, check_reduction(fn, reduction))
-    if weight is not None:
-        expand_weight(fn, weight, p.shape, p)  # validation only
-    return fused.regression_loss(
-        p, t, kind=kind, beta=beta, weight=weight, reduction=reduction, avg_factor=avg_factor
-    )
+def _mse(p: Tensor, t: Tensor, want_total: bool) -> Tensor | Total:
+    if want_total:
+        return Total(TF.mse_loss(p, t, reduction="sum"))
+    return TF.mse_loss(p, t, reduction="none")
 
 
-def _finish(
-    fn: str, total: Tensor, reduction: str, avg_factor: float | Tensor | None, numel: int
-) -> Tensor:
-    """``"sum"`` / ``"mean"`` from PyTorch's summing kernel (no element-wise weight to apply): one
-    pass fewer than reducing the unreduced loss, same denominators as ``weight_reduce``."""
-    return finish_reduction(total, fn=fn, reduction=reduction, avg_factor=avg_factor, numel=numel)
+def _smooth_l1(p: Tensor, t: Tensor, want_total: bool, *, beta: float) -> Tensor | Total:
+    if want_total:
+        return Total(TF.smooth_l1_loss(p, t, reduction="sum", beta=beta))
+    return TF.smooth_l1_loss(p, t, reduction="none", beta=beta)
 
 
+@loss_function
 def l1_loss(
     pred: Tensor,
     target: Tensor,
     *,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
-    avg_factor: float | Tensor | None = None,
+    avg_factor: AvgFactor = None,
     backend: Backend = "torch",
 ) -> Tensor:
     r"""Mean absolute error.
@@ -113,29 +70,27 @@ def l1_loss(
         >>> l1_loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 4.0]))
         tensor(1.5000)
     """
-    fused = _fused("l1_loss", "l1", pred, target, backend, weight, reduction, avg_factor)
-    if fused is not None:
-        return fused
-    p, t = _prepare("l1_loss", pred, target, backend)
-    if weight is None and reduction != "none":
-        total = TF.l1_loss(p, t, reduction="sum")
-        return _finish("l1_loss", total, reduction, avg_factor, p.numel())
-    return weight_reduce(
-        TF.l1_loss(p, t, reduction="none"),
-        fn="l1_loss",
-        reduction=reduction,
+    return pipeline.regression(
+        "l1_loss",
+        pred,
+        target,
+        loss=_l1,
+        fused=Fused("regression", "l1"),
         weight=weight,
+        reduction=reduction,
         avg_factor=avg_factor,
+        backend=backend,
     )
 
 
+@loss_function
 def mse_loss(
     pred: Tensor,
     target: Tensor,
     *,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
-    avg_factor: float | Tensor | None = None,
+    avg_factor: AvgFactor = None,
     backend: Backend = "torch",
 ) -> Tensor:
     r"""Mean squared error.
@@ -159,30 +114,28 @@ def mse_loss(
         >>> mse_loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 4.0]))
         tensor(2.5000)
     """
-    fused = _fused("mse_loss", "mse", pred, target, backend, weight, reduction, avg_factor)
-    if fused is not None:
-        return fused
-    p, t = _prepare("mse_loss", pred, target, backend)
-    if weight is None and reduction != "none":
-        total = TF.mse_loss(p, t, reduction="sum")
-        return _finish("mse_loss", total, reduction, avg_factor, p.numel())
-    return weight_reduce(
-        TF.mse_loss(p, t, reduction="none"),
-        fn="mse_loss",
-        reduction=reduction,
+    return pipeline.regression(
+        "mse_loss",
+        pred,
+        target,
+        loss=_mse,
+        fused=Fused("regression", "mse"),
         weight=weight,
+        reduction=reduction,
         avg_factor=avg_factor,
+        backend=backend,
     )
 
 
+@loss_function
 def smooth_l1_loss(
     pred: Tensor,
     target: Tensor,
     *,
-    beta: float = 1.0,
+    beta: NonNegative = 1.0,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
-    avg_factor: float | Tensor | None = None,
+    avg_factor: AvgFactor = None,
     backend: Backend = "torch",
 ) -> Tensor:
     r"""Smooth L1 loss (Fast R-CNN), quadratic below ``beta`` and linear above.
@@ -214,19 +167,14 @@ def smooth_l1_loss(
         >>> smooth_l1_loss(torch.tensor([0.5, 3.0]), torch.tensor([0.0, 0.0]), beta=1.0)
         tensor(1.3125)
     """
-    beta = check_number("smooth_l1_loss", "beta", beta, low=0.0)
-    fused = _fused(
-        "smooth_l1_loss", "smooth_l1", pred, target, backend, weight, reduction, avg_factor, beta
-    )
-    if fused is not None:
-        return fused
-    p, t = _prepare("smooth_l1_loss", pred, target, backend)
-    # PyTorch's fused element-wise kernels (one pass forward, one backward) on the float32/float64
-    # copies; beta=0 is exactly L1 there too. The tests check them against loop references.
-    if weight is None and reduction != "none":
-        total = TF.smooth_l1_loss(p, t, reduction="sum", beta=beta)
-        return _finish("smooth_l1_loss", total, reduction, avg_factor, p.numel())
-    loss = TF.smooth_l1_loss(p, t, reduction="none", beta=beta)
-    return weight_reduce(
-        loss, fn="smooth_l1_loss", reduction=reduction, weight=weight, avg_factor=avg_factor
+    return pipeline.regression(
+        "smooth_l1_loss",
+        pred,
+        target,
+        loss=partial(_smooth_l1, beta=beta),
+        fused=Fused("regression", "smooth_l1", {"beta": beta}),
+        weight=weight,
+        reduction=reduction,
+        avg_factor=avg_factor,
+        backend=backend,
     )
