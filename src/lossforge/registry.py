@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any
 import tomllib
 
 from lossforge._checks import fail
+from lossforge._traits import Traits
 
 __all__ = [
     "LossInfo",
@@ -39,12 +41,23 @@ _FILLED = False
 
 @dataclass(frozen=True)
 class LossInfo:
-    """What ``lossforge list`` shows for one loss."""
+    """What ``lossforge list`` shows for one loss.
+
+    Attributes:
+        name: Registry name.
+        cls: Module class.
+        params: Constructor keyword -> default (``inspect.Parameter.empty`` when required).
+        summary: First line of the class docstring.
+        traits: The loss's declared metadata (example inputs, plot family, compare task, default
+            sweep; ``lossforge._traits.Traits``), or ``None`` for a third-party loss that declares
+            none.
+    """
 
     name: str
     cls: type
-    params: dict[str, Any]  # constructor keyword -> default (inspect.Parameter.empty when required)
+    params: dict[str, Any]
     summary: str
+    traits: Traits | None = None
 
 
 def _fill() -> None:
@@ -91,22 +104,25 @@ def _names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_loss(name: str) -> type:
+def get_loss(name: str, *, caller: str = "get_loss", argument: str = "name") -> type:
     """The module class registered under ``name`` (a registry name or the class name).
 
     Raises:
-        ValueError: unknown name; the message lists the valid ones.
+        ValueError: unknown name; the message lists the valid ones and the closest matches.
     """
     _fill()
     if not isinstance(name, str):
-        fail("get_loss", "name", "a string", repr(name), TypeError)
+        fail(caller, argument, "a loss name (a string)", repr(name), TypeError)
     key = name.removeprefix("lossforge.")
     if key in _REGISTRY:
         return _REGISTRY[key]
     for cls in _REGISTRY.values():
         if cls.__name__ == key:
             return cls
-    fail("get_loss", "name", "one of " + ", ".join(_names()), repr(name))
+    close = difflib.get_close_matches(key, _names(), n=3, cutoff=0.5)
+    close += [n for n in _names() if key and key in n and n not in close][: 3 - len(close)]
+    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    fail(caller, argument, "a registered loss name: " + ", ".join(_names()), repr(name) + hint)
 
 
 def _params(cls: type) -> dict[str, Any]:
@@ -124,7 +140,8 @@ def list_losses() -> list[LossInfo]:
     for name in _names():
         cls = _REGISTRY[name]
         doc = (inspect.getdoc(cls) or "").strip().splitlines()
-        out.append(LossInfo(name, cls, _params(cls), doc[0] if doc else ""))
+        traits = getattr(cls, "traits", None)
+        out.append(LossInfo(name, cls, _params(cls), doc[0] if doc else "", traits))
     return out
 
 
@@ -156,7 +173,7 @@ def build_loss(spec: Mapping[str, Any] | str) -> Any:
             "a 'type' key naming the loss (see `lossforge list`)",
             sorted(params),
         )
-    cls = get_loss(params.pop("type"))
+    cls = get_loss(params.pop("type"), caller="build_loss", argument="type")
     allowed = _params(cls)
     unknown = sorted(set(params) - set(allowed))
     if unknown:

@@ -19,6 +19,8 @@ domains (``lossforge._params``):
   scales by ``loss_weight``; it writes no state.
 * ``extra_repr`` prints the hyperparameters; ``registry_name`` is the functional's stem
   (``sigmoid_focal_loss`` -> ``"sigmoid_focal"``).
+* ``traits=Traits(...)`` declares what the command line and the tests need to know (its example
+  inputs, plot family, compare task, default sweep): see ``lossforge._traits``.
 
 Third-party losses may subclass ``Loss`` directly (no ``functional=``) and write ``forward``
 themselves: they keep ``reduction``, ``loss_weight`` and the ``reduction_override`` helper.
@@ -35,6 +37,7 @@ from torch import Tensor, nn
 
 from lossforge._checks import check_number, check_reduction, fail
 from lossforge._params import AnyOf, Batch, ClassVector, Domain, Unchecked, signature_domains
+from lossforge._traits import Traits
 
 __all__ = ["Loss"]
 
@@ -75,6 +78,8 @@ class Loss(nn.Module):
 
     #: Key in ``lossforge.registry`` (the functional stem without ``_loss``).
     registry_name: ClassVar[str] = ""
+    #: The loss's metadata for the command line and the tests (``lossforge._traits``).
+    traits: ClassVar[Traits | None] = None
     #: The functional this module calls (declared modules only).
     functional: ClassVar[Callable[..., Tensor] | None] = None
     #: Configuration keywords in the functional's order (declared modules only).
@@ -84,9 +89,15 @@ class Loss(nn.Module):
     _domains: ClassVar[dict[str, Domain]] = {}
 
     def __init_subclass__(
-        cls, functional: Callable[..., Tensor] | None = None, name: str | None = None, **kw: Any
+        cls,
+        functional: Callable[..., Tensor] | None = None,
+        name: str | None = None,
+        traits: Traits | None = None,
+        **kw: Any,
     ) -> None:
         super().__init_subclass__(**kw)
+        if traits is not None:
+            cls.traits = traits
         if functional is None:
             return
         params = inspect.signature(functional).parameters.values()

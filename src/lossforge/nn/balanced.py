@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from lossforge import functional as F
+from lossforge._traits import Traits
 from lossforge.nn._base import Loss
 
 __all__ = ["BalancedBinaryCrossEntropyLoss", "OHEMBinaryCrossEntropyLoss"]
 
 
-class BalancedBinaryCrossEntropyLoss(Loss, functional=F.balanced_binary_cross_entropy):
+class BalancedBinaryCrossEntropyLoss(
+    Loss,
+    functional=F.balanced_binary_cross_entropy,
+    traits=Traits(
+        example="sigmoid_dense",
+        plot="sigmoid",
+        task="multi_label",
+        sweep={"beta": [0.25, 0.5, 0.75]},
+    ),
+):
     """Module form of :func:`lossforge.functional.balanced_binary_cross_entropy` (HED).
 
     Example:
@@ -18,7 +28,16 @@ class BalancedBinaryCrossEntropyLoss(Loss, functional=F.balanced_binary_cross_en
     """
 
 
-class OHEMBinaryCrossEntropyLoss(Loss, functional=F.ohem_binary_cross_entropy):
+class OHEMBinaryCrossEntropyLoss(
+    Loss,
+    functional=F.ohem_binary_cross_entropy,
+    traits=Traits(
+        example="sigmoid_dense",
+        not_plotted="hard negatives are mined across the batch",
+        task="multi_label",
+        mean_is_count=False,
+    ),
+):
     """Module form of :func:`lossforge.functional.ohem_binary_cross_entropy` (DB / mmocr).
 
     The training ``mask`` is a per-batch input, so it is a ``forward`` argument.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lossforge import functional as F
+from lossforge._traits import Traits
 from lossforge.nn._base import Loss
 
 __all__ = [
@@ -15,7 +16,16 @@ __all__ = [
 ]
 
 
-class CrossEntropyLoss(Loss, functional=F.cross_entropy):
+class CrossEntropyLoss(
+    Loss,
+    functional=F.cross_entropy,
+    traits=Traits(
+        example="softmax_index",
+        plot="softmax",
+        task="single_label",
+        sweep={"label_smoothing": [0.0, 0.1, 0.2]},
+    ),
+):
     """Module form of :func:`lossforge.functional.cross_entropy`.
 
     ``class_weight`` is a buffer (it follows ``.to()`` and ``state_dict``); lists are accepted.
@@ -27,15 +37,33 @@ class CrossEntropyLoss(Loss, functional=F.cross_entropy):
     """
 
 
-class NLLLoss(Loss, functional=F.nll_loss, name="nll"):
+class NLLLoss(
+    Loss,
+    functional=F.nll_loss,
+    name="nll",
+    traits=Traits(example="log_probs_index", plot="softmax-logprob", logits=False),
+):
     """Module form of :func:`lossforge.functional.nll_loss` (input: log-probabilities)."""
 
 
-class BinaryCrossEntropyLoss(Loss, functional=F.binary_cross_entropy):
+class BinaryCrossEntropyLoss(
+    Loss,
+    functional=F.binary_cross_entropy,
+    traits=Traits(example="probs_dense", plot="sigmoid-prob", logits=False),
+):
     """Module form of :func:`lossforge.functional.binary_cross_entropy` (input: probabilities)."""
 
 
-class BinaryCrossEntropyWithLogitsLoss(Loss, functional=F.binary_cross_entropy_with_logits):
+class BinaryCrossEntropyWithLogitsLoss(
+    Loss,
+    functional=F.binary_cross_entropy_with_logits,
+    traits=Traits(
+        example="sigmoid_dense",
+        plot="sigmoid",
+        task="multi_label",
+        sweep={"label_smoothing": [0.0, 0.1]},
+    ),
+):
     """Module form of :func:`lossforge.functional.binary_cross_entropy_with_logits`.
 
     ``pos_weight`` is a buffer when given as a list or tensor (a list becomes a ``(C,)`` vector,
@@ -48,7 +76,16 @@ class BinaryCrossEntropyWithLogitsLoss(Loss, functional=F.binary_cross_entropy_w
     """
 
 
-class BalancedSoftmaxLoss(Loss, functional=F.balanced_softmax_loss):
+class BalancedSoftmaxLoss(
+    Loss,
+    functional=F.balanced_softmax_loss,
+    traits=Traits(
+        example="softmax_index",
+        params={"class_counts": [50.0, 20.0, 10.0, 5.0, 1.0]},
+        plot="softmax",
+        task="single_label",
+    ),
+):
     """Module form of :func:`lossforge.functional.balanced_softmax_loss`.
 
     ``class_counts`` (and ``class_weight``) are buffers; lists are accepted.
@@ -60,7 +97,17 @@ class BalancedSoftmaxLoss(Loss, functional=F.balanced_softmax_loss):
     """
 
 
-class LogitAdjustedLoss(Loss, functional=F.logit_adjusted_loss):
+class LogitAdjustedLoss(
+    Loss,
+    functional=F.logit_adjusted_loss,
+    traits=Traits(
+        example="softmax_index",
+        params={"class_counts": [50.0, 20.0, 10.0, 5.0, 1.0]},
+        plot="softmax",
+        task="single_label",
+        sweep={"tau": [0.0, 0.5, 1.0, 2.0]},
+    ),
+):
     """Module form of :func:`lossforge.functional.logit_adjusted_loss`.
 
     Exactly one of ``class_counts`` / ``priors`` (a buffer; the other is ``None``).

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from lossforge import functional as F
+from lossforge._traits import Traits
 from lossforge.nn._base import Loss
 
 __all__ = ["DiceLoss"]
 
 
-class DiceLoss(Loss, functional=F.dice_loss):
+class DiceLoss(
+    Loss,
+    functional=F.dice_loss,
+    traits=Traits(
+        example="segmentation_index", not_plotted="a set-level overlap over a whole mask"
+    ),
+):
     """Module form of :func:`lossforge.functional.dice_loss` (soft dice, V-Net).
 
     ``class_weight`` is a buffer (it follows ``.to()`` and ``state_dict``) and may be given as a

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from lossforge import functional as F
+from lossforge._traits import Traits
 from lossforge.nn._base import Loss
 
 __all__ = ["SigmoidFocalLoss", "SoftmaxFocalLoss"]
 
 
-class SigmoidFocalLoss(Loss, functional=F.sigmoid_focal_loss):
+class SigmoidFocalLoss(
+    Loss,
+    functional=F.sigmoid_focal_loss,
+    traits=Traits(
+        example="sigmoid_index",
+        plot="sigmoid",
+        task="multi_label",
+        sweep={"gamma": [0.0, 0.5, 1.0, 2.0, 5.0], "alpha": [None]},
+    ),
+):
     """Module form of :func:`lossforge.functional.sigmoid_focal_loss`.
 
     Drop-in for mmdetection's ``FocalLoss(use_sigmoid=True)``: ``forward(logits, target, weight,
@@ -21,7 +31,16 @@ class SigmoidFocalLoss(Loss, functional=F.sigmoid_focal_loss):
     """
 
 
-class SoftmaxFocalLoss(Loss, functional=F.softmax_focal_loss):
+class SoftmaxFocalLoss(
+    Loss,
+    functional=F.softmax_focal_loss,
+    traits=Traits(
+        example="softmax_index",
+        plot="softmax",
+        task="single_label",
+        sweep={"gamma": [0.0, 0.5, 1.0, 2.0, 5.0]},
+    ),
+):
     """Module form of :func:`lossforge.functional.softmax_focal_loss`.
 
     A per-class ``alpha`` (sequence or tensor) and ``class_weight`` are buffers (they follow

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from lossforge import functional as F
+from lossforge._traits import Traits
 from lossforge.nn._base import Loss
 
 __all__ = ["L1Loss", "MSELoss", "SmoothL1Loss"]
 
 
-class L1Loss(Loss, functional=F.l1_loss):
+class L1Loss(
+    Loss,
+    functional=F.l1_loss,
+    traits=Traits(example="regression", plot="regression", logits=False),
+):
     """Module form of :func:`lossforge.functional.l1_loss`.
 
     Example:
@@ -17,7 +22,11 @@ class L1Loss(Loss, functional=F.l1_loss):
     """
 
 
-class MSELoss(Loss, functional=F.mse_loss):
+class MSELoss(
+    Loss,
+    functional=F.mse_loss,
+    traits=Traits(example="regression", plot="regression", logits=False),
+):
     """Module form of :func:`lossforge.functional.mse_loss`.
 
     Example:
@@ -26,7 +35,13 @@ class MSELoss(Loss, functional=F.mse_loss):
     """
 
 
-class SmoothL1Loss(Loss, functional=F.smooth_l1_loss):
+class SmoothL1Loss(
+    Loss,
+    functional=F.smooth_l1_loss,
+    traits=Traits(
+        example="regression", plot="regression", logits=False, sweep={"beta": [0.5, 1.0, 2.0]}
+    ),
+):
     """Module form of :func:`lossforge.functional.smooth_l1_loss`.
 
     Example:
