@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.subprocess  # one `python -m tools.aot` run (parallel ptxas compiles)
+
 ROOT = Path(__file__).resolve().parents[2]
 FULL = os.environ.get("LOSSFORGE_AOT_FULL", "0") == "1"
 
