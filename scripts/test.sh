@@ -9,7 +9,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test,triton,docs]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test,triton,docs,lint]"
+# Static checks first (seconds; configured in pyproject.toml): lint, formatting of the Python files,
+# types of src/lossforge (mypy as if on Python 3.10, the requires-python floor).
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
 # Triton kernels run through Triton's CPU interpreter when no GPU is present (set in tests/conftest.py).
 .venv/bin/python -m pytest "$@"
 # The documentation site: broken references, missing pages and docstring warnings fail the build.

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from lossforge._checks import fail
+from lossforge._toml import tomllib
 
 __all__ = [
     "LossInfo",

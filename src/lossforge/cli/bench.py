@@ -190,7 +190,7 @@ def cpu_memory(forward: Callable[[], Tensor]) -> CpuMemory:
         with record_function(_BACKWARD_MARK):
             loss.backward()
         del loss
-    events = list(prof.profiler.kineto_results.events())  # type: ignore[union-attr]
+    events = list(prof.profiler.kineto_results.events())
     marks = [e.start_ns() for e in events if e.name() == _BACKWARD_MARK]
     allocs = sorted((e for e in events if e.name() == "[memory]"), key=lambda e: e.start_ns())
     running = peak = 0
