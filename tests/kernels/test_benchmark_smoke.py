@@ -134,3 +134,58 @@ def test_liger_gets_fresh_logits_outside_the_timed_region() -> None:
     assert x.grad is not None  # the gradient still reaches the logits through the copy
     calls = p.inputs(d, 3)
     assert len({c["x_fresh"].data_ptr() for c in calls}) == 3  # one fresh copy per timed call
+
+
+class _FakeEvent:
+    """Stands in for ``torch.cuda.Event`` so the CUDA measurement code runs on the CPU."""
+
+    log: list[str]
+
+    def __init__(self, enable_timing: bool = False) -> None:
+        assert enable_timing
+
+    def record(self) -> None:
+        self.log.append("record")
+
+    def synchronize(self) -> None:
+        pass
+
+    def elapsed_time(self, other: _FakeEvent) -> float:
+        return 2.0
+
+
+def test_cuda_measurements_prepare_before_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU paths of the protocol (CUDA events, the fwd/bwd split, peak memory) never run on a
+    CPU machine: with the CUDA calls stubbed, every preparation comes before the first event and
+    the timed calls between the events."""
+    import benchmarks.protocol as P
+
+    log: list[str] = []
+    _FakeEvent.log = log
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: log.append("sync"))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 4096)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: None)
+
+    def prepare(d: dict[str, Any]) -> dict[str, Any]:
+        log.append("prepare")
+        return {**d, "x_fresh": d["x"].clone()}
+
+    def call(d: dict[str, Any]) -> torch.Tensor:
+        log.append("call")
+        return d["x_fresh"].square().sum()
+
+    p = Provider(call, prepare)
+    d = {"x": torch.randn(4, 3, requires_grad=True), "t": torch.zeros(4), "meta": {}}
+    assert P.gpu_time(p, d, 3) == pytest.approx(2.0 / 3)
+    assert log == ["prepare"] * 3 + ["record"] + ["call"] * 3 + ["record"]
+    log.clear()
+    single, fwd, bwd = P.split_time(p, d, "cuda")
+    assert (fwd, bwd) == (2.0, 2.0) and single > 0
+    assert log.index("prepare") < log.index("record")
+    assert log.count("call") == 1
+    log.clear()
+    assert P.memory(p, d, "cuda") == (0, 4096)
+    assert log.index("prepare") < log.index("call")
+    assert d["x"].grad is None  # memory() leaves no gradient behind
