@@ -98,13 +98,12 @@ def _timed_region_preparations(p: Provider, d: dict[str, Any], library: bool = F
     return mode.found
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_timed_region_holds_only_the_loss(dtype: torch.dtype) -> None:
-    """Every row's eager reference and lossforge provider, in float32 and bfloat16 (where a target
-    conversion is not a no-op): no conversion of the prepared targets or class weights, no
-    constant built, inside the call the protocol times."""
+def test_timed_region_holds_only_the_loss() -> None:
+    """Every row's eager reference and lossforge provider, in bfloat16 (where converting a target
+    to the logits' dtype is not a no-op, as it is in float32): no conversion of the prepared
+    targets or class weights, no constant built, inside the call the protocol times."""
     problems = []
-    for row in workloads("cpu", smoke=True, dtypes=[dtype]):
+    for row in workloads("cpu", smoke=True, dtypes=[torch.bfloat16]):
         torch.manual_seed(0)
         d = row.make()
         d["meta"] = {}
