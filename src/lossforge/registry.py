@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from lossforge._checks import fail
+from lossforge._toml import tomllib
 from lossforge._traits import Traits
 
 __all__ = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor
@@ -42,7 +42,7 @@ def _as_counts(counts: object) -> tuple[Tensor, torch.dtype, torch.device]:
     else:
         out_dtype, device = torch.float32, torch.device("cpu")
         if hasattr(counts, "__array__") and hasattr(counts, "dtype") and hasattr(counts, "shape"):
-            kind = getattr(counts.dtype, "kind", "")  # type: ignore[union-attr]
+            kind = getattr(counts.dtype, "kind", "")
             if kind not in ("i", "u", "f"):
                 fail(
                     _FN,
@@ -50,8 +50,8 @@ def _as_counts(counts: object) -> tuple[Tensor, torch.dtype, torch.device]:
                     "real (integer or floating) counts",
                     f"dtype {counts.dtype}",
                     TypeError,
-                )  # type: ignore[union-attr]
-            if kind == "f" and getattr(counts.dtype, "itemsize", 0) == 8:  # type: ignore[union-attr]
+                )
+            if kind == "f" and getattr(counts.dtype, "itemsize", 0) == 8:
                 out_dtype = torch.float64
             values = torch.as_tensor(counts).to(torch.float64)
         elif isinstance(counts, Sequence) and not isinstance(counts, (str, bytes)):
@@ -167,10 +167,10 @@ def class_weights(
         >>> class_weights([10, 100, 1000], method="effective_number", beta=0.9, normalize=None)
         tensor([0.1535, 0.1000, 0.1000])
     """
-    method = check_choice(_FN, "method", method, METHODS)
+    method = cast(Method, check_choice(_FN, "method", method, METHODS))
     if normalize is not None:
-        normalize = check_choice(_FN, "normalize", normalize, NORMALIZE)  # type: ignore[assignment]
-    zero_count = check_choice(_FN, "zero_count", zero_count, ZERO_COUNT)  # type: ignore[assignment]
+        normalize = cast(Normalize, check_choice(_FN, "normalize", normalize, NORMALIZE))
+    zero_count = cast(ZeroCount, check_choice(_FN, "zero_count", zero_count, ZERO_COUNT))
     beta = check_number(_FN, "beta", beta, low=0.0, high=1.0, high_open=True)
     c = check_number(_FN, "c", c, low=1.0, low_open=True)
     n, out_dtype, device = _as_counts(counts)
