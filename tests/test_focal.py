@@ -971,8 +971,9 @@ def _fake_kernels(monkeypatch):
         )
         return _reduce(out, reduce, denom)
 
-    def soft_loss(logits, target, *, kind, coef, logit_bias, ignore_index, weight, reduce, denom,
-                  **kw):
+    def soft_loss(
+        logits, target, *, kind, coef, logit_bias, ignore_index, weight, reduce, denom, **kw
+    ):
         calls.append(("softmax", target, {"alpha": coef, "denom": denom, **kw}))
         # the kernel's coef is a plain per-class multiplier: what class_weight multiplies in the
         # reference; the denominator comes from the pipeline
