@@ -76,6 +76,20 @@ def boxes(n: int, dtype: torch.dtype, g: torch.Generator) -> tuple[Tensor, Tenso
     return pred.to(dtype), target
 
 
+def quality_dense(n: int, dtype: torch.dtype, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``(N, 4)`` logits, dense IoU-quality targets: each row's class (or none: background) holds
+    a quality in ``(0, 1)``, every other element 0."""
+    labels = torch.randint(0, 5, (n,), generator=g)
+    quality = 0.05 + 0.9 * torch.rand(n, 1, generator=g, dtype=F64)
+    onehot = (labels[:, None] == torch.arange(4)).to(F64)
+    return _logits(g, dtype, n, 4), onehot * quality
+
+
+def distribution(n: int, dtype: torch.dtype, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``(N, 8)`` bin logits (``reg_max = 7``), continuous distances in ``[0, 7]``."""
+    return _logits(g, dtype, n, 8), 7 * torch.rand(n, generator=g, dtype=F64)
+
+
 EXAMPLES: dict[str, Maker] = {
     "sigmoid_dense": sigmoid_dense,
     "sigmoid_index": sigmoid_index,
@@ -85,4 +99,6 @@ EXAMPLES: dict[str, Maker] = {
     "segmentation_index": segmentation_index,
     "regression": regression,
     "boxes": boxes,
+    "quality_dense": quality_dense,
+    "distribution": distribution,
 }

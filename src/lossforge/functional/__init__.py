@@ -9,6 +9,7 @@ from lossforge.functional import (
     balanced,
     box,
     classification,
+    detection,
     dice,
     focal,
     regression,
@@ -17,6 +18,7 @@ from lossforge.functional.asymmetric import *  # noqa: F403
 from lossforge.functional.balanced import *  # noqa: F403
 from lossforge.functional.box import *  # noqa: F403
 from lossforge.functional.classification import *  # noqa: F403
+from lossforge.functional.detection import *  # noqa: F403
 from lossforge.functional.dice import *  # noqa: F403
 from lossforge.functional.focal import *  # noqa: F403
 from lossforge.functional.regression import *  # noqa: F403
@@ -29,4 +31,5 @@ __all__ = [
     *dice.__all__,
     *regression.__all__,
     *box.__all__,
+    *detection.__all__,
 ]

@@ -5,6 +5,7 @@ from lossforge.nn import (
     balanced,
     box,
     classification,
+    detection,
     dice,
     focal,
     regression,
@@ -14,6 +15,7 @@ from lossforge.nn.asymmetric import *  # noqa: F403
 from lossforge.nn.balanced import *  # noqa: F403
 from lossforge.nn.box import *  # noqa: F403
 from lossforge.nn.classification import *  # noqa: F403
+from lossforge.nn.detection import *  # noqa: F403
 from lossforge.nn.dice import *  # noqa: F403
 from lossforge.nn.focal import *  # noqa: F403
 from lossforge.nn.regression import *  # noqa: F403
@@ -27,4 +29,5 @@ __all__ = [
     *dice.__all__,
     *regression.__all__,
     *box.__all__,
+    *detection.__all__,
 ]
