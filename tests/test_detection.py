@@ -672,6 +672,8 @@ def test_ghm_options_and_errors() -> None:
     with pytest.raises(ValueError, match="avg_factor"):
         module(x, y, avg_factor=2.0, reduction_override="sum")
     assert torch.all(module.acc_sum == 0)  # a refused call updates nothing
+    with pytest.raises(TypeError, match="GHMCLoss: expected `forward keywords`"):
+        module(x, y, score=torch.ones(6))
     with pytest.raises(TypeError):
         lf.GHMCLoss(bin=3)
     assert lf.build_loss({"type": "ghmc", "bins": 30, "momentum": 0.75}).bins == 30

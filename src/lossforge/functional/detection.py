@@ -213,13 +213,13 @@ def quality_focal_loss(
         tensor(0.0866)
     """
     fn = "quality_focal_loss"
-    target, score = _split_target(fn, target, score)
+    index_or_dense, row_score = _split_target(fn, target, score)
     return pipeline.sigmoid(
         fn,
         logits,
-        target,
+        index_or_dense,
         loss=partial(_qfl, beta=beta),
-        options=_score_option(fn, target, score, ignore_index),
+        options=_score_option(fn, index_or_dense, row_score, ignore_index),
         ignore_index=ignore_index,
         weight=weight,
         reduction=reduction,
@@ -305,13 +305,13 @@ def varifocal_loss(
         tensor(0.3422)
     """
     fn = "varifocal_loss"
-    target, score = _split_target(fn, target, score)
+    index_or_dense, row_score = _split_target(fn, target, score)
     return pipeline.sigmoid(
         fn,
         logits,
-        target,
+        index_or_dense,
         loss=partial(_vfl, alpha=alpha, gamma=gamma, iou_weighted=iou_weighted),
-        options=_score_option(fn, target, score, ignore_index),
+        options=_score_option(fn, index_or_dense, row_score, ignore_index),
         ignore_index=ignore_index,
         weight=weight,
         reduction=reduction,

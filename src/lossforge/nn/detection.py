@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 from torch import Tensor
@@ -10,7 +10,7 @@ from torch import Tensor
 from lossforge import functional as F
 from lossforge._checks import check_number, fail
 from lossforge._params import signature_domains
-from lossforge._reduction import check_avg_factor
+from lossforge._reduction import Reduction, check_avg_factor
 from lossforge._traits import Traits
 from lossforge.nn._base import Loss
 
@@ -109,6 +109,16 @@ class _GHMLoss(Loss):
         b = batch.to(acc.dtype)
         acc.copy_(torch.where(b > 0, self.momentum * acc + (1.0 - self.momentum) * b, acc))
 
+    def _no_inputs(self, inputs: dict[str, Tensor | None]) -> None:
+        if inputs:
+            fail(
+                type(self).__name__,
+                "forward keywords",
+                "weight, avg_factor, reduction_override",
+                ", ".join(sorted(inputs)),
+                TypeError,
+            )
+
     def _density(self, histogram: Tensor | None) -> Tensor | None:
         """The density the loss divides by: ``None`` (this batch) without momentum, else the
         running counts, first updated from ``histogram`` (training mode only)."""
@@ -181,9 +191,11 @@ class GHMCLoss(
         weight: Tensor | None = None,
         avg_factor: float | Tensor | None = None,
         reduction_override: str | None = None,
+        **inputs: Tensor | None,
     ) -> Tensor:
         """The GHM-C loss of ``(input, target)``; updates ``acc_sum`` in training mode."""
-        reduction = self._resolve_reduction(reduction_override)
+        self._no_inputs(inputs)
+        reduction = cast(Reduction, self._resolve_reduction(reduction_override))
         check_avg_factor(type(self).__name__, avg_factor, reduction)
         histogram = None
         if self.momentum > 0.0 and self.training:
@@ -264,9 +276,11 @@ class GHMRLoss(
         weight: Tensor | None = None,
         avg_factor: float | Tensor | None = None,
         reduction_override: str | None = None,
+        **inputs: Tensor | None,
     ) -> Tensor:
         """The GHM-R loss of ``(input, target)``; updates ``acc_sum`` in training mode."""
-        reduction = self._resolve_reduction(reduction_override)
+        self._no_inputs(inputs)
+        reduction = cast(Reduction, self._resolve_reduction(reduction_override))
         check_avg_factor(type(self).__name__, avg_factor, reduction)
         histogram = None
         if self.momentum > 0.0 and self.training:
