@@ -648,6 +648,25 @@ def test_ghm_state_training_eval_and_state_dict() -> None:
     assert torch.all(stateless.acc_sum == 0)
 
 
+@pytest.mark.parametrize("name", ["ghmc", "ghmr"])
+def test_ghm_stateful_module_compiles_without_graph_breaks(name: str) -> None:
+    """torch.compile(fullgraph=True) of the training-mode forward, buffer update included: two
+    modules, one compiled, step through the same batches and keep equal losses and buffers."""
+    params = {"bins": 6, "momentum": 0.75}
+    eager, compiled_module = (
+        lf.build_loss({"type": name, **params}),
+        lf.build_loss({"type": name, **params}),
+    )
+    torch._dynamo.reset()
+    compiled = torch.compile(compiled_module, fullgraph=True, backend="eager")
+    for step in range(3):
+        x = _logits(10, 3, seed=80 + step).float()
+        y = torch.randint(0, 4, (10,)) if name == "ghmc" else torch.randn(10, 3)
+        assert_close(compiled(x, y), eager(x, y), torch.float32, rtol=1e-6, atol=1e-6)
+        assert torch.equal(compiled_module.acc_sum, eager.acc_sum)
+    assert eager.acc_sum.sum() > 0
+
+
 def test_ghm_options_and_errors() -> None:
     x, y = _logits(6, 3), torch.randint(0, 4, (6,))
     with pytest.raises(ValueError, match=r"ghmc_loss: expected `bins` >= 1, got 0"):
