@@ -71,34 +71,24 @@ CASES = [
         elementwise=False,
     ),
     # GHM: the functional against its module without running statistics (momentum 0 is the
-    # stateless case; the stateful module is tested below).
+    # stateless case; the running form is tested below).
+    LossCase("ghmc_index", F.ghmc_loss, lf.GHMCLoss, {"bins": 10, "momentum": 0.0}, sigmoid_index),
     LossCase(
-        "ghmc_index",
-        F.ghmc_loss,
-        functools.partial(lf.GHMCLoss, momentum=0.0),
-        {"bins": 10},
-        sigmoid_index,
-    ),
-    LossCase(
-        "ghmc_dense_3bins",
-        F.ghmc_loss,
-        functools.partial(lf.GHMCLoss, momentum=0.0),
-        {"bins": 3},
-        sigmoid_dense,
+        "ghmc_dense_3bins", F.ghmc_loss, lf.GHMCLoss, {"bins": 3, "momentum": 0.0}, sigmoid_dense
     ),
     LossCase(
         "ghmc_ignore",
         F.ghmc_loss,
-        functools.partial(lf.GHMCLoss, momentum=0.0),
-        {"bins": 4, "ignore_index": -1},
+        lf.GHMCLoss,
+        {"bins": 4, "ignore_index": -1, "momentum": 0.0},
         _ghmc_ignore,
         mean_is_count=False,
     ),
     LossCase(
         "ghmr",
         F.ghmr_loss,
-        functools.partial(lf.GHMRLoss, momentum=0.0),
-        {"mu": 0.5, "bins": 5},
+        lf.GHMRLoss,
+        {"mu": 0.5, "bins": 5, "momentum": 0.0},
         regression,
         extreme=False,
     ),
@@ -593,6 +583,25 @@ def test_ghmc_module_matches_mmdetection_over_steps(momentum: float) -> None:
         _record("ghmc", a, b)
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.75])
+def test_ghmc_functional_with_explicit_state_reproduces_the_module(momentum: float) -> None:
+    """The pure form: bin_counts in, ghm_running_counts out; no state anywhere."""
+    module = lf.GHMCLoss(bins=8, momentum=momentum).double()
+    state = None
+    for step in range(4):
+        x = _logits(40, 3, seed=90 + step)
+        y = torch.randint(0, 4, (40,), generator=torch.Generator().manual_seed(95 + step))
+        got = F.ghmc_loss(x, y, bins=8, momentum=momentum, bin_counts=state)
+        hist = F.ghmc_histogram(x, y, bins=8)
+        state = F.ghm_running_counts(state, hist, momentum=momentum)
+        assert_close(module(x, y), got, F64, rtol=1e-12, atol=1e-12)
+        if momentum > 0:
+            assert_close(module.acc_sum, state, F64, rtol=1e-12, atol=1e-12)
+    # the running counts are what the loss divided by: momentum=1 with them gives the same loss
+    frozen = F.ghmc_loss(x, y, bins=8, momentum=1.0, bin_counts=state)
+    assert_close(frozen, got, F64, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("momentum", [0.0, 0.5])
 def test_ghmr_module_matches_mmdetection_over_steps(momentum: float) -> None:
     ours = lf.GHMRLoss(mu=0.02, bins=10, momentum=momentum).double()
@@ -635,13 +644,13 @@ def test_ghm_state_training_eval_and_state_dict() -> None:
     before = loss.acc_sum.clone()
     got = loss(x, y)
     assert torch.equal(loss.acc_sum, before)
-    assert_close(got, F.ghmc_loss(x, y, bins=5, bin_counts=before), torch.float32)
+    assert_close(got, F.ghmc_loss(x, y, bins=5, momentum=1.0, bin_counts=before), torch.float32)
     # state_dict round trip
     again = lf.GHMCLoss(bins=5, momentum=0.75)
     again.load_state_dict(loss.state_dict())
     assert torch.equal(again.acc_sum, loss.acc_sum)
     assert "acc_sum" in loss.state_dict()
-    assert repr(loss) == "GHMCLoss(bins=5, momentum=0.75, reduction='mean')"
+    assert repr(loss) == "GHMCLoss(bins=5, momentum=0.75, ignore_index=None, reduction='mean')"
     # momentum 0 keeps no state
     stateless = lf.GHMCLoss(bins=5, momentum=0.0)
     stateless(x, y)
@@ -677,8 +686,12 @@ def test_ghm_options_and_errors() -> None:
         F.ghmc_loss(x, y, bin_counts=-torch.ones(10))
     with pytest.raises(TypeError, match="bin_counts"):
         F.ghmc_loss(x, y, bin_counts=[1.0] * 10)
-    with pytest.raises(ValueError, match=r"GHMCLoss: expected `momentum` in \[0, 1\)"):
-        lf.GHMCLoss(momentum=1.0)
+    with pytest.raises(ValueError, match=r"GHMCLoss: expected `momentum` in \[0, 1\]"):
+        lf.GHMCLoss(momentum=1.5)
+    with pytest.raises(ValueError, match=r"ghmc_loss: expected `momentum` in \[0, 1\]"):
+        F.ghmc_loss(x, y, momentum=-0.5)
+    with pytest.raises(ValueError, match="histogram"):
+        F.ghm_running_counts(None, torch.ones(2, 2), momentum=0.5)
     with pytest.raises(ValueError, match="bins"):
         lf.GHMRLoss(bins=0)
     with pytest.raises(ValueError, match="mu"):

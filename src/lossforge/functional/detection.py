@@ -11,15 +11,17 @@ formats detection heads produce, on the sigmoid convention of the library:
   (mmdetection's ``(labels, scores)`` pair, which is also accepted as the target itself);
 * class indices alone: a quality of 1 for the positive class.
 
-**GHM state.** ``ghmc_loss`` / ``ghmr_loss`` are pure: the density of each gradient-norm bin is
-this batch's histogram, or the running counts passed as ``bin_counts`` (what the modules
-``GHMCLoss`` / ``GHMRLoss`` keep in their ``acc_sum`` buffer). ``ghmc_histogram`` /
-``ghmr_histogram`` give the batch histogram the running counts are updated from. Histograms are
-built with ``scatter_add`` on the device: no ``.item()``, no host sync. Inside
-``lossforge.distributed.global_normalization()`` the per-bin counts are all-reduced (summed over
-the ranks) before they are used, so every rank weighs its elements by the global histogram, the
-running counts stay identical on every rank, and K ranks reproduce one process on the
-concatenated batch.
+**GHM state.** ``ghmc_loss`` / ``ghmr_loss`` are pure and take the state explicitly: the
+running per-bin counts before this batch (``bin_counts``, what the modules ``GHMCLoss`` /
+``GHMRLoss`` keep in their ``acc_sum`` buffer) and the ``momentum`` of the running average. The
+density of a bin is ``momentum * bin_counts + (1 - momentum) * counts`` where this batch fills it
+(mmdetection's update); ``momentum=0`` is this batch's histogram. ``ghmc_histogram`` /
+``ghmr_histogram`` give the batch histogram, and ``ghm_running_counts`` the updated running
+counts. Histograms are built with ``scatter_add`` on the device: no ``.item()``, no host sync.
+Inside ``lossforge.distributed.global_normalization()`` the per-bin counts are all-reduced
+(summed over the ranks) before they are used, so every rank weighs its elements by the global
+histogram, the running counts stay identical on every rank, and K ranks reproduce one process on
+the concatenated batch.
 """
 
 from __future__ import annotations
@@ -46,13 +48,14 @@ from lossforge._checks import (
     fail,
     value_checks_enabled,
 )
-from lossforge._params import BatchTensor, Integer, NonNegative, Positive, loss_function
+from lossforge._params import BatchTensor, Integer, NonNegative, Number, Positive, loss_function
 from lossforge._pipeline import SoftmaxInput, Unreduced
 from lossforge._reduction import AvgFactor, Reduction, expand_weight
 from lossforge._targets import DenseTarget, class_dim, sigmoid_target
 
 __all__ = [
     "distribution_focal_loss",
+    "ghm_running_counts",
     "ghmc_histogram",
     "ghmc_loss",
     "ghmr_histogram",
@@ -63,6 +66,8 @@ __all__ = [
 
 #: A number of histogram bins, >= 1.
 Bins = Annotated[int, Integer(low=1)]
+#: The momentum of a running average, in [0, 1] (1: the running counts are used as they are).
+Momentum = Annotated[float, Number(low=0.0, high=1.0)]
 
 
 def _abs_pow(d: Tensor, e: float) -> Tensor:
@@ -482,18 +487,29 @@ def _check_bin_counts(fn: str, bin_counts: object, bins: int, like: Tensor) -> T
     return b
 
 
+def _running(counts: Tensor, bin_counts: Tensor | None, momentum: float) -> Tensor:
+    """``momentum * bin_counts + (1 - momentum) * counts`` on the bins ``counts`` fills, the old
+    value elsewhere (mmdetection's update; ``None``: no history, zeros)."""
+    if bin_counts is None:
+        return counts if momentum == 0.0 else (1.0 - momentum) * counts
+    prev = bin_counts.to(counts.dtype)
+    return torch.where(counts > 0, momentum * prev + (1.0 - momentum) * counts, prev)
+
+
 def _ghm_coefficient(
-    g: Tensor, counted: Tensor | None, bins: int, bin_counts: Tensor | None
+    g: Tensor, counted: Tensor | None, bins: int, bin_counts: Tensor | None, momentum: float
 ) -> tuple[Tensor, Tensor]:
     r"""The GHM weight $\beta_i = N / (n\,\mathrm{GD}(g_i))$ per element (0 outside the
     histogram) and the local number of counted elements (the ``"mean"`` denominator).
 
     $N$: counted elements, $n$: non-empty bins of this batch (both global inside
-    ``global_normalization()``), $\mathrm{GD}$: the density of the element's bin, i.e. this
-    batch's count or the running ``bin_counts`` (this batch's count where a running count is 0).
+    ``global_normalization()``), $\mathrm{GD}$: the density of the element's bin, i.e. the
+    running count after this batch's update (this batch's count where that is 0: only possible
+    with ``momentum=1``).
     """
     idx, local, counts = _histogram(g, counted, bins)
-    density = counts if bin_counts is None else torch.where(bin_counts > 0, bin_counts, counts)
+    density = _running(counts, bin_counts, momentum)
+    density = torch.where(density > 0, density, counts)
     nonempty = (counts > 0).sum().to(g.dtype)
     per_element = nonempty * density.gather(0, idx.reshape(-1)).reshape(idx.shape)
     ok = per_element > 0
@@ -509,13 +525,15 @@ def _ghmc(
     _want_total: bool,
     *,
     bins: int,
+    momentum: float,
     bin_counts: Tensor | None,
     hist_weight: Tensor | None,
 ) -> Unreduced:
     z = x.to(compute_dtype(x))
     with torch.no_grad():
         g = (torch.sigmoid(z) - t.target).abs()
-        coef, local = _ghm_coefficient(g, _counted(t.valid, hist_weight), bins, bin_counts)
+        counted = _counted(t.valid, hist_weight)
+        coef, local = _ghm_coefficient(g, counted, bins, bin_counts, momentum)
     bce = TF.binary_cross_entropy_with_logits(z, t.target, reduction="none")
     return Unreduced(bce * coef, local)
 
@@ -536,6 +554,7 @@ def ghmc_loss(
     target: Tensor,
     *,
     bins: Bins = 10,
+    momentum: Momentum = 0.0,
     bin_counts: BatchTensor | None = None,
     ignore_index: int | None = None,
     weight: Tensor | None = None,
@@ -546,8 +565,8 @@ def ghmc_loss(
 
     The gradient norm of the BCE of element $i$ is $g_i = \lvert\sigma(x_i) - y_i\rvert$. With
     the norms binned into ``bins`` equal parts of $[0, 1]$, $N$ counted elements, $n$ non-empty
-    bins and $\mathrm{GD}(g)$ the number of elements in $g$'s bin (or the running count
-    ``bin_counts``),
+    bins and $\mathrm{GD}(g)$ the number of elements in $g$'s bin (with ``momentum``, its running
+    count),
 
     $$
     \ell_i = \beta_i \operatorname{BCE}(x_i, y_i), \qquad \beta_i = \frac{N}{n\,\mathrm{GD}(g_i)},
@@ -557,10 +576,14 @@ def ghmc_loss(
     so the mass of easy negatives (small $g$) and of outliers (large $g$) is harmonized. The
     weights are constants of the gradient (computed without autograd), as in the paper.
 
-    This function is pure: with ``bin_counts=None`` the density is this batch's histogram
-    (mmdetection's ``GHMC(momentum=0)``); pass running counts (``GHMCLoss`` keeps them, updated
-    from :func:`ghmc_histogram`) for the momentum form. A bin whose running count is 0 uses this
-    batch's count. Inside ``global_normalization()`` the histogram is summed over the ranks.
+    The running form takes its state explicitly (this function writes nothing): ``bin_counts``
+    holds the running counts before this batch (``None``: zeros, mmdetection's initial state) and
+    the density of a bin this batch fills is
+    ``momentum * bin_counts + (1 - momentum) * count`` (:func:`ghm_running_counts` returns the
+    updated counts; ``GHMCLoss`` keeps them in its buffer). ``momentum=0`` (default) is this
+    batch's histogram, mmdetection's ``GHMC(momentum=0)``; ``momentum=1`` uses ``bin_counts`` as
+    they are (a bin they never counted uses this batch's count). Inside
+    ``global_normalization()`` the histogram is summed over the ranks.
 
     Elements count in the histogram when they are valid (not ``ignore_index``) and their ``weight``
     is positive: mmdetection's ``label_weight > 0``. ``weight`` also multiplies the loss, as
@@ -572,7 +595,8 @@ def ghmc_loss(
         target: Binary (or soft) targets of the logits' shape, or class indices ``(N, *)``
             (``C`` = background).
         bins: Number of gradient-norm bins, ``>= 1``.
-        bin_counts: Running per-bin counts ``(bins,)`` used as the density, or ``None``.
+        momentum: Weight of ``bin_counts`` in the density, in ``[0, 1]``.
+        bin_counts: Running per-bin counts ``(bins,)`` before this batch, or ``None``.
         ignore_index: Ignored target value (indices: the row; dense: the element).
         weight: Element-wise weight: the logits' shape or its leading dims.
         reduction: ``"none"`` | ``"mean"`` (divided by $N$, or ``avg_factor``) | ``"sum"``.
@@ -593,7 +617,7 @@ def ghmc_loss(
         fn,
         logits,
         target,
-        loss=partial(_ghmc, bins=bins),
+        loss=partial(_ghmc, bins=bins, momentum=momentum),
         options=_ghmc_options(fn, bins, bin_counts, weight),
         ignore_index=ignore_index,
         weight=weight,
@@ -656,6 +680,7 @@ def _ghmr(
     fn: str,
     mu: float,
     bins: int,
+    momentum: float,
     bin_counts: object,
     weight: object,
 ) -> Unreduced:
@@ -663,7 +688,7 @@ def _ghmr(
     w = None if weight is None else expand_weight(fn, weight, p.shape, p)
     counts = _check_bin_counts(fn, bin_counts, bins, p)
     with torch.no_grad():
-        coef, local = _ghm_coefficient(g, _counted(None, w), bins, counts)
+        coef, local = _ghm_coefficient(g, _counted(None, w), bins, counts, momentum)
     return Unreduced(loss * coef, local)
 
 
@@ -674,6 +699,7 @@ def ghmr_loss(
     *,
     mu: Positive = 0.02,
     bins: Bins = 10,
+    momentum: Momentum = 0.0,
     bin_counts: BatchTensor | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
@@ -690,15 +716,17 @@ def ghmr_loss(
 
     and ``"mean"`` divides by the number $N$ of counted elements (those with a positive
     ``weight``; mmdetection's ``label_weight > 0``, whose sum it divides by: equal for 0/1
-    weights). ``bin_counts`` (running counts), the histogram rules and the distributed behaviour
-    are those of :func:`ghmc_loss`; :func:`ghmr_histogram` gives the batch histogram.
+    weights). ``momentum`` and ``bin_counts`` (the running form), the histogram rules and the
+    distributed behaviour are those of :func:`ghmc_loss`; :func:`ghmr_histogram` gives the batch
+    histogram.
 
     Args:
         pred: Predictions (box deltas), any shape ``(*)``.
         target: Same shape as ``pred``.
         mu: The ASL1 smoothing $\mu > 0$.
         bins: Number of gradient-norm bins, ``>= 1``.
-        bin_counts: Running per-bin counts ``(bins,)`` used as the density, or ``None``.
+        momentum: Weight of ``bin_counts`` in the density, in ``[0, 1]``.
+        bin_counts: Running per-bin counts ``(bins,)`` before this batch, or ``None``.
         weight: Element-wise weight, ``pred``'s shape or its leading dimensions.
         reduction: ``"none"`` | ``"mean"`` (divided by $N$, or ``avg_factor``) | ``"sum"``.
         avg_factor: Denominator of ``"mean"`` instead of $N$.
@@ -718,7 +746,15 @@ def ghmr_loss(
         fn,
         pred,
         target,
-        loss=partial(_ghmr, fn=fn, mu=mu, bins=bins, bin_counts=bin_counts, weight=weight),
+        loss=partial(
+            _ghmr,
+            fn=fn,
+            mu=mu,
+            bins=bins,
+            momentum=momentum,
+            bin_counts=bin_counts,
+            weight=weight,
+        ),
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,
@@ -762,3 +798,30 @@ def ghmr_histogram(
     with torch.no_grad():
         _, g = _ghmr_terms(p.detach().to(cdt) - t.to(cdt), mu)
         return _histogram(g, _counted(None, w), bins)[2]
+
+
+def ghm_running_counts(bin_counts: Tensor | None, histogram: Tensor, *, momentum: float) -> Tensor:
+    r"""The running per-bin counts after one batch: ``momentum * bin_counts + (1 - momentum) *
+    histogram`` on the bins ``histogram`` fills, ``bin_counts`` elsewhere (mmdetection's GHM
+    update; ``None`` stands for zeros). What :func:`ghmc_loss` / :func:`ghmr_loss` divide by with
+    the same ``momentum`` and ``bin_counts``; ``GHMCLoss`` / ``GHMRLoss`` store it.
+
+    Args:
+        bin_counts: The running counts before the batch ``(bins,)``, or ``None``.
+        histogram: The batch's counts (:func:`ghmc_histogram`, :func:`ghmr_histogram`).
+        momentum: In ``[0, 1]``.
+
+    Returns:
+        A new ``(bins,)`` tensor in ``histogram``'s dtype; computed on the device.
+
+    Example:
+        >>> ghm_running_counts(torch.tensor([4.0, 2.0]), torch.tensor([8.0, 0.0]), momentum=0.75)
+        tensor([5., 2.])
+    """
+    fn = "ghm_running_counts"
+    m = check_number(fn, "momentum", momentum, low=0.0, high=1.0)
+    h = check_tensor(fn, "histogram", histogram)
+    if h.ndim != 1 or not h.is_floating_point():
+        fail(fn, "histogram", "a 1-d floating tensor of bin counts", f"{h.dtype} {tuple(h.shape)}")
+    b = _check_bin_counts(fn, bin_counts, h.shape[0], h)
+    return _running(h.detach(), b, m)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from lossforge import functional as F
-from lossforge._checks import check_number, fail
+from lossforge._checks import fail
 from lossforge._params import signature_domains
 from lossforge._reduction import Reduction, check_avg_factor
 from lossforge._traits import Traits
@@ -81,7 +81,14 @@ class VarifocalLoss(
 
 
 class _GHMLoss(Loss):
-    """Shared state handling of the GHM modules: the running per-bin counts ``acc_sum``."""
+    """Shared state handling of the GHM modules: the running per-bin counts ``acc_sum``.
+
+    A GHM module is its functional (``functional``, with the same configuration keywords) plus
+    this state: in training mode with ``momentum > 0`` a forward is the functional with
+    ``bin_counts=acc_sum`` followed by the in-place update of ``acc_sum`` to the counts the
+    functional divided by (``ghm_running_counts``); in eval mode the functional with
+    ``momentum=1`` (the running counts as they are, no update).
+    """
 
     #: Gradient-norm bins.
     bins: int
@@ -89,27 +96,29 @@ class _GHMLoss(Loss):
     momentum: float
     acc_sum: Tensor
 
-    def _init_state(self, bins: int, momentum: float) -> None:
+    def _configure(self, values: dict[str, object]) -> None:
+        domains = signature_domains(type(self).functional)  # type: ignore[arg-type]
         name = type(self).__name__
-        self.momentum = check_number(name, "momentum", momentum, low=0.0, high=1.0, high_open=True)
-        self.register_buffer("acc_sum", torch.zeros(bins))
+        for key in type(self).config:
+            setattr(self, key, domains[key].check(name, key, values[key]))
+        self.register_buffer("acc_sum", torch.zeros(self.bins))
 
-    @torch.no_grad()
-    def _update(self, batch: Tensor) -> None:
-        """``acc = m * acc + (1 - m) * counts`` on the bins this batch fills (mmdetection's rule),
-        in place and on the device."""
-        acc = self.acc_sum
-        if acc.device != batch.device:
-            fail(
-                type(self).__name__,
-                "acc_sum",
-                f"on the input's device ({batch.device}); move the module with .to()",
-                acc.device,
-            )
-        b = batch.to(acc.dtype)
-        acc.copy_(torch.where(b > 0, self.momentum * acc + (1.0 - self.momentum) * b, acc))
+    def _histogram(self, input: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
+        raise NotImplementedError
 
-    def _no_inputs(self, inputs: dict[str, Tensor | None]) -> None:
+    def _call(self, input: Tensor, target: Tensor, **kw: object) -> Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        input: Tensor,
+        target: Tensor,
+        weight: Tensor | None = None,
+        avg_factor: float | Tensor | None = None,
+        reduction_override: str | None = None,
+        **inputs: Tensor | None,
+    ) -> Tensor:
+        """The loss of ``(input, target)``; updates ``acc_sum`` in training mode."""
         if inputs:
             fail(
                 type(self).__name__,
@@ -118,21 +127,37 @@ class _GHMLoss(Loss):
                 ", ".join(sorted(inputs)),
                 TypeError,
             )
-
-    def _density(self, histogram: Tensor | None) -> Tensor | None:
-        """The density the loss divides by: ``None`` (this batch) without momentum, else the
-        running counts, first updated from ``histogram`` (training mode only)."""
+        reduction = cast(Reduction, self._resolve_reduction(reduction_override))
+        check_avg_factor(type(self).__name__, avg_factor, reduction)
+        shared = {"weight": weight, "reduction": reduction, "avg_factor": avg_factor}
         if self.momentum == 0.0:
-            return None
-        if self.training and histogram is not None:
-            self._update(histogram)
-        return self.acc_sum
+            return self._scale(self._call(input, target, momentum=0.0, **shared))
+        if not self.training:
+            return self._scale(
+                self._call(input, target, momentum=1.0, bin_counts=self.acc_sum, **shared)
+            )
+        loss = self._call(input, target, momentum=self.momentum, bin_counts=self.acc_sum, **shared)
+        self._update(self._histogram(input, target, weight))
+        return self._scale(loss)
+
+    @torch.no_grad()
+    def _update(self, histogram: Tensor) -> None:
+        acc = self.acc_sum
+        if acc.device != histogram.device:
+            fail(
+                type(self).__name__,
+                "acc_sum",
+                f"on the input's device ({histogram.device}); move the module with .to()",
+                acc.device,
+            )
+        new = F.ghm_running_counts(acc, histogram.to(acc.dtype), momentum=self.momentum)
+        acc.copy_(new)
 
 
-# The registry-wide tests (compile, contract) call one module twice and compare the results, which
-# only a module without running statistics can pass: they build the GHM modules with momentum=0.
-# The stateful form is tested in tests/test_detection.py (mmdetection over steps, train / eval,
-# state_dict, compile, DDP).
+# The registry-wide tests (compile, contract) call one module several times and compare it with
+# one functional call, which only a module without running statistics can pass: they build the
+# GHM modules with momentum=0. The running form is tested in tests/test_detection.py (mmdetection
+# over steps, functional with explicit state, train / eval, state_dict, compile, DDP).
 _STATELESS = {"momentum": 0.0}
 
 
@@ -146,13 +171,14 @@ class GHMCLoss(
 ):
     """Gradient harmonizing classification loss with running bin counts (stateful).
 
-    ``forward`` calls :func:`lossforge.functional.ghmc_loss` with the running counts as its
-    density. State: the buffer ``acc_sum`` ``(bins,)`` (in ``state_dict``; mmdetection's name).
-    In training mode with ``momentum > 0`` each forward first updates it from this batch's
-    histogram (:func:`lossforge.functional.ghmc_histogram`) as
-    ``acc = momentum * acc + (1 - momentum) * counts`` on the non-empty bins, in place and without
-    a host sync; in eval mode it is read, not updated (a bin never filled uses the batch's count).
-    ``momentum=0`` keeps no state: the loss is the functional with this batch's histogram.
+    The module form of :func:`lossforge.functional.ghmc_loss` (same keywords) plus its state: the
+    buffer ``acc_sum`` ``(bins,)`` of running per-bin counts (in ``state_dict``; mmdetection's
+    name). In training mode with ``momentum > 0`` a forward is
+    ``ghmc_loss(..., momentum=momentum, bin_counts=acc_sum)`` and then updates ``acc_sum`` in
+    place to ``momentum * acc_sum + (1 - momentum) * counts`` on the bins this batch fills
+    (mmdetection's rule, without a host sync). In eval mode it reads ``acc_sum`` without updating
+    it (``momentum=1``; a bin never counted uses this batch's count). ``momentum=0`` keeps no
+    state: the loss is the functional with this batch's histogram.
 
     Under DDP call it inside ``lossforge.distributed.global_normalization()``: the histogram is
     summed over the ranks (an all-reduce of ``bins`` counts), so every rank applies the same update
@@ -161,7 +187,7 @@ class GHMCLoss(
 
     Args:
         bins: Number of gradient-norm bins (mmdetection's RetinaNet-GHM config uses 30).
-        momentum: Running-average momentum in ``[0, 1)``; mmdetection's class default is 0, its
+        momentum: Running-average momentum in ``[0, 1]``; mmdetection's class default is 0, its
             configs use 0.75.
         ignore_index: Ignored target value.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
@@ -175,6 +201,9 @@ class GHMCLoss(
     """
 
     registry_name: ClassVar[str] = "ghmc"
+    functional = staticmethod(F.ghmc_loss)
+    config: ClassVar[tuple[str, ...]] = ("bins", "momentum", "ignore_index")
+    ignore_index: int | None
 
     def __init__(
         self,
@@ -186,51 +215,21 @@ class GHMCLoss(
         loss_weight: float = 1.0,
     ) -> None:
         super().__init__(reduction=reduction, loss_weight=loss_weight)
-        domains = signature_domains(F.ghmc_loss)
-        name = type(self).__name__
-        self.bins = domains["bins"].check(name, "bins", bins)
-        self.ignore_index = domains["ignore_index"].check(name, "ignore_index", ignore_index)
-        self._init_state(self.bins, momentum)
+        self._configure({"bins": bins, "momentum": momentum, "ignore_index": ignore_index})
 
-    def forward(
-        self,
-        input: Tensor,
-        target: Tensor,
-        weight: Tensor | None = None,
-        avg_factor: float | Tensor | None = None,
-        reduction_override: str | None = None,
-        **inputs: Tensor | None,
-    ) -> Tensor:
-        """The GHM-C loss of ``(input, target)``; updates ``acc_sum`` in training mode."""
-        self._no_inputs(inputs)
-        reduction = cast(Reduction, self._resolve_reduction(reduction_override))
-        check_avg_factor(type(self).__name__, avg_factor, reduction)
-        histogram = None
-        if self.momentum > 0.0 and self.training:
-            histogram = F.ghmc_histogram(
-                input, target, bins=self.bins, ignore_index=self.ignore_index, weight=weight
-            )
-        return self._scale(
-            F.ghmc_loss(
-                input,
-                target,
-                bins=self.bins,
-                bin_counts=self._density(histogram),
-                ignore_index=self.ignore_index,
-                weight=weight,
-                reduction=reduction,
-                avg_factor=avg_factor,
-            )
+    def _histogram(self, input: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
+        return F.ghmc_histogram(
+            input, target, bins=self.bins, ignore_index=self.ignore_index, weight=weight
         )
 
-    def extra_repr(self) -> str:
-        parts = [f"bins={self.bins}", f"momentum={self.momentum}"]
-        if self.ignore_index is not None:
-            parts.append(f"ignore_index={self.ignore_index}")
-        parts.append(f"reduction={self.reduction!r}")
-        if self.loss_weight != 1.0:
-            parts.append(f"loss_weight={self.loss_weight!r}")
-        return ", ".join(parts)
+    def _call(self, input: Tensor, target: Tensor, **kw: object) -> Tensor:
+        return F.ghmc_loss(
+            input,
+            target,
+            bins=self.bins,
+            ignore_index=self.ignore_index,
+            **kw,  # type: ignore[arg-type]
+        )
 
 
 class GHMRLoss(
@@ -244,14 +243,14 @@ class GHMRLoss(
 ):
     """Gradient harmonizing regression loss with running bin counts (stateful).
 
-    ``forward`` calls :func:`lossforge.functional.ghmr_loss`; the state (``acc_sum``), its update
-    in training mode and the DDP rule are those of :class:`GHMCLoss`, with the histogram of
-    :func:`lossforge.functional.ghmr_histogram`.
+    The module form of :func:`lossforge.functional.ghmr_loss` plus the state of
+    :class:`GHMCLoss` (``acc_sum``, updated in training mode only, the same DDP rule), with the
+    histogram of :func:`lossforge.functional.ghmr_histogram`.
 
     Args:
         mu: The ASL1 smoothing $\\mu > 0$.
         bins: Number of gradient-norm bins.
-        momentum: Running-average momentum in ``[0, 1)`` (default 0: no state, as mmdetection).
+        momentum: Running-average momentum in ``[0, 1]`` (default 0: no state, as mmdetection).
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
         loss_weight: Scalar multiplier.
 
@@ -261,6 +260,9 @@ class GHMRLoss(
     """
 
     registry_name: ClassVar[str] = "ghmr"
+    functional = staticmethod(F.ghmr_loss)
+    config: ClassVar[tuple[str, ...]] = ("mu", "bins", "momentum")
+    mu: float
 
     def __init__(
         self,
@@ -272,44 +274,10 @@ class GHMRLoss(
         loss_weight: float = 1.0,
     ) -> None:
         super().__init__(reduction=reduction, loss_weight=loss_weight)
-        domains = signature_domains(F.ghmr_loss)
-        name = type(self).__name__
-        self.mu = domains["mu"].check(name, "mu", mu)
-        self.bins = domains["bins"].check(name, "bins", bins)
-        self._init_state(self.bins, momentum)
+        self._configure({"mu": mu, "bins": bins, "momentum": momentum})
 
-    def forward(
-        self,
-        input: Tensor,
-        target: Tensor,
-        weight: Tensor | None = None,
-        avg_factor: float | Tensor | None = None,
-        reduction_override: str | None = None,
-        **inputs: Tensor | None,
-    ) -> Tensor:
-        """The GHM-R loss of ``(input, target)``; updates ``acc_sum`` in training mode."""
-        self._no_inputs(inputs)
-        reduction = cast(Reduction, self._resolve_reduction(reduction_override))
-        check_avg_factor(type(self).__name__, avg_factor, reduction)
-        histogram = None
-        if self.momentum > 0.0 and self.training:
-            histogram = F.ghmr_histogram(input, target, mu=self.mu, bins=self.bins, weight=weight)
-        return self._scale(
-            F.ghmr_loss(
-                input,
-                target,
-                mu=self.mu,
-                bins=self.bins,
-                bin_counts=self._density(histogram),
-                weight=weight,
-                reduction=reduction,
-                avg_factor=avg_factor,
-            )
-        )
+    def _histogram(self, input: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
+        return F.ghmr_histogram(input, target, mu=self.mu, bins=self.bins, weight=weight)
 
-    def extra_repr(self) -> str:
-        parts = [f"mu={self.mu}", f"bins={self.bins}", f"momentum={self.momentum}"]
-        parts.append(f"reduction={self.reduction!r}")
-        if self.loss_weight != 1.0:
-            parts.append(f"loss_weight={self.loss_weight!r}")
-        return ", ".join(parts)
+    def _call(self, input: Tensor, target: Tensor, **kw: object) -> Tensor:
+        return F.ghmr_loss(input, target, mu=self.mu, bins=self.bins, **kw)  # type: ignore[arg-type]
