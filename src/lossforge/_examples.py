@@ -62,6 +62,34 @@ def regression(n: int, dtype: torch.dtype, g: torch.Generator) -> tuple[Tensor, 
     return _logits(g, dtype, n, 4), 2 * torch.randn(n, 4, generator=g, dtype=F64)
 
 
+def boxes(n: int, dtype: torch.dtype, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``(N, 4)`` predicted and target ``(x1, y1, x2, y2)`` boxes: most predictions near their
+    target, some elsewhere (disjoint boxes)."""
+    xy = 8 * torch.rand(n, 2, generator=g, dtype=F64)
+    wh = 0.5 + 3.5 * torch.rand(n, 2, generator=g, dtype=F64)
+    target = torch.cat([xy, xy + wh], dim=1)
+    centre = xy + wh / 2 + 0.6 * torch.randn(n, 2, generator=g, dtype=F64)
+    size = wh * torch.exp(0.3 * torch.randn(n, 2, generator=g, dtype=F64))
+    far = torch.rand(n, 1, generator=g, dtype=F64) < 0.25
+    centre = torch.where(far, 12 * torch.rand(n, 2, generator=g, dtype=F64), centre)
+    pred = torch.cat([centre - size / 2, centre + size / 2], dim=1)
+    return pred.to(dtype), target
+
+
+def quality_dense(n: int, dtype: torch.dtype, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``(N, 4)`` logits, dense IoU-quality targets: each row's class (or none: background) holds
+    a quality in ``(0, 1)``, every other element 0."""
+    labels = torch.randint(0, 5, (n,), generator=g)
+    quality = 0.05 + 0.9 * torch.rand(n, 1, generator=g, dtype=F64)
+    onehot = (labels[:, None] == torch.arange(4)).to(F64)
+    return _logits(g, dtype, n, 4), onehot * quality
+
+
+def distribution(n: int, dtype: torch.dtype, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``(N, 8)`` bin logits (``reg_max = 7``), continuous distances in ``[0, 7]``."""
+    return _logits(g, dtype, n, 8), 7 * torch.rand(n, generator=g, dtype=F64)
+
+
 EXAMPLES: dict[str, Maker] = {
     "sigmoid_dense": sigmoid_dense,
     "sigmoid_index": sigmoid_index,
@@ -70,4 +98,7 @@ EXAMPLES: dict[str, Maker] = {
     "log_probs_index": log_probs_index,
     "segmentation_index": segmentation_index,
     "regression": regression,
+    "boxes": boxes,
+    "quality_dense": quality_dense,
+    "distribution": distribution,
 }

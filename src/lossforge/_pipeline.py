@@ -194,7 +194,7 @@ def sigmoid(
     logits: object,
     target: object,
     *,
-    loss: Callable[..., Tensor | Total],
+    loss: Callable[..., Tensor | Total | Unreduced],
     ignore_index: int | None,
     weight: Tensor | None,
     reduction: str,
@@ -455,20 +455,25 @@ def regression(
     pred: object,
     target: object,
     *,
-    loss: Callable[[Tensor, Tensor, bool], Tensor | Total],
+    loss: Callable[[Tensor, Tensor, bool], Tensor | Total | Unreduced],
     weight: Tensor | None,
     reduction: str,
     avg_factor: object,
     backend: object = "torch",
     fused: Fused | None = None,
     input_name: str = "pred",
+    vector: int | None = None,
 ) -> Tensor:
     """Run a regression loss.
 
     Args:
         loss: ``loss(p, t, want_total)`` on the prediction and the target in the compute dtype:
-            the unreduced loss (any shape the weight is checked against), or ``Total`` when
-            ``want_total`` (no element weight).
+            the unreduced loss (any shape the weight is checked against), ``Unreduced`` (the loss
+            and its own ``"mean"`` denominator), or ``Total`` when ``want_total`` (no element
+            weight).
+        vector: For a loss of whole vectors along the last dimension (boxes: 4): ``pred`` must be
+            ``(..., vector)``, the loss is ``(...,)``, and a ``weight`` of ``pred``'s full shape
+            is averaged over the last dimension first (mmdetection's ``(N, 4)`` box weights).
     """
     p = check_floating(fn, input_name, pred)
     t = check_tensor(fn, "target", target)
@@ -476,6 +481,11 @@ def regression(
         fail(fn, "target", "a real tensor", f"dtype {t.dtype}", TypeError)
     check_same_device(fn, **{input_name: p, "target": t})
     check_same_shape(fn, "target", t, input_name, p)
+    if vector is not None:
+        if p.ndim == 0 or p.shape[-1] != vector:
+            fail(fn, input_name, f"a tensor of shape (..., {vector})", f"shape {tuple(p.shape)}")
+        if isinstance(weight, Tensor) and weight.shape == p.shape and not weight.is_complex():
+            weight = weight.to(compute_dtype(p)).mean(dim=-1)
     avg = check_avg_factor(fn, avg_factor, reduction)
     if fused is None:
         _no_kernel(fn, backend, p)
@@ -498,10 +508,19 @@ def regression(
     pc, tc = p.to(cdt), t.to(cdt)
     out = loss(pc, tc, reduction != "none" and weight is None)
     if isinstance(out, Total):
-        return finish_reduction(
-            out.value, fn=fn, reduction=reduction, avg_factor=avg, numel=p.numel()
-        )
-    return reduce_loss(out, fn=fn, reduction=reduction, weight=weight, avg_factor=avg)
+        numel = p.numel() if vector is None else p.numel() // vector
+        return finish_reduction(out.value, fn=fn, reduction=reduction, avg_factor=avg, numel=numel)
+    denominator = None
+    if isinstance(out, Unreduced):
+        out, denominator = out
+    return reduce_loss(
+        out,
+        fn=fn,
+        reduction=reduction,
+        weight=weight,
+        avg_factor=avg,
+        denominator=denominator,
+    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,18 +1,21 @@
-"""Regression losses: L1, smooth L1 and MSE, with the shared weighting contract."""
+"""Regression losses: L1, smooth L1, MSE, Huber and balanced L1, with the shared weighting
+contract."""
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
+import torch
 import torch.nn.functional as TF
 from torch import Tensor
 
 from lossforge import _pipeline as pipeline
-from lossforge._params import NonNegative, loss_function
+from lossforge._params import NonNegative, Positive, loss_function
 from lossforge._pipeline import Fused, Total
 from lossforge._reduction import AvgFactor, Backend, Reduction
 
-__all__ = ["l1_loss", "mse_loss", "smooth_l1_loss"]
+__all__ = ["balanced_l1_loss", "huber_loss", "l1_loss", "mse_loss", "smooth_l1_loss"]
 
 
 # PyTorch's fused element-wise kernels (one pass forward, one backward) on the float32/float64
@@ -177,4 +180,142 @@ def smooth_l1_loss(
         reduction=reduction,
         avg_factor=avg_factor,
         backend=backend,
+    )
+
+
+def _huber(p: Tensor, t: Tensor, want_total: bool, *, delta: float) -> Tensor | Total:
+    if want_total:
+        return Total(TF.huber_loss(p, t, reduction="sum", delta=delta))
+    return TF.huber_loss(p, t, reduction="none", delta=delta)
+
+
+@loss_function
+def huber_loss(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    delta: Positive = 1.0,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: AvgFactor = None,
+) -> Tensor:
+    r"""Huber loss, quadratic below ``delta`` and linear (slope ``delta``) above.
+
+    $$
+    \ell_i = \begin{cases} 0.5\,d_i^2 & |d_i| < \delta \\
+    \delta\,(|d_i| - 0.5\,\delta) & \text{otherwise} \end{cases},\qquad d_i = x_i - y_i
+    $$
+
+    Element by element ``torch.nn.functional.huber_loss`` (PyTorch's kernel), plus the shared
+    weighting. ``huber_loss(delta=d)`` equals ``d * smooth_l1_loss(beta=d)``; with
+    ``delta=1`` both are the same loss. Unlike smooth L1, the linear part keeps slope
+    ``delta``, so for large ``delta`` the loss approaches ``0.5 * MSE``.
+
+    Args:
+        pred: Predictions, any shape ``(*)``.
+        target: Same shape as ``pred``.
+        delta: Transition point, ``> 0`` (PyTorch rejects ``delta <= 0`` too).
+        weight: Element-wise weight, ``pred``'s shape or its leading dimensions.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        avg_factor: Denominator of ``"mean"``.
+
+    Returns:
+        ``pred``'s shape for ``"none"``, else a scalar.
+
+    References:
+        Huber, "Robust Estimation of a Location Parameter", Annals of Mathematical Statistics,
+        1964.
+
+    Example:
+        >>> huber_loss(torch.tensor([0.5, 3.0]), torch.tensor([0.0, 0.0]), delta=2.0)
+        tensor(2.0625)
+    """
+    return pipeline.regression(
+        "huber_loss",
+        pred,
+        target,
+        loss=partial(_huber, delta=delta),
+        weight=weight,
+        reduction=reduction,
+        avg_factor=avg_factor,
+    )
+
+
+def _balanced_l1(
+    p: Tensor, t: Tensor, _want_total: bool, *, alpha: float, gamma: float, beta: float
+) -> Tensor:
+    d = (p - t).abs()
+    b = math.expm1(gamma / alpha)  # e^(gamma / alpha) - 1: both pieces meet with slope gamma
+    # the inner piece with |d| clamped at beta, so the unused branch stays small (no overflow)
+    di = torch.clamp(d, max=beta)
+    inner = (alpha / b) * (b * di + beta) * torch.log1p(b * di / beta) - alpha * di
+    outer = gamma * d + beta * (gamma / b - alpha)
+    return torch.where(d < beta, inner, outer)
+
+
+@loss_function
+def balanced_l1_loss(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    alpha: Positive = 0.5,
+    gamma: Positive = 1.5,
+    beta: Positive = 1.0,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: AvgFactor = None,
+) -> Tensor:
+    r"""Balanced L1 loss (Libra R-CNN): promotes the gradients of accurate (inlier) samples.
+
+    With $d = |x - y|$ and $b = e^{\gamma/\alpha} - 1$,
+
+    $$
+    \ell = \begin{cases}
+    \dfrac{\alpha}{b}(b d + \beta)\ln\bigl(\tfrac{b d}{\beta} + 1\bigr) - \alpha d & d < \beta \\
+    \gamma d + \beta\Bigl(\dfrac{\gamma}{b} - \alpha\Bigr) & \text{otherwise}
+    \end{cases}
+    $$
+
+    With $\beta = 1$ this is the paper's loss (eq. 8): its gradient
+    $\alpha \ln(b d + 1)$ rises steeply near 0 and reaches the outlier slope $\gamma$ at
+    $d = 1$, where the choice of $b$ ($\alpha \ln(b + 1) = \gamma$) makes the two pieces meet
+    with the same value and slope. ``beta`` moves the switch the way smooth L1's does:
+    $\ell_\beta(d) = \beta\,\ell_1(d / \beta)$, so the gradient is
+    $\alpha \ln(b d / \beta + 1)$ below $\beta$ and $\gamma$ above, continuous, 0 at $d = 0$.
+
+    Parity: equals mmdetection's ``BalancedL1Loss`` for ``beta=1`` (the value its Libra R-CNN
+    configs use), values, gradients, ``weight`` and ``avg_factor``. For ``beta != 1`` mmdetection
+    writes $(b d + 1)$ and $\gamma / b - \alpha\beta$ instead: that curve has slope
+    $\alpha(1/\beta - 1) \ne 0$ at $d = 0$, negative for $\beta > 1$ (its minimum is not at
+    $d = 0$), so it is not reproduced.
+
+    Args:
+        pred: Predictions, any shape ``(*)``.
+        target: Same shape as ``pred``.
+        alpha: Inlier gradient scale $\alpha > 0$.
+        gamma: Outlier gradient (the slope for $d \ge \beta$), $\gamma > 0$.
+        beta: Transition point $\beta > 0$.
+        weight: Element-wise weight, ``pred``'s shape or its leading dimensions.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        avg_factor: Denominator of ``"mean"``.
+
+    Returns:
+        ``pred``'s shape for ``"none"``, else a scalar.
+
+    References:
+        Pang, Chen, Shi, Feng, Ouyang, Lin, "Libra R-CNN: Towards Balanced Learning for Object
+        Detection", CVPR 2019, arXiv:1904.02701.
+
+    Example:
+        >>> balanced_l1_loss(torch.tensor([0.0, 2.0]), torch.tensor([0.0, 0.0]))
+        tensor(1.2893)
+    """
+    return pipeline.regression(
+        "balanced_l1_loss",
+        pred,
+        target,
+        loss=partial(_balanced_l1, alpha=alpha, gamma=gamma, beta=beta),
+        weight=weight,
+        reduction=reduction,
+        avg_factor=avg_factor,
     )
