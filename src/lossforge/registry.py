@@ -118,8 +118,12 @@ def get_loss(name: str, *, caller: str = "get_loss", argument: str = "name") -> 
     for cls in _REGISTRY.values():
         if cls.__name__ == key:
             return cls
-    close = difflib.get_close_matches(key, _names(), n=3, cutoff=0.5)
-    close += [n for n in _names() if key and key in n and n not in close][: 3 - len(close)]
+    tokens = {t for t in key.lower().replace("-", "_").split("_") if len(t) >= 3}
+    close = [n for n in _names() if tokens & set(n.split("_"))]
+    close += [
+        n for n in difflib.get_close_matches(key, _names(), n=3, cutoff=0.5) if n not in close
+    ]
+    close = close[:5]
     hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
     fail(caller, argument, "a registered loss name: " + ", ".join(_names()), repr(name) + hint)
 
