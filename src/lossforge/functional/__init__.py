@@ -12,6 +12,10 @@ from lossforge.functional.dice import *  # noqa: F403
 from lossforge.functional.focal import *  # noqa: F403
 from lossforge.functional.regression import *  # noqa: F403
 
+# isort: split
+from lossforge.functional import lovasz
+from lossforge.functional.lovasz import *  # noqa: F403
+
 __all__ = [
     *classification.__all__,
     *focal.__all__,
@@ -19,4 +23,5 @@ __all__ = [
     *balanced.__all__,
     *dice.__all__,
     *regression.__all__,
+    *lovasz.__all__,
 ]

@@ -9,6 +9,10 @@ from lossforge.nn.dice import *  # noqa: F403
 from lossforge.nn.focal import *  # noqa: F403
 from lossforge.nn.regression import *  # noqa: F403
 
+# isort: split
+from lossforge.nn import lovasz
+from lossforge.nn.lovasz import *  # noqa: F403
+
 __all__ = [
     "Loss",
     *classification.__all__,
@@ -17,4 +21,5 @@ __all__ = [
     *balanced.__all__,
     *dice.__all__,
     *regression.__all__,
+    *lovasz.__all__,
 ]
