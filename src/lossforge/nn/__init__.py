@@ -13,6 +13,10 @@ from lossforge.nn.regression import *  # noqa: F403
 from lossforge.nn import lovasz
 from lossforge.nn.lovasz import *  # noqa: F403
 
+# isort: split
+from lossforge.nn import combine
+from lossforge.nn.combine import *  # noqa: F403
+
 __all__ = [
     "Loss",
     *classification.__all__,
@@ -22,4 +26,5 @@ __all__ = [
     *dice.__all__,
     *regression.__all__,
     *lovasz.__all__,
+    *combine.__all__,
 ]
