@@ -45,11 +45,8 @@ ACTIVATIONS = pipeline.ACTIVATIONS
 
 
 def _is_non_negative(value: object) -> bool:
-    return (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and bool(value >= 0)  # NaN is not
-    )
+    # NaN is not
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) >= 0
 
 
 def _smoothing(values: Mapping[str, Any], default: float) -> tuple[float, float]:
