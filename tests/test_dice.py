@@ -987,3 +987,29 @@ def test_kernel_declines_what_it_cannot_serve(monkeypatch: pytest.MonkeyPatch) -
             F.dice_loss(x, t, backend="triton", **kw)
         # "auto" falls back to the reference
         assert_close(F.dice_loss(x, t, backend="auto", **kw), F.dice_loss(x, t, **kw))
+
+
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [
+        ("dice", {"smooth_nr": 0.0, "smooth_dr": 1e-5, "pool_classes": True, "soft_label": True}),
+        ("tversky", {"alpha": 0.3, "beta": 0.7}),
+        ("focal_tversky", {"ignore_index": IGNORE}),
+        ("jaccard", {"soft_label": True, "batch": True}),
+        ("generalized_dice", {"weight_type": "simple"}),
+    ],
+)
+def test_family_compiles_without_graph_breaks(name: str, kw: dict) -> None:
+    from lossforge.registry import build_loss
+
+    loss = build_loss({"type": name, **kw})
+    x, t = _inputs((2, 3, 4, 4), "softmax", "index", "ignore_index" in kw, seed=31)
+    torch._dynamo.reset()
+    compiled = torch.compile(loss, fullgraph=True, backend="eager")
+    xa = x.clone().requires_grad_(True)
+    xb = x.clone().requires_grad_(True)
+    a, b = compiled(xa, t), loss(xb, t)
+    assert_close(a, b, F64)
+    (ga,) = torch.autograd.grad(a, xa)
+    (gb,) = torch.autograd.grad(b, xb)
+    assert_close(ga, gb, F64)

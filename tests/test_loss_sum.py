@@ -100,7 +100,7 @@ def test_build_from_registry_spec_and_toml() -> None:
     }
     crit = build_loss(spec)
     assert isinstance(crit, LossSum)
-    assert get_loss("loss_sum") is LossSum
+    assert type(build_loss({**spec, "type": "lossforge.LossSum"})) is LossSum
     assert isinstance(crit.losses["dice"], lf.DiceLoss)
     assert "losses.dice.class_weight" in crit.state_dict()
     x, t = _inputs(3)
@@ -151,8 +151,15 @@ def test_module_plumbing() -> None:
     assert "weights={'dice': 1.0, 'ce': 1.0}" in text
     assert "DiceLoss(" in text
     assert "CrossEntropyLoss(" in text
-    names = [info.name for info in lf.list_losses()]
-    assert "loss_sum" in names
+    # a combinator, not a loss: no reduction of its own, not in the table of losses
+    assert "loss_sum" not in [info.name for info in lf.list_losses()]
+    assert not hasattr(crit, "reduction")
+    with pytest.raises(
+        ValueError, match=r"build_loss: expected `parameters` parameters of LossSum"
+    ):
+        build_loss({"type": "loss_sum", "losses": {"d": "dice"}, "reduction": "sum"})
+    with pytest.raises(ValueError, match=r"get_loss: expected `name` a registered loss name"):
+        get_loss("loss_sum")
 
 
 def test_validation() -> None:

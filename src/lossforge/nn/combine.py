@@ -10,7 +10,6 @@ from typing import Any, NamedTuple
 from torch import Tensor, nn
 
 from lossforge._checks import check_number, fail
-from lossforge.nn._base import Loss
 
 __all__ = ["LossParts", "LossSum"]
 
@@ -28,7 +27,7 @@ class LossParts(NamedTuple):
     parts: dict[str, Tensor]
 
 
-class LossSum(Loss):
+class LossSum(nn.Module):
     r"""The weighted sum of named losses, each called on the same ``(input, target)``:
 
     $$
@@ -36,6 +35,9 @@ class LossSum(Loss):
     $$
 
     ``forward`` returns the total, so the module drops in wherever one loss is expected.
+    It is a combinator, not a loss of its own: it has no ``reduction`` (each part has its own)
+    and is not in the table of losses (``lossforge list``), but ``build_loss`` and TOML build it
+    under the name ``"loss_sum"`` (or ``"LossSum"``).
     :meth:`with_parts` returns the total *and* the value of every part (``LossParts``), for
     logging: nothing is stored on the module in ``forward`` (a stored tensor would keep its graph
     alive until the next step and break under threads and ``torch.compile``), so the parts are
@@ -71,8 +73,6 @@ class LossSum(Loss):
         >>> total.backward()
     """
 
-    registry_name = "loss_sum"
-
     def __init__(
         self,
         losses: Mapping[str, nn.Module | Mapping[str, Any] | str],
@@ -80,8 +80,9 @@ class LossSum(Loss):
         *,
         loss_weight: float = 1.0,
     ) -> None:
-        super().__init__(reduction="mean", loss_weight=loss_weight)
+        super().__init__()
         owner = type(self).__name__
+        self.loss_weight = check_number(owner, "loss_weight", loss_weight)
         if not isinstance(losses, Mapping) or not losses:
             got = type(losses).__name__ if not isinstance(losses, Mapping) else "an empty mapping"
             fail(owner, "losses", "a non-empty mapping of name -> loss", got)
@@ -124,9 +125,10 @@ class LossSum(Loss):
             parts[name] = value
             terms.append(value if self.weights[name] == 1.0 else value * self.weights[name])
         # at least one term: the constructor rejects an empty mapping
-        return LossParts(self._scale(sum(terms[1:], terms[0])), parts)
+        total = sum(terms[1:], terms[0])
+        return LossParts(total if self.loss_weight == 1.0 else total * self.loss_weight, parts)
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
         """The weighted total (``with_parts(input, target).total``)."""
         return self.with_parts(input, target).total
 
