@@ -732,8 +732,8 @@ def region_entries(
     shape, or ``None`` for all). Ignored positions reach the math with ``p = g = 0``; the math must
     make them contribute nothing. The pipeline then also leaves out of ``"mean"`` the entries with
     no valid position, scales the entries by ``class_weight`` and applies the shared reduction.
-    There is no fused kernel; the entries are computed per rank (nothing is all-reduced but the
-    ``"mean"`` denominator).
+    There is no fused kernel; the entries are computed from each rank's own batch (inside
+    ``global_normalization()`` only the ``"mean"`` denominator is global).
     """
     x, avg, w = _region_checks(
         fn, logits, activation, include_background, class_weight, reduction, avg_factor

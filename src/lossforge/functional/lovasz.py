@@ -127,9 +127,10 @@ def lovasz_softmax_loss(
     the counted entries: with ``batch=False`` and ``classes="present"`` that is the mean over the
     (image, present class) pairs, while Berman averages per image first and then over the images
     (the two agree when every image has the same number of present classes; an image whose pixels
-    are all ignored is left out here and counted as 0 there). The sort runs over each rank's own
-    batch: inside ``lossforge.distributed.global_normalization()`` only the ``"mean"`` denominator
-    is global.
+    are all ignored is left out here and counted as 0 there). Inside
+    ``lossforge.distributed.global_normalization()`` per-image entries reproduce one process on
+    the concatenated batch; with ``batch=True`` the sort runs over each rank's own batch, so the
+    ranks average the entries of all shards instead (only the ``"mean"`` denominator is global).
 
     Targets, ``activation``, ``ignore_index`` (ignored pixels are dropped, as Berman's
     ``ignore``), ``class_weight`` and ``include_background`` are those of
@@ -220,7 +221,7 @@ def lovasz_hinge_loss(
     below $-1$), as in Berman's reference.
 
     ``batch=False`` (default, Berman's ``per_image=True``) gives one loss per (image, channel);
-    ``batch=True`` sorts the errors of the whole batch per channel (computed per rank under
+    ``batch=True`` sorts the errors of the whole batch per channel (of each rank's own batch under
     ``global_normalization()``). ``"mean"`` averages the entries with at least one valid pixel.
     ``ignore_index`` drops pixels (index targets: in every channel) or elements (dense targets).
 
