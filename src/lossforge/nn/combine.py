@@ -20,7 +20,7 @@ class LossParts(NamedTuple):
     Attributes:
         total: The weighted sum (what ``forward`` returns), attached to the graph.
         parts: Each named loss's own value (before its weight in the sum), attached to the graph;
-            call ``.detach()`` / ``float()`` on them for logging.
+            detach them for logging (``value.detach().item()``).
     """
 
     total: Tensor
