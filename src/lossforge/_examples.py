@@ -102,3 +102,11 @@ EXAMPLES: dict[str, Maker] = {
     "quality_dense": quality_dense,
     "distribution": distribution,
 }
+
+
+def segmentation_binary(n: int, dtype: torch.dtype, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``(N, 1, 4, 4)`` logits, ``(N, 4, 4)`` binary masks."""
+    return _logits(g, dtype, n, 1, 4, 4), torch.randint(0, 2, (n, 4, 4), generator=g)
+
+
+EXAMPLES["segmentation_binary"] = segmentation_binary

@@ -29,6 +29,7 @@ A fused kernel computes sums and gradients only: the pipeline hands it the weigh
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -73,10 +74,12 @@ from lossforge._targets import (
 
 __all__ = [
     "Fused",
+    "RegionInput",
     "SoftmaxInput",
     "Total",
     "Unreduced",
     "region",
+    "region_entries",
     "regression",
     "sigmoid",
     "softmax",
@@ -535,34 +538,81 @@ def _sum(t: Tensor, dims: tuple[int, ...]) -> Tensor:
     return t.sum(dim=dims) if dims else t
 
 
-def region(
+@dataclass(frozen=True)
+class RegionInput:
+    """What the region pipeline prepared for a loss's math (``region_entries``).
+
+    Every tensor has channel 0 dropped without ``include_background``; ``C'`` below is the number
+    of channels left.
+
+    Attributes:
+        z: The logits in the compute dtype (float32, or float64 for float64 input), ``(N, C', *)``.
+        p: The probabilities (``activation`` applied to the logits, in ``[0, 1]``), 0 at ignored
+            positions, ``(N, C', *)``.
+        g: The dense target in ``[0, 1]``, 0 at ignored positions and absent classes,
+            ``(N, C', *)``.
+        valid: The valid-position mask, ``(N, 1, *)`` for class-index targets, ``(N, C', *)`` for
+            dense ones; ``None`` when nothing can be ignored.
+        batch: Whether the entries are per class over the whole batch (``(C',)``) rather than per
+            (sample, class) (``(N, C')``).
+    """
+
+    z: Tensor
+    p: Tensor
+    g: Tensor
+    valid: Tensor | None
+    batch: bool
+
+    def flat(self, t: Tensor) -> Tensor:
+        """``t`` (``(N, C', *)`` or a mask broadcasting to it) as one row of positions per entry:
+        ``(N, C', S)``, or ``(C', N * S)`` with ``batch=True``."""
+        t = t.expand_as(self.p)
+        n, c, s = t.shape[0], t.shape[1], math.prod(t.shape[2:])
+        if self.batch:
+            return t.transpose(0, 1).reshape(c, n * s)
+        return t.reshape(n, c, s)
+
+
+def _region_prepare(
     fn: str,
-    logits: object,
+    x: Tensor,
     target: object,
-    *,
-    stats: Callable[[Tensor, Tensor], list[Tensor]],
-    combine: Callable[[list[Tensor]], Tensor],
     activation: str,
     ignore_index: int | None,
-    class_weight: object,
+    w: Tensor | None,
     include_background: bool,
     batch: bool,
-    weight: Tensor | None,
+) -> tuple[RegionInput, Tensor | None]:
+    """The target convention, the activation and the ignore mask of every region loss."""
+    g, valid = region_target(fn, x, target, activation, ignore_index)
+    z = x.to(compute_dtype(x))
+    if activation == "softmax":
+        p = torch.softmax(z, dim=1)
+    elif activation == "sigmoid":
+        p = torch.sigmoid(z)
+    else:
+        check_unit_interval(fn, "logits", z)
+        p = z
+    if valid is not None:
+        p = torch.where(valid, p, torch.zeros((), dtype=p.dtype, device=p.device))
+    if not include_background:
+        z, p, g = z[:, 1:], p[:, 1:], g[:, 1:]
+        if valid is not None and valid.shape[1] > 1:
+            valid = valid[:, 1:]
+        if w is not None:
+            w = w[1:]
+    return RegionInput(z, p, g, valid, batch), w
+
+
+def _region_checks(
+    fn: str,
+    logits: object,
+    activation: str,
+    include_background: bool,
+    class_weight: object,
     reduction: str,
     avg_factor: object,
-    backend: object = "torch",
-    fused: Fused | None = None,
-) -> Tensor:
-    """Run a region (overlap) loss.
-
-    The probabilities ``p`` (``activation`` applied, ignored positions 0, channel 0 dropped without
-    ``include_background``) and the dense target ``g``, both ``(N, C, *)``, go through
-    ``stats(p, g)``: element-wise terms, each summed here over the spatial dimensions (and the
-    batch with ``batch=True``; inside ``global_normalization()`` also over the ranks, in one
-    collective). ``combine(sums)`` turns the sums into the loss per entry, ``(N, C)`` (``(C,)``
-    with ``batch=True``). ``class_weight`` scales the entries; an entry with no valid pixel is not
-    counted in ``"mean"``.
-    """
+) -> tuple[Tensor, float | Tensor | None, Tensor | None]:
     x = check_floating(fn, "logits", logits)
     avg = check_avg_factor(fn, avg_factor, reduction)
     if x.ndim < 2:
@@ -577,44 +627,77 @@ def region(
         )
     if not include_background and c < 2:
         fail(fn, "include_background", "True when there is a single channel", include_background)
-    w = as_class_weight(fn, class_weight, c, x)
+    return x, avg, as_class_weight(fn, class_weight, c, x)
+
+
+def region(
+    fn: str,
+    logits: object,
+    target: object,
+    *,
+    stats: Callable[[Tensor, Tensor], list[Tensor]],
+    combine: Callable[..., Tensor],
+    activation: str,
+    ignore_index: int | None,
+    class_weight: object,
+    include_background: bool,
+    batch: bool,
+    weight: Tensor | None,
+    reduction: str,
+    avg_factor: object,
+    backend: object = "torch",
+    fused: Fused | None = None,
+    pool_classes: bool = False,
+    fused_reason: str | None = None,
+) -> Tensor:
+    """Run a region (overlap) loss.
+
+    The probabilities ``p`` (``activation`` applied, ignored positions 0, channel 0 dropped without
+    ``include_background``) and the dense target ``g``, both ``(N, C, *)``, go through
+    ``stats(p, g)``: element-wise terms, each summed here over the spatial dimensions (and the
+    batch with ``batch=True``; inside ``global_normalization()`` also over the ranks, in one
+    collective). ``combine(sums)`` turns the sums into the loss per entry, ``(N, C)`` (``(C,)``
+    with ``batch=True``). ``class_weight`` scales the entries; an entry with no valid pixel is not
+    counted in ``"mean"``.
+
+    With ``pool_classes=True`` the loss pools the classes itself: ``combine(sums, class_weight)``
+    receives the per-class sums and the per-class weights (``None`` when not given; the pipeline
+    does not apply them) and returns one loss per sample, ``(N,)`` (``()`` with ``batch=True``),
+    which becomes the ``(N, 1)`` (``(1,)``) entries; an entry with no valid pixel in any class is
+    not counted in ``"mean"``.
+
+    ``fused_reason``: why the declared kernel cannot serve this call's options (``"triton"``
+    raises with it, ``"auto"`` runs the reference).
+    """
+    x, avg, w = _region_checks(
+        fn, logits, activation, include_background, class_weight, reduction, avg_factor
+    )
     if fused is not None and kernel_eligible(fn, backend, x):
-        out = _region_fused(
-            fn,
-            backend,
-            fused,
-            x,
-            target,
-            ignore_index,
-            w,
-            include_background,
-            batch,
-            weight,
-            reduction,
-            avg,
-            activation,
-        )
+        out = None
+        if fused_reason is not None:
+            unsupported(fn, backend, fused_reason)  # type: ignore[arg-type]  # raises for "triton"
+        else:
+            out = _region_fused(
+                fn,
+                backend,
+                fused,
+                x,
+                target,
+                ignore_index,
+                w,
+                include_background,
+                batch,
+                weight,
+                reduction,
+                avg,
+                activation,
+            )
         if out is not None:
             return out
     elif fused is None:
         _no_kernel(fn, backend, x)
-    g, valid = region_target(fn, x, target, activation, ignore_index)
-    z = x.to(compute_dtype(x))
-    if activation == "softmax":
-        p = torch.softmax(z, dim=1)
-    elif activation == "sigmoid":
-        p = torch.sigmoid(z)
-    else:
-        check_unit_interval(fn, "logits", z)
-        p = z
-    if valid is not None:
-        p = torch.where(valid, p, torch.zeros((), dtype=p.dtype, device=p.device))
-    if not include_background:
-        p, g = p[:, 1:], g[:, 1:]
-        if valid is not None and valid.shape[1] > 1:
-            valid = valid[:, 1:]
-        if w is not None:
-            w = w[1:]
+    inp, w = _region_prepare(fn, x, target, activation, ignore_index, w, include_background, batch)
+    p, g, valid = inp.p, inp.g, inp.valid
     dims = tuple(range(2, x.ndim))
     if batch:
         dims = (0,) + dims
@@ -630,12 +713,60 @@ def region(
         sums = list(summed[: len(sums)])
         if count is not None:
             count = summed[len(sums)]
-    loss = combine(sums)
-    if w is not None:
-        loss = loss * w
+    if pool_classes:
+        loss = combine(sums, w).unsqueeze(-1)
+        if count is not None:
+            count = count.sum(dim=-1, keepdim=True)
+    else:
+        loss = combine(sums)
+        if w is not None:
+            loss = loss * w
     entry_valid = None if count is None else count > 0
     return reduce_loss(
         loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg, valid=entry_valid
+    )
+
+
+def region_entries(
+    fn: str,
+    logits: object,
+    target: object,
+    *,
+    loss: Callable[[RegionInput], tuple[Tensor, Tensor | None]],
+    activation: str,
+    ignore_index: int | None,
+    class_weight: object,
+    include_background: bool,
+    batch: bool,
+    weight: Tensor | None,
+    reduction: str,
+    avg_factor: object,
+    backend: object = "torch",
+) -> Tensor:
+    """Run a region loss that is not a function of sums (the Lovasz extensions sort the errors).
+
+    The same checks, target convention, activation, ignore mask and channel-0 handling as
+    ``region``, then ``loss(inputs)`` (``RegionInput``) returns the loss per entry, ``(N, C')``
+    (``(C',)`` with ``batch=True``), and which entries count in ``"mean"`` (a bool mask of that
+    shape, or ``None`` for all). Ignored positions reach the math with ``p = g = 0``; the math must
+    make them contribute nothing. The pipeline then also leaves out of ``"mean"`` the entries with
+    no valid position, scales the entries by ``class_weight`` and applies the shared reduction.
+    There is no fused kernel; the entries are computed from each rank's own batch (inside
+    ``global_normalization()`` only the ``"mean"`` denominator is global).
+    """
+    x, avg, w = _region_checks(
+        fn, logits, activation, include_background, class_weight, reduction, avg_factor
+    )
+    _no_kernel(fn, backend, x)
+    inp, w = _region_prepare(fn, x, target, activation, ignore_index, w, include_background, batch)
+    out, entry_valid = loss(inp)
+    if inp.valid is not None:
+        has_valid = inp.flat(inp.valid).any(dim=-1)
+        entry_valid = has_valid if entry_valid is None else entry_valid & has_valid
+    if w is not None:
+        out = out * w
+    return reduce_loss(
+        out, fn=fn, reduction=reduction, weight=weight, avg_factor=avg, valid=entry_valid
     )
 
 

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ __all__ = [
 
 _REGISTRY: dict[str, type] = {}
 _FILLED = False
+#: Modules that combine losses given as nested specs (``{"type": "loss_sum", "losses": {...}}``).
+#: ``build_loss`` builds them; they are not losses of their own (no ``reduction``), so they are
+#: not in the table of losses. Name -> (module, class), imported on use.
+_COMPOSITES: dict[str, tuple[str, str]] = {"loss_sum": ("lossforge.nn.combine", "LossSum")}
 
 
 @dataclass(frozen=True)
@@ -152,7 +157,8 @@ def build_loss(spec: Mapping[str, Any] | str) -> Any:
     """Build a loss module from ``{"type": name, **params}`` (or just a name).
 
     Unknown names and unknown parameters raise ``ValueError`` listing the valid ones; parameter
-    values are validated by the module's constructor.
+    values are validated by the module's constructor. ``"loss_sum"`` builds a
+    ``lossforge.nn.LossSum`` whose ``losses`` are themselves specs (nested).
 
     Example:
         >>> build_loss({"type": "l1", "loss_weight": 2.0})
@@ -176,7 +182,8 @@ def build_loss(spec: Mapping[str, Any] | str) -> Any:
             "a 'type' key naming the loss (see `lossforge list`)",
             sorted(params),
         )
-    cls = get_loss(params.pop("type"), caller="build_loss", argument="type")
+    name = params.pop("type")
+    cls = _composite(name) or get_loss(name, caller="build_loss", argument="type")
     allowed = _params(cls)
     unknown = sorted(set(params) - set(allowed))
     if unknown:
@@ -187,6 +194,17 @@ def build_loss(spec: Mapping[str, Any] | str) -> Any:
             "unknown " + ", ".join(repr(u) for u in unknown),
         )
     return cls(**params)
+
+
+def _composite(name: object) -> type | None:
+    """The combinator class registered under ``name`` (or its class name), if any."""
+    if not isinstance(name, str):
+        return None
+    key = name.removeprefix("lossforge.")
+    for composite, (module, cls_name) in _COMPOSITES.items():
+        if key in (composite, cls_name):
+            return getattr(importlib.import_module(module), cls_name)  # type: ignore[no-any-return]
+    return None
 
 
 def build_loss_from_toml(source: str | Path, table: str | None = None) -> Any:

@@ -12,6 +12,7 @@ from lossforge.functional import (
     detection,
     dice,
     focal,
+    lovasz,
     regression,
 )
 from lossforge.functional.asymmetric import *  # noqa: F403
@@ -21,6 +22,7 @@ from lossforge.functional.classification import *  # noqa: F403
 from lossforge.functional.detection import *  # noqa: F403
 from lossforge.functional.dice import *  # noqa: F403
 from lossforge.functional.focal import *  # noqa: F403
+from lossforge.functional.lovasz import *  # noqa: F403
 from lossforge.functional.regression import *  # noqa: F403
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     *asymmetric.__all__,
     *balanced.__all__,
     *dice.__all__,
+    *lovasz.__all__,
     *regression.__all__,
     *box.__all__,
     *detection.__all__,

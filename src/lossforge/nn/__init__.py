@@ -5,9 +5,11 @@ from lossforge.nn import (
     balanced,
     box,
     classification,
+    combine,
     detection,
     dice,
     focal,
+    lovasz,
     regression,
 )
 from lossforge.nn._base import Loss
@@ -15,9 +17,11 @@ from lossforge.nn.asymmetric import *  # noqa: F403
 from lossforge.nn.balanced import *  # noqa: F403
 from lossforge.nn.box import *  # noqa: F403
 from lossforge.nn.classification import *  # noqa: F403
+from lossforge.nn.combine import *  # noqa: F403
 from lossforge.nn.detection import *  # noqa: F403
 from lossforge.nn.dice import *  # noqa: F403
 from lossforge.nn.focal import *  # noqa: F403
+from lossforge.nn.lovasz import *  # noqa: F403
 from lossforge.nn.regression import *  # noqa: F403
 
 __all__ = [
@@ -27,7 +31,9 @@ __all__ = [
     *asymmetric.__all__,
     *balanced.__all__,
     *dice.__all__,
+    *lovasz.__all__,
     *regression.__all__,
     *box.__all__,
     *detection.__all__,
+    *combine.__all__,
 ]
