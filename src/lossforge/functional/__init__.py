@@ -4,12 +4,21 @@ All functions are stateless, take ``(input, target)`` positionally and everythin
 and end in the shared weighting/reduction contract (``lossforge._reduction``).
 """
 
-from lossforge.functional import asymmetric, balanced, classification, dice, focal, regression
+from lossforge.functional import (
+    asymmetric,
+    balanced,
+    classification,
+    dice,
+    focal,
+    long_tail,
+    regression,
+)
 from lossforge.functional.asymmetric import *  # noqa: F403
 from lossforge.functional.balanced import *  # noqa: F403
 from lossforge.functional.classification import *  # noqa: F403
 from lossforge.functional.dice import *  # noqa: F403
 from lossforge.functional.focal import *  # noqa: F403
+from lossforge.functional.long_tail import *  # noqa: F403
 from lossforge.functional.regression import *  # noqa: F403
 
 __all__ = [
@@ -19,4 +28,5 @@ __all__ = [
     *balanced.__all__,
     *dice.__all__,
     *regression.__all__,
+    *long_tail.__all__,
 ]

@@ -1,12 +1,21 @@
 """Module forms of every loss: configuration in ``__init__``, one functional call in ``forward``."""
 
-from lossforge.nn import asymmetric, balanced, classification, dice, focal, regression
+from lossforge.nn import (
+    asymmetric,
+    balanced,
+    classification,
+    dice,
+    focal,
+    long_tail,
+    regression,
+)
 from lossforge.nn._base import Loss
 from lossforge.nn.asymmetric import *  # noqa: F403
 from lossforge.nn.balanced import *  # noqa: F403
 from lossforge.nn.classification import *  # noqa: F403
 from lossforge.nn.dice import *  # noqa: F403
 from lossforge.nn.focal import *  # noqa: F403
+from lossforge.nn.long_tail import *  # noqa: F403
 from lossforge.nn.regression import *  # noqa: F403
 
 __all__ = [
@@ -17,4 +26,5 @@ __all__ = [
     *balanced.__all__,
     *dice.__all__,
     *regression.__all__,
+    *long_tail.__all__,
 ]
