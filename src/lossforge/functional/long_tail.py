@@ -396,8 +396,8 @@ def poly1_cross_entropy(
     denominator, $\sum_i w_{y_i}$ for index targets). abhuse/polyloss-pytorch weights only the
     cross-entropy term and averages over every position; without class weights the two agree.
     $\epsilon \ge -1$ keeps the loss non-negative ($-\log p \ge 1 - p$); the paper tunes
-    $\epsilon \in [-1, \infty)$ (ImageNet: $\epsilon = 2$). $1 - p$ is ``-expm1(log_softmax)``,
-    exact near $p = 1$.
+    $\epsilon \in [-1, \infty)$ (ImageNet: $\epsilon = 2$). $1 - p$ is ``-expm1`` of the
+    ``log_softmax`` the cross-entropy uses.
 
     Args:
         logits: Unnormalised scores ``(N, C, d1, ..., dk)`` or unbatched ``(C,)``.
