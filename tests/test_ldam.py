@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 from _contract import LossCase, assert_close, contract_test_suite
+from _sync import no_host_reads
 from reference import long_tail as ref
 
 import lossforge as lf
@@ -222,12 +223,15 @@ def test_all_ignored_gives_zero_with_zero_grad() -> None:
     assert loss.item() == 0.0 and torch.all(x.grad == 0)
 
 
-def test_counts_on_the_device_without_value_checks() -> None:
-    # With value checks off the counts are never read on the host: the margins stay on device.
-    x, y = _index(5, torch.float32, torch.Generator().manual_seed(0))
-    with lf.value_checks(False):
-        got = F.ldam_loss(x, y, class_counts=torch.tensor(COUNTS4))
-    assert_close(got, F.ldam_loss(x, y, class_counts=COUNTS4), torch.float32)
+def test_no_host_sync_with_value_checks_off() -> None:
+    # The counts are never read on the host: the margins are computed on the logits' device.
+    x, y = _index_ignored(5, torch.float32, torch.Generator().manual_seed(0))
+    x.requires_grad_(True)
+    counts, cw = torch.tensor(COUNTS4), torch.tensor(CW4)
+    with lf.value_checks(False), no_host_reads():
+        got = F.ldam_loss(x, y, class_counts=counts, class_weight=cw)
+        got.backward()
+    assert_close(got, F.ldam_loss(x, y, class_counts=COUNTS4, class_weight=CW4), torch.float32)
 
 
 @pytest.mark.parametrize(

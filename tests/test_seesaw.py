@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as TF
 from _contract import LossCase, assert_close, contract_test_suite
+from _sync import no_host_reads
 from reference import long_tail as ref
 
 import lossforge as lf
@@ -369,6 +370,15 @@ def test_functional_rejects(kw: dict, exc: type, match: str) -> None:
     x, y = _index(3, torch.float32, torch.Generator().manual_seed(0))
     with pytest.raises(exc, match=match):
         F.seesaw_loss(x, y, **kw)
+
+
+def test_training_step_reads_nothing_on_the_host() -> None:
+    loss = lf.SeesawLoss(num_classes=3)
+    x = torch.randn(6, 3, requires_grad=True)
+    y = torch.tensor([0, 1, -100, 2, 0, 0])
+    with lf.value_checks(False), no_host_reads():
+        loss(x, y).backward()
+    assert loss.cum_samples.tolist() == [3, 1, 1]
 
 
 def test_training_step_compiles_without_graph_breaks() -> None:
