@@ -11,6 +11,7 @@ from lossforge.functional import (
     dice,
     focal,
     long_tail,
+    ohem,
     regression,
 )
 from lossforge.functional.asymmetric import *  # noqa: F403
@@ -19,6 +20,7 @@ from lossforge.functional.classification import *  # noqa: F403
 from lossforge.functional.dice import *  # noqa: F403
 from lossforge.functional.focal import *  # noqa: F403
 from lossforge.functional.long_tail import *  # noqa: F403
+from lossforge.functional.ohem import *  # noqa: F403
 from lossforge.functional.regression import *  # noqa: F403
 
 __all__ = [
@@ -29,4 +31,5 @@ __all__ = [
     *dice.__all__,
     *regression.__all__,
     *long_tail.__all__,
+    *ohem.__all__,
 ]

@@ -7,6 +7,7 @@ from lossforge.nn import (
     dice,
     focal,
     long_tail,
+    ohem,
     regression,
 )
 from lossforge.nn._base import Loss
@@ -16,6 +17,7 @@ from lossforge.nn.classification import *  # noqa: F403
 from lossforge.nn.dice import *  # noqa: F403
 from lossforge.nn.focal import *  # noqa: F403
 from lossforge.nn.long_tail import *  # noqa: F403
+from lossforge.nn.ohem import *  # noqa: F403
 from lossforge.nn.regression import *  # noqa: F403
 
 __all__ = [
@@ -27,4 +29,5 @@ __all__ = [
     *dice.__all__,
     *regression.__all__,
     *long_tail.__all__,
+    *ohem.__all__,
 ]
