@@ -353,6 +353,8 @@ def test_module_rejects_bad_batches_before_counting() -> None:
         loss(torch.randn(2, 3), torch.rand(2, 3))
     with pytest.raises(ValueError, match="target"):
         loss(torch.randn(2, 3), torch.tensor([0, 5]))
+    with pytest.raises(TypeError, match="forward keywords"):
+        loss(torch.randn(2, 3), torch.tensor([0, 1]), mask=torch.ones(2))
     assert loss.cum_samples.tolist() == [0, 0, 0]
 
 

@@ -360,7 +360,7 @@ def sigmoid_focal_loss(
             fn,
             logits,
             target,
-            loss=partial(_sigmoid_focal, gamma=gamma, alpha=alpha),
+            loss=partial(_sigmoid_focal, gamma=gamma, alpha=cast(float | None, alpha)),
             fused=Fused("sigmoid", "focal", {"alpha": alpha, "gamma": gamma}),
             ignore_index=ignore_index,
             weight=weight,

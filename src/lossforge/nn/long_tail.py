@@ -136,6 +136,10 @@ class SeesawLoss(Loss):
         task="single_label",
     )
     cum_samples: Tensor
+    p: float
+    q: float
+    eps: float
+    ignore_index: int | None
 
     def __init__(
         self,
@@ -200,8 +204,17 @@ class SeesawLoss(Loss):
         weight: Tensor | None = None,
         avg_factor: float | Tensor | None = None,
         reduction_override: str | None = None,
+        **inputs: Tensor | None,
     ) -> Tensor:
         """Count the batch (training mode), then :func:`lossforge.functional.seesaw_loss`."""
+        if inputs:
+            fail(
+                type(self).__name__,
+                "forward keywords",
+                "weight, avg_factor, reduction_override",
+                ", ".join(sorted(inputs)),
+                TypeError,
+            )
         reduction = self._resolve_reduction(reduction_override)
         if self.training:
             self._count(input, target)
@@ -215,7 +228,7 @@ class SeesawLoss(Loss):
                 eps=self.eps,
                 ignore_index=self.ignore_index,
                 weight=weight,
-                reduction=reduction,
+                reduction=reduction,  # type: ignore[arg-type]  # checked above
                 avg_factor=avg_factor,
             )
         )
