@@ -110,7 +110,8 @@ class Total(NamedTuple):
 
 class Unreduced(NamedTuple):
     """Returned by a loss's math whose ``"mean"`` has a loss-specific default denominator (used
-    when no ``avg_factor`` is given), e.g. OHEM's ``n_pos + k + eps``."""
+    when no ``avg_factor`` is given), e.g. OHEM's ``n_pos + k + eps``. In the softmax pipeline it
+    replaces the default (the summed class weights of the valid targets, or their count)."""
 
     loss: Tensor
     denominator: Tensor
@@ -297,7 +298,7 @@ def softmax(
     logits: object,
     target: object,
     *,
-    loss: Callable[[SoftmaxInput, bool], Tensor | Total],
+    loss: Callable[[SoftmaxInput, bool], Tensor | Total | Unreduced],
     ignore_index: int | None,
     weight: Tensor | None,
     reduction: str,
@@ -315,7 +316,8 @@ def softmax(
     Args:
         loss: ``loss(inputs, want_total)``: the per-position loss (the index target's shape,
             compute dtype), or ``Total`` of the valid positions when ``want_total`` (no element
-            weight) and index targets.
+            weight) and index targets, or ``Unreduced(loss, denominator)`` when its ``"mean"``
+            has a denominator of its own (hard-example mining: the selected positions).
         class_weight: Per-class weights (length ``C``, non-negative): with index targets and no
             ``avg_factor``, ``"mean"`` divides by the summed weights of the valid targets.
         class_factor: ``(C, like) -> (C,)`` per-class factors that do not enter the denominator.
@@ -366,6 +368,8 @@ def softmax(
     if w is not None and index and reduction == "mean" and avg is None:
         denominator = class_weight_denominator(w[st.index], st.valid)
     out = loss(inputs, reduction != "none" and weight is None and index)
+    if isinstance(out, Unreduced):
+        out, denominator = out
     if isinstance(out, Total):
         total = out.value
         if st.bad is not None:

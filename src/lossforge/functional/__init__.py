@@ -12,7 +12,9 @@ from lossforge.functional import (
     detection,
     dice,
     focal,
+    long_tail,
     lovasz,
+    ohem,
     regression,
 )
 from lossforge.functional.asymmetric import *  # noqa: F403
@@ -22,7 +24,9 @@ from lossforge.functional.classification import *  # noqa: F403
 from lossforge.functional.detection import *  # noqa: F403
 from lossforge.functional.dice import *  # noqa: F403
 from lossforge.functional.focal import *  # noqa: F403
+from lossforge.functional.long_tail import *  # noqa: F403
 from lossforge.functional.lovasz import *  # noqa: F403
+from lossforge.functional.ohem import *  # noqa: F403
 from lossforge.functional.regression import *  # noqa: F403
 
 __all__ = [
@@ -35,4 +39,6 @@ __all__ = [
     *regression.__all__,
     *box.__all__,
     *detection.__all__,
+    *long_tail.__all__,
+    *ohem.__all__,
 ]

@@ -37,6 +37,7 @@ from lossforge._params import (
     Count,
     NonNegative,
     Probability,
+    Weights,
     loss_function,
 )
 from lossforge._pipeline import Fused, SoftmaxInput
@@ -259,8 +260,9 @@ def sigmoid_focal_loss(
     logits: Tensor,
     target: Tensor,
     *,
-    alpha: Probability | None = 0.25,
+    alpha: Probability | ClassProbabilities | None = 0.25,
     gamma: NonNegative = 2.0,
+    pos_weight: NonNegative | Weights | None = None,
     ignore_index: int | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
@@ -281,9 +283,23 @@ def sigmoid_focal_loss(
     $\alpha_t$ as torchvision and mmdetection (``py_sigmoid_focal_loss``), so the values match
     ``torchvision.ops.sigmoid_focal_loss`` (with ``alpha=-1`` written ``None`` here) and mmdet.
 
+    ``alpha`` may also be a per-class sequence (or 1-d tensor) $(\alpha_c)$ of length $C$, lined
+    up with the class dimension (dim 1 of ``(N, C, *)`` logits, dim 0 of 1-d logits): class $c$'s
+    positives get $\alpha_c$ and its negatives $1 - \alpha_c$ (mmsegmentation's and MONAI's
+    per-class alpha). A positive-class weight $w_+$ (``pos_weight``) weights the positive term of
+    the cross-entropy, as in ``binary_cross_entropy_with_logits``:
+
+    $$
+    \ell = \alpha_t\,(1 - p_t)^{\gamma}\,
+        \bigl[-w_+\, y \log p - (1 - y) \log(1 - p)\bigr],
+    $$
+
+    which for hard targets is kornia's ``binary_focal_loss_with_logits(pos_weight=...)``.
+
     Special cases: ``gamma=0, alpha=None`` is ``binary_cross_entropy_with_logits`` (values and
-    gradients); ``alpha=0.5`` halves it; ``alpha=1`` keeps only the positive terms, ``alpha=0`` only
-    the negative ones. The loss is never larger than $\alpha_t \operatorname{BCE}$.
+    gradients, also with the same ``pos_weight``); ``alpha=0.5`` halves it; ``alpha=1`` keeps only
+    the positive terms, ``alpha=0`` only the negative ones. Without ``pos_weight`` the loss is never
+    larger than $\alpha_t \operatorname{BCE}$.
 
     Numerics: log terms from ``logsigmoid``, $1 - p_t$ from ``sigmoid(-x)`` / ``sigmoid(x)`` (no
     cancellation), float32 math for half inputs. Gradients stay finite for every $\gamma \ge 0$,
@@ -299,9 +315,14 @@ def sigmoid_focal_loss(
     Args:
         logits: Raw scores, ``(N, C, *)`` (any shape with dense targets).
         target: Dense targets in ``[0, 1]`` of the logits' shape, or class indices ``(N, *)``.
-        alpha: Weight of the positive class in ``[0, 1]``, negatives get ``1 - alpha``; ``None``
-            turns the weighting off (torchvision's ``alpha=-1``).
+        alpha: Weight of the positive class in ``[0, 1]``, negatives get ``1 - alpha``: a float,
+            or a per-class sequence / 1-d tensor of length ``C`` (the class dim); ``None`` turns
+            the weighting off (torchvision's ``alpha=-1``).
         gamma: Focusing parameter $\gamma \ge 0$.
+        pos_weight: Weight $w_+ \ge 0$ of the positive cross-entropy term (a number, list or
+            tensor), broadcast against the logits exactly as in PyTorch's
+            ``binary_cross_entropy_with_logits``: a ``(C,)`` vector lines up with the **last**
+            dimension; for ``(N, C, H, W)`` logits pass it as ``(C, 1, 1)``. ``None`` = 1.
         ignore_index: Ignored target value (dense: per element; indices: per row); ``None`` = off.
         weight: Element-wise weight: the logits' shape, its leading dims (``(N,)`` = per sample,
             as in mmdetection) or a same-rank broadcastable shape.
@@ -309,8 +330,8 @@ def sigmoid_focal_loss(
             ``"sum"``.
         avg_factor: Denominator of ``"mean"`` (e.g. the number of positive anchors).
         backend: ``"torch"`` | ``"auto"`` | ``"triton"``: the fused sigmoid kernel serves CUDA
-            float32 / float16 / bfloat16 logits; other cases fall back under ``"auto"`` and raise
-            under ``"triton"``.
+            float32 / float16 / bfloat16 logits with a float (or no) ``alpha`` and no
+            ``pos_weight``; other cases fall back under ``"auto"`` and raise under ``"triton"``.
 
     Returns:
         The logits' shape for ``"none"``, else a scalar; float32 (float64 for float64 logits).
@@ -327,13 +348,35 @@ def sigmoid_focal_loss(
         ...     torch.nn.functional.binary_cross_entropy_with_logits(
         ...         logits, torch.tensor([[1.0, 0, 0], [0, 0, 0]])).item())
         True
+        >>> sigmoid_focal_loss(logits, torch.tensor([0, 3]), alpha=[0.75, 0.25, 0.25],
+        ...                    pos_weight=2.0, reduction="sum")
+        tensor(0.9592)
     """
+    fn = "sigmoid_focal_loss"
+    from lossforge.functional import _focal_options as opt
+
+    if pos_weight is None and not opt.is_per_class(alpha):
+        return pipeline.sigmoid(
+            fn,
+            logits,
+            target,
+            loss=partial(_sigmoid_focal, gamma=gamma, alpha=cast(float | None, alpha)),
+            fused=Fused("sigmoid", "focal", {"alpha": alpha, "gamma": gamma}),
+            ignore_index=ignore_index,
+            weight=weight,
+            reduction=reduction,
+            avg_factor=avg_factor,
+            backend=backend,
+        )
+    # A per-class alpha or a pos_weight: the fused kernel does not serve them (it would need a
+    # [C] alpha vector and the pos_weight factor), so "triton" raises saying so.
+    opt.decline_kernel(fn, backend, logits)
     return pipeline.sigmoid(
-        "sigmoid_focal_loss",
+        fn,
         logits,
         target,
-        loss=partial(_sigmoid_focal, gamma=gamma, alpha=alpha),
-        fused=Fused("sigmoid", "focal", {"alpha": alpha, "gamma": gamma}),
+        loss=partial(opt.weighted_sigmoid_focal, gamma=gamma, base=_sigmoid_focal),
+        options=opt.focal_options(fn, alpha, pos_weight),
         ignore_index=ignore_index,
         weight=weight,
         reduction=reduction,

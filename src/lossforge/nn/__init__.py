@@ -9,7 +9,9 @@ from lossforge.nn import (
     detection,
     dice,
     focal,
+    long_tail,
     lovasz,
+    ohem,
     regression,
 )
 from lossforge.nn._base import Loss
@@ -21,7 +23,9 @@ from lossforge.nn.combine import *  # noqa: F403
 from lossforge.nn.detection import *  # noqa: F403
 from lossforge.nn.dice import *  # noqa: F403
 from lossforge.nn.focal import *  # noqa: F403
+from lossforge.nn.long_tail import *  # noqa: F403
 from lossforge.nn.lovasz import *  # noqa: F403
+from lossforge.nn.ohem import *  # noqa: F403
 from lossforge.nn.regression import *  # noqa: F403
 
 __all__ = [
@@ -35,5 +39,7 @@ __all__ = [
     *regression.__all__,
     *box.__all__,
     *detection.__all__,
+    *long_tail.__all__,
+    *ohem.__all__,
     *combine.__all__,
 ]
