@@ -68,7 +68,13 @@ class LossCase:
     mean_is_count: bool = True
     supports_weight: bool = True
     supports_avg_factor: bool = True
+    stateful: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, **overrides: Any) -> Any:
+        """The module; a stateful one in evaluation mode (its state then stays as built)."""
+        mod = self.module(**{**self.kwargs, **overrides})
+        return mod.eval() if self.stateful else mod
 
 
 def _inputs(
@@ -172,9 +178,10 @@ def contract_test_suite(cases: list[LossCase]) -> dict[str, Callable[..., None]]
     @param
     def test_gradcheck(case: LossCase) -> None:
         x, y = _inputs(case, n=3)
+        kwargs = {**case.kwargs, **case.extra.get("gradcheck_kwargs", {})}
         for reduction in ("none", "mean"):
             assert torch.autograd.gradcheck(
-                lambda inp, r=reduction: case.fn(inp, y, reduction=r, **case.kwargs),
+                lambda inp, r=reduction: case.fn(inp, y, reduction=r, **kwargs),
                 (x,),
                 eps=1e-6,
                 atol=1e-6,
@@ -226,9 +233,9 @@ def contract_test_suite(cases: list[LossCase]) -> dict[str, Callable[..., None]]
     @param
     def test_module_matches_functional(case: LossCase) -> None:
         x, y = _inputs(case)
-        mod = case.module(**case.kwargs)
+        mod = case.build()
         assert_close(mod(x, y), case.fn(x, y, **case.kwargs), torch.float64)
-        scaled = case.module(loss_weight=2.5, **case.kwargs)
+        scaled = case.build(loss_weight=2.5)
         assert_close(scaled(x, y), 2.5 * case.fn(x, y, **case.kwargs), torch.float64)
         assert_close(
             mod(x, y, reduction_override="sum"),
@@ -248,8 +255,8 @@ def contract_test_suite(cases: list[LossCase]) -> dict[str, Callable[..., None]]
 
     @param
     def test_module_state_repr_and_pickle(case: LossCase) -> None:
-        mod = case.module(**case.kwargs)
-        again = case.module(**case.kwargs)
+        mod = case.build()
+        again = case.build()
         again.load_state_dict(mod.state_dict())
         clone = pickle.loads(pickle.dumps(mod))
         deep = copy.deepcopy(mod)
@@ -263,7 +270,7 @@ def contract_test_suite(cases: list[LossCase]) -> dict[str, Callable[..., None]]
 
     @param
     def test_forward_writes_no_state(case: LossCase) -> None:
-        mod = case.module(**case.kwargs)
+        mod = case.build()
         before = dict(vars(mod))
         before_buffers = {k: v.clone() for k, v in mod.named_buffers()}
         x, y = _inputs(case)

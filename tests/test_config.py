@@ -29,7 +29,9 @@ NAMES = [info.name for info in list_losses()]
 
 
 def _required(info: Any) -> dict[str, Any]:
-    out = dict(NEEDS.get(info.name, {}))
+    # A loss declares the parameters its example needs (Traits.params); NEEDS covers third-party
+    # losses without traits.
+    out = dict(info.traits.params) if info.traits is not None else dict(NEEDS.get(info.name, {}))
     for name, default in info.params.items():
         if default is inspect.Parameter.empty:
             if name not in REQUIRED:

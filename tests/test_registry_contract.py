@@ -37,6 +37,8 @@ def _case(info: Any) -> LossCase:
         elementwise=False,
         extreme=t.logits,
         mean_is_count=t.mean_is_count,
+        stateful=t.stateful,
+        extra={"gradcheck_kwargs": dict(t.gradcheck_params)},
     )
 
 
@@ -71,6 +73,11 @@ def test_defaults_are_valid_and_modules_build_from_them(info: Any) -> None:
             domains[p.name].check(info.name, p.name, p.default)  # raises if a default is invalid
     mod = info.cls(**info.traits.params)
     assert repr(mod).startswith(info.cls.__name__)
+    assert (
+        info.traits.stateful
+        or not list(mod.buffers())
+        or all(name in info.cls.config for name, _ in mod.named_buffers())
+    ), "a module with buffers that are not configuration declares Traits(stateful=True)"
 
 
 def _alternatives(domain: Any, default: Any, c: int) -> list[Any]:

@@ -42,6 +42,12 @@ class Traits:
         mean_is_count: ``"mean"`` equals ``none.sum() / none.numel()`` on its example (false for
             losses with their own denominator, e.g. OHEM's ``n_pos + k + eps``).
         logits: The input is logits (so ``+-1e4`` is a meaningful stress test).
+        gradcheck_params: Parameters under which autograd's gradient is the derivative of the
+            value, for the finite-difference check, when the loss stops a gradient by design
+            (Seesaw's compensation factor uses detached scores, as the paper does).
+        stateful: The module keeps state that ``forward`` updates in training mode (documented
+            buffers: Seesaw's class counts); the shared tests run it in evaluation mode, where it
+            equals its function on the current state.
     """
 
     example: str
@@ -52,6 +58,8 @@ class Traits:
     sweep: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     mean_is_count: bool = True
     logits: bool = True
+    gradcheck_params: Mapping[str, Any] = field(default_factory=dict)
+    stateful: bool = False
 
     def __post_init__(self) -> None:
         if self.plot is not None and self.plot not in PLOT_FAMILIES:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, cast
+from collections.abc import Callable
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor
@@ -103,11 +104,21 @@ class _GHMLoss(Loss):
             setattr(self, key, domains[key].check(name, key, values[key]))
         self.register_buffer("acc_sum", torch.zeros(self.bins))
 
-    def _histogram(self, input: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
-        raise NotImplementedError
+    #: The batch histogram of the subclass's loss (``F.ghmc_histogram`` / ``F.ghmr_histogram``).
+    histogram: ClassVar[Callable[..., Tensor]]
 
-    def _call(self, input: Tensor, target: Tensor, **kw: object) -> Tensor:
-        raise NotImplementedError
+    def _options(self) -> dict[str, Any]:
+        """The configuration keywords the functional and the histogram share (all but momentum)."""
+        return {k: getattr(self, k) for k in type(self).config if k != "momentum"}
+
+    def _histogram(self, input: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
+        return type(self).histogram(input, target, weight=weight, **self._options())
+
+    def _call(self, input: Tensor, target: Tensor, **kw: Any) -> Tensor:
+        fn = type(self).functional
+        if fn is None:  # every GHM module declares its functional; keeps mypy's narrowing
+            fail(type(self).__name__, "functional", "a GHM loss function", None, TypeError)
+        return fn(input, target, **self._options(), **kw)
 
     def forward(
         self,
@@ -167,6 +178,7 @@ class GHMCLoss(
         example="sigmoid_index",
         params=_STATELESS,
         not_plotted="its weights come from the histogram of the whole batch",
+        stateful=True,
     ),
 ):
     """Gradient harmonizing classification loss with running bin counts (stateful).
@@ -202,6 +214,7 @@ class GHMCLoss(
 
     registry_name: ClassVar[str] = "ghmc"
     functional = staticmethod(F.ghmc_loss)
+    histogram = staticmethod(F.ghmc_histogram)
     config: ClassVar[tuple[str, ...]] = ("bins", "momentum", "ignore_index")
     ignore_index: int | None
 
@@ -217,20 +230,6 @@ class GHMCLoss(
         super().__init__(reduction=reduction, loss_weight=loss_weight)
         self._configure({"bins": bins, "momentum": momentum, "ignore_index": ignore_index})
 
-    def _histogram(self, input: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
-        return F.ghmc_histogram(
-            input, target, bins=self.bins, ignore_index=self.ignore_index, weight=weight
-        )
-
-    def _call(self, input: Tensor, target: Tensor, **kw: object) -> Tensor:
-        return F.ghmc_loss(
-            input,
-            target,
-            bins=self.bins,
-            ignore_index=self.ignore_index,
-            **kw,  # type: ignore[arg-type]
-        )
-
 
 class GHMRLoss(
     _GHMLoss,
@@ -239,6 +238,7 @@ class GHMRLoss(
         params=_STATELESS,
         not_plotted="its weights come from the histogram of the whole batch",
         logits=False,
+        stateful=True,
     ),
 ):
     """Gradient harmonizing regression loss with running bin counts (stateful).
@@ -261,6 +261,7 @@ class GHMRLoss(
 
     registry_name: ClassVar[str] = "ghmr"
     functional = staticmethod(F.ghmr_loss)
+    histogram = staticmethod(F.ghmr_histogram)
     config: ClassVar[tuple[str, ...]] = ("mu", "bins", "momentum")
     mu: float
 
@@ -275,9 +276,3 @@ class GHMRLoss(
     ) -> None:
         super().__init__(reduction=reduction, loss_weight=loss_weight)
         self._configure({"mu": mu, "bins": bins, "momentum": momentum})
-
-    def _histogram(self, input: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
-        return F.ghmr_histogram(input, target, mu=self.mu, bins=self.bins, weight=weight)
-
-    def _call(self, input: Tensor, target: Tensor, **kw: object) -> Tensor:
-        return F.ghmr_loss(input, target, mu=self.mu, bins=self.bins, **kw)  # type: ignore[arg-type]

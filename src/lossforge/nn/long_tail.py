@@ -129,11 +129,14 @@ class SeesawLoss(Loss):
     """
 
     registry_name = "seesaw"
+    functional = staticmethod(F.seesaw_loss)  # what forward calls (on the module's counts)
     traits = Traits(
         example="softmax_index",
-        params={"num_classes": 5},
+        params={"class_counts": [50.0, 20.0, 10.0, 5.0, 1.0]},
         not_plotted="the class counts are state accumulated over the training batches",
         task="single_label",
+        gradcheck_params={"q": 0.0},  # the compensation factor's scores are detached by design
+        stateful=True,
     )
     cum_samples: Tensor
     p: float
