@@ -10,6 +10,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test,triton,docs,lint]"
+# The peers the parity tests compare against, without their dependencies (they would pull another
+# torch, torchvision and timm); their tests skip when a peer is missing. Not dependencies of
+# lossforge.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+  "monai==1.6.1" "kornia==0.9.0" "kornia_rs==0.2.0" "segmentation-models-pytorch==0.6.0"
 # Every step runs even when an earlier one fails (a lint error must not hide a test failure); the
 # script fails at the end, naming the steps that failed.
 failed=()
