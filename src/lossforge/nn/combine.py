@@ -146,7 +146,7 @@ def _as_module(owner: str, name: str, loss: object) -> nn.Module:
         from lossforge.registry import build_loss
 
         try:
-            return build_loss(loss)  # type: ignore[no-any-return]
+            return build_loss(loss)
         except (ValueError, TypeError) as err:
             raise type(err)(f"{owner}: in losses[{name!r}]: {err}") from err
     kind = type(loss).__name__

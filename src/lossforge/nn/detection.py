@@ -98,7 +98,7 @@ class _GHMLoss(Loss):
     acc_sum: Tensor
 
     def _configure(self, values: dict[str, object]) -> None:
-        domains = signature_domains(type(self).functional)  # type: ignore[arg-type]
+        domains = signature_domains(type(self).functional)
         name = type(self).__name__
         for key in type(self).config:
             setattr(self, key, domains[key].check(name, key, values[key]))
