@@ -209,15 +209,42 @@ def _fwd_bwd(loss: Any) -> None:
 
 
 def cases() -> list[Case]:
-    """The production workloads of PERFORMANCE.md section 6 (``ci``: the representative subset)."""
+    """The production workloads of PERFORMANCE.md section 6 (``ci``: the representative subset).
+
+    Each case runs a public loss function with ``backend="triton"`` on meta tensors, so the launches
+    are the ones the pipeline makes (weight layout, denominators, target formats) for CUDA callers;
+    meta tensors are made kernel-eligible for the duration of the case.
+    """
     import torch
 
-    import lossforge.kernels as K
+    import lossforge._dispatch as dispatch
+    import lossforge.functional as LF
 
     f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
     i64 = torch.int64
     names = {f32: "fp32", bf16: "bf16", f16: "fp16"}
     out: list[Case] = []
+
+    class _Fused:
+        """``K.<loss>(...)``: the public function with ``backend="triton"``, meta tensors
+        eligible."""
+
+        def __getattr__(self, name: str) -> Callable[..., Any]:
+            fn = getattr(LF, name)
+
+            def call(*args: Any, per_sample: bool = False, **kwargs: Any) -> Any:
+                if name == "dice_loss":  # the kernel's per_sample is the functional's batch=False
+                    kwargs["batch"] = not per_sample
+                saved = dispatch._cpu_kernels
+                dispatch._cpu_kernels = True  # meta tensors count as kernel-eligible
+                try:
+                    return fn(*args, backend="triton", **kwargs)
+                finally:
+                    dispatch._cpu_kernels = saved
+
+            return call
+
+    K = _Fused()
 
     def add(name: str, dt: Any, fn: Callable[[], Any], ci: bool = False) -> None:
         out.append(Case(name, names[dt], lambda: _fwd_bwd(fn()), ci))

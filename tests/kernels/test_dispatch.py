@@ -1,35 +1,20 @@
 """The functionals' ``backend="auto"`` / ``"triton"`` branches reach the kernels and agree with
 ``backend="torch"``.
 
-``kernel_eligible`` says False for CPU tensors, so each family module's reference to it is patched
-to "eligible" and the kernels run on CPU through the interpreter: this exercises the dispatch code
-of every wired functional (argument mapping, target formats, denominators), not GPU numerics.
+This directory's conftest enters ``lossforge._dispatch.cpu_kernels()``, which makes CPU tensors
+kernel-eligible, so the kernels run through the interpreter: this exercises the pipeline's routing
+for every wired functional (argument mapping, target formats, denominators), not GPU numerics.
 """
 
 from __future__ import annotations
-
-import importlib
 
 import pytest
 import torch
 
 import lossforge.functional as LF
-from lossforge import _dispatch
+from tests.kernels._helpers import uses_kernel
 
 DEVICE = "cpu"
-
-
-@pytest.fixture
-def eligible(monkeypatch):
-    def fake(fn, backend, *tensors):
-        _dispatch.kernel_eligible(fn, "torch", *tensors)  # validates `backend` spelling only
-        return backend in ("auto", "triton")
-
-    for mod in ("classification", "focal", "asymmetric", "balanced", "dice", "regression"):
-        m = importlib.import_module(f"lossforge.functional.{mod}")
-        if hasattr(m, "kernel_eligible"):
-            monkeypatch.setattr(m, "kernel_eligible", fake)
-    return fake
 
 
 def _x(*shape, scale=3.0):
@@ -116,20 +101,6 @@ CASES = {
 }
 
 
-def _uses_kernel(out: torch.Tensor) -> bool:
-    """Whether the autograd graph of ``out`` contains one of the lossforge ops."""
-    seen, todo = set(), [out.grad_fn]
-    while todo:
-        f = todo.pop()
-        if f is None or f in seen:
-            continue
-        seen.add(f)
-        if "lossforge" in type(f).__name__:
-            return True
-        todo.extend(g for g, _ in f.next_functions)
-    return False
-
-
 def _available(name):
     # Families whose dispatch is not wired yet raise under "triton"; they are skipped here.
     return hasattr(LF, name)
@@ -137,7 +108,7 @@ def _available(name):
 
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("backend", ["auto", "triton"])
-def test_backend_matches_torch(case, backend, eligible):
+def test_backend_matches_torch(case, backend):
     name, make, kw = CASES[case]
     if not _available(name):
         pytest.skip(f"{name} not in lossforge.functional yet")
@@ -149,6 +120,6 @@ def test_backend_matches_torch(case, backend, eligible):
     out = fn(x, t, backend=backend, **kw)
     (g,) = torch.autograd.grad(out.sum() * 2.0, x)
     assert out.grad_fn is not None
-    assert _uses_kernel(out), f"{name}: backend={backend!r} did not run a lossforge kernel"
+    assert uses_kernel(out), f"{name}: backend={backend!r} did not run a lossforge kernel"
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g, 2.0 * g_ref, rtol=1e-5, atol=1e-6)

@@ -605,7 +605,6 @@ def _loss(
     denom: Denominator | None,
     label_smoothing: float = 0.0,
     gamma: float = 2.0,
-    max_single_pass_classes: int = SINGLE_PASS_MAX_C,
 ) -> Tensor:
     """Run a softmax loss through the fused kernel (validated and routed by
     ``lossforge._pipeline.softmax``).
@@ -619,8 +618,9 @@ def _loss(
         ignore_index: Ignored class index (index targets only).
         weight: The per-position weight's layout.
         reduce: ``False`` for ``reduction="none"``; ``denom``: the ``"mean"`` denominator or None.
-        max_single_pass_classes: padded class count up to which the one-pass variant is used (tests
-            lower it to exercise the online variant).
+
+    The one-pass variant serves padded class counts up to the module's ``SINGLE_PASS_MAX_C``
+    (read per call: tests lower it to exercise the online variant on small inputs).
 
     Returns:
         fp32 scalar, or the per-position loss (the target's shape) for ``reduce=False``.
@@ -657,7 +657,7 @@ def _loss(
         scale,
         float(label_smoothing),
         float(gamma),
-        int(max_single_pass_classes),
+        int(SINGLE_PASS_MAX_C),
         write_grad,
         None
         if logit_bias is None
