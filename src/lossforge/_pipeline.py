@@ -50,6 +50,7 @@ from lossforge._checks import (
     compute_dtype,
     fail,
     poison_out_of_range,
+    value_checks_enabled,
 )
 from lossforge._dispatch import kernel_eligible, unsupported
 from lossforge._reduction import (
@@ -142,16 +143,26 @@ class SoftmaxInput:
         return a if w is None else a * w
 
 
-def _grad_reason(*tensors: object) -> str | None:
-    """Why a kernel cannot give the gradients autograd expects (it differentiates the input
-    only)."""
-    for t in tensors:
-        if isinstance(t, Tensor):
-            if t.requires_grad:
-                return "a target, weight or per-class option that requires grad"
-            if fwAD.unpack_dual(t).tangent is not None:
+def _grad_reason(x: Tensor, *others: object) -> str | None:
+    """Why a kernel cannot give the gradients autograd expects: it differentiates the input ``x``
+    only, in reverse mode. ``others``: the target, weight, per-class options and ``avg_factor``."""
+    for t in others:
+        if isinstance(t, Tensor) and t.requires_grad:
+            return "a target, weight, per-class option or avg_factor that requires grad"
+    if fwAD._current_level >= 0:  # inside fwAD.dual_level(): dual tensors are possible
+        for t in (x, *others):
+            if isinstance(t, Tensor) and fwAD.unpack_dual(t).tangent is not None:
                 return "forward-mode AD (dual tensors)"
     return None
+
+
+def _check_strict_zero(fn: str, loss: Tensor, denom: Denominator | None) -> Tensor:
+    """The reference's value check of a zero ``avg_factor`` (``_reduction.divide``) on a fused
+    result: with value checks on, ``d == 0`` with a non-zero sum raises ``ValueError`` (the kernel
+    returned NaN for it); with them off the NaN stands."""
+    if denom is not None and denom.strict and value_checks_enabled(loss):
+        _reduction._check_zero_avg_factor(fn, loss.detach(), float(denom.value))
+    return loss
 
 
 def _kernel_module(fused: Fused) -> Any:
@@ -260,7 +271,7 @@ def _sigmoid_fused(
 ) -> Tensor | None:
     t, index = check_sigmoid_target(fn, x, target, ignore_index=ignore)
     kernels = _kernel_module(fused)
-    why = _grad_reason(t, weight, *fused.params.values()) or kernels._reason(
+    why = _grad_reason(x, t, weight, avg, *fused.params.values()) or kernels._reason(
         x, t, weight, **fused.params
     )
     if why is not None:
@@ -269,7 +280,7 @@ def _sigmoid_fused(
     wl = weight_layout(fn, weight, x.shape, x)
     valid = None if ignore is None else t != ignore  # a per-row mask stands for its C elements
     denom = _mean(reduction, avg, x.numel(), valid, x)
-    return kernels._loss(  # type: ignore[no-any-return]
+    out = kernels._loss(
         x,
         t,
         kind=fused.kind,
@@ -280,6 +291,7 @@ def _sigmoid_fused(
         denom=denom,
         **fused.params,
     )
+    return _check_strict_zero(fn, out, denom)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -404,7 +416,7 @@ def _softmax_fused(
 ) -> Tensor | None:
     kernels = _kernel_module(fused)
     t, index, cdim = check_softmax_target(fn, x, target, ignore_index=ignore)
-    why = _grad_reason(t, weight, class_weight) or kernels._reason(
+    why = _grad_reason(x, t, weight, class_weight, avg) or kernels._reason(
         x, t, kind=fused.kind, **fused.params
     )
     if why is not None:
@@ -416,7 +428,7 @@ def _softmax_fused(
     w = as_class_weight(fn, class_weight, c, x)
     a = None if class_factor is None else class_factor(c, x)
     bias = None if logit_bias is None else logit_bias(c, x)
-    why = _grad_reason(a, bias)
+    why = _grad_reason(x, a, bias)
     if why is not None:
         unsupported(fn, backend, why)  # type: ignore[arg-type]
         return None
@@ -431,7 +443,7 @@ def _softmax_fused(
             denominator = class_weight_denominator(w[safe], valid)
     numel = t.numel() if index else x.numel() // max(c, 1)
     denom = _mean(reduction, avg, numel, valid, x, denominator)
-    return kernels._loss(  # type: ignore[no-any-return]
+    out = kernels._loss(
         x,
         t,
         kind=fused.kind,
@@ -443,6 +455,7 @@ def _softmax_fused(
         denom=denom,
         **fused.params,
     )
+    return _check_strict_zero(fn, out, denom)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -481,18 +494,20 @@ def regression(
         _no_kernel(fn, backend, p)
     elif kernel_eligible(fn, backend, p):
         kernels = _kernel_module(fused)
-        why = _grad_reason(t, weight) or kernels._reason(p, t)
+        why = _grad_reason(p, t, weight, avg) or kernels._reason(p, t)
         if why is None:
             wl = weight_layout(fn, weight, p.shape, p)
-            return kernels._loss(  # type: ignore[no-any-return]
+            denom = _mean(reduction, avg, p.numel(), None, p)
+            out = kernels._loss(
                 p,
                 t,
                 kind=fused.kind,
                 weight=wl,
                 reduce=reduction != "none",
-                denom=_mean(reduction, avg, p.numel(), None, p),
+                denom=denom,
                 **fused.params,
             )
+            return _check_strict_zero(fn, out, denom)
         unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
     cdt = compute_dtype(p)
     pc, tc = p.to(cdt), t.to(cdt)
@@ -637,12 +652,14 @@ def _region_fused(
 ) -> Tensor | None:
     kernels = _kernel_module(fused)
     t = check_tensor(fn, "target", target)
-    why = None
-    if activation != "softmax":
+    why = _grad_reason(x, t, weight, avg, w)
+    if why is not None:
+        pass
+    elif activation != "softmax":
         why = f"activation={activation!r} (the dice kernel serves softmax)"
     elif w is not None or weight is not None or avg is not None or not include_background:
         why = "class_weight, weight, avg_factor or include_background=False"
-    why = why or _grad_reason(t) or kernels._reason(x, t, reduction)
+    why = why or kernels._reason(x, t, reduction)
     if why is None and batch and _reduction._denominator_hook is not None:
         why = "batch=True inside global_normalization() (the batch sums are all-reduced)"
     if why is not None:
