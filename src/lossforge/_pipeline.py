@@ -28,8 +28,8 @@ A fused kernel computes sums and gradients only: the pipeline hands it the weigh
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -165,8 +165,75 @@ def _check_strict_zero(fn: str, loss: Tensor, denom: Denominator | None) -> Tens
     return loss
 
 
-def _kernel_module(fused: Fused) -> Any:
-    return importlib.import_module(f"lossforge.kernels.{fused.family}")
+def _kernel_module(family: str) -> Any:
+    """The kernel family's module (imported on first use: never at ``import lossforge``). Plain
+    import statements, which ``torch.compile`` traces (``importlib.import_module`` it does not)."""
+    if family == "sigmoid":
+        from lossforge.kernels import sigmoid
+
+        return sigmoid
+    if family == "softmax":
+        from lossforge.kernels import softmax
+
+        return softmax
+    if family == "regression":
+        from lossforge.kernels import regression
+
+        return regression
+    if family == "dice":
+        from lossforge.kernels import dice
+
+        return dice
+    if family == "_common":
+        from lossforge.kernels import _common
+
+        return _common
+    raise ValueError(f"no kernel family {family!r}")
+
+
+# Host-valued options (lists, numbers) as device constants: ``_host_constant``.
+_CONSTANTS: OrderedDict[Hashable, Any] = OrderedDict()
+_CONSTANTS_MAX = 64
+
+
+def _frozen(v: object) -> Hashable:
+    """A hashable stand-in for a host value an option is built from (TypeError for anything
+    else: tensors, callables)."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (list, tuple)):
+        return (type(v).__name__, tuple(_frozen(a) for a in v))
+    raise TypeError(type(v).__name__)
+
+
+def _host_constant(option: Callable[..., Any], args: tuple[Any, ...], like: Tensor) -> Any:
+    """``option(*args, like)``, once per distinct host input, on the fused path.
+
+    The options that convert host values (a list ``class_weight`` / ``alpha`` / ``class_counts``,
+    a number ``pos_weight``) build a CPU tensor and copy it to the device on every call: a pageable
+    host-to-device copy, which synchronises the stream. ``option`` is a function of its arguments,
+    the values its closure holds and ``like``'s device and dtype, so its result is kept (a device
+    constant, never modified) and reused while those are the same. Options built from tensors are
+    called every time (nothing to copy). Not cached while ``torch.compile`` traces (the graph holds
+    the constant).
+    """
+    if torch.compiler.is_compiling():
+        return option(*args, like)
+    try:
+        cells = tuple(_frozen(c.cell_contents) for c in (option.__closure__ or ()))
+        checks = value_checks_enabled(like)
+        key = (option.__code__, cells, _frozen(args), like.device, like.dtype, checks)
+    except (TypeError, ValueError, AttributeError):
+        return option(*args, like)
+    hit = _CONSTANTS.get(key)
+    if hit is None:
+        hit = option(*args, like)
+        _CONSTANTS[key] = hit
+        if len(_CONSTANTS) > _CONSTANTS_MAX:
+            _CONSTANTS.popitem(last=False)
+    else:
+        _CONSTANTS.move_to_end(key)
+    return hit
 
 
 def _no_kernel(fn: str, backend: object, x: Tensor) -> None:
@@ -227,15 +294,15 @@ def sigmoid(
     """
     x = check_floating(fn, input_name, logits)
     avg = check_avg_factor(fn, avg_factor, reduction)
-    opts = {} if options is None else dict(options(x))
     if fused is None:
         _no_kernel(fn, backend, x)
     elif kernel_eligible(fn, backend, x):
-        if opts:
-            fused = Fused(fused.family, fused.kind, {**fused.params, **opts})
-        out = _sigmoid_fused(fn, backend, fused, x, target, ignore_index, weight, reduction, avg)
-        if out is not None:
-            return out
+        fused_out = _sigmoid_fused(
+            fn, backend, fused, options, x, target, ignore_index, weight, reduction, avg
+        )
+        if fused_out is not None:
+            return fused_out
+    opts = {} if options is None else dict(options(x))
     dt = sigmoid_target(fn, x, target, ignore_index=ignore_index)
     want_total = reduction != "none" and weight is None and dt.valid is None and dt.bad is None
     out = loss(x, dt, want_total, **opts)
@@ -262,6 +329,7 @@ def _sigmoid_fused(
     fn: str,
     backend: object,
     fused: Fused,
+    options: Callable[[Tensor], Mapping[str, Any]] | None,
     x: Tensor,
     target: object,
     ignore: int | None,
@@ -269,17 +337,32 @@ def _sigmoid_fused(
     reduction: str,
     avg: float | Tensor | None,
 ) -> Tensor | None:
-    t, index = check_sigmoid_target(fn, x, target, ignore_index=ignore)
-    kernels = _kernel_module(fused)
-    why = _grad_reason(x, t, weight, avg, *fused.params.values()) or kernels._reason(
-        x, t, weight, **fused.params
+    # Metadata only: a dense target's values are checked below without a full-size temporary.
+    t, index = check_sigmoid_target(fn, x, target, ignore_index=ignore, check_range=False)
+    params = dict(fused.params)
+    if options is not None:
+        params.update(_host_constant(options, (), x))
+    kernels = _kernel_module(fused.family)
+    why = _grad_reason(x, t, weight, avg, *params.values()) or kernels._reason(
+        x, t, weight, **params
     )
     if why is not None:
         unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
         return None
+    common = _kernel_module("_common")
+    dense_checked = not index and t.dtype != torch.bool and value_checks_enabled(t)
+    if dense_checked and int(common.count(t, ignore, out_of_unit=True)):
+        # one counting pass over the target found values outside [0, 1]; the reference's check
+        # reports them
+        check_unit_interval(fn, "target", t, ignore_value=ignore)
     wl = weight_layout(fn, weight, x.shape, x)
-    valid = None if ignore is None else t != ignore  # a per-row mask stands for its C elements
-    denom = _mean(reduction, avg, x.numel(), valid, x)
+    valid = denominator = None
+    if reduction == "mean" and avg is None and ignore is not None:
+        if index:
+            valid = t != ignore  # (N, *): a per-row mask stands for its C elements
+        else:
+            denominator = common.count(t, ignore)  # no full-size mask
+    denom = _mean(reduction, avg, x.numel(), valid, x, denominator)
     out = kernels._loss(
         x,
         t,
@@ -289,7 +372,7 @@ def _sigmoid_fused(
         ignore_index=ignore,
         reduce=reduction != "none",
         denom=denom,
-        **fused.params,
+        **params,
     )
     return _check_strict_zero(fn, out, denom)
 
@@ -344,7 +427,7 @@ def softmax(
     if fused is None:
         _no_kernel(fn, backend, x)
     elif kernel_eligible(fn, backend, x):
-        out = _softmax_fused(
+        fused_out = _softmax_fused(
             fn,
             backend,
             fused,
@@ -358,8 +441,8 @@ def softmax(
             class_factor,
             logit_bias,
         )
-        if out is not None:
-            return out
+        if fused_out is not None:
+            return fused_out
     st = softmax_target(fn, x, target, ignore_index=ignore_index)
     c = x.shape[st.cdim]
     w = as_class_weight(fn, class_weight, c, x)
@@ -414,7 +497,7 @@ def _softmax_fused(
     class_factor: ClassOption | None,
     logit_bias: ClassOption | None,
 ) -> Tensor | None:
-    kernels = _kernel_module(fused)
+    kernels = _kernel_module(fused.family)
     t, index, cdim = check_softmax_target(fn, x, target, ignore_index=ignore)
     why = _grad_reason(x, t, weight, class_weight, avg) or kernels._reason(
         x, t, kind=fused.kind, **fused.params
@@ -425,9 +508,10 @@ def _softmax_fused(
     c = x.shape[cdim]
     loss_shape = tuple(t.shape) if index else tuple(x.shape[:cdim]) + tuple(x.shape[cdim + 1 :])
     wl = weight_layout(fn, weight, loss_shape, x)
-    w = as_class_weight(fn, class_weight, c, x)
-    a = None if class_factor is None else class_factor(c, x)
-    bias = None if logit_bias is None else logit_bias(c, x)
+    # host values (lists, numbers) become device constants once, not a copy per call
+    w = _host_constant(as_class_weight, (fn, class_weight, c), x)
+    a = None if class_factor is None else _host_constant(class_factor, (c,), x)
+    bias = None if logit_bias is None else _host_constant(logit_bias, (c,), x)
     why = _grad_reason(x, a, bias)
     if why is not None:
         unsupported(fn, backend, why)  # type: ignore[arg-type]
@@ -435,12 +519,10 @@ def _softmax_fused(
     coef = w if a is None else (a if w is None else a * w)
     valid = None
     denominator = None
-    if index:
-        ign = ignore
-        valid = None if ign is None else t != ign
-        if w is not None and reduction == "mean" and avg is None:
-            safe = t.clamp(0, c - 1) if valid is None else torch.where(valid, t, 0).clamp(0, c - 1)
-            denominator = class_weight_denominator(w[safe], valid)
+    if index and reduction == "mean" and avg is None:
+        valid = None if ignore is None else t != ignore
+        if w is not None:  # (ignored positions are masked by `valid`: any class id will do)
+            denominator = class_weight_denominator(w[t.clamp(0, c - 1)], valid)
     numel = t.numel() if index else x.numel() // max(c, 1)
     denom = _mean(reduction, avg, numel, valid, x, denominator)
     out = kernels._loss(
@@ -493,7 +575,7 @@ def regression(
     if fused is None:
         _no_kernel(fn, backend, p)
     elif kernel_eligible(fn, backend, p):
-        kernels = _kernel_module(fused)
+        kernels = _kernel_module(fused.family)
         why = _grad_reason(p, t, weight, avg) or kernels._reason(p, t)
         if why is None:
             wl = weight_layout(fn, weight, p.shape, p)
@@ -573,16 +655,15 @@ def region(
         )
     if not include_background and c < 2:
         fail(fn, "include_background", "True when there is a single channel", include_background)
-    w = as_class_weight(fn, class_weight, c, x)
     if fused is not None and kernel_eligible(fn, backend, x):
-        out = _region_fused(
+        fused_out = _region_fused(
             fn,
             backend,
             fused,
             x,
             target,
             ignore_index,
-            w,
+            class_weight,
             include_background,
             batch,
             weight,
@@ -590,10 +671,11 @@ def region(
             avg,
             activation,
         )
-        if out is not None:
-            return out
+        if fused_out is not None:
+            return fused_out
     elif fused is None:
         _no_kernel(fn, backend, x)
+    w = as_class_weight(fn, class_weight, c, x)
     g, valid = region_target(fn, x, target, activation, ignore_index)
     z = x.to(compute_dtype(x))
     if activation == "softmax":
@@ -642,7 +724,7 @@ def _region_fused(
     x: Tensor,
     target: object,
     ignore: int | None,
-    w: Tensor | None,
+    class_weight: object,
     include_background: bool,
     batch: bool,
     weight: Tensor | None,
@@ -650,16 +732,14 @@ def _region_fused(
     avg: float | Tensor | None,
     activation: str,
 ) -> Tensor | None:
-    kernels = _kernel_module(fused)
+    kernels = _kernel_module(fused.family)
     t = check_tensor(fn, "target", target)
+    c = x.shape[1]
+    w = _host_constant(as_class_weight, (fn, class_weight, c), x)
     why = _grad_reason(x, t, weight, avg, w)
-    if why is not None:
-        pass
-    elif activation != "softmax":
+    if why is None and activation != "softmax":
         why = f"activation={activation!r} (the dice kernel serves softmax)"
-    elif w is not None or weight is not None or avg is not None or not include_background:
-        why = "class_weight, weight, avg_factor or include_background=False"
-    why = why or kernels._reason(x, t, reduction)
+    why = why or kernels._reason(x, t)
     if why is None and batch and _reduction._denominator_hook is not None:
         why = "batch=True inside global_normalization() (the batch sums are all-reduced)"
     if why is not None:
@@ -668,15 +748,40 @@ def _region_fused(
     if t.device != x.device:
         fail(fn, "target", f"on the device of `logits` ({x.device})", t.device)
     idx = as_index_target(fn, t)
-    c = x.shape[1]
     check_index_range(fn, idx, c, ignore_index=ignore)
-    total = kernels._loss(x, idx, per_sample=not batch, ignore_index=ignore, **fused.params)
-    if reduction == "sum":
-        return total  # type: ignore[no-any-return]
-    # "mean": the reference's denominator, the number of (sample, class) entries with a valid pixel.
-    if ignore is None:
-        count = torch.tensor(float(c * (1 if batch else x.shape[0])), device=x.device)
-    else:
-        keep = (idx != ignore).flatten(1).any(dim=1) if idx.ndim > 1 else idx != ignore
-        count = (keep.any() if batch else keep.sum()).to(torch.float32) * c
-    return finish_reduction(total, fn=fn, reduction="mean", numel=1, denominator=count)
+    first = 0 if include_background else 1
+    rows, cols = (1 if batch else x.shape[0]), c - first
+    loss_shape = (cols,) if batch else (rows, cols)
+    # Entry weights: class_weight x weight on the (rows, C) entries, 0 for a dropped background.
+    entry = None
+    if w is not None or weight is not None:
+        e = torch.ones(loss_shape, dtype=torch.float32, device=x.device)
+        if w is not None:
+            e = e * w[first:].to(torch.float32)
+        if weight is not None:
+            weight_layout(fn, weight, loss_shape, x)  # the reference's shape rules
+            e = e * _reduction.expand_weight(fn, weight, torch.Size(loss_shape), e)
+        e = e.reshape(rows, cols)
+        if first:
+            e = torch.cat([e.new_zeros(rows, first), e], dim=1)
+        entry = e.contiguous()
+    denom = None
+    if reduction == "mean":
+        count = None
+        if avg is None and ignore is not None:
+            # the reference's denominator: the entries with a valid pixel
+            keep = (idx != ignore).flatten(1).any(dim=1) if idx.ndim > 1 else idx != ignore
+            count = (keep.any() if batch else keep.sum()).to(torch.float32) * cols
+        denom = _mean("mean", avg, rows * cols, None, x, count)
+    out = kernels._loss(
+        x,
+        t,  # any integer dtype: the kernels read it as it is (no int64 copy)
+        entry_weight=entry,
+        include_background=include_background,
+        per_sample=not batch,
+        ignore_index=ignore,
+        reduce=reduction != "none",
+        denom=denom,
+        **fused.params,
+    )
+    return _check_strict_zero(fn, out, denom)

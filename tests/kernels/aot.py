@@ -292,6 +292,35 @@ def cases() -> list[Case]:
             ci=dt == f32,
         )
         add(
+            "DET bce dense ignore",
+            dt,
+            lambda dt=dt: K.binary_cross_entropy_with_logits(
+                _meta(det, dt, True), _meta(det, f32), ignore_index=-1
+            ),
+            ci=main,
+        )
+        add(
+            "DET sigmoid_focal g2 index weight[N]",
+            dt,
+            lambda dt=dt: K.sigmoid_focal_loss(
+                _meta(det, dt, True),
+                _meta(det[:1], i64),
+                alpha=0.25,
+                gamma=2.0,
+                ignore_index=-2,
+                weight=_meta(det[:1], f32),
+            ),
+            ci=main,
+        )
+        add(
+            "LVIS sigmoid_focal g2 index 1203",
+            dt,
+            lambda dt=dt: K.sigmoid_focal_loss(
+                _meta((100_000, 1203), dt, True), _meta((100_000,), i64), ignore_index=-2
+            ),
+            ci=main,
+        )
+        add(
             "DET bce none dense",
             dt,
             lambda dt=dt: K.binary_cross_entropy_with_logits(

@@ -165,7 +165,8 @@ def test_grid_puts_spatial_blocks_on_the_unbounded_axis(monkeypatch):
     x = torch.randn(3, 5, 5 * bs, device=DEVICE, requires_grad=True)  # 5 spatial blocks, 3 samples
     t = torch.randint(0, 5, (3, 5 * bs), device=DEVICE)
     dice_loss(x, t).backward()
-    assert grids and all(g == (5, 3) for g in grids), grids
+    # statistics and gradient passes (the one-program entry kernel reads the small sums)
+    assert [g for g in grids if g != (1,)] == [(5, 3), (5, 3)], grids
     big = torch.empty(K.MAX_GRID_Y + 1, 2, 1)
     assert "batch" in K._reason(big, torch.zeros(K.MAX_GRID_Y + 1, 1, dtype=torch.long))
     assert K._reason(big[: K.MAX_GRID_Y], torch.zeros(K.MAX_GRID_Y, 1, dtype=torch.long)) is None

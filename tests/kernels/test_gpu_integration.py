@@ -69,39 +69,6 @@ def test_torch_compile_fullgraph_matches_eager(i):
     torch.testing.assert_close(x.grad, g_ref)
 
 
-def test_opcheck_full():
-    x = torch.randn(8, 5, device="cuda", requires_grad=True)
-    y = torch.rand(8, 5, device="cuda")
-    args = (
-        x,
-        y,
-        None,
-        None,
-        None,
-        1,
-        False,
-        5,
-        1,
-        0,
-        1,
-        None,
-        True,
-        1 / 40,
-        0.25,
-        0.75,
-        2.0,
-        0.0,
-        0.0,
-        0.0,
-        0.0,
-        False,
-        True,
-        40.0,
-        1,
-    )
-    torch.library.opcheck(torch.ops.lossforge.sigmoid_fwd.default, args)
-
-
 @pytest.mark.parametrize("i", range(6))
 def test_bitwise_deterministic_30_runs(i):
     name, fn, x = _cases()[i]

@@ -155,26 +155,28 @@ CASES: dict[str, Case] = {
         "dice_loss", _seg(), {"ignore_index": 255, "squared": True, "smooth": 0.5}, region=True
     ),
     "dice_batch": Case("dice_loss", _seg(ignore=None), {"batch": True}, region=True),
+    "dice_cw_no_background": Case(
+        "dice_loss",
+        _seg(),
+        {"ignore_index": 255, "class_weight": [0.5, 1.0, 2.0, 3.0], "include_background": False},
+        region=True,
+    ),
     "l1": Case("l1_loss", _regression, dense_target=True),
     "smooth_l1": Case("smooth_l1_loss", _regression, {"beta": 0.5}, dense_target=True),
     "mse": Case("mse_loss", _regression, dense_target=True),
 }
 
 
-def expect_fused(
-    case: Case, *, scope: bool = False, avg: object = None, weight: object = None
-) -> bool:
+def expect_fused(case: Case, *, scope: bool = False) -> bool:
     """Whether the kernels serve this case (else "auto" falls back and "triton" raises)."""
-    if case.region:
-        if avg is not None or weight is not None:
-            return False  # dice's denominator is its entry count; weights are not fused
-        return not (scope and case.kw.get("batch", False))  # batch sums would be all-reduced
-    return True
+    # dice with batch=True inside the scope: the batch sums are all-reduced over the ranks
+    return not (case.region and scope and case.kw.get("batch", False))
 
 
 def _loss_shape(case: Case, x: Tensor, t: Tensor) -> tuple[int, ...]:
     if case.region:
-        return (x.shape[1],) if case.kw.get("batch") else (x.shape[0], x.shape[1])
+        cols = x.shape[1] - (0 if case.kw.get("include_background", True) else 1)
+        return (cols,) if case.kw.get("batch") else (x.shape[0], cols)
     return case.loss_shape(x, t) if case.loss_shape else tuple(x.shape)
 
 
@@ -220,7 +222,7 @@ def test_matches_torch(name: str, scope: bool, avg: str) -> None:
     a = AVG[avg]
     extra = {} if a is None else {"avg_factor": a}
     with global_normalization(scope, min_avg_factor=10.0):
-        _check(case, expect_fused(case, scope=scope, avg=a), x, t, **extra)
+        _check(case, expect_fused(case, scope=scope), x, t, **extra)
 
 
 @pytest.mark.parametrize("reduction", ["sum", "none"])
@@ -228,8 +230,7 @@ def test_matches_torch(name: str, scope: bool, avg: str) -> None:
 def test_other_reductions(name: str, reduction: str) -> None:
     case = CASES[name]
     x, t = case.make()
-    fused = not case.region or reduction == "sum"  # the dice kernel returns a total
-    _check(case, fused, x, t, reduction=reduction)
+    _check(case, True, x, t, reduction=reduction)
 
 
 def test_min_avg_factor_reaches_the_kernel() -> None:
@@ -248,8 +249,6 @@ def test_min_avg_factor_reaches_the_kernel() -> None:
 @pytest.mark.parametrize("name", list(CASES))
 def test_zero_avg_factor_with_a_non_zero_sum(name: str, checks: bool, zero: str) -> None:
     case = CASES[name]
-    if case.region:
-        pytest.skip("dice takes no avg_factor on the fused path (covered in test_matches_torch)")
     x, t = case.make()
     avg = torch.tensor(0.0) if zero == "tensor" else 0.0
     with value_checks(checks):
@@ -297,7 +296,7 @@ def test_weight_layouts(name: str, layout: str) -> None:
     if layout not in ws:
         pytest.skip(f"a 1-d loss has no {layout} weight")
     w = ws[layout]
-    _check(case, expect_fused(case, weight=w), x, t, weight=w)
+    _check(case, expect_fused(case), x, t, weight=w)
 
 
 def _grad_options(case: Case) -> list[str]:

@@ -319,43 +319,6 @@ def test_no_grad_skips_gradient():
     assert a.shape == ()
 
 
-def test_opcheck_schema_and_autograd_registration():
-    x = torch.randn(3, 5, device=DEVICE, requires_grad=True)
-    y = torch.rand(3, 5, device=DEVICE)
-    args = (
-        x,
-        y,
-        None,
-        None,
-        None,
-        1,
-        False,
-        5,
-        1,
-        0,
-        1,
-        None,
-        True,
-        1 / 15,
-        1.0,
-        1.0,
-        2.0,
-        0.0,
-        0.0,
-        0.0,
-        0.0,
-        False,
-        True,
-        15.0,
-        1,
-    )
-    utils = ("test_schema", "test_autograd_registration")
-    if torch.cuda.is_available():
-        utils = utils + ("test_faketensor", "test_aot_dispatch_dynamic")
-    res = torch.library.opcheck(torch.ops.lossforge.sigmoid_fwd.default, args, test_utils=utils)
-    assert all(v == "SUCCESS" for v in res.values()), res
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_detection_shape(dtype):
@@ -456,11 +419,3 @@ def test_family_matches_functional(name, target_kind, dtype):
     else:
         t = (torch.rand(9, 7, device=DEVICE) < 0.3).float()
     _vs_functional(ref, ker, x, t, dtype, label=f"functional-{ref_name}", **kw)
-
-
-def test_second_backward_raises_instead_of_double_scaling():
-    x = torch.randn(4, 5, device=DEVICE, requires_grad=True)
-    loss = fused("binary_cross_entropy_with_logits", x, torch.rand(4, 5, device=DEVICE))
-    loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="inplace"):
-        loss.backward()

@@ -243,17 +243,6 @@ def test_deterministic_bitwise():
     assert len({softmax_loss(x, t).item() for _ in range(3)}) == 1
 
 
-def test_opcheck_schema_and_autograd_registration():
-    x = torch.randn(3, 5, 1, device=DEVICE, requires_grad=True)
-    t = torch.randint(0, 5, (3,), device=DEVICE)
-    args = (x, t, None, None, None, 0, -100, True, 1 / 3, 0.0, 2.0, 16384, True, None, 3.0, 1)
-    utils = ("test_schema", "test_autograd_registration")
-    if torch.cuda.is_available():
-        utils = utils + ("test_faketensor", "test_aot_dispatch_dynamic")
-    res = torch.library.opcheck(torch.ops.lossforge.softmax_fwd.default, args, test_utils=utils)
-    assert all(v == "SUCCESS" for v in res.values()), res
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_segmentation_shape(dtype):

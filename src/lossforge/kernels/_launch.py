@@ -15,8 +15,6 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from lossforge._reduction import Denominator
-
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -85,21 +83,3 @@ def same_layout(ref: Tensor, *others: Tensor) -> tuple[Tensor, ...]:
             )
         out.append(o)
     return tuple(out)
-
-
-def denominator_args(denom: Denominator | None) -> tuple[float, Tensor | None, float, int]:
-    """The kernels' view of ``lossforge._reduction.Denominator``: ``(scale, scale_t, d, mode)``.
-
-    ``scale`` / ``scale_t``: the element gradients' factor ``1 / d`` (0 where ``d <= 0``) as a host
-    float, or on the device as element 0 of ``scale_t = [1 / d, d]`` when ``d`` is a device tensor
-    (no host sync); ``d``: the host denominator; ``mode``: 0 no mean, 1 mean, 2 mean with a strict
-    (``avg_factor``) denominator. The final stage (``_common.finish_sum``) divides by ``d``.
-    """
-    if denom is None:
-        return 1.0, None, 1.0, 0
-    mode = 2 if denom.strict else 1
-    s, s_t = denom.grad_scale()
-    if s_t is None:
-        return s, None, float(denom.value), mode  # type: ignore[arg-type]
-    d_t = denom.value.detach().to(device=s_t.device, dtype=torch.float32).reshape(1)  # type: ignore[union-attr]
-    return 1.0, torch.cat([s_t, d_t]), 0.0, mode
