@@ -35,14 +35,14 @@ from lossforge import _dispatch, value_checks
 from lossforge.kernels import _common
 from lossforge.kernels import dice as KD
 from lossforge.kernels import softmax as KS
-from tests.kernels._helpers import uses_kernel
+from tests.kernels._helpers import DEVICE, uses_kernel
 
 G = torch.Generator().manual_seed
 KERNEL_MODULES = ("sigmoid", "softmax", "regression", "dice", "_common")
 
 
-def _x(*shape: int, seed: int = 0) -> Tensor:
-    return torch.randn(*shape, generator=G(seed)) * 3
+def _x(*shape: int, seed: int = 0, device: str = "cpu") -> Tensor:
+    return (torch.randn(*shape, generator=G(seed)) * 3).to(device)
 
 
 def _index(n: int, c: int, *, background: bool = False, ignore: int | None = None) -> Tensor:
@@ -131,12 +131,14 @@ BIG = {ROWS: (512, 80), SEG: (4, 19, 32, 32), REG: (4096, 4)}
 
 
 def _call(name: str, x: Tensor, backend: str, **extra: Any) -> Tensor:
+    """The case's loss of ``x`` (targets made on the CPU, moved to ``x``'s device)."""
     fn, _, make, kw = CASES[name]
-    return fn(x, make(tuple(x.shape)), backend=backend, **{**kw(x.shape[1]), **extra})
+    t = make(tuple(x.shape)).to(x.device)
+    return fn(x, t, backend=backend, **{**kw(x.shape[1]), **extra})
 
 
 def _grad(name: str, backend: str, dtype: torch.dtype = torch.float32, **extra: Any) -> Tensor:
-    x = _x(*CASES[name][1]).to(dtype).requires_grad_()
+    x = _x(*CASES[name][1], device=DEVICE).to(dtype).requires_grad_()
     out = _call(name, x, backend, **extra)
     out.backward(torch.ones_like(out))
     return x.grad
@@ -152,7 +154,7 @@ def test_fp16_gradients_under_a_grad_scaler_factor(name: str) -> None:
     fused gradient must round once, like the reference: fp16(g * 65536 / d)."""
     grads = {}
     for backend in ("torch", "triton"):
-        x = _x(*CASES[name][1]).half().requires_grad_()
+        x = _x(*CASES[name][1], device=DEVICE).half().requires_grad_()
         out = _call(name, x, backend, avg_factor=float(2**20))
         out.backward(torch.full_like(out, 65536.0))
         grads[backend] = x.grad
@@ -173,15 +175,15 @@ AUTOGRAD_CASES = ["bce", "cross_entropy", "dice", "smooth_l1"]
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 @pytest.mark.parametrize("name", AUTOGRAD_CASES)
 def test_second_backward_through_a_retained_graph(name: str, reduction: str, dtype) -> None:
-    x = _x(*CASES[name][1]).to(dtype).requires_grad_()
+    x = _x(*CASES[name][1], device=DEVICE).to(dtype).requires_grad_()
     out = _call(name, x, "triton", reduction=reduction)
     assert uses_kernel(out)
-    go = torch.linspace(0.5, 2.0, out.numel()).reshape(out.shape)
+    go = torch.linspace(0.5, 2.0, out.numel(), device=DEVICE).reshape(out.shape)
     out.backward(go, retain_graph=True)
     first = x.grad.clone()
     out.backward(go)  # the saved gradient was not scaled in place: the same gradient again
     torch.testing.assert_close(x.grad, 2 * first)
-    xr = _x(*CASES[name][1]).to(dtype).requires_grad_()
+    xr = _x(*CASES[name][1], device=DEVICE).to(dtype).requires_grad_()
     _call(name, xr, "torch", reduction=reduction).backward(go)
     tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 2e-3, "atol": 1e-5}
     torch.testing.assert_close(first, xr.grad, **tol)
@@ -189,7 +191,7 @@ def test_second_backward_through_a_retained_graph(name: str, reduction: str, dty
 
 @pytest.mark.parametrize("name", AUTOGRAD_CASES)
 def test_create_graph_gives_first_derivatives_and_refuses_second(name: str) -> None:
-    x = _x(*CASES[name][1]).requires_grad_()
+    x = _x(*CASES[name][1], device=DEVICE).requires_grad_()
     (g,) = torch.autograd.grad(_call(name, x, "triton"), x, create_graph=True)
     torch.testing.assert_close(g.detach(), _grad(name, "torch"), rtol=1e-5, atol=1e-6)
     with pytest.raises(RuntimeError, match="first derivatives only"):
@@ -203,8 +205,8 @@ def test_create_graph_gives_first_derivatives_and_refuses_second(name: str) -> N
 
 @pytest.mark.parametrize("name", ["bce", "cross_entropy", "dice", "l1"])
 def test_forward_mode_ad_declines(name: str) -> None:
-    x = _x(*CASES[name][1])
-    v = torch.randn(x.shape, generator=G(9))
+    x = _x(*CASES[name][1], device=DEVICE)
+    v = torch.randn(x.shape, generator=G(9)).to(DEVICE)
     tangents = {}
     for backend in ("torch", "auto"):
         with fwAD.dual_level():
@@ -216,7 +218,7 @@ def test_forward_mode_ad_declines(name: str) -> None:
 
 
 def test_no_grad_returns_a_plain_loss() -> None:
-    x = _x(6, 5).requires_grad_()
+    x = _x(6, 5, device=DEVICE).requires_grad_()
     with torch.no_grad():
         out = _call("bce", x, "triton")
     assert out.grad_fn is None and not out.requires_grad
@@ -240,9 +242,10 @@ BAD_INDEX = {  # name -> (function, logits shape, an out-of-range value, kwargs)
 @pytest.mark.parametrize("name", list(BAD_INDEX))
 def test_out_of_range_indices_are_loud_on_every_path(name: str, checks: bool) -> None:
     fn, shape, value, kw = BAD_INDEX[name]
-    x = _x(*shape)
+    x = _x(*shape, device=DEVICE)
     t = _seg_target() if len(shape) == 4 else _index(6, 5)
     t.view(-1)[2] = value
+    t = t.to(DEVICE)
     with value_checks(checks):
         for backend in ("torch", "triton"):
             if checks:
@@ -284,6 +287,9 @@ def recorded_launches(monkeypatch: pytest.MonkeyPatch) -> Iterator[Launches]:
 
     for mod in KERNEL_MODULES:
         monkeypatch.setattr(importlib.import_module(f"lossforge.kernels.{mod}"), "wrap_triton", spy)
+    # nothing runs: CPU and meta tensors take the fused path on any machine
+    monkeypatch.setattr(_dispatch, "_cpu_kernels", True)
+    monkeypatch.setattr(_dispatch, "_cpu_min_numel", 0)
     yield rec
 
 
@@ -417,15 +423,16 @@ def test_host_ops_and_launches_per_call(name: str, monkeypatch: pytest.MonkeyPat
     assert ops <= max_ops, count.ops
 
 
-def test_auto_sends_tiny_inputs_to_the_torch_backend() -> None:
-    x = _x(6, 5).requires_grad_()
-    y = torch.rand(6, 5, generator=G(1))
-    with _dispatch.cpu_kernels(min_numel=31):
-        assert not uses_kernel(LF.binary_cross_entropy_with_logits(x, y, backend="auto"))
-        assert uses_kernel(LF.binary_cross_entropy_with_logits(x, y, backend="triton"))
-    with _dispatch.cpu_kernels(min_numel=30):
-        assert uses_kernel(LF.binary_cross_entropy_with_logits(x, y, backend="auto"))
+def test_auto_sends_tiny_inputs_to_the_torch_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = _x(6, 5, device=DEVICE).requires_grad_()
+    y = torch.rand(6, 5, generator=G(1)).to(DEVICE)
+    name = "AUTO_MIN_NUMEL" if DEVICE == "cuda" else "_cpu_min_numel"
     assert _dispatch.AUTO_MIN_NUMEL > 0
+    monkeypatch.setattr(_dispatch, name, 31)
+    assert not uses_kernel(LF.binary_cross_entropy_with_logits(x, y, backend="auto"))
+    assert uses_kernel(LF.binary_cross_entropy_with_logits(x, y, backend="triton"))
+    monkeypatch.setattr(_dispatch, name, 30)
+    assert uses_kernel(LF.binary_cross_entropy_with_logits(x, y, backend="auto"))
 
 
 COMPILE_CASES = ["bce", "cross_entropy", "dice", "smooth_l1"]
@@ -436,9 +443,9 @@ COMPILE_CASES = ["bce", "cross_entropy", "dice", "smooth_l1"]
 def test_torch_compile_fullgraph(name: str, dtype: torch.dtype) -> None:
     """The routing traces without a graph break and the kernels run through their custom ops."""
     fn, shape, make, kw = CASES[name]
-    t, options = make(shape), kw(shape[1])
+    t, options = make(shape).to(DEVICE), kw(shape[1])
     want = _grad(name, "triton", dtype)
-    xc = _x(*shape).to(dtype).requires_grad_()
+    xc = _x(*shape, device=DEVICE).to(dtype).requires_grad_()
     torch._dynamo.reset()
     compiled = torch.compile(
         lambda z: fn(z, t, backend="triton", **options), fullgraph=True, backend="aot_eager"
@@ -448,12 +455,12 @@ def test_torch_compile_fullgraph(name: str, dtype: torch.dtype) -> None:
 
 
 def test_opcheck_of_the_custom_ops() -> None:
-    x = _x(6, 5)
-    y = torch.rand(6, 5, generator=G(1))
+    x = _x(6, 5, device=DEVICE)
+    y = torch.rand(6, 5, generator=G(1)).to(DEVICE)
     sig_ints = [1, 0, 5, 1, 0, 1, 0, 0, 1, 0, 0, 1]
     sig_floats = [1 / 30, 30.0, 0.25, 0.75, 2.0, 0.0, 0.0, -1e30, 0.0]
-    seg = _x(2, 4, 9)
-    st = _seg_target().reshape(-1)
+    seg = _x(2, 4, 9, device=DEVICE)
+    st = _seg_target().reshape(-1).to(DEVICE)
     utils = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
     calls = [
         (torch.ops.lossforge.sigmoid, (x, y, None, None, None, None, None, sig_ints, sig_floats)),

@@ -33,7 +33,7 @@ from torch import Tensor
 import lossforge.functional as LF
 from lossforge import value_checks
 from lossforge.distributed import global_normalization
-from tests.kernels._helpers import uses_kernel
+from tests.kernels._helpers import DEVICE, uses_kernel
 
 G = torch.Generator().manual_seed
 
@@ -180,12 +180,23 @@ def _loss_shape(case: Case, x: Tensor, t: Tensor) -> tuple[int, ...]:
     return case.loss_shape(x, t) if case.loss_shape else tuple(x.shape)
 
 
+def _on_device(v: Any) -> Any:
+    """Inputs are made on the CPU (seeded) and run on the test device (a GPU when present)."""
+    if isinstance(v, Tensor):
+        return v.to(DEVICE)
+    if isinstance(v, dict):
+        return {k: _on_device(a) for k, a in v.items()}
+    return v
+
+
 def _run(case: Case, backend: str, x: Tensor, t: Tensor, **extra: Any) -> tuple[Tensor, ...]:
     """(loss, d loss / d leaves...) for the leaves that require grad: x, then t and extra."""
-    xg = x.detach().clone().requires_grad_()
-    out = getattr(LF, case.fn)(xg, t, backend=backend, **case.kw, **extra)
+    xg = x.detach().to(DEVICE).requires_grad_()
+    out = getattr(LF, case.fn)(
+        xg, _on_device(t), backend=backend, **_on_device(case.kw), **_on_device(extra)
+    )
     leaves = [xg] + [v for v in (t, *extra.values()) if isinstance(v, Tensor) and v.requires_grad]
-    go = torch.linspace(0.5, 1.5, out.numel()).reshape(out.shape)  # grad_output != 1
+    go = torch.linspace(0.5, 1.5, out.numel(), device=out.device).reshape(out.shape)
     grads = torch.autograd.grad(out, leaves, go, allow_unused=True)
     return (out.detach(), *grads, uses_kernel(out))
 
@@ -340,9 +351,9 @@ def test_requires_grad_declines(name: str, what: str) -> None:
     if what not in ("target", "weight", "avg_factor"):
         # a per-class option: its gradient is not among _run's leaves; check it directly
         opt = case.kw[what]
-        xg = x.detach().clone().requires_grad_()
-        (g_auto,) = torch.autograd.grad(getattr(LF, case.fn)(xg, t, backend="auto", **case.kw), opt)
-        (g_ref,) = torch.autograd.grad(getattr(LF, case.fn)(xg, t, **case.kw), opt)
+        xg, td, kw = x.to(DEVICE), _on_device(t), _on_device(case.kw)
+        (g_auto,) = torch.autograd.grad(getattr(LF, case.fn)(xg, td, backend="auto", **kw), opt)
+        (g_ref,) = torch.autograd.grad(getattr(LF, case.fn)(xg, td, **kw), opt)
         torch.testing.assert_close(g_auto, g_ref)
     with pytest.raises(ValueError, match="requires grad"):
         _run(case, "triton", x, t, **extra)
