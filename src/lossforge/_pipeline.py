@@ -40,7 +40,6 @@ from torch import Tensor
 from lossforge import _reduction
 from lossforge._checks import (
     as_class_weight,
-    as_index_target,
     check_floating,
     check_index_range,
     check_same_device,
@@ -747,8 +746,8 @@ def _region_fused(
         return None
     if t.device != x.device:
         fail(fn, "target", f"on the device of `logits` ({x.device})", t.device)
-    idx = as_index_target(fn, t)
-    check_index_range(fn, idx, c, ignore_index=ignore)
+    # kernels._reason accepted an integer target: used as it is (no int64 copy of a uint8 mask)
+    check_index_range(fn, t, c, ignore_index=ignore)
     first = 0 if include_background else 1
     rows, cols = (1 if batch else x.shape[0]), c - first
     loss_shape = (cols,) if batch else (rows, cols)
@@ -770,7 +769,7 @@ def _region_fused(
         count = None
         if avg is None and ignore is not None:
             # the reference's denominator: the entries with a valid pixel
-            keep = (idx != ignore).flatten(1).any(dim=1) if idx.ndim > 1 else idx != ignore
+            keep = (t != ignore).flatten(1).any(dim=1) if t.ndim > 1 else t != ignore
             count = (keep.any() if batch else keep.sum()).to(torch.float32) * cols
         denom = _mean("mean", avg, rows * cols, None, x, count)
     out = kernels._loss(

@@ -655,3 +655,25 @@ def test_no_host_sync_or_copy_on_the_auto_path(name: str, monkeypatch: pytest.Mo
         with _Transfers() as seen:
             call().backward()
     assert not seen.events, seen.events
+
+
+@pytest.mark.parametrize("tdtype", [torch.uint8, torch.int32])
+@pytest.mark.parametrize("name", ["dice", "softmax_focal", "sigmoid_focal"])
+def test_narrow_integer_targets_are_read_as_they_are(name: str, tdtype: torch.dtype) -> None:
+    """uint8 / int32 class maps (segmentation masks) go to the kernels without an int64 copy and
+    give the reference's values and gradients."""
+    fn, shape, make, kw = CASES[name]
+    t = make(shape)
+    if tdtype == torch.uint8:
+        t = torch.where(t < 0, 255, t)
+        kw = {**kw(shape[1]), "ignore_index": 255}
+    else:
+        kw = kw(shape[1])
+    t = t.to(tdtype).to(DEVICE)
+    grads = {}
+    for backend in ("torch", "triton"):
+        x = _x(*shape, device=DEVICE).requires_grad_()
+        out = fn(x, t, backend=backend, **kw)
+        out.backward()
+        grads[backend] = (out.detach(), x.grad)
+    torch.testing.assert_close(grads["triton"], grads["torch"], rtol=2e-5, atol=2e-6)
