@@ -44,9 +44,11 @@ from torch.library import custom_op, wrap_triton
 
 from lossforge._reduction import Denominator
 from lossforge.kernels._launch import (
+    cdiv,
     elementwise_block,
     elementwise_warps,
     is_dense,
+    next_pow2,
     persistent_programs,
 )
 
@@ -200,7 +202,7 @@ def finish_sum(partials: Tensor, d_t: Tensor | None, d: float, mode: int) -> Ten
     0-d fp32 tensor (one launch). ``mode``, ``d`` and ``d_t`` come from ``denominator_args``."""
     out = torch.empty((), dtype=torch.float32, device=partials.device)
     n = partials.numel()
-    block = min(max(triton.next_power_of_2(max(n, 1)), 128), MAX_PARTIALS)
+    block = min(max(next_pow2(max(n, 1)), 128), MAX_PARTIALS)
     wrap_triton(_finish_kernel)[(1,)](
         partials,
         d_t if d_t is not None else partials,
@@ -225,9 +227,9 @@ def count(target: Tensor, ignore_index: int | None, *, out_of_unit: bool = False
         target = target.view(torch.uint8)
     n = target.numel()
     block = elementwise_block()
-    n_tiles = triton.cdiv(n, block)
+    n_tiles = cdiv(n, block)
     tiles = tiles_per_program(n_tiles)
-    n_prog = max(triton.cdiv(n_tiles, tiles), 1)
+    n_prog = max(cdiv(n_tiles, tiles), 1)
     parts = torch.zeros(n_prog, dtype=torch.int32, device=target.device)
     if n:
         wrap_triton(_count_kernel)[(n_prog,)](
@@ -250,7 +252,7 @@ def scale_grad_(grad: Tensor, grad_output: Tensor) -> None:
     if n == 0:
         return
     block = elementwise_block()
-    grid = (persistent_programs(grad.device, triton.cdiv(n, block)),)
+    grid = (persistent_programs(grad.device, cdiv(n, block)),)
     wrap_triton(_scale_grad_kernel)[grid](
         grad, grad_output.reshape(1), n, BLOCK=block, num_warps=elementwise_warps()
     )

@@ -83,3 +83,14 @@ def same_layout(ref: Tensor, *others: Tensor) -> tuple[Tensor, ...]:
             )
         out.append(o)
     return tuple(out)
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for ints (``triton.cdiv`` is a constexpr-function wrapper costing about 10
+    us of host time per call)."""
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= ``n`` (1 for ``n <= 1``), as ``triton.next_power_of_2``."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()

@@ -32,7 +32,7 @@ from torch.library import wrap_triton
 
 from lossforge._reduction import Denominator
 from lossforge.kernels._common import declare, denominator_args, grad_factor, run
-from lossforge.kernels._launch import KERNEL_DTYPES, interpreting
+from lossforge.kernels._launch import KERNEL_DTYPES, cdiv, interpreting, next_pow2
 
 __all__: list[str] = []  # private: reached through lossforge._pipeline.region
 
@@ -249,7 +249,7 @@ INT32_OFFSETS = 2**31 - 1
 
 
 def _blocks(c: int) -> tuple[int, int, int]:
-    bc = triton.next_power_of_2(max(c, 1))
+    bc = next_pow2(max(c, 1))
     tile = 256 if interpreting() else 4096
     bs = max(1, tile // bc)
     return bs, bc, (4 if bc * bs <= 4096 else 8)
@@ -287,7 +287,7 @@ def _launch(x, t, e, state, _b, d, go, ints, floats, write_grad):  # noqa: ANN00
     """
     nb, c, s_len = x.shape
     bs, bc, warps = _blocks(c)
-    n_sb = triton.cdiv(s_len, bs)
+    n_sb = cdiv(s_len, bs)
     has_ignore = bool(ints[_HAS_IGNORE])
     squared = bool(ints[_SQUARED])
     per_sample = bool(ints[_PER_SAMPLE])
@@ -354,7 +354,7 @@ def _launch(x, t, e, state, _b, d, go, ints, floats, write_grad):  # noqa: ANN00
     sums = stats.sum(dim=(0, 1)).unsqueeze(0) if not per_sample else stats.sum(dim=1)
     state = x.new_empty((2, rows, c), dtype=torch.float32)
     out = x.new_empty(() if reduce else (rows, c - first), dtype=torch.float32)
-    block_c = triton.next_power_of_2(max(c, 1))
+    block_c = next_pow2(max(c, 1))
     wrap_triton(_dice_entry_kernel)[(1,)](
         sums,
         e if e is not None else sums,

@@ -29,6 +29,7 @@ from lossforge.kernels._common import (
 )
 from lossforge.kernels._launch import (
     KERNEL_DTYPES,
+    cdiv,
     elementwise_block,
     elementwise_warps,
     same_layout,
@@ -132,9 +133,9 @@ def _launch(x, t, w, _a, _b, d, go, ints, floats, write_grad):  # noqa: ANN001, 
     """The kernel launches of one regression loss: ``(loss, grad)`` as in the sigmoid family."""
     n = x.numel()
     block = elementwise_block()
-    n_tiles = triton.cdiv(n, block)
+    n_tiles = cdiv(n, block)
     tiles = tiles_per_program(n_tiles)
-    n_prog = max(triton.cdiv(n_tiles, tiles), 1)
+    n_prog = max(cdiv(n_tiles, tiles), 1)
     reduce, backward = bool(ints[_REDUCE]), go is not None
     grad = torch.empty_like(x) if write_grad else x.new_empty(0)
     parts = x.new_empty(n_prog if reduce and not backward else 0, dtype=torch.float32)

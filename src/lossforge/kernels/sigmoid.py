@@ -49,9 +49,11 @@ from lossforge.kernels._common import (
 )
 from lossforge.kernels._launch import (
     KERNEL_DTYPES,
+    cdiv,
     elementwise_block,
     elementwise_warps,
     fast_math,
+    next_pow2,
     same_layout,
 )
 
@@ -357,7 +359,7 @@ _S, _D, _PPOS, _PNEG, _GPOS, _GNEG, _CLIP, _LOGEPS, _SMOOTH = range(9)
 
 def _rows_mode(ints: list[int] | tuple[int, ...], block: int) -> tuple[bool, int]:
     c, inner = ints[_C], ints[_INNER]
-    block_c = triton.next_power_of_2(max(c, 1))
+    block_c = next_pow2(max(c, 1))
     per_class = bool(ints[_INDEX]) or ints[_PW] == 1
     w_ok = ints[_WMODE] != WeightLayout.LEADING or ints[_WINNER] in (1, c)
     return per_class and inner == 1 and block_c <= block and w_ok, block_c
@@ -385,9 +387,9 @@ def _launch(x, t, w, pw, _b, d, go, ints, floats, write_grad):  # noqa: ANN001, 
     block = elementwise_block()
     rows_mode, block_c = _rows_mode(ints, block)
     unit = max(block // block_c * c, 1) if rows_mode else block  # elements per tile
-    n_tiles = triton.cdiv(n, unit)
+    n_tiles = cdiv(n, unit)
     tiles = tiles_per_program(n_tiles)
-    n_prog = max(triton.cdiv(n_tiles, tiles), 1)
+    n_prog = max(cdiv(n_tiles, tiles), 1)
     reduce, backward = bool(ints[_REDUCE]), go is not None
     dev = x.device
     grad = torch.empty_like(x) if write_grad else x.new_empty(0)

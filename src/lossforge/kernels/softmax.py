@@ -45,7 +45,7 @@ from lossforge.kernels._common import (
     grad_factor,
     run,
 )
-from lossforge.kernels._launch import KERNEL_DTYPES, interpreting
+from lossforge.kernels._launch import KERNEL_DTYPES, cdiv, interpreting, next_pow2
 
 __all__: list[str] = []  # private: reached through lossforge._pipeline.softmax
 
@@ -443,7 +443,7 @@ def _blocks(c: int, max_single: int, class_contiguous: bool = False) -> tuple[bo
     class weights + smoothing and softmax focal (tests/kernels/aot.py). 64 rows x 8 warps keeps it
     at 8 rows a thread (110-150 registers, no spills).
     """
-    bc = triton.next_power_of_2(max(c, 1))
+    bc = next_pow2(max(c, 1))
     tile = 256 if interpreting() else 4096
     if bc <= max_single:
         bp = max(1, tile // bc)
@@ -497,7 +497,7 @@ def _launch(x, t, w, cw, bias, d, go, ints, floats, write_grad):  # noqa: ANN001
     nb, c, s_len = x.shape
     p_total = nb * s_len
     single, bp, bc, warps = _blocks(c, ints[_MAX_SINGLE], x.stride(1) == 1)
-    n_prog = max(triton.cdiv(p_total, bp), 1)
+    n_prog = max(cdiv(p_total, bp), 1)
     reduce, backward = bool(ints[_REDUCE]), go is not None
     grad = torch.empty_like(x) if write_grad else x.new_empty(0)
     gstride = grad.stride() if write_grad else (0, 0, 0)
