@@ -207,15 +207,42 @@ def _fwd_bwd(loss: Any) -> None:
 
 
 def cases() -> list[Case]:
-    """The production workloads of PERFORMANCE.md section 6 (``ci``: the representative subset)."""
+    """The production workloads of PERFORMANCE.md section 6 (``ci``: the representative subset).
+
+    Each case runs a public loss function with ``backend="triton"`` on meta tensors, so the launches
+    are the ones the pipeline makes (weight layout, denominators, target formats) for CUDA callers;
+    meta tensors are made kernel-eligible for the duration of the case.
+    """
     import torch
 
-    import lossforge.kernels as K
+    import lossforge._dispatch as dispatch
+    import lossforge.functional as LF
 
     f32, bf16, f16 = torch.float32, torch.bfloat16, torch.float16
     i64 = torch.int64
     names = {f32: "fp32", bf16: "bf16", f16: "fp16"}
     out: list[Case] = []
+
+    class _Fused:
+        """``K.<loss>(...)``: the public function with ``backend="triton"``, meta tensors
+        eligible."""
+
+        def __getattr__(self, name: str) -> Callable[..., Any]:
+            fn = getattr(LF, name)
+
+            def call(*args: Any, per_sample: bool = False, **kwargs: Any) -> Any:
+                if name == "dice_loss":  # the kernel's per_sample is the functional's batch=False
+                    kwargs["batch"] = not per_sample
+                saved = dispatch._cpu_kernels
+                dispatch._cpu_kernels = True  # meta tensors count as kernel-eligible
+                try:
+                    return fn(*args, backend="triton", **kwargs)
+                finally:
+                    dispatch._cpu_kernels = saved
+
+            return call
+
+    K = _Fused()
 
     def add(name: str, dt: Any, fn: Callable[[], Any], ci: bool = False) -> None:
         out.append(Case(name, names[dt], lambda: _fwd_bwd(fn()), ci))
@@ -261,6 +288,35 @@ def cases() -> list[Case]:
                 _meta(det, dt, True), _meta(det, f32), pos_weight=_meta((80,), f32)
             ),
             ci=dt == f32,
+        )
+        add(
+            "DET bce dense ignore",
+            dt,
+            lambda dt=dt: K.binary_cross_entropy_with_logits(
+                _meta(det, dt, True), _meta(det, f32), ignore_index=-1
+            ),
+            ci=main,
+        )
+        add(
+            "DET sigmoid_focal g2 index weight[N]",
+            dt,
+            lambda dt=dt: K.sigmoid_focal_loss(
+                _meta(det, dt, True),
+                _meta(det[:1], i64),
+                alpha=0.25,
+                gamma=2.0,
+                ignore_index=-2,
+                weight=_meta(det[:1], f32),
+            ),
+            ci=main,
+        )
+        add(
+            "LVIS sigmoid_focal g2 index 1203",
+            dt,
+            lambda dt=dt: K.sigmoid_focal_loss(
+                _meta((100_000, 1203), dt, True), _meta((100_000,), i64), ignore_index=-2
+            ),
+            ci=main,
         )
         add(
             "DET bce none dense",

@@ -28,9 +28,9 @@ A fused kernel computes sums and gradients only: the pipeline hands it the weigh
 
 from __future__ import annotations
 
-import importlib
 import math
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -41,7 +41,6 @@ from torch import Tensor
 from lossforge import _reduction
 from lossforge._checks import (
     as_class_weight,
-    as_index_target,
     check_floating,
     check_index_range,
     check_same_device,
@@ -51,6 +50,7 @@ from lossforge._checks import (
     compute_dtype,
     fail,
     poison_out_of_range,
+    value_checks_enabled,
 )
 from lossforge._dispatch import kernel_eligible, unsupported
 from lossforge._reduction import (
@@ -146,20 +146,97 @@ class SoftmaxInput:
         return a if w is None else a * w
 
 
-def _grad_reason(*tensors: object) -> str | None:
-    """Why a kernel cannot give the gradients autograd expects (it differentiates the input
-    only)."""
-    for t in tensors:
-        if isinstance(t, Tensor):
-            if t.requires_grad:
-                return "a target, weight or per-class option that requires grad"
-            if fwAD.unpack_dual(t).tangent is not None:
+def _grad_reason(x: Tensor, *others: object) -> str | None:
+    """Why a kernel cannot give the gradients autograd expects: it differentiates the input ``x``
+    only, in reverse mode. ``others``: the target, weight, per-class options and ``avg_factor``."""
+    for t in others:
+        if isinstance(t, Tensor) and t.requires_grad:
+            return "a target, weight, per-class option or avg_factor that requires grad"
+    if fwAD._current_level >= 0:  # inside fwAD.dual_level(): dual tensors are possible
+        for t in (x, *others):
+            if isinstance(t, Tensor) and fwAD.unpack_dual(t).tangent is not None:
                 return "forward-mode AD (dual tensors)"
     return None
 
 
-def _kernel_module(fused: Fused) -> Any:
-    return importlib.import_module(f"lossforge.kernels.{fused.family}")
+def _check_strict_zero(fn: str, loss: Tensor, denom: Denominator | None) -> Tensor:
+    """The reference's value check of a zero ``avg_factor`` (``_reduction.divide``) on a fused
+    result: with value checks on, ``d == 0`` with a non-zero sum raises ``ValueError`` (the kernel
+    returned NaN for it); with them off the NaN stands."""
+    if denom is not None and denom.strict and value_checks_enabled(loss):
+        _reduction._check_zero_avg_factor(fn, loss.detach(), float(denom.value))
+    return loss
+
+
+def _kernel_module(family: str) -> Any:
+    """The kernel family's module (imported on first use: never at ``import lossforge``). Plain
+    import statements, which ``torch.compile`` traces (``importlib.import_module`` it does not)."""
+    if family == "sigmoid":
+        from lossforge.kernels import sigmoid
+
+        return sigmoid
+    if family == "softmax":
+        from lossforge.kernels import softmax
+
+        return softmax
+    if family == "regression":
+        from lossforge.kernels import regression
+
+        return regression
+    if family == "dice":
+        from lossforge.kernels import dice
+
+        return dice
+    if family == "_common":
+        from lossforge.kernels import _common
+
+        return _common
+    raise ValueError(f"no kernel family {family!r}")
+
+
+# Host-valued options (lists, numbers) as device constants: ``_host_constant``.
+_CONSTANTS: OrderedDict[Hashable, Any] = OrderedDict()
+_CONSTANTS_MAX = 64
+
+
+def _frozen(v: object) -> Hashable:
+    """A hashable stand-in for a host value an option is built from (TypeError for anything
+    else: tensors, callables)."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (list, tuple)):
+        return (type(v).__name__, tuple(_frozen(a) for a in v))
+    raise TypeError(type(v).__name__)
+
+
+def _host_constant(option: Callable[..., Any], args: tuple[Any, ...], like: Tensor) -> Any:
+    """``option(*args, like)``, once per distinct host input, on the fused path.
+
+    The options that convert host values (a list ``class_weight`` / ``alpha`` / ``class_counts``,
+    a number ``pos_weight``) build a CPU tensor and copy it to the device on every call: a pageable
+    host-to-device copy, which synchronises the stream. ``option`` is a function of its arguments,
+    the values its closure holds and ``like``'s device and dtype, so its result is kept (a device
+    constant, never modified) and reused while those are the same. Options built from tensors are
+    called every time (nothing to copy). Not cached while ``torch.compile`` traces (the graph holds
+    the constant).
+    """
+    if torch.compiler.is_compiling():
+        return option(*args, like)
+    try:
+        cells = tuple(_frozen(c.cell_contents) for c in (option.__closure__ or ()))
+        checks = value_checks_enabled(like)
+        key = (option.__code__, cells, _frozen(args), like.device, like.dtype, checks)
+    except (TypeError, ValueError, AttributeError):
+        return option(*args, like)
+    hit = _CONSTANTS.get(key)
+    if hit is None:
+        hit = option(*args, like)
+        _CONSTANTS[key] = hit
+        if len(_CONSTANTS) > _CONSTANTS_MAX:
+            _CONSTANTS.popitem(last=False)
+    else:
+        _CONSTANTS.move_to_end(key)
+    return hit
 
 
 def _no_kernel(fn: str, backend: object, x: Tensor) -> None:
@@ -220,15 +297,15 @@ def sigmoid(
     """
     x = check_floating(fn, input_name, logits)
     avg = check_avg_factor(fn, avg_factor, reduction)
-    opts = {} if options is None else dict(options(x))
     if fused is None:
         _no_kernel(fn, backend, x)
     elif kernel_eligible(fn, backend, x):
-        if opts:
-            fused = Fused(fused.family, fused.kind, {**fused.params, **opts})
-        out = _sigmoid_fused(fn, backend, fused, x, target, ignore_index, weight, reduction, avg)
-        if out is not None:
-            return out
+        fused_out = _sigmoid_fused(
+            fn, backend, fused, options, x, target, ignore_index, weight, reduction, avg
+        )
+        if fused_out is not None:
+            return fused_out
+    opts = {} if options is None else dict(options(x))
     dt = sigmoid_target(fn, x, target, ignore_index=ignore_index)
     want_total = reduction != "none" and weight is None and dt.valid is None and dt.bad is None
     out = loss(x, dt, want_total, **opts)
@@ -255,6 +332,7 @@ def _sigmoid_fused(
     fn: str,
     backend: object,
     fused: Fused,
+    options: Callable[[Tensor], Mapping[str, Any]] | None,
     x: Tensor,
     target: object,
     ignore: int | None,
@@ -262,18 +340,33 @@ def _sigmoid_fused(
     reduction: str,
     avg: float | Tensor | None,
 ) -> Tensor | None:
-    t, index = check_sigmoid_target(fn, x, target, ignore_index=ignore)
-    kernels = _kernel_module(fused)
-    why = _grad_reason(t, weight, *fused.params.values()) or kernels._reason(
-        x, t, weight, **fused.params
+    # Metadata only: a dense target's values are checked below without a full-size temporary.
+    t, index = check_sigmoid_target(fn, x, target, ignore_index=ignore, check_range=False)
+    params = dict(fused.params)
+    if options is not None:
+        params.update(_host_constant(options, (), x))
+    kernels = _kernel_module(fused.family)
+    why = _grad_reason(x, t, weight, avg, *params.values()) or kernels._reason(
+        x, t, weight, **params
     )
     if why is not None:
         unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
         return None
+    common = _kernel_module("_common")
+    dense_checked = not index and t.dtype != torch.bool and value_checks_enabled(t)
+    if dense_checked and int(common.count(t, ignore, out_of_unit=True)):
+        # one counting pass over the target found values outside [0, 1]; the reference's check
+        # reports them
+        check_unit_interval(fn, "target", t, ignore_value=ignore)
     wl = weight_layout(fn, weight, x.shape, x)
-    valid = None if ignore is None else t != ignore  # a per-row mask stands for its C elements
-    denom = _mean(reduction, avg, x.numel(), valid, x)
-    return kernels._loss(  # type: ignore[no-any-return]
+    valid = denominator = None
+    if reduction == "mean" and avg is None and ignore is not None:
+        if index:
+            valid = t != ignore  # (N, *): a per-row mask stands for its C elements
+        else:
+            denominator = common.count(t, ignore)  # no full-size mask
+    denom = _mean(reduction, avg, x.numel(), valid, x, denominator)
+    out = kernels._loss(
         x,
         t,
         kind=fused.kind,
@@ -282,8 +375,9 @@ def _sigmoid_fused(
         ignore_index=ignore,
         reduce=reduction != "none",
         denom=denom,
-        **fused.params,
+        **params,
     )
+    return _check_strict_zero(fn, out, denom)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,7 +431,7 @@ def softmax(
     if fused is None:
         _no_kernel(fn, backend, x)
     elif kernel_eligible(fn, backend, x):
-        out = _softmax_fused(
+        fused_out = _softmax_fused(
             fn,
             backend,
             fused,
@@ -351,8 +445,8 @@ def softmax(
             class_factor,
             logit_bias,
         )
-        if out is not None:
-            return out
+        if fused_out is not None:
+            return fused_out
     st = softmax_target(fn, x, target, ignore_index=ignore_index)
     c = x.shape[st.cdim]
     w = as_class_weight(fn, class_weight, c, x)
@@ -409,9 +503,9 @@ def _softmax_fused(
     class_factor: ClassOption | None,
     logit_bias: ClassOption | None,
 ) -> Tensor | None:
-    kernels = _kernel_module(fused)
+    kernels = _kernel_module(fused.family)
     t, index, cdim = check_softmax_target(fn, x, target, ignore_index=ignore)
-    why = _grad_reason(t, weight, class_weight) or kernels._reason(
+    why = _grad_reason(x, t, weight, class_weight, avg) or kernels._reason(
         x, t, kind=fused.kind, **fused.params
     )
     if why is not None:
@@ -420,25 +514,24 @@ def _softmax_fused(
     c = x.shape[cdim]
     loss_shape = tuple(t.shape) if index else tuple(x.shape[:cdim]) + tuple(x.shape[cdim + 1 :])
     wl = weight_layout(fn, weight, loss_shape, x)
-    w = as_class_weight(fn, class_weight, c, x)
-    a = None if class_factor is None else class_factor(c, x)
-    bias = None if logit_bias is None else logit_bias(c, x)
-    why = _grad_reason(a, bias)
+    # host values (lists, numbers) become device constants once, not a copy per call
+    w = _host_constant(as_class_weight, (fn, class_weight, c), x)
+    a = None if class_factor is None else _host_constant(class_factor, (c,), x)
+    bias = None if logit_bias is None else _host_constant(logit_bias, (c,), x)
+    why = _grad_reason(x, a, bias)
     if why is not None:
         unsupported(fn, backend, why)  # type: ignore[arg-type]
         return None
     coef = w if a is None else (a if w is None else a * w)
     valid = None
     denominator = None
-    if index:
-        ign = ignore
-        valid = None if ign is None else t != ign
-        if w is not None and reduction == "mean" and avg is None:
-            safe = t.clamp(0, c - 1) if valid is None else torch.where(valid, t, 0).clamp(0, c - 1)
-            denominator = class_weight_denominator(w[safe], valid)
+    if index and reduction == "mean" and avg is None:
+        valid = None if ignore is None else t != ignore
+        if w is not None:  # (ignored positions are masked by `valid`: any class id will do)
+            denominator = class_weight_denominator(w[t.clamp(0, c - 1)], valid)
     numel = t.numel() if index else x.numel() // max(c, 1)
     denom = _mean(reduction, avg, numel, valid, x, denominator)
-    return kernels._loss(  # type: ignore[no-any-return]
+    out = kernels._loss(
         x,
         t,
         kind=fused.kind,
@@ -450,6 +543,7 @@ def _softmax_fused(
         denom=denom,
         **fused.params,
     )
+    return _check_strict_zero(fn, out, denom)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -497,19 +591,21 @@ def regression(
     if fused is None:
         _no_kernel(fn, backend, p)
     elif kernel_eligible(fn, backend, p):
-        kernels = _kernel_module(fused)
-        why = _grad_reason(t, weight) or kernels._reason(p, t)
+        kernels = _kernel_module(fused.family)
+        why = _grad_reason(p, t, weight, avg) or kernels._reason(p, t)
         if why is None:
             wl = weight_layout(fn, weight, p.shape, p)
-            return kernels._loss(  # type: ignore[no-any-return]
+            denom = _mean(reduction, avg, p.numel(), None, p)
+            out = kernels._loss(
                 p,
                 t,
                 kind=fused.kind,
                 weight=wl,
                 reduce=reduction != "none",
-                denom=_mean(reduction, avg, p.numel(), None, p),
+                denom=denom,
                 **fused.params,
             )
+            return _check_strict_zero(fn, out, denom)
         unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
     cdt = compute_dtype(p)
     pc, tc = p.to(cdt), t.to(cdt)
@@ -616,7 +712,7 @@ def _region_checks(
     class_weight: object,
     reduction: str,
     avg_factor: object,
-) -> tuple[Tensor, float | Tensor | None, Tensor | None]:
+) -> tuple[Tensor, float | Tensor | None]:
     x = check_floating(fn, "logits", logits)
     avg = check_avg_factor(fn, avg_factor, reduction)
     if x.ndim < 2:
@@ -631,7 +727,7 @@ def _region_checks(
         )
     if not include_background and c < 2:
         fail(fn, "include_background", "True when there is a single channel", include_background)
-    return x, avg, as_class_weight(fn, class_weight, c, x)
+    return x, avg
 
 
 def region(
@@ -673,7 +769,7 @@ def region(
     ``fused_reason``: why the declared kernel cannot serve this call's options (``"triton"``
     raises with it, ``"auto"`` runs the reference).
     """
-    x, avg, w = _region_checks(
+    x, avg = _region_checks(
         fn, logits, activation, include_background, class_weight, reduction, avg_factor
     )
     if fused is not None and kernel_eligible(fn, backend, x):
@@ -688,7 +784,7 @@ def region(
                 x,
                 target,
                 ignore_index,
-                w,
+                class_weight,
                 include_background,
                 batch,
                 weight,
@@ -700,6 +796,8 @@ def region(
             return out
     elif fused is None:
         _no_kernel(fn, backend, x)
+    # class weights after the routing: the fused path keeps list options as device constants
+    w = as_class_weight(fn, class_weight, x.shape[1], x)
     inp, w = _region_prepare(fn, x, target, activation, ignore_index, w, include_background, batch)
     p, g, valid = inp.p, inp.g, inp.valid
     dims = tuple(range(2, x.ndim))
@@ -758,10 +856,11 @@ def region_entries(
     There is no fused kernel; the entries are computed from each rank's own batch (inside
     ``global_normalization()`` only the ``"mean"`` denominator is global).
     """
-    x, avg, w = _region_checks(
+    x, avg = _region_checks(
         fn, logits, activation, include_background, class_weight, reduction, avg_factor
     )
     _no_kernel(fn, backend, x)
+    w = as_class_weight(fn, class_weight, x.shape[1], x)
     inp, w = _region_prepare(fn, x, target, activation, ignore_index, w, include_background, batch)
     out, entry_valid = loss(inp)
     if inp.valid is not None:
@@ -781,7 +880,7 @@ def _region_fused(
     x: Tensor,
     target: object,
     ignore: int | None,
-    w: Tensor | None,
+    class_weight: object,
     include_background: bool,
     batch: bool,
     weight: Tensor | None,
@@ -789,14 +888,14 @@ def _region_fused(
     avg: float | Tensor | None,
     activation: str,
 ) -> Tensor | None:
-    kernels = _kernel_module(fused)
+    kernels = _kernel_module(fused.family)
     t = check_tensor(fn, "target", target)
-    why = None
-    if activation != "softmax":
+    c = x.shape[1]
+    w = _host_constant(as_class_weight, (fn, class_weight, c), x)
+    why = _grad_reason(x, t, weight, avg, w)
+    if why is None and activation != "softmax":
         why = f"activation={activation!r} (the dice kernel serves softmax)"
-    elif w is not None or weight is not None or avg is not None or not include_background:
-        why = "class_weight, weight, avg_factor or include_background=False"
-    why = why or _grad_reason(t) or kernels._reason(x, t, reduction)
+    why = why or kernels._reason(x, t)
     if why is None and batch and _reduction._denominator_hook is not None:
         why = "batch=True inside global_normalization() (the batch sums are all-reduced)"
     if why is not None:
@@ -804,16 +903,41 @@ def _region_fused(
         return None
     if t.device != x.device:
         fail(fn, "target", f"on the device of `logits` ({x.device})", t.device)
-    idx = as_index_target(fn, t)
-    c = x.shape[1]
-    check_index_range(fn, idx, c, ignore_index=ignore)
-    total = kernels._loss(x, idx, per_sample=not batch, ignore_index=ignore, **fused.params)
-    if reduction == "sum":
-        return total  # type: ignore[no-any-return]
-    # "mean": the reference's denominator, the number of (sample, class) entries with a valid pixel.
-    if ignore is None:
-        count = torch.tensor(float(c * (1 if batch else x.shape[0])), device=x.device)
-    else:
-        keep = (idx != ignore).flatten(1).any(dim=1) if idx.ndim > 1 else idx != ignore
-        count = (keep.any() if batch else keep.sum()).to(torch.float32) * c
-    return finish_reduction(total, fn=fn, reduction="mean", numel=1, denominator=count)
+    # kernels._reason accepted an integer target: used as it is (no int64 copy of a uint8 mask)
+    check_index_range(fn, t, c, ignore_index=ignore)
+    first = 0 if include_background else 1
+    rows, cols = (1 if batch else x.shape[0]), c - first
+    loss_shape = (cols,) if batch else (rows, cols)
+    # Entry weights: class_weight x weight on the (rows, C) entries, 0 for a dropped background.
+    entry = None
+    if w is not None or weight is not None:
+        e = torch.ones(loss_shape, dtype=torch.float32, device=x.device)
+        if w is not None:
+            e = e * w[first:].to(torch.float32)
+        if weight is not None:
+            weight_layout(fn, weight, loss_shape, x)  # the reference's shape rules
+            e = e * _reduction.expand_weight(fn, weight, torch.Size(loss_shape), e)
+        e = e.reshape(rows, cols)
+        if first:
+            e = torch.cat([e.new_zeros(rows, first), e], dim=1)
+        entry = e.contiguous()
+    denom = None
+    if reduction == "mean":
+        count = None
+        if avg is None and ignore is not None:
+            # the reference's denominator: the entries with a valid pixel
+            keep = (t != ignore).flatten(1).any(dim=1) if t.ndim > 1 else t != ignore
+            count = (keep.any() if batch else keep.sum()).to(torch.float32) * cols
+        denom = _mean("mean", avg, rows * cols, None, x, count)
+    out = kernels._loss(
+        x,
+        t,  # any integer dtype: the kernels read it as it is (no int64 copy)
+        entry_weight=entry,
+        include_background=include_background,
+        per_sample=not batch,
+        ignore_index=ignore,
+        reduce=reduction != "none",
+        denom=denom,
+        **fused.params,
+    )
+    return _check_strict_zero(fn, out, denom)

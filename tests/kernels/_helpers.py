@@ -1,9 +1,14 @@
-"""Shared helpers of the kernel tests: device choice and the flash-attention error criterion."""
+"""Shared helpers of the kernel tests: device choice, the fused path through the public functions,
+and the flash-attention error criterion."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
+
+import lossforge.functional as LF
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LOW = (torch.float32, torch.float16, torch.bfloat16)
@@ -11,6 +16,26 @@ LOW = (torch.float32, torch.float16, torch.bfloat16)
 # Absolute floors (relative to the largest reference magnitude) added to the 2x rule: they absorb
 # one-ulp rounding flips where the PyTorch reference happens to round exactly.
 FLOOR = {torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def fused(name: str, *args: Any, **kwargs: Any) -> Tensor:
+    """``lossforge.functional.<name>(..., backend="triton")``: the fused kernel through the public
+    function (on CPU tensors through Triton's interpreter, enabled by this directory's conftest)."""
+    return getattr(LF, name)(*args, backend="triton", **kwargs)
+
+
+def uses_kernel(out: Tensor) -> bool:
+    """Whether the autograd graph of ``out`` contains a lossforge fused-kernel node."""
+    seen, todo = set(), [out.grad_fn]
+    while todo:
+        f = todo.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        if "lossforge" in type(f).__name__.lower() or "Fused" in type(f).__name__:
+            return True
+        todo.extend(g for g, _ in f.next_functions)
+    return False
 
 
 def assert_within_2x(

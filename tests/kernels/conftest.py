@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 # `tests.kernels._helpers` and `benchmarks.run` are imported from the repository root.
@@ -51,3 +52,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ANN0
     terminalreporter.section("max error vs float64 / max(1, |ref|): kernel, same-dtype torch")
     for (family, dtype), (ek, er) in sorted(ERRORS.items()):
         terminalreporter.write_line(f"{family:48s} {dtype:9s} kernel {ek:.2e}  torch {er:.2e}")
+
+
+@pytest.fixture(autouse=True)
+def _fused_path_on_cpu():
+    """Without a GPU, let ``backend="auto"`` / ``"triton"`` run the kernels on CPU tensors through
+    the interpreter (``lossforge._dispatch.cpu_kernels``), so the tests go through the public
+    functions exactly as CUDA callers do."""
+    if torch.cuda.is_available() or collect_ignore_glob:
+        yield
+        return
+    from lossforge._dispatch import cpu_kernels
+
+    with cpu_kernels():
+        yield

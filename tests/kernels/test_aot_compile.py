@@ -130,3 +130,23 @@ def test_softmax_channels_last_has_no_64_bit_division(aot):
     for dt in ("fp32", "bf16"):
         for r in _sm90(aot, "_softmax_fwd_kernel", "SEG ce ignore+cw+ls.1 [channels_last]", dt):
             assert r["ptx"]["div_s64"] == 0, r["ptx"]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "DET sigmoid_focal g2 index",
+        "DET sigmoid_focal g2 index weight[N]",  # per-anchor weight in the row tile
+        "LVIS sigmoid_focal g2 index 1203",  # more than 1024 classes: no row tile
+        "DET bce dense",
+    ],
+)
+def test_sigmoid_index_math_has_no_64_bit_division(aot, case, dtype):
+    # Issue #12 item 10: the class / row / weight index of every element uses 32-bit division
+    # (one 64-bit division per tile at most, inlined as div.s64 only in the tile prologue).
+    for r in _sm90(aot, "_sigmoid_fwd_kernel", case, dtype):
+        per_thread = r["constexprs"]["BLOCK"] // (32 * r["num_warps"])
+        assert r["ptx"]["div_s64"] < per_thread, (case, r["ptx"])
+        if "weight[N]" in case:  # the per-row weight is loaded like the class index
+            assert r["ptx"]["convert_layout"] == 0, (case, r["ptx"])

@@ -15,8 +15,6 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from lossforge._reduction import Denominator
-
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -87,19 +85,12 @@ def same_layout(ref: Tensor, *others: Tensor) -> tuple[Tensor, ...]:
     return tuple(out)
 
 
-def denominator_args(denom: Denominator | None) -> tuple[float, Tensor | None, float, int]:
-    """The kernels' view of ``lossforge._reduction.Denominator``: ``(scale, scale_t, d, mode)``.
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for ints (``triton.cdiv`` is a constexpr-function wrapper costing about 10
+    us of host time per call)."""
+    return -(-a // b)
 
-    ``scale`` / ``scale_t``: the element gradients' factor ``1 / d`` (0 where ``d <= 0``) as a host
-    float, or on the device as element 0 of ``scale_t = [1 / d, d]`` when ``d`` is a device tensor
-    (no host sync); ``d``: the host denominator; ``mode``: 0 no mean, 1 mean, 2 mean with a strict
-    (``avg_factor``) denominator. The final stage (``_common.finish_sum``) divides by ``d``.
-    """
-    if denom is None:
-        return 1.0, None, 1.0, 0
-    mode = 2 if denom.strict else 1
-    s, s_t = denom.grad_scale()
-    if s_t is None:
-        return s, None, float(denom.value), mode  # type: ignore[arg-type]
-    d_t = denom.value.detach().to(device=s_t.device, dtype=torch.float32).reshape(1)  # type: ignore[union-attr]
-    return 1.0, torch.cat([s_t, d_t]), 0.0, mode
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= ``n`` (1 for ``n <= 1``), as ``triton.next_power_of_2``."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()

@@ -4,19 +4,25 @@ smoothing), balanced BCE with a given ``beta``, sigmoid focal, and ASL, switched
 Design (PERFORMANCE.md sections 1, 2.2-2.5, 5):
 
 * One launch per direction. The forward reads the logits and targets once, writes the gradient of
-  the reduced loss (in the logits' dtype) and one fp32 partial sum per program; a one-program kernel
-  adds the partials in a fixed order (deterministic, no atomics). The backward is the predicate
-  kernel of ``_common`` (nothing to do when ``grad_output == 1``). Extra memory: the gradient
-  buffer.
+  the reduced loss (in the logits' dtype) and one fp32 partial sum per program (each program
+  reduces ``TILES`` tiles, so there are at most ``MAX_PARTIALS`` partials); a one-program kernel
+  adds the partials in a fixed order in one wide iteration (deterministic, no atomics). The
+  backward is the predicate kernel of ``_common`` (nothing to do when ``grad_output == 1``).
+  Extra memory: the gradient buffer. float16 logits compute the gradient in the backward instead,
+  with ``grad_output`` folded in (``_common``: a GradScaler's factor arrives before rounding).
 * Targets: dense (float soft labels, bool, integers; ``ignore_index`` marks elements) or class
   indices of the logits' shape without dim 1 (``k`` positive, ``C`` background, ``ignore_index``
-  drops the row) read as indices: the one-hot never exists.
+  drops the row; an index outside ``[0, C]`` makes the loss NaN) read as indices: the one-hot never
+  exists. ``(N, C)`` logits with ``C <= BLOCK`` use a ``[rows, C]`` tile (row and class without
+  division); other layouts split the flat offset with one 64-bit division per tile and 32-bit
+  arithmetic per element (``_split32``).
 * Math in fp32 from one ``exp(-|x|)``: sigma(x), sigma(-x), log-sigmoid of both signs. The focal
   derivative is written as ``gamma * q**gamma * (dq/q)`` with ``|dq/q| <= 1``, so 0 < gamma < 1
-  stays
-  finite at saturation; gamma in {0, 1, 2} uses multiplies, other gamma ``exp2(gamma * log2 q)``.
-* ``mean`` divides by the valid count, ``avg_factor`` (float or device tensor, no sync), and 0 valid
-  elements give exactly 0 with zero gradients.
+  stays finite at saturation; gamma in {0, 1, 2} uses multiplies, other gamma
+  ``exp2(gamma * log2 q)``.
+* The ``"mean"`` denominator comes from the pipeline (``lossforge._reduction``): a host number is a
+  kernel constant, a device value (a given tensor, a valid count, the global value) is read by the
+  kernel (no sync); a zero denominator gives exactly 0 with zero gradients.
 """
 
 from __future__ import annotations
@@ -28,16 +34,26 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from lossforge._reduction import Denominator, WeightLayout
-from lossforge.kernels._common import backward_scaled, block_div, finish_sum
+from lossforge.kernels._common import (
+    block_div,
+    declare,
+    denominator_args,
+    finish_sum,
+    go_layout,
+    grad_factor,
+    run,
+    tiles_per_program,
+)
 from lossforge.kernels._launch import (
     KERNEL_DTYPES,
-    denominator_args,
+    cdiv,
     elementwise_block,
     elementwise_warps,
     fast_math,
+    next_pow2,
     same_layout,
 )
 
@@ -83,21 +99,43 @@ def _gamma_pow(q, gamma, MODE: tl.constexpr):
 
 
 @triton.jit
+def _split32(start, BLOCK: tl.constexpr, S, C):
+    """(class, target position) of the elements ``start + arange(BLOCK)`` of ``(N, C, S)`` logits
+    in memory order: ``c = (e // S) % C``, ``pos = (e // S) // C * S + e % S``.
+
+    64-bit arithmetic once per tile, 32-bit per element (``S`` and ``C`` below ``2**31 - 2 *
+    BLOCK``, checked on the host): ``e // S`` on the int64 offsets compiled to a call of the 64-bit
+    division routine per element (LVIS: 1203 classes, beyond the row-tile layout)."""
+    q0 = start // S
+    r0 = (start - q0 * S).to(tl.int32)
+    c0 = (q0 % C).to(tl.int32)
+    v = r0 + tl.arange(0, BLOCK)
+    dq = v // S
+    r = v - dq * S
+    cq = c0 + dq
+    nq = cq // C
+    cls = cq - nq * C
+    pos = (q0 // C + nq) * S + r
+    return cls, pos
+
+
+@triton.jit
 def _sigmoid_fwd_kernel(
     x_ptr,  # [n] logits, fp32/fp16/bf16, memory order
     t_ptr,  # [n] dense target (memory order), or [n // C] class indices (INDEX_TARGET)
     w_ptr,  # element weight: [n] (WEIGHT_MODE 1), [n // w_inner] (2), [1] (3)
-    pw_ptr,  # [C] per-class positive weight (HAS_PW)
+    pw_ptr,  # positive weight: [C] per class (PW_MODE 1), [1] (PW_MODE 2)
     loss_ptr,  # [n] fp32 unreduced loss (not REDUCE)
     g_ptr,  # [n] gradient in the logits' dtype (WRITE_GRAD)
     part_ptr,  # [num_programs] fp32 partial sums (REDUCE)
-    scale_ptr,  # [1] fp32 mean scale on the device (SCALE_FROM_PTR)
+    d_ptr,  # [1] "mean" denominator on the device (D_PTR)
+    go_ptr,  # grad_output: [1] (GO_MODE 1) or [n] in the logits' layout (GO_MODE 2)
     n,
     C,
     S,  # product of the dims after the class dim (index targets / per-class pos_weight)
     w_inner,
     ignore_index,
-    scale,
+    s_host,
     p_pos,
     p_neg,
     gamma_pos,
@@ -109,284 +147,325 @@ def _sigmoid_fwd_kernel(
     INDEX_TARGET: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
     WEIGHT_MODE: tl.constexpr,
-    HAS_PW: tl.constexpr,
+    PW_MODE: tl.constexpr,  # 0 none, 1 per class, 2 one tensor value
     HAS_SMOOTH: tl.constexpr,
     HAS_CLIP: tl.constexpr,
     GMODE_POS: tl.constexpr,
     GMODE_NEG: tl.constexpr,
     DETACH: tl.constexpr,
     REDUCE: tl.constexpr,
+    WRITE_LOSS: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
-    SCALE_FROM_PTR: tl.constexpr,
+    D_PTR: tl.constexpr,
+    GO_MODE: tl.constexpr,  # 0 none (forward), 1 scalar, 2 element-wise (backward)
     ROWS: tl.constexpr,
+    W_ROWS: tl.constexpr,  # ROWS with a per-row weight (w_inner == C)
+    SPLIT32: tl.constexpr,
+    TILES: tl.constexpr,
     BLOCK: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0)
     if ROWS:
-        # (rows, C) logits with S == 1: a [BLOCK // BLOCK_C, BLOCK_C] tile gives row and class
-        # without integer division.
-        rows = pid.to(tl.int64) * (BLOCK // BLOCK_C) + tl.arange(0, BLOCK // BLOCK_C)[:, None]
-        cls = tl.arange(0, BLOCK_C)[None, :]
-        offs = rows * C + cls
-        rm = rows * C < n  # [R, 1]: per-row values (the class index) load once per row
-        m = (cls < C) & rm
+        acc = tl.zeros([BLOCK // BLOCK_C, BLOCK_C], dtype=tl.float32)
     else:
-        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        m = offs < n
-    x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
-
-    # ---- targets -------------------------------------------------------------------------------
-    valid = m
-    bad = offs < 0  # all False, the tile's shape
-    if (INDEX_TARGET or HAS_PW) and not ROWS:
-        cs = offs // S
-        cls = cs % C
-    if INDEX_TARGET:
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+    if WRITE_GRAD:
+        f = grad_factor(s_host, d_ptr, go_ptr, D_PTR, GO_MODE == 1)
+    for it in range(TILES):
+        tile = pid.to(tl.int64) * TILES + it
         if ROWS:
-            # [R, 1], not broadcast to the tile: a [R, BLOCK_C] gather of the same index got its
-            # own layout and cost 4 shared-memory layout conversions (PTX review).
-            idx = tl.load(t_ptr + rows, mask=rm, other=0).to(tl.int64)
+            # (rows, C) logits with S == 1: a [BLOCK // BLOCK_C, BLOCK_C] tile gives row and class
+            # without integer division.
+            rows = tile * (BLOCK // BLOCK_C) + tl.arange(0, BLOCK // BLOCK_C)[:, None]
+            cls = tl.arange(0, BLOCK_C)[None, :]
+            offs = rows * C + cls
+            rm = rows * C < n  # [R, 1]: per-row values (the class index) load once per row
+            m = (cls < C) & rm
         else:
-            pos = cs // C * S + (offs - cs * S)
-            idx = tl.load(t_ptr + pos, mask=m, other=0).to(tl.int64)
-        if HAS_IGNORE:
-            valid = valid & (idx != ignore_index)
-        bad = valid & ((idx < 0) | (idx > C))
-        y = tl.where(idx == cls, 1.0, 0.0)
-    else:
-        traw = tl.load(t_ptr + offs, mask=m, other=0)
-        if HAS_IGNORE:
-            valid = valid & (traw != ignore_index)
-        y = tl.where(valid, traw.to(tl.float32), 0.0)
-    if HAS_SMOOTH:
-        y = y * (1.0 - smooth) + 0.5 * smooth
+            start = tile * BLOCK
+            offs = start + tl.arange(0, BLOCK)
+            m = offs < n
+        x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
 
-    # ---- shared transcendental work: one exp, one log --------------------------------------------
-    ax = tl.abs(x)
-    e = tl.exp(-ax)  # in (0, 1]
-    r = _rcp(1.0 + e)
-    p = tl.where(x >= 0, r, e * r)  # sigma(x)
-    q1 = tl.where(x >= 0, e * r, r)  # sigma(-x) = 1 - p without cancellation
-    sp = tl.where(e < 1e-4, e - 0.5 * e * e, _log(1.0 + e))  # log1p(exp(-|x|))
-    log_p = tl.minimum(x, 0.0) - sp  # log sigma(x)
-    log_q = tl.minimum(-x, 0.0) - sp  # log sigma(-x)
-
-    if LOSS == 0:  # BCE / balanced BCE: -(a_pos y log p + a_neg (1 - y) log(1 - p))
-        a_pos = p_pos
-        if HAS_PW:
-            a_pos = a_pos * tl.load(pw_ptr + cls, mask=m, other=1.0).to(tl.float32)
-        loss = -(a_pos * y * log_p + p_neg * (1.0 - y) * log_q)
-        grad = p_neg * (1.0 - y) * p - a_pos * y * q1
-    elif LOSS == 1:  # sigmoid focal (torchvision): alpha_t * ce * (1 - p_t) ** gamma
-        ce = -(y * log_p + (1.0 - y) * log_q)
-        q = y * q1 + (1.0 - y) * p  # 1 - p_t
-        sgn = 2.0 * y - 1.0
-        if GMODE_POS == 0:
-            grad = p - y
-            loss = ce
-        elif GMODE_POS == 2:
-            grad = (p - y) * q * q - 2.0 * ce * q * sgn * p * q1
-            loss = ce * q * q
-        elif GMODE_POS == 1:
-            grad = (p - y) * q - ce * sgn * p * q1
-            loss = ce * q
-        else:
-            mod = _gamma_pow(q, gamma_pos, GMODE_POS)
-            ratio = tl.where(q > 0, p * q1 / tl.maximum(q, 1e-38), 0.0)  # |dq/q| <= 1
-            grad = (p - y) * mod - gamma_pos * ce * mod * sgn * ratio
-            loss = ce * mod
-        alpha_t = p_pos * y + p_neg * (1.0 - y)
-        loss = alpha_t * loss
-        grad = alpha_t * grad
-    else:  # ASL (Ridnik et al.): clip shifts the negative probability, eps clamps the logs
-        if HAS_CLIP:
-            xs_neg = tl.minimum(q1 + clip, 1.0)
-            unclipped = (q1 + clip) < 1.0
-            log_neg_raw = _log(tl.maximum(xs_neg, 1e-38))
-            pm = tl.maximum(p - clip, 0.0)  # 1 - xs_neg
-            dpm = tl.where(unclipped, p * q1, 0.0)  # d(1 - xs_neg)/dx
-        else:
-            xs_neg = q1
-            log_neg_raw = log_q
-            pm = p
-            dpm = p * q1
-        log_pos = tl.maximum(log_p, log_eps)
-        log_neg = tl.maximum(log_neg_raw, log_eps)
-        dlog_pos = tl.where(log_p > log_eps, q1, 0.0)
-        dlog_neg = tl.where(log_neg_raw > log_eps, -dpm / tl.maximum(xs_neg, 1e-38), 0.0)
-        lp = y * log_pos + (1.0 - y) * log_neg
-        dlp = y * dlog_pos + (1.0 - y) * dlog_neg
-        if GMODE_POS == 0 and GMODE_NEG == 0:
-            loss = -lp
-            grad = -dlp
-        else:
-            base = y * q1 + (1.0 - y) * pm  # 1 - p_t
-            dbase = (1.0 - y) * dpm - y * p * q1
-            g = gamma_pos * y + gamma_neg * (1.0 - y)
-            w = tl.where(
-                base > 0, tl.exp2(g * tl.log2(tl.maximum(base, 1e-38))), tl.where(g == 0, 1.0, 0.0)
-            )
-            loss = -lp * w
-            if DETACH:
-                grad = -dlp * w
+        # ---- targets ---------------------------------------------------------------------------
+        valid = m
+        bad = offs < 0  # all False, the tile's shape
+        if (INDEX_TARGET or PW_MODE == 1) and not ROWS:
+            if SPLIT32:
+                cls, pos = _split32(start, BLOCK, S, C)
             else:
-                dw = g * w * tl.where(base > 0, dbase / tl.maximum(base, 1e-38), 0.0)
-                grad = -(dlp * w + lp * dw)
+                cs = offs // S
+                cls = cs % C
+                pos = cs // C * S + (offs - cs * S)
+        if INDEX_TARGET:
+            if ROWS:
+                # [R, 1], not broadcast to the tile: a [R, BLOCK_C] gather of the same index got
+                # its own layout and cost 4 shared-memory layout conversions (PTX review).
+                idx = tl.load(t_ptr + rows, mask=rm, other=0).to(tl.int64)
+            else:
+                idx = tl.load(t_ptr + pos, mask=m, other=0).to(tl.int64)
+            if HAS_IGNORE:
+                valid = valid & (idx != ignore_index)
+            bad = valid & ((idx < 0) | (idx > C))
+            y = tl.where(idx == cls, 1.0, 0.0)
+        else:
+            traw = tl.load(t_ptr + offs, mask=m, other=0)
+            if HAS_IGNORE:
+                valid = valid & (traw != ignore_index)
+            y = tl.where(valid, traw.to(tl.float32), 0.0)
+        if HAS_SMOOTH:
+            y = y * (1.0 - smooth) + 0.5 * smooth
 
-    # ---- weights, masks, outputs -----------------------------------------------------------------
-    if WEIGHT_MODE == 1:
-        wt = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
-        loss = loss * wt
-        grad = grad * wt
-    elif WEIGHT_MODE == 2:
-        if ROWS:  # noqa: SIM108 (constexpr branch inside a Triton kernel)
-            wrow = offs // w_inner
-        else:
-            wrow = block_div(pid.to(tl.int64) * BLOCK, BLOCK, w_inner)  # offs // w_inner
-        wt = tl.load(w_ptr + wrow, mask=m, other=0.0).to(tl.float32)
-        loss = loss * wt
-        grad = grad * wt
-    elif WEIGHT_MODE == 3:
-        wt = tl.load(w_ptr).to(tl.float32)
-        loss = loss * wt
-        grad = grad * wt
-    loss = tl.where(valid, loss, 0.0)
-    loss = tl.where(bad, float("nan"), loss)
-    grad = tl.where(valid & ~bad, grad, 0.0)
-    if REDUCE:
+        # ---- shared transcendental work: one exp, one log ----------------------------------------
+        ax = tl.abs(x)
+        e = tl.exp(-ax)  # in (0, 1]
+        r = _rcp(1.0 + e)
+        p = tl.where(x >= 0, r, e * r)  # sigma(x)
+        q1 = tl.where(x >= 0, e * r, r)  # sigma(-x) = 1 - p without cancellation
+        sp = tl.where(e < 1e-4, e - 0.5 * e * e, _log(1.0 + e))  # log1p(exp(-|x|))
+        log_p = tl.minimum(x, 0.0) - sp  # log sigma(x)
+        log_q = tl.minimum(-x, 0.0) - sp  # log sigma(-x)
+
+        if LOSS == 0:  # BCE / balanced BCE: -(a_pos y log p + a_neg (1 - y) log(1 - p))
+            a_pos = p_pos
+            if PW_MODE == 1:
+                a_pos = a_pos * tl.load(pw_ptr + cls, mask=m, other=1.0).to(tl.float32)
+            elif PW_MODE == 2:
+                a_pos = a_pos * tl.load(pw_ptr).to(tl.float32)
+            loss = -(a_pos * y * log_p + p_neg * (1.0 - y) * log_q)
+            grad = p_neg * (1.0 - y) * p - a_pos * y * q1
+        elif LOSS == 1:  # sigmoid focal (torchvision): alpha_t * ce * (1 - p_t) ** gamma
+            ce = -(y * log_p + (1.0 - y) * log_q)
+            q = y * q1 + (1.0 - y) * p  # 1 - p_t
+            sgn = 2.0 * y - 1.0
+            if GMODE_POS == 0:
+                grad = p - y
+                loss = ce
+            elif GMODE_POS == 2:
+                grad = (p - y) * q * q - 2.0 * ce * q * sgn * p * q1
+                loss = ce * q * q
+            elif GMODE_POS == 1:
+                grad = (p - y) * q - ce * sgn * p * q1
+                loss = ce * q
+            else:
+                mod = _gamma_pow(q, gamma_pos, GMODE_POS)
+                ratio = tl.where(q > 0, p * q1 / tl.maximum(q, 1e-38), 0.0)  # |dq/q| <= 1
+                grad = (p - y) * mod - gamma_pos * ce * mod * sgn * ratio
+                loss = ce * mod
+            alpha_t = p_pos * y + p_neg * (1.0 - y)
+            loss = alpha_t * loss
+            grad = alpha_t * grad
+        else:  # ASL (Ridnik et al.): clip shifts the negative probability, eps clamps the logs
+            if HAS_CLIP:
+                xs_neg = tl.minimum(q1 + clip, 1.0)
+                unclipped = (q1 + clip) < 1.0
+                log_neg_raw = _log(tl.maximum(xs_neg, 1e-38))
+                pm = tl.maximum(p - clip, 0.0)  # 1 - xs_neg
+                dpm = tl.where(unclipped, p * q1, 0.0)  # d(1 - xs_neg)/dx
+            else:
+                xs_neg = q1
+                log_neg_raw = log_q
+                pm = p
+                dpm = p * q1
+            log_pos = tl.maximum(log_p, log_eps)
+            log_neg = tl.maximum(log_neg_raw, log_eps)
+            dlog_pos = tl.where(log_p > log_eps, q1, 0.0)
+            dlog_neg = tl.where(log_neg_raw > log_eps, -dpm / tl.maximum(xs_neg, 1e-38), 0.0)
+            lp = y * log_pos + (1.0 - y) * log_neg
+            dlp = y * dlog_pos + (1.0 - y) * dlog_neg
+            if GMODE_POS == 0 and GMODE_NEG == 0:
+                loss = -lp
+                grad = -dlp
+            else:
+                base = y * q1 + (1.0 - y) * pm  # 1 - p_t
+                dbase = (1.0 - y) * dpm - y * p * q1
+                g = gamma_pos * y + gamma_neg * (1.0 - y)
+                w = tl.where(
+                    base > 0,
+                    tl.exp2(g * tl.log2(tl.maximum(base, 1e-38))),
+                    tl.where(g == 0, 1.0, 0.0),
+                )
+                loss = -lp * w
+                if DETACH:
+                    grad = -dlp * w
+                else:
+                    dw = g * w * tl.where(base > 0, dbase / tl.maximum(base, 1e-38), 0.0)
+                    grad = -(dlp * w + lp * dw)
+
+        # ---- weights, masks, outputs -------------------------------------------------------------
+        if WEIGHT_MODE == 1:
+            wt = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
+            loss = loss * wt
+            grad = grad * wt
+        elif WEIGHT_MODE == 2:
+            if ROWS and W_ROWS:
+                # a per-row (per-anchor) weight: [R, 1], loaded once per row like the class index
+                # (no division, no layout conversion of a broadcast gather)
+                wt = tl.load(w_ptr + rows, mask=rm, other=0.0).to(tl.float32)
+            else:
+                if ROWS:  # noqa: SIM108 (constexpr branch inside a Triton kernel)
+                    wrow = offs  # w_inner == 1
+                else:
+                    wrow = block_div(start, BLOCK, w_inner)  # offs // w_inner
+                wt = tl.load(w_ptr + wrow, mask=m, other=0.0).to(tl.float32)
+            loss = loss * wt
+            grad = grad * wt
+        elif WEIGHT_MODE == 3:
+            wt = tl.load(w_ptr).to(tl.float32)
+            loss = loss * wt
+            grad = grad * wt
+        loss = tl.where(valid, loss, 0.0)
+        loss = tl.where(bad, float("nan"), loss)
+        if WRITE_LOSS:
+            if REDUCE:
+                acc += loss
+            else:
+                tl.store(loss_ptr + offs, loss, mask=m)
+        if WRITE_GRAD:
+            grad = tl.where(valid & ~bad, grad, 0.0) * f
+            if GO_MODE == 2:
+                grad = grad * tl.load(go_ptr + offs, mask=m, other=0.0).to(tl.float32)
+            tl.store(g_ptr + offs, grad.to(g_ptr.dtype.element_ty), mask=m)
+    if REDUCE and WRITE_LOSS:
         if ROWS:
-            tl.store(part_ptr + pid, tl.sum(tl.sum(loss, axis=1), axis=0))
+            tl.store(part_ptr + pid, tl.sum(tl.sum(acc, axis=1), axis=0))
         else:
-            tl.store(part_ptr + pid, tl.sum(loss, axis=0))
-        if WRITE_GRAD:
-            grad = grad * tl.load(scale_ptr) if SCALE_FROM_PTR else grad * scale
-            tl.store(g_ptr + offs, grad.to(g_ptr.dtype.element_ty), mask=m)
-    else:
-        tl.store(loss_ptr + offs, loss, mask=m)
-        if WRITE_GRAD:
-            tl.store(g_ptr + offs, grad.to(g_ptr.dtype.element_ty), mask=m)
+            tl.store(part_ptr + pid, tl.sum(acc, axis=0))
 
 
 def _gamma_mode(gamma: float) -> int:
     return {0.0: 0, 1.0: 1, 2.0: 2}.get(float(gamma), 3)
 
 
-@triton_op("lossforge::sigmoid_fwd", mutates_args=())
-def sigmoid_fwd(
-    logits: Tensor,
-    target: Tensor,
-    weight: Tensor | None,
-    pos_weight: Tensor | None,
-    scale_t: Tensor | None,
-    kind: int,
-    index_target: bool,
-    num_classes: int,
-    inner: int,
-    weight_mode: int,
-    w_inner: int,
-    ignore_index: int | None,
-    reduce: bool,
-    scale: float,
-    p_pos: float,
-    p_neg: float,
-    gamma_pos: float,
-    gamma_neg: float,
-    clip: float,
-    eps: float,
-    label_smoothing: float,
-    detach: bool,
-    write_grad: bool,
-    d: float,
-    mode: int,
-) -> tuple[Tensor, Tensor]:
-    """Forward of every sigmoid loss: returns ``(loss, grad)``.
+# ints: the launch configuration (``_loss`` builds it; the custom op carries it as int[]).
+(
+    _KIND,
+    _INDEX,
+    _C,
+    _INNER,
+    _WMODE,
+    _WINNER,
+    _HAS_IGNORE,
+    _IGNORE,
+    _REDUCE,
+    _PW,
+    _DETACH,
+    _MODE,
+) = range(12)
+# floats
+_S, _D, _PPOS, _PNEG, _GPOS, _GNEG, _CLIP, _LOGEPS, _SMOOTH = range(9)
 
-    ``loss`` is the fp32 reduced scalar when ``reduce`` (already divided by the mean scale), else
-    the
-    fp32 unreduced map in the logits' layout. ``grad`` is d(loss)/d(logits) in the logits' dtype and
-    layout (scaled like the loss when ``reduce``), or an empty tensor when ``write_grad`` is False.
+
+def _rows_mode(ints: list[int] | tuple[int, ...], block: int) -> tuple[bool, int]:
+    c, inner = ints[_C], ints[_INNER]
+    block_c = next_pow2(max(c, 1))
+    per_class = bool(ints[_INDEX]) or ints[_PW] == 1
+    w_ok = ints[_WMODE] != WeightLayout.LEADING or ints[_WINNER] in (1, c)
+    return per_class and inner == 1 and block_c <= block and w_ok, block_c
+
+
+def _fake(x, t, w, a, b, d, go, ints, floats, write_grad):  # noqa: ANN001, ANN202, ARG001
+    loss = (
+        x.new_empty((), dtype=torch.float32)
+        if ints[_REDUCE]
+        else torch.empty_like(x, dtype=torch.float32)
+    )
+    return loss, torch.empty_like(x) if write_grad else x.new_empty(0)
+
+
+def _launch(x, t, w, pw, _b, d, go, ints, floats, write_grad):  # noqa: ANN001, ANN202
+    """The kernel launches of one sigmoid loss: ``(loss, grad)`` (``FusedLoss``'s protocol).
+
+    ``loss`` is the fp32 reduced scalar (divided by the ``"mean"`` denominator) when reducing, else
+    the fp32 unreduced map in the logits' layout; ``grad`` is d(loss)/d(logits) in the logits'
+    dtype and layout, or empty without ``write_grad``. In the backward (``go`` given) the loss is
+    not written and ``grad_output`` is folded into the gradient.
     """
-    n = logits.numel()
+    n = x.numel()
+    c = ints[_C]
     block = elementwise_block()
-    block_c = triton.next_power_of_2(max(num_classes, 1))
-    rows_mode = (index_target or pos_weight is not None) and inner == 1 and block_c <= block
-    if rows_mode:
-        n_prog = triton.cdiv(n // max(num_classes, 1), block // block_c)
-    else:
-        n_prog = triton.cdiv(n, block)
-    dev = logits.device
-    grad = torch.empty_like(logits) if write_grad else logits.new_empty(0)
-    if reduce:
-        parts = torch.empty(max(n_prog, 1), dtype=torch.float32, device=dev)
-        loss_map = parts  # unused
-    else:
-        parts = logits.new_empty(0, dtype=torch.float32)
-        loss_map = torch.empty_like(logits, dtype=torch.float32)
+    rows_mode, block_c = _rows_mode(ints, block)
+    unit = max(block // block_c * c, 1) if rows_mode else block  # elements per tile
+    n_tiles = cdiv(n, unit)
+    tiles = tiles_per_program(n_tiles)
+    n_prog = max(cdiv(n_tiles, tiles), 1)
+    reduce, backward = bool(ints[_REDUCE]), go is not None
+    dev = x.device
+    grad = torch.empty_like(x) if write_grad else x.new_empty(0)
+    parts = x.new_empty(n_prog if reduce and not backward else 0, dtype=torch.float32)
+    loss_map = parts
+    if not reduce and not backward:
+        loss_map = torch.empty_like(x, dtype=torch.float32)
+    go_mode = 0
+    if backward:
+        go_mode = 1
+        if not reduce:
+            go, scalar = go_layout(go, x)
+            go_mode = 1 if scalar else 2
+    mode = ints[_MODE]
+    inner = ints[_INNER]
     if n > 0:
         wrap_triton(_sigmoid_fwd_kernel)[(n_prog,)](
-            logits,
-            target,
-            weight if weight is not None else logits,
-            pos_weight if pos_weight is not None else logits,
+            x,
+            t,
+            w if w is not None else x,
+            pw if pw is not None else x,
             loss_map,
-            grad if write_grad else logits,
+            grad if write_grad else x,
             parts,
-            scale_t if scale_t is not None else parts,
+            d if d is not None else parts,
+            go if go is not None else x,
             n,
-            num_classes,
+            c,
             inner,
-            w_inner,
-            ignore_index if ignore_index is not None else 0,
-            scale,
-            p_pos,
-            p_neg,
-            gamma_pos,
-            gamma_neg,
-            clip,
-            math.log(eps) if eps > 0 else -1e30,
-            label_smoothing,
-            LOSS=kind,
-            INDEX_TARGET=index_target,
-            HAS_IGNORE=ignore_index is not None,
-            WEIGHT_MODE=weight_mode,
-            HAS_PW=pos_weight is not None,
-            HAS_SMOOTH=label_smoothing > 0,
-            HAS_CLIP=clip > 0,
-            GMODE_POS=_gamma_mode(gamma_pos),
-            GMODE_NEG=_gamma_mode(gamma_neg),
-            DETACH=detach,
+            ints[_WINNER],
+            ints[_IGNORE],
+            floats[_S],
+            floats[_PPOS],
+            floats[_PNEG],
+            floats[_GPOS],
+            floats[_GNEG],
+            floats[_CLIP],
+            floats[_LOGEPS],
+            floats[_SMOOTH],
+            LOSS=ints[_KIND],
+            INDEX_TARGET=bool(ints[_INDEX]),
+            HAS_IGNORE=bool(ints[_HAS_IGNORE]),
+            WEIGHT_MODE=ints[_WMODE],
+            PW_MODE=ints[_PW],
+            HAS_SMOOTH=floats[_SMOOTH] > 0,
+            HAS_CLIP=floats[_CLIP] > 0,
+            GMODE_POS=_gamma_mode(floats[_GPOS]),
+            GMODE_NEG=_gamma_mode(floats[_GNEG]),
+            DETACH=bool(ints[_DETACH]),
             REDUCE=reduce,
+            WRITE_LOSS=not backward,
             WRITE_GRAD=write_grad,
-            SCALE_FROM_PTR=scale_t is not None,
+            D_PTR=mode > 0 and d is not None,
+            GO_MODE=go_mode,
             ROWS=rows_mode,
+            W_ROWS=rows_mode and ints[_WINNER] == c and c > 1,
+            SPLIT32=max(inner, c) < 2**31 - 2 * block,
+            TILES=tiles,
             BLOCK=block,
             BLOCK_C=block_c if rows_mode else 1,
             num_warps=elementwise_warps(),
         )
-    elif reduce:
-        parts.zero_()
-    if reduce:
-        return finish_sum(parts, scale_t, d, mode), grad
-    return loss_map, grad
+    if backward:
+        return x.new_empty(0, dtype=torch.float32), grad
+    if not reduce:
+        return loss_map, grad
+    if n == 0:
+        parts = torch.zeros(1, dtype=torch.float32, device=dev)
+    return finish_sum(parts, d, floats[_D], mode), grad
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    ctx.reduce = inputs[12]
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(output[1])
-
-
-def _backward(ctx, grad_loss, _grad_grad):
-    (grad,) = ctx.saved_tensors
-    return (backward_scaled(grad, grad_loss, ctx.reduce),) + (None,) * 24
-
-
-sigmoid_fwd.register_autograd(_backward, setup_context=_setup_context)
+SIGMOID = declare("sigmoid", _launch, _fake)
 
 
 # --------------------------------------------------------------------------------------------------
-# Host side: map the reference's arguments onto the op.
+# Host side: map the reference's arguments onto the kernel.
 # --------------------------------------------------------------------------------------------------
 
 
@@ -450,6 +529,7 @@ def _loss(
         weight: The element weight's layout (``lossforge._reduction.weight_layout``).
         reduce: ``False`` for ``reduction="none"``.
         denom: The ``"mean"`` denominator, ``None`` for ``"sum"`` / ``"none"``.
+        pos_weight: A host number (a kernel constant), a one-element tensor or a ``(C,)`` tensor.
         beta: ``balanced_bce`` only: positives weigh ``beta``, negatives ``1 - beta``.
         Everything else as in the reference functionals.
 
@@ -478,52 +558,61 @@ def _loss(
         w_inner = weight.inner
         if not x.is_contiguous():
             x, t = x.contiguous(), t.contiguous()
-    pw = None
+    pw, pw_mode = None, 0
     p_pos, p_neg = 1.0, 1.0
     if kid == BCE:
         if kind == "balanced_bce":
             p_pos, p_neg = float(beta), 1.0 - float(beta)
         elif isinstance(pos_weight, Tensor):
             if pos_weight.numel() == 1:
-                pw = pos_weight.reshape(1).expand(c).contiguous()
+                pw, pw_mode = pos_weight.reshape(1), 2
             else:
-                pw = pos_weight.reshape(-1).contiguous()
+                pw, pw_mode = pos_weight.reshape(-1).contiguous(), 1
         elif pos_weight is not None:
             p_pos = float(pos_weight)
-        if pw is not None and not index_target and not x.is_contiguous():
+        if pw_mode == 1 and not index_target and not x.is_contiguous():
             x, t = x.contiguous(), t.contiguous()
             if w is not None and weight_mode == WeightLayout.FULL:
                 w = w.contiguous()
     elif kid == FOCAL and alpha is not None:
         p_pos, p_neg = float(alpha), 1.0 - float(alpha)
 
-    scale, scale_t, d, mode = denominator_args(denom)
-    write_grad = logits.requires_grad and torch.is_grad_enabled()
-    loss, _ = torch.ops.lossforge.sigmoid_fwd(
-        x,
-        t,
-        w,
-        pw,
-        scale_t,
+    mode, s, d, d_t = denominator_args(denom)
+    ints = (
         kid,
-        index_target,
+        int(index_target),
         c,
         inner,
         weight_mode,
         w_inner,
-        ignore_index,
-        reduce,
-        scale,
+        int(ignore_index is not None),
+        0 if ignore_index is None else int(ignore_index),
+        int(reduce),
+        pw_mode,
+        int(bool(detach_focal_weight)),
+        mode,
+    )
+    floats = (
+        s,
+        d,
         p_pos,
         p_neg,
         float(gamma if kid == FOCAL else gamma_pos),
         float(gamma_neg),
         float(clip),
-        float(eps),
+        math.log(eps) if eps > 0 else -1e30,
         float(label_smoothing),
-        bool(detach_focal_weight),
-        write_grad,
-        d,
-        mode,
     )
-    return loss  # type: ignore[no-any-return]
+    return run(
+        SIGMOID,
+        x,
+        t,
+        w,
+        pw,
+        None,
+        d_t,
+        ints,
+        floats,
+        reduced=reduce,
+        grad_in_backward=logits.dtype == torch.float16,
+    )

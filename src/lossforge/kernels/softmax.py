@@ -6,22 +6,23 @@ Design (PERFORMANCE.md sections 2.1, 2.6, 2.8, 5.7):
 * The logits are read as ``(N, C, S)`` through their strides: ``(N, C)`` rows, contiguous NCHW
   (class stride ``H*W``) and channels_last (class stride 1) are all read in place, no permute copy.
   A program handles ``BLOCK_P`` positions x all classes.
-* When the class dim fits on chip (``next_pow2(C) <= 16384``) one pass: load the tile once, softmax
-  in
-  registers, write the gradient (1 read + 1 write). Larger vocabularies use an online softmax
-  (running
-  max and sum over class chunks, then a second sweep writing the gradient: 2 reads + 1 write).
+* When the class dim fits on chip (``next_pow2(C) <= 16384``) one pass: load the tile once,
+  softmax in registers, write the gradient (1 read + 1 write). Larger vocabularies use an online
+  softmax (running max and sum over class chunks, then a second sweep writing the gradient: 2
+  reads + 1 write).
 * The target logit and class weight are gathered per position; the ``-1`` of the target class is
-  applied in fp32 before the gradient is rounded (no bf16 cancellation).
-* The ``mean`` denominators (valid count, or the summed class weights of valid targets) come from a
-  device pre-pass over the targets only (8 bytes per position, no sync), so the forward can write
-  the
-  final gradient and the backward is the predicate kernel of ``_common``.
+  applied in fp32 before the gradient is rounded (no bf16 cancellation). An index outside
+  ``[0, C)`` (not ignored) makes the loss NaN.
+* The ``"mean"`` denominator (valid count, the summed class weights of valid targets,
+  a given one, the global value) comes from the pipeline; a device value is read by the kernel
+  (no sync), so the forward writes the final gradient and the backward is the predicate kernel of
+  ``_common`` (float16: the gradient is computed in the backward, see ``_common``).
+* Class offsets (``c * class stride``) are int32 unless ``(C - 1) * stride`` exceeds it in one
+  sample (3-D volumes), then int64 (``WIDE``); positions are split with one 64-bit division per
+  program.
 * Focal: ``q = 1 - p_y`` is computed as (sum of the other exponentials) / (sum), not ``1 - p_y``,
-  and
-  ``log p_y = log1p(-q)`` by series when ``q`` is small, so the loss and the finite gradient keep
-  their
-  relative accuracy at saturation, also for ``0 < gamma < 1``.
+  and ``log p_y = log1p(-q)`` by series when ``q`` is small, so the loss and the finite gradient
+  keep their relative accuracy at saturation, also for ``0 < gamma < 1``.
 """
 
 from __future__ import annotations
@@ -32,11 +33,19 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from lossforge._reduction import Denominator, WeightLayout
-from lossforge.kernels._common import finish_sum
-from lossforge.kernels._launch import KERNEL_DTYPES, denominator_args, interpreting
+from lossforge.kernels._common import (
+    block_div,
+    declare,
+    denominator_args,
+    finish_sum,
+    go_layout,
+    grad_factor,
+    run,
+)
+from lossforge.kernels._launch import KERNEL_DTYPES, cdiv, interpreting, next_pow2
 
 __all__: list[str] = []  # private: reached through lossforge._pipeline.softmax
 
@@ -48,15 +57,61 @@ CHUNK_C = 4096
 
 
 @triton.jit
+def _positions(start, P, S, sN, sS, gN, gS, FLAT: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Positions ``p = n * S + s`` of the program's tile (from the int64 ``start``), their mask,
+    and the row offsets of the logits and of the gradient (int64)."""
+    p = start + tl.arange(0, BLOCK_P)
+    pm = p < P
+    if FLAT:
+        # sN == S * sS and gN == S * gS (channels_last, or (N, C) rows): no division at all.
+        # With the class dim contiguous, every lane of a warp repeats the per-position integer
+        # work of its rows, so n = p // S (a 64-bit division call) dominated the SASS.
+        xrow = p * sS
+        grow = p * gS
+    else:
+        n = block_div(start, BLOCK_P, S)  # p // S: one 64-bit division per program
+        s = p - n * S
+        xrow = n * sN + s * sS
+        grow = n * gN + s * gS
+    return p, pm, xrow, grow
+
+
+@triton.jit
+def _class_offsets(cc, WIDE: tl.constexpr):
+    # (C - 1) * class stride may exceed int32 in one sample (3-D volumes): 64-bit offsets then.
+    if WIDE:  # noqa: SIM108 (constexpr branch inside a Triton kernel)
+        out = cc.to(tl.int64)
+    else:
+        out = cc
+    return out
+
+
+@triton.jit
+def _position_weight(
+    w_ptr, start, p, pm, w_inner, BLOCK_P: tl.constexpr, WEIGHT_MODE: tl.constexpr
+):
+    # The per-position weight: [P] (1), leading dims [P // w_inner] (2), one value (3).
+    if WEIGHT_MODE == 1:
+        wt = tl.load(w_ptr + p, mask=pm, other=0.0).to(tl.float32)
+    elif WEIGHT_MODE == 2:
+        wrow = block_div(start, BLOCK_P, w_inner)  # p // w_inner
+        wt = tl.load(w_ptr + wrow, mask=pm, other=0.0).to(tl.float32)
+    else:
+        wt = tl.full([BLOCK_P], 1.0, tl.float32) * tl.load(w_ptr).to(tl.float32)
+    return wt
+
+
+@triton.jit
 def _softmax_fwd_kernel(
     x_ptr,  # logits, element (n, c, s) at n*sN + c*sC + s*sS
     t_ptr,  # [P] class indices (any int dtype), P = N*S positions in (n, s) order
     cw_ptr,  # [C] fp32 class weights (CE) or per-class alpha (focal) (HAS_CW)
-    w_ptr,  # [P] fp32 element weight of the per-position loss (HAS_W)
+    w_ptr,  # per-position weight, see _position_weight (WEIGHT_MODE > 0)
     loss_ptr,  # [P] fp32 per-position loss (not REDUCE)
     g_ptr,  # gradient, element (n, c, s) at n*gN + c*gC + s*gS, logits dtype (WRITE_GRAD)
     part_ptr,  # [num_programs] fp32 partial sums (REDUCE)
-    scale_ptr,  # [1] fp32 mean scale (SCALE_FROM_PTR)
+    d_ptr,  # [1] "mean" denominator on the device (D_PTR)
+    go_ptr,  # grad_output: [1] (GO_MODE 1) or [P] (GO_MODE 2)
     b_ptr,  # [C] fp32 additive logit bias, e.g. tau * log(prior) (HAS_BIAS)
     P,
     C,
@@ -67,39 +122,32 @@ def _softmax_fwd_kernel(
     gN,
     gC,
     gS,
+    w_inner,
     ignore_index,
-    scale,
+    s_host,
     smooth,
     gamma,
     LOSS: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
     HAS_CW: tl.constexpr,
-    HAS_W: tl.constexpr,
+    WEIGHT_MODE: tl.constexpr,
     HAS_SMOOTH: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     GMODE: tl.constexpr,
     REDUCE: tl.constexpr,
+    WRITE_LOSS: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
-    SCALE_FROM_PTR: tl.constexpr,
+    D_PTR: tl.constexpr,
+    GO_MODE: tl.constexpr,
     SINGLE: tl.constexpr,
     FLAT: tl.constexpr,
+    WIDE: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    p = pid.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
-    pm = p < P
-    if FLAT:
-        # sN == S * sS and gN == S * gS (channels_last, or (N, C) rows): no 64-bit division.
-        # With the class dim contiguous, every lane of a warp repeats the per-position integer
-        # work of its rows, so n = p // S (a 64-bit division call) dominated the SASS.
-        xrow = p * sS
-        grow = p * gS
-    else:
-        n = p // S
-        s = p - n * S
-        xrow = n * sN + s * sS
-        grow = n * gN + s * gS
+    start = pid.to(tl.int64) * BLOCK_P
+    p, pm, xrow, grow = _positions(start, P, S, sN, sS, gN, gS, FLAT, BLOCK_P)
 
     tgt = tl.load(t_ptr + p, mask=pm, other=0).to(tl.int64)
     valid = pm
@@ -128,7 +176,8 @@ def _softmax_fwd_kernel(
     if SINGLE:
         cm = cols < C
         mask2 = pm[:, None] & cm[None, :]
-        x = tl.load(x_ptr + xrow[:, None] + cols[None, :] * sC, mask=mask2, other=float("-inf")).to(
+        co = _class_offsets(cols, WIDE)
+        x = tl.load(x_ptr + xrow[:, None] + co[None, :] * sC, mask=mask2, other=float("-inf")).to(
             tl.float32
         )
         if HAS_BIAS:
@@ -154,8 +203,9 @@ def _softmax_fwd_kernel(
             cc = c0 + cols
             cm = cc < C
             mask2 = pm[:, None] & cm[None, :]
+            co = _class_offsets(cc, WIDE)
             x = tl.load(
-                x_ptr + xrow[:, None] + cc[None, :] * sC, mask=mask2, other=float("-inf")
+                x_ptr + xrow[:, None] + co[None, :] * sC, mask=mask2, other=float("-inf")
             ).to(tl.float32)
             if HAS_BIAS:
                 x = x + tl.load(b_ptr + cc, mask=cm, other=0.0)[None, :]
@@ -206,8 +256,8 @@ def _softmax_fwd_kernel(
         coef_p = fac
         coef_t = fac
 
-    if HAS_W:
-        wt = tl.load(w_ptr + p, mask=pm, other=0.0)
+    if WEIGHT_MODE > 0:
+        wt = _position_weight(w_ptr, start, p, pm, w_inner, BLOCK_P, WEIGHT_MODE)
         loss = loss * wt
         coef_p = coef_p * wt
         coef_t = coef_t * wt
@@ -218,14 +268,17 @@ def _softmax_fwd_kernel(
     loss = tl.where(ok, loss, 0.0)
     loss = tl.where(bad, float("nan"), loss)
 
-    if REDUCE:
-        tl.store(part_ptr + pid, tl.sum(loss, axis=0))
-    else:
-        tl.store(loss_ptr + p, loss, mask=pm)
+    if WRITE_LOSS:
+        if REDUCE:
+            tl.store(part_ptr + pid, tl.sum(loss, axis=0))
+        else:
+            tl.store(loss_ptr + p, loss, mask=pm)
 
     if WRITE_GRAD:
-        gs = (tl.load(scale_ptr) if SCALE_FROM_PTR else scale) if REDUCE else 1.0
+        gs = grad_factor(s_host, d_ptr, go_ptr, D_PTR, GO_MODE == 1)
         okf = tl.where(ok, gs, 0.0)
+        if GO_MODE == 2:
+            okf = okf * tl.load(go_ptr + p, mask=pm, other=0.0).to(tl.float32)
         coef_p = coef_p * okf * inv_d
         coef_t = coef_t * okf
         if LOSS == 0 and HAS_SMOOTH:
@@ -234,11 +287,12 @@ def _softmax_fwd_kernel(
             cc = c0 + cols
             cm = cc < C
             mask2 = pm[:, None] & cm[None, :]
+            co = _class_offsets(cc, WIDE)
             if SINGLE:
                 pe = e
             else:
                 xc = tl.load(
-                    x_ptr + xrow[:, None] + cc[None, :] * sC, mask=mask2, other=float("-inf")
+                    x_ptr + xrow[:, None] + co[None, :] * sC, mask=mask2, other=float("-inf")
                 )
                 xc = xc.to(tl.float32)
                 if HAS_BIAS:
@@ -252,7 +306,7 @@ def _softmax_fwd_kernel(
                 else:
                     g = g - wt_s[:, None]
             tl.store(
-                g_ptr + grow[:, None] + cc[None, :] * gC, g.to(g_ptr.dtype.element_ty), mask=mask2
+                g_ptr + grow[:, None] + co[None, :] * gC, g.to(g_ptr.dtype.element_ty), mask=mask2
             )
 
 
@@ -261,11 +315,12 @@ def _softmax_probs_kernel(
     x_ptr,  # logits, element (n, c, s) at n*sN + c*sC + s*sS
     t_ptr,  # probability target of the logits' shape, at n*tN + c*tC + s*tS (any float dtype)
     cw_ptr,  # [C] fp32 class weights (HAS_CW)
-    w_ptr,  # [P] fp32 element weight of the per-position loss (HAS_W)
+    w_ptr,  # per-position weight, see _position_weight (WEIGHT_MODE > 0)
     loss_ptr,  # [P] fp32 per-position loss (not REDUCE)
     g_ptr,  # gradient, element (n, c, s) at n*gN + c*gC + s*gS (WRITE_GRAD)
     part_ptr,  # [num_programs] fp32 partial sums (REDUCE)
-    scale_ptr,  # [1] fp32 mean scale (SCALE_FROM_PTR)
+    d_ptr,  # [1] "mean" denominator on the device (D_PTR)
+    go_ptr,  # grad_output: [1] (GO_MODE 1) or [P] (GO_MODE 2)
     b_ptr,  # [C] fp32 additive logit bias (HAS_BIAS)
     P,
     C,
@@ -279,24 +334,29 @@ def _softmax_probs_kernel(
     gN,
     gC,
     gS,
-    scale,
+    w_inner,
+    s_host,
     smooth,
     HAS_CW: tl.constexpr,
-    HAS_W: tl.constexpr,
+    WEIGHT_MODE: tl.constexpr,
     HAS_SMOOTH: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     REDUCE: tl.constexpr,
+    WRITE_LOSS: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
-    SCALE_FROM_PTR: tl.constexpr,
+    D_PTR: tl.constexpr,
+    GO_MODE: tl.constexpr,
+    WIDE: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
     # loss = sum_c w_c t'_c (lse - x_c) = A lse - B;  d/dx_c = A p_c - w_c t'_c.
     # Online over class chunks (one chunk when C fits), then a second sweep for the gradient.
     pid = tl.program_id(0)
-    p = pid.to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    start = pid.to(tl.int64) * BLOCK_P
+    p = start + tl.arange(0, BLOCK_P)
     pm = p < P
-    n = p // S
+    n = block_div(start, BLOCK_P, S)  # p // S: one 64-bit division per program
     s = p - n * S
     xrow = n * sN + s * sS
     trow = n * tN + s * tS
@@ -310,11 +370,12 @@ def _softmax_probs_kernel(
         cc = c0 + cols
         cm = cc < C
         mask2 = pm[:, None] & cm[None, :]
-        x = tl.load(x_ptr + xrow[:, None] + cc[None, :] * sC, mask=mask2, other=float("-inf"))
+        co = _class_offsets(cc, WIDE)
+        x = tl.load(x_ptr + xrow[:, None] + co[None, :] * sC, mask=mask2, other=float("-inf"))
         x = x.to(tl.float32)
         if HAS_BIAS:
             x = x + tl.load(b_ptr + cc, mask=cm, other=0.0)[None, :]
-        tv = tl.load(t_ptr + trow[:, None] + cc[None, :] * tC, mask=mask2, other=0.0).to(tl.float32)
+        tv = tl.load(t_ptr + trow[:, None] + co[None, :] * tC, mask=mask2, other=0.0).to(tl.float32)
         if HAS_SMOOTH:
             tv = tl.where(mask2, tv * (1.0 - smooth) + smooth / C, 0.0)
         if HAS_CW:
@@ -327,30 +388,29 @@ def _softmax_probs_kernel(
     d = tl.where(pm, d, 1.0)
     lse = mx + tl.log(d)
     loss = tl.where(pm, a * lse - b, 0.0)
-    if HAS_W:
-        wt = tl.load(w_ptr + p, mask=pm, other=0.0)
+    if WEIGHT_MODE > 0:
+        wt = _position_weight(w_ptr, start, p, pm, w_inner, BLOCK_P, WEIGHT_MODE)
         loss = loss * wt
-    if REDUCE:
-        tl.store(part_ptr + pid, tl.sum(loss, axis=0))
-    else:
-        tl.store(loss_ptr + p, loss, mask=pm)
-    if WRITE_GRAD:
-        gs = 1.0
+    if WRITE_LOSS:
         if REDUCE:
-            if SCALE_FROM_PTR:  # noqa: SIM108 (constexpr branch inside a Triton kernel)
-                gs = tl.load(scale_ptr)
-            else:
-                gs = scale
+            tl.store(part_ptr + pid, tl.sum(loss, axis=0))
+        else:
+            tl.store(loss_ptr + p, loss, mask=pm)
+    if WRITE_GRAD:
+        gs = grad_factor(s_host, d_ptr, go_ptr, D_PTR, GO_MODE == 1)
         rowf = tl.where(pm, gs, 0.0)
-        if HAS_W:
+        if GO_MODE == 2:
+            rowf = rowf * tl.load(go_ptr + p, mask=pm, other=0.0).to(tl.float32)
+        if WEIGHT_MODE > 0:
             rowf = rowf * wt
         coef = a * rowf / d
         for c0 in range(0, C, BLOCK_C):
             cc = c0 + cols
             cm = cc < C
             mask2 = pm[:, None] & cm[None, :]
-            x = tl.load(x_ptr + xrow[:, None] + cc[None, :] * sC, mask=mask2, other=float("-inf"))
-            tv = tl.load(t_ptr + trow[:, None] + cc[None, :] * tC, mask=mask2, other=0.0)
+            co = _class_offsets(cc, WIDE)
+            x = tl.load(x_ptr + xrow[:, None] + co[None, :] * sC, mask=mask2, other=float("-inf"))
+            tv = tl.load(t_ptr + trow[:, None] + co[None, :] * tC, mask=mask2, other=0.0)
             tv = tv.to(tl.float32)
             if HAS_SMOOTH:
                 tv = tl.where(mask2, tv * (1.0 - smooth) + smooth / C, 0.0)
@@ -361,7 +421,7 @@ def _softmax_probs_kernel(
                 x = x + tl.load(b_ptr + cc, mask=cm, other=0.0)[None, :]
             g = coef[:, None] * tl.exp(x - mx[:, None]) - rowf[:, None] * tv
             tl.store(
-                g_ptr + grow[:, None] + cc[None, :] * gC, g.to(g_ptr.dtype.element_ty), mask=mask2
+                g_ptr + grow[:, None] + co[None, :] * gC, g.to(g_ptr.dtype.element_ty), mask=mask2
             )
 
 
@@ -380,10 +440,10 @@ def _blocks(c: int, max_single: int, class_contiguous: bool = False) -> tuple[bo
     the lanes of a warp along the classes, so every thread keeps ``BLOCK_P / num_warps`` rows of
     per-position state (offsets, target, max, sum, coefficients). At 128 rows x 4 warps that was 32
     rows a thread: 255 registers and 360-670 B of spills on sm_90 for SEG channels_last CE with
-    class weights + smoothing and softmax focal (tests/kernels/aot.py). 64 rows x 8 warps keeps it
+    class weights + smoothing and softmax focal (tools/aot.py). 64 rows x 8 warps keeps it
     at 8 rows a thread (110-150 registers, no spills).
     """
-    bc = triton.next_power_of_2(max(c, 1))
+    bc = next_pow2(max(c, 1))
     tile = 256 if interpreting() else 4096
     if bc <= max_single:
         bp = max(1, tile // bc)
@@ -395,147 +455,144 @@ def _blocks(c: int, max_single: int, class_contiguous: bool = False) -> tuple[bo
     return False, 1, chunk, 8
 
 
-@triton_op("lossforge::softmax_fwd", mutates_args=())
-def softmax_fwd(
-    logits: Tensor,
-    target: Tensor,
-    class_weight: Tensor | None,
-    weight: Tensor | None,
-    scale_t: Tensor | None,
-    kind: int,
-    ignore_index: int | None,
-    reduce: bool,
-    scale: float,
-    label_smoothing: float,
-    gamma: float,
-    max_single: int,
-    write_grad: bool,
-    bias: Tensor | None,
-    d: float,
-    mode: int,
-) -> tuple[Tensor, Tensor]:
-    """Forward of the softmax losses on ``(N, C, S)``-strided logits: returns ``(loss, grad)``.
+#: Offsets are computed in int32 up to this bound (``(C - 1) * class stride``), else in int64.
+INT32_OFFSETS = 2**31 - 1
 
-    ``loss``: fp32 scalar (reduced, already scaled) or the fp32 per-position map ``(N, S)``.
-    ``grad``: d(loss)/d(logits) in the logits' dtype (scaled when reduced), or empty.
-    """
-    nb, c, s_len = logits.shape
-    p_total = nb * s_len
-    single, bp, bc, warps = _blocks(c, max_single, logits.stride(1) == 1)
-    n_prog = triton.cdiv(p_total, bp)
-    dev = logits.device
-    grad = torch.empty_like(logits) if write_grad else logits.new_empty(0)
-    gstride = grad.stride() if write_grad else (0, 0, 0)
-    if reduce:
-        parts = torch.zeros(max(n_prog, 1), dtype=torch.float32, device=dev)
-        loss_map = parts
+# ints: the launch configuration; floats: (s, d, label_smoothing, gamma)
+(
+    _KIND,
+    _HAS_IGNORE,
+    _IGNORE,
+    _REDUCE,
+    _MODE,
+    _WMODE,
+    _WINNER,
+    _MAX_SINGLE,
+    _HAS_BIAS,
+) = range(9)
+_S, _D, _SMOOTH, _GAMMA = range(4)
+
+
+def _fake(x, t, w, cw, bias, d, go, ints, floats, write_grad):  # noqa: ANN001, ANN202, ARG001
+    nb, _, s_len = x.shape
+    if ints[_REDUCE]:
+        loss = x.new_empty((), dtype=torch.float32)
     else:
-        parts = logits.new_empty(0, dtype=torch.float32)
-        loss_map = torch.empty(nb, s_len, dtype=torch.float32, device=dev)
-    if p_total > 0 and target.is_floating_point():
+        loss = x.new_empty((nb, s_len), dtype=torch.float32)
+    return loss, torch.empty_like(x) if write_grad else x.new_empty(0)
+
+
+def _needs_wide(c: int, *strides: int) -> bool:
+    """Whether ``(C - 1) * stride`` (a class offset inside one sample) can exceed int32."""
+    return max(c - 1, 0) * max((abs(s) for s in strides), default=0) > INT32_OFFSETS
+
+
+def _launch(x, t, w, cw, bias, d, go, ints, floats, write_grad):  # noqa: ANN001, ANN202
+    """The launch of one softmax loss on ``(N, C, S)``-strided logits: ``(loss, grad)``.
+
+    ``loss``: fp32 scalar (reduced, divided by the denominator) or the fp32 per-position map
+    ``(N, S)``; ``grad``: d(loss)/d(logits) in the logits' dtype, or empty. In the backward (``go``
+    given) the loss is not written and ``grad_output`` is folded into the gradient.
+    """
+    nb, c, s_len = x.shape
+    p_total = nb * s_len
+    single, bp, bc, warps = _blocks(c, ints[_MAX_SINGLE], x.stride(1) == 1)
+    n_prog = max(cdiv(p_total, bp), 1)
+    reduce, backward = bool(ints[_REDUCE]), go is not None
+    grad = torch.empty_like(x) if write_grad else x.new_empty(0)
+    gstride = grad.stride() if write_grad else (0, 0, 0)
+    parts = x.new_empty(n_prog if reduce and not backward else 0, dtype=torch.float32)
+    loss_map = parts
+    if not reduce and not backward:
+        loss_map = x.new_empty((nb, s_len), dtype=torch.float32)
+    go_mode = 0
+    if backward:
+        go_mode = 1
+        if not reduce:
+            go, scalar = go_layout(go, x.new_empty((nb, s_len), dtype=go.dtype))
+            go_mode = 1 if scalar else 2
+    mode = ints[_MODE]
+    wmode = ints[_WMODE]
+    common = {
+        "HAS_CW": cw is not None,
+        "WEIGHT_MODE": wmode,
+        "HAS_SMOOTH": floats[_SMOOTH] > 0,
+        "HAS_BIAS": bias is not None,
+        "REDUCE": reduce,
+        "WRITE_LOSS": not backward,
+        "WRITE_GRAD": write_grad,
+        "D_PTR": mode > 0 and d is not None,
+        "GO_MODE": go_mode,
+        "BLOCK_P": bp,
+        "BLOCK_C": bc,
+        "num_warps": warps,
+    }
+    ptrs = (
+        cw if cw is not None else parts,
+        w if w is not None else parts,
+        loss_map,
+        grad if write_grad else x,
+        parts,
+        d if d is not None else parts,
+        go if go is not None else parts,
+        bias if bias is not None else parts,
+    )
+    ls = x.stride()
+    if p_total > 0 and t.is_floating_point():
         # Probability targets, viewed (N, C, S) like the logits: reads logits and targets twice.
-        tstr = target.stride()
+        ts = t.stride()
         wrap_triton(_softmax_probs_kernel)[(n_prog,)](
-            logits,
-            target,
-            class_weight if class_weight is not None else parts,
-            weight if weight is not None else parts,
-            loss_map,
-            grad if write_grad else logits,
-            parts,
-            scale_t if scale_t is not None else parts,
-            bias if bias is not None else parts,
+            x,
+            t,
+            *ptrs,
             p_total,
             c,
             s_len,
-            logits.stride(0),
-            logits.stride(1),
-            logits.stride(2),
-            tstr[0],
-            tstr[1],
-            tstr[2],
-            gstride[0],
-            gstride[1],
-            gstride[2],
-            scale,
-            label_smoothing,
-            HAS_CW=class_weight is not None,
-            HAS_W=weight is not None,
-            HAS_SMOOTH=label_smoothing > 0,
-            HAS_BIAS=bias is not None,
-            REDUCE=reduce,
-            WRITE_GRAD=write_grad,
-            SCALE_FROM_PTR=scale_t is not None,
-            BLOCK_P=bp,
-            BLOCK_C=bc,
-            num_warps=warps,
+            *ls,
+            *ts,
+            *gstride,
+            ints[_WINNER],
+            floats[_S],
+            floats[_SMOOTH],
+            WIDE=_needs_wide(c, ls[1], ts[1], gstride[1]),
+            **common,
         )
     elif p_total > 0:
-        ls = logits.stride()
         # Position p = n * S + s at p * sS (channels_last): see FLAT in the kernel.
         flat = s_len > 1 and ls[0] == s_len * ls[2]
         flat = flat and (not write_grad or gstride[0] == s_len * gstride[2])
         wrap_triton(_softmax_fwd_kernel)[(n_prog,)](
-            logits,
-            target,
-            class_weight if class_weight is not None else parts,
-            weight if weight is not None else parts,
-            loss_map,
-            grad if write_grad else logits,
-            parts,
-            scale_t if scale_t is not None else parts,
-            bias if bias is not None else parts,
+            x,
+            t,
+            *ptrs,
             p_total,
             c,
             s_len,
-            logits.stride(0),
-            logits.stride(1),
-            logits.stride(2),
-            gstride[0],
-            gstride[1],
-            gstride[2],
-            ignore_index if ignore_index is not None else 0,
-            scale,
-            label_smoothing,
-            gamma,
-            LOSS=kind,
-            HAS_IGNORE=ignore_index is not None,
-            HAS_CW=class_weight is not None,
-            HAS_W=weight is not None,
-            HAS_SMOOTH=label_smoothing > 0,
-            HAS_BIAS=bias is not None,
-            GMODE=_gamma_mode(gamma),
-            REDUCE=reduce,
-            WRITE_GRAD=write_grad,
-            SCALE_FROM_PTR=scale_t is not None,
+            *ls,
+            *gstride,
+            ints[_WINNER],
+            ints[_IGNORE],
+            floats[_S],
+            floats[_SMOOTH],
+            floats[_GAMMA],
+            LOSS=ints[_KIND],
+            HAS_IGNORE=bool(ints[_HAS_IGNORE]),
+            GMODE=_gamma_mode(floats[_GAMMA]),
             SINGLE=single,
             FLAT=flat,
-            BLOCK_P=bp,
-            BLOCK_C=bc,
-            num_warps=warps,
+            WIDE=_needs_wide(c, ls[1], gstride[1]),
+            **common,
         )
-    if reduce:
-        return finish_sum(parts, scale_t, d, mode), grad
-    return loss_map, grad
+    if backward:
+        return x.new_empty(0, dtype=torch.float32), grad
+    if not reduce:
+        return loss_map, grad
+    if p_total == 0:
+        parts = torch.zeros(1, dtype=torch.float32, device=x.device)
+    return finish_sum(parts, d, floats[_D], mode), grad
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    ctx.reduce = inputs[7]
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(output[1])
-
-
-def _backward(ctx, grad_loss, _grad_grad):
-    (grad,) = ctx.saved_tensors
-    if ctx.reduce:
-        torch.ops.lossforge.scale_grad_(grad, grad_loss.reshape(1))
-        g = grad
-    else:
-        g = grad.mul_(grad_loss.unsqueeze(1))
-    return (g,) + (None,) * 15
-
-
-softmax_fwd.register_autograd(_backward, setup_context=_setup_context)
+SOFTMAX = declare("softmax", _launch, _fake, go_dim=1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -579,17 +636,19 @@ def _reason(
     return None
 
 
-def _position_weight(weight: WeightLayout, loss_shape: tuple[int, ...]) -> Tensor | None:
+def _weight_args(
+    weight: WeightLayout, loss_shape: tuple[int, ...]
+) -> tuple[Tensor | None, int, int]:
+    """(tensor, mode, inner) of the per-position weight: the loss's shape (1), its leading dims
+    (2: read at ``p // inner``), one value (3); a same-rank broadcast is expanded (per position)."""
     w = weight.tensor
     if w is None:
-        return None
-    if w.ndim == 0:
-        w = w.expand(loss_shape)
-    elif tuple(w.shape) != loss_shape:
-        if w.ndim < len(loss_shape) and tuple(w.shape) == loss_shape[: w.ndim]:
-            w = w.reshape(tuple(w.shape) + (1,) * (len(loss_shape) - w.ndim))
-        w = w.expand(loss_shape)
-    return w.to(torch.float32).contiguous().reshape(-1)
+        return None, 0, 1
+    if weight.mode == WeightLayout.SCALAR:
+        return w.reshape(1), 3, 1
+    if weight.mode == WeightLayout.LEADING:
+        return w.contiguous().reshape(-1), 2, weight.inner
+    return w.expand(loss_shape).contiguous().reshape(-1), 1, 1
 
 
 def _loss(
@@ -605,7 +664,6 @@ def _loss(
     denom: Denominator | None,
     label_smoothing: float = 0.0,
     gamma: float = 2.0,
-    max_single_pass_classes: int = SINGLE_PASS_MAX_C,
 ) -> Tensor:
     """Run a softmax loss through the fused kernel (validated and routed by
     ``lossforge._pipeline.softmax``).
@@ -619,16 +677,16 @@ def _loss(
         ignore_index: Ignored class index (index targets only).
         weight: The per-position weight's layout.
         reduce: ``False`` for ``reduction="none"``; ``denom``: the ``"mean"`` denominator or None.
-        max_single_pass_classes: padded class count up to which the one-pass variant is used (tests
-            lower it to exercise the online variant).
+
+    The one-pass variant serves padded class counts up to the module's ``SINGLE_PASS_MAX_C``
+    (read per call: tests lower it to exercise the online variant on small inputs).
 
     Returns:
         fp32 scalar, or the per-position loss (the target's shape) for ``reduce=False``.
     """
     kid = FOCAL if kind == "focal" else CE
     x = _as_ncs(logits)
-    probs = target.is_floating_point()
-    if probs:
+    if target.is_floating_point():
         # Probability targets: read through their own (N, C, S) strides; nothing is ignored.
         cdim = 1 if logits.ndim >= 2 else 0
         loss_shape = tuple(logits.shape[:cdim]) + tuple(logits.shape[cdim + 1 :])
@@ -639,32 +697,39 @@ def _loss(
         t = target.reshape(-1)
         if not t.is_contiguous():
             t = t.contiguous()
-    cw = coef
-    if cw is not None:
-        cw = cw.to(device=x.device, dtype=torch.float32).reshape(-1).contiguous()
-    w = _position_weight(weight, loss_shape)
-    scale, scale_t, d, mode = denominator_args(denom)
-    write_grad = logits.requires_grad and torch.is_grad_enabled()
-    loss, _ = torch.ops.lossforge.softmax_fwd(
+    cw = None
+    if coef is not None:
+        cw = coef.to(device=x.device, dtype=torch.float32).reshape(-1).contiguous()
+    bias = None
+    if logit_bias is not None:
+        bias = logit_bias.to(device=x.device, dtype=torch.float32).reshape(-1).contiguous()
+    w, wmode, w_inner = _weight_args(weight, loss_shape)
+    mode, s_host, d, d_t = denominator_args(denom)
+    ints = (
+        kid,
+        int(ignore_index is not None),
+        0 if ignore_index is None else int(ignore_index),
+        int(reduce),
+        mode,
+        wmode,
+        w_inner,
+        int(SINGLE_PASS_MAX_C),
+        int(bias is not None),
+    )
+    floats = (s_host, d, float(label_smoothing), float(gamma))
+    loss = run(
+        SOFTMAX,
         x,
         t,
-        cw,
         w,
-        scale_t,
-        kid,
-        ignore_index,
-        reduce,
-        scale,
-        float(label_smoothing),
-        float(gamma),
-        int(max_single_pass_classes),
-        write_grad,
-        None
-        if logit_bias is None
-        else logit_bias.to(device=x.device, dtype=torch.float32).reshape(-1).contiguous(),
-        d,
-        mode,
+        cw,
+        bias,
+        d_t,
+        ints,
+        floats,
+        reduced=reduce,
+        grad_in_backward=logits.dtype == torch.float16,
     )
     if not reduce:
         loss = loss.reshape(loss_shape)
-    return loss  # type: ignore[no-any-return]
+    return loss
