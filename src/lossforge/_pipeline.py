@@ -67,6 +67,7 @@ from lossforge._targets import (
     check_softmax_target,
     class_view,
     region_target,
+    resolve_target,
     sigmoid_target,
     softmax_target,
 )
@@ -203,6 +204,7 @@ def sigmoid(
     fused: Fused | None = None,
     options: Callable[[Tensor], Mapping[str, Any]] | None = None,
     input_name: str = "logits",
+    index_target: bool | None = None,
 ) -> Tensor:
     """Run an element-wise sigmoid-family loss.
 
@@ -213,8 +215,11 @@ def sigmoid(
         fused: The kernel that can serve this loss, if any.
         options: ``options(x)``: loss options that need the validated input (a ``pos_weight``
             on its device); passed to ``loss`` and to the kernel as keywords.
+        index_target: Whether a target without the class dimension holds class indices
+            (``lossforge._targets.resolve_target``: required with one channel).
     """
     x = check_floating(fn, input_name, logits)
+    target = resolve_target(fn, x, target, index_target=index_target)
     avg = check_avg_factor(fn, avg_factor, reduction)
     opts = {} if options is None else dict(options(x))
     if fused is None:
@@ -533,6 +538,7 @@ def region(
     avg_factor: object,
     backend: object = "torch",
     fused: Fused | None = None,
+    index_target: bool | None = None,
 ) -> Tensor:
     """Run a region (overlap) loss.
 
@@ -542,7 +548,7 @@ def region(
     batch with ``batch=True``; inside ``global_normalization()`` also over the ranks, in one
     collective). ``combine(sums)`` turns the sums into the loss per entry, ``(N, C)`` (``(C,)``
     with ``batch=True``). ``class_weight`` scales the entries; an entry with no valid pixel is not
-    counted in ``"mean"``.
+    counted in ``"mean"``. ``index_target``: as in ``sigmoid``.
     """
     x = check_floating(fn, "logits", logits)
     avg = check_avg_factor(fn, avg_factor, reduction)
@@ -558,6 +564,7 @@ def region(
         )
     if not include_background and c < 2:
         fail(fn, "include_background", "True when there is a single channel", include_background)
+    target = resolve_target(fn, x, target, index_target=index_target)
     w = as_class_weight(fn, class_weight, c, x)
     if fused is not None and kernel_eligible(fn, backend, x):
         out = _region_fused(

@@ -319,6 +319,7 @@ def asymmetric_loss(
     eps: ClampEps = 1e-8,
     detach_focal_weight: bool = False,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
     avg_factor: AvgFactor = None,
@@ -371,6 +372,11 @@ def asymmetric_loss(
             ``disable_torch_grad_focal_loss``), by ``.detach()`` on the weight; grad mode is
             untouched.
         ignore_index: Ignored target value; ``None`` disables it.
+        index_target: What a target without the class dimension holds. ``None`` (default):
+            class indices, except with one logit channel, where an integer target is ambiguous
+            and raises (a float or bool one is a mask); ``True``: class indices (``C`` =
+            background; a single-class detector's labels); ``False``: a mask (with one channel
+            the channel dimension may be left out).
         weight: Element-wise weight: the logits' shape, its leading dims (``(N,)`` = per sample) or
             a same-rank broadcastable shape.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
@@ -416,6 +422,7 @@ def asymmetric_loss(
             },
         ),
         ignore_index=ignore_index,
+        index_target=index_target,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,

@@ -92,6 +92,7 @@ def balanced_binary_cross_entropy(
     *,
     beta: Probability | None = None,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
     avg_factor: AvgFactor = None,
@@ -124,6 +125,11 @@ def balanced_binary_cross_entropy(
         beta: ``None`` (per-sample fraction of negatives) or a float in ``[0, 1]``: the weight of
             the positive term; negatives get ``1 - beta``.
         ignore_index: Ignored target value (excluded from $\beta$ and from the loss).
+        index_target: What a target without the class dimension holds. ``None`` (default):
+            class indices, except with one logit channel, where an integer target is ambiguous
+            and raises (a float or bool one is a mask); ``True``: class indices (``C`` =
+            background; a single-class detector's labels); ``False``: a mask (with one channel
+            the channel dimension may be left out).
         weight: Element-wise weight (the logits' shape, its leading dims, or a same-rank
             broadcastable shape).
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
@@ -151,6 +157,7 @@ def balanced_binary_cross_entropy(
         loss=partial(_balanced_bce, beta=beta),
         fused=Fused("sigmoid", "balanced_bce", {"beta": beta}),
         ignore_index=ignore_index,
+        index_target=index_target,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,

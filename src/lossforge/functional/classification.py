@@ -265,6 +265,7 @@ def binary_cross_entropy(
     reduction: Reduction = "mean",
     avg_factor: AvgFactor = None,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
 ) -> Tensor:
     r"""Binary cross-entropy on probabilities (``torch.nn.functional.binary_cross_entropy``).
 
@@ -286,6 +287,11 @@ def binary_cross_entropy(
         reduction: ``"none"`` | ``"mean"`` (over valid elements) | ``"sum"``.
         avg_factor: Denominator of ``"mean"``.
         ignore_index: Dense target value (or index-target row value) that is ignored.
+        index_target: What a target without the class dimension holds. ``None`` (default):
+            class indices, except with one logit channel, where an integer target is ambiguous
+            and raises (a float or bool one is a mask); ``True``: class indices (``C`` =
+            background; a single-class detector's labels); ``False``: a mask (with one channel
+            the channel dimension may be left out).
 
     Returns:
         ``probs``' shape for ``"none"``, else a scalar.
@@ -308,6 +314,7 @@ def binary_cross_entropy(
         target,
         loss=checked,
         ignore_index=ignore_index,
+        index_target=index_target,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,
@@ -385,6 +392,7 @@ def binary_cross_entropy_with_logits(
     pos_weight: NonNegative | Weights | None = None,
     label_smoothing: Probability = 0.0,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
     avg_factor: AvgFactor = None,
@@ -421,6 +429,11 @@ def binary_cross_entropy_with_logits(
             logits); for ``(N, C, H, W)`` logits pass it as ``(C, 1, 1)``. Non-negative.
         label_smoothing: $\varepsilon \in [0, 1]$.
         ignore_index: Ignored target value; ``None`` disables it.
+        index_target: What a target without the class dimension holds. ``None`` (default):
+            class indices, except with one logit channel, where an integer target is ambiguous
+            and raises (a float or bool one is a mask); ``True``: class indices (``C`` =
+            background; a single-class detector's labels); ``False``: a mask (with one channel
+            the channel dimension may be left out).
         weight: Element-wise weight, the logits' shape, its leading dims (``(N,)`` = per sample) or
             same-rank broadcastable.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
@@ -450,6 +463,7 @@ def binary_cross_entropy_with_logits(
         fused=Fused("sigmoid", "bce", {"label_smoothing": label_smoothing}),
         options=options,
         ignore_index=ignore_index,
+        index_target=index_target,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,

@@ -46,6 +46,7 @@ def dice_loss(
     squared: bool = False,
     batch: bool = False,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     class_weight: ClassValues | None = None,
     include_background: bool = True,
     weight: Tensor | None = None,
@@ -78,10 +79,14 @@ def dice_loss(
       ``[0, C)`` or dense ``(N, C, *)`` (one-hot or soft) maps.
     * ``"sigmoid"`` (binary / multi-label): independent sigmoid per channel; targets are dense
       ``(N, C, *)`` masks, class indices ``(N, *)`` in ``[0, C]`` (``C`` = background: every channel
-      negative, the library's sigmoid convention), or for a single channel ``C = 1`` a binary mask
-      of shape ``(N, *)``.
+      negative, the library's sigmoid convention).
     * ``"none"``: ``logits`` already are probabilities in ``[0, 1]``; targets as for
-      ``"softmax"`` (or a ``(N, *)`` binary mask when ``C = 1``).
+      ``"softmax"``.
+
+    A single channel (``C = 1``, sigmoid or none) reads a float or bool ``(N, *)`` target as a
+    binary mask; an integer ``(N, *)`` target is ambiguous there (a mask, or class indices with
+    0 = the class) and raises unless ``index_target`` says which (``False``: a mask), exactly as
+    in the sigmoid-family losses. A mask of the logits' shape ``(N, 1, *)`` is never ambiguous.
 
     ``ignore_index`` removes pixels from *both* sums: with class-index targets a pixel whose label
     equals it counts in no class (unlike mmsegmentation, where it still counts as a false positive);
@@ -104,13 +109,18 @@ def dice_loss(
             gives one element per entry. float16/bfloat16 are computed in float32.
         target: ``(N, *)`` class indices (integer dtype), ``(N, C, *)`` dense targets in ``[0, 1]``
             (float, bool or integer), or ``(N, *)`` binary masks when ``C = 1`` and the activation
-            is not softmax.
+            is not softmax (integer ones with ``index_target=False``).
         activation: ``"softmax"`` | ``"sigmoid"`` | ``"none"``.
         smooth: $s \ge 0$, added to numerator and denominator.
         squared: Squared denominators $\sum p^2 + \sum g^2$ (V-Net) instead of $\sum p + \sum g$.
         batch: Sum over the batch too: one loss per class.
         ignore_index: Target value whose pixels (index targets) or elements (dense targets) are
             left out of every sum.
+        index_target: What a target without the class dimension holds. ``None`` (default):
+            class indices, except with one logit channel, where an integer target is ambiguous
+            and raises (a float or bool one is a mask); ``True``: class indices (``C`` =
+            background; a single-class detector's labels); ``False``: a mask (with one channel
+            the channel dimension may be left out).
         class_weight: ``(C,)`` non-negative weights of the per-class losses (list or tensor).
             Always of length C, also with ``include_background=False`` (its first entry is unused).
         include_background: ``False`` drops channel 0 from the loss (it still takes part in the
@@ -150,6 +160,7 @@ def dice_loss(
         fused=Fused("dice", "dice", {"smooth": smooth, "squared": squared}),
         activation=activation,
         ignore_index=ignore_index,
+        index_target=index_target,
         class_weight=class_weight,
         include_background=include_background,
         batch=batch,

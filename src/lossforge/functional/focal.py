@@ -262,6 +262,7 @@ def sigmoid_focal_loss(
     alpha: Probability | None = 0.25,
     gamma: NonNegative = 2.0,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
     avg_factor: AvgFactor = None,
@@ -303,6 +304,11 @@ def sigmoid_focal_loss(
             turns the weighting off (torchvision's ``alpha=-1``).
         gamma: Focusing parameter $\gamma \ge 0$.
         ignore_index: Ignored target value (dense: per element; indices: per row); ``None`` = off.
+        index_target: What a target without the class dimension holds. ``None`` (default):
+            class indices, except with one logit channel, where an integer target is ambiguous
+            and raises (a float or bool one is a mask); ``True``: class indices (``C`` =
+            background; a single-class detector's labels); ``False``: a mask (with one channel
+            the channel dimension may be left out).
         weight: Element-wise weight: the logits' shape, its leading dims (``(N,)`` = per sample,
             as in mmdetection) or a same-rank broadcastable shape.
         reduction: ``"none"`` | ``"mean"`` (over valid elements, i.e. rows x C for index targets) |
@@ -335,6 +341,7 @@ def sigmoid_focal_loss(
         loss=partial(_sigmoid_focal, gamma=gamma, alpha=alpha),
         fused=Fused("sigmoid", "focal", {"alpha": alpha, "gamma": gamma}),
         ignore_index=ignore_index,
+        index_target=index_target,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,
