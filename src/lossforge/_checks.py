@@ -118,26 +118,72 @@ def check_tensor(fn: str, name: str, x: object) -> Tensor:
     return x  # type: ignore[return-value]
 
 
-def check_floating(fn: str, name: str, x: object) -> Tensor:
-    """A floating-point tensor (the predictions of every loss), without NaN.
+#: What ``check_floating`` accepts of infinite values (a value check, like NaN):
+#:
+#: * ``"allow"``: anything (predictions of a regression, probabilities checked elsewhere, logits
+#:   of an activation with a limit at +-inf such as the sigmoid of dice);
+#: * ``"finite"``: no infinity (the logits of the sigmoid-family losses, whose formulas multiply a
+#:   target weight by an infinite log term there);
+#: * ``"masked"``: ``-inf`` (a class masked out of a softmax, a log-probability of 0) but not a
+#:   whole row of it along ``class_dim`` (no class left: 0/0) and no ``+inf`` (no softmax).
+INFINITE_RULES = ("allow", "finite", "masked")
 
-    The NaN check reads values, so it follows the value-check mode; with checks off a NaN
-    propagates to the loss (it is never masked into a finite value). Infinite values are accepted:
-    ``-inf`` is a legitimate log-probability and a common way to mask classes out of a softmax.
+
+def check_floating(
+    fn: str, name: str, x: object, *, infinite: str = "allow", class_dim: int | None = None
+) -> Tensor:
+    """A floating-point tensor (the predictions of every loss), without NaN, and with infinite
+    values only as the rule ``infinite`` (``INFINITE_RULES``) allows.
+
+    The value checks follow the value-check mode; with checks off a NaN propagates to the loss (it
+    is never masked into a finite value) and infinite values are computed with as they are
+    (``docs/contract.md``, "Infinite values").
     """
     t = check_tensor(fn, name, x)
     if not t.is_floating_point():
         fail(fn, name, "to be a floating-point tensor", f"dtype {t.dtype}", TypeError)
     if t.numel() and value_checks_enabled(t):
-        # One summing pass (5x cheaper than aminmax on the CPU): a NaN anywhere makes the sum NaN.
-        # A NaN sum can also come from +inf and -inf (or half-precision overflow), so it is only a
-        # filter; the exact count decides.
+        # One summing pass (5x cheaper than aminmax on the CPU): a NaN or an infinity anywhere
+        # makes the sum non-finite. Overflow can too, so it is only a filter; exact counts decide.
+        # Half inputs are summed in float32 (no false alarm from fp16 overflow).
         t0 = t.detach()
-        if bool(torch.isnan(t0.sum())):
+        if not bool(torch.isfinite(t0.sum(dtype=compute_dtype(t0)))):
             n_nan = int(torch.isnan(t0).sum())
             if n_nan:
                 fail(fn, name, "no NaN values", f"{n_nan} NaN of {t.numel()}")
+            if infinite != "allow":
+                _check_infinite(fn, name, t0, infinite, class_dim)
     return t
+
+
+def _check_infinite(fn: str, name: str, t0: Tensor, rule: str, class_dim: int | None) -> None:
+    n = t0.numel()
+    if rule == "finite":
+        n_inf = int(torch.isinf(t0).sum())
+        if n_inf:
+            fail(
+                fn,
+                name,
+                "finite values (the loss has no value at an infinite logit on one side and would "
+                "be NaN on the other; leave elements out with `weight` 0 or `ignore_index`)",
+                f"{n_inf} infinite of {n}",
+            )
+        return
+    n_pos = int((t0 == float("inf")).sum())
+    if n_pos:
+        fail(fn, name, "no +inf values (a softmax over +inf is undefined)", f"{n_pos} +inf of {n}")
+    if class_dim is not None:
+        rows = (t0 == float("-inf")).all(dim=class_dim)
+        n_rows = int(rows.sum())
+        if n_rows:
+            fail(
+                fn,
+                name,
+                f"at least one class above -inf in every position (dim {class_dim}); a position "
+                "with every class masked has no softmax (give it a finite logit and ignore it "
+                "with `ignore_index` or `weight` 0)",
+                f"{n_rows} of {rows.numel()} positions with every class at -inf",
+            )
 
 
 def check_same_device(fn: str, **tensors: Tensor | None) -> None:
@@ -328,10 +374,11 @@ def check_unit_interval(
     """Values in ``[0, 1]`` (probabilities or soft targets); NaN is reported too."""
     if x.numel() == 0 or not value_checks_enabled(x):
         return
+    x = x.detach()
     v = x if ignore_value is None else x[x != ignore_value]
     if v.numel() == 0:
         return
-    lo, hi = torch.aminmax(v.detach())  # one pass; NaN propagates and fails both comparisons
+    lo, hi = torch.aminmax(v)  # one pass; NaN propagates and fails both comparisons
     if not (float(lo) >= 0.0 and float(hi) <= 1.0):
         bad = (v < 0) | (v > 1) | torch.isnan(v)
         fail(

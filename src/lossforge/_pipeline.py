@@ -155,6 +155,10 @@ def _grad_reason(*tensors: object) -> str | None:
     return None
 
 
+def _ndim(x: object) -> int:
+    return x.ndim if isinstance(x, Tensor) else 0
+
+
 def _kernel_module(fused: Fused) -> Any:
     return importlib.import_module(f"lossforge.kernels.{fused.family}")
 
@@ -217,8 +221,13 @@ def sigmoid(
             on its device); passed to ``loss`` and to the kernel as keywords.
         index_target: Whether a target without the class dimension holds class indices
             (``lossforge._targets.resolve_target``: required with one channel).
+
+    Infinite logits are refused under value checks (``_checks.INFINITE_RULES``: ``"finite"``);
+    an input named other than ``logits`` (probabilities) is checked by the loss itself.
     """
-    x = check_floating(fn, input_name, logits)
+    x = check_floating(
+        fn, input_name, logits, infinite="finite" if input_name == "logits" else "allow"
+    )
     target = resolve_target(fn, x, target, index_target=index_target)
     avg = check_avg_factor(fn, avg_factor, reduction)
     opts = {} if options is None else dict(options(x))
@@ -325,8 +334,13 @@ def softmax(
             loss (prior / margin adjustments); the kernels add it on the fly.
         fused: The kernel that can serve this loss, if any.
         allow_probs: Whether probability targets are accepted.
+
+    ``-inf`` logits (masked classes) are accepted; ``+inf`` and a position with every class at
+    ``-inf`` are refused under value checks (``_checks.INFINITE_RULES``: ``"masked"``).
     """
-    x = check_floating(fn, input_name, logits)
+    x = check_floating(
+        fn, input_name, logits, infinite="masked", class_dim=1 if _ndim(logits) >= 2 else 0
+    )
     avg = check_avg_factor(fn, avg_factor, reduction)
     if (
         not allow_probs
@@ -548,9 +562,16 @@ def region(
     batch with ``batch=True``; inside ``global_normalization()`` also over the ranks, in one
     collective). ``combine(sums)`` turns the sums into the loss per entry, ``(N, C)`` (``(C,)``
     with ``batch=True``). ``class_weight`` scales the entries; an entry with no valid pixel is not
-    counted in ``"mean"``. ``index_target``: as in ``sigmoid``.
+    counted in ``"mean"``. ``index_target``: as in ``sigmoid``. Infinite logits follow the
+    activation: the softmax's rule (``"masked"``), any for the sigmoid (its limits are 0 and 1).
     """
-    x = check_floating(fn, "logits", logits)
+    x = check_floating(
+        fn,
+        "logits",
+        logits,
+        infinite="masked" if activation == "softmax" else "allow",
+        class_dim=1,
+    )
     avg = check_avg_factor(fn, avg_factor, reduction)
     if x.ndim < 2:
         fail(fn, "logits", "a tensor of shape (N, C, *)", f"shape {tuple(x.shape)}")

@@ -449,19 +449,25 @@ def _softmax_asl(
     if gamma_pos > 0 or gamma_neg > 0:
         w = torch.exp(gamma_neg * logp) if gamma_neg > 0 else torch.ones_like(logp)  # p_c**g_neg
         if gamma_pos > 0:
-            # log(1 - p_t) = logsumexp over the other classes of log p_c.
-            others = logp.masked_fill(onehot, float("-inf"))
+            # log(1 - p_t) = logsumexp over the other classes of log p_c, each at least the
+            # dtype's lowest finite value: other classes masked with -inf (or p_t = 1) give
+            # w_t = 0 with a zero gradient, not logsumexp's NaN gradient of an all -inf row.
+            low = torch.finfo(logp.dtype).min
+            others = logp.clamp(min=low).masked_fill(onehot, low)
             log_rest = torch.logsumexp(others, dim=cdim, keepdim=True)
             w = torch.where(onehot, torch.exp(gamma_pos * log_rest), w)
         else:
             w = torch.where(onehot, torch.ones_like(w), w)
         if detach:
             w = w.detach()
-        wlogp = w * logp
+        mass = (onehot.to(z.dtype) * (1.0 - eps) + eps / c) * w
     else:
-        wlogp = logp
-    q = onehot.to(z.dtype) * (1.0 - eps) + eps / c
-    return -(q * wlogp).sum(dim=cdim)
+        mass = onehot.to(z.dtype) * (1.0 - eps) + eps / c
+    # A term of zero mass adds 0, also at log p = -inf (a class masked out of the softmax, where
+    # the focusing weight p^gamma is 0 and p^gamma log p -> 0): never 0 * -inf, and the safe
+    # branch keeps the gradient 0 there.
+    safe = torch.where(mass == 0, torch.zeros((), dtype=logp.dtype, device=logp.device), logp)
+    return -(mass * safe).sum(dim=cdim)
 
 
 @loss_function

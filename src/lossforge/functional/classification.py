@@ -62,8 +62,11 @@ def _softmax_ce(
         t = st.probs
         if eps > 0:
             t = t * (1.0 - eps) + eps / c
-        prod = logp * t if w_c is None else logp * t * w_c
-        return -prod.sum(dim=cdim)
+        tw = t if w_c is None else t * w_c
+        # A class without target mass (t_c w_c = 0) adds 0, also where log p_c = -inf (a class
+        # masked out of the softmax): never 0 * -inf, and the safe branch keeps gradients finite.
+        safe = torch.where(tw == 0, torch.zeros((), dtype=logp.dtype, device=logp.device), logp)
+        return -(safe * tw).sum(dim=cdim)
 
     idx = cast(Tensor, st.index)  # softmax_target sets exactly one of index / probs
     zz = z

@@ -62,11 +62,13 @@ def _focal_term_grad(log_p: Tensor, gamma: float) -> Tensor:
     """phi'(l) = (1 - e^l)^gamma * (gamma * r(l) - 1), r(l) = l e^l / (1 - e^l) in [-1, 0]."""
     q = _one_minus_exp(log_p)
     positive = q > 0
-    # Safe denominator first (no NaN from the unused branch); r -> -1 as l -> 0 (p_t -> 1).
+    # Safe denominator first (no NaN from the unused branch); r -> -1 as l -> 0 (p_t -> 1) and
+    # r -> 0 as l -> -inf (l e^l is 0 * -inf there: NaN only then, or for a NaN l, whose q^gamma
+    # keeps the result NaN).
     r = torch.where(
         positive, log_p * torch.exp(log_p) / torch.where(positive, q, torch.ones_like(q)), -1.0
     )
-    return q.pow(gamma) * (gamma * r - 1.0)
+    return q.pow(gamma) * (gamma * r.nan_to_num(nan=0.0) - 1.0)
 
 
 class _FocalTerm(torch.autograd.Function):
@@ -120,7 +122,9 @@ def _focal_term_closed(
         return loss, None
     positive = q > 0
     r = torch.exp(log_p).mul_(log_p).div_(torch.where(positive, q, 1.0))
-    r = torch.where(positive, r, -1.0)  # r -> -1 as l -> 0
+    # r -> -1 as l -> 0; r -> 0 as l -> -inf (a class masked out of a softmax, where l e^l is
+    # 0 * -inf; a NaN l keeps the result NaN through q^gamma)
+    r = torch.where(positive, r, -1.0).nan_to_num_(nan=0.0)
     return loss, r.mul_(gamma).sub_(1.0).mul_(qg)
 
 
@@ -408,10 +412,11 @@ def _softmax_focal(inp: SoftmaxInput, want_total: bool, *, gamma: float, eps: fl
     logp = torch.log_softmax(inp.z, dim=cdim)
     if st.probs is not None:
         t = st.probs if eps == 0 else st.probs * (1.0 - eps) + eps / c
-        terms = _focal_term(logp, gamma) * t
-        if coef is not None:
-            terms = terms * class_view(coef, ndim, cdim)
-        return terms.sum(dim=cdim)
+        mass = t if coef is None else t * class_view(coef, ndim, cdim)
+        # A class without target mass adds 0, also at log p = -inf (a masked class): the focal
+        # term is taken at log p = 0 there (where it is 0 with a zero derivative), never inf * 0.
+        safe = torch.where(mass == 0, torch.zeros((), dtype=logp.dtype, device=logp.device), logp)
+        return (_focal_term(safe, gamma) * mass).sum(dim=cdim)
     idx = cast(Tensor, st.index)  # softmax_target sets exactly one of index / probs
     loss = _focal_term(logp.gather(cdim, idx.unsqueeze(cdim)).squeeze(cdim), gamma)
     if coef is not None:
