@@ -389,6 +389,25 @@ def check_unit_interval(
         )
 
 
+def check_distribution(fn: str, name: str, t: Tensor, class_dim: int) -> None:
+    """Probability targets: every position sums to 1 over ``class_dim``, within ``1e-3 * C``
+    (RELIABILITY.md; values in ``[0, 1]`` are checked separately)."""
+    if t.numel() == 0 or not value_checks_enabled(t):
+        return
+    c = t.shape[class_dim]
+    tol = 1e-3 * c
+    off = (t.detach().sum(dim=class_dim, dtype=compute_dtype(t)) - 1.0).abs()
+    if not bool(off.max() <= tol):
+        bad = ~(off <= tol)
+        first = float(off[bad].flatten()[0]) + 1.0
+        fail(
+            fn,
+            name,
+            f"probabilities summing to 1 over the classes (dim {class_dim}, tolerance {tol:g})",
+            f"{int(bad.sum())} of {off.numel()} positions off, e.g. one summing to {first:.6g}",
+        )
+
+
 def poison_out_of_range(loss: Tensor, bad: Tensor | None) -> Tensor:
     """Set loss elements to NaN where the input was invalid (used when value checks are off)."""
     if bad is None:

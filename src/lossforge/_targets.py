@@ -32,6 +32,7 @@ from torch import Tensor
 
 from lossforge._checks import (
     as_index_target,
+    check_distribution,
     check_index_range,
     check_tensor,
     check_unit_interval,
@@ -336,6 +337,7 @@ def check_softmax_target(
     if t.is_floating_point() and t.shape == logits.shape:
         _probability_ignore(fn, ignore_index, default_ignore)
         check_unit_interval(fn, "target", t)
+        check_distribution(fn, "target", t, cdim)
         return t, False, cdim
     if tuple(t.shape) == index_shape:
         idx = as_index_target(fn, t)
@@ -367,6 +369,7 @@ def softmax_target(
         _probability_ignore(fn, ignore_index, default_ignore)
         probs = t.to(compute_dtype(logits))
         check_unit_interval(fn, "target", probs)
+        check_distribution(fn, "target", probs, cdim)
         return SoftmaxTarget(None, probs, None, None, cdim)
 
     if tuple(t.shape) == index_shape:

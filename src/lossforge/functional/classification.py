@@ -146,7 +146,8 @@ def cross_entropy(
         logits: Unnormalised scores, ``(N, C, d1, ..., dk)`` or unbatched ``(C,)``. Half inputs are
             computed in float32.
         target: Class indices of shape ``(N, d1, ..., dk)`` (or ``()``), any integer dtype, values
-            in ``[0, C)`` or ``ignore_index``; or probabilities of the logits' shape (float).
+            in ``[0, C)`` or ``ignore_index``; or probabilities of the logits' shape (float),
+            summing to 1 over the classes (a value check, tolerance ``1e-3 * C``).
         class_weight: Per-class weights, length ``C``, non-negative (tensor or list).
         ignore_index: Index target value that is ignored; ``None`` disables it. Must be left at its
             default with probability targets.
