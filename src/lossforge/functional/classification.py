@@ -69,6 +69,14 @@ def _softmax_ce(
         return -(safe * tw).sum(dim=cdim)
 
     idx = cast(Tensor, st.index)  # softmax_target sets exactly one of index / probs
+    if w is not None and w.requires_grad:
+        # A learned class weight: PyTorch's NLL kernels take no gradient for ``weight``, so the
+        # same formula (below) with differentiable operations.
+        logp = torch.log_softmax(z, dim=cdim) if log_softmax else z
+        loss = -logp.gather(cdim, idx.unsqueeze(cdim)).squeeze(cdim) * w[idx]
+        if eps > 0:
+            loss = (1.0 - eps) * loss - (eps / c) * (logp * cast(Tensor, w_c)).sum(dim=cdim)
+        return loss
     zz = z
     if z.is_cuda and z.ndim > 2 and torch.are_deterministic_algorithms_enabled():
         # CUDA's nll_loss2d has no deterministic kernel; the (M, C) path has one.
@@ -377,6 +385,10 @@ def _bce_logits(
     y = t.target
     if eps > 0:
         y = y * (1.0 - eps) + 0.5 * eps
+    if pos_weight is not None and pos_weight.requires_grad:
+        # A learned pos_weight: PyTorch's kernel takes no gradient for it; the same formula with
+        # differentiable operations.
+        return -(pos_weight * y * TF.logsigmoid(z) + (1.0 - y) * TF.logsigmoid(-z))
     # PyTorch's fused, stable kernel (log1p(exp(-|x|)) form) for the element-wise term:
     # y * pw * -log sigma(x) + (1 - y) * -log(1 - sigma(x)); the tests check it against loop
     # references written from that formula.

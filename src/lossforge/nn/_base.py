@@ -13,7 +13,8 @@ domains (``lossforge._params``):
   are validated at construction by the same domains the functional validates each call with.
 * Tensor options (per-class weights, counts, a per-class ``alpha``, ``pos_weight``) are buffers:
   they follow ``.to()`` and ``state_dict`` and may be given as lists (what TOML and Hydra configs
-  produce). Numbers stay plain attributes.
+  produce). An ``nn.Parameter`` option is kept as a parameter (a learned class weight); another
+  tensor that requires grad is refused rather than detached. Numbers stay plain attributes.
 * ``forward(input, target, weight=None, avg_factor=None, reduction_override=None, **inputs)``
   calls the functional once (``inputs``: per-batch tensors such as a training ``mask``) and
   scales by ``loss_weight``; it writes no state.
@@ -166,6 +167,19 @@ class Loss(nn.Module):
             and not (isinstance(domain, AnyOf) and domain.accepts(value))
         ):
             fail(owner, key, "a tensor, a sequence of numbers or None", repr(value), TypeError)
+        if vector is not None and isinstance(value, Tensor) and value.requires_grad:
+            # A learned option stays learned: a parameter, never silently detached into a buffer.
+            if not isinstance(value, nn.Parameter):
+                fail(
+                    owner,
+                    key,
+                    "an nn.Parameter (a learned option, registered as a parameter) or a tensor "
+                    "that does not require grad (a buffer)",
+                    "a tensor that requires grad",
+                )
+            vector.check_buffer(owner, key, value.detach())
+            self.register_parameter(key, value)
+            return
         if vector is not None and is_tensorish:
             buffer = _as_buffer(owner, key, value)
             vector.check_buffer(owner, key, buffer)
