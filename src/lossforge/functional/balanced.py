@@ -14,6 +14,7 @@ import torch.nn.functional as TF
 from torch import Tensor
 
 from lossforge import _pipeline as pipeline
+from lossforge import _reduction
 from lossforge._checks import (
     check_same_shape,
     check_tensor,
@@ -177,6 +178,17 @@ def _ohem(
     eps: float,
 ) -> Unreduced:
     """The OHEM-selected element losses and the default denominator ``n_pos + k + eps``."""
+    if _reduction._denominator_hook is not None:
+        # The selection is per rank (each rank's k hardest negatives, its own eps): no global
+        # denominator makes K ranks equal one process, so the scope is refused, not ignored.
+        fail(
+            fn,
+            "global_normalization()",
+            "not to be active (OHEM mines hard negatives per rank, so K ranks cannot reproduce "
+            "one process; call it outside the scope: per-rank mining, as DB and mmocr do)",
+            "a call inside it",
+            RuntimeError,
+        )
     z = x.to(compute_dtype(x))
     y = t.target
     if mask is None:
@@ -256,6 +268,11 @@ def ohem_binary_cross_entropy(
     For binary targets and masks this is exactly mmocr/DB; soft values count fractionally. The
     selection and the counts stay on the device (no host sync); the selection has no gradient.
     Asking for more negatives than exist keeps them all.
+
+    Not inside ``lossforge.distributed.global_normalization()`` (``RuntimeError``): the hard
+    negatives are mined per rank, so no denominator makes K ranks equal one process on the whole
+    batch (that needs the global k-th largest loss: an all-gather of up to k losses per rank and a
+    host sync on k). Call it outside the scope: per-rank mining, as DB and mmocr do under DDP.
 
     Args:
         logits: Raw scores, any shape (e.g. ``(N, H, W)`` probability maps' logits).
