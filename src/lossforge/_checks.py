@@ -142,7 +142,7 @@ def check_floating(
     t = check_tensor(fn, name, x)
     if not t.is_floating_point():
         fail(fn, name, "to be a floating-point tensor", f"dtype {t.dtype}", TypeError)
-    if t.numel() and value_checks_enabled(t):
+    if t.numel() and value_checks_on(t):
         # One summing pass (5x cheaper than aminmax on the CPU): a NaN or an infinity anywhere
         # makes the sum non-finite. Overflow can too, so it is only a filter; exact counts decide.
         # Half inputs are summed in float32 (no false alarm from fp16 overflow).
@@ -312,7 +312,7 @@ def as_class_weight(
     if isinstance(class_weight, Tensor) and w.device != like.device:
         fail(fn, name, f"on the device of the input ({like.device})", w.device)
     w = w.to(device=like.device, dtype=compute_dtype(like))
-    if value_checks_enabled(w):
+    if value_checks_on(w):
         if not bool(torch.isfinite(w).all()):
             fail(fn, name, "finite values", w.tolist())
         if bool((w < 0).any()):
@@ -323,6 +323,16 @@ def as_class_weight(
 # --------------------------------------------------------------------------------------------------
 # Value checks: follow the value-check mode.
 # --------------------------------------------------------------------------------------------------
+
+
+def value_checks_on(*tensors: Tensor | None) -> bool:
+    """Whether value checks read these tensors now: ``value_checks_enabled``, and never under a
+    ``torch.func`` transform (``vmap``, ``grad``, ``jacrev``, ``jacfwd``), where tensors are
+    wrapped and reading a value is data-dependent control flow (as under ``torch.compile``).
+    With checks skipped, invalid values are poisoned to NaN exactly as with checks off."""
+    if torch._C._are_functorch_transforms_active():
+        return False
+    return value_checks_enabled(*tensors)
 
 
 def check_index_range(
@@ -342,7 +352,7 @@ def check_index_range(
     can skip building an ignore mask), ``True`` when it may, ``None`` when no value was read
     (value checks off, or an empty target).
     """
-    if target.numel() == 0 or not value_checks_enabled(target):
+    if target.numel() == 0 or not value_checks_on(target):
         return None
     high = num_classes if allow_background else num_classes - 1
     # The common cases in one or two passes, without compacting the valid entries.
@@ -372,7 +382,7 @@ def check_unit_interval(
     fn: str, name: str, x: Tensor, *, ignore_value: float | None = None
 ) -> None:
     """Values in ``[0, 1]`` (probabilities or soft targets); NaN is reported too."""
-    if x.numel() == 0 or not value_checks_enabled(x):
+    if x.numel() == 0 or not value_checks_on(x):
         return
     x = x.detach()
     v = x if ignore_value is None else x[x != ignore_value]
@@ -392,7 +402,7 @@ def check_unit_interval(
 def check_distribution(fn: str, name: str, t: Tensor, class_dim: int) -> None:
     """Probability targets: every position sums to 1 over ``class_dim``, within ``1e-3 * C``
     (RELIABILITY.md; values in ``[0, 1]`` are checked separately)."""
-    if t.numel() == 0 or not value_checks_enabled(t):
+    if t.numel() == 0 or not value_checks_on(t):
         return
     c = t.shape[class_dim]
     tol = 1e-3 * c

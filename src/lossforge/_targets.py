@@ -38,7 +38,7 @@ from lossforge._checks import (
     check_unit_interval,
     compute_dtype,
     fail,
-    value_checks_enabled,
+    value_checks_on,
 )
 
 
@@ -235,7 +235,7 @@ def sigmoid_target(
         if ignore_index is not None:
             valid = (idx != ignore_index).unsqueeze(cdim)
         bad = None
-        if not value_checks_enabled(idx):
+        if not value_checks_on(idx):
             out = (idx < 0) | (idx > c)
             if ignore_index is not None:
                 out = out & (idx != ignore_index)
@@ -381,7 +381,7 @@ def softmax_target(
         if mask_ignore is not None:
             valid = idx != mask_ignore
         bad = None
-        if not value_checks_enabled(idx):
+        if not value_checks_on(idx):
             out = (idx < 0) | (idx >= c)
             if valid is not None:
                 out = out & valid
@@ -448,7 +448,7 @@ def region_target(
         valid = idx != ignore
         hit = hit & valid  # ignore_index may be a valid class id
     dense = hit.to(cdtype)
-    if not value_checks_enabled(idx):
+    if not value_checks_on(idx):
         out = (idx < 0) | (idx > (c if background else c - 1))
         if valid is not None:
             out = out & valid

@@ -22,7 +22,7 @@ from lossforge._checks import (
     check_unit_interval,
     compute_dtype,
     fail,
-    value_checks_enabled,
+    value_checks_on,
 )
 from lossforge._params import (
     ClassValues,
@@ -372,7 +372,7 @@ def _as_pos_weight(fn: str, pos_weight: object, like: Tensor) -> Tensor:
         )
     # Numbers and lists are checked on the host (free), then moved to the logits' device.
     pw = pw.to(compute_dtype(like))
-    checked = value_checks_enabled(pw) and pw.numel() > 0
+    checked = value_checks_on(pw) and pw.numel() > 0
     if checked and (not bool(torch.isfinite(pw).all()) or bool((pw < 0).any())):
         fail(fn, "pos_weight", "finite non-negative values", pw.flatten()[:8].tolist())
     return pw.to(like.device)
@@ -508,7 +508,7 @@ def _log_prior(fn: str, values: object, name: str, like: Tensor) -> Tensor:
     if v.ndim != 1 or v.shape[0] != c:
         fail(fn, name, f"a 1-d tensor of length C={c}", f"shape {tuple(v.shape)}")
     v = v.to(compute_dtype(like))
-    if value_checks_enabled(v):
+    if value_checks_on(v):
         if not bool(torch.isfinite(v).all()) or bool((v < 0).any()):
             fail(fn, name, "finite non-negative values", v.tolist())
         if not bool(v.sum() > 0):

@@ -30,7 +30,7 @@ import torch.nn.functional as TF
 from torch import Tensor
 
 from lossforge import _pipeline as pipeline
-from lossforge._checks import check_number, compute_dtype, fail, value_checks_enabled
+from lossforge._checks import check_number, compute_dtype, fail, value_checks_on
 from lossforge._params import (
     ClassProbabilities,
     ClassValues,
@@ -75,8 +75,11 @@ class _FocalTerm(torch.autograd.Function):
     """phi(l) = -(1 - e^l)^gamma * l with the closed-form derivative (finite for every gamma >= 0).
 
     The backward is written with differentiable operations, so second derivatives work away from
-    exact saturation.
+    exact saturation. Its forward is plain tensor operations, so ``torch.func`` transforms
+    (``vmap``, ``jacrev``, ``jacfwd``, per-sample gradients) use the generated vmap rule.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(log_p: Tensor, gamma: float) -> Tensor:  # type: ignore[override]
@@ -398,7 +401,7 @@ def _alpha_vector(
             f"shape {tuple(vec.shape)}",
         )
     vec = vec.to(device=like.device, dtype=dtype)
-    if value_checks_enabled(vec):
+    if value_checks_on(vec):
         bad = ~((vec >= 0) & (vec <= 1))
         if bool(bad.any()):
             fail(fn, "alpha", "per-class values in [0, 1]", vec.tolist())
