@@ -217,11 +217,16 @@ def check_number(
     low_open: bool = False,
     high_open: bool = False,
 ) -> float:
-    """A finite real number (bools rejected) inside the given interval."""
+    """A finite real number (bools rejected) inside the given interval.
+
+    Only comparisons read the value (no ``math.isfinite``): under ``torch.compile`` a float
+    argument may be symbolic (``dynamic=True``, or dynamo's automatic dynamic floats), and
+    comparisons keep it so, guarded, instead of breaking the graph or specialising on the value.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         fail(fn, name, "a real number", repr(value), TypeError)
     v = float(value)  # type: ignore[arg-type]
-    if not math.isfinite(v):
+    if not is_finite(v):
         fail(fn, name, "a finite number", v)
     lo_ok = low is None or (v > low if low_open else v >= low)
     hi_ok = high is None or (v < high if high_open else v <= high)
@@ -232,6 +237,11 @@ def check_number(
         hi = "inf" if high is None else f"{high:g}"
         fail(fn, name, f"in {left}{lo}, {hi}{right}", v)
     return v
+
+
+def is_finite(v: float) -> bool:
+    """``math.isfinite`` by comparisons, so a symbolic float stays symbolic under compile."""
+    return -math.inf < v < math.inf  # False for NaN too
 
 
 def check_int(fn: str, name: str, value: object, *, low: int | None = None) -> int:

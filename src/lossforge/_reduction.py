@@ -34,7 +34,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lossforge._checks import check_reduction, fail, value_checks_on
+from lossforge._checks import check_reduction, fail, is_finite, value_checks_on
 
 __all__ = [
     "AvgFactor",
@@ -152,13 +152,13 @@ def check_avg_factor(fn: str, avg_factor: object, reduction: str) -> float | Ten
             fail(fn, "avg_factor", "a real tensor", f"dtype {avg_factor.dtype}", TypeError)
         if value_checks_on(avg_factor):
             v = float(avg_factor)
-            if not math.isfinite(v) or v < 0:
+            if not is_finite(v) or v < 0:
                 fail(fn, "avg_factor", "a finite number >= 0", v)
         return avg_factor
     if isinstance(avg_factor, bool) or not isinstance(avg_factor, numbers.Real):
         fail(fn, "avg_factor", "a number or a one-element tensor", repr(avg_factor), TypeError)
     v = float(avg_factor)  # type: ignore[arg-type]
-    if not math.isfinite(v) or v < 0:
+    if not is_finite(v) or v < 0:
         fail(fn, "avg_factor", "a finite number >= 0", v)
     return v
 
@@ -296,7 +296,7 @@ def divide(fn: str, total: Tensor, denom: Denominator) -> Tensor:
 def _check_zero_avg_factor(fn: str, total: Tensor, d: float) -> None:
     if not value_checks_on(total):
         return
-    if not (d >= 0 and math.isfinite(d)):
+    if not (d >= 0 and is_finite(d)):
         fail(fn, "avg_factor", "a finite number >= 0", d)
     if d == 0 and float(total.detach()) != 0:
         where = " (summed over the ranks)" if _denominator_hook is not None else ""
