@@ -78,15 +78,21 @@ def _softmax_ce(
             loss = (1.0 - eps) * loss - (eps / c) * (logp * cast(Tensor, w_c)).sum(dim=cdim)
         return loss
     zz = z
-    if z.is_cuda and z.ndim > 2 and torch.are_deterministic_algorithms_enabled():
+    flat = z.is_cuda and z.ndim > 2 and torch.are_deterministic_algorithms_enabled()
+    if flat:
         # CUDA's nll_loss2d has no deterministic kernel; the (M, C) path has one.
         zz = z.movedim(1, -1).reshape(-1, c)
+    elif not log_softmax and z.ndim > 2 and not z.is_contiguous():
+        # PyTorch's nll_loss2d backward fails on channels_last / transposed log-probabilities
+        # ("grad_input must be contiguous"): one copy of such inputs. (cross_entropy's own
+        # log-softmax output is fine.)
+        zz = z.contiguous()
     if want_total and (log_softmax or eps == 0):
         # Nothing element-wise to apply: PyTorch's fused kernel sums directly (its backward then
         # takes a scalar gradient). It skips the ``st.raw_ignore`` positions: the ignored ones and
         # the out-of-range ones met with value checks off (the pipeline makes the total NaN then).
         raw = cast(Tensor, st.raw)
-        ii = raw.reshape(-1) if zz is not z else raw
+        ii = raw.reshape(-1) if flat else raw
         if log_softmax:
             total = TF.cross_entropy(
                 zz, ii, weight=w, ignore_index=st.raw_ignore, label_smoothing=eps, reduction="sum"
@@ -99,7 +105,7 @@ def _softmax_ce(
     # computed by PyTorch's fused log-softmax + NLL kernels on the float32/float64 copy (ignored and
     # out-of-range positions hold the safe index 0 and are masked / poisoned by the pipeline). The
     # tests check it against float64 loop references written from the formula above.
-    ii = idx.reshape(-1) if zz is not z else idx
+    ii = idx.reshape(-1) if flat else idx
     if log_softmax:
         loss = TF.cross_entropy(zz, ii, weight=w, label_smoothing=eps, reduction="none")
     else:
