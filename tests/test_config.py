@@ -81,7 +81,7 @@ def test_build_passes_parameters() -> None:
 
 
 def test_unknown_name_lists_valid_ones() -> None:
-    with pytest.raises(ValueError, match="expected `name` one of") as err:
+    with pytest.raises(ValueError, match="build_loss: expected `type` a registered loss") as err:
         build_loss({"type": "focal_typo"})
     for name in NAMES:
         assert name in str(err.value)

@@ -29,6 +29,7 @@ themselves: they keep ``reduction``, ``loss_weight`` and the ``reduction_overrid
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -130,7 +131,7 @@ class Loss(nn.Module):
         }
 
         def __init__(self: Loss, **kwargs: Any) -> None:  # noqa: N807
-            signature.bind(self, **kwargs)  # unknown / missing keywords: Python's TypeError
+            _check_keywords(type(self).__name__, init_params[1:], kwargs)
             values = {**defaults, **kwargs}
             Loss.__init__(
                 self, reduction=values.pop("reduction"), loss_weight=values.pop("loss_weight")
@@ -255,6 +256,28 @@ class Loss(nn.Module):
         if self.loss_weight != 1.0:
             parts.append(f"loss_weight={self.loss_weight!r}")
         return ", ".join(parts)
+
+
+def _check_keywords(
+    owner: str, params: Sequence[inspect.Parameter], kwargs: dict[str, Any]
+) -> None:
+    """Unknown and missing constructor keywords, in the library's message template (naming the
+    class the user built, not Python's anonymous ``bind`` error)."""
+    names = [p.name for p in params]
+    unknown = [k for k in kwargs if k not in names]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], names, n=2, cutoff=0.6)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        fail(
+            owner,
+            "keywords",
+            f"keywords of {owner}: " + ", ".join(names),
+            "unknown " + ", ".join(repr(k) for k in unknown) + hint,
+            TypeError,
+        )
+    for p in params:
+        if p.default is inspect.Parameter.empty and p.name not in kwargs:
+            fail(owner, p.name, "a value (it has no default)", "none", TypeError)
 
 
 def _has_scalar_member(domain: Domain) -> bool:
