@@ -323,7 +323,10 @@ def test_binary_mask_shapes_agree() -> None:
     m = torch.rand(3, 4, 4) < 0.5
     a = F.dice_loss(x, m, activation="sigmoid", reduction="none")
     b = F.dice_loss(x, m.unsqueeze(1), activation="sigmoid", reduction="none")
-    c = F.dice_loss(x, m.long(), activation="sigmoid", reduction="none")  # 0/1 integers: a mask
+    # 0/1 integers without the channel dim could be class indices (0 = the class): say which
+    c = F.dice_loss(x, m.long(), activation="sigmoid", reduction="none", index_target=False)
+    with pytest.raises(ValueError, match="index_target"):
+        F.dice_loss(x, m.long(), activation="sigmoid")
     assert a.shape == (3, 1)
     assert_close(a, b, F64)
     assert_close(a, c, F64)
@@ -575,7 +578,7 @@ def test_validation_errors() -> None:
         match=r"dice_loss: expected `target` dense targets of the logits' shape \(2, 3, 4\)",
     ):
         F.dice_loss(x, torch.zeros(2, 5, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"or a \(N, \*\) binary mask"):
+    with pytest.raises(ValueError, match=r"logits' shape \(2, 1, 4\) or class indices of shape"):
         F.dice_loss(torch.randn(2, 1, 4), torch.zeros(2, 5), activation="sigmoid")
     with pytest.raises(
         TypeError, match=r"dice_loss: expected `target` an integer tensor of class indices"

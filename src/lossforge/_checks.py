@@ -206,26 +206,72 @@ def check_tensor(fn: str, name: str, x: object) -> Tensor:
     return x  # type: ignore[return-value]
 
 
-def check_floating(fn: str, name: str, x: object) -> Tensor:
-    """A floating-point tensor (the predictions of every loss), without NaN.
+#: What ``check_floating`` accepts of infinite values (a value check, like NaN):
+#:
+#: * ``"allow"``: anything (predictions of a regression, probabilities checked elsewhere, logits
+#:   of an activation with a limit at +-inf such as the sigmoid of dice);
+#: * ``"finite"``: no infinity (the logits of the sigmoid-family losses, whose formulas multiply a
+#:   target weight by an infinite log term there);
+#: * ``"masked"``: ``-inf`` (a class masked out of a softmax, a log-probability of 0) but not a
+#:   whole row of it along ``class_dim`` (no class left: 0/0) and no ``+inf`` (no softmax).
+INFINITE_RULES = ("allow", "finite", "masked")
 
-    The NaN check reads values, so it follows the value-check mode; with checks off a NaN
-    propagates to the loss (it is never masked into a finite value). Infinite values are accepted:
-    ``-inf`` is a legitimate log-probability and a common way to mask classes out of a softmax.
+
+def check_floating(
+    fn: str, name: str, x: object, *, infinite: str = "allow", class_dim: int | None = None
+) -> Tensor:
+    """A floating-point tensor (the predictions of every loss), without NaN, and with infinite
+    values only as the rule ``infinite`` (``INFINITE_RULES``) allows.
+
+    The value checks follow the value-check mode; with checks off a NaN propagates to the loss (it
+    is never masked into a finite value) and infinite values are computed with as they are
+    (``docs/contract.md``, "Infinite values").
     """
     t = check_tensor(fn, name, x)
     if not t.is_floating_point():
         fail(fn, name, "to be a floating-point tensor", f"dtype {t.dtype}", TypeError)
-    if t.numel() and value_checks_enabled(t):
-        # One summing pass (5x cheaper than aminmax on the CPU): a NaN anywhere makes the sum NaN.
-        # A NaN sum can also come from +inf and -inf (or half-precision overflow), so it is only a
-        # filter; the exact count decides.
+    if t.numel() and value_checks_on(t):
+        # One summing pass (5x cheaper than aminmax on the CPU): a NaN or an infinity anywhere
+        # makes the sum non-finite. Overflow can too, so it is only a filter; exact counts decide.
+        # Half inputs are summed in float32 (no false alarm from fp16 overflow).
         t0 = t.detach()
-        if bool(torch.isnan(t0.sum())):
+        if not bool(torch.isfinite(t0.sum(dtype=compute_dtype(t0)))):
             n_nan = int(torch.isnan(t0).sum())
             if n_nan:
                 fail(fn, name, "no NaN values", f"{n_nan} NaN of {t.numel()}")
+            if infinite != "allow":
+                _check_infinite(fn, name, t0, infinite, class_dim)
     return t
+
+
+def _check_infinite(fn: str, name: str, t0: Tensor, rule: str, class_dim: int | None) -> None:
+    n = t0.numel()
+    if rule == "finite":
+        n_inf = int(torch.isinf(t0).sum())
+        if n_inf:
+            fail(
+                fn,
+                name,
+                "finite values (the loss has no value at an infinite logit on one side and would "
+                "be NaN on the other; leave elements out with `weight` 0 or `ignore_index`)",
+                f"{n_inf} infinite of {n}",
+            )
+        return
+    n_pos = int((t0 == float("inf")).sum())
+    if n_pos:
+        fail(fn, name, "no +inf values (a softmax over +inf is undefined)", f"{n_pos} +inf of {n}")
+    if class_dim is not None:
+        rows = (t0 == float("-inf")).all(dim=class_dim)
+        n_rows = int(rows.sum())
+        if n_rows:
+            fail(
+                fn,
+                name,
+                f"at least one class above -inf in every position (dim {class_dim}); a position "
+                "with every class masked has no softmax (give it a finite logit and ignore it "
+                "with `ignore_index` or `weight` 0)",
+                f"{n_rows} of {rows.numel()} positions with every class at -inf",
+            )
 
 
 def check_same_device(fn: str, **tensors: Tensor | None) -> None:
@@ -259,11 +305,16 @@ def check_number(
     low_open: bool = False,
     high_open: bool = False,
 ) -> float:
-    """A finite real number (bools rejected) inside the given interval."""
+    """A finite real number (bools rejected) inside the given interval.
+
+    Only comparisons read the value (no ``math.isfinite``): under ``torch.compile`` a float
+    argument may be symbolic (``dynamic=True``, or dynamo's automatic dynamic floats), and
+    comparisons keep it so, guarded, instead of breaking the graph or specialising on the value.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         fail(fn, name, "a real number", repr(value), TypeError)
     v = float(value)  # type: ignore[arg-type]
-    if not math.isfinite(v):
+    if not is_finite(v):
         fail(fn, name, "a finite number", v)
     lo_ok = low is None or (v > low if low_open else v >= low)
     hi_ok = high is None or (v < high if high_open else v <= high)
@@ -274,6 +325,11 @@ def check_number(
         hi = "inf" if high is None else f"{high:g}"
         fail(fn, name, f"in {left}{lo}, {hi}{right}", v)
     return v
+
+
+def is_finite(v: float) -> bool:
+    """``math.isfinite`` by comparisons, so a symbolic float stays symbolic under compile."""
+    return -math.inf < v < math.inf  # False for NaN too
 
 
 def check_int(fn: str, name: str, value: object, *, low: int | None = None) -> int:
@@ -354,7 +410,7 @@ def as_class_weight(
     if isinstance(class_weight, Tensor) and w.device != like.device:
         fail(fn, name, f"on the device of the input ({like.device})", w.device)
     w = w.to(device=like.device, dtype=compute_dtype(like))
-    if value_checks_enabled(w):
+    if value_checks_on(w):
         if not bool(torch.isfinite(w).all()):
             fail(fn, name, "finite values", w.tolist())
         if bool((w < 0).any()):
@@ -365,6 +421,16 @@ def as_class_weight(
 # --------------------------------------------------------------------------------------------------
 # Value checks: follow the value-check mode.
 # --------------------------------------------------------------------------------------------------
+
+
+def value_checks_on(*tensors: Tensor | None) -> bool:
+    """Whether value checks read these tensors now: ``value_checks_enabled``, and never under a
+    ``torch.func`` transform (``vmap``, ``grad``, ``jacrev``, ``jacfwd``), where tensors are
+    wrapped and reading a value is data-dependent control flow (as under ``torch.compile``).
+    With checks skipped, invalid values are poisoned to NaN exactly as with checks off."""
+    if torch._C._are_functorch_transforms_active():
+        return False
+    return value_checks_enabled(*tensors)
 
 
 def check_index_range(
@@ -384,7 +450,7 @@ def check_index_range(
     can skip building an ignore mask), ``True`` when it may, ``None`` when no value was read
     (value checks off, or an empty target).
     """
-    if target.numel() == 0 or not value_checks_enabled(target):
+    if target.numel() == 0 or not value_checks_on(target):
         return None
     high = num_classes if allow_background else num_classes - 1
     # The common cases in one or two passes, without compacting the valid entries.
@@ -414,12 +480,13 @@ def check_unit_interval(
     fn: str, name: str, x: Tensor, *, ignore_value: float | None = None
 ) -> None:
     """Values in ``[0, 1]`` (probabilities or soft targets); NaN is reported too."""
-    if x.numel() == 0 or not value_checks_enabled(x):
+    if x.numel() == 0 or not value_checks_on(x):
         return
+    x = x.detach()
     v = x if ignore_value is None else x[x != ignore_value]
     if v.numel() == 0:
         return
-    lo, hi = torch.aminmax(v.detach())  # one pass; NaN propagates and fails both comparisons
+    lo, hi = torch.aminmax(v)  # one pass; NaN propagates and fails both comparisons
     if not (float(lo) >= 0.0 and float(hi) <= 1.0):
         bad = (v < 0) | (v > 1) | torch.isnan(v)
         fail(
@@ -427,6 +494,25 @@ def check_unit_interval(
             name,
             "values in [0, 1]",
             f"{int(bad.sum())} values outside, e.g. {float(v[bad][0])}",
+        )
+
+
+def check_distribution(fn: str, name: str, t: Tensor, class_dim: int) -> None:
+    """Probability targets: every position sums to 1 over ``class_dim``, within ``1e-3 * C``
+    (RELIABILITY.md; values in ``[0, 1]`` are checked separately)."""
+    if t.numel() == 0 or not value_checks_on(t):
+        return
+    c = t.shape[class_dim]
+    tol = 1e-3 * c
+    off = (t.detach().sum(dim=class_dim, dtype=compute_dtype(t)) - 1.0).abs()
+    if not bool(off.max() <= tol):
+        bad = ~(off <= tol)
+        first = float(off[bad].flatten()[0]) + 1.0
+        fail(
+            fn,
+            name,
+            f"probabilities summing to 1 over the classes (dim {class_dim}, tolerance {tol:g})",
+            f"{int(bad.sum())} of {off.numel()} positions off, e.g. one summing to {first:.6g}",
         )
 
 

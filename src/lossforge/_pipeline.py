@@ -68,6 +68,7 @@ from lossforge._targets import (
     check_softmax_target,
     class_view,
     region_target,
+    resolve_target,
     sigmoid_target,
     softmax_target,
 )
@@ -157,6 +158,10 @@ def _grad_reason(x: Tensor, *others: object) -> str | None:
             if isinstance(t, Tensor) and fwAD.unpack_dual(t).tangent is not None:
                 return "forward-mode AD (dual tensors)"
     return None
+
+
+def _ndim(x: object) -> int:
+    return x.ndim if isinstance(x, Tensor) else 0
 
 
 def _check_strict_zero(fn: str, loss: Tensor, denom: Denominator | None) -> Tensor:
@@ -284,6 +289,7 @@ def sigmoid(
     fused: Fused | None = None,
     options: Callable[[Tensor], Mapping[str, Any]] | None = None,
     input_name: str = "logits",
+    index_target: bool | None = None,
 ) -> Tensor:
     """Run an element-wise sigmoid-family loss.
 
@@ -294,8 +300,16 @@ def sigmoid(
         fused: The kernel that can serve this loss, if any.
         options: ``options(x)``: loss options that need the validated input (a ``pos_weight``
             on its device); passed to ``loss`` and to the kernel as keywords.
+        index_target: Whether a target without the class dimension holds class indices
+            (``lossforge._targets.resolve_target``: required with one channel).
+
+    Infinite logits are refused under value checks (``_checks.INFINITE_RULES``: ``"finite"``);
+    an input named other than ``logits`` (probabilities) is checked by the loss itself.
     """
-    x = check_floating(fn, input_name, logits)
+    x = check_floating(
+        fn, input_name, logits, infinite="finite" if input_name == "logits" else "allow"
+    )
+    target = resolve_target(fn, x, target, index_target=index_target)
     avg = check_avg_factor(fn, avg_factor, reduction)
     if fused is None:
         _no_kernel(fn, backend, x)
@@ -419,8 +433,13 @@ def softmax(
             loss (prior / margin adjustments); the kernels add it on the fly.
         fused: The kernel that can serve this loss, if any.
         allow_probs: Whether probability targets are accepted.
+
+    ``-inf`` logits (masked classes) are accepted; ``+inf`` and a position with every class at
+    ``-inf`` are refused under value checks (``_checks.INFINITE_RULES``: ``"masked"``).
     """
-    x = check_floating(fn, input_name, logits)
+    x = check_floating(
+        fn, input_name, logits, infinite="masked", class_dim=1 if _ndim(logits) >= 2 else 0
+    )
     avg = check_avg_factor(fn, avg_factor, reduction)
     if (
         not allow_probs
@@ -713,7 +732,15 @@ def _region_checks(
     reduction: str,
     avg_factor: object,
 ) -> tuple[Tensor, float | Tensor | None]:
-    x = check_floating(fn, "logits", logits)
+    # Infinite logits follow the activation: the softmax's rule ("masked": a -inf class is a
+    # masked class), any for the sigmoid (its limits are 0 and 1).
+    x = check_floating(
+        fn,
+        "logits",
+        logits,
+        infinite="masked" if activation == "softmax" else "allow",
+        class_dim=1,
+    )
     avg = check_avg_factor(fn, avg_factor, reduction)
     if x.ndim < 2:
         fail(fn, "logits", "a tensor of shape (N, C, *)", f"shape {tuple(x.shape)}")
@@ -749,6 +776,7 @@ def region(
     fused: Fused | None = None,
     pool_classes: bool = False,
     fused_reason: str | None = None,
+    index_target: bool | None = None,
 ) -> Tensor:
     """Run a region (overlap) loss.
 
@@ -767,11 +795,13 @@ def region(
     not counted in ``"mean"``.
 
     ``fused_reason``: why the declared kernel cannot serve this call's options (``"triton"``
-    raises with it, ``"auto"`` runs the reference).
+    raises with it, ``"auto"`` runs the reference). ``index_target``: as in ``sigmoid`` (whether
+    integer targets of a one-channel input are class indices or a mask; ``None``: refuse to guess).
     """
     x, avg = _region_checks(
         fn, logits, activation, include_background, class_weight, reduction, avg_factor
     )
+    target = resolve_target(fn, x, target, index_target=index_target)
     if fused is not None and kernel_eligible(fn, backend, x):
         out = None
         if fused_reason is not None:

@@ -34,7 +34,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lossforge._checks import check_reduction, fail, value_checks_enabled
+from lossforge._checks import check_reduction, fail, is_finite, value_checks_on
 
 __all__ = [
     "AvgFactor",
@@ -150,15 +150,15 @@ def check_avg_factor(fn: str, avg_factor: object, reduction: str) -> float | Ten
             )
         if avg_factor.is_complex() or avg_factor.dtype == torch.bool:
             fail(fn, "avg_factor", "a real tensor", f"dtype {avg_factor.dtype}", TypeError)
-        if value_checks_enabled(avg_factor):
+        if value_checks_on(avg_factor):
             v = float(avg_factor)
-            if not math.isfinite(v) or v < 0:
+            if not is_finite(v) or v < 0:
                 fail(fn, "avg_factor", "a finite number >= 0", v)
         return avg_factor
     if isinstance(avg_factor, bool) or not isinstance(avg_factor, numbers.Real):
         fail(fn, "avg_factor", "a number or a one-element tensor", repr(avg_factor), TypeError)
     v = float(avg_factor)  # type: ignore[arg-type]
-    if not math.isfinite(v) or v < 0:
+    if not is_finite(v) or v < 0:
         fail(fn, "avg_factor", "a finite number >= 0", v)
     return v
 
@@ -286,7 +286,7 @@ def divide(fn: str, total: Tensor, denom: Denominator) -> Tensor:
     quotient = total / torch.where(pos, d, torch.ones_like(d))
     if not denom.strict:
         return torch.where(pos, quotient, torch.zeros_like(quotient))
-    if value_checks_enabled(d, total):
+    if value_checks_on(d, total):
         _check_zero_avg_factor(fn, total, float(d))
     # 0 only for d == 0 with nothing to sum; NaN for a zero divisor of a non-zero sum, or d < 0.
     rest = torch.where((d == 0) & (total == 0), 0.0, float("nan")).to(total.dtype)
@@ -294,9 +294,9 @@ def divide(fn: str, total: Tensor, denom: Denominator) -> Tensor:
 
 
 def _check_zero_avg_factor(fn: str, total: Tensor, d: float) -> None:
-    if not value_checks_enabled(total):
+    if not value_checks_on(total):
         return
-    if not (d >= 0 and math.isfinite(d)):
+    if not (d >= 0 and is_finite(d)):
         fail(fn, "avg_factor", "a finite number >= 0", d)
     if d == 0 and float(total.detach()) != 0:
         where = " (summed over the ranks)" if _denominator_hook is not None else ""

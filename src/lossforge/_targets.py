@@ -9,8 +9,17 @@ Sigmoid losses (BCE with logits, sigmoid focal, ASL, balanced BCE, dice on sigmo
   negative" (background, the mmdetection convention), ``ignore_index`` drops the whole row. The
   one-hot is never materialised with ``F.one_hot``: it is a broadcast comparison with ``arange(C)``.
 
+With **one** logit channel (``C = 1``) an integer target without the class dimension is ambiguous:
+a binary mask (1 = foreground, how a segmentation user means it) or class indices (0 = the class,
+1 = background, how a single-class detector passes them). ``resolve_target`` never guesses: the
+caller says which with ``index_target`` (``True``: class indices, ``False``: a mask), or passes a
+mask of the logits' shape. Float and bool targets cannot be class indices, so with ``C = 1`` they
+are masks. Dense targets take ``ignore_index`` values outside ``[0, 1]`` only (0 and 1 are target
+values).
+
 Softmax losses (cross-entropy, softmax focal, single-label ASL, balanced softmax) accept class-index
-targets (``ignore_index`` drops the position) or probability targets of the logits' shape.
+targets (``ignore_index`` drops the position) or probability targets of the logits' shape, whose
+rows sum to 1 (a value check, tolerance ``1e-3 * C``).
 """
 
 from __future__ import annotations
@@ -23,12 +32,13 @@ from torch import Tensor
 
 from lossforge._checks import (
     as_index_target,
+    check_distribution,
     check_index_range,
     check_tensor,
     check_unit_interval,
     compute_dtype,
     fail,
-    value_checks_enabled,
+    value_checks_on,
 )
 
 
@@ -81,6 +91,79 @@ def _check_device(fn: str, t: Tensor, x: Tensor, input_name: str) -> None:
         fail(fn, "target", f"on the device of `{input_name}` ({x.device})", t.device)
 
 
+def resolve_target(fn: str, logits: Tensor, target: object, *, index_target: bool | None) -> object:
+    """What a sigmoid-family (or region) target means, made explicit before anything reads it.
+
+    ``index_target=None`` (the default): a target of the logits' shape is dense; one without the
+    class dimension holds class indices, except with one logit channel, where an integer target is
+    ambiguous (a binary mask or class indices) and raises with both fixes, and a float or bool one
+    is a mask. ``True``: the target must hold class indices (the mmdetection convention, ``C`` =
+    background: how single-class detectors pass labels). ``False``: the target is a mask or dense
+    target; with one channel it may omit the channel dimension.
+
+    Returns the target to use: as given, or a one-channel mask with the channel dimension added.
+    """
+    if index_target is not None and not isinstance(index_target, bool):
+        fail(fn, "index_target", "None, True or False", repr(index_target), TypeError)
+    if not isinstance(target, Tensor) or logits.ndim == 0:
+        return target  # the target checks report it
+    cdim = class_dim(logits)
+    c = logits.shape[cdim]
+    index_shape = _shape_without(logits.shape, cdim)
+    shape = tuple(target.shape)
+    if index_target is True:
+        if shape != index_shape or target.is_floating_point() or target.dtype == torch.bool:
+            fail(
+                fn,
+                "target",
+                f"integer class indices of shape {index_shape} (index_target=True)",
+                f"shape {shape} and dtype {target.dtype}",
+            )
+        return target
+    if shape != index_shape:
+        return target  # dense (the logits' shape) or a shape error, reported by the target checks
+    if index_target is False:
+        if c != 1:
+            fail(
+                fn,
+                "target",
+                f"a dense target of the logits' shape {tuple(logits.shape)} (index_target=False; "
+                "only a one-channel mask may omit the channel dimension)",
+                f"shape {shape}",
+            )
+        return target.unsqueeze(cdim)
+    if c != 1:
+        return target
+    if target.is_floating_point() or target.dtype == torch.bool:
+        return target.unsqueeze(cdim)  # not class indices: a mask
+    if target.is_complex():
+        return target  # rejected by the target checks
+    fail(
+        fn,
+        "target",
+        f"an explicit target for one logit channel: an integer target of shape {shape} next to "
+        f"logits of shape {tuple(logits.shape)} is either a binary mask (1 = foreground) or class "
+        "indices (0 = the class, 1 = background). For a mask pass "
+        f"`target.unsqueeze({cdim}).float()` (the logits' shape) or index_target=False; for class "
+        "indices (a single-class detector) pass index_target=True",
+        f"an integer tensor of shape {shape} with index_target=None",
+    )
+
+
+def check_dense_ignore(fn: str, ignore_index: int | None) -> None:
+    """``ignore_index`` with a dense target must not be a target value (0 or 1): it would silently
+    drop every negative or every positive element. Structural: no value is read."""
+    if ignore_index is not None and ignore_index in (0, 1):
+        fail(
+            fn,
+            "ignore_index",
+            "a value outside [0, 1] with dense targets (0 and 1 are target values: every "
+            f"{'negative' if ignore_index == 0 else 'positive'} element would be ignored); mark "
+            "ignored elements with a value such as -1 or 255, or give them a `weight` of 0",
+            ignore_index,
+        )
+
+
 def check_sigmoid_target(
     fn: str, logits: Tensor, target: object, *, ignore_index: int | None, check_range: bool = True
 ) -> tuple[Tensor, bool]:
@@ -95,6 +178,7 @@ def check_sigmoid_target(
     if t.shape == logits.shape:
         if t.is_complex():
             fail(fn, "target", "a real tensor", f"dtype {t.dtype}", TypeError)
+        check_dense_ignore(fn, ignore_index)
         if check_range and t.dtype != torch.bool:
             check_unit_interval(fn, "target", t, ignore_value=ignore_index)
         return t, False
@@ -130,6 +214,7 @@ def sigmoid_target(
     if t.shape == logits.shape:
         if t.is_complex():
             fail(fn, "target", "a real tensor", f"dtype {t.dtype}", TypeError)
+        check_dense_ignore(fn, ignore_index)
         valid = None
         if ignore_index is not None:
             valid = t != ignore_index
@@ -150,7 +235,7 @@ def sigmoid_target(
         if ignore_index is not None:
             valid = (idx != ignore_index).unsqueeze(cdim)
         bad = None
-        if not value_checks_enabled(idx):
+        if not value_checks_on(idx):
             out = (idx < 0) | (idx > c)
             if ignore_index is not None:
                 out = out & (idx != ignore_index)
@@ -252,6 +337,7 @@ def check_softmax_target(
     if t.is_floating_point() and t.shape == logits.shape:
         _probability_ignore(fn, ignore_index, default_ignore)
         check_unit_interval(fn, "target", t)
+        check_distribution(fn, "target", t, cdim)
         return t, False, cdim
     if tuple(t.shape) == index_shape:
         idx = as_index_target(fn, t)
@@ -283,6 +369,7 @@ def softmax_target(
         _probability_ignore(fn, ignore_index, default_ignore)
         probs = t.to(compute_dtype(logits))
         check_unit_interval(fn, "target", probs)
+        check_distribution(fn, "target", probs, cdim)
         return SoftmaxTarget(None, probs, None, None, cdim)
 
     if tuple(t.shape) == index_shape:
@@ -294,7 +381,7 @@ def softmax_target(
         if mask_ignore is not None:
             valid = idx != mask_ignore
         bad = None
-        if not value_checks_enabled(idx):
+        if not value_checks_on(idx):
             out = (idx < 0) | (idx >= c)
             if valid is not None:
                 out = out & valid
@@ -333,9 +420,8 @@ def region_target(
         fail(fn, "target", "a real tensor", f"dtype {t.dtype}", TypeError)
     c = x.shape[1]
     cdtype = compute_dtype(x)
-    if c == 1 and activation != "softmax" and tuple(t.shape) == _index_shape(x):
-        t = t.unsqueeze(1)  # a binary mask (N, *) for a single (N, 1, *) logit channel
     if t.shape == x.shape:
+        check_dense_ignore(fn, ignore)
         valid = None
         if ignore is not None:
             valid = t != ignore
@@ -344,12 +430,11 @@ def region_target(
         check_unit_interval(fn, "target", dense)
         return dense, valid
     if tuple(t.shape) != _index_shape(x):
-        binary = " or a (N, *) binary mask" if c == 1 and activation != "softmax" else ""
         fail(
             fn,
             "target",
-            f"dense targets of the logits' shape {tuple(x.shape)}, class indices of shape "
-            f"{_index_shape(x)}{binary}",
+            f"dense targets of the logits' shape {tuple(x.shape)} or class indices of shape "
+            f"{_index_shape(x)}",
             f"shape {tuple(t.shape)}",
         )
     idx = as_index_target(fn, t)
@@ -363,7 +448,7 @@ def region_target(
         valid = idx != ignore
         hit = hit & valid  # ignore_index may be a valid class id
     dense = hit.to(cdtype)
-    if not value_checks_enabled(idx):
+    if not value_checks_on(idx):
         out = (idx < 0) | (idx > (c if background else c - 1))
         if valid is not None:
             out = out & valid

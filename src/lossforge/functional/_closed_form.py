@@ -62,12 +62,14 @@ def upcast(fn: Callable[[Tensor, Tensor, bool], tuple[Tensor, Tensor | None]]) -
 
 
 def _scaled(grad: Tensor, grad_loss: Tensor) -> Tensor:
-    """``grad_loss * grad`` in ``grad``'s dtype, out of place (``retain_graph=True`` stays valid).
+    """``grad_loss * grad`` in ``grad``'s dtype, always in a new tensor.
 
-    Where ``grad_loss`` is a broadcast 1 (``reduction="sum"``) the saved derivative itself is
-    returned: no pass over memory, and autograd takes the buffer over once the graph is freed (it
-    clones it while the graph is retained). The value is read on the host for CPU tensors only
-    (no device sync).
+    The saved derivative itself is never returned, not even for a broadcast 1
+    (``reduction="sum"``): autograd may hand a returned tensor to a leaf as its ``.grad`` (through
+    a view's backward, for one), and zeroing or updating that ``.grad`` in place would then change
+    the saved derivative under a retained graph (``backward(retain_graph=True)``). A broadcast
+    ``grad_loss`` is read on the host for CPU tensors only (no device sync), so half-precision
+    derivatives are scaled without a float32 temporary.
     """
     if (
         grad_loss.device.type == "cpu"
@@ -75,8 +77,7 @@ def _scaled(grad: Tensor, grad_loss: Tensor) -> Tensor:
         and grad_loss.numel() > 0
         and all(st == 0 for st in grad_loss.stride())
     ):
-        c = grad_loss[(0,) * grad_loss.ndim].item()
-        return grad if c == 1.0 else grad * c
+        return torch.mul(grad, grad_loss[(0,) * grad_loss.ndim].item())
     out = grad_loss * grad
     return out if out.dtype == grad.dtype else out.to(grad.dtype)
 

@@ -319,6 +319,7 @@ def asymmetric_loss(
     eps: ClampEps = 1e-8,
     detach_focal_weight: bool = False,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
     avg_factor: AvgFactor = None,
@@ -371,6 +372,11 @@ def asymmetric_loss(
             ``disable_torch_grad_focal_loss``), by ``.detach()`` on the weight; grad mode is
             untouched.
         ignore_index: Ignored target value; ``None`` disables it.
+        index_target: What a target without the class dimension holds. ``None`` (default):
+            class indices, except with one logit channel, where an integer target is ambiguous
+            and raises (a float or bool one is a mask); ``True``: class indices (``C`` =
+            background; a single-class detector's labels); ``False``: a mask (with one channel
+            the channel dimension may be left out).
         weight: Element-wise weight: the logits' shape, its leading dims (``(N,)`` = per sample) or
             a same-rank broadcastable shape.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
@@ -416,6 +422,7 @@ def asymmetric_loss(
             },
         ),
         ignore_index=ignore_index,
+        index_target=index_target,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,
@@ -442,19 +449,25 @@ def _softmax_asl(
     if gamma_pos > 0 or gamma_neg > 0:
         w = torch.exp(gamma_neg * logp) if gamma_neg > 0 else torch.ones_like(logp)  # p_c**g_neg
         if gamma_pos > 0:
-            # log(1 - p_t) = logsumexp over the other classes of log p_c.
-            others = logp.masked_fill(onehot, float("-inf"))
+            # log(1 - p_t) = logsumexp over the other classes of log p_c, each at least the
+            # dtype's lowest finite value: other classes masked with -inf (or p_t = 1) give
+            # w_t = 0 with a zero gradient, not logsumexp's NaN gradient of an all -inf row.
+            low = torch.finfo(logp.dtype).min
+            others = logp.clamp(min=low).masked_fill(onehot, low)
             log_rest = torch.logsumexp(others, dim=cdim, keepdim=True)
             w = torch.where(onehot, torch.exp(gamma_pos * log_rest), w)
         else:
             w = torch.where(onehot, torch.ones_like(w), w)
         if detach:
             w = w.detach()
-        wlogp = w * logp
+        mass = (onehot.to(z.dtype) * (1.0 - eps) + eps / c) * w
     else:
-        wlogp = logp
-    q = onehot.to(z.dtype) * (1.0 - eps) + eps / c
-    return -(q * wlogp).sum(dim=cdim)
+        mass = onehot.to(z.dtype) * (1.0 - eps) + eps / c
+    # A term of zero mass adds 0, also at log p = -inf (a class masked out of the softmax, where
+    # the focusing weight p^gamma is 0 and p^gamma log p -> 0): never 0 * -inf, and the safe
+    # branch keeps the gradient 0 there.
+    safe = torch.where(mass == 0, torch.zeros((), dtype=logp.dtype, device=logp.device), logp)
+    return -(mass * safe).sum(dim=cdim)
 
 
 @loss_function

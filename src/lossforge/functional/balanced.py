@@ -14,6 +14,7 @@ import torch.nn.functional as TF
 from torch import Tensor
 
 from lossforge import _pipeline as pipeline
+from lossforge import _reduction
 from lossforge._checks import (
     check_same_shape,
     check_tensor,
@@ -92,6 +93,7 @@ def balanced_binary_cross_entropy(
     *,
     beta: Probability | None = None,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
     avg_factor: AvgFactor = None,
@@ -124,6 +126,11 @@ def balanced_binary_cross_entropy(
         beta: ``None`` (per-sample fraction of negatives) or a float in ``[0, 1]``: the weight of
             the positive term; negatives get ``1 - beta``.
         ignore_index: Ignored target value (excluded from $\beta$ and from the loss).
+        index_target: What a target without the class dimension holds. ``None`` (default):
+            class indices, except with one logit channel, where an integer target is ambiguous
+            and raises (a float or bool one is a mask); ``True``: class indices (``C`` =
+            background; a single-class detector's labels); ``False``: a mask (with one channel
+            the channel dimension may be left out).
         weight: Element-wise weight (the logits' shape, its leading dims, or a same-rank
             broadcastable shape).
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
@@ -151,6 +158,7 @@ def balanced_binary_cross_entropy(
         loss=partial(_balanced_bce, beta=beta),
         fused=Fused("sigmoid", "balanced_bce", {"beta": beta}),
         ignore_index=ignore_index,
+        index_target=index_target,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,
@@ -170,6 +178,17 @@ def _ohem(
     eps: float,
 ) -> Unreduced:
     """The OHEM-selected element losses and the default denominator ``n_pos + k + eps``."""
+    if _reduction._denominator_hook is not None:
+        # The selection is per rank (each rank's k hardest negatives, its own eps): no global
+        # denominator makes K ranks equal one process, so the scope is refused, not ignored.
+        fail(
+            fn,
+            "global_normalization()",
+            "not to be active (OHEM mines hard negatives per rank, so K ranks cannot reproduce "
+            "one process; call it outside the scope: per-rank mining, as DB and mmocr do)",
+            "a call inside it",
+            RuntimeError,
+        )
     z = x.to(compute_dtype(x))
     y = t.target
     if mask is None:
@@ -249,6 +268,11 @@ def ohem_binary_cross_entropy(
     For binary targets and masks this is exactly mmocr/DB; soft values count fractionally. The
     selection and the counts stay on the device (no host sync); the selection has no gradient.
     Asking for more negatives than exist keeps them all.
+
+    Not inside ``lossforge.distributed.global_normalization()`` (``RuntimeError``): the hard
+    negatives are mined per rank, so no denominator makes K ranks equal one process on the whole
+    batch (that needs the global k-th largest loss: an all-gather of up to k losses per rank and a
+    host sync on k). Call it outside the scope: per-rank mining, as DB and mmocr do under DDP.
 
     Args:
         logits: Raw scores, any shape (e.g. ``(N, H, W)`` probability maps' logits).

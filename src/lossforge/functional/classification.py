@@ -22,7 +22,7 @@ from lossforge._checks import (
     check_unit_interval,
     compute_dtype,
     fail,
-    value_checks_enabled,
+    value_checks_on,
 )
 from lossforge._params import (
     ClassValues,
@@ -62,20 +62,37 @@ def _softmax_ce(
         t = st.probs
         if eps > 0:
             t = t * (1.0 - eps) + eps / c
-        prod = logp * t if w_c is None else logp * t * w_c
-        return -prod.sum(dim=cdim)
+        tw = t if w_c is None else t * w_c
+        # A class without target mass (t_c w_c = 0) adds 0, also where log p_c = -inf (a class
+        # masked out of the softmax): never 0 * -inf, and the safe branch keeps gradients finite.
+        safe = torch.where(tw == 0, torch.zeros((), dtype=logp.dtype, device=logp.device), logp)
+        return -(safe * tw).sum(dim=cdim)
 
     idx = cast(Tensor, st.index)  # softmax_target sets exactly one of index / probs
+    if w is not None and w.requires_grad:
+        # A learned class weight: PyTorch's NLL kernels take no gradient for ``weight``, so the
+        # same formula (below) with differentiable operations.
+        logp = torch.log_softmax(z, dim=cdim) if log_softmax else z
+        loss = -logp.gather(cdim, idx.unsqueeze(cdim)).squeeze(cdim) * w[idx]
+        if eps > 0:
+            loss = (1.0 - eps) * loss - (eps / c) * (logp * cast(Tensor, w_c)).sum(dim=cdim)
+        return loss
     zz = z
-    if z.is_cuda and z.ndim > 2 and torch.are_deterministic_algorithms_enabled():
+    flat = z.is_cuda and z.ndim > 2 and torch.are_deterministic_algorithms_enabled()
+    if flat:
         # CUDA's nll_loss2d has no deterministic kernel; the (M, C) path has one.
         zz = z.movedim(1, -1).reshape(-1, c)
+    elif not log_softmax and z.ndim > 2 and not z.is_contiguous():
+        # PyTorch's nll_loss2d backward fails on channels_last / transposed log-probabilities
+        # ("grad_input must be contiguous"): one copy of such inputs. (cross_entropy's own
+        # log-softmax output is fine.)
+        zz = z.contiguous()
     if want_total and (log_softmax or eps == 0):
         # Nothing element-wise to apply: PyTorch's fused kernel sums directly (its backward then
         # takes a scalar gradient). It skips the ``st.raw_ignore`` positions: the ignored ones and
         # the out-of-range ones met with value checks off (the pipeline makes the total NaN then).
         raw = cast(Tensor, st.raw)
-        ii = raw.reshape(-1) if zz is not z else raw
+        ii = raw.reshape(-1) if flat else raw
         if log_softmax:
             total = TF.cross_entropy(
                 zz, ii, weight=w, ignore_index=st.raw_ignore, label_smoothing=eps, reduction="sum"
@@ -88,7 +105,7 @@ def _softmax_ce(
     # computed by PyTorch's fused log-softmax + NLL kernels on the float32/float64 copy (ignored and
     # out-of-range positions hold the safe index 0 and are masked / poisoned by the pipeline). The
     # tests check it against float64 loop references written from the formula above.
-    ii = idx.reshape(-1) if zz is not z else idx
+    ii = idx.reshape(-1) if flat else idx
     if log_softmax:
         loss = TF.cross_entropy(zz, ii, weight=w, label_smoothing=eps, reduction="none")
     else:
@@ -143,7 +160,8 @@ def cross_entropy(
         logits: Unnormalised scores, ``(N, C, d1, ..., dk)`` or unbatched ``(C,)``. Half inputs are
             computed in float32.
         target: Class indices of shape ``(N, d1, ..., dk)`` (or ``()``), any integer dtype, values
-            in ``[0, C)`` or ``ignore_index``; or probabilities of the logits' shape (float).
+            in ``[0, C)`` or ``ignore_index``; or probabilities of the logits' shape (float),
+            summing to 1 over the classes (a value check, tolerance ``1e-3 * C``).
         class_weight: Per-class weights, length ``C``, non-negative (tensor or list).
         ignore_index: Index target value that is ignored; ``None`` disables it. Must be left at its
             default with probability targets.
@@ -265,6 +283,7 @@ def binary_cross_entropy(
     reduction: Reduction = "mean",
     avg_factor: AvgFactor = None,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
 ) -> Tensor:
     r"""Binary cross-entropy on probabilities (``torch.nn.functional.binary_cross_entropy``).
 
@@ -286,6 +305,11 @@ def binary_cross_entropy(
         reduction: ``"none"`` | ``"mean"`` (over valid elements) | ``"sum"``.
         avg_factor: Denominator of ``"mean"``.
         ignore_index: Dense target value (or index-target row value) that is ignored.
+        index_target: What a target without the class dimension holds. ``None`` (default):
+            class indices, except with one logit channel, where an integer target is ambiguous
+            and raises (a float or bool one is a mask); ``True``: class indices (``C`` =
+            background; a single-class detector's labels); ``False``: a mask (with one channel
+            the channel dimension may be left out).
 
     Returns:
         ``probs``' shape for ``"none"``, else a scalar.
@@ -308,6 +332,7 @@ def binary_cross_entropy(
         target,
         loss=checked,
         ignore_index=ignore_index,
+        index_target=index_target,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,
@@ -353,7 +378,7 @@ def _as_pos_weight(fn: str, pos_weight: object, like: Tensor) -> Tensor:
         )
     # Numbers and lists are checked on the host (free), then moved to the logits' device.
     pw = pw.to(compute_dtype(like))
-    checked = value_checks_enabled(pw) and pw.numel() > 0
+    checked = value_checks_on(pw) and pw.numel() > 0
     if checked and (not bool(torch.isfinite(pw).all()) or bool((pw < 0).any())):
         fail(fn, "pos_weight", "finite non-negative values", pw.flatten()[:8].tolist())
     return pw.to(like.device)
@@ -366,6 +391,10 @@ def _bce_logits(
     y = t.target
     if eps > 0:
         y = y * (1.0 - eps) + 0.5 * eps
+    if pos_weight is not None and pos_weight.requires_grad:
+        # A learned pos_weight: PyTorch's kernel takes no gradient for it; the same formula with
+        # differentiable operations.
+        return -(pos_weight * y * TF.logsigmoid(z) + (1.0 - y) * TF.logsigmoid(-z))
     # PyTorch's fused, stable kernel (log1p(exp(-|x|)) form) for the element-wise term:
     # y * pw * -log sigma(x) + (1 - y) * -log(1 - sigma(x)); the tests check it against loop
     # references written from that formula.
@@ -385,6 +414,7 @@ def binary_cross_entropy_with_logits(
     pos_weight: NonNegative | Weights | None = None,
     label_smoothing: Probability = 0.0,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
     avg_factor: AvgFactor = None,
@@ -421,6 +451,11 @@ def binary_cross_entropy_with_logits(
             logits); for ``(N, C, H, W)`` logits pass it as ``(C, 1, 1)``. Non-negative.
         label_smoothing: $\varepsilon \in [0, 1]$.
         ignore_index: Ignored target value; ``None`` disables it.
+        index_target: What a target without the class dimension holds. ``None`` (default):
+            class indices, except with one logit channel, where an integer target is ambiguous
+            and raises (a float or bool one is a mask); ``True``: class indices (``C`` =
+            background; a single-class detector's labels); ``False``: a mask (with one channel
+            the channel dimension may be left out).
         weight: Element-wise weight, the logits' shape, its leading dims (``(N,)`` = per sample) or
             same-rank broadcastable.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
@@ -450,6 +485,7 @@ def binary_cross_entropy_with_logits(
         fused=Fused("sigmoid", "bce", {"label_smoothing": label_smoothing}),
         options=options,
         ignore_index=ignore_index,
+        index_target=index_target,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,
@@ -478,7 +514,7 @@ def _log_prior(fn: str, values: object, name: str, like: Tensor) -> Tensor:
     if v.ndim != 1 or v.shape[0] != c:
         fail(fn, name, f"a 1-d tensor of length C={c}", f"shape {tuple(v.shape)}")
     v = v.to(compute_dtype(like))
-    if value_checks_enabled(v):
+    if value_checks_on(v):
         if not bool(torch.isfinite(v).all()) or bool((v < 0).any()):
             fail(fn, name, "finite non-negative values", v.tolist())
         if not bool(v.sum() > 0):

@@ -231,6 +231,7 @@ def dice_loss(
     batch: bool = False,
     pool_classes: bool = False,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     class_weight: ClassValues | None = None,
     include_background: bool = True,
     weight: Tensor | None = None,
@@ -283,10 +284,14 @@ def dice_loss(
       ``[0, C)`` or dense ``(N, C, *)`` (one-hot or soft) maps.
     * ``"sigmoid"`` (binary / multi-label): independent sigmoid per channel; targets are dense
       ``(N, C, *)`` masks, class indices ``(N, *)`` in ``[0, C]`` (``C`` = background: every channel
-      negative, the library's sigmoid convention), or for a single channel ``C = 1`` a binary mask
-      of shape ``(N, *)``.
+      negative, the library's sigmoid convention).
     * ``"none"``: ``logits`` already are probabilities in ``[0, 1]``; targets as for
-      ``"softmax"`` (or a ``(N, *)`` binary mask when ``C = 1``).
+      ``"softmax"``.
+
+    A single channel (``C = 1``, sigmoid or none) reads a float or bool ``(N, *)`` target as a
+    binary mask; an integer ``(N, *)`` target is ambiguous there (a mask, or class indices with
+    0 = the class) and raises unless ``index_target`` says which (``False``: a mask), exactly as
+    in the sigmoid-family losses. A mask of the logits' shape ``(N, 1, *)`` is never ambiguous.
 
     ``ignore_index`` removes pixels from *both* sums: with class-index targets a pixel whose label
     equals it counts in no class (unlike mmsegmentation, where it still counts as a false positive);
@@ -309,7 +314,7 @@ def dice_loss(
             gives one element per entry. float16/bfloat16 are computed in float32.
         target: ``(N, *)`` class indices (integer dtype), ``(N, C, *)`` dense targets in ``[0, 1]``
             (float, bool or integer), or ``(N, *)`` binary masks when ``C = 1`` and the activation
-            is not softmax.
+            is not softmax (integer ones with ``index_target=False``).
         activation: ``"softmax"`` | ``"sigmoid"`` | ``"none"``.
         smooth: $s \ge 0$, the shorthand for ``smooth_nr = smooth_dr = smooth``; ``None`` is 1.0
             (unless ``smooth_nr`` / ``smooth_dr`` are given).
@@ -322,6 +327,11 @@ def dice_loss(
             class.
         ignore_index: Target value whose pixels (index targets) or elements (dense targets) are
             left out of every sum.
+        index_target: What a target without the class dimension holds. ``None`` (default):
+            class indices, except with one logit channel, where an integer target is ambiguous
+            and raises (a float or bool one is a mask); ``True``: class indices (``C`` =
+            background; a single-class detector's labels); ``False``: a mask (with one channel
+            the channel dimension may be left out).
         class_weight: ``(C,)`` non-negative weights of the per-class losses (list or tensor);
             with ``pool_classes`` the weights of each class's terms in the pooled sums.
             Always of length C, also with ``include_background=False`` (its first entry is unused).
@@ -864,6 +874,7 @@ def generalized_dice_loss(
         pool_classes=True,
         activation=activation,
         ignore_index=ignore_index,
+        index_target=index_target,
         class_weight=class_weight,
         include_background=include_background,
         batch=batch,

@@ -30,7 +30,7 @@ import torch.nn.functional as TF
 from torch import Tensor
 
 from lossforge import _pipeline as pipeline
-from lossforge._checks import check_number, compute_dtype, fail, value_checks_enabled
+from lossforge._checks import check_number, compute_dtype, fail, value_checks_on
 from lossforge._params import (
     ClassProbabilities,
     ClassValues,
@@ -63,19 +63,24 @@ def _focal_term_grad(log_p: Tensor, gamma: float) -> Tensor:
     """phi'(l) = (1 - e^l)^gamma * (gamma * r(l) - 1), r(l) = l e^l / (1 - e^l) in [-1, 0]."""
     q = _one_minus_exp(log_p)
     positive = q > 0
-    # Safe denominator first (no NaN from the unused branch); r -> -1 as l -> 0 (p_t -> 1).
+    # Safe denominator first (no NaN from the unused branch); r -> -1 as l -> 0 (p_t -> 1) and
+    # r -> 0 as l -> -inf (l e^l is 0 * -inf there: NaN only then, or for a NaN l, whose q^gamma
+    # keeps the result NaN).
     r = torch.where(
         positive, log_p * torch.exp(log_p) / torch.where(positive, q, torch.ones_like(q)), -1.0
     )
-    return q.pow(gamma) * (gamma * r - 1.0)
+    return q.pow(gamma) * (gamma * r.nan_to_num(nan=0.0) - 1.0)
 
 
 class _FocalTerm(torch.autograd.Function):
     """phi(l) = -(1 - e^l)^gamma * l with the closed-form derivative (finite for every gamma >= 0).
 
     The backward is written with differentiable operations, so second derivatives work away from
-    exact saturation.
+    exact saturation. Its forward is plain tensor operations, so ``torch.func`` transforms
+    (``vmap``, ``jacrev``, ``jacfwd``, per-sample gradients) use the generated vmap rule.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(log_p: Tensor, gamma: float) -> Tensor:  # type: ignore[override]
@@ -121,7 +126,9 @@ def _focal_term_closed(
         return loss, None
     positive = q > 0
     r = torch.exp(log_p).mul_(log_p).div_(torch.where(positive, q, 1.0))
-    r = torch.where(positive, r, -1.0)  # r -> -1 as l -> 0
+    # r -> -1 as l -> 0; r -> 0 as l -> -inf (a class masked out of a softmax, where l e^l is
+    # 0 * -inf; a NaN l keeps the result NaN through q^gamma)
+    r = torch.where(positive, r, -1.0).nan_to_num_(nan=0.0)
     return loss, r.mul_(gamma).sub_(1.0).mul_(qg)
 
 
@@ -264,6 +271,7 @@ def sigmoid_focal_loss(
     gamma: NonNegative = 2.0,
     pos_weight: NonNegative | Weights | None = None,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
     avg_factor: AvgFactor = None,
@@ -324,6 +332,11 @@ def sigmoid_focal_loss(
             ``binary_cross_entropy_with_logits``: a ``(C,)`` vector lines up with the **last**
             dimension; for ``(N, C, H, W)`` logits pass it as ``(C, 1, 1)``. ``None`` = 1.
         ignore_index: Ignored target value (dense: per element; indices: per row); ``None`` = off.
+        index_target: What a target without the class dimension holds. ``None`` (default):
+            class indices, except with one logit channel, where an integer target is ambiguous
+            and raises (a float or bool one is a mask); ``True``: class indices (``C`` =
+            background; a single-class detector's labels); ``False``: a mask (with one channel
+            the channel dimension may be left out).
         weight: Element-wise weight: the logits' shape, its leading dims (``(N,)`` = per sample,
             as in mmdetection) or a same-rank broadcastable shape.
         reduction: ``"none"`` | ``"mean"`` (over valid elements, i.e. rows x C for index targets) |
@@ -378,6 +391,7 @@ def sigmoid_focal_loss(
         loss=partial(opt.weighted_sigmoid_focal, gamma=gamma, base=_sigmoid_focal),
         options=opt.focal_options(fn, alpha, pos_weight),
         ignore_index=ignore_index,
+        index_target=index_target,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,
@@ -430,7 +444,7 @@ def _alpha_vector(
             f"shape {tuple(vec.shape)}",
         )
     vec = vec.to(device=like.device, dtype=dtype)
-    if value_checks_enabled(vec):
+    if value_checks_on(vec):
         bad = ~((vec >= 0) & (vec <= 1))
         if bool(bad.any()):
             fail(fn, "alpha", "per-class values in [0, 1]", vec.tolist())
@@ -444,10 +458,11 @@ def _softmax_focal(inp: SoftmaxInput, want_total: bool, *, gamma: float, eps: fl
     logp = torch.log_softmax(inp.z, dim=cdim)
     if st.probs is not None:
         t = st.probs if eps == 0 else st.probs * (1.0 - eps) + eps / c
-        terms = _focal_term(logp, gamma) * t
-        if coef is not None:
-            terms = terms * class_view(coef, ndim, cdim)
-        return terms.sum(dim=cdim)
+        mass = t if coef is None else t * class_view(coef, ndim, cdim)
+        # A class without target mass adds 0, also at log p = -inf (a masked class): the focal
+        # term is taken at log p = 0 there (where it is 0 with a zero derivative), never inf * 0.
+        safe = torch.where(mass == 0, torch.zeros((), dtype=logp.dtype, device=logp.device), logp)
+        return (_focal_term(safe, gamma) * mass).sum(dim=cdim)
     idx = cast(Tensor, st.index)  # softmax_target sets exactly one of index / probs
     loss = _focal_term(logp.gather(cdim, idx.unsqueeze(cdim)).squeeze(cdim), gamma)
     if coef is not None:

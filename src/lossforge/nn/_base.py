@@ -13,7 +13,8 @@ domains (``lossforge._params``):
   are validated at construction by the same domains the functional validates each call with.
 * Tensor options (per-class weights, counts, a per-class ``alpha``, ``pos_weight``) are buffers:
   they follow ``.to()`` and ``state_dict`` and may be given as lists (what TOML and Hydra configs
-  produce). Numbers stay plain attributes.
+  produce). An ``nn.Parameter`` option is kept as a parameter (a learned class weight); another
+  tensor that requires grad is refused rather than detached. Numbers stay plain attributes.
 * ``forward(input, target, weight=None, avg_factor=None, reduction_override=None, **inputs)``
   calls the functional once (``inputs``: per-batch tensors such as a training ``mask``) and
   scales by ``loss_weight``; it writes no state.
@@ -28,6 +29,7 @@ themselves: they keep ``reduction``, ``loss_weight`` and the ``reduction_overrid
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -129,7 +131,7 @@ class Loss(nn.Module):
         }
 
         def __init__(self: Loss, **kwargs: Any) -> None:  # noqa: N807
-            signature.bind(self, **kwargs)  # unknown / missing keywords: Python's TypeError
+            _check_keywords(type(self).__name__, init_params[1:], kwargs)
             values = {**defaults, **kwargs}
             Loss.__init__(
                 self, reduction=values.pop("reduction"), loss_weight=values.pop("loss_weight")
@@ -166,6 +168,19 @@ class Loss(nn.Module):
             and not (isinstance(domain, AnyOf) and domain.accepts(value))
         ):
             fail(owner, key, "a tensor, a sequence of numbers or None", repr(value), TypeError)
+        if vector is not None and isinstance(value, Tensor) and value.requires_grad:
+            # A learned option stays learned: a parameter, never silently detached into a buffer.
+            if not isinstance(value, nn.Parameter):
+                fail(
+                    owner,
+                    key,
+                    "an nn.Parameter (a learned option, registered as a parameter) or a tensor "
+                    "that does not require grad (a buffer)",
+                    "a tensor that requires grad",
+                )
+            vector.check_buffer(owner, key, value.detach())
+            self.register_parameter(key, value)
+            return
         if vector is not None and is_tensorish:
             buffer = _as_buffer(owner, key, value)
             vector.check_buffer(owner, key, buffer)
@@ -241,6 +256,28 @@ class Loss(nn.Module):
         if self.loss_weight != 1.0:
             parts.append(f"loss_weight={self.loss_weight!r}")
         return ", ".join(parts)
+
+
+def _check_keywords(
+    owner: str, params: Sequence[inspect.Parameter], kwargs: dict[str, Any]
+) -> None:
+    """Unknown and missing constructor keywords, in the library's message template (naming the
+    class the user built, not Python's anonymous ``bind`` error)."""
+    names = [p.name for p in params]
+    unknown = [k for k in kwargs if k not in names]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], names, n=2, cutoff=0.6)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        fail(
+            owner,
+            "keywords",
+            f"keywords of {owner}: " + ", ".join(names),
+            "unknown " + ", ".join(repr(k) for k in unknown) + hint,
+            TypeError,
+        )
+    for p in params:
+        if p.default is inspect.Parameter.empty and p.name not in kwargs:
+            fail(owner, p.name, "a value (it has no default)", "none", TypeError)
 
 
 def _has_scalar_member(domain: Domain) -> bool:
