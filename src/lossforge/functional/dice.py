@@ -395,6 +395,7 @@ def dice_loss(
         pool_classes=pool_classes,
         activation=activation,
         ignore_index=ignore_index,
+        index_target=index_target,
         class_weight=class_weight,
         include_background=include_background,
         batch=batch,
@@ -441,6 +442,7 @@ def tversky_loss(
     soft_label: bool = False,
     batch: bool = False,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     class_weight: ClassValues | None = None,
     include_background: bool = True,
     weight: Tensor | None = None,
@@ -493,6 +495,9 @@ def tversky_loss(
         soft_label: The soft-label statistics (min / positive parts) instead of products.
         batch: One loss per class over the whole batch.
         ignore_index: Target value left out of every sum.
+        index_target: What a target without the class dimension holds with one logit channel:
+            ``None`` (default) refuses to guess for an integer target, ``True`` reads class
+            indices, ``False`` a mask (see :func:`dice_loss`).
         class_weight: ``(C,)`` non-negative weights of the per-class losses.
         include_background: ``False`` drops channel 0 from the loss.
         weight: Weight of the ``(N, C)`` (``(C,)``) per-entry losses, or ``(N,)`` per sample.
@@ -530,6 +535,7 @@ def tversky_loss(
         combine=partial(_tversky_combine, alpha=alpha, beta=beta, smooth_nr=s_nr, smooth_dr=s_dr),
         activation=activation,
         ignore_index=ignore_index,
+        index_target=index_target,
         class_weight=class_weight,
         include_background=include_background,
         batch=batch,
@@ -555,6 +561,7 @@ def focal_tversky_loss(
     soft_label: bool = False,
     batch: bool = False,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     class_weight: ClassValues | None = None,
     include_background: bool = True,
     weight: Tensor | None = None,
@@ -597,6 +604,9 @@ def focal_tversky_loss(
         soft_label: The soft-label statistics of ``tversky_loss``.
         batch: One loss per class over the whole batch.
         ignore_index: Target value left out of every sum.
+        index_target: What a target without the class dimension holds with one logit channel:
+            ``None`` (default) refuses to guess for an integer target, ``True`` reads class
+            indices, ``False`` a mask (see :func:`dice_loss`).
         class_weight: ``(C,)`` non-negative weights of the per-class losses.
         include_background: ``False`` drops channel 0 from the loss.
         weight: Weight of the ``(N, C)`` (``(C,)``) per-entry losses, or ``(N,)`` per sample.
@@ -639,6 +649,7 @@ def focal_tversky_loss(
         ),
         activation=activation,
         ignore_index=ignore_index,
+        index_target=index_target,
         class_weight=class_weight,
         include_background=include_background,
         batch=batch,
@@ -667,6 +678,7 @@ def jaccard_loss(
     soft_label: bool = False,
     batch: bool = False,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     class_weight: ClassValues | None = None,
     include_background: bool = True,
     weight: Tensor | None = None,
@@ -712,6 +724,9 @@ def jaccard_loss(
         soft_label: $I = \sum \min(p, g)$, $U = \sum \max(p, g)$.
         batch: One loss per class over the whole batch.
         ignore_index: Target value left out of every sum.
+        index_target: What a target without the class dimension holds with one logit channel:
+            ``None`` (default) refuses to guess for an integer target, ``True`` reads class
+            indices, ``False`` a mask (see :func:`dice_loss`).
         class_weight: ``(C,)`` non-negative weights of the per-class losses.
         include_background: ``False`` drops channel 0 from the loss.
         weight: Weight of the ``(N, C)`` (``(C,)``) per-entry losses, or ``(N,)`` per sample.
@@ -747,6 +762,7 @@ def jaccard_loss(
         combine=partial(_jaccard_combine, smooth_nr=s_nr, smooth_dr=s_dr),
         activation=activation,
         ignore_index=ignore_index,
+        index_target=index_target,
         class_weight=class_weight,
         include_background=include_background,
         batch=batch,
@@ -775,6 +791,7 @@ def generalized_dice_loss(
     soft_label: bool = False,
     batch: bool = False,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     class_weight: ClassValues | None = None,
     include_background: bool = True,
     weight: Tensor | None = None,
@@ -829,6 +846,9 @@ def generalized_dice_loss(
         soft_label: Intersection $\sum \min(p, g)$.
         batch: One loss for the whole batch (sums and weights over the batch).
         ignore_index: Target value left out of every sum.
+        index_target: What a target without the class dimension holds with one logit channel:
+            ``None`` (default) refuses to guess for an integer target, ``True`` reads class
+            indices, ``False`` a mask (see :func:`dice_loss`).
         class_weight: ``(C,)`` non-negative factors on the volume weights $w_c$.
         include_background: ``False`` drops channel 0 from the loss.
         weight: Weight of the ``(N, 1)`` per-sample losses (or ``(N,)``); ``(1,)`` with

@@ -376,6 +376,7 @@ def sigmoid_focal_loss(
             loss=partial(_sigmoid_focal, gamma=gamma, alpha=cast(float | None, alpha)),
             fused=Fused("sigmoid", "focal", {"alpha": alpha, "gamma": gamma}),
             ignore_index=ignore_index,
+            index_target=index_target,
             weight=weight,
             reduction=reduction,
             avg_factor=avg_factor,
