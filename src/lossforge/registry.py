@@ -134,10 +134,10 @@ def get_loss(name: str, *, caller: str = "get_loss", argument: str = "name") -> 
 
 
 def _params(cls: type) -> dict[str, Any]:
-    sig = inspect.signature(cls.__init__)
+    sig = inspect.signature(cls)  # the constructor's parameters, without self
     return {
         p.name: p.default
-        for p in list(sig.parameters.values())[1:]
+        for p in sig.parameters.values()
         if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     }
 
@@ -203,7 +203,8 @@ def _composite(name: object) -> type | None:
     key = name.removeprefix("lossforge.")
     for composite, (module, cls_name) in _COMPOSITES.items():
         if key in (composite, cls_name):
-            return getattr(importlib.import_module(module), cls_name)  # type: ignore[no-any-return]
+            found: type = getattr(importlib.import_module(module), cls_name)
+            return found
     return None
 
 

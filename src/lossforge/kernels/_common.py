@@ -334,7 +334,7 @@ def declare(
 def _launch(fam: Family, *args: Any) -> tuple[Tensor, Tensor]:
     if torch.compiler.is_compiling():
         x, t, w, a, b, d, go, ints, floats, write_grad = args
-        return fam.op(x, t, w, a, b, d, go, list(ints), list(floats), write_grad)  # type: ignore[no-any-return]
+        return fam.op(x, t, w, a, b, d, go, list(ints), list(floats), write_grad)
     return fam.launch(*args)
 
 
@@ -355,7 +355,7 @@ def _first_order_only(g: Tensor) -> Tensor:
     """``g`` attached to a node that raises if anything differentiates through it."""
     leaf = g.detach()
     leaf.requires_grad_(True)
-    return torch._C._functions.DelayedError(_SECOND_ORDER, 1)(leaf)  # type: ignore[no-any-return]
+    return torch._C._functions.DelayedError(_SECOND_ORDER, 1)(leaf)
 
 
 class FusedLoss(torch.autograd.Function):
@@ -363,7 +363,7 @@ class FusedLoss(torch.autograd.Function):
     input only."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: Tensor,
         t: Tensor,
@@ -389,7 +389,7 @@ class FusedLoss(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(ctx: Any, go: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, go: Tensor | None) -> tuple[Tensor | None, ...]:
         none = (None,) * 10
         if go is None:
             return (None, *none)
@@ -431,6 +431,4 @@ def run(
     """The fused loss of ``x``, with autograd when ``x`` needs a gradient."""
     if not (x.requires_grad and torch.is_grad_enabled()):
         return _launch(fam, x, t, w, a, b, d, None, ints, floats, False)[0]
-    return FusedLoss.apply(  # type: ignore[no-any-return]
-        x, t, w, a, b, d, fam, ints, floats, reduced, grad_in_backward
-    )
+    return FusedLoss.apply(x, t, w, a, b, d, fam, ints, floats, reduced, grad_in_backward)
