@@ -416,6 +416,7 @@ def test_subcommand_help(capsys: pytest.CaptureFixture[str], command: str) -> No
     assert f"lossforge {command}" in out
 
 
+@pytest.mark.slow  # a subprocess
 def test_help_and_argument_errors_import_no_torch() -> None:
     """The CLI layer answers --help and usage errors from the standard library alone (the
     ``lossforge`` package itself is replaced by an empty namespace here, so that only
@@ -438,6 +439,7 @@ def test_help_and_argument_errors_import_no_torch() -> None:
     assert "RESULT [0, 0, 2, 2] []" in proc.stdout
 
 
+@pytest.mark.slow  # two subprocesses that import torch
 def test_python_m_lossforge_help_and_lazy_imports() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "lossforge", "--help"], capture_output=True, text=True, timeout=120

@@ -103,10 +103,10 @@ def test_budget_changes() -> None:
     b_up = [v + 0.03 for v in base]
     assert budget_changes(labels, [base, a_up, b_up], [base, a_up, b_up]) == ([], [])
     reorders, verdicts = budget_changes(labels, [base, a_up, b_up], [base, a_tie, b_up])
-    assert reorders == ["A > B becomes <"]  # A > B was significant, now B > A by the mean
+    assert reorders == ["A ahead of B -> behind"]  # A > B was significant, now B > A by the mean
     assert verdicts == ["A: better -> within noise"]
     reorders, verdicts = budget_changes(labels, [base, a_up, b_up], [base, a_down, b_up])
-    assert "A > CE becomes <" in reorders
+    assert "A ahead of CE -> behind" in reorders
     assert verdicts == []  # a swap with the baseline is reported once, as a swap
 
 

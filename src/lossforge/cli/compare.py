@@ -37,7 +37,6 @@ from lossforge.cli.data import (
     user_task,
 )
 from lossforge.cli.experiment import (
-    MULTI_LABEL,
     SINGLE_LABEL,
     TASK_STEPS,
     Experiment,
@@ -62,9 +61,11 @@ __all__ = [
     "build_loss_for",
     "build_tasks",
     "default_out_dir",
-    "plan_jobs",
+    "experiment_from_args",
     "format_report",
+    "plan_jobs",
     "run_compare",
+    "run_compare_command",
     "run_job",
 ]
 
@@ -854,6 +855,3 @@ def run_compare_command(args: Any, argv: Sequence[str]) -> int:
         argv=argv,
     )
     return 0
-
-
-__all__ += ["MULTI_LABEL", "SINGLE_LABEL", "experiment_from_args", "run_compare_command"]

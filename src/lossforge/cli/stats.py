@@ -130,7 +130,7 @@ def budget_changes(
             significant = verdict(one) in (BETTER, WORSE) or verdict(two) in (BETTER, WORSE)
             if significant and one.mean * two.mean < 0:
                 first, second = (i, j) if one.mean > 0 else (j, i)
-                reorders.append(f"{labels[first]} > {labels[second]} becomes <")
+                reorders.append(f"{labels[first]} ahead of {labels[second]} -> behind")
                 if baseline in (i, j):
                     swapped.add(j if i == baseline else i)
     verdicts: list[str] = []
