@@ -234,7 +234,7 @@ def test_compare_csv_reports_its_choices_and_progress(
     assert "tail-third accuracy not shown" in stdout  # 3 near-balanced classes: no tail
     progress = [line for line in err.splitlines() if line.startswith("[")]
     assert progress == [progress[0]]  # stderr is not a terminal: one line per finished job
-    assert progress[0].startswith("[1/1] table (seeds 0-1): 2 losses x 2 seeds")
+    assert progress[0].startswith("[1/1] table (seeds 0, 1): 2 losses x 2 seeds")
 
 
 def test_compare_toml_experiment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -396,11 +396,8 @@ def run_compare(
         ti, group, seconds, rows = result
         for j, si in enumerate(group):
             results[(ti, si)] = [rows[c][j] for c in range(len(rows))]
-        which = (
-            f"seed {exp.seeds[group[0]]}"
-            if len(group) == 1
-            else (f"seeds {exp.seeds[group[0]]}-{exp.seeds[group[-1]]}")
-        )
+        seeds = [exp.seeds[si] for si in group]
+        which = f"seed{'s' if len(seeds) > 1 else ''} {_seeds_text(seeds)}"
         bar.update(
             f"{first[ti].key} ({which}): {len(plan[ti])} losses x {len(group)} seeds, "
             f"{steps[ti][-1]} steps, {seconds:.1f} s CPU"
@@ -649,7 +646,8 @@ def _diff(cell: dict[str, Any]) -> str:
 
 
 def _seeds_text(seeds: Sequence[int]) -> str:
-    if list(seeds) == list(range(seeds[0], seeds[0] + len(seeds))) and len(seeds) > 2:
+    """``0-4`` for a run of three or more consecutive seeds, else ``0, 1`` / ``3, 7, 9``."""
+    if len(seeds) > 2 and list(seeds) == list(range(seeds[0], seeds[0] + len(seeds))):
         return f"{seeds[0]}-{seeds[-1]}"
     return ", ".join(str(s) for s in seeds)
 

@@ -250,7 +250,7 @@ class ModelSpec:
 #: given: the smallest round number of steps at which every default loss fits the training split
 #: of every seed (see docs/cli.md, "The protocol"). Your data gets ``USER_STEPS`` and a report of
 #: whether every loss fitted within them.
-TASK_STEPS: dict[str, int] = {"long-tail": 300, "mosaics": 400, "user": 1000}
+TASK_STEPS: dict[str, int] = {"long-tail": 200, "mosaics": 400, "user": 1000}
 
 
 @dataclass(frozen=True)
