@@ -191,6 +191,12 @@ def test_metric_plan_shows_only_metrics_that_fit_the_data() -> None:
         "single_label", np.array([30, 20, 1.0]), np.array([10, 7, 0.0]), ["cat", "dog", "emu"]
     )
     assert any("'emu'" in n and "no test example" in n for n in notes)
+    counts = np.array([60, 40, 17, 1, 1.0])
+    metrics, notes = metric_plan(
+        "single_label", counts, np.array([15, 10, 4, 1, 0.0]), list("abcde")
+    )
+    assert "tail_accuracy" in metrics
+    assert any("classes 'd', 'e') rests on 1 test example per seed" in n for n in notes)
     metrics, notes = metric_plan("multi_label", np.ones(4), np.array([3, 0, 2, 1.0]), list("abcd"))
     assert metrics == ["mAP"]
     assert any("3 of 4 labels" in n and "'b'" in n for n in notes)

@@ -41,6 +41,9 @@ METRIC_NAMES: dict[str, str] = {
 #: mean count of the other classes.
 TAIL_RATIO = 0.5
 
+#: Below this many test examples in the tail third, its accuracy gets a note saying so.
+FEW_TEST_EXAMPLES = 10
+
 
 def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
     """Average precision of one label (the step-wise sum of scikit-learn, ties grouped).
@@ -174,6 +177,12 @@ def metric_plan(
         )
     else:
         metrics.append("tail_accuracy")
+        held_out = int(sum(test_counts[c] for c in tail))
+        if held_out < FEW_TEST_EXAMPLES:
+            notes.append(
+                f"tail-third accuracy (classes {_names([class_names[c] for c in tail])}) rests on "
+                f"{held_out} test example{'s' if held_out != 1 else ''} per seed"
+            )
     return metrics, notes
 
 
