@@ -1,34 +1,146 @@
-"""One-command loss benchmark (PERFORMANCE.md section 6), from a repository checkout.
+"""The benchmark protocol of PERFORMANCE.md section 6, from a repository checkout.
 
-    python -m benchmarks.run                 # every workload, GPU protocol (needs CUDA)
-    python -m benchmarks.run --only DET,SEG  # a subset
-    python -m benchmarks.run --smoke         # tiny CPU version (torch backend vs eager), seconds
+    python -m benchmarks.run                       # every workload, GPU protocol (needs CUDA)
+    python -m benchmarks.run --only DET,SEG        # a subset
+    python -m benchmarks.run --smoke               # tiny CPU version (torch backend vs eager)
+    python -m benchmarks.run --only DET --stem h100-DET --out /tmp/results
+    python -m benchmarks.run --list                # the workload ids
 
-A thin shim: the implementation ships with the package (``lossforge.cli.protocol``) and this is
-``lossforge bench --suite protocol`` with the same flags (``--only``, ``--smoke``, ``--reps``,
-``--iters``, ``--no-compile``, ``--no-launches``, ``--out``, ``--stem``; see
-``lossforge bench --help``), except that results go to ``benchmarks/results/<stem>.{json,csv,md}``
-unless ``--out`` says otherwise. It imports nothing outside the package besides torch, triton and
-the optional liger_kernel.
+Run it from the repository root (``-m`` puts the current folder on ``sys.path``). Results go to
+``benchmarks/results/<stem>.{json,csv,md}`` unless ``--out`` says otherwise; ``<stem>`` defaults to
+a timestamp on CUDA and ``smoke`` on the CPU. The implementation is ``benchmarks/protocol.py``; it
+imports lossforge (installed, e.g. ``pip install -e .``) and, when present, triton and
+liger_kernel. ``lossforge bench`` (the installed command) runs the quick suite only.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PROG = "python -m benchmarks.run"
+EXIT_USAGE = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of the protocol."""
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "The benchmark protocol of PERFORMANCE.md section 6: workloads DET, SEG, ML-L, LLM,\n"
+            "ML-S, REG; eager reference, torch.compile of it, Liger (LLM), lossforge torch and\n"
+            "triton backends, interleaved in one process; CUDA events, fwd/bwd split, kernel\n"
+            "launches, peak memory, roofline. Writes <stem>.json/.csv/.md after every row. On the\n"
+            "CPU (--smoke, or no CUDA) tiny shapes, eager reference vs backend='torch'."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--only",
+        "--workloads",
+        dest="only",
+        metavar="ID[,ID]",
+        help="subset of the workloads (see --list)",
+    )
+    p.add_argument("--list", action="store_true", help="list the workloads and exit")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny shapes on the CPU, eager vs backend='torch' (the default without CUDA)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default=str(RESULTS),
+        help="write <stem>.json, .csv and .md here (default: benchmarks/results)",
+    )
+    p.add_argument(
+        "--stem", metavar="NAME", help="file name stem (default: a timestamp on CUDA, smoke on CPU)"
+    )
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if present"
+    )
+    p.add_argument("--reps", type=_positive_int, metavar="N", help="timed reps (20 CUDA, 3 CPU)")
+    p.add_argument(
+        "--iters",
+        type=_positive_int,
+        metavar="N",
+        help="back-to-back fwd+bwd per timed rep (default: 5 CUDA, 1 CPU)",
+    )
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile reference")
+    p.add_argument("--no-launches", action="store_true", help="skip the kernel launch count")
+    p.add_argument(
+        "--threads", type=_positive_int, metavar="N", help="torch threads (default on the CPU: 1)"
+    )
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from benchmarks.protocol import PROTOCOL_WORKLOADS, run_protocol, select_workloads, write
+    from lossforge.cli.bench import output_dir, resolve_device
+
+    only = select_workloads(args.only)
+    if args.list:
+        for name, what in PROTOCOL_WORKLOADS.items():
+            print(f"{name:<6} {what}")
+        return 0
+    if args.smoke and args.device == "cuda":
+        raise ValueError("--smoke runs the tiny shapes on the CPU; drop --device cuda")
+    dev = "cpu" if args.smoke else resolve_device(args.device).type
+    stem = args.stem or (time.strftime("%Y%m%d-%H%M%S") if dev == "cuda" else "smoke")
+    out_dir = output_dir(args.out)
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    elif dev == "cpu":
+        torch.set_num_threads(1)  # the tiny smoke shapes run faster on one thread of a small box
+    try:
+        out = run_protocol(
+            dev,
+            only=only,
+            reps=args.reps,
+            iters=args.iters,
+            compile_ref=not args.no_compile,
+            count_launches=not args.no_launches,
+            # Rewritten after every row, so a run cut short by a time limit keeps its results.
+            on_row=lambda partial: write(partial, out_dir, stem),
+        )
+    finally:
+        torch.set_num_threads(threads)
+    for path in write(out, out_dir, stem):
+        print("wrote", path)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``lossforge bench --suite protocol`` with ``argv``; returns the exit code."""
-    from lossforge.cli import main as lossforge_main
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not any(a == "--out" or a.startswith("--out=") for a in args):
-        args += ["--out", str(RESULTS)]
-    return lossforge_main(["bench", "--suite", "protocol", *args])
+    """Run the protocol with ``argv`` (default ``sys.argv[1:]``); returns the exit code (0, or 2
+    for a usage error: unknown workload, ``--smoke`` with ``--device cuda``, no CUDA for
+    ``--device cuda``, an output folder that cannot be created)."""
+    try:
+        args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as stop:  # --help, usage errors
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else EXIT_USAGE)
+    try:
+        return _run(args)
+    except (ValueError, OSError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -1059,24 +1059,31 @@ def test_bce_with_logits_routes_to_the_fused_kernel_when_it_can_serve(monkeypatc
     import sys
     import types
 
-    import lossforge.functional.classification as cls_mod
+    import lossforge._pipeline as pipeline_mod
     import lossforge.kernels
+    from lossforge._reduction import divide
+    from lossforge.kernels import sigmoid as real
 
     calls: list[dict] = []
 
-    def fake_entry(logits, target, **kw):
-        calls.append({"target": target, **kw})
-        return F.binary_cross_entropy_with_logits(logits, target, **kw)
+    def fake_loss(logits, target, *, kind, index_target, weight, ignore_index, reduce, denom, **kw):
+        calls.append({"target": target, "ignore_index": ignore_index, **kw})
+        out = F.binary_cross_entropy_with_logits(
+            logits, target, weight=weight.tensor, ignore_index=ignore_index, reduction="none", **kw
+        )
+        if not reduce:
+            return out
+        return out.sum() if denom is None else divide("fake", out.sum(), denom)
 
-    def fake_reason(logits, target, weight=None, pos_weight=None):
-        return "logits dtype torch.float64" if logits.dtype == F64 else None
+    def fake_reason(logits, target, weight=None, **params):
+        if logits.dtype == F64:
+            return "logits dtype torch.float64"
+        return real._reason(logits, target, weight, **params)  # the pos_weight layout rule
 
-    fake = types.SimpleNamespace(
-        binary_cross_entropy_with_logits=fake_entry, unsupported_reason=fake_reason
-    )
+    fake = types.SimpleNamespace(_loss=fake_loss, _reason=fake_reason)
     monkeypatch.setitem(sys.modules, "lossforge.kernels.sigmoid", fake)
     monkeypatch.setattr(lossforge.kernels, "sigmoid", fake, raising=False)
-    monkeypatch.setattr(cls_mod, "kernel_eligible", lambda fn, backend, *t: backend != "torch")
+    monkeypatch.setattr(pipeline_mod, "kernel_eligible", lambda fn, backend, *t: backend != "torch")
 
     x = torch.randn(5, 3)
     y = torch.tensor([0, 3, 2, -1, 1], dtype=torch.int32)
@@ -1170,10 +1177,13 @@ def test_summing_fast_path_equals_unreduced_path(shape, tshape, kw, monkeypatch)
     import lossforge.functional.classification as mod
 
     calls: list[int] = []
-    real = mod._softmax_loss_total
-    monkeypatch.setattr(
-        mod, "_softmax_loss_total", lambda *a, **k: calls.append(1) or real(*a, **k)
-    )
+
+    class CountedTotal(mod.Total):  # the summing path returns a Total
+        def __new__(cls, *a):
+            calls.append(1)
+            return super().__new__(cls, *a)
+
+    monkeypatch.setattr(mod, "Total", CountedTotal)
     for all_ignored in (False, True) if "ignore_index" in kw else (False,):
         _check_fast_path_case(shape, tshape, dict(kw), all_ignored, calls)
 

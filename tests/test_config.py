@@ -81,10 +81,15 @@ def test_build_passes_parameters() -> None:
 
 
 def test_unknown_name_lists_valid_ones() -> None:
-    with pytest.raises(ValueError, match="expected `name` one of") as err:
+    # The error names what the user called and wrote (build_loss, `type`), not an internal helper,
+    # and suggests the close names.
+    with pytest.raises(ValueError, match="build_loss: expected `type` a registered loss") as err:
         build_loss({"type": "focal_typo"})
     for name in NAMES:
         assert name in str(err.value)
+    assert "did you mean" in str(err.value) and "'sigmoid_focal'" in str(err.value)
+    with pytest.raises(TypeError, match="build_loss: expected `type`"):
+        build_loss({"type": 3})
 
 
 def test_unknown_parameter_lists_valid_ones() -> None:

@@ -693,6 +693,7 @@ _INTERPRETED_DISPATCH = r"""
 import os
 os.environ["TRITON_INTERPRET"] = "1"
 import torch
+from lossforge import _dispatch
 from lossforge.functional import dice as D
 torch.manual_seed(0)
 x = torch.randn(3, 4, 5, 3)
@@ -704,7 +705,8 @@ for batch, squared, smooth, reduction in ((False, True, 1.0, "mean"), (True, Fal
     xa = x.clone().requires_grad_(True)
     xb = x.clone().requires_grad_(True)
     kw = dict(smooth=smooth, squared=squared, batch=batch, reduction=reduction)
-    a = D._fused("dice_loss", "auto", xa, t, ignore=255, **kw)
+    with _dispatch.cpu_kernels():
+        a = D.dice_loss(xa, t, ignore_index=255, backend="triton", **kw)
     b = D.dice_loss(xb, t, ignore_index=255, **kw)
     a.backward()
     b.backward()
@@ -731,3 +733,283 @@ def test_fused_dispatch_under_the_triton_interpreter() -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
+
+
+# --------------------------------------------------------------------------------------------------
+# Separate smoothing (smooth_nr / smooth_dr), soft labels and class pooling.
+# --------------------------------------------------------------------------------------------------
+
+
+def _pairs_reference(x, t, *, batch, ignore, nr, dr, squared=False, soft=False, **kw):
+    from reference import region as rref
+
+    classes, pairs = rref.entries(x, t, batch=batch, ignore_index=ignore, **kw)
+    return rref.per_entry(
+        classes,
+        pairs,
+        lambda ps: rref.dice(ps, nr, dr, squared=squared, soft=soft),
+        batch=batch,
+        n=x.shape[0],
+        ignore=ignore is not None,
+    )
+
+
+@pytest.mark.parametrize("batch", [False, True])
+@pytest.mark.parametrize("squared", [False, True])
+@pytest.mark.parametrize("kind", ["index", "dense"])
+def test_separate_smoothing_matches_reference(batch: bool, squared: bool, kind: str) -> None:
+    x, t = _inputs((3, 3, 4, 5), "sigmoid", kind, True, seed=21)
+    for nr, dr in ((0.0, 1e-5), (0.5, 2.0), (0.0, 0.0), (1.0, 1.0)):
+        want, valid = _pairs_reference(
+            x, t, batch=batch, ignore=IGNORE, nr=nr, dr=dr, squared=squared, activation="sigmoid"
+        )
+        got = F.dice_loss(
+            x,
+            t,
+            activation="sigmoid",
+            smooth_nr=nr,
+            smooth_dr=dr,
+            squared=squared,
+            batch=batch,
+            ignore_index=IGNORE,
+            reduction="none",
+        )
+        assert_close(got, ref.reduce(want, valid, "none"), F64)
+
+
+def test_smoothing_shorthand_and_defaults() -> None:
+    x, t = _inputs((2, 3, 4, 5), "softmax", "index", False, seed=22)
+    base = F.dice_loss(x, t, reduction="none")
+    assert_close(F.dice_loss(x, t, smooth=1.0, reduction="none"), base, F64)
+    assert_close(F.dice_loss(x, t, smooth_nr=1.0, smooth_dr=1.0, reduction="none"), base, F64)
+    assert_close(
+        F.dice_loss(x, t, smooth=0.3, reduction="none"),
+        F.dice_loss(x, t, smooth_nr=0.3, smooth_dr=0.3, reduction="none"),
+        F64,
+    )
+    # one term given: the other is `smooth`'s default (1.0)
+    assert_close(
+        F.dice_loss(x, t, smooth_dr=2.0, reduction="none"),
+        F.dice_loss(x, t, smooth_nr=1.0, smooth_dr=2.0, reduction="none"),
+        F64,
+    )
+
+
+def test_smoothing_conflicts_raise() -> None:
+    x = torch.randn(2, 3, 4)
+    t = torch.randint(0, 3, (2, 4))
+    with pytest.raises(
+        ValueError,
+        match=r"dice_loss: expected `smooth` None when smooth_nr or smooth_dr is given .*"
+        r"got smooth=0.5 with smooth_nr",
+    ):
+        F.dice_loss(x, t, smooth=0.5, smooth_nr=0.0)
+    with pytest.raises(ValueError, match=r"expected `smooth_nr` <= smooth_dr \(1e-05; .*got 1.0"):
+        F.dice_loss(x, t, smooth_dr=1e-5)  # smooth_nr defaults to 1.0
+    with pytest.raises(ValueError, match=r"expected `smooth_nr` in \[0, inf\], got -1.0"):
+        F.dice_loss(x, t, smooth_nr=-1.0)
+    with pytest.raises(ValueError, match=r"DiceLoss: expected `smooth_nr` <= smooth_dr"):
+        lf.DiceLoss(smooth_nr=0.2, smooth_dr=0.1)
+    with pytest.raises(ValueError, match=r"DiceLoss: expected `smooth` None when"):
+        lf.DiceLoss(smooth=1.0, smooth_dr=1.0)
+
+
+def test_monai_common_smoothing_pins_empty_classes_at_one() -> None:
+    """MONAI's common smooth_nr=0, smooth_dr=1e-5 (documented): an empty class predicted empty
+    scores loss 1, with the default smoothing it scores 0."""
+    g = torch.zeros(1, 1, 4, dtype=F64)
+    assert F.dice_loss(g, g, activation="none", smooth_nr=0.0, smooth_dr=1e-5).item() == 1.0
+    assert F.dice_loss(g, g, activation="none").item() == 0.0
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_soft_label_mode(batch: bool) -> None:
+    x, t = _inputs((2, 3, 4, 5), "sigmoid", "dense", False, seed=23)
+    kw = dict(activation="sigmoid", batch=batch, reduction="none")
+    # hard targets: min(p, g) = p g
+    assert_close(F.dice_loss(x, t, soft_label=True, **kw), F.dice_loss(x, t, **kw), F64)
+    soft = torch.rand(2, 3, 4, 5, dtype=F64, generator=torch.Generator().manual_seed(4))
+    kw["activation"] = "none"
+    assert torch.all(F.dice_loss(soft, soft, soft_label=True, smooth=0.0, **kw).abs() < 1e-15)
+    assert torch.all(F.dice_loss(soft, soft, smooth=0.0, **kw) > 1e-3)  # products: not 0
+    # squared denominators already vanish at p = g; soft_label changes nothing there
+    sq = F.dice_loss(soft, soft.flip(-1), squared=True, **kw)
+    assert_close(F.dice_loss(soft, soft.flip(-1), squared=True, soft_label=True, **kw), sq, F64)
+    want, valid = _pairs_reference(
+        soft, soft.flip(-1), batch=batch, ignore=None, nr=1.0, dr=1.0, soft=True, activation="none"
+    )
+    got = F.dice_loss(soft, soft.flip(-1), soft_label=True, **kw)
+    assert_close(got, ref.reduce(want, valid, "none"), F64)
+    # the soft-label gradient is finite and points towards the target
+    p = soft.clone().requires_grad_(True)
+    y = torch.rand(2, 3, 4, 5, dtype=F64, generator=torch.Generator().manual_seed(5))
+    assert torch.autograd.gradcheck(
+        lambda inp: F.dice_loss(inp, y, activation="none", soft_label=True, batch=batch), (p,)
+    )
+
+
+@pytest.mark.parametrize("batch", [False, True])
+@pytest.mark.parametrize("squared", [False, True])
+def test_pool_classes_matches_reference(batch: bool, squared: bool) -> None:
+    from reference import region as rref
+
+    x, t = _inputs((3, 4, 4, 5), "softmax", "index", True, seed=24)
+    cw = [0.5, 1.0, 2.0, 0.0]
+    for kw_cw, weights in ((None, [1.0] * 4), (cw, cw)):
+        classes, pairs = rref.entries(x, t, batch=batch, ignore_index=IGNORE)
+        groups = [None] if batch else range(3)
+        want = [
+            rref.pooled_dice(
+                [pairs[c] if batch else pairs[(n, c)] for c in classes],
+                weights,
+                0.5,
+                0.5,
+                squared=squared,
+            )
+            for n in groups
+        ]
+        got = F.dice_loss(
+            x,
+            t,
+            smooth=0.5,
+            squared=squared,
+            batch=batch,
+            pool_classes=True,
+            ignore_index=IGNORE,
+            class_weight=kw_cw,
+            reduction="none",
+        )
+        assert got.shape == ((1,) if batch else (3, 1))
+        assert_close(got.reshape(-1), torch.tensor(want, dtype=F64), F64)
+
+
+def test_pool_classes_entries_and_ignored_samples() -> None:
+    x, t = _inputs((3, 3, 4, 5), "softmax", "index", False, seed=25)
+    t[1] = IGNORE
+    got = F.dice_loss(x, t, pool_classes=True, ignore_index=IGNORE)
+    keep = F.dice_loss(x[[0, 2]], t[[0, 2]], pool_classes=True)
+    assert_close(got, keep, F64)
+    w = torch.tensor([1.0, 2.0, 3.0], dtype=F64)
+    none = F.dice_loss(x, t, pool_classes=True, ignore_index=IGNORE, reduction="none")
+    got = F.dice_loss(x, t, pool_classes=True, ignore_index=IGNORE, weight=w, reduction="sum")
+    assert_close(got, (none[:, 0] * w).sum(), F64)
+    with pytest.raises(ValueError, match=r"dice_loss: expected `weight` the loss shape \(3, 1\)"):
+        F.dice_loss(x, t, pool_classes=True, ignore_index=IGNORE, weight=torch.ones(3, 3))
+
+
+def test_kornia_micro_and_macro_parity() -> None:
+    from _region import kornia_losses
+
+    kl = kornia_losses()
+    x, t = _inputs((3, 4, 5, 6), "softmax", "index", True, seed=26)
+    t[0][t[0] == 3] = 1  # class 3 absent from sample 0
+    for w in (None, torch.tensor([0.5, 1.0, 2.0, 0.25], dtype=F64)):
+        peer = kl.dice_loss(x, t, average="micro", eps=1e-8, weight=w, ignore_index=IGNORE)
+        got = F.dice_loss(
+            x,
+            t,
+            pool_classes=True,
+            smooth_nr=0.0,
+            smooth_dr=1e-8,
+            class_weight=w,
+            ignore_index=IGNORE,
+        )
+        assert_close(got, peer, F64, rtol=1e-10, atol=1e-12)
+    # kornia's macro averages the classes present in each sample
+    peer = kl.dice_loss(x, t, average="macro", eps=1e-8, ignore_index=IGNORE)
+    none = F.dice_loss(x, t, smooth_nr=0.0, smooth_dr=1e-8, ignore_index=IGNORE, reduction="none")
+    onehot = torch.nn.functional.one_hot(torch.where(t == IGNORE, 0, t), 4) * (
+        t != IGNORE
+    ).unsqueeze(-1)
+    present = onehot.flatten(1, 2).sum(1) > 0
+    assert_close(((none * present).sum(1) / present.sum(1)).mean(), peer, F64, rtol=1e-10)
+
+
+@pytest.mark.parametrize("batch", [False, True])
+@pytest.mark.parametrize("squared", [False, True])
+@pytest.mark.parametrize("soft", [False, True])
+def test_monai_dice_parity(batch: bool, squared: bool, soft: bool) -> None:
+    from _region import monai_losses
+
+    ml = monai_losses()
+    x, t = _inputs((3, 4, 5, 6), "softmax", "index", True, seed=27)
+    for nr, dr, cw in ((1e-5, 1e-5, None), (0.0, 1e-5, [0.5, 1.0, 2.0, 1.5]), (1.0, 2.0, None)):
+        peer = ml.DiceLoss(
+            to_onehot_y=True,
+            softmax=True,
+            squared_pred=squared,
+            smooth_nr=nr,
+            smooth_dr=dr,
+            batch=batch,
+            soft_label=soft,
+            weight=cw,
+            ignore_index=IGNORE,
+            reduction="none",
+        )(x, t.unsqueeze(1))
+        got = F.dice_loss(
+            x,
+            t,
+            smooth_nr=nr,
+            smooth_dr=dr,
+            squared=squared,
+            batch=batch,
+            soft_label=soft,
+            class_weight=cw,
+            ignore_index=IGNORE,
+            reduction="none",
+        )
+        # MONAI's one-hot target is float32; its squared path takes the target norm through a
+        # square root and a square in float32 (~1e-7 relative).
+        tol = dict(rtol=2e-7, atol=1e-9) if squared else dict(rtol=1e-10, atol=1e-12)
+        assert_close(got, peer.reshape(got.shape), F64, **tol)
+    # soft (probability) targets with soft_label, sigmoid
+    xs = torch.randn(2, 3, 7, dtype=F64, generator=torch.Generator().manual_seed(9))
+    ys = torch.rand(2, 3, 7, dtype=F64, generator=torch.Generator().manual_seed(10))
+    peer = ml.DiceLoss(sigmoid=True, soft_label=soft, batch=batch, smooth_nr=0.0)(xs, ys)
+    got = F.dice_loss(
+        xs, ys, activation="sigmoid", soft_label=soft, batch=batch, smooth_nr=0.0, smooth_dr=1e-5
+    )
+    assert_close(got, peer, F64, rtol=1e-10, atol=1e-12)
+
+
+def test_kernel_declines_what_it_cannot_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``backend="triton"`` names the option the fused kernel does not serve."""
+    from lossforge import _pipeline
+
+    monkeypatch.setattr(_pipeline, "kernel_eligible", lambda *a, **k: True)
+    x = torch.randn(2, 3, 4)
+    t = torch.randint(0, 3, (2, 4))
+    for kw, why in (
+        ({"smooth_nr": 0.0, "smooth_dr": 1e-5}, r"smooth_nr != smooth_dr"),
+        ({"pool_classes": True}, r"pool_classes=True"),
+    ):
+        with pytest.raises(ValueError, match=rf"a case the triton kernel supports \({why}\)"):
+            F.dice_loss(x, t, backend="triton", **kw)
+        # "auto" falls back to the reference
+        assert_close(F.dice_loss(x, t, backend="auto", **kw), F.dice_loss(x, t, **kw))
+
+
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [
+        ("dice", {"smooth_nr": 0.0, "smooth_dr": 1e-5, "pool_classes": True, "soft_label": True}),
+        ("tversky", {"alpha": 0.3, "beta": 0.7}),
+        ("focal_tversky", {"ignore_index": IGNORE}),
+        ("jaccard", {"soft_label": True, "batch": True}),
+        ("generalized_dice", {"weight_type": "simple"}),
+    ],
+)
+def test_family_compiles_without_graph_breaks(name: str, kw: dict) -> None:
+    from lossforge.registry import build_loss
+
+    loss = build_loss({"type": name, **kw})
+    x, t = _inputs((2, 3, 4, 4), "softmax", "index", "ignore_index" in kw, seed=31)
+    torch._dynamo.reset()
+    compiled = torch.compile(loss, fullgraph=True, backend="eager")
+    xa = x.clone().requires_grad_(True)
+    xb = x.clone().requires_grad_(True)
+    a, b = compiled(xa, t), loss(xb, t)
+    assert_close(a, b, F64)
+    (ga,) = torch.autograd.grad(a, xa)
+    (gb,) = torch.autograd.grad(b, xb)
+    assert_close(ga, gb, F64)

@@ -651,6 +651,7 @@ MAX_DELTA: dict[str, tuple[float, float]] = {}
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.subprocess  # reads the one DDP spawn (ddp_results)
 @pytest.mark.parametrize("sc", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_ranks_equal_single_process(sc: Scenario, ddp_results: dict[str, Any]) -> None:
     if not _available(sc.needs):
@@ -669,6 +670,7 @@ def test_ranks_equal_single_process(sc: Scenario, ddp_results: dict[str, Any]) -
             assert r["count_unchanged"], "the caller's count tensor was modified"
 
 
+@pytest.mark.subprocess  # reads the one DDP spawn (ddp_results)
 def test_real_ddp_wrapper(ddp_results: dict[str, Any]) -> None:
     loss, grad, _ = _combine(ddp_results, "ddp_wrapper_cross_entropy")
     ref = _run_ddp_wrapper(None)
@@ -680,6 +682,7 @@ def test_real_ddp_wrapper(ddp_results: dict[str, Any]) -> None:
     torch.testing.assert_close(loss, ref["loss"], rtol=0, atol=ATOL)
 
 
+@pytest.mark.subprocess  # reads the one DDP spawn (ddp_results)
 def test_compiled_with_process_group(ddp_results: dict[str, Any]) -> None:
     """fullgraph compile in the scope and with global_avg_factor: no graph break, same values."""
     for r in ddp_results["ranks"]:
@@ -691,6 +694,7 @@ def test_compiled_with_process_group(ddp_results: dict[str, Any]) -> None:
             torch.testing.assert_close(compiled, eager, rtol=0, atol=ATOL)
 
 
+@pytest.mark.subprocess  # reads the one DDP spawn (ddp_results)
 def test_rank_mean_clamp_is_wrong_when_positives_are_scarce(ddp_results: dict[str, Any]) -> None:
     """max(reduce_mean(num_pos), 1) vs max(sum(num_pos), 1) / K with one positive on two ranks."""
     ranks = ddp_results["ranks"]
@@ -705,6 +709,7 @@ def test_rank_mean_clamp_is_wrong_when_positives_are_scarce(ddp_results: dict[st
     torch.testing.assert_close(wrong * WORLD, ref, rtol=0, atol=ATOL)
 
 
+@pytest.mark.subprocess  # reads the one DDP spawn (ddp_results)
 def test_scope_restored_in_workers(ddp_results: dict[str, Any]) -> None:
     assert ddp_results["ranks"][0]["_in_scope_after"] is False
 
@@ -824,22 +829,7 @@ def test_global_denominator_outside_and_inside() -> None:
         assert float(out) == 3.0
 
 
-def test_import_has_no_side_effects() -> None:
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, lossforge, lossforge.distributed, lossforge.registry;"
-        "import torch.distributed as d;"
-        "bad=[m for m in ('mmengine','hydra','lightning','omegaconf') if m in sys.modules];"
-        "print(bad, d.is_initialized())"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert out.stdout.strip() == "[] False", out.stdout + out.stderr
-
-
+@pytest.mark.subprocess  # reads the one DDP spawn (ddp_results)
 def test_report_max_delta(ddp_results: dict[str, Any]) -> None:
     """Prints the largest |loss - single| and |grad - single| over the scenarios (run with -s)."""
     if MAX_DELTA:

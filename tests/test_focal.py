@@ -952,38 +952,57 @@ def test_module_validation_buffers_and_repr() -> None:
 
 
 def _fake_kernels(monkeypatch):
-    import lossforge.functional.focal as focal_mod
+    import lossforge._pipeline as pipeline_mod
     import lossforge.kernels
+    from lossforge._reduction import divide
 
     calls: list[tuple[str, object, dict]] = []
 
-    def sig_entry(logits, target, **kw):
-        calls.append(("sigmoid", target, kw))
-        return F.sigmoid_focal_loss(logits, target, **kw)
+    def _reduce(out, reduce, denom):
+        if not reduce:
+            return out
+        total = out.sum()
+        return total if denom is None else divide("fake", total, denom)
 
-    def soft_entry(logits, target, *, alpha=None, **kw):
-        calls.append(("softmax", target, {"alpha": alpha, **kw}))
-        # the kernel's alpha is a plain per-class multiplier; with a given avg_factor that is what
-        # class_weight does in the reference
-        if kw.get("avg_factor") is not None:
-            return F.softmax_focal_loss(logits, target, class_weight=alpha, **kw)
-        return F.softmax_focal_loss(logits, target, alpha=alpha, **kw)
+    def sig_loss(logits, target, *, kind, index_target, weight, ignore_index, reduce, denom, **kw):
+        calls.append(("sigmoid", target, {"ignore_index": ignore_index, "denom": denom, **kw}))
+        out = F.sigmoid_focal_loss(
+            logits, target, ignore_index=ignore_index, weight=weight.tensor, reduction="none", **kw
+        )
+        return _reduce(out, reduce, denom)
 
-    def sig_reason(logits, target, weight=None, pos_weight=None):
+    def soft_loss(
+        logits, target, *, kind, coef, logit_bias, ignore_index, weight, reduce, denom, **kw
+    ):
+        calls.append(("softmax", target, {"alpha": coef, "denom": denom, **kw}))
+        # the kernel's coef is a plain per-class multiplier: what class_weight multiplies in the
+        # reference; the denominator comes from the pipeline
+        out = F.softmax_focal_loss(
+            logits,
+            target,
+            class_weight=coef,
+            ignore_index=ignore_index,
+            weight=weight.tensor,
+            reduction="none",
+            gamma=kw["gamma"],
+        )
+        return _reduce(out, reduce, denom)
+
+    def sig_reason(logits, target, weight=None, **params):
         return "logits dtype torch.float64" if logits.dtype == F64 else None
 
-    def soft_reason(logits, target, label_smoothing=0.0, kind="ce"):
+    def soft_reason(logits, target, *, kind="ce", label_smoothing=0.0, **params):
         if target.is_floating_point():
             return "probability (soft) targets"
         return "label smoothing in the softmax focal loss" if label_smoothing > 0 else None
 
-    sig = types.SimpleNamespace(sigmoid_focal_loss=sig_entry, unsupported_reason=sig_reason)
-    soft = types.SimpleNamespace(softmax_focal_loss=soft_entry, unsupported_reason=soft_reason)
+    sig = types.SimpleNamespace(_loss=sig_loss, _reason=sig_reason)
+    soft = types.SimpleNamespace(_loss=soft_loss, _reason=soft_reason)
     monkeypatch.setitem(sys.modules, "lossforge.kernels.sigmoid", sig)
     monkeypatch.setitem(sys.modules, "lossforge.kernels.softmax", soft)
     monkeypatch.setattr(lossforge.kernels, "sigmoid", sig, raising=False)
     monkeypatch.setattr(lossforge.kernels, "softmax", soft, raising=False)
-    monkeypatch.setattr(focal_mod, "kernel_eligible", lambda fn, backend, *t: backend != "torch")
+    monkeypatch.setattr(pipeline_mod, "kernel_eligible", lambda fn, backend, *t: backend != "torch")
     return calls
 
 
@@ -1027,9 +1046,9 @@ def test_softmax_routes_to_the_fused_kernel(monkeypatch) -> None:
     assert len(calls) == 1 and calls[0][1] is y
     sent = calls[0][2]
     # alpha and class_weight are folded into one per-class vector; the class-weighted mean
-    # denominator travels as a device avg_factor
+    # denominator (decided by the pipeline) travels as a device tensor
     torch.testing.assert_close(sent["alpha"], torch.tensor([0.75, 1.5, 0.125]))
-    assert isinstance(sent["avg_factor"], torch.Tensor)
+    assert isinstance(sent["denom"].value, torch.Tensor)
     assert_close(got, F.softmax_focal_loss(x, y, **kw))
     with pytest.raises(ValueError, match="balance_index"):
         F.softmax_focal_loss(x, y, alpha=0.2, balance_index=3, backend="auto")
@@ -1070,6 +1089,7 @@ _INTERPRETED_DISPATCH = r"""
 import os
 os.environ["TRITON_INTERPRET"] = "1"
 import torch
+from lossforge import _dispatch
 from lossforge.functional import focal as FM
 torch.manual_seed(0)
 
@@ -1090,25 +1110,24 @@ soft_cases = [
 for kw in soft_cases:
     for reduction in ("none", "mean"):
         xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-        a = FM._softmax_kernel(
-            "softmax_focal_loss", "triton", xa, y, gamma=kw["gamma"], alpha=kw.get("alpha"),
-            balance_index=kw.get("balance_index", 0), class_weight=kw.get("class_weight"), eps=0.0,
-            ignore=-100, weight=None, reduction=reduction, avg_factor=None)
+        with _dispatch.cpu_kernels():
+            a = FM.softmax_focal_loss(xa, y, reduction=reduction, backend="triton", **kw)
         check(a, FM.softmax_focal_loss(xb, y, reduction=reduction, **kw), xa, xb)
 xs = 3 * torch.randn(6, 4)
 for t in (torch.tensor([0, 4, 1, -1, 3, 2]), torch.rand(6, 4)):
     for gamma, alpha in ((2.0, 0.25), (0.5, None)):
         xa, xb = xs.clone().requires_grad_(True), xs.clone().requires_grad_(True)
-        a = FM._sigmoid_kernel("sigmoid_focal_loss", "triton", xa, t, alpha, gamma, -1, None,
-                               "mean", None)
+        with _dispatch.cpu_kernels():
+            a = FM.sigmoid_focal_loss(
+                xa, t, alpha=alpha, gamma=gamma, ignore_index=-1, backend="triton")
         check(a, FM.sigmoid_focal_loss(xb, t, alpha=alpha, gamma=gamma, ignore_index=-1), xa, xb)
 print("ok")
 """
 
 
 def test_fused_dispatch_under_the_triton_interpreter() -> None:
-    """The real kernels behind the dispatch (alpha / class_weight folding, the class-weighted mean
-    denominator sent as avg_factor, raw index targets) equal the reference, on CPU."""
+    """The real kernels behind the pipeline (alpha / class_weight folding, the class-weighted mean
+    denominator decided by the pipeline, raw index targets) equal the reference, on CPU."""
     pytest.importorskip("triton")
     import os
     import subprocess

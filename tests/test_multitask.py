@@ -3,6 +3,7 @@ state handling (dtype, state_dict), no backward inside, validation, and the digi
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 import sys
@@ -467,6 +468,224 @@ def test_repr() -> None:
     assert "gamma=[1.0, 2.0]" in repr(DynamicTaskPrioritization(2, gamma=[1.0, 2.0]))
     assert "temperature=2.0" in repr(DynamicWeightAverage(2))
     assert "asymmetry=1.5" in repr(GradNorm(2))
+
+
+# --------------------------------------------------------------------------------------------------
+# Precision: every weighting x module dtype x loss dtype
+# --------------------------------------------------------------------------------------------------
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+DTYPE_IDS = ["fp32", "fp16", "bf16"]
+
+
+def _advance_extreme(w: Weighting) -> None:
+    """State at the edges of each weighting's range (DTP: KPIs at both clips)."""
+    if isinstance(w, DynamicTaskPrioritization):
+        w.update([1.0, 0.0])
+        w.update([0.99995, 0.00002])
+    elif isinstance(w, DynamicWeightAverage):
+        w.update([4.0, 0.5])
+        w.update([0.5, 4.0])
+    elif isinstance(w, GradNorm):
+        w.set_initial_losses([1e-3, 5e3])
+        with torch.no_grad():
+            w.task_weight.copy_(torch.tensor([0.05, 1.95]))
+    elif isinstance(w, UncertaintyWeighting):
+        with torch.no_grad():
+            w.log_vars.copy_(torch.tensor([8.0, -8.0]))
+
+
+def _reference(w: Weighting) -> Weighting:
+    """The same weighting, state included (as rounded by the cast), in float64; DTP's clip as
+    float32 represents it (the precision the weights are specified in)."""
+    ref = copy.deepcopy(w).to(torch.float64)
+    if isinstance(ref, DynamicTaskPrioritization):
+        ref.kpi_clip = tuple(float(torch.tensor(c, dtype=torch.float32)) for c in ref.kpi_clip)
+    return ref
+
+
+@pytest.mark.parametrize("state", ["typical", "extreme"])
+@pytest.mark.parametrize("loss_dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("module_dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("name", list(_make_all()))
+def test_every_weighting_computes_in_float32_in_every_dtype(
+    name: str, module_dtype: torch.dtype, loss_dtype: torch.dtype, state: str
+) -> None:
+    """A weighting cast with the model (``model.half()``) and fed fp16/bf16 losses: buffers stay
+    float32, the weights and the total are float32 and equal the float64 computation on the same
+    (rounded) state and losses, every weight is positive, and gradients reach the losses and the
+    parameters in their own dtype. fp16 arithmetic dropped DTP's task at the clip (weight -0.0)."""
+    w = _make_all()[name]
+    (_advance if state == "typical" else _advance_extreme)(w)
+    w = w.to(module_dtype)
+    for b in w.buffers():
+        assert not b.is_floating_point() or b.dtype == torch.float32
+    for param in w.parameters():
+        assert param.dtype == module_dtype
+    ref = _reference(w)
+    losses = [torch.tensor(v, dtype=loss_dtype, requires_grad=True) for v in (0.8, 1.9)]
+    weights = w.weights()
+    total = w(losses)
+    assert weights.dtype == torch.float32 and total.dtype == torch.float32
+    assert bool(torch.isfinite(weights).all()) and bool((weights > 0).all()), weights
+    expected = ref([loss.detach().double() for loss in losses])
+    torch.testing.assert_close(total.double(), expected, rtol=2e-6, atol=1e-30)
+    torch.testing.assert_close(weights.double(), ref.weights().detach(), rtol=2e-6, atol=1e-30)
+    total.backward()
+    for loss, wi in zip(losses, ref.weights().detach(), strict=True):
+        assert loss.grad is not None and loss.grad.dtype == loss_dtype
+        torch.testing.assert_close(loss.grad.double(), wi.to(loss_dtype).double())
+    for param in w.parameters():
+        if param.grad is not None:
+            assert param.grad.dtype == module_dtype and bool(torch.isfinite(param.grad).all())
+    if isinstance(w, GradNorm):
+        shared = torch.ones(3, dtype=module_dtype, requires_grad=True)
+        task_losses = [(shared * 0.8).sum() / 3, (shared * 1.9).pow(2).sum() / 3]
+        gn = w.gradnorm_loss(task_losses, [shared])
+        assert gn.dtype == torch.float32 and bool(torch.isfinite(gn))
+        gn.backward()
+        assert w.task_weight.grad is not None and bool(torch.isfinite(w.task_weight.grad).all())
+        w.renormalize_()
+        assert float(w.task_weight.detach().float().sum()) == pytest.approx(2.0, rel=1e-2)
+
+
+@pytest.mark.parametrize("module_dtype", DTYPES, ids=DTYPE_IDS)
+def test_dtp_task_at_the_clip_keeps_its_weight(module_dtype: torch.dtype) -> None:
+    """The reported case: a task with KPI 1.0 (or 0.99995) under ``model.half()`` got weight -0.0,
+    i.e. was dropped. The clip is applied in float32: weight (1 - hi)^gamma * -log(hi) > 0."""
+    for kpi in (1.0, 0.99995):
+        dtp = DynamicTaskPrioritization(2, gamma=[1.0, 3.0]).to(module_dtype)
+        dtp.update([kpi, kpi])
+        hi = torch.tensor(dtp.kpi_clip[1], dtype=torch.float32)
+        gammas = torch.tensor([1.0, 3.0])
+        expected = -torch.pow(1 - hi, gammas) * torch.log(hi)
+        torch.testing.assert_close(dtp.weights(), expected, rtol=1e-6, atol=0)
+        assert bool((dtp.weights() > 0).all())
+
+
+def test_running_state_keeps_float32_precision_under_bf16() -> None:
+    """A bf16 moving average cannot move by less than 1/256 of its value: 0.5 -> 0.501 is lost.
+    The state buffers stay float32 when the module is cast."""
+    dtp = DynamicTaskPrioritization(1, momentum=0.1).bfloat16()
+    dtp.update([0.5])
+    dtp.update([0.51])
+    assert dtp.kpi_average.dtype == torch.float32
+    assert float(dtp.kpi_average) == pytest.approx(0.501, abs=1e-7)
+    dwa = DynamicWeightAverage(2).half()
+    dwa.update([70000.0, 1.0])  # beyond fp16's range (65504)
+    dwa.update([35000.0, 1.0])
+    torch.testing.assert_close(
+        dwa.weights(), 2 * torch.softmax(torch.tensor([0.5, 1.0]) / 2.0, dim=0)
+    )
+    assert FixedWeighting([0.3, 1.0]).bfloat16().weights()[0].item() == pytest.approx(0.3)
+    w64 = DynamicTaskPrioritization(2).to(torch.float64)  # float64 still moves the state
+    assert w64.kpi_average.dtype == torch.float64
+
+
+def test_functionals_compute_in_float32() -> None:
+    half = [torch.tensor(0.8, dtype=torch.float16), torch.tensor(1.9, dtype=torch.bfloat16)]
+    total = weighted_sum(half, torch.tensor([0.3, 2.0], dtype=torch.float16))
+    assert total.dtype == torch.float32
+    expected = 0.8 * 0.3 + 1.9 * 2.0  # on the rounded values:
+    rounded = sum(
+        float(a) * float(b) for a, b in zip(half, torch.tensor([0.3, 2.0]).half(), strict=True)
+    )
+    assert float(total) == pytest.approx(rounded, rel=1e-6)
+    assert float(total) == pytest.approx(expected, rel=2e-3)
+    s = torch.tensor([0.5, -0.5], dtype=torch.float16, requires_grad=True)
+    u = uncertainty_weighted_sum(half, s)
+    assert u.dtype == torch.float32
+    ref = sum(
+        0.5 * math.exp(-float(si)) * float(li) + 0.5 * float(si)
+        for si, li in zip(s.detach(), half, strict=True)
+    )
+    assert float(u.detach()) == pytest.approx(ref, rel=1e-6)
+    u.backward()
+    assert s.grad is not None and s.grad.dtype == torch.float16
+
+
+# --------------------------------------------------------------------------------------------------
+# No objective without an optimum
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(_make_all()))
+def test_negative_task_losses(name: str) -> None:
+    """Uncertainty weighting has no minimum in s for a negative loss: refused under value checks,
+    NaN without them. The other weightings learn nothing from the loss values in ``forward`` (their
+    weights are constants or come from ``update``), so a negative loss is the model's business."""
+    w = _make_all()[name]
+    losses = _scalars(-0.5, 1.0)
+    if isinstance(w, UncertaintyWeighting):
+        with pytest.raises(
+            ValueError,
+            match=r"UncertaintyWeighting: expected `losses` non-negative task losses .*"
+            r"no optimum.*got \[-0.5, 1.0\] \(not at task \[0\]\)",
+        ):
+            w(losses)
+        with value_checks(False):
+            assert torch.isnan(w(losses))
+        assert torch.isfinite(w(_scalars(0.0, 1.0)))  # zero (nothing valid in the batch) is fine
+    else:
+        assert torch.isfinite(w(losses))
+
+
+def test_uncertainty_functional_and_gradnorm_refuse_negative_losses() -> None:
+    s = torch.zeros(2, requires_grad=True)
+    with pytest.raises(ValueError, match=r"uncertainty_weighted_sum: expected `losses` non-neg"):
+        uncertainty_weighted_sum(_scalars(-1.0, 1.0), s)
+    with value_checks(False):
+        assert torch.isnan(uncertainty_weighted_sum(_scalars(-1.0, 1.0), s))
+    W = torch.ones(2, requires_grad=True)
+    gn = GradNorm(2)
+    gn.set_initial_losses([1.0, 1.0])
+    with pytest.raises(ValueError, match=r"GradNorm.gradnorm_loss: expected `losses` non-neg"):
+        gn.gradnorm_loss([W.sum(), -W.prod()], [W])
+    with pytest.raises(ValueError, match=r"expected `losses` at least one positive task loss"):
+        gn.gradnorm_loss([W.sum() * 0, W.prod() * 0], [W])
+    with value_checks(False):
+        assert torch.isnan(gn.gradnorm_loss([W.sum(), -W.prod()], [W]))
+        gn2 = GradNorm(2)
+        gn2.set_initial_losses(torch.tensor([1.0, -1.0]))
+        assert torch.isnan(gn2.initial_losses[1])
+
+
+def test_out_of_domain_state_is_nan_with_checks_off() -> None:
+    """With value checks off (the default on accelerators) a KPI outside [0, 1] or a non-positive
+    DWA epoch loss turns the weights NaN instead of being clipped or divided by silently."""
+    with value_checks(False):
+        dtp = DynamicTaskPrioritization(2)
+        dtp.update(torch.tensor([1.5, 0.5]))
+        assert torch.isnan(dtp.weights()[0]) and torch.isfinite(dtp.weights()[1])
+        assert torch.isnan(dtp(_scalars(1.0, 1.0)))
+        dwa = DynamicWeightAverage(2)
+        dwa.update(torch.tensor([1.0, 0.0]))
+        dwa.update(torch.tensor([1.0, 1.0]))
+        assert bool(torch.isnan(dwa.weights()).all())
+
+
+@pytest.mark.parametrize(
+    ("factory", "pattern"),
+    [
+        (lambda: FixedWeighting([0.0, 0.0]), r"expected `weights` at least one positive weight"),
+        (lambda: FixedWeighting(torch.zeros(3)), r"at least one positive weight"),
+        (
+            lambda: DynamicTaskPrioritization(2, kpi_clip=(1e-4, 1.0 - 1e-9)),
+            r"expected `kpi_clip\[1\]` a value that stays inside \(0, 1\) in float32",
+        ),
+        (
+            lambda: DynamicTaskPrioritization(2, kpi_clip=(1e-50, 0.5)),
+            r"expected `kpi_clip\[0\]` a value that stays inside \(0, 1\) in float32",
+        ),
+        (
+            lambda: DynamicTaskPrioritization(2, gamma=[1.0, 12.0]),
+            r"expected `gamma` values for which a task at the clip's top .* positive weight",
+        ),
+    ],
+)
+def test_weightings_that_would_drop_a_task_are_refused(factory, pattern: str) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        factory()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,8 +22,35 @@ def test_quick_start_runs() -> None:
         assert value.ndim == 0 and bool(value.isfinite())  # type: ignore[attr-defined]
 
 
-def test_loss_table_lists_every_registered_loss() -> None:
+def _loss_table() -> list[tuple[list[str], list[str], list[str]]]:
+    """(functions, modules, registry names) of each row of the README's loss table."""
     text = README.read_text(encoding="utf-8")
-    for info in lf.list_losses():
-        assert f"`{info.name}`" in text, f"{info.name} missing from the README's loss table"
-        assert f"`{info.cls.__name__}`" in text
+    start = text.index("| function (`lossforge.functional`)")
+    rows = []
+    for line in text[start:].splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = line.split("|")[1:-1]
+        fns, mods, names = (re.findall(r"`([^`]+)`", c) for c in cells[:3])
+        rows.append((fns, mods, names))
+    return rows
+
+
+def test_loss_table_matches_the_registry() -> None:
+    """Every registered loss has a row naming its function, module and registry name, in the same
+    order within the row; every row that names a registry entry matches the registry."""
+    by_name = {info.name: info for info in lf.list_losses()}
+    seen: set[str] = set()
+    for fns, mods, names in _loss_table():
+        if not names:
+            continue  # helpers such as class_weights, not losses
+        assert len(fns) == len(mods) == len(names), (fns, mods, names)
+        for fn, mod, name in zip(fns, mods, names, strict=True):
+            assert name in by_name, f"README names {name!r}, which is not registered"
+            cls = by_name[name].cls
+            assert cls.__name__ == mod, (name, mod, cls.__name__)
+            assert cls.functional.__name__ == fn, (name, fn)
+            assert getattr(lf.functional, fn) is cls.functional
+            seen.add(name)
+    missing = sorted(set(by_name) - seen)
+    assert not missing, f"registered but missing from the README's loss table: {missing}"

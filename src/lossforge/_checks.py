@@ -13,7 +13,11 @@ Two kinds of checks live here:
   - ``True``: always run (debugging; syncs on CUDA).
   - ``False``: never run.
 
-  The environment variable ``LOSSFORGE_CHECKS`` (``1``/``0``) sets the starting mode. When value
+  The mode belongs to the current thread and asyncio task (a ``contextvars.ContextVar``):
+  ``value_checks(mode)`` and ``set_value_checks(mode)`` never change it for other threads. The
+  environment variable ``LOSSFORGE_CHECKS`` gives the default of every context that has not set
+  one (``1``/``true``/``on``/``yes``, ``0``/``false``/``off``/``no``, ``auto`` or empty); any other
+  value raises a ``ValueError`` at the first value-check decision that reads it. When value
   checks are skipped, invalid class indices never reach an indexing kernel (no device-side assert):
   they are clamped for the lookup and the affected loss elements are set to NaN, so a bad batch is
   loud, not silently wrong.
@@ -24,9 +28,11 @@ Every error uses one template: ``"<function>: expected `<argument>` <what>, got 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
@@ -42,58 +48,140 @@ __all__ = [
 
 REDUCTIONS = ("none", "mean", "sum")
 
-_UNSET = object()
-_value_checks_mode: Any = _UNSET
-
 
 class OptionalDependencyError(ImportError):
     """Raised at use time when an optional extra (``lossforge[triton]``, ``[cli]``, ...) is
     missing."""
 
 
+# --------------------------------------------------------------------------------------------------
+# Value-check mode: per thread and asyncio task, LOSSFORGE_CHECKS as the default.
+# --------------------------------------------------------------------------------------------------
+
+_ENV = "LOSSFORGE_CHECKS"
+_ENV_VALUES: dict[str, bool | None] = {
+    **dict.fromkeys(("1", "true", "on", "yes"), True),
+    **dict.fromkeys(("0", "false", "off", "no"), False),
+    **dict.fromkeys(("", "auto"), None),
+}
+_UNSET: Any = object()  # no set_value_checks in this context: the environment's default applies
+_env_default: list[bool | None | ValueError] = []  # parsed once, at the first use
+
+
+class _Frame:
+    """One active ``value_checks`` block; its identity is its token."""
+
+    __slots__ = ("mode",)
+
+    def __init__(self, mode: bool | None) -> None:
+        self.mode = mode
+
+
+# (set_value_checks' mode or _UNSET, the active value_checks blocks, innermost last). Immutable:
+# a context only ever replaces it, so a copied context (new asyncio task) cannot change the
+# original's.
+_State = tuple[Any, tuple[_Frame, ...]]
+_STATE: contextvars.ContextVar[_State] = contextvars.ContextVar(
+    "lossforge_value_checks", default=(_UNSET, ())
+)
+
+
+def _parse_env(raw: str) -> bool | None:
+    """The mode ``LOSSFORGE_CHECKS=raw`` asks for; ``ValueError`` for anything else."""
+    key = raw.strip().lower()
+    if key not in _ENV_VALUES:
+        raise ValueError(
+            f"{_ENV}: expected 1, true, on or yes (always check), 0, false, off or no (never), "
+            f"auto or empty (CPU tensors only), got {raw!r}"
+        )
+    return _ENV_VALUES[key]
+
+
+def _env_mode() -> bool | None:
+    if not _env_default:
+        try:
+            _env_default.append(_parse_env(os.environ.get(_ENV, "")))
+        except ValueError as err:
+            _env_default.append(err)
+    value = _env_default[0]
+    if isinstance(value, ValueError):
+        raise ValueError(str(value))
+    return value
+
+
 def _mode() -> bool | None:
-    global _value_checks_mode
-    if _value_checks_mode is _UNSET:
-        env = os.environ.get("LOSSFORGE_CHECKS", "").strip().lower()
-        if env in ("1", "true", "on", "yes"):
-            _value_checks_mode = True
-        elif env in ("0", "false", "off", "no"):
-            _value_checks_mode = False
-        else:
-            _value_checks_mode = None
-    return _value_checks_mode
+    base, frames = _STATE.get()
+    if frames:
+        return frames[-1].mode
+    return _env_mode() if base is _UNSET else base
+
+
+def _check_mode(fn: str, mode: object) -> bool | None:
+    if mode is not None and not isinstance(mode, bool):
+        raise TypeError(f"{fn}: expected `mode` True, False or None, got {mode!r}")
+    return mode
 
 
 def set_value_checks(mode: bool | None) -> None:
-    """Set when value checks (the ones that read tensor values) run.
+    """Set when value checks (the ones that read tensor values) run, in the current context.
+
+    The mode is per thread and per asyncio task: calling this in one thread does not change it in
+    another (each thread starts from ``LOSSFORGE_CHECKS``), and an asyncio task starts from the
+    mode of the code that created it. Inside a ``with value_checks(...)`` block the block's mode
+    wins until the block ends; this sets the mode that applies outside any block.
 
     Args:
         mode: ``True`` always, ``False`` never, ``None`` automatic (CPU tensors outside
             ``torch.compile`` only). Structural checks (shapes, dtypes, options) always run.
     """
-    global _value_checks_mode
-    if mode is not None and not isinstance(mode, bool):
-        raise TypeError(f"set_value_checks: expected `mode` True, False or None, got {mode!r}")
-    _value_checks_mode = mode
+    mode = _check_mode("set_value_checks", mode)
+    _, frames = _STATE.get()
+    _STATE.set((mode, frames))
+
+
+def value_checks(mode: bool | None) -> contextlib.AbstractContextManager[None]:
+    """Run the block with value checks in ``mode`` (``True``, ``False`` or ``None``), in this
+    thread or asyncio task only.
+
+    Blocks nest, and they may also end out of order (two generators, each inside its own block,
+    resumed alternately): each block removes only its own setting, and the innermost block still
+    active decides. When the last block ends, the mode is what it was before the first. A block
+    must end in the thread or task where it began; ending it elsewhere warns and leaves the
+    beginning context's setting in place until that context ends. Also usable as a decorator.
+    """
+    return _value_checks_block(_check_mode("value_checks", mode))
 
 
 @contextlib.contextmanager
-def value_checks(mode: bool | None) -> Iterator[None]:
-    """Context manager form of ``set_value_checks``; restores the previous mode on exit."""
-    previous = _mode()
-    set_value_checks(mode)
+def _value_checks_block(mode: bool | None) -> Iterator[None]:
+    frame = _Frame(mode)  # the block's token: its exit removes exactly this entry
+    base, frames = _STATE.get()
+    _STATE.set((base, (*frames, frame)))
     try:
         yield
     finally:
-        set_value_checks(previous)
+        base, frames = _STATE.get()
+        if frame in frames:
+            _STATE.set((base, tuple(f for f in frames if f is not frame)))
+        else:
+            warnings.warn(
+                "lossforge.value_checks: the block ended in another thread or asyncio task than "
+                "the one it began in; its mode stays set there",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
 
 def value_checks_enabled(*tensors: Tensor | None) -> bool:
-    """Whether value checks should run for these tensors under the current mode."""
+    """Whether value checks should run for these tensors under the current mode.
+
+    Always ``False`` while ``torch.compile`` traces (checked first, so tracing never reads the
+    context variable and never breaks the graph).
+    """
+    if torch.compiler.is_compiling():
+        return False
     mode = _mode()
     if mode is False:
-        return False
-    if torch.compiler.is_compiling():
         return False
     if mode is True:
         return True

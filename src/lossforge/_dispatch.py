@@ -8,7 +8,10 @@ time.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+from collections.abc import Iterator
 from functools import lru_cache
 
 from torch import Tensor
@@ -16,6 +19,26 @@ from torch import Tensor
 from lossforge._checks import check_choice, fail
 
 BACKENDS = ("auto", "torch", "triton")
+
+# Set only by ``cpu_kernels()`` (tests): CPU tensors count as kernel-eligible, the kernels then run
+# through Triton's interpreter.
+_cpu_kernels = False
+
+
+@contextlib.contextmanager
+def cpu_kernels() -> Iterator[None]:
+    """Let ``backend="auto"`` / ``"triton"`` run the kernels on CPU tensors through Triton's
+    interpreter (``TRITON_INTERPRET=1`` must be set before triton is imported). For tests: it
+    exercises the whole fused path (routing, denominators, kernels) without a GPU, slowly."""
+    global _cpu_kernels
+    if os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("", "0", "false", "off"):
+        raise RuntimeError("cpu_kernels() needs TRITON_INTERPRET=1 set before triton is imported")
+    saved = _cpu_kernels
+    _cpu_kernels = True
+    try:
+        yield
+    finally:
+        _cpu_kernels = saved
 
 
 @lru_cache(maxsize=1)
@@ -34,7 +57,7 @@ def kernel_eligible(fn: str, backend: object, *tensors: Tensor | None) -> bool:
     if backend == "torch":
         return False
     present = [t for t in tensors if t is not None]
-    on_cuda = bool(present) and all(t.is_cuda for t in present)
+    on_cuda = bool(present) and all(t.is_cuda or _cpu_kernels for t in present)
     if backend == "triton":
         if not on_cuda:
             devices = sorted({str(t.device) for t in present})

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -36,18 +37,27 @@ from torch import Tensor
 from lossforge._checks import check_reduction, fail, value_checks_enabled
 
 __all__ = [
+    "AvgFactor",
     "Backend",
+    "Denominator",
     "Reduction",
+    "WeightLayout",
     "check_avg_factor",
     "class_weight_denominator",
+    "divide",
     "expand_weight",
     "finish_reduction",
     "global_denominator",
+    "mean_denominator",
+    "reduce_loss",
+    "weight_layout",
     "weight_reduce",
 ]
 
 Reduction = Literal["none", "mean", "sum"]
 Backend = Literal["auto", "torch", "triton"]
+#: ``avg_factor``: a number or a one-element tensor (validated by ``check_avg_factor``).
+AvgFactor = float | Tensor | None
 
 
 def expand_weight(
@@ -75,6 +85,47 @@ def expand_weight(
             f"shape {ws}",
         )
     return w.to(like.dtype)
+
+
+@dataclass(frozen=True)
+class WeightLayout:
+    """How an element-wise ``weight`` lines up with the unreduced loss (for the fused kernels).
+
+    Attributes:
+        tensor: The weight (``None`` for ``mode == NONE``), in its own dtype.
+        mode: ``NONE`` (0), ``FULL`` (1: the loss's shape, possibly an expanded view), ``LEADING``
+            (2: the loss's leading dimensions; element ``i`` of the flattened loss uses weight
+            ``i // inner``), ``SCALAR`` (3: one value).
+        inner: Loss elements per weight element in ``LEADING`` mode, else 1.
+    """
+
+    tensor: Tensor | None
+    mode: int
+    inner: int = 1
+
+    NONE = 0
+    FULL = 1
+    LEADING = 2
+    SCALAR = 3
+
+
+def weight_layout(
+    fn: str, weight: object, shape: torch.Size | tuple[int, ...], like: Tensor
+) -> WeightLayout:
+    """Validate ``weight`` with ``expand_weight``'s rules and describe its layout (no copy)."""
+    if weight is None:
+        return WeightLayout(None, WeightLayout.NONE)
+    expand_weight(fn, weight, torch.Size(shape), like)  # the checks; the result is not needed
+    w: Tensor = weight  # type: ignore[assignment]
+    target = tuple(shape)
+    if w.ndim == 0:
+        return WeightLayout(w, WeightLayout.SCALAR)
+    if tuple(w.shape) == target:
+        return WeightLayout(w, WeightLayout.FULL)
+    if w.ndim < len(target):
+        inner = math.prod(target[w.ndim :])
+        return WeightLayout(w, WeightLayout.LEADING, max(inner, 1))
+    return WeightLayout(w.expand(target), WeightLayout.FULL)
 
 
 def check_avg_factor(fn: str, avg_factor: object, reduction: str) -> float | Tensor | None:
@@ -119,22 +170,137 @@ _denominator_hook: Callable[[Tensor, bool], Tensor] | None = None
 
 
 def global_denominator(
-    denom: Tensor | float, *, is_avg_factor: bool = False, like: Tensor | None = None
+    denom: Tensor | float,
+    *,
+    is_avg_factor: bool = False,
+    like: Tensor | None = None,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Tensor | float:
     """The ``"mean"`` denominator to divide by: ``denom`` itself, or its global value.
 
     Returns ``denom`` unchanged outside ``lossforge.distributed.global_normalization()``. Inside it,
-    returns ``all_reduce(denom) / world_size`` as a tensor (on ``like``'s device and dtype when
-    ``denom`` is a number). Fused kernels that compute their own ``"mean"`` call this on their
-    denominator so they follow the same rule as ``weight_reduce``.
+    returns ``all_reduce(denom) / world_size`` as a tensor (on ``like``'s device and dtype, or the
+    given ``device`` / ``dtype``, when ``denom`` is a number). ``mean_denominator`` calls it for
+    every backend.
     """
     hook = _denominator_hook
     if hook is None:
         return denom
     if not isinstance(denom, Tensor):
-        ref = like if like is not None else torch.empty(())
-        denom = torch.tensor(float(denom), dtype=ref.dtype, device=ref.device)
+        if like is not None:
+            device, dtype = like.device, like.dtype
+        denom = torch.tensor(float(denom), dtype=dtype, device=device)
     return hook(denom, is_avg_factor)
+
+
+@dataclass(frozen=True)
+class Denominator:
+    """The divisor of ``"mean"``, decided here for every backend.
+
+    Attributes:
+        value: ``d >= 0``: a host number (no device work), or a 0-d tensor on the loss's device
+            (an ``avg_factor`` tensor, a count computed on the device, or the global value inside
+            ``global_normalization()``; never read on the host unless value checks are on).
+        strict: ``d`` came from ``avg_factor``: ``d == 0`` with a non-zero sum is an error
+            (``ValueError`` under value checks, NaN without), not a silent 0.
+
+    The rule every backend applies (``divide`` here; the fused kernels' final stage does the same
+    arithmetic on the device):
+
+    * ``d > 0``: the loss is ``total / d`` and every element's gradient is scaled by ``1 / d``;
+    * ``d == 0``: the loss is exactly 0 with zero gradients (nothing valid: an empty batch,
+      everything ignored, every valid target weighted 0), except with ``strict`` and a non-zero
+      total, which is NaN;
+    * ``d < 0`` or NaN (an ``avg_factor`` tensor read with value checks off): NaN.
+    """
+
+    value: Tensor | float
+    strict: bool = False
+
+    def grad_scale(self) -> tuple[float, Tensor | None]:
+        """The element gradients' factor ``1 / d`` (0 where ``d <= 0``) as ``(host, device)``:
+        the device tensor when ``d`` is one (no host sync), else the host float."""
+        d = self.value
+        if isinstance(d, Tensor):
+            d32 = d.detach().to(torch.float32).reshape(1)
+            pos = d32 > 0
+            return 1.0, torch.where(pos, 1.0 / torch.where(pos, d32, 1.0), 0.0)
+        return (1.0 / d if d > 0 else 0.0), None
+
+
+def mean_denominator(
+    *,
+    avg_factor: float | Tensor | None,
+    numel: int,
+    valid: Tensor | None = None,
+    denominator: Tensor | None = None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Denominator:
+    """The one ``"mean"`` rule: ``avg_factor`` when given, else the loss's own ``denominator``
+    (PyTorch's class-weight sum), else the number of valid elements (``numel`` without a ``valid``
+    mask). Inside ``global_normalization()`` the value is replaced by its global one (one
+    collective per call, whatever this rank holds, so no rank can skip it and deadlock).
+
+    Args:
+        avg_factor: Already validated by ``check_avg_factor``.
+        numel: Number of unreduced loss elements.
+        valid: Bool mask of the valid elements; it may broadcast over the loss (a per-row mask of
+            an index target stands for its ``C`` elements).
+        denominator: A loss-specific default (a tensor on the loss's device).
+        device, dtype: The loss's device and compute dtype (for the global value).
+    """
+    if avg_factor is not None:
+        local: Tensor | float = avg_factor
+        strict = True
+    elif denominator is not None:
+        local, strict = denominator, False
+    elif valid is None:
+        local, strict = float(numel), False
+    else:
+        local, strict = _valid_count(valid, numel), False
+    if _denominator_hook is not None:
+        if isinstance(local, Tensor):
+            local = local.reshape(()).to(device=device, dtype=dtype)
+        local = global_denominator(local, is_avg_factor=strict, device=device, dtype=dtype)
+    elif isinstance(local, Tensor):
+        local = local.reshape(())
+    return Denominator(local, strict)
+
+
+def divide(fn: str, total: Tensor, denom: Denominator) -> Tensor:
+    """``total / d`` by ``Denominator``'s rule (safe denominators first, so an unused branch
+    never leaks a NaN gradient, pytorch#52248)."""
+    d = denom.value
+    if not isinstance(d, Tensor):
+        if d > 0:
+            return total / d
+        # d == 0 (a host avg_factor is never negative: check_avg_factor rejects it)
+        if not denom.strict:
+            return total  # nothing valid: the sum over no element is exactly 0
+        _check_zero_avg_factor(fn, total, 0.0)
+        return torch.where(total == 0, total * 0.0, float("nan"))
+    d = d.to(total.dtype)
+    pos = d > 0
+    quotient = total / torch.where(pos, d, torch.ones_like(d))
+    if not denom.strict:
+        return torch.where(pos, quotient, torch.zeros_like(quotient))
+    if value_checks_enabled(d, total):
+        _check_zero_avg_factor(fn, total, float(d))
+    # 0 only for d == 0 with nothing to sum; NaN for a zero divisor of a non-zero sum, or d < 0.
+    rest = torch.where((d == 0) & (total == 0), 0.0, float("nan")).to(total.dtype)
+    return torch.where(pos, quotient, rest)
+
+
+def _check_zero_avg_factor(fn: str, total: Tensor, d: float) -> None:
+    if not value_checks_enabled(total):
+        return
+    if not (d >= 0 and math.isfinite(d)):
+        fail(fn, "avg_factor", "a finite number >= 0", d)
+    if d == 0 and float(total.detach()) != 0:
+        where = " (summed over the ranks)" if _denominator_hook is not None else ""
+        fail(fn, "avg_factor", f"> 0{where} when the weighted loss sum is non-zero", 0.0)
 
 
 def class_weight_denominator(w_target: Tensor, valid: Tensor | None) -> Tensor:
@@ -151,20 +317,6 @@ def class_weight_denominator(w_target: Tensor, valid: Tensor | None) -> Tensor:
     return w_target.sum()
 
 
-def _safe_div(total: Tensor, denom: Tensor) -> Tensor:
-    """``total / denom``, and exactly 0 (zero gradients, still attached) where ``denom`` is 0.
-
-    The denominator is made safe before dividing, so the unselected branch cannot leak a NaN
-    gradient (pytorch#52248). A zero denominator with a non-zero numerator only happens with
-    class-weighted means (all valid targets weighted 0, label smoothing leaving a numerator) or a
-    zero ``avg_factor``; both are defined as 0.
-    """
-    denom = denom.to(total.dtype)
-    positive = denom > 0
-    quotient = total / torch.where(positive, denom, torch.ones_like(denom))
-    return torch.where(positive, quotient, torch.zeros_like(quotient))
-
-
 def weight_reduce(
     loss: Tensor,
     *,
@@ -175,7 +327,32 @@ def weight_reduce(
     valid: Tensor | None = None,
     denominator: Tensor | None = None,
 ) -> Tensor:
-    """Apply ``weight``, the ``valid`` mask and the reduction to an unreduced loss.
+    """Validate ``reduction`` and ``avg_factor``, then ``reduce_loss`` (for code outside the loss
+    pipelines, which validate once and call ``reduce_loss`` directly)."""
+    reduction = check_reduction(fn, reduction)
+    avg = check_avg_factor(fn, avg_factor, reduction)
+    return reduce_loss(
+        loss,
+        fn=fn,
+        reduction=reduction,
+        weight=weight,
+        avg_factor=avg,
+        valid=valid,
+        denominator=denominator,
+    )
+
+
+def reduce_loss(
+    loss: Tensor,
+    *,
+    fn: str,
+    reduction: str,
+    weight: Tensor | None = None,
+    avg_factor: float | Tensor | None = None,
+    valid: Tensor | None = None,
+    denominator: Tensor | None = None,
+) -> Tensor:
+    """Apply ``weight``, the ``valid`` mask and the (already validated) reduction.
 
     Args:
         loss: Unreduced loss in the compute dtype. Must be finite where ``valid`` is False (callers
@@ -191,8 +368,6 @@ def weight_reduce(
     Returns:
         ``loss``'s shape for ``"none"``, else a 0-d tensor.
     """
-    reduction = check_reduction(fn, reduction)
-    check_avg_factor(fn, avg_factor, reduction)
     if weight is not None:
         loss = loss * expand_weight(fn, weight, loss.shape, loss)
     if valid is not None:
@@ -226,31 +401,19 @@ def finish_reduction(
     sum over the valid elements, ``numel`` the number of unreduced loss elements, ``valid`` the mask
     that defines the default ``"mean"`` count (it may broadcast over the loss: a per-row mask).
     """
-    reduction = check_reduction(fn, reduction)
-    avg = check_avg_factor(fn, avg_factor, reduction)
-    if reduction == "none":
-        fail(fn, "reduction", '"mean" or "sum" (an unreduced loss has no total)', reduction)
     if reduction == "sum":
         return total
-    if _denominator_hook is not None:
-        return _global_mean(fn, total, numel, avg, valid, denominator)
-    if avg is not None:
-        if isinstance(avg, Tensor):
-            avg_t = avg.to(device=total.device, dtype=total.dtype).reshape(())
-            if value_checks_enabled(avg_t) and float(avg_t) == 0 and float(total.detach()) != 0:
-                fail(fn, "avg_factor", "> 0 when the weighted loss sum is non-zero", 0.0)
-            return _safe_div(total, avg_t)
-        if avg == 0:
-            if value_checks_enabled(total) and float(total.detach()) != 0:
-                fail(fn, "avg_factor", "> 0 when the weighted loss sum is non-zero", 0.0)
-            return total * 0.0
-        return total / avg
-    if denominator is not None:
-        return _safe_div(total, denominator)
-    if valid is None:
-        return total / numel if numel > 0 else total
-    # The total only sums valid elements, so it is 0 when there are none: 0 / 1 = 0 exactly.
-    return total / _valid_count(valid, numel).clamp(min=1).to(total.dtype)
+    if reduction != "mean":
+        fail(fn, "reduction", '"mean" or "sum" (an unreduced loss has no total)', reduction)
+    denom = mean_denominator(
+        avg_factor=avg_factor,
+        numel=numel,
+        valid=valid,
+        denominator=denominator,
+        device=total.device,
+        dtype=total.dtype,
+    )
+    return divide(fn, total, denom)
 
 
 def _valid_count(valid: Tensor, numel: int) -> Tensor:
@@ -259,43 +422,3 @@ def _valid_count(valid: Tensor, numel: int) -> Tensor:
         # valid broadcasts over some dimensions of the loss (e.g. a per-row mask).
         count_t = count_t * (numel // max(valid.numel(), 1))
     return count_t
-
-
-def _global_mean(
-    fn: str,
-    total: Tensor,
-    numel: int,
-    avg: float | Tensor | None,
-    valid: Tensor | None,
-    denominator: Tensor | None,
-) -> Tensor:
-    """``"mean"`` under global normalisation: the same denominator rules, with the global value.
-
-    Exactly one collective per call, whatever this rank's data (empty, all ignored): no rank can
-    skip it and deadlock the others.
-    """
-    if avg is not None:
-        local = avg if isinstance(avg, Tensor) else torch.tensor(float(avg))
-        local = local.reshape(()).to(device=total.device, dtype=total.dtype)
-        is_avg = True
-    elif denominator is not None:
-        local, is_avg = denominator, False
-    elif valid is None:
-        local, is_avg = (
-            torch.tensor(float(numel), dtype=total.dtype, device=total.device),
-            False,
-        )
-    else:
-        local, is_avg = _valid_count(valid, numel).to(total.dtype), False
-    hook = _denominator_hook
-    if hook is None:  # pragma: no cover - only reached through a race with the scope's exit
-        return _safe_div(total, local)
-    glob = hook(local, is_avg)
-    if is_avg and value_checks_enabled(glob) and float(glob) == 0 and float(total.detach()) != 0:
-        fail(
-            fn,
-            "avg_factor",
-            "> 0 (summed over the ranks) when the weighted loss sum is non-zero",
-            0.0,
-        )
-    return _safe_div(total, glob)

@@ -16,6 +16,7 @@ targets (``ignore_index`` drops the position) or probability targets of the logi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 from torch import Tensor
@@ -23,6 +24,7 @@ from torch import Tensor
 from lossforge._checks import (
     as_index_target,
     check_index_range,
+    check_tensor,
     check_unit_interval,
     compute_dtype,
     fail,
@@ -63,12 +65,57 @@ class DenseTarget:
         bad: Bool mask of elements whose target was out of range while value checks were off
             (``None`` when nothing needs poisoning); the loss there becomes NaN.
         from_index: Whether the target was given as class indices.
+        binary: Whether every value is 0 or 1 by its dtype (class indices, bool or integer
+            targets), so losses may use their hard-target form.
     """
 
     target: Tensor
     valid: Tensor | None
     bad: Tensor | None
     from_index: bool
+    binary: bool = False
+
+
+def _check_device(fn: str, t: Tensor, x: Tensor, input_name: str) -> None:
+    if t.device != x.device:
+        fail(fn, "target", f"on the device of `{input_name}` ({x.device})", t.device)
+
+
+def check_sigmoid_target(
+    fn: str, logits: Tensor, target: object, *, ignore_index: int | None, check_range: bool = True
+) -> tuple[Tensor, bool]:
+    """Validate a sigmoid-loss target without building anything the size of the logits.
+
+    Returns ``(target, is_index)``: the target as given (dense, or class indices of any integer
+    dtype), and whether it holds class indices. Shapes, dtypes and devices are always checked;
+    values (dense targets in ``[0, 1]``, indices in ``[0, C]``) follow the value-check mode.
+    """
+    t = check_tensor(fn, "target", target)
+    _check_device(fn, t, logits, "logits")
+    if t.shape == logits.shape:
+        if t.is_complex():
+            fail(fn, "target", "a real tensor", f"dtype {t.dtype}", TypeError)
+        if check_range and t.dtype != torch.bool:
+            check_unit_interval(fn, "target", t, ignore_value=ignore_index)
+        return t, False
+    cdim = class_dim(logits)
+    if logits.ndim >= 1 and tuple(t.shape) == _shape_without(logits.shape, cdim):
+        idx = as_index_target(fn, t)
+        check_index_range(
+            fn, idx, logits.shape[cdim], ignore_index=ignore_index, allow_background=True
+        )
+        return t, True
+    _sigmoid_shape_error(fn, logits, t)
+
+
+def _sigmoid_shape_error(fn: str, logits: Tensor, t: Tensor) -> NoReturn:
+    fail(
+        fn,
+        "target",
+        f"the logits' shape {tuple(logits.shape)} (dense) or "
+        f"{_shape_without(logits.shape, class_dim(logits))} (class indices)",
+        f"shape {tuple(t.shape)}",
+    )
 
 
 def sigmoid_target(
@@ -78,8 +125,7 @@ def sigmoid_target(
     if not isinstance(target, Tensor):
         fail(fn, "target", "a torch.Tensor", type(target).__name__, TypeError)
     t: Tensor = target  # type: ignore[assignment]
-    if t.device != logits.device:
-        fail(fn, "target", f"on the device of `logits` ({logits.device})", t.device)
+    _check_device(fn, t, logits, "logits")
     cdtype = compute_dtype(logits)
     if t.shape == logits.shape:
         if t.is_complex():
@@ -91,7 +137,7 @@ def sigmoid_target(
         dense = t.to(cdtype)
         if check_range:
             check_unit_interval(fn, "target", dense)
-        return DenseTarget(dense, valid, None, False)
+        return DenseTarget(dense, valid, None, False, not t.is_floating_point())
 
     cdim = class_dim(logits)
     if logits.ndim >= 1 and tuple(t.shape) == _shape_without(logits.shape, cdim):
@@ -110,15 +156,9 @@ def sigmoid_target(
                 out = out & (idx != ignore_index)
             bad = out.unsqueeze(cdim)
         onehot = idx.unsqueeze(cdim) == _class_range(logits, cdim, logits.ndim)
-        return DenseTarget(onehot.to(cdtype), valid, bad, True)
+        return DenseTarget(onehot.to(cdtype), valid, bad, True, True)
 
-    fail(
-        fn,
-        "target",
-        f"the logits' shape {tuple(logits.shape)} (dense) or "
-        f"{_shape_without(logits.shape, class_dim(logits))} (class indices)",
-        f"shape {tuple(t.shape)}",
-    )
+    _sigmoid_shape_error(fn, logits, t)
 
 
 @dataclass(frozen=True)
@@ -150,6 +190,76 @@ class SoftmaxTarget:
     raw_ignore: int = -100
 
 
+def _softmax_classes(fn: str, logits: Tensor) -> int:
+    if logits.ndim == 0:
+        fail(fn, "logits", "a tensor of shape (N, C, *) or (C,)", "a 0-d tensor")
+    cdim = class_dim(logits)
+    c = logits.shape[cdim]
+    if c < 2:
+        fail(
+            fn,
+            "logits",
+            "at least 2 classes along dim 1 (a 1-class softmax loss is always 0)",
+            f"C={c}",
+        )
+    return cdim
+
+
+def _probability_ignore(fn: str, ignore_index: int | None, default_ignore: int | None) -> None:
+    if ignore_index is not None and ignore_index != default_ignore:
+        fail(
+            fn,
+            "ignore_index",
+            "to be unset with probability targets (it applies to class indices)",
+            ignore_index,
+        )
+
+
+def _softmax_shape_error(
+    fn: str, logits: Tensor, t: Tensor, index_shape: tuple[int, ...]
+) -> NoReturn:
+    if t.is_floating_point() and tuple(t.shape) != tuple(logits.shape):
+        fail(
+            fn,
+            "target",
+            f"probabilities of the logits' shape {tuple(logits.shape)}",
+            f"shape {tuple(t.shape)}",
+        )
+    fail(
+        fn,
+        "target",
+        f"class indices of shape {index_shape} or probabilities of shape {tuple(logits.shape)}",
+        f"shape {tuple(t.shape)} and dtype {t.dtype}",
+    )
+
+
+def check_softmax_target(
+    fn: str,
+    logits: Tensor,
+    target: object,
+    *,
+    ignore_index: int | None,
+    default_ignore: int | None = -100,
+) -> tuple[Tensor, bool, int]:
+    """Validate a softmax-loss target without building masks: ``(target, is_index, class_dim)``.
+
+    Class indices are returned as given (any integer dtype); values follow the value-check mode.
+    """
+    t = check_tensor(fn, "target", target)
+    _check_device(fn, t, logits, "logits")
+    cdim = _softmax_classes(fn, logits)
+    index_shape = _shape_without(logits.shape, cdim)
+    if t.is_floating_point() and t.shape == logits.shape:
+        _probability_ignore(fn, ignore_index, default_ignore)
+        check_unit_interval(fn, "target", t)
+        return t, False, cdim
+    if tuple(t.shape) == index_shape:
+        idx = as_index_target(fn, t)
+        check_index_range(fn, idx, logits.shape[cdim], ignore_index=ignore_index)
+        return t, True, cdim
+    _softmax_shape_error(fn, logits, t, index_shape)
+
+
 def softmax_target(
     fn: str,
     logits: Tensor,
@@ -163,32 +273,14 @@ def softmax_target(
     ``ignore_index`` applies to class-index targets only; passing a non-default value together with
     probability targets raises (PyTorch raises a RuntimeError there).
     """
-    if not isinstance(target, Tensor):
-        fail(fn, "target", "a torch.Tensor", type(target).__name__, TypeError)
-    t: Tensor = target  # type: ignore[assignment]
-    if t.device != logits.device:
-        fail(fn, "target", f"on the device of `logits` ({logits.device})", t.device)
-    if logits.ndim == 0:
-        fail(fn, "logits", "a tensor of shape (N, C, *) or (C,)", "a 0-d tensor")
-    cdim = class_dim(logits)
+    t = check_tensor(fn, "target", target)
+    _check_device(fn, t, logits, "logits")
+    cdim = _softmax_classes(fn, logits)
     c = logits.shape[cdim]
-    if c < 2:
-        fail(
-            fn,
-            "logits",
-            "at least 2 classes along dim 1 (a 1-class softmax loss is always 0)",
-            f"C={c}",
-        )
     index_shape = _shape_without(logits.shape, cdim)
 
     if t.is_floating_point() and t.shape == logits.shape:
-        if ignore_index is not None and ignore_index != default_ignore:
-            fail(
-                fn,
-                "ignore_index",
-                "to be unset with probability targets (it applies to class indices)",
-                ignore_index,
-            )
+        _probability_ignore(fn, ignore_index, default_ignore)
         probs = t.to(compute_dtype(logits))
         check_unit_interval(fn, "target", probs)
         return SoftmaxTarget(None, probs, None, None, cdim)
@@ -217,16 +309,63 @@ def softmax_target(
             raw = torch.where(bad, torch.full((), raw_ignore, device=idx.device), idx)
         return SoftmaxTarget(safe, None, valid, bad, cdim, raw=raw, raw_ignore=raw_ignore)
 
-    if t.is_floating_point() and tuple(t.shape) != tuple(logits.shape):
+    _softmax_shape_error(fn, logits, t, index_shape)
+
+
+def _index_shape(x: Tensor) -> tuple[int, ...]:
+    return (x.shape[0],) + tuple(x.shape[2:])
+
+
+def region_target(
+    fn: str, x: Tensor, target: object, activation: str, ignore: int | None
+) -> tuple[Tensor, Tensor | None]:
+    """A region-loss target as a dense ``(N, C, *)`` float target (ignored and absent entries 0)
+    and the valid-pixel mask.
+
+    The mask is ``(N, 1, *)`` for class-index targets (a pixel is ignored in every class) and
+    ``(N, C, *)`` for dense targets (element-wise). Out-of-range class indices met while value
+    checks are off become NaN in the dense target, so the loss of the affected entries is NaN.
+    """
+    t = check_tensor(fn, "target", target)
+    if t.device != x.device:
+        fail(fn, "target", f"on the device of `logits` ({x.device})", t.device)
+    if t.is_complex():
+        fail(fn, "target", "a real tensor", f"dtype {t.dtype}", TypeError)
+    c = x.shape[1]
+    cdtype = compute_dtype(x)
+    if c == 1 and activation != "softmax" and tuple(t.shape) == _index_shape(x):
+        t = t.unsqueeze(1)  # a binary mask (N, *) for a single (N, 1, *) logit channel
+    if t.shape == x.shape:
+        valid = None
+        if ignore is not None:
+            valid = t != ignore
+            t = torch.where(valid, t, torch.zeros((), dtype=t.dtype, device=t.device))
+        dense = t.to(cdtype)
+        check_unit_interval(fn, "target", dense)
+        return dense, valid
+    if tuple(t.shape) != _index_shape(x):
+        binary = " or a (N, *) binary mask" if c == 1 and activation != "softmax" else ""
         fail(
             fn,
             "target",
-            f"probabilities of the logits' shape {tuple(logits.shape)}",
+            f"dense targets of the logits' shape {tuple(x.shape)}, class indices of shape "
+            f"{_index_shape(x)}{binary}",
             f"shape {tuple(t.shape)}",
         )
-    fail(
-        fn,
-        "target",
-        f"class indices of shape {index_shape} or probabilities of shape {tuple(logits.shape)}",
-        f"shape {tuple(t.shape)} and dtype {t.dtype}",
-    )
+    idx = as_index_target(fn, t)
+    background = activation == "sigmoid"
+    check_index_range(fn, idx, c, ignore_index=ignore, allow_background=background)
+    idx = idx.unsqueeze(1)
+    classes = torch.arange(c, device=x.device).view((1, c) + (1,) * (x.ndim - 2))
+    hit = idx == classes
+    valid = None
+    if ignore is not None:
+        valid = idx != ignore
+        hit = hit & valid  # ignore_index may be a valid class id
+    dense = hit.to(cdtype)
+    if not value_checks_enabled(idx):
+        out = (idx < 0) | (idx > (c if background else c - 1))
+        if valid is not None:
+            out = out & valid
+        dense = torch.where(out, torch.full((), float("nan"), dtype=cdtype, device=x.device), dense)
+    return dense, valid

@@ -104,7 +104,7 @@ def _as_count(
         return count.detach().reshape(()).to(device=device or count.device, dtype=dtype).clone()
     if isinstance(count, bool) or not isinstance(count, numbers.Real):
         fail(fn, "count", "a number or a one-element tensor", repr(count), TypeError)
-    v = float(count)  # type: ignore[arg-type]
+    v = float(count)
     if not math.isfinite(v):
         fail(fn, "count", "a finite number", v)
     return torch.tensor(

@@ -23,17 +23,36 @@ Classes: ``Weighting`` (base), ``FixedWeighting``, ``EqualWeighting``, ``Uncerta
 ``DynamicTaskPrioritization``, ``DynamicWeightAverage``, ``GradNorm``. Functions: ``weighted_sum``
 and ``uncertainty_weighted_sum``.
 
+**Precision.** Every weighting computes in float32, or in float64 when its state or the losses are
+float64, whatever the dtype of the module and of the losses: ``model.half()`` also casts a
+weighting held by the model, and in fp16/bf16 a clip at ``1 - 1e-4`` rounds to 1 (DTP's weight
+becomes 0 and the task is dropped) and a moving average stops moving. So the total and
+``weights()`` come back in float32 for fp16/bf16 inputs (float64 for float64 ones), as lossforge's
+losses do; gradients reach fp16/bf16 losses and parameters in their own dtype; and a weighting's
+floating-point buffers (running state and configuration) stay in float32 when the module is cast
+to fp16 or bf16 (``.to(torch.float64)`` still moves them to float64). Learned parameters follow the
+module's dtype, as the optimizer expects.
+
+**No objective without an optimum.** Values for which a weighting has no minimum, or drops a task,
+are refused: negative task losses for ``UncertaintyWeighting`` (the total decreases without bound
+as ``log_vars`` go to -inf) and for GradNorm's training rates; KPIs outside ``[0, 1]``; non-positive
+DWA epoch losses and GradNorm initial losses; all-zero fixed weights; and DTP clips or ``gamma``
+for which a task's weight is 0 in float32. Numbers given as Python values are always checked. Checks
+that read tensor values follow ``lossforge.set_value_checks`` (on for CPU tensors by default, off on
+accelerators unless enabled) because they synchronise with the device; with them off, a value
+outside the domain becomes NaN in the total (or in the state it was folded into), so a bad step is
+loud instead of silently training towards a divergence.
+
 Validation follows the library's rules: the number of tasks, option values and hyperparameters are
-always checked; checks that read tensor values (non-finite losses, KPIs outside ``[0, 1]`` given as
-tensors) follow ``lossforge.set_value_checks`` (on for CPU tensors by default, off on accelerators
-unless enabled) because they synchronise with the device.
+always checked; the value checks above and non-finite losses follow the value-check mode.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import torch
@@ -118,6 +137,28 @@ def _stack_losses(fn: str, losses: object, num_tasks: int | None, name: str = "l
     return stacked
 
 
+def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """float64 if any input is float64, else float32 (fp16 / bf16 / fp32 state and losses)."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def _require(fn: str, name: str, values: Tensor, ok: Tensor, expected: str) -> Tensor:
+    """``values`` where ``ok`` holds. Elsewhere: a ``ValueError`` under value checks, NaN when they
+    are off (one element-wise select on ``T`` values; no device sync)."""
+    if value_checks_enabled(values):
+        if not bool(ok.all()):
+            bad = [i for i, good in enumerate(ok.tolist()) if not good]
+            fail(fn, name, expected, f"{values.detach().tolist()} (not at task {bad})")
+        return values
+    return torch.where(ok, values, torch.full_like(values, math.nan))
+
+
+_NO_NEGATIVE_LOSS = (
+    "non-negative task losses (uncertainty weighting has no optimum for a negative loss: the "
+    "total decreases without bound as its log-variance goes to -inf)"
+)
+
+
 def _check_state_device(fn: str, losses: Tensor, state: Tensor) -> None:
     if losses.device != state.device:
         fail(
@@ -164,7 +205,7 @@ def weighted_sum(losses: LossesLike, weights: Tensor) -> Tensor:
         weights: ``(T,)`` weights on the losses' device.
 
     Returns:
-        The 0-d total, in the promoted dtype of losses and weights.
+        The 0-d total, computed and returned in float32 (float64 when losses or weights are).
     """
     fn = "weighted_sum"
     if not isinstance(weights, Tensor):
@@ -173,7 +214,8 @@ def weighted_sum(losses: LossesLike, weights: Tensor) -> Tensor:
         fail(fn, "weights", "a 1-d tensor", f"shape {tuple(weights.shape)}")
     stacked = _stack_losses(fn, losses, weights.shape[0])
     _check_state_device(fn, stacked, weights)
-    return (weights * stacked).sum()
+    dtype = _compute_dtype(stacked.dtype, weights.dtype)
+    return (weights.to(dtype) * stacked.to(dtype)).sum()
 
 
 def uncertainty_weighted_sum(
@@ -197,13 +239,14 @@ def uncertainty_weighted_sum(
     See ``UncertaintyWeighting`` for the derivation, the optima and why the total can be negative.
 
     Args:
-        losses: ``T`` scalar losses.
+        losses: ``T`` scalar, non-negative losses (a negative one raises under value checks and
+            makes the total NaN without them: the objective has no minimum in $s_i$ then).
         log_vars: ``(T,)`` log-variances $s_i$ (usually an ``nn.Parameter``).
         task_types: ``"regression"`` or ``"classification"``, one for all tasks or one per task.
         regularizer: ``"log"`` (Kendall et al.) or ``"log1p"`` (Liebel & Koerner 2018, positive).
 
     Returns:
-        The 0-d total.
+        The 0-d total, in float32 (float64 when losses or ``log_vars`` are float64).
     """
     fn = "uncertainty_weighted_sum"
     if not isinstance(log_vars, Tensor):
@@ -215,6 +258,7 @@ def uncertainty_weighted_sum(
     regularizer = check_choice(fn, "regularizer", regularizer, _REGULARIZERS)  # type: ignore[assignment]
     stacked = _stack_losses(fn, losses, num_tasks)
     _check_state_device(fn, stacked, log_vars)
+    stacked = _require(fn, "losses", stacked, stacked >= 0, _NO_NEGATIVE_LOSS)
     return _uncertainty_total(stacked, log_vars, factors, regularizer)
 
 
@@ -240,9 +284,11 @@ def _task_factors(fn: str, task_types: object, num_tasks: int) -> list[float]:
 def _uncertainty_total(
     losses: Tensor, log_vars: Tensor, factors: Sequence[float], regularizer: str
 ) -> Tensor:
-    c = torch.tensor(factors, dtype=log_vars.dtype, device=log_vars.device)
-    reg = 0.5 * log_vars if regularizer == "log" else nn.functional.softplus(log_vars)
-    return (c * torch.exp(-log_vars) * losses + reg).sum()
+    dtype = _compute_dtype(losses.dtype, log_vars.dtype)
+    s = log_vars.to(dtype)
+    c = torch.tensor(factors, dtype=dtype, device=log_vars.device)
+    reg = 0.5 * s if regularizer == "log" else nn.functional.softplus(s)
+    return (c * torch.exp(-s) * losses.to(dtype) + reg).sum()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -258,8 +304,11 @@ class Weighting(nn.Module, ABC):
     $$
 
     Subclasses implement ``weights()`` and, when they add a term that is not a weight times a loss,
-    ``regularizer()``. ``forward`` checks the losses (count, scalar shape, device, finiteness under
-    the value-check mode) and returns the total; it never calls ``.backward()`` and writes no state.
+    ``regularizer()``; ``_check_losses`` refuses losses for which the weighting has no optimum.
+    ``forward`` checks the losses (count, scalar shape, device, finiteness and domain under the
+    value-check mode) and returns the total in float32 (float64 when the losses or the state are
+    float64); it never calls ``.backward()`` and writes no state. Floating-point buffers stay in
+    float32 when the module is cast to fp16/bf16 (see the module docstring).
 
     Args:
         num_tasks: Number of tasks ``T`` (>= 1).
@@ -268,6 +317,23 @@ class Weighting(nn.Module, ABC):
     def __init__(self, num_tasks: int) -> None:
         super().__init__()
         self.num_tasks = check_int(type(self).__name__, "num_tasks", num_tasks, low=1)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Weighting:
+        # .half() / .bfloat16() / .to(torch.float16) go through here: running state and
+        # configuration buffers keep float32 (a bf16 moving average cannot move by less than 1/256
+        # of its value; 1 - 1e-4 rounds to 1). Parameters follow the module's dtype.
+        before = {k: b for k, b in self._buffers.items() if b is not None and b.is_floating_point()}
+        super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = self._buffers[name]
+            if new is not None and new.dtype in (torch.float16, torch.bfloat16):
+                # from the value before the cast: rounding to bf16 and back would lose it
+                self._buffers[name] = old.to(device=new.device, dtype=torch.float32)
+        return self
+
+    def _check_losses(self, fn: str, losses: Tensor) -> Tensor:
+        """The losses, refused where this weighting has no optimum (none here)."""
+        return losses
 
     @abstractmethod
     def weights(self) -> Tensor:
@@ -278,13 +344,17 @@ class Weighting(nn.Module, ABC):
         return None
 
     def forward(self, losses: LossesLike) -> Tensor:
-        """Total loss $\\sum_i w_i \\mathcal{L}_i (+ R)$ of ``T`` scalar task losses."""
-        stacked = _stack_losses(type(self).__name__, losses, self.num_tasks)
+        """Total loss $\\sum_i w_i \\mathcal{L}_i (+ R)$ of ``T`` scalar task losses (float32, or
+        float64 when the losses or the state are float64)."""
+        fn = type(self).__name__
+        stacked = _stack_losses(fn, losses, self.num_tasks)
         w = self.weights()
-        _check_state_device(type(self).__name__, stacked, w)
-        total = (w * stacked).sum()
+        _check_state_device(fn, stacked, w)
+        stacked = self._check_losses(fn, stacked)
+        dtype = _compute_dtype(stacked.dtype, w.dtype)
+        total = (w.to(dtype) * stacked.to(dtype)).sum()
         reg = self.regularizer()
-        return total if reg is None else total + reg
+        return total if reg is None else total + reg.to(dtype)
 
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}"
@@ -294,8 +364,9 @@ class FixedWeighting(Weighting):
     r"""Constant, user-given task weights: $\mathcal{L} = \sum_i w_i \mathcal{L}_i$.
 
     Args:
-        weights: One finite, non-negative number per task (list, tuple or 1-d tensor). Stored as a
-            buffer, so it follows ``.to()`` and ``state_dict``.
+        weights: One finite, non-negative number per task (list, tuple or 1-d tensor), at least one
+            of them positive (all zero: the total is constant, nothing trains). Stored as a buffer
+            (float32, or the tensor's float64), so it follows ``.to()`` and ``state_dict``.
 
     Example:
         >>> import torch
@@ -325,13 +396,14 @@ class FixedWeighting(Weighting):
         if not values:
             fail(fn, "weights", "at least one weight", "an empty sequence")
         checked = [check_number(fn, f"weights[{i}]", v, low=0.0) for i, v in enumerate(values)]
+        if not any(checked):
+            fail(fn, "weights", "at least one positive weight (all zero: nothing trains)", checked)
         super().__init__(len(checked))
         dtype = (
             weights.dtype if isinstance(weights, Tensor) and weights.is_floating_point() else None
         )
-        self.register_buffer(
-            "task_weights", torch.tensor(checked, dtype=dtype or torch.get_default_dtype())
-        )
+        dtype = _compute_dtype(dtype or torch.get_default_dtype())
+        self.register_buffer("task_weights", torch.tensor(checked, dtype=dtype))
 
     def weights(self) -> Tensor:
         return self.task_weights
@@ -388,6 +460,13 @@ class UncertaintyWeighting(Weighting):
 
     whose optimum for regression is $\sigma^2 = \tfrac14\left(L + \sqrt{L^2 + 8L}\right)$ (it also
     keeps $\sigma^2$ from collapsing when $L \to 0$). ``log_var_bounds`` optionally clamps $s$.
+
+    **Task losses must be non-negative.** For $L < 0$ the total $c\,e^{-s}L + r(s)$ has no minimum
+    in $s$ (with either regulariser it falls without bound as $s \to -\infty$), so training would
+    diverge: a negative loss raises a ``ValueError`` under value checks, and makes the total NaN
+    when they are off (the default on accelerators). A loss of exactly 0 is accepted (a batch with
+    nothing valid gives 0): it only pulls $s$ down by the regulariser's gradient for that step; a
+    loss that stays at 0 sends $\sigma^2 \to 0$ (use ``log_var_bounds`` or ``"log1p"`` then).
 
     Put this module's parameters in the optimizer (``list(model.parameters()) +
     list(weighting.parameters())``), usually without weight decay.
@@ -446,25 +525,36 @@ class UncertaintyWeighting(Weighting):
         dtype = torch.get_default_dtype()
         self.log_vars = nn.Parameter(torch.tensor(init, dtype=dtype))
         # c_i (1/2 regression, 1 classification): configuration, so not in the state_dict
-        self.register_buffer("task_factors", torch.tensor(factors, dtype=dtype), persistent=False)
+        self.register_buffer(
+            "task_factors", torch.tensor(factors, dtype=_compute_dtype(dtype)), persistent=False
+        )
 
     def _s(self) -> Tensor:
         if self.log_var_bounds is None:
             return self.log_vars
         return self.log_vars.clamp(self.log_var_bounds[0], self.log_var_bounds[1])
 
+    def _s32(self) -> Tensor:
+        """$s$ in the compute dtype (float32, or float64), with gradient to ``log_vars``."""
+        s = self._s()
+        return s.to(_compute_dtype(s.dtype, self.task_factors.dtype))
+
     def variances(self) -> Tensor:
-        r"""The learned $\sigma_i^2 = e^{s_i}$, detached."""
-        return torch.exp(self._s().detach())
+        r"""The learned $\sigma_i^2 = e^{s_i}$, detached (float32, or float64)."""
+        return torch.exp(self._s32().detach())
 
     def weights(self) -> Tensor:
-        r"""$c_i e^{-s_i}$ (with gradient to ``log_vars``)."""
-        return self.task_factors * torch.exp(-self._s())
+        r"""$c_i e^{-s_i}$ (with gradient to ``log_vars``; float32, or float64)."""
+        s = self._s32()
+        return self.task_factors.to(s.dtype) * torch.exp(-s)
 
     def regularizer(self) -> Tensor:
-        s = self._s()
+        s = self._s32()
         reg = 0.5 * s if self.regularizer_kind == "log" else nn.functional.softplus(s)
         return reg.sum()
+
+    def _check_losses(self, fn: str, losses: Tensor) -> Tensor:
+        return _require(fn, "losses", losses, losses >= 0, _NO_NEGATIVE_LOSS)
 
     def extra_repr(self) -> str:
         parts = [f"num_tasks={self.num_tasks}", f"task_types={list(self.task_types)}"]
@@ -513,8 +603,12 @@ class DynamicTaskPrioritization(Weighting):
         num_tasks: Number of tasks ``T``.
         gamma: Task-level focusing parameter $\gamma_i \ge 0$, one for all tasks or one per task.
         momentum: $\alpha \in (0, 1]$, the weight of the newest KPI in the moving average.
-        kpi_clip: ``(low, high)`` with ``0 < low < high < 1``; the averaged KPI is clipped to it
-            before the log (public DTP code uses ``(0.1, 0.99)``; the default is milder).
+        kpi_clip: ``(low, high)`` with ``0 < low < high < 1`` in float32 (the precision the
+            weights are computed in, whatever the module's dtype); the averaged KPI is clipped to
+            it before the log (public DTP code uses ``(0.1, 0.99)``; the default is milder).
+            ``gamma`` and ``high`` must leave the weight at ``high`` positive in float32
+            ($(1-\kappa)^{\gamma}$ underflows for large ``gamma``): otherwise a task that does
+            well would be dropped, and the constructor raises.
 
     Example:
         >>> import torch
@@ -551,8 +645,28 @@ class DynamicTaskPrioritization(Weighting):
         )
         if not low < high:
             fail(fn, "kpi_clip", "low < high", repr(tuple(kpi_clip)))
+        for i, edge in enumerate((low, high)):
+            if not 0.0 < float(torch.tensor(edge, dtype=torch.float32)) < 1.0:
+                fail(
+                    fn,
+                    f"kpi_clip[{i}]",
+                    "a value that stays inside (0, 1) in float32, the precision of the weights "
+                    "(at 0 or 1 a task's weight is infinite or 0)",
+                    repr(edge),
+                )
+        top = torch.tensor(high, dtype=torch.float32)
+        at_top = -torch.pow(1.0 - top, torch.tensor(gammas, dtype=torch.float32)) * torch.log(top)
+        if not bool((at_top > 0).all()):
+            fail(
+                fn,
+                "gamma",
+                f"values for which a task at the clip's top (KPI {high}) keeps a positive weight "
+                f"in float32 ((1 - KPI)^gamma underflows to 0 and the task would be dropped; "
+                f"lower gamma or kpi_clip[1])",
+                gammas,
+            )
         self.kpi_clip = (low, high)
-        dtype = torch.get_default_dtype()
+        dtype = _compute_dtype(torch.get_default_dtype())
         # configuration: follows .to() but stays out of the state_dict
         self.register_buffer("gamma", torch.tensor(gammas, dtype=dtype), persistent=False)
         self.register_buffer("kpi_average", torch.ones(self.num_tasks, dtype=dtype))
@@ -564,7 +678,9 @@ class DynamicTaskPrioritization(Weighting):
 
         Call it as often as you measure the KPIs (every step on the batch, or once per epoch on a
         validation set). KPIs may be Python numbers (always checked) or a ``(T,)`` tensor (checked
-        under the value-check mode).
+        under the value-check mode; with checks off a KPI outside ``[0, 1]`` becomes NaN in the
+        average, so the weights and the total turn NaN instead of silently clipping it). The
+        average is kept in float32 (float64 for a float64 module).
         """
         fn = f"{type(self).__name__}.update"
         if isinstance(kpis, Tensor):
@@ -584,16 +700,13 @@ class DynamicTaskPrioritization(Weighting):
                     f"on the weighting's device ({self.kpi_average.device})",
                     kpis.device,
                 )
-            if value_checks_enabled(kpis):
-                bad = ~((kpis >= 0) & (kpis <= 1))  # NaN is bad too
-                if bool(bad.any()):
-                    fail(fn, "kpis", "values in [0, 1]", kpis.tolist())
             k = kpis.detach().to(self.kpi_average.dtype)
+            k = _require(fn, "kpis", k, (k >= 0) & (k <= 1), "values in [0, 1]")  # NaN fails
         elif isinstance(kpis, Sequence) and not isinstance(kpis, str):
             values = list(kpis)
             if len(values) != self.num_tasks:
                 fail(fn, "kpis", f"{self.num_tasks} KPIs (num_tasks={self.num_tasks})", len(values))
-            checked = []
+            checked: list[float] = []
             for v in values:
                 if isinstance(v, Tensor):
                     v = float(v.detach())
@@ -615,9 +728,11 @@ class DynamicTaskPrioritization(Weighting):
         self.num_updates.add_(1)
 
     def weights(self) -> Tensor:
-        r"""$-(1-\bar\kappa_i)^{\gamma_i}\log\bar\kappa_i$, detached (all 1 before any update)."""
-        k = self.kpi_average.detach().clamp(self.kpi_clip[0], self.kpi_clip[1])
-        w = -torch.pow(1.0 - k, self.gamma) * torch.log(k)
+        r"""$-(1-\bar\kappa_i)^{\gamma_i}\log\bar\kappa_i$, detached (all 1 before any update);
+        computed in float32 (float64 for a float64 module)."""
+        dtype = _compute_dtype(self.kpi_average.dtype, self.gamma.dtype)
+        k = self.kpi_average.detach().to(dtype).clamp(self.kpi_clip[0], self.kpi_clip[1])
+        w = -torch.pow(1.0 - k, self.gamma.to(dtype)) * torch.log(k)
         return torch.where(self.num_updates > 0, w, torch.ones_like(w))
 
     def extra_repr(self) -> str:
@@ -670,13 +785,17 @@ class DynamicWeightAverage(Weighting):
         self.temperature = check_number(
             type(self).__name__, "temperature", temperature, low=0.0, low_open=True
         )
-        dtype = torch.get_default_dtype()
+        dtype = _compute_dtype(torch.get_default_dtype())
         self.register_buffer("loss_history", torch.ones(2, self.num_tasks, dtype=dtype))
         self.register_buffer("num_epochs", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
     def update(self, epoch_losses: LossesLike | Sequence[float]) -> None:
-        """Record one epoch's mean loss per task (positive, finite; numbers or tensors)."""
+        """Record one epoch's mean loss per task (positive, finite; numbers or tensors).
+
+        Tensors are checked under the value-check mode; with checks off a non-positive loss is
+        recorded as NaN (the ratios divide by it), so the next weights are NaN, not garbage.
+        """
         fn = f"{type(self).__name__}.update"
         if isinstance(epoch_losses, Sequence) and not isinstance(epoch_losses, str):
             items = list(epoch_losses)
@@ -688,23 +807,28 @@ class DynamicWeightAverage(Weighting):
                     len(items),
                 )
             if all(not isinstance(v, Tensor) for v in items):
-                for i, v in enumerate(items):
+                values = [
                     check_number(fn, f"epoch_losses[{i}]", v, low=0.0, low_open=True)
+                    for i, v in enumerate(items)
+                ]
                 epoch_losses = torch.tensor(
-                    [float(v) for v in items], dtype=self.loss_history.dtype
+                    values, dtype=self.loss_history.dtype, device=self.loss_history.device
                 )
-                epoch_losses = epoch_losses.to(self.loss_history.device)
         stacked = _stack_losses(fn, epoch_losses, self.num_tasks, name="epoch_losses").detach()
         _check_state_device(fn, stacked, self.loss_history)
-        if value_checks_enabled(stacked) and not bool((stacked > 0).all()):
-            fail(fn, "epoch_losses", "positive task losses (DWA divides by them)", stacked.tolist())
+        stacked = stacked.to(self.loss_history.dtype)
+        stacked = _require(
+            fn, "epoch_losses", stacked, stacked > 0, "positive task losses (DWA divides by them)"
+        )
         self.loss_history[0].copy_(self.loss_history[1])
         self.loss_history[1].copy_(stacked.to(self.loss_history.dtype))
         self.num_epochs.add_(1)
 
     def weights(self) -> Tensor:
-        """``K`` times the softmax of the loss ratios over ``T`` (detached; 1 for 2 epochs)."""
-        ratio = self.loss_history[1] / self.loss_history[0]
+        """``K`` times the softmax of the loss ratios over ``T`` (detached; 1 for 2 epochs);
+        float32 (float64 for a float64 module)."""
+        history = self.loss_history.to(_compute_dtype(self.loss_history.dtype))
+        ratio = history[1] / history[0]
         w = self.num_tasks * torch.softmax(ratio / self.temperature, dim=0)
         return torch.where(self.num_epochs >= 2, w, torch.ones_like(w))
 
@@ -776,16 +900,21 @@ class GradNorm(Weighting):
         self.min_weight = check_number(fn, "min_weight", min_weight, low=0.0, low_open=True)
         dtype = torch.get_default_dtype()
         self.task_weight = nn.Parameter(torch.ones(self.num_tasks, dtype=dtype))
-        self.register_buffer("initial_losses", torch.ones(self.num_tasks, dtype=dtype))
+        self.register_buffer(
+            "initial_losses", torch.ones(self.num_tasks, dtype=_compute_dtype(dtype))
+        )
         self.register_buffer("has_initial_losses", torch.zeros((), dtype=torch.bool))
 
     def weights(self) -> Tensor:
-        """The current weights, detached (they are learned only through ``gradnorm_loss``)."""
-        return self.task_weight.detach()
+        """The current weights, detached (they are learned only through ``gradnorm_loss``);
+        float32 (float64 for a float64 module)."""
+        w = self.task_weight.detach()
+        return w.to(_compute_dtype(w.dtype))
 
     @torch.no_grad()
     def set_initial_losses(self, losses: LossesLike | Sequence[float]) -> None:
-        r"""Set $\mathcal{L}_i(0)$ explicitly (positive, finite)."""
+        r"""Set $\mathcal{L}_i(0)$ explicitly (positive, finite; a tensor with a non-positive value
+        raises under value checks and is stored as NaN without them)."""
         fn = f"{type(self).__name__}.set_initial_losses"
         if isinstance(losses, Sequence) and all(not isinstance(v, Tensor) for v in losses):
             vals = [
@@ -797,9 +926,9 @@ class GradNorm(Weighting):
             )
         stacked = _stack_losses(fn, losses, self.num_tasks).detach()
         _check_state_device(fn, stacked, self.initial_losses)
-        if value_checks_enabled(stacked) and not bool((stacked > 0).all()):
-            fail(fn, "losses", "positive initial losses", stacked.tolist())
-        self.initial_losses.copy_(stacked.to(self.initial_losses.dtype))
+        stacked = stacked.to(self.initial_losses.dtype)
+        stacked = _require(fn, "losses", stacked, stacked > 0, "positive initial losses")
+        self.initial_losses.copy_(stacked)
         self.has_initial_losses.fill_(True)
 
     def gradnorm_loss(self, losses: LossesLike, shared_params: Iterable[Tensor]) -> Tensor:
@@ -807,15 +936,32 @@ class GradNorm(Weighting):
 
         Args:
             losses: The ``T`` task losses of this step, still attached to the graph (the graph is
-                retained, so ``forward(losses).backward()`` works afterwards).
+                retained, so ``forward(losses).backward()`` works afterwards). Non-negative, not
+                all zero: the relative training rates $L_i / L_i(0)$ are divided by their mean
+                and raised to the power $\alpha$ (checked under value checks; NaN without).
             shared_params: The shared parameters $W$ (e.g. ``model.trunk[-1].parameters()``).
 
         Returns:
-            A 0-d tensor; call ``.backward()`` on it (it never calls backward itself).
+            A 0-d tensor (float32, or float64); call ``.backward()`` on it (it never calls backward
+            itself).
         """
         fn = f"{type(self).__name__}.gradnorm_loss"
         stacked = _stack_losses(fn, losses, self.num_tasks)
         _check_state_device(fn, stacked, self.task_weight)
+        rates = _require(
+            fn,
+            "losses",
+            stacked.detach(),
+            stacked.detach() >= 0,
+            "non-negative task losses (GradNorm's training rates L_i / L_i(0) must be >= 0)",
+        )
+        if value_checks_enabled(rates) and not bool((rates > 0).any()):
+            fail(
+                fn,
+                "losses",
+                "at least one positive task loss (the rates are divided by their mean)",
+                rates.tolist(),
+            )
         params = [p for p in shared_params]
         if not params:
             fail(fn, "shared_params", "at least one tensor", "none")
@@ -827,7 +973,9 @@ class GradNorm(Weighting):
         norms = []
         for i in range(self.num_tasks):
             grads = torch.autograd.grad(stacked[i], params, retain_graph=True, allow_unused=True)
-            squares = [g.detach().pow(2).sum() for g in grads if g is not None]
+            squares = [  # in float32 at least: fp16 squares overflow from |g| > 255
+                g.detach().to(_compute_dtype(g.dtype)).pow(2).sum() for g in grads if g is not None
+            ]
             if not squares:
                 fail(
                     fn,
@@ -836,18 +984,21 @@ class GradNorm(Weighting):
                     "no gradient path",
                 )
             norms.append(torch.stack(squares).sum().sqrt())
-        grad_norms = torch.stack(norms).to(self.task_weight.dtype)  # ||grad_W L_i||, constants
-        g = self.task_weight * grad_norms  # G_i = w_i ||grad_W L_i||
-        ratio = stacked.detach().to(self.task_weight.dtype) / self.initial_losses
+        dtype = _compute_dtype(self.task_weight.dtype, self.initial_losses.dtype, stacked.dtype)
+        grad_norms = torch.stack(norms).to(dtype)  # ||grad_W L_i||, constants
+        g = self.task_weight.to(dtype) * grad_norms  # G_i = w_i ||grad_W L_i||
+        ratio = rates.to(dtype) / self.initial_losses.to(dtype)
         rate = ratio / ratio.mean()
         target = (g.mean() * rate.pow(self.asymmetry)).detach()
         return (g - target).abs().sum()
 
     @torch.no_grad()
     def renormalize_(self) -> None:
-        r"""Clamp the weights to ``min_weight`` and rescale them so that $\sum_i w_i = T$."""
-        self.task_weight.clamp_(min=self.min_weight)
-        self.task_weight.mul_(self.num_tasks / self.task_weight.sum())
+        r"""Clamp the weights to ``min_weight`` and rescale them so that $\sum_i w_i = T$ (the
+        sum is taken in float32 for a fp16/bf16 module)."""
+        w = self.task_weight
+        clamped = w.to(_compute_dtype(w.dtype)).clamp(min=self.min_weight)
+        w.copy_(clamped * (self.num_tasks / clamped.sum()))
 
     def extra_repr(self) -> str:
         return f"num_tasks={self.num_tasks}, asymmetry={self.asymmetry}"

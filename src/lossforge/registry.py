@@ -14,15 +14,17 @@ Example:
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from lossforge._checks import fail
+from lossforge._toml import tomllib
+from lossforge._traits import Traits
 
 __all__ = [
     "LossInfo",
@@ -35,16 +37,31 @@ __all__ = [
 
 _REGISTRY: dict[str, type] = {}
 _FILLED = False
+#: Modules that combine losses given as nested specs (``{"type": "loss_sum", "losses": {...}}``).
+#: ``build_loss`` builds them; they are not losses of their own (no ``reduction``), so they are
+#: not in the table of losses. Name -> (module, class), imported on use.
+_COMPOSITES: dict[str, tuple[str, str]] = {"loss_sum": ("lossforge.nn.combine", "LossSum")}
 
 
 @dataclass(frozen=True)
 class LossInfo:
-    """What ``lossforge list`` shows for one loss."""
+    """What ``lossforge list`` shows for one loss.
+
+    Attributes:
+        name: Registry name.
+        cls: Module class.
+        params: Constructor keyword -> default (``inspect.Parameter.empty`` when required).
+        summary: First line of the class docstring.
+        traits: The loss's declared metadata (example inputs, plot family, compare task, default
+            sweep; ``lossforge._traits.Traits``), or ``None`` for a third-party loss that declares
+            none.
+    """
 
     name: str
     cls: type
-    params: dict[str, Any]  # constructor keyword -> default (inspect.Parameter.empty when required)
+    params: dict[str, Any]
     summary: str
+    traits: Traits | None = None
 
 
 def _fill() -> None:
@@ -91,22 +108,29 @@ def _names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_loss(name: str) -> type:
+def get_loss(name: str, *, caller: str = "get_loss", argument: str = "name") -> type:
     """The module class registered under ``name`` (a registry name or the class name).
 
     Raises:
-        ValueError: unknown name; the message lists the valid ones.
+        ValueError: unknown name; the message lists the valid ones and the closest matches.
     """
     _fill()
     if not isinstance(name, str):
-        fail("get_loss", "name", "a string", repr(name), TypeError)
+        fail(caller, argument, "a loss name (a string)", repr(name), TypeError)
     key = name.removeprefix("lossforge.")
     if key in _REGISTRY:
         return _REGISTRY[key]
     for cls in _REGISTRY.values():
         if cls.__name__ == key:
             return cls
-    fail("get_loss", "name", "one of " + ", ".join(_names()), repr(name))
+    tokens = {t for t in key.lower().replace("-", "_").split("_") if len(t) >= 3}
+    close = [n for n in _names() if tokens & set(n.split("_"))]
+    close += [
+        n for n in difflib.get_close_matches(key, _names(), n=3, cutoff=0.5) if n not in close
+    ]
+    close = close[:5]
+    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    fail(caller, argument, "a registered loss name: " + ", ".join(_names()), repr(name) + hint)
 
 
 def _params(cls: type) -> dict[str, Any]:
@@ -124,7 +148,8 @@ def list_losses() -> list[LossInfo]:
     for name in _names():
         cls = _REGISTRY[name]
         doc = (inspect.getdoc(cls) or "").strip().splitlines()
-        out.append(LossInfo(name, cls, _params(cls), doc[0] if doc else ""))
+        traits = getattr(cls, "traits", None)
+        out.append(LossInfo(name, cls, _params(cls), doc[0] if doc else "", traits))
     return out
 
 
@@ -132,7 +157,8 @@ def build_loss(spec: Mapping[str, Any] | str) -> Any:
     """Build a loss module from ``{"type": name, **params}`` (or just a name).
 
     Unknown names and unknown parameters raise ``ValueError`` listing the valid ones; parameter
-    values are validated by the module's constructor.
+    values are validated by the module's constructor. ``"loss_sum"`` builds a
+    ``lossforge.nn.LossSum`` whose ``losses`` are themselves specs (nested).
 
     Example:
         >>> build_loss({"type": "l1", "loss_weight": 2.0})
@@ -156,7 +182,8 @@ def build_loss(spec: Mapping[str, Any] | str) -> Any:
             "a 'type' key naming the loss (see `lossforge list`)",
             sorted(params),
         )
-    cls = get_loss(params.pop("type"))
+    name = params.pop("type")
+    cls = _composite(name) or get_loss(name, caller="build_loss", argument="type")
     allowed = _params(cls)
     unknown = sorted(set(params) - set(allowed))
     if unknown:
@@ -167,6 +194,17 @@ def build_loss(spec: Mapping[str, Any] | str) -> Any:
             "unknown " + ", ".join(repr(u) for u in unknown),
         )
     return cls(**params)
+
+
+def _composite(name: object) -> type | None:
+    """The combinator class registered under ``name`` (or its class name), if any."""
+    if not isinstance(name, str):
+        return None
+    key = name.removeprefix("lossforge.")
+    for composite, (module, cls_name) in _COMPOSITES.items():
+        if key in (composite, cls_name):
+            return getattr(importlib.import_module(module), cls_name)  # type: ignore[no-any-return]
+    return None
 
 
 def build_loss_from_toml(source: str | Path, table: str | None = None) -> Any:

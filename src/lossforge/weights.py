@@ -10,14 +10,14 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor
 
-from lossforge._checks import check_choice, check_number, fail
+from lossforge._checks import check_choice, check_int, check_number, fail
 
-__all__ = ["class_weights"]
+__all__ = ["class_weights", "drw_class_weights"]
 
 Method = Literal["inverse", "inverse_sqrt", "median", "enet", "effective_number"]
 Normalize = Literal["mean_one", "sum_one", "max_one"]
@@ -30,54 +30,54 @@ ZERO_COUNT = ("as_one", "max", "zero")
 _FN = "class_weights"
 
 
-def _as_counts(counts: object) -> tuple[Tensor, torch.dtype, torch.device]:
+def _as_counts(counts: object, fn: str = _FN) -> tuple[Tensor, torch.dtype, torch.device]:
     """Counts as a float64 CPU tensor, plus the output dtype and device."""
     if isinstance(counts, Tensor):
         t = counts
         if t.is_complex() or t.dtype == torch.bool:
-            fail(_FN, "counts", "real (integer or floating) counts", f"dtype {t.dtype}", TypeError)
+            fail(fn, "counts", "real (integer or floating) counts", f"dtype {t.dtype}", TypeError)
         out_dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
         device = t.device
         values = t.detach().to(device="cpu", dtype=torch.float64)
     else:
         out_dtype, device = torch.float32, torch.device("cpu")
         if hasattr(counts, "__array__") and hasattr(counts, "dtype") and hasattr(counts, "shape"):
-            kind = getattr(counts.dtype, "kind", "")  # type: ignore[union-attr]
+            kind = getattr(counts.dtype, "kind", "")
             if kind not in ("i", "u", "f"):
                 fail(
-                    _FN,
+                    fn,
                     "counts",
                     "real (integer or floating) counts",
                     f"dtype {counts.dtype}",
                     TypeError,
-                )  # type: ignore[union-attr]
-            if kind == "f" and getattr(counts.dtype, "itemsize", 0) == 8:  # type: ignore[union-attr]
+                )
+            if kind == "f" and getattr(counts.dtype, "itemsize", 0) == 8:
                 out_dtype = torch.float64
             values = torch.as_tensor(counts).to(torch.float64)
         elif isinstance(counts, Sequence) and not isinstance(counts, (str, bytes)):
             items: list[Any] = list(counts)
             for v in items:
                 if isinstance(v, bool) or not isinstance(v, numbers.Real):
-                    fail(_FN, "counts", "a sequence of numbers", repr(counts), TypeError)
+                    fail(fn, "counts", "a sequence of numbers", repr(counts), TypeError)
             values = torch.tensor([float(v) for v in items], dtype=torch.float64)
         else:
             fail(
-                _FN,
+                fn,
                 "counts",
                 "a 1-d tensor, array or sequence of numbers",
                 type(counts).__name__,
                 TypeError,
             )
     if values.ndim != 1:
-        fail(_FN, "counts", "a 1-d sequence (one count per class)", f"shape {tuple(values.shape)}")
+        fail(fn, "counts", "a 1-d sequence (one count per class)", f"shape {tuple(values.shape)}")
     if values.numel() == 0:
-        fail(_FN, "counts", "at least one class", "an empty sequence")
+        fail(fn, "counts", "at least one class", "an empty sequence")
     if not bool(torch.isfinite(values).all()):
-        fail(_FN, "counts", "finite values", values.tolist())
+        fail(fn, "counts", "finite values", values.tolist())
     if bool((values < 0).any()):
-        fail(_FN, "counts", "non-negative values", values.tolist())
+        fail(fn, "counts", "non-negative values", values.tolist())
     if not bool((values > 0).any()):
-        fail(_FN, "counts", "at least one positive count", values.tolist())
+        fail(fn, "counts", "at least one positive count", values.tolist())
     return values, out_dtype, device
 
 
@@ -167,10 +167,10 @@ def class_weights(
         >>> class_weights([10, 100, 1000], method="effective_number", beta=0.9, normalize=None)
         tensor([0.1535, 0.1000, 0.1000])
     """
-    method = check_choice(_FN, "method", method, METHODS)
+    method = cast(Method, check_choice(_FN, "method", method, METHODS))
     if normalize is not None:
-        normalize = check_choice(_FN, "normalize", normalize, NORMALIZE)  # type: ignore[assignment]
-    zero_count = check_choice(_FN, "zero_count", zero_count, ZERO_COUNT)  # type: ignore[assignment]
+        normalize = cast(Normalize, check_choice(_FN, "normalize", normalize, NORMALIZE))
+    zero_count = cast(ZeroCount, check_choice(_FN, "zero_count", zero_count, ZERO_COUNT))
     beta = check_number(_FN, "beta", beta, low=0.0, high=1.0, high_open=True)
     c = check_number(_FN, "c", c, low=1.0, low_open=True)
     n, out_dtype, device = _as_counts(counts)
@@ -208,3 +208,73 @@ def class_weights(
     elif normalize == "max_one":
         w = w / w.max()
     return w.to(device=device, dtype=out_dtype)
+
+
+def drw_class_weights(
+    counts: Tensor | Sequence[float] | Any,
+    epoch: int,
+    *,
+    start_epoch: int = 160,
+    beta: float = 0.9999,
+    zero_count: ZeroCount = "as_one",
+) -> Tensor:
+    r"""Class weights of the deferred re-weighting schedule (DRW, Cao et al. 2019) for an epoch.
+
+    Before ``start_epoch`` every class weighs 1; from ``start_epoch`` on the weights are the
+    effective-number weights of Cui et al., normalised to sum to the number of classes $C$:
+
+    $$
+    w_c = \begin{cases}
+    1 & e < e_0 \\
+    C\, \dfrac{(1 - \beta) / (1 - \beta^{n_c})}{\sum_k (1 - \beta) / (1 - \beta^{n_k})}
+      & e \ge e_0
+    \end{cases}
+    $$
+
+    This is kaidic/LDAM-DRW's ``--train_rule DRW`` (``betas = [0, 0.9999]``, switch at epoch 160
+    of 200, ``per_cls_weights / sum * C``): ``class_weights(counts, method="effective_number",
+    beta=beta, normalize="mean_one")`` after the switch. Pass the result as ``class_weight`` of
+    ``ldam_loss`` (LDAM-DRW) or ``cross_entropy`` (CE-DRW), e.g. at the start of each epoch::
+
+        loss_fn.class_weight = drw_class_weights(counts, epoch).to(device)
+
+    A class with a zero count would get an infinite weight; ``zero_count`` decides instead (see
+    ``class_weights``; the reference gives NaN there). Set-up code: it reads the counts' values
+    (a host sync for CUDA tensors).
+
+    Args:
+        counts: ``(C,)`` training-set counts (list, array or tensor), non-negative, not all zero.
+        epoch: The current epoch, ``>= 0`` (0-based, as in the reference).
+        start_epoch: First epoch of the re-weighting, ``>= 0`` (the reference: 160).
+        beta: $\beta \in [0, 1)$ of the effective number (the reference: 0.9999).
+        zero_count: ``"as_one"`` | ``"max"`` | ``"zero"``: the weight of zero-count classes.
+
+    Returns:
+        ``(C,)`` weights, dtype and device as ``class_weights``.
+
+    References:
+        Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss",
+        NeurIPS 2019, arXiv:1906.07413; Cui et al., "Class-Balanced Loss Based on Effective
+        Number of Samples", CVPR 2019, arXiv:1901.05555.
+
+    Example:
+        >>> drw_class_weights([100, 10, 1], epoch=10, start_epoch=160)
+        tensor([1., 1., 1.])
+        >>> drw_class_weights([100, 10, 1], epoch=160, start_epoch=160, beta=0.9)
+        tensor([0.2393, 0.3674, 2.3932])
+    """
+    fn = "drw_class_weights"
+    epoch = check_int(fn, "epoch", epoch, low=0)
+    start_epoch = check_int(fn, "start_epoch", start_epoch, low=0)
+    beta = check_number(fn, "beta", beta, low=0.0, high=1.0, high_open=True)
+    zero_count = check_choice(fn, "zero_count", zero_count, ZERO_COUNT)  # type: ignore[assignment]
+    n, out_dtype, device = _as_counts(counts, fn)  # the same checks either side of the switch
+    if epoch < start_epoch:
+        return torch.ones(n.shape, dtype=out_dtype, device=device)
+    return class_weights(
+        counts,
+        method="effective_number",
+        beta=beta,
+        normalize="mean_one",
+        zero_count=zero_count,
+    )

@@ -1,10 +1,11 @@
 """Compile every Triton kernel for sm_90 at its production launch configuration, without a GPU.
 
-The interpreter tests in this directory never run the GPU compiler and use small tiles;
-``tests/kernels/aot.py`` captures the launches the entry points make at the PERFORMANCE.md
-section 6 shapes (meta tensors) and compiles them to cubin with the bundled ptxas. It runs in a
-subprocess because this directory's conftest sets ``TRITON_INTERPRET=1`` before triton is imported,
-and under the interpreter ``@triton.jit`` builds objects that cannot be compiled.
+The interpreter tests in this directory never run the GPU compiler and use small tiles; the
+developer tool ``tools/aot.py`` (``python -m tools.aot``) captures the launches the entry points
+make at the PERFORMANCE.md section 6 shapes (meta tensors) and compiles them to cubin with the
+bundled ptxas. It runs in a subprocess because this directory's conftest sets
+``TRITON_INTERPRET=1`` before triton is imported, and under the interpreter ``@triton.jit`` builds
+objects that cannot be compiled.
 
 By default a representative set (every kernel at production tiles, fp32 and bf16; ~10-20 s on two
 cores). ``LOSSFORGE_AOT_FULL=1`` runs the whole sweep (every workload, fp32/bf16/fp16, sm_90 and
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.subprocess  # one `python -m tools.aot` run (parallel ptxas compiles)
+
 ROOT = Path(__file__).resolve().parents[2]
 FULL = os.environ.get("LOSSFORGE_AOT_FULL", "0") == "1"
 
@@ -30,7 +33,7 @@ def aot(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("aot") / "aot.json"
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
-    cmd = [sys.executable, "-m", "tests.kernels.aot", "--json", str(out)]
+    cmd = [sys.executable, "-m", "tools.aot", "--json", str(out)]
     if FULL:
         cmd += ["--full", "--arch", "90,80"]
     proc = subprocess.run(

@@ -1,21 +1,21 @@
 """``lossforge bench``: forward+backward time and peak memory of lossforge against eager references.
 
-Two suites share this command, the eager references and the memory measurement below:
+Small CPU-friendly workloads (the quick suite). Each ``Workload`` names a registered loss with its
+parameters, an input generator and the eager formulas users run today. Every provider runs
+forward+backward under ``torch.utils.benchmark.Timer(...).blocked_autorange``; the report gives the
+median time per call, the speed-up relative to the workload's first reference ($t_{ref} / t$, above
+1 = faster than the reference) and the peak extra memory of one separate, untimed forward+backward
+(MB, bytes per logit, ratio to the reference: below 1 = less memory). On CUDA the memory comes from
+``torch.cuda.max_memory_allocated``, on the CPU from the allocator events of ``torch.profiler``
+(``cpu_memory``). The lossforge providers are ``backend="torch"`` everywhere, on the CPU also with
+value checks off, and on CUDA with triton ``backend="auto"``: adding a device or a backend is a
+change to ``_providers`` only, adding a workload one more ``Workload``. Inputs, targets and modules
+are built before the timer starts, so the timed statement is the loss's forward and backward only.
 
-``--suite quick`` (the default), this module: small CPU-friendly workloads. Each ``Workload`` names
-a registered loss with its parameters, an input generator and the eager formulas users run today.
-Every provider runs forward+backward under ``torch.utils.benchmark.Timer(...).blocked_autorange``;
-the report gives the median time per call, the speed-up relative to the workload's first reference
-($t_{ref} / t$, above 1 = faster than the reference) and the peak extra memory of one separate,
-untimed forward+backward (MB, bytes per logit, ratio to the reference: below 1 = less memory). On
-CUDA the memory comes from ``torch.cuda.max_memory_allocated``, on the CPU from the allocator events
-of ``torch.profiler`` (``cpu_memory``). The lossforge providers are ``backend="torch"`` everywhere,
-on the CPU also with value checks off, and on CUDA with triton ``backend="auto"``: adding a device
-or a backend is a change to ``_providers`` only, adding a workload one more ``Workload``.
-
-``--suite protocol``, ``lossforge.cli.protocol``: the full GPU protocol of PERFORMANCE.md section 6
-(DET, SEG, ML-L, LLM, ML-S, REG; CUDA events, fwd/bwd split, memory, launches, roofline), with
-tiny shapes on the CPU (``--smoke``). ``python -m benchmarks.run`` in the repository runs it too.
+The full GPU protocol of PERFORMANCE.md section 6 is not part of the installed package: it lives
+in the repository (``benchmarks/protocol.py``, run as ``python -m benchmarks.run``) and imports the
+eager references, ``cpu_memory``, ``resolve_device`` and ``output_dir`` from this module (never the
+other way round).
 """
 
 from __future__ import annotations
@@ -39,9 +39,16 @@ __all__ = [
     "WORKLOADS",
     "CpuMemory",
     "Workload",
+    "asl_repo_loss",
+    "balanced_bce_eager",
     "cpu_memory",
+    "eager_softmax_focal",
+    "output_dir",
+    "resolve_device",
     "run_bench",
     "run_workloads",
+    "smp_dice",
+    "torchvision_sigmoid_focal",
 ]
 
 Inputs = tuple[Tensor, Tensor]
@@ -49,7 +56,7 @@ Inputs = tuple[Tensor, Tensor]
 
 # ----------------------------------------------------------------------------------------------
 # Eager references, written as the projects write them (composites, autograd through every op).
-# Both suites use these.
+# The quick suite and the repository's protocol (benchmarks/protocol.py) use these.
 # ----------------------------------------------------------------------------------------------
 
 
@@ -183,7 +190,7 @@ def cpu_memory(forward: Callable[[], Tensor]) -> CpuMemory:
         with record_function(_BACKWARD_MARK):
             loss.backward()
         del loss
-    events = list(prof.profiler.kineto_results.events())  # type: ignore[union-attr]
+    events = list(prof.profiler.kineto_results.events())
     marks = [e.start_ns() for e in events if e.name() == _BACKWARD_MARK]
     allocs = sorted((e for e in events if e.name() == "[memory]"), key=lambda e: e.start_ns())
     running = peak = 0
@@ -468,28 +475,26 @@ def _markdown(rows: list[dict[str, Any]], header: Mapping[str, Any]) -> list[str
 # The command
 # ----------------------------------------------------------------------------------------------
 
-_QUICK_ONLY = ("scale", "min_run_time")
+#: Options that cli/__init__.py still parses for the protocol, which moved to the repository.
 _PROTOCOL_ONLY = ("smoke", "reps", "iters", "no_compile", "no_launches")
+_PROTOCOL_MOVED = (
+    "the benchmark protocol (PERFORMANCE.md section 6) is not part of the installed package: "
+    "from a repository checkout run `python -m benchmarks.run` (options --only, --smoke, --out, "
+    "--stem, --reps, --iters, --no-compile, --no-launches; see its --help)"
+)
 
 
-def _check_suite_options(args: Any) -> None:
-    """Refuse an option of the other suite instead of silently ignoring it."""
-    other = _PROTOCOL_ONLY if args.suite == "quick" else _QUICK_ONLY
-    for name in other:
-        if getattr(args, name, None) not in (None, False):
-            flag = "--" + name.replace("_", "-")
-            suite = "protocol" if args.suite == "quick" else "quick"
-            raise ValueError(f"{flag} is an option of --suite {suite}")
-
-
-def _device(choice: str) -> torch.device:
+def resolve_device(choice: str) -> torch.device:
+    """``"auto"`` (CUDA if present), ``"cpu"`` or ``"cuda"`` as a device; ``ValueError`` for
+    ``"cuda"`` without a CUDA device."""
     if choice == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
     use_cuda = choice == "cuda" or (choice == "auto" and torch.cuda.is_available())
     return torch.device("cuda" if use_cuda else "cpu")
 
 
-def _out_dir(path: str) -> Path:
+def output_dir(path: str | Path) -> Path:
+    """Create the folder ``path`` (and parents); an ``OSError`` naming it when that fails."""
     out = Path(path)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -499,14 +504,17 @@ def _out_dir(path: str) -> Path:
 
 
 def run_bench(args: Any) -> int:
-    """``lossforge bench``: run the suite of ``args.suite`` (``quick`` or ``protocol``)."""
-    suite = getattr(args, "suite", None) or "quick"
-    args.suite = suite
-    _check_suite_options(args)
-    if suite == "protocol":
-        from lossforge.cli.protocol import run_protocol_command
+    """``lossforge bench``: run the quick suite.
 
-        return run_protocol_command(args)
+    ``--suite protocol`` and the protocol's options (``--smoke``, ``--reps``, ...) raise a
+    ``ValueError`` that names the repository command, ``python -m benchmarks.run``.
+    """
+    if (getattr(args, "suite", None) or "quick") != "quick":
+        raise ValueError(f"--suite {args.suite}: {_PROTOCOL_MOVED}")
+    for name in _PROTOCOL_ONLY:
+        if getattr(args, name, None) not in (None, False):
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} is an option of the benchmark protocol; {_PROTOCOL_MOVED}")
     return _run_quick(args)
 
 
@@ -516,7 +524,7 @@ def _run_quick(args: Any) -> int:
         for w in WORKLOADS:
             print(f"{w.name:<16} {w.loss:<34} {w.description}")
         return 0
-    device = _device(args.device)
+    device = resolve_device(args.device)
     name = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -539,7 +547,7 @@ def _run_quick(args: Any) -> int:
     for line in _markdown(rows, header):
         print(line)
     if args.out:
-        out = _out_dir(args.out)
+        out = output_dir(args.out)
         stem = getattr(args, "stem", None) or "bench"
         paths = [out / f"{stem}.{ext}" for ext in ("json", "csv", "md")]
         paths[0].write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
+from lossforge._toml import tomllib
 
 __all__ = [
     "DEFAULT_MULTI_LABEL_LOSSES",

@@ -19,26 +19,20 @@ differentiate the composite, and a target that requires grad runs the composite 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 import torch
 import torch.nn.functional as TF
 from torch import Tensor
 
-from lossforge._checks import (
-    check_bool,
-    check_floating,
-    check_number,
-    check_optional_int,
-    check_reduction,
-    compute_dtype,
-    fail,
-    poison_out_of_range,
-)
-from lossforge._dispatch import kernel_eligible, unsupported
-from lossforge._reduction import Backend, Reduction, check_avg_factor, expand_weight, weight_reduce
-from lossforge._targets import sigmoid_target, softmax_target
+from lossforge import _pipeline as pipeline
+from lossforge._checks import compute_dtype, fail
+from lossforge._params import NonNegative, Number, Probability, loss_function
+from lossforge._pipeline import Fused, SoftmaxInput
+from lossforge._reduction import AvgFactor, Backend, Reduction
+from lossforge._targets import DenseTarget
 from lossforge.functional._closed_form import ClosedForm, closed_form_loss
 
 __all__ = ["asymmetric_loss", "softmax_asymmetric_loss"]
@@ -47,22 +41,26 @@ __all__ = ["asymmetric_loss", "softmax_asymmetric_loss"]
 EPS_MIN = torch.finfo(torch.float32).tiny
 
 
-def check_asl_args(
-    fn: str, gamma_pos: object, gamma_neg: object, clip: object = 0.0, eps: object = 0.0
-) -> tuple[float, float, float, float]:
-    """Validate the ASL hyperparameters (shared by the functional and module forms)."""
-    gp = check_number(fn, "gamma_pos", gamma_pos, low=0.0)
-    gn = check_number(fn, "gamma_neg", gamma_neg, low=0.0)
-    c = check_number(fn, "clip", clip, low=0.0, high=1.0, high_open=True)
-    e = check_number(fn, "eps", eps, low=0.0, high=1.0, high_open=True)
-    if 0.0 < e < EPS_MIN:
-        fail(
-            fn,
-            "eps",
-            f"0 (no clamp) or >= {EPS_MIN:.3g} (float32 tiny; smaller values underflow)",
-            e,
-        )
-    return gp, gn, c, e
+@dataclass(frozen=True)
+class _ClampEps(Number):
+    """``eps`` of ASL: 0 (no clamp) or a number in ``[float32 tiny, 1)``."""
+
+    def check(self, owner: str, name: str, value: object) -> float:
+        e = super().check(owner, name, value)
+        if 0.0 < e < EPS_MIN:
+            fail(
+                owner,
+                name,
+                f"0 (no clamp) or >= {EPS_MIN:.3g} (float32 tiny; smaller values underflow)",
+                e,
+            )
+        return e
+
+
+#: ASL's probability clamp inside the logs.
+ClampEps = Annotated[float, _ClampEps(low=0.0, high=1.0, high_open=True)]
+#: ASL's probability margin of the negatives.
+Clip = Annotated[float, Number(low=0.0, high=1.0, high_open=True)]
 
 
 def _asl_unreduced(
@@ -306,26 +304,24 @@ def _asl_composite(z: Tensor, y: Tensor, *, opts: dict[str, Any]) -> Tensor:
     return _asl_unreduced(z, y, **opts)
 
 
-def _fused_target(fn: str, x: Tensor, target: object, ignore: int | None) -> Tensor:
-    # Shared with the BCE path: validates dense or index targets without building the one-hot.
-    from lossforge.functional.classification import _check_index_or_dense_target
-
-    return _check_index_or_dense_target(fn, x, target, ignore)
+def _asl(x: Tensor, t: DenseTarget, want_total: bool, *, opts: dict[str, Any]) -> Tensor:
+    return _asl_elementwise(x, t.target, opts)
 
 
+@loss_function
 def asymmetric_loss(
     logits: Tensor,
     target: Tensor,
     *,
-    gamma_pos: float = 0.0,
-    gamma_neg: float = 4.0,
-    clip: float = 0.05,
-    eps: float = 1e-8,
+    gamma_pos: NonNegative = 0.0,
+    gamma_neg: NonNegative = 4.0,
+    clip: Clip = 0.05,
+    eps: ClampEps = 1e-8,
     detach_focal_weight: bool = False,
     ignore_index: int | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
-    avg_factor: float | Tensor | None = None,
+    avg_factor: AvgFactor = None,
     backend: Backend = "torch",
 ) -> Tensor:
     r"""Multi-label asymmetric loss (ASL) on logits.
@@ -396,56 +392,84 @@ def asymmetric_loss(
         >>> asymmetric_loss(x, y, reduction="sum")
         tensor(0.1404)
     """
-    fn = "asymmetric_loss"
-    x = check_floating(fn, "logits", logits)
-    gp, gn, m, e = check_asl_args(fn, gamma_pos, gamma_neg, clip, eps)
-    detach = check_bool(fn, "detach_focal_weight", detach_focal_weight)
-    ignore = check_optional_int(fn, "ignore_index", ignore_index)
-    if kernel_eligible(fn, backend, x):
-        t = _fused_target(fn, x, target, ignore)
-        check_reduction(fn, reduction)
-        check_avg_factor(fn, avg_factor, reduction)
-        if weight is not None:
-            expand_weight(fn, weight, x.shape, x)
-        from lossforge.kernels import sigmoid as fused
-
-        why = fused.unsupported_reason(x, t, weight)
-        if why is None:
-            return fused.asymmetric_loss(
-                x,
-                t,
-                gamma_pos=gp,
-                gamma_neg=gn,
-                clip=m,
-                eps=e,
-                detach_focal_weight=detach,
-                ignore_index=ignore,
-                weight=weight,
-                reduction=reduction,
-                avg_factor=avg_factor,
-            )
-        unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
-    dt = sigmoid_target(fn, x, target, ignore_index=ignore)
-    opts = {"gamma_pos": gp, "gamma_neg": gn, "clip": m, "eps": e, "detach": detach}
-    loss = _asl_elementwise(x, dt.target, opts)
-    loss = poison_out_of_range(loss, dt.bad)
-    return weight_reduce(
-        loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=dt.valid
+    opts = {
+        "gamma_pos": gamma_pos,
+        "gamma_neg": gamma_neg,
+        "clip": clip,
+        "eps": eps,
+        "detach": detach_focal_weight,
+    }
+    return pipeline.sigmoid(
+        "asymmetric_loss",
+        logits,
+        target,
+        loss=partial(_asl, opts=opts),
+        fused=Fused(
+            "sigmoid",
+            "asl",
+            {
+                "gamma_pos": gamma_pos,
+                "gamma_neg": gamma_neg,
+                "clip": clip,
+                "eps": eps,
+                "detach_focal_weight": detach_focal_weight,
+            },
+        ),
+        ignore_index=ignore_index,
+        weight=weight,
+        reduction=reduction,
+        avg_factor=avg_factor,
+        backend=backend,
     )
 
 
+def _softmax_asl(
+    inp: SoftmaxInput,
+    want_total: bool,
+    *,
+    gamma_pos: float,
+    gamma_neg: float,
+    eps: float,
+    detach: bool,
+) -> Tensor:
+    """The per-position single-label ASL (see ``softmax_asymmetric_loss``)."""
+    idx = cast(Tensor, inp.target.index)  # probability targets are rejected by the pipeline
+    cdim, c, z = inp.cdim, inp.c, inp.z
+    logp = torch.log_softmax(z, dim=cdim)
+    view = [1] * z.ndim
+    view[cdim] = c
+    onehot = idx.unsqueeze(cdim) == torch.arange(c, device=z.device).view(view)
+    if gamma_pos > 0 or gamma_neg > 0:
+        w = torch.exp(gamma_neg * logp) if gamma_neg > 0 else torch.ones_like(logp)  # p_c**g_neg
+        if gamma_pos > 0:
+            # log(1 - p_t) = logsumexp over the other classes of log p_c.
+            others = logp.masked_fill(onehot, float("-inf"))
+            log_rest = torch.logsumexp(others, dim=cdim, keepdim=True)
+            w = torch.where(onehot, torch.exp(gamma_pos * log_rest), w)
+        else:
+            w = torch.where(onehot, torch.ones_like(w), w)
+        if detach:
+            w = w.detach()
+        wlogp = w * logp
+    else:
+        wlogp = logp
+    q = onehot.to(z.dtype) * (1.0 - eps) + eps / c
+    return -(q * wlogp).sum(dim=cdim)
+
+
+@loss_function
 def softmax_asymmetric_loss(
     logits: Tensor,
     target: Tensor,
     *,
-    gamma_pos: float = 0.0,
-    gamma_neg: float = 4.0,
-    label_smoothing: float = 0.1,
+    gamma_pos: NonNegative = 0.0,
+    gamma_neg: NonNegative = 4.0,
+    label_smoothing: Probability = 0.1,
     detach_focal_weight: bool = False,
     ignore_index: int | None = -100,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
-    avg_factor: float | Tensor | None = None,
+    avg_factor: AvgFactor = None,
     backend: Backend = "torch",
 ) -> Tensor:
     r"""Single-label asymmetric loss (softmax ASL, the reference's ``ASLSingleLabel``).
@@ -496,42 +520,21 @@ def softmax_asymmetric_loss(
         >>> softmax_asymmetric_loss(x, torch.tensor([0]), gamma_neg=0.0, label_smoothing=0.0)
         tensor(0.2413)
     """
-    fn = "softmax_asymmetric_loss"
-    x = check_floating(fn, "logits", logits)
-    gp, gn, _, _ = check_asl_args(fn, gamma_pos, gamma_neg)
-    eps = check_number(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
-    detach = check_bool(fn, "detach_focal_weight", detach_focal_weight)
-    ignore = check_optional_int(fn, "ignore_index", ignore_index)
-    if kernel_eligible(fn, backend, x):
-        unsupported(fn, backend, "no fused softmax ASL kernel is available")  # type: ignore[arg-type]
-    if isinstance(target, Tensor) and (target.is_floating_point() or target.dtype == torch.bool):
-        fail(fn, "target", "an integer tensor of class indices", f"dtype {target.dtype}", TypeError)
-    st = softmax_target(fn, x, target, ignore_index=ignore)
-    idx = cast(Tensor, st.index)  # float targets were rejected above, so indices are set
-    cdim = st.cdim
-    c = x.shape[cdim]
-    z = x.to(compute_dtype(x))
-    logp = torch.log_softmax(z, dim=cdim)
-    view = [1] * x.ndim
-    view[cdim] = c
-    onehot = idx.unsqueeze(cdim) == torch.arange(c, device=x.device).view(view)
-    if gp > 0 or gn > 0:
-        w = torch.exp(gn * logp) if gn > 0 else torch.ones_like(logp)  # p_c ** gamma_neg
-        if gp > 0:
-            # log(1 - p_t) = logsumexp over the other classes of log p_c.
-            others = logp.masked_fill(onehot, float("-inf"))
-            log_rest = torch.logsumexp(others, dim=cdim, keepdim=True)
-            w = torch.where(onehot, torch.exp(gp * log_rest), w)
-        else:
-            w = torch.where(onehot, torch.ones_like(w), w)
-        if detach:
-            w = w.detach()
-        wlogp = w * logp
-    else:
-        wlogp = logp
-    q = onehot.to(z.dtype) * (1.0 - eps) + eps / c
-    loss = -(q * wlogp).sum(dim=cdim)
-    loss = poison_out_of_range(loss, st.bad)
-    return weight_reduce(
-        loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=st.valid
+    return pipeline.softmax(
+        "softmax_asymmetric_loss",
+        logits,
+        target,
+        loss=partial(
+            _softmax_asl,
+            gamma_pos=gamma_pos,
+            gamma_neg=gamma_neg,
+            eps=label_smoothing,
+            detach=detach_focal_weight,
+        ),
+        allow_probs=False,
+        ignore_index=ignore_index,
+        weight=weight,
+        reduction=reduction,
+        avg_factor=avg_factor,
+        backend=backend,
     )

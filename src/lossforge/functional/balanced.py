@@ -13,22 +13,25 @@ import torch
 import torch.nn.functional as TF
 from torch import Tensor
 
+from lossforge import _pipeline as pipeline
 from lossforge._checks import (
-    check_floating,
-    check_int,
-    check_number,
-    check_optional_int,
-    check_reduction,
     check_same_shape,
     check_tensor,
     check_unit_interval,
     compute_dtype,
     fail,
-    poison_out_of_range,
 )
-from lossforge._dispatch import kernel_eligible, unsupported
-from lossforge._reduction import Backend, Reduction, check_avg_factor, expand_weight, weight_reduce
-from lossforge._targets import sigmoid_target
+from lossforge._params import (
+    BatchTensor,
+    Count,
+    NonNegative,
+    Positive,
+    Probability,
+    loss_function,
+)
+from lossforge._pipeline import Fused, Unreduced
+from lossforge._reduction import AvgFactor, Backend, Reduction
+from lossforge._targets import DenseTarget
 from lossforge.functional._closed_form import ClosedForm, closed_form_loss, upcast
 
 __all__ = ["balanced_binary_cross_entropy", "ohem_binary_cross_entropy"]
@@ -72,15 +75,26 @@ def _balanced_bce_closed(
     return loss, grad
 
 
+def _balanced_bce(x: Tensor, t: DenseTarget, want_total: bool, *, beta: float | None) -> Tensor:
+    y = t.target
+    beta_t: Tensor | float = _per_sample_beta(y, t.valid) if beta is None else beta
+    spec = ClosedForm(
+        upcast(partial(_balanced_bce_closed, beta=beta_t)),
+        partial(_balanced_bce_composite, beta=beta_t),
+    )
+    return closed_form_loss(x, y, spec)
+
+
+@loss_function
 def balanced_binary_cross_entropy(
     logits: Tensor,
     target: Tensor,
     *,
-    beta: float | None = None,
+    beta: Probability | None = None,
     ignore_index: int | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
-    avg_factor: float | Tensor | None = None,
+    avg_factor: AvgFactor = None,
     backend: Backend = "torch",
 ) -> Tensor:
     r"""Class-balanced binary cross-entropy on logits (HED).
@@ -130,60 +144,82 @@ def balanced_binary_cross_entropy(
         >>> balanced_binary_cross_entropy(x, y, reduction="sum")  # beta = 3/4
         tensor(0.3589)
     """
-    fn = "balanced_binary_cross_entropy"
-    x = check_floating(fn, "logits", logits)
-    b = None if beta is None else check_number(fn, "beta", beta, low=0.0, high=1.0)
-    ignore = check_optional_int(fn, "ignore_index", ignore_index)
-    if kernel_eligible(fn, backend, x):
-        if b is None:
-            unsupported(fn, backend, "beta=None (the per-sample beta is not fused)")  # type: ignore[arg-type]
-        else:
-            from lossforge.functional.classification import _check_index_or_dense_target
-
-            t = _check_index_or_dense_target(fn, x, target, ignore)
-            check_reduction(fn, reduction)
-            check_avg_factor(fn, avg_factor, reduction)
-            if weight is not None:
-                expand_weight(fn, weight, x.shape, x)
-            from lossforge.kernels import sigmoid as fused
-
-            why = fused.unsupported_reason(x, t, weight)
-            if why is None:
-                return fused.balanced_binary_cross_entropy(
-                    x,
-                    t,
-                    beta=b,
-                    ignore_index=ignore,
-                    weight=weight,
-                    reduction=reduction,
-                    avg_factor=avg_factor,
-                )
-            unsupported(fn, backend, why)  # type: ignore[arg-type]
-    dt = sigmoid_target(fn, x, target, ignore_index=ignore)
-    y = dt.target
-    beta_t: Tensor | float = _per_sample_beta(y, dt.valid) if b is None else b
-    spec = ClosedForm(
-        upcast(partial(_balanced_bce_closed, beta=beta_t)),
-        partial(_balanced_bce_composite, beta=beta_t),
-    )
-    loss = closed_form_loss(x, y, spec)
-    loss = poison_out_of_range(loss, dt.bad)
-    return weight_reduce(
-        loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=dt.valid
+    return pipeline.sigmoid(
+        "balanced_binary_cross_entropy",
+        logits,
+        target,
+        loss=partial(_balanced_bce, beta=beta),
+        fused=Fused("sigmoid", "balanced_bce", {"beta": beta}),
+        ignore_index=ignore_index,
+        weight=weight,
+        reduction=reduction,
+        avg_factor=avg_factor,
+        backend=backend,
     )
 
 
+def _ohem(
+    x: Tensor,
+    t: DenseTarget,
+    want_total: bool,
+    *,
+    fn: str,
+    mask: Tensor | None,
+    ratio: float,
+    k0: int,
+    eps: float,
+) -> Unreduced:
+    """The OHEM-selected element losses and the default denominator ``n_pos + k + eps``."""
+    z = x.to(compute_dtype(x))
+    y = t.target
+    if mask is None:
+        m = torch.ones_like(y)
+    else:
+        mk = check_tensor(fn, "mask", mask)
+        if mk.device != x.device:
+            fail(fn, "mask", f"on the device of `logits` ({x.device})", mk.device)
+        check_same_shape(fn, "mask", mk, "logits", x)
+        if mk.is_complex():
+            fail(fn, "mask", "a real or bool tensor", f"dtype {mk.dtype}", TypeError)
+        m = mk.to(z.dtype)
+        check_unit_interval(fn, "mask", m)
+    bce = -(y * TF.logsigmoid(z) + (1.0 - y) * TF.logsigmoid(-z))
+    pos = y * m
+    neg = (1.0 - y) * m
+    # Counts in float64 so they stay exact integers beyond 2**24 elements.
+    n_pos = pos.sum(dtype=torch.float64)
+    n_neg = neg.sum(dtype=torch.float64)
+    wanted = torch.where(n_pos > 0, torch.floor(n_pos * ratio), torch.full_like(n_pos, float(k0)))
+    k = torch.minimum(torch.floor(n_neg), wanted)
+    # Rank the negatives by their (unweighted) loss, hardest first; a stable sort makes ties go to
+    # the lower flat index. Non-negatives sort last (key -1 < any loss).
+    is_neg = (neg > 0).reshape(-1)
+    key = torch.where(
+        is_neg, (neg * bce).detach().reshape(-1), torch.full_like(is_neg, -1.0, dtype=z.dtype)
+    )
+    order = torch.sort(key, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(
+        0, order, torch.arange(order.numel(), device=order.device)
+    )
+    selected = (is_neg & (rank < k)).reshape(y.shape)
+    loss = pos * bce + torch.where(
+        selected, neg * bce, torch.zeros((), dtype=z.dtype, device=z.device)
+    )
+    return Unreduced(loss, (n_pos + k + eps).to(z.dtype))
+
+
+@loss_function
 def ohem_binary_cross_entropy(
     logits: Tensor,
     target: Tensor,
     *,
-    mask: Tensor | None = None,
-    negative_ratio: float = 3.0,
-    fallback_negative_num: int = 0,
-    eps: float = 1e-6,
+    mask: BatchTensor | None = None,
+    negative_ratio: Positive = 3.0,
+    fallback_negative_num: Count = 0,
+    eps: NonNegative = 1e-6,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
-    avg_factor: float | Tensor | None = None,
+    avg_factor: AvgFactor = None,
     backend: Backend = "torch",
 ) -> Tensor:
     r"""Balanced BCE with online hard negative mining (DB / mmocr OHEM balanced BCE).
@@ -244,59 +280,18 @@ def ohem_binary_cross_entropy(
         tensor(0.8048)
     """
     fn = "ohem_binary_cross_entropy"
-    x = check_floating(fn, "logits", logits)
-    ratio = check_number(fn, "negative_ratio", negative_ratio, low=0.0, low_open=True)
-    k0 = check_int(fn, "fallback_negative_num", fallback_negative_num, low=0)
-    e = check_number(fn, "eps", eps, low=0.0)
-    if kernel_eligible(fn, backend, x):
-        unsupported(fn, backend, "no fused OHEM kernel is available")  # type: ignore[arg-type]
-    t = check_tensor(fn, "target", target)
-    if t.device != x.device:
-        fail(fn, "target", f"on the device of `logits` ({x.device})", t.device)
-    check_same_shape(fn, "target", t, "logits", x)
-    dt = sigmoid_target(fn, x, t, ignore_index=None)  # dense; checks values in [0, 1]
-    z = x.to(compute_dtype(x))
-    y = dt.target
-    if mask is None:
-        m = torch.ones_like(y)
-    else:
-        mk = check_tensor(fn, "mask", mask)
-        if mk.device != x.device:
-            fail(fn, "mask", f"on the device of `logits` ({x.device})", mk.device)
-        check_same_shape(fn, "mask", mk, "logits", x)
-        if mk.is_complex():
-            fail(fn, "mask", "a real or bool tensor", f"dtype {mk.dtype}", TypeError)
-        m = mk.to(z.dtype)
-        check_unit_interval(fn, "mask", m)
-    bce = -(y * TF.logsigmoid(z) + (1.0 - y) * TF.logsigmoid(-z))
-    pos = y * m
-    neg = (1.0 - y) * m
-    # Counts in float64 so they stay exact integers beyond 2**24 elements.
-    n_pos = pos.sum(dtype=torch.float64)
-    n_neg = neg.sum(dtype=torch.float64)
-    wanted = torch.where(n_pos > 0, torch.floor(n_pos * ratio), torch.full_like(n_pos, float(k0)))
-    k = torch.minimum(torch.floor(n_neg), wanted)
-    # Rank the negatives by their (unweighted) loss, hardest first; a stable sort makes ties go to
-    # the lower flat index. Non-negatives sort last (key -1 < any loss).
-    is_neg = (neg > 0).reshape(-1)
-    key = torch.where(
-        is_neg, (neg * bce).detach().reshape(-1), torch.full_like(is_neg, -1.0, dtype=z.dtype)
-    )
-    order = torch.sort(key, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(
-        0, order, torch.arange(order.numel(), device=order.device)
-    )
-    selected = (is_neg & (rank < k)).reshape(y.shape)
-    loss = pos * bce + torch.where(
-        selected, neg * bce, torch.zeros((), dtype=z.dtype, device=z.device)
-    )
-    loss = poison_out_of_range(loss, dt.bad)
-    denominator = (n_pos + k + e).to(z.dtype)
-    return weight_reduce(
-        loss,
-        fn=fn,
-        reduction=reduction,
+    if isinstance(logits, Tensor) and isinstance(target, Tensor):
+        check_same_shape(fn, "target", target, "logits", logits)  # dense targets only
+    return pipeline.sigmoid(
+        fn,
+        logits,
+        target,
+        loss=partial(
+            _ohem, fn=fn, mask=mask, ratio=negative_ratio, k0=fallback_negative_num, eps=eps
+        ),
+        ignore_index=None,
         weight=weight,
+        reduction=reduction,
         avg_factor=avg_factor,
-        denominator=denominator,
+        backend=backend,
     )

@@ -9,37 +9,31 @@ smoothing and class-weight formulas, and ``weight_reduce`` for weighting and red
 from __future__ import annotations
 
 import numbers
-from typing import cast
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as TF
 from torch import Tensor
 
+from lossforge import _pipeline as pipeline
 from lossforge._checks import (
-    as_class_weight,
-    as_index_target,
-    check_floating,
-    check_index_range,
-    check_number,
-    check_optional_int,
-    check_reduction,
     check_unit_interval,
     compute_dtype,
     fail,
-    poison_out_of_range,
     value_checks_enabled,
 )
-from lossforge._dispatch import kernel_eligible, unsupported
-from lossforge._reduction import (
-    Backend,
-    Reduction,
-    check_avg_factor,
-    class_weight_denominator,
-    expand_weight,
-    finish_reduction,
-    weight_reduce,
+from lossforge._params import (
+    ClassValues,
+    NonNegative,
+    Probability,
+    Weights,
+    loss_function,
 )
-from lossforge._targets import SoftmaxTarget, class_view, sigmoid_target, softmax_target
+from lossforge._pipeline import Fused, SoftmaxInput, Total
+from lossforge._reduction import AvgFactor, Backend, Reduction
+from lossforge._targets import DenseTarget, class_view
 
 __all__ = [
     "balanced_softmax_loss",
@@ -55,115 +49,12 @@ __all__ = [
 ZERO_PRIOR = 1e-12
 
 
-def _ce_kernel(
-    fn: str,
-    backend: object,
-    x: Tensor,
-    target: object,
-    class_weight: object,
-    eps: float,
-    ignore: int | None,
-    weight: Tensor | None,
-    reduction: str,
-    avg_factor: float | Tensor | None,
-    log_prior: Tensor | None = None,
-) -> Tensor | None:
-    """The fused softmax kernel (index or probability targets); None means "use the reference"."""
-    from lossforge.kernels import softmax as fused
-
-    if x.ndim == 0 or not isinstance(target, Tensor):
-        return None  # the reference raises the right error
-    if target.is_floating_point() and (
-        tuple(target.shape) != tuple(x.shape) or (ignore is not None and ignore != -100)
-    ):
-        return None  # malformed probability targets: the reference raises the right error
-    why = fused.unsupported_reason(x, target, eps, kind="ce")
-    if why is not None:
-        softmax_target(fn, x, target, ignore_index=ignore)  # malformed targets raise first
-        unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
-        return None
-    if target.device != x.device:
-        fail(fn, "target", f"on the device of `logits` ({x.device})", target.device)
-    c = x.shape[1 if x.ndim >= 2 else 0]
-    if c < 2:
-        fail(fn, "logits", "at least 2 classes along dim 1 (a 1-class softmax loss is 0)", f"C={c}")
-    if target.is_floating_point():
-        check_unit_interval(fn, "target", target)  # follows the value-check mode
-        t, ignore = target, None
-        loss_shape = x.shape[:1] + x.shape[2:] if x.ndim >= 2 else torch.Size()
-    else:
-        t = as_index_target(fn, target)
-        check_index_range(fn, t, c, ignore_index=ignore)
-        loss_shape = t.shape
-    check_avg_factor(fn, avg_factor, check_reduction(fn, reduction))
-    if weight is not None:
-        expand_weight(fn, weight, loss_shape, x)  # validation only
-    w = as_class_weight(fn, class_weight, c, x)
-    return fused.cross_entropy(
-        x,
-        t,
-        class_weight=w,
-        ignore_index=ignore,
-        label_smoothing=eps,
-        weight=weight,
-        reduction=reduction,
-        avg_factor=avg_factor,
-        logit_bias=log_prior,
-    )
-
-
-def _softmax_loss(
-    fn: str,
-    logits: object,
-    target: object,
-    *,
-    class_weight: object,
-    ignore_index: object,
-    label_smoothing: object,
-    weight: Tensor | None,
-    reduction: str,
-    avg_factor: float | Tensor | None,
-    backend: object,
-    log_softmax: bool = True,
-    allow_probs: bool = True,
-    log_prior: Tensor | None = None,
-    input_name: str = "logits",
-) -> Tensor:
-    """Shared cross-entropy / NLL core (PyTorch semantics; see ``cross_entropy``)."""
-    x = check_floating(fn, input_name, logits)
-    eps = check_number(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
-    ignore = check_optional_int(fn, "ignore_index", ignore_index)
-    if kernel_eligible(fn, backend, x):
-        fused = None
-        if log_softmax:
-            fused = _ce_kernel(
-                fn,
-                backend,
-                x,
-                target,
-                class_weight,
-                eps,
-                ignore,
-                weight,
-                reduction,
-                avg_factor,
-                log_prior,
-            )
-        else:
-            unsupported(fn, backend, "no fused NLL kernel (log-probability input)")  # type: ignore[arg-type]
-        if fused is not None:
-            return fused
-    if not allow_probs and isinstance(target, Tensor) and target.is_floating_point():
-        fail(fn, "target", "an integer tensor of class indices", f"dtype {target.dtype}", TypeError)
-    st = softmax_target(fn, x, target, ignore_index=ignore)
-    cdim, ndim = st.cdim, x.ndim
-    c = x.shape[cdim]
-    w = as_class_weight(fn, class_weight, c, x)
-    z = x.to(compute_dtype(x))
-    if log_prior is not None:
-        z = z + class_view(log_prior.to(z.dtype), ndim, cdim)
-    w_c = None if w is None else class_view(w, ndim, cdim)
-
+def _softmax_ce(
+    inp: SoftmaxInput, want_total: bool, *, eps: float, log_softmax: bool
+) -> Tensor | Total:
+    """Cross-entropy / NLL per position, PyTorch's formulas (see ``cross_entropy``)."""
+    st, z, cdim, c, w = inp.target, inp.z, inp.cdim, inp.c, inp.class_weight
+    w_c = None if w is None else class_view(w, z.ndim, cdim)
     if st.probs is not None:
         logp = torch.log_softmax(z, dim=cdim) if log_softmax else z
         # Probability targets: -sum_c w_c t_c log p_c; "mean" divides by the number of positions
@@ -172,27 +63,32 @@ def _softmax_loss(
         if eps > 0:
             t = t * (1.0 - eps) + eps / c
         prod = logp * t if w_c is None else logp * t * w_c
-        loss = -prod.sum(dim=cdim)
-        return weight_reduce(loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor)
+        return -prod.sum(dim=cdim)
 
     idx = cast(Tensor, st.index)  # softmax_target sets exactly one of index / probs
-    w_t = None if w is None else w[idx]
-    if weight is None and reduction != "none" and (log_softmax or eps == 0):
-        # Fast path: every index is in range (or ignored), nothing element-wise to apply, so
-        # PyTorch's fused kernel sums directly (its backward then takes a scalar gradient); the
-        # denominator follows weight_reduce's rules (0 for an empty or all-ignored batch).
-        return _softmax_loss_total(
-            fn, z, st, w, w_t, eps, reduction, avg_factor, log_softmax=log_softmax
-        )
+    zz = z
+    if z.is_cuda and z.ndim > 2 and torch.are_deterministic_algorithms_enabled():
+        # CUDA's nll_loss2d has no deterministic kernel; the (M, C) path has one.
+        zz = z.movedim(1, -1).reshape(-1, c)
+    if want_total and (log_softmax or eps == 0):
+        # Nothing element-wise to apply: PyTorch's fused kernel sums directly (its backward then
+        # takes a scalar gradient). It skips the ``st.raw_ignore`` positions: the ignored ones and
+        # the out-of-range ones met with value checks off (the pipeline makes the total NaN then).
+        raw = cast(Tensor, st.raw)
+        ii = raw.reshape(-1) if zz is not z else raw
+        if log_softmax:
+            total = TF.cross_entropy(
+                zz, ii, weight=w, ignore_index=st.raw_ignore, label_smoothing=eps, reduction="sum"
+            )
+        else:
+            total = TF.nll_loss(zz, ii, weight=w, ignore_index=st.raw_ignore, reduction="sum")
+        return Total(total)
     # The element-wise term, in PyTorch's convention:
     #   (1 - eps) * w[y] * (-log p_y) + eps / C * sum_c w_c * (-log p_c)
     # computed by PyTorch's fused log-softmax + NLL kernels on the float32/float64 copy (ignored and
-    # out-of-range positions hold the safe index 0 and are masked by `valid` / poisoned below). The
+    # out-of-range positions hold the safe index 0 and are masked / poisoned by the pipeline). The
     # tests check it against float64 loop references written from the formula above.
-    zz, ii = z, idx
-    if z.is_cuda and z.ndim > 2 and torch.are_deterministic_algorithms_enabled():
-        # CUDA's nll_loss2d has no deterministic kernel; the (M, C) path has one.
-        zz, ii = z.movedim(1, -1).reshape(-1, c), idx.reshape(-1)
+    ii = idx.reshape(-1) if zz is not z else idx
     if log_softmax:
         loss = TF.cross_entropy(zz, ii, weight=w, label_smoothing=eps, reduction="none")
     else:
@@ -201,79 +97,20 @@ def _softmax_loss(
     if not log_softmax and eps > 0:
         smooth = -(z.sum(dim=cdim) if w_c is None else (z * w_c).sum(dim=cdim))
         loss = (1.0 - eps) * loss + (eps / c) * smooth
-    loss = poison_out_of_range(loss, st.bad)
-    valid = st.valid
-    denominator = None
-    if w_t is not None and reduction == "mean" and avg_factor is None:
-        denominator = class_weight_denominator(w_t, valid)
-    return weight_reduce(
-        loss,
-        fn=fn,
-        reduction=reduction,
-        weight=weight,
-        avg_factor=avg_factor,
-        valid=valid,
-        denominator=denominator,
-    )
+    return loss
 
 
-def _softmax_loss_total(
-    fn: str,
-    z: Tensor,
-    st: SoftmaxTarget,
-    w: Tensor | None,
-    w_t: Tensor | None,
-    eps: float,
-    reduction: str,
-    avg_factor: float | Tensor | None,
-    *,
-    log_softmax: bool,
-) -> Tensor:
-    """``"sum"`` / ``"mean"`` of index-target CE / NLL through PyTorch's summing kernel.
-
-    Only without an element-wise ``weight``: the result equals ``weight_reduce`` of the unreduced
-    loss, with one pass fewer and no loss-sized temporaries. PyTorch's kernel skips the
-    ``st.raw_ignore`` positions: the ignored ones and the out-of-range ones met with value checks
-    off, which make the result NaN (as one NaN element makes the unreduced path's sum NaN) without
-    a host sync.
-    """
-    c = z.shape[st.cdim]
-    zz, ii = z, cast(Tensor, st.raw)
-    if z.is_cuda and z.ndim > 2 and torch.are_deterministic_algorithms_enabled():
-        zz, ii = z.movedim(1, -1).reshape(-1, c), ii.reshape(-1)
-    skip = st.raw_ignore
-    if log_softmax:
-        total = TF.cross_entropy(
-            zz, ii, weight=w, ignore_index=skip, label_smoothing=eps, reduction="sum"
-        )
-    else:
-        total = TF.nll_loss(zz, ii, weight=w, ignore_index=skip, reduction="sum")
-    if st.bad is not None:
-        total = torch.where(st.bad.any(), torch.full_like(total, float("nan")), total)
-    denominator = None
-    if w_t is not None and reduction == "mean" and avg_factor is None:
-        denominator = class_weight_denominator(w_t, st.valid)
-    return finish_reduction(
-        total,
-        fn=fn,
-        reduction=reduction,
-        avg_factor=avg_factor,
-        numel=cast(Tensor, st.index).numel(),
-        valid=st.valid,
-        denominator=denominator,
-    )
-
-
+@loss_function
 def cross_entropy(
     logits: Tensor,
     target: Tensor,
     *,
-    class_weight: Tensor | list[float] | None = None,
+    class_weight: ClassValues | None = None,
     ignore_index: int | None = -100,
-    label_smoothing: float = 0.0,
+    label_smoothing: Probability = 0.0,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
-    avg_factor: float | Tensor | None = None,
+    avg_factor: AvgFactor = None,
     backend: Backend = "torch",
 ) -> Tensor:
     r"""Softmax cross-entropy with ``torch.nn.functional.cross_entropy`` semantics.
@@ -331,13 +168,14 @@ def cross_entropy(
         >>> cross_entropy(logits, torch.tensor([0, 2, 1]))
         tensor(1.3077)
     """
-    return _softmax_loss(
+    return pipeline.softmax(
         "cross_entropy",
         logits,
         target,
+        loss=partial(_softmax_ce, eps=label_smoothing, log_softmax=True),
+        fused=Fused("softmax", "ce", {"label_smoothing": label_smoothing}),
         class_weight=class_weight,
         ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,
@@ -345,15 +183,16 @@ def cross_entropy(
     )
 
 
+@loss_function
 def nll_loss(
     log_probs: Tensor,
     target: Tensor,
     *,
-    class_weight: Tensor | list[float] | None = None,
+    class_weight: ClassValues | None = None,
     ignore_index: int | None = -100,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
-    avg_factor: float | Tensor | None = None,
+    avg_factor: AvgFactor = None,
 ) -> Tensor:
     r"""Negative log-likelihood of class-index targets, ``torch.nn.functional.nll_loss`` semantics.
 
@@ -382,18 +221,16 @@ def nll_loss(
         >>> nll_loss(torch.tensor([[-0.5, -1.0], [-2.0, -0.1]]), torch.tensor([0, 1]))
         tensor(0.3000)
     """
-    return _softmax_loss(
+    return pipeline.softmax(
         "nll_loss",
         log_probs,
         target,
+        loss=partial(_softmax_ce, eps=0.0, log_softmax=False),
         class_weight=class_weight,
         ignore_index=ignore_index,
-        label_smoothing=0.0,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,
-        backend="torch",
-        log_softmax=False,
         allow_probs=False,
         input_name="log_probs",
     )
@@ -407,13 +244,26 @@ def _safe_log(v: Tensor) -> Tensor:
     return torch.clamp(logv, min=-100.0)
 
 
+def _bce_probs(q: Tensor, t: DenseTarget, want_total: bool) -> Tensor:
+    """-(y max(log p, -100) + (1 - y) max(log(1 - p), -100)), PyTorch's clamp."""
+    p = q.to(compute_dtype(q))
+    y = t.target
+    # log(1 - p) through log1p keeps precision near p = 0; its argument is 1 - p >= 0.
+    one_minus = 1.0 - p
+    positive = ~(one_minus <= 0)  # NaN propagates (see _safe_log)
+    log1m = torch.log1p(-torch.where(positive, p, torch.zeros_like(p)))
+    log1m = torch.clamp(torch.where(positive, log1m, torch.full_like(p, -100.0)), min=-100.0)
+    return -(y * _safe_log(p) + (1.0 - y) * log1m)
+
+
+@loss_function
 def binary_cross_entropy(
     probs: Tensor,
     target: Tensor,
     *,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
-    avg_factor: float | Tensor | None = None,
+    avg_factor: AvgFactor = None,
     ignore_index: int | None = None,
 ) -> Tensor:
     r"""Binary cross-entropy on probabilities (``torch.nn.functional.binary_cross_entropy``).
@@ -447,21 +297,21 @@ def binary_cross_entropy(
                 [1.2040, 0.2231]])
     """
     fn = "binary_cross_entropy"
-    p = check_floating(fn, "probs", probs)
-    ignore = check_optional_int(fn, "ignore_index", ignore_index)
-    check_unit_interval(fn, "probs", p)
-    dt = sigmoid_target(fn, p, target, ignore_index=ignore)
-    q = p.to(compute_dtype(p))
-    y = dt.target
-    # log(1 - p) through log1p keeps precision near p = 0; its argument is 1 - p >= 0.
-    one_minus = 1.0 - q
-    positive = ~(one_minus <= 0)  # NaN propagates (see _safe_log)
-    log1m = torch.log1p(-torch.where(positive, q, torch.zeros_like(q)))
-    log1m = torch.clamp(torch.where(positive, log1m, torch.full_like(q, -100.0)), min=-100.0)
-    loss = -(y * _safe_log(q) + (1.0 - y) * log1m)
-    loss = poison_out_of_range(loss, dt.bad)
-    return weight_reduce(
-        loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=dt.valid
+
+    def checked(p: Tensor, t: DenseTarget, want_total: bool) -> Tensor:
+        check_unit_interval(fn, "probs", p)
+        return _bce_probs(p, t, want_total)
+
+    return pipeline.sigmoid(
+        fn,
+        probs,
+        target,
+        loss=checked,
+        ignore_index=ignore_index,
+        weight=weight,
+        reduction=reduction,
+        avg_factor=avg_factor,
+        input_name="probs",
     )
 
 
@@ -509,79 +359,35 @@ def _as_pos_weight(fn: str, pos_weight: object, like: Tensor) -> Tensor:
     return pw.to(like.device)
 
 
-def _check_index_or_dense_target(fn: str, x: Tensor, target: object, ignore: int | None) -> Tensor:
-    """The checks of ``sigmoid_target`` without building the dense target (fused-kernel path)."""
-    if isinstance(target, Tensor) and x.ndim >= 1 and tuple(target.shape) != tuple(x.shape):
-        cdim = 1 if x.ndim >= 2 else 0
-        if tuple(target.shape) == tuple(x.shape[:cdim]) + tuple(x.shape[cdim + 1 :]):
-            if target.device != x.device:
-                fail(fn, "target", f"on the device of `logits` ({x.device})", target.device)
-            if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-                fail(
-                    fn,
-                    "target",
-                    "an integer tensor of class indices",
-                    f"dtype {target.dtype}",
-                    TypeError,
-                )
-            check_index_range(fn, target, x.shape[cdim], ignore_index=ignore, allow_background=True)
-            return target
-    sigmoid_target(fn, x, target, ignore_index=ignore)  # dense: validates (shape, dtype, values)
-    return target  # type: ignore[return-value]
+def _bce_logits(
+    x: Tensor, t: DenseTarget, want_total: bool, *, eps: float, pos_weight: Tensor | None
+) -> Tensor | Total:
+    z = x.to(compute_dtype(x))
+    y = t.target
+    if eps > 0:
+        y = y * (1.0 - eps) + 0.5 * eps
+    # PyTorch's fused, stable kernel (log1p(exp(-|x|)) form) for the element-wise term:
+    # y * pw * -log sigma(x) + (1 - y) * -log(1 - sigma(x)); the tests check it against loop
+    # references written from that formula.
+    if want_total:
+        # Nothing element-wise to apply: PyTorch's kernel sums directly (one pass fewer).
+        return Total(
+            TF.binary_cross_entropy_with_logits(z, y, pos_weight=pos_weight, reduction="sum")
+        )
+    return TF.binary_cross_entropy_with_logits(z, y, pos_weight=pos_weight, reduction="none")
 
 
-def _bce_kernel(
-    fn: str,
-    backend: object,
-    x: Tensor,
-    target: object,
-    pw: Tensor | None,
-    eps: float,
-    ignore: int | None,
-    weight: Tensor | None,
-    reduction: str,
-    avg_factor: float | Tensor | None,
-) -> Tensor | None:
-    """Run the fused sigmoid kernel when it can serve the case; None means "use the reference"."""
-    t = _check_index_or_dense_target(fn, x, target, ignore)
-    check_reduction(fn, reduction)
-    check_avg_factor(fn, avg_factor, reduction)
-    if weight is not None:
-        expand_weight(fn, weight, x.shape, x)  # validation only; the kernel reads `weight` as given
-    from lossforge.kernels import sigmoid as fused
-
-    why = fused.unsupported_reason(x, t, weight, pw)
-    if why is None and pw is not None and pw.numel() > 1:
-        # The kernel indexes a pos_weight vector by class; that is PyTorch's last-dim broadcast only
-        # for a (C,)-like vector on logits with at most 2 dims.
-        c = x.shape[1 if x.ndim >= 2 else 0]
-        if x.ndim > 2 or pw.numel() != c or pw.shape[-1] != c:
-            why = f"pos_weight of shape {tuple(pw.shape)}"
-    if why is not None:
-        unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
-        return None
-    return fused.binary_cross_entropy_with_logits(
-        x,
-        t,
-        weight=weight,
-        reduction=reduction,
-        avg_factor=avg_factor,
-        ignore_index=ignore,
-        pos_weight=pw,
-        label_smoothing=eps,
-    )
-
-
+@loss_function
 def binary_cross_entropy_with_logits(
     logits: Tensor,
     target: Tensor,
     *,
-    pos_weight: Tensor | float | list[float] | None = None,
-    label_smoothing: float = 0.0,
+    pos_weight: NonNegative | Weights | None = None,
+    label_smoothing: Probability = 0.0,
     ignore_index: int | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
-    avg_factor: float | Tensor | None = None,
+    avg_factor: AvgFactor = None,
     backend: Backend = "torch",
 ) -> Tensor:
     r"""Sigmoid binary cross-entropy on logits (binary and multi-label classification).
@@ -632,32 +438,22 @@ def binary_cross_entropy_with_logits(
         tensor(1.4100)
     """
     fn = "binary_cross_entropy_with_logits"
-    x = check_floating(fn, "logits", logits)
-    eps = check_number(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
-    ignore = check_optional_int(fn, "ignore_index", ignore_index)
-    pw = None if pos_weight is None else _as_pos_weight(fn, pos_weight, x)
-    if kernel_eligible(fn, backend, x):
-        fused = _bce_kernel(fn, backend, x, target, pw, eps, ignore, weight, reduction, avg_factor)
-        if fused is not None:
-            return fused
-    dt = sigmoid_target(fn, x, target, ignore_index=ignore)
-    z = x.to(compute_dtype(x))
-    y = dt.target
-    if eps > 0:
-        y = y * (1.0 - eps) + 0.5 * eps
-    # PyTorch's fused, stable kernel (log1p(exp(-|x|)) form) for the element-wise term:
-    # y * pw * -log sigma(x) + (1 - y) * -log(1 - sigma(x)); the tests check it against loop
-    # references written from that formula.
-    if weight is None and dt.valid is None and dt.bad is None and reduction != "none":
-        # Nothing element-wise to apply: PyTorch's kernel sums directly (one pass fewer).
-        total = TF.binary_cross_entropy_with_logits(z, y, pos_weight=pw, reduction="sum")
-        return finish_reduction(
-            total, fn=fn, reduction=reduction, avg_factor=avg_factor, numel=z.numel()
-        )
-    loss = TF.binary_cross_entropy_with_logits(z, y, pos_weight=pw, reduction="none")
-    loss = poison_out_of_range(loss, dt.bad)
-    return weight_reduce(
-        loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=dt.valid
+
+    def options(x: Tensor) -> dict[str, Any]:
+        return {"pos_weight": None if pos_weight is None else _as_pos_weight(fn, pos_weight, x)}
+
+    return pipeline.sigmoid(
+        fn,
+        logits,
+        target,
+        loss=partial(_bce_logits, eps=label_smoothing),
+        fused=Fused("sigmoid", "bce", {"label_smoothing": label_smoothing}),
+        options=options,
+        ignore_index=ignore_index,
+        weight=weight,
+        reduction=reduction,
+        avg_factor=avg_factor,
+        backend=backend,
     )
 
 
@@ -691,19 +487,30 @@ def _log_prior(fn: str, values: object, name: str, like: Tensor) -> Tensor:
     return torch.log(torch.clamp(prior, min=ZERO_PRIOR))
 
 
+def _one_prior(owner: str, values: Mapping[str, Any]) -> None:
+    if (values["class_counts"] is None) == (values["priors"] is None):
+        fail(
+            owner,
+            "class_counts",
+            "exactly one of `class_counts` and `priors`",
+            "both" if values["priors"] is not None else "neither",
+        )
+
+
+@loss_function(check=_one_prior)
 def logit_adjusted_loss(
     logits: Tensor,
     target: Tensor,
     *,
-    class_counts: Tensor | list[float] | None = None,
-    priors: Tensor | list[float] | None = None,
-    tau: float = 1.0,
-    class_weight: Tensor | list[float] | None = None,
+    class_counts: ClassValues | None = None,
+    priors: ClassValues | None = None,
+    tau: NonNegative = 1.0,
+    class_weight: ClassValues | None = None,
     ignore_index: int | None = -100,
-    label_smoothing: float = 0.0,
+    label_smoothing: Probability = 0.0,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
-    avg_factor: float | Tensor | None = None,
+    avg_factor: AvgFactor = None,
     backend: Backend = "torch",
 ) -> Tensor:
     r"""Logit-adjusted softmax cross-entropy for long-tailed labels (Menon et al. 2021).
@@ -747,45 +554,68 @@ def logit_adjusted_loss(
         tensor(0.7506)
     """
     fn = "logit_adjusted_loss"
-    t = check_number(fn, "tau", tau, low=0.0)
-    if (class_counts is None) == (priors is None):
-        fail(
-            fn,
-            "class_counts",
-            "exactly one of `class_counts` and `priors`",
-            "both" if priors is not None else "neither",
-        )
-    x = check_floating(fn, "logits", logits)
-    if class_counts is not None:
-        log_prior = _log_prior(fn, class_counts, "class_counts", x)
-    else:
-        log_prior = _log_prior(fn, priors, "priors", x)
-    return _softmax_loss(
+    name, values = ("class_counts", class_counts) if priors is None else ("priors", priors)
+
+    def bias(c: int, like: Tensor) -> Tensor:
+        return tau * _log_prior(fn, values, name, like)
+
+    return _prior_ce(
         fn,
-        x,
+        logits,
         target,
+        bias,
+        class_weight,
+        ignore_index,
+        label_smoothing,
+        weight,
+        reduction,
+        avg_factor,
+        backend,
+    )
+
+
+def _prior_ce(
+    fn: str,
+    logits: Tensor,
+    target: Tensor,
+    bias: Callable[[int, Tensor], Tensor],
+    class_weight: object,
+    ignore_index: int | None,
+    label_smoothing: float,
+    weight: Tensor | None,
+    reduction: str,
+    avg_factor: object,
+    backend: object,
+) -> Tensor:
+    """Cross-entropy on logits shifted by a per-class bias (the prior-adjusted losses)."""
+    return pipeline.softmax(
+        fn,
+        logits,
+        target,
+        loss=partial(_softmax_ce, eps=label_smoothing, log_softmax=True),
+        fused=Fused("softmax", "ce", {"label_smoothing": label_smoothing}),
+        logit_bias=bias,
         class_weight=class_weight,
         ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,
         backend=backend,
-        log_prior=t * log_prior,
     )
 
 
+@loss_function
 def balanced_softmax_loss(
     logits: Tensor,
     target: Tensor,
     *,
-    class_counts: Tensor | list[float],
-    class_weight: Tensor | list[float] | None = None,
+    class_counts: ClassValues,
+    class_weight: ClassValues | None = None,
     ignore_index: int | None = -100,
-    label_smoothing: float = 0.0,
+    label_smoothing: Probability = 0.0,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
-    avg_factor: float | Tensor | None = None,
+    avg_factor: AvgFactor = None,
     backend: Backend = "torch",
 ) -> Tensor:
     r"""Balanced Softmax cross-entropy for long-tailed labels (Ren et al. 2020).
@@ -828,18 +658,20 @@ def balanced_softmax_loss(
         tensor(0.7506)
     """
     fn = "balanced_softmax_loss"
-    x = check_floating(fn, "logits", logits)
-    log_prior = _log_prior(fn, class_counts, "class_counts", x)
-    return _softmax_loss(
+
+    def bias(c: int, like: Tensor) -> Tensor:
+        return _log_prior(fn, class_counts, "class_counts", like)
+
+    return _prior_ce(
         fn,
-        x,
+        logits,
         target,
-        class_weight=class_weight,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        weight=weight,
-        reduction=reduction,
-        avg_factor=avg_factor,
-        backend=backend,
-        log_prior=log_prior,
+        bias,
+        class_weight,
+        ignore_index,
+        label_smoothing,
+        weight,
+        reduction,
+        avg_factor,
+        backend,
     )

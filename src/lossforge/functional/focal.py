@@ -29,30 +29,20 @@ import torch
 import torch.nn.functional as TF
 from torch import Tensor
 
-from lossforge._checks import (
-    as_class_weight,
-    as_index_target,
-    check_floating,
-    check_index_range,
-    check_int,
-    check_number,
-    check_optional_int,
-    check_reduction,
-    compute_dtype,
-    fail,
-    poison_out_of_range,
-    value_checks_enabled,
+from lossforge import _pipeline as pipeline
+from lossforge._checks import check_number, compute_dtype, fail, value_checks_enabled
+from lossforge._params import (
+    ClassProbabilities,
+    ClassValues,
+    Count,
+    NonNegative,
+    Probability,
+    Weights,
+    loss_function,
 )
-from lossforge._dispatch import kernel_eligible, unsupported
-from lossforge._reduction import (
-    Backend,
-    Reduction,
-    check_avg_factor,
-    class_weight_denominator,
-    expand_weight,
-    weight_reduce,
-)
-from lossforge._targets import class_view, sigmoid_target, softmax_target
+from lossforge._pipeline import Fused, SoftmaxInput
+from lossforge._reduction import AvgFactor, Backend, Reduction
+from lossforge._targets import DenseTarget, class_view
 from lossforge.functional._closed_form import ClosedForm, closed_form_loss, upcast
 
 __all__ = ["sigmoid_focal_loss", "softmax_focal_loss"]
@@ -252,69 +242,31 @@ def _times_alpha_t(
     return loss, grad
 
 
-# --------------------------------------------------------------------------------------------------
-# Fused-kernel routing (validated first; None means "run the reference").
-# --------------------------------------------------------------------------------------------------
-
-
-def _check_sigmoid_target_light(fn: str, x: Tensor, target: object, ignore: int | None) -> Tensor:
-    """The checks of ``sigmoid_target`` without building the dense target (fused-kernel path)."""
-    if isinstance(target, Tensor) and x.ndim >= 1 and tuple(target.shape) != tuple(x.shape):
-        cdim = 1 if x.ndim >= 2 else 0
-        if tuple(target.shape) == tuple(x.shape[:cdim]) + tuple(x.shape[cdim + 1 :]):
-            if target.device != x.device:
-                fail(fn, "target", f"on the device of `logits` ({x.device})", target.device)
-            idx = as_index_target(fn, target)
-            check_index_range(fn, idx, x.shape[cdim], ignore_index=ignore, allow_background=True)
-            return target
-    sigmoid_target(fn, x, target, ignore_index=ignore)  # dense: shape, dtype and value checks
-    return target  # type: ignore[return-value]
-
-
-def _sigmoid_kernel(
-    fn: str,
-    backend: object,
-    x: Tensor,
-    target: object,
-    alpha: float | None,
-    gamma: float,
-    ignore: int | None,
-    weight: Tensor | None,
-    reduction: str,
-    avg_factor: float | Tensor | None,
-) -> Tensor | None:
-    t = _check_sigmoid_target_light(fn, x, target, ignore)
-    check_avg_factor(fn, avg_factor, check_reduction(fn, reduction))
-    if weight is not None:
-        expand_weight(fn, weight, x.shape, x)  # validation only
-    from lossforge.kernels import sigmoid as fused
-
-    why = fused.unsupported_reason(x, t, weight)
-    if why is not None:
-        unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
-        return None
-    return fused.sigmoid_focal_loss(
-        x,
-        t,
-        alpha=alpha,
-        gamma=gamma,
-        weight=weight,
-        reduction=reduction,
-        avg_factor=avg_factor,
-        ignore_index=ignore,
+def _sigmoid_focal(
+    x: Tensor, t: DenseTarget, want_total: bool, *, gamma: float, alpha: float | None
+) -> Tensor:
+    opts = {"gamma": gamma, "alpha": alpha, "hard": t.binary}
+    spec = ClosedForm(
+        upcast(partial(_sigmoid_focal_closed, **opts)), partial(_sigmoid_focal_composite, **opts)
     )
+    if gamma == 0.0:
+        # exactly binary_cross_entropy_with_logits (PyTorch's fused kernel), times alpha
+        return spec.composite(x.to(compute_dtype(x)), t.target)
+    return closed_form_loss(x, t.target, spec)
 
 
+@loss_function
 def sigmoid_focal_loss(
     logits: Tensor,
     target: Tensor,
     *,
-    alpha: float | None = 0.25,
-    gamma: float = 2.0,
+    alpha: Probability | ClassProbabilities | None = 0.25,
+    gamma: NonNegative = 2.0,
+    pos_weight: NonNegative | Weights | None = None,
     ignore_index: int | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
-    avg_factor: float | Tensor | None = None,
+    avg_factor: AvgFactor = None,
     backend: Backend = "torch",
 ) -> Tensor:
     r"""Sigmoid focal loss for binary and multi-label classification (RetinaNet).
@@ -331,9 +283,23 @@ def sigmoid_focal_loss(
     $\alpha_t$ as torchvision and mmdetection (``py_sigmoid_focal_loss``), so the values match
     ``torchvision.ops.sigmoid_focal_loss`` (with ``alpha=-1`` written ``None`` here) and mmdet.
 
+    ``alpha`` may also be a per-class sequence (or 1-d tensor) $(\alpha_c)$ of length $C$, lined
+    up with the class dimension (dim 1 of ``(N, C, *)`` logits, dim 0 of 1-d logits): class $c$'s
+    positives get $\alpha_c$ and its negatives $1 - \alpha_c$ (mmsegmentation's and MONAI's
+    per-class alpha). A positive-class weight $w_+$ (``pos_weight``) weights the positive term of
+    the cross-entropy, as in ``binary_cross_entropy_with_logits``:
+
+    $$
+    \ell = \alpha_t\,(1 - p_t)^{\gamma}\,
+        \bigl[-w_+\, y \log p - (1 - y) \log(1 - p)\bigr],
+    $$
+
+    which for hard targets is kornia's ``binary_focal_loss_with_logits(pos_weight=...)``.
+
     Special cases: ``gamma=0, alpha=None`` is ``binary_cross_entropy_with_logits`` (values and
-    gradients); ``alpha=0.5`` halves it; ``alpha=1`` keeps only the positive terms, ``alpha=0`` only
-    the negative ones. The loss is never larger than $\alpha_t \operatorname{BCE}$.
+    gradients, also with the same ``pos_weight``); ``alpha=0.5`` halves it; ``alpha=1`` keeps only
+    the positive terms, ``alpha=0`` only the negative ones. Without ``pos_weight`` the loss is never
+    larger than $\alpha_t \operatorname{BCE}$.
 
     Numerics: log terms from ``logsigmoid``, $1 - p_t$ from ``sigmoid(-x)`` / ``sigmoid(x)`` (no
     cancellation), float32 math for half inputs. Gradients stay finite for every $\gamma \ge 0$,
@@ -349,9 +315,14 @@ def sigmoid_focal_loss(
     Args:
         logits: Raw scores, ``(N, C, *)`` (any shape with dense targets).
         target: Dense targets in ``[0, 1]`` of the logits' shape, or class indices ``(N, *)``.
-        alpha: Weight of the positive class in ``[0, 1]``, negatives get ``1 - alpha``; ``None``
-            turns the weighting off (torchvision's ``alpha=-1``).
+        alpha: Weight of the positive class in ``[0, 1]``, negatives get ``1 - alpha``: a float,
+            or a per-class sequence / 1-d tensor of length ``C`` (the class dim); ``None`` turns
+            the weighting off (torchvision's ``alpha=-1``).
         gamma: Focusing parameter $\gamma \ge 0$.
+        pos_weight: Weight $w_+ \ge 0$ of the positive cross-entropy term (a number, list or
+            tensor), broadcast against the logits exactly as in PyTorch's
+            ``binary_cross_entropy_with_logits``: a ``(C,)`` vector lines up with the **last**
+            dimension; for ``(N, C, H, W)`` logits pass it as ``(C, 1, 1)``. ``None`` = 1.
         ignore_index: Ignored target value (dense: per element; indices: per row); ``None`` = off.
         weight: Element-wise weight: the logits' shape, its leading dims (``(N,)`` = per sample,
             as in mmdetection) or a same-rank broadcastable shape.
@@ -359,8 +330,8 @@ def sigmoid_focal_loss(
             ``"sum"``.
         avg_factor: Denominator of ``"mean"`` (e.g. the number of positive anchors).
         backend: ``"torch"`` | ``"auto"`` | ``"triton"``: the fused sigmoid kernel serves CUDA
-            float32 / float16 / bfloat16 logits; other cases fall back under ``"auto"`` and raise
-            under ``"triton"``.
+            float32 / float16 / bfloat16 logits with a float (or no) ``alpha`` and no
+            ``pos_weight``; other cases fall back under ``"auto"`` and raise under ``"triton"``.
 
     Returns:
         The logits' shape for ``"none"``, else a scalar; float32 (float64 for float64 logits).
@@ -377,28 +348,40 @@ def sigmoid_focal_loss(
         ...     torch.nn.functional.binary_cross_entropy_with_logits(
         ...         logits, torch.tensor([[1.0, 0, 0], [0, 0, 0]])).item())
         True
+        >>> sigmoid_focal_loss(logits, torch.tensor([0, 3]), alpha=[0.75, 0.25, 0.25],
+        ...                    pos_weight=2.0, reduction="sum")
+        tensor(0.9592)
     """
     fn = "sigmoid_focal_loss"
-    x = check_floating(fn, "logits", logits)
-    g = check_number(fn, "gamma", gamma, low=0.0)
-    a = None if alpha is None else check_number(fn, "alpha", alpha, low=0.0, high=1.0)
-    ignore = check_optional_int(fn, "ignore_index", ignore_index)
-    if kernel_eligible(fn, backend, x):
-        fused = _sigmoid_kernel(fn, backend, x, target, a, g, ignore, weight, reduction, avg_factor)
-        if fused is not None:
-            return fused
-    dt = sigmoid_target(fn, x, target, ignore_index=ignore)
-    y = dt.target
-    hard = dt.from_index or not target.is_floating_point()
-    opts = {"gamma": g, "alpha": a, "hard": hard}
-    spec = ClosedForm(
-        upcast(partial(_sigmoid_focal_closed, **opts)), partial(_sigmoid_focal_composite, **opts)
-    )
-    # gamma = 0 is exactly binary_cross_entropy_with_logits (PyTorch's fused kernel), times alpha.
-    loss = spec.composite(x.to(compute_dtype(x)), y) if g == 0.0 else closed_form_loss(x, y, spec)
-    loss = poison_out_of_range(loss, dt.bad)
-    return weight_reduce(
-        loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor, valid=dt.valid
+    from lossforge.functional import _focal_options as opt
+
+    if pos_weight is None and not opt.is_per_class(alpha):
+        return pipeline.sigmoid(
+            fn,
+            logits,
+            target,
+            loss=partial(_sigmoid_focal, gamma=gamma, alpha=cast(float | None, alpha)),
+            fused=Fused("sigmoid", "focal", {"alpha": alpha, "gamma": gamma}),
+            ignore_index=ignore_index,
+            weight=weight,
+            reduction=reduction,
+            avg_factor=avg_factor,
+            backend=backend,
+        )
+    # A per-class alpha or a pos_weight: the fused kernel does not serve them (it would need a
+    # [C] alpha vector and the pos_weight factor), so "triton" raises saying so.
+    opt.decline_kernel(fn, backend, logits)
+    return pipeline.sigmoid(
+        fn,
+        logits,
+        target,
+        loss=partial(opt.weighted_sigmoid_focal, gamma=gamma, base=_sigmoid_focal),
+        options=opt.focal_options(fn, alpha, pos_weight),
+        ignore_index=ignore_index,
+        weight=weight,
+        reduction=reduction,
+        avg_factor=avg_factor,
+        backend=backend,
     )
 
 
@@ -454,96 +437,44 @@ def _alpha_vector(
     return vec
 
 
-def _check_softmax_index_target_light(
-    fn: str, x: Tensor, target: Tensor, ignore: int | None
-) -> None:
-    """Structural and (mode-dependent) range checks of an index target, without building masks."""
-    cdim = 1 if x.ndim >= 2 else 0
-    if target.device != x.device:
-        fail(fn, "target", f"on the device of `logits` ({x.device})", target.device)
-    if x.shape[cdim] < 2:
-        fail(
-            fn,
-            "logits",
-            "at least 2 classes along dim 1 (a 1-class softmax loss is always 0)",
-            f"C={x.shape[cdim]}",
-        )
-    check_index_range(fn, as_index_target(fn, target), x.shape[cdim], ignore_index=ignore)
+def _softmax_focal(inp: SoftmaxInput, want_total: bool, *, gamma: float, eps: float) -> Tensor:
+    """The per-position softmax focal loss (the docstring's formulas)."""
+    st, cdim, c, coef = inp.target, inp.cdim, inp.c, inp.coef
+    ndim = inp.z.ndim
+    logp = torch.log_softmax(inp.z, dim=cdim)
+    if st.probs is not None:
+        t = st.probs if eps == 0 else st.probs * (1.0 - eps) + eps / c
+        terms = _focal_term(logp, gamma) * t
+        if coef is not None:
+            terms = terms * class_view(coef, ndim, cdim)
+        return terms.sum(dim=cdim)
+    idx = cast(Tensor, st.index)  # softmax_target sets exactly one of index / probs
+    loss = _focal_term(logp.gather(cdim, idx.unsqueeze(cdim)).squeeze(cdim), gamma)
+    if coef is not None:
+        loss = loss * coef[idx]
+    if eps > 0:
+        # (1 - eps) * (target-class term) + eps / C * sum over all classes; no one-hot is built.
+        every = _focal_term(logp, gamma)
+        if coef is not None:
+            every = every * class_view(coef, ndim, cdim)
+        loss = (1.0 - eps) * loss + (eps / c) * every.sum(dim=cdim)
+    return loss
 
 
-def _softmax_kernel(
-    fn: str,
-    backend: object,
-    x: Tensor,
-    target: object,
-    *,
-    gamma: float,
-    alpha: object,
-    balance_index: int,
-    class_weight: object,
-    eps: float,
-    ignore: int | None,
-    weight: Tensor | None,
-    reduction: str,
-    avg_factor: float | Tensor | None,
-) -> Tensor | None:
-    from lossforge.kernels import softmax as fused
-
-    if x.ndim == 0 or not isinstance(target, Tensor):
-        return None  # the reference raises the right error
-    why = fused.unsupported_reason(x, target, eps, kind="focal")
-    if why is not None:
-        softmax_target(fn, x, target, ignore_index=ignore)  # raise for malformed targets first
-        unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
-        return None
-    _check_softmax_index_target_light(fn, x, target, ignore)
-    cdim = 1 if x.ndim >= 2 else 0
-    c = x.shape[cdim]
-    if not 0 <= balance_index < c:
-        fail(fn, "balance_index", f"in [0, {c}) (a class of the logits)", balance_index)
-    reduction = check_reduction(fn, reduction)
-    avg = check_avg_factor(fn, avg_factor, reduction)
-    if weight is not None:
-        expand_weight(fn, weight, torch.Size(target.shape), x)  # validation only
-    a = _alpha_vector(fn, alpha, balance_index, c, x)
-    w = as_class_weight(fn, class_weight, c, x)
-    coef = a
-    if w is not None:
-        # class_weight multiplies like alpha; its "mean" denominator (sum of the valid targets'
-        # class weights, as in cross_entropy) is computed on the device and sent as avg_factor.
-        coef = w if coef is None else coef * w
-        if reduction == "mean" and avg is None:
-            idx = as_index_target(fn, target)
-            keep = (idx >= 0) & (idx < c)
-            if ignore is not None:
-                keep = keep & (idx != ignore)
-            w_t = w[torch.where(keep, idx, torch.zeros((), dtype=idx.dtype, device=idx.device))]
-            avg = torch.where(keep, w_t, torch.zeros((), dtype=w_t.dtype, device=w_t.device)).sum()
-    return fused.softmax_focal_loss(
-        x,
-        target,
-        gamma=gamma,
-        alpha=coef,
-        ignore_index=ignore,
-        weight=weight,
-        reduction=reduction,
-        avg_factor=avg,
-    )
-
-
+@loss_function
 def softmax_focal_loss(
     logits: Tensor,
     target: Tensor,
     *,
-    gamma: float = 2.0,
-    alpha: float | Sequence[float] | Tensor | None = None,
-    balance_index: int = 0,
-    class_weight: Tensor | Sequence[float] | None = None,
-    label_smoothing: float = 0.0,
+    gamma: NonNegative = 2.0,
+    alpha: Probability | ClassProbabilities | None = None,
+    balance_index: Count = 0,
+    class_weight: ClassValues | None = None,
+    label_smoothing: Probability = 0.0,
     ignore_index: int | None = -100,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
-    avg_factor: float | Tensor | None = None,
+    avg_factor: AvgFactor = None,
     backend: Backend = "torch",
 ) -> Tensor:
     r"""Softmax (multi-class) focal loss.
@@ -623,72 +554,23 @@ def softmax_focal_loss(
         True
     """
     fn = "softmax_focal_loss"
-    x = check_floating(fn, "logits", logits)
-    g = check_number(fn, "gamma", gamma, low=0.0)
-    eps = check_number(fn, "label_smoothing", label_smoothing, low=0.0, high=1.0)
-    ignore = check_optional_int(fn, "ignore_index", ignore_index)
-    bidx = check_int(fn, "balance_index", balance_index)
-    if kernel_eligible(fn, backend, x):
-        fused = _softmax_kernel(
-            fn,
-            backend,
-            x,
-            target,
-            gamma=g,
-            alpha=alpha,
-            balance_index=bidx,
-            class_weight=class_weight,
-            eps=eps,
-            ignore=ignore,
-            weight=weight,
-            reduction=reduction,
-            avg_factor=avg_factor,
-        )
-        if fused is not None:
-            return fused
-    st = softmax_target(fn, x, target, ignore_index=ignore)
-    cdim, ndim = st.cdim, x.ndim
-    c = x.shape[cdim]
-    if not 0 <= bidx < c:
-        fail(fn, "balance_index", f"in [0, {c}) (a class of the logits)", bidx)
-    a = _alpha_vector(fn, alpha, bidx, c, x)
-    w = as_class_weight(fn, class_weight, c, x)
-    coef = a if w is None else (w if a is None else a * w)  # per-class multiplier alpha_c * w_c
-    z = x.to(compute_dtype(x))
-    logp = torch.log_softmax(z, dim=cdim)
 
-    if st.probs is not None:
-        t = st.probs if eps == 0 else st.probs * (1.0 - eps) + eps / c
-        terms = _focal_term(logp, g) * t
-        if coef is not None:
-            terms = terms * class_view(coef, ndim, cdim)
-        loss = terms.sum(dim=cdim)
-        return weight_reduce(loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg_factor)
+    def alpha_vector(c: int, like: Tensor) -> Tensor | None:
+        if not 0 <= balance_index < c:
+            fail(fn, "balance_index", f"in [0, {c}) (a class of the logits)", balance_index)
+        return _alpha_vector(fn, alpha, balance_index, c, like)
 
-    idx = cast(Tensor, st.index)  # softmax_target sets exactly one of index / probs
-    loss = _focal_term(logp.gather(cdim, idx.unsqueeze(cdim)).squeeze(cdim), g)
-    coef_t = None
-    if coef is not None:
-        coef_t = coef[idx]
-        loss = loss * coef_t
-    if eps > 0:
-        # (1 - eps) * (target-class term) + eps / C * sum over all classes; no one-hot is built.
-        every = _focal_term(logp, g)
-        if coef is not None:
-            every = every * class_view(coef, ndim, cdim)
-        loss = (1.0 - eps) * loss + (eps / c) * every.sum(dim=cdim)
-    loss = poison_out_of_range(loss, st.bad)
-    valid = st.valid
-    denominator = None
-    if w is not None and reduction == "mean" and avg_factor is None:
-        # cross_entropy's rule: divide by the summed class weights of the valid targets.
-        denominator = class_weight_denominator(w[idx], valid)
-    return weight_reduce(
-        loss,
-        fn=fn,
-        reduction=reduction,
+    return pipeline.softmax(
+        fn,
+        logits,
+        target,
+        loss=partial(_softmax_focal, gamma=gamma, eps=label_smoothing),
+        fused=Fused("softmax", "focal", {"gamma": gamma, "label_smoothing": label_smoothing}),
+        class_weight=class_weight,
+        class_factor=alpha_vector,
+        ignore_index=ignore_index,
         weight=weight,
+        reduction=reduction,
         avg_factor=avg_factor,
-        valid=valid,
-        denominator=denominator,
+        backend=backend,
     )

@@ -1,92 +1,52 @@
-"""Regression losses: L1, smooth L1 and MSE, with the shared weighting contract."""
+"""Regression losses: L1, smooth L1, MSE, Huber and balanced L1, with the shared weighting
+contract."""
 
 from __future__ import annotations
 
+import math
+from functools import partial
+
+import torch
 import torch.nn.functional as TF
 from torch import Tensor
 
-from lossforge._checks import (
-    as_float_target,
-    check_floating,
-    check_number,
-    check_reduction,
-    check_same_device,
-    check_same_shape,
-    check_tensor,
-    compute_dtype,
-    fail,
-)
-from lossforge._dispatch import kernel_eligible, unsupported
-from lossforge._reduction import (
-    Backend,
-    Reduction,
-    check_avg_factor,
-    expand_weight,
-    finish_reduction,
-    weight_reduce,
-)
+from lossforge import _pipeline as pipeline
+from lossforge._params import NonNegative, Positive, loss_function
+from lossforge._pipeline import Fused, Total
+from lossforge._reduction import AvgFactor, Backend, Reduction
 
-__all__ = ["l1_loss", "mse_loss", "smooth_l1_loss"]
+__all__ = ["balanced_l1_loss", "huber_loss", "l1_loss", "mse_loss", "smooth_l1_loss"]
 
 
-def _prepare(fn: str, pred: object, target: object, backend: object) -> tuple[Tensor, Tensor]:
-    p = check_floating(fn, "pred", pred)
-    t = as_float_target(fn, target, p)
-    check_same_device(fn, pred=p, target=target)  # type: ignore[arg-type]
-    check_same_shape(fn, "target", t, "pred", p)
-    kernel_eligible(fn, backend, p)  # validates `backend`
-    return p.to(compute_dtype(p)), t
+# PyTorch's fused element-wise kernels (one pass forward, one backward) on the float32/float64
+# copies; with nothing element-wise to apply they sum directly. The tests check them against loop
+# references.
+def _l1(p: Tensor, t: Tensor, want_total: bool) -> Tensor | Total:
+    if want_total:
+        return Total(TF.l1_loss(p, t, reduction="sum"))
+    return TF.l1_loss(p, t, reduction="none")
 
 
-def _fused(
-    fn: str,
-    kind: str,
-    pred: object,
-    target: object,
-    backend: object,
-    weight: Tensor | None,
-    reduction: str,
-    avg_factor: float | Tensor | None,
-    beta: float = 1.0,
-) -> Tensor | None:
-    """The fused regression kernel when it can serve the case; None means "use the reference"."""
-    if not (isinstance(pred, Tensor) and kernel_eligible(fn, backend, pred)):
-        return None
-    p = check_floating(fn, "pred", pred)
-    t = check_tensor(fn, "target", target)
-    if t.is_complex():
-        fail(fn, "target", "a real tensor", f"dtype {t.dtype}", TypeError)
-    check_same_device(fn, pred=p, target=t)
-    check_same_shape(fn, "target", t, "pred", p)
-    from lossforge.kernels import regression as fused
-
-    why = fused.unsupported_reason(p, t)
-    if why is not None:
-        unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
-        return None
-    check_avg_factor(fn, avg_factor, check_reduction(fn, reduction))
-    if weight is not None:
-        expand_weight(fn, weight, p.shape, p)  # validation only
-    return fused.regression_loss(
-        p, t, kind=kind, beta=beta, weight=weight, reduction=reduction, avg_factor=avg_factor
-    )
+def _mse(p: Tensor, t: Tensor, want_total: bool) -> Tensor | Total:
+    if want_total:
+        return Total(TF.mse_loss(p, t, reduction="sum"))
+    return TF.mse_loss(p, t, reduction="none")
 
 
-def _finish(
-    fn: str, total: Tensor, reduction: str, avg_factor: float | Tensor | None, numel: int
-) -> Tensor:
-    """``"sum"`` / ``"mean"`` from PyTorch's summing kernel (no element-wise weight to apply): one
-    pass fewer than reducing the unreduced loss, same denominators as ``weight_reduce``."""
-    return finish_reduction(total, fn=fn, reduction=reduction, avg_factor=avg_factor, numel=numel)
+def _smooth_l1(p: Tensor, t: Tensor, want_total: bool, *, beta: float) -> Tensor | Total:
+    if want_total:
+        return Total(TF.smooth_l1_loss(p, t, reduction="sum", beta=beta))
+    return TF.smooth_l1_loss(p, t, reduction="none", beta=beta)
 
 
+@loss_function
 def l1_loss(
     pred: Tensor,
     target: Tensor,
     *,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
-    avg_factor: float | Tensor | None = None,
+    avg_factor: AvgFactor = None,
     backend: Backend = "torch",
 ) -> Tensor:
     r"""Mean absolute error.
@@ -113,29 +73,27 @@ def l1_loss(
         >>> l1_loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 4.0]))
         tensor(1.5000)
     """
-    fused = _fused("l1_loss", "l1", pred, target, backend, weight, reduction, avg_factor)
-    if fused is not None:
-        return fused
-    p, t = _prepare("l1_loss", pred, target, backend)
-    if weight is None and reduction != "none":
-        total = TF.l1_loss(p, t, reduction="sum")
-        return _finish("l1_loss", total, reduction, avg_factor, p.numel())
-    return weight_reduce(
-        TF.l1_loss(p, t, reduction="none"),
-        fn="l1_loss",
-        reduction=reduction,
+    return pipeline.regression(
+        "l1_loss",
+        pred,
+        target,
+        loss=_l1,
+        fused=Fused("regression", "l1"),
         weight=weight,
+        reduction=reduction,
         avg_factor=avg_factor,
+        backend=backend,
     )
 
 
+@loss_function
 def mse_loss(
     pred: Tensor,
     target: Tensor,
     *,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
-    avg_factor: float | Tensor | None = None,
+    avg_factor: AvgFactor = None,
     backend: Backend = "torch",
 ) -> Tensor:
     r"""Mean squared error.
@@ -159,30 +117,28 @@ def mse_loss(
         >>> mse_loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 4.0]))
         tensor(2.5000)
     """
-    fused = _fused("mse_loss", "mse", pred, target, backend, weight, reduction, avg_factor)
-    if fused is not None:
-        return fused
-    p, t = _prepare("mse_loss", pred, target, backend)
-    if weight is None and reduction != "none":
-        total = TF.mse_loss(p, t, reduction="sum")
-        return _finish("mse_loss", total, reduction, avg_factor, p.numel())
-    return weight_reduce(
-        TF.mse_loss(p, t, reduction="none"),
-        fn="mse_loss",
-        reduction=reduction,
+    return pipeline.regression(
+        "mse_loss",
+        pred,
+        target,
+        loss=_mse,
+        fused=Fused("regression", "mse"),
         weight=weight,
+        reduction=reduction,
         avg_factor=avg_factor,
+        backend=backend,
     )
 
 
+@loss_function
 def smooth_l1_loss(
     pred: Tensor,
     target: Tensor,
     *,
-    beta: float = 1.0,
+    beta: NonNegative = 1.0,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
-    avg_factor: float | Tensor | None = None,
+    avg_factor: AvgFactor = None,
     backend: Backend = "torch",
 ) -> Tensor:
     r"""Smooth L1 loss (Fast R-CNN), quadratic below ``beta`` and linear above.
@@ -214,19 +170,152 @@ def smooth_l1_loss(
         >>> smooth_l1_loss(torch.tensor([0.5, 3.0]), torch.tensor([0.0, 0.0]), beta=1.0)
         tensor(1.3125)
     """
-    beta = check_number("smooth_l1_loss", "beta", beta, low=0.0)
-    fused = _fused(
-        "smooth_l1_loss", "smooth_l1", pred, target, backend, weight, reduction, avg_factor, beta
+    return pipeline.regression(
+        "smooth_l1_loss",
+        pred,
+        target,
+        loss=partial(_smooth_l1, beta=beta),
+        fused=Fused("regression", "smooth_l1", {"beta": beta}),
+        weight=weight,
+        reduction=reduction,
+        avg_factor=avg_factor,
+        backend=backend,
     )
-    if fused is not None:
-        return fused
-    p, t = _prepare("smooth_l1_loss", pred, target, backend)
-    # PyTorch's fused element-wise kernels (one pass forward, one backward) on the float32/float64
-    # copies; beta=0 is exactly L1 there too. The tests check them against loop references.
-    if weight is None and reduction != "none":
-        total = TF.smooth_l1_loss(p, t, reduction="sum", beta=beta)
-        return _finish("smooth_l1_loss", total, reduction, avg_factor, p.numel())
-    loss = TF.smooth_l1_loss(p, t, reduction="none", beta=beta)
-    return weight_reduce(
-        loss, fn="smooth_l1_loss", reduction=reduction, weight=weight, avg_factor=avg_factor
+
+
+def _huber(p: Tensor, t: Tensor, want_total: bool, *, delta: float) -> Tensor | Total:
+    if want_total:
+        return Total(TF.huber_loss(p, t, reduction="sum", delta=delta))
+    return TF.huber_loss(p, t, reduction="none", delta=delta)
+
+
+@loss_function
+def huber_loss(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    delta: Positive = 1.0,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: AvgFactor = None,
+) -> Tensor:
+    r"""Huber loss, quadratic below ``delta`` and linear (slope ``delta``) above.
+
+    $$
+    \ell_i = \begin{cases} 0.5\,d_i^2 & |d_i| < \delta \\
+    \delta\,(|d_i| - 0.5\,\delta) & \text{otherwise} \end{cases},\qquad d_i = x_i - y_i
+    $$
+
+    Element by element ``torch.nn.functional.huber_loss`` (PyTorch's kernel), plus the shared
+    weighting. ``huber_loss(delta=d)`` equals ``d * smooth_l1_loss(beta=d)``; with
+    ``delta=1`` both are the same loss. Unlike smooth L1, the linear part keeps slope
+    ``delta``, so for large ``delta`` the loss approaches ``0.5 * MSE``.
+
+    Args:
+        pred: Predictions, any shape ``(*)``.
+        target: Same shape as ``pred``.
+        delta: Transition point, ``> 0`` (PyTorch rejects ``delta <= 0`` too).
+        weight: Element-wise weight, ``pred``'s shape or its leading dimensions.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        avg_factor: Denominator of ``"mean"``.
+
+    Returns:
+        ``pred``'s shape for ``"none"``, else a scalar.
+
+    References:
+        Huber, "Robust Estimation of a Location Parameter", Annals of Mathematical Statistics,
+        1964.
+
+    Example:
+        >>> huber_loss(torch.tensor([0.5, 3.0]), torch.tensor([0.0, 0.0]), delta=2.0)
+        tensor(2.0625)
+    """
+    return pipeline.regression(
+        "huber_loss",
+        pred,
+        target,
+        loss=partial(_huber, delta=delta),
+        weight=weight,
+        reduction=reduction,
+        avg_factor=avg_factor,
+    )
+
+
+def _balanced_l1(
+    p: Tensor, t: Tensor, _want_total: bool, *, alpha: float, gamma: float, beta: float
+) -> Tensor:
+    d = (p - t).abs()
+    b = math.expm1(gamma / alpha)  # e^(gamma / alpha) - 1: both pieces meet with slope gamma
+    # the inner piece with |d| clamped at beta, so the unused branch stays small (no overflow)
+    di = torch.clamp(d, max=beta)
+    inner = (alpha / b) * (b * di + beta) * torch.log1p(b * di / beta) - alpha * di
+    outer = gamma * d + beta * (gamma / b - alpha)
+    return torch.where(d < beta, inner, outer)
+
+
+@loss_function
+def balanced_l1_loss(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    alpha: Positive = 0.5,
+    gamma: Positive = 1.5,
+    beta: Positive = 1.0,
+    weight: Tensor | None = None,
+    reduction: Reduction = "mean",
+    avg_factor: AvgFactor = None,
+) -> Tensor:
+    r"""Balanced L1 loss (Libra R-CNN): promotes the gradients of accurate (inlier) samples.
+
+    With $d = |x - y|$ and $b = e^{\gamma/\alpha} - 1$,
+
+    $$
+    \ell = \begin{cases}
+    \dfrac{\alpha}{b}(b d + \beta)\ln\bigl(\tfrac{b d}{\beta} + 1\bigr) - \alpha d & d < \beta \\
+    \gamma d + \beta\Bigl(\dfrac{\gamma}{b} - \alpha\Bigr) & \text{otherwise}
+    \end{cases}
+    $$
+
+    With $\beta = 1$ this is the paper's loss (eq. 8): its gradient
+    $\alpha \ln(b d + 1)$ rises steeply near 0 and reaches the outlier slope $\gamma$ at
+    $d = 1$, where the choice of $b$ ($\alpha \ln(b + 1) = \gamma$) makes the two pieces meet
+    with the same value and slope. ``beta`` moves the switch the way smooth L1's does:
+    $\ell_\beta(d) = \beta\,\ell_1(d / \beta)$, so the gradient is
+    $\alpha \ln(b d / \beta + 1)$ below $\beta$ and $\gamma$ above, continuous, 0 at $d = 0$.
+
+    Parity: equals mmdetection's ``BalancedL1Loss`` for ``beta=1`` (the value its Libra R-CNN
+    configs use), values, gradients, ``weight`` and ``avg_factor``. For ``beta != 1`` mmdetection
+    writes $(b d + 1)$ and $\gamma / b - \alpha\beta$ instead: that curve has slope
+    $\alpha(1/\beta - 1) \ne 0$ at $d = 0$, negative for $\beta > 1$ (its minimum is not at
+    $d = 0$), so it is not reproduced.
+
+    Args:
+        pred: Predictions, any shape ``(*)``.
+        target: Same shape as ``pred``.
+        alpha: Inlier gradient scale $\alpha > 0$.
+        gamma: Outlier gradient (the slope for $d \ge \beta$), $\gamma > 0$.
+        beta: Transition point $\beta > 0$.
+        weight: Element-wise weight, ``pred``'s shape or its leading dimensions.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
+        avg_factor: Denominator of ``"mean"``.
+
+    Returns:
+        ``pred``'s shape for ``"none"``, else a scalar.
+
+    References:
+        Pang, Chen, Shi, Feng, Ouyang, Lin, "Libra R-CNN: Towards Balanced Learning for Object
+        Detection", CVPR 2019, arXiv:1904.02701.
+
+    Example:
+        >>> balanced_l1_loss(torch.tensor([0.0, 2.0]), torch.tensor([0.0, 0.0]))
+        tensor(1.2893)
+    """
+    return pipeline.regression(
+        "balanced_l1_loss",
+        pred,
+        target,
+        loss=partial(_balanced_l1, alpha=alpha, gamma=gamma, beta=beta),
+        weight=weight,
+        reduction=reduction,
+        avg_factor=avg_factor,
     )

@@ -38,11 +38,12 @@ def block_div(start, BLOCK: tl.constexpr, d):
 
 @triton.jit
 def _finish_kernel(
-    part_ptr,  # [n_part] fp32 per-program partial sums
-    scale_ptr,  # [1] fp32 device scale (HAS_SCALE_PTR)
+    part_ptr,  # [n_part] fp32 per-program partial sums (unscaled)
+    scale_ptr,  # [2] fp32 (gradient scale, denominator) on the device (HAS_SCALE_PTR)
     out_ptr,  # [1] fp32 reduced loss
     n_part,
-    scale,
+    d_host,
+    MODE: tl.constexpr,  # 0: sum, 1: mean, 2: mean with a strict (avg_factor) denominator
     HAS_SCALE_PTR: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -52,7 +53,16 @@ def _finish_kernel(
         offs = start + tl.arange(0, BLOCK)
         acc += tl.load(part_ptr + offs, mask=offs < n_part, other=0.0)
     total = tl.sum(acc, axis=0)
-    total = total * tl.load(scale_ptr) if HAS_SCALE_PTR else total * scale
+    if MODE > 0:
+        # lossforge._reduction.Denominator's rule: total / d for d > 0; 0 for d == 0 (nothing
+        # valid), except a strict d == 0 with a non-zero total and any d < 0: NaN.
+        d = tl.load(scale_ptr + 1) if HAS_SCALE_PTR else d_host
+        q = total / tl.where(d > 0, d, 1.0)
+        if MODE == 2:
+            rest = tl.where((d == 0) & (total == 0), 0.0, float("nan"))
+        else:
+            rest = tl.where(d == 0, 0.0, float("nan"))
+        total = tl.where(d > 0, q, rest)
     tl.store(out_ptr, total)
 
 
@@ -77,8 +87,9 @@ def _scale_grad_kernel(
         tl.store(g_ptr + offs, (g * go).to(g_ptr.dtype.element_ty), mask=m)
 
 
-def finish_sum(partials: Tensor, scale: float, scale_t: Tensor | None) -> Tensor:
-    """Fixed-order sum of the partials times the mean scale, as a 0-d fp32 tensor (one launch)."""
+def finish_sum(partials: Tensor, scale_t: Tensor | None, d: float, mode: int) -> Tensor:
+    """Fixed-order sum of the partials divided by the denominator by ``_reduction``'s rule, as a
+    0-d fp32 tensor (one launch). ``mode``, ``d`` and ``scale_t`` come from ``denominator_args``."""
     out = torch.empty((), dtype=torch.float32, device=partials.device)
     n = partials.numel()
     wrap_triton(_finish_kernel)[(1,)](
@@ -86,7 +97,8 @@ def finish_sum(partials: Tensor, scale: float, scale_t: Tensor | None) -> Tensor
         scale_t if scale_t is not None else partials,
         out,
         n,
-        scale,
+        d,
+        MODE=mode,
         HAS_SCALE_PTR=scale_t is not None,
         BLOCK=1024,
         num_warps=4,

@@ -15,6 +15,8 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from lossforge._reduction import Denominator
+
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -85,23 +87,19 @@ def same_layout(ref: Tensor, *others: Tensor) -> tuple[Tensor, ...]:
     return tuple(out)
 
 
-def mean_scale(
-    reduction: str,
-    avg_factor: float | Tensor | None,
-    count: int | Tensor,
-    device: torch.device,
-) -> tuple[float, Tensor | None]:
-    """The factor that turns a weighted sum into the reduced loss, as (host float, device tensor).
+def denominator_args(denom: Denominator | None) -> tuple[float, Tensor | None, float, int]:
+    """The kernels' view of ``lossforge._reduction.Denominator``: ``(scale, scale_t, d, mode)``.
 
-    Exactly one matters: the device tensor when not None (no host sync: an ``avg_factor`` tensor or
-    a valid count computed on the device), else the host float. A zero denominator divides by 1
-    (the reference's safe division: the sum is 0 then).
+    ``scale`` / ``scale_t``: the element gradients' factor ``1 / d`` (0 where ``d <= 0``) as a host
+    float, or on the device as element 0 of ``scale_t = [1 / d, d]`` when ``d`` is a device tensor
+    (no host sync); ``d``: the host denominator; ``mode``: 0 no mean, 1 mean, 2 mean with a strict
+    (``avg_factor``) denominator. The final stage (``_common.finish_sum``) divides by ``d``.
     """
-    if reduction == "sum":
-        return 1.0, None
-    denom: float | Tensor = count if avg_factor is None else avg_factor
-    if isinstance(denom, Tensor):
-        d = denom.to(device=device, dtype=torch.float32).reshape(1)
-        return 1.0, 1.0 / torch.where(d > 0, d, torch.ones_like(d))
-    d = float(denom)
-    return (1.0 / d if d > 0 else 1.0), None
+    if denom is None:
+        return 1.0, None, 1.0, 0
+    mode = 2 if denom.strict else 1
+    s, s_t = denom.grad_scale()
+    if s_t is None:
+        return s, None, float(denom.value), mode  # type: ignore[arg-type]
+    d_t = denom.value.detach().to(device=s_t.device, dtype=torch.float32).reshape(1)  # type: ignore[union-attr]
+    return 1.0, torch.cat([s_t, d_t]), 0.0, mode

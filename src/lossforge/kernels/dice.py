@@ -29,7 +29,7 @@ from torch.library import triton_op, wrap_triton
 from lossforge.kernels._common import backward_scaled
 from lossforge.kernels._launch import KERNEL_DTYPES, interpreting
 
-__all__ = ["dice_loss", "unsupported_reason"]
+__all__: list[str] = []  # private: reached through lossforge._pipeline.region
 
 MAX_CLASSES = 4096
 
@@ -245,7 +245,7 @@ def _backward(ctx, grad_loss, _grad_grad):
 dice_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def unsupported_reason(logits: Tensor, target: Tensor, reduction: str = "mean") -> str | None:
+def _reason(logits: Tensor, target: Tensor, reduction: str = "mean") -> str | None:
     """Why the kernel cannot serve this case, or None when it can."""
     if logits.dtype not in KERNEL_DTYPES:
         return f"logits dtype {logits.dtype}"
@@ -262,7 +262,7 @@ def unsupported_reason(logits: Tensor, target: Tensor, reduction: str = "mean") 
     return None
 
 
-def dice_loss(
+def _loss(
     logits: Tensor,
     target: Tensor,
     *,
@@ -270,13 +270,10 @@ def dice_loss(
     squared: bool = False,
     per_sample: bool = False,
     ignore_index: int | None = None,
-    reduction: str = "mean",
 ) -> Tensor:
-    """Multi-class soft dice loss on ``softmax(logits)`` (class-index targets), fused.
-
-    ``reduction="mean"`` averages ``1 - dice`` over classes (and samples when ``per_sample``),
-    ``"sum"`` adds them.
-    """
+    """The summed ``1 - dice`` of the softmax of ``logits`` against class-index targets, over
+    classes (and samples when ``per_sample``), fused; the pipeline applies the ``"mean"``
+    denominator."""
     x = logits.unsqueeze(2) if logits.ndim == 2 else logits.flatten(2)
     t = target.reshape(-1)
     if not t.is_contiguous():
@@ -289,7 +286,7 @@ def dice_loss(
         float(smooth),
         bool(squared),
         bool(per_sample),
-        reduction == "sum",
+        True,
         write_grad,
     )
-    return loss
+    return loss  # type: ignore[no-any-return]

@@ -16,16 +16,17 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
+from lossforge._reduction import Denominator, WeightLayout
 from lossforge.kernels._common import backward_scaled, block_div, finish_sum
 from lossforge.kernels._launch import (
     KERNEL_DTYPES,
+    denominator_args,
     elementwise_block,
     elementwise_warps,
-    mean_scale,
     same_layout,
 )
 
-__all__ = ["l1_loss", "smooth_l1_loss", "mse_loss", "regression_loss", "unsupported_reason"]
+__all__: list[str] = []  # private: reached through lossforge._pipeline.regression
 
 L1, SMOOTH_L1, MSE = 0, 1, 2
 
@@ -107,6 +108,8 @@ def regression_fwd(
     scale: float,
     beta: float,
     write_grad: bool,
+    d: float,
+    mode: int,
 ) -> tuple[Tensor, Tensor]:
     """Forward of the regression losses: ``(loss, grad)`` as in ``lossforge::sigmoid_fwd``."""
     n = pred.numel()
@@ -141,7 +144,7 @@ def regression_fwd(
             num_warps=elementwise_warps(),
         )
     if reduce:
-        return finish_sum(parts, scale, scale_t), grad
+        return finish_sum(parts, scale_t, d, mode), grad
     return loss_map, grad
 
 
@@ -153,18 +156,16 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad_loss, _grad_grad):
     (grad,) = ctx.saved_tensors
-    return (backward_scaled(grad, grad_loss, ctx.reduce),) + (None,) * 10
+    return (backward_scaled(grad, grad_loss, ctx.reduce),) + (None,) * 12
 
 
 regression_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def unsupported_reason(pred: Tensor, target: Tensor) -> str | None:
+def _reason(pred: Tensor, target: Tensor) -> str | None:
     """Why the kernel cannot serve this case, or None when it can."""
     if pred.dtype not in KERNEL_DTYPES:
         return f"pred dtype {pred.dtype} (the kernel takes float32/float16/bfloat16)"
-    if target.requires_grad:
-        return "a target that requires grad"
     if tuple(target.shape) != tuple(pred.shape):
         return "a target shape different from pred"
     if target.is_complex() or target.dtype == torch.float64:
@@ -172,60 +173,34 @@ def unsupported_reason(pred: Tensor, target: Tensor) -> str | None:
     return None
 
 
-def regression_loss(
+def _loss(
     pred: Tensor,
     target: Tensor,
     *,
     kind: str,
+    weight: WeightLayout,
+    reduce: bool,
+    denom: Denominator | None,
     beta: float = 1.0,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    avg_factor: float | Tensor | None = None,
 ) -> Tensor:
-    """Run ``kind`` in ``{"l1", "smooth_l1", "mse"}`` through the fused kernel."""
+    """Run ``kind`` in ``{"l1", "smooth_l1", "mse"}`` through the fused kernel (validated and
+    routed by ``lossforge._pipeline.regression``)."""
     kid = {"l1": L1, "smooth_l1": SMOOTH_L1, "mse": MSE}[kind]
     if kid == SMOOTH_L1 and beta == 0:
         kid = L1
     t = target if target.dtype != torch.bool else target.to(torch.uint8)
-    w, weight_mode, w_inner = weight, 0, 1
+    w, weight_mode, w_inner = weight.tensor, weight.mode, 1
     x = pred
-    if w is not None:
-        if w.ndim == 0:
-            weight_mode = 3
-        elif tuple(w.shape) == tuple(x.shape):
-            weight_mode = 1
-        elif w.ndim < x.ndim and tuple(w.shape) == tuple(x.shape[: w.ndim]):
-            weight_mode = 2
-        else:
-            w, weight_mode = w.expand(x.shape), 1
-    if weight_mode == 1:
+    if w is not None and weight_mode == WeightLayout.FULL:
         x, t, w = same_layout(x, t, w)
     else:
         x, t = same_layout(x, t)
-    if weight_mode == 2:
+    if w is not None and weight_mode == WeightLayout.LEADING:
         x, t, w = x.contiguous(), t.contiguous(), w.contiguous()
-        w_inner = max(1, x.numel() // max(w.numel(), 1))
-    reduce = reduction != "none"
-    scale, scale_t = 1.0, None
-    if reduction == "mean":
-        scale, scale_t = mean_scale(reduction, avg_factor, x.numel(), x.device)
+        w_inner = weight.inner
+    scale, scale_t, d, mode = denominator_args(denom)
     write_grad = pred.requires_grad and torch.is_grad_enabled()
     loss, _ = torch.ops.lossforge.regression_fwd(
-        x, t, w, scale_t, kid, weight_mode, w_inner, reduce, scale, float(beta), write_grad
+        x, t, w, scale_t, kid, weight_mode, w_inner, reduce, scale, float(beta), write_grad, d, mode
     )
-    return loss
-
-
-def l1_loss(pred: Tensor, target: Tensor, **kw) -> Tensor:
-    """Fused ``lossforge.functional.l1_loss``."""
-    return regression_loss(pred, target, kind="l1", **kw)
-
-
-def smooth_l1_loss(pred: Tensor, target: Tensor, *, beta: float = 1.0, **kw) -> Tensor:
-    """Fused ``lossforge.functional.smooth_l1_loss``."""
-    return regression_loss(pred, target, kind="smooth_l1", beta=beta, **kw)
-
-
-def mse_loss(pred: Tensor, target: Tensor, **kw) -> Tensor:
-    """Fused ``lossforge.functional.mse_loss``."""
-    return regression_loss(pred, target, kind="mse", **kw)
+    return loss  # type: ignore[no-any-return]

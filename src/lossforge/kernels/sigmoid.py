@@ -22,6 +22,7 @@ Design (PERFORMANCE.md sections 1, 2.2-2.5, 5):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import triton
@@ -29,24 +30,18 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
+from lossforge._reduction import Denominator, WeightLayout
 from lossforge.kernels._common import backward_scaled, block_div, finish_sum
 from lossforge.kernels._launch import (
     KERNEL_DTYPES,
+    denominator_args,
     elementwise_block,
     elementwise_warps,
     fast_math,
-    mean_scale,
     same_layout,
 )
 
-__all__ = [
-    "sigmoid_loss",
-    "binary_cross_entropy_with_logits",
-    "balanced_binary_cross_entropy",
-    "sigmoid_focal_loss",
-    "asymmetric_loss",
-    "unsupported_reason",
-]
+__all__: list[str] = []  # private: reached through lossforge._pipeline.sigmoid
 
 BCE, FOCAL, ASL = 0, 1, 2
 _KINDS = {"bce": BCE, "balanced_bce": BCE, "focal": FOCAL, "asl": ASL}
@@ -302,6 +297,8 @@ def sigmoid_fwd(
     label_smoothing: float,
     detach: bool,
     write_grad: bool,
+    d: float,
+    mode: int,
 ) -> tuple[Tensor, Tensor]:
     """Forward of every sigmoid loss: returns ``(loss, grad)``.
 
@@ -370,7 +367,7 @@ def sigmoid_fwd(
     elif reduce:
         parts.zero_()
     if reduce:
-        return finish_sum(parts, scale, scale_t), grad
+        return finish_sum(parts, scale_t, d, mode), grad
     return loss_map, grad
 
 
@@ -382,7 +379,7 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad_loss, _grad_grad):
     (grad,) = ctx.saved_tensors
-    return (backward_scaled(grad, grad_loss, ctx.reduce),) + (None,) * 22
+    return (backward_scaled(grad, grad_loss, ctx.reduce),) + (None,) * 24
 
 
 sigmoid_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -393,23 +390,27 @@ sigmoid_fwd.register_autograd(_backward, setup_context=_setup_context)
 # --------------------------------------------------------------------------------------------------
 
 
-def _layout(logits: Tensor, target: Tensor) -> tuple[bool, int, int]:
-    """(index_target, C, inner) for a target of the logits' shape or without the class dim."""
-    if tuple(target.shape) == tuple(logits.shape):
-        cdim = 1 if logits.ndim >= 2 else 0
-        c = logits.shape[cdim] if logits.ndim >= 1 else 1
-        inner = math.prod(logits.shape[cdim + 1 :]) if logits.ndim >= 1 else 1
-        return False, c, inner
+def _layout(logits: Tensor) -> tuple[int, int]:
+    """(C, inner): the class count and the product of the dims after the class dim."""
+    if logits.ndim == 0:
+        return 1, 1
     cdim = 1 if logits.ndim >= 2 else 0
-    return True, logits.shape[cdim], math.prod(logits.shape[cdim + 1 :])
+    return logits.shape[cdim], math.prod(logits.shape[cdim + 1 :])
 
 
-def unsupported_reason(
-    logits: Tensor, target: Tensor, weight: Tensor | None = None, pos_weight: object = None
+def _reason(
+    logits: Tensor, target: Tensor, weight: Tensor | None = None, **params: Any
 ) -> str | None:
     """Why the kernel cannot serve this case, or None when it can."""
-    if isinstance(pos_weight, Tensor) and pos_weight.numel() > 1 and logits.ndim > 2:
-        return "a per-class pos_weight on logits with more than 2 dims"
+    if "beta" in params and params["beta"] is None:
+        return "beta=None (the per-sample beta is not fused)"
+    pos_weight = params.get("pos_weight")
+    if isinstance(pos_weight, Tensor) and pos_weight.numel() > 1:
+        # The kernel indexes a pos_weight vector by class: PyTorch's last-dim broadcast only for a
+        # (C,)-like vector on logits with at most 2 dims.
+        c = logits.shape[1 if logits.ndim >= 2 else 0] if logits.ndim else 1
+        if logits.ndim > 2 or pos_weight.numel() != c or pos_weight.shape[-1] != c:
+            return f"pos_weight of shape {tuple(pos_weight.shape)}"
     if logits.dtype not in KERNEL_DTYPES:
         return f"logits dtype {logits.dtype} (the kernel takes float32/float16/bfloat16)"
     if target.is_complex() or (target.is_floating_point() and target.dtype == torch.float64):
@@ -419,15 +420,16 @@ def unsupported_reason(
     return None
 
 
-def sigmoid_loss(
+def _loss(
     logits: Tensor,
     target: Tensor,
     *,
-    kind: str = "bce",
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    avg_factor: float | Tensor | None = None,
-    ignore_index: int | None = None,
+    kind: str,
+    index_target: bool,
+    weight: WeightLayout,
+    ignore_index: int | None,
+    reduce: bool,
+    denom: Denominator | None,
     pos_weight: Tensor | float | None = None,
     label_smoothing: float = 0.0,
     alpha: float | None = None,
@@ -439,46 +441,41 @@ def sigmoid_loss(
     beta: float = 0.5,
     detach_focal_weight: bool = False,
 ) -> Tensor:
-    """Run one sigmoid loss through the fused kernel (arguments validated by the caller).
+    """Run one sigmoid loss through the fused kernel (validated and routed by
+    ``lossforge._pipeline.sigmoid``).
 
     Args:
         kind: ``"bce"`` | ``"balanced_bce"`` | ``"focal"`` | ``"asl"``.
+        index_target: ``target`` holds class indices (the logits' shape without the class dim).
+        weight: The element weight's layout (``lossforge._reduction.weight_layout``).
+        reduce: ``False`` for ``reduction="none"``.
+        denom: The ``"mean"`` denominator, ``None`` for ``"sum"`` / ``"none"``.
         beta: ``balanced_bce`` only: positives weigh ``beta``, negatives ``1 - beta``.
         Everything else as in the reference functionals.
 
     Returns:
-        The fp32 loss: a scalar, or the logits' shape for ``reduction="none"``.
+        The fp32 loss: a scalar, or the logits' shape for ``reduce=False``.
     """
     kid = _KINDS[kind]
-    index_target, c, inner = _layout(logits, target)
+    c, inner = _layout(logits)
     x = logits
     t = target
     if t.dtype == torch.bool:
         t = t.view(torch.uint8)
-    w = weight
-    weight_mode, w_inner = 0, 1
-    if w is not None:
-        if w.ndim == 0:
-            weight_mode = 3
-        elif tuple(w.shape) == tuple(x.shape):
-            weight_mode = 1
-        elif w.ndim < x.ndim and tuple(w.shape) == tuple(x.shape[: w.ndim]):
-            weight_mode = 2
-        else:
-            w = w.expand(x.shape)
-            weight_mode = 1
+    w = weight.tensor
+    weight_mode, w_inner = weight.mode, 1
     if index_target:
         x = x.contiguous()
         t = t.contiguous()
-        if weight_mode == 1:
+        if w is not None and weight_mode == WeightLayout.FULL:
             w = w.contiguous()
-    elif weight_mode == 1:
+    elif w is not None and weight_mode == WeightLayout.FULL:
         x, t, w = same_layout(x, t, w)
     else:
         x, t = same_layout(x, t)
-    if weight_mode == 2:
+    if w is not None and weight_mode == WeightLayout.LEADING:
         w = w.contiguous()
-        w_inner = max(1, x.numel() // max(w.numel(), 1))
+        w_inner = weight.inner
         if not x.is_contiguous():
             x, t = x.contiguous(), t.contiguous()
     pw = None
@@ -495,18 +492,12 @@ def sigmoid_loss(
             p_pos = float(pos_weight)
         if pw is not None and not index_target and not x.is_contiguous():
             x, t = x.contiguous(), t.contiguous()
-            if w is not None and weight_mode == 1:
+            if w is not None and weight_mode == WeightLayout.FULL:
                 w = w.contiguous()
     elif kid == FOCAL and alpha is not None:
         p_pos, p_neg = float(alpha), 1.0 - float(alpha)
 
-    reduce = reduction != "none"
-    scale, scale_t = 1.0, None
-    if reduction == "mean":
-        count: int | Tensor = x.numel()
-        if avg_factor is None and ignore_index is not None:
-            count = (t != ignore_index).sum() * c if index_target else (t != ignore_index).sum()
-        scale, scale_t = mean_scale(reduction, avg_factor, count, x.device)
+    scale, scale_t, d, mode = denominator_args(denom)
     write_grad = logits.requires_grad and torch.is_grad_enabled()
     loss, _ = torch.ops.lossforge.sigmoid_fwd(
         x,
@@ -532,51 +523,7 @@ def sigmoid_loss(
         float(label_smoothing),
         bool(detach_focal_weight),
         write_grad,
+        d,
+        mode,
     )
-    return loss
-
-
-def binary_cross_entropy_with_logits(logits: Tensor, target: Tensor, **kw) -> Tensor:
-    """Fused ``lossforge.functional.binary_cross_entropy_with_logits``."""
-    return sigmoid_loss(logits, target, kind="bce", **kw)
-
-
-def balanced_binary_cross_entropy(logits: Tensor, target: Tensor, *, beta: float, **kw) -> Tensor:
-    """Fused balanced BCE for a given ``beta`` (the per-sample ``beta=None`` variant is not
-    fused)."""
-    return sigmoid_loss(logits, target, kind="balanced_bce", beta=beta, **kw)
-
-
-def sigmoid_focal_loss(
-    logits: Tensor,
-    target: Tensor,
-    *,
-    alpha: float | None = 0.25,
-    gamma: float = 2.0,
-    **kw,
-) -> Tensor:
-    """Fused ``lossforge.functional.sigmoid_focal_loss``."""
-    return sigmoid_loss(logits, target, kind="focal", alpha=alpha, gamma=gamma, **kw)
-
-
-def asymmetric_loss(
-    logits: Tensor,
-    target: Tensor,
-    *,
-    gamma_pos: float = 0.0,
-    gamma_neg: float = 4.0,
-    clip: float = 0.05,
-    eps: float = 1e-8,
-    **kw,
-) -> Tensor:
-    """Fused multi-label ASL."""
-    return sigmoid_loss(
-        logits,
-        target,
-        kind="asl",
-        gamma_pos=gamma_pos,
-        gamma_neg=gamma_neg,
-        clip=clip,
-        eps=eps,
-        **kw,
-    )
+    return loss  # type: ignore[no-any-return]

@@ -26,16 +26,19 @@ Design (PERFORMANCE.md sections 2.1, 2.6, 2.8, 5.7):
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
+from lossforge._reduction import Denominator, WeightLayout
 from lossforge.kernels._common import finish_sum
-from lossforge.kernels._launch import KERNEL_DTYPES, interpreting, mean_scale
+from lossforge.kernels._launch import KERNEL_DTYPES, denominator_args, interpreting
 
-__all__ = ["softmax_loss", "cross_entropy", "softmax_focal_loss", "unsupported_reason"]
+__all__: list[str] = []  # private: reached through lossforge._pipeline.softmax
 
 CE, FOCAL = 0, 1
 #: Largest padded class count kept in registers for the one-pass variant.
@@ -408,6 +411,8 @@ def softmax_fwd(
     max_single: int,
     write_grad: bool,
     bias: Tensor | None,
+    d: float,
+    mode: int,
 ) -> tuple[Tensor, Tensor]:
     """Forward of the softmax losses on ``(N, C, S)``-strided logits: returns ``(loss, grad)``.
 
@@ -510,7 +515,7 @@ def softmax_fwd(
             num_warps=warps,
         )
     if reduce:
-        return finish_sum(parts, scale, scale_t), grad
+        return finish_sum(parts, scale_t, d, mode), grad
     return loss_map, grad
 
 
@@ -527,7 +532,7 @@ def _backward(ctx, grad_loss, _grad_grad):
         g = grad
     else:
         g = grad.mul_(grad_loss.unsqueeze(1))
-    return (g,) + (None,) * 13
+    return (g,) + (None,) * 15
 
 
 softmax_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -552,8 +557,8 @@ def _as_ncs(logits: Tensor) -> Tensor:
     return logits.flatten(2)
 
 
-def unsupported_reason(
-    logits: Tensor, target: Tensor, label_smoothing: float = 0.0, kind: str = "ce"
+def _reason(
+    logits: Tensor, target: Tensor, *, kind: str = "ce", label_smoothing: float = 0.0, **_: Any
 ) -> str | None:
     """Why the kernel cannot serve this case, or None when it can."""
     if logits.dtype not in KERNEL_DTYPES:
@@ -574,8 +579,10 @@ def unsupported_reason(
     return None
 
 
-def _position_weight(weight: Tensor, loss_shape: tuple[int, ...]) -> Tensor:
-    w = weight
+def _position_weight(weight: WeightLayout, loss_shape: tuple[int, ...]) -> Tensor | None:
+    w = weight.tensor
+    if w is None:
+        return None
     if w.ndim == 0:
         w = w.expand(loss_shape)
     elif tuple(w.shape) != loss_shape:
@@ -585,43 +592,44 @@ def _position_weight(weight: Tensor, loss_shape: tuple[int, ...]) -> Tensor:
     return w.to(torch.float32).contiguous().reshape(-1)
 
 
-def softmax_loss(
+def _loss(
     logits: Tensor,
     target: Tensor,
     *,
-    kind: str = "ce",
-    class_weight: Tensor | None = None,
-    alpha: Tensor | None = None,
-    ignore_index: int | None = -100,
+    kind: str,
+    coef: Tensor | None,
+    logit_bias: Tensor | None,
+    ignore_index: int | None,
+    weight: WeightLayout,
+    reduce: bool,
+    denom: Denominator | None,
     label_smoothing: float = 0.0,
     gamma: float = 2.0,
-    weight: Tensor | None = None,
-    reduction: str = "mean",
-    avg_factor: float | Tensor | None = None,
-    logit_bias: Tensor | None = None,
     max_single_pass_classes: int = SINGLE_PASS_MAX_C,
 ) -> Tensor:
-    """Run a softmax loss through the fused kernel (arguments validated by the caller).
+    """Run a softmax loss through the fused kernel (validated and routed by
+    ``lossforge._pipeline.softmax``).
 
     Args:
         kind: ``"ce"`` or ``"focal"``.
-        class_weight: ``(C,)`` class weights (CE; PyTorch's mean denominator).
-        alpha: ``(C,)`` per-class focal weights (focal; not in the denominator).
+        coef: ``(C,)`` per-class multiplier of the per-position loss (class weights and / or a
+            focal alpha); the ``"mean"`` denominator is ``denom``, decided by the pipeline.
         logit_bias: ``(C,)`` added to the logits before the softmax (``tau * log(prior)`` of the
             logit-adjusted / balanced-softmax losses).
+        ignore_index: Ignored class index (index targets only).
+        weight: The per-position weight's layout.
+        reduce: ``False`` for ``reduction="none"``; ``denom``: the ``"mean"`` denominator or None.
         max_single_pass_classes: padded class count up to which the one-pass variant is used (tests
             lower it to exercise the online variant).
 
     Returns:
-        fp32 scalar, or the per-position loss (the target's shape) for ``reduction="none"``.
+        fp32 scalar, or the per-position loss (the target's shape) for ``reduce=False``.
     """
     kid = FOCAL if kind == "focal" else CE
     x = _as_ncs(logits)
-    nb, c, s_len = x.shape
     probs = target.is_floating_point()
     if probs:
-        # Probability targets: read through their own (N, C, S) strides; "mean" divides by the
-        # number of positions (class weights do not enter it), nothing is ignored.
+        # Probability targets: read through their own (N, C, S) strides; nothing is ignored.
         cdim = 1 if logits.ndim >= 2 else 0
         loss_shape = tuple(logits.shape[:cdim]) + tuple(logits.shape[cdim + 1 :])
         t = _as_ncs(target)
@@ -631,29 +639,11 @@ def softmax_loss(
         t = target.reshape(-1)
         if not t.is_contiguous():
             t = t.contiguous()
-    cw = class_weight if kid == CE else alpha
+    cw = coef
     if cw is not None:
         cw = cw.to(device=x.device, dtype=torch.float32).reshape(-1).contiguous()
-    w = None if weight is None else _position_weight(weight, loss_shape)
-
-    reduce = reduction != "none"
-    scale, scale_t = 1.0, None
-    if reduction == "mean":
-        count: int | Tensor = nb * s_len
-        if avg_factor is None:
-            valid = None if ignore_index is None else t != ignore_index
-            if kid == CE and cw is not None and not probs:
-                wt = cw[t.clamp(0, c - 1)]
-                if valid is not None:
-                    wt = torch.where(valid, wt, torch.zeros((), dtype=wt.dtype, device=wt.device))
-                d = wt.sum().reshape(1)
-                scale_t = torch.where(
-                    d > 0, 1.0 / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(d)
-                )
-            elif valid is not None:
-                count = valid.sum()
-        if scale_t is None:
-            scale, scale_t = mean_scale(reduction, avg_factor, count, x.device)
+    w = _position_weight(weight, loss_shape)
+    scale, scale_t, d, mode = denominator_args(denom)
     write_grad = logits.requires_grad and torch.is_grad_enabled()
     loss, _ = torch.ops.lossforge.softmax_fwd(
         x,
@@ -672,19 +662,9 @@ def softmax_loss(
         None
         if logit_bias is None
         else logit_bias.to(device=x.device, dtype=torch.float32).reshape(-1).contiguous(),
+        d,
+        mode,
     )
     if not reduce:
         loss = loss.reshape(loss_shape)
-    return loss
-
-
-def cross_entropy(logits: Tensor, target: Tensor, **kw) -> Tensor:
-    """Fused ``lossforge.functional.cross_entropy`` (class-index or probability targets)."""
-    return softmax_loss(logits, target, kind="ce", **kw)
-
-
-def softmax_focal_loss(
-    logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha: Tensor | None = None, **kw
-) -> Tensor:
-    """Fused softmax focal loss ``-alpha_y (1 - p_y)**gamma log p_y`` (class-index targets)."""
-    return softmax_loss(logits, target, kind="focal", gamma=gamma, alpha=alpha, **kw)
+    return loss  # type: ignore[no-any-return]

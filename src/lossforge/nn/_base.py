@@ -1,55 +1,182 @@
-"""Base class of every lossforge loss module.
+"""Base class of every lossforge loss module, and the declaration of modules from functionals.
 
-Modules hold configuration only; ``forward`` is one call to the functional form. Every module takes
-``reduction`` and ``loss_weight`` (a scalar multiplier), and its ``forward`` takes the
-mmdetection-style ``weight``, ``avg_factor`` and ``reduction_override`` keywords. Tensor options
-(``class_weight``, ``pos_weight``) are registered as buffers, so they follow ``.to()`` and
-``state_dict``; they may be given as lists (what Hydra and TOML configs produce).
+A module is declared from its functional, in one statement (plus its docstring)::
+
+    class SigmoidFocalLoss(Loss, functional=F.sigmoid_focal_loss):
+        ...
+
+Everything else follows from the functional's keyword-only signature and its hyperparameter
+domains (``lossforge._params``):
+
+* ``__init__`` takes every keyword of the functional except the per-call ``weight`` and
+  ``avg_factor``, plus ``loss_weight`` (a scalar multiplier), with the same defaults; the values
+  are validated at construction by the same domains the functional validates each call with.
+* Tensor options (per-class weights, counts, a per-class ``alpha``, ``pos_weight``) are buffers:
+  they follow ``.to()`` and ``state_dict`` and may be given as lists (what TOML and Hydra configs
+  produce). Numbers stay plain attributes.
+* ``forward(input, target, weight=None, avg_factor=None, reduction_override=None, **inputs)``
+  calls the functional once (``inputs``: per-batch tensors such as a training ``mask``) and
+  scales by ``loss_weight``; it writes no state.
+* ``extra_repr`` prints the hyperparameters; ``registry_name`` is the functional's stem
+  (``sigmoid_focal_loss`` -> ``"sigmoid_focal"``).
+* ``traits=Traits(...)`` declares what the command line and the tests need to know (its example
+  inputs, plot family, compare task, default sweep): see ``lossforge._traits``.
+
+Third-party losses may subclass ``Loss`` directly (no ``functional=``) and write ``forward``
+themselves: they keep ``reduction``, ``loss_weight`` and the ``reduction_override`` helper.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from lossforge._checks import check_number, check_reduction, fail
+from lossforge._params import AnyOf, Batch, ClassVector, Domain, Unchecked, signature_domains
+from lossforge._traits import Traits
+
+__all__ = ["Loss"]
+
+#: Keywords of a functional that are per-call arguments of ``forward``, not configuration.
+CALL_KEYWORDS = ("weight", "avg_factor")
 
 
-def check_buffer_values(
-    owner: str, name: str, value: Tensor | None, *, high: float | None = None
-) -> None:
-    """Construction-time value check of a tensor option: finite, >= 0 (and <= ``high``).
+def _class_vector(domain: Domain) -> ClassVector | None:
+    if isinstance(domain, ClassVector):
+        return domain
+    if isinstance(domain, AnyOf):
+        for m in domain.members:
+            if isinstance(m, ClassVector):
+                return m
+    return None
 
-    Free at construction, where buffers are still on the CPU; skipped for tensors already on an
-    accelerator (no device sync).
-    """
-    if value is None or value.device.type != "cpu" or value.numel() == 0:
-        return
-    ok = torch.isfinite(value) & (value >= 0)
-    if high is not None:
-        ok = ok & (value <= high)
-    if not bool(ok.all()):
-        expected = f"values in [0, {high:g}]" if high is not None else "finite non-negative values"
-        fail(owner, name, expected, value.flatten()[:8].tolist())
+
+def _as_buffer(owner: str, name: str, value: object) -> Tensor:
+    """A tensor option as a float tensor buffer (lists, tuples and OmegaConf ListConfig too)."""
+    if isinstance(value, Tensor):
+        tensor = value.detach().clone()
+    elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        try:
+            tensor = torch.tensor([float(v) for v in value])
+        except (TypeError, ValueError):
+            fail(owner, name, "a sequence of numbers or a tensor", repr(value), TypeError)
+    else:
+        kind = type(value).__name__
+        fail(owner, name, "a tensor, a sequence of numbers or None", kind, TypeError)
+    if tensor.is_complex() or tensor.dtype == torch.bool:
+        fail(owner, name, "a real tensor", f"dtype {tensor.dtype}", TypeError)
+    return tensor if tensor.is_floating_point() else tensor.float()
 
 
 class Loss(nn.Module):
-    """Base class: ``reduction``, ``loss_weight`` and ``reduction_override`` handling.
+    """Base class: ``reduction``, ``loss_weight`` and ``reduction_override`` handling, and the
+    declaration of a module from its functional (``class X(Loss, functional=f)``)."""
 
-    Subclasses list the names of their hyperparameters in ``_repr_fields`` for ``repr``.
-    """
+    #: Key in ``lossforge.registry`` (the functional stem without ``_loss``).
+    registry_name: ClassVar[str] = ""
+    #: The loss's metadata for the command line and the tests (``lossforge._traits``).
+    traits: ClassVar[Traits | None] = None
+    #: The functional this module calls (declared modules only).
+    functional: ClassVar[Callable[..., Tensor] | None] = None
+    #: Configuration keywords in the functional's order (declared modules only).
+    config: ClassVar[tuple[str, ...]] = ()
+    #: Per-batch tensor keywords ``forward`` passes through (declared modules only).
+    inputs: ClassVar[tuple[str, ...]] = ()
+    _domains: ClassVar[dict[str, Domain]] = {}
 
-    #: Key in ``lossforge.registry`` (the functional stem without ``_loss``); set by every subclass.
-    registry_name: str = ""
-    _repr_fields: tuple[str, ...] = ()
+    def __init_subclass__(
+        cls,
+        functional: Callable[..., Tensor] | None = None,
+        name: str | None = None,
+        traits: Traits | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init_subclass__(**kw)
+        if traits is not None:
+            cls.traits = traits
+        if functional is None:
+            return
+        params = inspect.signature(functional).parameters.values()
+        keywords = [p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        domains = dict(signature_domains(functional))
+        cls.functional = staticmethod(functional)  # type: ignore[assignment]
+        cls.registry_name = name or functional.__name__.removesuffix("_loss")
+        cls._domains = domains
+        cls.inputs = tuple(p.name for p in keywords if isinstance(domains[p.name], Batch))
+        cls.config = tuple(
+            p.name
+            for p in keywords
+            if p.name not in CALL_KEYWORDS and p.name not in cls.inputs and p.name != "reduction"
+        )
+        init_params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        for p in keywords:
+            if p.name in CALL_KEYWORDS or p.name in cls.inputs:
+                continue
+            init_params.append(p)
+            if p.name == "reduction":
+                init_params.append(
+                    inspect.Parameter(
+                        "loss_weight", inspect.Parameter.KEYWORD_ONLY, default=1.0, annotation=float
+                    )
+                )
+        signature = inspect.Signature(init_params, return_annotation=None)
+        defaults = {
+            p.name: p.default for p in init_params[1:] if p.default is not inspect.Parameter.empty
+        }
+
+        def __init__(self: Loss, **kwargs: Any) -> None:  # noqa: N807
+            signature.bind(self, **kwargs)  # unknown / missing keywords: Python's TypeError
+            values = {**defaults, **kwargs}
+            Loss.__init__(
+                self, reduction=values.pop("reduction"), loss_weight=values.pop("loss_weight")
+            )
+            constraint = getattr(functional, "constraint", None)
+            if constraint is not None:
+                constraint(type(self).__name__, values)
+            for key in type(self).config:
+                self._set_option(key, values[key])
+
+        __init__.__signature__ = signature  # type: ignore[attr-defined]
+        __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+        __init__.__doc__ = f"Configure :func:`{functional.__module__}.{functional.__name__}`."
+        cls.__init__ = __init__  # type: ignore[method-assign]
 
     def __init__(self, *, reduction: str = "mean", loss_weight: float = 1.0) -> None:
         super().__init__()
         name = type(self).__name__
         self.reduction = check_reduction(name, reduction)
         self.loss_weight = check_number(name, "loss_weight", loss_weight)
+
+    def _set_option(self, key: str, value: object) -> None:
+        """Validate one configuration value by its domain; tensor options become buffers."""
+        owner = type(self).__name__
+        domain = self._domains[key]
+        vector = _class_vector(domain)
+        is_tensorish = isinstance(value, Tensor) or (
+            isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+        )
+        if (
+            vector is not None
+            and not is_tensorish
+            and value is not None
+            and not (isinstance(domain, AnyOf) and domain.accepts(value))
+        ):
+            fail(owner, key, "a tensor, a sequence of numbers or None", repr(value), TypeError)
+        if vector is not None and is_tensorish:
+            buffer = _as_buffer(owner, key, value)
+            vector.check_buffer(owner, key, buffer)
+            self.register_buffer(key, buffer)
+            return
+        if vector is not None and value is None and not _has_scalar_member(domain):
+            self.register_buffer(key, None)
+            return
+        if not isinstance(domain, Unchecked):
+            value = domain.check(owner, key, value)
+        setattr(self, key, value)
 
     def _resolve_reduction(self, reduction_override: str | None) -> str:
         if reduction_override is None:
@@ -59,47 +186,62 @@ class Loss(nn.Module):
     def _scale(self, loss: Tensor) -> Tensor:
         return loss if self.loss_weight == 1.0 else loss * self.loss_weight
 
-    def _register_tensor_option(self, name: str, value: Tensor | Sequence[float] | None) -> None:
-        """Register a tensor hyperparameter (class weights, pos_weight) as a buffer."""
-        if value is None:
-            self.register_buffer(name, None)
-            return
-        if isinstance(value, Tensor):
-            tensor = value.detach().clone()
-        elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-            # any sequence: lists, tuples, Hydra/OmegaConf ListConfig
-            try:
-                tensor = torch.tensor([float(v) for v in value])
-            except (TypeError, ValueError):
-                fail(
-                    type(self).__name__,
-                    name,
-                    "a sequence of numbers or a tensor",
-                    repr(value),
-                    TypeError,
-                )
-        else:
+    def forward(
+        self,
+        input: Tensor,
+        target: Tensor,
+        weight: Tensor | None = None,
+        avg_factor: float | Tensor | None = None,
+        reduction_override: str | None = None,
+        **inputs: Tensor | None,
+    ) -> Tensor:
+        """The functional on ``(input, target)`` with this module's configuration."""
+        fn = type(self).functional
+        if fn is None:
             fail(
                 type(self).__name__,
-                name,
-                "a tensor, a sequence of numbers or None",
-                type(value).__name__,
+                "forward",
+                "a method of the subclass (or a declaration: class X(Loss, functional=f))",
+                "none",
                 TypeError,
             )
-        if not tensor.is_floating_point():
-            tensor = tensor.float()
-        self.register_buffer(name, tensor)
+        unknown = set(inputs) - set(type(self).inputs)
+        if unknown:
+            fail(
+                type(self).__name__,
+                "forward keywords",
+                "weight, avg_factor, reduction_override"
+                + "".join(f", {k}" for k in type(self).inputs),
+                ", ".join(sorted(unknown)),
+                TypeError,
+            )
+        config = {key: getattr(self, key) for key in type(self).config}
+        return self._scale(
+            fn(
+                input,
+                target,
+                **config,
+                **inputs,
+                weight=weight,
+                avg_factor=avg_factor,
+                reduction=self._resolve_reduction(reduction_override),
+            )
+        )
 
     def extra_repr(self) -> str:
         parts = []
-        for field in self._repr_fields:
-            value = getattr(self, field)
+        for key in type(self).config:
+            value = getattr(self, key)
             if isinstance(value, Tensor):
                 value = (
                     value.tolist() if value.numel() <= 8 else f"tensor(shape={tuple(value.shape)})"
                 )
-            parts.append(f"{field}={value!r}")
+            parts.append(f"{key}={value!r}")
         parts.append(f"reduction={self.reduction!r}")
         if self.loss_weight != 1.0:
             parts.append(f"loss_weight={self.loss_weight!r}")
         return ", ".join(parts)
+
+
+def _has_scalar_member(domain: Domain) -> bool:
+    return isinstance(domain, AnyOf) and any(not isinstance(m, ClassVector) for m in domain.members)

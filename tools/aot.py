@@ -18,8 +18,8 @@ rejects and uses small tiles; this module traces and compiles the *production* l
 Must run in a process where triton was imported WITHOUT ``TRITON_INTERPRET`` (under the interpreter
 ``@triton.jit`` builds interpreter objects that cannot be compiled), hence a command line::
 
-    env -u TRITON_INTERPRET .venv/bin/python -m tests.kernels.aot            # CI set, sm_90
-    env -u TRITON_INTERPRET .venv/bin/python -m tests.kernels.aot --full --arch 90,80 \
+    env -u TRITON_INTERPRET .venv/bin/python -m tools.aot            # CI set, sm_90
+    env -u TRITON_INTERPRET .venv/bin/python -m tools.aot --full --arch 90,80 \
         --md benchmarks/results/aot-sm90.md                                    # the full sweep
 
 ``tests/kernels/test_aot_compile.py`` runs it in a subprocess. Exit status 0 with
@@ -185,9 +185,7 @@ def production_launches() -> Any:
         if hasattr(m, "persistent_programs"):
             patch(m, "persistent_programs", persistent_programs)
     if not hasattr(_launch, "interpreting"):  # pragma: no cover
-        raise RuntimeError(
-            "lossforge.kernels._launch.interpreting is gone: update tests/kernels/aot"
-        )
+        raise RuntimeError("lossforge.kernels._launch.interpreting is gone: update tools/aot.py")
     try:
         yield rec
     finally:
@@ -629,7 +627,7 @@ def markdown(results: list[dict], command: str, elapsed: float) -> str:
         "# AOT compile of the Triton kernels for NVIDIA targets",
         "",
         f"Produced by `{command}`",
-        "(tests/kernels/aot.py; no GPU needed: the production launches are captured on meta",
+        "(tools/aot.py; no GPU needed: the production launches are captured on meta",
         "tensors and compiled to cubin with the bundled ptxas).",
         f"triton {triton.__version__}, torch {torch.__version__}; "
         f"{len(results)} compiles in {elapsed:.0f} s.",
@@ -759,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"{len(res)} compiles, {out['total_s']} s total (capture {out['capture_s']} s)")
     if a.md:
-        cmd = "env -u TRITON_INTERPRET python -m tests.kernels.aot " + " ".join(
+        cmd = "env -u TRITON_INTERPRET python -m tools.aot " + " ".join(
             x for x in (argv if argv is not None else sys.argv[1:])
         )
         with open(a.md, "w") as f:

@@ -1,11 +1,12 @@
-"""``lossforge bench --suite protocol``: the benchmark protocol of PERFORMANCE.md section 6.
+"""The benchmark protocol of PERFORMANCE.md section 6 (repository only; not in the wheel).
 
-    lossforge bench --suite protocol                   # every workload (needs CUDA)
-    lossforge bench --suite protocol --only DET,SEG    # a subset
-    lossforge bench --suite protocol --smoke           # tiny CPU version, seconds
+    python -m benchmarks.run                   # every workload (needs CUDA)
+    python -m benchmarks.run --only DET,SEG    # a subset
+    python -m benchmarks.run --smoke           # tiny CPU version, seconds
 
-(``python -m benchmarks.run`` with the same flags in the repository, writing to
-``benchmarks/results/``.)
+(``benchmarks/run.py`` is the command line; results go to ``benchmarks/results/`` unless ``--out``
+says otherwise.) This module may import from the package (the eager references and
+``cpu_memory`` of ``lossforge.cli.bench``); the package never imports it.
 
 For every (workload, dtype, loss) it times, in one process and interleaved rep by rep: the eager
 reference users run today (``lossforge.cli.bench``: torchvision-style focal, the ASL repo,
@@ -13,6 +14,12 @@ F.cross_entropy with and without ``.float()``, smp-style dice, F.l1/smooth_l1), 
 it (compile time reported apart), Liger's cross-entropy when installed, and lossforge's
 ``backend="torch"`` and ``backend="triton"`` (the kernel entry point directly when the functional
 is not wired to it yet).
+
+**Only the loss is timed.** Inputs, targets in the dtype each provider takes, class weights and
+every other constant are built by the row's ``make()`` before any timing; a provider that needs a
+fresh input per call (Liger overwrites its logits with the gradient) declares a ``prepare`` step
+that runs outside the timed region (``Provider``), once per timed call. The timed region holds the
+forward, the backward and ``x.grad = None``.
 
 Reported per row: GPU time (N back-to-back fwd+bwd between two CUDA events / N; median, p20, p80
 over the reps), single-shot latency (sync per rep), fwd-only / bwd-only medians, saved-for-backward
@@ -37,7 +44,7 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +61,16 @@ from lossforge.cli.bench import (
     torchvision_sigmoid_focal,
 )
 
-__all__ = ["COLUMNS", "PROTOCOL_WORKLOADS", "run_protocol", "run_protocol_command", "write"]
+__all__ = [
+    "COLUMNS",
+    "PROTOCOL_WORKLOADS",
+    "Provider",
+    "Row",
+    "run_protocol",
+    "select_workloads",
+    "workloads",
+    "write",
+]
 
 #: Workload ids of PERFORMANCE.md section 6 (``--only``), with what they stand for.
 PROTOCOL_WORKLOADS: dict[str, str] = {
@@ -73,6 +89,29 @@ PROTOCOL_WORKLOADS: dict[str, str] = {
 # --------------------------------------------------------------------------------------------------
 
 
+Call = Callable[[dict[str, Any]], torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class Provider:
+    """A timed call and, optionally, a preparation that runs before it, outside the timed region.
+
+    ``prepare(d)`` returns the dict that ``call`` receives (a fresh input for a provider that
+    overwrites its input in place, as Liger does); without it ``call`` receives the row's dict.
+    """
+
+    call: Call
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+    def inputs(self, d: dict[str, Any], n: int) -> list[dict[str, Any]]:
+        """The arguments of ``n`` calls, prepared now (before the caller starts its clock)."""
+        return [d if self.prepare is None else self.prepare(d) for _ in range(n)]
+
+
+def _as_provider(p: Call | Provider) -> Provider:
+    return p if isinstance(p, Provider) else Provider(p)
+
+
 @dataclasses.dataclass
 class Row:
     workload: str
@@ -82,8 +121,10 @@ class Row:
     target_format: str
     # "sigmoid_dense" | "sigmoid_index" | "softmax" | "softmax_2read" | "dice" | "regression"
     family: str
-    make: Callable[[], dict[str, Any]]  # -> {"x": logits (leaf, requires grad), "t": target, ...}
-    providers: dict[str, Callable[[dict[str, Any]], torch.Tensor]]
+    # -> {"x": logits (leaf, requires grad), "t": target, ...}: everything a provider reads, built
+    # before timing (targets in the logits' dtype for the eager references, class weights, ...)
+    make: Callable[[], dict[str, Any]]
+    providers: dict[str, Call | Provider]
 
 
 def _kern(name: str) -> Callable[..., torch.Tensor]:
@@ -104,11 +145,12 @@ def _lf(name: str, kernel: str | None = None, **fixed) -> dict[str, Callable]:
 
     def triton_backend(d):
         fn = getattr(LF, name, None)
-        if fn is not None and d.get("_via") != "kernels":
+        meta = d["meta"]  # shared by the dicts derived from d ({**d, "kw": ...})
+        if fn is not None and meta.get("via") != "kernels":
             try:
                 return fn(d["x"], d["t"], backend="triton", **fixed, **d.get("kw", {}))
             except ValueError:
-                d["_via"] = "kernels"
+                meta["via"] = "kernels"  # decided in the warm-up, before any timing
         return _kern(kernel or name)(d["x"], d["t"], **fixed, **d.get("kw", {}))
 
     return {"lossforge_torch": torch_backend, "lossforge_triton": triton_backend}
@@ -127,6 +169,7 @@ def _det(n, c, dtype, dev, dense):
             "x": x,
             "t": dense_t if dense else idx,
             "dense": dense_t,
+            "dense_x": dense_t.to(dtype),  # the eager references take targets in x's dtype
             "kw": {} if dense else {"ignore_index": -2},
         }
 
@@ -137,7 +180,7 @@ def _ml(n, c, dtype, dev, frac, mean, std):
     def make():
         x = (torch.randn(n, c, device=dev) * std + mean).to(dtype).requires_grad_()
         y = (torch.rand(n, c, device=dev) < frac).to(torch.float32)
-        return {"x": x, "t": y, "dense": y, "kw": {}}
+        return {"x": x, "t": y, "dense": y, "t_x": y.to(dtype), "kw": {}}
 
     return make
 
@@ -150,7 +193,8 @@ def _seg(shape, dtype, dev, channels_last=False):
         x.requires_grad_()
         t = torch.randint(0, shape[1], (shape[0],) + tuple(shape[2:]), device=dev)
         t = torch.where(torch.rand(t.shape, device=dev) < 0.05, torch.full_like(t, 255), t)
-        return {"x": x, "t": t, "kw": {"ignore_index": 255}}
+        cw = torch.linspace(0.5, 2, shape[1], device=dev)  # class weights of the ce_..._cw rows
+        return {"x": x, "t": t, "cw": cw, "cw_x": cw.to(dtype), "kw": {"ignore_index": 255}}
 
     return make
 
@@ -183,9 +227,20 @@ def _liger_cross_entropy(label_smoothing: float) -> Any:
     return LigerCrossEntropyLoss(label_smoothing=label_smoothing)
 
 
-def workloads(dev: str, smoke: bool) -> list[Row]:
+def liger_provider(module: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Provider:
+    """Liger's cross-entropy writes the gradient into its input: each timed call gets its own copy
+    of the logits, made (2.1 GB on the LLM row) before the clock starts."""
+    return Provider(
+        call=lambda dd: module(dd["x_fresh"], dd["t"]),
+        prepare=lambda d: {**d, "x_fresh": d["x"].clone()},
+    )
+
+
+def workloads(dev: str, smoke: bool, dtypes: Sequence[torch.dtype] | None = None) -> list[Row]:
+    """The rows of the protocol (``smoke``: the tiny CPU shapes, float32 unless ``dtypes``)."""
     rows: list[Row] = []
-    dtypes = [torch.float32] if smoke else [torch.float32, torch.bfloat16]
+    if dtypes is None:
+        dtypes = [torch.float32] if smoke else [torch.float32, torch.bfloat16]
     det_n = 2048 if smoke else 1_600_000
     for dt in dtypes:
         dn = str(dt).replace("torch.", "")
@@ -202,7 +257,7 @@ def workloads(dev: str, smoke: bool) -> list[Row]:
                         _det(det_n, 80, dt, dev, dense),
                         {
                             "eager_ref": lambda d, g=gamma: torchvision_sigmoid_focal(
-                                d["x"], d["dense"].to(d["x"].dtype), 0.25, g
+                                d["x"], d["dense_x"], 0.25, g
                             ),
                             **_lf("sigmoid_focal_loss", alpha=0.25, gamma=gamma),
                         },
@@ -218,9 +273,7 @@ def workloads(dev: str, smoke: bool) -> list[Row]:
                 "sigmoid_dense",
                 _det(det_n, 80, dt, dev, True),
                 {
-                    "eager_ref": lambda d: F.binary_cross_entropy_with_logits(
-                        d["x"], d["dense"].to(d["x"].dtype)
-                    ),
+                    "eager_ref": lambda d: F.binary_cross_entropy_with_logits(d["x"], d["dense_x"]),
                     **_lf("binary_cross_entropy_with_logits"),
                 },
             )
@@ -235,7 +288,7 @@ def workloads(dev: str, smoke: bool) -> list[Row]:
                 "sigmoid_dense",
                 _det(det_n, 80, dt, dev, True),
                 {
-                    "eager_ref": lambda d: balanced_bce_eager(d["x"], d["dense"].to(d["x"].dtype)),
+                    "eager_ref": lambda d: balanced_bce_eager(d["x"], d["dense_x"]),
                     **_lf("balanced_binary_cross_entropy", beta=0.98),
                 },
             )
@@ -263,7 +316,7 @@ def workloads(dev: str, smoke: bool) -> list[Row]:
                     mk,
                     {
                         "eager_ref": lambda d: asl_repo_loss(
-                            d["x"], d["t"].to(d["x"].dtype), gamma_neg=4.0, gamma_pos=1.0, clip=0.05
+                            d["x"], d["t_x"], gamma_neg=4.0, gamma_pos=1.0, clip=0.05
                         ),
                         **_lf("asymmetric_loss", gamma_pos=1.0, gamma_neg=4.0, clip=0.05),
                     },
@@ -279,9 +332,7 @@ def workloads(dev: str, smoke: bool) -> list[Row]:
                     "sigmoid_dense",
                     mk,
                     {
-                        "eager_ref": lambda d: F.binary_cross_entropy_with_logits(
-                            d["x"], d["t"].to(d["x"].dtype)
-                        ),
+                        "eager_ref": lambda d: F.binary_cross_entropy_with_logits(d["x"], d["t_x"]),
                         **_lf("binary_cross_entropy_with_logits"),
                     },
                 )
@@ -296,9 +347,7 @@ def workloads(dev: str, smoke: bool) -> list[Row]:
                     "sigmoid_dense",
                     mk,
                     {
-                        "eager_ref": lambda d: torchvision_sigmoid_focal(
-                            d["x"], d["t"].to(d["x"].dtype)
-                        ),
+                        "eager_ref": lambda d: torchvision_sigmoid_focal(d["x"], d["t_x"]),
                         **_lf("sigmoid_focal_loss", alpha=0.25, gamma=2.0),
                     },
                 )
@@ -337,9 +386,7 @@ def workloads(dev: str, smoke: bool) -> list[Row]:
                             d["t"],
                             ignore_index=255,
                             label_smoothing=0.1,
-                            weight=torch.linspace(
-                                0.5, 2, 19, device=d["x"].device, dtype=d["x"].dtype
-                            ),
+                            weight=d["cw_x"],
                         ),
                         **{
                             k: (
@@ -349,9 +396,7 @@ def workloads(dev: str, smoke: bool) -> list[Row]:
                                         "kw": {
                                             **d["kw"],
                                             "label_smoothing": 0.1,
-                                            "class_weight": torch.linspace(
-                                                0.5, 2, 19, device=d["x"].device
-                                            ),
+                                            "class_weight": d["cw"],
                                         },
                                     }
                                 )
@@ -435,9 +480,7 @@ def workloads(dev: str, smoke: bool) -> list[Row]:
             }
             liger = _liger_cross_entropy(ls)
             if liger is not None:
-                provs["liger"] = lambda d, liger=liger: liger(
-                    d["x"].clone(), d["t"]
-                )  # it overwrites its input
+                provs["liger"] = liger_provider(liger)
             rows.append(
                 Row(
                     "LLM",
@@ -469,68 +512,74 @@ def ideal_bytes(row: Row, d: dict[str, Any]) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def _step(fn, d):
+def _step(call: Call, d: dict[str, Any]) -> None:
     d["x"].grad = None
-    loss = fn(d)
+    loss = call(d)
     loss.backward()
 
 
-def _sync(dev):
+def _sync(dev: str) -> None:
     if dev == "cuda":
         torch.cuda.synchronize()
 
 
-def gpu_time(fn, d, iters) -> float:
+def gpu_time(p: Provider, d: dict[str, Any], iters: int) -> float:
+    """Milliseconds per fwd+bwd: ``iters`` back-to-back calls between two CUDA events."""
+    calls = p.inputs(d, iters)  # before the start event
     start = torch.cuda.Event(enable_timing=True)
     end = torch.cuda.Event(enable_timing=True)
     start.record()
-    for _ in range(iters):
-        _step(fn, d)
+    for di in calls:
+        _step(p.call, di)
     end.record()
     end.synchronize()
     return start.elapsed_time(end) / iters
 
 
-def cpu_time(fn, d, iters) -> float:
+def cpu_time(p: Provider, d: dict[str, Any], iters: int) -> float:
+    calls = p.inputs(d, iters)  # before the clock
     t0 = time.perf_counter()
-    for _ in range(iters):
-        _step(fn, d)
+    for di in calls:
+        _step(p.call, di)
     return (time.perf_counter() - t0) * 1e3 / iters
 
 
-def split_time(fn, d, dev) -> tuple[float, float, float]:
+def split_time(p: Provider, d: dict[str, Any], dev: str) -> tuple[float, float, float]:
     """(single-shot fwd+bwd latency with sync, fwd ms, bwd ms)."""
+    (di,) = p.inputs(d, 1)
     d["x"].grad = None
     _sync(dev)
     t0 = time.perf_counter()
     if dev == "cuda":
         e0, e1, e2 = (torch.cuda.Event(enable_timing=True) for _ in range(3))
         e0.record()
-        loss = fn(d)
+        loss = p.call(di)
         e1.record()
         loss.backward()
         e2.record()
         torch.cuda.synchronize()
         return (time.perf_counter() - t0) * 1e3, e0.elapsed_time(e1), e1.elapsed_time(e2)
-    loss = fn(d)
+    loss = p.call(di)
     t1 = time.perf_counter()
     loss.backward()
     t2 = time.perf_counter()
     return (t2 - t0) * 1e3, (t1 - t0) * 1e3, (t2 - t1) * 1e3
 
 
-def memory(fn, d, dev="cuda") -> tuple[int | None, int]:
-    """(saved-for-backward bytes after the forward, peak extra bytes over fwd+bwd)."""
+def memory(p: Provider, d: dict[str, Any], dev: str = "cuda") -> tuple[int | None, int]:
+    """(saved-for-backward bytes after the forward, peak extra bytes over fwd+bwd); the prepared
+    input exists before the baseline, as the logits of a training step do."""
     d["x"].grad = None
+    (di,) = p.inputs(d, 1)
     if dev != "cuda":  # counts the allocations of the step itself: no baseline to clean
-        mem = cpu_memory(lambda: fn(d))
+        mem = cpu_memory(lambda: p.call(di))
         d["x"].grad = None
         return mem.saved_bytes, mem.peak_bytes
     gc.collect()
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    loss = fn(d)
+    loss = p.call(di)
     torch.cuda.synchronize()
     saved = torch.cuda.memory_allocated() - base
     loss.backward()
@@ -541,12 +590,14 @@ def memory(fn, d, dev="cuda") -> tuple[int | None, int]:
     return saved, peak
 
 
-def launches(fn, d) -> tuple[int, int]:
+def launches(p: Provider, d: dict[str, Any]) -> tuple[int, int]:
     from torch.profiler import ProfilerActivity, profile
 
     d["x"].grad = None
+    (di,) = p.inputs(d, 1)
+    torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        loss = fn(d)
+        loss = p.call(di)
         torch.cuda.synchronize()
     n_fwd = sum(1 for e in prof.events() if e.device_type.name == "CUDA")
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -689,7 +740,8 @@ def run_protocol(
         try:
             torch.manual_seed(0)
             d = row.make()
-            provs = dict(row.providers)
+            d["meta"] = {}
+            provs = {k: _as_provider(v) for k, v in row.providers.items()}
             if smoke:
                 provs = {k: v for k, v in provs.items() if k in ("eager_ref", "lossforge_torch")}
             elif compile_ref:
@@ -697,7 +749,9 @@ def run_protocol(
                 # recompile limit and silently falls back to eager.
                 torch._dynamo.reset()
                 ref = provs["eager_ref"]
-                provs["compile_ref"] = torch.compile(lambda dd, ref=ref: ref(dd), dynamic=False)
+                provs["compile_ref"] = Provider(
+                    torch.compile(lambda dd, f=ref.call: f(dd), dynamic=False), ref.prepare
+                )
             numel = d["x"].numel()
             # Warm-up (compile included, timed apart); providers that fail are recorded, not fatal.
             status: dict[str, str] = {}
@@ -705,8 +759,8 @@ def run_protocol(
             for name, fn in list(provs.items()):
                 try:
                     t0 = time.perf_counter()
-                    for _ in range(3):
-                        _step(fn, d)
+                    for di in fn.inputs(d, 3):
+                        _step(fn.call, di)
                     _sync(dev)
                     if name == "compile_ref":
                         compile_s[name] = time.perf_counter() - t0
@@ -736,7 +790,7 @@ def run_protocol(
                     "target": row.target_format,
                     "provider": k,
                     "status": "ok",
-                    "via": d.get("_via", "functional") if k == "lossforge_triton" else "",
+                    "via": d["meta"].get("via", "functional") if k == "lossforge_triton" else "",
                     "median_ms": med,
                     "p20_ms": _q(times[k], 0.2),
                     "p80_ms": _q(times[k], 0.8),
@@ -897,49 +951,15 @@ def write(out: dict[str, Any], directory: Path, stem: str) -> list[Path]:
     return [pj, pc, pm]
 
 
-def _select(names: str | None) -> set[str] | None:
+def select_workloads(names: str | None) -> set[str] | None:
+    """``--only`` as a set of workload ids (None = all); ``ValueError`` naming unknown ones."""
     if not names:
         return None
     chosen = {n.strip() for n in names.split(",") if n.strip()}
     unknown = sorted(chosen - set(PROTOCOL_WORKLOADS))
     if unknown:
         raise ValueError(
-            f"unknown workload {', '.join(map(repr, unknown))} of --suite protocol; "
+            f"unknown workload {', '.join(map(repr, unknown))} of the protocol; "
             f"valid: {', '.join(PROTOCOL_WORKLOADS)}"
         )
     return chosen
-
-
-def run_protocol_command(args: Any) -> int:
-    """``lossforge bench --suite protocol``: run, write ``<out>/<stem>.{json,csv,md}``."""
-    from lossforge.cli.bench import _device, _out_dir
-
-    only = _select(args.workloads)
-    if args.list:
-        for name, what in PROTOCOL_WORKLOADS.items():
-            print(f"{name:<6} {what}")
-        return 0
-    if args.smoke and args.device == "cuda":
-        raise ValueError("--smoke runs the tiny shapes on the CPU; drop --device cuda")
-    dev = "cpu" if args.smoke else _device(args.device).type
-    stem = args.stem or (time.strftime("%Y%m%d-%H%M%S") if dev == "cuda" else "smoke")
-    out_dir = _out_dir(args.out or ".")
-    threads = torch.get_num_threads()
-    if dev == "cpu" and not args.threads:
-        torch.set_num_threads(1)  # the tiny smoke shapes run faster on one thread of a small box
-    try:
-        out = run_protocol(
-            dev,
-            only=only,
-            reps=args.reps,
-            iters=args.iters,
-            compile_ref=not args.no_compile,
-            count_launches=not args.no_launches,
-            # Rewritten after every row, so a run cut short by a time limit keeps its results.
-            on_row=lambda partial: write(partial, out_dir, stem),
-        )
-    finally:
-        torch.set_num_threads(threads)
-    for path in write(out, out_dir, stem):
-        print("wrote", path)
-    return 0

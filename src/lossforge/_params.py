@@ -1,0 +1,337 @@
+"""Hyperparameter domains, declared once in each loss function's signature.
+
+A loss states what each keyword argument may be in its annotation, and nowhere else::
+
+    def sigmoid_focal_loss(logits, target, *, alpha: Probability | None = 0.25,
+                           gamma: NonNegative = 2.0, ...)
+
+``@loss_function`` validates the keyword arguments of every call against those annotations
+(``ValueError`` / ``TypeError`` with the library's message template), and ``lossforge.nn`` builds a
+module's constructor from the same annotations, so the functional and the module can never accept
+different values. Plain annotations are domains too: ``float`` is any finite real number, ``int``
+an integer, ``bool`` a bool, ``Literal[...]`` a choice, ``X | None`` adds ``None``.
+
+Tensor-valued options whose length depends on the input (``class_weight``, per-class ``alpha``,
+``class_counts``) are declared with :data:`ClassValues`-style domains: the module registers them as
+buffers and checks their values at construction, the pipeline checks their length against ``C`` at
+call time. Per-batch tensors that are not configuration (a training ``mask``) are declared with
+:data:`BatchTensor`: modules take them as ``forward`` keywords.
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar, Union
+
+import torch
+from torch import Tensor
+
+from lossforge._checks import check_bool, check_choice, check_int, check_number, fail
+
+__all__ = [
+    "BatchTensor",
+    "ClassProbabilities",
+    "ClassValues",
+    "Count",
+    "Domain",
+    "NonNegative",
+    "Positive",
+    "Probability",
+    "UnitInterval",
+    "Weights",
+    "loss_function",
+    "signature_domains",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Domain:
+    """What one argument may be. ``check`` returns the (coerced) value or raises."""
+
+    #: Human description for error messages of unions ("a float", "a per-class sequence").
+    noun = "a value"
+
+    def accepts(self, value: object) -> bool:
+        """Whether ``value`` is of the kind this domain checks (used to dispatch unions)."""
+        return True
+
+    def check(self, owner: str, name: str, value: object) -> Any:
+        return value
+
+
+@dataclass(frozen=True)
+class Number(Domain):
+    """A finite real number (bools rejected) in an interval; returned as ``float``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    noun = "a float"
+
+    def accepts(self, value: object) -> bool:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+    def check(self, owner: str, name: str, value: object) -> float:
+        return check_number(
+            owner,
+            name,
+            value,
+            low=self.low,
+            high=self.high,
+            low_open=self.low_open,
+            high_open=self.high_open,
+        )
+
+
+@dataclass(frozen=True)
+class Integer(Domain):
+    """An integer (bools rejected), at least ``low``; returned as ``int``."""
+
+    low: int | None = None
+    noun = "an integer"
+
+    def accepts(self, value: object) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    def check(self, owner: str, name: str, value: object) -> int:
+        return check_int(owner, name, value, low=self.low)
+
+
+@dataclass(frozen=True)
+class Flag(Domain):
+    noun = "a bool"
+
+    def accepts(self, value: object) -> bool:
+        return isinstance(value, bool)
+
+    def check(self, owner: str, name: str, value: object) -> bool:
+        return check_bool(owner, name, value)
+
+
+@dataclass(frozen=True)
+class Choice(Domain):
+    choices: tuple[Any, ...] = ()
+    noun = "a choice"
+
+    def accepts(self, value: object) -> bool:
+        return isinstance(value, str)
+
+    def check(self, owner: str, name: str, value: object) -> Any:
+        return check_choice(owner, name, value, self.choices)
+
+
+@dataclass(frozen=True)
+class ClassVector(Domain):
+    """A per-class vector (1-d tensor or sequence of numbers), values in ``[low, high]``.
+
+    Its length is only known with the input, so a call checks it in the loss's pipeline; a module
+    registers it as a buffer and checks its values once, at construction.
+    """
+
+    low: float | None = 0.0
+    high: float | None = None
+    ndim: int | None = 1  # None: any shape (a pos_weight broadcast against the logits)
+    noun = "a per-class sequence / 1-d tensor"
+
+    def accepts(self, value: object) -> bool:
+        return isinstance(value, Tensor) or (
+            isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+        )
+
+    def check(self, owner: str, name: str, value: object) -> Any:
+        return value  # length and values are checked where C is known
+
+    def expected(self) -> str:
+        if self.high is not None:
+            return f"values in [{self.low:g}, {self.high:g}]"
+        return "finite non-negative values"
+
+    def check_buffer(self, owner: str, name: str, value: Tensor) -> None:
+        """Construction-time check of the registered buffer: 1-d (unless ``ndim`` is None),
+        finite, within the bounds. Values are not read for tensors already on an accelerator (no
+        device sync at construction)."""
+        if self.ndim is not None and value.ndim != self.ndim:
+            fail(
+                owner,
+                name,
+                f"a 1-d sequence of per-class values ({self.expected()})",
+                f"shape {tuple(value.shape)}",
+            )
+        if value.device.type != "cpu" or value.numel() == 0:
+            return
+        ok = torch.isfinite(value)
+        if self.low is not None:
+            ok = ok & (value >= self.low)
+        if self.high is not None:
+            ok = ok & (value <= self.high)
+        if not bool(ok.all()):
+            fail(owner, name, self.expected(), value.flatten()[:8].tolist())
+
+
+@dataclass(frozen=True)
+class Batch(Domain):
+    """A per-batch tensor that is an input, not configuration (modules take it in ``forward``)."""
+
+    noun = "a tensor"
+
+
+@dataclass(frozen=True)
+class Unchecked(Domain):
+    """Arguments the pipeline validates with the input in hand (``weight``, ``avg_factor``)."""
+
+
+@dataclass(frozen=True)
+class AnyOf(Domain):
+    """A union: ``None`` if allowed, else the first member that accepts the value's kind."""
+
+    members: tuple[Domain, ...] = ()
+    optional: bool = False
+
+    def accepts(self, value: object) -> bool:
+        return (value is None and self.optional) or any(m.accepts(value) for m in self.members)
+
+    def check(self, owner: str, name: str, value: object) -> Any:
+        if value is None and self.optional:
+            return None
+        for m in self.members:
+            if m.accepts(value):
+                return m.check(owner, name, value)
+        if len(self.members) == 1:
+            return self.members[0].check(owner, name, value)  # its own message
+        nouns = [m.noun for m in self.members]
+        if self.optional:
+            nouns.insert(0, "None")
+        fail(owner, name, " or ".join(nouns), repr(value), TypeError)
+
+
+# --------------------------------------------------------------------------------------------------
+# The named domains losses use in their signatures.
+# --------------------------------------------------------------------------------------------------
+
+#: A finite number >= 0 (gamma, smooth, beta of smooth L1, tau, ...).
+NonNegative = Annotated[float, Number(low=0.0)]
+#: A finite number > 0.
+Positive = Annotated[float, Number(low=0.0, low_open=True)]
+#: A number in [0, 1] (alpha, label_smoothing, a given beta).
+Probability = Annotated[float, Number(low=0.0, high=1.0)]
+#: A number in [0, 1) (ASL's clip and eps).
+UnitInterval = Annotated[float, Number(low=0.0, high=1.0, high_open=True)]
+#: An integer >= 0 (a count, a class index).
+Count = Annotated[int, Integer(low=0)]
+#: Non-negative per-class values: class weights, class counts, priors.
+ClassValues = Annotated[Tensor | Sequence[float], ClassVector(low=0.0)]
+#: Per-class values in [0, 1] (a per-class alpha).
+ClassProbabilities = Annotated[Tensor | Sequence[float], ClassVector(low=0.0, high=1.0)]
+#: Non-negative weights of any shape that broadcasts against the input (``pos_weight``).
+Weights = Annotated[Tensor | Sequence[float], ClassVector(low=0.0, ndim=None)]
+#: A per-batch tensor input (e.g. a training mask).
+BatchTensor = Annotated[Tensor, Batch()]
+
+
+def _domain(annotation: Any) -> Domain:
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        base, *meta = typing.get_args(annotation)
+        for m in meta:
+            if isinstance(m, Domain):
+                return m
+        return _domain(base)
+    if origin is Literal:
+        return Choice(tuple(typing.get_args(annotation)))
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(annotation)
+        optional = type(None) in args
+        members = tuple(_domain(a) for a in args if a is not type(None))
+        if any(isinstance(m, (Unchecked, Batch)) for m in members):
+            batch = any(isinstance(m, Batch) for m in members)
+            return Batch() if batch else Unchecked()
+        if len(members) == 1 and not optional:
+            return members[0]
+        return AnyOf(members, optional)
+    if annotation is bool:
+        return Flag()
+    if annotation is int:
+        return Integer()
+    if annotation is float:
+        return Number()
+    return Unchecked()
+
+
+@functools.cache
+def signature_domains(fn: Callable[..., Any]) -> Mapping[str, Domain]:
+    """The domain of every keyword-only argument of ``fn``, from its annotations (cached)."""
+    import inspect
+
+    target = inspect.unwrap(fn)
+    hints = typing.get_type_hints(target, include_extras=True)
+    out: dict[str, Domain] = {}
+    for p in inspect.signature(target).parameters.values():
+        if p.kind is inspect.Parameter.KEYWORD_ONLY:
+            out[p.name] = _domain(hints.get(p.name, Any))
+    return out
+
+
+#: ``check(owner, values)``: a constraint between hyperparameters (e.g. "exactly one of
+#: ``class_counts`` and ``priors``), run on every call and at module construction.
+Constraint = Callable[[str, Mapping[str, Any]], None]
+
+
+@typing.overload
+def loss_function(fn: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+@typing.overload
+def loss_function(
+    *, check: Constraint | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def loss_function(
+    fn: Callable[P, R] | None = None, /, *, check: Constraint | None = None
+) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
+    """Validate a loss function's keyword arguments against the domains of its annotations.
+
+    The arguments a call passes are checked (defaults are valid by construction and tested so) and
+    handed to the function coerced (``2`` becomes ``2.0`` for a float domain). Anything not
+    declared with a checkable domain (``weight``, ``avg_factor``, tensors) is passed through for
+    the loss's pipeline to validate against the input. ``check`` declares a constraint between
+    hyperparameters; modules run it at construction (``lossforge.nn``).
+    """
+    if fn is None:
+        return lambda f: _wrap(f, check)
+    return _wrap(fn, check)
+
+
+def _wrap(fn: Callable[P, R], check: Constraint | None) -> Callable[P, R]:
+    import inspect
+
+    name = fn.__name__
+    # Resolved once, here: the call path is then dict lookups (cheap, and torch.compile traces it
+    # without graph breaks).
+    domains = dict(signature_domains(fn))
+    defaults = {
+        p.name: p.default
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+    }
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        for key, value in kwargs.items():
+            domain = domains.get(key)
+            if domain is not None:
+                kwargs[key] = domain.check(name, key, value)
+        if check is not None:
+            check(name, {**defaults, **kwargs})
+        return fn(*args, **kwargs)
+
+    wrapper.constraint = check  # type: ignore[attr-defined]
+    return wrapper

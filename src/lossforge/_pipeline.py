@@ -1,0 +1,819 @@
+"""One pipeline per target convention: what every loss shares, written once.
+
+A public loss function is its signature (with the hyperparameter domains, ``lossforge._params``),
+its docstring, its own hyperparameter logic and its math. It hands the rest to the pipeline of its
+target convention, which applies, in this order and for every loss alike:
+
+1. the shared argument checks (input dtype and NaN, ``avg_factor`` with the reduction);
+2. backend routing: a fused kernel when one is declared (``Fused``), the backend asks for it and
+   the kernel serves the case; ``"auto"`` falls back to the reference, ``"triton"`` raises;
+3. the target convention: validation, class indices or dense / probability targets, ignore
+   masks, out-of-range indices (NaN with value checks off);
+4. the loss's math, on the prepared inputs;
+5. weights and the reduction (``lossforge._reduction``: the one ``"mean"`` rule, the distributed
+   denominator and the zero rules), for the reference and the kernels alike.
+
+The conventions:
+
+* ``sigmoid``: element-wise losses on logits (or probabilities) with dense targets of the input's
+  shape or class indices without the class dimension (``C`` = background).
+* ``softmax``: losses over the class dimension with class-index or probability targets, per-class
+  weights that enter the ``"mean"`` denominator (PyTorch's rule) and per-class factors that do not.
+* ``region``: set-level overlaps per (sample, class) or per class over the batch (dice family).
+* ``regression``: predictions and targets of one shape.
+
+A fused kernel computes sums and gradients only: the pipeline hands it the weight layout and the
+``"mean"`` denominator from ``lossforge._reduction``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import Tensor
+
+from lossforge import _reduction
+from lossforge._checks import (
+    as_class_weight,
+    as_index_target,
+    check_floating,
+    check_index_range,
+    check_same_device,
+    check_same_shape,
+    check_tensor,
+    check_unit_interval,
+    compute_dtype,
+    fail,
+    poison_out_of_range,
+)
+from lossforge._dispatch import kernel_eligible, unsupported
+from lossforge._reduction import (
+    Denominator,
+    check_avg_factor,
+    class_weight_denominator,
+    finish_reduction,
+    mean_denominator,
+    reduce_loss,
+    weight_layout,
+)
+from lossforge._targets import (
+    SoftmaxTarget,
+    check_sigmoid_target,
+    check_softmax_target,
+    class_view,
+    region_target,
+    sigmoid_target,
+    softmax_target,
+)
+
+__all__ = [
+    "Fused",
+    "RegionInput",
+    "SoftmaxInput",
+    "Total",
+    "Unreduced",
+    "region",
+    "region_entries",
+    "regression",
+    "sigmoid",
+    "softmax",
+]
+
+
+@dataclass(frozen=True)
+class Fused:
+    """A fused kernel that can serve a loss.
+
+    Attributes:
+        family: Module of ``lossforge.kernels`` (``"sigmoid"``, ``"softmax"``, ``"regression"``).
+        kind: The loss inside the family.
+        params: The loss's constants for the kernel.
+    """
+
+    family: str
+    kind: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Total(NamedTuple):
+    """Returned by a loss's math instead of the unreduced loss when PyTorch's own kernel already
+    summed the valid elements (one pass fewer; the denominator rules still apply)."""
+
+    value: Tensor
+
+
+class Unreduced(NamedTuple):
+    """Returned by a loss's math whose ``"mean"`` has a loss-specific default denominator (used
+    when no ``avg_factor`` is given), e.g. OHEM's ``n_pos + k + eps``. In the softmax pipeline it
+    replaces the default (the summed class weights of the valid targets, or their count)."""
+
+    loss: Tensor
+    denominator: Tensor
+
+
+@dataclass(frozen=True)
+class SoftmaxInput:
+    """What the softmax pipeline hands a loss's math.
+
+    Attributes:
+        z: The logits in the compute dtype (float32, or float64 for float64 input), plus the
+            loss's ``logit_bias`` along the class dimension.
+        target: Class indices or probabilities (``lossforge._targets.SoftmaxTarget``).
+        class_weight: ``(C,)`` weights that also enter the ``"mean"`` denominator, or ``None``.
+        class_factor: ``(C,)`` factors that do not (a focal ``alpha``), or ``None``.
+        cdim: The class dimension; ``c``: the number of classes.
+    """
+
+    z: Tensor
+    target: SoftmaxTarget
+    class_weight: Tensor | None
+    class_factor: Tensor | None
+    cdim: int
+    c: int
+
+    @property
+    def coef(self) -> Tensor | None:
+        """The per-class multiplier of the loss: ``class_factor * class_weight``."""
+        a, w = self.class_factor, self.class_weight
+        if a is None:
+            return w
+        return a if w is None else a * w
+
+
+def _grad_reason(*tensors: object) -> str | None:
+    """Why a kernel cannot give the gradients autograd expects (it differentiates the input
+    only)."""
+    for t in tensors:
+        if isinstance(t, Tensor):
+            if t.requires_grad:
+                return "a target, weight or per-class option that requires grad"
+            if fwAD.unpack_dual(t).tangent is not None:
+                return "forward-mode AD (dual tensors)"
+    return None
+
+
+def _kernel_module(fused: Fused) -> Any:
+    return importlib.import_module(f"lossforge.kernels.{fused.family}")
+
+
+def _no_kernel(fn: str, backend: object, x: Tensor) -> None:
+    """A loss without a fused kernel: ``"triton"`` raises, ``"auto"`` runs the reference."""
+    if kernel_eligible(fn, backend, x):
+        unsupported(fn, backend, f"no fused kernel for {fn}")  # type: ignore[arg-type]
+
+
+def _mean(
+    reduction: str,
+    avg: float | Tensor | None,
+    numel: int,
+    valid: Tensor | None,
+    x: Tensor,
+    denominator: Tensor | None = None,
+) -> Denominator | None:
+    if reduction != "mean":
+        return None
+    return mean_denominator(
+        avg_factor=avg,
+        numel=numel,
+        valid=valid,
+        denominator=denominator,
+        device=x.device,
+        dtype=compute_dtype(x),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# sigmoid: element-wise losses, dense or class-index targets.
+# --------------------------------------------------------------------------------------------------
+
+
+def sigmoid(
+    fn: str,
+    logits: object,
+    target: object,
+    *,
+    loss: Callable[..., Tensor | Total | Unreduced],
+    ignore_index: int | None,
+    weight: Tensor | None,
+    reduction: str,
+    avg_factor: object,
+    backend: object = "torch",
+    fused: Fused | None = None,
+    options: Callable[[Tensor], Mapping[str, Any]] | None = None,
+    input_name: str = "logits",
+) -> Tensor:
+    """Run an element-wise sigmoid-family loss.
+
+    Args:
+        loss: ``loss(x, target, want_total, **options)``: the unreduced loss (the input's shape,
+            compute dtype) of the input ``x`` (own dtype) against the dense target; it may return
+            ``Total`` when ``want_total`` (no element weight, mask or poisoned element).
+        fused: The kernel that can serve this loss, if any.
+        options: ``options(x)``: loss options that need the validated input (a ``pos_weight``
+            on its device); passed to ``loss`` and to the kernel as keywords.
+    """
+    x = check_floating(fn, input_name, logits)
+    avg = check_avg_factor(fn, avg_factor, reduction)
+    opts = {} if options is None else dict(options(x))
+    if fused is None:
+        _no_kernel(fn, backend, x)
+    elif kernel_eligible(fn, backend, x):
+        if opts:
+            fused = Fused(fused.family, fused.kind, {**fused.params, **opts})
+        out = _sigmoid_fused(fn, backend, fused, x, target, ignore_index, weight, reduction, avg)
+        if out is not None:
+            return out
+    dt = sigmoid_target(fn, x, target, ignore_index=ignore_index)
+    want_total = reduction != "none" and weight is None and dt.valid is None and dt.bad is None
+    out = loss(x, dt, want_total, **opts)
+    if isinstance(out, Total):
+        return finish_reduction(
+            out.value, fn=fn, reduction=reduction, avg_factor=avg, numel=x.numel()
+        )
+    denominator = None
+    if isinstance(out, Unreduced):
+        out, denominator = out
+    out = poison_out_of_range(out, dt.bad)
+    return reduce_loss(
+        out,
+        fn=fn,
+        reduction=reduction,
+        weight=weight,
+        avg_factor=avg,
+        valid=dt.valid,
+        denominator=denominator,
+    )
+
+
+def _sigmoid_fused(
+    fn: str,
+    backend: object,
+    fused: Fused,
+    x: Tensor,
+    target: object,
+    ignore: int | None,
+    weight: Tensor | None,
+    reduction: str,
+    avg: float | Tensor | None,
+) -> Tensor | None:
+    t, index = check_sigmoid_target(fn, x, target, ignore_index=ignore)
+    kernels = _kernel_module(fused)
+    why = _grad_reason(t, weight, *fused.params.values()) or kernels._reason(
+        x, t, weight, **fused.params
+    )
+    if why is not None:
+        unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
+        return None
+    wl = weight_layout(fn, weight, x.shape, x)
+    valid = None if ignore is None else t != ignore  # a per-row mask stands for its C elements
+    denom = _mean(reduction, avg, x.numel(), valid, x)
+    return kernels._loss(  # type: ignore[no-any-return]
+        x,
+        t,
+        kind=fused.kind,
+        index_target=index,
+        weight=wl,
+        ignore_index=ignore,
+        reduce=reduction != "none",
+        denom=denom,
+        **fused.params,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# softmax: losses over the class dimension.
+# --------------------------------------------------------------------------------------------------
+
+ClassOption = Callable[[int, Tensor], "Tensor | None"]
+
+
+def softmax(
+    fn: str,
+    logits: object,
+    target: object,
+    *,
+    loss: Callable[[SoftmaxInput, bool], Tensor | Total | Unreduced],
+    ignore_index: int | None,
+    weight: Tensor | None,
+    reduction: str,
+    avg_factor: object,
+    backend: object = "torch",
+    class_weight: object = None,
+    class_factor: ClassOption | None = None,
+    logit_bias: ClassOption | None = None,
+    fused: Fused | None = None,
+    allow_probs: bool = True,
+    input_name: str = "logits",
+) -> Tensor:
+    """Run a softmax-family loss.
+
+    Args:
+        loss: ``loss(inputs, want_total)``: the per-position loss (the index target's shape,
+            compute dtype), or ``Total`` of the valid positions when ``want_total`` (no element
+            weight) and index targets, or ``Unreduced(loss, denominator)`` when its ``"mean"``
+            has a denominator of its own (hard-example mining: the selected positions).
+        class_weight: Per-class weights (length ``C``, non-negative): with index targets and no
+            ``avg_factor``, ``"mean"`` divides by the summed weights of the valid targets.
+        class_factor: ``(C, like) -> (C,)`` per-class factors that do not enter the denominator.
+        logit_bias: ``(C, like) -> (C,)`` added to the logits along the class dimension before the
+            loss (prior / margin adjustments); the kernels add it on the fly.
+        fused: The kernel that can serve this loss, if any.
+        allow_probs: Whether probability targets are accepted.
+    """
+    x = check_floating(fn, input_name, logits)
+    avg = check_avg_factor(fn, avg_factor, reduction)
+    if (
+        not allow_probs
+        and isinstance(target, Tensor)
+        and (target.is_floating_point() or target.dtype == torch.bool)
+    ):
+        fail(fn, "target", "an integer tensor of class indices", f"dtype {target.dtype}", TypeError)
+    if fused is None:
+        _no_kernel(fn, backend, x)
+    elif kernel_eligible(fn, backend, x):
+        out = _softmax_fused(
+            fn,
+            backend,
+            fused,
+            x,
+            target,
+            ignore_index,
+            weight,
+            reduction,
+            avg,
+            class_weight,
+            class_factor,
+            logit_bias,
+        )
+        if out is not None:
+            return out
+    st = softmax_target(fn, x, target, ignore_index=ignore_index)
+    c = x.shape[st.cdim]
+    w = as_class_weight(fn, class_weight, c, x)
+    a = None if class_factor is None else class_factor(c, x)
+    z = x.to(compute_dtype(x))
+    if logit_bias is not None:
+        bias = logit_bias(c, x)
+        if bias is not None:
+            z = z + class_view(bias.to(z.dtype), x.ndim, st.cdim)
+    inputs = SoftmaxInput(z, st, w, a, st.cdim, c)
+    index = st.index is not None
+    denominator = None
+    if w is not None and index and reduction == "mean" and avg is None:
+        denominator = class_weight_denominator(w[st.index], st.valid)
+    out = loss(inputs, reduction != "none" and weight is None and index)
+    if isinstance(out, Unreduced):
+        out, denominator = out
+    if isinstance(out, Total):
+        total = out.value
+        if st.bad is not None:
+            total = torch.where(st.bad.any(), torch.full_like(total, float("nan")), total)
+        return finish_reduction(
+            total,
+            fn=fn,
+            reduction=reduction,
+            avg_factor=avg,
+            numel=st.index.numel(),  # type: ignore[union-attr]
+            valid=st.valid,
+            denominator=denominator,
+        )
+    out = poison_out_of_range(out, st.bad)
+    return reduce_loss(
+        out,
+        fn=fn,
+        reduction=reduction,
+        weight=weight,
+        avg_factor=avg,
+        valid=st.valid,
+        denominator=denominator,
+    )
+
+
+def _softmax_fused(
+    fn: str,
+    backend: object,
+    fused: Fused,
+    x: Tensor,
+    target: object,
+    ignore: int | None,
+    weight: Tensor | None,
+    reduction: str,
+    avg: float | Tensor | None,
+    class_weight: object,
+    class_factor: ClassOption | None,
+    logit_bias: ClassOption | None,
+) -> Tensor | None:
+    kernels = _kernel_module(fused)
+    t, index, cdim = check_softmax_target(fn, x, target, ignore_index=ignore)
+    why = _grad_reason(t, weight, class_weight) or kernels._reason(
+        x, t, kind=fused.kind, **fused.params
+    )
+    if why is not None:
+        unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
+        return None
+    c = x.shape[cdim]
+    loss_shape = tuple(t.shape) if index else tuple(x.shape[:cdim]) + tuple(x.shape[cdim + 1 :])
+    wl = weight_layout(fn, weight, loss_shape, x)
+    w = as_class_weight(fn, class_weight, c, x)
+    a = None if class_factor is None else class_factor(c, x)
+    bias = None if logit_bias is None else logit_bias(c, x)
+    why = _grad_reason(a, bias)
+    if why is not None:
+        unsupported(fn, backend, why)  # type: ignore[arg-type]
+        return None
+    coef = w if a is None else (a if w is None else a * w)
+    valid = None
+    denominator = None
+    if index:
+        ign = ignore
+        valid = None if ign is None else t != ign
+        if w is not None and reduction == "mean" and avg is None:
+            safe = t.clamp(0, c - 1) if valid is None else torch.where(valid, t, 0).clamp(0, c - 1)
+            denominator = class_weight_denominator(w[safe], valid)
+    numel = t.numel() if index else x.numel() // max(c, 1)
+    denom = _mean(reduction, avg, numel, valid, x, denominator)
+    return kernels._loss(  # type: ignore[no-any-return]
+        x,
+        t,
+        kind=fused.kind,
+        coef=coef,
+        logit_bias=bias,
+        ignore_index=ignore if index else None,
+        weight=wl,
+        reduce=reduction != "none",
+        denom=denom,
+        **fused.params,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# regression: predictions and targets of one shape.
+# --------------------------------------------------------------------------------------------------
+
+
+def regression(
+    fn: str,
+    pred: object,
+    target: object,
+    *,
+    loss: Callable[[Tensor, Tensor, bool], Tensor | Total | Unreduced],
+    weight: Tensor | None,
+    reduction: str,
+    avg_factor: object,
+    backend: object = "torch",
+    fused: Fused | None = None,
+    input_name: str = "pred",
+    vector: int | None = None,
+) -> Tensor:
+    """Run a regression loss.
+
+    Args:
+        loss: ``loss(p, t, want_total)`` on the prediction and the target in the compute dtype:
+            the unreduced loss (any shape the weight is checked against), ``Unreduced`` (the loss
+            and its own ``"mean"`` denominator), or ``Total`` when ``want_total`` (no element
+            weight).
+        vector: For a loss of whole vectors along the last dimension (boxes: 4): ``pred`` must be
+            ``(..., vector)``, the loss is ``(...,)``, and a ``weight`` of ``pred``'s full shape
+            is averaged over the last dimension first (mmdetection's ``(N, 4)`` box weights).
+    """
+    p = check_floating(fn, input_name, pred)
+    t = check_tensor(fn, "target", target)
+    if t.is_complex():
+        fail(fn, "target", "a real tensor", f"dtype {t.dtype}", TypeError)
+    check_same_device(fn, **{input_name: p, "target": t})
+    check_same_shape(fn, "target", t, input_name, p)
+    if vector is not None:
+        if p.ndim == 0 or p.shape[-1] != vector:
+            fail(fn, input_name, f"a tensor of shape (..., {vector})", f"shape {tuple(p.shape)}")
+        if isinstance(weight, Tensor) and weight.shape == p.shape and not weight.is_complex():
+            weight = weight.to(compute_dtype(p)).mean(dim=-1)
+    avg = check_avg_factor(fn, avg_factor, reduction)
+    if fused is None:
+        _no_kernel(fn, backend, p)
+    elif kernel_eligible(fn, backend, p):
+        kernels = _kernel_module(fused)
+        why = _grad_reason(t, weight) or kernels._reason(p, t)
+        if why is None:
+            wl = weight_layout(fn, weight, p.shape, p)
+            return kernels._loss(  # type: ignore[no-any-return]
+                p,
+                t,
+                kind=fused.kind,
+                weight=wl,
+                reduce=reduction != "none",
+                denom=_mean(reduction, avg, p.numel(), None, p),
+                **fused.params,
+            )
+        unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
+    cdt = compute_dtype(p)
+    pc, tc = p.to(cdt), t.to(cdt)
+    out = loss(pc, tc, reduction != "none" and weight is None)
+    if isinstance(out, Total):
+        numel = p.numel() if vector is None else p.numel() // vector
+        return finish_reduction(out.value, fn=fn, reduction=reduction, avg_factor=avg, numel=numel)
+    denominator = None
+    if isinstance(out, Unreduced):
+        out, denominator = out
+    return reduce_loss(
+        out,
+        fn=fn,
+        reduction=reduction,
+        weight=weight,
+        avg_factor=avg,
+        denominator=denominator,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# region: set-level overlaps per (sample, class), or per class over the batch.
+# --------------------------------------------------------------------------------------------------
+
+ACTIVATIONS = ("softmax", "sigmoid", "none")
+
+
+def _sum(t: Tensor, dims: tuple[int, ...]) -> Tensor:
+    # ``sum(dim=())`` would reduce every dimension; (N, C) inputs have nothing to sum per entry.
+    return t.sum(dim=dims) if dims else t
+
+
+@dataclass(frozen=True)
+class RegionInput:
+    """What the region pipeline prepared for a loss's math (``region_entries``).
+
+    Every tensor has channel 0 dropped without ``include_background``; ``C'`` below is the number
+    of channels left.
+
+    Attributes:
+        z: The logits in the compute dtype (float32, or float64 for float64 input), ``(N, C', *)``.
+        p: The probabilities (``activation`` applied to the logits, in ``[0, 1]``), 0 at ignored
+            positions, ``(N, C', *)``.
+        g: The dense target in ``[0, 1]``, 0 at ignored positions and absent classes,
+            ``(N, C', *)``.
+        valid: The valid-position mask, ``(N, 1, *)`` for class-index targets, ``(N, C', *)`` for
+            dense ones; ``None`` when nothing can be ignored.
+        batch: Whether the entries are per class over the whole batch (``(C',)``) rather than per
+            (sample, class) (``(N, C')``).
+    """
+
+    z: Tensor
+    p: Tensor
+    g: Tensor
+    valid: Tensor | None
+    batch: bool
+
+    def flat(self, t: Tensor) -> Tensor:
+        """``t`` (``(N, C', *)`` or a mask broadcasting to it) as one row of positions per entry:
+        ``(N, C', S)``, or ``(C', N * S)`` with ``batch=True``."""
+        t = t.expand_as(self.p)
+        n, c, s = t.shape[0], t.shape[1], math.prod(t.shape[2:])
+        if self.batch:
+            return t.transpose(0, 1).reshape(c, n * s)
+        return t.reshape(n, c, s)
+
+
+def _region_prepare(
+    fn: str,
+    x: Tensor,
+    target: object,
+    activation: str,
+    ignore_index: int | None,
+    w: Tensor | None,
+    include_background: bool,
+    batch: bool,
+) -> tuple[RegionInput, Tensor | None]:
+    """The target convention, the activation and the ignore mask of every region loss."""
+    g, valid = region_target(fn, x, target, activation, ignore_index)
+    z = x.to(compute_dtype(x))
+    if activation == "softmax":
+        p = torch.softmax(z, dim=1)
+    elif activation == "sigmoid":
+        p = torch.sigmoid(z)
+    else:
+        check_unit_interval(fn, "logits", z)
+        p = z
+    if valid is not None:
+        p = torch.where(valid, p, torch.zeros((), dtype=p.dtype, device=p.device))
+    if not include_background:
+        z, p, g = z[:, 1:], p[:, 1:], g[:, 1:]
+        if valid is not None and valid.shape[1] > 1:
+            valid = valid[:, 1:]
+        if w is not None:
+            w = w[1:]
+    return RegionInput(z, p, g, valid, batch), w
+
+
+def _region_checks(
+    fn: str,
+    logits: object,
+    activation: str,
+    include_background: bool,
+    class_weight: object,
+    reduction: str,
+    avg_factor: object,
+) -> tuple[Tensor, float | Tensor | None, Tensor | None]:
+    x = check_floating(fn, "logits", logits)
+    avg = check_avg_factor(fn, avg_factor, reduction)
+    if x.ndim < 2:
+        fail(fn, "logits", "a tensor of shape (N, C, *)", f"shape {tuple(x.shape)}")
+    c = x.shape[1]
+    if activation == "softmax" and c < 2:
+        fail(
+            fn,
+            "logits",
+            "at least 2 channels with activation='softmax' (use 'sigmoid' for one binary channel)",
+            f"C={c}",
+        )
+    if not include_background and c < 2:
+        fail(fn, "include_background", "True when there is a single channel", include_background)
+    return x, avg, as_class_weight(fn, class_weight, c, x)
+
+
+def region(
+    fn: str,
+    logits: object,
+    target: object,
+    *,
+    stats: Callable[[Tensor, Tensor], list[Tensor]],
+    combine: Callable[..., Tensor],
+    activation: str,
+    ignore_index: int | None,
+    class_weight: object,
+    include_background: bool,
+    batch: bool,
+    weight: Tensor | None,
+    reduction: str,
+    avg_factor: object,
+    backend: object = "torch",
+    fused: Fused | None = None,
+    pool_classes: bool = False,
+    fused_reason: str | None = None,
+) -> Tensor:
+    """Run a region (overlap) loss.
+
+    The probabilities ``p`` (``activation`` applied, ignored positions 0, channel 0 dropped without
+    ``include_background``) and the dense target ``g``, both ``(N, C, *)``, go through
+    ``stats(p, g)``: element-wise terms, each summed here over the spatial dimensions (and the
+    batch with ``batch=True``; inside ``global_normalization()`` also over the ranks, in one
+    collective). ``combine(sums)`` turns the sums into the loss per entry, ``(N, C)`` (``(C,)``
+    with ``batch=True``). ``class_weight`` scales the entries; an entry with no valid pixel is not
+    counted in ``"mean"``.
+
+    With ``pool_classes=True`` the loss pools the classes itself: ``combine(sums, class_weight)``
+    receives the per-class sums and the per-class weights (``None`` when not given; the pipeline
+    does not apply them) and returns one loss per sample, ``(N,)`` (``()`` with ``batch=True``),
+    which becomes the ``(N, 1)`` (``(1,)``) entries; an entry with no valid pixel in any class is
+    not counted in ``"mean"``.
+
+    ``fused_reason``: why the declared kernel cannot serve this call's options (``"triton"``
+    raises with it, ``"auto"`` runs the reference).
+    """
+    x, avg, w = _region_checks(
+        fn, logits, activation, include_background, class_weight, reduction, avg_factor
+    )
+    if fused is not None and kernel_eligible(fn, backend, x):
+        out = None
+        if fused_reason is not None:
+            unsupported(fn, backend, fused_reason)  # type: ignore[arg-type]  # raises for "triton"
+        else:
+            out = _region_fused(
+                fn,
+                backend,
+                fused,
+                x,
+                target,
+                ignore_index,
+                w,
+                include_background,
+                batch,
+                weight,
+                reduction,
+                avg,
+                activation,
+            )
+        if out is not None:
+            return out
+    elif fused is None:
+        _no_kernel(fn, backend, x)
+    inp, w = _region_prepare(fn, x, target, activation, ignore_index, w, include_background, batch)
+    p, g, valid = inp.p, inp.g, inp.valid
+    dims = tuple(range(2, x.ndim))
+    if batch:
+        dims = (0,) + dims
+    sums = [_sum(term, dims) for term in stats(p, g)]
+    count = None
+    if valid is not None:
+        count = _sum(valid.to(p.dtype), dims).expand_as(sums[0])
+    if batch and _reduction._denominator_hook is not None:
+        from lossforge.distributed import maybe_global_sum
+
+        parts = sums if count is None else [*sums, count]
+        summed = maybe_global_sum(torch.stack(parts))
+        sums = list(summed[: len(sums)])
+        if count is not None:
+            count = summed[len(sums)]
+    if pool_classes:
+        loss = combine(sums, w).unsqueeze(-1)
+        if count is not None:
+            count = count.sum(dim=-1, keepdim=True)
+    else:
+        loss = combine(sums)
+        if w is not None:
+            loss = loss * w
+    entry_valid = None if count is None else count > 0
+    return reduce_loss(
+        loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg, valid=entry_valid
+    )
+
+
+def region_entries(
+    fn: str,
+    logits: object,
+    target: object,
+    *,
+    loss: Callable[[RegionInput], tuple[Tensor, Tensor | None]],
+    activation: str,
+    ignore_index: int | None,
+    class_weight: object,
+    include_background: bool,
+    batch: bool,
+    weight: Tensor | None,
+    reduction: str,
+    avg_factor: object,
+    backend: object = "torch",
+) -> Tensor:
+    """Run a region loss that is not a function of sums (the Lovasz extensions sort the errors).
+
+    The same checks, target convention, activation, ignore mask and channel-0 handling as
+    ``region``, then ``loss(inputs)`` (``RegionInput``) returns the loss per entry, ``(N, C')``
+    (``(C',)`` with ``batch=True``), and which entries count in ``"mean"`` (a bool mask of that
+    shape, or ``None`` for all). Ignored positions reach the math with ``p = g = 0``; the math must
+    make them contribute nothing. The pipeline then also leaves out of ``"mean"`` the entries with
+    no valid position, scales the entries by ``class_weight`` and applies the shared reduction.
+    There is no fused kernel; the entries are computed from each rank's own batch (inside
+    ``global_normalization()`` only the ``"mean"`` denominator is global).
+    """
+    x, avg, w = _region_checks(
+        fn, logits, activation, include_background, class_weight, reduction, avg_factor
+    )
+    _no_kernel(fn, backend, x)
+    inp, w = _region_prepare(fn, x, target, activation, ignore_index, w, include_background, batch)
+    out, entry_valid = loss(inp)
+    if inp.valid is not None:
+        has_valid = inp.flat(inp.valid).any(dim=-1)
+        entry_valid = has_valid if entry_valid is None else entry_valid & has_valid
+    if w is not None:
+        out = out * w
+    return reduce_loss(
+        out, fn=fn, reduction=reduction, weight=weight, avg_factor=avg, valid=entry_valid
+    )
+
+
+def _region_fused(
+    fn: str,
+    backend: object,
+    fused: Fused,
+    x: Tensor,
+    target: object,
+    ignore: int | None,
+    w: Tensor | None,
+    include_background: bool,
+    batch: bool,
+    weight: Tensor | None,
+    reduction: str,
+    avg: float | Tensor | None,
+    activation: str,
+) -> Tensor | None:
+    kernels = _kernel_module(fused)
+    t = check_tensor(fn, "target", target)
+    why = None
+    if activation != "softmax":
+        why = f"activation={activation!r} (the dice kernel serves softmax)"
+    elif w is not None or weight is not None or avg is not None or not include_background:
+        why = "class_weight, weight, avg_factor or include_background=False"
+    why = why or _grad_reason(t) or kernels._reason(x, t, reduction)
+    if why is None and batch and _reduction._denominator_hook is not None:
+        why = "batch=True inside global_normalization() (the batch sums are all-reduced)"
+    if why is not None:
+        unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
+        return None
+    if t.device != x.device:
+        fail(fn, "target", f"on the device of `logits` ({x.device})", t.device)
+    idx = as_index_target(fn, t)
+    c = x.shape[1]
+    check_index_range(fn, idx, c, ignore_index=ignore)
+    total = kernels._loss(x, idx, per_sample=not batch, ignore_index=ignore, **fused.params)
+    if reduction == "sum":
+        return total  # type: ignore[no-any-return]
+    # "mean": the reference's denominator, the number of (sample, class) entries with a valid pixel.
+    if ignore is None:
+        count = torch.tensor(float(c * (1 if batch else x.shape[0])), device=x.device)
+    else:
+        keep = (idx != ignore).flatten(1).any(dim=1) if idx.ndim > 1 else idx != ignore
+        count = (keep.any() if batch else keep.sum()).to(torch.float32) * c
+    return finish_reduction(total, fn=fn, reduction="mean", numel=1, denominator=count)
