@@ -90,13 +90,27 @@ def test_vmap_and_per_seed_loss_calls_agree() -> None:
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(s, n, f, generator=gen)
     y = torch.randint(0, c, (s, n), generator=gen)
-    head = Head(kind="linear", lr=1e-2, weight_decay=0.01, batch_size=8)
     spec = {"type": "cross_entropy", "class_weight": [1.0, 2.0, 3.0]}
-    shared = build_loss(spec)
-    batched = train_stacked(x, y, x, c, [[shared] * s], head, range(s), [25])[0]
-    separate = [[build_loss(spec) for _ in range(s)]]  # distinct objects: no vmap
-    looped = train_stacked(x, y, x, c, separate, head, range(s), [25])[0]
-    torch.testing.assert_close(batched.test_logits, looped.test_logits, rtol=1e-5, atol=1e-6)
+    losses = [[build_loss(spec) for _ in range(s)]]
+    runs = [
+        train_stacked(x, y, x, c, losses, Head(kind="linear", batch_size=8, vmap=v), range(s), [25])
+        for v in (True, False)
+    ]
+    torch.testing.assert_close(runs[0][0].test_logits, runs[1][0].test_logits, rtol=1e-5, atol=1e-6)
+
+
+def test_stateful_loss_keeps_one_state_per_seed() -> None:
+    """Seesaw counts the classes it has seen: each seed's module counts its own batches only
+    (not the other seeds', not the value check before training)."""
+    s, n, f, c = 3, 40, 5, 4
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(s, n, f, generator=gen)
+    y = torch.randint(0, c, (s, n), generator=gen)
+    losses = [[build_loss({"type": "seesaw", "num_classes": c}) for _ in range(s)]]
+    train_stacked(x, y, x, c, losses, Head(kind="linear", batch_size=8), range(s), [25])
+    for j in range(s):  # 25 steps of 8 = 5 passes over the 40 examples of seed j
+        expected = 5 * torch.bincount(y[j], minlength=c)
+        assert losses[0][j].cum_samples.tolist() == expected.tolist()
 
 
 def test_protocol_does_not_depend_on_the_loss_scale() -> None:

@@ -143,14 +143,6 @@ def build_tasks(exp: Experiment) -> tuple[list[list[Task]], str, list[str]]:
 _STATE: dict[str, Any] = {}
 
 
-def _same_params(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return a.keys() == b.keys() and all(
-        json.dumps(a[key], sort_keys=True, default=repr)
-        == json.dumps(b[key], sort_keys=True, default=repr)
-        for key in a
-    )
-
-
 def run_job(
     tasks: Sequence[Task],
     specs: Sequence[LossSpec],
@@ -172,16 +164,7 @@ def run_job(
         ``result[c][j][k]``: checkpoint c, seed j, loss k: the test metrics, ``"train_fit"`` and
         ``"final_train_loss"``.
     """
-    from lossforge.registry import build_loss
-
-    losses: list[list[torch.nn.Module]] = []
-    for spec in specs:
-        params = [resolve_params(spec, task.train_counts().tolist()) for task in tasks]
-        if all(_same_params(p, params[0]) for p in params):  # one module serves every seed
-            module = build_loss({"type": spec.type, **params[0]})
-            losses.append([module] * len(tasks))
-        else:
-            losses.append([build_loss({"type": spec.type, **p}) for p in params])
+    losses = [[build_loss_for(spec, task) for task in tasks] for spec in specs]  # one per seed
     head = Head(
         kind=exp.model.kind,
         hidden=exp.model.hidden,

@@ -8,9 +8,10 @@ parameter, and AdamW is element-wise. The stacked run is therefore the computati
 separate runs, done with a few large tensor operations per step instead of many small ones; the
 tests check it against separate ``torch.nn`` heads trained with ``torch.optim.AdamW``.
 
-Each loss is called once per step on all seeds at once through ``torch.func.vmap`` when the seeds
-share one loss module and the loss supports vmap, else once per seed. Both compute each seed's
-loss with its own mini-batch and its own reduction.
+Each loss is called once per step on all seeds at once through ``torch.func.vmap`` when the seeds'
+loss modules are interchangeable (same class, hyperparameters and state), the loss keeps no state
+and supports vmap; else once per seed, on that seed's own module. Both compute each seed's loss
+with its own mini-batch and its own reduction.
 
 Protocol (docs/cli.md says why): every head of a seed starts from the same initial weights (those of
 ``torch.nn.Linear`` after ``torch.manual_seed(seed)``) and sees the same mini-batches (drawn from a
@@ -23,6 +24,7 @@ checkpoint of the same run (the doubled-budget check is the same run continued).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -50,6 +52,8 @@ class Head:
         weight_decay: AdamW decoupled weight decay on the weight matrices (biases: none).
         batch_size: Mini-batch size.
         fused: Use torch's fused AdamW kernel when it can be called (else the plain update).
+        vmap: Call a loss once for all seeds through ``torch.func.vmap`` where that is exact
+            (else seed by seed).
     """
 
     kind: str = "mlp"
@@ -58,6 +62,7 @@ class Head:
     weight_decay: float = 2e-3
     batch_size: int = 64
     fused: bool = True
+    vmap: bool = True
 
 
 @dataclass
@@ -206,18 +211,53 @@ def adamw_step(
     p.addcdiv_(m, denom, value=-lr / (1 - b1**t))
 
 
+def _state(loss: LossFn) -> dict[str, torch.Tensor]:
+    """A copy of a loss module's state (buffers such as running class counts); ``{}`` for a
+    plain function."""
+    if isinstance(loss, torch.nn.Module):
+        return {k: v.detach().clone() for k, v in loss.state_dict().items()}
+    return {}
+
+
+def _restore(loss: LossFn, state: dict[str, torch.Tensor]) -> None:
+    if state and isinstance(loss, torch.nn.Module):
+        loss.load_state_dict(state)
+
+
+def _same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _interchangeable(per_seed: Sequence[LossFn]) -> bool:
+    """Whether one seed's loss module can stand for every seed's: the same class, the same
+    hyperparameters (``repr``) and the same state."""
+    first = per_seed[0]
+    return all(
+        type(f) is type(first) and repr(f) == repr(first) and _same_state(_state(f), _state(first))
+        for f in per_seed[1:]
+    )
+
+
 def _vmappable(loss: LossFn, logits: torch.Tensor, target: torch.Tensor) -> bool:
-    """Whether ``torch.func.vmap`` runs ``loss`` (forward and backward) on stacked seeds and
-    agrees with calling it seed by seed."""
+    """Whether ``torch.func.vmap`` runs ``loss`` (forward and backward) on stacked seeds, agrees
+    with calling it seed by seed, and leaves its state alone (a loss that accumulates statistics,
+    such as seesaw's class counts, is called seed by seed on its own modules). The state the probe
+    changes is restored."""
+    before = _state(loss)
     try:
         z = logits.detach().clone().requires_grad_(True)
         batched = torch.func.vmap(loss)(z, target)
         (grad,) = torch.autograd.grad(batched.sum(), z)
         looped = torch.stack([loss(z[i], target[i]) for i in range(len(z))])
+        stateless = _same_state(before, _state(loss))
     except Exception:  # noqa: BLE001 - any failure (no vmap rule, data-dependent branch) = no
         return False
-    return bool(torch.allclose(batched, looped, rtol=1e-5, atol=1e-7)) and bool(
-        torch.isfinite(grad).all()
+    finally:
+        _restore(loss, before)
+    return (
+        stateless
+        and bool(torch.allclose(batched, looped, rtol=1e-5, atol=1e-7))
+        and bool(torch.isfinite(grad).all())
     )
 
 
@@ -238,8 +278,10 @@ def train_stacked(
         y_train: ``(S, N)`` int64 class indices or ``(S, N, C)`` float32 multi-hot rows.
         x_test: ``(S, M, F)`` float32.
         num_outputs: Classes (single-label) or labels (multi-label).
-        losses: ``losses[k][s]``: loss k for seed s (``loss(logits (B, C), targets)``); give the
-            same object for every seed when it does not depend on the seed.
+        losses: ``losses[k][s]``: loss k for seed s (``loss(logits (B, C), targets)``), one
+            object per seed (a loss module may hold state, such as running class counts). When
+            the seeds' modules are interchangeable and stateless, one of them is called for all
+            seeds at once through ``torch.func.vmap``.
         head: Model and optimiser settings.
         seeds: One seed per stacked seed: initial weights and batch order.
         checkpoints: Step counts at which to take a ``Snapshot``.
@@ -262,13 +304,19 @@ def train_stacked(
         logits = model(x_train)
         for i, per_seed in enumerate(losses):
             for j, loss in enumerate(per_seed):
+                before = _state(loss)
                 loss(logits[j, i], y_train[j])
-    with value_checks(False):  # ... not again on every batch
+                _restore(loss, before)  # a check, not a training step: no counts accumulated
+    with value_checks(False), warnings.catch_warnings():  # ... not again on every batch
+        # vmap runs an op without a batching rule in a loop and says so; the result is the same
+        warnings.filterwarnings("ignore", message="There is a performance drop because we have")
         batch = min(head.batch_size, n)
-        shared = [all(f is per_seed[0] for f in per_seed) for per_seed in losses]
         vmapped = [
-            sh and s > 1 and _vmappable(per_seed[0], logits[:, i, :batch], y_train[:, :batch])
-            for i, (sh, per_seed) in enumerate(zip(shared, losses, strict=True))
+            head.vmap
+            and s > 1
+            and _interchangeable(per_seed)
+            and _vmappable(per_seed[0], logits[:, i, :batch], y_train[:, :batch])
+            for i, per_seed in enumerate(losses)
         ]
         snapshots: list[Snapshot] = []
         wanted = sorted(set(checkpoints))
