@@ -20,6 +20,7 @@ from lossforge.cli import main  # noqa: E402
 from lossforge.cli.experiment import (  # noqa: E402
     DEFAULT_MULTI_LABEL_LOSSES,
     DEFAULT_SINGLE_LABEL_LOSSES,
+    LOSS_KINDS,
     load_experiment,
 )
 from lossforge.registry import list_losses  # noqa: E402
@@ -662,3 +663,52 @@ def test_bench_references_agree_with_lossforge() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+
+
+# ----------------------------------------------------------------------------------------------
+# every loss with a compare kind is a candidate
+# ----------------------------------------------------------------------------------------------
+
+
+def test_compare_kinds_agree_with_the_registry_traits() -> None:
+    declared = {i.name: i.traits.task for i in list_losses() if i.traits and i.traits.task}
+    assert declared == LOSS_KINDS
+
+
+def _candidate_params(name: str, classes: int) -> dict[str, Any]:
+    """The loss's example parameters (its traits), with the class statistics of the task."""
+    info = next(i for i in list_losses() if i.name == name)
+    params = dict(info.traits.params) if info.traits else {}
+    for key in params:
+        if key == "class_counts":
+            params[key] = "from_train"
+        elif key == "num_classes":
+            params[key] = classes
+    return params
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_KINDS))
+def test_every_compare_kind_trains_as_a_candidate(name: str) -> None:
+    from lossforge.cli.compare import run_job
+    from lossforge.cli.data import Task
+    from lossforge.cli.experiment import Experiment, LossSpec
+
+    kind = LOSS_KINDS[name]
+    rng = np.random.default_rng(0)
+    classes = 3
+    tasks = []
+    for seed in (0, 1):
+        x = rng.normal(size=(60, 5)).astype(np.float32)
+        if kind == "single_label":
+            y = np.arange(60) % classes
+        else:
+            y = (rng.random((60, classes)) < 0.3).astype(np.float32)
+            y[np.arange(classes), np.arange(classes)] = 1.0  # every label has a positive
+        tasks.append(
+            Task(f"t{seed}", "toy", "user", kind, x[:40], y[:40], x[40:], y[40:], list("abc"))
+        )
+    spec = LossSpec(name, _candidate_params(name, classes))
+    rows = run_job(tasks, [spec], Experiment(), [0, 1], [3, 6])
+    assert len(rows) == 2 and len(rows[0]) == 2
+    metric = "balanced_accuracy" if kind == "single_label" else "mAP"
+    assert all(0.0 <= rows[c][j][0][metric] <= 1.0 for c in range(2) for j in range(2))

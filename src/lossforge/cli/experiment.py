@@ -83,11 +83,17 @@ LOSS_KINDS: dict[str, str] = {
     "balanced_softmax": SINGLE_LABEL,
     "logit_adjusted": SINGLE_LABEL,
     "softmax_asymmetric": SINGLE_LABEL,
+    "ldam": SINGLE_LABEL,
+    "poly1_cross_entropy": SINGLE_LABEL,
+    "seesaw": SINGLE_LABEL,
     "binary_cross_entropy_with_logits": MULTI_LABEL,
     "sigmoid_focal": MULTI_LABEL,
     "asymmetric": MULTI_LABEL,
     "balanced_binary_cross_entropy": MULTI_LABEL,
     "ohem_binary_cross_entropy": MULTI_LABEL,
+    "poly1_focal": MULTI_LABEL,
+    "quality_focal": MULTI_LABEL,
+    "varifocal": MULTI_LABEL,
 }
 
 
