@@ -238,6 +238,21 @@ def test_compare_csv_reports_its_choices_and_progress(
     assert progress[0].startswith("[1/1] table (seeds 0, 1): 2 losses x 2 seeds")
 
 
+def test_compare_says_when_a_run_diverges(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x, y = blobs(n=60)
+    data = _save_npz(tmp_path / "d.npz", x, y)
+    code, stdout, err = run(
+        capsys, "compare", "--data", str(data), "--loss", "cross_entropy", "--loss",
+        "softmax_focal:gamma=2", "--lr", "1e30", "--steps", "3", "--seeds", "2", "--jobs", "1",
+        "--quiet", "--no-plot", "--out", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "note: diverged (non-finite outputs" in stdout
+    assert "NOT every loss fits its training split" in stdout
+
+
 def test_compare_toml_experiment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     x, y = blobs(seed=3)
     _save_npz(tmp_path / "feats.npz", x, y)

@@ -197,6 +197,7 @@ def run_job(
                     metrics = multi_label_metrics(task.y_test, test)
                 metrics["train_fit"] = training_fit(task.kind, task.y_train, train)
                 metrics["final_train_loss"] = float(snap.train_loss[j, k])
+                metrics["diverged"] = not bool(np.isfinite(test).all() and np.isfinite(train).all())
                 rows.append(metrics)
             per_seed.append(rows)
         out.append(per_seed)
@@ -526,6 +527,20 @@ def _report(
             boards.append((step, runs, _leaderboard(specs, runs, metrics)))
         step, runs, board = boards[0]
         fit = [min(r["train_fit"] for r in runs[k]) for k in range(len(specs))]
+        diverged = sorted(
+            {
+                specs[k].label
+                for _, runs_c, _ in boards
+                for k in range(len(specs))
+                if any(r["diverged"] for r in runs_c[k])
+            }
+        )
+        if diverged:
+            metric_notes = [
+                "diverged (non-finite outputs on some seed; its numbers mean nothing, try a lower "
+                f"--lr): {', '.join(diverged)}",
+                *metric_notes,
+            ]
         info = {k: v for k, v in task.info.items() if k not in ("train_images", "test_images")}
         if task.kind == SINGLE_LABEL:
             info["tail_classes"] = [task.class_names[c] for c in tail_classes(task.train_counts())]
