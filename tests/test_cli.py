@@ -149,6 +149,7 @@ def test_compare_chart_layout(smoke: tuple[dict[str, Any], str, Path]) -> None:
     assert bottom[-1].get_xlim()[0] == 0 and bottom[-1].get_ylim()[0] == 0  # 90 labels: scatter
 
 
+@pytest.mark.subprocess  # two forked worker processes
 def test_compare_npz_is_deterministic_and_parallel_equals_serial(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -432,7 +433,7 @@ def test_subcommand_help(capsys: pytest.CaptureFixture[str], command: str) -> No
     assert f"lossforge {command}" in out
 
 
-@pytest.mark.slow  # a subprocess
+@pytest.mark.subprocess
 def test_help_and_argument_errors_import_no_torch() -> None:
     """The CLI layer answers --help and usage errors from the standard library alone (the
     ``lossforge`` package itself is replaced by an empty namespace here, so that only
@@ -455,7 +456,7 @@ def test_help_and_argument_errors_import_no_torch() -> None:
     assert "RESULT [0, 0, 2, 2] []" in proc.stdout
 
 
-@pytest.mark.slow  # two subprocesses that import torch
+@pytest.mark.subprocess  # two fresh interpreters that import torch
 def test_python_m_lossforge_help_and_lazy_imports() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "lossforge", "--help"], capture_output=True, text=True, timeout=120

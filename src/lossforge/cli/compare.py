@@ -501,7 +501,7 @@ def _report(
     first: list[Task],
     plan: list[tuple[LossSpec, ...]],
     steps: list[list[int]],
-    results: dict[tuple[int, int], list[dict[str, Any]]],
+    results: dict[tuple[int, int], list[list[dict[str, Any]]]],
     argv: Sequence[str],
     *,
     wall: float,

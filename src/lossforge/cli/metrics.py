@@ -97,7 +97,7 @@ def single_label_metrics(
         m = y_true == c
         recall.append(float((pred[m] == c).mean()) if m.any() else None)
     present = [r for r in recall if r is not None]
-    tail = [recall[c] for c in tail_classes(train_counts) if recall[c] is not None]
+    tail = [r for c in tail_classes(train_counts) if (r := recall[c]) is not None]
     return {
         "accuracy": float((pred == y_true).mean()),
         "balanced_accuracy": float(np.mean(present)),

@@ -180,9 +180,11 @@ def _fused_adamw(
 ) -> None:
     from torch.optim.adamw import adamw
 
-    grads = [p.grad for p in ps]
-    if any(g is None for g in grads):
-        raise RuntimeError("missing gradient")
+    grads = []
+    for p in ps:
+        if p.grad is None:
+            raise RuntimeError("missing gradient")
+        grads.append(p.grad)
     adamw(  # the fused kernel counts the steps itself
         ps, grads, ms, vs, [], steps, foreach=False, fused=True, capturable=False,
         differentiable=False, grad_scale=None, found_inf=None, amsgrad=False, beta1=BETAS[0],
