@@ -1,8 +1,10 @@
 """The ``lossforge`` command: ``compare``, ``plot``, ``list`` and ``bench``.
 
-Entry point: ``main(argv) -> int`` (the console script and ``python -m lossforge``). Parsing uses
-the standard library only; each subcommand imports what it needs (numpy, scikit-learn, matplotlib,
-tqdm from the ``lossforge[cli]`` extra) when it runs, so ``import lossforge`` never does.
+Entry point: ``main(argv) -> int`` (the console script and ``python -m lossforge``). This module
+imports the standard library only: ``--help`` and argument errors are answered before torch or
+any subcommand module is imported, and each subcommand imports what it needs (torch, numpy,
+scikit-learn, matplotlib, tqdm from the ``lossforge[cli]`` extra) when it runs, so
+``import lossforge`` never does.
 
 User mistakes (unknown loss, bad parameter value, unreadable data file, bad experiment key) end
 with one line ``lossforge: error: ...`` on stderr and exit code 2, never a traceback. Set
@@ -13,31 +15,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from lossforge._checks import OptionalDependencyError
+from lossforge.cli._deps import require
 
 __all__ = ["EXIT_USAGE", "build_parser", "main", "require"]
 
 EXIT_USAGE = 2
-
-_PIP_NAMES = {"sklearn": "scikit-learn"}
-
-
-def require(module: str, purpose: str) -> None:
-    """Raise ``OptionalDependencyError`` if ``module`` cannot be imported.
-
-    Args:
-        module: Import name (``"sklearn"``, ``"matplotlib"``, ``"tqdm"``, ``"numpy"``).
-        purpose: What needs it, for the message.
-    """
-    if importlib.util.find_spec(module) is None:
-        name = _PIP_NAMES.get(module, module)
-        raise OptionalDependencyError(f"{purpose} needs {name}: pip install lossforge[cli]")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,6 +54,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def _float_list(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(",") if v.strip())
@@ -82,19 +79,24 @@ def _float_list(text: str) -> tuple[float, ...]:
 def _add_compare(sub: Any) -> None:
     p = sub.add_parser(
         "compare",
-        help="train a small head with each loss on real data and rank the losses",
+        help="train a small head with each loss on real data and compare the losses",
         description=(
-            "Train a linear or small MLP head with each loss, several seeds, and print a "
-            "leaderboard (mean ± std); write results.json and compare.png to an output folder. "
-            "With no arguments: scikit-learn's bundled digits as a long-tailed single-label task "
-            "(imbalance ratios 10, 50, 100) and a multi-label 3x3 mosaic task (90 labels, ~2% "
-            "positive). With --data: your own features (.npz with X and y, or .csv)."
+            "Train a linear or small MLP head with each loss over several seeds and report each\n"
+            "loss as a paired difference to the task's baseline (cross-entropy / BCE) with a 95 %\n"
+            "interval; write results.json and compare.png to an output folder.\n\n"
+            "With no arguments: scikit-learn's bundled digits as a long-tailed single-label task\n"
+            "(imbalance ratios 10 and 100) and a multi-label 3x3 mosaic task (90 labels, ~2 %\n"
+            "positive). With --data: your own features (.npz with X and y, or .csv).\n\n"
+            "Protocol (docs/cli.md says why): AdamW with a constant learning rate and decoupled\n"
+            "weight decay on the weights (none on biases); a budget in optimiser steps at which\n"
+            "every default loss fits its training split; every run continued to twice the budget\n"
+            "to report what that changes."
         ),
         epilog=(
             "examples:\n"
             "  lossforge compare\n"
             "  lossforge compare --data feats.npz --model linear\n"
-            "  lossforge compare --data table.csv --label-column species\n"
+            "  lossforge compare --data table.csv --label-column species --drop-columns id\n"
             "  lossforge compare --config examples/experiment.toml\n"
             "  lossforge compare --task long-tail --loss cross_entropy --loss softmax_focal:gamma=1"
         ),
@@ -103,85 +105,116 @@ def _add_compare(sub: Any) -> None:
     p.add_argument(
         "--config", metavar="TOML", help="experiment file (losses, data, model, train, seeds)"
     )
-    p.add_argument(
+    data = p.add_argument_group("data")
+    data.add_argument(
         "--data",
         metavar="FILE",
         help="your data: .npz with arrays X, y (indices or multi-hot) or .csv",
     )
-    p.add_argument(
-        "--label-column",
-        metavar="COL[,COL...]",
-        help=(
-            "CSV label column (default: 'label', 'y', 'target', 'class' or the last); "
-            "several columns = multi-hot labels"
-        ),
-    )
-    p.add_argument(
+    data.add_argument(
         "--task",
         choices=("all", "long-tail", "multi-label"),
         help="built-in digits tasks to run (default: all)",
     )
-    p.add_argument(
-        "--loss",
-        action="append",
-        metavar="NAME[:K=V,...]",
-        help="a loss to compare (repeatable), e.g. 'sigmoid_focal:gamma=1,alpha=none'; "
-        "class_counts=from_train uses the training counts (default: a standard set per task)",
+    data.add_argument(
+        "--label-column",
+        metavar="COL[,COL...]",
+        help=(
+            "CSV label column (default: 'label', 'y', 'target', 'class', else the last, said in "
+            "the output); several columns = multi-hot labels"
+        ),
     )
-    p.add_argument(
-        "--model", choices=("linear", "mlp"), help="head trained on the features (default: mlp)"
+    data.add_argument(
+        "--drop-columns",
+        metavar="COL[,COL...]",
+        help="CSV columns that are neither label nor feature (ids, text)",
     )
-    p.add_argument(
-        "--hidden", type=_positive_int, metavar="N", help="MLP hidden width (default: 128)"
+    data.add_argument(
+        "--ignore-label",
+        metavar="VALUE",
+        help=(
+            "single-label data: drop the rows with this label ('' = empty cells), or 'none' to "
+            "keep every value as a class (default: refuse empty labels and a negative label "
+            "beside 0, 1, ...)"
+        ),
     )
-    p.add_argument(
-        "--epochs", type=_positive_int, metavar="N", help="training epochs per run (default: 30)"
-    )
-    p.add_argument(
-        "--batch-size", type=_positive_int, metavar="N", help="mini-batch size (default: 64)"
-    )
-    p.add_argument(
-        "--lr", type=_positive_float, metavar="LR", help="Adam learning rate (default: 0.003)"
-    )
-    p.add_argument(
-        "--weight-decay", type=float, metavar="WD", help="Adam weight decay (default: 1e-4)"
-    )
-    p.add_argument(
-        "--seeds", type=_positive_int, metavar="N", help="number of seeds 0..N-1 (default: 3)"
-    )
-    p.add_argument(
+    data.add_argument(
         "--imbalance-ratios",
         type=_float_list,
         metavar="R,R,...",
-        help="long-tailed ratios (default: 10,50,100)",
+        help="long-tailed ratios (default: 10,100)",
     )
-    p.add_argument(
+    data.add_argument(
         "--test-size",
         type=float,
         metavar="F",
         help="held-out fraction of your data (default: 0.25)",
     )
     p.add_argument(
-        "--full", action="store_true", help="bigger run: 5 seeds, twice the epochs and canvases"
+        "--loss",
+        action="append",
+        metavar="NAME[:K=V,...]",
+        help="a loss to compare (repeatable; the first of a task kind is the baseline), e.g. "
+        "'sigmoid_focal:gamma=1,alpha=none'; class_counts=from_train uses the training counts; "
+        "label=TEXT names the row (default: a standard set per task)",
     )
-    p.add_argument(
+    train = p.add_argument_group("model and training")
+    train.add_argument(
+        "--model", choices=("linear", "mlp"), help="head trained on the features (default: mlp)"
+    )
+    train.add_argument(
+        "--hidden", type=_positive_int, metavar="N", help="MLP hidden width (default: 128)"
+    )
+    train.add_argument(
+        "--steps",
+        type=_positive_int,
+        metavar="N",
+        help="budget in optimiser steps (default: per task, see docs/cli.md)",
+    )
+    train.add_argument(
+        "--no-budget-check",
+        action="store_true",
+        help="skip the check at twice the budget (halves the run time)",
+    )
+    train.add_argument(
+        "--batch-size", type=_positive_int, metavar="N", help="mini-batch size (default: 64)"
+    )
+    train.add_argument(
+        "--lr", type=_positive_float, metavar="LR", help="AdamW learning rate (default: 0.01)"
+    )
+    train.add_argument(
+        "--weight-decay",
+        type=_non_negative_float,
+        metavar="WD",
+        help="AdamW decoupled weight decay on the weights (default: 0.002)",
+    )
+    train.add_argument(
+        "--seeds", type=_positive_int, metavar="N", help="number of seeds 0..N-1 (default: 5)"
+    )
+    run = p.add_argument_group("output and execution")
+    run.add_argument(
         "--out", metavar="DIR", help="output folder (default: ./lossforge-out/compare-<timestamp>)"
     )
-    p.add_argument("--no-plot", action="store_true", help="do not draw compare.png")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument(
+    run.add_argument("--no-plot", action="store_true", help="do not draw compare.png")
+    run.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress (default: a bar on a terminal, else one line per finished job)",
+    )
+    run.add_argument(
+        "--jobs",
+        type=_positive_int,
+        metavar="N",
+        help="worker processes for the (task, seed) jobs (default: the CPUs, at most 8)",
+    )
+    run.add_argument(
         "--threads",
         type=_positive_int,
         default=1,
         metavar="N",
-        help=(
-            "torch intra-op threads (default: 1; the heads are tiny, more threads only add "
-            "overhead)"
-        ),
+        help="torch intra-op threads per process (default: 1; the heads are tiny)",
     )
-    p.add_argument(
-        "--smoke", action="store_true", help=argparse.SUPPRESS
-    )  # tests: 1 seed, 2 epochs, small mosaics
+    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tests: tiny run
 
 
 def _add_plot(sub: Any) -> None:
@@ -326,16 +359,26 @@ def _add_bench(sub: Any) -> None:
     protocol.add_argument("--no-launches", action="store_true", help="skip the kernel launch count")
 
 
+class _Version(argparse.Action):
+    """``--version``, importing lossforge's version only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        from lossforge import __version__
+
+        parser.exit(0, f"lossforge {__version__}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``lossforge`` argument parser with its four subcommands."""
-    from lossforge import __version__
-
     parser = _Parser(
         prog="lossforge",
         description="lossforge: compare, plot, list and benchmark loss functions.",
         epilog="run 'lossforge <command> --help' for the options of a command",
     )
-    parser.add_argument("--version", action="version", version=f"lossforge {__version__}")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(
         dest="command", metavar="command", required=True, parser_class=_Parser
     )
@@ -382,6 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else EXIT_USAGE)
 
     import torch
+
+    from lossforge._checks import OptionalDependencyError
 
     threads = torch.get_num_threads()
     wanted = getattr(args, "threads", None) or min(4, os.cpu_count() or 1)

@@ -1,4 +1,4 @@
-"""Data for ``lossforge compare``: the built-in digits tasks, user files, splits and metrics.
+"""Data for ``lossforge compare``: the built-in digits tasks, user files and their splits.
 
 Built-in tasks are derived from scikit-learn's bundled handwritten digits (``load_digits``: 1,797
 8 x 8 images, 10 classes, shipped inside the wheel, no download):
@@ -14,12 +14,18 @@ Built-in tasks are derived from scikit-learn's bundled handwritten digits (``loa
   pools; each canvas is a ``grid x grid`` mosaic holding 1 to 3 digits from one pool in distinct
   cells; label ``digit * grid**2 + cell`` (90 labels for a 3 x 3 grid, about 2 % positive).
 
+User files (``.npz`` with arrays ``X``, ``y``; ``.csv`` with a header row) are checked before any
+training: every problem ends in a ``DataError`` naming the file, the line and the column, and every
+choice made for the user (the label column when none is named, rows dropped) is returned as a note
+that the report prints.
+
 Only numpy is needed here, except for ``load_digits`` (scikit-learn, imported when called).
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,15 +38,13 @@ from lossforge.cli.experiment import MULTI_LABEL, SINGLE_LABEL, DataSpec
 __all__ = [
     "DataError",
     "Task",
-    "average_precision",
+    "UserData",
     "digits_tasks",
     "load_digits_arrays",
     "load_user_data",
     "long_tailed_counts",
     "make_long_tailed",
     "make_mosaics",
-    "multi_label_metrics",
-    "single_label_metrics",
     "split_user_data",
     "user_task",
 ]
@@ -55,16 +59,19 @@ class Task:
     """One train/test problem.
 
     Attributes:
-        key: Short identifier (``"lt-ir100"``, ``"multilabel"``, ``"user"``).
+        key: Short identifier (``"lt-ir100"``, ``"multilabel"``, or the file's stem).
         title: One-line description for the report.
+        family: ``"long-tail"``, ``"mosaics"`` or ``"user"`` (selects the default budget).
         kind: ``"single_label"`` (``y`` = class indices) or ``"multi_label"`` (multi-hot rows).
         x_train, y_train, x_test, y_test: float32 features; int64 indices or float32 multi-hot.
         class_names: One name per class / label.
         info: Extra facts for the results file (counts, positive rate, pool sizes).
+        short_title: What the task is, in a few words (chart titles).
     """
 
     key: str
     title: str
+    family: str
     kind: str
     x_train: np.ndarray
     y_train: np.ndarray
@@ -72,6 +79,7 @@ class Task:
     y_test: np.ndarray
     class_names: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+    short_title: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -80,9 +88,17 @@ class Task:
 
     def train_counts(self) -> np.ndarray:
         """Training examples per class (single-label) or positives per label (multi-label)."""
-        if self.kind == SINGLE_LABEL:
-            return np.bincount(self.y_train, minlength=self.num_classes).astype(np.float64)
-        return self.y_train.sum(axis=0).astype(np.float64)
+        return _counts(self.y_train, self.kind, self.num_classes)
+
+    def test_counts(self) -> np.ndarray:
+        """Test examples per class (single-label) or positives per label (multi-label)."""
+        return _counts(self.y_test, self.kind, self.num_classes)
+
+
+def _counts(y: np.ndarray, kind: str, num: int) -> np.ndarray:
+    if kind == SINGLE_LABEL:
+        return np.bincount(y, minlength=num).astype(np.float64)
+    return y.sum(axis=0).astype(np.float64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,7 +112,7 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     Raises:
         lossforge.OptionalDependencyError: scikit-learn is not installed.
     """
-    from lossforge.cli import require
+    from lossforge.cli._deps import require
 
     require("sklearn", "the built-in digits data")
     from sklearn.datasets import load_digits
@@ -152,9 +168,11 @@ def make_long_tailed(
     return Task(
         key=f"lt-ir{imbalance_ratio:g}",
         title=(
-            f"long-tailed digits, imbalance ratio {imbalance_ratio:g} ({len(tr)} train / "
-            f"{len(te)} balanced test)"
+            f"long-tailed digits, imbalance ratio {imbalance_ratio:g}: {len(tr)} training images "
+            f"({counts[0]} of digit 0 ... {counts[-1]} of digit {num_classes - 1}), balanced "
+            f"test {len(te)}"
         ),
+        family="long-tail",
         kind=SINGLE_LABEL,
         x_train=features[tr],
         y_train=labels[tr],
@@ -162,6 +180,7 @@ def make_long_tailed(
         y_test=labels[te],
         class_names=[str(c) for c in range(num_classes)],
         info={"imbalance_ratio": imbalance_ratio, "train_counts": counts, "test_per_class": n_test},
+        short_title=f"long-tailed digits, imbalance ratio {imbalance_ratio:g}",
     )
 
 
@@ -238,9 +257,11 @@ def make_mosaics(
     return Task(
         key="multilabel",
         title=(
-            f"multi-label digit mosaics {grid}x{grid}, {num_digits * cells} labels "
-            f"({n_train} train / {n_test} test canvases, {100 * rate:.1f}% positive)"
+            f"multi-label digit mosaics: {grid}x{grid} cells, label = digit@cell "
+            f"({num_digits * cells} labels, {100 * rate:.1f} % positive), {n_train} training / "
+            f"{n_test} test canvases"
         ),
+        family="mosaics",
         kind=MULTI_LABEL,
         x_train=x_tr,
         y_train=y_tr,
@@ -255,6 +276,7 @@ def make_mosaics(
             "train_images": used_tr.tolist(),
             "test_images": used_te.tolist(),
         },
+        short_title=f"multi-label digit mosaics, {num_digits * cells} labels (digit@cell)",
     )
 
 
@@ -293,7 +315,41 @@ def digits_tasks(spec: DataSpec, seed: int, images: np.ndarray, labels: np.ndarr
 # ----------------------------------------------------------------------------------------------
 
 
-def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+@dataclass
+class UserData:
+    """A user's data file after checking.
+
+    Attributes:
+        x: ``(N, F)`` float32 features.
+        y: ``(N,)`` int64 class indices or ``(N, C)`` float32 multi-hot rows.
+        kind: ``"single_label"`` or ``"multi_label"``.
+        class_names: One name per class (the label values) or label (the columns / ``names``).
+        label_source: Where the labels came from (``"column 'species'"``, ``"array y"``).
+        notes: Choices made for the user (label column guessed, rows dropped), for the report.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    kind: str
+    class_names: list[str]
+    label_source: str
+    notes: list[str] = field(default_factory=list)
+
+
+_LABEL_NAMES = ("label", "y", "target", "class")
+
+
+def _rows(where: np.ndarray, lines: np.ndarray | None, limit: int = 5) -> str:
+    """``line 3, 7 and 9`` (CSV) or ``rows 2, 6 and 8 of y`` (npz), at most ``limit`` shown."""
+    picked = (lines[where] if lines is not None else where)[:limit].tolist()
+    more = len(where) - len(picked)
+    text = ", ".join(str(v) for v in picked) + (f" and {more} more" if more > 0 else "")
+    if lines is not None:
+        return ("line " if len(where) == 1 else "lines ") + text
+    return ("row " if len(where) == 1 else "rows ") + text + " of y"
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             names = list(archive.files)
@@ -304,7 +360,8 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
                     f"(found: {', '.join(names) or 'nothing'}); save it with np.savez(path, "
                     "X=..., y=...)"
                 )
-            return np.asarray(archive["X"]), np.asarray(archive["y"])
+            label_names = np.asarray(archive["names"]) if "names" in names else None
+            return np.asarray(archive["X"]), np.asarray(archive["y"]), label_names
     except DataError:
         raise
     except OSError as err:
@@ -313,130 +370,331 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"cannot read data file {str(path)!r} as .npz: {err}") from None
 
 
-def _read_csv(path: Path, label_columns: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _read_csv(
+    path: Path, label_columns: tuple[str, ...], drop_columns: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, list[str]]:
+    """``(features (N, F) float64, labels (N,) str or (N, C) str, label column names, line
+    numbers, notes)``."""
+    name = str(path)
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.reader(fh))
     except OSError as err:
-        raise OSError(f"cannot read data file {str(path)!r}: {err.strerror or err}") from None
+        raise OSError(f"cannot read data file {name!r}: {err.strerror or err}") from None
     except UnicodeDecodeError as err:
-        raise DataError(f"cannot read data file {str(path)!r} as text: {err}") from None
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
-    if len(rows) < 2:
-        raise DataError(f"data file {str(path)!r}: expected a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
-    if label_columns:
-        missing = [c for c in label_columns if c not in header]
-        if missing:
+        raise DataError(f"cannot read data file {name!r} as UTF-8 text: {err}") from None
+    except csv.Error as err:
+        raise DataError(f"data file {name!r}: not a readable CSV file: {err}") from None
+    numbered = [(i, r) for i, r in enumerate(rows, start=1) if any(cell.strip() for cell in r)]
+    if not numbered:
+        raise DataError(f"data file {name!r} is empty: expected a header row and data rows")
+    header = [h.strip() for h in numbered[0][1]]
+    data = numbered[1:]
+    for sep, word in ((";", "semicolon"), ("\t", "tab")):
+        if len(header) == 1 and sep in header[0]:
             raise DataError(
-                f"data file {str(path)!r}: no column {', '.join(map(repr, missing))} (columns: "
-                f"{', '.join(header)})"
+                f"data file {name!r} looks {word}-separated (header {header[0][:60]!r}); "
+                "lossforge reads comma-separated files: convert it, e.g. "
+                f"pandas.read_csv(path, sep={sep!r}).to_csv('data.csv', index=False) "
+                "(add decimal=',' if it writes decimals with a comma)"
             )
+    if not data:
+        raise DataError(f"data file {name!r} has a header row but no data rows")
+    duplicated = sorted({h for h in header if header.count(h) > 1})
+    if duplicated:
+        raise DataError(
+            f"data file {name!r}: duplicate column names {', '.join(map(repr, duplicated))}"
+        )
+    unknown = [c for c in (*label_columns, *drop_columns) if c not in header]
+    if unknown:
+        raise DataError(
+            f"data file {name!r}: no column {', '.join(map(repr, unknown))} (columns: "
+            f"{', '.join(header)})"
+        )
+    both = sorted(set(label_columns) & set(drop_columns))
+    if both:
+        raise DataError(f"column {both[0]!r} is both a label column and a dropped column")
+    notes: list[str] = []
+    if label_columns:
         chosen = list(label_columns)
     else:
-        chosen = next(([n] for n in ("label", "y", "target", "class") if n in header), [header[-1]])
+        kept = [h for h in header if h not in drop_columns]
+        named = [n for n in _LABEL_NAMES if n in kept]
+        if named:
+            chosen = [named[0]]
+            notes.append(f"label column {named[0]!r} (choose another with --label-column)")
+        else:
+            chosen = [kept[-1]] if kept else []
+            notes.append(
+                f"label column {chosen[0]!r}: the last column, since none is named "
+                f"{', '.join(map(repr, _LABEL_NAMES))} (choose another with --label-column)"
+            )
+    if drop_columns:
+        notes.append(f"columns left out: {', '.join(map(repr, drop_columns))}")
     label_idx = [header.index(c) for c in chosen]
-    feat_idx = [i for i in range(len(header)) if i not in label_idx]
+    feat_idx = [i for i, h in enumerate(header) if h not in chosen and h not in drop_columns]
     if not feat_idx:
-        raise DataError(f"data file {str(path)!r}: no feature columns besides the label column(s)")
-    feats = np.empty((len(rows) - 1, len(feat_idx)), dtype=np.float64)
-    labels: list[list[str]] = []
-    for line, row in enumerate(rows[1:], start=2):
+        raise DataError(f"data file {name!r}: no feature columns besides the label column(s)")
+    feats = np.empty((len(data), len(feat_idx)), dtype=np.float64)
+    labels = np.empty((len(data), len(label_idx)), dtype=object)
+    lines = np.array([line for line, _ in data], dtype=np.int64)
+    for k, (line, row) in enumerate(data):
         if len(row) != len(header):
             raise DataError(
-                f"data file {str(path)!r}, line {line}: {len(row)} fields, header has {len(header)}"
+                f"data file {name!r}, line {line}: {len(row)} fields, the header has {len(header)}"
             )
-        try:
-            feats[line - 2] = [float(row[i]) for i in feat_idx]
-        except ValueError:
-            raise DataError(
-                f"data file {str(path)!r}, line {line}: a feature value is not a number"
-            ) from None
-        labels.append([row[i].strip() for i in label_idx])
-    if len(chosen) == 1:
-        raw = [lab[0] for lab in labels]
-        try:
-            y = np.array([float(v) for v in raw])
-        except ValueError:
-            y = np.array(raw)  # class names
-    else:
-        try:
-            y = np.array([[float(v) for v in lab] for lab in labels])
-        except ValueError:
-            raise DataError(
-                f"data file {str(path)!r}: multi-label columns must hold 0/1 values"
-            ) from None
-    return feats, y
+        for j, i in enumerate(feat_idx):
+            cell = row[i].strip()
+            try:
+                feats[k, j] = float(cell)
+            except ValueError:
+                what = "an empty cell" if not cell else f"{cell[:40]!r}"
+                raise DataError(
+                    f"data file {name!r}, line {line}, column {header[i]!r}: {what} is not a "
+                    f"number; every column but the label is a feature (leave a column out with "
+                    f"--drop-columns {header[i]}, or make it the label with --label-column "
+                    f"{header[i]})"
+                ) from None
+        labels[k] = [row[i].strip() for i in label_idx]
+    return feats, labels if len(label_idx) > 1 else labels[:, 0], chosen, lines, notes
 
 
 def load_user_data(
-    path: str | Path, label_columns: tuple[str, ...] = ()
-) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
-    """Read ``X`` and ``y`` from a ``.npz`` or ``.csv`` file.
+    path: str | Path,
+    label_columns: tuple[str, ...] = (),
+    drop_columns: tuple[str, ...] = (),
+    ignore_label: str = "auto",
+) -> UserData:
+    """Read and check ``X`` and ``y`` from a ``.npz`` or ``.csv`` file.
 
-    ``y`` of shape ``(N,)`` holds class labels (any values; sorted unique values become class
-    indices) and selects the single-label losses; ``y`` of shape ``(N, C)`` with 0/1 entries is
+    ``y`` of shape ``(N,)`` holds class labels (integers or names; the sorted distinct values are
+    the classes) and selects the single-label losses; ``y`` of shape ``(N, C)`` with 0/1 entries is
     multi-hot and selects the multi-label losses. ``X`` of shape ``(N, ...)`` is flattened to
-    ``(N, F)``.
+    ``(N, F)``. An ``.npz`` may hold ``names``: one name per label (multi-hot) or per integer class
+    value ``0 ... K-1``. A ``.csv`` has a header row; the label column is ``label_columns`` or the
+    first of ``label``, ``y``, ``target``, ``class``, else the last column (said in the notes);
+    ``drop_columns`` are left out; every other column must be numeric.
 
-    Returns:
-        ``(X float32 (N, F), y, kind, class_names)`` with ``y`` int64 indices or float32 multi-hot.
+    Args:
+        path: The file.
+        label_columns: ``.csv``: the label column(s); several make multi-hot labels.
+        drop_columns: ``.csv``: columns to leave out (ids, free text).
+        ignore_label: Single-label data: ``"auto"`` refuses labels that look like an "ignore"
+            marker (empty cells; a negative integer beside the classes 0, 1, ...); ``"none"``
+            keeps every value as a class; any other value drops the rows with that label
+            (``""``: empty cells).
 
     Raises:
         OSError: the file cannot be opened.
         DataError: unsupported type, missing arrays, bad shapes or values.
     """
     path = Path(path)
+    name = str(path)
     suffix = path.suffix.lower()
     if suffix not in (".npz", ".csv"):
         raise DataError(
-            f"data file {str(path)!r}: unsupported type {suffix or '(none)'!r}; use .npz (arrays "
+            f"data file {name!r}: unsupported type {suffix or '(none)'!r}; use .npz (arrays "
             "X, y) or .csv"
         )
     if not path.is_file():
-        raise OSError(f"cannot read data file {str(path)!r}: no such file")
-    x, y = _read_npz(path) if suffix == ".npz" else _read_csv(path, label_columns)
-    return _check_xy(str(path), x, y)
-
-
-def _check_xy(
-    name: str, x: np.ndarray, y: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, str, list[str]]:
-    if x.ndim < 2:
-        raise DataError(f"data {name!r}: expected X of shape (N, features), got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.number) and x.dtype != np.bool_:
-        raise DataError(f"data {name!r}: expected numeric X, got dtype {x.dtype}")
-    x = x.reshape(len(x), -1).astype(np.float32)
+        raise OSError(f"cannot read data file {name!r}: no such file")
+    if suffix == ".npz":
+        if label_columns or drop_columns:
+            raise DataError("--label-column and --drop-columns are options of .csv data")
+        x, y, names = _read_npz(path)
+        notes: list[str] = []
+        lines = None
+        source = "array y"
+        label_cols: list[str] = []
+    else:
+        x, y, label_cols, lines, notes = _read_csv(path, label_columns, drop_columns)
+        names = np.asarray(label_cols) if y.ndim == 2 else None
+        source = ", ".join(f"column {c!r}" for c in label_cols)
+    x = _check_x(name, x)
     if len(y) != len(x):
         raise DataError(f"data {name!r}: X has {len(x)} rows but y has {len(y)}")
-    if len(x) < 4:
-        raise DataError(f"data {name!r}: expected at least 4 examples, got {len(x)}")
-    if not np.isfinite(x).all():
-        raise DataError(f"data {name!r}: X holds NaN or infinite values")
-    if y.ndim == 2 and y.shape[1] == 1:
+    if y.ndim == 2 and y.shape[1] == 1 and not label_cols:
         y = y[:, 0]
     if y.ndim == 1:
-        if np.issubdtype(y.dtype, np.floating):
-            if not np.isfinite(y).all() or not np.all(y == np.round(y)):
-                raise DataError(
-                    f"data {name!r}: y of shape (N,) must hold class labels (integers or names), "
-                    "got non-integer values"
-                )
-            y = y.astype(np.int64)
-        values, idx = np.unique(y, return_inverse=True)
-        if len(values) < 2:
+        keep, idx, class_names, more = _single_label(name, y, ignore_label, lines, names)
+        x, y = x[keep], idx
+        kind = SINGLE_LABEL
+    elif y.ndim == 2:
+        if ignore_label not in ("auto", "none"):
             raise DataError(
-                f"data {name!r}: y holds a single class ({values[0]!r}); need at least 2"
+                f"data {name!r}: --ignore-label applies to single-label data (one label value per "
+                "row); multi-hot labels hold 0/1 entries"
             )
-        return x, idx.astype(np.int64), SINGLE_LABEL, [str(v) for v in values]
-    if y.ndim == 2:
-        if not np.issubdtype(y.dtype, np.number) and y.dtype != np.bool_:
-            raise DataError(f"data {name!r}: multi-hot y must be numeric, got dtype {y.dtype}")
-        yf = y.astype(np.float32)
-        if not np.all((yf == 0) | (yf == 1)):
-            raise DataError(f"data {name!r}: y of shape (N, C) must be multi-hot (0/1 entries)")
-        return x, yf, MULTI_LABEL, [str(c) for c in range(y.shape[1])]
-    raise DataError(f"data {name!r}: expected y of shape (N,) or (N, C), got shape {y.shape}")
+        y, class_names = _multi_hot(name, y, label_cols, lines, names)
+        more = []
+        kind = MULTI_LABEL
+    else:
+        raise DataError(f"data {name!r}: expected y of shape (N,) or (N, C), got shape {y.shape}")
+    if len(x) < 4:
+        raise DataError(f"data {name!r}: expected at least 4 labelled examples, got {len(x)}")
+    return UserData(x, y, kind, class_names, source, notes + more)
+
+
+def _check_x(name: str, x: np.ndarray) -> np.ndarray:
+    if x.ndim < 2:
+        raise DataError(f"data {name!r}: expected X of shape (N, features), got shape {x.shape}")
+    if len(x) == 0:
+        raise DataError(f"data {name!r}: X holds no examples (shape {x.shape})")
+    if x.size == 0:
+        raise DataError(f"data {name!r}: X has no features (shape {x.shape})")
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise DataError(f"data {name!r}: expected numeric X, got dtype {x.dtype}")
+    x = x.reshape(len(x), -1).astype(np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        row, col = (int(v) for v in np.argwhere(bad)[0])
+        raise DataError(
+            f"data {name!r}: X holds NaN or infinite values ({int(bad.sum())}; the first in row "
+            f"{row}, feature {col})"
+        )
+    return x
+
+
+def _as_numbers(values: np.ndarray) -> np.ndarray | None:
+    """Label values as float64 when every non-empty one is a number, else ``None``."""
+    if np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_:
+        return values.astype(np.float64)
+    out = np.full(len(values), np.nan)
+    for i, v in enumerate(values):
+        text = str(v).strip()
+        if not text:
+            continue
+        try:
+            out[i] = float(text)
+        except ValueError:
+            return None
+    return out
+
+
+def _single_label(
+    name: str,
+    y: np.ndarray,
+    ignore: str,
+    lines: np.ndarray | None,
+    names: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """``(rows kept, class index per kept row, class names, notes)``."""
+    notes: list[str] = []
+    numbers = _as_numbers(y)
+    if numbers is not None:
+        missing = np.isnan(numbers) if y.dtype.kind in "OUS" else np.zeros(len(y), dtype=bool)
+        bad = ~missing & (~np.isfinite(numbers) | (numbers != np.round(numbers)))
+        if bad.any():
+            where = np.flatnonzero(bad)
+            raise DataError(
+                f"data {name!r}: y must hold class labels (integers or names), got "
+                f"{_fmt_value(numbers[where[0]])} ({_rows(where, lines)})"
+            )
+        text = np.array(["" if m else str(int(v)) for v, m in zip(numbers, missing, strict=True)])
+    else:
+        text = np.array([str(v).strip() for v in y])
+        missing = text == ""
+    keep = np.ones(len(y), dtype=bool)
+    if missing.any():
+        where = np.flatnonzero(missing)
+        if ignore != "":
+            raise DataError(
+                f"data {name!r}: {len(where)} row{'s' if len(where) > 1 else ''} without a label "
+                f"({_rows(where, lines)}); fill them in, or drop them with --ignore-label ''"
+            )
+        keep &= ~missing
+        notes.append(f"dropped {len(where)} rows without a label (--ignore-label '')")
+    if ignore not in ("auto", "none", ""):
+        marker = ignore
+        if numbers is not None:
+            try:
+                value = float(ignore)
+            except ValueError:
+                value = math.nan
+            if value == round(value):
+                marker = str(int(value))
+        hit = text == marker
+        keep &= ~hit
+        notes.append(
+            f"dropped {int(hit.sum())} rows labelled {marker!r} (--ignore-label)"
+            if hit.any()
+            else f"no row is labelled {marker!r} (--ignore-label): nothing dropped"
+        )
+    if ignore == "auto" and numbers is not None:
+        values = numbers[keep]
+        negative = sorted({int(v) for v in values if v < 0})
+        if negative and (values == 0).any():
+            where = np.flatnonzero(keep & (numbers == negative[0]))
+            raise DataError(
+                f"data {name!r}: the label {negative[0]} ({_rows(where, lines)}) sits beside the "
+                f"classes 0, 1, ...; {negative[0]} is a common 'ignore' marker: drop those rows "
+                f"with --ignore-label {negative[0]}, or keep it as a class with --ignore-label none"
+            )
+    kept = text[keep]
+    if numbers is not None:
+        values = np.unique(numbers[keep]).astype(np.int64)
+        index = np.searchsorted(values, numbers[keep].astype(np.int64))
+        class_names = [str(v) for v in values]
+        if names is not None:
+            class_names = _named_values(name, values, names)
+    else:
+        if names is not None:
+            raise DataError(f"data {name!r}: 'names' names integer classes; y holds names already")
+        labels, index = np.unique(kept, return_inverse=True)
+        class_names = [str(v) for v in labels]
+    if len(class_names) == 0:
+        raise DataError(f"data {name!r}: no labelled rows left")
+    if len(class_names) < 2:
+        raise DataError(
+            f"data {name!r}: y holds a single class ({class_names[0]!r}); need at least 2"
+        )
+    return keep, np.asarray(index, dtype=np.int64), class_names, notes
+
+
+def _fmt_value(v: float) -> str:
+    return f"{v:g}"
+
+
+def _named_values(name: str, values: np.ndarray, names: np.ndarray) -> list[str]:
+    if names.ndim != 1 or values.min() < 0 or values.max() >= len(names):
+        raise DataError(
+            f"data {name!r}: 'names' must be a 1-D array naming the class values 0 ... K-1 "
+            f"(got shape {names.shape} for class values {values.min()} ... {values.max()})"
+        )
+    return [str(names[v]) for v in values]
+
+
+def _multi_hot(
+    name: str,
+    y: np.ndarray,
+    label_cols: list[str],
+    lines: np.ndarray | None,
+    names: np.ndarray | None,
+) -> tuple[np.ndarray, list[str]]:
+    numbers = _as_numbers(y.reshape(-1))
+    if numbers is None:
+        raise DataError(f"data {name!r}: multi-hot labels must be 0/1 numbers, got text")
+    values = numbers.reshape(y.shape)
+    bad = ~((values == 0) | (values == 1))
+    if bad.any():
+        row, col = (int(v) for v in np.argwhere(bad)[0])
+        where = f"line {lines[row]}" if lines is not None else f"row {row} of y"
+        what = f"label column {label_cols[col]!r}" if label_cols else f"label {col}"
+        cell = y[row, col]
+        shown = "an empty cell" if str(cell).strip() == "" else repr(str(cell))
+        raise DataError(
+            f"data {name!r}: multi-hot labels must be 0 or 1; {what} holds {shown} ({where})"
+        )
+    if names is not None:
+        if names.ndim != 1 or len(names) != y.shape[1]:
+            raise DataError(
+                f"data {name!r}: 'names' must hold one name per label ({y.shape[1]}), got shape "
+                f"{names.shape}"
+            )
+        class_names = [str(n) for n in names]
+    else:
+        class_names = [str(c) for c in range(y.shape[1])]
+    return values.astype(np.float32), class_names
 
 
 def split_user_data(
@@ -455,6 +713,9 @@ def split_user_data(
 
     Returns:
         ``(x_train, y_train, x_test, y_test)``.
+
+    Raises:
+        DataError: the test split would be empty.
     """
     rng = np.random.default_rng(seed)
     n = len(x)
@@ -482,99 +743,34 @@ def split_user_data(
     return x_tr.astype(np.float32), y[~mask], x_te.astype(np.float32), y[mask]
 
 
-def user_task(
-    name: str,
-    x: np.ndarray,
-    y: np.ndarray,
-    kind: str,
-    class_names: list[str],
-    spec: DataSpec,
-    seed: int,
-) -> Task:
-    """A ``Task`` from user arrays for one seed (the split depends on the seed)."""
+def user_task(name: str, data: UserData, spec: DataSpec, seed: int) -> Task:
+    """A ``Task`` from checked user data for one seed (the split depends on the seed)."""
     x_tr, y_tr, x_te, y_te = split_user_data(
-        x, y, kind, test_size=spec.test_size, seed=seed, standardize=spec.standardize
+        data.x, data.y, data.kind, test_size=spec.test_size, seed=seed, standardize=spec.standardize
     )
-    what = "classes" if kind == SINGLE_LABEL else "labels"
-    info: dict[str, Any] = {"source": name, "features": int(x.shape[1])}
-    if kind == MULTI_LABEL:
+    stem = Path(name).name
+    what = "classes" if data.kind == SINGLE_LABEL else "labels"
+    kind = "single-label" if data.kind == SINGLE_LABEL else "multi-label"
+    info: dict[str, Any] = {
+        "source": name,
+        "features": int(data.x.shape[1]),
+        "labels_from": data.label_source,
+    }
+    if data.kind == MULTI_LABEL:
         info["positive_rate_train"] = float(y_tr.mean())
     return Task(
-        key="user",
+        key=Path(name).stem or "data",
         title=(
-            f"{Path(name).name}: {len(x_tr)} train / {len(x_te)} test, {x.shape[1]} features, "
-            f"{len(class_names)} {what}"
+            f"{stem}: {kind}, {len(data.class_names)} {what} ({data.label_source}), "
+            f"{data.x.shape[1]} features, {len(x_tr)} train / {len(x_te)} test"
         ),
-        kind=kind,
+        family="user",
+        kind=data.kind,
         x_train=x_tr,
         y_train=y_tr,
         x_test=x_te,
         y_test=y_te,
-        class_names=class_names,
+        class_names=data.class_names,
         info=info,
+        short_title=f"{stem}: {kind}, {len(data.class_names)} {what}",
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# Metrics
-# ----------------------------------------------------------------------------------------------
-
-
-def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """Average precision of one label (the step-wise sum of scikit-learn, ties grouped).
-
-    $$ \\mathrm{AP} = \\sum_k (R_k - R_{k-1}) P_k $$
-
-    over the distinct score thresholds in decreasing order. ``nan`` when there is no positive.
-    """
-    y = np.asarray(y_true, dtype=np.float64).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    total = y.sum()
-    if total <= 0:
-        return float("nan")
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    ends = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
-    tps = np.cumsum(y)[ends]
-    fps = ends + 1 - tps
-    precision = tps / (tps + fps)
-    recall = tps / total
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
-def multi_label_metrics(y_true: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
-    """Macro mAP over the labels with a test positive, and per-label AP (``None`` if none)."""
-    aps = [average_precision(y_true[:, j], scores[:, j]) for j in range(y_true.shape[1])]
-    valid = [a for a in aps if not np.isnan(a)]
-    return {
-        "mAP": float(np.mean(valid)) if valid else float("nan"),
-        "labels_evaluated": len(valid),
-        "per_class": [None if np.isnan(a) else a for a in aps],
-    }
-
-
-def tail_classes(train_counts: np.ndarray) -> list[int]:
-    """The rarest third of the classes by training count (ties: the higher index is rarer)."""
-    num = len(train_counts)
-    order = sorted(range(num), key=lambda c: (train_counts[c], -c))
-    return sorted(order[: max(1, round(num / 3))])
-
-
-def single_label_metrics(
-    y_true: np.ndarray, pred: np.ndarray, train_counts: np.ndarray
-) -> dict[str, Any]:
-    """Accuracy, balanced accuracy (mean per-class recall over classes in the test split), accuracy
-    on the rarest third of the classes (mean recall), and per-class recall (``None`` if absent)."""
-    num = len(train_counts)
-    recall: list[float | None] = []
-    for c in range(num):
-        m = y_true == c
-        recall.append(float((pred[m] == c).mean()) if m.any() else None)
-    present = [r for r in recall if r is not None]
-    tail = [recall[c] for c in tail_classes(train_counts) if recall[c] is not None]
-    return {
-        "accuracy": float((pred == y_true).mean()),
-        "balanced_accuracy": float(np.mean(present)),
-        "tail_accuracy": float(np.mean(tail)) if tail else float("nan"),
-        "per_class": recall,
-    }

@@ -1,4 +1,4 @@
-"""``lossforge plot`` (loss and gradient curves) and the ``compare`` chart.
+"""``lossforge plot``: loss and gradient curves of one loss against the true-class probability.
 
 Figures are drawn on a ``matplotlib.figure.Figure`` with the Agg canvas attached explicitly, so
 nothing here touches pyplot's global state or the user's interactive backend, and nothing is
@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from lossforge.cli.chart import figure
+
 __all__ = [
     "DEFAULT_SWEEPS",
     "PLOT_FAMILIES",
     "curves",
-    "draw_compare_chart",
     "draw_loss_plot",
     "parse_sweeps",
     "run_plot",
@@ -209,25 +210,12 @@ def _evaluate(module: torch.nn.Module, family: str, points: int) -> dict[str, An
     return out
 
 
-def _figure(width: float, height: float) -> Any:
-    """A Figure with the Agg canvas attached (no pyplot, no global backend switch)."""
-    from lossforge.cli import require
-
-    require("matplotlib", "drawing PNG files")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def draw_loss_plot(
     name: str, family: str, data: list[dict[str, Any]], fixed: Mapping[str, Any], path: Path
 ) -> None:
     """Write the loss / gradient figure of ``curves`` to ``path`` (PNG)."""
     two = family.startswith("sigmoid")
-    fig = _figure(10.5 if two else 10.0, 7.5 if two else 4.0)
+    fig = figure(10.5 if two else 10.0, 7.5 if two else 4.0)
     axes = np.atleast_2d(fig.subplots(2 if two else 1, 2, squeeze=False))
     branches = (
         [("pos", "positive (target 1)"), ("neg", "negative (target 0)")] if two else [("pos", "")]
@@ -283,82 +271,3 @@ def run_plot(args: Any) -> int:
     draw_loss_plot(args.loss, family, data, fixed, path)
     print(f"plot: {path}")
     return 0
-
-
-# ----------------------------------------------------------------------------------------------
-# compare chart
-# ----------------------------------------------------------------------------------------------
-
-
-def _bar_panel(ax: Any, task: Mapping[str, Any]) -> None:
-    from lossforge.cli.compare import METRICS
-
-    names = dict(METRICS[task["kind"]])
-    metrics = [
-        m for m in task["metrics"] if m != "accuracy"
-    ]  # accuracy = balanced accuracy on a balanced test
-    rows = list(reversed(task["leaderboard"]))
-    height = 0.8 / len(metrics)
-    y = np.arange(len(rows))
-    for k, metric in enumerate(metrics):
-        means = [100 * (r["metrics"][metric]["mean"] or 0.0) for r in rows]
-        stds = [100 * (r["metrics"][metric]["std"] or 0.0) for r in rows]
-        ax.barh(
-            y + (k - (len(metrics) - 1) / 2) * height,
-            means,
-            height=height,
-            xerr=stds,
-            capsize=2,
-            label=names[metric],
-        )
-    ax.set_yticks(y, [r["label"] for r in rows], fontsize=7)
-    lows = [
-        100 * (r["metrics"][m]["mean"] or 0.0) - 100 * (r["metrics"][m]["std"] or 0.0)
-        for r in rows
-        for m in metrics
-    ]
-    ax.set_xlim(max(0.0, min(lows) - 5.0), 100.0)
-    ax.set_xlabel("%")
-    ax.set_title(task["key"], fontsize=9)
-    ax.grid(axis="x", alpha=0.3)
-    if len(metrics) > 1:
-        ax.legend(fontsize=7, loc="best")
-
-
-def _per_class_panel(ax: Any, task: Mapping[str, Any]) -> None:
-    names = task["class_names"]
-    many = len(names) > 30
-    for row in task["leaderboard"]:
-        vals = np.array([np.nan if v is None else 100 * v for v in row["per_class"]], dtype=float)
-        if many:
-            vals = np.sort(vals[~np.isnan(vals)])[::-1]
-            ax.plot(np.arange(len(vals)), vals, lw=1.0, label=row["label"])
-        else:
-            ax.plot(np.arange(len(vals)), vals, marker="o", ms=3, lw=1.0, label=row["label"])
-    metric = "accuracy" if task["kind"] == "single_label" else "AP"
-    if many:
-        ax.set_xlabel("labels, sorted by AP" if metric == "AP" else "classes, sorted")
-    else:
-        ax.set_xticks(np.arange(len(names)), names, fontsize=7)
-        ax.set_xlabel("class (head ... tail)" if task["key"].startswith("lt-") else "class")
-    ax.set_ylabel(f"per-class {metric} (%)")
-    ax.set_title(f"{task['key']}: per-class {metric}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-
-
-def draw_compare_chart(report: Mapping[str, Any], path: Path) -> None:
-    """Bars (mean ± std over seeds) per task, and per-class accuracy / AP below them."""
-    tasks = report["tasks"]
-    cols = len(tasks)
-    fig = _figure(max(6.0, 4.6 * cols), 8.0)
-    axes = fig.subplots(2, cols, squeeze=False)
-    for j, task in enumerate(tasks):
-        _bar_panel(axes[0, j], task)
-        _per_class_panel(axes[1, j], task)
-    seeds = len(report["experiment"]["seeds"])
-    fig.suptitle(
-        f"lossforge compare: {Path(str(report['data'])).name}, {seeds} "
-        f"seed{'s' if seeds != 1 else ''}"
-    )
-    fig.savefig(path, format="png")

@@ -1,0 +1,128 @@
+"""The stacked trainer of ``lossforge compare`` against separate ``torch.nn`` heads trained with
+``torch.optim.AdamW``, and the protocol's independence from the loss's scale."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lossforge.cli.train import Head, train_stacked
+from lossforge.registry import build_loss
+
+# ----------------------------------------------------------------------------------------------
+# the stacked trainer
+# ----------------------------------------------------------------------------------------------
+
+
+def _separate_run(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    xt: torch.Tensor,
+    spec: dict,
+    head: Head,
+    seed: int,
+    steps: tuple[int, ...],
+) -> dict[int, torch.Tensor]:
+    """The reference: one torch.nn head, torch.optim.AdamW, the same seeded batch order;
+    test logits after each of ``steps``."""
+    n, features = x.shape
+    classes = 5
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(features, head.hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(head.hidden, classes),
+    )
+    opt = torch.optim.AdamW(
+        [
+            {"params": [model[0].weight, model[2].weight], "weight_decay": head.weight_decay},
+            {"params": [model[0].bias, model[2].bias], "weight_decay": 0.0},
+        ],
+        lr=head.lr,
+        foreach=False,
+    )
+    gen = torch.Generator().manual_seed(seed)
+    loss = build_loss(spec)
+    perm, pos = torch.randperm(n, generator=gen), 0
+    out = {}
+    for step in range(1, max(steps) + 1):
+        if pos >= n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        idx = perm[pos : pos + head.batch_size]
+        pos += head.batch_size
+        value = loss(model(x[idx]), y[idx])
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+        if step in steps:
+            with torch.no_grad():
+                out[step] = model(xt).double()
+    return out
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-adamw", "plain-adamw"])
+def test_stacked_training_equals_separate_heads(fused: bool) -> None:
+    s, n, m, f, c = 3, 50, 20, 12, 5
+    gen = torch.Generator().manual_seed(0)
+    x, xt = torch.randn(s, n, f, generator=gen), torch.randn(s, m, f, generator=gen)
+    y = torch.randint(0, c, (s, n), generator=gen)
+    specs = [
+        {"type": "cross_entropy"},
+        {"type": "softmax_focal", "gamma": 2.0},  # no vmap rule: called seed by seed
+        {"type": "balanced_softmax", "class_counts": [10, 8, 6, 4, 2]},
+    ]
+    head = Head(kind="mlp", hidden=16, lr=1e-2, weight_decay=0.05, batch_size=16, fused=fused)
+    seeds = [3, 7, 11]
+    losses = [[build_loss(spec)] * s for spec in specs]
+    snaps = train_stacked(x, y, xt, c, losses, head, seeds, [30, 7])
+    assert [snap.step for snap in snaps] == [7, 30]
+    for j, seed in enumerate(seeds):
+        for k, spec in enumerate(specs):
+            ref = _separate_run(x[j], y[j], xt[j], spec, head, seed, (7, 30))
+            for snap in snaps:
+                torch.testing.assert_close(
+                    snap.test_logits[j, k], ref[snap.step], rtol=1e-5, atol=2e-6
+                )
+
+
+def test_vmap_and_per_seed_loss_calls_agree() -> None:
+    s, n, f, c = 4, 40, 6, 3
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(s, n, f, generator=gen)
+    y = torch.randint(0, c, (s, n), generator=gen)
+    spec = {"type": "cross_entropy", "class_weight": [1.0, 2.0, 3.0]}
+    losses = [[build_loss(spec) for _ in range(s)]]
+    runs = [
+        train_stacked(x, y, x, c, losses, Head(kind="linear", batch_size=8, vmap=v), range(s), [25])
+        for v in (True, False)
+    ]
+    torch.testing.assert_close(runs[0][0].test_logits, runs[1][0].test_logits, rtol=1e-5, atol=1e-6)
+
+
+def test_stateful_loss_keeps_one_state_per_seed() -> None:
+    """Seesaw counts the classes it has seen: each seed's module counts its own batches only
+    (not the other seeds', not the value check before training)."""
+    s, n, f, c = 3, 40, 5, 4
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(s, n, f, generator=gen)
+    y = torch.randint(0, c, (s, n), generator=gen)
+    losses = [[build_loss({"type": "seesaw", "num_classes": c}) for _ in range(s)]]
+    train_stacked(x, y, x, c, losses, Head(kind="linear", batch_size=8), range(s), [25])
+    for j in range(s):  # 25 steps of 8 = 5 passes over the 40 examples of seed j
+        expected = 5 * torch.bincount(y[j], minlength=c)
+        assert losses[0][j].cum_samples.tolist() == expected.tolist()
+
+
+def test_protocol_does_not_depend_on_the_loss_scale() -> None:
+    """AdamW normalises the gradient and decays the weights apart from it: a loss multiplied by
+    100 trains the same head (the reason coupled L2 was replaced)."""
+    s, n, f, c = 2, 60, 8, 4
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(s, n, f, generator=gen)
+    y = torch.randint(0, c, (s, n), generator=gen)
+    head = Head(kind="mlp", hidden=16, lr=3e-3, weight_decay=0.01, batch_size=16)
+    one = build_loss({"type": "softmax_focal", "gamma": 2.0})
+    hundred = build_loss({"type": "softmax_focal", "gamma": 2.0, "loss_weight": 100.0})
+    a = train_stacked(x, y, x, c, [[one] * s], head, [0, 1], [60])[0].test_logits
+    b = train_stacked(x, y, x, c, [[hundred] * s], head, [0, 1], [60])[0].test_logits
+    torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
