@@ -44,7 +44,6 @@ PACKAGE = SRC / "lossforge"
 #: modules of one cycle. cli/compare.py and cli/plot.py call each other's functions (plot draws the
 #: compare figure, compare's sweep uses plot's curves): another branch is breaking this circle.
 KNOWN_LAZY_CYCLES: list[frozenset[str]] = [
-    frozenset({"lossforge.cli.compare", "lossforge.cli.plot"}),
     # LossSum builds nested specs through build_loss at construction, and the registry fills itself
     # from lossforge.nn on first use: both edges are imports inside functions, so no module is
     # ever imported half-initialised; the registry is where specs are resolved, by design.

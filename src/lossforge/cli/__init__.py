@@ -275,23 +275,19 @@ def _add_bench(sub: Any) -> None:
             "measure the peak extra memory of one separate, untimed forward+backward (CUDA:\n"
             "torch.cuda.max_memory_allocated; CPU: the allocator events of torch.profiler), as\n"
             "MB, bytes per logit and ratio to the reference.\n\n"
-            "suites:\n"
-            "  quick     (default) one table of small CPU-friendly workloads, timed with\n"
-            "            torch.utils.benchmark; lossforge backend='torch' (CPU: also with value\n"
-            "            checks off; CUDA: also the triton kernels)\n"
-            "  protocol  the full benchmark protocol of the design (workloads DET, SEG, ML-L,\n"
-            "            LLM, ML-S, REG on CUDA: CUDA events, fwd/bwd split, kernel launches,\n"
-            "            roofline, torch.compile and Liger references); writes\n"
-            "            <stem>.json/.csv/.md after every row; on the CPU (--smoke, or no CUDA)\n"
-            "            tiny shapes, eager reference vs backend='torch'"
+            "One table of small CPU-friendly workloads, timed with torch.utils.benchmark;\n"
+            "lossforge backend='torch' (CPU: also with value checks off; CUDA: also the triton\n"
+            "kernels). The full benchmark protocol of the design (PERFORMANCE.md section 6:\n"
+            "DET, SEG, ML-L, LLM, ML-S, REG with CUDA events, roofline, torch.compile and Liger\n"
+            "references) is not part of the installed package: from a repository checkout run\n"
+            "`python -m benchmarks.run --help`."
         ),
         epilog=(
             "examples:\n"
             "  lossforge bench                                   # quick table, ~20 s on 2 cores\n"
             "  lossforge bench --workloads focal-dense --scale 4 --out bench-out\n"
-            "  lossforge bench --suite protocol --only DET,SEG --out results --stem h100\n"
-            "  lossforge bench --suite protocol --smoke          # tiny CPU version, seconds\n"
-            "  lossforge bench --suite protocol --list"
+            "  lossforge bench --list\n"
+            "  python -m benchmarks.run --only DET,SEG   # the full protocol, from a checkout"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -299,7 +295,7 @@ def _add_bench(sub: Any) -> None:
         "--suite",
         choices=("quick", "protocol"),
         default="quick",
-        help="quick: one small table (default); protocol: the full GPU protocol",
+        help="quick (the only one installed); 'protocol' moved: python -m benchmarks.run",
     )
     p.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if present"
@@ -315,18 +311,18 @@ def _add_bench(sub: Any) -> None:
     p.add_argument(
         "--out",
         metavar="DIR",
-        help="write <stem>.json, .csv and .md here (quick: only when given; protocol: default .)",
+        help="write <stem>.json, .csv and .md here (only when given)",
     )
     p.add_argument(
         "--stem",
         metavar="NAME",
-        help="file name stem (quick: bench; protocol: a timestamp on CUDA, smoke on the CPU)",
+        help="file name stem (default: bench)",
     )
     p.add_argument(
         "--threads",
         type=_positive_int,
         metavar="N",
-        help="torch threads (default: min(4, CPUs); protocol on the CPU: 1)",
+        help="torch threads (default: min(4, CPUs))",
     )
     quick = p.add_argument_group("quick suite")
     quick.add_argument(
@@ -338,7 +334,9 @@ def _add_bench(sub: Any) -> None:
         metavar="SEC",
         help="seconds per time measurement (default: 0.3)",
     )
-    protocol = p.add_argument_group("protocol suite")
+    protocol = p.add_argument_group(
+        "moved to the repository (python -m benchmarks.run): these now only say so"
+    )
     protocol.add_argument(
         "--smoke",
         action="store_true",

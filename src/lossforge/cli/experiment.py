@@ -54,7 +54,6 @@ __all__ = [
     "DEFAULT_MULTI_LABEL_LOSSES",
     "DEFAULT_SINGLE_LABEL_LOSSES",
     "FROM_TRAIN",
-    "LOSS_KINDS",
     "MULTI_LABEL",
     "SINGLE_LABEL",
     "ConfigError",
@@ -65,6 +64,7 @@ __all__ = [
     "TrainSpec",
     "check_experiment",
     "load_experiment",
+    "loss_kinds",
     "parse_experiment",
     "parse_loss_option",
     "parse_value",
@@ -75,26 +75,26 @@ SINGLE_LABEL = "single_label"
 MULTI_LABEL = "multi_label"
 FROM_TRAIN = "from_train"
 
-#: Which task kind each registered classification loss serves in ``compare``: single-label losses
-#: take ``(N, C)`` logits and class indices, multi-label ones ``(N, C)`` logits and multi-hot rows.
-LOSS_KINDS: dict[str, str] = {
-    "cross_entropy": SINGLE_LABEL,
-    "softmax_focal": SINGLE_LABEL,
-    "balanced_softmax": SINGLE_LABEL,
-    "logit_adjusted": SINGLE_LABEL,
-    "softmax_asymmetric": SINGLE_LABEL,
-    "ldam": SINGLE_LABEL,
-    "poly1_cross_entropy": SINGLE_LABEL,
-    "seesaw": SINGLE_LABEL,
-    "binary_cross_entropy_with_logits": MULTI_LABEL,
-    "sigmoid_focal": MULTI_LABEL,
-    "asymmetric": MULTI_LABEL,
-    "balanced_binary_cross_entropy": MULTI_LABEL,
-    "ohem_binary_cross_entropy": MULTI_LABEL,
-    "poly1_focal": MULTI_LABEL,
-    "quality_focal": MULTI_LABEL,
-    "varifocal": MULTI_LABEL,
-}
+
+def loss_kinds() -> dict[str, str]:
+    """The ``compare`` task each registered loss declares (``Traits.task``: single-label losses
+    take ``(N, C)`` logits and class indices, multi-label ones ``(N, C)`` logits and multi-hot
+    rows), by registry name. Read from the registry, so a new loss is a candidate as soon as it is
+    declared."""
+    from lossforge.registry import list_losses
+
+    return {i.name: i.traits.task for i in list_losses() if i.traits is not None and i.traits.task}
+
+
+def _declared_kind(name: str) -> str | None:
+    from lossforge.registry import get_loss
+
+    try:
+        cls = get_loss(name)
+    except (TypeError, ValueError):
+        return None
+    traits = getattr(cls, "traits", None)
+    return None if traits is None else traits.task
 
 
 class ConfigError(ValueError):
@@ -119,12 +119,12 @@ class LossSpec:
 
     def __post_init__(self) -> None:
         if not self.kind:
-            kind = LOSS_KINDS.get(self.type.removeprefix("lossforge."))
+            kind = _declared_kind(self.type)
             if kind is None:
                 raise ConfigError(
                     f"loss {self.type!r}: compare cannot tell whether it is a single-label or a "
                     'multi-label loss; add kind = "single_label" or "multi_label" (built-in '
-                    f"classification losses: {', '.join(sorted(LOSS_KINDS))})"
+                    f"classification losses: {', '.join(sorted(loss_kinds()))})"
                 )
             object.__setattr__(self, "kind", kind)
         if self.kind not in (SINGLE_LABEL, MULTI_LABEL):

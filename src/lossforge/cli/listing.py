@@ -17,7 +17,6 @@ def _default(value: Any) -> Any:
 
 def loss_table() -> list[dict[str, Any]]:
     """One entry per registered loss: name, class, task kind, summary, parameters and defaults."""
-    from lossforge.cli.experiment import LOSS_KINDS
     from lossforge.registry import list_losses
 
     rows = []
@@ -26,7 +25,8 @@ def loss_table() -> list[dict[str, Any]]:
             {
                 "name": info.name,
                 "class": info.cls.__name__,
-                "compare_kind": LOSS_KINDS.get(info.name),
+                "compare_kind": info.traits.task if info.traits else None,
+                "plot": info.traits.plot if info.traits else None,
                 "summary": info.summary,
                 "params": {k: _default(v) for k, v in info.params.items()},
             }

@@ -28,50 +28,11 @@ import torch
 from lossforge.cli.chart import figure
 
 __all__ = [
-    "DEFAULT_SWEEPS",
-    "PLOT_FAMILIES",
     "curves",
     "draw_loss_plot",
     "parse_sweeps",
     "run_plot",
 ]
-
-#: How each registered loss is evaluated on a 1-D grid.
-PLOT_FAMILIES: dict[str, str] = {
-    "binary_cross_entropy_with_logits": "sigmoid",
-    "sigmoid_focal": "sigmoid",
-    "asymmetric": "sigmoid",
-    "balanced_binary_cross_entropy": "sigmoid",
-    "binary_cross_entropy": "sigmoid-prob",
-    "cross_entropy": "softmax",
-    "softmax_focal": "softmax",
-    "balanced_softmax": "softmax",
-    "logit_adjusted": "softmax",
-    "softmax_asymmetric": "softmax",
-    "nll": "softmax-logprob",
-    "l1": "regression",
-    "smooth_l1": "regression",
-    "mse": "regression",
-}
-
-#: Losses that are not element-wise (their value for one example depends on the others).
-NOT_ELEMENTWISE: dict[str, str] = {
-    "ohem_binary_cross_entropy": "hard negatives are mined across the batch",
-    "dice": "a set-level overlap over a whole mask",
-}
-
-#: Parameter sweeps drawn when no ``--param`` is given.
-DEFAULT_SWEEPS: dict[str, dict[str, list[Any]]] = {
-    "sigmoid_focal": {"gamma": [0.0, 0.5, 1.0, 2.0, 5.0], "alpha": [None]},
-    "softmax_focal": {"gamma": [0.0, 0.5, 1.0, 2.0, 5.0]},
-    "asymmetric": {"gamma_neg": [0.0, 1.0, 2.0, 4.0]},
-    "softmax_asymmetric": {"gamma_neg": [0.0, 1.0, 2.0, 4.0]},
-    "balanced_binary_cross_entropy": {"beta": [0.25, 0.5, 0.75]},
-    "binary_cross_entropy_with_logits": {"label_smoothing": [0.0, 0.1]},
-    "cross_entropy": {"label_smoothing": [0.0, 0.1, 0.2]},
-    "logit_adjusted": {"tau": [0.0, 0.5, 1.0, 2.0]},
-    "smooth_l1": {"beta": [0.5, 1.0, 2.0]},
-}
 
 #: Values for required parameters when the user gives none: a 2-class problem whose true class
 #: (index 0) is ten times rarer than the other one.
@@ -127,17 +88,15 @@ def curves(
     """
     from lossforge.registry import build_loss, get_loss
 
-    cls = get_loss(name)  # ValueError listing the valid names
+    cls = get_loss(name, caller="plot", argument="loss")  # ValueError listing the valid names
     key = getattr(cls, "registry_name", name) or name
-    if key in NOT_ELEMENTWISE:
-        raise ValueError(f"cannot plot {key!r}: it is not element-wise ({NOT_ELEMENTWISE[key]})")
-    family = PLOT_FAMILIES.get(key)
-    if family is None:
-        raise ValueError(
-            f"cannot plot {key!r}: plot knows the element-wise losses "
-            f"{', '.join(sorted(PLOT_FAMILIES))}"
-        )
-    sweeps = dict(sweeps) if sweeps else dict(DEFAULT_SWEEPS.get(key, {}))
+    # How a loss is drawn, and its default sweep, are declared with it (lossforge._traits.Traits).
+    traits = getattr(cls, "traits", None)
+    if traits is None or traits.plot is None:
+        why = traits.not_plotted if traits is not None else "it declares no plot family"
+        raise ValueError(f"cannot plot {key!r}: it is not element-wise ({why})")
+    family = traits.plot
+    sweeps = dict(sweeps) if sweeps else {k: list(v) for k, v in traits.sweep.items()}
     if "class_counts" in sweeps or "priors" in sweeps:
         fill: dict[str, Any] = {}
     else:
