@@ -102,14 +102,14 @@ def test_toml_helper_uses_the_standard_library_from_311() -> None:
 
 
 def test_torch_floor_covers_the_apis_used() -> None:
-    """torch >= 2.6: ``torch.library.triton_op`` / ``wrap_triton`` (the kernels) became public in
-    2.6. The floor is stated with its reason next to it."""
+    """torch >= 2.6: ``torch.library.wrap_triton`` (the kernels' launches) became public in 2.6.
+    The floor is stated with its reason next to it."""
     (torch_dep,) = [d for d in PYPROJECT["project"]["dependencies"] if d.startswith("torch")]
     assert _floor(torch_dep.removeprefix("torch")) == (2, 6)
     text = (ROOT / "pyproject.toml").read_text()
-    assert "triton_op" in text.split('"torch>=2.6"')[0].rsplit("dependencies", 1)[1]
-    uses = [p for p in SOURCES if "triton_op" in p.read_text()]
-    assert uses, "no module uses triton_op any more: revisit the torch floor"
+    assert "wrap_triton" in text.split('"torch>=2.6"')[0].rsplit("dependencies", 1)[1]
+    uses = [p for p in SOURCES if "wrap_triton" in p.read_text()]
+    assert uses, "no module uses wrap_triton any more: revisit the torch floor"
 
 
 def test_ci_runs_the_static_checks() -> None:
