@@ -203,7 +203,7 @@ def fail(
 def check_tensor(fn: str, name: str, x: object) -> Tensor:
     if not isinstance(x, Tensor):
         fail(fn, name, "to be a torch.Tensor", type(x).__name__, TypeError)
-    return x  # type: ignore[return-value]
+    return x
 
 
 #: What ``check_floating`` accepts of infinite values (a value check, like NaN):
@@ -292,7 +292,7 @@ def check_same_shape(fn: str, name: str, x: Tensor, ref_name: str, ref: Tensor) 
 def check_reduction(fn: str, reduction: object, name: str = "reduction") -> str:
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         fail(fn, name, "one of 'none', 'mean', 'sum'", repr(reduction))
-    return reduction  # type: ignore[return-value]
+    return reduction
 
 
 def check_number(
@@ -313,7 +313,7 @@ def check_number(
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         fail(fn, name, "a real number", repr(value), TypeError)
-    v = float(value)  # type: ignore[arg-type]
+    v = float(value)
     if not is_finite(v):
         fail(fn, name, "a finite number", v)
     lo_ok = low is None or (v > low if low_open else v >= low)
@@ -335,7 +335,7 @@ def is_finite(v: float) -> bool:
 def check_int(fn: str, name: str, value: object, *, low: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         fail(fn, name, "an integer", repr(value), TypeError)
-    v = int(value)  # type: ignore[arg-type]
+    v = int(value)
     if low is not None and v < low:
         fail(fn, name, f">= {low}", v)
     return v
@@ -348,13 +348,13 @@ def check_optional_int(fn: str, name: str, value: object) -> int | None:
 def check_bool(fn: str, name: str, value: object) -> bool:
     if not isinstance(value, bool):
         fail(fn, name, "a bool", repr(value), TypeError)
-    return value  # type: ignore[return-value]
+    return value
 
 
 def check_choice(fn: str, name: str, value: object, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         fail(fn, name, "one of " + ", ".join(repr(c) for c in choices), repr(value))
-    return value  # type: ignore[return-value]
+    return value
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:

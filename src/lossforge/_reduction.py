@@ -66,7 +66,7 @@ def expand_weight(
     """Check an element-wise weight against the unreduced loss shape and make it broadcastable."""
     if not isinstance(weight, Tensor):
         fail(fn, name, "a torch.Tensor", type(weight).__name__, TypeError)
-    w: Tensor = weight  # type: ignore[assignment]
+    w: Tensor = weight
     if w.is_complex():
         fail(fn, name, "a real tensor", f"dtype {w.dtype}", TypeError)
     if w.device != like.device:
@@ -157,7 +157,7 @@ def check_avg_factor(fn: str, avg_factor: object, reduction: str) -> float | Ten
         return avg_factor
     if isinstance(avg_factor, bool) or not isinstance(avg_factor, numbers.Real):
         fail(fn, "avg_factor", "a number or a one-element tensor", repr(avg_factor), TypeError)
-    v = float(avg_factor)  # type: ignore[arg-type]
+    v = float(avg_factor)
     if not is_finite(v) or v < 0:
         fail(fn, "avg_factor", "a finite number >= 0", v)
     return v

@@ -25,7 +25,7 @@ rows sum to 1 (a value check, tolerance ``1e-3 * C``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, cast
 
 import torch
 from torch import Tensor
@@ -208,7 +208,7 @@ def sigmoid_target(
     """Normalise a sigmoid-loss target (dense or class indices) to a ``DenseTarget``."""
     if not isinstance(target, Tensor):
         fail(fn, "target", "a torch.Tensor", type(target).__name__, TypeError)
-    t: Tensor = target  # type: ignore[assignment]
+    t: Tensor = target
     _check_device(fn, t, logits, "logits")
     cdtype = compute_dtype(logits)
     if t.shape == logits.shape:
@@ -388,7 +388,7 @@ def softmax_target(
             bad = out
         safe = idx
         if valid is not None or bad is not None:
-            keep = valid if bad is None else ~bad if valid is None else valid & ~bad
+            keep = cast(Tensor, valid if bad is None else ~bad if valid is None else valid & ~bad)
             safe = torch.where(keep, idx, torch.zeros((), dtype=idx.dtype, device=idx.device))
         raw_ignore = -100 if ignore_index is None else ignore_index
         raw = idx

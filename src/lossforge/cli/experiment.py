@@ -46,7 +46,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lossforge._toml import tomllib
 
@@ -608,7 +608,9 @@ def parse_value(text: str) -> Any:
 
 def split_top_level(text: str, sep: str = ",") -> list[str]:
     """Split on ``sep`` outside brackets and braces (so ``a=[1,2],b=3`` gives two items)."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for ch in text:
         if ch in "[{(":
             depth += 1
@@ -677,7 +679,11 @@ def resolve_params(spec: LossSpec, counts: Sequence[float]) -> dict[str, Any]:
 
             out[key] = [
                 float(w)
-                for w in class_weights([float(c) for c in counts], method=method, **options)
+                for w in class_weights(
+                    [float(c) for c in counts],
+                    method=cast(Any, method),  # class_weights names the valid methods
+                    **options,
+                )
             ]
         else:
             out[key] = value

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -155,7 +155,7 @@ def _evaluate(module: torch.nn.Module, family: str, points: int) -> dict[str, An
         z = torch.logit(p).requires_grad_(True)
         if family.startswith("sigmoid"):
             inp = torch.sigmoid(z) if family == "sigmoid-prob" else z
-            target = torch.full((points, 1), float(target_value), dtype=dt)
+            target = torch.full((points, 1), cast(float, target_value), dtype=dt)
             loss = module(inp.unsqueeze(1), target)
         else:
             pair = torch.stack(

@@ -92,7 +92,7 @@ class ElementwiseLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, y: Tensor, spec: ClosedForm) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, y: Tensor, spec: ClosedForm) -> Tensor:
         loss, grad = spec.loss_and_grad(x, y, True)
         ctx.set_materialize_grads(False)
         ctx.spec = spec
@@ -100,9 +100,7 @@ class ElementwiseLoss(torch.autograd.Function):
         return loss
 
     @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: Any, grad_loss: Tensor | None
-    ) -> tuple[Tensor | None, None, None]:
+    def backward(ctx: Any, grad_loss: Tensor | None) -> tuple[Tensor | None, None, None]:
         if grad_loss is None:
             return None, None, None
         x, y, grad = ctx.saved_tensors

@@ -76,6 +76,9 @@ def _asl_unreduced(
     """Element-wise multi-label ASL in ``z``'s dtype (float32 or float64)."""
     log_p = TF.logsigmoid(z)  # log p
     log_q = TF.logsigmoid(-z)  # log(1 - p), exact: 1 - sigmoid(x) = sigmoid(-x)
+    q: Tensor | None
+    pm: Tensor | None
+    pm_zero: Tensor | None
     if clip > 0:
         p = torch.sigmoid(z)
         q = torch.sigmoid(-z)

@@ -83,7 +83,7 @@ class _FocalTerm(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(log_p: Tensor, gamma: float) -> Tensor:  # type: ignore[override]
+    def forward(log_p: Tensor, gamma: float) -> Tensor:
         return -_one_minus_exp(log_p).pow(gamma) * log_p
 
     @staticmethod
@@ -94,7 +94,7 @@ class _FocalTerm(torch.autograd.Function):
         ctx.save_for_forward(log_p)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         (log_p,) = ctx.saved_tensors
         return grad * _focal_term_grad(log_p, ctx.gamma), None
 
@@ -104,7 +104,7 @@ class _FocalTermWithJvp(_FocalTerm):
     ``jvp`` (a graph break): compiled code uses ``_FocalTerm``, eager code this class."""
 
     @staticmethod
-    def jvp(ctx: Any, log_p_t: Tensor, _gamma_t: None) -> Tensor:  # type: ignore[override]
+    def jvp(ctx: Any, log_p_t: Tensor, _gamma_t: None) -> Tensor:
         (log_p,) = ctx.saved_tensors
         return log_p_t * _focal_term_grad(log_p, ctx.gamma)
 
@@ -252,7 +252,7 @@ def _times_alpha_t(
 def _sigmoid_focal(
     x: Tensor, t: DenseTarget, want_total: bool, *, gamma: float, alpha: float | None
 ) -> Tensor:
-    opts = {"gamma": gamma, "alpha": alpha, "hard": t.binary}
+    opts: dict[str, Any] = {"gamma": gamma, "alpha": alpha, "hard": t.binary}
     spec = ClosedForm(
         upcast(partial(_sigmoid_focal_closed, **opts)), partial(_sigmoid_focal_composite, **opts)
     )

@@ -105,7 +105,7 @@ class Loss(nn.Module):
         params = inspect.signature(functional).parameters.values()
         keywords = [p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
         domains = dict(signature_domains(functional))
-        cls.functional = staticmethod(functional)  # type: ignore[assignment]
+        cls.functional = staticmethod(functional)
         cls.registry_name = name or functional.__name__.removesuffix("_loss")
         cls._domains = domains
         cls.inputs = tuple(p.name for p in keywords if isinstance(domains[p.name], Batch))
