@@ -1113,7 +1113,10 @@ def test_bce_with_logits_routes_to_the_fused_kernel_when_it_can_serve(monkeypatc
         F.binary_cross_entropy_with_logits(x4, t4, pos_weight=pw4, backend="triton")
     with pytest.raises(ValueError, match="float64"):
         F.binary_cross_entropy_with_logits(x.double(), y, backend="triton", ignore_index=-1)
-    F.binary_cross_entropy_with_logits(x4, t4, pos_weight=2.0, backend="triton")  # a scalar is fine
+    # a scalar is fine (checks off: the dense-target count would launch a real Triton kernel, which
+    # needs the interpreter that tests/kernels sets up)
+    with lossforge.value_checks(False):
+        F.binary_cross_entropy_with_logits(x4, t4, pos_weight=2.0, backend="triton")
     assert len(calls) == n_calls + 1
 
 

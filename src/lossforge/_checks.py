@@ -235,7 +235,7 @@ def check_floating(
         # makes the sum non-finite. Overflow can too, so it is only a filter; exact counts decide.
         # Half inputs are summed in float32 (no false alarm from fp16 overflow).
         t0 = t.detach()
-        if not bool(torch.isfinite(t0.sum(dtype=compute_dtype(t0)))):
+        if not math.isfinite(float(t0.sum(dtype=compute_dtype(t0)))):
             n_nan = int(torch.isnan(t0).sum())
             if n_nan:
                 fail(fn, name, "no NaN values", f"{n_nan} NaN of {t.numel()}")
@@ -520,4 +520,4 @@ def poison_out_of_range(loss: Tensor, bad: Tensor | None) -> Tensor:
     """Set loss elements to NaN where the input was invalid (used when value checks are off)."""
     if bad is None:
         return loss
-    return torch.where(bad, torch.full_like(loss, float("nan")), loss)
+    return loss.masked_fill(bad, float("nan"))

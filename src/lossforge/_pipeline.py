@@ -486,7 +486,7 @@ def softmax(
     if isinstance(out, Total):
         total = out.value
         if st.bad is not None:
-            total = torch.where(st.bad.any(), torch.full_like(total, float("nan")), total)
+            total = total.masked_fill(st.bad.any(), float("nan"))
         return finish_reduction(
             total,
             fn=fn,

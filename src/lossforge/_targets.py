@@ -25,7 +25,7 @@ rows sum to 1 (a value check, tolerance ``1e-3 * C``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NoReturn, cast
+from typing import NoReturn
 
 import torch
 from torch import Tensor
@@ -380,20 +380,19 @@ def softmax_target(
         valid = None
         if mask_ignore is not None:
             valid = idx != mask_ignore
+        # Clamping into [0, C) makes every index safe for ``gather``: the ignored and the bad
+        # positions read some class, and are masked (``valid``) or poisoned (``bad``) later.
         bad = None
-        if not value_checks_on(idx):
-            out = (idx < 0) | (idx >= c)
-            if valid is not None:
-                out = out & valid
-            bad = out
         safe = idx
-        if valid is not None or bad is not None:
-            keep = cast(Tensor, valid if bad is None else ~bad if valid is None else valid & ~bad)
-            safe = torch.where(keep, idx, torch.zeros((), dtype=idx.dtype, device=idx.device))
+        if not value_checks_on(idx):
+            safe = idx.clamp(0, c - 1)
+            bad = safe != idx
+            if valid is not None:
+                bad = bad & valid
+        elif valid is not None:
+            safe = idx.clamp(0, c - 1)
         raw_ignore = -100 if ignore_index is None else ignore_index
-        raw = idx
-        if bad is not None:
-            raw = torch.where(bad, torch.full((), raw_ignore, device=idx.device), idx)
+        raw = idx if bad is None else idx.masked_fill(bad, raw_ignore)
         return SoftmaxTarget(safe, None, valid, bad, cdim, raw=raw, raw_ignore=raw_ignore)
 
     _softmax_shape_error(fn, logits, t, index_shape)
