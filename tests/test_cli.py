@@ -849,3 +849,29 @@ def test_drw_weights_through_compare_are_one_then_the_drw_weights(
         drw = drw_class_weights(counts, epoch=5, start_epoch=5, beta=0.999).tolist()
         assert drw != [1.0, 1.0, 1.0]
         assert calls[-20:] == [[1.0, 1.0, 1.0]] * 5 + [drw] * 15
+
+
+def test_default_long_tail_set_has_ldam_drw_with_the_reference_recipe(
+    smoke: tuple[dict[str, Any], str, Path],
+) -> None:
+    """LDAM-DRW joins the default single-label losses with kaidic/LDAM-DRW's recipe (max margin
+    0.5, s 30, DRW from epoch 160 of 200 with beta 0.9999) under its own label; the smoke run (20
+    steps) switches at step 16 and says so under each long-tailed table."""
+    (spec,) = [s for s in DEFAULT_SINGLE_LABEL_LOSSES if s.type == "ldam"]
+    assert spec.label == "LDAM-DRW (margin 0.5, s 30, DRW at 80%)"
+    assert dict(spec.params) == {
+        "class_counts": "from_train",
+        "max_margin": 0.5,
+        "scale": 30.0,
+        "class_weight": {"from_train": "drw", "start": 0.8, "beta": 0.9999},
+    }
+    labels = [s.label for s in DEFAULT_SINGLE_LABEL_LOSSES]
+    assert len(set(labels)) == len(labels)
+    report, stdout, _ = smoke
+    for task in report["tasks"][:2]:
+        assert spec.label in [r["label"] for r in task["leaderboard"]]
+        assert any(
+            n.startswith(f"{spec.label}: class_weight 1 for the first 16 steps")
+            for n in task["notes"]
+        ), task["notes"]
+    assert "4 re-weighted steps at the budget (24 at twice the budget)" in stdout

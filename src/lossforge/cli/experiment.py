@@ -88,6 +88,14 @@ DRW = "drw"
 _DRW_OPTIONS = ("start", "beta")
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
 def loss_kinds() -> dict[str, str]:
     """The ``compare`` task each registered loss declares (``Traits.task``: single-label losses
     take ``(N, C)`` logits and class indices, multi-label ones ``(N, C)`` logits and multi-hot
@@ -233,7 +241,14 @@ def _effective(beta: float = 0.9999) -> dict[str, Any]:
 #: (effective number, beta 0.9999, Cui et al. 2019), label smoothing 0.1, softmax focal (gamma 2),
 #: class-balanced focal (beta 0.9999, gamma 1, Cui et al. 2019) and balanced softmax (Ren et al.
 #: 2020). Logit adjustment with tau 1 (Menon et al. 2021) is the same loss as balanced softmax, so
-#: it is not in the set; pass it with ``--loss`` for another tau.
+#: it is not in the set; pass it with ``--loss`` for another tau. LDAM-DRW (Cao et al. 2019) with
+#: the recipe of kaidic/LDAM-DRW's ``cifar_train.py``: max margin 0.5, scale 30, deferred
+#: re-weighting from epoch 160 of 200 (here 80 % of the budget in steps) with effective-number
+#: weights, beta 0.9999. Its scale 30 multiplies the reference's cosine logits (a normalised last
+#: layer, ``use_norm=True``); here it multiplies the same unnormalised head as every other loss,
+#: and its DRW phase runs at the protocol's constant learning rate where the reference's runs at
+#: 1/100 of it (lr x0.01 at epoch 160). Kept as the reference has it; docs/cli.md says what that
+#: does to its training fit.
 DEFAULT_SINGLE_LABEL_LOSSES: tuple[LossSpec, ...] = (
     LossSpec("cross_entropy", {}, "cross-entropy"),
     LossSpec("cross_entropy", {"class_weight": _effective()}, "class-balanced CE (beta 0.9999)"),
@@ -245,6 +260,16 @@ DEFAULT_SINGLE_LABEL_LOSSES: tuple[LossSpec, ...] = (
         "class-balanced focal (gamma 1, beta 0.9999)",
     ),
     LossSpec("balanced_softmax", {"class_counts": FROM_TRAIN}, "balanced softmax"),
+    LossSpec(
+        "ldam",
+        {
+            "class_counts": FROM_TRAIN,
+            "max_margin": 0.5,
+            "scale": 30.0,
+            "class_weight": {FROM_TRAIN: DRW, "start": 0.8, "beta": 0.9999},
+        },
+        "LDAM-DRW (margin 0.5, s 30, DRW at 80%)",
+    ),
 )
 
 #: The default multi-label set, as compared in the ASL paper: BCE (the baseline), focal (gamma 2,
@@ -384,14 +409,6 @@ class Experiment:
 
 def _where(origin: str, table: str, key: str) -> str:
     return f"{origin}: [{table}] {key}" if origin else f"[{table}] {key}"
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
 
 
 def _check_value(where: str, default: Any, value: Any) -> Any:
