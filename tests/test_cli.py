@@ -130,7 +130,7 @@ def test_compare_chart_layout(smoke: tuple[dict[str, Any], str, Path]) -> None:
     assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in axes)
     colours = loss_colours(report["tasks"])
     others = [c for label, c in colours.items() if label not in ("cross-entropy", "BCE")]
-    assert len(set(others)) == len(others) == 5 + 2  # one colour per loss, across every panel
+    assert len(set(others)) == len(others) == 6 + 2  # one colour per loss, across every panel
     assert colours["cross-entropy"] == colours["BCE"] not in others  # baselines: black
     tasks = report["tasks"]
     top, bottom = axes[: len(tasks)], axes[len(tasks) :]
