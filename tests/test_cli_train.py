@@ -231,7 +231,12 @@ def test_switch_refuses_what_it_cannot_assign() -> None:
     differ = [[_Sw(2, "class_weight", (1.0, 2.0, 3.0))], [_Sw(2, "class_weight", (3.0, 2.0, 1.0))]]
     short = [[_Sw(2, "class_weight", (1.0, 2.0))]] * 2
     cases = [
-        (unweighted, same, "no tensor 'class_weight'"),
+        (unweighted, same, "no tensor buffer 'class_weight'"),
+        (
+            [[build_loss({**weighted, "class_weight": torch.nn.Parameter(torch.ones(3))})] * 2],
+            same,
+            "no tensor buffer 'class_weight'",
+        ),  # a learned weight is not switched
         ([[shared, shared]], differ, "different values"),
         ([[build_loss(weighted), build_loss(weighted)]], short, "shape"),
     ]

@@ -308,11 +308,16 @@ def _switch_plan(
         given: dict[tuple[int, int, str], torch.Tensor] = {}
         for j, (loss, seed_switches) in enumerate(zip(per_seed, per_seed_switches, strict=True)):
             for sw in seed_switches:
-                current = getattr(loss, sw.key, None)
-                if not isinstance(loss, torch.nn.Module) or not isinstance(current, torch.Tensor):
+                buffers = (
+                    dict(loss.named_buffers(recurse=False))
+                    if isinstance(loss, torch.nn.Module)
+                    else {}
+                )  # a buffer, not a learned parameter: assigning a tensor replaces it
+                current = buffers.get(sw.key)
+                if current is None:
                     raise ValueError(
-                        f"loss {k} ({type(loss).__name__}) has no tensor {sw.key!r} to switch at "
-                        f"step {sw.step}"
+                        f"loss {k} ({type(loss).__name__}) has no tensor buffer {sw.key!r} to "
+                        f"switch at step {sw.step}"
                     )
                 value = torch.tensor(list(sw.value), dtype=current.dtype, device=current.device)
                 if value.shape != current.shape:
