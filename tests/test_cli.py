@@ -130,7 +130,7 @@ def test_compare_chart_layout(smoke: tuple[dict[str, Any], str, Path]) -> None:
     assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in axes)
     colours = loss_colours(report["tasks"])
     others = [c for label, c in colours.items() if label not in ("cross-entropy", "BCE")]
-    assert len(set(others)) == len(others) == 5 + 2  # one colour per loss, across every panel
+    assert len(set(others)) == len(others) == 6 + 2  # one colour per loss, across every panel
     assert colours["cross-entropy"] == colours["BCE"] not in others  # baselines: black
     tasks = report["tasks"]
     top, bottom = axes[: len(tasks)], axes[len(tasks) :]
@@ -733,3 +733,145 @@ def test_every_compare_kind_trains_as_a_candidate(name: str) -> None:
     assert len(rows) == 2 and len(rows[0]) == 2
     metric = "balanced_accuracy" if kind == "single_label" else "mAP"
     assert all(0.0 <= rows[c][j][0][metric] <= 1.0 for c in range(2) for j in range(2))
+
+
+# ----------------------------------------------------------------------------------------------
+# deferred class weights (DRW): { from_train = "drw", start = ... }
+# ----------------------------------------------------------------------------------------------
+
+DRW_LOSS = 'ldam:class_counts=from_train,class_weight={from_train="drw",start=0.5,beta=0.999}'
+
+
+def test_drw_schedule_parses_from_the_command_line_and_toml(tmp_path: Path) -> None:
+    from lossforge.cli.experiment import parse_loss_option
+
+    spec = parse_loss_option(DRW_LOSS)
+    assert spec.params["class_weight"] == {"from_train": "drw", "start": 0.5, "beta": 0.999}
+    assert spec.kind == "single_label"
+    assert spec.label == "ldam (class_counts=from_train, class_weight=drw(start=0.5,beta=0.999))"
+    config = tmp_path / "drw.toml"
+    config.write_text(
+        '[[loss]]\ntype = "cross_entropy"\n\n[[loss]]\ntype = "ldam"\nclass_counts = "from_train"'
+        '\nclass_weight = { from_train = "drw", start = 0.5, beta = 0.999 }\n'
+    )
+    assert load_experiment(config).losses[1] == spec
+
+
+DRW_ERRORS = [
+    ("start=1.5", "expected start in (0, 1], got 1.5"),
+    ("start=0", "expected start in (0, 1], got 0"),
+    ('start="late"', "expected start in (0, 1], got 'late'"),
+    ("beta=1.0,start=0.8", "expected beta in [0, 1), got 1.0"),
+    ("", "expected start = FRACTION of the budget in (0, 1]"),
+    ("start=0.8,epoch=160", "unknown option 'epoch'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"), DRW_ERRORS, ids=[o or "no start" for o, _ in DRW_ERRORS]
+)
+def test_malformed_drw_schedule_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: str, message: str
+) -> None:
+    table = '{from_train="drw"' + (f",{options}" if options else "") + "}"
+    code, _, err = run(
+        capsys, "compare", "--loss", f"ldam:class_counts=from_train,class_weight={table}",
+        "--out", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert message in err
+    assert "--loss 'ldam:class_counts=from_train,class_weight=" in err  # what the user wrote
+    assert 'class_weight = { from_train = "drw"' in err
+    # the same table in an experiment file names the file and the loss
+    toml_options = options.replace(",", ", ").replace("=", " = ")
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        '[[loss]]\ntype = "ldam"\nclass_counts = "from_train"\nclass_weight = { from_train = '
+        f'"drw"{", " + toml_options if options else ""} }}\n'
+    )
+    code, _, err = run(capsys, "compare", "--config", str(config), "--out", str(tmp_path / "o"))
+    assert code == 2 and message in err and f"{config}: [[loss]] #1" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            'cross_entropy:class_weight={from_train="drx",start=0.8}',
+            "unknown from_train method 'drx'; expected one of 'inverse'",
+        ),
+        (
+            'balanced_softmax:class_counts={from_train="drw",start=0.8}',
+            "it applies to 'class_weight', not 'class_counts'",
+        ),
+    ],
+)
+def test_unknown_from_train_method_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    code, _, err = run(capsys, "compare", "--loss", text, "--out", str(tmp_path / "o"))
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_drw_weights_through_compare_are_one_then_the_drw_weights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through compare's job (budget 10 steps, start 0.5, doubled-budget check to 20): every seed's
+    module sees class weight 1 in the first 5 training calls and
+    ``drw_class_weights(counts, epoch=5, start_epoch=5, beta=0.999)`` in the 15 after them: the
+    switch stays at start x the budget, so the doubled budget is a longer DRW phase."""
+    import lossforge.cli.compare as compare
+    from lossforge import drw_class_weights
+    from lossforge.cli.data import Task
+    from lossforge.cli.experiment import Experiment, TrainSpec, parse_loss_option
+
+    seen: dict[int, list[list[float]]] = {}
+    real = compare.build_loss_for
+
+    def spied(spec: Any, task: Any) -> Any:
+        module = real(spec, task)
+        calls = seen.setdefault(id(module), [])
+        module.register_forward_pre_hook(lambda mod, args: calls.append(mod.class_weight.tolist()))
+        return module
+
+    monkeypatch.setattr(compare, "build_loss_for", spied)
+    rng = np.random.default_rng(0)
+    tasks = []
+    for seed in (0, 1):  # different class counts per seed: per-seed DRW weights
+        y = np.repeat(np.arange(3), [20, 8 + 4 * seed, 7 - 4 * seed])  # 35 each
+        x = rng.normal(size=(len(y), 4)).astype(np.float32)
+        tasks.append(Task(f"t{seed}", "toy", "user", "single_label", x, y, x, y, list("abc")))
+    exp = Experiment(train=TrainSpec(steps=10, batch_size=8))
+    compare.run_job(tasks, [parse_loss_option(DRW_LOSS)], exp, [0, 1], [10, 20])
+    assert len(seen) == 2  # one module per seed, each called seed by seed
+    for calls, task in zip(seen.values(), tasks, strict=True):
+        counts = np.bincount(task.y_train).tolist()
+        drw = drw_class_weights(counts, epoch=5, start_epoch=5, beta=0.999).tolist()
+        assert drw != [1.0, 1.0, 1.0]
+        assert calls[-20:] == [[1.0, 1.0, 1.0]] * 5 + [drw] * 15
+
+
+def test_default_long_tail_set_has_ldam_drw_with_the_reference_recipe(
+    smoke: tuple[dict[str, Any], str, Path],
+) -> None:
+    """LDAM-DRW joins the default single-label losses with kaidic/LDAM-DRW's recipe (max margin
+    0.5, s 30, DRW from epoch 160 of 200 with beta 0.9999) under its own label; the smoke run (20
+    steps) switches at step 16 and says so under each long-tailed table."""
+    (spec,) = [s for s in DEFAULT_SINGLE_LABEL_LOSSES if s.type == "ldam"]
+    assert spec.label == "LDAM-DRW (margin 0.5, s 30, DRW at 80%)"
+    assert dict(spec.params) == {
+        "class_counts": "from_train",
+        "max_margin": 0.5,
+        "scale": 30.0,
+        "class_weight": {"from_train": "drw", "start": 0.8, "beta": 0.9999},
+    }
+    labels = [s.label for s in DEFAULT_SINGLE_LABEL_LOSSES]
+    assert len(set(labels)) == len(labels)
+    report, stdout, _ = smoke
+    for task in report["tasks"][:2]:
+        assert spec.label in [r["label"] for r in task["leaderboard"]]
+        assert any(
+            n.startswith(f"{spec.label}: class_weight 1 for the first 16 steps")
+            for n in task["notes"]
+        ), task["notes"]
+    assert "4 re-weighted steps at the budget (24 at twice the budget)" in stdout

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 
+from lossforge import drw_class_weights
 from lossforge.cli.train import Head, train_stacked
 from lossforge.registry import build_loss
 
@@ -22,9 +25,11 @@ def _separate_run(
     head: Head,
     seed: int,
     steps: tuple[int, ...],
+    switch: tuple[int, tuple[float, ...]] | None = None,
 ) -> dict[int, torch.Tensor]:
     """The reference: one torch.nn head, torch.optim.AdamW, the same seeded batch order;
-    test logits after each of ``steps``."""
+    test logits after each of ``steps``; ``switch = (t, w)``: ``loss.class_weight = w`` after
+    ``t`` steps."""
     n, features = x.shape
     classes = 5
     torch.manual_seed(seed)
@@ -46,6 +51,8 @@ def _separate_run(
     perm, pos = torch.randperm(n, generator=gen), 0
     out = {}
     for step in range(1, max(steps) + 1):
+        if switch is not None and step == switch[0] + 1:
+            loss.class_weight = torch.tensor(switch[1])
         if pos >= n:
             perm, pos = torch.randperm(n, generator=gen), 0
         idx = perm[pos : pos + head.batch_size]
@@ -126,3 +133,113 @@ def test_protocol_does_not_depend_on_the_loss_scale() -> None:
     a = train_stacked(x, y, x, c, [[one] * s], head, [0, 1], [60])[0].test_logits
     b = train_stacked(x, y, x, c, [[hundred] * s], head, [0, 1], [60])[0].test_logits
     torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# a loss parameter switched during training (deferred re-weighting, LDAM-DRW)
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Sw:
+    step: int
+    key: str
+    value: tuple[float, ...]
+
+
+def _weights_per_call(loss: torch.nn.Module) -> list[list[float]]:
+    """A spy: the module's class_weight at every call (forward pre-hook; reads, writes nothing)."""
+    seen: list[list[float]] = []
+    loss.register_forward_pre_hook(lambda mod, args: seen.append(mod.class_weight.tolist()))
+    return seen
+
+
+@pytest.mark.parametrize("vmap", [True, False], ids=["vmap", "per-seed"])
+def test_switch_assigns_the_buffer_at_its_step(vmap: bool) -> None:
+    """Weights 1 for the first ``step`` updates, the new value from update ``step + 1`` on, for
+    every seed's module; the value is assigned between steps, not inside a loss call."""
+    s, n, f, c, switch, total = 3, 40, 5, 4, 6, 10
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(s, n, f, generator=gen)
+    y = torch.randint(0, c, (s, n), generator=gen)
+    new = (0.5, 1.0, 1.5, 1.0)
+    losses = [[build_loss({"type": "ldam", "class_counts": [9, 5, 3, 1], "class_weight": [1.0] * c})
+               for _ in range(s)]]  # fmt: skip
+    spies = [_weights_per_call(m) for m in losses[0]]
+    head = Head(kind="linear", batch_size=8, vmap=vmap)
+    train_stacked(
+        x, y, x, c, losses, head, range(s), [total], [[[_Sw(switch, "class_weight", new)]] * s]
+    )
+    called = [0] if vmap else range(s)  # vmap calls seed 0's module for every seed
+    for j in called:
+        steps = spies[j][-total:]  # the training calls come last (after the value check, probe)
+        assert steps[:switch] == [[1.0] * c] * switch
+        assert steps[switch:] == [list(new)] * (total - switch)
+    for m in losses[0]:
+        assert m.class_weight.tolist() == list(new)
+    if vmap:
+        assert len(spies[1]) == 1  # the value check only: seed 0's module served every seed
+
+
+def test_switch_equals_assigning_the_weights_by_hand() -> None:
+    """A stacked run with a switch = separate torch.nn heads whose loss gets the weights assigned
+    by hand after the same number of steps (the LDAM-DRW recipe's ``loss.class_weight = ...``)."""
+    s, n, m, f, c = 2, 50, 20, 12, 5
+    gen = torch.Generator().manual_seed(5)
+    x, xt = torch.randn(s, n, f, generator=gen), torch.randn(s, m, f, generator=gen)
+    y = torch.randint(0, c, (s, n), generator=gen)
+    counts = [20.0, 12.0, 8.0, 6.0, 4.0]
+    spec = {"type": "ldam", "class_counts": counts, "scale": 5.0, "class_weight": [1.0] * c}
+    new = tuple(drw_class_weights(counts, epoch=12, start_epoch=12).tolist())
+    head = Head(kind="mlp", hidden=16, lr=1e-2, weight_decay=0.05, batch_size=16)
+    losses = [[build_loss(spec) for _ in range(s)]]
+    snaps = train_stacked(
+        x, y, xt, c, losses, head, [3, 7], [20], [[[_Sw(12, "class_weight", new)]] * s]
+    )
+    plain = train_stacked(x, y, xt, c, [[build_loss(spec) for _ in range(s)]], head, [3, 7], [20])
+    assert not torch.allclose(snaps[0].test_logits, plain[0].test_logits)  # the switch matters
+    for j, seed in enumerate([3, 7]):
+        ref = _separate_run(x[j], y[j], xt[j], spec, head, seed, (20,), switch=(12, new))
+        torch.testing.assert_close(snaps[0].test_logits[j, 0], ref[20], rtol=1e-5, atol=2e-6)
+
+
+def test_switch_to_different_values_per_seed_leaves_vmap() -> None:
+    """Modules that agree at the start (vmapped) but switch to different weights per seed are
+    called seed by seed after the switch: the run equals the per-seed run."""
+    s, n, f, c = 3, 40, 6, 3
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(s, n, f, generator=gen)
+    y = torch.randint(0, c, (s, n), generator=gen)
+    spec = {"type": "cross_entropy", "class_weight": [1.0] * c}
+    per_seed = [[_Sw(5, "class_weight", (1.0 + j, 1.0, 0.5))] for j in range(s)]
+    runs = []
+    for v in (True, False):
+        losses = [[build_loss(spec) for _ in range(s)]]
+        head = Head(kind="linear", batch_size=8, vmap=v)
+        runs.append(train_stacked(x, y, x, c, losses, head, range(s), [15], [per_seed]))
+    torch.testing.assert_close(runs[0][0].test_logits, runs[1][0].test_logits, rtol=1e-5, atol=1e-6)
+
+
+def test_switch_refuses_what_it_cannot_assign() -> None:
+    x = torch.randn(2, 8, 3)
+    y = torch.randint(0, 3, (2, 8))
+    head = Head(kind="linear", batch_size=4)
+    weighted = {"type": "cross_entropy", "class_weight": [1.0] * 3}
+    shared = build_loss(weighted)
+    unweighted = [[build_loss({"type": "cross_entropy"})] * 2]
+    same = [[_Sw(2, "class_weight", (1.0, 2.0, 3.0))]] * 2
+    differ = [[_Sw(2, "class_weight", (1.0, 2.0, 3.0))], [_Sw(2, "class_weight", (3.0, 2.0, 1.0))]]
+    short = [[_Sw(2, "class_weight", (1.0, 2.0))]] * 2
+    cases = [
+        (unweighted, same, "no tensor buffer 'class_weight'"),
+        (
+            [[build_loss({**weighted, "class_weight": torch.nn.Parameter(torch.ones(3))})] * 2],
+            same,
+            "no tensor buffer 'class_weight'",
+        ),  # a learned weight is not switched
+        ([[shared, shared]], differ, "different values"),
+        ([[build_loss(weighted), build_loss(weighted)]], short, "shape"),
+    ]
+    for losses, sw, message in cases:
+        with pytest.raises(ValueError, match=message):
+            train_stacked(x, y, x, 3, losses, head, [0, 1], [4], [sw])

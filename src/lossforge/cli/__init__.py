@@ -89,8 +89,8 @@ def _add_compare(sub: Any) -> None:
             "positive). With --data: your own features (.npz with X and y, or .csv).\n\n"
             "Protocol (docs/cli.md says why): AdamW with a constant learning rate and decoupled\n"
             "weight decay on the weights (none on biases); a budget in optimiser steps at which\n"
-            "every default loss fits its training split; every run continued to twice the budget\n"
-            "to report what that changes."
+            "the default losses fit their training split (the report names any that does not);\n"
+            "every run continued to twice the budget to report what that changes."
         ),
         epilog=(
             "examples:\n"
@@ -156,6 +156,8 @@ def _add_compare(sub: Any) -> None:
         metavar="NAME[:K=V,...]",
         help="a loss to compare (repeatable; the first of a task kind is the baseline), e.g. "
         "'sigmoid_focal:gamma=1,alpha=none'; class_counts=from_train uses the training counts; "
+        'class_weight={from_train="drw",start=0.8} weighs every class 1 until 80%% of the '
+        "budget, then by DRW's effective-number weights (LDAM-DRW); "
         "label=TEXT names the row (default: a standard set per task)",
     )
     train = p.add_argument_group("model and training")

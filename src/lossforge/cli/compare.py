@@ -41,7 +41,9 @@ from lossforge.cli.experiment import (
     TASK_STEPS,
     Experiment,
     LossSpec,
+    ParamSwitch,
     check_experiment,
+    param_switches,
     resolve_params,
 )
 from lossforge.cli.metrics import (
@@ -92,6 +94,19 @@ def build_loss_for(spec: LossSpec, task: Task) -> torch.nn.Module:
 def budget_of(exp: Experiment, task: Task) -> int:
     """The task's budget in optimiser steps: ``[train] steps``, else ``TASK_STEPS``."""
     return exp.train.steps or TASK_STEPS[task.family]
+
+
+def switches_for(spec: LossSpec, task: Task, budget: int) -> tuple[ParamSwitch, ...]:
+    """The parameter changes of ``spec`` during a run on ``task`` with ``budget`` steps (the
+    deferred class weights of ``{ from_train = "drw", ... }``).
+
+    Raises:
+        ValueError: the schedule cannot be computed; the message names the loss.
+    """
+    try:
+        return param_switches(spec, task.train_counts().tolist(), budget)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"loss {spec.label!r}: {err}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,6 +180,8 @@ def run_job(
         ``"final_train_loss"``.
     """
     losses = [[build_loss_for(spec, task) for task in tasks] for spec in specs]  # one per seed
+    budget = budget_of(exp, tasks[0])  # a deferred schedule switches at a fraction of the budget
+    switches = [[switches_for(spec, task, budget) for task in tasks] for spec in specs]
     head = Head(
         kind=exp.model.kind,
         hidden=exp.model.hidden,
@@ -181,6 +198,7 @@ def run_job(
         head,
         seeds,
         steps,
+        switches,
     )
     out = []
     for snap in snapshots:
@@ -356,6 +374,7 @@ def run_compare(
         for tasks in tasks_by_seed:
             for spec in specs:
                 build_loss_for(spec, tasks[ti])  # every loss is valid before any training
+                switches_for(spec, tasks[ti], budget_of(exp, first[ti]))
     steps = [
         [budget_of(exp, t), 2 * budget_of(exp, t)]
         if exp.train.budget_check
@@ -541,6 +560,17 @@ def _report(
                 f"--lr): {', '.join(diverged)}",
                 *metric_notes,
             ]
+        for spec in specs:
+            for sw in switches_for(spec, task, steps[ti][0]):
+                after = (
+                    f" ({steps[ti][1] - sw.step} at twice the budget)" if len(steps[ti]) > 1 else ""
+                )
+                metric_notes = [
+                    *metric_notes,
+                    f"{spec.label}: {sw.key} 1 for the first {sw.step} steps, then the deferred "
+                    f"re-weighting (DRW) weights: {steps[ti][0] - sw.step} re-weighted steps at "
+                    f"the budget{after}",
+                ]
         info = {k: v for k, v in task.info.items() if k not in ("train_images", "test_images")}
         if task.kind == SINGLE_LABEL:
             info["tail_classes"] = [task.class_names[c] for c in tail_classes(task.train_counts())]

@@ -13,6 +13,12 @@ loss modules are interchangeable (same class, hyperparameters and state), the lo
 and supports vmap; else once per seed, on that seed's own module. Both compute each seed's loss
 with its own mini-batch and its own reduction.
 
+A loss parameter can change at a given step (``switches``: the deferred re-weighting of LDAM-DRW
+assigns new class weights): the trainer assigns the new value to the buffer of every seed's module
+between two steps (never inside a loss call), and checks again whether the seeds' modules are
+still interchangeable; a loss whose seeds received different values is called seed by seed from
+then on.
+
 Protocol (docs/cli.md says why): every head of a seed starts from the same initial weights (those of
 ``torch.nn.Linear`` after ``torch.manual_seed(seed)``) and sees the same mini-batches (drawn from a
 permutation of the training split seeded by the seed, redrawn after every pass). AdamW with a
@@ -27,14 +33,33 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from lossforge._checks import value_checks
 
-__all__ = ["BETAS", "EPS", "Head", "Snapshot", "adamw_step", "train_stacked"]
+__all__ = ["BETAS", "EPS", "Head", "Snapshot", "Switch", "adamw_step", "train_stacked"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Switch(Protocol):
+    """A new value of a loss module's buffer from a given step on
+    (``lossforge.cli.experiment.ParamSwitch``)."""
+
+    @property
+    def step(self) -> int:
+        """Optimiser steps taken before the value applies (0 = from the first step)."""
+
+    @property
+    def key(self) -> str:
+        """The buffer's name, e.g. ``class_weight``."""
+
+    @property
+    def value(self) -> Sequence[float]:
+        """The new value."""
+
 
 #: AdamW's moment decay rates and epsilon: the defaults of Loshchilov & Hutter and of PyTorch.
 BETAS = (0.9, 0.999)
@@ -263,6 +288,53 @@ def _vmappable(loss: LossFn, logits: torch.Tensor, target: torch.Tensor) -> bool
     )
 
 
+def _switch_plan(
+    losses: Sequence[Sequence[LossFn]], switches: Sequence[Sequence[Sequence[Switch]]]
+) -> dict[int, list[tuple[int, int, str, torch.Tensor]]]:
+    """``{step: [(loss k, seed j, buffer name, new value), ...]}``, checked: every switched
+    attribute is a tensor buffer of the value's size, and a module object shared by several seeds
+    gets the same value for each."""
+    if len(switches) != len(losses):
+        raise ValueError(
+            f"switches: expected one list per loss ({len(losses)}), got {len(switches)}"
+        )
+    plan: dict[int, list[tuple[int, int, str, torch.Tensor]]] = {}
+    for k, (per_seed, per_seed_switches) in enumerate(zip(losses, switches, strict=True)):
+        if len(per_seed_switches) != len(per_seed):
+            raise ValueError(
+                f"switches of loss {k}: expected one list per seed ({len(per_seed)}), got "
+                f"{len(per_seed_switches)}"
+            )
+        given: dict[tuple[int, int, str], torch.Tensor] = {}
+        for j, (loss, seed_switches) in enumerate(zip(per_seed, per_seed_switches, strict=True)):
+            for sw in seed_switches:
+                buffers = (
+                    dict(loss.named_buffers(recurse=False))
+                    if isinstance(loss, torch.nn.Module)
+                    else {}
+                )  # a buffer, not a learned parameter: assigning a tensor replaces it
+                current = buffers.get(sw.key)
+                if current is None:
+                    raise ValueError(
+                        f"loss {k} ({type(loss).__name__}) has no tensor buffer {sw.key!r} to "
+                        f"switch at step {sw.step}"
+                    )
+                value = torch.tensor(list(sw.value), dtype=current.dtype, device=current.device)
+                if value.shape != current.shape:
+                    raise ValueError(
+                        f"loss {k}: {sw.key} switches from shape {tuple(current.shape)} to "
+                        f"{tuple(value.shape)}"
+                    )
+                shared = given.setdefault((id(loss), sw.step, sw.key), value)
+                if not torch.equal(shared, value):
+                    raise ValueError(
+                        f"loss {k}: one module object serves several seeds but its {sw.key} "
+                        f"switches to different values; give every seed its own module"
+                    )
+                plan.setdefault(sw.step, []).append((k, j, sw.key, value))
+    return plan
+
+
 def train_stacked(
     x_train: torch.Tensor,
     y_train: torch.Tensor,
@@ -272,6 +344,7 @@ def train_stacked(
     head: Head,
     seeds: Sequence[int],
     checkpoints: Sequence[int],
+    switches: Sequence[Sequence[Sequence[Switch]]] | None = None,
 ) -> list[Snapshot]:
     """Train one head per (seed, loss), stacked, and snapshot the predictions at ``checkpoints``.
 
@@ -287,6 +360,10 @@ def train_stacked(
         head: Model and optimiser settings.
         seeds: One seed per stacked seed: initial weights and batch order.
         checkpoints: Step counts at which to take a ``Snapshot``.
+        switches: ``switches[k][s]``: the buffer values of loss k's module for seed s that change
+            during the run. After ``sw.step`` optimiser steps the trainer assigns ``sw.value`` to
+            the module's buffer ``sw.key`` (of every seed, before the next step's loss calls) and
+            calls the loss seed by seed from then on if the seeds' modules no longer agree.
 
     Returns:
         One ``Snapshot`` per distinct checkpoint, in increasing order.
@@ -298,6 +375,7 @@ def train_stacked(
         if head.kind == "linear"
         else [num_features, head.hidden, num_outputs]
     )
+    pending = _switch_plan(losses, switches) if switches is not None else {}
     model = _Stack(sizes, seeds, k)
     opt = _AdamW(model.weights, model.biases, head.lr, head.weight_decay, fused=head.fused)
     gens = [torch.Generator().manual_seed(seed) for seed in seeds]
@@ -325,6 +403,11 @@ def train_stacked(
         perms = torch.stack([torch.randperm(n, generator=g) for g in gens])
         pos = step = 0
         while wanted:
+            due = pending.pop(step, [])
+            for i, j, key, value in due:
+                setattr(losses[i][j], key, value)  # a registered buffer: replaced, not copied
+            for i in sorted({i for i, *_ in due}):
+                vmapped[i] = vmapped[i] and _interchangeable(losses[i])
             if pos >= n:
                 perms = torch.stack([torch.randperm(n, generator=g) for g in gens])
                 pos = 0
