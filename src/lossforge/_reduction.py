@@ -264,7 +264,7 @@ def mean_denominator(
     elif valid is None:
         local, strict = float(numel), False
     else:
-        local, strict, count = _valid_count(valid, numel, dtype), False, True
+        local, strict, count = _valid_count(valid, numel), False, True
     if _denominator_hook is not None:
         if isinstance(local, Tensor):
             local = local.reshape(()).to(device=device, dtype=dtype)
@@ -286,12 +286,12 @@ def divide(fn: str, total: Tensor, denom: Denominator) -> Tensor:
             return total  # nothing valid: the sum over no element is exactly 0
         _check_zero_avg_factor(fn, total, 0.0)
         return torch.where(total == 0, total * 0.0, float("nan"))
-    d = d.to(total.dtype)
     if denom.count:
         # A count: d == 0 only when nothing was summed (total exactly 0, or NaN from a poisoned
         # index), so max(d, 1) is the rule above without the masks (2 ops instead of 6, and a
-        # backward of one division).
-        return total / d.clamp_min(1.0)
+        # backward of one division). An integer count divides a float total as a float.
+        return total / d.clamp_min(1)
+    d = d.to(total.dtype)
     pos = d > 0
     quotient = total / torch.where(pos, d, torch.ones_like(d))
     if not denom.strict:
@@ -426,8 +426,9 @@ def finish_reduction(
     return divide(fn, total, denom)
 
 
-def _valid_count(valid: Tensor, numel: int, dtype: torch.dtype) -> Tensor:
-    count_t = valid.sum(dtype=dtype)
+def _valid_count(valid: Tensor, numel: int) -> Tensor:
+    # an int64 count: the division promotes it (a float sum would convert the mask first)
+    count_t = valid.sum()
     if valid.numel() != numel:
         # valid broadcasts over some dimensions of the loss (e.g. a per-row mask).
         count_t = count_t * (numel // max(valid.numel(), 1))
