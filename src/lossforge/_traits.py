@@ -48,6 +48,11 @@ class Traits:
         stateful: The module keeps state that ``forward`` updates in training mode (documented
             buffers: Seesaw's class counts); the shared tests run it in evaluation mode, where it
             equals its function on the current state.
+        region: A set-level overlap loss of the region pipeline (the dice family, Lovasz): it
+            takes ``(N, C, *)`` logits only (no unbatched ``(C,)`` row), its unreduced loss has
+            one value per (sample, class) entry, an ignored pixel leaves its sums (ignoring
+            equals cropping, not a weight of 0), and its dense targets are per-class masks, not
+            distributions over the classes (a pixel may belong to no class or to several).
     """
 
     example: str
@@ -60,6 +65,7 @@ class Traits:
     logits: bool = True
     gradcheck_params: Mapping[str, Any] = field(default_factory=dict)
     stateful: bool = False
+    region: bool = False
 
     def __post_init__(self) -> None:
         if self.plot is not None and self.plot not in PLOT_FAMILIES:

@@ -175,10 +175,12 @@ class SeesawLoss(Loss):
     @torch.no_grad()
     def _count(self, input: Tensor, target: Tensor) -> None:
         name = type(self).__name__
-        x = check_floating(name, "logits", input)
-        st = softmax_target(name, x, target, ignore_index=self.ignore_index)
+        # the inputs are checked as the function checks them, under its name (as in eval mode)
+        fn = F.seesaw_loss.__name__
+        x = check_floating(fn, "logits", input)
+        st = softmax_target(fn, x, target, ignore_index=self.ignore_index)
         if st.index is None:
-            fail(name, "target", "an integer tensor of class indices", "probabilities", TypeError)
+            fail(fn, "target", "an integer tensor of class indices", "probabilities", TypeError)
         c = x.shape[st.cdim]
         if c != self.num_classes:
             fail(name, "logits", f"C={self.num_classes} classes along dim {st.cdim}", f"C={c}")
