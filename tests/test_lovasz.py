@@ -163,7 +163,16 @@ def test_hinge_matches_reference(shape, kind: str, batch: bool, ignore: bool) ->
             ignore=ignore,
         )
         for reduction in ("none", "mean", "sum"):
-            got = LH(x, t, batch=batch, ignore_index=ig, class_weight=cw, reduction=reduction)
+            got = LH(
+                x,
+                t,
+                batch=batch,
+                ignore_index=ig,
+                # one channel: the reference reads an (N, *) target as a mask; say so
+                index_target=False if kind == "index" and c == 1 else None,
+                class_weight=cw,
+                reduction=reduction,
+            )
             assert_close(got, reduce(want, valid, reduction), F64)
 
 
@@ -238,12 +247,14 @@ def test_ignoring_pixels_equals_cropping_them() -> None:
             x_ign[:, :1],
             (t_ign == 1).long().masked_fill(t_ign == IGNORE, IGNORE),
             ignore_index=IGNORE,
+            index_target=False,  # (N, *) integer masks next to one channel
             batch=batch,
             reduction="none",
         )
-        assert_close(
-            got, LH(xh[..., :4], (t[..., :4] == 1).long(), batch=batch, reduction="none"), F64
+        want = LH(
+            xh[..., :4], (t[..., :4] == 1).long(), index_target=False, batch=batch, reduction="none"
         )
+        assert_close(got, want, F64)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,7 +272,7 @@ def test_empty_ground_truth() -> None:
     assert_close(LS(p, t, activation="none"), none[0, 0], F64)  # only class 0 counts
     # hinge: an empty mask still counts, with its largest hinge error
     z = torch.tensor([[[[-3.0, 0.5, -0.5]]]], dtype=F64, requires_grad=True)
-    loss = LH(z, torch.zeros(1, 1, 3, dtype=torch.long))
+    loss = LH(z, torch.zeros(1, 1, 3, dtype=torch.long), index_target=False)
     assert_close(loss, torch.tensor(1.5, dtype=F64), F64)
     (grad,) = torch.autograd.grad(loss, z)
     assert_close(grad, torch.tensor([[[[0.0, 1.0, 0.0]]]], dtype=F64), F64)
@@ -287,8 +298,13 @@ def test_fully_ignored_image_is_left_out_of_the_mean() -> None:
     t_ign[1] = IGNORE
     assert_close(LS(x, t_ign, ignore_index=IGNORE), LS(x[[0, 2]], t[[0, 2]]), F64)
     assert_close(
-        LH(x[:, :1], (t_ign == 1).long().masked_fill(t_ign == IGNORE, IGNORE), ignore_index=IGNORE),
-        LH(x[[0, 2], :1], (t[[0, 2]] == 1).long()),
+        LH(
+            x[:, :1],
+            (t_ign == 1).long().masked_fill(t_ign == IGNORE, IGNORE),
+            ignore_index=IGNORE,
+            index_target=False,
+        ),
+        LH(x[[0, 2], :1], (t[[0, 2]] == 1).long(), index_target=False),
         F64,
     )
 
@@ -311,7 +327,8 @@ def test_low_precision_and_extreme_logits(dtype: torch.dtype) -> None:
     assert torch.isfinite(xl.grad).all()
     for fn, target in ((LS, t), (LH, (t == 1).long().masked_fill(t == IGNORE, IGNORE))):
         big = (torch.sign(x) * 1e4).to(dtype).requires_grad_(True)
-        loss = fn(big if fn is LS else big[:, :1], target, ignore_index=IGNORE)
+        mask = {} if fn is LS else {"index_target": False}
+        loss = fn(big if fn is LS else big[:, :1], target, ignore_index=IGNORE, **mask)
         (grad,) = torch.autograd.grad(loss, big)
         assert torch.isfinite(loss)
         assert torch.isfinite(grad).all()
@@ -335,7 +352,10 @@ def test_gradcheck_options() -> None:
 
 def test_compiles_without_graph_breaks() -> None:
     x, t = inputs((2, 3, 4, 5), "softmax", "index", True, seed=9)
-    for loss in (lf.LovaszSoftmaxLoss(ignore_index=IGNORE), lf.LovaszHingeLoss(batch=True)):
+    for loss in (
+        lf.LovaszSoftmaxLoss(ignore_index=IGNORE),
+        lf.LovaszHingeLoss(batch=True, index_target=False),
+    ):
         target = t if isinstance(loss, lf.LovaszSoftmaxLoss) else (t == 1).long()
         inp = x if isinstance(loss, lf.LovaszSoftmaxLoss) else x[:, :1]
         torch._dynamo.reset()
@@ -379,9 +399,10 @@ def test_berman_smp_hinge_parity(per_image: bool) -> None:
     t[1] = 0  # an image with an empty mask
     t = torch.where(torch.rand(t.shape, generator=g) < 0.2, torch.full_like(t, IGNORE), t)
     peer = sl.LovaszLoss("binary", per_image=per_image, ignore_index=IGNORE)(x, t)
-    got = LH(x, t, batch=not per_image, ignore_index=IGNORE)
-    assert_close(got, peer, torch.float32)
-    assert_close(LH(x.double(), t, batch=not per_image, ignore_index=IGNORE), peer, torch.float32)
+    # SMP's "binary" mode takes (N, H, W) integer masks: the explicit mask reading here
+    kw = {"batch": not per_image, "ignore_index": IGNORE, "index_target": False}
+    assert_close(LH(x, t, **kw), peer, torch.float32)
+    assert_close(LH(x.double(), t, **kw), peer, torch.float32)
 
 
 def test_kornia_parity() -> None:
@@ -395,7 +416,8 @@ def test_kornia_parity() -> None:
         assert_close(got, peer, F64, rtol=1e-10, atol=1e-12)
     xb = x[:, :1]
     tb = (t == 1).long()
-    assert_close(LH(xb, tb), kl.lovasz_hinge_loss(xb, tb), F64, rtol=1e-10, atol=1e-12)
+    got = LH(xb, tb, index_target=False)  # kornia takes (N, H, W) integer masks
+    assert_close(got, kl.lovasz_hinge_loss(xb, tb), F64, rtol=1e-10, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ registered loss with a per-class tensor option (found from the domains of its si
 differentiated with respect to that option by ``gradcheck`` (float64, ``"mean"`` and ``"none"``).
 A module keeps an ``nn.Parameter`` option as a parameter (the optimiser sees it, the gradient
 reaches it) and refuses a non-parameter tensor that requires grad instead of silently detaching it
-into a buffer.
+into a buffer. An option that only starts a stateful module's state (``Traits.initial_state``:
+Seesaw's class counts start its int64 running counts) is refused as a parameter too.
 """
 
 from __future__ import annotations
@@ -94,7 +95,18 @@ def test_gradient_reaches_a_learned_per_class_option(
         )
 
 
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def _is_initial_state(info: LossInfo, key: str) -> bool:
+    """Whether the module takes ``key`` as the start of its state (``Traits.initial_state``)."""
+    assert info.traits is not None
+    return key in info.traits.initial_state
+
+
+#: Options a module passes to its function; those starting a module's state: STATE_CASES.
+OPTION_CASES = [case for case in CASES if not _is_initial_state(case[0], case[1])]
+STATE_CASES = [case for case in CASES if _is_initial_state(case[0], case[1])]
+
+
+@pytest.mark.parametrize("case", OPTION_CASES, ids=_case_id)
 def test_module_learns_a_parameter_option(case: tuple[LossInfo, str, ClassVector]) -> None:
     info, key, vec = case
     x, y, w, kw = _setup(info, key, vec)
@@ -109,3 +121,23 @@ def test_module_learns_a_parameter_option(case: tuple[LossInfo, str, ClassVector
     # a tensor that requires grad but is not a parameter would be detached into a buffer: refused
     with pytest.raises(ValueError, match=rf"expected `{key}` an nn.Parameter"):
         info.cls(**{**kw, key: w})
+
+
+def test_initial_state_options_are_declared() -> None:
+    assert ("seesaw", "class_counts") in {(info.name, key) for info, key, _ in STATE_CASES}
+
+
+@pytest.mark.parametrize("case", STATE_CASES, ids=_case_id)
+def test_module_refuses_to_learn_its_initial_state(case: tuple[LossInfo, str, ClassVector]) -> None:
+    """An option that starts a stateful module's state (Seesaw's class counts start the int64
+    running counts) is not learnable through the module: a parameter or a tensor that requires
+    grad is refused, never detached silently, even with integral values; a plain tensor works."""
+    info, key, vec = case
+    x, y, w, kw = _setup(info, key, vec)
+    integral = w.detach().round() + 1.0
+    for learned in (nn.Parameter(integral.clone()), integral.clone().requires_grad_(True)):
+        with pytest.raises(ValueError, match=rf"expected `{key}` .*not require grad"):
+            info.cls(**{**kw, key: learned})
+    mod = info.cls(**{**kw, key: integral}).eval()
+    assert not list(mod.parameters())
+    assert_close(mod(x, y), fn_of(info)(x, y, **{**kw, key: integral}), F64)

@@ -26,12 +26,15 @@ from lossforge.registry import LossInfo
 
 
 def _floats(info: LossInfo) -> dict[str, float]:
-    """The loss's float hyperparameters with a non-None default, and avg_factor."""
+    """The loss's float hyperparameters with a non-None default, and avg_factor; each starts at
+    the value the loss's declaration gives it (``Traits.params``, e.g. GHM's ``momentum=0``),
+    else at its default."""
     out: dict[str, float] = {}
     sig = inspect.signature(fn_of(info)).parameters
+    declared = params(info)
     for key, dom in signature_domains(fn_of(info)).items():
         members = dom.members if isinstance(dom, AnyOf) else (dom,)
-        default = sig[key].default
+        default = declared.get(key, sig[key].default)
         if isinstance(default, float) and any(isinstance(m, Number) for m in members):
             out[key] = default
     out["avg_factor"] = 3.0
@@ -60,7 +63,8 @@ def test_float_hyperparameters_are_dynamic_under_fullgraph(info: LossInfo) -> No
     fn = fn_of(info)
 
     def f(x: torch.Tensor, y: torch.Tensor, **hp: float) -> torch.Tensor:
-        return fn(x, y, **base, **hp)  # type: ignore[no-any-return]
+        # the symbolic hyperparameters replace the declared values they start from
+        return fn(x, y, **{**base, **hp})  # type: ignore[no-any-return]
 
     compiled = torch.compile(f, backend="eager", fullgraph=True, dynamic=True)
     for step in range(3):
@@ -82,10 +86,17 @@ def test_changing_float_avg_factor_does_not_recompile(info: LossInfo, fullgraph:
     x, y = example(info, n=6, dtype=torch.float32)
     x = x.detach()
     base: dict[str, Any] = params(info)
-    mod = info.cls(**base)
+    # Two twins in training mode: a stateful module (Seesaw's class counts) updates its state on
+    # every call, so the compiled module is compared with an eager one that saw the same calls,
+    # state included.
+    mod, eager = info.cls(**base), info.cls(**base)
     compiled = torch.compile(mod, backend="eager", fullgraph=fullgraph)
     for step in range(10):
         af = 1.5 + 0.37 * step
-        assert_close(compiled(x, y, avg_factor=af), mod(x, y, avg_factor=af), torch.float32)
+        assert_close(compiled(x, y, avg_factor=af), eager(x, y, avg_factor=af), torch.float32)
+    for (key, got), (_, want) in zip(
+        mod.state_dict().items(), eager.state_dict().items(), strict=True
+    ):
+        assert torch.equal(got, want), key
     assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
     assert not counters["graph_break"], dict(counters["graph_break"])

@@ -3,7 +3,9 @@
 OHEM mines its hard negatives per rank, so no global denominator can make K ranks equal one
 process: it raises inside the scope (documented: call it outside, per-rank mining as DB / mmocr).
 Every other registered loss, function and module, runs in the scope; without a process group
-(K = 1) it equals the call outside the scope, value and gradient, for every reduction. The K = 2
+(K = 1) it equals the call outside the scope, value and gradient, for every reduction; a stateful
+module (``Traits.stateful``) is compared in evaluation mode, where it is its function on its state,
+and in training mode with a twin trained outside the scope (losses, gradients, state). The K = 2
 equalities are in ``tests/test_distributed.py``.
 """
 
@@ -37,11 +39,54 @@ def test_every_loss_runs_in_the_scope_or_refuses_it(info: LossInfo) -> None:
         (want,) = torch.autograd.grad(out.sum(), x)
         with global_normalization():
             inside = fn(x, y, reduction=reduction, **params(info))
-            mod = info.cls(**params(info))(x, y, reduction_override=reduction)
+            # a stateful module in evaluation mode is its function on its current state
+            mod = _module(info).eval()(x, y, reduction_override=reduction)
         (got,) = torch.autograd.grad(inside.sum(), x)
         assert_close(inside, out, F64)
         assert_close(mod, out, F64)
         assert_close(got, want, F64)
+
+
+STATEFUL = [info for info in INFOS if info.traits is not None and info.traits.stateful]
+
+
+def _module(info: LossInfo) -> torch.nn.Module:
+    module: torch.nn.Module = info.cls(**params(info))
+    return module
+
+
+@pytest.mark.parametrize("info", STATEFUL, ids=name_of)
+def test_stateful_modules_train_in_the_scope_as_one_process(info: LossInfo) -> None:
+    """In training mode a stateful module updates its state each call (Seesaw's class counts,
+    GHM's histogram, all-reduced inside the scope): with one process, three training steps inside
+    the scope give the losses, gradients and state of the same steps outside it."""
+    outside, inside = _module(info), _module(info)
+    for step in range(3):
+        x, y = example(info, n=5, seed=step)
+        want = outside(x, y)
+        (want_grad,) = torch.autograd.grad(want, x)
+        with global_normalization():
+            got = inside(x, y)
+        (got_grad,) = torch.autograd.grad(got, x)
+        assert_close(got, want, F64)
+        assert_close(got_grad, want_grad, F64)
+    for (key, a), (_, b) in zip(
+        inside.state_dict().items(), outside.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), key
+
+
+def test_seesaw_counts_grow_in_the_scope() -> None:
+    """The training-mode sweep above compares states; Seesaw's counts do change there (GHM is
+    declared with momentum 0, no running state: its running form under 2 ranks is in
+    tests/test_detection.py, Seesaw's in tests/test_seesaw.py)."""
+    (info,) = [i for i in STATEFUL if i.name == "seesaw"]
+    mod = _module(info)
+    before = mod.state_dict()["cum_samples"].clone()
+    x, y = example(info, n=5)
+    with global_normalization():
+        mod(x, y)
+    assert int((mod.state_dict()["cum_samples"] - before).sum()) == 5
 
 
 def test_ohem_outside_the_scope_is_unchanged() -> None:

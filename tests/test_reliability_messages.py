@@ -8,6 +8,7 @@ an unknown key, a missing required key, through ``build_loss`` and the module co
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
@@ -63,10 +64,25 @@ def test_unknown_and_missing_keys(info: LossInfo) -> None:
     msg = _message(lambda: info.cls(**params(info), gama=2.0))
     assert msg.startswith(f"{owner}: expected `keywords` keywords of {owner}: "), msg
     assert "unknown 'gama'" in msg
-    for key in params(info):  # the parameters the example needs are the required ones
+    required = [k for k, default in info.params.items() if default is inspect.Parameter.empty]
+    assert set(required) <= set(params(info)), "the example gives every required parameter"
+    for key in params(info):
         partial = {k: v for k, v in params(info).items() if k != key}
-        msg = _message(lambda partial=partial: build_loss({"type": info.name, **partial}))
-        assert msg.startswith(f"{owner}: expected `{key}` "), msg
+        build = lambda partial=partial: build_loss({"type": info.name, **partial})  # noqa: E731
+        if key in required:
+            msg = _message(build)
+            assert msg.startswith(f"{owner}: expected `{key}` "), msg
+            continue
+        # a parameter the example chooses (CIoU's detach_tradeoff, OHEM's min_kept) or one of a
+        # pair (Seesaw: num_classes or class_counts): building without it works, or fails naming
+        # the class and one of its keywords
+        try:
+            build()
+        except (ValueError, TypeError) as err:
+            msg = str(err)
+            assert any(msg.startswith(f"{owner}: expected `{k}` ") for k in info.params), msg
+            for word in INTERNAL:
+                assert word not in msg, msg
 
 
 def test_registry_level_messages() -> None:
@@ -80,9 +96,19 @@ def test_registry_level_messages() -> None:
     for spec, start in cases:
         msg = _message(lambda spec=spec: build_loss(spec))
         assert msg.startswith(start), msg
-    assert "did you mean 'softmax_focal', 'sigmoid_focal'?" in _message(
-        lambda: build_loss({"type": "focal"})
-    )
+    # The suggestion is the loss the user named: "focal" is the focal loss in its two input
+    # conventions, not every loss containing the word (quality_focal, focal_tversky, ...).
+    for typed, meant in [
+        ("focal", "'sigmoid_focal', 'softmax_focal'"),
+        ("Focal-Loss", "'sigmoid_focal', 'softmax_focal'"),
+        ("focall", "'sigmoid_focal', 'softmax_focal'"),
+        ("sigmoid_focal_los", "'sigmoid_focal'"),
+        ("poly_focal", "'poly1_focal'"),
+        ("tversky_focal", "'tversky', 'focal_tversky'"),
+        ("ghm", "'ghmc', 'ghmr'"),
+    ]:
+        msg = _message(lambda typed=typed: build_loss({"type": typed}))
+        assert msg.endswith(f"got {typed!r} (did you mean {meant}?)"), msg
     for text, start in [
         ('type = "focal"', "build_loss: expected `type`"),
         ("type = ", "build_loss_from_toml: expected `source` valid TOML"),

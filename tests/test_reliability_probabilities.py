@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _contract import assert_close
 from _reliability import F64, INFOS, example, fn_of, name_of, params
 from torch import Tensor
 
@@ -34,7 +35,12 @@ def _takes_probabilities(info: LossInfo) -> bool:
     return True
 
 
-PROBS = [info for info in INFOS if _takes_probabilities(info) and info.name != "dice"]
+#: The region losses take per-class masks, not distributions: see the last test.
+PROBS = [
+    info
+    for info in INFOS
+    if _takes_probabilities(info) and not (info.traits is not None and info.traits.region)
+]
 
 
 def test_the_softmax_family_is_swept() -> None:
@@ -65,3 +71,19 @@ def test_rows_must_sum_to_one(info: LossInfo) -> None:
         one_bad_row[2] *= 1.5
         with pytest.raises(ValueError, match="1 of 4 positions off"):
             fn(x, one_bad_row, **params(info))
+
+
+REGION = [info for info in INFOS if info.traits is not None and info.traits.region]
+
+
+@pytest.mark.parametrize("info", REGION, ids=name_of)
+def test_region_dense_targets_are_masks_not_distributions(info: LossInfo) -> None:
+    """The region losses' dense targets are per-class masks (docs/contract.md): a pixel in no
+    class or in every class is a valid target, never refused as a bad distribution."""
+    x, _ = example(info, n=4)
+    rows = torch.zeros(x.shape, dtype=F64)
+    rows[0] = 1.0  # sample 0: every pixel in every class; the others in none
+    with lossforge.value_checks(True):
+        out = fn_of(info)(x, rows, **params(info))
+        assert torch.isfinite(out)
+        assert_close(info.cls(**params(info))(x, rows), out, F64)

@@ -44,9 +44,17 @@ def _input(info: LossInfo, shape: tuple[int, ...], seed: int = 0) -> tuple[Tenso
     return x.requires_grad_(True), kw
 
 
-def _skip_unbatched(info: LossInfo, shape: tuple[int, ...]) -> None:
-    if len(shape) < 2 and fn_of(info) is F.dice_loss:
-        pytest.skip("dice takes (N, C, *) logits only")
+def _refuses_unbatched(info: LossInfo, x: Tensor, kw: dict[str, Any]) -> bool:
+    """A region loss (``Traits.region``: dice, Tversky, Jaccard, Lovasz, ...) takes ``(N, C, *)``
+    logits only: an unbatched ``(C,)`` row is refused, whatever the target."""
+    assert info.traits is not None
+    if x.ndim >= 2 or not info.traits.region:
+        return False
+    mask = torch.ones(x.shape, dtype=F64)
+    for call in (lambda: fn_of(info)(x, mask, **kw), lambda: info.cls(**kw)(x, mask)):
+        with pytest.raises(ValueError, match=r"expected `logits` a tensor of shape \(N, C, \*\)"):
+            call()
+    return True
 
 
 def _labels(shape: tuple[int, ...], seed: int = 1) -> Tensor:
@@ -74,7 +82,8 @@ def test_no_loss_guesses_an_integer_target_next_to_one_channel(
         msg = str(err.value)
         assert msg.startswith(f"{fn_of(info).__name__}: expected `")
         if takes(info, "index_target") and "expected `logits`" not in msg:
-            # both fixes are shown (dice takes no unbatched (C,) logits: that error comes first)
+            # both fixes are shown (region losses take no unbatched (C,) logits: that error
+            # comes first)
             assert "index_target=True" in msg and "index_target=False" in msg, msg
             assert "unsqueeze" in msg, msg
 
@@ -87,8 +96,9 @@ def test_one_channel_mask_forms_agree(
     """A binary mask, however it is passed (the logits' shape, float / bool without the channel
     dimension, integers with ``index_target=False``, through the module), is the same mask."""
     xs, ys = shapes
-    _skip_unbatched(info, xs)
     x, kw = _input(info, xs)
+    if _refuses_unbatched(info, x, kw):
+        return
     m = _labels(ys)
     cdim = 1 if len(xs) >= 2 else 0
     fn = fn_of(info)
@@ -116,8 +126,9 @@ def test_one_channel_class_indices_with_index_target(
     """``index_target=True``: 0 is the class, 1 (= C) the background, the mmdetection convention
     a single-class detector relies on; an ignored row counts nowhere."""
     xs, ys = shapes
-    _skip_unbatched(info, xs)
     x, kw = _input(info, xs)
+    if _refuses_unbatched(info, x, kw):
+        return
     labels = _labels(ys)
     cdim = 1 if len(xs) >= 2 else 0
     fn = fn_of(info)
@@ -134,7 +145,7 @@ def test_one_channel_class_indices_with_index_target(
         keep[::2] = 0
         loss = fn(x, ignored, index_target=True, ignore_index=-1, reduction="none", **kw)
         ref = fn(x, dense, reduction="none", **kw)
-        if loss.shape == ref.shape:  # element-wise losses (dice reduces per entry)
+        if loss.shape == ref.shape:  # element-wise losses (region losses reduce per entry)
             assert_close(loss, ref * keep.view(-1, 1), F64)
     # the explicit form is checked: it must be class indices without the channel dimension
     with pytest.raises(ValueError, match=r"index_target=True"):
@@ -241,7 +252,8 @@ def test_dense_ignore_index_outside_the_target_values(info: LossInfo) -> None:
     keep = torch.ones_like(y)
     keep[0] = 0
     got = fn(x, marked, ignore_index=-1, reduction="sum", **kw)
-    if fn is F.dice_loss:  # dice removes the pixels from its sums: cropping them out
+    assert info.traits is not None
+    if info.traits.region:  # ignored pixels leave the sums: the same as cropping them out
         want = fn(x[1:], y[1:], reduction="sum", **kw)
     else:
         want = fn(x, y, weight=keep, reduction="sum", **kw)

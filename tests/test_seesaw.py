@@ -349,7 +349,9 @@ def test_module_rejects_bad_batches_before_counting() -> None:
     loss = lf.SeesawLoss(num_classes=3)
     with pytest.raises(ValueError, match="C=3 classes"):
         loss(torch.randn(2, 4), torch.tensor([0, 1]))
-    with pytest.raises(TypeError, match="class indices"):
+    with pytest.raises(TypeError, match="class indices"):  # probabilities cannot be counted
+        loss(torch.randn(2, 3), torch.softmax(torch.randn(2, 3), dim=1))
+    with pytest.raises(ValueError, match="summing to 1"):  # nor rows that are no distribution
         loss(torch.randn(2, 3), torch.rand(2, 3))
     with pytest.raises(ValueError, match="target"):
         loss(torch.randn(2, 3), torch.tensor([0, 5]))

@@ -48,6 +48,15 @@ class Traits:
         stateful: The module keeps state that ``forward`` updates in training mode (documented
             buffers: Seesaw's class counts); the shared tests run it in evaluation mode, where it
             equals its function on the current state.
+        initial_state: Constructor options of a stateful module that start its state instead of
+            configuring its function (Seesaw's ``class_counts`` start the int64 running counts
+            ``cum_samples``): not learnable through the module, which refuses a tensor that
+            requires grad; the function takes them as learnable options.
+        region: A set-level overlap loss of the region pipeline (the dice family, Lovasz): it
+            takes ``(N, C, *)`` logits only (no unbatched ``(C,)`` row), its unreduced loss has
+            one value per (sample, class) entry, an ignored pixel leaves its sums (ignoring
+            equals cropping, not a weight of 0), and its dense targets are per-class masks, not
+            distributions over the classes (a pixel may belong to no class or to several).
     """
 
     example: str
@@ -60,11 +69,15 @@ class Traits:
     logits: bool = True
     gradcheck_params: Mapping[str, Any] = field(default_factory=dict)
     stateful: bool = False
+    initial_state: tuple[str, ...] = ()
+    region: bool = False
 
     def __post_init__(self) -> None:
         if self.plot is not None and self.plot not in PLOT_FAMILIES:
             raise ValueError(f"Traits: expected `plot` one of {PLOT_FAMILIES}, got {self.plot!r}")
         if self.task is not None and self.task not in TASKS:
             raise ValueError(f"Traits: expected `task` one of {TASKS}, got {self.task!r}")
+        if self.initial_state and not self.stateful:
+            raise ValueError("Traits: only a stateful module has `initial_state` options")
         if self.plot is None and not self.not_plotted:
             raise ValueError("Traits: a loss without a `plot` family says why in `not_plotted`")

@@ -123,14 +123,52 @@ def get_loss(name: str, *, caller: str = "get_loss", argument: str = "name") -> 
     for cls in _REGISTRY.values():
         if cls.__name__ == key:
             return cls
-    tokens = {t for t in key.lower().replace("-", "_").split("_") if len(t) >= 3}
-    close = [n for n in _names() if tokens & set(n.split("_"))]
-    close += [
-        n for n in difflib.get_close_matches(key, _names(), n=3, cutoff=0.5) if n not in close
-    ]
-    close = close[:5]
+    close = _suggestions(key, _names())
     hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
     fail(caller, argument, "a registered loss name: " + ", ".join(_names()), repr(name) + hint)
+
+
+#: Name prefixes that say which input convention a loss takes (``sigmoid_focal`` /
+#: ``softmax_focal`` are the focal loss on sigmoid / softmax probabilities).
+_CONVENTIONS = ("sigmoid_", "softmax_", "binary_")
+
+
+def _suggestions(key: str, names: list[str], limit: int = 3) -> list[str]:
+    """The registered names a user most likely meant by the unknown ``key``.
+
+    1. The losses whose whole name is written in ``key`` (each word of ``key`` read as the one
+       registered word it misspells, if any): ``"sigmoid_focal_los"`` -> ``sigmoid_focal``;
+       failing that, whose name up to its convention prefix is: ``"focal"``, ``"focall"`` or
+       ``"focal_typo"`` -> ``sigmoid_focal``, ``softmax_focal``, not the many losses that
+       merely contain the word (``quality_focal``, ``focal_tversky``, ...).
+    2. Otherwise the closest names by spelling (``difflib``'s ratio), among those sharing a word
+       of at least 3 letters with ``key`` and difflib's close matches: at most ``limit``.
+
+    Either way the closest spelling comes first.
+    """
+    norm = key.lower().replace("-", "_").removesuffix("_loss")
+    vocabulary = {w for n in names for w in n.split("_")}
+    words = set()
+    for word in set(norm.split("_")) - {""}:
+        fixed = difflib.get_close_matches(word, vocabulary, n=2, cutoff=0.8)
+        words.add(fixed[0] if word not in vocabulary and len(fixed) == 1 else word)
+
+    def stem(name: str) -> str:
+        for prefix in _CONVENTIONS:
+            if name.startswith(prefix):
+                return name.removeprefix(prefix)
+        return name
+
+    def closest_first(found: set[str]) -> list[str]:
+        return sorted(found, key=lambda n: (-difflib.SequenceMatcher(None, norm, n).ratio(), n))
+
+    for whole in (lambda n: n, stem):  # a name written in full beats one without its prefix
+        named = {n for n in names if set(whole(n).split("_")) <= words}
+        if named:
+            return closest_first(named)
+    pool = {n for n in names if {w for w in words if len(w) >= 3} & set(n.split("_"))}
+    pool.update(difflib.get_close_matches(norm, names, n=limit, cutoff=0.5))
+    return closest_first(pool)[:limit]
 
 
 def _params(cls: type) -> dict[str, Any]:

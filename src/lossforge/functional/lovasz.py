@@ -93,6 +93,7 @@ def lovasz_softmax_loss(
     activation: Activation = "softmax",
     batch: bool = False,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     class_weight: ClassValues | None = None,
     include_background: bool = True,
     weight: Tensor | None = None,
@@ -146,6 +147,9 @@ def lovasz_softmax_loss(
             ``"none"``.
         batch: One loss per class over the whole batch instead of per (image, class).
         ignore_index: Target value whose pixels (elements, for dense targets) are dropped.
+        index_target: What a target without the class dimension holds with one logit channel:
+            ``None`` (default) refuses to guess for an integer target, ``True`` reads class
+            indices (0 = the class, 1 = background), ``False`` a mask (see :func:`dice_loss`).
         class_weight: ``(C,)`` non-negative weights of the per-class losses.
         include_background: ``False`` drops channel 0 from the loss (it stays in the softmax).
         weight: Weight of the ``(N, C)`` (``(C,)``) entries, or ``(N,)`` per image.
@@ -186,6 +190,7 @@ def lovasz_softmax_loss(
         reduction=reduction,
         avg_factor=avg_factor,
         backend=backend,
+        index_target=index_target,
     )
 
 
@@ -196,6 +201,7 @@ def lovasz_hinge_loss(
     *,
     batch: bool = False,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     class_weight: ClassValues | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
@@ -228,9 +234,14 @@ def lovasz_hinge_loss(
     Args:
         logits: ``(N, C, *)`` raw scores; ``C = 1`` for binary segmentation.
         target: ``(N, C, *)`` binary masks, ``(N, *)`` class indices in ``[0, C]`` (``C`` =
-            background, every channel negative), or a ``(N, *)`` mask when ``C = 1``.
+            background, every channel negative), or a ``(N, *)`` mask when ``C = 1`` (float or
+            bool; an integer one with ``index_target=False``: Berman's, SMP's and kornia's
+            ``(N, H, W)`` labels).
         batch: One loss per channel over the whole batch instead of per (image, channel).
         ignore_index: Target value whose pixels (elements, for dense targets) are dropped.
+        index_target: What a target without the class dimension holds with one logit channel:
+            ``None`` (default) refuses to guess for an integer target, ``True`` reads class
+            indices (0 = the class, 1 = background), ``False`` a mask (see :func:`dice_loss`).
         class_weight: ``(C,)`` non-negative weights of the per-channel losses.
         weight: Weight of the ``(N, C)`` (``(C,)``) entries, or ``(N,)`` per image.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
@@ -248,11 +259,13 @@ def lovasz_hinge_loss(
 
     Example:
         >>> logits = torch.tensor([[[[2.0, -3.0, 1.5, -1.0]]]])  # (1, 1, 1, 4)
-        >>> mask = torch.tensor([[[1, 0, 1, 0]]])  # (1, 1, 4)
+        >>> mask = torch.tensor([[[[1, 0, 1, 0]]]])  # (1, 1, 1, 4): the logits' shape
         >>> float(lovasz_hinge_loss(logits, mask))  # right sign, margins >= 1
         0.0
         >>> float(lovasz_hinge_loss(-logits, mask)) > 0
         True
+        >>> float(lovasz_hinge_loss(logits, mask[:, 0], index_target=False))  # (N, *) labels
+        0.0
     """
     fn = "lovasz_hinge_loss"
     return pipeline.region_entries(
@@ -269,4 +282,5 @@ def lovasz_hinge_loss(
         reduction=reduction,
         avg_factor=avg_factor,
         backend=backend,
+        index_target=index_target,
     )

@@ -30,6 +30,7 @@ themselves: they keep ``reduction``, ``loss_weight`` and the ``reduction_overrid
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -100,6 +101,10 @@ class Loss(nn.Module):
         super().__init_subclass__(**kw)
         if traits is not None:
             cls.traits = traits
+        if "__init__" in cls.__dict__:
+            # a hand-written constructor (stateful modules, third-party losses) gets the same
+            # messages for unknown and missing keywords as a declared one
+            cls.__init__ = _checked_init(cls.__dict__["__init__"])  # type: ignore[method-assign]
         if functional is None:
             return
         params = inspect.signature(functional).parameters.values()
@@ -278,6 +283,23 @@ def _check_keywords(
     for p in params:
         if p.default is inspect.Parameter.empty and p.name not in kwargs:
             fail(owner, p.name, "a value (it has no default)", "none", TypeError)
+
+
+def _checked_init(init: Callable[..., None]) -> Callable[..., None]:
+    """``init`` with its keywords checked first by ``_check_keywords`` (the declared modules'
+    messages: the class and the unknown keyword, with the closest names), unless it takes
+    ``**kwargs`` or positional arguments are given (then Python's own binding applies)."""
+    params = list(inspect.signature(init).parameters.values())[1:]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return init
+
+    @functools.wraps(init)
+    def checked(self: Loss, *args: Any, **kwargs: Any) -> None:
+        if not args:
+            _check_keywords(type(self).__name__, params, kwargs)
+        init(self, *args, **kwargs)
+
+    return checked
 
 
 def _has_scalar_member(domain: Domain) -> bool:

@@ -20,7 +20,7 @@ _OVERLAP = "a set-level overlap over a whole mask"
 class DiceLoss(
     Loss,
     functional=F.dice_loss,
-    traits=Traits(example="segmentation_index", not_plotted=_OVERLAP),
+    traits=Traits(example="segmentation_index", not_plotted=_OVERLAP, region=True),
 ):
     """Module form of :func:`lossforge.functional.dice_loss` (soft dice, V-Net).
 
@@ -38,7 +38,7 @@ class DiceLoss(
 class TverskyLoss(
     Loss,
     functional=F.tversky_loss,
-    traits=Traits(example="segmentation_index", not_plotted=_OVERLAP),
+    traits=Traits(example="segmentation_index", not_plotted=_OVERLAP, region=True),
 ):
     """Module form of :func:`lossforge.functional.tversky_loss` (Salehi et al. 2017).
 
@@ -53,7 +53,7 @@ class TverskyLoss(
 class FocalTverskyLoss(
     Loss,
     functional=F.focal_tversky_loss,
-    traits=Traits(example="segmentation_index", not_plotted=_OVERLAP),
+    traits=Traits(example="segmentation_index", not_plotted=_OVERLAP, region=True),
 ):
     """Module form of :func:`lossforge.functional.focal_tversky_loss` (Abraham & Khan 2019;
     ``gamma`` is the exponent, the paper's ``1 / gamma``).
@@ -69,7 +69,7 @@ class FocalTverskyLoss(
 class JaccardLoss(
     Loss,
     functional=F.jaccard_loss,
-    traits=Traits(example="segmentation_index", not_plotted=_OVERLAP),
+    traits=Traits(example="segmentation_index", not_plotted=_OVERLAP, region=True),
 ):
     """Module form of :func:`lossforge.functional.jaccard_loss` (soft IoU).
 
@@ -84,7 +84,7 @@ class JaccardLoss(
 class GeneralizedDiceLoss(
     Loss,
     functional=F.generalized_dice_loss,
-    traits=Traits(example="segmentation_index", not_plotted=_OVERLAP),
+    traits=Traits(example="segmentation_index", not_plotted=_OVERLAP, region=True),
 ):
     """Module form of :func:`lossforge.functional.generalized_dice_loss` (Sudre et al. 2017).
 

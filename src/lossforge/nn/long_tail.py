@@ -111,7 +111,9 @@ class SeesawLoss(Loss):
 
     Args:
         num_classes: Number of classes ``C >= 2`` (the counts start at 0).
-        class_counts: Initial counts instead, length ``C``, non-negative integers.
+        class_counts: Initial counts instead, length ``C``, non-negative integers (a tensor
+            that requires grad is refused: the counts are state, not a learnable option; the
+            function takes learned counts).
         p: Mitigation exponent $p \ge 0$.
         q: Compensation exponent $q \ge 0$.
         eps: Lower clamp of the target score in the compensation factor, $> 0$.
@@ -137,6 +139,7 @@ class SeesawLoss(Loss):
         task="single_label",
         gradcheck_params={"q": 0.0},  # the compensation factor's scores are detached by design
         stateful=True,
+        initial_state=("class_counts",),  # the start of cum_samples, not a learnable option
     )
     cum_samples: Tensor
     p: float
@@ -175,10 +178,12 @@ class SeesawLoss(Loss):
     @torch.no_grad()
     def _count(self, input: Tensor, target: Tensor) -> None:
         name = type(self).__name__
-        x = check_floating(name, "logits", input)
-        st = softmax_target(name, x, target, ignore_index=self.ignore_index)
+        # the inputs are checked as the function checks them, under its name (as in eval mode)
+        fn = F.seesaw_loss.__name__
+        x = check_floating(fn, "logits", input)
+        st = softmax_target(fn, x, target, ignore_index=self.ignore_index)
         if st.index is None:
-            fail(name, "target", "an integer tensor of class indices", "probabilities", TypeError)
+            fail(fn, "target", "an integer tensor of class indices", "probabilities", TypeError)
         c = x.shape[st.cdim]
         if c != self.num_classes:
             fail(name, "logits", f"C={self.num_classes} classes along dim {st.cdim}", f"C={c}")
@@ -258,6 +263,18 @@ def _initial_counts(name: str, num_classes: object, class_counts: object) -> Ten
         c = check_int(name, "num_classes", num_classes, low=2)
         return torch.zeros(c, dtype=torch.int64)
     counts: Any = class_counts
+    if isinstance(counts, Tensor) and counts.requires_grad:
+        # never detached silently: the counts are integer state that each training batch adds to
+        fail(
+            name,
+            "class_counts",
+            "initial counts that do not require grad (they start the int64 buffer `cum_samples`, "
+            "which each training batch adds to and no gradient reaches; for learned per-class "
+            "counts call lossforge.functional.seesaw_loss(class_counts=...))",
+            "an nn.Parameter"
+            if isinstance(counts, torch.nn.Parameter)
+            else "a tensor that requires grad",
+        )
     if isinstance(counts, Tensor):
         t = counts.detach()
     elif isinstance(counts, Sequence) and not isinstance(counts, (str, bytes)):

@@ -14,7 +14,7 @@ _SORTED = "a set-level surrogate: the errors of a whole mask are sorted"
 class LovaszSoftmaxLoss(
     Loss,
     functional=F.lovasz_softmax_loss,
-    traits=Traits(example="segmentation_index", not_plotted=_SORTED),
+    traits=Traits(example="segmentation_index", not_plotted=_SORTED, region=True),
 ):
     """Module form of :func:`lossforge.functional.lovasz_softmax_loss` (Berman et al. 2018).
 
@@ -29,7 +29,7 @@ class LovaszSoftmaxLoss(
 class LovaszHingeLoss(
     Loss,
     functional=F.lovasz_hinge_loss,
-    traits=Traits(example="segmentation_binary", not_plotted=_SORTED),
+    traits=Traits(example="segmentation_binary", not_plotted=_SORTED, region=True),
 ):
     """Module form of :func:`lossforge.functional.lovasz_hinge_loss` (Berman et al. 2018).
 
