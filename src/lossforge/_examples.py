@@ -105,8 +105,9 @@ EXAMPLES: dict[str, Maker] = {
 
 
 def segmentation_binary(n: int, dtype: torch.dtype, g: torch.Generator) -> tuple[Tensor, Tensor]:
-    """``(N, 1, 4, 4)`` logits, ``(N, 4, 4)`` binary masks."""
-    return _logits(g, dtype, n, 1, 4, 4), torch.randint(0, 2, (n, 4, 4), generator=g)
+    """``(N, 1, 4, 4)`` logits, ``(N, 4, 4)`` binary masks (bool: an integer target next to one
+    logit channel could be class indices too, and is refused unless ``index_target`` says)."""
+    return _logits(g, dtype, n, 1, 4, 4), torch.randint(0, 2, (n, 4, 4), generator=g).bool()
 
 
 EXAMPLES["segmentation_binary"] = segmentation_binary

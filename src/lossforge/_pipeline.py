@@ -879,6 +879,7 @@ def region_entries(
     reduction: str,
     avg_factor: object,
     backend: object = "torch",
+    index_target: bool | None = None,
 ) -> Tensor:
     """Run a region loss that is not a function of sums (the Lovasz extensions sort the errors).
 
@@ -889,11 +890,14 @@ def region_entries(
     make them contribute nothing. The pipeline then also leaves out of ``"mean"`` the entries with
     no valid position, scales the entries by ``class_weight`` and applies the shared reduction.
     There is no fused kernel; the entries are computed from each rank's own batch (inside
-    ``global_normalization()`` only the ``"mean"`` denominator is global).
+    ``global_normalization()`` only the ``"mean"`` denominator is global). ``index_target``: as
+    in ``region`` (one logit channel: an integer target without the channel dimension is never
+    guessed to be a mask or class indices).
     """
     x, avg = _region_checks(
         fn, logits, activation, include_background, class_weight, reduction, avg_factor
     )
+    target = resolve_target(fn, x, target, index_target=index_target)
     _no_kernel(fn, backend, x)
     w = as_class_weight(fn, class_weight, x.shape[1], x)
     inp, w = _region_prepare(fn, x, target, activation, ignore_index, w, include_background, batch)

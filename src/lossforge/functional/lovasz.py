@@ -95,6 +95,7 @@ def lovasz_softmax_loss(
     activation: Activation = "softmax",
     batch: bool = False,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     class_weight: ClassValues | None = None,
     include_background: bool = True,
     weight: Tensor | None = None,
@@ -142,12 +143,16 @@ def lovasz_softmax_loss(
     Args:
         logits: ``(N, C, *)`` raw scores (probabilities for ``activation="none"``).
         target: ``(N, *)`` class indices, ``(N, C, *)`` binary masks, or a ``(N, *)`` mask when
-            ``C = 1`` (sigmoid / none).
+            ``C = 1`` (sigmoid / none; float or bool, integer ones with ``index_target=False``).
         classes: ``"present"`` | ``"all"``: which entries count (see above).
         activation: ``"softmax"`` (default) | ``"sigmoid"`` (per-channel, multi-label) |
             ``"none"``.
         batch: One loss per class over the whole batch instead of per (image, class).
         ignore_index: Target value whose pixels (elements, for dense targets) are dropped.
+        index_target: What a target without the class dimension holds, as in
+            :func:`lossforge.functional.dice_loss`: ``None`` (default) class indices, except with
+            one channel, where an integer target is ambiguous and raises (float or bool: a mask);
+            ``True``: class indices; ``False``: a mask.
         class_weight: ``(C,)`` non-negative weights of the per-class losses.
         include_background: ``False`` drops channel 0 from the loss (it stays in the softmax).
         weight: Weight of the ``(N, C)`` (``(C,)``) entries, or ``(N,)`` per image.
@@ -181,6 +186,7 @@ def lovasz_softmax_loss(
         loss=partial(_softmax_entries, classes=classes, fn=fn),
         activation=activation,
         ignore_index=ignore_index,
+        index_target=index_target,
         class_weight=class_weight,
         include_background=include_background,
         batch=batch,
@@ -198,6 +204,7 @@ def lovasz_hinge_loss(
     *,
     batch: bool = False,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     class_weight: ClassValues | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
@@ -230,9 +237,14 @@ def lovasz_hinge_loss(
     Args:
         logits: ``(N, C, *)`` raw scores; ``C = 1`` for binary segmentation.
         target: ``(N, C, *)`` binary masks, ``(N, *)`` class indices in ``[0, C]`` (``C`` =
-            background, every channel negative), or a ``(N, *)`` mask when ``C = 1``.
+            background, every channel negative), or a ``(N, *)`` mask when ``C = 1`` (float or
+            bool; integer ones with ``index_target=False``).
         batch: One loss per channel over the whole batch instead of per (image, channel).
         ignore_index: Target value whose pixels (elements, for dense targets) are dropped.
+        index_target: What a target without the channel dimension holds: ``None`` (default)
+            class indices, except with one channel, where an integer target is ambiguous (a
+            mask, or indices with 0 = the channel) and raises (float or bool: a mask); ``True``:
+            class indices; ``False``: a mask.
         class_weight: ``(C,)`` non-negative weights of the per-channel losses.
         weight: Weight of the ``(N, C)`` (``(C,)``) entries, or ``(N,)`` per image.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
@@ -250,7 +262,7 @@ def lovasz_hinge_loss(
 
     Example:
         >>> logits = torch.tensor([[[[2.0, -3.0, 1.5, -1.0]]]])  # (1, 1, 1, 4)
-        >>> mask = torch.tensor([[[1, 0, 1, 0]]])  # (1, 1, 4)
+        >>> mask = torch.tensor([[[True, False, True, False]]])  # (1, 1, 4)
         >>> float(lovasz_hinge_loss(logits, mask))  # right sign, margins >= 1
         0.0
         >>> float(lovasz_hinge_loss(-logits, mask)) > 0
@@ -264,6 +276,7 @@ def lovasz_hinge_loss(
         loss=partial(_hinge_entries, fn=fn),
         activation="sigmoid",
         ignore_index=ignore_index,
+        index_target=index_target,
         class_weight=class_weight,
         include_background=True,
         batch=batch,
