@@ -673,9 +673,16 @@ def ghmc_histogram(
 
 
 def _ghmr_terms(d: Tensor, mu: float) -> tuple[Tensor, Tensor]:
-    """ASL1 loss sqrt(d^2 + mu^2) - mu (written without cancellation) and its gradient norm."""
-    root = torch.sqrt(d * d + mu * mu)
-    return d * d / (root + mu), d.abs().detach() / root.detach()
+    """ASL1 loss sqrt(d^2 + mu^2) - mu (written without cancellation) and its gradient norm.
+
+    At an infinite difference the loss is its limit |d| = +inf (gradient sign(d), the limit of
+    d / sqrt(d^2 + mu^2)) and the gradient norm its limit 1, not inf / inf."""
+    inf = d.isinf()
+    finite = torch.where(inf, 0.0, d)
+    root = torch.sqrt(finite * finite + mu * mu)
+    loss = torch.where(inf, d.abs(), finite * finite / (root + mu))
+    g = torch.where(inf, 1.0, finite.abs().detach() / root.detach())
+    return loss, g
 
 
 def _ghmr(
