@@ -163,7 +163,15 @@ def test_hinge_matches_reference(shape, kind: str, batch: bool, ignore: bool) ->
             ignore=ignore,
         )
         for reduction in ("none", "mean", "sum"):
-            got = LH(x, t, batch=batch, ignore_index=ig, class_weight=cw, reduction=reduction)
+            got = LH(
+                x,
+                t,
+                batch=batch,
+                ignore_index=ig,
+                class_weight=cw,
+                reduction=reduction,
+                index_target=False if c == 1 else None,  # the reference reads a mask there
+            )
             assert_close(got, reduce(want, valid, reduction), F64)
 
 
@@ -240,9 +248,18 @@ def test_ignoring_pixels_equals_cropping_them() -> None:
             ignore_index=IGNORE,
             batch=batch,
             reduction="none",
+            index_target=False,
         )
         assert_close(
-            got, LH(xh[..., :4], (t[..., :4] == 1).long(), batch=batch, reduction="none"), F64
+            got,
+            LH(
+                xh[..., :4],
+                (t[..., :4] == 1).long(),
+                batch=batch,
+                reduction="none",
+                index_target=False,
+            ),
+            F64,
         )
 
 
@@ -261,7 +278,7 @@ def test_empty_ground_truth() -> None:
     assert_close(LS(p, t, activation="none"), none[0, 0], F64)  # only class 0 counts
     # hinge: an empty mask still counts, with its largest hinge error
     z = torch.tensor([[[[-3.0, 0.5, -0.5]]]], dtype=F64, requires_grad=True)
-    loss = LH(z, torch.zeros(1, 1, 3, dtype=torch.long))
+    loss = LH(z, torch.zeros(1, 1, 3, dtype=torch.long), index_target=False)
     assert_close(loss, torch.tensor(1.5, dtype=F64), F64)
     (grad,) = torch.autograd.grad(loss, z)
     assert_close(grad, torch.tensor([[[[0.0, 1.0, 0.0]]]], dtype=F64), F64)
@@ -287,8 +304,13 @@ def test_fully_ignored_image_is_left_out_of_the_mean() -> None:
     t_ign[1] = IGNORE
     assert_close(LS(x, t_ign, ignore_index=IGNORE), LS(x[[0, 2]], t[[0, 2]]), F64)
     assert_close(
-        LH(x[:, :1], (t_ign == 1).long().masked_fill(t_ign == IGNORE, IGNORE), ignore_index=IGNORE),
-        LH(x[[0, 2], :1], (t[[0, 2]] == 1).long()),
+        LH(
+            x[:, :1],
+            (t_ign == 1).long().masked_fill(t_ign == IGNORE, IGNORE),
+            ignore_index=IGNORE,
+            index_target=False,
+        ),
+        LH(x[[0, 2], :1], (t[[0, 2]] == 1).long(), index_target=False),
         F64,
     )
 
@@ -311,7 +333,8 @@ def test_low_precision_and_extreme_logits(dtype: torch.dtype) -> None:
     assert torch.isfinite(xl.grad).all()
     for fn, target in ((LS, t), (LH, (t == 1).long().masked_fill(t == IGNORE, IGNORE))):
         big = (torch.sign(x) * 1e4).to(dtype).requires_grad_(True)
-        loss = fn(big if fn is LS else big[:, :1], target, ignore_index=IGNORE)
+        mask = {} if fn is LS else {"index_target": False}
+        loss = fn(big if fn is LS else big[:, :1], target, ignore_index=IGNORE, **mask)
         (grad,) = torch.autograd.grad(loss, big)
         assert torch.isfinite(loss)
         assert torch.isfinite(grad).all()
@@ -335,7 +358,8 @@ def test_gradcheck_options() -> None:
 
 def test_compiles_without_graph_breaks() -> None:
     x, t = inputs((2, 3, 4, 5), "softmax", "index", True, seed=9)
-    for loss in (lf.LovaszSoftmaxLoss(ignore_index=IGNORE), lf.LovaszHingeLoss(batch=True)):
+    hinge = lf.LovaszHingeLoss(batch=True, index_target=False)
+    for loss in (lf.LovaszSoftmaxLoss(ignore_index=IGNORE), hinge):
         target = t if isinstance(loss, lf.LovaszSoftmaxLoss) else (t == 1).long()
         inp = x if isinstance(loss, lf.LovaszSoftmaxLoss) else x[:, :1]
         torch._dynamo.reset()
@@ -379,9 +403,13 @@ def test_berman_smp_hinge_parity(per_image: bool) -> None:
     t[1] = 0  # an image with an empty mask
     t = torch.where(torch.rand(t.shape, generator=g) < 0.2, torch.full_like(t, IGNORE), t)
     peer = sl.LovaszLoss("binary", per_image=per_image, ignore_index=IGNORE)(x, t)
-    got = LH(x, t, batch=not per_image, ignore_index=IGNORE)
+    got = LH(x, t, batch=not per_image, ignore_index=IGNORE, index_target=False)
     assert_close(got, peer, torch.float32)
-    assert_close(LH(x.double(), t, batch=not per_image, ignore_index=IGNORE), peer, torch.float32)
+    assert_close(
+        LH(x.double(), t, batch=not per_image, ignore_index=IGNORE, index_target=False),
+        peer,
+        torch.float32,
+    )
 
 
 def test_kornia_parity() -> None:
@@ -395,7 +423,13 @@ def test_kornia_parity() -> None:
         assert_close(got, peer, F64, rtol=1e-10, atol=1e-12)
     xb = x[:, :1]
     tb = (t == 1).long()
-    assert_close(LH(xb, tb), kl.lovasz_hinge_loss(xb, tb), F64, rtol=1e-10, atol=1e-12)
+    assert_close(
+        LH(xb, tb, index_target=False),
+        kl.lovasz_hinge_loss(xb, tb),
+        F64,
+        rtol=1e-10,
+        atol=1e-12,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -440,3 +474,20 @@ def test_modules_and_registry() -> None:
     assert "classes='all'" in repr(mod)
     x, t = inputs((2, 3, 4, 5), "softmax", "index", False, seed=13)
     assert_close(mod(x, t), LS(x, t, classes="all", class_weight=[1, 2, 3]), F64)
+
+
+def test_one_channel_integer_target_is_never_guessed() -> None:
+    """The contract's rule (docs/contract.md, "Targets"): next to one logit channel an integer
+    target without the channel dimension may be a mask or class indices (0 = the channel), so
+    it raises unless ``index_target`` says which; float and bool targets are masks."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 1, 3, 4, generator=g, dtype=F64)
+    m = torch.rand(2, 3, 4, generator=g) < 0.5
+    for fn in (LH, lambda a, b, **kw: LS(a, b, activation="sigmoid", **kw)):
+        with pytest.raises(ValueError, match="an explicit target for one logit channel"):
+            fn(x, m.long())
+        want = fn(x, m.unsqueeze(1).to(F64))
+        assert_close(fn(x, m), want, F64)
+        assert_close(fn(x, m.to(F64)), want, F64)
+        assert_close(fn(x, m.long(), index_target=False), want, F64)
+        assert_close(fn(x, (~m).long(), index_target=True), want, F64)  # 1 = background

@@ -431,6 +431,7 @@ def test_smp_tversky_parity(gamma: float) -> None:
         smooth=0.0,
         batch=True,
         soft_label=True,
+        index_target=False,  # an integer mask next to one channel (SMP's "binary" mode)
     )
     assert_close(got, peer, F64, rtol=1e-10, atol=1e-12)
 
