@@ -350,7 +350,7 @@ def test_module_rejects_bad_batches_before_counting() -> None:
     with pytest.raises(ValueError, match="C=3 classes"):
         loss(torch.randn(2, 4), torch.tensor([0, 1]))
     with pytest.raises(TypeError, match="class indices"):
-        loss(torch.randn(2, 3), torch.rand(2, 3))
+        loss(torch.randn(2, 3), torch.softmax(torch.randn(2, 3), dim=1))  # valid probabilities
     with pytest.raises(ValueError, match="target"):
         loss(torch.randn(2, 3), torch.tensor([0, 5]))
     with pytest.raises(TypeError, match="forward keywords"):
