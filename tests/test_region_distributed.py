@@ -41,7 +41,10 @@ CASES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "gdl_per_sample": lambda x, t: F.generalized_dice_loss(x, t, ignore_index=IGNORE),
     "lovasz_softmax_per_image": lambda x, t: F.lovasz_softmax_loss(x, t, ignore_index=IGNORE),
     "lovasz_hinge_per_image": lambda x, t: F.lovasz_hinge_loss(
-        x[:, :1], (t == 1).long().masked_fill(t == IGNORE, IGNORE), ignore_index=IGNORE
+        x[:, :1],
+        (t == 1).long().masked_fill(t == IGNORE, IGNORE),
+        ignore_index=IGNORE,
+        index_target=False,  # an integer mask next to one channel
     ),
 }
 PER_SHARD = {

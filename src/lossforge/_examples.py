@@ -105,9 +105,11 @@ EXAMPLES: dict[str, Maker] = {
 
 
 def segmentation_binary(n: int, dtype: torch.dtype, g: torch.Generator) -> tuple[Tensor, Tensor]:
-    """``(N, 1, 4, 4)`` logits, ``(N, 4, 4)`` binary masks (bool: an integer target next to one
-    logit channel could be class indices too, and is refused unless ``index_target`` says)."""
-    return _logits(g, dtype, n, 1, 4, 4), torch.randint(0, 2, (n, 4, 4), generator=g).bool()
+    """``(N, 1, 4, 4)`` logits, ``(N, 4, 4)`` binary masks (float 0 / 1: an integer target next
+    to one logit channel could be class indices too, and is refused unless ``index_target``
+    says)."""
+    mask = torch.randint(0, 2, (n, 4, 4), generator=g)
+    return _logits(g, dtype, n, 1, 4, 4), mask.to(F64)
 
 
 EXAMPLES["segmentation_binary"] = segmentation_binary
