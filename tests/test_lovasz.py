@@ -462,3 +462,20 @@ def test_modules_and_registry() -> None:
     assert "classes='all'" in repr(mod)
     x, t = inputs((2, 3, 4, 5), "softmax", "index", False, seed=13)
     assert_close(mod(x, t), LS(x, t, classes="all", class_weight=[1, 2, 3]), F64)
+
+
+def test_one_channel_integer_target_is_never_guessed() -> None:
+    """The contract's rule (docs/contract.md, "Targets"): next to one logit channel an integer
+    target without the channel dimension may be a mask or class indices (0 = the channel), so
+    it raises unless ``index_target`` says which; float and bool targets are masks."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 1, 3, 4, generator=g, dtype=F64)
+    m = torch.rand(2, 3, 4, generator=g) < 0.5
+    for fn in (LH, lambda a, b, **kw: LS(a, b, activation="sigmoid", **kw)):
+        with pytest.raises(ValueError, match="an explicit target for one logit channel"):
+            fn(x, m.long())
+        want = fn(x, m.unsqueeze(1).to(F64))
+        assert_close(fn(x, m), want, F64)
+        assert_close(fn(x, m.to(F64)), want, F64)
+        assert_close(fn(x, m.long(), index_target=False), want, F64)
+        assert_close(fn(x, (~m).long(), index_target=True), want, F64)  # 1 = background

@@ -7,9 +7,19 @@ The rule per input convention (``docs/contract.md``, "Infinite values"; ``_check
   logit), with a zero gradient there; where the limit is infinite (the target masked, or label
   smoothing putting mass on a masked class) the loss is ``+inf`` as in PyTorch, with finite
   gradients. ``+inf``, and a position with every class at ``-inf``, raise under value checks.
-* sigmoid family (element-wise losses on logits): an infinite logit raises under value checks.
+* sigmoid family (element-wise losses on logits, also the IoU-quality targets of quality focal
+  and varifocal): an infinite logit raises under value checks.
 * dice with a sigmoid: the sigmoid's limits are exact (0 and 1), so the loss is its limit.
 * regression: an infinite prediction has an infinite loss (its value), not NaN.
+* boxes (IoU, GIoU, DIoU, CIoU): an infinite coordinate is no box (its IoU, enclosing-box ratio
+  and centre distance are inf / inf): infinite ``pred`` values raise under value checks, and so
+  do NaN or infinite ``target`` boxes.
+* distribution (DFL, a softmax over the bins): ``-inf`` masks a bin; a masked bin without target
+  mass gives the loss's limit, one with target mass ``+inf`` with finite gradients. ``+inf`` and
+  a position with every bin masked raise under value checks.
+* Lovasz hinge (binary logits): the hinge is linear in the logit; an infinite logit of the right
+  sign has hinge error 0 (the limit, exact), one of the wrong sign an infinite error and the loss
+  is ``+inf`` with finite gradients, with or without value checks.
 
 Every registered loss is swept through the example inputs it declares.
 """
@@ -32,9 +42,12 @@ from lossforge.registry import LossInfo
 
 INF = float("inf")
 SOFTMAX = {"softmax_index", "log_probs_index", "segmentation_index"}
-SIGMOID = {"sigmoid_dense", "sigmoid_index"}
+SIGMOID = {"sigmoid_dense", "sigmoid_index", "quality_dense"}
 PROBS = {"probs_dense"}
 REGRESSION = {"regression"}
+BOXES = {"boxes"}
+DISTRIBUTION = {"distribution"}
+HINGE = {"segmentation_binary"}
 
 
 def _kind(info: LossInfo) -> str:
@@ -45,6 +58,9 @@ def _kind(info: LossInfo) -> str:
         ("sigmoid", SIGMOID),
         ("probs", PROBS),
         ("regression", REGRESSION),
+        ("boxes", BOXES),
+        ("distribution", DISTRIBUTION),
+        ("hinge", HINGE),
     ):
         if ex in names:
             return kind
@@ -97,6 +113,9 @@ def test_masked_class_gives_the_limit(info: LossInfo, checks: bool) -> None:
         targets.append(probs)
     except TypeError:
         pass  # class indices only (NLL, softmax ASL)
+    except ValueError as err:  # binary masks only (Lovasz-Softmax: an extension of sets)
+        if "binary values" not in str(err):
+            raise
     with lossforge.value_checks(checks):
         for kw, t in itertools.product(options, targets):
             for reduction in ("none", "sum"):
@@ -146,6 +165,118 @@ def test_sigmoid_family_refuses_infinite_logits_under_checks(info: LossInfo) -> 
                 msg = _outcome(info, bad, y)
             assert isinstance(msg, str), msg
             assert "expected `logits` finite values" in msg and "1 infinite" in msg, msg
+
+
+@pytest.mark.parametrize("info", _of_kind("boxes"), ids=name_of)
+def test_boxes_refuse_infinite_coordinates_under_checks(info: LossInfo) -> None:
+    x, y = example(info, n=4)
+    for value in (INF, -INF):
+        for pos in (0, 2, 5, 15):  # x1, x2 and y1 of one box, y2 of another
+            bad = x.detach().clone()
+            bad.view(-1)[pos] = value
+            with lossforge.value_checks(True):
+                msg = _outcome(info, bad, y)
+            assert isinstance(msg, str), msg
+            assert "expected `pred` finite values" in msg and "1 infinite of 16" in msg, msg
+            bad_target = y.clone()
+            bad_target.view(-1)[pos] = value
+            with lossforge.value_checks(True):
+                msg = _outcome(info, x, bad_target)
+            assert isinstance(msg, str), msg
+            assert "expected `target` finite values" in msg and "1 NaN or infinite" in msg, msg
+    bad_target = y.clone()
+    bad_target[1, 3] = math.nan
+    with lossforge.value_checks(True):
+        msg = _outcome(info, x, bad_target)
+    assert isinstance(msg, str) and "expected `target` finite values" in msg, msg
+
+
+def _masked_bin(x: Tensor, y: Tensor, value: float, *, with_mass: bool) -> Tensor:
+    """``x`` with, in every row, one bin set to ``value``: the left neighbour of the distance
+    (mass ``i + 1 - y > 0`` for a distance off the bins' right end) or a bin two away from both
+    neighbours (no mass)."""
+    out = x.detach().clone()
+    c = x.shape[1]
+    left = torch.floor(y).clamp(max=c - 2).long()
+    far = torch.where(left >= 3, left - 2, left + 3)
+    out.scatter_(1, (left if with_mass else far).unsqueeze(1), value)
+    return out
+
+
+@pytest.mark.parametrize("checks", [True, False], ids=["checks", "no-checks"])
+@pytest.mark.parametrize("info", _of_kind("distribution"), ids=name_of)
+def test_distribution_masked_bin_gives_the_limit(info: LossInfo, checks: bool) -> None:
+    """A bin masked with -inf: without target mass the limit of a very negative logit (value and
+    gradient, exactly in float64); with target mass +inf (the limit) with finite gradients."""
+    x, y = example(info, n=6)
+    y = y.clamp(max=6.5)  # every distance puts mass on its left bin
+    with lossforge.value_checks(checks):
+        for reduction in ("none", "sum"):
+            got = _outcome(info, _masked_bin(x, y, -INF, with_mass=False), y, reduction=reduction)
+            near = _outcome(info, _masked_bin(x, y, -1e4, with_mass=False), y, reduction=reduction)
+            assert not isinstance(got, str) and not isinstance(near, str), (got, near)
+            assert torch.isfinite(got[0]).all(), got[0]
+            assert_close(got[0], near[0], F64)
+            assert_close(got[1], near[1], F64)
+            out = _outcome(info, _masked_bin(x, y, -INF, with_mass=True), y, reduction=reduction)
+            assert not isinstance(out, str), out
+            loss, g = out
+            assert (loss == INF).all(), loss
+            assert torch.isfinite(g).all(), g
+
+
+@pytest.mark.parametrize("info", _of_kind("distribution"), ids=name_of)
+def test_distribution_every_bin_masked_or_plus_inf_raises_under_checks(info: LossInfo) -> None:
+    x, y = example(info, n=4)
+    all_masked = x.detach().clone()
+    all_masked[1] = -INF
+    plus = x.detach().clone()
+    plus[2, 3] = INF
+    with lossforge.value_checks(True):
+        msg = _outcome(info, all_masked, y)
+        assert isinstance(msg, str) and "every class at -inf" in msg, msg
+        msg = _outcome(info, plus, y)
+        assert isinstance(msg, str) and "+inf" in msg, msg
+
+
+@pytest.mark.parametrize("checks", [True, False], ids=["checks", "no-checks"])
+@pytest.mark.parametrize("info", _of_kind("hinge"), ids=name_of)
+def test_hinge_infinite_logit_is_the_limit_or_plus_inf(info: LossInfo, checks: bool) -> None:
+    """Right sign: the hinge error is 0 as at a very large logit (value and gradient exact in
+    float64). Wrong sign: the loss of that entry is +inf, the gradient finite; also with several
+    infinite errors in an entry without positives (whose Jaccard steps after the first are 0)."""
+    x, y = example(info, n=4)
+    sign = 2.0 * y.to(F64).unsqueeze(1) - 1.0  # +1 on the mask, -1 off it
+    x = x.detach()
+    with lossforge.value_checks(checks):
+        for reduction in ("none", "sum"):
+            right, near = x.clone(), x.clone()
+            right.view(-1)[[0, 5, 17, 40]] = (INF * sign).view(-1)[[0, 5, 17, 40]]
+            near.view(-1)[[0, 5, 17, 40]] = (1e4 * sign).view(-1)[[0, 5, 17, 40]]
+            got, want = (
+                _outcome(info, right, y, reduction=reduction),
+                _outcome(info, near, y, reduction=reduction),
+            )
+            assert not isinstance(got, str) and not isinstance(want, str), (got, want)
+            assert_close(got[0], want[0], F64)
+            assert_close(got[1], want[1], F64)
+            wrong = x.clone()
+            wrong.view(-1)[[0, 17]] = (-INF * sign).view(-1)[[0, 17]]  # images 0 and 1
+            out = _outcome(info, wrong, y, reduction=reduction)
+            assert not isinstance(out, str), out
+            loss, g = out
+            if reduction == "none":
+                assert (loss[:2] == INF).all() and torch.isfinite(loss[2:]).all(), loss
+            else:
+                assert loss == INF
+            assert torch.isfinite(g).all(), g
+    empty = torch.zeros_like(y)  # no positives: every error after the first has a zero step
+    two = x.clone()
+    two[0, 0, 0, :2] = INF
+    out = _outcome(info, two, empty, reduction="none")
+    assert not isinstance(out, str), out
+    assert out[0][0] == INF and torch.isfinite(out[0][1:]).all(), out[0]
+    assert torch.isfinite(out[1]).all(), out[1]
 
 
 @pytest.mark.parametrize("info", INFOS, ids=name_of)

@@ -18,6 +18,7 @@ from _reliability import F64, INFOS, example, fn_of, name_of, params
 from torch import Tensor
 from torch.autograd.functional import jacobian
 from torch.func import grad, jacfwd, jacrev, vmap
+from torch.nn import Module
 
 import lossforge
 import lossforge.functional as F
@@ -25,10 +26,18 @@ from lossforge.registry import LossInfo
 
 
 def _one(info: LossInfo, module: bool) -> Any:
-    """A per-sample loss: the sample with a batch dimension of 1, summed."""
+    """A per-sample loss: the sample with a batch dimension of 1, summed.
+
+    A stateful module (running statistics updated in training mode) is evaluated in eval mode:
+    its state is then read, not written, so the loop over samples is a function of the sample
+    (in training mode every call of the loop would update the state first). Training mode under
+    vmap is ``test_stateful_training_mode_under_vmap_is_refused``."""
     kw = params(info)
     if module:
         mod = info.cls(**kw, reduction="sum")
+        assert info.traits is not None
+        if info.traits.stateful:
+            mod.eval()
         return lambda a, b: mod(a[None], b[None])
     fn = fn_of(info)
     return lambda a, b: fn(a[None], b[None], reduction="sum", **kw)
@@ -93,3 +102,71 @@ def test_focal_term_vmap_rule_with_label_smoothing(gamma: float) -> None:
         xi = x[i].clone().requires_grad_(True)
         (want,) = torch.autograd.grad(one(xi, y[i]), xi)
         assert_close(grads[i], want, F64)
+
+
+#: Constructor keywords under which each stateful module updates its state in training mode (the
+#: registry's example parameters may keep none, e.g. GHM with momentum 0).
+STATE_UPDATING: dict[str, dict[str, Any]] = {
+    "seesaw": {},
+    "ghmc": {"momentum": 0.75},
+    "ghmr": {"momentum": 0.75},
+}
+STATEFUL = [info for info in INFOS if info.traits is not None and info.traits.stateful]
+
+
+def _state(mod: Module) -> dict[str, Tensor]:
+    return {k: v.clone() for k, v in mod.state_dict().items()}
+
+
+def _updating(info: LossInfo) -> Module:
+    assert info.name in STATE_UPDATING, f"{info.name}: say how its state is updated here"
+    return info.cls(**{**params(info), **STATE_UPDATING[info.name]}, reduction="sum")  # type: ignore[no-any-return]
+
+
+def test_stateful_modules_are_known() -> None:
+    assert {info.name for info in STATEFUL} == set(STATE_UPDATING)
+
+
+#: The transforms a training-mode forward is refused under: ``(x, y) -> result``.
+TRANSFORMS: dict[str, Any] = {
+    "vmap": lambda f: vmap(lambda a, b: f(a[None], b[None])),
+    "per_sample_grad": lambda f: vmap(grad(lambda a, b: f(a[None], b[None]))),
+    "grad": lambda f: lambda x, y: grad(lambda a: f(a, y))(x),
+    "jacrev": lambda f: lambda x, y: jacrev(lambda a: f(a, y))(x),
+    "jacfwd": lambda f: lambda x, y: jacfwd(lambda a: f(a, y))(x),
+}
+
+
+@pytest.mark.parametrize("transform", list(TRANSFORMS), ids=str)
+@pytest.mark.parametrize("info", STATEFUL, ids=name_of)
+def test_stateful_training_mode_under_transforms_is_refused(info: LossInfo, transform: str) -> None:
+    """Training mode writes the running state from each call. torch.func cannot write a tensor
+    the function did not take as an input, and under vmap every sample would write its own value
+    into the one buffer (the loop vmap stands for would update it once per sample). A
+    RuntimeError says so, before anything is written; in eval mode the transform reads the state
+    and gives the values of a plain call."""
+    x, y = example(info, n=4)
+    x = x.detach()
+    mod = _updating(info)
+    before = _state(mod)
+    mod(x, y)  # outside a transform the update runs
+    assert any(not torch.equal(before[k], v) for k, v in mod.state_dict().items())
+    before = _state(mod)
+    with pytest.raises(RuntimeError, match=r"eval mode under torch.func transforms.*\.eval\(\)"):
+        TRANSFORMS[transform](mod)(x, y)
+    for k, v in mod.state_dict().items():
+        assert torch.equal(before[k], v), k
+    mod.eval()
+    got = TRANSFORMS[transform](mod)(x, y)
+    if transform == "vmap":
+        want = torch.stack([mod(x[i : i + 1], y[i : i + 1]) for i in range(x.shape[0])])
+    elif transform == "per_sample_grad":
+        rows = [x[i].clone().requires_grad_(True) for i in range(x.shape[0])]
+        want = torch.stack(
+            [torch.autograd.grad(mod(r[None], y[i : i + 1]), r)[0] for i, r in enumerate(rows)]
+        )
+    else:
+        want = jacobian(lambda a: mod(a, y), x)
+    assert_close(got, want, F64)
+    for k, v in mod.state_dict().items():
+        assert torch.equal(before[k], v), k

@@ -218,14 +218,21 @@ INFINITE_RULES = ("allow", "finite", "masked")
 
 
 def check_floating(
-    fn: str, name: str, x: object, *, infinite: str = "allow", class_dim: int | None = None
+    fn: str,
+    name: str,
+    x: object,
+    *,
+    infinite: str = "allow",
+    class_dim: int | None = None,
+    finite_why: str | None = None,
 ) -> Tensor:
     """A floating-point tensor (the predictions of every loss), without NaN, and with infinite
     values only as the rule ``infinite`` (``INFINITE_RULES``) allows.
 
     The value checks follow the value-check mode; with checks off a NaN propagates to the loss (it
     is never masked into a finite value) and infinite values are computed with as they are
-    (``docs/contract.md``, "Infinite values").
+    (``docs/contract.md``, "Infinite values"). ``finite_why`` replaces the explanation of the
+    ``"finite"`` rule in its message (the default speaks of logits).
     """
     t = check_tensor(fn, name, x)
     if not t.is_floating_point():
@@ -240,21 +247,25 @@ def check_floating(
             if n_nan:
                 fail(fn, name, "no NaN values", f"{n_nan} NaN of {t.numel()}")
             if infinite != "allow":
-                _check_infinite(fn, name, t0, infinite, class_dim)
+                _check_infinite(fn, name, t0, infinite, class_dim, finite_why)
     return t
 
 
-def _check_infinite(fn: str, name: str, t0: Tensor, rule: str, class_dim: int | None) -> None:
+_LOGITS_FINITE_WHY = (
+    "the loss has no value at an infinite logit on one side and would be NaN on the other; leave "
+    "elements out with `weight` 0 or `ignore_index`"
+)
+
+
+def _check_infinite(
+    fn: str, name: str, t0: Tensor, rule: str, class_dim: int | None, why: str | None = None
+) -> None:
     n = t0.numel()
     if rule == "finite":
         n_inf = int(torch.isinf(t0).sum())
         if n_inf:
             fail(
-                fn,
-                name,
-                "finite values (the loss has no value at an infinite logit on one side and would "
-                "be NaN on the other; leave elements out with `weight` 0 or `ignore_index`)",
-                f"{n_inf} infinite of {n}",
+                fn, name, f"finite values ({why or _LOGITS_FINITE_WHY})", f"{n_inf} infinite of {n}"
             )
         return
     n_pos = int((t0 == float("inf")).sum())
@@ -431,6 +442,25 @@ def value_checks_on(*tensors: Tensor | None) -> bool:
     if torch._C._are_functorch_transforms_active():
         return False
     return value_checks_enabled(*tensors)
+
+
+def refuse_state_update_under_transforms(owner: str, state: str) -> None:
+    """A stateful module's training-mode update of the buffer ``state`` cannot run under a
+    ``torch.func`` transform: ``grad`` / ``jacrev`` / ``jacfwd`` refuse to write a tensor the
+    function did not take as an input, and under ``vmap`` every vmapped call would write its own
+    value into one shared buffer (the loop it stands for would update it once per sample, in
+    order). Raise saying so, before anything is written."""
+    if torch._C._are_functorch_transforms_active():
+        fail(
+            owner,
+            "the module",
+            "eval mode under torch.func transforms (vmap, grad, jacrev, jacfwd): training mode "
+            f"updates the buffer `{state}` from each call, which a transformed call cannot do "
+            "for one shared buffer; call .eval() inside the transform and update "
+            f"`{state}` from the whole batch outside it",
+            "training mode",
+            RuntimeError,
+        )
 
 
 def check_index_range(

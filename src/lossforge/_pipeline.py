@@ -583,6 +583,8 @@ def regression(
     fused: Fused | None = None,
     input_name: str = "pred",
     vector: int | None = None,
+    infinite: str = "allow",
+    finite_why: str | None = None,
 ) -> Tensor:
     """Run a regression loss.
 
@@ -594,8 +596,11 @@ def regression(
         vector: For a loss of whole vectors along the last dimension (boxes: 4): ``pred`` must be
             ``(..., vector)``, the loss is ``(...,)``, and a ``weight`` of ``pred``'s full shape
             is averaged over the last dimension first (mmdetection's ``(N, 4)`` box weights).
+        infinite: What the value checks accept of infinite predictions (``INFINITE_RULES``):
+            ``"allow"`` (an infinite prediction has an infinite loss) or ``"finite"`` (boxes);
+            ``finite_why`` explains the ``"finite"`` rule in its message.
     """
-    p = check_floating(fn, input_name, pred)
+    p = check_floating(fn, input_name, pred, infinite=infinite, finite_why=finite_why)
     t = check_tensor(fn, "target", target)
     if t.is_complex():
         fail(fn, "target", "a real tensor", f"dtype {t.dtype}", TypeError)

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from lossforge import _pipeline as pipeline
-from lossforge._checks import fail, value_checks_enabled
+from lossforge._checks import fail, value_checks_on
 from lossforge._params import Positive, Probability, loss_function
 from lossforge._reduction import AvgFactor, Reduction
 
@@ -63,9 +63,25 @@ class _Pair(NamedTuple):
     center_dist2: Tensor  # rho^2
 
 
+#: Why box coordinates must be finite (the value checks' explanation).
+_FINITE_WHY = (
+    "a box with an infinite side has no area, overlap or centre to compare: IoU, GIoU and DIoU "
+    "would be inf / inf"
+)
+
+
 def _check_target_boxes(fn: str, t: Tensor) -> None:
-    if t.numel() == 0 or not value_checks_enabled(t):
+    if t.numel() == 0 or not value_checks_on(t):
         return
+    t = t.detach()
+    n_bad = int((~torch.isfinite(t)).sum())
+    if n_bad:
+        fail(
+            fn,
+            "target",
+            f"finite values ({_FINITE_WHY})",
+            f"{n_bad} NaN or infinite of {t.numel()}",
+        )
     bad = (t[..., 2] < t[..., 0]) | (t[..., 3] < t[..., 1])
     if bool(bad.any()):
         fail(
@@ -206,6 +222,8 @@ def iou_loss(
         target,
         loss=partial(_iou, fn="iou_loss", mode=mode, eps=eps),
         vector=4,
+        infinite="finite",
+        finite_why=_FINITE_WHY,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,
@@ -261,6 +279,8 @@ def giou_loss(
         target,
         loss=partial(_giou, fn="giou_loss", eps=eps),
         vector=4,
+        infinite="finite",
+        finite_why=_FINITE_WHY,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,
@@ -314,6 +334,8 @@ def diou_loss(
         target,
         loss=partial(_diou, fn="diou_loss", eps=eps),
         vector=4,
+        infinite="finite",
+        finite_why=_FINITE_WHY,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,
@@ -391,6 +413,8 @@ def ciou_loss(
             detach_tradeoff=detach_tradeoff,
         ),
         vector=4,
+        infinite="finite",
+        finite_why=_FINITE_WHY,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,

@@ -46,7 +46,7 @@ from lossforge._checks import (
     check_unit_interval,
     compute_dtype,
     fail,
-    value_checks_enabled,
+    value_checks_on,
 )
 from lossforge._params import BatchTensor, Integer, NonNegative, Number, Positive, loss_function
 from lossforge._pipeline import SoftmaxInput, Unreduced
@@ -352,7 +352,7 @@ def _two_hot(fn: str, logits: object, target: object) -> Tensor:
     n = c - 1
     y = t.to(compute_dtype(x))
     bad = None
-    if y.numel() and value_checks_enabled(y):
+    if y.numel() and value_checks_on(y):
         lo, hi = (float(v) for v in torch.aminmax(y))
         if not (lo >= 0.0 and hi <= n):  # NaN fails both
             fail(fn, "target", f"distances in [0, {n}] (n + 1 = {c} bins)", f"[{lo}, {hi}]")
@@ -361,10 +361,14 @@ def _two_hot(fn: str, logits: object, target: object) -> Tensor:
         y = torch.where(bad, 0.0, y)
     left = torch.floor(y).clamp(max=n - 1)
     right_w = (y - left).unsqueeze(cdim)
-    index = left.long().unsqueeze(cdim)
-    probs = torch.zeros(x.shape, dtype=y.dtype, device=y.device)
-    probs.scatter_(cdim, index, 1.0 - right_w)
-    probs.scatter_(cdim, index + 1, right_w)
+    # The two-hot rows by comparison with the bin numbers, out of place (no scatter into a fresh
+    # buffer, which vmap cannot batch): exactly 1 - w and w on the two bins, 0 elsewhere.
+    shape = [1] * x.ndim
+    shape[cdim] = c
+    bins = torch.arange(c, dtype=y.dtype, device=y.device).reshape(shape)
+    left = left.unsqueeze(cdim)
+    zero = torch.zeros((), dtype=y.dtype, device=y.device)
+    probs = torch.where(bins == left, 1.0 - right_w, torch.where(bins == left + 1, right_w, zero))
     if bad is not None:
         probs = torch.where(bad.unsqueeze(cdim), float("nan"), probs)
     return probs
@@ -462,8 +466,10 @@ def _histogram(g: Tensor, counted: Tensor | None, bins: int) -> tuple[Tensor, Te
     ranks inside ``global_normalization()`` (one all-reduce of ``bins`` numbers)."""
     idx = _bin_index(g, bins)
     ones = torch.ones_like(g) if counted is None else counted.expand(g.shape).to(g.dtype)
-    counts = torch.zeros(bins, dtype=g.dtype, device=g.device)
-    counts.scatter_add_(0, idx.reshape(-1), ones.reshape(-1))
+    # out of place: under vmap the index and the ones are batched, a fresh zeros buffer is not
+    counts = torch.zeros(bins, dtype=g.dtype, device=g.device).scatter_add(
+        0, idx.reshape(-1), ones.reshape(-1)
+    )
     local = ones.sum()
     if _reduction._denominator_hook is not None:
         from lossforge.distributed import all_reduce_sum
@@ -482,7 +488,7 @@ def _check_bin_counts(fn: str, bin_counts: object, bins: int, like: Tensor) -> T
         fail(fn, "bin_counts", f"a 1-d tensor of length bins={bins}", f"shape {tuple(b.shape)}")
     check_same_device(fn, input=like, bin_counts=b)
     b = b.to(compute_dtype(like))
-    if value_checks_enabled(b) and not bool((torch.isfinite(b) & (b >= 0)).all()):
+    if value_checks_on(b) and not bool((torch.isfinite(b) & (b >= 0)).all()):
         fail(fn, "bin_counts", "finite non-negative counts", b.tolist())
     return b
 
@@ -667,9 +673,16 @@ def ghmc_histogram(
 
 
 def _ghmr_terms(d: Tensor, mu: float) -> tuple[Tensor, Tensor]:
-    """ASL1 loss sqrt(d^2 + mu^2) - mu (written without cancellation) and its gradient norm."""
-    root = torch.sqrt(d * d + mu * mu)
-    return d * d / (root + mu), d.abs().detach() / root.detach()
+    """ASL1 loss sqrt(d^2 + mu^2) - mu (written without cancellation) and its gradient norm.
+
+    At an infinite difference the loss is its limit |d| = +inf (gradient sign(d), the limit of
+    d / sqrt(d^2 + mu^2)) and the gradient norm its limit 1, not inf / inf."""
+    inf = d.isinf()
+    finite = torch.where(inf, 0.0, d)
+    root = torch.sqrt(finite * finite + mu * mu)
+    loss = torch.where(inf, d.abs(), finite * finite / (root + mu))
+    g = torch.where(inf, 1.0, finite.abs().detach() / root.detach())
+    return loss, g
 
 
 def _ghmr(

@@ -160,9 +160,10 @@ def _focal_tversky_combine(sums: list[Tensor], *, gamma: float, **kw: float) -> 
         return base
     # The derivative gamma * base^(gamma - 1) is infinite at base = 0 for gamma < 1: take the
     # power of a safe base and define the (minimal) perfect score's gradient as 0.
+    # A NaN base (a position without a softmax, checks off) stays NaN: never a silent 0.
     pos = base > 0
     safe = torch.where(pos, base, torch.ones_like(base))
-    return torch.where(pos, safe.pow(gamma), torch.zeros_like(base))
+    return torch.where(pos, safe.pow(gamma), torch.where(base.isnan(), base, 0.0))
 
 
 def _jaccard_stats(p: Tensor, g: Tensor, *, squared: bool, soft_label: bool) -> list[Tensor]:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from lossforge import _pipeline as pipeline
-from lossforge._checks import fail, value_checks_enabled
+from lossforge._checks import fail, value_checks_on
 from lossforge._params import ClassValues, loss_function
 from lossforge._pipeline import RegionInput
 from lossforge._reduction import AvgFactor, Backend, Reduction
@@ -41,7 +41,7 @@ Classes = Literal["present", "all"]
 def _check_binary(fn: str, g: Tensor) -> None:
     """The Lovasz extension is of a set function: dense targets must be 0/1 (checked where value
     checks run)."""
-    if g.numel() == 0 or not value_checks_enabled(g):
+    if g.numel() == 0 or not value_checks_on(g):
         return
     binary = (g == 0) | (g == 1)
     if not bool(binary.all()):
@@ -64,7 +64,9 @@ def _lovasz_extension(errors: Tensor, g: Tensor) -> Tensor:
     union = total + (1.0 - g_sorted).cumsum(dim=-1)
     jaccard = 1.0 - inter / union
     step = torch.cat([jaccard[..., :1], jaccard[..., 1:] - jaccard[..., :-1]], dim=-1)
-    return (m_sorted * step).sum(dim=-1)
+    # A step of 0 contributes 0 whatever the error (the limit; an infinite hinge error there would
+    # otherwise give inf * 0 = NaN). The steps are finite, so the gradient stays finite.
+    return torch.where(step != 0, m_sorted * step, 0.0).sum(dim=-1)
 
 
 def _softmax_entries(inputs: RegionInput, *, classes: str, fn: str) -> tuple[Tensor, Tensor | None]:
@@ -141,7 +143,7 @@ def lovasz_softmax_loss(
     Args:
         logits: ``(N, C, *)`` raw scores (probabilities for ``activation="none"``).
         target: ``(N, *)`` class indices, ``(N, C, *)`` binary masks, or a ``(N, *)`` mask when
-            ``C = 1`` (sigmoid / none).
+            ``C = 1`` (sigmoid / none; float or bool, integer ones with ``index_target=False``).
         classes: ``"present"`` | ``"all"``: which entries count (see above).
         activation: ``"softmax"`` (default) | ``"sigmoid"`` (per-channel, multi-label) |
             ``"none"``.

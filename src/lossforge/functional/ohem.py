@@ -35,8 +35,10 @@ def _ohem_ce(inp: SoftmaxInput, want_total: bool, *, thresh: float, min_kept: in
         if st.bad is not None:
             usable = usable & ~st.bad.reshape(-1)
         # Hardest first: ascending probability of the true class, unusable positions last (2 > any
-        # probability); a stable sort breaks ties by the lower flat index. No host sync.
-        key = torch.where(usable, p_y, 2.0)
+        # probability); a stable sort breaks ties by the lower flat index. No host sync. A NaN
+        # probability (a position without a softmax, value checks off) counts as the hardest
+        # (-1), so it is kept and its NaN reaches the loss instead of being mined away.
+        key = torch.where(usable, p_y.nan_to_num(nan=-1.0), 2.0)
         order = torch.sort(key, stable=True).indices
         rank = torch.empty_like(order).scatter_(
             0, order, torch.arange(order.numel(), device=order.device)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from lossforge import functional as F
-from lossforge._checks import fail
+from lossforge._checks import fail, refuse_state_update_under_transforms
 from lossforge._params import signature_domains
 from lossforge._reduction import Reduction, check_avg_factor
 from lossforge._traits import Traits
@@ -147,6 +147,7 @@ class _GHMLoss(Loss):
             return self._scale(
                 self._call(input, target, momentum=1.0, bin_counts=self.acc_sum, **shared)
             )
+        refuse_state_update_under_transforms(type(self).__name__, "acc_sum")
         loss = self._call(input, target, momentum=self.momentum, bin_counts=self.acc_sum, **shared)
         self._update(self._histogram(input, target, weight))
         return self._scale(loss)
@@ -191,6 +192,12 @@ class GHMCLoss(
     (mmdetection's rule, without a host sync). In eval mode it reads ``acc_sum`` without updating
     it (``momentum=1``; a bin never counted uses this batch's count). ``momentum=0`` keeps no
     state: the loss is the functional with this batch's histogram.
+
+    Under ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``, ``jacfwd``) a training-mode
+    forward with ``momentum > 0`` raises a ``RuntimeError`` (the transforms cannot write a buffer
+    the function did not take as an input; under ``vmap`` each call would write its own histogram
+    into the one shared buffer): use ``.eval()`` inside the transform and update ``acc_sum`` from
+    the whole batch outside it (``docs/contract.md``, "Stateful losses under torch.func").
 
     Under DDP call it inside ``lossforge.distributed.global_normalization()``: the histogram is
     summed over the ranks (an all-reduce of ``bins`` counts), so every rank applies the same update

@@ -9,7 +9,13 @@ import torch
 from torch import Tensor
 
 from lossforge import functional as F
-from lossforge._checks import check_floating, check_int, fail, value_checks_enabled
+from lossforge._checks import (
+    check_floating,
+    check_int,
+    fail,
+    refuse_state_update_under_transforms,
+    value_checks_enabled,
+)
 from lossforge._params import signature_domains
 from lossforge._targets import softmax_target
 from lossforge._traits import Traits
@@ -95,8 +101,14 @@ class SeesawLoss(Loss):
     :func:`lossforge.functional.seesaw_loss` with ``class_counts=self.cum_samples``. In training
     mode (``module.train()``, the default) each call first adds the batch's non-ignored labels
     to ``cum_samples``, so the batch counts itself, as in mmdetection and mmpretrain; in
-    evaluation mode the counts are left alone. The update is an ``index_add_`` on the device:
+    evaluation mode the counts are left alone. The update is an ``index_add`` on the device:
     no host sync, no data-dependent shape.
+
+    Under ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``, ``jacfwd``) a training-mode
+    forward raises a ``RuntimeError``: the transforms cannot write a buffer the function did not
+    take as an input, and under ``vmap`` each call would add its own sample to the one shared
+    buffer. Use ``.eval()`` inside the transform and count the batch outside it
+    (``docs/contract.md``, "Stateful losses under torch.func").
 
     State: ``cum_samples``, an ``int64`` buffer of length ``num_classes`` (in ``state_dict``, so
     checkpoints resume the counts; ``.half()`` leaves it integral). Start it from known dataset
@@ -199,8 +211,9 @@ class SeesawLoss(Loss):
             keep = keep & st.valid
         if st.bad is not None:
             keep = keep & ~st.bad
-        batch = torch.zeros_like(self.cum_samples)
-        batch.index_add_(0, st.index.reshape(-1), keep.reshape(-1).to(batch.dtype))
+        batch = torch.zeros_like(self.cum_samples).index_add(
+            0, st.index.reshape(-1), keep.reshape(-1).to(self.cum_samples.dtype)
+        )
         if global_normalization_enabled():
             batch = all_reduce_sum(batch)
         self.cum_samples.add_(batch)
@@ -225,6 +238,7 @@ class SeesawLoss(Loss):
             )
         reduction = self._resolve_reduction(reduction_override)
         if self.training:
+            refuse_state_update_under_transforms(type(self).__name__, "cum_samples")
             self._count(input, target)
         return self._scale(
             F.seesaw_loss(

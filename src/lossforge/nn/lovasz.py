@@ -36,6 +36,6 @@ class LovaszHingeLoss(
     Example:
         >>> import torch
         >>> loss = LovaszHingeLoss()
-        >>> loss(torch.zeros(2, 1, 3), torch.tensor([[0, 1, 1], [0, 0, 0]])).shape
+        >>> loss(torch.zeros(2, 1, 3), torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]])).shape
         torch.Size([])
     """
