@@ -180,7 +180,8 @@ def _alpha_t(y: Tensor, alpha: float) -> Tensor:
 
     Written as two products, exact at y = 0 and y = 1 (the one-product form y (2 alpha - 1) +
     (1 - alpha) cancels to an absolute error of an ulp of 1, all of a tiny alpha)."""
-    return y * alpha + (1.0 - y) * (1.0 - alpha)
+    a_t = y * alpha
+    return a_t.add_((1.0 - y).mul_(1.0 - alpha))  # in place: one temporary, not three
 
 
 def _sigmoid_focal_composite(
