@@ -16,7 +16,7 @@ from _contract import assert_close
 from torch.autograd import gradcheck, gradgradcheck
 
 import lossforge.functional as F
-from lossforge.functional import focal as focal_mod
+from lossforge.functional import _terms as focal_mod
 
 F64 = torch.float64
 GAMMAS = [0.25, 0.5, 1.0, 2.0, 4.0]
@@ -35,7 +35,7 @@ def _inputs(seed: int, *, soft: bool, dtype: torch.dtype = F64, scale: float = 4
 
 
 def _composite(x, y, gamma, alpha, hard):
-    return focal_mod._sigmoid_focal_composite(x, y, gamma=gamma, alpha=alpha, hard=hard)
+    return focal_mod.sigmoid_focal_composite(x, y, gamma=gamma, alpha=alpha, hard=hard)
 
 
 def _grad_fn_name(t: torch.Tensor) -> str:

@@ -321,3 +321,23 @@ def test_only_kernel_modules_import_triton_and_no_module_imports_an_extra(
         if not n.startswith("lossforge.kernels.") and r["optional"]
     }
     assert not pulled, pulled
+
+
+def test_no_loss_file_imports_another_familys_private_helpers() -> None:
+    """Issue #10: a loss family's file (``lossforge/functional/<family>.py``) takes shared math from
+    the shared modules (``_terms``, ``_closed_form``, the pipelines), never an underscore name of
+    another family's file."""
+    functional = SRC / "lossforge" / "functional"
+    families = {p.stem for p in functional.glob("*.py") if not p.stem.startswith("_")}
+    found = []
+    for path in sorted(functional.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or node.module is None:
+                continue
+            module = node.module.rsplit(".", 1)[-1] if node.level == 0 else node.module
+            inside = node.level > 0 or node.module.startswith("lossforge.functional.")
+            if inside and module in families and module != path.stem:
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                if private:
+                    found.append(f"{path.name}: from {node.module} import {', '.join(private)}")
+    assert not found, found

@@ -27,7 +27,7 @@ from torch import Tensor
 from lossforge._checks import as_class_weight, compute_dtype, fail, value_checks_enabled
 from lossforge._dispatch import kernel_eligible, unsupported
 from lossforge._targets import DenseTarget, class_dim, class_view
-from lossforge.functional.classification import _as_pos_weight
+from lossforge.functional._terms import as_pos_weight
 
 #: Why the fused sigmoid kernel does not serve these options (it takes a float alpha only).
 KERNEL_DECLINES = "a per-class alpha or a pos_weight (the fused focal kernel takes a float alpha)"
@@ -68,7 +68,7 @@ def focal_options(
     """The pipeline's ``options``: alpha and pos_weight checked against the validated logits."""
 
     def options(x: Tensor) -> dict[str, Any]:
-        pw = None if pos_weight is None else _as_pos_weight(fn, pos_weight, x)
+        pw = None if pos_weight is None else as_pos_weight(fn, pos_weight, x)
         return {"alpha": sigmoid_alpha(fn, alpha, x), "pos_weight": pw}
 
     return options

@@ -8,10 +8,9 @@ smoothing and class-weight formulas, and ``weight_reduce`` for weighting and red
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as TF
@@ -31,9 +30,10 @@ from lossforge._params import (
     Weights,
     loss_function,
 )
-from lossforge._pipeline import Fused, SoftmaxInput, Total
+from lossforge._pipeline import Fused, Total
 from lossforge._reduction import AvgFactor, Backend, Reduction
-from lossforge._targets import DenseTarget, class_view
+from lossforge._targets import DenseTarget
+from lossforge.functional._terms import as_pos_weight, softmax_ce
 
 __all__ = [
     "balanced_softmax_loss",
@@ -47,74 +47,6 @@ __all__ = [
 #: Prior given to a class with a zero count before taking its log (log(1e-12) ~ -27.6), so the
 #: adjusted logits stay finite.
 ZERO_PRIOR = 1e-12
-
-
-def _softmax_ce(
-    inp: SoftmaxInput, want_total: bool, *, eps: float, log_softmax: bool
-) -> Tensor | Total:
-    """Cross-entropy / NLL per position, PyTorch's formulas (see ``cross_entropy``)."""
-    st, z, cdim, c, w = inp.target, inp.z, inp.cdim, inp.c, inp.class_weight
-    w_c = None if w is None else class_view(w, z.ndim, cdim)
-    if st.probs is not None:
-        logp = torch.log_softmax(z, dim=cdim) if log_softmax else z
-        # Probability targets: -sum_c w_c t_c log p_c; "mean" divides by the number of positions
-        # (PyTorch: the class weights do not enter the denominator here).
-        t = st.probs
-        if eps > 0:
-            t = t * (1.0 - eps) + eps / c
-        tw = t if w_c is None else t * w_c
-        # A class without target mass (t_c w_c = 0) adds 0, also where log p_c = -inf (a class
-        # masked out of the softmax): never 0 * -inf, and the safe branch keeps gradients finite.
-        safe = torch.where(tw == 0, torch.zeros((), dtype=logp.dtype, device=logp.device), logp)
-        return -(safe * tw).sum(dim=cdim)
-
-    idx = cast(Tensor, st.index)  # softmax_target sets exactly one of index / probs
-    if w is not None and w.requires_grad:
-        # A learned class weight: PyTorch's NLL kernels take no gradient for ``weight``, so the
-        # same formula (below) with differentiable operations.
-        logp = torch.log_softmax(z, dim=cdim) if log_softmax else z
-        loss = -logp.gather(cdim, idx.unsqueeze(cdim)).squeeze(cdim) * w[idx]
-        if eps > 0:
-            loss = (1.0 - eps) * loss - (eps / c) * (logp * cast(Tensor, w_c)).sum(dim=cdim)
-        return loss
-    zz = z
-    flat = z.is_cuda and z.ndim > 2 and torch.are_deterministic_algorithms_enabled()
-    if flat:
-        # CUDA's nll_loss2d has no deterministic kernel; the (M, C) path has one.
-        zz = z.movedim(1, -1).reshape(-1, c)
-    elif not log_softmax and z.ndim > 2 and not z.is_contiguous():
-        # PyTorch's nll_loss2d backward fails on channels_last / transposed log-probabilities
-        # ("grad_input must be contiguous"): one copy of such inputs. (cross_entropy's own
-        # log-softmax output is fine.)
-        zz = z.contiguous()
-    if want_total and (log_softmax or eps == 0):
-        # Nothing element-wise to apply: PyTorch's fused kernel sums directly (its backward then
-        # takes a scalar gradient). It skips the ``st.raw_ignore`` positions: the ignored ones and
-        # the out-of-range ones met with value checks off (the pipeline makes the total NaN then).
-        raw = cast(Tensor, st.raw)
-        ii = raw.reshape(-1) if flat else raw
-        if log_softmax:
-            total = TF.cross_entropy(
-                zz, ii, weight=w, ignore_index=st.raw_ignore, label_smoothing=eps, reduction="sum"
-            )
-        else:
-            total = TF.nll_loss(zz, ii, weight=w, ignore_index=st.raw_ignore, reduction="sum")
-        return Total(total)
-    # The element-wise term, in PyTorch's convention:
-    #   (1 - eps) * w[y] * (-log p_y) + eps / C * sum_c w_c * (-log p_c)
-    # computed by PyTorch's fused log-softmax + NLL kernels on the float32/float64 copy (ignored and
-    # out-of-range positions hold the safe index 0 and are masked / poisoned by the pipeline). The
-    # tests check it against float64 loop references written from the formula above.
-    ii = idx.reshape(-1) if flat else idx
-    if log_softmax:
-        loss = TF.cross_entropy(zz, ii, weight=w, label_smoothing=eps, reduction="none")
-    else:
-        loss = TF.nll_loss(zz, ii, weight=w, reduction="none")
-    loss = loss.reshape(idx.shape)
-    if not log_softmax and eps > 0:
-        smooth = -(z.sum(dim=cdim) if w_c is None else (z * w_c).sum(dim=cdim))
-        loss = (1.0 - eps) * loss + (eps / c) * smooth
-    return loss
 
 
 @loss_function
@@ -190,7 +122,7 @@ def cross_entropy(
         "cross_entropy",
         logits,
         target,
-        loss=partial(_softmax_ce, eps=label_smoothing, log_softmax=True),
+        loss=partial(softmax_ce, eps=label_smoothing, log_softmax=True),
         fused=Fused("softmax", "ce", {"label_smoothing": label_smoothing}),
         class_weight=class_weight,
         ignore_index=ignore_index,
@@ -243,7 +175,7 @@ def nll_loss(
         "nll_loss",
         log_probs,
         target,
-        loss=partial(_softmax_ce, eps=0.0, log_softmax=False),
+        loss=partial(softmax_ce, eps=0.0, log_softmax=False),
         class_weight=class_weight,
         ignore_index=ignore_index,
         weight=weight,
@@ -340,50 +272,6 @@ def binary_cross_entropy(
     )
 
 
-def _as_pos_weight(fn: str, pos_weight: object, like: Tensor) -> Tensor:
-    if isinstance(pos_weight, Tensor):
-        pw = pos_weight
-        if pw.device != like.device:
-            fail(fn, "pos_weight", f"on the device of `logits` ({like.device})", pw.device)
-    elif isinstance(pos_weight, numbers.Real) and not isinstance(pos_weight, bool):
-        pw = torch.tensor(float(pos_weight))
-    elif isinstance(pos_weight, (list, tuple)):
-        try:
-            pw = torch.tensor([float(v) for v in pos_weight])
-        except (TypeError, ValueError):
-            fail(fn, "pos_weight", "a sequence of numbers", repr(pos_weight), TypeError)
-    else:
-        fail(
-            fn,
-            "pos_weight",
-            "a number, a tensor or a sequence of numbers",
-            type(pos_weight).__name__,
-            TypeError,
-        )
-    if pw.is_complex() or pw.dtype == torch.bool:
-        fail(fn, "pos_weight", "a real tensor", f"dtype {pw.dtype}", TypeError)
-    ok = pw.ndim <= like.ndim
-    if ok:
-        try:
-            ok = tuple(torch.broadcast_shapes(pw.shape, like.shape)) == tuple(like.shape)
-        except RuntimeError:
-            ok = False
-    if not ok:
-        fail(
-            fn,
-            "pos_weight",
-            f"a shape that broadcasts to the logits' shape {tuple(like.shape)} "
-            "(a (C,) vector lines up with the last dimension, as in PyTorch)",
-            f"shape {tuple(pw.shape)}",
-        )
-    # Numbers and lists are checked on the host (free), then moved to the logits' device.
-    pw = pw.to(compute_dtype(like))
-    checked = value_checks_on(pw) and pw.numel() > 0
-    if checked and (not bool(torch.isfinite(pw).all()) or bool((pw < 0).any())):
-        fail(fn, "pos_weight", "finite non-negative values", pw.flatten()[:8].tolist())
-    return pw.to(like.device)
-
-
 def _bce_logits(
     x: Tensor, t: DenseTarget, want_total: bool, *, eps: float, pos_weight: Tensor | None
 ) -> Tensor | Total:
@@ -475,7 +363,7 @@ def binary_cross_entropy_with_logits(
     fn = "binary_cross_entropy_with_logits"
 
     def options(x: Tensor) -> dict[str, Any]:
-        return {"pos_weight": None if pos_weight is None else _as_pos_weight(fn, pos_weight, x)}
+        return {"pos_weight": None if pos_weight is None else as_pos_weight(fn, pos_weight, x)}
 
     return pipeline.sigmoid(
         fn,
@@ -628,7 +516,7 @@ def _prior_ce(
         fn,
         logits,
         target,
-        loss=partial(_softmax_ce, eps=label_smoothing, log_softmax=True),
+        loss=partial(softmax_ce, eps=label_smoothing, log_softmax=True),
         fused=Fused("softmax", "ce", {"label_smoothing": label_smoothing}),
         logit_bias=bias,
         class_weight=class_weight,

@@ -39,8 +39,7 @@ from lossforge._pipeline import SoftmaxInput, Total
 from lossforge._reduction import AvgFactor, Backend, Reduction
 from lossforge._targets import DenseTarget, class_view
 from lossforge.functional import _focal_options as opt
-from lossforge.functional.classification import _softmax_ce
-from lossforge.functional.focal import _sigmoid_focal
+from lossforge.functional._terms import sigmoid_focal, softmax_ce
 
 __all__ = ["ldam_loss", "poly1_cross_entropy", "poly1_focal_loss", "seesaw_loss"]
 
@@ -123,7 +122,7 @@ def _ldam(
     m_y = ldam_margins(n, max_margin)[idx]
     # z - m_y on the target logit only (a scatter, no one-hot), then the scale s.
     z = inp.z.scatter_add(cdim, idx.unsqueeze(cdim), -m_y.unsqueeze(cdim))
-    return _softmax_ce(replace(inp, z=scale * z), want_total, eps=0.0, log_softmax=True)
+    return softmax_ce(replace(inp, z=scale * z), want_total, eps=0.0, log_softmax=True)
 
 
 @loss_function
@@ -237,7 +236,7 @@ def _seesaw(
         ref = logp.gather(cdim, y).clamp(min=math.log(eps))
         log_s = log_s + q * (logp - ref).clamp(min=0.0)
     # Both factors are 1 (log 0) at the target class, so only the other logits move.
-    return _softmax_ce(replace(inp, z=z + log_s), want_total, eps=0.0, log_softmax=True)
+    return softmax_ce(replace(inp, z=z + log_s), want_total, eps=0.0, log_softmax=True)
 
 
 @loss_function
@@ -335,7 +334,7 @@ def seesaw_loss(
 
 
 def _poly1_ce(inp: SoftmaxInput, want_total: bool, *, epsilon: float, eps: float) -> Tensor:
-    ce = cast(Tensor, _softmax_ce(inp, False, eps=eps, log_softmax=True))
+    ce = cast(Tensor, softmax_ce(inp, False, eps=eps, log_softmax=True))
     if epsilon == 0.0:
         return ce
     st, z, cdim, c, w = inp.target, inp.z, inp.cdim, inp.c, inp.class_weight
@@ -448,7 +447,7 @@ def _poly1_focal(
     pos_weight: Tensor | None,
 ) -> Tensor:
     focal = opt.weighted_sigmoid_focal(
-        x, t, False, gamma=gamma, alpha=alpha, pos_weight=pos_weight, base=_sigmoid_focal
+        x, t, False, gamma=gamma, alpha=alpha, pos_weight=pos_weight, base=sigmoid_focal
     )
     if epsilon == 0.0:
         return focal

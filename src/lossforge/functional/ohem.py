@@ -12,7 +12,7 @@ from lossforge import _pipeline as pipeline
 from lossforge._params import ClassValues, Integer, Probability, loss_function
 from lossforge._pipeline import SoftmaxInput, Unreduced
 from lossforge._reduction import AvgFactor, Backend, Reduction
-from lossforge.functional.classification import _softmax_ce
+from lossforge.functional._terms import softmax_ce
 
 __all__ = ["ohem_cross_entropy"]
 
@@ -25,7 +25,7 @@ def _ohem_ce(inp: SoftmaxInput, want_total: bool, *, thresh: float, min_kept: in
     weights, or their number)."""
     st, z, cdim = inp.target, inp.z, inp.cdim
     idx = cast(Tensor, st.index)  # allow_probs=False
-    ce = cast(Tensor, _softmax_ce(inp, False, eps=0.0, log_softmax=True))
+    ce = cast(Tensor, softmax_ce(inp, False, eps=0.0, log_softmax=True))
     with torch.no_grad():
         logp_y = torch.log_softmax(z.detach(), dim=cdim).gather(cdim, idx.unsqueeze(cdim))
         p_y = torch.exp(logp_y.squeeze(cdim)).reshape(-1)
