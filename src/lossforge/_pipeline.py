@@ -244,6 +244,15 @@ def _host_constant(option: Callable[..., Any], args: tuple[Any, ...], like: Tens
     return hit
 
 
+def _device_option(option: Callable[..., Any], args: tuple[Any, ...], like: Tensor) -> Any:
+    """``option(*args, like)`` on the torch path: kept as a device constant (``_host_constant``)
+    for inputs off the CPU, where converting a host list or number is a host-to-device copy per
+    call; computed every call on the CPU (a copy-free conversion, and no cache to keep)."""
+    if like.device.type == "cpu":
+        return option(*args, like)
+    return _host_constant(option, args, like)
+
+
 def _no_kernel(fn: str, backend: object, x: Tensor) -> None:
     """A loss without a fused kernel: ``"triton"`` raises, ``"auto"`` runs the reference."""
     if kernel_eligible(fn, backend, x):
@@ -319,7 +328,7 @@ def sigmoid(
         )
         if fused_out is not None:
             return fused_out
-    opts = {} if options is None else dict(options(x))
+    opts = {} if options is None else dict(_device_option(options, (), x))
     dt = sigmoid_target(fn, x, target, ignore_index=ignore_index)
     want_total = reduction != "none" and weight is None and dt.valid is None and dt.bad is None
     out = loss(x, dt, want_total, **opts)
@@ -468,11 +477,11 @@ def softmax(
             return fused_out
     st = softmax_target(fn, x, target, ignore_index=ignore_index)
     c = x.shape[st.cdim]
-    w = as_class_weight(fn, class_weight, c, x)
-    a = None if class_factor is None else class_factor(c, x)
+    w = _device_option(as_class_weight, (fn, class_weight, c), x)
+    a = None if class_factor is None else _device_option(class_factor, (c,), x)
     z = x.to(compute_dtype(x))
     if logit_bias is not None:
-        bias = logit_bias(c, x)
+        bias = _device_option(logit_bias, (c,), x)
         if bias is not None:
             z = z + class_view(bias.to(z.dtype), x.ndim, st.cdim)
     inputs = SoftmaxInput(z, st, w, a, st.cdim, c)
@@ -832,7 +841,7 @@ def region(
     elif fused is None:
         _no_kernel(fn, backend, x)
     # class weights after the routing: the fused path keeps list options as device constants
-    w = as_class_weight(fn, class_weight, x.shape[1], x)
+    w = _device_option(as_class_weight, (fn, class_weight, x.shape[1]), x)
     inp, w = _region_prepare(fn, x, target, activation, ignore_index, w, include_background, batch)
     p, g, valid = inp.p, inp.g, inp.valid
     dims = tuple(range(2, x.ndim))
@@ -899,7 +908,7 @@ def region_entries(
     )
     target = resolve_target(fn, x, target, index_target=index_target)
     _no_kernel(fn, backend, x)
-    w = as_class_weight(fn, class_weight, x.shape[1], x)
+    w = _device_option(as_class_weight, (fn, class_weight, x.shape[1]), x)
     inp, w = _region_prepare(fn, x, target, activation, ignore_index, w, include_background, batch)
     out, entry_valid = loss(inp)
     if inp.valid is not None:

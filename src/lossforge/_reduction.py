@@ -190,7 +190,8 @@ def global_denominator(
     if not isinstance(denom, Tensor):
         if like is not None:
             device, dtype = like.device, like.dtype
-        denom = torch.tensor(float(denom), dtype=dtype, device=device)
+        # a fill on the device, not a host tensor copied over (a pageable copy per call)
+        denom = torch.full((), float(denom), dtype=dtype, device=device)
     return hook(denom, is_avg_factor)
 
 

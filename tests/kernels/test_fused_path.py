@@ -659,6 +659,71 @@ def test_no_host_sync_or_copy_on_the_auto_path(name: str, monkeypatch: pytest.Mo
     assert not seen.events, seen.events
 
 
+# The torch backend (what "auto" falls back to, and what backend="torch" runs on a GPU) converts
+# host options too: after a first call they are device constants, no copy per call.
+TORCH_PATH_CASES: dict[str, Callable[[], Tensor]] = {
+    "ce_class_weight_list": lambda: LF.cross_entropy(
+        _meta(64, 80, grad=True), _meta(64, dtype=torch.int64), class_weight=[1.0] * 80
+    ),
+    "softmax_focal_alpha_list_smoothing": lambda: LF.softmax_focal_loss(
+        _meta(2, 4, 8, 8, grad=True),
+        _meta(2, 8, 8, dtype=torch.int64),
+        alpha=[0.25, 0.5, 0.75, 1.0],
+        label_smoothing=0.1,
+        backend="auto",  # no kernel for label smoothing: the reference runs
+    ),
+    "balanced_softmax_counts_list": lambda: LF.balanced_softmax_loss(
+        _meta(64, 80, grad=True),
+        _meta(64, dtype=torch.int64),
+        class_counts=[float(i + 1) for i in range(80)],
+    ),
+    "bce_number_pos_weight": lambda: LF.binary_cross_entropy_with_logits(
+        _meta(64, 80, grad=True), _meta(64, 80), pos_weight=3.0
+    ),
+    "bce_list_pos_weight": lambda: LF.binary_cross_entropy_with_logits(
+        _meta(64, 80, grad=True), _meta(64, 80), pos_weight=[2.0] * 80
+    ),
+    "dice_class_weight_list": lambda: LF.dice_loss(
+        _meta(2, 4, 8, 8, grad=True),
+        _meta(2, 8, 8, dtype=torch.int64),
+        class_weight=[1.0, 2.0, 3.0, 4.0],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(TORCH_PATH_CASES))
+def test_torch_backend_keeps_host_options_as_device_constants(name: str) -> None:
+    call = TORCH_PATH_CASES[name]
+    call().backward()  # builds the constants
+    with _Transfers() as seen:
+        call().backward()
+    assert not [e for e in seen.events if e.startswith("host-to-device")], seen.events
+
+
+def test_global_denominator_of_a_host_count_is_not_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside ``global_normalization()`` a host denominator (the element count) becomes a device
+    tensor for the all-reduce: a fill on the device, not a copy of a host tensor."""
+    from lossforge import _reduction
+
+    monkeypatch.setattr(_reduction, "_denominator_hook", lambda d, is_avg_factor: d)
+    # torch.tensor(value, device=...) builds the value on the host and copies it below the
+    # dispatcher (a TorchDispatchMode does not see that copy): watch the constructor itself.
+    made: list[object] = []
+    real = torch.tensor
+
+    def spy(*args: object, **kwargs: object) -> Tensor:
+        out = real(*args, **kwargs)  # type: ignore[arg-type]
+        if out.device.type != "cpu":
+            made.append((args, kwargs))
+        return out
+
+    monkeypatch.setattr(torch, "tensor", spy)
+    with _Transfers() as seen:
+        LF.l1_loss(_meta(64, 4, grad=True), _meta(64, 4)).backward()
+    assert not [e for e in seen.events if e.startswith("host-to-device")], seen.events
+    assert not made, made
+
+
 @pytest.mark.parametrize("tdtype", [torch.uint8, torch.int32])
 @pytest.mark.parametrize("name", ["dice", "softmax_focal", "sigmoid_focal"])
 def test_narrow_integer_targets_are_read_as_they_are(name: str, tdtype: torch.dtype) -> None:
