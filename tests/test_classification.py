@@ -1174,8 +1174,9 @@ def test_gradgradcheck_float64() -> None:
     ids=lambda kw: ",".join(kw) or "plain",
 )
 def test_summing_fast_path_equals_unreduced_path(shape, tshape, kw, monkeypatch) -> None:
-    # Without an element-wise weight, the reduced cross-entropy / NLL run PyTorch's summing kernel
-    # (value checks on or off); an all-ones element-wise weight forces the unreduced path. All must
+    # Without an element-wise weight, the reduced cross-entropy / NLL run PyTorch's reducing kernel
+    # (value checks on or off; on the CPU it also range-checks the indices and gives the mean's
+    # denominator); an all-ones element-wise weight forces the unreduced path. All must
     # equal the float64 reference, values and gradients.
     import lossforge.functional._terms as mod  # where the CE term lives
 
@@ -1187,6 +1188,18 @@ def test_summing_fast_path_equals_unreduced_path(shape, tshape, kw, monkeypatch)
             return super().__new__(cls, *a)
 
     monkeypatch.setattr(mod, "Total", CountedTotal)
+    # ... or, on the CPU, PyTorch's NLL kernel reduces and returns the denominator (_cpu_nll)
+    import lossforge._pipeline as pipeline
+
+    cpu_nll = pipeline._cpu_nll
+
+    def counted_cpu_nll(*a, **k):
+        out = cpu_nll(*a, **k)
+        if out is not None:
+            calls.append(1)
+        return out
+
+    monkeypatch.setattr(pipeline, "_cpu_nll", counted_cpu_nll)
     for all_ignored in (False, True) if "ignore_index" in kw else (False,):
         _check_fast_path_case(shape, tshape, dict(kw), all_ignored, calls)
 

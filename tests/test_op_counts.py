@@ -54,28 +54,38 @@ def _inputs(info: LossInfo) -> tuple[Tensor, Tensor]:
     return x, (y.to(torch.float32) if y.is_floating_point() else y)
 
 
-def _measure(info: LossInfo, checks: bool) -> int:
+def _measure(info: LossInfo, checks: bool, device: str = "cpu") -> int:
     x, y = _inputs(info)
     with lossforge.value_checks(checks):
-        return len(count_ops(fn_of(info), x, y, **params(info)))
+        return len(count_ops(fn_of(info), x.to(device), y.to(device), **params(info)))
 
 
-def recorded() -> dict[str, tuple[int, int]]:
-    """The table of ``docs/benchmarks.md``: loss -> (checks on, checks off)."""
+def measure(info: LossInfo) -> tuple[int, int, int]:
+    """(CPU with checks on, CPU with checks off, off the CPU with checks off).
+
+    The last is counted on the meta device: the path a CUDA tensor takes on the torch backend
+    (no CPU-only shortcut, host options as device constants), with its default, checks off. A host
+    read there would fail, so it also proves the path reads no value."""
+    return _measure(info, True), _measure(info, False), _measure(info, False, "meta")
+
+
+def recorded() -> dict[str, tuple[int, int, int]]:
+    """The table of ``docs/benchmarks.md``: loss -> (checks on, checks off, off the CPU)."""
     text = DOC.read_text()
     section = text.split("### Operations per call", 1)[1].split("\n#", 1)[0]
-    rows = re.findall(r"^\| `(\w+)` \| (\d+) \| (\d+) \|", section, flags=re.M)
-    return {name: (int(on), int(off)) for name, on, off in rows}
+    rows = re.findall(r"^\| `(\w+)` \| (\d+) \| (\d+) \| (\d+) \|", section, flags=re.M)
+    return {name: (int(on), int(off), int(meta)) for name, on, off, meta in rows}
 
 
 @pytest.mark.parametrize("info", INFOS, ids=name_of)
 def test_ops_per_call_match_the_recorded_figures(info: LossInfo) -> None:
     table = recorded()
     assert info.name in table, f"add `{info.name}` to the table in {DOC.name}"
-    got = (_measure(info, True), _measure(info, False))
+    got = measure(info)
     assert got == table[info.name], (
-        f"{info.name}: measured (checks on, off) = {got}, recorded {table[info.name]}: update "
-        f"docs/benchmarks.md if the change is intended"
+        f"{info.name}: measured (CPU checks on, CPU checks off, off the CPU) = {got}, recorded "
+        f"{table[info.name]}: update docs/benchmarks.md (python scripts/op_counts.py) if the "
+        "change is intended"
     )
 
 
@@ -112,4 +122,6 @@ def test_checks_off_within_the_reference_plus_three(name: str) -> None:
     ref = len(count_ops(REFERENCES[name], x, y))
     with lossforge.value_checks(False):
         ours = len(count_ops(fn_of(info), x, y, **params(info)))
+        off_cpu = len(count_ops(fn_of(info), x.to("meta"), y.to("meta"), **params(info)))
     assert ours <= ref + 3 + SEMANTICS.get(name, 0), (name, ours, ref)
+    assert off_cpu <= ref + 3 + SEMANTICS.get(name, 0), (name, off_cpu, ref)

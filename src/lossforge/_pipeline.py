@@ -58,6 +58,7 @@ from lossforge._reduction import (
     check_avg_factor,
     class_weight_denominator,
     finish_reduction,
+    kernel_mean,
     mean_denominator,
     reduce_loss,
     weight_layout,
@@ -427,6 +428,7 @@ def softmax(
     fused: Fused | None = None,
     allow_probs: bool = True,
     input_name: str = "logits",
+    nll: str | None = None,
 ) -> Tensor:
     """Run a softmax-family loss.
 
@@ -442,6 +444,10 @@ def softmax(
             loss (prior / margin adjustments); the kernels add it on the fly.
         fused: The kernel that can serve this loss, if any.
         allow_probs: Whether probability targets are accepted.
+        nll: ``"logits"`` or ``"log_probs"`` when the loss of class indices is exactly PyTorch's
+            NLL of ``log_softmax(input)`` or of the input (cross-entropy without smoothing, NLL):
+            on the CPU PyTorch's kernel then reads and range-checks the indices itself
+            (``_cpu_nll``).
 
     ``-inf`` logits (masked classes) are accepted; ``+inf`` and a position with every class at
     ``-inf`` are refused under value checks (``_checks.INFINITE_RULES``: ``"masked"``).
@@ -475,6 +481,10 @@ def softmax(
         )
         if fused_out is not None:
             return fused_out
+    if nll is not None and logit_bias is None and class_factor is None:
+        quick = _cpu_nll(fn, x, target, nll, ignore_index, class_weight, weight, reduction, avg)
+        if quick is not None:
+            return quick
     st = softmax_target(fn, x, target, ignore_index=ignore_index)
     c = x.shape[st.cdim]
     w = _device_option(as_class_weight, (fn, class_weight, c), x)
@@ -515,6 +525,94 @@ def softmax(
         valid=st.valid,
         denominator=denominator,
     )
+
+
+def _cpu_nll(
+    fn: str,
+    x: Tensor,
+    target: object,
+    nll: str,
+    ignore_index: int | None,
+    class_weight: object,
+    weight: Tensor | None,
+    reduction: str,
+    avg: float | Tensor | None,
+) -> Tensor | None:
+    """Cross-entropy / NLL of class indices, reduced, on the CPU: PyTorch's own operations only.
+
+    On the CPU PyTorch's NLL kernel reads every index, raises ``IndexError`` for one out of range
+    (no device-side assert) and returns the reduced loss with its denominator (the summed class
+    weights of the valid targets). So the pipeline's index pass, masks and division are not needed
+    here: the loss is ``F.cross_entropy``'s operations plus one host read of the denominator.
+    Returns ``None`` (the general path decides, with its messages and rules) when the case is
+    another one, and for what this path cannot settle alone: an index out of range (a
+    ``ValueError`` under value checks, NaN without), nothing valid (0, not PyTorch's NaN),
+    ``ignore_index=None`` with an index equal to the stand-in ignore value, an ``avg_factor``,
+    global normalisation. Not under ``torch.compile`` or ``torch.func`` transforms (no exception
+    to catch there, and no host read).
+    """
+    if (
+        x.device.type != "cpu"
+        or reduction == "none"
+        or weight is not None
+        or not isinstance(target, Tensor)
+        or target.is_floating_point()
+        or target.is_complex()
+        or target.dtype == torch.bool
+        or x.ndim == 0
+        or x.numel() == 0
+        or torch.compiler.is_compiling()
+        or torch._C._are_functorch_transforms_active()
+    ):
+        return None
+    cdim = 1 if x.ndim >= 2 else 0
+    c = x.shape[cdim]
+    if c < 2 or target.device != x.device or tuple(target.shape) != _without(x.shape, cdim):
+        return None
+    w = as_class_weight(fn, class_weight, c, x)
+    if w is not None and (w.requires_grad or ignore_index is None):
+        return None
+    mean = reduction == "mean"
+    if mean and not kernel_mean(reduction, avg, 1):
+        return None
+    z = x.to(compute_dtype(x))
+    if nll == "logits":
+        z = torch.log_softmax(z, dim=cdim)
+    elif z.ndim > 2 and not z.is_contiguous():
+        z = z.contiguous()  # nll_loss2d's backward needs contiguous log-probabilities
+    idx = target if target.dtype == torch.int64 else target.long()
+    ignore = _NO_INDEX if ignore_index is None else ignore_index
+    try:
+        out, total_weight = _nll_forward(z, idx, w, 1 if mean else 2, ignore)
+    except IndexError:
+        return None  # an index out of range: the general path reports or poisons it
+    d = float(total_weight)  # a CPU scalar: no device sync
+    if d <= 0 or (ignore_index is None and d != idx.numel()):
+        return None
+    return out
+
+
+#: The ignore value handed to PyTorch's kernel for ``ignore_index=None`` (an index it never
+#: meets in practice; ``_cpu_nll`` checks that it ignored nothing).
+_NO_INDEX = -(2**63)
+
+
+def _without(shape: torch.Size, dim: int) -> tuple[int, ...]:
+    return tuple(shape[:dim]) + tuple(shape[dim + 1 :])
+
+
+def _nll_forward(
+    logp: Tensor, idx: Tensor, w: Tensor | None, reduction: int, ignore: int
+) -> tuple[Tensor, Tensor]:
+    """PyTorch's NLL kernel with its denominator, ``(loss, total_weight)``, for any ``(N, C, *)``
+    (shaped as ``torch.nn.functional.nll_loss`` shapes it)."""
+    if logp.ndim <= 2:
+        return torch.ops.aten.nll_loss_forward(logp, idx, w, reduction, ignore)
+    if logp.ndim != 4:
+        n, c = logp.shape[:2]
+        logp = logp.contiguous().view(n, c, 1, -1)
+        idx = idx.contiguous().view(n, 1, -1)
+    return torch.ops.aten.nll_loss2d_forward(logp, idx, w, reduction, ignore)
 
 
 def _softmax_fused(
@@ -584,7 +682,7 @@ def regression(
     pred: object,
     target: object,
     *,
-    loss: Callable[[Tensor, Tensor, bool], Tensor | Total | Unreduced],
+    loss: Callable[[Tensor, Tensor, str | None], Tensor | Total | Unreduced],
     weight: Tensor | None,
     reduction: str,
     avg_factor: object,
@@ -598,10 +696,11 @@ def regression(
     """Run a regression loss.
 
     Args:
-        loss: ``loss(p, t, want_total)`` on the prediction and the target in the compute dtype:
+        loss: ``loss(p, t, total)`` on the prediction and the target in the compute dtype:
             the unreduced loss (any shape the weight is checked against), ``Unreduced`` (the loss
-            and its own ``"mean"`` denominator), or ``Total`` when ``want_total`` (no element
-            weight).
+            and its own ``"mean"`` denominator), or, when ``total`` is ``"sum"`` or ``"mean"`` (no
+            element weight), ``Total`` of that reduction over every element (``"mean"`` only when
+            it is the plain ``sum / numel``, ``kernel_mean``: PyTorch's kernels divide inside).
         vector: For a loss of whole vectors along the last dimension (boxes: 4): ``pred`` must be
             ``(..., vector)``, the loss is ``(...,)``, and a ``weight`` of ``pred``'s full shape
             is averaged over the last dimension first (mmdetection's ``(N, 4)`` box weights).
@@ -641,10 +740,16 @@ def regression(
             return _check_strict_zero(fn, out, denom)
         unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
     cdt = compute_dtype(p)
-    pc, tc = p.to(cdt), t.to(cdt)
-    out = loss(pc, tc, reduction != "none" and weight is None)
+    pc = p if p.dtype == cdt else p.to(cdt)
+    tc = t if t.dtype == cdt else t.to(cdt)
+    numel = p.numel() if vector is None else p.numel() // vector
+    total = None
+    if reduction != "none" and weight is None:
+        total = "mean" if vector is None and kernel_mean(reduction, avg, numel) else "sum"
+    out = loss(pc, tc, total)
     if isinstance(out, Total):
-        numel = p.numel() if vector is None else p.numel() // vector
+        if total == "mean":
+            return out.value
         return finish_reduction(out.value, fn=fn, reduction=reduction, avg_factor=avg, numel=numel)
     denominator = None
     if isinstance(out, Unreduced):

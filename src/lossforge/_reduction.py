@@ -48,6 +48,7 @@ __all__ = [
     "expand_weight",
     "finish_reduction",
     "global_denominator",
+    "kernel_mean",
     "mean_denominator",
     "reduce_loss",
     "weight_layout",
@@ -193,6 +194,15 @@ def global_denominator(
         # a fill on the device, not a host tensor copied over (a pageable copy per call)
         denom = torch.full((), float(denom), dtype=dtype, device=device)
     return hook(denom, is_avg_factor)
+
+
+def kernel_mean(reduction: str, avg_factor: object, numel: int) -> bool:
+    """Whether ``"mean"`` is the plain ``total / numel`` with ``numel > 0`` known on the host and no
+    global denominator: exactly what PyTorch's own ``"mean"`` kernels compute, so a loss may ask
+    its kernel for the mean (one division and its backward fewer than summing first). Not for an
+    ``avg_factor``, inside ``global_normalization()``, or over nothing (the kernels give NaN there,
+    the contract 0)."""
+    return reduction == "mean" and avg_factor is None and numel > 0 and _denominator_hook is None
 
 
 @dataclass(frozen=True)

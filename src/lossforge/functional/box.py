@@ -117,7 +117,7 @@ def _aspect_angle(w: Tensor, h: Tensor) -> Tensor:
     return torch.where(nonzero, angle, math.pi / 4)
 
 
-def _iou(p: Tensor, t: Tensor, _want_total: bool, *, fn: str, mode: str, eps: float) -> Tensor:
+def _iou(p: Tensor, t: Tensor, _total: str | None, *, fn: str, mode: str, eps: float) -> Tensor:
     _check_target_boxes(fn, t)
     iou = _pair(p, t, eps).iou.clamp(min=eps)
     if mode == "linear":
@@ -127,7 +127,7 @@ def _iou(p: Tensor, t: Tensor, _want_total: bool, *, fn: str, mode: str, eps: fl
     return -torch.log(iou)
 
 
-def _giou(p: Tensor, t: Tensor, _want_total: bool, *, fn: str, eps: float) -> Tensor:
+def _giou(p: Tensor, t: Tensor, _total: str | None, *, fn: str, eps: float) -> Tensor:
     _check_target_boxes(fn, t)
     q = _pair(p, t, eps)
     area_c = q.enclose_w * q.enclose_h
@@ -140,7 +140,7 @@ def _diou_terms(q: _Pair, eps: float) -> Tensor:
     return 1.0 - q.iou + q.center_dist2 / diag2
 
 
-def _diou(p: Tensor, t: Tensor, _want_total: bool, *, fn: str, eps: float) -> Tensor:
+def _diou(p: Tensor, t: Tensor, _total: str | None, *, fn: str, eps: float) -> Tensor:
     _check_target_boxes(fn, t)
     return _diou_terms(_pair(p, t, eps), eps)
 
@@ -148,7 +148,7 @@ def _diou(p: Tensor, t: Tensor, _want_total: bool, *, fn: str, eps: float) -> Te
 def _ciou(
     p: Tensor,
     t: Tensor,
-    _want_total: bool,
+    _total: str | None,
     *,
     fn: str,
     eps: float,

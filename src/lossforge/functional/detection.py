@@ -688,7 +688,7 @@ def _ghmr_terms(d: Tensor, mu: float) -> tuple[Tensor, Tensor]:
 def _ghmr(
     p: Tensor,
     t: Tensor,
-    _want_total: bool,
+    _total: str | None,
     *,
     fn: str,
     mu: float,

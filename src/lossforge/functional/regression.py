@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import Any
 
 import torch
-import torch.nn.functional as TF
 from torch import Tensor
 
 from lossforge import _pipeline as pipeline
@@ -19,24 +19,31 @@ __all__ = ["balanced_l1_loss", "huber_loss", "l1_loss", "mse_loss", "smooth_l1_l
 
 
 # PyTorch's fused element-wise kernels (one pass forward, one backward) on the float32/float64
-# copies; with nothing element-wise to apply they sum directly. The tests check them against loop
-# references.
-def _l1(p: Tensor, t: Tensor, want_total: bool) -> Tensor | Total:
-    if want_total:
-        return Total(TF.l1_loss(p, t, reduction="sum"))
-    return TF.l1_loss(p, t, reduction="none")
+# copies; with nothing element-wise to apply they reduce directly (``total``: "sum", or "mean" when
+# it is the plain mean). Called through their bindings: the pipeline has checked the shapes equal,
+# so ``F.*_loss``'s broadcast and size warning (a third of a small call's host time) are not
+# needed. The tests check them against loop references and against ``torch.nn.functional``.
+_ENUM = {None: 0, "mean": 1, "sum": 2}  # torch.nn._reduction.get_enum
+# (torch/_C/_nn.pyi types `reduction` as a str; the bindings take the enum's int)
+_nn: Any = torch._C._nn
 
 
-def _mse(p: Tensor, t: Tensor, want_total: bool) -> Tensor | Total:
-    if want_total:
-        return Total(TF.mse_loss(p, t, reduction="sum"))
-    return TF.mse_loss(p, t, reduction="none")
+def _l1(p: Tensor, t: Tensor, total: str | None) -> Tensor | Total:
+    return _reduced(_nn.l1_loss(p, t, _ENUM[total]), total)
 
 
-def _smooth_l1(p: Tensor, t: Tensor, want_total: bool, *, beta: float) -> Tensor | Total:
-    if want_total:
-        return Total(TF.smooth_l1_loss(p, t, reduction="sum", beta=beta))
-    return TF.smooth_l1_loss(p, t, reduction="none", beta=beta)
+def _mse(p: Tensor, t: Tensor, total: str | None) -> Tensor | Total:
+    return _reduced(_nn.mse_loss(p, t, _ENUM[total]), total)
+
+
+def _smooth_l1(p: Tensor, t: Tensor, total: str | None, *, beta: float) -> Tensor | Total:
+    if beta == 0.0:  # as torch.nn.functional.smooth_l1_loss: exactly L1
+        return _l1(p, t, total)
+    return _reduced(_nn.smooth_l1_loss(p, t, _ENUM[total], beta), total)
+
+
+def _reduced(loss: Tensor, total: str | None) -> Tensor | Total:
+    return loss if total is None else Total(loss)
 
 
 @loss_function
@@ -183,10 +190,8 @@ def smooth_l1_loss(
     )
 
 
-def _huber(p: Tensor, t: Tensor, want_total: bool, *, delta: float) -> Tensor | Total:
-    if want_total:
-        return Total(TF.huber_loss(p, t, reduction="sum", delta=delta))
-    return TF.huber_loss(p, t, reduction="none", delta=delta)
+def _huber(p: Tensor, t: Tensor, total: str | None, *, delta: float) -> Tensor | Total:
+    return _reduced(_nn.huber_loss(p, t, _ENUM[total], delta), total)
 
 
 @loss_function
@@ -242,7 +247,7 @@ def huber_loss(
 
 
 def _balanced_l1(
-    p: Tensor, t: Tensor, _want_total: bool, *, alpha: float, gamma: float, beta: float
+    p: Tensor, t: Tensor, _total: str | None, *, alpha: float, gamma: float, beta: float
 ) -> Tensor:
     d = (p - t).abs()
     b = math.expm1(gamma / alpha)  # e^(gamma / alpha) - 1: both pieces meet with slope gamma

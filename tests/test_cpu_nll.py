@@ -1,0 +1,202 @@
+"""Cross-entropy / NLL of class indices on the CPU through PyTorch's kernel alone (``_cpu_nll``).
+
+On the CPU the reduced cross-entropy and NLL of class indices run ``F.cross_entropy``'s own
+operations: PyTorch's NLL kernel range-checks every index and returns the mean's denominator. What
+that kernel cannot settle alone (an index out of range, nothing valid, ``ignore_index=None``) goes
+to the general path. These tests check that the path is taken where it should be, that it equals
+PyTorch and the float64 reference (values and gradients), and that every case it hands on keeps the
+contract: a ValueError under value checks, NaN without, 0 over nothing.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as TF
+from _contract import assert_close
+from reference import classification as ref
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import lossforge as lf
+import lossforge._pipeline as pipeline
+import lossforge.functional as F
+
+F64 = torch.float64
+
+
+@pytest.fixture
+def taken(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """One entry per call of ``_cpu_nll``: whether it returned the loss."""
+    calls: list[bool] = []
+    original = pipeline._cpu_nll
+
+    def counted(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        out = original(*a, **k)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(pipeline, "_cpu_nll", counted)
+    return calls
+
+
+SHAPES = {
+    "2d": ((6, 5), (6,)),
+    "1d-unbatched": ((5,), ()),
+    "3d": ((2, 5, 7), (2, 7)),
+    "4d": ((2, 5, 3, 4), (2, 3, 4)),
+    "5d": ((2, 5, 2, 3, 2), (2, 2, 3, 2)),
+}
+
+
+def _inputs(shape, tshape, seed: int = 0, ignore: int | None = None):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=F64) * 2
+    c = shape[1] if len(shape) >= 2 else shape[0]
+    y = torch.randint(0, c, tshape, generator=g)
+    if ignore is not None and y.numel() > 1:
+        y.view(-1)[::3] = ignore
+    return x, y
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("kw", [{}, {"ignore_index": 255}, {"class_weight": [0.5, 2, 1, 0.25, 3]}])
+@pytest.mark.parametrize("name", sorted(SHAPES))
+@pytest.mark.parametrize("checks", [True, False])
+def test_equals_pytorch_and_the_reference(name, kw, reduction, checks, taken) -> None:
+    shape, tshape = SHAPES[name]
+    x, y = _inputs(shape, tshape, ignore=kw.get("ignore_index"))
+    tkw = dict(kw)
+    if "class_weight" in tkw:
+        tkw["weight"] = torch.tensor(tkw.pop("class_weight"), dtype=F64)
+    for ours, theirs, reference, inp in (
+        (F.cross_entropy, TF.cross_entropy, ref.cross_entropy, x),
+        (F.nll_loss, TF.nll_loss, ref.nll_loss, torch.log_softmax(x, dim=min(1, x.ndim - 1))),
+    ):
+        taken.clear()
+        a = inp.detach().clone().requires_grad_(True)
+        b = inp.detach().clone().requires_grad_(True)
+        r = inp.detach().clone().requires_grad_(True)
+        with lf.value_checks(checks):
+            out = ours(a, y, reduction=reduction, **kw)
+        assert taken == [True], (ours.__name__, taken)
+        expected = theirs(b, y, reduction=reduction, **tkw)
+        assert_close(out, expected, F64)
+        out.backward(torch.tensor(1.3, dtype=F64))
+        expected.backward(torch.tensor(1.3, dtype=F64))
+        assert_close(a.grad, b.grad, F64)
+        rv = reference(r, y, reduction=reduction, **kw)
+        assert_close(out.detach(), rv.detach(), F64)
+
+
+def test_channels_last_and_integer_dtypes(taken) -> None:
+    x, y = _inputs((2, 5, 3, 4), (2, 3, 4))
+    xc = x.to(memory_format=torch.channels_last)
+    for target in (y, y.to(torch.int32), y.to(torch.uint8)):
+        for ours, inp in ((F.cross_entropy, xc), (F.nll_loss, torch.log_softmax(xc, 1))):
+            taken.clear()
+            a = inp.detach().clone().requires_grad_(True)
+            out = ours(a, target)
+            out.backward()
+            assert taken == [True]
+            b = inp.detach().clone().requires_grad_(True)
+            theirs = TF.cross_entropy if ours is F.cross_entropy else TF.nll_loss
+            expected = theirs(b, y)
+            expected.backward()
+            assert_close(out, expected, F64)
+            assert_close(a.grad, b.grad, F64)
+
+
+@pytest.mark.parametrize("bad", [5, -1, -100])
+@pytest.mark.parametrize("fn", [F.cross_entropy, F.nll_loss])
+def test_an_index_out_of_range_is_loud(fn, bad, taken) -> None:
+    # -100 is out of range with ignore_index=None, and 5 with ignore_index=-100
+    x, y = _inputs((6, 5), (6,))
+    y[2] = bad
+    ignore = None if bad == -100 else -100
+    with (
+        lf.value_checks(True),
+        pytest.raises(ValueError, match=r"`target` class indices in \[0, 4\]"),
+    ):
+        fn(x, y, ignore_index=ignore)
+    with lf.value_checks(False):
+        out = fn(x.requires_grad_(True), y, ignore_index=ignore)
+    assert torch.isnan(out)
+    assert taken[-1] is False  # handed to the general path
+
+
+@pytest.mark.parametrize("fn", [F.cross_entropy, F.nll_loss])
+def test_the_stand_in_ignore_value_is_not_ignored(fn, taken) -> None:
+    # ignore_index=None: the kernel is given an ignore value no real index uses; an index equal
+    # to it is still reported, never silently dropped.
+    x, y = _inputs((6, 5), (6,))
+    y[0] = pipeline._NO_INDEX
+    with lf.value_checks(True), pytest.raises(ValueError, match="class indices"):
+        fn(x, y, ignore_index=None)
+    with lf.value_checks(False):
+        assert torch.isnan(fn(x, y, ignore_index=None))
+    with lf.value_checks(False):
+        assert torch.isnan(fn(x, y, ignore_index=None, class_weight=[1.0] * 5))
+
+
+@pytest.mark.parametrize("checks", [True, False])
+@pytest.mark.parametrize("fn", [F.cross_entropy, F.nll_loss])
+def test_nothing_valid_is_zero_with_zero_gradients(fn, checks, taken) -> None:
+    x, y = _inputs((6, 5), (6,))
+    cases = [
+        (torch.full_like(y, -100), {}),  # every target ignored
+        (torch.zeros_like(y), {"class_weight": [0.0, 1, 1, 1, 1]}),  # every valid target weighted 0
+    ]
+    for target, kw in cases:
+        a = x.detach().clone().requires_grad_(True)
+        with lf.value_checks(checks):
+            out = fn(a, target, **kw)
+        out.backward()
+        assert out.item() == 0.0 and not a.grad.any()
+        assert taken[-1] is False
+
+
+def test_not_taken_where_it_does_not_apply(taken) -> None:
+    x, y = _inputs((6, 5), (6,), ignore=-100)
+    cases = [
+        {"reduction": "none"},
+        {"weight": torch.rand(6, dtype=F64)},
+        {"avg_factor": 3.0},
+        {"class_weight": torch.rand(5, dtype=F64, requires_grad=True)},
+        {"class_weight": [1.0] * 5, "ignore_index": None},
+    ]
+    for kw in cases:
+        taken.clear()
+        F.cross_entropy(x, y.clamp_min(0) if kw.get("ignore_index", -100) is None else y, **kw)
+        assert taken in ([], [False]), kw
+    # label smoothing is not PyTorch's NLL: the pipeline is not asked
+    taken.clear()
+    F.cross_entropy(x, y, label_smoothing=0.1)
+    assert taken == []
+    # probability targets
+    F.cross_entropy(x, torch.softmax(torch.randn(6, 5, dtype=F64), 1))
+    assert taken in ([], [False])
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_operations_are_pytorchs_plus_one_host_read() -> None:
+    x, y = _inputs((4, 19, 8, 8), (4, 8, 8), ignore=255)
+
+    def ops(fn, **kw):  # noqa: ANN001, ANN003, ANN202
+        a = x.detach().clone().requires_grad_(True)
+        with _Ops() as mode:
+            fn(a, y, ignore_index=255, **kw).backward()
+        return mode.ops
+
+    theirs = ops(TF.cross_entropy)
+    with lf.value_checks(False):
+        ours = ops(F.cross_entropy)
+    assert sorted(ours) == sorted([*theirs, "_local_scalar_dense"])
