@@ -598,9 +598,85 @@ def test_bench_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     md = (tmp_path / "bench.md").read_text()
     assert "| workload |" in md
     assert "peak extra MB | bytes/logit | memory vs reference |" in md
+    for r in payload["rows"]:  # interleaved rounds: the paired ratios and their quartiles
+        assert r["runs"] >= 5
+        assert r["speedup_q1"] <= r["speedup_vs_ref"] <= r["speedup_q3"]
     code, out, _ = run(capsys, "bench", "--list")
     assert code == 0
     assert "focal-dense" in out
+
+
+def test_bench_interleaved_rounds() -> None:
+    """Every provider of a workload is timed in the same rounds with the same block size; the
+    reference's paired ratios are exactly 1 and every median lies within its quartiles."""
+    import torch
+
+    from lossforge.cli.bench import WORKLOADS, run_workloads
+
+    work = next(w for w in WORKLOADS if w.name == "bce-multilabel")
+    rows = run_workloads((work,), torch.device("cpu"), scale=0.01, min_run_time=0.01)
+    assert len(rows) == 3  # the reference, lossforge, lossforge with value checks off
+    assert rows[0]["provider"] == rows[0]["reference"] == "F.binary_cross_entropy_with_logits"
+    assert len({r["runs"] for r in rows}) == 1 and rows[0]["runs"] >= 5
+    assert len({r["calls_per_run"] for r in rows}) == 1 and rows[0]["calls_per_run"] >= 1
+    ref = rows[0]
+    assert ref["speedup_vs_ref"] == ref["speedup_q1"] == ref["speedup_q3"] == 1.0
+    for r in rows:
+        assert 0 < r["speedup_q1"] <= r["speedup_vs_ref"] <= r["speedup_q3"]
+        assert r["median_ms"] > 0 and r["iqr_ms"] >= 0
+
+
+def test_bench_interleave_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each round times one block (k calls) of every provider, in an order that changes from round
+    to round and repeats from run to run (``random.Random(0)``); no timing is asserted."""
+    import torch
+
+    import lossforge.cli.bench as bench
+
+    monkeypatch.setattr(bench, "_block_size", lambda step, device, scale=1.0: 3)
+
+    def rounds() -> list[list[int]]:
+        log: list[int] = []
+        steps = [lambda i=i: log.append(i) for i in range(3)]
+        calls, blocks = bench._interleave(steps, torch.device("cpu"), min_run_time=1e-9)
+        assert calls == 3
+        n = len(blocks[0])
+        assert n >= 5 and all(len(b) == n for b in blocks)
+        assert len(log) == 3 * 3 * n
+        blocks_run = log[::3]
+        assert all(log[i : i + 3] == [log[i]] * 3 for i in range(0, len(log), 3))
+        order = [blocks_run[i : i + 3] for i in range(0, len(blocks_run), 3)]
+        assert all(sorted(o) == [0, 1, 2] for o in order)
+        return order
+
+    first = rounds()
+    assert len({tuple(o) for o in first}) > 1  # shuffled, not a fixed A, B, C
+    assert rounds()[:5] == first[:5]  # seeded: the same order every run
+
+
+def test_bench_markdown_speedup_range() -> None:
+    from lossforge.cli.bench import _markdown
+
+    def row(provider: str, s: float | None, q1: float | None, q3: float | None) -> dict[str, Any]:
+        return {
+            "workload": "w",
+            "provider": provider,
+            "median_ms": 1.0,
+            "speedup_vs_ref": s,
+            "speedup_q1": q1,
+            "speedup_q3": q3,
+            "peak_extra_mb": 1.0,
+            "peak_B_per_logit": 8.0,
+            "mem_ratio_vs_ref": 1.0,
+        }
+
+    header = {"device": "cpu", "torch": "x", "threads": 1, "memory": "m"}
+    lines = _markdown(
+        [row("ref", 1.0, 1.0, 1.0), row("a", 1.02, 0.981, 1.049), row("b", None, None, None)],
+        header,
+    )
+    cells = [line.split(" | ")[3] for line in lines[-3:]]
+    assert cells == ["1.00x", "1.02x (0.98-1.05)", "n/a"]
 
 
 def test_cpu_memory_known_case() -> None:

@@ -277,7 +277,8 @@ def _add_bench(sub: Any) -> None:
             "measure the peak extra memory of one separate, untimed forward+backward (CUDA:\n"
             "torch.cuda.max_memory_allocated; CPU: the allocator events of torch.profiler), as\n"
             "MB, bytes per logit and ratio to the reference.\n\n"
-            "One table of small CPU-friendly workloads, timed with torch.utils.benchmark;\n"
+            "One table of small CPU-friendly workloads, the providers of each timed in\n"
+            "interleaved rounds (speed-up: median and quartiles of the per-round ratios);\n"
             "lossforge backend='torch' (CPU: also with value checks off; CUDA: also the triton\n"
             "kernels). The full benchmark protocol of the design (PERFORMANCE.md section 6:\n"
             "DET, SEG, ML-L, LLM, ML-S, REG with CUDA events, roofline, torch.compile and Liger\n"
@@ -334,7 +335,8 @@ def _add_bench(sub: Any) -> None:
         "--min-run-time",
         type=_positive_float,
         metavar="SEC",
-        help="seconds per time measurement (default: 0.3)",
+        help="seconds of the reference's timed blocks per workload; the providers are timed in "
+        "interleaved rounds, at least 5 (default: 0.3)",
     )
     protocol = p.add_argument_group(
         "moved to the repository (python -m benchmarks.run): these now only say so"

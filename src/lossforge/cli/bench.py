@@ -1,16 +1,24 @@
 """``lossforge bench``: forward+backward time and peak memory of lossforge against eager references.
 
 Small CPU-friendly workloads (the quick suite). Each ``Workload`` names a registered loss with its
-parameters, an input generator and the eager formulas users run today. Every provider runs
-forward+backward under ``torch.utils.benchmark.Timer(...).blocked_autorange``; the report gives the
-median time per call, the speed-up relative to the workload's first reference ($t_{ref} / t$, above
-1 = faster than the reference) and the peak extra memory of one separate, untimed forward+backward
-(MB, bytes per logit, ratio to the reference: below 1 = less memory). On CUDA the memory comes from
-``torch.cuda.max_memory_allocated``, on the CPU from the allocator events of ``torch.profiler``
-(``cpu_memory``). The lossforge providers are ``backend="torch"`` everywhere, on the CPU also with
-value checks off, and on CUDA with triton ``backend="auto"``: adding a device or a backend is a
-change to ``_providers`` only, adding a workload one more ``Workload``. Inputs, targets and modules
-are built before the timer starts, so the timed statement is the loss's forward and backward only.
+parameters, an input generator and the eager formulas users run today. Per workload, every provider
+is warmed up with one forward+backward and its peak extra memory measured by one separate, untimed
+forward+backward (MB, bytes per logit, ratio to the reference: below 1 = less memory). On CUDA the
+memory comes from ``torch.cuda.max_memory_allocated``, on the CPU from the allocator events of
+``torch.profiler`` (``cpu_memory``). The providers are then timed interleaved, never one after the
+other: a block size ``k`` is chosen once, on the workload's first reference, so that its block of
+``k`` back-to-back forward+backward calls takes 20-50 ms (proportionally less for a ``min_run_time``
+under 0.25 s, so that five blocks fit it); each round times one block of every provider with
+``time.perf_counter`` (CUDA synchronized at both ends) in an order shuffled by ``random.Random(0)``,
+and rounds repeat until the reference's blocks total ``min_run_time`` seconds, at least five
+rounds. A load swing or allocator drift on a shared machine thus hits every provider of the
+rounds it spans. The report gives the median and IQR over the rounds of the time per call, and the
+speed-up relative to the reference as the median and quartiles of the paired per-round ratios
+$t_{ref} / t$ (above 1 = faster than the reference). The lossforge providers are
+``backend="torch"`` everywhere, on the CPU also with value checks off, and on CUDA with triton
+``backend="auto"``: adding a device or a backend is a change to ``_providers`` only, adding a
+workload one more ``Workload``. Inputs, targets and modules are built before any timing starts, so a
+timed block holds the loss's forward and backward only.
 
 The full GPU protocol of PERFORMANCE.md section 6 is not part of the installed package: it lives
 in the repository (``benchmarks/protocol.py``, run as ``python -m benchmarks.run``) and imports the
@@ -25,7 +33,10 @@ import csv
 import json
 import os
 import platform
+import random
+import statistics
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -367,11 +378,26 @@ def _unchecked(module: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, 
     return call
 
 
-def _measure(
-    fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor, min_run_time: float
-) -> dict[str, Any]:
-    from torch.utils.benchmark import Timer
+#: A timed block of the reference lasts about this long (seconds): long enough for
+#: ``time.perf_counter`` and the per-call overhead to vanish, short enough that a load swing on a
+#: shared machine hits a few rounds, not one provider.
+_BLOCK_S = (0.02, 0.05)
+_BLOCK_AIM_S = 0.03
+#: Trials of the block size at most (``_block_size``).
+_BLOCK_TRIALS = 10
+#: At least this many rounds per workload, whatever ``min_run_time``.
+_MIN_ROUNDS = 5
 
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _prepare(
+    fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor
+) -> tuple[Callable[[], None], dict[str, Any]]:
+    """Warm ``fn`` up and measure its memory; returns the timed step and the memory columns."""
     leaf = x.detach().clone().requires_grad_(True)
 
     def step() -> None:
@@ -390,14 +416,98 @@ def _measure(
     else:
         peak = cpu_memory(lambda: fn(leaf, t)).peak_bytes
         leaf.grad = None
-    m = Timer(stmt="step()", globals={"step": step}).blocked_autorange(min_run_time=min_run_time)
-    return {
-        "median_ms": m.median * 1e3,
-        "iqr_ms": m.iqr * 1e3,
-        "runs": len(m.times),
+    return step, {
         "peak_extra_mb": peak / 2**20,
         "peak_extra_bytes": peak,
         "peak_B_per_logit": peak / x.numel(),
+    }
+
+
+def _time_block(step: Callable[[], None], calls: int, device: torch.device) -> float:
+    """Seconds of ``calls`` back-to-back steps (device work included on CUDA)."""
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        step()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _block_size(step: Callable[[], None], device: torch.device, scale: float = 1.0) -> int:
+    """Calls per block such that one block of ``step`` takes ``_BLOCK_S`` (times ``scale``).
+
+    Starts from one call and rescales toward ``_BLOCK_AIM_S`` from the last trial (growing at most
+    tenfold per trial), so a load swing during one trial is corrected by the next; at least 1 call,
+    at most ``_BLOCK_TRIALS`` trials (then the last size)."""
+    low, high, aim = _BLOCK_S[0] * scale, _BLOCK_S[1] * scale, _BLOCK_AIM_S * scale
+    calls = 1
+    for _ in range(_BLOCK_TRIALS):
+        elapsed = _time_block(step, calls, device)
+        if low <= elapsed <= high:
+            break
+        resized = max(1, min(10 * calls, round(calls * aim / max(elapsed, 1e-9))))
+        if resized == calls:  # one call already takes longer than the window
+            break
+        calls = resized
+    return calls
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    """``(q1, median, q3)`` (linear interpolation, as ``numpy.percentile``); the quartiles are
+    clamped to the median against rounding, so ``q1 <= median <= q3`` always holds."""
+    median = statistics.median(values)
+    if len(values) == 1:
+        return median, median, median
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return min(q1, median), median, max(q3, median)
+
+
+def _interleave(
+    steps: list[Callable[[], None]], device: torch.device, min_run_time: float, seed: int = 0
+) -> tuple[int, list[list[float]]]:
+    """Time blocks of every step in rounds; ``steps[0]`` is the reference.
+
+    The block size ``k`` (calls per block) is chosen once, on the reference, so that its block
+    takes 20-50 ms (proportionally less when ``_MIN_ROUNDS`` blocks of 50 ms exceed
+    ``min_run_time``). Each round then times one block of every step, in an order shuffled by
+    ``random.Random(seed)``, until the reference's blocks add up to ``min_run_time`` and at least
+    ``_MIN_ROUNDS`` rounds have run: a load swing or allocator drift hits all providers of the
+    rounds it spans, and the per-round ratios pair blocks timed moments apart.
+
+    Returns:
+        ``(k, blocks)``: ``blocks[i][r]`` is the seconds of round ``r``'s block of ``steps[i]``.
+    """
+    scale = min(1.0, min_run_time / (_MIN_ROUNDS * _BLOCK_S[1]))
+    calls = _block_size(steps[0], device, scale)
+    rng = random.Random(seed)
+    blocks: list[list[float]] = [[] for _ in steps]
+    order = list(range(len(steps)))
+    while len(blocks[0]) < _MIN_ROUNDS or sum(blocks[0]) < min_run_time:
+        rng.shuffle(order)
+        for i in order:
+            blocks[i].append(_time_block(steps[i], calls, device))
+    return calls, blocks
+
+
+def _timing(blocks: list[float], ref_blocks: list[float], calls: int) -> dict[str, Any]:
+    """Columns of one provider: per-call median and IQR (ms) and the paired ratios to the
+    reference (median and quartiles of ``ref_block / block`` over the rounds)."""
+    q1, median, q3 = _quartiles([b / calls for b in blocks])
+    if all(b > 0 for b in blocks):
+        r1, ratio, r3 = _quartiles([ref / b for ref, b in zip(ref_blocks, blocks, strict=True)])
+        speedup: dict[str, float | None] = {
+            "speedup_vs_ref": ratio,
+            "speedup_q1": r1,
+            "speedup_q3": r3,
+        }
+    else:
+        speedup = dict.fromkeys(("speedup_vs_ref", "speedup_q1", "speedup_q3"))
+    return {
+        "median_ms": median * 1e3,
+        "iqr_ms": (q3 - q1) * 1e3,
+        "runs": len(blocks),
+        "calls_per_run": calls,
+        **speedup,
     }
 
 
@@ -408,22 +518,35 @@ def run_workloads(
     scale: float = 1.0,
     min_run_time: float = 0.3,
 ) -> list[dict[str, Any]]:
-    """Time and measure every provider of every workload; one row per (workload, provider)."""
+    """Time and measure every provider of every workload; one row per (workload, provider).
+
+    Per workload every provider is warmed up and its peak memory measured, then the providers are
+    timed interleaved (``_interleave``): rounds of one block per provider in a shuffled order until
+    the reference's blocks total ``min_run_time`` seconds (at least ``_MIN_ROUNDS`` rounds). A row
+    gives the median and IQR over the rounds of the time per call, ``runs`` (the rounds) and
+    ``calls_per_run``, and the median (``speedup_vs_ref``) and quartiles (``speedup_q1``,
+    ``speedup_q3``) of the per-round ratios reference block / provider block; the reference's own
+    are 1.0.
+    """
     rows: list[dict[str, Any]] = []
     for work in workloads:
         gen = torch.Generator().manual_seed(0)
         x, t = work.make(scale, device, gen)
-        group = []
-        for provider, fn in _providers(work, device):
-            result = _measure(fn, x, t, min_run_time)
-            group.append(
-                {"workload": work.name, "provider": provider, "shape": list(x.shape), **result}
-            )
+        providers = _providers(work, device)
+        prepared = [_prepare(fn, x, t) for _, fn in providers]
+        calls, blocks = _interleave([step for step, _ in prepared], device, min_run_time)
+        group = [
+            {
+                "workload": work.name,
+                "provider": provider,
+                "shape": list(x.shape),
+                **_timing(times, blocks[0], calls),
+                **memory,
+            }
+            for (provider, _), (_, memory), times in zip(providers, prepared, blocks, strict=True)
+        ]
         ref = group[0]
         for row in group:
-            row["speedup_vs_ref"] = (
-                ref["median_ms"] / row["median_ms"] if row["median_ms"] > 0 else None
-            )
             row["mem_ratio_vs_ref"] = (
                 row["peak_extra_bytes"] / ref["peak_extra_bytes"]
                 if ref["peak_extra_bytes"] > 0
@@ -452,11 +575,20 @@ def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
+def _ratio_range(value: float | None, low: float | None, high: float | None) -> str:
+    """``1.02x (0.98-1.05)``: the median ratio and its quartiles (just ``1.00x`` for the
+    reference, whose quartiles are the median)."""
+    if value is None or low is None or high is None or low == high:
+        return _ratio(value)
+    return f"{value:.2f}x ({low:.2f}-{high:.2f})"
+
+
 def _markdown(rows: list[dict[str, Any]], header: Mapping[str, Any]) -> list[str]:
     lines = [
         f"device: {header['device']}, torch {header['torch']}, threads {header['threads']}; "
         f"peak extra memory of one forward+backward above the inputs, gradient included "
-        f"({header['memory']})",
+        f"({header['memory']}); speed-up: median (quartiles) over the interleaved rounds of "
+        f"reference block time / provider block time",
         "",
         "| workload | provider | median ms | speed-up vs reference | peak extra MB "
         "| bytes/logit | memory vs reference |",
@@ -465,7 +597,8 @@ def _markdown(rows: list[dict[str, Any]], header: Mapping[str, Any]) -> list[str
     for r in rows:
         lines.append(
             f"| {r['workload']} | {r['provider']} | {r['median_ms']:.3f} | "
-            f"{_ratio(r['speedup_vs_ref'])} | {r['peak_extra_mb']:.2f} | "
+            f"{_ratio_range(r['speedup_vs_ref'], r.get('speedup_q1'), r.get('speedup_q3'))} | "
+            f"{r['peak_extra_mb']:.2f} | "
             f"{r['peak_B_per_logit']:.1f} | {_ratio(r['mem_ratio_vs_ref'])} |"
         )
     return lines
