@@ -185,7 +185,10 @@ def value_checks_enabled(*tensors: Tensor | None) -> bool:
         return False
     if mode is True:
         return True
-    return all(t is None or t.device.type == "cpu" for t in tensors)
+    for t in tensors:  # noqa: SIM110 (a plain loop over ``is_cpu``: this runs several times per call)
+        if t is not None and not t.is_cpu:
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -322,7 +325,9 @@ def check_number(
     argument may be symbolic (``dynamic=True``, or dynamo's automatic dynamic floats), and
     comparisons keep it so, guarded, instead of breaking the graph or specialising on the value.
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if type(value) is not float and (  # (exact floats skip the ABC checks: every call runs this)
+        isinstance(value, bool) or not isinstance(value, numbers.Real)
+    ):
         fail(fn, name, "a real number", repr(value), TypeError)
     v = float(value)
     if not is_finite(v):
@@ -344,7 +349,9 @@ def is_finite(v: float) -> bool:
 
 
 def check_int(fn: str, name: str, value: object, *, low: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if type(value) is not int and (  # (exact ints skip the ABC checks)
+        isinstance(value, bool) or not isinstance(value, numbers.Integral)
+    ):
         fail(fn, name, "an integer", repr(value), TypeError)
     v = int(value)
     if low is not None and v < low:

@@ -79,9 +79,9 @@ def kernel_eligible(fn: str, backend: object, *tensors: Tensor | None) -> bool:
     not on CUDA or triton is missing; for ``"auto"`` it returns False in those cases and when the
     first tensor (the loss's input) has fewer than ``AUTO_MIN_NUMEL`` elements.
     """
-    backend = check_choice(fn, "backend", backend, BACKENDS)
-    if backend == "torch":
+    if backend == "torch":  # the default, on every call: before the general check
         return False
+    backend = check_choice(fn, "backend", backend, BACKENDS)
     present = [t for t in tensors if t is not None]
     on_cuda = bool(present) and all(t.is_cuda or _cpu_kernels for t in present)
     if backend == "triton":

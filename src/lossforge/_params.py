@@ -77,7 +77,8 @@ class Number(Domain):
     noun = "a float"
 
     def accepts(self, value: object) -> bool:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+        t = type(value)
+        return t is float or t is int or (isinstance(value, numbers.Real) and t is not bool)
 
     def check(self, owner: str, name: str, value: object) -> float:
         return check_number(
@@ -99,7 +100,8 @@ class Integer(Domain):
     noun = "an integer"
 
     def accepts(self, value: object) -> bool:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        t = type(value)
+        return t is int or (isinstance(value, numbers.Integral) and t is not bool)
 
     def check(self, owner: str, name: str, value: object) -> int:
         return check_int(owner, name, value, low=self.low)
@@ -316,18 +318,22 @@ def _wrap(fn: Callable[P, R], check: Constraint | None) -> Callable[P, R]:
     name = fn.__name__
     # Resolved once, here: the call path is then dict lookups (cheap, and torch.compile traces it
     # without graph breaks).
-    domains = dict(signature_domains(fn))
+    all_domains = dict(signature_domains(fn))
     defaults = {
         p.name: p.default
         for p in inspect.signature(fn).parameters.values()
         if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
     }
+    # What a call checks: not the pipeline-validated arguments, and not a value that is the
+    # default object itself (valid by construction: a module passes its defaults on every call).
+    domains = {k: d for k, d in all_domains.items() if not isinstance(d, Unchecked)}
+    missing = object()
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         for key, value in kwargs.items():
             domain = domains.get(key)
-            if domain is not None:
+            if domain is not None and value is not defaults.get(key, missing):
                 kwargs[key] = domain.check(name, key, value)
         if check is not None:
             check(name, {**defaults, **kwargs})

@@ -31,7 +31,8 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import torch
@@ -88,9 +89,8 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Fused:
-    """A fused kernel that can serve a loss.
+class Fused(NamedTuple):
+    """A fused kernel that can serve a loss (a named tuple: built on every call, so cheaply).
 
     Attributes:
         family: Module of ``lossforge.kernels`` (``"sigmoid"``, ``"softmax"``, ``"regression"``).
@@ -100,7 +100,7 @@ class Fused:
 
     family: str
     kind: str
-    params: Mapping[str, Any] = field(default_factory=dict)
+    params: Mapping[str, Any] = MappingProxyType({})
 
 
 class Total(NamedTuple):
@@ -552,7 +552,7 @@ def _cpu_nll(
     to catch there, and no host read).
     """
     if (
-        x.device.type != "cpu"
+        not x.is_cpu
         or reduction == "none"
         or weight is not None
         or not isinstance(target, Tensor)
@@ -567,7 +567,7 @@ def _cpu_nll(
         return None
     cdim = 1 if x.ndim >= 2 else 0
     c = x.shape[cdim]
-    if c < 2 or target.device != x.device or tuple(target.shape) != _without(x.shape, cdim):
+    if c < 2 or not target.is_cpu or target.shape != x.shape[:cdim] + x.shape[cdim + 1 :]:
         return None
     w = as_class_weight(fn, class_weight, c, x)
     if w is not None and (w.requires_grad or ignore_index is None):
@@ -575,7 +575,7 @@ def _cpu_nll(
     mean = reduction == "mean"
     if mean and not kernel_mean(reduction, avg, 1):
         return None
-    z = x.to(compute_dtype(x))
+    z = x if x.dtype in _COMPUTE_DTYPES else x.float()
     if nll == "logits":
         z = torch.log_softmax(z, dim=cdim)
     elif z.ndim > 2 and not z.is_contiguous():
@@ -592,13 +592,11 @@ def _cpu_nll(
     return out
 
 
+_COMPUTE_DTYPES = (torch.float32, torch.float64)  # compute_dtype's fixed points
+
 #: The ignore value handed to PyTorch's kernel for ``ignore_index=None`` (an index it never
 #: meets in practice; ``_cpu_nll`` checks that it ignored nothing).
 _NO_INDEX = -(2**63)
-
-
-def _without(shape: torch.Size, dim: int) -> tuple[int, ...]:
-    return tuple(shape[:dim]) + tuple(shape[dim + 1 :])
 
 
 def _nll_forward(
@@ -607,12 +605,12 @@ def _nll_forward(
     """PyTorch's NLL kernel with its denominator, ``(loss, total_weight)``, for any ``(N, C, *)``
     (shaped as ``torch.nn.functional.nll_loss`` shapes it)."""
     if logp.ndim <= 2:
-        return torch.ops.aten.nll_loss_forward(logp, idx, w, reduction, ignore)
+        return torch.ops.aten.nll_loss_forward.default(logp, idx, w, reduction, ignore)
     if logp.ndim != 4:
         n, c = logp.shape[:2]
         logp = logp.contiguous().view(n, c, 1, -1)
         idx = idx.contiguous().view(n, 1, -1)
-    return torch.ops.aten.nll_loss2d_forward(logp, idx, w, reduction, ignore)
+    return torch.ops.aten.nll_loss2d_forward.default(logp, idx, w, reduction, ignore)
 
 
 def _softmax_fused(
@@ -712,7 +710,8 @@ def regression(
     t = check_tensor(fn, "target", target)
     if t.is_complex():
         fail(fn, "target", "a real tensor", f"dtype {t.dtype}", TypeError)
-    check_same_device(fn, **{input_name: p, "target": t})
+    if t.device != p.device:
+        check_same_device(fn, **{input_name: p, "target": t})  # raises with its message
     check_same_shape(fn, "target", t, input_name, p)
     if vector is not None:
         if p.ndim == 0 or p.shape[-1] != vector:

@@ -198,6 +198,24 @@ class Loss(nn.Module):
             value = domain.check(owner, key, value)
         setattr(self, key, value)
 
+    def _config(self) -> dict[str, Any]:
+        """The configuration keywords' current values (read on every call: an attribute set after
+        construction applies). Looked up in the instance's dicts directly, as ``getattr`` would
+        find them, without ``nn.Module.__getattr__``'s slow path for buffers and parameters."""
+        d = self.__dict__
+        buffers, parameters = d["_buffers"], d["_parameters"]
+        out: dict[str, Any] = {}
+        for key in type(self).config:
+            if key in d:
+                out[key] = d[key]
+            elif key in buffers:
+                out[key] = buffers[key]
+            elif key in parameters:
+                out[key] = parameters[key]
+            else:
+                out[key] = getattr(self, key)  # a property of a subclass
+        return out
+
     def _resolve_reduction(self, reduction_override: str | None) -> str:
         if reduction_override is None:
             return self.reduction
@@ -225,7 +243,7 @@ class Loss(nn.Module):
                 "none",
                 TypeError,
             )
-        unknown = set(inputs) - set(type(self).inputs)
+        unknown = set(inputs) - set(type(self).inputs) if inputs else None
         if unknown:
             fail(
                 type(self).__name__,
@@ -235,7 +253,7 @@ class Loss(nn.Module):
                 ", ".join(sorted(unknown)),
                 TypeError,
             )
-        config = {key: getattr(self, key) for key in type(self).config}
+        config = self._config()
         return self._scale(
             fn(
                 input,
