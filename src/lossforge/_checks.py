@@ -228,6 +228,7 @@ def check_floating(
     infinite: str = "allow",
     class_dim: int | None = None,
     finite_why: str | None = None,
+    values: bool = True,
 ) -> Tensor:
     """A floating-point tensor (the predictions of every loss), without NaN, and with infinite
     values only as the rule ``infinite`` (``INFINITE_RULES``) allows.
@@ -235,12 +236,13 @@ def check_floating(
     The value checks follow the value-check mode; with checks off a NaN propagates to the loss (it
     is never masked into a finite value) and infinite values are computed with as they are
     (``docs/contract.md``, "Infinite values"). ``finite_why`` replaces the explanation of the
-    ``"finite"`` rule in its message (the default speaks of logits).
+    ``"finite"`` rule in its message (the default speaks of logits). ``values=False`` runs the
+    structural checks only (a caller that reads the values another way first).
     """
     t = check_tensor(fn, name, x)
     if not t.is_floating_point():
         fail(fn, name, "to be a floating-point tensor", f"dtype {t.dtype}", TypeError)
-    if t.numel() and value_checks_on(t):
+    if values and t.numel() and value_checks_on(t):
         # One summing pass (5x cheaper than aminmax on the CPU): a NaN or an infinity anywhere
         # makes the sum non-finite. Overflow can too, so it is only a filter; exact counts decide.
         # Half inputs are summed in float32 (no false alarm from fp16 overflow).

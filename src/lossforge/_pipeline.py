@@ -52,6 +52,7 @@ from lossforge._checks import (
     fail,
     poison_out_of_range,
     value_checks_enabled,
+    value_checks_on,
 )
 from lossforge._dispatch import kernel_eligible, unsupported
 from lossforge._reduction import (
@@ -690,6 +691,7 @@ def regression(
     vector: int | None = None,
     infinite: str = "allow",
     finite_why: str | None = None,
+    nan_in_total: bool = False,
 ) -> Tensor:
     """Run a regression loss.
 
@@ -705,8 +707,15 @@ def regression(
         infinite: What the value checks accept of infinite predictions (``INFINITE_RULES``):
             ``"allow"`` (an infinite prediction has an infinite loss) or ``"finite"`` (boxes);
             ``finite_why`` explains the ``"finite"`` rule in its message.
+        nan_in_total: The loss's ``Total`` is NaN exactly when an element of the prediction is
+            (PyTorch's element-wise kernels, pure functions of the prediction): under value
+            checks the NaN check then reads that one value after the loss instead of summing the
+            prediction before it (with ``infinite="allow"``, no weight; the message is the same).
     """
-    p = check_floating(fn, input_name, pred, infinite=infinite, finite_why=finite_why)
+    deferred = nan_in_total and reduction != "none" and weight is None and infinite == "allow"
+    p = check_floating(
+        fn, input_name, pred, infinite=infinite, finite_why=finite_why, values=not deferred
+    )
     t = check_tensor(fn, "target", target)
     if t.is_complex():
         fail(fn, "target", "a real tensor", f"dtype {t.dtype}", TypeError)
@@ -746,6 +755,12 @@ def regression(
     if reduction != "none" and weight is None:
         total = "mean" if vector is None and kernel_mean(reduction, avg, numel) else "sum"
     out = loss(pc, tc, total)
+    if (
+        deferred
+        and value_checks_on(p)
+        and (not isinstance(out, Total) or math.isnan(float(out.value.detach())))
+    ):
+        check_floating(fn, input_name, p, infinite=infinite, finite_why=finite_why)
     if isinstance(out, Total):
         if total == "mean":
             return out.value

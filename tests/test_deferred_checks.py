@@ -1,0 +1,67 @@
+"""The NaN check of L1, smooth L1, MSE and Huber reads the reduced loss, not the input.
+
+PyTorch's element-wise kernels make the reduced loss NaN exactly when an element of the prediction
+is NaN, so under value checks these losses read that one value after computing it instead of
+summing the prediction first (``nan_in_total`` in the regression pipeline). The contract is
+unchanged: a NaN prediction raises the same ValueError, an infinite one gives an infinite loss,
+and a loss that overflows without any NaN is returned as it is.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import lossforge as lf
+import lossforge.functional as F
+
+LOSSES = [F.l1_loss, F.mse_loss, F.smooth_l1_loss, F.huber_loss]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("fn", LOSSES, ids=lambda f: f.__name__)
+def test_a_nan_prediction_still_raises(fn, reduction) -> None:
+    p = torch.randn(5, 4, requires_grad=True)
+    t = torch.randn(5, 4)
+    bad = p.detach().clone()
+    bad[2, 1] = float("nan")
+    with (
+        lf.value_checks(True),
+        pytest.raises(ValueError, match=r"`pred` no NaN values, got 1 NaN of 20"),
+    ):
+        fn(bad.requires_grad_(True), t, reduction=reduction)
+    with lf.value_checks(False):
+        assert torch.isnan(fn(bad, t, reduction=reduction)).any()
+
+
+@pytest.mark.parametrize("fn", LOSSES, ids=lambda f: f.__name__)
+def test_infinite_and_overflowing_losses_are_returned(fn) -> None:
+    t = torch.zeros(3)
+    with lf.value_checks(True):
+        assert fn(torch.tensor([0.0, float("inf"), 1.0]), t) == float("inf")
+        # finite inputs whose loss overflows float32: no NaN, so no error
+        if fn is F.mse_loss:
+            assert fn(torch.tensor([3e20, 3e20, 0.0]), t) == float("inf")
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("fn", LOSSES, ids=lambda f: f.__name__)
+def test_no_summing_pass_over_the_prediction(fn) -> None:
+    p, t = torch.randn(6, 4), torch.randn(6, 4)
+    with lf.value_checks(True), _Ops() as mode:
+        fn(p, t)
+    assert "sum" not in mode.ops and mode.ops.count("_local_scalar_dense") == 1, mode.ops
+    # an element-wise weight, or "none", keeps the check on the input
+    with lf.value_checks(True), _Ops() as mode:
+        fn(p, t, weight=torch.rand(6, 4))
+    assert "sum" in mode.ops
