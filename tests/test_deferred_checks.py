@@ -65,3 +65,31 @@ def test_no_summing_pass_over_the_prediction(fn) -> None:
     with lf.value_checks(True), _Ops() as mode:
         fn(p, t, weight=torch.rand(6, 4))
     assert "sum" in mode.ops
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("target", ["dense", "soft", "index"])
+def test_bce_with_logits_still_refuses_nan_and_infinite_logits(bad, target) -> None:
+    # the logits' check runs when the reduced loss is not finite, which every NaN or infinite
+    # logit makes it, whatever its target in [0, 1] (or pos_weight, label smoothing)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, generator=g)
+    y = {
+        "dense": (torch.rand(6, 3, generator=g) < 0.5).float(),
+        "soft": torch.rand(6, 3, generator=g),
+        "index": torch.randint(0, 4, (6,), generator=g),
+    }[target]
+    for i in range(3):
+        xb = x.clone()
+        xb[i, i] = bad
+        for kw in ({}, {"pos_weight": 3.0}, {"label_smoothing": 0.1}, {"reduction": "sum"}):
+            with lf.value_checks(True), pytest.raises(ValueError, match="`logits`"):
+                F.binary_cross_entropy_with_logits(xb, y, **kw)
+
+
+def test_bce_with_logits_reads_no_pass_over_the_logits() -> None:
+    x, y = torch.randn(6, 4), (torch.rand(6, 4) < 0.5).float()
+    with lf.value_checks(True), _Ops() as mode:
+        F.binary_cross_entropy_with_logits(x, y)
+    # the target's [0, 1] check (aminmax) stays; the logits' summing pass is gone
+    assert "sum" not in mode.ops and mode.ops.count("aminmax") == 1, mode.ops

@@ -301,6 +301,7 @@ def sigmoid(
     options: Callable[[Tensor], Mapping[str, Any]] | None = None,
     input_name: str = "logits",
     index_target: bool | None = None,
+    nan_in_total: bool = False,
 ) -> Tensor:
     """Run an element-wise sigmoid-family loss.
 
@@ -313,13 +314,18 @@ def sigmoid(
             on its device); passed to ``loss`` and to the kernel as keywords.
         index_target: Whether a target without the class dimension holds class indices
             (``lossforge._targets.resolve_target``: required with one channel).
+        nan_in_total: The loss's ``Total`` is non-finite whenever a logit is NaN or infinite
+            (PyTorch's BCE-with-logits kernel: an infinite logit's term is ``inf`` or ``0 * inf``
+            for every target in ``[0, 1]``): under value checks the logits' check then runs
+            only when that one value is not finite, instead of a summing pass before the loss
+            (no weight, no ``ignore_index``; same messages).
 
     Infinite logits are refused under value checks (``_checks.INFINITE_RULES``: ``"finite"``);
     an input named other than ``logits`` (probabilities) is checked by the loss itself.
     """
-    x = check_floating(
-        fn, input_name, logits, infinite="finite" if input_name == "logits" else "allow"
-    )
+    rule = "finite" if input_name == "logits" else "allow"
+    deferred = nan_in_total and reduction != "none" and weight is None and ignore_index is None
+    x = check_floating(fn, input_name, logits, infinite=rule, values=not deferred)
     target = resolve_target(fn, x, target, index_target=index_target)
     avg = check_avg_factor(fn, avg_factor, reduction)
     if fused is None:
@@ -329,11 +335,19 @@ def sigmoid(
             fn, backend, fused, options, x, target, ignore_index, weight, reduction, avg
         )
         if fused_out is not None:
+            if deferred:  # the kernel's total is not read here: check the logits themselves
+                check_floating(fn, input_name, x, infinite=rule)
             return fused_out
     opts = {} if options is None else dict(_device_option(options, (), x))
     dt = sigmoid_target(fn, x, target, ignore_index=ignore_index)
     want_total = reduction != "none" and weight is None and dt.valid is None and dt.bad is None
     out = loss(x, dt, want_total, **opts)
+    if (
+        deferred
+        and value_checks_on(x)
+        and (not isinstance(out, Total) or not math.isfinite(float(out.value.detach())))
+    ):
+        check_floating(fn, input_name, x, infinite=rule)
     if isinstance(out, Total):
         return finish_reduction(
             out.value, fn=fn, reduction=reduction, avg_factor=avg, numel=x.numel()

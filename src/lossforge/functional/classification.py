@@ -376,6 +376,7 @@ def binary_cross_entropy_with_logits(
         options=options,
         ignore_index=ignore_index,
         index_target=index_target,
+        nan_in_total=True,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,
