@@ -200,3 +200,17 @@ def test_the_operations_are_pytorchs_plus_one_host_read() -> None:
     with lf.value_checks(False):
         ours = ops(F.cross_entropy)
     assert sorted(ours) == sorted([*theirs, "_local_scalar_dense"])
+
+
+@pytest.mark.parametrize("fn", [F.cross_entropy, F.nll_loss, F.softmax_focal_loss, F.dice_loss])
+@pytest.mark.parametrize("ignore", [2**63, -(2**63) - 1, 2**70])
+def test_an_ignore_index_beyond_int64_is_refused(fn, ignore) -> None:
+    # it could never equal an index (PyTorch's kernels take an int64), and used to escape as an
+    # OverflowError / RuntimeError from inside the loss
+    x, y = _inputs((6, 5), (6,))
+    for checks in (True, False):
+        with (
+            lf.value_checks(checks),
+            pytest.raises(ValueError, match="`ignore_index` an integer in the int64 range"),
+        ):
+            fn(x, y, ignore_index=ignore)

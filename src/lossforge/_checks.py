@@ -356,6 +356,9 @@ def check_int(fn: str, name: str, value: object, *, low: int | None = None) -> i
     ):
         fail(fn, name, "an integer", repr(value), TypeError)
     v = int(value)
+    if not -(2**63) <= v < 2**63:
+        # every integer option meets an int64 tensor or kernel argument (ignore_index, bins, ...)
+        fail(fn, name, "an integer in the int64 range [-2**63, 2**63 - 1]", v)
     if low is not None and v < low:
         fail(fn, name, f">= {low}", v)
     return v
