@@ -93,3 +93,47 @@ def test_bce_with_logits_reads_no_pass_over_the_logits() -> None:
         F.binary_cross_entropy_with_logits(x, y)
     # the target's [0, 1] check (aminmax) stays; the logits' summing pass is gone
     assert "sum" not in mode.ops and mode.ops.count("aminmax") == 1, mode.ops
+
+
+@pytest.mark.parametrize("where", ["target class", "other class"])
+@pytest.mark.parametrize("bad", ["nan", "+inf", "row of -inf"])
+@pytest.mark.parametrize("ignored", [False, True])
+def test_cross_entropy_still_refuses_bad_logits(bad, where, ignored) -> None:
+    # On the CPU without class weights, cross-entropy reads its logits' check off the loss when
+    # every position counted; a bad value anywhere in a counted row makes that loss NaN, and an
+    # ignored row is checked by the logits' own pass.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 4, generator=g)
+    y = torch.tensor([0, 1, 2, 3, 0])
+    if ignored:
+        y[2] = -100
+    col = int(y[2]) if (where == "target class" and not ignored) else 1
+    if bad == "nan":
+        x[2, col] = float("nan")
+    elif bad == "+inf":
+        x[2, col] = float("inf")
+    else:
+        x[2] = float("-inf")
+    for reduction in ("mean", "sum"):
+        with lf.value_checks(True), pytest.raises(ValueError, match="`logits`"):
+            F.cross_entropy(x, y, reduction=reduction)
+
+
+def test_cross_entropy_masked_classes_stay_allowed() -> None:
+    # -inf in some classes is a masked class: finite loss, or +inf at a masked target class
+    x = torch.randn(3, 4)
+    x[0, 3] = float("-inf")
+    with lf.value_checks(True):
+        assert torch.isfinite(F.cross_entropy(x, torch.tensor([0, 1, 2])))
+        assert F.cross_entropy(x, torch.tensor([3, 1, 2])) == float("inf")
+
+
+def test_cross_entropy_reads_no_pass_over_the_logits_when_every_position_counts() -> None:
+    x, y = torch.randn(6, 5), torch.randint(0, 5, (6,))
+    with lf.value_checks(True), _Ops() as mode:
+        F.cross_entropy(x, y)
+    assert "sum" not in mode.ops and "aminmax" not in mode.ops, mode.ops
+    y[0] = -100  # an ignored row: the logits' own pass runs
+    with lf.value_checks(True), _Ops() as mode:
+        F.cross_entropy(x, y)
+    assert "sum" in mode.ops, mode.ops

@@ -467,8 +467,19 @@ def softmax(
     ``-inf`` logits (masked classes) are accepted; ``+inf`` and a position with every class at
     ``-inf`` are refused under value checks (``_checks.INFINITE_RULES``: ``"masked"``).
     """
+    cdim = 1 if _ndim(logits) >= 2 else 0
+    # Cross-entropy on the CPU without class weights may read its logits' check off the loss
+    # (``_cpu_nll``, below); every other case checks the logits first.
+    deferred = (
+        nll == "logits"
+        and class_weight is None
+        and logit_bias is None
+        and class_factor is None
+        and isinstance(logits, Tensor)
+        and logits.is_cpu
+    )
     x = check_floating(
-        fn, input_name, logits, infinite="masked", class_dim=1 if _ndim(logits) >= 2 else 0
+        fn, input_name, logits, infinite="masked", class_dim=cdim, values=not deferred
     )
     avg = check_avg_factor(fn, avg_factor, reduction)
     if (
@@ -480,6 +491,9 @@ def softmax(
     if fused is None:
         _no_kernel(fn, backend, x)
     elif kernel_eligible(fn, backend, x):
+        if deferred:
+            check_floating(fn, input_name, x, infinite="masked", class_dim=cdim)
+            deferred = False
         fused_out = _softmax_fused(
             fn,
             backend,
@@ -499,7 +513,20 @@ def softmax(
     if nll is not None and logit_bias is None and class_factor is None:
         quick = _cpu_nll(fn, x, target, nll, ignore_index, class_weight, weight, reduction, avg)
         if quick is not None:
-            return quick
+            value, counted = quick
+            # Every position counted (nothing ignored, no class weights) and a finite loss: every
+            # row's log-softmax at its target is finite, which a NaN, a +inf or a row of -inf
+            # anywhere in that row would have made NaN. Otherwise the logits' own check decides.
+            complete = isinstance(target, Tensor) and counted == target.numel()
+            if (
+                deferred
+                and value_checks_on(x)
+                and not (complete and math.isfinite(float(value.detach())))
+            ):
+                check_floating(fn, input_name, x, infinite="masked", class_dim=cdim)
+            return value
+    if deferred:
+        check_floating(fn, input_name, x, infinite="masked", class_dim=cdim)
     st = softmax_target(fn, x, target, ignore_index=ignore_index)
     c = x.shape[st.cdim]
     w = _device_option(as_class_weight, (fn, class_weight, c), x)
@@ -552,8 +579,10 @@ def _cpu_nll(
     weight: Tensor | None,
     reduction: str,
     avg: float | Tensor | None,
-) -> Tensor | None:
-    """Cross-entropy / NLL of class indices, reduced, on the CPU: PyTorch's own operations only.
+) -> tuple[Tensor, float] | None:
+    """Cross-entropy / NLL of class indices, reduced, on the CPU: PyTorch's own operations only;
+    ``(loss, denominator)``, the denominator being the summed class weights of the counted
+    positions (their number without class weights).
 
     On the CPU PyTorch's NLL kernel reads every index, raises ``IndexError`` for one out of range
     (no device-side assert) and returns the reduced loss with its denominator (the summed class
@@ -604,7 +633,7 @@ def _cpu_nll(
     d = float(total_weight)  # a CPU scalar: no device sync
     if d <= 0 or (ignore_index is None and d != idx.numel()):
         return None
-    return out
+    return out, d
 
 
 _COMPUTE_DTYPES = (torch.float32, torch.float64)  # compute_dtype's fixed points
