@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as TF
 from _contract import assert_close
+from _ops import OpLog
 from reference import classification as ref
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import lossforge as lf
 import lossforge._pipeline as pipeline
@@ -177,22 +177,12 @@ def test_not_taken_where_it_does_not_apply(taken) -> None:
     assert taken in ([], [False])
 
 
-class _Ops(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        self.ops.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
-
-
 def test_the_operations_are_pytorchs_plus_one_host_read() -> None:
     x, y = _inputs((4, 19, 8, 8), (4, 8, 8), ignore=255)
 
     def ops(fn, **kw):  # noqa: ANN001, ANN003, ANN202
         a = x.detach().clone().requires_grad_(True)
-        with _Ops() as mode:
+        with OpLog() as mode:
             fn(a, y, ignore_index=255, **kw).backward()
         return mode.ops
 

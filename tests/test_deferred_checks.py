@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from _ops import OpLog
 
 import lossforge as lf
 import lossforge.functional as F
@@ -45,24 +45,14 @@ def test_infinite_and_overflowing_losses_are_returned(fn) -> None:
             assert fn(torch.tensor([3e20, 3e20, 0.0]), t) == float("inf")
 
 
-class _Ops(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        self.ops.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("fn", LOSSES, ids=lambda f: f.__name__)
 def test_no_summing_pass_over_the_prediction(fn) -> None:
     p, t = torch.randn(6, 4), torch.randn(6, 4)
-    with lf.value_checks(True), _Ops() as mode:
+    with lf.value_checks(True), OpLog() as mode:
         fn(p, t)
     assert "sum" not in mode.ops and mode.ops.count("_local_scalar_dense") == 1, mode.ops
     # an element-wise weight, or "none", keeps the check on the input
-    with lf.value_checks(True), _Ops() as mode:
+    with lf.value_checks(True), OpLog() as mode:
         fn(p, t, weight=torch.rand(6, 4))
     assert "sum" in mode.ops
 
@@ -89,7 +79,7 @@ def test_bce_with_logits_still_refuses_nan_and_infinite_logits(bad, target) -> N
 
 def test_bce_with_logits_reads_no_pass_over_the_logits() -> None:
     x, y = torch.randn(6, 4), (torch.rand(6, 4) < 0.5).float()
-    with lf.value_checks(True), _Ops() as mode:
+    with lf.value_checks(True), OpLog() as mode:
         F.binary_cross_entropy_with_logits(x, y)
     # the target's [0, 1] check (aminmax) stays; the logits' summing pass is gone
     assert "sum" not in mode.ops and mode.ops.count("aminmax") == 1, mode.ops
@@ -130,10 +120,10 @@ def test_cross_entropy_masked_classes_stay_allowed() -> None:
 
 def test_cross_entropy_reads_no_pass_over_the_logits_when_every_position_counts() -> None:
     x, y = torch.randn(6, 5), torch.randint(0, 5, (6,))
-    with lf.value_checks(True), _Ops() as mode:
+    with lf.value_checks(True), OpLog() as mode:
         F.cross_entropy(x, y)
     assert "sum" not in mode.ops and "aminmax" not in mode.ops, mode.ops
     y[0] = -100  # an ignored row: the logits' own pass runs
-    with lf.value_checks(True), _Ops() as mode:
+    with lf.value_checks(True), OpLog() as mode:
         F.cross_entropy(x, y)
     assert "sum" in mode.ops, mode.ops

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as TF
+from _ops import OpLog
 from _reliability import INFOS, example, fn_of, name_of, params
 from torch import Tensor
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import lossforge
 from lossforge.registry import LossInfo
@@ -31,20 +31,10 @@ from lossforge.registry import LossInfo
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
-class _Ops(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        self.ops.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
-
-
 def count_ops(fn: Any, x: Tensor, y: Tensor, **kw: Any) -> list[str]:
     """The aten operations of one forward + backward of ``fn(x, y, **kw)``."""
     x = x.detach().to(torch.float32).requires_grad_(True)
-    with _Ops() as mode:
+    with OpLog() as mode:
         fn(x, y, **kw).backward()
     return mode.ops
 
