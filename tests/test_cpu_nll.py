@@ -204,3 +204,22 @@ def test_an_ignore_index_beyond_int64_is_refused(fn, ignore) -> None:
             pytest.raises(ValueError, match="`ignore_index` an integer in the int64 range"),
         ):
             fn(x, y, ignore_index=ignore)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+def test_half_logits_compute_in_float32(dtype, scale, taken) -> None:
+    # fp16 / bf16 logits (up to +-1e4) are computed in float32 on this path too: the loss and
+    # the gradient equal PyTorch's float32 cross-entropy on the same (rounded) values, finite
+    x, y = _inputs((6, 5), (6,), ignore=-100)
+    xh = (x * scale).to(dtype)
+    a = xh.detach().clone().requires_grad_(True)
+    out = F.cross_entropy(a, y)
+    out.backward()
+    assert taken == [True] and out.dtype == torch.float32
+    b = xh.detach().float().requires_grad_(True)
+    expected = TF.cross_entropy(b, y)
+    expected.backward()
+    assert torch.isfinite(out) and torch.isfinite(a.grad).all()
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(a.grad.float(), b.grad, rtol=1e-2, atol=1e-3)
