@@ -223,3 +223,138 @@ def test_half_logits_compute_in_float32(dtype, scale, taken) -> None:
     assert torch.isfinite(out) and torch.isfinite(a.grad).all()
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(a.grad.float(), b.grad, rtol=1e-2, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------
+# The softmax focal loss of class indices: the same kernel gives log p_t (``nll_term``)
+# ------------------------------------------------------------------------------------------------
+
+
+def _focal_reference(x, y, gamma, ignore, reduction):
+    """Float64 softmax focal loss of class indices, from the formula, differentiable (autograd
+    through the composite gives the reference gradient); classes on dim 1 (dim 0 unbatched)."""
+    cdim = 1 if x.ndim >= 2 else 0
+    logp = torch.log_softmax(x, dim=cdim)
+    valid = torch.ones_like(y, dtype=torch.bool) if ignore is None else y != ignore
+    lpt = logp.gather(cdim, torch.where(valid, y, 0).unsqueeze(cdim)).squeeze(cdim)
+    loss = -((1 - torch.exp(lpt)) ** gamma) * lpt * valid
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / valid.sum()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("ignore", [None, -100, 255])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 3.5])
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_softmax_focal_equals_the_reference(name, gamma, ignore, reduction, taken) -> None:
+    shape, tshape = SHAPES[name]
+    x, y = _inputs(shape, tshape, seed=1, ignore=None if ignore is None else ignore)
+    for checks in (True, False):
+        taken.clear()
+        a = x.detach().clone().requires_grad_(True)
+        r = x.detach().clone().requires_grad_(True)
+        with lf.value_checks(checks):
+            out = F.softmax_focal_loss(
+                a, y, gamma=gamma, ignore_index=ignore, reduction=reduction
+            )
+        assert taken == [True]
+        expected = _focal_reference(r, y, gamma, ignore, reduction)
+        assert_close(out, expected, F64)
+        out.backward(torch.tensor(0.7, dtype=F64))
+        expected.backward(torch.tensor(0.7, dtype=F64))
+        assert_close(a.grad, r.grad, F64)
+
+
+def test_softmax_focal_takes_the_kernel_not_the_index_routing() -> None:
+    x, y = _inputs((64, 10), (64,), ignore=-100)
+    a = x.float().requires_grad_(True)
+    with lf.value_checks(False), OpLog() as mode:
+        F.softmax_focal_loss(a, y).backward()
+    assert "nll_loss_forward" in mode.ops and "nll_loss_backward" in mode.ops
+    assert "gather" not in mode.ops and "clamp" not in mode.ops  # no index clamping or gathering
+
+
+@pytest.mark.parametrize("bad", [10, -1, -100])
+def test_softmax_focal_index_out_of_range_is_loud(bad, taken) -> None:
+    x, y = _inputs((6, 10), (6,))
+    y[4] = bad
+    ignore = None if bad == -100 else -100
+    with lf.value_checks(True), pytest.raises(ValueError, match="class indices"):
+        F.softmax_focal_loss(x, y, ignore_index=ignore)
+    with lf.value_checks(False):
+        out = F.softmax_focal_loss(x, y, ignore_index=ignore)
+    assert torch.isnan(out) and taken[-1] is False
+
+
+@pytest.mark.parametrize("checks", [True, False])
+def test_softmax_focal_nothing_valid_and_the_stand_in_value(checks, taken) -> None:
+    x, y = _inputs((6, 10), (6,))
+    a = x.detach().clone().requires_grad_(True)
+    with lf.value_checks(checks):
+        out = F.softmax_focal_loss(a, torch.full_like(y, -100))
+    out.backward()
+    assert out.item() == 0.0 and not a.grad.any() and taken[-1] is False
+    y[1] = pipeline._NO_INDEX  # not ignored with ignore_index=None
+    if checks:
+        with lf.value_checks(True), pytest.raises(ValueError, match="class indices"):
+            F.softmax_focal_loss(x, y, ignore_index=None)
+    else:
+        with lf.value_checks(False):
+            assert torch.isnan(F.softmax_focal_loss(x, y, ignore_index=None))
+
+
+def test_softmax_focal_not_taken_where_it_does_not_apply(taken) -> None:
+    x, y = _inputs((6, 5), (6,), ignore=-100)
+    cases = [
+        {"alpha": 0.25},
+        {"alpha": [0.1, 0.2, 0.3, 0.2, 0.2]},
+        {"class_weight": [1.0, 2.0, 1.0, 1.0, 0.5]},
+        {"label_smoothing": 0.1},
+        {"reduction": "none"},
+        {"weight": torch.rand(6, dtype=F64)},
+        {"avg_factor": 3.0},
+    ]
+    for kw in cases:
+        taken.clear()
+        F.softmax_focal_loss(x, y, **kw)
+        assert True not in taken, kw
+    taken.clear()
+    F.softmax_focal_loss(x, torch.softmax(torch.randn(6, 5, dtype=F64), 1))
+    assert True not in taken
+
+
+def test_softmax_focal_deferred_logit_check(taken) -> None:
+    # Under value checks a NaN / +inf logit anywhere (also in an ignored row) is refused; a class
+    # masked with -inf is allowed, also as the target of a row (an infinite loss).
+    x, y = _inputs((6, 5), (6,))
+    y[0] = -100
+    for row, value in ((0, float("nan")), (2, float("nan")), (3, float("inf"))):
+        bad = x.clone()
+        bad[row, 1] = value
+        with lf.value_checks(True), pytest.raises(ValueError, match="`logits`"):
+            F.softmax_focal_loss(bad, y)
+    masked = x.clone()
+    masked[:, 4] = float("-inf")
+    yy = y.clamp_max(3)
+    yy[0] = -100
+    with lf.value_checks(True):
+        assert torch.isfinite(F.softmax_focal_loss(masked, yy))
+        yy[2] = 4  # a masked class as the target
+        assert F.softmax_focal_loss(masked, yy).item() == float("inf")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_softmax_focal_half_logits_compute_in_float32(dtype, taken) -> None:
+    x, y = _inputs((6, 5), (6,), ignore=-100)
+    xh = (x * 100).to(dtype)
+    a = xh.detach().clone().requires_grad_(True)
+    out = F.softmax_focal_loss(a, y)
+    out.backward()
+    assert taken == [True] and out.dtype == torch.float32
+    r = xh.detach().double().requires_grad_(True)
+    expected = _focal_reference(r, y, 2.0, -100, "mean")
+    expected.backward()
+    assert torch.isfinite(out) and torch.isfinite(a.grad).all()
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a.grad.double(), r.grad, rtol=1e-2, atol=1e-3)

@@ -444,6 +444,7 @@ def softmax(
     allow_probs: bool = True,
     input_name: str = "logits",
     nll: str | None = None,
+    nll_term: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Run a softmax-family loss.
 
@@ -463,6 +464,11 @@ def softmax(
             NLL of ``log_softmax(input)`` or of the input (cross-entropy without smoothing, NLL):
             on the CPU PyTorch's kernel then reads and range-checks the indices itself
             (``_cpu_nll``).
+        nll_term: ``term(log_p)`` when the loss of class indices is exactly
+            ``term(log_softmax(logits) at the target)``, reduced over the valid positions, for
+            ``class_factor`` giving ``None`` and no class weights, with ``term(0) == 0`` (an
+            ignored position adds 0): on the CPU PyTorch's NLL kernel then gathers, range-checks
+            and masks the ignored positions (``_cpu_nll``).
 
     ``-inf`` logits (masked classes) are accepted; ``+inf`` and a position with every class at
     ``-inf`` are refused under value checks (``_checks.INFINITE_RULES``: ``"masked"``).
@@ -471,10 +477,10 @@ def softmax(
     # Cross-entropy on the CPU without class weights may read its logits' check off the loss
     # (``_cpu_nll``, below); every other case checks the logits first.
     deferred = (
-        nll == "logits"
+        (nll == "logits" or nll_term is not None)
         and class_weight is None
         and logit_bias is None
-        and class_factor is None
+        and (class_factor is None or nll_term is not None)
         and isinstance(logits, Tensor)
         and logits.is_cpu
     )
@@ -510,21 +516,27 @@ def softmax(
         )
         if fused_out is not None:
             return fused_out
-    if nll is not None and logit_bias is None and class_factor is None:
+    quick = None
+    if nll_term is not None and class_weight is None and logit_bias is None:
+        quick = _cpu_nll(
+            fn, x, target, "logits", ignore_index, None, weight, reduction, avg, nll_term, class_factor
+        )
+    elif nll is not None and logit_bias is None and class_factor is None:
         quick = _cpu_nll(fn, x, target, nll, ignore_index, class_weight, weight, reduction, avg)
-        if quick is not None:
-            value, counted = quick
-            # Every position counted (nothing ignored, no class weights) and a finite loss: every
-            # row's log-softmax at its target is finite, which a NaN, a +inf or a row of -inf
-            # anywhere in that row would have made NaN. Otherwise the logits' own check decides.
-            complete = isinstance(target, Tensor) and counted == target.numel()
-            if (
-                deferred
-                and value_checks_on(x)
-                and not (complete and math.isfinite(float(value.detach())))
-            ):
-                check_floating(fn, input_name, x, infinite="masked", class_dim=cdim)
-            return value
+    if quick is not None:
+        value, counted = quick
+        # Every position counted (nothing ignored, no class weights) and a finite loss: every
+        # row's log-softmax at its target is finite, which a NaN, a +inf or a row of -inf
+        # anywhere in that row would have made NaN (a term of log p_t keeps NaN and -inf
+        # non-finite). Otherwise the logits' own check decides.
+        complete = isinstance(target, Tensor) and counted == target.numel()
+        if (
+            deferred
+            and value_checks_on(x)
+            and not (complete and math.isfinite(float(value.detach())))
+        ):
+            check_floating(fn, input_name, x, infinite="masked", class_dim=cdim)
+        return value
     if deferred:
         check_floating(fn, input_name, x, infinite="masked", class_dim=cdim)
     st = softmax_target(fn, x, target, ignore_index=ignore_index)
@@ -579,10 +591,18 @@ def _cpu_nll(
     weight: Tensor | None,
     reduction: str,
     avg: float | Tensor | None,
+    term: Callable[[Tensor], Tensor] | None = None,
+    class_factor: ClassOption | None = None,
 ) -> tuple[Tensor, float] | None:
     """Cross-entropy / NLL of class indices, reduced, on the CPU: PyTorch's own operations only;
     ``(loss, denominator)``, the denominator being the summed class weights of the counted
     positions (their number without class weights).
+
+    With ``term`` (the pipeline's ``nll_term``): the reduced ``term(log p_t)`` instead, ``log p_t``
+    being the NLL kernel's unreduced output negated (0 at an ignored position, where ``term``
+    adds 0 and the kernel's backward gives no gradient); the denominator is the number of valid
+    positions (one comparison and one host read). Not when ``class_factor`` gives per-class
+    factors.
 
     On the CPU PyTorch's NLL kernel reads every index, raises ``IndexError`` for one out of range
     (no device-side assert) and returns the reduced loss with its denominator (the summed class
@@ -619,6 +639,8 @@ def _cpu_nll(
     mean = reduction == "mean"
     if mean and not kernel_mean(reduction, avg, 1):
         return None
+    if class_factor is not None and class_factor(c, x) is not None:
+        return None
     z = x if x.dtype in _COMPUTE_DTYPES else x.float()
     if nll == "logits":
         z = torch.log_softmax(z, dim=cdim)
@@ -627,12 +649,17 @@ def _cpu_nll(
     idx = target if target.dtype == torch.int64 else target.long()
     ignore = _NO_INDEX if ignore_index is None else ignore_index
     try:
-        out, total_weight = _nll_forward(z, idx, w, 1 if mean else 2, ignore)
+        out, total_weight = _nll_forward(z, idx, w, 0 if term else 1 if mean else 2, ignore)
     except IndexError:
         return None  # an index out of range: the general path reports or poisons it
-    d = float(total_weight)  # a CPU scalar: no device sync
+    # CPU scalars: no device sync
+    d = float(total_weight) if term is None else float((idx != ignore).sum())
     if d <= 0 or (ignore_index is None and d != idx.numel()):
         return None
+    if term is not None:
+        out = term(out.neg()).sum()
+        if mean:
+            out = out / d
     return out, d
 
 

@@ -67,10 +67,13 @@ def _scaled(grad: Tensor, grad_loss: Tensor) -> Tensor:
     The saved derivative itself is never returned, not even for a broadcast 1
     (``reduction="sum"``): autograd may hand a returned tensor to a leaf as its ``.grad`` (through
     a view's backward, for one), and zeroing or updating that ``.grad`` in place would then change
-    the saved derivative under a retained graph (``backward(retain_graph=True)``). A broadcast
-    ``grad_loss`` is read on the host for CPU tensors only (no device sync), so half-precision
-    derivatives are scaled without a float32 temporary.
+    the saved derivative under a retained graph (``backward(retain_graph=True)``). Of the same
+    dtype, one multiplication (a broadcast ``grad_loss`` is read with stride 0). Otherwise a
+    broadcast ``grad_loss`` is read on the host for CPU tensors only (no device sync), so
+    half-precision derivatives are scaled without a float32 temporary.
     """
+    if grad_loss.dtype == grad.dtype:
+        return torch.mul(grad_loss, grad)
     if (
         grad_loss.device.type == "cpu"
         and not torch.compiler.is_compiling()

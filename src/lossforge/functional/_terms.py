@@ -96,7 +96,33 @@ def _focal_term_composite(log_p: Tensor, _unused: Tensor, *, gamma: float) -> Te
 def _focal_term_closed(
     log_p: Tensor, _unused: Tensor, need_grad: bool, *, gamma: float
 ) -> tuple[Tensor, Tensor | None]:
-    """phi(l) and phi'(l) sharing 1 - e^l and its power (see ``_focal_term_grad``)."""
+    r"""phi(l) and phi'(l) sharing 1 - e^l and its power (see ``_focal_term_grad``).
+
+    For $\gamma \ge 1$: $\varphi'(l) = q^{\gamma - 1} (\gamma\, p\, l - q)$ with $p = e^l$,
+    $q = 1 - p$; both terms in the parentheses are $\le 0$ (no cancellation) and $q^{\gamma - 1}$
+    is bounded: 10 element-wise operations for $\gamma = 2$, against 17 for the general form
+    (on the per-position terms of a softmax focal loss each operation's fixed cost is most of the
+    time). At $l = -\infty$ (a masked class) $p\, l$ is 0 and $\varphi' = -1$.
+    """
+    if gamma < 1.0:
+        return _focal_term_closed_small(log_p, gamma, need_grad)
+    neg_q = torch.expm1(log_p).clamp_(max=0.0)  # -(1 - p), relative precision near p = 1
+    q = neg_q.neg()
+    qg1 = None if gamma == 1.0 else q if gamma == 2.0 else q.pow(gamma - 1.0)
+    loss = torch.mul(log_p, neg_q) if qg1 is None else torch.mul(qg1, log_p).mul_(neg_q)
+    if not need_grad:
+        return loss, None
+    # p l is 0 * -inf = NaN only at l = -inf (0 there); a NaN l stays NaN through neg_q
+    pl = torch.exp(log_p).mul_(log_p).nan_to_num_(nan=0.0)
+    grad = torch.add(neg_q, pl, alpha=gamma)
+    return loss, grad if qg1 is None else grad.mul_(qg1)
+
+
+def _focal_term_closed_small(
+    log_p: Tensor, gamma: float, need_grad: bool
+) -> tuple[Tensor, Tensor | None]:
+    """``_focal_term_closed`` for 0 < gamma < 1, where q^(gamma - 1) is unbounded at q = 0:
+    phi'(l) = q^gamma (gamma r - 1) with r = l e^l / q in [-1, 0]."""
     q = _one_minus_exp(log_p)
     qg = q.pow(gamma)
     loss = torch.mul(qg, log_p).neg_()

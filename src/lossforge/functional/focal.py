@@ -369,6 +369,11 @@ def softmax_focal_loss(
         fused=Fused("softmax", "focal", {"gamma": gamma, "label_smoothing": label_smoothing}),
         class_weight=class_weight,
         class_factor=alpha_vector,
+        nll_term=(
+            partial(focal_term, gamma=gamma)
+            if class_weight is None and label_smoothing == 0.0
+            else None
+        ),
         ignore_index=ignore_index,
         weight=weight,
         reduction=reduction,
