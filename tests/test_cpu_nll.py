@@ -255,9 +255,7 @@ def test_softmax_focal_equals_the_reference(name, gamma, ignore, reduction, take
         a = x.detach().clone().requires_grad_(True)
         r = x.detach().clone().requires_grad_(True)
         with lf.value_checks(checks):
-            out = F.softmax_focal_loss(
-                a, y, gamma=gamma, ignore_index=ignore, reduction=reduction
-            )
+            out = F.softmax_focal_loss(a, y, gamma=gamma, ignore_index=ignore, reduction=reduction)
         assert taken == [True]
         expected = _focal_reference(r, y, gamma, ignore, reduction)
         assert_close(out, expected, F64)

@@ -519,7 +519,17 @@ def softmax(
     quick = None
     if nll_term is not None and class_weight is None and logit_bias is None:
         quick = _cpu_nll(
-            fn, x, target, "logits", ignore_index, None, weight, reduction, avg, nll_term, class_factor
+            fn,
+            x,
+            target,
+            "logits",
+            ignore_index,
+            None,
+            weight,
+            reduction,
+            avg,
+            nll_term,
+            class_factor,
         )
     elif nll is not None and logit_bias is None and class_factor is None:
         quick = _cpu_nll(fn, x, target, nll, ignore_index, class_weight, weight, reduction, avg)
