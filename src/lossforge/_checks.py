@@ -385,6 +385,17 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def as_dtype(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x.to(dtype)``, without the call when ``x`` already has it (``Tensor.to`` parses its
+    arguments even then: a few microseconds on every loss call)."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+def in_compute_dtype(x: Tensor) -> Tensor:
+    """``x`` in its compute dtype (``compute_dtype``), without a call when it already is."""
+    return as_dtype(x, compute_dtype(x))
+
+
 def as_index_target(fn: str, target: object, name: str = "target") -> Tensor:
     """Class-index targets: any integer dtype, returned as int64. Float/bool raise ``TypeError``."""
     t = check_tensor(fn, name, target)

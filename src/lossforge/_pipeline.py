@@ -50,6 +50,7 @@ from lossforge._checks import (
     check_unit_interval,
     compute_dtype,
     fail,
+    in_compute_dtype,
     poison_out_of_range,
     value_checks_enabled,
     value_checks_on,
@@ -106,9 +107,13 @@ class Fused(NamedTuple):
 
 class Total(NamedTuple):
     """Returned by a loss's math instead of the unreduced loss when PyTorch's own kernel already
-    summed the valid elements (one pass fewer; the denominator rules still apply)."""
+    summed the valid elements (one pass fewer; the denominator rules still apply).
+
+    ``mean``: ``value`` is already the kernel's mean over every element, which a sigmoid-family
+    loss may return when asked with ``want_total == "mean"`` (``_reduction.kernel_mean``)."""
 
     value: Tensor
+    mean: bool = False
 
 
 class Unreduced(NamedTuple):
@@ -308,7 +313,9 @@ def sigmoid(
     Args:
         loss: ``loss(x, target, want_total, **options)``: the unreduced loss (the input's shape,
             compute dtype) of the input ``x`` (own dtype) against the dense target; it may return
-            ``Total`` when ``want_total`` (no element weight, mask or poisoned element).
+            ``Total`` when ``want_total`` (no element weight, mask or poisoned element), and
+            ``Total(mean, mean=True)`` when ``want_total == "mean"`` (``"mean"`` is plain
+            ``sum / numel``: PyTorch's kernels may compute it, one division fewer).
         fused: The kernel that can serve this loss, if any.
         options: ``options(x)``: loss options that need the validated input (a ``pos_weight``
             on its device); passed to ``loss`` and to the kernel as keywords.
@@ -340,7 +347,11 @@ def sigmoid(
             return fused_out
     opts = {} if options is None else dict(_device_option(options, (), x))
     dt = sigmoid_target(fn, x, target, ignore_index=ignore_index)
-    want_total = reduction != "none" and weight is None and dt.valid is None and dt.bad is None
+    want_total: bool | str = (
+        reduction != "none" and weight is None and dt.valid is None and dt.bad is None
+    )
+    if want_total and kernel_mean(reduction, avg, x.numel()):
+        want_total = "mean"
     out = loss(x, dt, want_total, **opts)
     if (
         deferred
@@ -349,6 +360,8 @@ def sigmoid(
     ):
         check_floating(fn, input_name, x, infinite=rule)
     if isinstance(out, Total):
+        if out.mean:
+            return out.value
         return finish_reduction(
             out.value, fn=fn, reduction=reduction, avg_factor=avg, numel=x.numel()
         )
@@ -553,7 +566,7 @@ def softmax(
     c = x.shape[st.cdim]
     w = _device_option(as_class_weight, (fn, class_weight, c), x)
     a = None if class_factor is None else _device_option(class_factor, (c,), x)
-    z = x.to(compute_dtype(x))
+    z = in_compute_dtype(x)
     if logit_bias is not None:
         bias = _device_option(logit_bias, (c,), x)
         if bias is not None:
@@ -917,7 +930,7 @@ def _region_prepare(
 ) -> tuple[RegionInput, Tensor | None]:
     """The target convention, the activation and the ignore mask of every region loss."""
     g, valid = region_target(fn, x, target, activation, ignore_index)
-    z = x.to(compute_dtype(x))
+    z = in_compute_dtype(x)
     if activation == "softmax":
         p = torch.softmax(z, dim=1)
     elif activation == "sigmoid":

@@ -25,12 +25,13 @@ rows sum to 1 (a value check, tolerance ``1e-3 * C``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 import torch
 from torch import Tensor
 
 from lossforge._checks import (
+    as_dtype,
     as_index_target,
     check_distribution,
     check_index_range,
@@ -65,8 +66,7 @@ def _class_range(logits: Tensor, cdim: int, ndim: int) -> Tensor:
     return torch.arange(c, device=logits.device).view(view)
 
 
-@dataclass(frozen=True)
-class DenseTarget:
+class DenseTarget(NamedTuple):
     """A sigmoid-loss target as dense floats of the logits' shape.
 
     Attributes:
@@ -107,6 +107,8 @@ def resolve_target(fn: str, logits: Tensor, target: object, *, index_target: boo
         fail(fn, "index_target", "None, True or False", repr(index_target), TypeError)
     if not isinstance(target, Tensor) or logits.ndim == 0:
         return target  # the target checks report it
+    if index_target is not True and target.shape == logits.shape:
+        return target  # dense (the common case: decided without building the index shape)
     cdim = class_dim(logits)
     c = logits.shape[cdim]
     index_shape = _shape_without(logits.shape, cdim)
@@ -219,7 +221,7 @@ def sigmoid_target(
         if ignore_index is not None:
             valid = t != ignore_index
             t = torch.where(valid, t, torch.zeros((), dtype=t.dtype, device=t.device))
-        dense = t.to(cdtype)
+        dense = as_dtype(t, cdtype)
         if check_range:
             check_unit_interval(fn, "target", dense)
         return DenseTarget(dense, valid, None, False, not t.is_floating_point())
@@ -241,7 +243,7 @@ def sigmoid_target(
                 out = out & (idx != ignore_index)
             bad = out.unsqueeze(cdim)
         onehot = idx.unsqueeze(cdim) == _class_range(logits, cdim, logits.ndim)
-        return DenseTarget(onehot.to(cdtype), valid, bad, True, True)
+        return DenseTarget(as_dtype(onehot, cdtype), valid, bad, True, True)
 
     _sigmoid_shape_error(fn, logits, t)
 
@@ -367,7 +369,7 @@ def softmax_target(
 
     if t.is_floating_point() and t.shape == logits.shape:
         _probability_ignore(fn, ignore_index, default_ignore)
-        probs = t.to(compute_dtype(logits))
+        probs = as_dtype(t, compute_dtype(logits))
         check_unit_interval(fn, "target", probs)
         check_distribution(fn, "target", probs, cdim)
         return SoftmaxTarget(None, probs, None, None, cdim)
@@ -425,7 +427,7 @@ def region_target(
         if ignore is not None:
             valid = t != ignore
             t = torch.where(valid, t, torch.zeros((), dtype=t.dtype, device=t.device))
-        dense = t.to(cdtype)
+        dense = as_dtype(t, cdtype)
         check_unit_interval(fn, "target", dense)
         return dense, valid
     if tuple(t.shape) != _index_shape(x):
@@ -446,7 +448,7 @@ def region_target(
     if ignore is not None:
         valid = idx != ignore
         hit = hit & valid  # ignore_index may be a valid class id
-    dense = hit.to(cdtype)
+    dense = as_dtype(hit, cdtype)
     if not value_checks_on(idx):
         out = (idx < 0) | (idx > (c if background else c - 1))
         if valid is not None:

@@ -25,7 +25,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
-from lossforge._checks import compute_dtype
+from lossforge._checks import compute_dtype, in_compute_dtype
 
 __all__ = ["ClosedForm", "ElementwiseLoss", "closed_form_loss", "upcast"]
 
@@ -53,7 +53,7 @@ def upcast(fn: Callable[[Tensor, Tensor, bool], tuple[Tensor, Tensor | None]]) -
     the derivative is returned in the input's dtype."""
 
     def wrapped(x: Tensor, y: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
-        loss, grad = fn(x.to(compute_dtype(x)), y, need_grad)
+        loss, grad = fn(in_compute_dtype(x), y, need_grad)
         if grad is not None and grad.dtype != x.dtype:
             grad = grad.to(x.dtype)
         return loss, grad
@@ -128,7 +128,7 @@ def closed_form_loss(x: Tensor, y: Tensor, spec: ClosedForm) -> Tensor:
             and (fwAD.unpack_dual(x).tangent is not None or fwAD.unpack_dual(y).tangent is not None)
         )
     ):
-        return spec.composite(x.to(compute_dtype(x)), y)
+        return spec.composite(in_compute_dtype(x), y)
     if torch.is_grad_enabled() and x.requires_grad:
         return cast(Tensor, ElementwiseLoss.apply(x, y, spec))
     loss, _ = spec.loss_and_grad(x, y, False)

@@ -24,7 +24,12 @@ import torch
 import torch.nn.functional as TF
 from torch import Tensor
 
-from lossforge._checks import as_class_weight, compute_dtype, fail, value_checks_enabled
+from lossforge._checks import (
+    as_class_weight,
+    fail,
+    in_compute_dtype,
+    value_checks_enabled,
+)
 from lossforge._dispatch import kernel_eligible, unsupported
 from lossforge._targets import DenseTarget, class_dim, class_view
 from lossforge.functional._terms import as_pos_weight
@@ -122,7 +127,7 @@ def weighted_sigmoid_focal(
         if t.binary:
             loss = loss * (1.0 + (pos_weight - 1.0) * y)
         else:
-            z = x.to(compute_dtype(x))
+            z = in_compute_dtype(x)
             extra = y * -TF.logsigmoid(z) * modulating_factor(z, y, gamma)
             loss = loss + (pos_weight - 1.0) * extra
     if alpha is not None:

@@ -19,8 +19,8 @@ from lossforge._checks import (
     check_same_shape,
     check_tensor,
     check_unit_interval,
-    compute_dtype,
     fail,
+    in_compute_dtype,
 )
 from lossforge._params import (
     BatchTensor,
@@ -189,7 +189,7 @@ def _ohem(
             "a call inside it",
             RuntimeError,
         )
-    z = x.to(compute_dtype(x))
+    z = in_compute_dtype(x)
     y = t.target
     if mask is None:
         m = torch.ones_like(y)

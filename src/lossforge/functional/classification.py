@@ -21,6 +21,7 @@ from lossforge._checks import (
     check_unit_interval,
     compute_dtype,
     fail,
+    in_compute_dtype,
     value_checks_on,
 )
 from lossforge._params import (
@@ -275,9 +276,14 @@ def binary_cross_entropy(
 
 
 def _bce_logits(
-    x: Tensor, t: DenseTarget, want_total: bool, *, eps: float, pos_weight: Tensor | None
+    x: Tensor,
+    t: DenseTarget,
+    want_total: bool | str,
+    *,
+    eps: float,
+    pos_weight: Tensor | None = None,
 ) -> Tensor | Total:
-    z = x.to(compute_dtype(x))
+    z = in_compute_dtype(x)
     y = t.target
     if eps > 0:
         y = y * (1.0 - eps) + 0.5 * eps
@@ -289,9 +295,14 @@ def _bce_logits(
     # y * pw * -log sigma(x) + (1 - y) * -log(1 - sigma(x)); the tests check it against loop
     # references written from that formula.
     if want_total:
-        # Nothing element-wise to apply: PyTorch's kernel sums directly (one pass fewer).
+        # Nothing element-wise to apply: PyTorch's kernel sums (one pass fewer), or takes the
+        # plain mean itself (one division fewer).
+        mean = want_total == "mean"
         return Total(
-            TF.binary_cross_entropy_with_logits(z, y, pos_weight=pos_weight, reduction="sum")
+            TF.binary_cross_entropy_with_logits(
+                z, y, pos_weight=pos_weight, reduction="mean" if mean else "sum"
+            ),
+            mean,
         )
     return TF.binary_cross_entropy_with_logits(z, y, pos_weight=pos_weight, reduction="none")
 
@@ -373,7 +384,7 @@ def binary_cross_entropy_with_logits(
         target,
         loss=partial(_bce_logits, eps=label_smoothing),
         fused=Fused("sigmoid", "bce", {"label_smoothing": label_smoothing}),
-        options=options,
+        options=None if pos_weight is None else options,
         ignore_index=ignore_index,
         index_target=index_target,
         nan_in_total=True,

@@ -46,6 +46,7 @@ from lossforge._checks import (
     check_unit_interval,
     compute_dtype,
     fail,
+    in_compute_dtype,
     value_checks_on,
 )
 from lossforge._params import BatchTensor, Integer, NonNegative, Number, Positive, loss_function
@@ -153,7 +154,7 @@ def _quality(x: Tensor, t: DenseTarget, score: Tensor | None) -> Tensor:
 def _qfl(
     x: Tensor, t: DenseTarget, _want_total: bool, *, beta: float, score: Tensor | None
 ) -> Tensor:
-    z = x.to(compute_dtype(x))
+    z = in_compute_dtype(x)
     y = _quality(x, t, score)
     bce = TF.binary_cross_entropy_with_logits(z, y, reduction="none")
     return bce * _abs_pow(torch.sigmoid(z) - y, beta)
@@ -242,7 +243,7 @@ def _vfl(
     iou_weighted: bool,
     score: Tensor | None,
 ) -> Tensor:
-    z = x.to(compute_dtype(x))
+    z = in_compute_dtype(x)
     y = _quality(x, t, score)
     bce = TF.binary_cross_entropy_with_logits(z, y, reduction="none")
     negative = alpha * _abs_pow(torch.sigmoid(z) - y, gamma)
@@ -535,7 +536,7 @@ def _ghmc(
     bin_counts: Tensor | None,
     hist_weight: Tensor | None,
 ) -> Unreduced:
-    z = x.to(compute_dtype(x))
+    z = in_compute_dtype(x)
     with torch.no_grad():
         g = (torch.sigmoid(z) - t.target).abs()
         counted = _counted(t.valid, hist_weight)

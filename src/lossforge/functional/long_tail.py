@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from lossforge import _pipeline as pipeline
-from lossforge._checks import compute_dtype, fail, value_checks_enabled
+from lossforge._checks import compute_dtype, fail, in_compute_dtype, value_checks_enabled
 from lossforge._params import (
     ClassProbabilities,
     ClassValues,
@@ -451,7 +451,7 @@ def _poly1_focal(
     )
     if epsilon == 0.0:
         return focal
-    z, y = x.to(compute_dtype(x)), t.target
+    z, y = in_compute_dtype(x), t.target
     one_minus_pt = y * torch.sigmoid(-z) + (1.0 - y) * torch.sigmoid(z)
     return focal + epsilon * one_minus_pt.pow(gamma + 1.0)
 
