@@ -225,11 +225,23 @@ def sigmoid_focal_closed(
         del log_pt, m, mg
         grad = torch.where(pos, gs, -gs)
     else:
-        p = torch.sigmoid(z)
-        q = torch.sigmoid(-z)
+        # One exp and one log1p for everything: with e = exp(-|z|), sigma(|z|) = 1 / (1 + e),
+        # sigma(-|z|) = e / (1 + e), and -log sigma(+-z) = relu(-+z) + log1p(e) (two
+        # logsigmoid and two sigmoid passes would be four transcendental passes).
         ny = 1.0 - y
-        ce = TF.logsigmoid(z).mul_(y)
-        ce.addcmul_(TF.logsigmoid(-z), ny).neg_()
+        e = torch.abs(z).neg_().exp_()
+        sp = torch.log1p(e)
+        big = e.add(1.0).reciprocal_()  # sigma(|z|)
+        small = e.mul_(big)  # sigma(-|z|), relative precision kept where it underflows
+        pq = big * small
+        nonneg = z >= 0
+        p = torch.where(nonneg, big, small)
+        q = torch.where(nonneg, small, big)
+        del e, big, small, nonneg
+        # ce = y (relu(-z) + sp) + (1 - y) (relu(z) + sp): non-negative terms, no cancellation
+        ce = torch.relu(z).mul_(ny)
+        ce.addcmul_(torch.clamp(z, max=0.0).neg_(), y).add_(sp)
+        del sp
         m = q * y
         m.addcmul_(p, ny)
         mg = m.pow(gamma)
@@ -237,7 +249,7 @@ def sigmoid_focal_closed(
         if not need_grad:
             return _times_alpha_t(loss, None, y, alpha)
         # p q / m, set to 1 where m underflowed to 0 (0/0 there).
-        ratio = torch.mul(p, q).div_(m).masked_fill_(m <= 0, 1.0)
+        ratio = pq.div_(m).masked_fill_(m <= 0, 1.0)
         del m
         focus = ce.mul_(ratio).mul_(gamma).mul_(ny - y)  # gamma ce (pq/m)(1 - 2y)
         del ratio
