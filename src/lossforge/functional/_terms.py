@@ -228,20 +228,19 @@ def sigmoid_focal_closed(
         # One exp and one log1p for everything: with e = exp(-|z|), sigma(|z|) = 1 / (1 + e),
         # sigma(-|z|) = e / (1 + e), and -log sigma(+-z) = relu(-+z) + log1p(e) (two
         # logsigmoid and two sigmoid passes would be four transcendental passes).
+        # (Temporaries are freed as soon as they are used: the peak stays below the composite's.)
         ny = 1.0 - y
         e = torch.abs(z).neg_().exp_()
-        sp = torch.log1p(e)
+        # ce = y (relu(-z) + sp) + (1 - y) (relu(z) + sp), sp = log1p(e): non-negative terms, no
+        # cancellation
+        ce = torch.relu(z).mul_(ny)
+        ce.addcmul_(torch.clamp(z, max=0.0).neg_(), y).add_(torch.log1p(e))
         big = e.add(1.0).reciprocal_()  # sigma(|z|)
         small = e.mul_(big)  # sigma(-|z|), relative precision kept where it underflows
-        pq = big * small
         nonneg = z >= 0
         p = torch.where(nonneg, big, small)
         q = torch.where(nonneg, small, big)
         del e, big, small, nonneg
-        # ce = y (relu(-z) + sp) + (1 - y) (relu(z) + sp): non-negative terms, no cancellation
-        ce = torch.relu(z).mul_(ny)
-        ce.addcmul_(torch.clamp(z, max=0.0).neg_(), y).add_(sp)
-        del sp
         m = q * y
         m.addcmul_(p, ny)
         mg = m.pow(gamma)
@@ -249,7 +248,7 @@ def sigmoid_focal_closed(
         if not need_grad:
             return _times_alpha_t(loss, None, y, alpha)
         # p q / m, set to 1 where m underflowed to 0 (0/0 there).
-        ratio = pq.div_(m).masked_fill_(m <= 0, 1.0)
+        ratio = torch.mul(p, q).div_(m).masked_fill_(m <= 0, 1.0)
         del m
         focus = ce.mul_(ratio).mul_(gamma).mul_(ny - y)  # gamma ce (pq/m)(1 - 2y)
         del ratio
