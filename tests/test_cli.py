@@ -626,6 +626,30 @@ def test_bench_interleaved_rounds() -> None:
         assert r["median_ms"] > 0 and r["iqr_ms"] >= 0
 
 
+def test_bench_unchecked_provider_runs_with_checks_off_per_block() -> None:
+    """The "value checks off" provider runs every call (warm-up, memory step, timed blocks) with
+    value checks off, set around the block rather than per call; the others keep the default."""
+    import torch
+
+    import lossforge.cli.bench as bench
+    from lossforge._checks import value_checks_enabled
+
+    x, t = torch.randn(4, 3), torch.rand(4, 3)
+    for wrap, expected in ((bench._unchecked, False), (lambda f: f, True)):
+        seen: list[bool] = []
+
+        def loss(a: torch.Tensor, b: torch.Tensor, seen: list[bool] = seen) -> torch.Tensor:
+            seen.append(value_checks_enabled(a))
+            return (a * b).sum()
+
+        step, _ = bench._prepare(wrap(loss), x, t)
+        assert seen and set(seen) == {expected}  # warm-up and the memory step
+        seen.clear()
+        bench._time_block(step, 3, torch.device("cpu"))
+        assert seen == [expected] * 3
+        assert value_checks_enabled(x)  # nothing left set after the block
+
+
 def test_bench_interleave_order(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each round times one block (k calls) of every provider, in an order that changes from round
     to round and repeats from run to run (``random.Random(0)``); no timing is asserted."""

@@ -15,7 +15,8 @@ rounds. A load swing or allocator drift on a shared machine thus hits every prov
 rounds it spans. The report gives the median and IQR over the rounds of the time per call, and the
 speed-up relative to the reference as the median and quartiles of the paired per-round ratios
 $t_{ref} / t$ (above 1 = faster than the reference). The lossforge providers are
-``backend="torch"`` everywhere, on the CPU also with value checks off, and on CUDA with triton
+``backend="torch"`` everywhere, on the CPU also with value checks off (set once around each
+timed block, as a training loop sets it), and on CUDA with triton
 ``backend="auto"``: adding a device or a backend is a change to ``_providers`` only, adding a
 workload one more ``Workload``. Inputs, targets and modules are built before any timing starts, so a
 timed block holds the loss's forward and backward only.
@@ -368,14 +369,31 @@ def _providers(
     return providers
 
 
+class _Unchecked:
+    """A provider run with value checks off. The mode is set once around each timed block (and
+    the warm-up and memory step, ``_prepare``), as a training loop sets it once, not per call:
+    a ``with value_checks(False)`` block per call would time the context manager too."""
+
+    value_checks = False
+
+    def __init__(self, module: Callable[[Tensor, Tensor], Tensor]) -> None:
+        self.module = module
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.module(x, t)
+
+
 def _unchecked(module: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
-    from lossforge import value_checks
+    return _Unchecked(module)
 
-    def call(x: Tensor, t: Tensor) -> Tensor:
-        with value_checks(False):
-            return module(x, t)
 
-    return call
+def _mode_of(fn: object) -> contextlib.AbstractContextManager[None]:
+    """The value-check mode a provider's calls run under (``_Unchecked``), as a ``with`` block."""
+    if isinstance(fn, _Unchecked):
+        from lossforge import value_checks
+
+        return value_checks(fn.value_checks)
+    return contextlib.nullcontext()
 
 
 #: A timed block of the reference lasts about this long (seconds): long enough for
@@ -404,18 +422,20 @@ def _prepare(
         fn(leaf, t).backward()
         leaf.grad = None
 
-    step()  # warm-up (and compile caches)
-    # Memory: one separate forward+backward (the CPU measurement profiles, which slows it).
-    if leaf.is_cuda:
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = cpu_memory(lambda: fn(leaf, t)).peak_bytes
-        leaf.grad = None
+    step.mode = lambda: _mode_of(fn)  # type: ignore[attr-defined]  # entered per timed block
+    with _mode_of(fn):
+        step()  # warm-up (and compile caches)
+        # Memory: one separate forward+backward (the CPU measurement profiles, which slows it).
+        if leaf.is_cuda:
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            step()
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() - base
+        else:
+            peak = cpu_memory(lambda: fn(leaf, t)).peak_bytes
+            leaf.grad = None
     return step, {
         "peak_extra_mb": peak / 2**20,
         "peak_extra_bytes": peak,
@@ -424,11 +444,14 @@ def _prepare(
 
 
 def _time_block(step: Callable[[], None], calls: int, device: torch.device) -> float:
-    """Seconds of ``calls`` back-to-back steps (device work included on CUDA)."""
+    """Seconds of ``calls`` back-to-back steps (device work included on CUDA), under the step's
+    value-check mode (``step.mode``, set by ``_prepare``) when it has one."""
+    mode = getattr(step, "mode", contextlib.nullcontext)
     _sync(device)
     start = time.perf_counter()
-    for _ in range(calls):
-        step()
+    with mode():
+        for _ in range(calls):
+            step()
     _sync(device)
     return time.perf_counter() - start
 
