@@ -356,3 +356,20 @@ def test_softmax_focal_half_logits_compute_in_float32(dtype, taken) -> None:
     assert torch.isfinite(out) and torch.isfinite(a.grad).all()
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(a.grad.double(), r.grad, rtol=1e-2, atol=1e-3)
+
+
+def test_softmax_focal_channels_last_and_integer_dtypes(taken) -> None:
+    x, y = _inputs((2, 5, 3, 4), (2, 3, 4), seed=4)
+    y[0, 0, 0] = -100
+    xc = x.to(memory_format=torch.channels_last)
+    r = x.detach().clone().requires_grad_(True)
+    expected = _focal_reference(r, y, 2.0, -100, "mean")
+    expected.backward()
+    for target in (y, y.to(torch.int32), y.to(torch.int16)):
+        taken.clear()
+        a = xc.detach().clone().requires_grad_(True)
+        out = F.softmax_focal_loss(a, target)
+        out.backward()
+        assert taken == [True]
+        assert_close(out, expected, F64)
+        assert_close(a.grad, r.grad, F64)
