@@ -1146,3 +1146,71 @@ def test_fused_dispatch_under_the_triton_interpreter() -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
+
+
+# ------------------------------------------------------------------------------------------------
+# Float targets holding only 0 and 1 take the hard-target form on the CPU (binary_values)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hard_flags(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The ``hard`` flag of every call of the sigmoid focal closed form / composite."""
+    import lossforge.functional._terms as terms
+
+    flags: list[bool] = []
+    for name in ("sigmoid_focal_closed", "sigmoid_focal_composite"):
+        original = getattr(terms, name)
+
+        def spy(*a, _original=original, **k):  # noqa: ANN002, ANN003, ANN202
+            flags.append(k["hard"])
+            return _original(*a, **k)
+
+        monkeypatch.setattr(terms, name, spy)
+    return flags
+
+
+def test_binary_float_targets_take_the_hard_form(hard_flags) -> None:
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(16, 6, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
+    y = (torch.rand(16, 6, generator=g) < 0.3).double()
+    out = F.sigmoid_focal_loss(x, y, gamma=2.0, alpha=0.25)
+    (gx,) = torch.autograd.grad(out, x)
+    assert hard_flags == [True]
+    # the same values as the soft form and the float64 formula
+    r = x.detach().clone().requires_grad_(True)
+    expected = ref.sigmoid_focal_map(r.detach(), y, alpha=0.25, gamma=2.0).mean()
+    assert_close(out, expected, torch.float64)
+    soft = y * (1 - 1e-12)  # not binary: the soft form, whose value is continuous in y
+    hard_flags.clear()
+    out_soft = F.sigmoid_focal_loss(r, soft, gamma=2.0, alpha=0.25)
+    (gs,) = torch.autograd.grad(out_soft, r)
+    assert hard_flags == [False]
+    assert_close(out, out_soft, torch.float64)
+    torch.testing.assert_close(gx, gs, rtol=1e-9, atol=1e-12)
+
+
+def test_binary_values_not_read_where_they_must_not_be(hard_flags) -> None:
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    y = (torch.rand(8, 3, generator=g) < 0.5).double()
+    # a target that requires grad keeps the soft formulas (they carry its gradient)
+    yg = y.clone().requires_grad_(True)
+    F.sigmoid_focal_loss(x, yg).backward()
+    assert hard_flags == [False] and yg.grad is not None and yg.grad.abs().sum() > 0
+    # values other than 0 and 1, and NaN (value checks off), stay soft
+    for bad in (0.5, float("nan")):
+        hard_flags.clear()
+        yb = y.clone()
+        yb[0, 0] = bad
+        with value_checks(False):
+            F.sigmoid_focal_loss(x, yb)
+        assert hard_flags == [False]
+    # torch.func transforms read no values
+    hard_flags.clear()
+    torch.func.grad(lambda a: F.sigmoid_focal_loss(a, y))(x)
+    assert hard_flags and not any(hard_flags)
+    # bool targets were hard by their dtype already; gamma = 0 is plain BCE either way
+    hard_flags.clear()
+    F.sigmoid_focal_loss(x, y.bool())
+    assert hard_flags == [True]
