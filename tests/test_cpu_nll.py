@@ -373,3 +373,23 @@ def test_softmax_focal_channels_last_and_integer_dtypes(taken) -> None:
         assert taken == [True]
         assert_close(out, expected, F64)
         assert_close(a.grad, r.grad, F64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_softmax_focal_extreme_logits_stay_finite(dtype, taken) -> None:
+    # +-1e4 logits (confidently right and confidently wrong rows, an ignored row): a finite loss
+    # and finite gradients equal to the float64 formula on the same (rounded) values
+    x = torch.tensor(
+        [[1e4, -1e4, 0.0], [-1e4, 1e4, -1e4], [0.0, 0.0, 1e4], [1e4, 1e4, -1e4]], dtype=dtype
+    )
+    y = torch.tensor([0, 0, 2, -100])
+    a = x.detach().clone().requires_grad_(True)
+    out = F.softmax_focal_loss(a, y)
+    out.backward()
+    assert taken == [True]
+    r = x.detach().double().requires_grad_(True)
+    expected = _focal_reference(r, y, 2.0, -100, "mean")
+    expected.backward()
+    assert torch.isfinite(out) and torch.isfinite(a.grad).all()
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a.grad.double(), r.grad, rtol=1e-2, atol=1e-3)

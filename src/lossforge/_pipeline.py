@@ -671,8 +671,9 @@ def _cpu_nll(
         z = z.contiguous()  # nll_loss2d's backward needs contiguous log-probabilities
     idx = target if target.dtype == torch.int64 else target.long()
     ignore = _NO_INDEX if ignore_index is None else ignore_index
+    kernel_reduction = 0 if term is not None else 1 if mean else 2  # none / mean / sum
     try:
-        out, total_weight = _nll_forward(z, idx, w, 0 if term else 1 if mean else 2, ignore)
+        out, total_weight = _nll_forward(z, idx, w, kernel_reduction, ignore)
     except IndexError:
         return None  # an index out of range: the general path reports or poisons it
     # CPU scalars: no device sync
