@@ -615,8 +615,14 @@ def test_bench_interleaved_rounds() -> None:
 
     work = next(w for w in WORKLOADS if w.name == "bce-multilabel")
     rows = run_workloads((work,), torch.device("cpu"), scale=0.01, min_run_time=0.01)
-    assert len(rows) == 3  # the reference, lossforge, lossforge with value checks off
-    assert rows[0]["provider"] == rows[0]["reference"] == "F.binary_cross_entropy_with_logits"
+    # the reference, lossforge's functional (checks on by default, then off), its module
+    assert [r["provider"] for r in rows] == [
+        "F.binary_cross_entropy_with_logits",
+        "lossforge binary_cross_entropy_with_logits (torch)",
+        "lossforge binary_cross_entropy_with_logits (value checks off)",
+        "lossforge binary_cross_entropy_with_logits module",
+    ]
+    assert rows[0]["reference"] == "F.binary_cross_entropy_with_logits"
     assert len({r["runs"] for r in rows}) == 1 and rows[0]["runs"] >= 5
     assert len({r["calls_per_run"] for r in rows}) == 1 and rows[0]["calls_per_run"] >= 1
     ref = rows[0]
@@ -624,6 +630,28 @@ def test_bench_interleaved_rounds() -> None:
     for r in rows:
         assert 0 < r["speedup_q1"] <= r["speedup_vs_ref"] <= r["speedup_q3"]
         assert r["median_ms"] > 0 and r["iqr_ms"] >= 0
+
+
+def test_bench_lossforge_rows_call_the_functional_and_the_module() -> None:
+    """The lossforge rows call the functional with the workload's parameters (as the references
+    are functions), the last one the module built by the registry."""
+    import functools
+
+    import torch
+
+    import lossforge.functional as F
+    from lossforge.cli.bench import WORKLOADS, _providers
+    from lossforge.nn import Loss
+
+    work = next(w for w in WORKLOADS if w.name == "smooth-l1")
+    providers = dict(_providers(work, torch.device("cpu")))
+    on = providers["lossforge smooth_l1 (torch)"]
+    off = providers["lossforge smooth_l1 (value checks off)"]
+    assert isinstance(on, functools.partial) and on.func is F.smooth_l1_loss
+    assert on.keywords == {"beta": 1.0 / 9.0, "backend": "torch"}
+    assert off.module.func is F.smooth_l1_loss  # type: ignore[attr-defined]
+    module = providers["lossforge smooth_l1 module"]
+    assert isinstance(module, Loss) and module.beta == 1.0 / 9.0
 
 
 def test_bench_unchecked_provider_runs_with_checks_off_per_block() -> None:

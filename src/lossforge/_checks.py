@@ -180,7 +180,14 @@ def value_checks_enabled(*tensors: Tensor | None) -> bool:
     """
     if torch.compiler.is_compiling():
         return False
-    mode = _mode()
+    return _enabled_for(tensors)
+
+
+def _enabled_for(tensors: tuple[Tensor | None, ...]) -> bool:
+    # ``_mode`` inlined: this runs on every call of every loss, and on the CPU its cost is paid
+    # again in the cache misses of the kernels around it.
+    base, frames = _STATE.get()
+    mode = frames[-1].mode if frames else (_env_mode() if base is _UNSET else base)
     if mode is False:
         return False
     if mode is True:
@@ -462,9 +469,9 @@ def value_checks_on(*tensors: Tensor | None) -> bool:
     ``torch.func`` transform (``vmap``, ``grad``, ``jacrev``, ``jacfwd``), where tensors are
     wrapped and reading a value is data-dependent control flow (as under ``torch.compile``).
     With checks skipped, invalid values are poisoned to NaN exactly as with checks off."""
-    if torch._C._are_functorch_transforms_active():
+    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
         return False
-    return value_checks_enabled(*tensors)
+    return _enabled_for(tensors)
 
 
 def refuse_state_update_under_transforms(owner: str, state: str) -> None:

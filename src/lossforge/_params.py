@@ -312,6 +312,12 @@ def loss_function(
     return _wrap(fn, check)
 
 
+#: Argument types whose checked values ``loss_function`` remembers (immutable, hashable, compared
+#: by value), and how many it remembers per function at most.
+_SCALARS = frozenset({int, float, str, bool, type(None)})
+_MEMO_SIZE = 256
+
+
 def _wrap(fn: Callable[P, R], check: Constraint | None) -> Callable[P, R]:
     import inspect
 
@@ -328,12 +334,29 @@ def _wrap(fn: Callable[P, R], check: Constraint | None) -> Callable[P, R]:
     # default object itself (valid by construction: a module passes its defaults on every call).
     domains = {k: d for k, d in all_domains.items() if not isinstance(d, Unchecked)}
     missing = object()
+    # Scalars that passed their domain's check, with the value it returned: a check is a pure
+    # function of an immutable scalar, and a training loop passes the same few values on every
+    # call (a module its configuration). Keyed by type as well (1, 1.0 and True are equal keys).
+    passed: dict[tuple[str, type, object], object] = {}
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         for key, value in kwargs.items():
             domain = domains.get(key)
-            if domain is not None and value is not defaults.get(key, missing):
+            if domain is None or value is defaults.get(key, missing):
+                continue
+            kind = type(value)
+            # (not while torch.compile traces: a lookup keyed by a symbolic number would
+            # specialise the graph to its value)
+            if kind in _SCALARS and not torch.compiler.is_compiling():
+                memo = (key, kind, value)
+                checked = passed.get(memo, missing)
+                if checked is missing:
+                    checked = domain.check(name, key, value)
+                    if len(passed) < _MEMO_SIZE:
+                        passed[memo] = checked
+                kwargs[key] = checked
+            else:
                 kwargs[key] = domain.check(name, key, value)
         if check is not None:
             check(name, {**defaults, **kwargs})

@@ -67,6 +67,7 @@ from lossforge._reduction import (
     weight_layout,
 )
 from lossforge._targets import (
+    DenseTarget,
     SoftmaxTarget,
     check_sigmoid_target,
     check_softmax_target,
@@ -165,6 +166,20 @@ def _grad_reason(x: Tensor, *others: object) -> str | None:
             if isinstance(t, Tensor) and fwAD.unpack_dual(t).tangent is not None:
                 return "forward-mode AD (dual tensors)"
     return None
+
+
+def _plain(x: Tensor, target: Tensor) -> bool:
+    """An element-wise plain call: the target of ``x``'s device, dtype (float32 / float64: the
+    compute dtypes) and shape. A plain call is one that is exactly PyTorch's function, on inputs
+    given as exactly ``torch.Tensor`` (a subclass has dispatch rules of its own); with value checks
+    off a pipeline hands it to PyTorch's kernel before its own checks, which then run only for
+    what the kernel cannot settle."""
+    return (
+        x.dtype in _COMPUTE_DTYPES
+        and target.dtype == x.dtype
+        and target.shape == x.shape
+        and target.device == x.device
+    )
 
 
 def _ndim(x: object) -> int:
@@ -330,6 +345,32 @@ def sigmoid(
     Infinite logits are refused under value checks (``_checks.INFINITE_RULES``: ``"finite"``);
     an input named other than ``logits`` (probabilities) is checked by the loss itself.
     """
+    if (
+        nan_in_total
+        and options is None
+        and index_target is not True
+        and backend == "torch"
+        and ignore_index is None
+        and weight is None
+        and avg_factor is None
+        and type(logits) is Tensor
+        and type(target) is Tensor
+        and _plain(logits, target)
+        and (reduction == "sum" or kernel_mean(reduction, None, logits.numel()))
+    ):
+        # A plain call (a dense float target of the logits' dtype): PyTorch's kernel reduces
+        # (``Total``). What follows below would check nothing else for it than the target's
+        # range and the deferred finite check, done here the same way.
+        checks = value_checks_on(logits)
+        if checks:
+            check_unit_interval(fn, "target", target)
+        dense = DenseTarget(target, None, None, False)
+        plain = loss(logits, dense, "mean" if reduction == "mean" else True)
+        if isinstance(plain, Total):
+            if checks and not math.isfinite(float(plain.value.detach())):
+                rule = "finite" if input_name == "logits" else "allow"
+                check_floating(fn, input_name, logits, infinite=rule)
+            return plain.value
     rule = "finite" if input_name == "logits" else "allow"
     deferred = nan_in_total and reduction != "none" and weight is None and ignore_index is None
     x = check_floating(fn, input_name, logits, infinite=rule, values=not deferred)
@@ -486,6 +527,21 @@ def softmax(
     ``-inf`` logits (masked classes) are accepted; ``+inf`` and a position with every class at
     ``-inf`` are refused under value checks (``_checks.INFINITE_RULES``: ``"masked"``).
     """
+    tried = False  # whether ``_cpu_nll`` said no to these inputs already (not asked again)
+    if (
+        (nll is not None or nll_term is not None)
+        and backend == "torch"
+        and weight is None
+        and avg_factor is None
+        and class_weight is None
+        and logit_bias is None
+        and reduction != "none"
+    ):
+        plain, tried = _plain_nll(
+            fn, input_name, logits, target, nll, nll_term, ignore_index, reduction, class_factor
+        )
+        if plain is not None:
+            return plain
     cdim = 1 if _ndim(logits) >= 2 else 0
     # Cross-entropy on the CPU without class weights may read its logits' check off the loss
     # (``_cpu_nll``, below); every other case checks the logits first.
@@ -530,7 +586,9 @@ def softmax(
         if fused_out is not None:
             return fused_out
     quick = None
-    if nll_term is not None and class_weight is None and logit_bias is None:
+    # Under value checks a deferred logits check needs the count of the counted positions.
+    count = deferred and value_checks_on(x)
+    if not tried and nll_term is not None and class_weight is None and logit_bias is None:
         quick = _cpu_nll(
             fn,
             x,
@@ -544,22 +602,12 @@ def softmax(
             nll_term,
             class_factor,
         )
-    elif nll is not None and logit_bias is None and class_factor is None:
-        quick = _cpu_nll(fn, x, target, nll, ignore_index, class_weight, weight, reduction, avg)
+    elif not tried and nll is not None and logit_bias is None and class_factor is None:
+        quick = _cpu_nll(
+            fn, x, target, nll, ignore_index, class_weight, weight, reduction, avg, count=count
+        )
     if quick is not None:
-        value, counted = quick
-        # Every position counted (nothing ignored, no class weights) and a finite loss: every
-        # row's log-softmax at its target is finite, which a NaN, a +inf or a row of -inf
-        # anywhere in that row would have made NaN (a term of log p_t keeps NaN and -inf
-        # non-finite). Otherwise the logits' own check decides.
-        complete = isinstance(target, Tensor) and counted == target.numel()
-        if (
-            deferred
-            and value_checks_on(x)
-            and not (complete and math.isfinite(float(value.detach())))
-        ):
-            check_floating(fn, input_name, x, infinite="masked", class_dim=cdim)
-        return value
+        return _nll_checked(fn, input_name, x, target, quick, count)
     if deferred:
         check_floating(fn, input_name, x, infinite="masked", class_dim=cdim)
     st = softmax_target(fn, x, target, ignore_index=ignore_index)
@@ -604,6 +652,76 @@ def softmax(
     )
 
 
+def _plain_nll(
+    fn: str,
+    input_name: str,
+    logits: object,
+    target: object,
+    nll: str | None,
+    nll_term: Callable[[Tensor], Tensor] | None,
+    ignore_index: int | None,
+    reduction: str,
+    class_factor: ClassOption | None,
+) -> tuple[Tensor | None, bool]:
+    """A plain call of the softmax pipeline (no class weights, ``weight``, ``avg_factor`` or logit
+    bias, the ``"torch"`` backend; the caller checked those): PyTorch's kernel first
+    (``_cpu_nll``), the general path only for what it cannot settle. For such a call the general
+    path's steps before its own ``_cpu_nll`` check nothing the tests here do not.
+
+    Returns ``(loss, tried)``: the loss or None, and whether ``_cpu_nll`` was asked (and said no:
+    the general path, whose own call would get the same answer, need not ask again)."""
+    if type(logits) is not Tensor or type(target) is not Tensor:
+        return None, False
+    if not logits.is_cpu or logits.dtype not in _COMPUTE_DTYPES:
+        return None, False  # (``_cpu_nll`` is CPU only)
+    if target.is_floating_point() or target.dtype == torch.bool:
+        return None, False  # probabilities, or a mask: not class indices
+    count = value_checks_on(logits)
+    if count and nll == "log_probs":
+        # A finite NLL of log-probabilities says nothing of the classes it did not read: under
+        # value checks the general path checks them first.
+        return None, False
+    quick = _cpu_nll(
+        fn,
+        logits,
+        target,
+        nll or "logits",
+        ignore_index,
+        None,
+        None,
+        reduction,
+        None,
+        nll_term,
+        class_factor,
+        count=count,
+    )
+    if quick is None:
+        return None, True
+    return _nll_checked(fn, input_name, logits, target, quick, count), True
+
+
+def _nll_checked(
+    fn: str,
+    input_name: str,
+    x: Tensor,
+    target: object,
+    quick: tuple[Tensor, float | None],
+    count: bool,
+) -> Tensor:
+    """``_cpu_nll``'s loss, after the deferred check of the logits when ``count`` (value checks
+    on, the logits not checked before)."""
+    value, counted = quick
+    # Every position counted (nothing ignored, no class weights) and a finite loss: every
+    # row's log-softmax at its target is finite, which a NaN, a +inf or a row of -inf
+    # anywhere in that row would have made NaN (a term of log p_t keeps NaN and -inf
+    # non-finite). Otherwise the logits' own check decides.
+    complete = isinstance(target, Tensor) and counted == target.numel()
+    if count and not (complete and math.isfinite(float(value.detach()))):
+        cdim = 1 if x.ndim >= 2 else 0
+        check_floating(fn, input_name, x, infinite="masked", class_dim=cdim)
+    return value
+
+
 def _cpu_nll(
     fn: str,
     x: Tensor,
@@ -616,7 +734,9 @@ def _cpu_nll(
     avg: float | Tensor | None,
     term: Callable[[Tensor], Tensor] | None = None,
     class_factor: ClassOption | None = None,
-) -> tuple[Tensor, float] | None:
+    *,
+    count: bool = True,
+) -> tuple[Tensor, float | None] | None:
     """Cross-entropy / NLL of class indices, reduced, on the CPU: PyTorch's own operations only;
     ``(loss, denominator)``, the denominator being the summed class weights of the counted
     positions (their number without class weights).
@@ -626,6 +746,13 @@ def _cpu_nll(
     adds 0 and the kernel's backward gives no gradient); the denominator is the number of valid
     positions (one comparison and one host read). Not when ``class_factor`` gives per-class
     factors.
+
+    Without ``count`` (no deferred logits check needs the number of counted positions), no
+    ``term`` and an ``ignore_index``, the loss is one call of PyTorch's composite
+    (``cross_entropy_loss`` / ``nll_loss_nd``, as ``F.cross_entropy`` / ``F.nll_loss`` call it:
+    the same kernels, one call from Python) and the denominator is ``None``: ``"sum"`` needs no
+    denominator, and a ``"mean"`` whose denominator is 0 is PyTorch's NaN, read back (one host
+    read) and handed to the general path with any other NaN.
 
     On the CPU PyTorch's NLL kernel reads every index, raises ``IndexError`` for one out of range
     (no device-side assert) and returns the reduced loss with its denominator (the summed class
@@ -664,14 +791,27 @@ def _cpu_nll(
         return None
     if class_factor is not None and class_factor(c, x) is not None:
         return None
+    one_call = not count and term is None and ignore_index is not None
     z = x if x.dtype in _COMPUTE_DTYPES else x.float()
     if nll == "logits":
-        z = torch.log_softmax(z, dim=cdim)
+        if not one_call:
+            z = torch.log_softmax(z, dim=cdim)
     elif z.ndim > 2 and not z.is_contiguous():
         z = z.contiguous()  # nll_loss2d's backward needs contiguous log-probabilities
     idx = target if target.dtype == torch.int64 else target.long()
-    ignore = _NO_INDEX if ignore_index is None else ignore_index
     kernel_reduction = 0 if term is not None else 1 if mean else 2  # none / mean / sum
+    if one_call:
+        try:
+            if nll == "logits":
+                out = _nn.cross_entropy_loss(z, idx, w, kernel_reduction, ignore_index, 0.0)
+            else:
+                out = _nn.nll_loss_nd(z, idx, w, kernel_reduction, ignore_index)
+        except IndexError:
+            return None  # an index out of range: the general path reports or poisons it
+        if mean and math.isnan(out.item()):  # CPU scalar: no device sync
+            return None  # nothing counted (PyTorch's 0 / 0), or a NaN input: the general path
+        return out, None
+    ignore = _NO_INDEX if ignore_index is None else ignore_index
     try:
         out, total_weight = _nll_forward(z, idx, w, kernel_reduction, ignore)
     except IndexError:
@@ -688,6 +828,9 @@ def _cpu_nll(
 
 
 _COMPUTE_DTYPES = (torch.float32, torch.float64)  # compute_dtype's fixed points
+
+# (torch/_C/_nn.pyi types `reduction` as a str; the bindings take the enum's int)
+_nn: Any = torch._C._nn
 
 #: The ignore value handed to PyTorch's kernel for ``ignore_index=None`` (an index it never
 #: meets in practice; ``_cpu_nll`` checks that it ignored nothing).
@@ -806,6 +949,26 @@ def regression(
             checks the NaN check then reads that one value after the loss instead of summing the
             prediction before it (with ``infinite="allow"``, no weight; the message is the same).
     """
+    if (
+        nan_in_total
+        and backend == "torch"
+        and weight is None
+        and avg_factor is None
+        and vector is None
+        and infinite == "allow"
+        and type(pred) is Tensor
+        and type(target) is Tensor
+        and _plain(pred, target)
+        and (reduction == "sum" or kernel_mean(reduction, None, pred.numel()))
+    ):
+        # A plain call: PyTorch's element-wise kernel reduces (``Total``); what follows below
+        # for it would check nothing the conditions above have not, except the deferred NaN
+        # check, done here the same way.
+        plain = loss(pred, target, reduction)
+        if isinstance(plain, Total):
+            if value_checks_on(pred) and math.isnan(float(plain.value.detach())):
+                check_floating(fn, input_name, pred, infinite=infinite, finite_why=finite_why)
+            return plain.value
     deferred = nan_in_total and reduction != "none" and weight is None and infinite == "allow"
     p = check_floating(
         fn, input_name, pred, infinite=infinite, finite_why=finite_why, values=not deferred

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import os
 import platform
@@ -352,21 +353,37 @@ def _providers(
 
         if triton_importable():
             backends.append("auto")
+    # The lossforge rows call the functional, as the references are functions; the module row
+    # adds ``nn.Module.__call__`` and the module's ``forward`` (which any module pays, PyTorch's
+    # own loss modules too).
     for backend in backends:
         params = {**work.params, **({"backend": backend} if has_backend else {})}
         module = build_loss({"type": work.loss, **params}).to(device)
         providers.append(
             (
                 f"lossforge {work.loss} ({backend})" if has_backend else f"lossforge {work.loss}",
-                module,
+                _functional(module, params),
             )
         )
     if device.type == "cpu":
         # On the CPU value checks (class indices in range, ...) run by default and read the tensors;
         # show the cost apart (on CUDA they are off by default).
         module = build_loss({"type": work.loss, **work.params})
-        providers.append((f"lossforge {work.loss} (value checks off)", _unchecked(module)))
+        providers.append(
+            (
+                f"lossforge {work.loss} (value checks off)",
+                _unchecked(_functional(module, work.params)),
+            )
+        )
+    module = build_loss({"type": work.loss, **work.params}).to(device)
+    providers.append((f"lossforge {work.loss} module", module))
     return providers
+
+
+def _functional(module: Any, params: Mapping[str, Any]) -> Callable[[Tensor, Tensor], Tensor]:
+    """The module's functional with the workload's parameters bound: the call a user of the
+    functional writes (only the parameters that differ from the defaults)."""
+    return functools.partial(type(module).functional, **params)
 
 
 class _Unchecked:

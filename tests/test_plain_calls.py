@@ -1,0 +1,337 @@
+"""Plain calls: a call that is exactly PyTorch's function runs PyTorch's kernel first.
+
+Cross-entropy / NLL / softmax focal of class indices, BCE with logits, and L1 / MSE / smooth L1 /
+Huber, called without class weights, ``weight``, ``avg_factor``, ``ignore_index`` (BCE), options
+that need the pipeline, or a non-``"torch"`` backend, on exact ``torch.Tensor`` inputs of the
+float32 / float64 compute dtypes: the pipeline hands them to PyTorch's kernel before its own
+checks (``_pipeline._plain_nll`` and the first block of ``sigmoid`` / ``regression``), and runs
+the general path only for what the kernel cannot settle. These tests check that the path is taken
+exactly there (a spy on the general path's first check), and that every case it meets keeps the
+contract of the general path: the same values and gradients (against the general path forced by
+an all-ones ``weight`` and against the float64 references), the same ``ValueError`` under value
+checks, NaN without, 0 over nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as TF
+from reference import classification as ref_cls
+from reference import regression as ref_reg
+from reference import robust_regression as ref_robust
+
+import lossforge as lf
+import lossforge._pipeline as pipeline
+import lossforge.functional as F
+
+F64 = torch.float64
+
+
+@pytest.fixture
+def general(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """One entry per call of the general path's first check (``check_floating``)."""
+    calls: list[str] = []
+    original = pipeline.check_floating
+
+    def counted(fn, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        calls.append(fn)
+        return original(fn, *a, **k)
+
+    monkeypatch.setattr(pipeline, "check_floating", counted)
+    return calls
+
+
+def _grad(fn: Callable[..., torch.Tensor], x: torch.Tensor, *args, **kw) -> tuple:  # noqa: ANN002, ANN003
+    a = x.detach().clone().requires_grad_(True)
+    out = fn(a, *args, **kw)
+    (g,) = torch.autograd.grad(out, a)
+    return out.detach(), g
+
+
+def _regression_inputs(dtype: torch.dtype = F64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(7, 4, generator=g, dtype=dtype), torch.randn(7, 4, generator=g, dtype=dtype)
+
+
+REGRESSION = {
+    "l1": (F.l1_loss, {}, lambda p, t: ref_reg.l1(p, t)),
+    "mse": (F.mse_loss, {}, lambda p, t: ref_reg.mse(p, t)),
+    "smooth_l1": (F.smooth_l1_loss, {"beta": 0.3}, lambda p, t: ref_reg.smooth_l1(p, t, 0.3)),
+    "huber": (F.huber_loss, {"delta": 0.7}, lambda p, t: ref_robust.huber(p, t, 0.7)),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Regression
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("checks", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("name", sorted(REGRESSION))
+def test_regression_plain_call_equals_the_general_path(name, reduction, checks, general) -> None:
+    fn, kw, reference = REGRESSION[name]
+    p, t = _regression_inputs()
+    expected = reference(p, t)
+    expected = expected.mean() if reduction == "mean" else expected.sum()
+    with lf.value_checks(checks):
+        value, grad = _grad(fn, p, t, reduction=reduction, **kw)
+        assert general == []  # the kernel alone, and with checks on one read of its result
+        forced, forced_grad = _grad(fn, p, t, reduction=reduction, weight=torch.ones(7, 4), **kw)
+        assert general  # an all-ones weight takes the general path
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(value, forced, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, forced_grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(REGRESSION))
+def test_regression_plain_call_nan_and_infinity(name, general) -> None:
+    fn, kw, _ = REGRESSION[name]
+    p, t = _regression_inputs()
+    p[2, 1] = float("nan")
+    with lf.value_checks(True), pytest.raises(ValueError, match="no NaN values"):
+        fn(p, t, **kw)
+    assert general  # the NaN read off the kernel's result sends it to the prediction's check
+    with lf.value_checks(False):
+        assert torch.isnan(fn(p, t, **kw))
+    p, t = _regression_inputs()
+    p[0, 0] = float("inf")
+    for checks in (True, False):
+        with lf.value_checks(checks):
+            assert fn(p, t, **kw) == float("inf")  # an infinite prediction, an infinite loss
+
+
+@pytest.mark.parametrize("name", sorted(REGRESSION))
+def test_regression_not_plain_keeps_the_general_path(name, general) -> None:
+    fn, kw, _ = REGRESSION[name]
+    p, t = _regression_inputs(torch.float32)
+    with lf.value_checks(False):
+        # mixed dtypes, broadcasting, a subclass, an empty mean, "none", an avg_factor
+        for call in (
+            lambda: fn(p, t.double(), **kw),
+            lambda: fn(torch.nn.Parameter(p), t, **kw),
+            lambda: fn(p[:0], t[:0], **kw),
+            lambda: fn(p, t, reduction="none", **kw),
+            lambda: fn(p, t, avg_factor=3.0, **kw),
+            lambda: fn(p.half(), t.half(), **kw),
+        ):
+            general.clear()
+            call()
+            assert general
+        with pytest.raises(ValueError, match="shape"):
+            fn(p, t[:, :1], **kw)  # PyTorch would broadcast it; the contract refuses
+        assert fn(p[:0], t[:0], **kw) == 0  # an empty mean is 0 (PyTorch: NaN)
+
+
+# --------------------------------------------------------------------------------------------------
+# BCE with logits
+# --------------------------------------------------------------------------------------------------
+
+
+def _bce_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 5, generator=g, dtype=F64) * 3
+    return x, (torch.rand(6, 5, generator=g, dtype=F64) < 0.3).to(F64) * 0.9
+
+
+@pytest.mark.parametrize("checks", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_bce_plain_call_equals_the_general_path(eps, reduction, checks, general) -> None:
+    x, y = _bce_inputs()
+    kw = {"reduction": reduction, "label_smoothing": eps}
+    expected = ref_cls.binary_cross_entropy_with_logits(x, y, **kw)
+    with lf.value_checks(checks):
+        value, grad = _grad(F.binary_cross_entropy_with_logits, x, y, **kw)
+        assert general == []
+        w = torch.ones(6, 5, dtype=F64)
+        forced, forced_grad = _grad(F.binary_cross_entropy_with_logits, x, y, weight=w, **kw)
+        assert general
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(value, forced, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, forced_grad, rtol=1e-12, atol=1e-12)
+    if eps == 0:
+        theirs, their_grad = _grad(TF.binary_cross_entropy_with_logits, x, y, reduction=reduction)
+        torch.testing.assert_close(value, theirs, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grad, their_grad, rtol=1e-12, atol=1e-12)
+
+
+def test_bce_plain_call_value_checks() -> None:
+    x, y = _bce_inputs()
+    bad = y.clone()
+    bad[1, 2] = 1.5
+    with lf.value_checks(True), pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+        F.binary_cross_entropy_with_logits(x, bad)
+    bad[1, 2] = float("nan")
+    with lf.value_checks(True), pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+        F.binary_cross_entropy_with_logits(x, bad)
+    for value, match in ((float("nan"), "no NaN values"), (float("inf"), "infinite")):
+        z = x.clone()
+        z[0, 0] = value
+        with lf.value_checks(True), pytest.raises(ValueError, match=match):
+            F.binary_cross_entropy_with_logits(z, y)
+        with lf.value_checks(False):
+            assert not torch.isfinite(F.binary_cross_entropy_with_logits(z, y))
+    with lf.value_checks(False):
+        # out-of-range targets are computed with as given (the contract's checks-off rule)
+        bad = y.clone()
+        bad[1, 2] = 1.5
+        a = x.clone().requires_grad_(True)
+        theirs = TF.binary_cross_entropy_with_logits(a, bad)
+        torch.testing.assert_close(F.binary_cross_entropy_with_logits(x, bad), theirs.detach())
+        assert F.binary_cross_entropy_with_logits(x[:0], y[:0]) == 0  # PyTorch: NaN
+
+
+def test_bce_not_plain_keeps_the_general_path(general) -> None:
+    x, y = _bce_inputs()
+    with lf.value_checks(False):
+        for call in (
+            lambda: F.binary_cross_entropy_with_logits(x, y.float()),
+            lambda: F.binary_cross_entropy_with_logits(x, y > 0),
+            lambda: F.binary_cross_entropy_with_logits(x, y, pos_weight=2.0),
+            lambda: F.binary_cross_entropy_with_logits(x, y, ignore_index=-1),
+            lambda: F.binary_cross_entropy_with_logits(x, y, reduction="none"),
+        ):
+            general.clear()
+            call()
+            assert general
+
+
+# --------------------------------------------------------------------------------------------------
+# Cross-entropy, NLL and softmax focal of class indices
+# --------------------------------------------------------------------------------------------------
+
+
+def _ce_inputs(ignore: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 5, 3, 4, generator=g, dtype=F64) * 2
+    y = torch.randint(0, 5, (2, 3, 4), generator=g)
+    if ignore is not None:
+        y.view(-1)[::4] = ignore
+    return x, y
+
+
+@pytest.mark.parametrize("checks", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("ignore", [None, 255])
+def test_cross_entropy_plain_call(ignore, reduction, checks, general) -> None:
+    x, y = _ce_inputs(ignore)
+    kw = {"ignore_index": -100 if ignore is None else ignore, "reduction": reduction}
+    expected = ref_cls.cross_entropy(x, y, **kw)
+    with lf.value_checks(checks):
+        value, grad = _grad(F.cross_entropy, x, y, **kw)
+        # with checks on and ignored positions the logits' own check runs after the kernel
+        assert general == (["cross_entropy"] if checks and ignore is not None else [])
+        forced, forced_grad = _grad(F.cross_entropy, x, y, weight=torch.ones(2, 3, 4), **kw)
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(value, forced, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, forced_grad, rtol=1e-12, atol=1e-12)
+    theirs, their_grad = _grad(TF.cross_entropy, x, y, **kw)
+    torch.testing.assert_close(value, theirs, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, their_grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("checks", [True, False])
+def test_cross_entropy_plain_call_edge_cases(checks) -> None:
+    x, y = _ce_inputs()
+    with lf.value_checks(checks):
+        everything_ignored = torch.full_like(y, 255)
+        value, grad = _grad(F.cross_entropy, x, everything_ignored, ignore_index=255)
+        assert value == 0 and torch.count_nonzero(grad) == 0  # PyTorch: NaN
+        bad = y.clone()
+        bad[0, 1, 2] = 5
+        if checks:
+            with pytest.raises(ValueError, match="class indices"):
+                F.cross_entropy(x, bad)
+        else:
+            assert torch.isnan(F.cross_entropy(x, bad))
+    # a NaN logit in an ignored row: refused under value checks, not read without them
+    x, y = _ce_inputs(255)
+    x[0, 3, 0, 0] = float("nan")  # y[0, 0, 0] is ignored
+    with lf.value_checks(True), pytest.raises(ValueError, match="no NaN values"):
+        F.cross_entropy(x, y, ignore_index=255)
+    with lf.value_checks(False):
+        torch.testing.assert_close(
+            F.cross_entropy(x, y, ignore_index=255), TF.cross_entropy(x, y, ignore_index=255)
+        )
+        x[0, 3, 0, 1] = float("nan")  # a counted row
+        assert torch.isnan(F.cross_entropy(x, y, ignore_index=255))
+
+
+def test_nll_plain_call_checks_unread_classes_under_value_checks(general) -> None:
+    """A finite NLL says nothing of the log-probabilities it did not read: under value checks
+    NLL's plain call is not taken, so a NaN in another class is still refused."""
+    x, y = _ce_inputs()
+    logp = torch.log_softmax(x, 1)
+    expected = ref_cls.nll_loss(logp, y)
+    with lf.value_checks(False):
+        torch.testing.assert_close(F.nll_loss(logp, y), expected, rtol=1e-12, atol=1e-12)
+        assert general == []
+    with lf.value_checks(True):
+        torch.testing.assert_close(F.nll_loss(logp, y), expected, rtol=1e-12, atol=1e-12)
+        assert general
+    other = (int(y[0, 0, 0]) + 1) % 5
+    logp[0, other, 0, 0] = float("nan")
+    with lf.value_checks(True), pytest.raises(ValueError, match="no NaN values"):
+        F.nll_loss(logp, y)
+
+
+@pytest.mark.parametrize("checks", [True, False])
+@pytest.mark.parametrize("ignore", [None, 255])
+def test_softmax_focal_plain_call(ignore, checks, general) -> None:
+    x, y = _ce_inputs(ignore)
+    kw = {"gamma": 2.0, "ignore_index": ignore}
+    with lf.value_checks(checks):
+        value, grad = _grad(F.softmax_focal_loss, x, y, **kw)
+        assert general == (["softmax_focal_loss"] if checks and ignore is not None else [])
+        forced, forced_grad = _grad(F.softmax_focal_loss, x, y, weight=torch.ones(2, 3, 4), **kw)
+    torch.testing.assert_close(value, forced, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, forced_grad, rtol=1e-12, atol=1e-12)
+    # float64 formula: -(1 - p_t)^2 log p_t over the valid positions
+    logp = torch.log_softmax(x, 1)
+    valid = torch.ones_like(y, dtype=torch.bool) if ignore is None else y != ignore
+    lp = logp.gather(1, y.clamp(0, 4).unsqueeze(1)).squeeze(1)[valid]
+    expected = (-((1 - lp.exp()) ** 2) * lp).sum() / valid.sum()
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_softmax_not_plain_keeps_the_general_path(general) -> None:
+    x, y = _ce_inputs()
+    with lf.value_checks(False):
+        for call in (
+            lambda: F.cross_entropy(x, y, class_weight=[1, 2, 1, 1, 1]),
+            lambda: F.cross_entropy(x, y, label_smoothing=0.1),
+            lambda: F.cross_entropy(x, y, avg_factor=4.0),
+            lambda: F.cross_entropy(x.half(), y),
+            lambda: F.cross_entropy(torch.nn.Parameter(x), y),
+            lambda: F.cross_entropy(x, torch.softmax(x, 1)),
+            lambda: F.softmax_focal_loss(x, y, alpha=[0.5] * 5),
+        ):
+            general.clear()
+            call()
+            assert general
+
+
+# --------------------------------------------------------------------------------------------------
+# The argument checks' memory (``loss_function``)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_checked_scalars_are_remembered_by_type_and_value() -> None:
+    x, y = _ce_inputs()
+    F.cross_entropy(x, y, ignore_index=1)
+    with pytest.raises(TypeError, match="ignore_index"):
+        F.cross_entropy(x, y, ignore_index=True)  # equal to 1 as a key, but a bool
+    with pytest.raises(TypeError, match="ignore_index"):
+        F.cross_entropy(x, y, ignore_index=1.0)
+    for _ in range(2):  # a refused value is refused again (never remembered)
+        with pytest.raises(ValueError, match="gamma"):
+            F.softmax_focal_loss(x, y, gamma=-1.0)
+    # beyond the memory's size every value is still checked
+    for i in range(300):
+        F.softmax_focal_loss(x, y, gamma=1.0 + i / 1000)
+    with pytest.raises(ValueError, match="gamma"):
+        F.softmax_focal_loss(x, y, gamma=-2.0)
