@@ -214,6 +214,19 @@ def _ce_inputs(ignore: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def _plain_equals_forced(fn, x, y, kw, checks, ignore, general) -> tuple:  # noqa: ANN001
+    """The plain call's value and gradient, checked equal to the general path's (forced by an
+    all-ones weight); the general path's first check runs in the plain call only under value
+    checks with ignored positions (the logits' deferred check)."""
+    with lf.value_checks(checks):
+        value, grad = _grad(fn, x, y, **kw)
+        assert general == ([fn.__name__] if checks and ignore is not None else [])
+        forced, forced_grad = _grad(fn, x, y, weight=torch.ones(2, 3, 4), **kw)
+    torch.testing.assert_close(value, forced, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, forced_grad, rtol=1e-12, atol=1e-12)
+    return value, grad
+
+
 @pytest.mark.parametrize("checks", [True, False])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("ignore", [None, 255])
@@ -221,14 +234,9 @@ def test_cross_entropy_plain_call(ignore, reduction, checks, general) -> None:
     x, y = _ce_inputs(ignore)
     kw = {"ignore_index": -100 if ignore is None else ignore, "reduction": reduction}
     expected = ref_cls.cross_entropy(x, y, **kw)
-    with lf.value_checks(checks):
-        value, grad = _grad(F.cross_entropy, x, y, **kw)
-        # with checks on and ignored positions the logits' own check runs after the kernel
-        assert general == (["cross_entropy"] if checks and ignore is not None else [])
-        forced, forced_grad = _grad(F.cross_entropy, x, y, weight=torch.ones(2, 3, 4), **kw)
+    # with checks on and ignored positions the logits' own check runs after the kernel
+    value, grad = _plain_equals_forced(F.cross_entropy, x, y, kw, checks, ignore, general)
     torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(value, forced, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(grad, forced_grad, rtol=1e-12, atol=1e-12)
     theirs, their_grad = _grad(TF.cross_entropy, x, y, **kw)
     torch.testing.assert_close(value, theirs, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad, their_grad, rtol=1e-12, atol=1e-12)
@@ -284,12 +292,7 @@ def test_nll_plain_call_checks_unread_classes_under_value_checks(general) -> Non
 def test_softmax_focal_plain_call(ignore, checks, general) -> None:
     x, y = _ce_inputs(ignore)
     kw = {"gamma": 2.0, "ignore_index": ignore}
-    with lf.value_checks(checks):
-        value, grad = _grad(F.softmax_focal_loss, x, y, **kw)
-        assert general == (["softmax_focal_loss"] if checks and ignore is not None else [])
-        forced, forced_grad = _grad(F.softmax_focal_loss, x, y, weight=torch.ones(2, 3, 4), **kw)
-    torch.testing.assert_close(value, forced, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(grad, forced_grad, rtol=1e-12, atol=1e-12)
+    value, _ = _plain_equals_forced(F.softmax_focal_loss, x, y, kw, checks, ignore, general)
     # float64 formula: -(1 - p_t)^2 log p_t over the valid positions
     logp = torch.log_softmax(x, 1)
     valid = torch.ones_like(y, dtype=torch.bool) if ignore is None else y != ignore
