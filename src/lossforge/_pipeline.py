@@ -171,9 +171,10 @@ def _grad_reason(x: Tensor, *others: object) -> str | None:
 def _plain(x: Tensor, target: Tensor) -> bool:
     """An element-wise plain call: the target of ``x``'s device, dtype (float32 / float64: the
     compute dtypes) and shape. A plain call is one that is exactly PyTorch's function, on inputs
-    given as exactly ``torch.Tensor`` (a subclass has dispatch rules of its own); with value checks
-    off a pipeline hands it to PyTorch's kernel before its own checks, which then run only for
-    what the kernel cannot settle."""
+    given as exactly ``torch.Tensor`` (a subclass has dispatch rules of its own): a pipeline hands
+    it to PyTorch's kernel before its structural checks, which would check nothing more for it,
+    keeps the value checks' rules, and runs the general path only for what the kernel cannot
+    settle."""
     return (
         x.dtype in _COMPUTE_DTYPES
         and target.dtype == x.dtype
