@@ -279,10 +279,11 @@ def _add_bench(sub: Any) -> None:
             "MB, bytes per logit and ratio to the reference.\n\n"
             "One table of small CPU-friendly workloads, the providers of each timed in\n"
             "interleaved rounds (speed-up: median and quartiles of the per-round ratios);\n"
-            "lossforge backend='torch' (CPU: also with value checks off; CUDA: also the triton\n"
-            "kernels). The full benchmark protocol of the design (PERFORMANCE.md section 6:\n"
-            "DET, SEG, ML-L, LLM, ML-S, REG with CUDA events, roofline, torch.compile and Liger\n"
-            "references) is not part of the installed package: from a repository checkout run\n"
+            "lossforge's functional with backend='torch' (CPU: also with value checks off;\n"
+            "CUDA: also the triton kernels), and its module. The full benchmark protocol of the\n"
+            "design (PERFORMANCE.md section 6: DET, SEG, ML-L, LLM, ML-S, REG with CUDA events,\n"
+            "roofline, torch.compile and Liger references) is not part of the installed\n"
+            "package: from a repository checkout run\n"
             "`python -m benchmarks.run --help`."
         ),
         epilog=(

@@ -14,12 +14,13 @@ and rounds repeat until the reference's blocks total ``min_run_time`` seconds, a
 rounds. A load swing or allocator drift on a shared machine thus hits every provider of the
 rounds it spans. The report gives the median and IQR over the rounds of the time per call, and the
 speed-up relative to the reference as the median and quartiles of the paired per-round ratios
-$t_{ref} / t$ (above 1 = faster than the reference). The lossforge providers are
-``backend="torch"`` everywhere, on the CPU also with value checks off (set once around each
-timed block, as a training loop sets it), and on CUDA with triton
-``backend="auto"``: adding a device or a backend is a change to ``_providers`` only, adding a
-workload one more ``Workload``. Inputs, targets and modules are built before any timing starts, so a
-timed block holds the loss's forward and backward only.
+$t_{ref} / t$ (above 1 = faster than the reference). The lossforge providers call the functional
+with the workload's parameters (the references are functions): ``backend="torch"`` everywhere, on
+the CPU also with value checks off (set once around each timed block, as a training loop sets it),
+and on CUDA with triton ``backend="auto"``; a last row calls the module built by ``build_loss``
+(``nn.Module.__call__`` and its ``forward`` on top). Adding a device or a backend is a change to
+``_providers`` only, adding a workload one more ``Workload``. Inputs, targets and modules are built
+before any timing starts, so a timed block holds the loss's forward and backward only.
 
 The full GPU protocol of PERFORMANCE.md section 6 is not part of the installed package: it lives
 in the repository (``benchmarks/protocol.py``, run as ``python -m benchmarks.run``) and imports the
