@@ -338,3 +338,45 @@ def test_checked_scalars_are_remembered_by_type_and_value() -> None:
         F.softmax_focal_loss(x, y, gamma=1.0 + i / 1000)
     with pytest.raises(ValueError, match="gamma"):
         F.softmax_focal_loss(x, y, gamma=-2.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Extreme inputs and gradcheck on the plain path
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("checks", [True, False])
+def test_plain_calls_at_extreme_inputs_equal_pytorch(checks, general) -> None:
+    """+-1e4 logits / predictions (float32): finite, equal to PyTorch's function (values and
+    gradients), and still the plain path."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(6, 5, generator=g).sign() * 1e4
+    idx = torch.randint(0, 5, (6,), generator=g)
+    dense = (torch.rand(6, 5, generator=g) < 0.5).float()
+    cases = [
+        (F.cross_entropy, TF.cross_entropy, idx, {}),
+        (F.binary_cross_entropy_with_logits, TF.binary_cross_entropy_with_logits, dense, {}),
+        (F.smooth_l1_loss, TF.smooth_l1_loss, dense, {"beta": 0.5}),
+        (F.mse_loss, TF.mse_loss, dense, {}),
+    ]
+    for ours, theirs, y, kw in cases:
+        with lf.value_checks(checks):
+            value, grad = _grad(ours, x, y, **kw)
+        want, want_grad = _grad(theirs, x, y, **kw)
+        assert torch.isfinite(value) and torch.isfinite(grad).all()
+        torch.testing.assert_close(value, want)
+        torch.testing.assert_close(grad, want_grad)
+    assert general == []
+
+
+def test_plain_calls_pass_gradcheck(general) -> None:
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(4, 3, generator=g, dtype=F64, requires_grad=True)
+    idx = torch.randint(0, 3, (4,), generator=g)
+    soft = torch.rand(4, 3, generator=g, dtype=F64)
+    with lf.value_checks(False):
+        assert torch.autograd.gradcheck(lambda a: F.cross_entropy(a, idx, ignore_index=1), (x,))
+        assert torch.autograd.gradcheck(lambda a: F.softmax_focal_loss(a, idx, gamma=2.0), (x,))
+        assert torch.autograd.gradcheck(lambda a: F.binary_cross_entropy_with_logits(a, soft), (x,))
+        assert torch.autograd.gradcheck(lambda a: F.huber_loss(a, soft, delta=0.3), (x,))
+    assert general == []
