@@ -8,6 +8,7 @@ second derivatives and forward-mode derivatives, and must actually be taken.
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -255,3 +256,193 @@ def test_softmax_focal_second_derivatives() -> None:
     assert "ElementwiseLoss" in _grad_fn_name(fn(x))
     assert gradcheck(fn, (x,))
     assert gradgradcheck(fn, (x,))
+
+
+# ------------------------------------------------------------------------------------------------
+# BCE with logits, reduced (``ClosedTotal``: the total forward, the derivative in the backward)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _bce_total_at_every_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests' small inputs take the reduced closed form too (it starts at 2^18 elements)."""
+    from lossforge.functional import classification
+
+    monkeypatch.setattr(classification, "BCE_TOTAL_MIN_NUMEL", 0)
+
+
+def test_bce_total_starts_at_its_size_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lossforge.functional import classification
+
+    monkeypatch.setattr(classification, "BCE_TOTAL_MIN_NUMEL", 12)
+    for n, taken in ((11, False), (12, True)):
+        x = torch.randn(n, requires_grad=True)
+        out = F.binary_cross_entropy_with_logits(x, torch.rand(n))
+        assert ("TotalLossBackward" in _grad_fn_name(out)) is taken
+    assert classification.BCE_TOTAL_MIN_NUMEL == 12
+
+
+def _bce_inputs(seed: int, dtype: torch.dtype = F64, n: int = 9, c: int = 7):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, c, generator=g, dtype=F64) * 5).to(dtype)
+    # saturated corners (both signs, both targets) and the softplus threshold's neighbourhood
+    if c >= 6:
+        x[0, :6] = torch.tensor([45.0, -45.0, 41.0, -39.0, 1e4, -1e4], dtype=F64).to(dtype)
+    y = (torch.rand(n, c, generator=g) < 0.4).to(dtype)
+    y[1] = torch.rand(c, generator=g, dtype=F64).to(dtype)  # a soft row
+    return x, y
+
+
+def _bce_ref(x, y, reduction, eps=0.0):
+    from reference import classification as ref_cls
+
+    return ref_cls.binary_cross_entropy_with_logits(x, y, label_smoothing=eps, reduction=reduction)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_bce_total_equals_references_and_is_taken(dtype, reduction, eps) -> None:
+    x0, y = _bce_inputs(5, dtype)
+    x = x0.clone().requires_grad_(True)
+    out = F.binary_cross_entropy_with_logits(x, y, label_smoothing=eps, reduction=reduction)
+    assert "TotalLossBackward" in _grad_fn_name(out)
+    (gx,) = torch.autograd.grad(out, x)
+    # PyTorch's function (autograd through its kernel) and the float64 loop reference
+    a = x0.clone().requires_grad_(True)
+    ys = y * (1 - eps) + eps / 2
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(a, ys, reduction=reduction)
+    (ga,) = torch.autograd.grad(expected, a)
+    tol = {"rtol": 1e-6, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 0}
+    torch.testing.assert_close(out.detach(), expected.detach(), **tol)
+    torch.testing.assert_close(gx, ga, **tol)
+    ref = _bce_ref(x0, y, reduction, eps)
+    torch.testing.assert_close(
+        out.detach().double(), ref, rtol=1e-5 if dtype != F64 else 1e-12, atol=0
+    )
+    ref_grad = torch.sigmoid(x0.double()) - ys.double()
+    ref_grad = ref_grad / x0.numel() if reduction == "mean" else ref_grad
+    # (float32: sigmoid(z) - y cancels near 1 in PyTorch's kernel as here: an ulp of 1 / numel)
+    atol = 1e-7 if dtype != F64 else 1e-15
+    torch.testing.assert_close(
+        gx.double(), ref_grad, rtol=1e-5 if dtype != F64 else 1e-12, atol=atol
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_bce_total_keeps_tiny_losses_of_confident_correct_logits(dtype) -> None:
+    """(1 - y) z is exactly 0 at y = 1: confident, correct positives keep their tiny loss
+    log1p(e^-z) (softplus(z) - y z would cancel it to 0), as in PyTorch's kernel; float64 keeps
+    the e^z tail of negatives past float32's softplus threshold (20)."""
+    x = torch.tensor([[25.0, -25.0, 30.0, -36.0]], dtype=dtype, requires_grad=True)
+    y = torch.tensor([[1.0, 0.0, 1.0, 0.0]], dtype=dtype)
+    out = F.binary_cross_entropy_with_logits(x, y, reduction="sum")
+    assert "TotalLossBackward" in _grad_fn_name(out)
+    pytorch = torch.nn.functional.binary_cross_entropy_with_logits(x.detach(), y, reduction="sum")
+    torch.testing.assert_close(out.detach(), pytorch, rtol=1e-6 if dtype != F64 else 1e-9, atol=0)
+    positives = math.log1p(math.exp(-25.0)) + math.log1p(math.exp(-30.0))
+    negatives = math.log1p(math.exp(-25.0)) + math.log1p(math.exp(-36.0))
+    # float32 cannot hold -25 - log sigma(-25) (the negatives' loss is below z's ulp); float64
+    # holds it to the ulp of 25 (the formula subtracts two numbers near -25)
+    expected = positives + (negatives if dtype == F64 else 0.0)
+    assert float(out.detach()) == pytest.approx(expected, rel=1e-4)
+
+
+def test_bce_total_extreme_and_non_finite_inputs() -> None:
+    x = torch.tensor([1e4, -1e4, 0.0, 3.0], requires_grad=True)
+    y = torch.tensor([0.0, 1.0, 0.5, 1.0])
+    out = F.binary_cross_entropy_with_logits(x, y, reduction="sum")
+    (g,) = torch.autograd.grad(out, x)
+    assert torch.isfinite(out) and torch.isfinite(g).all()
+    torch.testing.assert_close(out.double(), _bce_ref(x, y, "sum"), rtol=1e-6, atol=0)
+    torch.testing.assert_close(g, torch.sigmoid(x.detach()) - y)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for target in (0.0, 0.3, 1.0):
+            xb = torch.tensor([0.5, bad], requires_grad=True)
+            yb = torch.tensor([1.0, target])
+            with lf_checks(False):
+                assert not torch.isfinite(F.binary_cross_entropy_with_logits(xb, yb))
+
+
+def lf_checks(on: bool):
+    import lossforge
+
+    return lossforge.value_checks(on)
+
+
+def test_bce_total_gradcheck_second_derivatives_and_retained_graph() -> None:
+    x0, y = _bce_inputs(6, n=3, c=4)
+    x0[0] = torch.tensor([4.0, -3.0, 0.5, -0.2], dtype=F64)  # gradcheck away from saturation
+    x = x0.clone().requires_grad_(True)
+    for reduction in ("mean", "sum"):
+        fn = lambda a, r=reduction: F.binary_cross_entropy_with_logits(a, y, reduction=r)  # noqa: E731
+        assert gradcheck(fn, (x,))
+        assert gradgradcheck(fn, (x,))
+        out = fn(x)
+        (g1,) = torch.autograd.grad(out, x, retain_graph=True)
+        (g2,) = torch.autograd.grad(out, x, torch.tensor(3.0, dtype=F64))
+        torch.testing.assert_close(g2, 3 * g1)
+        # create_graph: the gradient is differentiable and equals the composite's
+        (gc,) = torch.autograd.grad(fn(x), x, create_graph=True)
+        assert gc.requires_grad
+        (h,) = torch.autograd.grad(gc.sum(), x)
+        s = torch.sigmoid(x0)
+        expected = s * (1 - s) / (x0.numel() if reduction == "mean" else 1)
+        torch.testing.assert_close(h, expected)
+
+
+def test_bce_total_other_routes() -> None:
+    """A target that requires grad, forward-mode AD and torch.func transforms take PyTorch's
+    kernel; without a gradient the closed-form total alone runs; all agree."""
+    x0, y0 = _bce_inputs(7)
+    y = y0.clone().requires_grad_(True)
+    x = x0.clone().requires_grad_(True)
+    out = F.binary_cross_entropy_with_logits(x, y)
+    assert "TotalLossBackward" not in _grad_fn_name(out)
+    gx, gy = torch.autograd.grad(out, (x, y))
+    torch.testing.assert_close(gy, -x0 / x0.numel())
+    with torch.no_grad():
+        plain = F.binary_cross_entropy_with_logits(x0, y0)
+    torch.testing.assert_close(plain, out.detach())
+    tangent = torch.randn_like(x0)
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x0, tangent)
+        jvp = fwAD.unpack_dual(F.binary_cross_entropy_with_logits(dual, y0)).tangent
+    torch.testing.assert_close(jvp, (gx * tangent).sum())
+    gfunc = torch.func.grad(lambda a: F.binary_cross_entropy_with_logits(a, y0))(x0)
+    torch.testing.assert_close(gfunc, gx)
+
+
+def test_bce_total_low_precision_inputs_and_empty() -> None:
+    x0, y = _bce_inputs(8, torch.float32)
+    for dtype in (torch.float16, torch.bfloat16):
+        x = x0.to(dtype).requires_grad_(True)
+        out = F.binary_cross_entropy_with_logits(x, y.to(dtype))
+        assert out.dtype == torch.float32 and "TotalLossBackward" in _grad_fn_name(out)
+        (g,) = torch.autograd.grad(out, x)
+        assert g.dtype == dtype
+        xf = x.detach().float().requires_grad_(True)
+        expected = torch.nn.functional.binary_cross_entropy_with_logits(xf, y.to(dtype).float())
+        (ge,) = torch.autograd.grad(expected, xf)
+        torch.testing.assert_close(out, expected)
+        torch.testing.assert_close(g.float(), ge, rtol=1e-2, atol=1e-5)
+    e = torch.zeros(0, 3, requires_grad=True)
+    out = F.binary_cross_entropy_with_logits(e, torch.zeros(0, 3), reduction="sum")
+    assert float(out) == 0.0
+    (g,) = torch.autograd.grad(out, e)
+    assert g.shape == (0, 3)
+
+
+def test_bce_total_saves_only_the_inputs() -> None:
+    x = torch.randn(64, 80, requires_grad=True)
+    y = (torch.rand(64, 80) < 0.05).float()
+    saved: list[int] = []
+    ptrs = {x.data_ptr(), y.data_ptr()}
+
+    def pack(t):
+        saved.append(t.untyped_storage().nbytes() if t.data_ptr() not in ptrs else 0)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        F.binary_cross_entropy_with_logits(x, y)
+    assert sum(saved) == 0, saved

@@ -13,6 +13,12 @@ and differentiates it with ``create_graph=True``. A target that requires grad, f
 (dual tensors) and functorch transforms take the composite directly.
 
 A ``ClosedForm`` spec supplies the two formulas; ``closed_form_loss`` picks the route.
+
+A reduced loss that PyTorch computes as one fused operation with its own backward (BCE with
+logits) gains nothing from a saved derivative, but its kernel spends passes on temporaries the
+formula does not need. ``ClosedTotal`` / ``TotalLoss`` compute the total in the fewest passes the
+formula allows and the derivative in the backward, saving only the inputs (no derivative buffer
+between the passes); ``closed_form_total`` picks the route.
 """
 
 from __future__ import annotations
@@ -27,7 +33,15 @@ from torch import Tensor
 
 from lossforge._checks import compute_dtype, in_compute_dtype
 
-__all__ = ["ClosedForm", "ElementwiseLoss", "closed_form_loss", "upcast"]
+__all__ = [
+    "ClosedForm",
+    "ClosedTotal",
+    "ElementwiseLoss",
+    "TotalLoss",
+    "closed_form_loss",
+    "closed_form_total",
+    "upcast",
+]
 
 #: ``(x, y, need_grad) -> (loss, dloss/dx or None)``: ``x`` in its own dtype, the loss in the
 #: compute dtype, the derivative in ``x``'s dtype.
@@ -133,3 +147,81 @@ def closed_form_loss(x: Tensor, y: Tensor, spec: ClosedForm) -> Tensor:
         return cast(Tensor, ElementwiseLoss.apply(x, y, spec))
     loss, _ = spec.loss_and_grad(x, y, False)
     return loss
+
+
+@dataclass(frozen=True)
+class ClosedTotal:
+    """The forms of one element-wise loss reduced by ``"sum"`` or ``"mean"`` (``sum / numel``).
+
+    Attributes:
+        total: ``(z, y, mean) -> scalar``: the reduced loss, run without autograd.
+        derivative: ``(z, y) -> dloss/dz`` of the element-wise loss, unscaled, a new tensor of
+            ``z``'s dtype (the backward scales it in place).
+        composite: ``(z, y) -> loss`` element-wise, with differentiable operations: the
+            specification, used wherever autograd must see the formula.
+    """
+
+    total: Callable[[Tensor, Tensor, bool], Tensor]
+    derivative: Callable[[Tensor, Tensor], Tensor]
+    composite: Callable[[Tensor, Tensor], Tensor]
+
+
+def _has_tangent(*ts: Tensor) -> bool:
+    return not torch.compiler.is_compiling() and any(
+        fwAD.unpack_dual(t).tangent is not None for t in ts
+    )
+
+
+class TotalLoss(torch.autograd.Function):
+    """``sum`` or ``mean`` of an element-wise loss, its derivative computed in the backward.
+
+    Saves the inputs only (they are alive anyway); the backward computes the derivative into a new
+    tensor and scales it in place by the incoming gradient (divided by the element count for
+    ``"mean"``), which is then returned: it is never kept, so a retained graph's next backward
+    computes it again. Under ``create_graph=True`` the backward differentiates the composite.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, y: Tensor, spec: ClosedTotal, mean: bool) -> Tensor:
+        ctx.set_materialize_grads(False)
+        ctx.spec = spec
+        ctx.mean = mean
+        ctx.save_for_backward(z, y)
+        return spec.total(z, y, mean)
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: Tensor | None) -> tuple[Tensor | None, None, None, None]:
+        if grad_loss is None:
+            return None, None, None, None
+        z, y = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient
+            with torch.enable_grad():
+                loss = ctx.spec.composite(z, y)
+                total = loss.mean() if ctx.mean else loss.sum()
+                (gz,) = torch.autograd.grad(total, z, grad_loss, create_graph=True)
+            return gz, None, None, None
+        grad = ctx.spec.derivative(z, y)
+        n = max(z.numel(), 1) if ctx.mean else 1
+        if grad_loss.device.type == "cpu" and not torch.compiler.is_compiling():
+            grad.mul_(float(grad_loss) / n)  # a CPU scalar: no device sync, no small operation
+        else:
+            grad.mul_(grad_loss / n if ctx.mean else grad_loss)
+        return grad, None, None, None
+
+
+def closed_form_total(z: Tensor, y: Tensor, spec: ClosedTotal, mean: bool) -> Tensor | None:
+    """The ``"sum"`` (``mean=False``) or ``"mean"`` of the element-wise loss of ``z`` (compute
+    dtype) against the dense target ``y`` by ``TotalLoss`` when ``z`` needs a gradient, by the
+    closed-form total alone when nothing does; ``None`` (the caller's own route) when the target
+    requires grad, under ``torch.compile`` (which fuses the caller's operations itself) or
+    functorch transforms, and for forward-mode AD (dual tensors)."""
+    if (
+        y.requires_grad
+        or torch.compiler.is_compiling()
+        or torch._C._are_functorch_transforms_active()
+        or _has_tangent(z, y)
+    ):
+        return None
+    if torch.is_grad_enabled() and z.requires_grad:
+        return cast(Tensor, TotalLoss.apply(z, y, spec, mean))
+    return spec.total(z, y, mean)
