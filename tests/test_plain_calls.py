@@ -216,11 +216,12 @@ def _ce_inputs(ignore: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _plain_equals_forced(fn, x, y, kw, checks, ignore, general) -> tuple:  # noqa: ANN001
     """The plain call's value and gradient, checked equal to the general path's (forced by an
-    all-ones weight); the general path's first check runs in the plain call only under value
-    checks with ignored positions (the logits' deferred check)."""
+    all-ones weight); the general path's first check does not run in the plain call of clean
+    logits (with ignored positions under value checks, the log-softmax's class-0 slice clears
+    them: ``_pipeline._log_softmax_clean``)."""
     with lf.value_checks(checks):
         value, grad = _grad(fn, x, y, **kw)
-        assert general == ([fn.__name__] if checks and ignore is not None else [])
+        assert general == []
         forced, forced_grad = _grad(fn, x, y, weight=torch.ones(2, 3, 4), **kw)
     torch.testing.assert_close(value, forced, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grad, forced_grad, rtol=1e-12, atol=1e-12)
@@ -267,6 +268,51 @@ def test_cross_entropy_plain_call_edge_cases(checks) -> None:
         )
         x[0, 3, 0, 1] = float("nan")  # a counted row
         assert torch.isnan(F.cross_entropy(x, y, ignore_index=255))
+
+
+BAD_COLUMNS = {
+    "NaN": ([0.0, float("nan"), 1.0, 0.0, 0.0], "no NaN values"),
+    "+inf": ([0.0, 1.0, float("inf"), 0.0, 0.0], r"no \+inf values"),
+    "+inf at class 0": ([float("inf"), 1.0, 0.0, 0.0, 0.0], r"no \+inf values"),
+    "every class -inf": ([float("-inf")] * 5, "-inf"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_COLUMNS))
+@pytest.mark.parametrize("loss", ["cross_entropy", "softmax_focal_loss"])
+def test_bad_logits_at_an_ignored_position_are_refused_under_value_checks(
+    loss, bad, general
+) -> None:
+    """The plain call's loss never reads an ignored position: under value checks its logits are
+    cleared by the class-0 slice of the log-softmax (NaN there for each of these), and a
+    non-finite slice hands the decision to the logits' own check, with its message."""
+    fn = getattr(F, loss)
+    x, y = _ce_inputs(255)
+    column, message = BAD_COLUMNS[bad]
+    x[0, :, 0, 0] = torch.tensor(column, dtype=F64)  # y[0, 0, 0] is ignored
+    with lf.value_checks(True), pytest.raises(ValueError, match=message):
+        fn(x, y, ignore_index=255)
+    assert general == [loss]
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "softmax_focal_loss"])
+def test_masked_classes_at_ignored_and_counted_positions_pass_the_value_checks(
+    loss, general
+) -> None:
+    """-inf logits (masked classes) are valid: at class 0 they make the class-0 slice -inf, and
+    the logits' own check (which runs then) accepts them; the loss equals the general path's."""
+    fn = getattr(F, loss)
+    x, y = _ce_inputs(255)
+    x[0, 0, 0, 0] = float("-inf")  # an ignored position, class 0
+    x[0, 2, 0, 1] = float("-inf")  # a counted position, another class
+    y[0, 0, 1] = 1
+    with lf.value_checks(True):
+        value, grad = _grad(fn, x, y, ignore_index=255)
+        assert general == [loss]
+        forced, forced_grad = _grad(fn, x, y, ignore_index=255, weight=torch.ones(2, 3, 4))
+    assert torch.isfinite(value)
+    torch.testing.assert_close(value, forced, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, forced_grad, rtol=1e-12, atol=1e-12)
 
 
 def test_nll_plain_call_checks_unread_classes_under_value_checks(general) -> None:

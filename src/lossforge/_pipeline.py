@@ -706,21 +706,36 @@ def _nll_checked(
     input_name: str,
     x: Tensor,
     target: object,
-    quick: tuple[Tensor, float | None],
+    quick: tuple[Tensor, float | None, Tensor | None],
     count: bool,
 ) -> Tensor:
     """``_cpu_nll``'s loss, after the deferred check of the logits when ``count`` (value checks
     on, the logits not checked before)."""
-    value, counted = quick
+    value, counted, logp = quick
     # Every position counted (nothing ignored, no class weights) and a finite loss: every
     # row's log-softmax at its target is finite, which a NaN, a +inf or a row of -inf
     # anywhere in that row would have made NaN (a term of log p_t keeps NaN and -inf
-    # non-finite). Otherwise the logits' own check decides.
+    # non-finite). Otherwise the log-softmax's class-0 slice (``_log_softmax_clean``), and
+    # then the logits' own check, decide.
     complete = isinstance(target, Tensor) and counted == target.numel()
     if count and not (complete and math.isfinite(float(value.detach()))):
         cdim = 1 if x.ndim >= 2 else 0
-        check_floating(fn, input_name, x, infinite="masked", class_dim=cdim)
+        if logp is None or not _log_softmax_clean(logp, cdim):
+            check_floating(fn, input_name, x, infinite="masked", class_dim=cdim)
     return value
+
+
+def _log_softmax_clean(logp: Tensor, cdim: int) -> bool:
+    """Whether the logits behind the log-softmax ``logp`` are certainly clean for the
+    ``"masked"`` rule: no NaN, no +inf, no position with every class at -inf.
+
+    Each of those makes its position's log-softmax NaN at every class (the max or the sum of
+    exponentials is NaN or infinite), so the class-0 slice sums to a finite value only without
+    them: a read of one class, 1 / C of the logits, where the logits' check sums them all (the
+    ignored positions of cross-entropy, which its loss never reads). A non-finite sum (also a
+    -inf logit of class 0, or an overflow) proves nothing: the logits' check decides, with its
+    messages."""
+    return math.isfinite(float(logp.detach().select(cdim, 0).sum()))
 
 
 def _cpu_nll(
@@ -737,10 +752,11 @@ def _cpu_nll(
     class_factor: ClassOption | None = None,
     *,
     count: bool = True,
-) -> tuple[Tensor, float | None] | None:
+) -> tuple[Tensor, float | None, Tensor | None] | None:
     """Cross-entropy / NLL of class indices, reduced, on the CPU: PyTorch's own operations only;
-    ``(loss, denominator)``, the denominator being the summed class weights of the counted
-    positions (their number without class weights).
+    ``(loss, denominator, log_probs)``, the denominator being the summed class weights of the
+    counted positions (their number without class weights), ``log_probs`` the log-softmax of
+    logits (``nll="logits"``; ``None`` otherwise and in one call) for the deferred check.
 
     With ``term`` (the pipeline's ``nll_term``): the reduced ``term(log p_t)`` instead, ``log p_t``
     being the NLL kernel's unreduced output negated (0 at an ignored position, where ``term``
@@ -811,7 +827,7 @@ def _cpu_nll(
             return None  # an index out of range: the general path reports or poisons it
         if mean and math.isnan(out.item()):  # CPU scalar: no device sync
             return None  # nothing counted (PyTorch's 0 / 0), or a NaN input: the general path
-        return out, None
+        return out, None, None
     ignore = _NO_INDEX if ignore_index is None else ignore_index
     try:
         out, total_weight = _nll_forward(z, idx, w, kernel_reduction, ignore)
@@ -825,7 +841,7 @@ def _cpu_nll(
         out = term(out.neg()).sum()
         if mean:
             out = out / d
-    return out, d
+    return out, d, z if nll == "logits" else None
 
 
 _COMPUTE_DTYPES = (torch.float32, torch.float64)  # compute_dtype's fixed points
