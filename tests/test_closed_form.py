@@ -258,6 +258,77 @@ def test_softmax_focal_second_derivatives() -> None:
     assert gradgradcheck(fn, (x,))
 
 
+def _focal_ref(x, t, gamma, reduction, ignore):
+    """-(1 - p_t)^gamma log p_t from the float64 log-softmax, over the valid positions."""
+    logp = torch.log_softmax(x.detach().double(), 1)
+    valid = t != ignore
+    lp = logp.gather(1, torch.where(valid, t, 0).unsqueeze(1)).squeeze(1)
+    term = -((1 - lp.exp()) ** gamma) * lp
+    total = (term * valid).sum()
+    return total / valid.sum() if reduction == "mean" else total
+
+
+def _focal_grad_ref(x, t, gamma, reduction, ignore):
+    """d/dx of ``_focal_ref`` by the chain rule, written out: phi'(l) (onehot - softmax)."""
+    logp = torch.log_softmax(x.detach().double(), 1)
+    valid = t != ignore
+    idx = torch.where(valid, t, 0)
+    lp = logp.gather(1, idx.unsqueeze(1)).squeeze(1)
+    p = lp.exp()
+    dphi = gamma * (1 - p) ** (gamma - 1) * p * lp - (1 - p) ** gamma
+    onehot = torch.nn.functional.one_hot(idx, x.shape[1]).double()
+    g = (dphi * valid).unsqueeze(1) * (onehot - logp.exp())
+    return g / valid.sum() if reduction == "mean" else g
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 3.5])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_softmax_focal_nll_total_is_one_node_and_equals_references(gamma, reduction, dtype):
+    """Softmax focal of class indices on the CPU: the reduced focal term of the NLL values is
+    one autograd node (``_FocalNllTotal``) whose value and gradient equal the float64 formula and
+    its chain-rule gradient, ignored positions included."""
+    g = torch.Generator().manual_seed(21)
+    x0 = (torch.randn(12, 6, generator=g, dtype=F64) * 3).to(dtype)
+    t = torch.randint(0, 6, (12,), generator=g)
+    t[::5] = -100
+    x = x0.clone().requires_grad_(True)
+    out = F.softmax_focal_loss(x, t, gamma=gamma, reduction=reduction)
+    assert ("_FocalNllTotalBackward" in _grad_fn_name(out)) is (gamma != 0.0)
+    (gx,) = torch.autograd.grad(out, x)
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    torch.testing.assert_close(
+        out.detach().double(), _focal_ref(x0, t, gamma, reduction, -100), **tol
+    )
+    torch.testing.assert_close(gx.double(), _focal_grad_ref(x0, t, gamma, reduction, -100), **tol)
+
+
+def test_softmax_focal_nll_total_second_derivatives_retained_graph_and_routes() -> None:
+    g = torch.Generator().manual_seed(22)
+    x = torch.randn(5, 4, generator=g, dtype=F64, requires_grad=True)
+    t = torch.randint(0, 4, (5,), generator=g)
+    t[1] = 255
+    for reduction in ("mean", "sum"):
+
+        def fn(v, r=reduction):
+            return F.softmax_focal_loss(v, t, gamma=2.0, ignore_index=255, reduction=r)
+
+        assert "_FocalNllTotalBackward" in _grad_fn_name(fn(x))
+        assert gradcheck(fn, (x,))
+        assert gradgradcheck(fn, (x,))
+        out = fn(x)
+        (g1,) = torch.autograd.grad(out, x, retain_graph=True)
+        (g2,) = torch.autograd.grad(out, x, torch.tensor(-2.0, dtype=F64))
+        torch.testing.assert_close(g2, -2 * g1)
+        tangent = torch.randn_like(x)
+        with fwAD.dual_level():
+            jvp = fwAD.unpack_dual(fn(fwAD.make_dual(x.detach(), tangent))).tangent
+        torch.testing.assert_close(jvp, (g1 * tangent).sum())
+        torch.testing.assert_close(torch.func.grad(fn)(x.detach()), g1)
+        with torch.no_grad():
+            torch.testing.assert_close(fn(x), out.detach())
+
+
 # ------------------------------------------------------------------------------------------------
 # BCE with logits, reduced (``ClosedTotal``: the total forward, the derivative in the backward)
 # ------------------------------------------------------------------------------------------------

@@ -499,7 +499,7 @@ def softmax(
     allow_probs: bool = True,
     input_name: str = "logits",
     nll: str | None = None,
-    nll_term: Callable[[Tensor], Tensor] | None = None,
+    nll_term: Callable[[Tensor, float], Tensor] | None = None,
 ) -> Tensor:
     """Run a softmax-family loss.
 
@@ -519,11 +519,12 @@ def softmax(
             NLL of ``log_softmax(input)`` or of the input (cross-entropy without smoothing, NLL):
             on the CPU PyTorch's kernel then reads and range-checks the indices itself
             (``_cpu_nll``).
-        nll_term: ``term(log_p)`` when the loss of class indices is exactly
-            ``term(log_softmax(logits) at the target)``, reduced over the valid positions, for
-            ``class_factor`` giving ``None`` and no class weights, with ``term(0) == 0`` (an
-            ignored position adds 0): on the CPU PyTorch's NLL kernel then gathers, range-checks
-            and masks the ignored positions (``_cpu_nll``).
+        nll_term: ``term(nll, divisor)``, the sum of ``phi(-nll)`` over the NLL values
+            ``nll = -log p_t`` divided by ``divisor``, when the loss of class indices is exactly
+            ``phi(log_softmax(logits) at the target)``, reduced over the valid positions, for
+            ``class_factor`` giving ``None`` and no class weights, with ``phi(0) == 0`` (an
+            ignored position, whose NLL value is 0, adds 0): on the CPU PyTorch's NLL kernel then
+            gathers, range-checks and masks the ignored positions (``_cpu_nll``).
 
     ``-inf`` logits (masked classes) are accepted; ``+inf`` and a position with every class at
     ``-inf`` are refused under value checks (``_checks.INFINITE_RULES``: ``"masked"``).
@@ -659,7 +660,7 @@ def _plain_nll(
     logits: object,
     target: object,
     nll: str | None,
-    nll_term: Callable[[Tensor], Tensor] | None,
+    nll_term: Callable[[Tensor, float], Tensor] | None,
     ignore_index: int | None,
     reduction: str,
     class_factor: ClassOption | None,
@@ -748,7 +749,7 @@ def _cpu_nll(
     weight: Tensor | None,
     reduction: str,
     avg: float | Tensor | None,
-    term: Callable[[Tensor], Tensor] | None = None,
+    term: Callable[[Tensor, float], Tensor] | None = None,
     class_factor: ClassOption | None = None,
     *,
     count: bool = True,
@@ -758,11 +759,11 @@ def _cpu_nll(
     counted positions (their number without class weights), ``log_probs`` the log-softmax of
     logits (``nll="logits"``; ``None`` otherwise and in one call) for the deferred check.
 
-    With ``term`` (the pipeline's ``nll_term``): the reduced ``term(log p_t)`` instead, ``log p_t``
-    being the NLL kernel's unreduced output negated (0 at an ignored position, where ``term``
-    adds 0 and the kernel's backward gives no gradient); the denominator is the number of valid
-    positions (one comparison and one host read). Not when ``class_factor`` gives per-class
-    factors.
+    With ``term`` (the pipeline's ``nll_term``): the reduced term ``term(nll, divisor)`` instead,
+    ``nll`` being the NLL kernel's unreduced output (0 at an ignored position, where the term
+    adds 0 and the kernel's backward gives no gradient), ``divisor`` the number of valid
+    positions for ``"mean"`` (one comparison and one host read) and 1 for ``"sum"``. Not when
+    ``class_factor`` gives per-class factors.
 
     Without ``count`` (no deferred logits check needs the number of counted positions), no
     ``term`` and an ``ignore_index``, the loss is one call of PyTorch's composite
@@ -838,9 +839,7 @@ def _cpu_nll(
     if d <= 0 or (ignore_index is None and d != idx.numel()):
         return None
     if term is not None:
-        out = term(out.neg()).sum()
-        if mean:
-            out = out / d
+        out = term(out, d if mean else 1.0)
     return out, d, z if nll == "logits" else None
 
 

@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any, cast
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as TF
 from torch import Tensor
 
@@ -149,6 +150,58 @@ def focal_term(log_p: Tensor, gamma: float) -> Tensor:
         partial(_focal_term_closed, gamma=gamma), partial(_focal_term_composite, gamma=gamma)
     )
     return closed_form_loss(log_p, log_p.detach(), spec)
+
+
+class _FocalNllTotal(torch.autograd.Function):
+    """``sum(phi(-nll)) / divisor`` of NLL values (``-log p_t``, 0 at ignored positions) with the
+    derivative computed in the forward (``_focal_term_closed``) and kept (one value per position):
+    one autograd node where ``focal_term`` plus the reduction make five (negation, element-wise
+    term, sum, division), each of which costs more than its arithmetic on these small vectors."""
+
+    @staticmethod
+    def forward(ctx: Any, nll: Tensor, gamma: float, divisor: float) -> Tensor:
+        loss, grad = _focal_term_closed(nll.neg(), nll, True, gamma=gamma)
+        ctx.set_materialize_grads(False)
+        ctx.gamma = gamma
+        ctx.divisor = divisor
+        ctx.save_for_backward(nll, grad)
+        total = loss.sum()
+        return total if divisor == 1.0 else total / divisor
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: Tensor | None) -> tuple[Tensor | None, None, None]:
+        if grad_total is None:
+            return None, None, None
+        nll, grad = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the composite
+            with torch.enable_grad():
+                total = _focal_term_composite(nll.neg(), nll, gamma=ctx.gamma).sum() / ctx.divisor
+                (g,) = torch.autograd.grad(total, nll, grad_total, create_graph=True)
+            return g, None, None
+        # d/d nll = -phi'(-nll) / divisor
+        if grad_total.device.type == "cpu" and not torch.compiler.is_compiling():
+            return torch.mul(grad, float(grad_total) * (-1.0 / ctx.divisor)), None, None
+        return grad * (grad_total * (-1.0 / ctx.divisor)), None, None
+
+
+def focal_nll_total(nll: Tensor, divisor: float, gamma: float) -> Tensor:
+    """``sum(-(1 - p)^gamma log p) / divisor`` from NLL values ``-log p`` (0 at an ignored
+    position, which adds 0): the reduced focal term of the positions of a softmax focal loss
+    (``_pipeline.softmax``'s ``nll_term``). One autograd node (``_FocalNllTotal``) when the NLL
+    values need a gradient; ``focal_term`` under forward-mode AD and functorch transforms."""
+    if gamma == 0.0:
+        total = nll.sum()
+        return total if divisor == 1.0 else total / divisor
+    if (
+        nll.requires_grad
+        and torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and not torch._C._are_functorch_transforms_active()
+        and fwAD.unpack_dual(nll).tangent is None
+    ):
+        return cast(Tensor, _FocalNllTotal.apply(nll, gamma, divisor))
+    total = focal_term(nll.neg(), gamma).sum()
+    return total if divisor == 1.0 else total / divisor
 
 
 def _log_or_neg_inf(v: Tensor) -> Tensor:

@@ -42,7 +42,7 @@ from lossforge._params import (
 from lossforge._pipeline import Fused, SoftmaxInput
 from lossforge._reduction import AvgFactor, Backend, Reduction
 from lossforge._targets import class_view
-from lossforge.functional._terms import focal_term, sigmoid_focal
+from lossforge.functional._terms import focal_nll_total, focal_term, sigmoid_focal
 
 __all__ = ["sigmoid_focal_loss", "softmax_focal_loss"]
 
@@ -370,7 +370,7 @@ def softmax_focal_loss(
         class_weight=class_weight,
         class_factor=alpha_vector,
         nll_term=(
-            partial(focal_term, gamma=gamma)
+            partial(focal_nll_total, gamma=gamma)
             if class_weight is None and label_smoothing == 0.0
             else None
         ),
