@@ -300,10 +300,14 @@ def _bce_composite(z: Tensor, y: Tensor) -> Tensor:
 #: four).
 _BCE_TOTAL = ClosedTotal(_bce_total, _bce_derivative, _bce_composite)
 
-#: From this many elements on, ``_BCE_TOTAL`` (fewer passes, less memory traffic) beats PyTorch's
-#: kernel despite the custom Function's fixed cost (~50 us per forward + backward on the CPU):
-#: measured on the 2-core development VM (fwd+bwd, value checks off, interleaved): 0.92x at 2^17
-#: elements, 0.95x at 3 * 2^16, 1.09x at 2^18, 1.2-1.4x from 5 * 2^16 to 2^20.
+#: From this many elements on, ``_BCE_TOTAL`` replaces PyTorch's kernel: its custom Function costs
+#: ~15-20 us more per forward + backward on the CPU, and what it saves is allocation and memory
+#: traffic (three element-sized temporaries where PyTorch's kernel makes six), not arithmetic
+#: (the softplus / log-sigmoid pass dominates both). Measured on the 2-core development VM (fwd+bwd,
+#: value checks off, interleaved, 2026-12-03): with glibc's default allocator in a fresh process
+#: 0.99x at 2^17 elements, 1.07-1.20x from 2^18 to 2^21; with the large temporaries reused
+#: (``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` raised) 0.96x at 2^17, 0.93x at 2^18,
+#: 1.01-1.02x from 2^19 to 2^21. On a GPU it reads and writes 17 element-sized arrays against 20.
 BCE_TOTAL_MIN_NUMEL = 1 << 18
 
 
