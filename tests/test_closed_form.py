@@ -329,6 +329,43 @@ def test_softmax_focal_nll_total_second_derivatives_retained_graph_and_routes() 
             torch.testing.assert_close(fn(x), out.detach())
 
 
+def test_softmax_focal_nll_total_edge_cases() -> None:
+    """Everything ignored: 0 and a zero gradient (not NaN); +-1e4 logits: finite and equal to the
+    float64 formula; half-precision logits: the float32 loss of their values, a gradient of
+    their dtype."""
+    x = torch.randn(6, 5, requires_grad=True)
+    out = F.softmax_focal_loss(x, torch.full((6,), -100))
+    (g,) = torch.autograd.grad(out, x)
+    assert float(out) == 0.0 and torch.count_nonzero(g) == 0
+    gen = torch.Generator().manual_seed(23)
+    big = (torch.randn(6, 5, generator=gen).sign() * 1e4).requires_grad_(True)
+    t = torch.randint(0, 5, (6,), generator=gen)
+    t[2] = -100
+    for reduction in ("mean", "sum"):
+        out = F.softmax_focal_loss(big, t, gamma=2.0, reduction=reduction)
+        assert "_FocalNllTotalBackward" in _grad_fn_name(out)
+        (g,) = torch.autograd.grad(out, big)
+        assert torch.isfinite(out) and torch.isfinite(g).all()
+        ref = _focal_ref(big, t, 2.0, reduction, -100)
+        torch.testing.assert_close(out.detach().double(), ref, rtol=1e-6, atol=1e-3)
+        torch.testing.assert_close(
+            g.double(), _focal_grad_ref(big, t, 2.0, reduction, -100), rtol=1e-5, atol=1e-6
+        )
+    for dtype in (torch.float16, torch.bfloat16):
+        xh = torch.randn(8, 5, generator=gen).to(dtype).requires_grad_(True)
+        th = torch.randint(0, 5, (8,), generator=gen)
+        out = F.softmax_focal_loss(xh, th, gamma=2.0)
+        (g,) = torch.autograd.grad(out, xh)
+        assert out.dtype == torch.float32 and g.dtype == dtype
+        xf = xh.detach().float()
+        torch.testing.assert_close(
+            out.double(), _focal_ref(xf, th, 2.0, "mean", -100), rtol=1e-5, atol=1e-6
+        )
+        torch.testing.assert_close(
+            g.double(), _focal_grad_ref(xf, th, 2.0, "mean", -100), rtol=2e-2, atol=1e-3
+        )
+
+
 # ------------------------------------------------------------------------------------------------
 # BCE with logits, reduced (``ClosedTotal``: the total forward, the derivative in the backward)
 # ------------------------------------------------------------------------------------------------
