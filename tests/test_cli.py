@@ -632,6 +632,37 @@ def test_bench_interleaved_rounds() -> None:
         assert r["median_ms"] > 0 and r["iqr_ms"] >= 0
 
 
+def test_bench_aa_row_times_the_reference_twice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--aa adds the reference once more, right after it, on a leaf of its own: the same
+    function, timed in the same rounds; its ratio is the run's noise band (near 1, not exactly 1
+    as the reference's own)."""
+    import torch
+
+    from lossforge.cli.bench import WORKLOADS, _providers, run_workloads
+
+    work = next(w for w in WORKLOADS if w.name == "smooth-l1")
+    names = [n for n, _ in _providers(work, torch.device("cpu"), aa=True)]
+    plain = [n for n, _ in _providers(work, torch.device("cpu"))]
+    assert names == [plain[0], "F.smooth_l1_loss (A/A)", *plain[1:]]
+    fns = dict(_providers(work, torch.device("cpu"), aa=True))
+    assert fns["F.smooth_l1_loss (A/A)"] is fns["F.smooth_l1_loss"]
+    rows = run_workloads((work,), torch.device("cpu"), scale=0.01, min_run_time=0.01, aa=True)
+    aa = rows[1]
+    assert aa["provider"] == "F.smooth_l1_loss (A/A)" and aa["reference"] == "F.smooth_l1_loss"
+    assert aa["runs"] == rows[0]["runs"] and aa["mem_ratio_vs_ref"] == 1.0
+    assert 0.2 < aa["speedup_vs_ref"] < 5.0  # a ratio of two timings of one function
+    code, out, err = run(
+        capsys, "bench", "--aa", "--workloads", "smooth-l1", "--scale", "0.01",
+        "--min-run-time", "0.01", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "| smooth-l1 | F.smooth_l1_loss (A/A) |" in out
+    payload = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["provider"] for r in payload["rows"]][:2] == ["F.smooth_l1_loss", aa["provider"]]
+
+
 def test_bench_lossforge_rows_call_the_functional_and_the_module() -> None:
     """The lossforge rows call the functional with the workload's parameters (as the references
     are functions), the last one the module built by the registry."""

@@ -290,6 +290,7 @@ def _add_bench(sub: Any) -> None:
             "examples:\n"
             "  lossforge bench                                   # quick table, ~20 s on 2 cores\n"
             "  lossforge bench --workloads focal-dense --scale 4 --out bench-out\n"
+            "  lossforge bench --aa --min-run-time 2             # with each reference's A/A row\n"
             "  lossforge bench --list\n"
             "  python -m benchmarks.run --only DET,SEG   # the full protocol, from a checkout"
         ),
@@ -338,6 +339,12 @@ def _add_bench(sub: Any) -> None:
         metavar="SEC",
         help="seconds of the reference's timed blocks per workload; the providers are timed in "
         "interleaved rounds, at least 5 (default: 0.3)",
+    )
+    quick.add_argument(
+        "--aa",
+        action="store_true",
+        help="time each workload's reference twice (a row '<reference> (A/A)'): the ratio of "
+        "the two is the run's noise band, against which the other ratios can be read",
     )
     protocol = p.add_argument_group(
         "moved to the repository (python -m benchmarks.run): these now only say so"

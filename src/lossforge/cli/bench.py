@@ -18,7 +18,9 @@ $t_{ref} / t$ (above 1 = faster than the reference). The lossforge providers cal
 with the workload's parameters (the references are functions): ``backend="torch"`` everywhere, on
 the CPU also with value checks off (set once around each timed block, as a training loop sets it),
 and on CUDA with triton ``backend="auto"``; a last row calls the module built by ``build_loss``
-(``nn.Module.__call__`` and its ``forward`` on top). Adding a device or a backend is a change to
+(``nn.Module.__call__`` and its ``forward`` on top). With ``--aa`` the reference is timed a second
+time as its own provider (``"<reference> (A/A)"``): its ratio to the reference is the run's noise
+band, which a ratio near 1 must be read against. Adding a device or a backend is a change to
 ``_providers`` only, adding a workload one more ``Workload``. Inputs, targets and modules are built
 before any timing starts, so a timed block holds the loss's forward and backward only.
 
@@ -341,12 +343,17 @@ WORKLOADS: tuple[Workload, ...] = (
 
 
 def _providers(
-    work: Workload, device: torch.device
+    work: Workload, device: torch.device, *, aa: bool = False
 ) -> list[tuple[str, Callable[[Tensor, Tensor], Tensor]]]:
     from lossforge.registry import build_loss, list_losses
 
     info = {i.name: i for i in list_losses()}
     providers: list[tuple[str, Callable[[Tensor, Tensor], Tensor]]] = list(work.references.items())
+    if aa:
+        # The baseline once more, on a leaf of its own: its ratio to the baseline is this run's
+        # noise band (an A/A comparison), against which the other ratios can be read.
+        name, fn = next(iter(work.references.items()))
+        providers.insert(1, (f"{name} (A/A)", fn))
     has_backend = work.loss in info and "backend" in info[work.loss].params
     backends = ["torch"]
     if device.type == "cuda" and has_backend:
@@ -558,8 +565,12 @@ def run_workloads(
     *,
     scale: float = 1.0,
     min_run_time: float = 0.3,
+    aa: bool = False,
 ) -> list[dict[str, Any]]:
     """Time and measure every provider of every workload; one row per (workload, provider).
+
+    With ``aa`` the reference is timed twice (a second row ``"<reference> (A/A)"``): the ratio of
+    the two is the run's own noise band.
 
     Per workload every provider is warmed up and its peak memory measured, then the providers are
     timed interleaved (``_interleave``): rounds of one block per provider in a shuffled order until
@@ -573,7 +584,7 @@ def run_workloads(
     for work in workloads:
         gen = torch.Generator().manual_seed(0)
         x, t = work.make(scale, device, gen)
-        providers = _providers(work, device)
+        providers = _providers(work, device, aa=aa)
         prepared = [_prepare(fn, x, t) for _, fn in providers]
         calls, blocks = _interleave([step for step, _ in prepared], device, min_run_time)
         group = [
@@ -717,6 +728,7 @@ def _run_quick(args: Any) -> int:
         device,
         scale=args.scale if args.scale is not None else 1.0,
         min_run_time=args.min_run_time if args.min_run_time is not None else 0.3,
+        aa=bool(getattr(args, "aa", False)),
     )
     for line in _markdown(rows, header):
         print(line)
