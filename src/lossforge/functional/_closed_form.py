@@ -40,6 +40,8 @@ __all__ = [
     "TotalLoss",
     "closed_form_loss",
     "closed_form_total",
+    "has_tangent",
+    "scale_of",
     "upcast",
 ]
 
@@ -99,6 +101,22 @@ def _scaled(grad: Tensor, grad_loss: Tensor) -> Tensor:
     return out if out.dtype == grad.dtype else out.to(grad.dtype)
 
 
+def has_tangent(*ts: Tensor) -> bool:
+    """Whether a tensor is a dual tensor of forward-mode AD (never while ``torch.compile``
+    traces): the closed forms' Functions define no ``jvp``, so such calls take the composite."""
+    return not torch.compiler.is_compiling() and any(
+        fwAD.unpack_dual(t).tangent is not None for t in ts
+    )
+
+
+def scale_of(grad_loss: Tensor, factor: float) -> float | Tensor:
+    """``factor`` times a reduced loss's incoming gradient (a scalar): a Python number for a CPU
+    scalar outside ``torch.compile`` (no device sync, no small operation), else a tensor."""
+    if grad_loss.device.type == "cpu" and not torch.compiler.is_compiling():
+        return float(grad_loss) * factor
+    return grad_loss * factor if factor != 1.0 else grad_loss
+
+
 class ElementwiseLoss(torch.autograd.Function):
     """``loss = spec(x; y)`` element-wise, with the derivative computed in the forward.
 
@@ -134,14 +152,7 @@ def closed_form_loss(x: Tensor, y: Tensor, spec: ClosedForm) -> Tensor:
     compute dtype, by the cheapest route with exact gradients: ``ElementwiseLoss`` when ``x``
     needs a gradient, the closed-form loss alone when nothing does, the composite when the target
     requires grad, under functorch transforms and for forward-mode AD (dual tensors)."""
-    if (
-        y.requires_grad
-        or torch._C._are_functorch_transforms_active()
-        or (
-            not torch.compiler.is_compiling()
-            and (fwAD.unpack_dual(x).tangent is not None or fwAD.unpack_dual(y).tangent is not None)
-        )
-    ):
+    if y.requires_grad or torch._C._are_functorch_transforms_active() or has_tangent(x, y):
         return spec.composite(in_compute_dtype(x), y)
     if torch.is_grad_enabled() and x.requires_grad:
         return cast(Tensor, ElementwiseLoss.apply(x, y, spec))
@@ -164,12 +175,6 @@ class ClosedTotal:
     total: Callable[[Tensor, Tensor, bool], Tensor]
     derivative: Callable[[Tensor, Tensor], Tensor]
     composite: Callable[[Tensor, Tensor], Tensor]
-
-
-def _has_tangent(*ts: Tensor) -> bool:
-    return not torch.compiler.is_compiling() and any(
-        fwAD.unpack_dual(t).tangent is not None for t in ts
-    )
 
 
 class TotalLoss(torch.autograd.Function):
@@ -201,11 +206,7 @@ class TotalLoss(torch.autograd.Function):
                 (gz,) = torch.autograd.grad(total, z, grad_loss, create_graph=True)
             return gz, None, None, None
         grad = ctx.spec.derivative(z, y)
-        n = max(z.numel(), 1) if ctx.mean else 1
-        if grad_loss.device.type == "cpu" and not torch.compiler.is_compiling():
-            grad.mul_(float(grad_loss) / n)  # a CPU scalar: no device sync, no small operation
-        else:
-            grad.mul_(grad_loss / n if ctx.mean else grad_loss)
+        grad.mul_(scale_of(grad_loss, 1.0 / max(z.numel(), 1) if ctx.mean else 1.0))
         return grad, None, None, None
 
 
@@ -219,7 +220,7 @@ def closed_form_total(z: Tensor, y: Tensor, spec: ClosedTotal, mean: bool) -> Te
         y.requires_grad
         or torch.compiler.is_compiling()
         or torch._C._are_functorch_transforms_active()
-        or _has_tangent(z, y)
+        or has_tangent(z, y)
     ):
         return None
     if torch.is_grad_enabled() and z.requires_grad:

@@ -18,14 +18,19 @@ from functools import partial
 from typing import Any, cast
 
 import torch
-import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as TF
 from torch import Tensor
 
 from lossforge._checks import compute_dtype, fail, value_checks_on
 from lossforge._pipeline import SoftmaxInput, Total
 from lossforge._targets import DenseTarget, class_view
-from lossforge.functional._closed_form import ClosedForm, closed_form_loss, upcast
+from lossforge.functional._closed_form import (
+    ClosedForm,
+    closed_form_loss,
+    has_tangent,
+    scale_of,
+    upcast,
+)
 
 # --------------------------------------------------------------------------------------------------
 # The focal term phi(l) = -(1 - e^l)^gamma * l of a log-probability l <= 0 (bounded derivative).
@@ -179,9 +184,7 @@ class _FocalNllTotal(torch.autograd.Function):
                 (g,) = torch.autograd.grad(total, nll, grad_total, create_graph=True)
             return g, None, None
         # d/d nll = -phi'(-nll) / divisor
-        if grad_total.device.type == "cpu" and not torch.compiler.is_compiling():
-            return torch.mul(grad, float(grad_total) * (-1.0 / ctx.divisor)), None, None
-        return grad * (grad_total * (-1.0 / ctx.divisor)), None, None
+        return torch.mul(grad, scale_of(grad_total, -1.0 / ctx.divisor)), None, None
 
 
 def focal_nll_total(nll: Tensor, divisor: float, gamma: float) -> Tensor:
@@ -197,7 +200,7 @@ def focal_nll_total(nll: Tensor, divisor: float, gamma: float) -> Tensor:
         and torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
         and not torch._C._are_functorch_transforms_active()
-        and fwAD.unpack_dual(nll).tangent is None
+        and not has_tangent(nll)
     ):
         return cast(Tensor, _FocalNllTotal.apply(nll, gamma, divisor))
     total = focal_term(nll.neg(), gamma).sum()
