@@ -601,6 +601,10 @@ def test_bench_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for r in payload["rows"]:  # interleaved rounds: the paired ratios and their quartiles
         assert r["runs"] >= 5
         assert r["speedup_q1"] <= r["speedup_vs_ref"] <= r["speedup_q3"]
+        if r["runs"] >= 6:  # and the confidence interval of their median
+            assert r["speedup_ci_low"] <= r["speedup_vs_ref"] <= r["speedup_ci_high"]
+        else:
+            assert r["speedup_ci_low"] is None and r["speedup_ci_high"] is None
     code, out, _ = run(capsys, "bench", "--list")
     assert code == 0
     assert "focal-dense" in out
@@ -760,6 +764,63 @@ def test_bench_markdown_speedup_range() -> None:
     )
     cells = [line.split(" | ")[3] for line in lines[-3:]]
     assert cells == ["1.00x", "1.02x (0.98-1.05)", "n/a"]
+    with_ci = {**row("c", 0.97, 0.91, 1.04), "speedup_ci_low": 0.951, "speedup_ci_high": 0.994}
+    assert _markdown([with_ci], header)[-1].split(" | ")[3] == "0.97x (0.91-1.04; CI 0.95-0.99)"
+    assert "95 % confidence interval of the median" in lines[0]
+
+
+#: The distribution-free 95 % confidence interval of a median: ranks of the order statistics
+#: (Conover, "Practical Nonparametric Statistics", table A3; e.g. n = 20: 6th and 15th values).
+MEDIAN_CI_RANKS = {
+    6: (1, 6),
+    8: (1, 8),
+    9: (2, 8),
+    10: (2, 9),
+    12: (3, 10),
+    15: (4, 12),
+    20: (6, 15),
+    25: (8, 18),
+    30: (10, 21),
+}
+
+
+def test_median_ci_ranks_match_the_table_and_are_the_tightest() -> None:
+    import torch
+
+    from lossforge.cli.bench import _median_ci_ranks
+
+    assert _median_ci_ranks(5) is None  # [min, max] covers 1 - 2 / 32 < 95 %
+    for n, ranks in MEDIAN_CI_RANKS.items():
+        assert _median_ci_ranks(n) == ranks
+    for n in range(6, 200, 7):
+        ranks = _median_ci_ranks(n)
+        assert ranks is not None
+        k = ranks[0]
+        assert ranks[1] == n + 1 - k
+        # coverage 1 - 2 P(B <= k - 1), B ~ Bin(n, 1/2), from torch's own distribution
+        binom = torch.distributions.Binomial(n, probs=torch.tensor(0.5, dtype=torch.float64))
+        below = torch.arange(0, k + 1, dtype=torch.float64)
+        pmf = binom.log_prob(below).exp()
+        assert 1 - 2 * float(pmf[:k].sum()) >= 0.95 - 1e-12  # covers
+        assert 1 - 2 * float(pmf[: k + 1].sum()) < 0.95  # one rank tighter does not
+
+
+def test_median_ci_covers_the_true_median() -> None:
+    """Monte Carlo: samples of 30 ratios from a skewed distribution (log-normal, median 1): the
+    interval holds 1 in at least 94 % of 2000 trials (nominal >= 95 %, 97.9 % exactly at n=30)."""
+    import torch
+
+    from lossforge.cli.bench import _median_ci
+
+    g = torch.Generator().manual_seed(0)
+    samples = torch.randn(2000, 30, generator=g, dtype=torch.float64).mul(0.2).exp()
+    hits = 0
+    for row in samples.tolist():
+        low, high = _median_ci(row)
+        assert low is not None and high is not None and low <= high
+        hits += low <= 1.0 <= high
+    assert hits >= 0.94 * 2000
+    assert _median_ci([1.0, 2.0, 3.0]) == (None, None)
 
 
 def test_cpu_memory_known_case() -> None:

@@ -14,7 +14,9 @@ and rounds repeat until the reference's blocks total ``min_run_time`` seconds, a
 rounds. A load swing or allocator drift on a shared machine thus hits every provider of the
 rounds it spans. The report gives the median and IQR over the rounds of the time per call, and the
 speed-up relative to the reference as the median and quartiles of the paired per-round ratios
-$t_{ref} / t$ (above 1 = faster than the reference). The lossforge providers call the functional
+$t_{ref} / t$ (above 1 = faster than the reference), with the distribution-free 95 % confidence
+interval of that median (order statistics of the rounds): a provider is measurably slower than
+the reference only when the whole interval lies below 1. The lossforge providers call the functional
 with the workload's parameters (the references are functions): ``backend="torch"`` everywhere, on
 the CPU also with value checks off (set once around each timed block, as a training loop sets it),
 and on CUDA with triton ``backend="auto"``; a last row calls the module built by ``build_loss``
@@ -36,6 +38,7 @@ import contextlib
 import csv
 import functools
 import json
+import math
 import os
 import platform
 import random
@@ -537,19 +540,55 @@ def _interleave(
     return calls, blocks
 
 
+def _median_ci_ranks(n: int, level: float = 0.95) -> tuple[int, int] | None:
+    """1-based ranks ``(k, n + 1 - k)`` of the order statistics that bracket the median of ``n``
+    independent draws of a continuous quantity with probability at least ``level``, whatever its
+    distribution: the largest ``k`` with ``P(B < k) <= (1 - level) / 2`` for ``B ~ Bin(n, 1/2)``
+    (the number of draws below the true median). ``None`` when even ``[min, max]`` falls short
+    (``n < 6`` at 95 %)."""
+    tail = (1.0 - level) / 2.0
+    cdf = 0.0  # P(B < k), summed up exactly for growing k
+    k = 0
+    while k < n:
+        cdf_next = cdf + math.comb(n, k) / 2.0**n  # P(B < k + 1)
+        if cdf_next > tail:
+            break
+        cdf, k = cdf_next, k + 1
+    if k == 0:
+        return None
+    return k, n + 1 - k
+
+
+def _median_ci(values: list[float], level: float = 0.95) -> tuple[float | None, float | None]:
+    """The distribution-free confidence interval of the median of ``values`` (order statistics at
+    ``_median_ci_ranks``), or ``(None, None)`` for too few values."""
+    ranks = _median_ci_ranks(len(values), level)
+    if ranks is None:
+        return None, None
+    ordered = sorted(values)
+    return ordered[ranks[0] - 1], ordered[ranks[1] - 1]
+
+
 def _timing(blocks: list[float], ref_blocks: list[float], calls: int) -> dict[str, Any]:
     """Columns of one provider: per-call median and IQR (ms) and the paired ratios to the
-    reference (median and quartiles of ``ref_block / block`` over the rounds)."""
+    reference (median, quartiles and the 95 % confidence interval of the median of
+    ``ref_block / block`` over the rounds, ``_median_ci``)."""
     q1, median, q3 = _quartiles([b / calls for b in blocks])
     if all(b > 0 for b in blocks):
-        r1, ratio, r3 = _quartiles([ref / b for ref, b in zip(ref_blocks, blocks, strict=True)])
+        ratios = [ref / b for ref, b in zip(ref_blocks, blocks, strict=True)]
+        r1, ratio, r3 = _quartiles(ratios)
+        low, high = _median_ci(ratios)
         speedup: dict[str, float | None] = {
             "speedup_vs_ref": ratio,
             "speedup_q1": r1,
             "speedup_q3": r3,
+            "speedup_ci_low": low,
+            "speedup_ci_high": high,
         }
     else:
-        speedup = dict.fromkeys(("speedup_vs_ref", "speedup_q1", "speedup_q3"))
+        speedup = dict.fromkeys(
+            ("speedup_vs_ref", "speedup_q1", "speedup_q3", "speedup_ci_low", "speedup_ci_high")
+        )
     return {
         "median_ms": median * 1e3,
         "iqr_ms": (q3 - q1) * 1e3,
@@ -576,9 +615,10 @@ def run_workloads(
     timed interleaved (``_interleave``): rounds of one block per provider in a shuffled order until
     the reference's blocks total ``min_run_time`` seconds (at least ``_MIN_ROUNDS`` rounds). A row
     gives the median and IQR over the rounds of the time per call, ``runs`` (the rounds) and
-    ``calls_per_run``, and the median (``speedup_vs_ref``) and quartiles (``speedup_q1``,
-    ``speedup_q3``) of the per-round ratios reference block / provider block; the reference's own
-    are 1.0.
+    ``calls_per_run``, and the median (``speedup_vs_ref``), quartiles (``speedup_q1``,
+    ``speedup_q3``) and 95 % confidence interval of the median (``speedup_ci_low``,
+    ``speedup_ci_high``; ``None`` under six rounds) of the per-round ratios reference block /
+    provider block; the reference's own are 1.0.
     """
     rows: list[dict[str, Any]] = []
     for work in workloads:
@@ -627,20 +667,38 @@ def _ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
-def _ratio_range(value: float | None, low: float | None, high: float | None) -> str:
-    """``1.02x (0.98-1.05)``: the median ratio and its quartiles (just ``1.00x`` for the
-    reference, whose quartiles are the median)."""
+def _ratio_range(
+    value: float | None,
+    low: float | None,
+    high: float | None,
+    ci_low: float | None = None,
+    ci_high: float | None = None,
+) -> str:
+    """``1.02x (0.98-1.05; CI 1.00-1.03)``: the median ratio, its quartiles and, when known, the
+    95 % confidence interval of the median (just ``1.00x`` for the reference, whose quartiles
+    are the median)."""
     if value is None or low is None or high is None or low == high:
         return _ratio(value)
-    return f"{value:.2f}x ({low:.2f}-{high:.2f})"
+    ci = "" if ci_low is None or ci_high is None else f"; CI {ci_low:.2f}-{ci_high:.2f}"
+    return f"{value:.2f}x ({low:.2f}-{high:.2f}{ci})"
+
+
+_SPEEDUP_KEYS = (
+    "speedup_vs_ref",
+    "speedup_q1",
+    "speedup_q3",
+    "speedup_ci_low",
+    "speedup_ci_high",
+)
 
 
 def _markdown(rows: list[dict[str, Any]], header: Mapping[str, Any]) -> list[str]:
     lines = [
         f"device: {header['device']}, torch {header['torch']}, threads {header['threads']}; "
         f"peak extra memory of one forward+backward above the inputs, gradient included "
-        f"({header['memory']}); speed-up: median (quartiles) over the interleaved rounds of "
-        f"reference block time / provider block time",
+        f"({header['memory']}); speed-up: median (quartiles; CI: 95 % confidence interval of "
+        f"the median, order statistics) over the interleaved rounds of reference block time / "
+        f"provider block time",
         "",
         "| workload | provider | median ms | speed-up vs reference | peak extra MB "
         "| bytes/logit | memory vs reference |",
@@ -649,7 +707,7 @@ def _markdown(rows: list[dict[str, Any]], header: Mapping[str, Any]) -> list[str
     for r in rows:
         lines.append(
             f"| {r['workload']} | {r['provider']} | {r['median_ms']:.3f} | "
-            f"{_ratio_range(r['speedup_vs_ref'], r.get('speedup_q1'), r.get('speedup_q3'))} | "
+            f"{_ratio_range(*(r.get(k) for k in _SPEEDUP_KEYS))} | "
             f"{r['peak_extra_mb']:.2f} | "
             f"{r['peak_B_per_logit']:.1f} | {_ratio(r['mem_ratio_vs_ref'])} |"
         )
