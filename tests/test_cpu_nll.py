@@ -26,16 +26,26 @@ F64 = torch.float64
 
 @pytest.fixture
 def taken(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """One entry per call of ``_cpu_nll``: whether it returned the loss."""
+    """One entry per call of ``_cpu_nll``: whether it returned the loss; a plain call that
+    ``_one_call`` (its lean first step for the commonest case) serves counts as one that
+    ``_cpu_nll`` served (when it declines, ``_cpu_nll`` runs and counts itself)."""
     calls: list[bool] = []
     original = pipeline._cpu_nll
+    original_one = pipeline._one_call
 
     def counted(*a, **k):  # noqa: ANN002, ANN003, ANN202
         out = original(*a, **k)
         calls.append(out is not None)
         return out
 
+    def counted_one(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        out = original_one(*a, **k)
+        if out is not None:
+            calls.append(True)
+        return out
+
     monkeypatch.setattr(pipeline, "_cpu_nll", counted)
+    monkeypatch.setattr(pipeline, "_one_call", counted_one)
     return calls
 
 
@@ -393,3 +403,92 @@ def test_softmax_focal_extreme_logits_stay_finite(dtype, taken) -> None:
     assert torch.isfinite(out) and torch.isfinite(a.grad).all()
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(a.grad.double(), r.grad, rtol=1e-2, atol=1e-3)
+
+
+# --------------------------------------------------------------------------------------------------
+# _one_call: the lean first step for the commonest plain call (value checks off, int64 indices)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def lean(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """One entry per call of ``_one_call``: whether it served the call."""
+    calls: list[bool] = []
+    original = pipeline._one_call
+
+    def counted(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        out = original(*a, **k)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(pipeline, "_one_call", counted)
+    return calls
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_one_call_serves_plain_calls_and_equals_pytorch(name, reduction, lean) -> None:
+    """Every shape, logits and log-probabilities, contiguous and channels-last (4-D): served by
+    the one call, equal to PyTorch and the float64 reference, values and gradients."""
+    shape, tshape = SHAPES[name]
+    x, y = _inputs(shape, tshape, ignore=255)
+    layouts = [x]
+    if x.ndim == 4:
+        layouts.append(x.contiguous(memory_format=torch.channels_last))
+    for inp0 in layouts:
+        cdim = min(1, inp0.ndim - 1)
+        for ours, theirs, reference, inp in (
+            (F.cross_entropy, TF.cross_entropy, ref.cross_entropy, inp0),
+            (F.nll_loss, TF.nll_loss, ref.nll_loss, torch.log_softmax(inp0, dim=cdim)),
+        ):
+            lean.clear()
+            a = inp.detach().clone().requires_grad_(True)
+            b = inp.detach().clone().requires_grad_(True)
+            with lf.value_checks(False):
+                out = ours(a, y, reduction=reduction, ignore_index=255)
+            assert lean == [True], (ours.__name__, name)
+            expected = theirs(b, y, reduction=reduction, ignore_index=255)
+            assert_close(out, expected, F64)
+            out.backward(torch.tensor(0.7, dtype=F64))
+            expected.backward(torch.tensor(0.7, dtype=F64))
+            assert_close(a.grad, b.grad, F64)
+            rv = reference(inp, y, reduction=reduction, ignore_index=255)
+            assert_close(out.detach(), rv, F64)
+
+
+def test_one_call_declines_what_it_does_not_settle(lean, taken) -> None:
+    """Value checks on, an int32 target, ignore_index=None, everything ignored, an index out of
+    range, global normalisation: the one call declines (or is not asked) and the rest of the
+    path keeps the contract."""
+    x, y = _inputs((6, 5), (6,))
+    with lf.value_checks(True):
+        F.cross_entropy(x, y)
+    assert lean == [] and taken == [True]  # checks on: not asked
+    lean.clear(), taken.clear()
+    with lf.value_checks(False):
+        out = F.cross_entropy(x, y.to(torch.int32))
+    assert lean == [False] and taken == [True]  # int32: _cpu_nll converts it
+    assert_close(out, TF.cross_entropy(x, y), F64)
+    lean.clear(), taken.clear()
+    with lf.value_checks(False):
+        F.cross_entropy(x, y, ignore_index=None)
+    assert lean == [] and taken == [True]
+    lean.clear(), taken.clear()
+    with lf.value_checks(False):
+        out = F.cross_entropy(x.requires_grad_(True), torch.full((6,), -100))
+    assert lean == [False] and float(out) == 0.0  # nothing counted: 0, not NaN
+    out.backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) == 0.0
+    lean.clear()
+    bad = y.clone()
+    bad[1] = 7
+    with lf.value_checks(False):
+        assert torch.isnan(F.cross_entropy(x.detach(), bad))
+    assert lean == [False]
+    lean.clear()
+    from lossforge.distributed import global_normalization
+
+    with lf.value_checks(False), global_normalization():
+        out = F.cross_entropy(x.detach(), y)
+    assert lean == [False]
+    assert_close(out, TF.cross_entropy(x.detach(), y), F64)  # no process group: unchanged
