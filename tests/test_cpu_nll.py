@@ -26,12 +26,12 @@ F64 = torch.float64
 
 @pytest.fixture
 def taken(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """One entry per call of ``_cpu_nll``: whether it returned the loss; a plain call that
-    ``_one_call`` (its lean first step for the commonest case) serves counts as one that
-    ``_cpu_nll`` served (when it declines, ``_cpu_nll`` runs and counts itself)."""
+    """One entry per call of ``_cpu_nll``: whether it returned the loss; ``_lean_nll`` (its lean
+    first step for the commonest case) counts as ``_cpu_nll`` when the case is its own (served
+    or declined for the general path; when it is not, ``_cpu_nll`` runs and counts itself)."""
     calls: list[bool] = []
     original = pipeline._cpu_nll
-    original_one = pipeline._one_call
+    original_one = pipeline._lean_nll
 
     def counted(*a, **k):  # noqa: ANN002, ANN003, ANN202
         out = original(*a, **k)
@@ -40,12 +40,12 @@ def taken(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 
     def counted_one(*a, **k):  # noqa: ANN002, ANN003, ANN202
         out = original_one(*a, **k)
-        if out is not None:
-            calls.append(True)
+        if out is not None:  # served (a tuple), or declined for the general path
+            calls.append(isinstance(out, tuple))
         return out
 
     monkeypatch.setattr(pipeline, "_cpu_nll", counted)
-    monkeypatch.setattr(pipeline, "_one_call", counted_one)
+    monkeypatch.setattr(pipeline, "_lean_nll", counted_one)
     return calls
 
 
@@ -406,30 +406,32 @@ def test_softmax_focal_extreme_logits_stay_finite(dtype, taken) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# _one_call: the lean first step for the commonest plain call (value checks off, int64 indices)
+# _lean_nll: the lean first step for the commonest plain call (int64 indices, an ignore_index)
 # --------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
 def lean(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """One entry per call of ``_one_call``: whether it served the call."""
+    """One entry per call of ``_lean_nll``: whether it served the call."""
     calls: list[bool] = []
-    original = pipeline._one_call
+    original = pipeline._lean_nll
 
     def counted(*a, **k):  # noqa: ANN002, ANN003, ANN202
         out = original(*a, **k)
-        calls.append(out is not None)
+        calls.append(isinstance(out, tuple))
         return out
 
-    monkeypatch.setattr(pipeline, "_one_call", counted)
+    monkeypatch.setattr(pipeline, "_lean_nll", counted)
     return calls
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("name", sorted(SHAPES))
-def test_one_call_serves_plain_calls_and_equals_pytorch(name, reduction, lean) -> None:
-    """Every shape, logits and log-probabilities, contiguous and channels-last (4-D): served by
-    the one call, equal to PyTorch and the float64 reference, values and gradients."""
+@pytest.mark.parametrize("checks", [False, True])
+def test_lean_nll_serves_plain_calls_and_equals_pytorch(name, reduction, checks, lean) -> None:
+    """Every shape, logits and log-probabilities, contiguous and channels-last (4-D), value
+    checks off and on (log-probabilities then go to the general path): served by the lean step,
+    equal to PyTorch and the float64 reference, values and gradients."""
     shape, tshape = SHAPES[name]
     x, y = _inputs(shape, tshape, ignore=255)
     layouts = [x]
@@ -444,9 +446,10 @@ def test_one_call_serves_plain_calls_and_equals_pytorch(name, reduction, lean) -
             lean.clear()
             a = inp.detach().clone().requires_grad_(True)
             b = inp.detach().clone().requires_grad_(True)
-            with lf.value_checks(False):
+            with lf.value_checks(checks):
                 out = ours(a, y, reduction=reduction, ignore_index=255)
-            assert lean == [True], (ours.__name__, name)
+            served = not (checks and ours is F.nll_loss)
+            assert lean == ([True] if served else []), (ours.__name__, name)
             expected = theirs(b, y, reduction=reduction, ignore_index=255)
             assert_close(out, expected, F64)
             out.backward(torch.tensor(0.7, dtype=F64))
@@ -456,14 +459,43 @@ def test_one_call_serves_plain_calls_and_equals_pytorch(name, reduction, lean) -
             assert_close(out.detach(), rv, F64)
 
 
-def test_one_call_declines_what_it_does_not_settle(lean, taken) -> None:
-    """Value checks on, an int32 target, ignore_index=None, everything ignored, an index out of
-    range, global normalisation: the one call declines (or is not asked) and the rest of the
-    path keeps the contract."""
+def test_lean_nll_declines_what_it_does_not_settle(lean, taken) -> None:
+    """An int32 target, ignore_index=None, everything ignored, an index out of range (value
+    checks off and on), a NaN logit at an ignored position, global normalisation: the lean step
+    declines (or is not asked) and the rest of the path keeps the contract."""
     x, y = _inputs((6, 5), (6,))
     with lf.value_checks(True):
-        F.cross_entropy(x, y)
-    assert lean == [] and taken == [True]  # checks on: not asked
+        F.nll_loss(torch.log_softmax(x, 1), y)
+    # log-probabilities under checks: the general path checks them, then its own _cpu_nll
+    assert lean == [] and taken == [True]
+    lean.clear(), taken.clear()
+    with lf.value_checks(True):
+        out = F.cross_entropy(x, y.to(torch.int32))
+    assert lean == [False] and taken == [True]  # int32: _cpu_nll converts it
+    assert_close(out, TF.cross_entropy(x, y), F64)
+    lean.clear(), taken.clear()
+    bad = y.clone()
+    bad[1] = 7
+    with lf.value_checks(True), pytest.raises(ValueError, match=r"class indices in \[0, 4\]"):
+        F.cross_entropy(x, bad)
+    assert lean == [False] and taken == [False]  # declined: the general path reports it
+    lean.clear(), taken.clear()
+    masked = x.clone()
+    masked[2, 3] = float("nan")
+    ignored = y.clone()
+    ignored[2] = 255
+    with lf.value_checks(True), pytest.raises(ValueError, match="NaN"):
+        F.cross_entropy(masked, ignored, ignore_index=255)  # served, then the class-0 check
+    assert lean == [True]
+    with lf.value_checks(False):
+        assert torch.isfinite(F.cross_entropy(masked, ignored, ignore_index=255))
+    with lf.value_checks(True):
+        out = F.cross_entropy(x.requires_grad_(True), torch.full((6,), -100))
+    assert float(out) == 0.0  # nothing counted under checks: 0, not NaN
+    out.backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) == 0.0
+    x.grad = None
+    x.requires_grad_(False)
     lean.clear(), taken.clear()
     with lf.value_checks(False):
         out = F.cross_entropy(x, y.to(torch.int32))

@@ -679,15 +679,16 @@ def _plain_nll(
     if target.is_floating_point() or target.dtype == torch.bool:
         return None, False  # probabilities, or a mask: not class indices
     count = value_checks_on(logits)
-    if not count and nll_term is None and class_factor is None and ignore_index is not None:
-        out = _one_call(logits, target, nll or "logits", ignore_index, reduction)
-        if out is not None:
-            return out, True
     if count and nll == "log_probs":
         # A finite NLL of log-probabilities says nothing of the classes it did not read: under
         # value checks the general path checks them first.
         return None, False
-    quick = _cpu_nll(
+    lean = None
+    if nll_term is None and class_factor is None and ignore_index is not None:
+        lean = _lean_nll(logits, target, nll or "logits", ignore_index, reduction, count)
+    if isinstance(lean, _Declined):
+        return None, True
+    quick = lean or _cpu_nll(
         fn,
         logits,
         target,
@@ -730,15 +731,27 @@ def _nll_checked(
     return value
 
 
-def _one_call(
-    x: Tensor, target: Tensor, nll: str, ignore_index: int, reduction: str
-) -> Tensor | None:
-    """``_cpu_nll``'s one call of PyTorch's composite for the commonest plain call (int64 class
-    indices on the CPU, no value checks, no term or class options, an ``ignore_index``), with
-    only the tests that case needs (2.2 us less Python per call than through ``_cpu_nll``'s
-    general signature, CPU time over interleaved rounds on the 2-core dev VM; on the CPU such time
-    is paid again in the cache misses of the kernels after it). ``None`` sends the call on to
-    ``_cpu_nll`` and the general path, which decide every other case."""
+class _Declined:
+    """``_lean_nll``'s answer for a case it is built for but PyTorch's kernel cannot settle."""
+
+
+#: The case is the lean path's, the kernel cannot settle it: the general path decides
+#: (``_cpu_nll`` would say no too).
+_DECLINED = _Declined()
+
+
+def _lean_nll(
+    x: Tensor, target: Tensor, nll: str, ignore_index: int, reduction: str, count: bool
+) -> tuple[Tensor, float | None, Tensor | None] | _Declined | None:
+    """``_cpu_nll`` for the commonest plain call (int64 class indices on the CPU, an
+    ``ignore_index``, no term or class options), with only the tests that case needs: about
+    2 us less Python per call than ``_cpu_nll``'s general signature (CPU time over interleaved
+    rounds on the 2-core dev VM; on the CPU such time is paid again in the cache misses of the
+    kernels after it). Without ``count`` one call of PyTorch's composite
+    (``_composite_nll``); with it (value checks: logits only, the caller sends log-probabilities
+    elsewhere) the log-softmax and the NLL kernel with its denominator, as ``_cpu_nll`` gives
+    them to ``_nll_checked``. ``None``: not this case (``_cpu_nll`` decides); ``_DECLINED``: an
+    index out of range, nothing counted or a NaN mean (the general path decides)."""
     if (
         target.dtype != torch.int64
         or not target.is_cpu
@@ -756,7 +769,18 @@ def _one_call(
     mean = reduction == "mean"
     if mean and _reduction._denominator_hook is not None:
         return None  # global normalisation: the general path
-    return _composite_nll(x, target, None, nll, mean, ignore_index)
+    if not count:
+        out = _composite_nll(x, target, None, nll, mean, ignore_index)
+        return _DECLINED if out is None else (out, None, None)
+    z = torch.log_softmax(x, dim=1 if len(shape) >= 2 else 0)
+    try:
+        out, total_weight = _nll_forward(z, target, None, 1 if mean else 2, ignore_index)
+    except IndexError:
+        return _DECLINED
+    d = float(total_weight)  # CPU scalar: no device sync
+    if d <= 0:
+        return _DECLINED
+    return out, d, z
 
 
 def _composite_nll(
