@@ -368,7 +368,7 @@ def sigmoid(
         dense = DenseTarget(target, None, None, False)
         plain = loss(logits, dense, "mean" if reduction == "mean" else True)
         if isinstance(plain, Total):
-            if checks and not math.isfinite(float(plain.value.detach())):
+            if checks and not math.isfinite(plain.value.item()):
                 rule = "finite" if input_name == "logits" else "allow"
                 check_floating(fn, input_name, logits, infinite=rule)
             return plain.value
@@ -398,7 +398,7 @@ def sigmoid(
     if (
         deferred
         and value_checks_on(x)
-        and (not isinstance(out, Total) or not math.isfinite(float(out.value.detach())))
+        and (not isinstance(out, Total) or not math.isfinite(out.value.item()))
     ):
         check_floating(fn, input_name, x, infinite=rule)
     if isinstance(out, Total):
@@ -724,7 +724,7 @@ def _nll_checked(
     # non-finite). Otherwise the log-softmax's class-0 slice (``_log_softmax_clean``), and
     # then the logits' own check, decide.
     complete = isinstance(target, Tensor) and counted == target.numel()
-    if count and not (complete and math.isfinite(float(value.detach()))):
+    if count and not (complete and math.isfinite(value.item())):
         cdim = 1 if x.ndim >= 2 else 0
         if logp is None or not _log_softmax_clean(logp, cdim):
             check_floating(fn, input_name, x, infinite="masked", class_dim=cdim)
@@ -1052,7 +1052,7 @@ def regression(
         # check, done here the same way.
         plain = loss(pred, target, reduction)
         if isinstance(plain, Total):
-            if value_checks_on(pred) and math.isnan(float(plain.value.detach())):
+            if value_checks_on(pred) and math.isnan(plain.value.item()):
                 check_floating(fn, input_name, pred, infinite=infinite, finite_why=finite_why)
             return plain.value
     deferred = nan_in_total and reduction != "none" and weight is None and infinite == "allow"
@@ -1101,7 +1101,7 @@ def regression(
     if (
         deferred
         and value_checks_on(p)
-        and (not isinstance(out, Total) or math.isnan(float(out.value.detach())))
+        and (not isinstance(out, Total) or math.isnan(out.value.item()))
     ):
         check_floating(fn, input_name, p, infinite=infinite, finite_why=finite_why)
     if isinstance(out, Total):

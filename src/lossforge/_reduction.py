@@ -319,7 +319,7 @@ def _check_zero_avg_factor(fn: str, total: Tensor, d: float) -> None:
         return
     if not (d >= 0 and is_finite(d)):
         fail(fn, "avg_factor", "a finite number >= 0", d)
-    if d == 0 and float(total.detach()) != 0:
+    if d == 0 and total.item() != 0:
         where = " (summed over the ranks)" if _denominator_hook is not None else ""
         fail(fn, "avg_factor", f"> 0{where} when the weighted loss sum is non-zero", 0.0)
 
