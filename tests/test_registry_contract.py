@@ -171,3 +171,42 @@ def test_module_rejects_what_the_functional_rejects(info: Any) -> None:
                     str(from_module.value).split(": ", 1)[1]
                     == str(from_functional.value).split(": ", 1)[1]
                 )
+
+
+def test_module_call_passes_what_differs_from_the_functional_defaults() -> None:
+    """A module's forward hands the functional its configuration values that are not the
+    functional's own default objects, ``weight`` / ``avg_factor`` when given, per-batch inputs,
+    and the reduction; a value set after construction applies, and setting an option back to
+    its default object drops it from the call."""
+    import lossforge.nn as LN
+
+    calls: list[dict[str, Any]] = []
+    inner = LN.SigmoidFocalLoss.functional
+    assert inner is not None
+
+    def spy(x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        calls.append(kwargs)
+        return inner(x, t, **kwargs)
+
+    class Spy(LN.SigmoidFocalLoss):
+        functional = staticmethod(spy)
+
+    x = torch.randn(4, 3, dtype=F64)
+    t = (torch.rand(4, 3) < 0.3).to(F64)
+    m = Spy(gamma=1.5)
+    out = m(x, t)
+    assert calls[-1] == {"gamma": 1.5, "reduction": "mean"}
+    assert_close(out, inner(x, t, gamma=1.5), F64)
+    w = torch.rand(4, 3, dtype=F64)
+    m(x, t, weight=w, avg_factor=2.0, reduction_override="mean")
+    assert calls[-1].keys() == {"gamma", "weight", "avg_factor", "reduction"}
+    assert calls[-1]["weight"] is w and calls[-1]["avg_factor"] == 2.0
+    m(x, t, reduction_override="sum")
+    assert calls[-1] == {"gamma": 1.5, "reduction": "sum"}
+    m.alpha = 0.5
+    m(x, t)
+    assert calls[-1] == {"gamma": 1.5, "alpha": 0.5, "reduction": "mean"}
+    default_alpha = inspect.signature(inner).parameters["alpha"].default
+    m.alpha = default_alpha
+    m(x, t)
+    assert calls[-1] == {"gamma": 1.5, "reduction": "mean"}

@@ -75,6 +75,10 @@ def _as_buffer(owner: str, name: str, value: object) -> Tensor:
     return tensor if tensor.is_floating_point() else tensor.float()
 
 
+#: A key absent from a dict of defaults (never a configuration value).
+_MISSING = object()
+
+
 class Loss(nn.Module):
     """Base class: ``reduction``, ``loss_weight`` and ``reduction_override`` handling, and the
     declaration of a module from its functional (``class X(Loss, functional=f)``)."""
@@ -90,6 +94,9 @@ class Loss(nn.Module):
     #: Per-batch tensor keywords ``forward`` passes through (declared modules only).
     inputs: ClassVar[tuple[str, ...]] = ()
     _domains: ClassVar[dict[str, Domain]] = {}
+    #: The functional's default objects of its keyword arguments (declared modules only): a
+    #: configuration value that is one of them is not passed (the functional uses it anyway).
+    _call_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init_subclass__(
         cls,
@@ -111,6 +118,9 @@ class Loss(nn.Module):
         keywords = [p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
         domains = dict(signature_domains(functional))
         cls.functional = staticmethod(functional)
+        cls._call_defaults = {
+            p.name: p.default for p in keywords if p.default is not inspect.Parameter.empty
+        }
         cls.registry_name = name or functional.__name__.removesuffix("_loss")
         cls._domains = domains
         cls.inputs = tuple(p.name for p in keywords if isinstance(domains[p.name], Batch))
@@ -200,20 +210,26 @@ class Loss(nn.Module):
 
     def _config(self) -> dict[str, Any]:
         """The configuration keywords' current values (read on every call: an attribute set after
-        construction applies). Looked up in the instance's dicts directly, as ``getattr`` would
-        find them, without ``nn.Module.__getattr__``'s slow path for buffers and parameters."""
+        construction applies), except those that are the functional's own default objects (it
+        uses them when they are not passed: a shorter call). Looked up in the instance's dicts
+        directly, as ``getattr`` would find them, without ``nn.Module.__getattr__``'s slow path
+        for buffers and parameters."""
         d = self.__dict__
         buffers, parameters = d["_buffers"], d["_parameters"]
+        defaults = type(self)._call_defaults
+        missing = _MISSING
         out: dict[str, Any] = {}
         for key in type(self).config:
             if key in d:
-                out[key] = d[key]
+                value = d[key]
             elif key in buffers:
-                out[key] = buffers[key]
+                value = buffers[key]
             elif key in parameters:
-                out[key] = parameters[key]
+                value = parameters[key]
             else:
-                out[key] = getattr(self, key)  # a property of a subclass
+                value = getattr(self, key)  # a property of a subclass
+            if value is not defaults.get(key, missing):
+                out[key] = value
         return out
 
     def _resolve_reduction(self, reduction_override: str | None) -> str:
@@ -253,18 +269,16 @@ class Loss(nn.Module):
                 ", ".join(sorted(unknown)),
                 TypeError,
             )
-        config = self._config()
-        return self._scale(
-            fn(
-                input,
-                target,
-                **config,
-                **inputs,
-                weight=weight,
-                avg_factor=avg_factor,
-                reduction=self._resolve_reduction(reduction_override),
-            )
-        )
+        kwargs = self._config()
+        if inputs:
+            kwargs.update(inputs)
+        # (None is the functional's default of both: not passed, a shorter call)
+        if weight is not None:
+            kwargs["weight"] = weight
+        if avg_factor is not None:
+            kwargs["avg_factor"] = avg_factor
+        kwargs["reduction"] = self._resolve_reduction(reduction_override)
+        return self._scale(fn(input, target, **kwargs))
 
     def extra_repr(self) -> str:
         parts = []
