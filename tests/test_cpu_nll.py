@@ -520,3 +520,55 @@ def test_lean_nll_declines_what_it_does_not_settle(lean, taken) -> None:
         out = F.cross_entropy(x.detach(), y)
     assert lean == [False]
     assert_close(out, TF.cross_entropy(x.detach(), y), F64)  # no process group: unchanged
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_lean_nll_is_bitwise_the_general_signature(seed, monkeypatch) -> None:
+    """Differential: random shapes, ignore patterns (none, some, all), reductions, dtypes and
+    value-check modes; the lean step and ``_cpu_nll`` (the lean step switched off) give the same
+    loss and gradient bit for bit, or the same error."""
+    g = torch.Generator().manual_seed(seed)
+    ndim = int(torch.randint(1, 5, (1,), generator=g))
+    c = int(torch.randint(2, 7, (1,), generator=g))
+    n = int(torch.randint(1, 5, (1,), generator=g))
+    spatial = [int(v) for v in torch.randint(1, 4, (max(ndim - 2, 0),), generator=g)]
+    shape = [c] if ndim == 1 else [n, c, *spatial]
+    tshape = [] if ndim == 1 else [n, *spatial]
+    dtype = (torch.float32, F64)[seed % 2]
+    x = (torch.randn(shape, generator=g, dtype=F64) * 3).to(dtype)
+    y = torch.randint(0, c, tshape, generator=g)
+    fill = seed % 3  # 0: nothing ignored, 1: some, 2: everything
+    if fill == 2:
+        y.fill_(255)
+    elif fill == 1 and y.numel() > 1:
+        y.view(-1)[::2] = 255
+    if seed % 4 == 3 and y.numel() > 0:
+        y.view(-1)[0] = c + 1  # out of range
+    reduction = ("mean", "sum")[seed // 2 % 2]
+
+    def run(lean_on: bool, checks: bool) -> tuple[str, object, object]:
+        if not lean_on:
+            monkeypatch.setattr(pipeline, "_lean_nll", lambda *a, **k: None)
+        a = x.detach().clone().requires_grad_(True)
+        try:
+            with lf.value_checks(checks):
+                out = F.cross_entropy(a, y, ignore_index=255, reduction=reduction)
+        except ValueError as err:
+            monkeypatch.undo()
+            return "error", str(err), None
+        if torch.isfinite(out):
+            out.backward()
+        monkeypatch.undo()
+        return "value", out.detach(), None if a.grad is None else a.grad.detach()
+
+    for checks in (False, True):
+        kind_a, va, ga = run(True, checks)
+        kind_b, vb, gb = run(False, checks)
+        assert kind_a == kind_b, (checks, kind_a, kind_b)
+        if kind_a == "error":
+            assert va == vb
+            continue
+        assert torch.equal(va, vb) or (torch.isnan(va) and torch.isnan(vb))
+        assert (ga is None) == (gb is None)
+        if ga is not None:
+            assert torch.equal(ga, gb)
