@@ -291,6 +291,7 @@ def _add_bench(sub: Any) -> None:
             "  lossforge bench                                   # quick table, ~20 s on 2 cores\n"
             "  lossforge bench --workloads focal-dense --scale 4 --out bench-out\n"
             "  lossforge bench --aa --min-run-time 2             # with each reference's A/A row\n"
+            "  lossforge bench --heap reuse --aa                 # CPU heap as in a training run\n"
             "  lossforge bench --list\n"
             "  python -m benchmarks.run --only DET,SEG   # the full protocol, from a checkout"
         ),
@@ -345,6 +346,16 @@ def _add_bench(sub: Any) -> None:
         action="store_true",
         help="time each workload's reference twice (a row '<reference> (A/A)'): the ratio of "
         "the two is the run's noise band, against which the other ratios can be read",
+    )
+    quick.add_argument(
+        "--heap",
+        choices=("as-is", "reuse"),
+        default="as-is",
+        help="CPU allocator state (glibc): 'reuse' fixes malloc's mmap threshold at 32 MiB and "
+        "its trim threshold at 1 GiB, so freed temporaries are reused from the heap as in a "
+        "long-running training process, instead of the small process's own dynamic state, in "
+        "which a temporary may come fresh from the kernel (page faults) on every call "
+        "(default: as-is)",
     )
     protocol = p.add_argument_group(
         "moved to the repository (python -m benchmarks.run): these now only say so"

@@ -694,7 +694,8 @@ _SPEEDUP_KEYS = (
 
 def _markdown(rows: list[dict[str, Any]], header: Mapping[str, Any]) -> list[str]:
     lines = [
-        f"device: {header['device']}, torch {header['torch']}, threads {header['threads']}; "
+        f"device: {header['device']}, torch {header['torch']}, threads {header['threads']}, "
+        f"heap {header.get('heap', 'as-is')}; "
         f"peak extra memory of one forward+backward above the inputs, gradient included "
         f"({header['memory']}); speed-up: median (quartiles; CI: 95 % confidence interval of "
         f"the median, order statistics) over the interleaved rounds of reference block time / "
@@ -761,6 +762,45 @@ def run_bench(args: Any) -> int:
     return _run_quick(args)
 
 
+#: ``mallopt`` parameters of glibc (malloc.h) and the values of ``--heap reuse``.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_REUSE_MMAP_THRESHOLD = 32 * 2**20  # glibc's cap for its own dynamic threshold (64-bit)
+_REUSE_TRIM_THRESHOLD = 2**30
+
+
+def set_heap(mode: str) -> str:
+    """The CPU allocator state the timings run in, set for this process (``--heap``); returns
+    its description for the header.
+
+    ``"as-is"`` changes nothing: glibc's malloc serves a block above its mmap threshold with
+    fresh pages from the kernel (zero-filled on first touch) and raises that threshold, up to
+    32 MiB, whenever such a block is freed; which temporaries of a loss come fresh on every call
+    then depends on what the process allocated before, and a benchmark's ratios with it (up to
+    1.5x between runs of the same code on the development VM). ``"reuse"`` fixes the mmap
+    threshold at 32 MiB and the trim threshold at 1 GiB (``mallopt``), the state a training
+    process reaches after freeing its first large activations: freed temporaries are reused from
+    the heap. ``ValueError`` where glibc's ``mallopt`` is not available or refuses."""
+    if mode == "as-is":
+        env = [f"{k}={os.environ[k]}" for k in sorted(os.environ) if k.startswith("MALLOC_")]
+        return "as-is" + (f" ({', '.join(env)})" if env else "")
+    if mode != "reuse":
+        raise ValueError(f"--heap: expected 'as-is' or 'reuse', got {mode!r}")
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        raise ValueError("--heap reuse: needs glibc's mallopt (Linux), not available") from None
+    ok = mallopt(_M_MMAP_THRESHOLD, _REUSE_MMAP_THRESHOLD) == 1
+    ok = mallopt(_M_TRIM_THRESHOLD, _REUSE_TRIM_THRESHOLD) == 1 and ok
+    if not ok:
+        raise ValueError("--heap reuse: mallopt refused the thresholds")
+    return "reuse (glibc mmap threshold 32 MiB, trim threshold 1 GiB)"
+
+
 def _run_quick(args: Any) -> int:
     workloads = _select(args.workloads)
     if args.list:
@@ -768,6 +808,7 @@ def _run_quick(args: Any) -> int:
             print(f"{w.name:<16} {w.loss:<34} {w.description}")
         return 0
     device = resolve_device(args.device)
+    heap = set_heap(getattr(args, "heap", None) or "as-is")
     name = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -780,6 +821,7 @@ def _run_quick(args: Any) -> int:
         "memory": "torch.cuda.max_memory_allocated"
         if device.type == "cuda"
         else "torch.profiler memory events",
+        "heap": heap,
     }
     rows = run_workloads(
         workloads,
