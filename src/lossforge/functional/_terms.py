@@ -270,15 +270,18 @@ def sigmoid_focal_closed(
         pos = y > 0.5
         s = torch.where(pos, z, -z)
         log_pt = TF.logsigmoid(s)
+        # p_t from a sigmoid pass, not exp(log p_t): as accurate where p_t is tiny (exp would
+        # magnify log p_t's rounding by |log p_t|), and about half the cost of exp on the CPU.
+        p_t = torch.sigmoid(s) if need_grad else None
         m = torch.sigmoid(s.neg_())  # 1 - p_t without cancellation
         del s
         mg = m.pow(gamma)
         loss = log_pt * mg
         loss.neg_()
-        if not need_grad:
+        if p_t is None:
             return _times_alpha_t(loss, None, y, alpha)
-        gs = torch.exp(log_pt).mul_(log_pt).mul_(gamma).sub_(m).mul_(mg)
-        del log_pt, m, mg
+        gs = p_t.mul_(log_pt).mul_(gamma).sub_(m).mul_(mg)
+        del log_pt, m, mg, p_t
         grad = torch.where(pos, gs, -gs)
     else:
         # One exp and one log1p for everything: with e = exp(-|z|), sigma(|z|) = 1 / (1 + e),
