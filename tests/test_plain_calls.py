@@ -426,3 +426,174 @@ def test_plain_calls_pass_gradcheck(general) -> None:
         assert torch.autograd.gradcheck(lambda a: F.binary_cross_entropy_with_logits(a, soft), (x,))
         assert torch.autograd.gradcheck(lambda a: F.huber_loss(a, soft, delta=0.3), (x,))
     assert general == []
+
+
+# --------------------------------------------------------------------------------------------------
+# Plain-call entries: tried before the argument checks (``@loss_function(plain=...)``)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def routed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """One entry per call of a pipeline's entry (``softmax``, ``sigmoid``, ``regression``): the
+    checked route; a call its plain-call entry serves never reaches one."""
+    calls: list[str] = []
+    for name in ("softmax", "sigmoid", "regression"):
+        original = getattr(pipeline, name)
+
+        def counted(fn, *a, _original=original, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+            calls.append(fn)
+            return _original(fn, *a, **k)
+
+        monkeypatch.setattr(pipeline, name, counted)
+    return calls
+
+
+def _entry_cases() -> dict[str, tuple]:
+    """``name -> (function, PyTorch's function, inputs, plain keywords)``."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(3, 5, 4, generator=g) * 2
+    y = torch.randint(0, 5, (3, 4), generator=g)
+    y[0, 1] = 255
+    p, t = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    z = torch.randn(6, 5, generator=g) * 3
+    d = (torch.rand(6, 5, generator=g) < 0.3).float()
+    logp = torch.log_softmax(x, dim=1)
+    return {
+        "cross_entropy": (F.cross_entropy, TF.cross_entropy, (x, y), {"ignore_index": 255}),
+        "nll_loss": (F.nll_loss, TF.nll_loss, (logp, y), {"ignore_index": 255}),
+        "bce_with_logits": (
+            F.binary_cross_entropy_with_logits,
+            TF.binary_cross_entropy_with_logits,
+            (z, d),
+            {},
+        ),
+        "l1": (F.l1_loss, TF.l1_loss, (p, t), {}),
+        "mse": (F.mse_loss, TF.mse_loss, (p, t), {}),
+        "smooth_l1": (F.smooth_l1_loss, TF.smooth_l1_loss, (p, t), {"beta": 0.25}),
+        "huber": (F.huber_loss, TF.huber_loss, (p, t), {"delta": 0.5}),
+    }
+
+
+ENTRIES = sorted(_entry_cases())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("name", ENTRIES)
+def test_plain_entry_serves_plain_calls_bitwise_as_pytorch(name, reduction, dtype, routed) -> None:
+    """A plain call never reaches the pipeline, and gives PyTorch's value and gradient bit for
+    bit (its kernels, on inputs below BCE's closed-form size), value checks off and on (NLL of
+    log-probabilities is not plain under value checks: its unread classes are checked)."""
+    fn, theirs, (a, b), kw = _entry_cases()[name]
+    a = a.to(dtype)
+    b = b.to(dtype) if b.is_floating_point() else b
+    for checks in (False, True):
+        routed.clear()
+        mine = a.detach().clone().requires_grad_(True)
+        ref = a.detach().clone().requires_grad_(True)
+        with lf.value_checks(checks):
+            out = fn(mine, b, reduction=reduction, **kw)
+        assert routed == ([] if not (checks and name == "nll_loss") else ["nll_loss"])
+        expected = theirs(ref, b, reduction=reduction, **kw)
+        assert out.dtype == expected.dtype and torch.equal(out, expected), (name, checks)
+        out.backward()
+        expected.backward()
+        assert torch.equal(mine.grad, ref.grad), (name, checks)
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_plain_entry_leaves_everything_else_to_the_checked_route(name, routed) -> None:
+    """Explicit defaults, other keywords, values of another type (a bool, a NumPy integer, an
+    int as a float hyperparameter) or out of the entry's range, ``"none"`` and a third positional
+    argument take the checked route (the entry returns None, never raises), which coerces, serves
+    or reports them exactly as before."""
+    import numpy as np
+
+    fn, _, (a, b), kw = _entry_cases()[name]
+    with lf.value_checks(False):
+        expected = fn(a, b, **kw)
+        calls: list = [
+            {**kw, "weight": None},
+            {**kw, "avg_factor": None},
+            {**kw, "reduction": "none"},
+        ]
+        for key in kw:  # the loss's own keyword: ignore_index / beta / delta
+            value = kw[key]
+            calls.append({**kw, key: np.int64(value) if key == "ignore_index" else 1})
+        for call in calls:
+            routed.clear()
+            out = fn(a, b, **call)
+            assert routed == [fn.__name__], call
+            if call.get("reduction") != "none" and all(
+                type(v) is type(kw.get(k, v)) for k, v in call.items()
+            ):
+                assert torch.equal(out, expected), call
+        routed.clear()
+        with pytest.raises(TypeError):
+            fn(a, b, "mean")  # keyword-only
+        with pytest.raises(ValueError, match="reduction"):
+            fn(a, b, reduction="avg", **kw)
+        with pytest.raises((TypeError, ValueError), match="reduction"):
+            fn(a, b, reduction=["mean"], **kw)  # unhashable: the entry declines, no crash
+        if "ignore_index" in kw:
+            for bad in (2**63, True):
+                routed.clear()
+                with pytest.raises((TypeError, ValueError), match="ignore_index"):
+                    fn(a, b, ignore_index=bad)
+        for key in ("beta", "delta"):
+            if key in kw:
+                for bad in (float("nan"), -1.0, float("inf")):
+                    with pytest.raises(ValueError, match=key):
+                        fn(a, b, **{key: bad})
+                routed.clear()
+                fn(a, b, **{key: 1e30})
+                assert routed == []  # a large finite value is plain
+        if name == "smooth_l1":
+            routed.clear()
+            torch.testing.assert_close(fn(a, b, beta=0.0), F.l1_loss(a, b))
+            assert routed  # beta = 0 is L1: the checked route decides
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_plain_entry_keeps_the_value_checks_and_their_messages(name) -> None:
+    """Under value checks the entry reports what the checked route reports, with its message:
+    a NaN input, an index out of range, a target outside [0, 1]; without them NaN, not an
+    error."""
+    fn, _, (a, b), kw = _entry_cases()[name]
+    bad_input = a.clone()
+    if b.is_floating_point():
+        bad_input.view(-1)[3] = float("nan")
+    else:  # at a counted position's target class (NLL reads no other)
+        bad_input[0, int(b[0, 0]), 0] = float("nan")
+    with lf.value_checks(True), pytest.raises(ValueError, match="NaN"):
+        fn(bad_input, b, **kw)
+    with lf.value_checks(False):
+        assert torch.isnan(fn(bad_input, b, **kw))
+    if not b.is_floating_point():
+        bad = b.clone()
+        bad[1, 1] = 9
+        with lf.value_checks(True), pytest.raises(ValueError, match=r"class indices in \[0, 4\]"):
+            fn(a, bad, **kw)
+    if name == "bce_with_logits":
+        bad = b.clone()
+        bad[1, 1] = 1.5
+        with lf.value_checks(True), pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+            fn(a, bad)
+
+
+def test_plain_entry_serves_modules_and_refuses_a_constraint(routed) -> None:
+    """A module's call with its non-default configuration is a plain call; an entry cannot be
+    combined with a ``check`` constraint (it would skip it)."""
+    from lossforge import nn
+    from lossforge._params import loss_function
+
+    fn, theirs, (x, y), kw = _entry_cases()["cross_entropy"]
+    with lf.value_checks(True):
+        out = nn.CrossEntropyLoss(ignore_index=255)(x, y)
+        assert routed == []
+        assert torch.equal(out, theirs(x, y, ignore_index=255))
+        nn.CrossEntropyLoss(ignore_index=255, label_smoothing=0.1)(x, y)
+    assert routed == ["cross_entropy"]
+    with pytest.raises(TypeError, match="plain-call entry"):
+        loss_function(check=lambda owner, values: None, plain=lambda *a, **k: None)

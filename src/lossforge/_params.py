@@ -26,7 +26,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, ParamSpec, TypeVar, Union
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar, Union, cast
 
 import torch
 from torch import Tensor
@@ -285,6 +285,17 @@ def signature_domains(fn: Callable[..., Any]) -> Mapping[str, Domain]:
 #: ``class_counts`` and ``priors``), run on every call and at module construction.
 Constraint = Callable[[str, Mapping[str, Any]], None]
 
+#: A loss function's plain-call entry: called with the call's own arguments before they are
+#: checked; it returns the loss for a call that is exactly PyTorch's function (arguments of exact
+#: types whose values need no check, inputs the pipeline's plain-call helpers accept: see
+#: ``lossforge._pipeline.plain_nll`` and its neighbours), and None for anything else, which then
+#: takes the checked route. It never raises for an argument (the checked route reports it), and
+#: where it computes the loss it applies the value checks of the general path, with its
+#: messages. A call's host time on the CPU is paid again in the cache misses of the kernels
+#: around it, so what a plain call skips (argument checks, the functional's body, the
+#: pipeline's entry) shows at small sizes.
+PlainCall = Callable[..., Any]
+
 
 @typing.overload
 def loss_function(fn: Callable[P, R], /) -> Callable[P, R]: ...
@@ -292,12 +303,16 @@ def loss_function(fn: Callable[P, R], /) -> Callable[P, R]: ...
 
 @typing.overload
 def loss_function(
-    *, check: Constraint | None = None
+    *, check: Constraint | None = None, plain: PlainCall | None = None
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
 def loss_function(
-    fn: Callable[P, R] | None = None, /, *, check: Constraint | None = None
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    check: Constraint | None = None,
+    plain: PlainCall | None = None,
 ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Validate a loss function's keyword arguments against the domains of its annotations.
 
@@ -306,10 +321,14 @@ def loss_function(
     declared with a checkable domain (``weight``, ``avg_factor``, tensors) is passed through for
     the loss's pipeline to validate against the input. ``check`` declares a constraint between
     hyperparameters; modules run it at construction (``lossforge.nn``).
+
+    ``plain`` is the loss's plain-call entry (``PlainCall``), tried before anything else.
     """
+    if check is not None and plain is not None:
+        raise TypeError("loss_function: a plain-call entry cannot skip a `check` constraint")
     if fn is None:
-        return lambda f: _wrap(f, check)
-    return _wrap(fn, check)
+        return lambda f: _wrap(f, check, plain)
+    return _wrap(fn, check, plain)
 
 
 #: Argument types whose checked values ``loss_function`` remembers (immutable, hashable, compared
@@ -318,7 +337,7 @@ _SCALARS = frozenset({int, float, str, bool, type(None)})
 _MEMO_SIZE = 256
 
 
-def _wrap(fn: Callable[P, R], check: Constraint | None) -> Callable[P, R]:
+def _wrap(fn: Callable[P, R], check: Constraint | None, plain: PlainCall | None) -> Callable[P, R]:
     import inspect
 
     name = fn.__name__
@@ -341,6 +360,10 @@ def _wrap(fn: Callable[P, R], check: Constraint | None) -> Callable[P, R]:
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        if plain is not None:
+            out = plain(*args, **kwargs)
+            if out is not None:
+                return cast(R, out)
         for key, value in kwargs.items():
             domain = domains.get(key)
             if domain is None or value is defaults.get(key, missing):
@@ -363,4 +386,5 @@ def _wrap(fn: Callable[P, R], check: Constraint | None) -> Callable[P, R]:
         return fn(*args, **kwargs)
 
     wrapper.constraint = check  # type: ignore[attr-defined]
+    wrapper.plain = plain  # type: ignore[attr-defined]
     return wrapper

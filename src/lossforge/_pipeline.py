@@ -183,6 +183,87 @@ def _plain(x: Tensor, target: Tensor) -> bool:
     )
 
 
+# --------------------------------------------------------------------------------------------------
+# Plain calls: what a loss function's entry (``@loss_function(plain=...)``) and its pipeline's
+# first block run for a call that is exactly PyTorch's function. Each returns the loss, or None
+# for anything else (the general path decides, with its checks, messages and rules).
+# --------------------------------------------------------------------------------------------------
+
+
+def plain_sigmoid(
+    fn: str,
+    logits: object,
+    target: object,
+    loss: Callable[..., Tensor | Total | Unreduced],
+    reduction: str,
+    input_name: str = "logits",
+) -> Tensor | None:
+    """A plain element-wise sigmoid-family call (a dense float target of the logits' dtype,
+    shape and device; ``"mean"`` or ``"sum"``): ``loss``'s reduced ``Total`` (PyTorch's kernel or
+    the closed form reduces). Of the general path's checks only two apply to it, done the same
+    way: the target's ``[0, 1]`` range and the deferred finite check of the reduced value (the
+    logits' own check, with its message, only when that value is not finite)."""
+    if (
+        type(logits) is not Tensor
+        or type(target) is not Tensor
+        or not _plain(logits, target)
+        or not (reduction == "sum" or kernel_mean(reduction, None, logits.numel()))
+    ):
+        return None
+    checks = value_checks_on(logits)
+    if checks:
+        check_unit_interval(fn, "target", target)
+    dense = DenseTarget(target, None, None, False)
+    out = loss(logits, dense, "mean" if reduction == "mean" else True)
+    if not isinstance(out, Total):
+        return None
+    if checks and not math.isfinite(out.value.item()):
+        rule = "finite" if input_name == "logits" else "allow"
+        check_floating(fn, input_name, logits, infinite=rule)
+    return out.value
+
+
+def plain_regression(
+    fn: str,
+    pred: object,
+    target: object,
+    loss: Callable[[Tensor, Tensor, str | None], Tensor | Total | Unreduced],
+    reduction: str,
+    input_name: str = "pred",
+) -> Tensor | None:
+    """A plain element-wise regression call (a target of the prediction's dtype, shape and
+    device; ``"mean"`` or ``"sum"``; an infinite prediction allowed): PyTorch's element-wise
+    kernel reduces (``Total``). Of the general path's checks only the deferred NaN check
+    applies, done the same way (the reduced value is NaN exactly when a prediction is)."""
+    if (
+        type(pred) is not Tensor
+        or type(target) is not Tensor
+        or not _plain(pred, target)
+        or not (reduction == "sum" or kernel_mean(reduction, None, pred.numel()))
+    ):
+        return None
+    out = loss(pred, target, reduction)
+    if not isinstance(out, Total):
+        return None
+    if value_checks_on(pred) and math.isnan(out.value.item()):
+        check_floating(fn, input_name, pred, infinite="allow")
+    return out.value
+
+
+def plain_nll(
+    fn: str,
+    input_name: str,
+    logits: object,
+    target: object,
+    nll: str,
+    ignore_index: int,
+    reduction: str,
+) -> Tensor | None:
+    """A plain cross-entropy (``nll="logits"``) or NLL (``"log_probs"``) call of class indices
+    with an ``ignore_index`` and ``"mean"`` or ``"sum"``: ``_plain_nll``'s loss (CPU only)."""
+    return _plain_nll(fn, input_name, logits, target, nll, None, ignore_index, reduction, None)[0]
+
+
 def _ndim(x: object) -> int:
     return x.ndim if isinstance(x, Tensor) else 0
 
@@ -354,24 +435,10 @@ def sigmoid(
         and ignore_index is None
         and weight is None
         and avg_factor is None
-        and type(logits) is Tensor
-        and type(target) is Tensor
-        and _plain(logits, target)
-        and (reduction == "sum" or kernel_mean(reduction, None, logits.numel()))
     ):
-        # A plain call (a dense float target of the logits' dtype): PyTorch's kernel reduces
-        # (``Total``). What follows below would check nothing else for it than the target's
-        # range and the deferred finite check, done here the same way.
-        checks = value_checks_on(logits)
-        if checks:
-            check_unit_interval(fn, "target", target)
-        dense = DenseTarget(target, None, None, False)
-        plain = loss(logits, dense, "mean" if reduction == "mean" else True)
-        if isinstance(plain, Total):
-            if checks and not math.isfinite(plain.value.item()):
-                rule = "finite" if input_name == "logits" else "allow"
-                check_floating(fn, input_name, logits, infinite=rule)
-            return plain.value
+        plain = plain_sigmoid(fn, logits, target, loss, reduction, input_name)
+        if plain is not None:
+            return plain
     rule = "finite" if input_name == "logits" else "allow"
     deferred = nan_in_total and reduction != "none" and weight is None and ignore_index is None
     x = check_floating(fn, input_name, logits, infinite=rule, values=not deferred)
@@ -1042,19 +1109,10 @@ def regression(
         and avg_factor is None
         and vector is None
         and infinite == "allow"
-        and type(pred) is Tensor
-        and type(target) is Tensor
-        and _plain(pred, target)
-        and (reduction == "sum" or kernel_mean(reduction, None, pred.numel()))
     ):
-        # A plain call: PyTorch's element-wise kernel reduces (``Total``); what follows below
-        # for it would check nothing the conditions above have not, except the deferred NaN
-        # check, done here the same way.
-        plain = loss(pred, target, reduction)
-        if isinstance(plain, Total):
-            if value_checks_on(pred) and math.isnan(plain.value.item()):
-                check_floating(fn, input_name, pred, infinite=infinite, finite_why=finite_why)
-            return plain.value
+        plain = plain_regression(fn, pred, target, loss, reduction, input_name)
+        if plain is not None:
+            return plain
     deferred = nan_in_total and reduction != "none" and weight is None and infinite == "allow"
     p = check_floating(
         fn, input_name, pred, infinite=infinite, finite_why=finite_why, values=not deferred

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 import torch.nn.functional as TF
@@ -46,12 +46,68 @@ __all__ = [
     "nll_loss",
 ]
 
+# Plain-call entries (``@loss_function(plain=...)``): a call with two tensors and at most
+# ``ignore_index`` and ``reduction`` (BCE with logits: ``reduction``), each of an exact type whose
+# value needs no check, runs PyTorch's kernels through the pipeline's plain-call helpers before the
+# argument checks, the functional's body and the pipeline's entry; anything else returns None and
+# takes the checked route (which meets the same helpers first).
+
+
+def _is_total(reduction: object) -> TypeGuard[str]:
+    return type(reduction) is str and (reduction == "mean" or reduction == "sum")
+
+
+def _is_index(value: object) -> TypeGuard[int]:
+    """An ``int`` (not a bool) within int64, as the ``ignore_index`` domain accepts unchanged."""
+    return type(value) is int and -(2**63) <= value < 2**63
+
+
+def _cross_entropy_plain(
+    *args: Any, ignore_index: object = -100, reduction: object = "mean", **other: Any
+) -> Tensor | None:
+    if len(args) != 2 or other or not _is_index(ignore_index) or not _is_total(reduction):
+        return None
+    return pipeline.plain_nll(
+        "cross_entropy",
+        "logits",
+        args[0],
+        args[1],
+        "logits",
+        ignore_index,
+        reduction,
+    )
+
+
+def _nll_plain(
+    *args: Any, ignore_index: object = -100, reduction: object = "mean", **other: Any
+) -> Tensor | None:
+    if len(args) != 2 or other or not _is_index(ignore_index) or not _is_total(reduction):
+        return None
+    return pipeline.plain_nll(
+        "nll_loss",
+        "log_probs",
+        args[0],
+        args[1],
+        "log_probs",
+        ignore_index,
+        reduction,
+    )
+
+
+def _bce_with_logits_plain(*args: Any, reduction: object = "mean", **other: Any) -> Tensor | None:
+    if len(args) != 2 or other or not _is_total(reduction):
+        return None
+    return pipeline.plain_sigmoid(
+        "binary_cross_entropy_with_logits", args[0], args[1], _BCE_PLAIN, reduction
+    )
+
+
 #: Prior given to a class with a zero count before taking its log (log(1e-12) ~ -27.6), so the
 #: adjusted logits stay finite.
 ZERO_PRIOR = 1e-12
 
 
-@loss_function
+@loss_function(plain=_cross_entropy_plain)
 def cross_entropy(
     logits: Tensor,
     target: Tensor,
@@ -136,7 +192,7 @@ def cross_entropy(
     )
 
 
-@loss_function
+@loss_function(plain=_nll_plain)
 def nll_loss(
     log_probs: Tensor,
     target: Tensor,
@@ -347,7 +403,11 @@ def _bce_logits(
     return TF.binary_cross_entropy_with_logits(z, y, pos_weight=pos_weight, reduction="none")
 
 
-@loss_function
+#: The plain call's loss: no smoothing, no ``pos_weight``.
+_BCE_PLAIN = partial(_bce_logits, eps=0.0)
+
+
+@loss_function(plain=_bce_with_logits_plain)
 def binary_cross_entropy_with_logits(
     logits: Tensor,
     target: Tensor,

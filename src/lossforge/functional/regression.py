@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import Tensor
@@ -46,7 +46,52 @@ def _reduced(loss: Tensor, total: str | None) -> Tensor | Total:
     return loss if total is None else Total(loss)
 
 
-@loss_function
+# Plain-call entries (``@loss_function(plain=...)``): a call with two tensors and at most the
+# loss's own hyperparameter and ``reduction``, each of an exact type whose value needs no check,
+# runs PyTorch's reducing kernel (``pipeline.plain_regression``) before the argument checks and
+# the pipeline; anything else returns None and takes the checked route.
+
+
+def _is_total(reduction: object) -> TypeGuard[str]:
+    return type(reduction) is str and (reduction == "mean" or reduction == "sum")
+
+
+def _positive(value: object) -> TypeGuard[float]:
+    """A finite float > 0 (passes the ``NonNegative`` and ``Positive`` domains unchanged)."""
+    return type(value) is float and 0.0 < value < math.inf
+
+
+def _l1_plain(*args: Any, reduction: object = "mean", **other: Any) -> Tensor | None:
+    if len(args) != 2 or other or not _is_total(reduction):
+        return None
+    return pipeline.plain_regression("l1_loss", args[0], args[1], _l1, reduction)
+
+
+def _mse_plain(*args: Any, reduction: object = "mean", **other: Any) -> Tensor | None:
+    if len(args) != 2 or other or not _is_total(reduction):
+        return None
+    return pipeline.plain_regression("mse_loss", args[0], args[1], _mse, reduction)
+
+
+def _smooth_l1_plain(
+    *args: Any, beta: object = 1.0, reduction: object = "mean", **other: Any
+) -> Tensor | None:
+    if len(args) != 2 or other or not _positive(beta) or not _is_total(reduction):
+        return None
+    loss = partial(_smooth_l1, beta=beta)
+    return pipeline.plain_regression("smooth_l1_loss", args[0], args[1], loss, reduction)
+
+
+def _huber_plain(
+    *args: Any, delta: object = 1.0, reduction: object = "mean", **other: Any
+) -> Tensor | None:
+    if len(args) != 2 or other or not _positive(delta) or not _is_total(reduction):
+        return None
+    loss = partial(_huber, delta=delta)
+    return pipeline.plain_regression("huber_loss", args[0], args[1], loss, reduction)
+
+
+@loss_function(plain=_l1_plain)
 def l1_loss(
     pred: Tensor,
     target: Tensor,
@@ -94,7 +139,7 @@ def l1_loss(
     )
 
 
-@loss_function
+@loss_function(plain=_mse_plain)
 def mse_loss(
     pred: Tensor,
     target: Tensor,
@@ -139,7 +184,7 @@ def mse_loss(
     )
 
 
-@loss_function
+@loss_function(plain=_smooth_l1_plain)
 def smooth_l1_loss(
     pred: Tensor,
     target: Tensor,
@@ -197,7 +242,7 @@ def _huber(p: Tensor, t: Tensor, total: str | None, *, delta: float) -> Tensor |
     return _reduced(_nn.huber_loss(p, t, _ENUM[total], delta), total)
 
 
-@loss_function
+@loss_function(plain=_huber_plain)
 def huber_loss(
     pred: Tensor,
     target: Tensor,
