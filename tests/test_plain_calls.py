@@ -597,3 +597,36 @@ def test_plain_entry_serves_modules_and_refuses_a_constraint(routed) -> None:
     assert routed == ["cross_entropy"]
     with pytest.raises(TypeError, match="plain-call entry"):
         loss_function(check=lambda owner, values: None, plain=lambda *a, **k: None)
+
+
+@pytest.mark.parametrize("checks", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+def test_softmax_focal_plain_entry(gamma, reduction, checks, routed) -> None:
+    """Softmax focal's entry serves ``gamma`` (a float), ``ignore_index`` and ``reduction``
+    without the pipeline, bit for bit the checked route's value and gradient (forced by an
+    explicit ``backend="torch"``), and the float64 row reference; an int ``gamma`` or any
+    other keyword takes the checked route."""
+    from reference.focal import softmax_focal_rows
+
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(9, 5, generator=g, dtype=F64) * 2
+    y = torch.randint(0, 5, (9,), generator=g)
+    y[[2, 6]] = 255
+    kw = {"gamma": gamma, "ignore_index": 255, "reduction": reduction}
+    with lf.value_checks(checks):
+        value, grad = _grad(F.softmax_focal_loss, x, y, **kw)
+        assert routed == []
+        forced, forced_grad = _grad(F.softmax_focal_loss, x, y, backend="torch", **kw)
+        assert routed == ["softmax_focal_loss"]
+        routed.clear()
+        F.softmax_focal_loss(x, y, gamma=2, ignore_index=255)
+        assert routed == ["softmax_focal_loss"]
+    assert torch.equal(value, forced) and torch.equal(grad, forced_grad)
+    rows, valid, _ = softmax_focal_rows(x, y, gamma=gamma, ignore_index=255)
+    expected = rows.sum() / valid.sum() if reduction == "mean" else rows.sum()
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
+    bad = y.clone()
+    bad[0] = 7
+    with lf.value_checks(True), pytest.raises(ValueError, match=r"class indices in \[0, 4\]"):
+        F.softmax_focal_loss(x, bad, **kw)

@@ -255,13 +255,15 @@ def plain_nll(
     input_name: str,
     logits: object,
     target: object,
-    nll: str,
+    nll: str | None,
     ignore_index: int,
     reduction: str,
+    term: Callable[[Tensor, float], Tensor] | None = None,
 ) -> Tensor | None:
-    """A plain cross-entropy (``nll="logits"``) or NLL (``"log_probs"``) call of class indices
-    with an ``ignore_index`` and ``"mean"`` or ``"sum"``: ``_plain_nll``'s loss (CPU only)."""
-    return _plain_nll(fn, input_name, logits, target, nll, None, ignore_index, reduction, None)[0]
+    """A plain call of class indices with an ``ignore_index`` and ``"mean"`` or ``"sum"``:
+    cross-entropy (``nll="logits"``), NLL (``"log_probs"``) or a term of the NLL (``term``, the
+    pipeline's ``nll_term``: softmax focal); ``_plain_nll``'s loss (CPU only)."""
+    return _plain_nll(fn, input_name, logits, target, nll, term, ignore_index, reduction, None)[0]
 
 
 def _ndim(x: object) -> int:

@@ -20,10 +20,11 @@ Both multiply a cross-entropy term by the modulating factor $(1 - p_t)^\gamma$. 
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from functools import partial
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -262,7 +263,35 @@ def _softmax_focal(inp: SoftmaxInput, want_total: bool, *, gamma: float, eps: fl
     return loss
 
 
-@loss_function
+def _softmax_focal_plain(
+    *args: Any,
+    gamma: object = 2.0,
+    ignore_index: object = -100,
+    reduction: object = "mean",
+    **other: Any,
+) -> Tensor | None:
+    """The plain-call entry (``@loss_function(plain=...)``): two tensors and at most ``gamma`` (a
+    finite float >= 0), ``ignore_index`` (an int within int64) and ``reduction`` (``"mean"`` /
+    ``"sum"``) take the NLL kernel's route (``pipeline.plain_nll`` with the focal term) before
+    the argument checks; anything else returns None and takes the checked route."""
+    if (
+        len(args) != 2
+        or other
+        or type(gamma) is not float
+        or not 0.0 <= gamma < math.inf
+        or type(ignore_index) is not int
+        or not -(2**63) <= ignore_index < 2**63
+        or type(reduction) is not str
+        or (reduction != "mean" and reduction != "sum")
+    ):
+        return None
+    term = partial(focal_nll_total, gamma=gamma)
+    return pipeline.plain_nll(
+        "softmax_focal_loss", "logits", args[0], args[1], None, ignore_index, reduction, term
+    )
+
+
+@loss_function(plain=_softmax_focal_plain)
 def softmax_focal_loss(
     logits: Tensor,
     target: Tensor,
