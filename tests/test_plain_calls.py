@@ -14,6 +14,7 @@ checks, NaN without, 0 over nothing.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import pytest
@@ -630,3 +631,76 @@ def test_softmax_focal_plain_entry(gamma, reduction, checks, routed) -> None:
     bad[0] = 7
     with lf.value_checks(True), pytest.raises(ValueError, match=r"class indices in \[0, 4\]"):
         F.softmax_focal_loss(x, bad, **kw)
+
+
+def _outcome(fn, a, b, kw) -> tuple:  # noqa: ANN001
+    """``("ok", value, gradient)`` or ``("error", type, message)`` of one call."""
+    leaf = a.detach().clone().requires_grad_(a.is_floating_point())
+    try:
+        out = fn(leaf, b, **kw)
+    except (TypeError, ValueError, RuntimeError, IndexError) as err:
+        return ("error", type(err), str(err))
+    grad = None
+    if leaf.requires_grad and out.requires_grad:
+        (grad,) = torch.autograd.grad(out.sum(), leaf)
+    return ("ok", out.detach(), grad)
+
+
+def _same(mine: tuple, checked: tuple) -> bool:
+    if mine[0] != checked[0]:
+        return False
+    if mine[0] == "error":
+        return mine[1:] == checked[1:]
+    for x, y in zip(mine[1:], checked[1:], strict=True):
+        if (x is None) != (y is None):
+            return False
+        if x is not None and not (
+            x.dtype == y.dtype and torch.equal(x.nan_to_num(), y.nan_to_num())
+        ):
+            return False
+        if x is not None and not torch.equal(x.isnan(), y.isnan()):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_plain_entries_never_change_an_answer(seed) -> None:
+    """Differential: random inputs (dtypes, shapes with empty and 1-d cases, non-contiguous views,
+    NaN and out-of-range values, int32 and float targets) and keywords (reductions, ignore
+    values), value checks on and off; each call's value, gradient or error (type and message)
+    is the same with the entry as through the checked route (forced by an explicit
+    ``weight=None``, which the entry declines)."""
+    rng = random.Random(seed)
+    for _ in range(40):
+        name = rng.choice(ENTRIES)
+        fn, _, (a, b), kw = _entry_cases()[name]
+        kw = dict(kw)
+        kw["reduction"] = rng.choice(["mean", "sum", "mean", "sum", "none"])
+        dtype = rng.choice([torch.float32, F64, torch.float16])
+        a = a.to(dtype)
+        if b.is_floating_point():
+            b = b.to(rng.choice([dtype, torch.float32]))
+        elif rng.random() < 0.2:
+            b = b.to(torch.int32)
+        if rng.random() < 0.3:  # a NaN input
+            a = a.clone()
+            a.view(-1)[rng.randrange(a.numel())] = float("nan")
+        if rng.random() < 0.2 and not b.is_floating_point():  # an index out of range
+            b = b.clone()
+            b.view(-1)[0] = 5
+        if rng.random() < 0.2 and b.is_floating_point() and name == "bce_with_logits":
+            b = b.clone()
+            b[0, 0] = 1.5
+        if rng.random() < 0.2:  # a non-contiguous view of the same values
+            a = a.transpose(0, -1).contiguous().transpose(0, -1)
+        if rng.random() < 0.1:  # empty
+            a, b = a[:0], b[:0]
+        if "ignore_index" in kw and rng.random() < 0.3:
+            kw["ignore_index"] = rng.choice([-100, 0, 255])
+        if "ignore_index" in kw and rng.random() < 0.1 and b.numel():
+            b = torch.full_like(b, kw["ignore_index"])  # everything ignored
+        for checks in (True, False):
+            with lf.value_checks(checks):
+                mine = _outcome(fn, a, b, kw)
+                checked = _outcome(fn, a, b, {**kw, "weight": None})
+            assert _same(mine, checked), (name, kw, dtype, checks, mine[:1], checked[:1])
