@@ -704,3 +704,25 @@ def test_plain_entries_never_change_an_answer(seed) -> None:
                 mine = _outcome(fn, a, b, kw)
                 checked = _outcome(fn, a, b, {**kw, "weight": None})
             assert _same(mine, checked), (name, kw, dtype, checks, mine[:1], checked[:1])
+
+
+def test_plain_value_predicates() -> None:
+    """What the entries accept unchanged: exact types, values the argument checks would pass
+    as they are."""
+    import numpy as np
+
+    class Name(str):
+        pass
+
+    assert pipeline.plain_reduction("mean") and pipeline.plain_reduction("sum")
+    for bad in ("none", "Mean", Name("mean"), ["mean"], None, 1):
+        assert not pipeline.plain_reduction(bad)
+    assert pipeline.plain_index(-100) and pipeline.plain_index(2**63 - 1)
+    assert pipeline.plain_index(-(2**63))
+    for bad in (2**63, -(2**63) - 1, True, np.int64(3), 3.0, None):
+        assert not pipeline.plain_index(bad)
+    assert pipeline.plain_number(0.5) and pipeline.plain_number(1e300)
+    assert not pipeline.plain_number(0.0) and pipeline.plain_number(0.0, zero=True)
+    assert pipeline.plain_number(-0.0, zero=True)  # -0.0 == 0.0: the checks accept it too
+    for bad in (1, -1.0, float("inf"), float("nan"), np.float64(0.5), True):
+        assert not pipeline.plain_number(bad) and not pipeline.plain_number(bad, zero=True)

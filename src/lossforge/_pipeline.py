@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -188,6 +188,23 @@ def _plain(x: Tensor, target: Tensor) -> bool:
 # first block run for a call that is exactly PyTorch's function. Each returns the loss, or None
 # for anything else (the general path decides, with its checks, messages and rules).
 # --------------------------------------------------------------------------------------------------
+
+
+def plain_reduction(reduction: object) -> TypeGuard[str]:
+    """A plain call's ``reduction``: exactly the str ``"mean"`` or ``"sum"``."""
+    return type(reduction) is str and (reduction == "mean" or reduction == "sum")
+
+
+def plain_index(value: object) -> TypeGuard[int]:
+    """A plain call's ``ignore_index``: an ``int`` (not a bool) within int64, which the argument
+    checks accept unchanged."""
+    return type(value) is int and -(2**63) <= value < 2**63
+
+
+def plain_number(value: object, *, zero: bool = False) -> TypeGuard[float]:
+    """A plain call's float hyperparameter: a ``float`` (not an int, which the argument checks
+    would convert), finite, ``> 0`` (``>= 0`` with ``zero``)."""
+    return type(value) is float and (value >= 0.0 if zero else value > 0.0) and value < math.inf
 
 
 def plain_sigmoid(

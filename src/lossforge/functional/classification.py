@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any, TypeGuard
+from typing import Any
 
 import torch
 import torch.nn.functional as TF
@@ -53,19 +53,15 @@ __all__ = [
 # takes the checked route (which meets the same helpers first).
 
 
-def _is_total(reduction: object) -> TypeGuard[str]:
-    return type(reduction) is str and (reduction == "mean" or reduction == "sum")
-
-
-def _is_index(value: object) -> TypeGuard[int]:
-    """An ``int`` (not a bool) within int64, as the ``ignore_index`` domain accepts unchanged."""
-    return type(value) is int and -(2**63) <= value < 2**63
-
-
 def _cross_entropy_plain(
     *args: Any, ignore_index: object = -100, reduction: object = "mean", **other: Any
 ) -> Tensor | None:
-    if len(args) != 2 or other or not _is_index(ignore_index) or not _is_total(reduction):
+    if (
+        len(args) != 2
+        or other
+        or not pipeline.plain_index(ignore_index)
+        or not pipeline.plain_reduction(reduction)
+    ):
         return None
     return pipeline.plain_nll(
         "cross_entropy",
@@ -81,7 +77,12 @@ def _cross_entropy_plain(
 def _nll_plain(
     *args: Any, ignore_index: object = -100, reduction: object = "mean", **other: Any
 ) -> Tensor | None:
-    if len(args) != 2 or other or not _is_index(ignore_index) or not _is_total(reduction):
+    if (
+        len(args) != 2
+        or other
+        or not pipeline.plain_index(ignore_index)
+        or not pipeline.plain_reduction(reduction)
+    ):
         return None
     return pipeline.plain_nll(
         "nll_loss",
@@ -95,7 +96,7 @@ def _nll_plain(
 
 
 def _bce_with_logits_plain(*args: Any, reduction: object = "mean", **other: Any) -> Tensor | None:
-    if len(args) != 2 or other or not _is_total(reduction):
+    if len(args) != 2 or other or not pipeline.plain_reduction(reduction):
         return None
     return pipeline.plain_sigmoid(
         "binary_cross_entropy_with_logits", args[0], args[1], _BCE_PLAIN, reduction

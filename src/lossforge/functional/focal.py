@@ -20,7 +20,6 @@ Both multiply a cross-entropy term by the modulating factor $(1 - p_t)^\gamma$. 
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 from functools import partial
@@ -277,12 +276,9 @@ def _softmax_focal_plain(
     if (
         len(args) != 2
         or other
-        or type(gamma) is not float
-        or not 0.0 <= gamma < math.inf
-        or type(ignore_index) is not int
-        or not -(2**63) <= ignore_index < 2**63
-        or type(reduction) is not str
-        or (reduction != "mean" and reduction != "sum")
+        or not pipeline.plain_number(gamma, zero=True)
+        or not pipeline.plain_index(ignore_index)
+        or not pipeline.plain_reduction(reduction)
     ):
         return None
     term = partial(focal_nll_total, gamma=gamma)

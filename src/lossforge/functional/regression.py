@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any, TypeGuard
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -52,23 +52,14 @@ def _reduced(loss: Tensor, total: str | None) -> Tensor | Total:
 # the pipeline; anything else returns None and takes the checked route.
 
 
-def _is_total(reduction: object) -> TypeGuard[str]:
-    return type(reduction) is str and (reduction == "mean" or reduction == "sum")
-
-
-def _positive(value: object) -> TypeGuard[float]:
-    """A finite float > 0 (passes the ``NonNegative`` and ``Positive`` domains unchanged)."""
-    return type(value) is float and 0.0 < value < math.inf
-
-
 def _l1_plain(*args: Any, reduction: object = "mean", **other: Any) -> Tensor | None:
-    if len(args) != 2 or other or not _is_total(reduction):
+    if len(args) != 2 or other or not pipeline.plain_reduction(reduction):
         return None
     return pipeline.plain_regression("l1_loss", args[0], args[1], _l1, reduction)
 
 
 def _mse_plain(*args: Any, reduction: object = "mean", **other: Any) -> Tensor | None:
-    if len(args) != 2 or other or not _is_total(reduction):
+    if len(args) != 2 or other or not pipeline.plain_reduction(reduction):
         return None
     return pipeline.plain_regression("mse_loss", args[0], args[1], _mse, reduction)
 
@@ -76,7 +67,12 @@ def _mse_plain(*args: Any, reduction: object = "mean", **other: Any) -> Tensor |
 def _smooth_l1_plain(
     *args: Any, beta: object = 1.0, reduction: object = "mean", **other: Any
 ) -> Tensor | None:
-    if len(args) != 2 or other or not _positive(beta) or not _is_total(reduction):
+    if (
+        len(args) != 2
+        or other
+        or not pipeline.plain_number(beta)
+        or not pipeline.plain_reduction(reduction)
+    ):
         return None
     loss = partial(_smooth_l1, beta=beta)
     return pipeline.plain_regression("smooth_l1_loss", args[0], args[1], loss, reduction)
@@ -85,7 +81,12 @@ def _smooth_l1_plain(
 def _huber_plain(
     *args: Any, delta: object = 1.0, reduction: object = "mean", **other: Any
 ) -> Tensor | None:
-    if len(args) != 2 or other or not _positive(delta) or not _is_total(reduction):
+    if (
+        len(args) != 2
+        or other
+        or not pipeline.plain_number(delta)
+        or not pipeline.plain_reduction(reduction)
+    ):
         return None
     loss = partial(_huber, delta=delta)
     return pipeline.plain_regression("huber_loss", args[0], args[1], loss, reduction)
