@@ -26,7 +26,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, ParamSpec, TypeVar, Union, cast
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar, Union
 
 import torch
 from torch import Tensor
@@ -361,9 +361,9 @@ def _wrap(fn: Callable[P, R], check: Constraint | None, plain: PlainCall | None)
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         if plain is not None:
-            out = plain(*args, **kwargs)
+            out: R | None = plain(*args, **kwargs)
             if out is not None:
-                return cast(R, out)
+                return out
         for key, value in kwargs.items():
             domain = domains.get(key)
             if domain is None or value is defaults.get(key, missing):
