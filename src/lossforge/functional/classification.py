@@ -53,46 +53,23 @@ __all__ = [
 # takes the checked route (which meets the same helpers first).
 
 
-def _cross_entropy_plain(
-    *args: Any, ignore_index: object = -100, reduction: object = "mean", **other: Any
-) -> Tensor | None:
-    if (
-        len(args) != 2
-        or other
-        or not pipeline.plain_index(ignore_index)
-        or not pipeline.plain_reduction(reduction)
-    ):
-        return None
-    return pipeline.plain_nll(
-        "cross_entropy",
-        "logits",
-        args[0],
-        args[1],
-        "logits",
-        ignore_index,
-        reduction,
-    )
+def _nll_entry(fn: str, nll: str) -> Any:
+    """The plain-call entry of cross-entropy (``nll="logits"``) or NLL (``"log_probs"``, also the
+    input's name)."""
 
+    def entry(
+        *args: Any, ignore_index: object = -100, reduction: object = "mean", **other: Any
+    ) -> Tensor | None:
+        if (
+            len(args) != 2
+            or other
+            or not pipeline.plain_index(ignore_index)
+            or not pipeline.plain_reduction(reduction)
+        ):
+            return None
+        return pipeline.plain_nll(fn, nll, args[0], args[1], nll, ignore_index, reduction)
 
-def _nll_plain(
-    *args: Any, ignore_index: object = -100, reduction: object = "mean", **other: Any
-) -> Tensor | None:
-    if (
-        len(args) != 2
-        or other
-        or not pipeline.plain_index(ignore_index)
-        or not pipeline.plain_reduction(reduction)
-    ):
-        return None
-    return pipeline.plain_nll(
-        "nll_loss",
-        "log_probs",
-        args[0],
-        args[1],
-        "log_probs",
-        ignore_index,
-        reduction,
-    )
+    return entry
 
 
 def _bce_with_logits_plain(*args: Any, reduction: object = "mean", **other: Any) -> Tensor | None:
@@ -108,7 +85,7 @@ def _bce_with_logits_plain(*args: Any, reduction: object = "mean", **other: Any)
 ZERO_PRIOR = 1e-12
 
 
-@loss_function(plain=_cross_entropy_plain)
+@loss_function(plain=_nll_entry("cross_entropy", "logits"))
 def cross_entropy(
     logits: Tensor,
     target: Tensor,
@@ -193,7 +170,7 @@ def cross_entropy(
     )
 
 
-@loss_function(plain=_nll_plain)
+@loss_function(plain=_nll_entry("nll_loss", "log_probs"))
 def nll_loss(
     log_probs: Tensor,
     target: Tensor,

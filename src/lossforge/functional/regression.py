@@ -52,47 +52,25 @@ def _reduced(loss: Tensor, total: str | None) -> Tensor | Total:
 # the pipeline; anything else returns None and takes the checked route.
 
 
-def _l1_plain(*args: Any, reduction: object = "mean", **other: Any) -> Tensor | None:
-    if len(args) != 2 or other or not pipeline.plain_reduction(reduction):
-        return None
-    return pipeline.plain_regression("l1_loss", args[0], args[1], _l1, reduction)
+def _plain_entry(fn: str, loss: Any, param: str | None = None) -> Any:
+    """The plain-call entry of the regression loss ``fn`` computed by ``loss`` (its keyword
+    ``param``, default 1.0, a finite float > 0 in a plain call)."""
+
+    def entry(*args: Any, reduction: object = "mean", **other: Any) -> Tensor | None:
+        value = other.pop(param, 1.0) if param is not None else None
+        if len(args) != 2 or other or not pipeline.plain_reduction(reduction):
+            return None
+        if param is None:
+            return pipeline.plain_regression(fn, args[0], args[1], loss, reduction)
+        if not pipeline.plain_number(value):
+            return None
+        bound = partial(loss, **{param: value})
+        return pipeline.plain_regression(fn, args[0], args[1], bound, reduction)
+
+    return entry
 
 
-def _mse_plain(*args: Any, reduction: object = "mean", **other: Any) -> Tensor | None:
-    if len(args) != 2 or other or not pipeline.plain_reduction(reduction):
-        return None
-    return pipeline.plain_regression("mse_loss", args[0], args[1], _mse, reduction)
-
-
-def _smooth_l1_plain(
-    *args: Any, beta: object = 1.0, reduction: object = "mean", **other: Any
-) -> Tensor | None:
-    if (
-        len(args) != 2
-        or other
-        or not pipeline.plain_number(beta)
-        or not pipeline.plain_reduction(reduction)
-    ):
-        return None
-    loss = partial(_smooth_l1, beta=beta)
-    return pipeline.plain_regression("smooth_l1_loss", args[0], args[1], loss, reduction)
-
-
-def _huber_plain(
-    *args: Any, delta: object = 1.0, reduction: object = "mean", **other: Any
-) -> Tensor | None:
-    if (
-        len(args) != 2
-        or other
-        or not pipeline.plain_number(delta)
-        or not pipeline.plain_reduction(reduction)
-    ):
-        return None
-    loss = partial(_huber, delta=delta)
-    return pipeline.plain_regression("huber_loss", args[0], args[1], loss, reduction)
-
-
-@loss_function(plain=_l1_plain)
+@loss_function(plain=_plain_entry("l1_loss", _l1))
 def l1_loss(
     pred: Tensor,
     target: Tensor,
@@ -140,7 +118,7 @@ def l1_loss(
     )
 
 
-@loss_function(plain=_mse_plain)
+@loss_function(plain=_plain_entry("mse_loss", _mse))
 def mse_loss(
     pred: Tensor,
     target: Tensor,
@@ -185,7 +163,7 @@ def mse_loss(
     )
 
 
-@loss_function(plain=_smooth_l1_plain)
+@loss_function(plain=_plain_entry("smooth_l1_loss", _smooth_l1, "beta"))
 def smooth_l1_loss(
     pred: Tensor,
     target: Tensor,
@@ -243,7 +221,7 @@ def _huber(p: Tensor, t: Tensor, total: str | None, *, delta: float) -> Tensor |
     return _reduced(_nn.huber_loss(p, t, _ENUM[total], delta), total)
 
 
-@loss_function(plain=_huber_plain)
+@loss_function(plain=_plain_entry("huber_loss", _huber, "delta"))
 def huber_loss(
     pred: Tensor,
     target: Tensor,
