@@ -40,8 +40,8 @@ def taken(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 
     def counted_one(*a, **k):  # noqa: ANN002, ANN003, ANN202
         out = original_one(*a, **k)
-        if out is not None:  # served (a tuple), or declined for the general path
-            calls.append(isinstance(out, tuple))
+        if out is not None:  # served (the loss), or declined for the general path
+            calls.append(isinstance(out, torch.Tensor))
         return out
 
     monkeypatch.setattr(pipeline, "_cpu_nll", counted)
@@ -412,13 +412,18 @@ def test_softmax_focal_extreme_logits_stay_finite(dtype, taken) -> None:
 
 @pytest.fixture
 def lean(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """One entry per call of ``_lean_nll``: whether it served the call."""
+    """One entry per call of ``_lean_nll``: whether it served the call (returned the loss, or
+    raised the ``ValueError`` of its deferred check of the logits)."""
     calls: list[bool] = []
     original = pipeline._lean_nll
 
     def counted(*a, **k):  # noqa: ANN002, ANN003, ANN202
-        out = original(*a, **k)
-        calls.append(isinstance(out, tuple))
+        try:
+            out = original(*a, **k)
+        except ValueError:
+            calls.append(True)
+            raise
+        calls.append(isinstance(out, torch.Tensor))
         return out
 
     monkeypatch.setattr(pipeline, "_lean_nll", counted)
@@ -449,7 +454,8 @@ def test_lean_nll_serves_plain_calls_and_equals_pytorch(name, reduction, checks,
             with lf.value_checks(checks):
                 out = ours(a, y, reduction=reduction, ignore_index=255)
             served = not (checks and ours is F.nll_loss)
-            assert lean == ([True] if served else []), (ours.__name__, name)
+            # (not served: asked by the plain-call entry and by the pipeline's plain step)
+            assert lean == ([True] if served else [False, False]), (ours.__name__, name)
             expected = theirs(b, y, reduction=reduction, ignore_index=255)
             assert_close(out, expected, F64)
             out.backward(torch.tensor(0.7, dtype=F64))
@@ -466,8 +472,9 @@ def test_lean_nll_declines_what_it_does_not_settle(lean, taken) -> None:
     x, y = _inputs((6, 5), (6,))
     with lf.value_checks(True):
         F.nll_loss(torch.log_softmax(x, 1), y)
-    # log-probabilities under checks: the general path checks them, then its own _cpu_nll
-    assert lean == [] and taken == [True]
+    # log-probabilities under checks: not the lean step's (asked by the plain-call entry and by
+    # the pipeline's plain step); the general path checks them, then its own _cpu_nll
+    assert lean == [False, False] and taken == [True]
     lean.clear(), taken.clear()
     for checks in (True, False):
         with lf.value_checks(checks):
@@ -488,7 +495,7 @@ def test_lean_nll_declines_what_it_does_not_settle(lean, taken) -> None:
     ignored = y.clone()
     ignored[2] = 255
     with lf.value_checks(True), pytest.raises(ValueError, match="NaN"):
-        F.cross_entropy(masked, ignored, ignore_index=255)  # served, then the class-0 check
+        F.cross_entropy(masked, ignored, ignore_index=255)  # the lean step's class-0 check
     assert lean == [True]
     with lf.value_checks(False):
         assert torch.isfinite(F.cross_entropy(masked, ignored, ignore_index=255))

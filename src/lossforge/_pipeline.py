@@ -41,6 +41,7 @@ from torch import Tensor
 
 from lossforge import _reduction
 from lossforge._checks import (
+    _enabled_for,
     as_class_weight,
     check_floating,
     check_index_range,
@@ -753,11 +754,16 @@ def _plain_nll(
 ) -> tuple[Tensor | None, bool]:
     """A plain call of the softmax pipeline (no class weights, ``weight``, ``avg_factor`` or logit
     bias, the ``"torch"`` backend; the caller checked those): PyTorch's kernel first
-    (``_cpu_nll``), the general path only for what it cannot settle. For such a call the general
-    path's steps before its own ``_cpu_nll`` check nothing the tests here do not.
+    (``_lean_nll`` for the commonest case, else ``_cpu_nll``), the general path only for what it
+    cannot settle. For such a call the general path's steps before its own ``_cpu_nll`` check
+    nothing the tests here do not.
 
     Returns ``(loss, tried)``: the loss or None, and whether ``_cpu_nll`` was asked (and said no:
     the general path, whose own call would get the same answer, need not ask again)."""
+    if nll_term is None and class_factor is None and ignore_index is not None:
+        lean = _lean_nll(fn, input_name, logits, target, nll or "logits", ignore_index, reduction)
+        if lean is not None:
+            return (None, True) if isinstance(lean, _Declined) else (lean, True)
     if type(logits) is not Tensor or type(target) is not Tensor:
         return None, False
     if not logits.is_cpu or logits.dtype not in _COMPUTE_DTYPES:
@@ -769,12 +775,7 @@ def _plain_nll(
         # A finite NLL of log-probabilities says nothing of the classes it did not read: under
         # value checks the general path checks them first.
         return None, False
-    lean = None
-    if nll_term is None and class_factor is None and ignore_index is not None:
-        lean = _lean_nll(logits, target, nll or "logits", ignore_index, reduction, count)
-    if isinstance(lean, _Declined):
-        return None, True
-    quick = lean or _cpu_nll(
+    quick = _cpu_nll(
         fn,
         logits,
         target,
@@ -827,38 +828,54 @@ _DECLINED = _Declined()
 
 
 def _lean_nll(
-    x: Tensor, target: Tensor, nll: str, ignore_index: int, reduction: str, count: bool
-) -> tuple[Tensor, float | None, Tensor | None] | _Declined | None:
-    """``_cpu_nll`` for the commonest plain call (int64 class indices on the CPU, an
-    ``ignore_index``, no term or class options), with only the tests that case needs: about
-    2 us less Python per call than ``_cpu_nll``'s general signature (CPU time over interleaved
-    rounds on the 2-core dev VM; on the CPU such time is paid again in the cache misses of the
-    kernels after it). Without ``count`` one call of PyTorch's composite
-    (``_composite_nll``); with it (value checks: logits only, the caller sends log-probabilities
-    elsewhere) the log-softmax and the NLL kernel with its denominator, as ``_cpu_nll`` gives
-    them to ``_nll_checked``. ``None``: not this case (``_cpu_nll`` decides); ``_DECLINED``: an
-    index out of range, nothing counted or a NaN mean (the general path decides)."""
+    fn: str,
+    input_name: str,
+    x: object,
+    target: object,
+    nll: str,
+    ignore_index: int,
+    reduction: str,
+) -> Tensor | _Declined | None:
+    """``_cpu_nll`` for the commonest plain call (float32 / float64 logits and int64 class
+    indices on the CPU, an ``ignore_index``, no term or class options), asked first, with only
+    the tests that case needs: every Python call and attribute read here is paid on every loss
+    call, and on the CPU again in the cache misses of the kernels after it (with
+    ``_plain_nll``'s own tests no longer run before it, about 1-2 us less CPU time per forward
+    with value checks off, alternating processes on the 2-core dev VM). With value checks off
+    one call of PyTorch's composite
+    (``_composite_nll``); with them on (logits only: log-probabilities take the general path,
+    which checks them first) the log-softmax and the NLL kernel with its denominator, then
+    ``_nll_checked``'s deferred check of the logits. Returns the loss; ``None``: not this case
+    (``_cpu_nll`` decides); ``_DECLINED``: an index out of range, nothing counted or a NaN mean
+    (the general path decides)."""
     if (
-        target.dtype != torch.int64
+        type(x) is not Tensor
+        or type(target) is not Tensor
+        or target.dtype != torch.int64
         or not target.is_cpu
-        or x.ndim == 0
-        or torch.compiler.is_compiling()
+        or not x.is_cpu
+        or x.dtype not in _COMPUTE_DTYPES
         or torch._C._are_functorch_transforms_active()
+        or torch.compiler.is_compiling()
     ):
         return None
     shape = x.shape
-    if len(shape) == 1:
+    ndim = len(shape)
+    if ndim == 1:
         if target.ndim != 0 or shape[0] < 2:
             return None
-    elif shape[1] < 2 or target.shape != shape[:1] + shape[2:] or x.numel() == 0:
+    elif ndim == 0 or shape[1] < 2 or target.shape != shape[:1] + shape[2:] or x.numel() == 0:
         return None
     mean = reduction == "mean"
     if mean and _reduction._denominator_hook is not None:
         return None  # global normalisation: the general path
+    count = _enabled_for((x,))  # (value_checks_on: transforms and tracing are ruled out above)
     if not count:
         out = _composite_nll(x, target, None, nll, mean, ignore_index)
-        return _DECLINED if out is None else (out, None, None)
-    z = torch.log_softmax(x, dim=1 if len(shape) >= 2 else 0)
+        return _DECLINED if out is None else out
+    if nll == "log_probs":
+        return None  # the general path checks log-probabilities before their NLL
+    z = torch.log_softmax(x, dim=1 if ndim >= 2 else 0)
     try:
         out, total_weight = _nll_forward(z, target, None, 1 if mean else 2, ignore_index)
     except IndexError:
@@ -866,7 +883,7 @@ def _lean_nll(
     d = float(total_weight)  # CPU scalar: no device sync
     if d <= 0:
         return _DECLINED
-    return out, d, z
+    return _nll_checked(fn, input_name, x, target, (out, d, z), True)
 
 
 def _composite_nll(
