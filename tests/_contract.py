@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -218,6 +219,28 @@ def contract_test_suite(cases: list[LossCase]) -> dict[str, Callable[..., None]]
             assert torch.isfinite(loss).all(), f"{reduction}: {loss}"
             (grad,) = torch.autograd.grad(loss.sum(), big)
             assert torch.isfinite(grad).all()
+
+    @param
+    def test_float_target_requiring_grad(case: LossCase) -> None:
+        """A float target that requires grad (a soft label from another network, a learned
+        box): the same loss as its detached copy, no warning (a host read of a tensor that
+        requires grad warns), and a finite gradient where the target gets one."""
+        x, y = _inputs(case)
+        if not y.is_floating_point():
+            pytest.skip("class-index target")
+        y_grad = y.detach().clone().requires_grad_(True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for reduction in ("none", "mean"):
+                got = case.fn(x, y_grad, reduction=reduction, **case.kwargs)
+                assert_close(
+                    got,
+                    case.fn(x, y, reduction=reduction, **case.kwargs),
+                    torch.float64,
+                )
+                grads = torch.autograd.grad(got.sum(), (x, y_grad), allow_unused=True)
+                for grad in grads:
+                    assert grad is None or torch.isfinite(grad).all()
 
     @param
     def test_non_contiguous_input_matches(case: LossCase) -> None:

@@ -783,6 +783,14 @@ def test_structural_errors() -> None:
         ValueError, match=r"cross_entropy: expected `logits` at least 2 classes.*C=1"
     ):
         F.cross_entropy(torch.randn(4, 1), torch.zeros(4, dtype=torch.long))
+    # NLL's input is named as such in the class-axis, shape and device messages
+    for log_probs in (torch.zeros(4, 1), torch.zeros(())):
+        with pytest.raises(
+            ValueError, match=r"nll_loss: expected `log_probs` (at least 2|a tensor)"
+        ):
+            F.nll_loss(log_probs, torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"`target` on the device of `log_probs`"):
+        F.nll_loss(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long, device="meta"))
     with pytest.raises(ValueError, match="ignore_index"):
         F.cross_entropy(x, torch.softmax(x, 1), ignore_index=0)
     with pytest.raises(

@@ -699,7 +699,7 @@ def softmax(
         return _nll_checked(fn, input_name, x, target, quick, count)
     if deferred:
         check_floating(fn, input_name, x, infinite="masked", class_dim=cdim)
-    st = softmax_target(fn, x, target, ignore_index=ignore_index)
+    st = softmax_target(fn, x, target, ignore_index=ignore_index, input_name=input_name)
     c = x.shape[st.cdim]
     w = _device_option(as_class_weight, (fn, class_weight, c), x)
     a = None if class_factor is None else _device_option(class_factor, (c,), x)

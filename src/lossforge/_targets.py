@@ -277,15 +277,15 @@ class SoftmaxTarget:
     raw_ignore: int = -100
 
 
-def _softmax_classes(fn: str, logits: Tensor) -> int:
+def _softmax_classes(fn: str, logits: Tensor, input_name: str) -> int:
     if logits.ndim == 0:
-        fail(fn, "logits", "a tensor of shape (N, C, *) or (C,)", "a 0-d tensor")
+        fail(fn, input_name, "a tensor of shape (N, C, *) or (C,)", "a 0-d tensor")
     cdim = class_dim(logits)
     c = logits.shape[cdim]
     if c < 2:
         fail(
             fn,
-            "logits",
+            input_name,
             "at least 2 classes along dim 1 (a 1-class softmax loss is always 0)",
             f"C={c}",
         )
@@ -327,14 +327,15 @@ def check_softmax_target(
     *,
     ignore_index: int | None,
     default_ignore: int | None = -100,
+    input_name: str = "logits",
 ) -> tuple[Tensor, bool, int]:
     """Validate a softmax-loss target without building masks: ``(target, is_index, class_dim)``.
 
     Class indices are returned as given (any integer dtype); values follow the value-check mode.
     """
     t = check_tensor(fn, "target", target)
-    _check_device(fn, t, logits, "logits")
-    cdim = _softmax_classes(fn, logits)
+    _check_device(fn, t, logits, input_name)
+    cdim = _softmax_classes(fn, logits, input_name)
     index_shape = _shape_without(logits.shape, cdim)
     if t.is_floating_point() and t.shape == logits.shape:
         _probability_ignore(fn, ignore_index, default_ignore)
@@ -355,6 +356,7 @@ def softmax_target(
     *,
     ignore_index: int | None,
     default_ignore: int | None = -100,
+    input_name: str = "logits",
 ) -> SoftmaxTarget:
     """Normalise a softmax-loss target (class indices or probabilities) to a ``SoftmaxTarget``.
 
@@ -362,8 +364,8 @@ def softmax_target(
     probability targets raises (PyTorch raises a RuntimeError there).
     """
     t = check_tensor(fn, "target", target)
-    _check_device(fn, t, logits, "logits")
-    cdim = _softmax_classes(fn, logits)
+    _check_device(fn, t, logits, input_name)
+    cdim = _softmax_classes(fn, logits, input_name)
     c = logits.shape[cdim]
     index_shape = _shape_without(logits.shape, cdim)
 

@@ -354,7 +354,7 @@ def _two_hot(fn: str, logits: object, target: object) -> Tensor:
     y = t.to(compute_dtype(x))
     bad = None
     if y.numel() and value_checks_on(y):
-        lo, hi = (float(v) for v in torch.aminmax(y))
+        lo, hi = (float(v) for v in torch.aminmax(y.detach()))
         if not (lo >= 0.0 and hi <= n):  # NaN fails both
             fail(fn, "target", f"distances in [0, {n}] (n + 1 = {c} bins)", f"[{lo}, {hi}]")
     else:
