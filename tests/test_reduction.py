@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -278,3 +279,50 @@ def test_nan_check_is_exact_behind_its_summing_filter() -> None:
             check_floating("f", "x", bad)
     with lf.value_checks(False):
         check_floating("f", "x", torch.tensor([float("nan")]))  # not read with checks off
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_divide_rule_for_device_denominators(strict: bool) -> None:
+    """``Denominator``'s rule for a 0-d tensor ``d`` (value checks off, so nothing is read):
+    ``total / d`` for ``d > 0``; for ``d == 0`` exactly 0 with zero gradients (strict: only when
+    the sum is 0, NaN otherwise); NaN for ``d < 0`` and a NaN ``d``, never a silent 0."""
+    from lossforge._reduction import Denominator, divide
+
+    nan = float("nan")
+    cases = [(6.0, 3.0, 2.0), (0.0, 0.0, 0.0), (6.0, 0.0, nan if strict else 0.0)]
+    cases += [(6.0, -3.0, nan), (6.0, nan, nan), (0.0, nan, nan), (nan, 3.0, nan)]
+    for total_value, d_value, expected in cases:
+        total = torch.tensor(total_value, dtype=torch.float64, requires_grad=True)
+        d = torch.tensor(d_value, dtype=torch.float64)
+        with lf.value_checks(False):
+            out = divide("f", total, Denominator(d, strict=strict))
+        value = float(out.detach())
+        assert (math.isnan(value) and expected != expected) or value == expected, (
+            total_value,
+            d_value,
+            value,
+        )
+        (grad,) = torch.autograd.grad(out, total)
+        if d_value == 0.0 and expected == 0.0:
+            assert float(grad) == 0.0  # the safe denominator: no NaN from the unused branch
+        elif d_value > 0:
+            assert float(grad) == pytest.approx(1.0 / d_value)
+
+
+def test_ohem_bce_nan_target_is_loud_with_value_checks_off() -> None:
+    """A NaN in the target or the mask of OHEM BCE (its own device denominator turns NaN)
+    gives a NaN loss with value checks off, not 0 (and a ValueError with them on)."""
+    import lossforge.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 4, generator=g)
+    y = (torch.rand(4, 4, generator=g) < 0.4).double().float()
+    y[0, 0] = float("nan")
+    mask = torch.ones(4, 4)
+    mask[1, 1] = float("nan")
+    with lf.value_checks(False):
+        assert torch.isnan(F.ohem_binary_cross_entropy(x, y))
+        assert torch.isnan(F.ohem_binary_cross_entropy(x, y.nan_to_num(0.0), mask=mask))
+        assert torch.isfinite(F.ohem_binary_cross_entropy(x, y.nan_to_num(0.0)))
+    with lf.value_checks(True), pytest.raises(ValueError, match="target"):
+        F.ohem_binary_cross_entropy(x, y)

@@ -306,11 +306,16 @@ def divide(fn: str, total: Tensor, denom: Denominator) -> Tensor:
     pos = d > 0
     quotient = total / torch.where(pos, d, torch.ones_like(d))
     if not denom.strict:
-        return torch.where(pos, quotient, torch.zeros_like(quotient))
-    if value_checks_on(d, total):
-        _check_zero_avg_factor(fn, total, float(d))
-    # 0 only for d == 0 with nothing to sum; NaN for a zero divisor of a non-zero sum, or d < 0.
-    rest = torch.where((d == 0) & (total == 0), 0.0, float("nan")).to(total.dtype)
+        # 0 for d == 0 (nothing valid); NaN for d < 0 or NaN (a NaN or negative weight or target
+        # upstream, read with value checks off): loud, never a silent 0.
+        zero = d == 0
+    else:
+        if value_checks_on(d, total):
+            _check_zero_avg_factor(fn, total, float(d))
+        # 0 only for d == 0 with nothing to sum; NaN for a zero divisor of a non-zero sum, or
+        # d < 0.
+        zero = (d == 0) & (total == 0)
+    rest = torch.where(zero, 0.0, float("nan")).to(total.dtype)
     return torch.where(pos, quotient, rest)
 
 
