@@ -20,6 +20,7 @@ from _contract import assert_close
 from _reliability import F64, INFOS, example, fn_of, infos_with, name_of, params, takes
 from torch import Tensor
 
+import lossforge as lf
 import lossforge.functional as F
 from lossforge._targets import check_sigmoid_target
 from lossforge.nn import DiceLoss, SigmoidFocalLoss
@@ -271,3 +272,45 @@ def test_dense_ignore_index_check_covers_the_kernel_route() -> None:
     # class indices may use 0 or 1 as ignore_index: they are then not a class
     t, index = check_sigmoid_target("f", x, torch.tensor([0, 1, 2]), ignore_index=1)
     assert index
+
+
+def _class_index_example(info: LossInfo) -> tuple[Tensor, Tensor] | None:
+    """The loss's example when its target is class indices (an integer tensor with the class
+    dimension dropped), else None."""
+    x, y = example(info)
+    if y.is_floating_point() or y.dtype == torch.bool or x.ndim < 2:
+        return None
+    if tuple(y.shape) != tuple(x.shape[:1]) + tuple(x.shape[2:]):
+        return None
+    return x, y
+
+
+INDEX_LOSSES = [info for info in INFOS if _class_index_example(info) is not None]
+
+
+@pytest.mark.parametrize("info", INDEX_LOSSES, ids=name_of)
+@pytest.mark.parametrize("variant", ["default", "batch", "classes_all"])
+def test_out_of_range_class_index_raises_or_is_nan(info: LossInfo, variant: str) -> None:
+    """Every loss of class indices: an index far out of range is a ValueError under value
+    checks and makes the reduced loss NaN without them (never a plausible finite number, never
+    an exact 0), whatever options decide which entries count."""
+    kw = params(info)
+    if variant == "batch":
+        if not takes(info, "batch"):
+            pytest.skip("no `batch` option")
+        kw["batch"] = True
+    if variant == "classes_all":
+        if not takes(info, "classes"):
+            pytest.skip("no `classes` option")
+        kw["classes"] = "all"
+    found = _class_index_example(info)
+    assert found is not None
+    x, y = found
+    bad = y.clone()
+    bad.view(-1)[0] = 1000
+    with lf.value_checks(True), pytest.raises(ValueError, match="target"):
+        fn_of(info)(x, bad, **kw)
+    for reduction in ("mean", "sum"):
+        with lf.value_checks(False):
+            out = fn_of(info)(x, bad, reduction=reduction, **kw)
+        assert torch.isnan(out), (reduction, float(out))

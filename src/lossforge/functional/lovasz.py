@@ -73,7 +73,10 @@ def _softmax_entries(inputs: RegionInput, *, classes: str, fn: str) -> tuple[Ten
     p, g = inputs.flat(inputs.p), inputs.flat(inputs.g)
     _check_binary(fn, g)
     loss = _lovasz_extension((g - p).abs(), g)
-    present = g.sum(dim=-1) > 0 if classes == "present" else None
+    # "present": a class with a positive pixel. Written as "not <= 0" so that an entry whose
+    # target was poisoned to NaN (an out-of-range class index with value checks off) counts, and
+    # its NaN loss reaches the result instead of being dropped as absent.
+    present = ~(g.sum(dim=-1) <= 0) if classes == "present" else None
     return loss, present
 
 
