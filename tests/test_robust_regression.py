@@ -101,6 +101,40 @@ def test_balanced_l1_matches_reference(alpha: float, gamma: float, beta: float) 
     assert_close(got, ref.balanced_l1(x, y, alpha, gamma, beta), F64, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, F64])
+@pytest.mark.parametrize(("alpha", "gamma", "beta"), [(0.05, 2.0, 1.0), (0.0125, 1.0, 1e-4)])
+def test_balanced_l1_steep_inlier_curve_stays_finite(alpha, gamma, beta, dtype) -> None:
+    """gamma / alpha = 40 and 80 (the largest accepted: b = e^80 - 1), a small beta, d = 0
+    included: finite values and gradients in float32 (half inputs are computed in it), equal
+    to the paper's formula and gradient in float64."""
+    x, y = _data((30, 4), seed=4)
+    x, y = x * beta, y * beta
+    x[0, 0] = y[0, 0]  # d = 0
+    xg = x.to(dtype).requires_grad_(True)
+    yd = y.to(dtype)
+    got = F.balanced_l1_loss(xg, yd, alpha=alpha, gamma=gamma, beta=beta, reduction="none")
+    got.sum().backward()
+    assert torch.isfinite(got).all() and torch.isfinite(xg.grad).all()
+    if dtype == F64:
+        want = ref.balanced_l1(x, y, alpha, gamma, beta)
+        assert_close(got, want, F64, rtol=1e-10, atol=1e-12)
+        grad = ref.balanced_l1_grad(x, y, alpha, gamma, beta)
+        assert_close(xg.grad, grad, F64, rtol=1e-10, atol=1e-12)
+
+
+def test_balanced_l1_refuses_a_ratio_whose_b_overflows() -> None:
+    """gamma / alpha above 80: b = e^(gamma / alpha) - 1 overflows float32 (the loss would be
+    NaN, and Python's expm1 raises OverflowError past 709): a ValueError naming both, from the
+    function and the constructor."""
+    x, y = _data((4, 4), seed=0)
+    for alpha, gamma in ((0.01, 1.0), (0.001, 1.0), (1.0, 1e30)):
+        with pytest.raises(ValueError, match=r"expected `gamma` gamma / alpha <= 80.*alpha="):
+            F.balanced_l1_loss(x, y, alpha=alpha, gamma=gamma)
+        with pytest.raises(ValueError, match=r"BalancedL1Loss: expected `gamma` gamma / alpha"):
+            lf.BalancedL1Loss(alpha=alpha, gamma=gamma)
+    F.balanced_l1_loss(x, y, alpha=0.0125, gamma=1.0)  # exactly 80: accepted
+
+
 def test_balanced_l1_gradient_is_the_papers() -> None:
     """Libra R-CNN eq. 9: dL/dx = alpha ln(b|x| + 1) inside, gamma outside (at |x| / beta)."""
     x, y = _data((60, 4), seed=2)

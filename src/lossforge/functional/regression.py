@@ -4,13 +4,16 @@ contract."""
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Mapping
 from functools import partial
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import Tensor
 
 from lossforge import _pipeline as pipeline
+from lossforge._checks import fail
 from lossforge._params import NonNegative, Positive, loss_function
 from lossforge._pipeline import Fused, Total
 from lossforge._reduction import AvgFactor, Backend, Reduction
@@ -274,19 +277,46 @@ def huber_loss(
     )
 
 
+#: The largest ``gamma / alpha`` of the balanced L1 loss: ``b = e^(gamma / alpha) - 1`` must be
+#: finite in float32, the dtype half inputs are computed in (e^88.7 overflows it).
+BALANCED_L1_MAX_RATIO = 80.0
+
+
+def _real(value: object) -> TypeGuard[float]:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_balanced_l1(owner: str, values: Mapping[str, Any]) -> None:
+    """``gamma / alpha <= BALANCED_L1_MAX_RATIO`` (both already checked positive): beyond it
+    ``b`` overflows and the loss would be NaN (mmdetection's too), or Python's ``expm1`` raises
+    ``OverflowError`` past 709."""
+    alpha, gamma = values.get("alpha"), values.get("gamma")
+    if _real(alpha) and _real(gamma) and alpha > 0:
+        ratio = float(gamma) / float(alpha)
+        if not ratio <= BALANCED_L1_MAX_RATIO:
+            fail(
+                owner,
+                "gamma",
+                f"gamma / alpha <= {BALANCED_L1_MAX_RATIO:g} (b = e^(gamma / alpha) - 1 must "
+                "stay finite in float32)",
+                f"gamma={gamma!r}, alpha={alpha!r} (ratio {ratio:g})",
+            )
+
+
 def _balanced_l1(
     p: Tensor, t: Tensor, _total: str | None, *, alpha: float, gamma: float, beta: float
 ) -> Tensor:
     d = (p - t).abs()
     b = math.expm1(gamma / alpha)  # e^(gamma / alpha) - 1: both pieces meet with slope gamma
-    # the inner piece with |d| clamped at beta, so the unused branch stays small (no overflow)
+    # the inner piece with |d| clamped at beta, so the unused branch stays small (no overflow;
+    # b itself is finite in float32: ``_check_balanced_l1``)
     di = torch.clamp(d, max=beta)
     inner = (alpha / b) * (b * di + beta) * torch.log1p(b * di / beta) - alpha * di
     outer = gamma * d + beta * (gamma / b - alpha)
     return torch.where(d < beta, inner, outer)
 
 
-@loss_function
+@loss_function(check=_check_balanced_l1)
 def balanced_l1_loss(
     pred: Tensor,
     target: Tensor,
@@ -326,7 +356,8 @@ def balanced_l1_loss(
         pred: Predictions, any shape ``(*)``.
         target: Same shape as ``pred``.
         alpha: Inlier gradient scale $\alpha > 0$.
-        gamma: Outlier gradient (the slope for $d \ge \beta$), $\gamma > 0$.
+        gamma: Outlier gradient (the slope for $d \ge \beta$), $\gamma > 0$, with
+            $\gamma / \alpha \le 80$ ($b$ finite in float32).
         beta: Transition point $\beta > 0$.
         weight: Element-wise weight, ``pred``'s shape or its leading dimensions.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
