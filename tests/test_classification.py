@@ -1267,3 +1267,24 @@ def _check_fast_path_case(shape, tshape, kw, all_ignored, calls) -> None:
             assert_close(g1, r_leaf.grad, F64)
         if all_ignored or y.numel() == 0:
             assert float(v1) == 0.0 and not g1.any()
+
+
+def test_bce_probabilities_outside_the_unit_interval_are_nan_with_checks_off() -> None:
+    """binary_cross_entropy: a probability outside [0, 1] (or NaN) is a ValueError under value
+    checks; without them its element is NaN (never a negative loss, -inf or the clamp's 100),
+    the others keep PyTorch's values, including the clamped ends 0 and 1."""
+    p = torch.tensor([0.0, 1.0, 0.3, 1.5, -0.2, float("inf"), float("nan"), 0.7], dtype=F64)
+    y = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0], dtype=F64)
+    out_of_range = torch.tensor([False, False, False, True, True, True, True, False])
+    with lf.value_checks(False):
+        got = F.binary_cross_entropy(p, y, reduction="none")
+        assert torch.isnan(F.binary_cross_entropy(p, y))
+    assert torch.equal(torch.isnan(got), out_of_range)
+    ok = ~out_of_range
+    assert_close(got[ok], TF.binary_cross_entropy(p[ok], y[ok], reduction="none"), F64)
+    with lf.value_checks(True), pytest.raises(ValueError, match=r"`probs` no NaN"):
+        F.binary_cross_entropy(p, y)
+    for bad in (1.5, -0.2, float("inf")):
+        q = torch.tensor([0.3, bad], dtype=F64)
+        with lf.value_checks(True), pytest.raises(ValueError, match=r"`probs`.*\[0, 1\]"):
+            F.binary_cross_entropy(q, y[:2])

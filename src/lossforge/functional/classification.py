@@ -236,6 +236,11 @@ def _bce_probs(q: Tensor, t: DenseTarget, want_total: bool) -> Tensor:
     """-(y max(log p, -100) + (1 - y) max(log(1 - p), -100)), PyTorch's clamp."""
     p = q.to(compute_dtype(q))
     y = t.target
+    if not value_checks_on(q):
+        # A probability outside [0, 1] (a ValueError under value checks) makes its element NaN,
+        # loud as an out-of-range class index is: not a negative loss (p > 1 at y = 1), -inf
+        # (p = inf) or the clamp's plausible 100.
+        p = torch.where((p >= 0) & (p <= 1), p, float("nan"))
     # log(1 - p) through log1p keeps precision near p = 0; its argument is 1 - p >= 0.
     one_minus = 1.0 - p
     positive = ~(one_minus <= 0)  # NaN propagates (see _safe_log)
