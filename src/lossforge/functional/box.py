@@ -190,8 +190,10 @@ def iou_loss(
     The IoU is clamped at ``eps`` in every mode, as mmdetection's ``IoULoss`` does: the loss is
     finite for non-overlapping boxes but has no gradient there (use :func:`giou_loss` or
     :func:`diou_loss` when boxes may not overlap). Equals mmdetection's
-    ``IoULoss(mode=..., eps=...)`` up to where ``eps`` enters the IoU (there
-    ``I / max(U, 1e-6)``), a difference below ``eps``.
+    ``IoULoss(mode=..., eps=...)`` up to where ``eps`` enters the IoU (there ``I / max(U, eps)``,
+    here ``I / (U + eps)``, as torchvision writes it): a relative difference of about
+    ``eps / U`` in the IoU, negligible for boxes in pixels but about 1 % for normalised
+    coordinates with unions near ``1e-4`` at the default ``eps``; pass a smaller ``eps`` there.
 
     Args:
         pred: Predicted boxes ``(..., 4)`` as ``(x1, y1, x2, y2)``.
@@ -250,7 +252,9 @@ def giou_loss(
     with $C$ the smallest box enclosing both. $\ell \in [0, 2)$; for disjoint boxes the second
     term still pulls the prediction towards the target. Equals
     ``torchvision.ops.generalized_box_iou_loss`` (same ``eps`` placement) and mmdetection's
-    ``GIoULoss`` up to where ``eps`` enters (there ``max(U, eps)``, ``max(|C|, eps)``).
+    ``GIoULoss`` up to where ``eps`` enters (there ``max(U, eps)``, ``max(|C|, eps)``): a relative
+    difference of about ``eps / U``, which matters only for tiny unions (normalised coordinates:
+    see :func:`iou_loss`).
 
     Args:
         pred: Predicted boxes ``(..., 4)`` as ``(x1, y1, x2, y2)``.
