@@ -562,6 +562,13 @@ def test_option_errors() -> None:
         lf.IoULoss(mode="exp")
     with pytest.raises(ValueError, match="eps"):
         lf.GIoULoss(eps=-1.0)
+    # IoU's clamp at eps: at 1 or above every loss would be 0 or negative (identical boxes at
+    # eps = 2 gave -0.69)
+    for eps in (1.0, 2.0, 0.0):
+        with pytest.raises(ValueError, match=r"iou_loss: expected `eps` in \(0, 1\)"):
+            F.iou_loss(torch.zeros(1, 4), torch.zeros(1, 4), eps=eps)
+        with pytest.raises(ValueError, match=r"IoULoss: expected `eps` in \(0, 1\)"):
+            lf.IoULoss(eps=eps)
 
 
 def test_module_is_a_drop_in_for_mmdetection_heads() -> None:

@@ -226,6 +226,8 @@ Positive = Annotated[float, Number(low=0.0, low_open=True)]
 Probability = Annotated[float, Number(low=0.0, high=1.0)]
 #: A number in [0, 1) (ASL's clip and eps).
 UnitInterval = Annotated[float, Number(low=0.0, high=1.0, high_open=True)]
+#: A number in (0, 1) (the IoU loss's lower clamp of the IoU: at 1 or above every loss is <= 0).
+OpenUnitInterval = Annotated[float, Number(low=0.0, high=1.0, low_open=True, high_open=True)]
 #: An integer >= 0 (a count, a class index).
 Count = Annotated[int, Integer(low=0)]
 #: Non-negative per-class values: class weights, class counts, priors.

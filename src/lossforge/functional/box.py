@@ -43,7 +43,7 @@ from torch import Tensor
 
 from lossforge import _pipeline as pipeline
 from lossforge._checks import fail, value_checks_on
-from lossforge._params import Positive, Probability, loss_function
+from lossforge._params import OpenUnitInterval, Positive, Probability, loss_function
 from lossforge._reduction import AvgFactor, Reduction
 
 __all__ = ["ciou_loss", "diou_loss", "giou_loss", "iou_loss"]
@@ -172,7 +172,7 @@ def iou_loss(
     target: Tensor,
     *,
     mode: Literal["linear", "square", "log"] = "log",
-    eps: Positive = 1e-6,
+    eps: OpenUnitInterval = 1e-6,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
     avg_factor: AvgFactor = None,
@@ -199,7 +199,8 @@ def iou_loss(
         pred: Predicted boxes ``(..., 4)`` as ``(x1, y1, x2, y2)``.
         target: Target boxes of ``pred``'s shape, with ``x2 >= x1`` and ``y2 >= y1``.
         mode: ``"linear"`` | ``"square"`` | ``"log"``.
-        eps: Lower clamp of the IoU and the union's guard, ``> 0``.
+        eps: Lower clamp of the IoU and the union's guard, in ``(0, 1)`` (a clamp at 1 or
+            above would make every loss 0 or negative).
         weight: Per-box weight: the loss shape ``(...,)`` or its leading dimensions, or per
             coordinate ``(..., 4)`` (averaged over the 4 coordinates, as mmdetection does).
         reduction: ``"none"`` | ``"mean"`` (over boxes, or ``avg_factor``) | ``"sum"``.
