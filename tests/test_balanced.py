@@ -334,7 +334,7 @@ def test_property_ohem_matches_sorted_reference(n: int, s: int, seed: int, ratio
     )
 
 
-@given(st.integers(1, 4), st.integers(1, 10), st.integers(0, 10_000))
+@given(st.integers(1, 4), st.integers(2, 10), st.integers(0, 10_000))
 def test_property_balanced_nonnegative_symmetric_and_below_bce(n: int, s: int, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, s, generator=g, dtype=torch.float64) * 4
@@ -344,3 +344,21 @@ def test_property_balanced_nonnegative_symmetric_and_below_bce(n: int, s: int, s
     assert torch.all(a <= TF.binary_cross_entropy_with_logits(x, y, reduction="none") + 1e-12)
     # swapping the classes (x -> -x, y -> 1 - y) swaps beta and 1 - beta: the loss is unchanged
     assert_close(BAL(-x, 1 - y, reduction="none"), a, torch.float64)
+
+
+def test_per_sample_balance_refuses_one_element_samples() -> None:
+    """beta=None balances each sample over its own elements: an (N, 1) input (one logit per
+    sample, a single-class detector's rows) would give 0 whatever the logits, so it raises,
+    saying what to pass instead; a 1-d input (one sample), a float beta and N = 0 are fine."""
+    x = torch.randn(6, 1, dtype=torch.float64)
+    y = (torch.rand(6, 1) < 0.5).double()
+    for logits, target in ((x, y), (x.view(6, 1, 1), y.view(6, 1, 1))):
+        with pytest.raises(ValueError, match=r"at least 2 elements per sample.*view\(1, -1\)"):
+            BAL(logits, target)
+        with pytest.raises(ValueError, match="at least 2 elements per sample"):
+            lf.BalancedBinaryCrossEntropyLoss()(logits, target)
+    flat = BAL(x.view(1, -1), y.view(1, -1), reduction="sum")
+    assert_close(flat, BAL(x.view(-1), y.view(-1), reduction="sum"), torch.float64)
+    assert float(flat) > 0
+    assert float(BAL(x, y, beta=0.5)) > 0
+    assert float(BAL(x[:0], y[:0])) == 0.0

@@ -42,6 +42,9 @@ def _input(info: LossInfo, shape: tuple[int, ...], seed: int = 0) -> tuple[Tenso
     assert info.traits is not None
     if not info.traits.logits and info.traits.example == "probs_dense":
         x = torch.sigmoid(x)
+    if info.name == "balanced_binary_cross_entropy" and len(shape) == 2 and shape[1] == 1:
+        # its per-sample balance refuses one-element samples (always 0): a given beta
+        kw["beta"] = 0.25
     return x.requires_grad_(True), kw
 
 

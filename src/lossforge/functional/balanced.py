@@ -114,8 +114,10 @@ def balanced_binary_cross_entropy(
     these are counts; soft targets count fractionally (sum of $1 - y$). A 1-d input is one sample.
     $\beta$ depends on the targets only (no gradient). An all-positive sample gets $\beta = 0$ and
     an all-negative one $\beta = 1$, so such a sample contributes 0 (HED's definition); a sample
-    with no valid element contributes 0 as well; there is never a 0/0. A float ``beta`` is used as
-    given for every element. ``beta=0.5`` is half the plain BCE.
+    with no valid element contributes 0 as well; there is never a 0/0. So one element per sample
+    (``(N, 1)`` logits) would always give 0: that raises ``ValueError`` (pass the batch as one
+    sample, ``view(1, -1)``, or a float ``beta``). A float ``beta`` is used as given for every
+    element. ``beta=0.5`` is half the plain BCE.
 
     ``"mean"`` divides by the number of valid elements (or ``avg_factor``).
 
@@ -151,6 +153,17 @@ def balanced_binary_cross_entropy(
         >>> balanced_binary_cross_entropy(x, y, reduction="sum")  # beta = 3/4
         tensor(0.3589)
     """
+    if beta is None and isinstance(logits, Tensor) and logits.ndim >= 2 and logits.shape[0] > 0:
+        per_sample = logits.numel() // logits.shape[0]
+        if per_sample == 1:
+            fail(
+                "balanced_binary_cross_entropy",
+                "logits",
+                "at least 2 elements per sample with beta=None (the balance is each sample's own, "
+                "so a one-element sample always gives 0); pass the batch as one sample "
+                "(logits.view(1, -1), target.view(1, -1)) or a float beta",
+                f"shape {tuple(logits.shape)}",
+            )
     return pipeline.sigmoid(
         "balanced_binary_cross_entropy",
         logits,
