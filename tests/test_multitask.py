@@ -118,9 +118,48 @@ def test_log_form_total_goes_negative_log1p_does_not() -> None:
 
 
 def test_log_var_bounds_clamp() -> None:
-    uw = UncertaintyWeighting(1, init_log_var=5.0, log_var_bounds=(-2.0, 2.0))
+    uw = UncertaintyWeighting(1, init_log_var=1.5, log_var_bounds=(-2.0, 2.0))
+    with torch.no_grad():
+        uw.log_vars.fill_(5.0)  # carried past the bound (an optimizer step, momentum)
     assert float(uw.variances()[0]) == pytest.approx(math.exp(2.0))
     assert float(uw.weights()[0].detach()) == pytest.approx(0.5 * math.exp(-2.0))
+    with pytest.raises(ValueError, match=r"`init_log_var` values within log_var_bounds"):
+        UncertaintyWeighting(2, init_log_var=5.0, log_var_bounds=(-1.0, 1.0))
+
+
+@pytest.mark.parametrize("s", [-3.0, -1.0, 0.3, 1.0, 3.0])
+@pytest.mark.parametrize("loss", [0.01, 100.0])
+def test_log_var_bounds_gradient_passes_inward_only(s: float, loss: float) -> None:
+    """Inside the bounds (ends included) the gradient is the unclamped one; outside it passes
+    only when a descent step moves s back inside, else it is 0 (the clamped value is optimal
+    there). Regression task: d/ds of 0.5 e^-s L + s / 2 is 0.5 - 0.5 e^-s L at the clamped s."""
+    low, high = -1.0, 1.0
+    uw = UncertaintyWeighting(1, log_var_bounds=(low, high))
+    with torch.no_grad():
+        uw.log_vars.fill_(s)
+    uw([torch.tensor(loss, dtype=torch.float64)]).backward()
+    clamped = min(max(s, low), high)
+    g = 0.5 - 0.5 * math.exp(-clamped) * loss
+    inward = (s > high and g > 0) or (s < low and g < 0)
+    want = g if low <= s <= high or inward else 0.0
+    assert float(uw.log_vars.grad[0]) == pytest.approx(want, rel=1e-6, abs=1e-12)
+
+
+def test_log_var_bounds_do_not_freeze_the_weight() -> None:
+    """A log-variance that an optimizer carried past a bound comes back when the losses change:
+    small losses push s below the lower bound, then large ones raise it (a plain clamp's zero
+    gradient left it stuck, its weight frozen at the bound's)."""
+    uw = UncertaintyWeighting(1, log_var_bounds=(-1.0, 1.0))
+    opt = torch.optim.Adam(uw.parameters(), lr=0.1)
+    for loss in [0.01] * 200 + [100.0] * 300:
+        opt.zero_grad()
+        uw([torch.tensor(loss)]).backward()
+        opt.step()
+        if loss == 0.01:
+            low_s = float(uw.log_vars[0])
+    assert low_s < -1.0  # carried past the lower bound
+    assert float(uw.log_vars[0]) >= 1.0  # back up to (and a step past) the upper bound
+    assert float(uw.weights()[0].detach()) == pytest.approx(0.5 * math.exp(-1.0))
 
 
 def _noisy_two_task(seed: int, n: int = 600, d: int = 10):
@@ -648,6 +687,22 @@ def test_uncertainty_functional_and_gradnorm_refuse_negative_losses() -> None:
         gn2 = GradNorm(2)
         gn2.set_initial_losses(torch.tensor([1.0, -1.0]))
         assert torch.isnan(gn2.initial_losses[1])
+
+
+def test_gradnorm_names_a_task_without_a_path_to_the_shared_parameters() -> None:
+    """A task whose loss does not reach ``shared_params`` is an error naming it, also when the
+    other tasks do reach them (stacking the losses links every task to those parameters with
+    zero gradients, which gave that task a gradient norm of 0 and a weight that never moved);
+    a (1,)-shaped task loss is one scalar."""
+    W = torch.nn.Parameter(torch.randn(3))
+    V = torch.nn.Parameter(torch.randn(3))
+    with pytest.raises(ValueError, match=r"task 0's loss depends on, got no gradient path"):
+        GradNorm(2).gradnorm_loss([(V * V).sum(), (W * W).sum()], [W])
+    with pytest.raises(ValueError, match=r"task 1's loss depends on, got no gradient path"):
+        GradNorm(2).gradnorm_loss([(W * W).sum(), (V * V).sum().reshape(1)], [W])
+    gn = GradNorm(2)
+    gn.gradnorm_loss([(W * W).sum().reshape(1), (W * V).sum()], [W]).backward()
+    assert gn.task_weight.grad is not None and torch.isfinite(gn.task_weight.grad).all()
 
 
 def test_out_of_domain_state_is_nan_with_checks_off() -> None:

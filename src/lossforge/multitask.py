@@ -343,17 +343,22 @@ class Weighting(nn.Module, ABC):
         """Additive term of the total that is not a weight times a loss (``None`` here)."""
         return None
 
+    def _weights_and_regularizer(self) -> tuple[Tensor, Tensor | None]:
+        """``(weights(), regularizer())`` for one ``forward``, from one evaluation of the state
+        where a subclass needs that (``UncertaintyWeighting``: one clamp of $s$, whose backward
+        sees the total gradient)."""
+        return self.weights(), self.regularizer()
+
     def forward(self, losses: LossesLike) -> Tensor:
         """Total loss $\\sum_i w_i \\mathcal{L}_i (+ R)$ of ``T`` scalar task losses (float32, or
         float64 when the losses or the state are float64)."""
         fn = type(self).__name__
         stacked = _stack_losses(fn, losses, self.num_tasks)
-        w = self.weights()
+        w, reg = self._weights_and_regularizer()
         _check_state_device(fn, stacked, w)
         stacked = self._check_losses(fn, stacked)
         dtype = _compute_dtype(stacked.dtype, w.dtype)
         total = (w.to(dtype) * stacked.to(dtype)).sum()
-        reg = self.regularizer()
         return total if reg is None else total + reg.to(dtype)
 
     def extra_repr(self) -> str:
@@ -431,6 +436,31 @@ class EqualWeighting(FixedWeighting):
 # --------------------------------------------------------------------------------------------------
 
 
+class _InwardClamp(torch.autograd.Function):
+    """``s.clamp(low, high)`` whose gradient also passes outside the bounds when a descent step
+    (``-grad``) would move ``s`` back inside. A plain clamp's gradient is 0 there, so a parameter
+    that an optimizer step (or momentum) carried past a bound would never come back, its weight
+    frozen whatever the losses do afterwards."""
+
+    @staticmethod
+    def forward(s: Tensor, low: float, high: float) -> Tensor:
+        return s.clamp(low, high)
+
+    @staticmethod
+    def setup_context(ctx: object, inputs: tuple[Tensor, float, float], output: Tensor) -> None:
+        s, low, high = inputs
+        ctx.save_for_backward(s)  # type: ignore[attr-defined]
+        ctx.low, ctx.high = low, high  # type: ignore[attr-defined]
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> tuple[Tensor, None, None]:
+        (s,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        low, high = ctx.low, ctx.high  # type: ignore[attr-defined]
+        inside = (s >= low) & (s <= high)
+        inward = ((s > high) & (grad > 0)) | ((s < low) & (grad < 0))
+        return torch.where(inside | inward, grad, torch.zeros_like(grad)), None, None
+
+
 class UncertaintyWeighting(Weighting):
     r"""Homoscedastic-uncertainty task weighting (Kendall, Gal & Cipolla, CVPR 2018).
 
@@ -476,7 +506,10 @@ class UncertaintyWeighting(Weighting):
         task_types: ``"regression"`` or ``"classification"``, for all tasks or one per task.
         init_log_var: Starting $s_i$ (0 means $\sigma^2 = 1$), a number or one per task.
         regularizer: ``"log"`` (Kendall et al., $\log\sigma$) or ``"log1p"`` ($\log(1+\sigma^2)$).
-        log_var_bounds: Optional ``(low, high)`` clamp of $s$ in the forward pass.
+        log_var_bounds: Optional ``(low, high)`` clamp of $s$ in the forward pass (``init_log_var``
+            must lie within). Outside the bounds the gradient still passes when a descent step
+            would bring $s$ back, so a parameter an optimizer step carried past a bound returns
+            once the losses ask for it (a plain clamp's zero gradient would freeze it).
 
     Example:
         >>> import torch
@@ -522,6 +555,10 @@ class UncertaintyWeighting(Weighting):
             log_var_bounds = (low, high)
         self.log_var_bounds = log_var_bounds
         init = _per_task_numbers(fn, "init_log_var", init_log_var, self.num_tasks)
+        if log_var_bounds is not None and not all(
+            log_var_bounds[0] <= v <= log_var_bounds[1] for v in init
+        ):
+            fail(fn, "init_log_var", f"values within log_var_bounds {log_var_bounds}", init)
         dtype = torch.get_default_dtype()
         self.log_vars = nn.Parameter(torch.tensor(init, dtype=dtype))
         # c_i (1/2 regression, 1 classification): configuration, so not in the state_dict
@@ -532,7 +569,8 @@ class UncertaintyWeighting(Weighting):
     def _s(self) -> Tensor:
         if self.log_var_bounds is None:
             return self.log_vars
-        return self.log_vars.clamp(self.log_var_bounds[0], self.log_var_bounds[1])
+        low, high = self.log_var_bounds
+        return _InwardClamp.apply(self.log_vars, low, high)
 
     def _s32(self) -> Tensor:
         """$s$ in the compute dtype (float32, or float64), with gradient to ``log_vars``."""
@@ -545,13 +583,22 @@ class UncertaintyWeighting(Weighting):
 
     def weights(self) -> Tensor:
         r"""$c_i e^{-s_i}$ (with gradient to ``log_vars``; float32, or float64)."""
-        s = self._s32()
-        return self.task_factors.to(s.dtype) * torch.exp(-s)
+        return self._weights_of(self._s32())
 
     def regularizer(self) -> Tensor:
-        s = self._s32()
+        return self._regularizer_of(self._s32())
+
+    def _weights_of(self, s: Tensor) -> Tensor:
+        return self.task_factors.to(s.dtype) * torch.exp(-s)
+
+    def _regularizer_of(self, s: Tensor) -> Tensor:
         reg = 0.5 * s if self.regularizer_kind == "log" else nn.functional.softplus(s)
         return reg.sum()
+
+    def _weights_and_regularizer(self) -> tuple[Tensor, Tensor | None]:
+        # one clamp of s for both terms: its backward decides on the total gradient
+        s = self._s32()
+        return self._weights_of(s), self._regularizer_of(s)
 
     def _check_losses(self, fn: str, losses: Tensor) -> Tensor:
         return _require(fn, "losses", losses, losses >= 0, _NO_NEGATIVE_LOSS)
@@ -970,9 +1017,16 @@ class GradNorm(Weighting):
                 fail(fn, f"shared_params[{i}]", "a tensor that requires grad", type(p).__name__)
         if not bool(self.has_initial_losses):
             self.set_initial_losses(stacked.detach())
+        # Each task's own loss, not its row of the stacked tensor: stacking links every task to
+        # every parameter the others reach (with zero gradients), which would hide a task that
+        # has no gradient path to ``shared_params``. (A 1-d tensor given by the caller is already
+        # stacked: its rows are all there is.)
+        sources = (
+            [t.reshape(()) for t in losses] if isinstance(losses, Sequence) else stacked.unbind()
+        )
         norms = []
         for i in range(self.num_tasks):
-            grads = torch.autograd.grad(stacked[i], params, retain_graph=True, allow_unused=True)
+            grads = torch.autograd.grad(sources[i], params, retain_graph=True, allow_unused=True)
             squares = [  # in float32 at least: fp16 squares overflow from |g| > 255
                 g.detach().to(_compute_dtype(g.dtype)).pow(2).sum() for g in grads if g is not None
             ]
