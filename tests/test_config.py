@@ -146,6 +146,22 @@ def test_toml_errors(tmp_path: Any) -> None:
         build_loss_from_toml('[loss]\ntype = "l1"\n', table="model")
     with pytest.raises(ValueError, match="unknown 'betaa'"):
         build_loss_from_toml('type = "smooth_l1"\nbetaa = 1.0\n')
+    # a table name that reaches a value, not a table, would drop the configuration around it
+    with pytest.raises(ValueError, match=r"`table` the name of a table.*'loss.type', a str"):
+        build_loss_from_toml('[loss]\ntype = "l1"\nloss_weight = 2.0\n', table="loss.type")
+
+
+def test_toml_path_holding_an_equals_sign(tmp_path: Any) -> None:
+    """Hydra's run directories hold "=" (runs/lr=0.1/): such a path is a file, not TOML text,
+    whether it exists or not; one line of TOML text is still text."""
+    folder = tmp_path / "lr=0.1"
+    folder.mkdir()
+    path = folder / "train.toml"
+    path.write_text('[model.loss]\ntype = "cross_entropy"\nignore_index = 255\n')
+    assert build_loss_from_toml(str(path), table="model.loss").ignore_index == 255
+    with pytest.raises(ValueError, match="readable TOML file"):
+        build_loss_from_toml(str(tmp_path / "lr=0.2" / "train.toml"))
+    assert build_loss_from_toml('type = "smooth_l1"').beta == 1.0
 
 
 def test_register_loss_third_party() -> None:

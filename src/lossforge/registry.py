@@ -253,11 +253,7 @@ def build_loss_from_toml(source: str | Path, table: str | None = None) -> Any:
         source: A path to a ``.toml`` file, or TOML text.
         table: Optional dotted table name inside the document (``"loss"`` for a ``[loss]`` table).
     """
-    path = (
-        Path(source)
-        if not isinstance(source, str) or not ("=" in source or "\n" in source)
-        else None
-    )
+    path = None if isinstance(source, str) and _is_toml_text(source) else Path(source)
     if path is not None:
         try:
             text = path.read_text()
@@ -278,4 +274,25 @@ def build_loss_from_toml(source: str | Path, table: str | None = None) -> Any:
         if not isinstance(doc, dict) or part not in doc:
             fail("build_loss_from_toml", "table", "a table present in the document", repr(table))
         doc = doc[part]
+    if table and not isinstance(doc, dict):
+        fail(
+            "build_loss_from_toml",
+            "table",
+            "the name of a table (a [section] holding `type` and the loss's parameters)",
+            f"{table!r}, a {type(doc).__name__} value",
+        )
     return build_loss(doc)
+
+
+def _is_toml_text(source: str) -> bool:
+    """Whether ``build_loss_from_toml``'s string ``source`` is TOML text rather than a path:
+    several lines, or a ``key = value`` line that is not an existing file and does not end in
+    ``.toml`` (a path may hold ``=``: Hydra's ``runs/lr=0.1/train.toml``)."""
+    if "\n" in source:
+        return True
+    if "=" not in source or source.rstrip().endswith(".toml"):
+        return False
+    try:
+        return not Path(source).is_file()
+    except OSError:  # (a name too long for the file system: text)
+        return True
