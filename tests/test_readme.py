@@ -54,3 +54,26 @@ def test_loss_table_matches_the_registry() -> None:
             seen.add(name)
     missing = sorted(set(by_name) - seen)
     assert not missing, f"registered but missing from the README's loss table: {missing}"
+
+
+def test_multitask_example_output_is_the_readmes() -> None:
+    """``examples/multitask_digits.py`` (seeded, one thread) prints the rows the README and
+    docs/multitask.md show, the time column aside: a change of the losses or weightings that
+    moves them must update the docs too."""
+    import subprocess
+    import sys
+
+    root = README.parent
+    run = subprocess.run(
+        [sys.executable, str(root / "examples" / "multitask_digits.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    printed = [line.rsplit(None, 1)[0] for line in run.stdout.splitlines()[2:] if line.strip()]
+    assert [row.split()[0] for row in printed] == ["equal", "uncertainty", "dtp"], run.stdout
+    for doc in (README, root / "docs" / "multitask.md"):
+        text = doc.read_text(encoding="utf-8")
+        for row in printed:
+            assert row in text, f"{doc.name} lacks the example's row {row!r}"
