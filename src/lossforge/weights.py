@@ -123,8 +123,10 @@ def class_weights(
     ``zero_count`` decides instead, for every method (``"enet"`` included, for consistency):
 
     * ``"as_one"`` (default): the weight the class would get with a count of 1 (keeping $N$ and
-      the median of the other classes): the largest finite weight of the formula. A class that
-      never appears in the counts still has its false positives penalised (this matters for dice).
+      the median of the other classes): the largest finite weight of the formula for integer
+      counts (not for counts below 1, such as frequencies, where a count of 1 is a large one; use
+      ``"max"`` there). A class that never appears in the counts still has its false positives
+      penalised (this matters for dice).
     * ``"max"``: the largest weight among the classes that occur.
     * ``"zero"``: weight 0 (the class is left out of the loss).
 
