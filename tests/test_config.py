@@ -151,6 +151,13 @@ def test_toml_errors(tmp_path: Any) -> None:
         build_loss_from_toml('[loss]\ntype = "l1"\nloss_weight = 2.0\n', table="loss.type")
 
 
+def test_composite_without_its_required_parameter() -> None:
+    """``loss_sum`` without ``losses`` is the same TypeError the loss modules give for a missing
+    required parameter (it was Python's bare "missing 1 required positional argument")."""
+    with pytest.raises(TypeError, match=r"^LossSum: expected `losses` a value \(it has no default"):
+        build_loss({"type": "loss_sum"})
+
+
 def test_toml_path_holding_an_equals_sign(tmp_path: Any) -> None:
     """Hydra's run directories hold "=" (runs/lr=0.1/): such a path is a file, not TOML text,
     whether it exists or not; one line of TOML text is still text."""

@@ -771,6 +771,11 @@ def test_global_avg_factor_types_and_no_mutation() -> None:
         ({"count": True}, TypeError, "a number"),
         ({"count": float("inf")}, ValueError, "finite"),
         ({"count": 1, "min_value": -1}, ValueError, ">= 0"),
+        ({"count": -5}, ValueError, r"`count` a finite number >= 0"),
+        ({"count": 1, "min_value": True}, TypeError, r"`min_value` a real number"),
+        ({"count": 1, "min_value": "1"}, TypeError, r"`min_value` a real number"),
+        ({"count": 1, "min_value": float("inf")}, ValueError, r"`min_value` a finite"),
+        ({"count": 3, "dtype": torch.int64}, TypeError, r"`dtype` a floating torch.dtype"),
     ],
 )
 def test_global_avg_factor_rejects(
@@ -794,6 +799,16 @@ def test_scope_arguments_and_nesting() -> None:
     with (
         pytest.raises(ValueError, match="min_avg_factor"),
         global_normalization(min_avg_factor=-1.0),
+    ):
+        pass
+    with (
+        pytest.raises(TypeError, match=r"`min_avg_factor` a real number"),
+        global_normalization(min_avg_factor="1"),  # type: ignore[arg-type]
+    ):
+        pass
+    with (
+        pytest.raises(TypeError, match=r"`scale_grad` a bool"),
+        global_normalization(scale_grad="no"),  # type: ignore[arg-type]
     ):
         pass
     with global_normalization(enabled=False):

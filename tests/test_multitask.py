@@ -689,6 +689,21 @@ def test_uncertainty_functional_and_gradnorm_refuse_negative_losses() -> None:
         assert torch.isnan(gn2.initial_losses[1])
 
 
+def test_argument_errors_found_by_the_audit() -> None:
+    """A KPI that is a tensor of several elements names its position; a fixed weight that
+    overflows the float32 buffer is refused (it stored inf and made the total inf)."""
+    with pytest.raises(ValueError, match=r"expected `kpis\[2\]` a number or a one-element"):
+        DynamicTaskPrioritization(3).update(
+            [torch.tensor(0.5), torch.tensor(0.5), torch.tensor([0.5, 0.5])]
+        )
+    DynamicTaskPrioritization(2).update([torch.tensor([0.5]), 0.5])  # one element: a number
+    with pytest.raises(ValueError, match=r"expected `weights` values finite in torch.float32"):
+        FixedWeighting([1e40, 1.0])
+    assert (
+        float(FixedWeighting(torch.tensor([1e40, 1.0], dtype=torch.float64)).weights()[0]) == 1e40
+    )
+
+
 def test_gradnorm_names_a_task_without_a_path_to_the_shared_parameters() -> None:
     """A task whose loss does not reach ``shared_params`` is an error naming it, also when the
     other tasks do reach them (stacking the losses links every task to those parameters with

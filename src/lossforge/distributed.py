@@ -93,6 +93,8 @@ def _as_count(
     fn: str, count: object, device: torch.device | None, dtype: torch.dtype | None
 ) -> Tensor:
     """A detached floating 0-d copy of ``count`` (never the caller's tensor itself)."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        fail(fn, "dtype", "a floating torch.dtype", repr(dtype), TypeError)
     if isinstance(count, Tensor):
         if count.numel() != 1:
             fail(fn, "count", "a number or a one-element tensor", f"shape {tuple(count.shape)}")
@@ -105,8 +107,8 @@ def _as_count(
     if isinstance(count, bool) or not isinstance(count, numbers.Real):
         fail(fn, "count", "a number or a one-element tensor", repr(count), TypeError)
     v = float(count)
-    if not math.isfinite(v):
-        fail(fn, "count", "a finite number", v)
+    if not (0 <= v < math.inf):
+        fail(fn, "count", "a finite number >= 0 (a count of elements or a sum of weights)", v)
     return torch.tensor(
         v, dtype=dtype or torch.get_default_dtype(), device=device or _reduce_device(None)
     )
@@ -178,8 +180,7 @@ def global_avg_factor(
             "a call to global_avg_factor, which would reduce it twice",
             RuntimeError,
         )
-    if isinstance(min_value, bool) or not isinstance(min_value, numbers.Real) or not min_value >= 0:
-        fail(fn, "min_value", "a number >= 0", repr(min_value))
+    _check_bound(fn, "min_value", min_value)
     dev = torch.device(device) if device is not None else None
     c = _as_count(fn, count, dev, dtype)
     k = world_size()
@@ -187,6 +188,15 @@ def global_avg_factor(
         torch.distributed.all_reduce(c, op=torch.distributed.ReduceOp.SUM)
     c = torch.clamp(c, min=float(min_value))
     return c / k if k > 1 else c
+
+
+def _check_bound(fn: str, name: str, value: object) -> None:
+    """A lower bound of a denominator: a real number (``TypeError`` otherwise; not a bool),
+    finite and ``>= 0`` (``ValueError``: an infinite bound would make every loss 0)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        fail(fn, name, "a real number", repr(value), TypeError)
+    if not (0 <= float(value) < math.inf):
+        fail(fn, name, "a finite number >= 0", repr(value))
 
 
 def global_sum(x: Tensor, *, scale_grad: bool = True) -> Tensor:
@@ -289,12 +299,9 @@ def global_normalization(
     global _state_min_avg_factor, _state_scale_grad
     if not isinstance(enabled, bool):
         fail("global_normalization", "enabled", "a bool", repr(enabled), TypeError)
-    if (
-        isinstance(min_avg_factor, bool)
-        or not isinstance(min_avg_factor, numbers.Real)
-        or not min_avg_factor >= 0
-    ):
-        fail("global_normalization", "min_avg_factor", "a number >= 0", repr(min_avg_factor))
+    if not isinstance(scale_grad, bool):
+        fail("global_normalization", "scale_grad", "a bool", repr(scale_grad), TypeError)
+    _check_bound("global_normalization", "min_avg_factor", min_avg_factor)
     if not enabled:
         yield
         return

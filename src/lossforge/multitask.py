@@ -408,7 +408,10 @@ class FixedWeighting(Weighting):
             weights.dtype if isinstance(weights, Tensor) and weights.is_floating_point() else None
         )
         dtype = _compute_dtype(dtype or torch.get_default_dtype())
-        self.register_buffer("task_weights", torch.tensor(checked, dtype=dtype))
+        stored = torch.tensor(checked, dtype=dtype)
+        if not bool(torch.isfinite(stored).all()):  # (host values: no device read)
+            fail(fn, "weights", f"values finite in {dtype} (the buffer's dtype)", checked)
+        self.register_buffer("task_weights", stored)
 
     def weights(self) -> Tensor:
         return self.task_weights
@@ -754,8 +757,10 @@ class DynamicTaskPrioritization(Weighting):
             if len(values) != self.num_tasks:
                 fail(fn, "kpis", f"{self.num_tasks} KPIs (num_tasks={self.num_tasks})", len(values))
             checked: list[float] = []
-            for v in values:
+            for i, v in enumerate(values):
                 if isinstance(v, Tensor):
+                    if v.numel() != 1:
+                        fail(fn, f"kpis[{i}]", "a number or a one-element tensor", v.shape)
                     v = float(v.detach())
                 if (
                     isinstance(v, bool)

@@ -231,6 +231,10 @@ def build_loss(spec: Mapping[str, Any] | str) -> Any:
             f"parameters of {cls.__name__}: " + ", ".join(sorted(allowed)),
             "unknown " + ", ".join(repr(u) for u in unknown),
         )
+    for key, default in allowed.items():
+        # (the loss modules say this themselves; a composite such as LossSum too, here)
+        if default is inspect.Parameter.empty and key not in params:
+            fail(cls.__name__, key, "a value (it has no default)", "none", TypeError)
     return cls(**params)
 
 
