@@ -386,6 +386,11 @@ ERROR_CASES = [
     # the protocol is repository-only (benchmarks/): the installed command names it
     (("bench", "--suite", "protocol"), "python -m benchmarks.run"),
     (("bench", "--smoke"), "--smoke is an option of the benchmark protocol"),
+    # found by the CLI audit: an unbounded grid exhausted memory (killed, no message); a stem
+    # with a folder wrote outside --out; reduction="none" failed inside a training worker
+    (("plot", "sigmoid_focal", "--points", "100000000"), "at most 100000 grid points"),
+    (("bench", "--stem", "../escape"), "a plain file name without a folder"),
+    (("compare", "--loss", 'cross_entropy:reduction="none"'), "`reduction` is not a loss option"),
 ]
 
 
@@ -407,6 +412,45 @@ def test_error_paths(
     assert len(err.strip().splitlines()) == 1
     assert err.startswith("lossforge")
     assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_default_output_folders_never_collide(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs started in the same second get two folders (the stamp has one-second
+    resolution): the folder is created when it is chosen, the second one with a suffix."""
+    from lossforge.cli import compare as compare_mod
+
+    monkeypatch.chdir(tmp_path)
+    first, second, third = (compare_mod.default_out_dir() for _ in range(3))
+    assert len({first, second, third}) == 3 and all(p.is_dir() for p in (first, second, third))
+    assert second.name.startswith(first.name) and second.name.endswith(("-2", "-3"))
+
+
+def test_compare_with_one_task_skipped_and_a_stale_chart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only multi-label losses with the default tasks: the long-tail task is left out of the
+    header, the tables and results.json, and a note says why; with --no-plot into a folder that
+    holds an earlier run's chart, that chart is removed (it would be read as these results')."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "compare.png").write_bytes(b"an earlier run's chart")
+    code, stdout, err = run(
+        capsys,
+        "compare", "--smoke", "--seeds", "2", "--no-plot", "--quiet",
+        "--loss", "binary_cross_entropy_with_logits", "--loss", "asymmetric:gamma_neg=2",
+        "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((out / "results.json").read_text())
+    keys = [t["key"] for t in report["tasks"]]
+    assert keys == ["multilabel"]
+    assert set(report["protocol"]["steps"]) == {"multilabel"}
+    assert "lt-ir" not in stdout.split("multilabel:")[0].split("budget:")[1].splitlines()[0]
+    assert "skipped: none of the given losses is single-label" in stdout
+    assert not (out / "compare.png").exists()
+    assert "removed" in stdout
 
 
 def test_missing_extra_gives_install_hint(

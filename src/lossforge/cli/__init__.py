@@ -44,6 +44,29 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _file_stem(text: str) -> str:
+    """A file name stem: no folder part (``--out`` says where), not empty, not ``.`` / ``..``."""
+    if not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text:
+        raise argparse.ArgumentTypeError(
+            f"expected a plain file name without a folder (use --out for the folder), got {text!r}"
+        )
+    return text
+
+
+#: The most grid points ``plot`` draws: far more than a curve of a few hundred pixels can show,
+#: and a few MB per curve (an unbounded value could exhaust the machine's memory).
+MAX_PLOT_POINTS = 100_000
+
+
+def _plot_points(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_PLOT_POINTS:
+        raise argparse.ArgumentTypeError(
+            f"expected at most {MAX_PLOT_POINTS} grid points, got {text!r}"
+        )
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -251,7 +274,11 @@ def _add_plot(sub: Any) -> None:
         "--out", metavar="FILE", help="PNG path (default: ./lossforge-out/plot-<loss>.png)"
     )
     p.add_argument(
-        "--points", type=_positive_int, default=400, metavar="N", help="grid points (default: 400)"
+        "--points",
+        type=_plot_points,
+        default=400,
+        metavar="N",
+        help=f"grid points, 1-{MAX_PLOT_POINTS} (default: 400)",
     )
 
 
@@ -321,8 +348,9 @@ def _add_bench(sub: Any) -> None:
     )
     p.add_argument(
         "--stem",
+        type=_file_stem,
         metavar="NAME",
-        help="file name stem (default: bench)",
+        help="file name stem, a plain name without a folder (default: bench)",
     )
     p.add_argument(
         "--threads",

@@ -370,6 +370,21 @@ def run_compare(
     plan = [tuple(exp.losses_for(task.kind)) for task in first]
     if not any(plan):
         raise ValueError("nothing to run: no loss fits the selected tasks")
+    skipped = [task for task, specs in zip(first, plan, strict=True) if not specs]
+    if skipped:
+        # A task none of the given losses fits is left out everywhere (tables, header,
+        # results.json), and the report says so.
+        keep = [i for i, specs in enumerate(plan) if specs]
+        tasks_by_seed = [[tasks[i] for i in keep] for tasks in tasks_by_seed]
+        first = tasks_by_seed[0]
+        plan = [plan[i] for i in keep]
+        notes = [
+            *notes,
+            *(
+                f"task {t.key} skipped: none of the given losses is {t.kind.replace('_', '-')}"
+                for t in skipped
+            ),
+        ]
     for ti, specs in enumerate(plan):
         for tasks in tasks_by_seed:
             for spec in specs:
@@ -427,12 +442,16 @@ def run_compare(
         results_path = out_dir / "results.json"
         results_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
         echo(f"results: {results_path}")
+        chart = out_dir / "compare.png"
         if plot:
             from lossforge.cli.chart import draw_compare_chart
 
-            chart = out_dir / "compare.png"
             draw_compare_chart(report, chart)
             echo(f"chart:   {chart}")
+        elif chart.is_file():
+            # an earlier run's chart next to these results would be read as theirs
+            chart.unlink()
+            echo(f"removed {chart} (an earlier run's chart; --no-plot draws none)")
     return report
 
 
@@ -785,9 +804,22 @@ def _task_lines(task: dict[str, Any]) -> list[str]:
 
 
 def default_out_dir() -> Path:
-    """``./lossforge-out/compare-<UTC timestamp>``."""
+    """``./lossforge-out/compare-<UTC timestamp>``, created here: a run that started in the same
+    second has it already, so this one takes ``-2``, ``-3``, ... (two runs never write into one
+    folder). When the folder cannot be created the path is returned all the same, and the run
+    reports why when it creates its output folder."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return Path("lossforge-out") / f"compare-{stamp}"
+    base = Path("lossforge-out")
+    for n in range(1, 1000):
+        path = base / (f"compare-{stamp}" if n == 1 else f"compare-{stamp}-{n}")
+        try:
+            path.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        except OSError:
+            return path
+        return path
+    return base / f"compare-{stamp}"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -152,6 +152,11 @@ class LossSpec:
                 f"loss {self.type!r}: expected kind 'single_label' or 'multi_label', got "
                 f"{self.kind!r}"
             )
+        if "reduction" in self.params:
+            raise ConfigError(
+                f"loss {self.type!r}: `reduction` is not a loss option here (compare trains on "
+                "each loss's mean over the batch, the same for every loss); remove it"
+            )
         for key, value in self.params.items():
             _check_placeholder(key, value)
         if not self.label:
