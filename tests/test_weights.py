@@ -109,6 +109,24 @@ def test_effective_number_hand_values(beta: float) -> None:
     assert math.isclose(float(wn.sum()), len(counts), rel_tol=1e-12)
 
 
+@pytest.mark.parametrize("beta", [1 - 1e-9, 1 - 1e-6, 0.999, 0.5])
+def test_effective_number_is_exact_near_beta_one(beta: float) -> None:
+    """(1 - beta) / (1 - beta^n) against 50-digit decimal arithmetic on the same float beta:
+    within a few float64 ulps also for beta next to 1, where 1 - beta**n cancels (it lost
+    8 digits at beta = 1 - 1e-9, n = 10)."""
+    from decimal import Decimal, getcontext
+
+    getcontext().prec = 50
+    counts = [1.0, 10.0, 1000.0, 123456.0]
+    w = class_weights(
+        torch.tensor(counts, dtype=F64), method="effective_number", beta=beta, normalize=None
+    )
+    b = Decimal(beta)
+    for got, n in zip(w.tolist(), counts, strict=True):
+        want = (1 - b) / (1 - b ** int(n))
+        assert abs(Decimal(got) / want - 1) < Decimal("1e-14"), (n, got, want)
+
+
 def test_effective_number_limits() -> None:
     counts = torch.tensor([3.0, 30.0, 300.0], dtype=F64)
     uniform = class_weights(counts, method="effective_number", beta=0.0)

@@ -190,8 +190,11 @@ def class_weights(
             return med / (count / total)
         if method == "enet":
             return 1.0 / math.log(c + count / total)
-        # effective number; beta**n underflows to 0 for large n, giving 1 - beta (no cancellation).
-        return (1.0 - beta) / (1.0 - beta**count) if beta > 0 else 1.0
+        # effective number. 1 - beta**n as -expm1(n log1p(-(1 - beta))): no cancellation for beta
+        # near 1 (1 - beta is exact for a float beta in [0.5, 1)); for large n it tends to 1.
+        if beta <= 0:
+            return 1.0
+        return (1.0 - beta) / -math.expm1(count * math.log1p(-(1.0 - beta)))
 
     values = [formula(v) if v > 0 else math.nan for v in n.tolist()]
     if not bool(present.all()):
