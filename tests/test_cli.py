@@ -328,6 +328,7 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
     (tmp / "badkey.toml").write_text("[train]\nsteps = 2\nstep = 3\n")
     (tmp / "epochs.toml").write_text("[train]\nepochs = 30\n")
     (tmp / "badtable.toml").write_text("[trainer]\nsteps = 2\n")
+    (tmp / "noloss.toml").write_text("loss = []\n")
     (tmp / "badtype.toml").write_text('[train]\nsteps = "many"\n')
     (tmp / "badsyntax.toml").write_text("[train\nsteps = 2\n")
     (tmp / "badloss.toml").write_text('[[loss]]\ntype = "cross_entropy"\nlabel_smoothing = 2.0\n')
@@ -368,6 +369,7 @@ ERROR_CASES = [
     (("compare", "--config", "{tmp}/badkey.toml"), "unknown key 'step'"),
     (("compare", "--config", "{tmp}/epochs.toml"), "steps"),
     (("compare", "--config", "{tmp}/badtable.toml"), "unknown table or key 'trainer'"),
+    (("compare", "--config", "{tmp}/noloss.toml"), "'loss' is an empty list"),
     (("compare", "--config", "{tmp}/badtype.toml"), "expected an integer"),
     (("compare", "--config", "{tmp}/badsyntax.toml"), "invalid TOML"),
     (("compare", "--config", "{tmp}/badloss.toml", "--smoke"), "label_smoothing"),

@@ -131,9 +131,10 @@ def _per_class_panel(ax: Any, task: Mapping[str, Any], colours: Mapping[str, str
             )  # fmt: skip
         ax.set_xticks(xs, names, fontsize=7, rotation=45 if max(map(len, names)) > 3 else 0)
         ax.set_ylim(0, 101)
-        ax.set_xlabel(task.get("class_axis", "class"), fontsize=8)
-        ax.set_ylabel(f"{metric} per class (%)", fontsize=8)
-        ax.set_title(f"per class: {metric} of every loss (mean over seeds)", fontsize=8)
+        unit = "label" if task.get("kind") == "multi_label" else "class"
+        ax.set_xlabel(task.get("class_axis", unit), fontsize=8)
+        ax.set_ylabel(f"{metric} per {unit} (%)", fontsize=8)
+        ax.set_title(f"per {unit}: {metric} of every loss (mean over seeds)", fontsize=8)
     ax.grid(alpha=0.3)
 
 

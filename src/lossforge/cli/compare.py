@@ -597,7 +597,13 @@ def _report(
             "key": task.key,
             "title": task.title,
             "chart_title": task.short_title or task.title,
-            "class_axis": "digit (head ... tail)" if task.family == "long-tail" else "class",
+            "class_axis": (
+                "digit (head ... tail)"
+                if task.family == "long-tail"
+                else "label"
+                if task.kind != SINGLE_LABEL
+                else "class"
+            ),
             "kind": task.kind,
             "baseline": specs[0].label,
             "primary_metric": metrics[0],

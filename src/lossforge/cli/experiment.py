@@ -637,6 +637,11 @@ def parse_experiment(doc: Mapping[str, Any], origin: str = "") -> Experiment:
         raise ConfigError(
             f"{prefix}'loss' must be an array of tables ([[loss]]), got {type(losses).__name__}"
         )
+    if "loss" in doc and not losses:
+        raise ConfigError(
+            f"{prefix}'loss' is an empty list; give at least one [[loss]] table, or leave 'loss' "
+            "out for the default set"
+        )
     exp = Experiment(
         name=name,
         seeds=seeds,
