@@ -416,6 +416,17 @@ def test_error_paths(
     assert not (tmp_path / "o" / "results.json").exists()
 
 
+def test_unknown_option_is_reported_by_its_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/cli.md: usage errors read ``lossforge <command>: error: ...`` and point at that
+    command's help, also for an option no parser knows."""
+    for command in ("compare", "plot", "bench"):
+        argv = [command, "--bogus"] if command != "plot" else [command, "l1", "--bogus"]
+        code, _, err = run(capsys, *argv)
+        assert code == 2
+        assert err.startswith(f"lossforge {command}: error: unrecognized arguments: --bogus"), err
+        assert f"see 'lossforge {command} --help'" in err
+
+
 def test_default_output_folders_never_collide(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -33,6 +33,25 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        """As ``ArgumentParser.parse_args``, except that arguments no command knows are reported
+        by that command's parser (``lossforge compare: error: unrecognized arguments ...``,
+        pointing at ``lossforge compare --help``), not by the top-level one."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = self._command_parser(getattr(parsed, "command", None))
+            (command or self).error("unrecognized arguments: " + " ".join(extras))
+        return parsed
+
+    def _command_parser(self, name: object) -> argparse.ArgumentParser | None:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and isinstance(name, str):
+                found = action.choices.get(name)
+                return found if isinstance(found, argparse.ArgumentParser) else None
+        return None
+
 
 def _positive_int(text: str) -> int:
     try:
