@@ -1182,6 +1182,8 @@ def regression(
                 denom=denom,
                 **fused.params,
             )
+            if deferred:  # the kernel's total is not read here: check the prediction itself
+                check_floating(fn, input_name, p, infinite=infinite, finite_why=finite_why)
             return _check_strict_zero(fn, out, denom)
         unsupported(fn, backend, why)  # type: ignore[arg-type]  # raises for "triton"
     cdt = compute_dtype(p)

@@ -90,3 +90,22 @@ def test_target_requiring_grad_is_unsupported():
     with pytest.raises(ValueError, match="requires grad"):
         fused("l1_loss", x, torch.randn(3, 4, device=DEVICE, requires_grad=True))
     assert fused("l1_loss", x, torch.randn(3, 4, device=DEVICE)).ndim == 0
+
+
+@pytest.mark.parametrize("name", ["l1_loss", "smooth_l1_loss", "mse_loss"])
+def test_nan_prediction_under_value_checks_is_refused_as_on_the_torch_backend(name):
+    """The torch backend reads its reduced loss for the NaN check of ``pred`` (the check is
+    deferred); the kernel's route must check ``pred`` itself (it returned NaN without a word);
+    with value checks off both give NaN."""
+    import lossforge
+
+    x = torch.tensor([1.0, float("nan"), 2.0], device=DEVICE)
+    y = torch.zeros(3, device=DEVICE)
+    for backend in ("torch", "triton"):
+        with (
+            lossforge.value_checks(True),
+            pytest.raises(ValueError, match=r"expected `pred` no NaN values, got 1 NaN of 3"),
+        ):
+            getattr(LF, name)(x, y, backend=backend)
+        with lossforge.value_checks(False):
+            assert torch.isnan(getattr(LF, name)(x, y, backend=backend))
