@@ -43,6 +43,7 @@ from lossforge import _reduction
 from lossforge._checks import (
     _enabled_for,
     as_class_weight,
+    as_index_target,
     check_floating,
     check_index_range,
     check_same_device,
@@ -1496,6 +1497,8 @@ def _region_fused(
 ) -> Tensor | None:
     kernels = _kernel_module(fused.family)
     t = check_tensor(fn, "target", target)
+    if t.ndim == x.ndim - 1:
+        as_index_target(fn, t)  # the torch route's TypeError for a float / bool one, not a decline
     c = x.shape[1]
     w = _host_constant(as_class_weight, (fn, class_weight, c), x)
     why = _grad_reason(x, t, weight, avg, w)

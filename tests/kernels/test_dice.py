@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import lossforge.functional as LF
 from lossforge.kernels import dice as K  # noqa: E402
 from tests.kernels._helpers import DEVICE, LOW, assert_within_2x, fused, record
 
@@ -170,3 +171,15 @@ def test_grid_puts_spatial_blocks_on_the_unbounded_axis(monkeypatch):
     big = torch.empty(K.MAX_GRID_Y + 1, 2, 1)
     assert "batch" in K._reason(big, torch.zeros(K.MAX_GRID_Y + 1, 1, dtype=torch.long))
     assert K._reason(big[: K.MAX_GRID_Y], torch.zeros(K.MAX_GRID_Y, 1, dtype=torch.long)) is None
+
+
+def test_float_or_bool_index_shaped_target_is_the_torch_routes_type_error():
+    """A target without the class dimension must be class indices: a bool or float one is the
+    torch route's TypeError on the kernel route too (it was the kernel's decline, a ValueError
+    about the backend)."""
+    x = torch.randn(2, 3, 4, 4, device=DEVICE)
+    t = torch.randint(0, 3, (2, 4, 4), device=DEVICE)
+    for bad in (t > 0, t.float()):
+        for backend in ("torch", "triton", "auto"):
+            with pytest.raises(TypeError, match=r"`target` an integer tensor of class indices"):
+                LF.dice_loss(x, bad, backend=backend)
