@@ -1214,3 +1214,25 @@ def test_binary_values_not_read_where_they_must_not_be(hard_flags) -> None:
     hard_flags.clear()
     F.sigmoid_focal_loss(x, y.bool())
     assert hard_flags == [True]
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+def test_integer_dense_target_outside_zero_one_is_its_float_value(dtype) -> None:
+    """An integer dense target takes the hard-target form only when its values were checked:
+    with value checks off a 2 gives what the float 2.0 gives (the formula, as the kernels
+    compute it), not the hard form's negative loss; with them on it is the [0, 1] error."""
+    x = torch.tensor([[0.5, -1.0], [2.0, 0.3]], dtype=torch.float64)
+    t = torch.tensor([[2, 0], [1, 0]], dtype=dtype)
+    for fn in (F.sigmoid_focal_loss, F.binary_cross_entropy_with_logits):
+        with lf.value_checks(False):
+            got = fn(x, t, reduction="none")
+            want = fn(x, t.double(), reduction="none")
+        assert_close(got, want, torch.float64)
+        with lf.value_checks(True), pytest.raises(ValueError, match=r"`target` values in \[0, 1\]"):
+            fn(x, t)
+    ok = t.clamp(max=1)  # valid integer targets still take the hard form, equal to the float one
+    assert_close(
+        F.sigmoid_focal_loss(x, ok, reduction="none"),
+        F.sigmoid_focal_loss(x, ok.double(), reduction="none"),
+        torch.float64,
+    )

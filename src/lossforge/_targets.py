@@ -222,9 +222,14 @@ def sigmoid_target(
             valid = t != ignore_index
             t = torch.where(valid, t, torch.zeros((), dtype=t.dtype, device=t.device))
         dense = as_dtype(t, cdtype)
-        if check_range:
+        checked = check_range and value_checks_on(dense)
+        if checked:
             check_unit_interval(fn, "target", dense)
-        return DenseTarget(dense, valid, None, False, not t.is_floating_point())
+        # An integer target is 0 / 1 (the hard-target forms) only when its values were checked:
+        # with value checks off a 2 would otherwise take a form that assumes 0 / 1 (a negative
+        # focal loss) where a float 2.0, and the kernels, take the formula.
+        binary = t.dtype == torch.bool or (checked and not t.is_floating_point())
+        return DenseTarget(dense, valid, None, False, binary)
 
     cdim = class_dim(logits)
     if logits.ndim >= 1 and tuple(t.shape) == _shape_without(logits.shape, cdim):
