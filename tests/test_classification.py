@@ -1288,3 +1288,23 @@ def test_bce_probabilities_outside_the_unit_interval_are_nan_with_checks_off() -
         q = torch.tensor([0.3, bad], dtype=F64)
         with lf.value_checks(True), pytest.raises(ValueError, match=r"`probs`.*\[0, 1\]"):
             F.binary_cross_entropy(q, y[:2])
+
+
+@pytest.mark.parametrize("kw", [{}, {"label_smoothing": 0.1}, {"class_weight": [1.0, 2.0, 0.5]}])
+def test_out_of_range_index_with_checks_off_keeps_valid_gradients(kw) -> None:
+    """With value checks off an out-of-range index makes the reduced loss NaN (loud), and the
+    valid positions keep their gradients, as the unreduced path and the fused kernels give them
+    (the reduced path filled the total with NaN, which zeroed every gradient)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 3, generator=g, dtype=F64)
+    t = torch.tensor([0, 2, 7, 1, 2])
+    a = x.clone().requires_grad_(True)
+    b = x.clone().requires_grad_(True)
+    with lf.value_checks(False):
+        total = F.cross_entropy(a, t, reduction="sum", **kw)
+        per = F.cross_entropy(b, t, reduction="none", **kw)
+    assert torch.isnan(total) and torch.isnan(per[2]) and torch.isfinite(per[[0, 1, 3, 4]]).all()
+    total.backward()
+    per[[0, 1, 3, 4]].sum().backward()
+    assert_close(a.grad, b.grad, F64)
+    assert float(a.grad[[0, 1, 3, 4]].abs().sum()) > 0 and float(a.grad[2].abs().sum()) == 0

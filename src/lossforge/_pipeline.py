@@ -720,7 +720,9 @@ def softmax(
     if isinstance(out, Total):
         total = out.value
         if st.bad is not None:
-            total = total.masked_fill(st.bad.any(), float("nan"))
+            # NaN added, not filled in: the valid positions keep their gradients, as the
+            # unreduced path (poisoned per element) and the kernels give them
+            total = total + torch.where(st.bad.any(), float("nan"), 0.0).to(total.dtype)
         return finish_reduction(
             total,
             fn=fn,

@@ -366,3 +366,26 @@ def test_confident_logits_target_gradient(kind, dtype):
     s_t = xs.grad[rows, t].double()
     err_torch = (s_t - r_t).abs().max().item()
     assert (g_t - r_t).abs().max().item() <= max(4 * err_torch, torch.finfo(dtype).tiny)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("bad", [4, -1])
+def test_out_of_range_index_with_checks_off_same_gradients_as_torch(reduction, bad):
+    """Value checks off, an index out of range: both backends give a NaN loss and the same
+    gradients (the valid rows keep theirs), with class weights and label smoothing too."""
+    import lossforge
+    import lossforge.functional as LF
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 4, generator=g).to(DEVICE)
+    t = torch.tensor([0, 1, bad, 2, 3, 1], device=DEVICE)
+    for kw in ({}, {"class_weight": [1.0, 2.0, 0.5, 1.5]}, {"label_smoothing": 0.1}):
+        grads = []
+        for backend in ("torch", "triton"):
+            xx = x.clone().requires_grad_(True)
+            with lossforge.value_checks(False):
+                out = LF.cross_entropy(xx, t, backend=backend, reduction=reduction, **kw)
+            out.backward()
+            assert torch.isnan(out)
+            grads.append(xx.grad)
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
