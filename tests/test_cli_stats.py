@@ -205,3 +205,14 @@ def test_metric_plan_shows_only_metrics_that_fit_the_data() -> None:
 def test_tail_classes() -> None:
     assert tail_classes(np.array([120, 92, 71, 54, 42, 32, 25, 19, 14, 12.0])) == [7, 8, 9]
     assert tail_classes(np.array([5, 5, 5.0])) == [2]  # ties: the higher index counts as rarer
+
+
+def test_one_seed_has_no_standard_deviation() -> None:
+    """One value has no sample standard deviation: null in results.json and "n/a" in the
+    report (it printed a misleading "± 0.0")."""
+    from lossforge.cli.compare import _pct, _summary
+
+    one = _summary([0.9])
+    assert one["std"] is None and _pct(one) == " 90.0 ± n/a"
+    two = _summary([0.9, 0.8])
+    assert _pct(two) == " 85.0 ± 7.1"

@@ -776,6 +776,7 @@ def test_global_avg_factor_types_and_no_mutation() -> None:
         ({"count": 1, "min_value": "1"}, TypeError, r"`min_value` a real number"),
         ({"count": 1, "min_value": float("inf")}, ValueError, r"`min_value` a finite"),
         ({"count": 3, "dtype": torch.int64}, TypeError, r"`dtype` a floating torch.dtype"),
+        ({"count": torch.tensor(True)}, TypeError, r"`count` a real tensor \(not bool\)"),
     ],
 )
 def test_global_avg_factor_rejects(

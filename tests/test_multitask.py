@@ -697,6 +697,13 @@ def test_argument_errors_found_by_the_audit() -> None:
             [torch.tensor(0.5), torch.tensor(0.5), torch.tensor([0.5, 0.5])]
         )
     DynamicTaskPrioritization(2).update([torch.tensor([0.5]), 0.5])  # one element: a number
+    import numpy as np
+
+    dtp = DynamicTaskPrioritization(2)
+    dtp.update(np.array([0.5, 0.9]))  # a NumPy array is the (T,) tensor it holds
+    ref = DynamicTaskPrioritization(2)
+    ref.update(torch.tensor([0.5, 0.9]))
+    torch.testing.assert_close(dtp.weights(), ref.weights())
     with pytest.raises(ValueError, match=r"expected `weights` values finite in torch.float32"):
         FixedWeighting([1e40, 1.0])
     assert (

@@ -342,3 +342,10 @@ def test_feeds_the_losses() -> None:
     loss = lf.dice_loss(x, t, class_weight=cw)
     mod = lf.DiceLoss(class_weight=cw.tolist())
     torch.testing.assert_close(mod(x, t), loss)
+
+
+def test_counts_whose_sum_overflows_are_refused() -> None:
+    """A sum of counts beyond float64 (it raised a bare ZeroDivisionError for "median")."""
+    for method in ("inverse", "median", "enet"):
+        with pytest.raises(ValueError, match=r"`counts` counts whose sum is finite"):
+            class_weights([1e308, 1e308, 0.0], method=method)

@@ -98,8 +98,8 @@ def _as_count(
     if isinstance(count, Tensor):
         if count.numel() != 1:
             fail(fn, "count", "a number or a one-element tensor", f"shape {tuple(count.shape)}")
-        if count.is_complex():
-            fail(fn, "count", "a real tensor", f"dtype {count.dtype}", TypeError)
+        if count.is_complex() or count.dtype == torch.bool:
+            fail(fn, "count", "a real tensor (not bool)", f"dtype {count.dtype}", TypeError)
         if dtype is None:
             dtype = count.dtype if count.is_floating_point() else torch.get_default_dtype()
         # .to() may return the same tensor; clone so the in-place all_reduce never touches it.

@@ -733,6 +733,8 @@ class DynamicTaskPrioritization(Weighting):
         average is kept in float32 (float64 for a float64 module).
         """
         fn = f"{type(self).__name__}.update"
+        if type(kpis).__module__ == "numpy" and hasattr(kpis, "ndim"):
+            kpis = torch.as_tensor(kpis)  # a NumPy array: as the (T,) tensor it holds
         if isinstance(kpis, Tensor):
             if kpis.ndim != 1 or kpis.shape[0] != self.num_tasks:
                 fail(

@@ -178,6 +178,8 @@ def class_weights(
     n, out_dtype, device = _as_counts(counts)
 
     total = float(n.sum())
+    if not math.isfinite(total):
+        fail(_FN, "counts", "counts whose sum is finite in float64", f"a sum of {total}")
     present = n > 0
     med = _median(n[present] / total) if method == "median" else 0.0
 

@@ -477,7 +477,8 @@ def _summary(values: Sequence[float | None]) -> dict[str, Any]:
     arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
     if arr.size == 0:
         return {"mean": None, "std": None, "values": list(values)}
-    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    # one value has no sample standard deviation (null, printed "n/a"; it was a misleading 0)
+    std = float(arr.std(ddof=1)) if arr.size > 1 else None
     return {"mean": float(arr.mean()), "std": std, "values": list(values)}
 
 
@@ -687,6 +688,8 @@ def _report(
 def _pct(cell: dict[str, Any]) -> str:
     if cell["mean"] is None:
         return "n/a"
+    if cell["std"] is None:
+        return f"{100 * cell['mean']:5.1f} ± n/a"
     return f"{100 * cell['mean']:5.1f} ± {100 * cell['std']:3.1f}"
 
 
