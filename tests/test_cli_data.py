@@ -267,3 +267,15 @@ def test_experiment_spec_is_strict() -> None:
         "label_smoothing": 0.1,
     }
     assert isinstance(spec, LossSpec)
+
+
+def test_small_data_is_noted(tmp_path: Path) -> None:
+    """Fewer than SMALL_DATA labelled examples: a note says the results rest on very few test
+    examples (a 4-row file ran with 2 test rows and printed intervals of hundreds of points)."""
+    from lossforge.cli.data import SMALL_DATA
+
+    small = load_user_data(_csv(tmp_path, "f1,label\n1,0\n2,1\n3,0\n4,1\n5,0\n6,1\n", "s.csv"))
+    assert any("only 6 labelled examples" in n for n in small.notes)
+    rows = "f1,label\n" + "".join(f"{i},{i % 2}\n" for i in range(SMALL_DATA))
+    enough = load_user_data(_csv(tmp_path, rows, "e.csv"))
+    assert not any("labelled examples" in n for n in enough.notes)

@@ -532,6 +532,12 @@ def load_user_data(
         raise DataError(f"data {name!r}: expected y of shape (N,) or (N, C), got shape {y.shape}")
     if len(x) < 4:
         raise DataError(f"data {name!r}: expected at least 4 labelled examples, got {len(x)}")
+    if len(x) < SMALL_DATA:
+        more = [
+            *more,
+            f"only {len(x)} labelled examples: each test split is a handful of them, so the "
+            "per-seed metrics move in large steps and the intervals are wide",
+        ]
     return UserData(x, y, kind, class_names, source, notes + more)
 
 
@@ -741,6 +747,10 @@ def split_user_data(
         std[std < 1e-8] = 1.0
         x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
     return x_tr.astype(np.float32), y[~mask], x_te.astype(np.float32), y[mask]
+
+
+#: Below this many labelled examples the report says the results rest on very few of them.
+SMALL_DATA = 50
 
 
 def user_task(name: str, data: UserData, spec: DataSpec, seed: int) -> Task:
