@@ -279,3 +279,17 @@ def test_small_data_is_noted(tmp_path: Path) -> None:
     rows = "f1,label\n" + "".join(f"{i},{i % 2}\n" for i in range(SMALL_DATA))
     enough = load_user_data(_csv(tmp_path, rows, "e.csv"))
     assert not any("labelled examples" in n for n in enough.notes)
+
+
+def test_non_finite_feature_is_located_as_the_file_counts(tmp_path: Path) -> None:
+    """A NaN feature: the CSV line (as every other CSV error gives it), or the 0-based row of
+    an array (it gave a CSV's 0-based data row, two less than its line)."""
+    text = "f1,f2,label\n1,2,0\n3,4,1\n5,nan,0\n7,8,1\n9,1,0\n"
+    with pytest.raises(DataError, match=r"the first in line 4, feature 1"):
+        load_user_data(_csv(tmp_path, text, "nan.csv"))
+    path = tmp_path / "nan.npz"
+    x = np.zeros((5, 2))
+    x[2, 1] = np.inf
+    np.savez(path, X=x, y=np.array([0, 1, 0, 1, 0]))
+    with pytest.raises(DataError, match=r"the first in row 2, feature 1"):
+        load_user_data(path)

@@ -510,7 +510,7 @@ def load_user_data(
         x, y, label_cols, lines, notes = _read_csv(path, label_columns, drop_columns)
         names = np.asarray(label_cols) if y.ndim == 2 else None
         source = ", ".join(f"column {c!r}" for c in label_cols)
-    x = _check_x(name, x)
+    x = _check_x(name, x, lines)
     if len(y) != len(x):
         raise DataError(f"data {name!r}: X has {len(x)} rows but y has {len(y)}")
     if y.ndim == 2 and y.shape[1] == 1 and not label_cols:
@@ -541,7 +541,7 @@ def load_user_data(
     return UserData(x, y, kind, class_names, source, notes + more)
 
 
-def _check_x(name: str, x: np.ndarray) -> np.ndarray:
+def _check_x(name: str, x: np.ndarray, lines: np.ndarray | None = None) -> np.ndarray:
     if x.ndim < 2:
         raise DataError(f"data {name!r}: expected X of shape (N, features), got shape {x.shape}")
     if len(x) == 0:
@@ -554,9 +554,11 @@ def _check_x(name: str, x: np.ndarray) -> np.ndarray:
     bad = ~np.isfinite(x)
     if bad.any():
         row, col = (int(v) for v in np.argwhere(bad)[0])
+        # a CSV file's line, as its other errors give it; an array's 0-based row
+        where = f"line {int(lines[row])}" if lines is not None else f"row {row}"
         raise DataError(
-            f"data {name!r}: X holds NaN or infinite values ({int(bad.sum())}; the first in row "
-            f"{row}, feature {col})"
+            f"data {name!r}: X holds NaN or infinite values ({int(bad.sum())}; the first in "
+            f"{where}, feature {col})"
         )
     return x
 
