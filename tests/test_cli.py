@@ -365,6 +365,7 @@ ERROR_CASES = [
     (("compare", "--data", "{tmp}/minus.csv"), "--ignore-label -1"),
     (("compare", "--data", "{tmp}/header.csv"), "no data rows"),
     (("compare", "--data", "{tmp}/data.txt"), "unsupported type"),
+    (("compare", "--data", "{tmp}/mnist"), "a built-in source ('digits'"),
     (("compare", "--config", "{tmp}/missing.toml"), "cannot read experiment file"),
     (("compare", "--config", "{tmp}/badkey.toml"), "unknown key 'step'"),
     (("compare", "--config", "{tmp}/epochs.toml"), "steps"),

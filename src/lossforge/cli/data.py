@@ -494,7 +494,7 @@ def load_user_data(
     if suffix not in (".npz", ".csv"):
         raise DataError(
             f"data file {name!r}: unsupported type {suffix or '(none)'!r}; use .npz (arrays "
-            "X, y) or .csv"
+            "X, y) or .csv, or a built-in source ('digits', 'digits-lt', 'digits-multilabel')"
         )
     if not path.is_file():
         raise OSError(f"cannot read data file {name!r}: no such file")
