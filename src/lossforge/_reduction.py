@@ -335,7 +335,7 @@ def class_weight_denominator(w_target: Tensor, valid: Tensor | None) -> Tensor:
     The summed class weights ``w[y]`` of the valid (not ignored) targets. Passed to
     ``weight_reduce(..., denominator=...)``; a zero sum (everything ignored, or every valid target
     weighted 0) then gives exactly 0, also when label smoothing leaves a non-zero numerator (PyTorch
-    returns NaN or inf there), and under global normalisation the test uses the global sum.
+    returns NaN there), and under global normalisation the test uses the global sum.
     """
     if valid is not None:
         zero = torch.zeros((), dtype=w_target.dtype, device=w_target.device)
