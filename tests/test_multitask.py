@@ -709,6 +709,16 @@ def test_argument_errors_found_by_the_audit() -> None:
     assert (
         float(FixedWeighting(torch.tensor([1e40, 1.0], dtype=torch.float64)).weights()[0]) == 1e40
     )
+    # no tasks: an error, as the classes refuse num_tasks=0 (the functions returned 0)
+    for call in (
+        lambda: weighted_sum(torch.tensor([]), torch.tensor([])),
+        lambda: uncertainty_weighted_sum(torch.tensor([]), torch.tensor([])),
+    ):
+        with pytest.raises(ValueError, match=r"expected `losses` at least one task loss"):
+            call()
+    # fixed weights that require grad would be detached into the buffer: refused
+    with pytest.raises(ValueError, match=r"`weights` a tensor that does not require grad"):
+        FixedWeighting(torch.ones(2, requires_grad=True))
 
 
 def test_gradnorm_names_a_task_without_a_path_to_the_shared_parameters() -> None:

@@ -122,6 +122,8 @@ def _stack_losses(fn: str, losses: object, num_tasks: int | None, name: str = "l
         )
     if not stacked.is_floating_point():
         fail(fn, name, "floating-point losses", f"dtype {stacked.dtype}", TypeError)
+    if stacked.shape[0] == 0:
+        fail(fn, name, "at least one task loss", "an empty tensor")
     if num_tasks is not None and stacked.shape[0] != num_tasks:
         fail(fn, name, f"{num_tasks} task losses (num_tasks={num_tasks})", stacked.shape[0])
     if value_checks_enabled(stacked):
@@ -369,9 +371,10 @@ class FixedWeighting(Weighting):
     r"""Constant, user-given task weights: $\mathcal{L} = \sum_i w_i \mathcal{L}_i$.
 
     Args:
-        weights: One finite, non-negative number per task (list, tuple or 1-d tensor), at least one
-            of them positive (all zero: the total is constant, nothing trains). Stored as a buffer
-            (float32, or the tensor's float64), so it follows ``.to()`` and ``state_dict``.
+        weights: One finite, non-negative number per task (list, tuple or 1-d tensor that does not
+            require grad), at least one of them positive (all zero: the total is constant,
+            nothing trains). Stored as a buffer (float32, or the tensor's float64), so it follows
+            ``.to()`` and ``state_dict``.
 
     Example:
         >>> import torch
@@ -387,6 +390,15 @@ class FixedWeighting(Weighting):
         if isinstance(weights, Tensor):
             if weights.ndim != 1:
                 fail(fn, "weights", "a 1-d tensor", f"shape {tuple(weights.shape)}")
+            if weights.requires_grad:
+                # fixed weights are a buffer: a learned tensor would be silently detached
+                fail(
+                    fn,
+                    "weights",
+                    "a tensor that does not require grad (fixed weights; learned ones: "
+                    "UncertaintyWeighting or GradNorm)",
+                    "a tensor that requires grad",
+                )
             values = weights.detach().cpu().tolist()
         elif isinstance(weights, Sequence) and not isinstance(weights, str):
             values = list(weights)
