@@ -428,6 +428,30 @@ def test_unknown_option_is_reported_by_its_command(capsys: pytest.CaptureFixture
         assert f"see 'lossforge {command} --help'" in err
 
 
+def test_failed_run_leaves_no_empty_folder_of_its_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that fails after creating its output folder, before writing anything, removes that
+    folder (a default one too); a folder the user had already made stays."""
+    from lossforge.cli import compare as compare_mod
+
+    def failing(exp, out_dir, **kw):  # noqa: ANN001, ANN003, ANN202
+        out_dir.mkdir(parents=True, exist_ok=True)
+        raise ValueError("a job failed")
+
+    monkeypatch.setattr(compare_mod, "run_compare", failing)
+    fresh = tmp_path / "fresh"
+    code, _, err = run(capsys, "compare", "--smoke", "--out", str(fresh))
+    assert code == 2 and "a job failed" in err and not fresh.exists()
+    monkeypatch.chdir(tmp_path)
+    code, _, _ = run(capsys, "compare", "--smoke")
+    assert code == 2 and not any((tmp_path / "lossforge-out").iterdir())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    code, _, _ = run(capsys, "compare", "--smoke", "--out", str(mine))
+    assert code == 2 and mine.is_dir()
+
+
 def test_default_output_folders_never_collide(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -13,6 +13,7 @@ twice the budget to report what that changes (``[train] budget_check``).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -911,14 +912,22 @@ def _columns(text: str) -> tuple[str, ...]:
 def run_compare_command(args: Any, argv: Sequence[str]) -> int:
     """``lossforge compare``: run, print the report and the output paths."""
     exp = experiment_from_args(args)
+    created = not args.out or not Path(args.out).exists()
     out = Path(args.out) if args.out else default_out_dir()
     progress = "off" if args.quiet else ("bar" if sys.stderr.isatty() else "lines")
-    run_compare(
-        exp,
-        out,
-        progress=progress,
-        plot=not args.no_plot,
-        jobs=args.jobs or default_jobs(),
-        argv=argv,
-    )
+    try:
+        run_compare(
+            exp,
+            out,
+            progress=progress,
+            plot=not args.no_plot,
+            jobs=args.jobs or default_jobs(),
+            argv=argv,
+        )
+    except BaseException:
+        # a run that failed before writing anything leaves no empty folder of its own behind
+        if created and out.is_dir() and not any(out.iterdir()):
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     return 0
