@@ -210,6 +210,12 @@ def fail(
     raise exc(f"{fn}: expected `{name}` {expected}, got {got}")
 
 
+def fail_missing(owner: str, name: str) -> NoReturn:
+    """A required constructor parameter that was not given (a loss module, or a composite that
+    ``build_loss`` builds): ``TypeError`` in the template."""
+    fail(owner, name, "a value (it has no default)", "none", TypeError)
+
+
 def check_tensor(fn: str, name: str, x: object) -> Tensor:
     if not isinstance(x, Tensor):
         fail(fn, name, "to be a torch.Tensor", type(x).__name__, TypeError)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lossforge._checks import fail
+from lossforge._checks import fail, fail_missing
 from lossforge._toml import tomllib
 from lossforge._traits import Traits
 
@@ -234,7 +234,7 @@ def build_loss(spec: Mapping[str, Any] | str) -> Any:
     for key, default in allowed.items():
         # (the loss modules say this themselves; a composite such as LossSum too, here)
         if default is inspect.Parameter.empty and key not in params:
-            fail(cls.__name__, key, "a value (it has no default)", "none", TypeError)
+            fail_missing(cls.__name__, key)
     return cls(**params)
 
 

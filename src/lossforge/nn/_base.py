@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from lossforge._checks import check_number, check_reduction, fail
+from lossforge._checks import check_number, check_reduction, fail, fail_missing
 from lossforge._params import AnyOf, Batch, ClassVector, Domain, Unchecked, signature_domains
 from lossforge._traits import Traits
 
@@ -314,7 +314,7 @@ def _check_keywords(
         )
     for p in params:
         if p.default is inspect.Parameter.empty and p.name not in kwargs:
-            fail(owner, p.name, "a value (it has no default)", "none", TypeError)
+            fail_missing(owner, p.name)
 
 
 def _checked_init(init: Callable[..., None]) -> Callable[..., None]:
