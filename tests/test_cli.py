@@ -342,6 +342,10 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
     (tmp / "minus.csv").write_text("a,label\n1,0\n2,-1\n3,1\n4,0\n5,1\n")
     (tmp / "header.csv").write_text("a,b,label\n")
     (tmp / "data.txt").write_text("1,2,3\n")
+    (tmp / "table.npz").write_text("a,b,label\n1,2,0\n")
+    (tmp / "blank.npz").write_bytes(b"")
+    np.save(tmp / "single.npy", np.zeros(3))
+    (tmp / "single.npy").rename(tmp / "single.npz")
     return {p.name: p for p in tmp.iterdir()}
 
 
@@ -354,7 +358,7 @@ ERROR_CASES = [
         "the same loss is given twice",
     ),
     (("compare", "--data", "{tmp}/missing.npz"), "cannot read data file"),
-    (("compare", "--data", "{tmp}/garbage.npz"), "cannot read data file"),
+    (("compare", "--data", "{tmp}/garbage.npz"), "is not an .npz archive (a zip file"),
     (("compare", "--data", "{tmp}/noy.npz"), "no array 'y'"),
     (("compare", "--data", "{tmp}/empty.npz"), "X holds no examples"),
     (("compare", "--data", "{tmp}/oneclass.npz"), "a single class ('3')"),
@@ -365,6 +369,10 @@ ERROR_CASES = [
     (("compare", "--data", "{tmp}/minus.csv"), "--ignore-label -1"),
     (("compare", "--data", "{tmp}/header.csv"), "no data rows"),
     (("compare", "--data", "{tmp}/data.txt"), "unsupported type"),
+    # what a .npz file really is, before NumPy's messages (a text table read as "pickled data")
+    (("compare", "--data", "{tmp}/table.npz"), "is not an .npz archive"),
+    (("compare", "--data", "{tmp}/blank.npz"), "is empty"),
+    (("compare", "--data", "{tmp}/single.npz"), "a single .npy array"),
     (("compare", "--data", "{tmp}/mnist"), "a built-in source ('digits'"),
     (("compare", "--config", "{tmp}/missing.toml"), "cannot read experiment file"),
     (("compare", "--config", "{tmp}/badkey.toml"), "unknown key 'step'"),
@@ -394,6 +402,12 @@ ERROR_CASES = [
     (("plot", "sigmoid_focal", "--points", "100000000"), "at most 100000 grid points"),
     (("bench", "--stem", "../escape"), "a plain file name without a folder"),
     (("compare", "--loss", 'cross_entropy:reduction="none"'), "`reduction` is not a loss option"),
+    # options the source would ignore are refused, not dropped silently
+    (("compare", "--test-size", "0.3"), "--test-size applies to a --data file"),
+    (("compare", "--task", "long-tail", "--label-column", "y"), "--label-column applies to"),
+    (("compare", "--ignore-label", ""), "--ignore-label applies to a --data file"),
+    (("compare", "--task", "multi-label", "--imbalance-ratios", "5"), "runs --task multi-label"),
+    (("compare", "--data", "{tmp}/semi.csv", "--imbalance-ratios", "5"), "long-tailed task"),
 ]
 
 
@@ -651,6 +665,10 @@ def test_list_shows_every_loss(capsys: pytest.CaptureFixture[str]) -> None:
         assert any(line.split()[:1] == [name] for line in out.splitlines()), name
     assert "gamma=2.0" in out
     assert "class_counts=<required>" in out
+    # the text says which losses take ``backend`` (the common parameters are in the footer)
+    for info in list_losses():
+        line = next(ln for ln in out.splitlines() if ln.split()[:1] == [info.name])
+        assert line.endswith("[backend]") == ("backend" in info.params), line
     code, out, _ = run(capsys, "list", "--json")
     assert code == 0
     rows = json.loads(out)

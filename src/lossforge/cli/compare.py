@@ -870,6 +870,7 @@ def experiment_from_args(args: Any) -> Experiment:
                 args.task
             ],
         )
+    _options_fit_source(args, data.source)
     if args.label_column:
         data = replace(data, label_column=_columns(args.label_column))
     if args.drop_columns:
@@ -903,6 +904,35 @@ def experiment_from_args(args: Any) -> Experiment:
     exp = replace(exp, seeds=seeds, data=data, model=model, train=train, losses=losses)
     check_experiment(exp, "command line" if not args.config else args.config)
     return exp
+
+
+def _options_fit_source(args: Any, source: str) -> None:
+    """Refuse a data option that the experiment's source would ignore (``ValueError``): the file
+    options with the built-in digits, the long-tailed ratios with a file or the multi-label task
+    alone. An option that does nothing would read as if it had been applied."""
+    from lossforge.cli.experiment import DIGIT_SOURCES
+
+    given = [
+        flag
+        for flag, value in (
+            ("--label-column", args.label_column),
+            ("--drop-columns", args.drop_columns),
+            ("--ignore-label", args.ignore_label),
+            ("--test-size", args.test_size),
+        )
+        if value is not None
+    ]
+    if source in DIGIT_SOURCES and given:
+        raise ValueError(
+            f"{given[0]} applies to a --data file; the experiment uses the built-in {source!r} "
+            "(its split is fixed)"
+        )
+    if args.imbalance_ratios and source not in ("digits", "digits-lt"):
+        where = "--task multi-label" if source == "digits-multilabel" else f"--data {source}"
+        raise ValueError(
+            f"--imbalance-ratios applies to the built-in long-tailed task; the experiment runs "
+            f"{where}"
+        )
 
 
 def _columns(text: str) -> tuple[str, ...]:

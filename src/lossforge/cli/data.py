@@ -351,6 +351,24 @@ def _rows(where: np.ndarray, lines: np.ndarray | None, limit: int = 5) -> str:
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     try:
+        with path.open("rb") as f:
+            head = f.read(6)
+    except OSError as err:
+        raise OSError(f"cannot read data file {str(path)!r}: {err.strerror or err}") from None
+    # what the file is, from its first bytes, before NumPy's messages about pickles or zips
+    if not head:
+        raise DataError(f"data file {str(path)!r} is empty")
+    if head == b"\x93NUMPY":
+        raise DataError(
+            f"data file {str(path)!r} is a single .npy array, not an .npz archive; save X and y "
+            "together with np.savez(path, X=..., y=...)"
+        )
+    if not head.startswith(b"PK"):
+        raise DataError(
+            f"data file {str(path)!r} is not an .npz archive (a zip file; it starts with "
+            f"{head!r}); a text table goes in a .csv file, arrays in np.savez(path, X=..., y=...)"
+        )
+    try:
         with np.load(path, allow_pickle=False) as archive:
             names = list(archive.files)
             missing = [k for k in ("X", "y") if k not in names]

@@ -48,12 +48,14 @@ def run_list(args: Any) -> int:
     width = max(len(r["name"]) for r in rows)
     for row in rows:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in row["params"].items() if k not in common)
-        print(f"{row['name']:<{width}}  {row['class']}")
+        fused = "  [backend]" if "backend" in row["params"] else ""
+        print(f"{row['name']:<{width}}  {row['class']}{fused}")
         print(f"{'':<{width}}  {params or '(no parameters)'}")
     print()
     print(
-        f"{len(rows)} losses; every loss also takes reduction='mean', loss_weight=1.0 (and most "
-        "backend='torch')."
+        f"{len(rows)} losses; every loss also takes reduction='mean' and loss_weight=1.0, those "
+        "marked [backend] also backend='torch' ('triton' / 'auto': the fused kernels). "
+        "--json lists every parameter."
     )
     print("Build one with lossforge.registry.build_loss({'type': NAME, **params}).")
     return 0
