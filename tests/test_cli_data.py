@@ -218,6 +218,18 @@ def test_user_split_is_stratified_and_seeded() -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def test_loss_option_strings_keep_their_commas() -> None:
+    spec = parse_loss_option('sigmoid_focal:gamma=1,label="focal, gamma 1",alpha=none')
+    assert (spec.label, spec.params) == ("focal, gamma 1", {"gamma": 1, "alpha": None})
+    spec = parse_loss_option("sigmoid_focal:label='a,b\\c',gamma=2")  # literal string: no escapes
+    assert (spec.label, spec.params) == ("a,b\\c", {"gamma": 2})
+    spec = parse_loss_option('sigmoid_focal:label="say \\"x, y\\"",gamma=2')
+    assert (spec.label, spec.params) == ('say "x, y"', {"gamma": 2})
+    # an apostrophe inside an unquoted value does not open a string
+    spec = parse_loss_option("sigmoid_focal:label=Lin's focal,gamma=3")
+    assert (spec.label, spec.params) == ("Lin's focal", {"gamma": 3})
+
+
 def test_labels_are_unique() -> None:
     plain = parse_loss_option("cross_entropy")
     weighted = parse_loss_option("cross_entropy:class_weight=from_train")

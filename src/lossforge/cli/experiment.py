@@ -699,15 +699,32 @@ def parse_value(text: str) -> Any:
 
 
 def split_top_level(text: str, sep: str = ",") -> list[str]:
-    """Split on ``sep`` outside brackets and braces (so ``a=[1,2],b=3`` gives two items)."""
+    """Split on ``sep`` outside brackets, braces and TOML strings (so ``a=[1,2],b=3`` gives two
+    items, as ``label="focal, g=1",gamma=1`` does)."""
     parts: list[str] = []
     current: list[str] = []
     depth = 0
+    quote = ""  # the open string's quote character
+    escaped = False
+    prev = ""  # the last character outside a string that is not a space
     for ch in text:
-        if ch in "[{(":
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\" and quote == '"':
+                escaped = True  # (a basic string's escape; a literal '...' string has none)
+            elif ch == quote:
+                quote = ""
+            current.append(ch)
+            continue
+        if ch in "\"'" and prev in ("", "=", "[", "{", "(", ","):
+            quote = ch  # a string starts a value (the ' of "Lin's focal" does not)
+        elif ch in "[{(":
             depth += 1
         elif ch in "]})":
             depth -= 1
+        if not ch.isspace():
+            prev = ch
         if ch == sep and depth == 0:
             parts.append("".join(current))
             current = []
