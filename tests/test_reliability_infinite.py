@@ -300,6 +300,51 @@ def test_infinite_values_never_give_an_unexplained_nan(info: LossInfo) -> None:
                 assert not torch.isnan(g).any(), (value, pos, g)
 
 
+@pytest.mark.parametrize("info", INFOS, ids=name_of)
+def test_without_checks_a_finite_loss_has_finite_gradients(info: LossInfo) -> None:
+    """Every loss, value checks off (the GPU default), +inf, -inf or NaN at several positions:
+    the loss may be NaN or infinite (loud), but a finite loss never hides non-finite gradients,
+    which would turn the model's weights into NaN one step later without a sign in the loss
+    curve (IoU loss with a box side overflowed to +inf, e.g. exp() of a box delta, did)."""
+    x, y = example(info, n=4)
+    for value in (INF, -INF, math.nan):
+        for pos in range(0, x.numel(), max(1, x.numel() // 6)):
+            bad = x.detach().clone()
+            bad.view(-1)[pos] = value
+            for reduction in ("none", "mean"):
+                with lossforge.value_checks(False):
+                    out = _outcome(info, bad, y, reduction=reduction)
+                assert not isinstance(out, str), out
+                loss, g = out
+                if torch.isfinite(loss).all():
+                    assert torch.isfinite(g).all(), (value, pos, reduction, loss, g)
+
+
+def test_iou_loss_infinite_side_is_nan_without_checks() -> None:
+    """The box with an overflowed side is NaN in every mode; the other boxes keep their values
+    and gradients; a -inf x2 (an empty box) keeps its finite limit, -log(eps) with no gradient."""
+    pred = torch.tensor([[0.0, 0.0, 4.0, 4.0], [1.0, 1.0, 3.0, 5.0]], dtype=F64)
+    target = torch.tensor([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 2.0, 2.0]], dtype=F64)
+    for mode in ("linear", "square", "log"):
+        clean = F.iou_loss(pred, target, mode=mode, reduction="none")
+        for pos, value in ((2, INF), (0, -INF), (3, INF)):
+            bad = pred.clone()
+            bad.view(-1)[pos] = value
+            with lossforge.value_checks(False):
+                loss = F.iou_loss(bad, target, mode=mode, reduction="none")
+            assert torch.isnan(loss[0]) and loss[1] == clean[1], (mode, pos, loss)
+        empty = pred.clone()
+        empty[0, 2] = -INF
+        leaf = empty.requires_grad_(True)
+        with lossforge.value_checks(False):
+            loss = F.iou_loss(leaf, target, mode=mode, reduction="none")
+        (g,) = torch.autograd.grad(loss.sum(), leaf)
+        iou_eps = 1e-6
+        expected = {"linear": 1 - iou_eps, "square": 1 - iou_eps**2, "log": -math.log(iou_eps)}
+        assert_close(loss[0], torch.tensor(expected[mode], dtype=F64))
+        assert (g[0] == 0).all() and torch.isfinite(g).all()
+
+
 def test_dice_sigmoid_takes_the_sigmoid_limits() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 4, generator=g, dtype=F64)
