@@ -58,6 +58,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from lossforge._buffers import apply_keeping_float32
 from lossforge._checks import (
     check_choice,
     check_int,
@@ -324,13 +325,7 @@ class Weighting(nn.Module, ABC):
         # .half() / .bfloat16() / .to(torch.float16) go through here: running state and
         # configuration buffers keep float32 (a bf16 moving average cannot move by less than 1/256
         # of its value; 1 - 1e-4 rounds to 1). Parameters follow the module's dtype.
-        before = {k: b for k, b in self._buffers.items() if b is not None and b.is_floating_point()}
-        super()._apply(fn, recurse)
-        for name, old in before.items():
-            new = self._buffers[name]
-            if new is not None and new.dtype in (torch.float16, torch.bfloat16):
-                # from the value before the cast: rounding to bf16 and back would lose it
-                self._buffers[name] = old.to(device=new.device, dtype=torch.float32)
+        apply_keeping_float32(self, lambda: super(Weighting, self)._apply(fn, recurse))
         return self
 
     def _check_losses(self, fn: str, losses: Tensor) -> Tensor:

@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from lossforge._buffers import apply_keeping_float32
 from lossforge._checks import check_number, check_reduction, fail, fail_missing
 from lossforge._params import AnyOf, Batch, ClassVector, Domain, Unchecked, signature_domains
 from lossforge._traits import Traits
@@ -167,6 +168,12 @@ class Loss(nn.Module):
         name = type(self).__name__
         self.reduction = check_reduction(name, reduction)
         self.loss_weight = check_number(name, "loss_weight", loss_weight)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Loss:
+        # .half() / .bfloat16(): class weights, counts and running state keep float32
+        # (``lossforge._buffers``): fp16 counts above 65504 were inf, bf16 ones rounded
+        apply_keeping_float32(self, lambda: super(Loss, self)._apply(fn, recurse))
+        return self
 
     def _set_option(self, key: str, value: object) -> None:
         """Validate one configuration value by its domain; tensor options become buffers."""
