@@ -554,3 +554,42 @@ def test_bce_total_saves_only_the_inputs() -> None:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         F.binary_cross_entropy_with_logits(x, y)
     assert sum(saved) == 0, saved
+
+
+#: The losses whose forward keeps a derivative (``ElementwiseLoss``), with options that reach the
+#: easy-negative tail (found by an audit: fp16 derivatives rounded before the loss scale came).
+_KEPT_DERIVATIVE = [
+    ("sigmoid_focal_loss", {}, (-9.0, -3.0)),
+    ("poly1_focal_loss", {}, (-9.0, -3.0)),
+    ("asymmetric_loss", {"clip": 0.0}, (-5.0, -2.0)),  # (gamma_neg 4: p^5)
+    ("asymmetric_loss", {}, (-2.94, -2.6)),  # (the clip zeroes p < 0.05: x < -2.944)
+    ("balanced_binary_cross_entropy", {"beta": 0.5}, (-20.0, -12.0)),  # (no focusing)
+]
+
+
+@pytest.mark.parametrize(("name", "kw", "span"), _KEPT_DERIVATIVE, ids=lambda v: str(v))
+@pytest.mark.parametrize("shape", [(8, 6), (64, 1200)], ids=["small", "chunked"])
+def test_fp16_gradients_under_a_loss_scale_round_once(name, kw, span, shape) -> None:
+    """fp16 logits of easy negatives (in ``span``, where the derivatives are below fp16's normal
+    range, 6e-5, before the scale), the
+    loss multiplied by GradScaler's 65536 and divided by an ``avg_factor``: the gradient equals
+    the float64 gradient of the same (rounded) inputs, rounded once to fp16 (to one fp16 step:
+    the float32 arithmetic). Before, the derivative was kept in fp16 and scaled in the backward:
+    0 or a subnormal 30-100 % off for most of these elements."""
+    gen = torch.Generator().manual_seed(3)
+    low, high = span
+    x16 = (torch.rand(shape, generator=gen) * (low - high) + high).half()
+    y16 = (torch.rand(shape, generator=gen) < 0.01).half()
+    fn = getattr(F, name)
+    x = x16.clone().requires_grad_(True)
+    (fn(x, y16, reduction="sum", **kw) * 65536.0 / 7.0).backward()
+    x64 = x16.double().requires_grad_(True)
+    (fn(x64, y16.double(), reduction="sum", **kw) * 65536.0 / 7.0).backward()
+    want = x64.grad.half()
+    assert x.grad is not None and x.grad.dtype == torch.float16
+    # the test reaches the derivatives that were subnormal in fp16 before the scale (9362)
+    small = (want != 0) & (want.abs() < 0.5)
+    assert small.sum() > want.numel() // 8
+    step = torch.maximum(want.abs().double() * 2**-10, torch.tensor(2.0**-24, dtype=F64))
+    bad = (x.grad.double() - want.double()).abs() > step
+    assert not bad.any(), (int(bad.sum()), x.grad[bad][:4], want[bad][:4])

@@ -4,8 +4,9 @@ The composite PyTorch formula of a loss is its specification; autograd through i
 intermediate (40-110 bytes per element for a focal or ASL loss) and runs one backward node per
 operation. For an element-wise loss $\ell(x; y)$ the derivative $\partial\ell / \partial x$ has a
 closed form that shares most of its terms with $\ell$. ``ElementwiseLoss`` computes both in one
-no-grad forward, keeps only the derivative (in the input's dtype: one gradient-sized buffer, the
-same memory contract as the Triton kernels) and scales it by the incoming gradient in the backward.
+no-grad forward, keeps only the derivative (one gradient-sized buffer, in the input's dtype; in
+float32 for float16 input, see ``saved_grad_dtype``) and scales it by the incoming gradient in the
+backward.
 
 Second derivatives stay exact: under ``create_graph=True`` (the only case in which a custom
 Function's backward runs with grad mode on) the backward re-runs the composite on the saved input
@@ -41,12 +42,13 @@ __all__ = [
     "closed_form_loss",
     "closed_form_total",
     "has_tangent",
+    "saved_grad_dtype",
     "scale_of",
     "upcast",
 ]
 
 #: ``(x, y, need_grad) -> (loss, dloss/dx or None)``: ``x`` in its own dtype, the loss in the
-#: compute dtype, the derivative in ``x``'s dtype.
+#: compute dtype, the derivative in ``saved_grad_dtype(x.dtype)``.
 LossAndGrad = Callable[[Tensor, Tensor, bool], tuple[Tensor, Tensor | None]]
 
 
@@ -64,21 +66,33 @@ class ClosedForm:
     composite: Callable[[Tensor, Tensor], Tensor]
 
 
+def saved_grad_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a closed form keeps its derivative in for an input of ``dtype`` until the
+    backward: the input's, except float32 for float16. The incoming gradient (a ``GradScaler``'s
+    factor, 65536, under fp16 AMP) arrives only in the backward; an fp16 derivative would have
+    rounded before it (focal and ASL derivatives of easy negatives, 1e-4 and below, flushed to 0
+    or a coarse subnormal), so the product is formed in float32 and rounded once to fp16, as the
+    composite's autograd does. bfloat16 has float32's range: no flush, the buffer stays small."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
 def upcast(fn: Callable[[Tensor, Tensor, bool], tuple[Tensor, Tensor | None]]) -> LossAndGrad:
     """Wrap a closed form written for the compute dtype: the input is upcast (half -> float32) and
-    the derivative is returned in the input's dtype."""
+    the derivative is returned in ``saved_grad_dtype(x.dtype)``."""
 
     def wrapped(x: Tensor, y: Tensor, need_grad: bool) -> tuple[Tensor, Tensor | None]:
         loss, grad = fn(in_compute_dtype(x), y, need_grad)
-        if grad is not None and grad.dtype != x.dtype:
-            grad = grad.to(x.dtype)
+        kept = saved_grad_dtype(x.dtype)
+        if grad is not None and grad.dtype != kept:
+            grad = grad.to(kept)
         return loss, grad
 
     return wrapped
 
 
-def _scaled(grad: Tensor, grad_loss: Tensor) -> Tensor:
-    """``grad_loss * grad`` in ``grad``'s dtype, always in a new tensor.
+def _scaled(grad: Tensor, grad_loss: Tensor, dtype: torch.dtype) -> Tensor:
+    """``grad_loss * grad`` in ``grad``'s dtype, always in a new tensor, returned in ``dtype``
+    (the input's: one rounding, after the scaling).
 
     The saved derivative itself is never returned, not even for a broadcast 1
     (``reduction="sum"``): autograd may hand a returned tensor to a leaf as its ``.grad`` (through
@@ -89,16 +103,18 @@ def _scaled(grad: Tensor, grad_loss: Tensor) -> Tensor:
     half-precision derivatives are scaled without a float32 temporary.
     """
     if grad_loss.dtype == grad.dtype:
-        return torch.mul(grad_loss, grad)
-    if (
+        out = torch.mul(grad_loss, grad)
+    elif (
         grad_loss.device.type == "cpu"
         and not torch.compiler.is_compiling()
         and grad_loss.numel() > 0
         and all(st == 0 for st in grad_loss.stride())
     ):
-        return torch.mul(grad, grad_loss[(0,) * grad_loss.ndim].item())
-    out = grad_loss * grad
-    return out if out.dtype == grad.dtype else out.to(grad.dtype)
+        out = torch.mul(grad, grad_loss[(0,) * grad_loss.ndim].item())
+    else:
+        out = grad_loss * grad
+        out = out if out.dtype == grad.dtype else out.to(grad.dtype)
+    return out if out.dtype == dtype else out.to(dtype)
 
 
 def has_tangent(*ts: Tensor) -> bool:
@@ -144,7 +160,7 @@ class ElementwiseLoss(torch.autograd.Function):
                 loss = ctx.spec.composite(x.to(compute_dtype(x)), y)
                 (gx,) = torch.autograd.grad(loss, x, grad_loss, create_graph=True)
             return gx, None, None
-        return _scaled(grad, grad_loss), None, None
+        return _scaled(grad, grad_loss, x.dtype), None, None
 
 
 def closed_form_loss(x: Tensor, y: Tensor, spec: ClosedForm) -> Tensor:

@@ -33,7 +33,7 @@ from lossforge._params import NonNegative, Number, Probability, loss_function
 from lossforge._pipeline import Fused, SoftmaxInput
 from lossforge._reduction import AvgFactor, Backend, Reduction
 from lossforge._targets import DenseTarget
-from lossforge.functional._closed_form import ClosedForm, closed_form_loss
+from lossforge.functional._closed_form import ClosedForm, closed_form_loss, saved_grad_dtype
 
 __all__ = ["asymmetric_loss", "softmax_asymmetric_loss"]
 
@@ -275,11 +275,12 @@ def _asl_loss_and_grad(
         or torch.compiler.is_compiling()
     ):
         loss, grad = _asl_closed_form(x.to(cdt), y, need_grad=need_grad, **opts)
-        if grad is not None and grad.dtype != x.dtype:
-            grad = grad.to(x.dtype)
+        kept = saved_grad_dtype(x.dtype)
+        if grad is not None and grad.dtype != kept:
+            grad = grad.to(kept)
         return loss, grad
     loss = torch.empty(x.shape, dtype=cdt)
-    grad = torch.empty(x.shape, dtype=x.dtype) if need_grad else None
+    grad = torch.empty(x.shape, dtype=saved_grad_dtype(x.dtype)) if need_grad else None
     xf, yf, lf = x.view(-1), y.view(-1), loss.view(-1)
     gf = grad.view(-1) if grad is not None else None
     for i in range(0, n, _CHUNK):
