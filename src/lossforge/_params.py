@@ -167,7 +167,10 @@ class ClassVector(Domain):
                 f"a 1-d sequence of per-class values ({self.expected()})",
                 f"shape {tuple(value.shape)}",
             )
-        if value.device.type != "cpu" or value.numel() == 0:
+        if value.numel() == 0:
+            # (a config typo such as `alpha = []` fails when it is loaded, not at the first call)
+            fail(owner, name, f"at least one value ({self.expected()})", "an empty sequence")
+        if value.device.type != "cpu":
             return
         ok = torch.isfinite(value)
         if self.low is not None:

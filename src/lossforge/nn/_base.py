@@ -76,6 +76,11 @@ def _as_buffer(owner: str, name: str, value: object) -> Tensor:
     return tensor if tensor.is_floating_point() else tensor.float()
 
 
+def _is_ndarray(value: object) -> bool:
+    """Whether ``value`` is a NumPy array (without importing NumPy: none is needed otherwise)."""
+    return type(value).__name__ == "ndarray" and type(value).__module__ == "numpy"
+
+
 #: A key absent from a dict of defaults (never a configuration value).
 _MISSING = object()
 
@@ -180,6 +185,9 @@ class Loss(nn.Module):
         owner = type(self).__name__
         domain = self._domains[key]
         vector = _class_vector(domain)
+        if vector is not None and _is_ndarray(value):
+            # NumPy (sklearn's compute_class_weight returns an array): a sequence of numbers
+            value = value.item() if value.ndim == 0 else value.tolist()  # type: ignore[attr-defined]
         is_tensorish = isinstance(value, Tensor) or (
             isinstance(value, Sequence) and not isinstance(value, (str, bytes))
         )

@@ -1,0 +1,63 @@
+"""Module construction with per-class options given as NumPy arrays or empty sequences (found by
+an audit of the module layer): an array (sklearn's ``compute_class_weight`` returns one) is a
+sequence of numbers; an empty vector fails at construction, when a config is loaded, not at the
+first forward."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from _contract import assert_close
+from _reliability import INFOS, example, name_of, params
+
+import lossforge.nn as N
+from lossforge.nn._base import _class_vector
+from lossforge.registry import LossInfo
+
+
+def _vector_options(info: LossInfo) -> list[str]:
+    return [k for k, d in info.cls._domains.items() if _class_vector(d) is not None]
+
+
+WITH_VECTORS = [info for info in INFOS if _vector_options(info)]
+
+
+@pytest.mark.parametrize("info", WITH_VECTORS, ids=name_of)
+def test_empty_per_class_vectors_fail_at_construction(info: LossInfo) -> None:
+    for key in _vector_options(info):
+        kw = {**params(info), key: []}
+        if key == "priors":  # (logit adjustment takes class counts or priors)
+            kw["class_counts"] = None
+        with pytest.raises(ValueError, match=f"`{key}` at least one value.*got an empty sequence"):
+            info.cls(**kw)
+        kw[key] = torch.empty(0)
+        with pytest.raises(ValueError, match=f"`{key}` at least one value"):
+            info.cls(**kw)
+
+
+@pytest.mark.parametrize(
+    ("cls", "key", "values"),
+    [
+        (N.CrossEntropyLoss, "class_weight", [0.5, 1.0, 2.0, 1.5, 1.0]),
+        (N.SigmoidFocalLoss, "alpha", [0.25, 0.5, 0.75, 0.5, 0.25]),
+        (N.BinaryCrossEntropyWithLogitsLoss, "pos_weight", [1.0, 2.0, 3.0, 1.0, 0.5]),
+        (N.BalancedSoftmaxLoss, "class_counts", [100.0, 50.0, 10.0, 5.0, 1.0]),
+    ],
+)
+def test_numpy_arrays_are_sequences_of_numbers(cls, key, values) -> None:
+    info = next(i for i in INFOS if i.cls is cls)
+    x, y = example(info, n=4)
+    c = x.shape[1]
+    vals = (values * 4)[:c]
+    base = params(info)
+    from_list = cls(**{**base, key: vals})
+    for arr in (np.array(vals), np.array(vals, dtype=np.float32), np.array(vals).astype(int) + 1):
+        from_array = cls(**{**base, key: arr})
+        assert torch.equal(
+            getattr(from_array, key), torch.tensor(arr.tolist(), dtype=torch.float32)
+        )
+        if arr.dtype.kind == "f":
+            assert_close(from_array(x, y), from_list(x, y))
+    assert N.SigmoidFocalLoss(alpha=np.array(0.5)).alpha == 0.5  # a 0-d array is its number
+    assert N.SigmoidFocalLoss(alpha=np.float32(0.5)).alpha == 0.5
