@@ -983,3 +983,37 @@ def test_digits_example_runs_and_prints_metrics(capsys: pytest.CaptureFixture[st
         assert math.isfinite(r["ink_r2"])
         assert math.isfinite(r["ink_mae"])
     assert results["equal"]["digit_acc"] > 0.5  # two epochs already learn the digits
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: UncertaintyWeighting(2, task_types="classification", init_log_var=[0.3, -0.2]),
+        lambda: UncertaintyWeighting(2, task_types=["regression", "classification"]),
+        lambda: DynamicTaskPrioritization(2, gamma=[1.0, 2.0]),
+        lambda: FixedWeighting([1.0, 2.5]),
+        lambda: EqualWeighting(3),
+        lambda: DynamicWeightAverage(2),
+        lambda: GradNorm(2),
+    ],
+    ids=["uw-cls", "uw-mixed", "dtp", "fixed", "equal", "dwa", "gradnorm"],
+)
+def test_meta_device_init_then_load_gives_the_same_weighting(make) -> None:
+    """Deferred initialisation (FSDP's pattern): built under ``torch.device("meta")``,
+    materialised with ``to_empty`` and loaded from a checkpoint, a weighting equals the one built
+    directly; its configuration buffers (not in the state_dict) are rebuilt from their values,
+    not left as the uninitialised memory of ``to_empty`` (found by an audit: UW's class factors
+    came back 0 or garbage; DTP and FixedWeighting could not be built on the meta device)."""
+    reference = make()
+    with torch.device("meta"):
+        deferred = make()
+    deferred = deferred.to_empty(device="cpu")
+    deferred.load_state_dict(reference.state_dict())
+    for (name, got), (_, want) in zip(
+        deferred.named_buffers(), reference.named_buffers(), strict=True
+    ):
+        assert torch.equal(got, want), name
+    losses = [torch.tensor(2.0), torch.tensor(0.7), torch.tensor(1.3)][: reference.num_tasks]
+    assert torch.equal(deferred.weights().detach(), reference.weights().detach())
+    if not isinstance(reference, GradNorm):
+        assert torch.equal(deferred(losses), reference(losses))

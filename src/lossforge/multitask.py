@@ -326,7 +326,19 @@ class Weighting(nn.Module, ABC):
         # configuration buffers keep float32 (a bf16 moving average cannot move by less than 1/256
         # of its value; 1 - 1e-4 rounds to 1). Parameters follow the module's dtype.
         apply_keeping_float32(self, lambda: super(Weighting, self)._apply(fn, recurse))
+        # Configuration buffers are not in the state_dict: after ``to_empty`` (a module built on
+        # the meta device, then materialised and loaded) they would hold garbage, so every cast
+        # or move rebuilds them from their values (a host copy, once per ``.to()``).
+        for name, values in self.__dict__.get("_constants", {}).items():
+            old = self._buffers[name]
+            if old is not None and old.device.type != "meta":
+                self._buffers[name] = torch.tensor(values, dtype=old.dtype, device=old.device)
         return self
+
+    def _constant(self, name: str, values: list[float], dtype: torch.dtype) -> None:
+        """Register a configuration buffer (follows ``.to()``, not in the ``state_dict``)."""
+        self.__dict__.setdefault("_constants", {})[name] = list(values)
+        self.register_buffer(name, torch.tensor(values, dtype=dtype), persistent=False)
 
     def _check_losses(self, fn: str, losses: Tensor) -> Tensor:
         """The losses, refused where this weighting has no optimum (none here)."""
@@ -415,10 +427,10 @@ class FixedWeighting(Weighting):
             weights.dtype if isinstance(weights, Tensor) and weights.is_floating_point() else None
         )
         dtype = _compute_dtype(dtype or torch.get_default_dtype())
-        stored = torch.tensor(checked, dtype=dtype)
-        if not bool(torch.isfinite(stored).all()):  # (host values: no device read)
+        # (checked on the CPU: also under `with torch.device("meta")`, deferred initialisation)
+        if not bool(torch.isfinite(torch.tensor(checked, dtype=dtype, device="cpu")).all()):
             fail(fn, "weights", f"values finite in {dtype} (the buffer's dtype)", checked)
-        self.register_buffer("task_weights", stored)
+        self.register_buffer("task_weights", torch.tensor(checked, dtype=dtype))
 
     def weights(self) -> Tensor:
         return self.task_weights
@@ -572,9 +584,7 @@ class UncertaintyWeighting(Weighting):
         dtype = torch.get_default_dtype()
         self.log_vars = nn.Parameter(torch.tensor(init, dtype=dtype))
         # c_i (1/2 regression, 1 classification): configuration, so not in the state_dict
-        self.register_buffer(
-            "task_factors", torch.tensor(factors, dtype=_compute_dtype(dtype)), persistent=False
-        )
+        self._constant("task_factors", factors, _compute_dtype(dtype))
 
     def _s(self) -> Tensor:
         if self.log_var_bounds is None:
@@ -703,7 +713,7 @@ class DynamicTaskPrioritization(Weighting):
         if not low < high:
             fail(fn, "kpi_clip", "low < high", repr(tuple(kpi_clip)))
         for i, edge in enumerate((low, high)):
-            if not 0.0 < float(torch.tensor(edge, dtype=torch.float32)) < 1.0:
+            if not 0.0 < float(torch.tensor(edge, dtype=torch.float32, device="cpu")) < 1.0:
                 fail(
                     fn,
                     f"kpi_clip[{i}]",
@@ -711,8 +721,9 @@ class DynamicTaskPrioritization(Weighting):
                     "(at 0 or 1 a task's weight is infinite or 0)",
                     repr(edge),
                 )
-        top = torch.tensor(high, dtype=torch.float32)
-        at_top = -torch.pow(1.0 - top, torch.tensor(gammas, dtype=torch.float32)) * torch.log(top)
+        top = torch.tensor(high, dtype=torch.float32, device="cpu")  # (meta init too)
+        exponents = torch.tensor(gammas, dtype=torch.float32, device="cpu")
+        at_top = -torch.pow(1.0 - top, exponents) * torch.log(top)
         if not bool((at_top > 0).all()):
             fail(
                 fn,
@@ -725,7 +736,7 @@ class DynamicTaskPrioritization(Weighting):
         self.kpi_clip = (low, high)
         dtype = _compute_dtype(torch.get_default_dtype())
         # configuration: follows .to() but stays out of the state_dict
-        self.register_buffer("gamma", torch.tensor(gammas, dtype=dtype), persistent=False)
+        self._constant("gamma", gammas, dtype)
         self.register_buffer("kpi_average", torch.ones(self.num_tasks, dtype=dtype))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
