@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import sys
 from typing import Any
@@ -260,6 +261,27 @@ def test_to_hydra_without_hydra() -> None:
     assert target_of("SmoothL1Loss") == "lossforge.nn.SmoothL1Loss"
     with pytest.raises(ValueError, match="'type' key"):
         to_hydra({"gamma": 2.0})
+
+
+def test_to_hydra_takes_every_build_loss_spec() -> None:
+    """``loss_sum`` too (it refused the combinator ``build_loss`` builds), its nested specs kept
+    for ``LossSum`` to build; an unknown name suggests the combinator as well."""
+    spec = {"type": "loss_sum", "losses": {"a": "l1", "b": {"type": "smooth_l1", "beta": 0.5}}}
+    cfg = to_hydra(spec)
+    assert cfg == {"_target_": "lossforge.nn.LossSum", "_convert_": "all", "losses": spec["losses"]}
+    mod, _, attr = cfg["_target_"].rpartition(".")
+    assert getattr(sys.modules[mod], attr) is lnn.LossSum
+    with pytest.raises(ValueError, match="to_hydra: expected `type`.*did you mean 'loss_sum'"):
+        to_hydra({"type": "loss_summ"})
+    with pytest.raises(ValueError, match="build_loss: expected `type`.*did you mean 'loss_sum'"):
+        build_loss({"type": "loss_summ", "losses": {"a": "l1"}})
+    if importlib.util.find_spec("hydra") is not None:
+        from hydra.utils import instantiate
+        from omegaconf import OmegaConf
+
+        built = instantiate(OmegaConf.create(cfg))
+        x, y = torch.randn(3, 2), torch.randn(3, 2)
+        torch.testing.assert_close(built(x, y), build_loss(spec)(x, y))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -108,8 +108,13 @@ def _names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_loss(name: str, *, caller: str = "get_loss", argument: str = "name") -> type:
+def get_loss(
+    name: str, *, caller: str = "get_loss", argument: str = "name", composites: bool = False
+) -> type:
     """The module class registered under ``name`` (a registry name or the class name).
+
+    ``composites``: the caller builds the combinators too (``"loss_sum"``): an unknown name's
+    message lists and suggests them with the losses.
 
     Raises:
         ValueError: unknown name; the message lists the valid ones and the closest matches.
@@ -123,9 +128,10 @@ def get_loss(name: str, *, caller: str = "get_loss", argument: str = "name") -> 
     for cls in _REGISTRY.values():
         if cls.__name__ == key:
             return cls
-    close = _suggestions(key, _names())
+    names = sorted([*_names(), *_COMPOSITES]) if composites else _names()
+    close = _suggestions(key, names)
     hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-    fail(caller, argument, "a registered loss name: " + ", ".join(_names()), repr(name) + hint)
+    fail(caller, argument, "a registered loss name: " + ", ".join(names), repr(name) + hint)
 
 
 #: Name prefixes that say which input convention a loss takes (``sigmoid_focal`` /
@@ -221,7 +227,7 @@ def build_loss(spec: Mapping[str, Any] | str) -> Any:
             sorted(params),
         )
     name = params.pop("type")
-    cls = _composite(name) or get_loss(name, caller="build_loss", argument="type")
+    cls = _composite(name) or get_loss(name, caller="build_loss", argument="type", composites=True)
     allowed = _params(cls)
     unknown = sorted(set(params) - set(allowed))
     if unknown:

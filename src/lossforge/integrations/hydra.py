@@ -32,15 +32,19 @@ __all__ = ["to_hydra", "target_of"]
 
 
 def target_of(name: str) -> str:
-    """The ``_target_`` import path of a registered loss (``"sigmoid_focal"`` or a class name)."""
-    from lossforge.registry import get_loss
+    """The ``_target_`` import path of a registered loss (``"sigmoid_focal"`` or a class name),
+    or of a combinator ``build_loss`` knows (``"loss_sum"``)."""
+    from lossforge.registry import _composite, get_loss
 
-    cls = get_loss(name)
+    cls = _composite(name) or get_loss(name, caller="to_hydra", argument="type", composites=True)
     return f"lossforge.nn.{cls.__name__}"
 
 
 def to_hydra(spec: Mapping[str, Any] | str) -> dict[str, Any]:
     """Turn a ``build_loss`` spec (``{"type": name, **params}``) into a Hydra config.
+
+    A ``loss_sum`` spec keeps its nested ``losses`` specs as they are: ``LossSum`` builds them
+    with ``build_loss`` (so Hydra need not instantiate them).
 
     Example:
         >>> to_hydra({"type": "sigmoid_focal", "gamma": 2.0})
