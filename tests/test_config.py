@@ -159,6 +159,27 @@ def test_composite_without_its_required_parameter() -> None:
         build_loss({"type": "loss_sum"})
 
 
+def test_toml_none_is_null_where_the_parameter_takes_none() -> None:
+    """TOML has no null: ``"none"`` is None where the parameter takes None and not the string
+    (focal's alpha could not be turned off from TOML); a choice or reduction named "none" stays
+    a string; nested loss_sum specs and compare's [[loss]] tables too."""
+    from lossforge.cli.experiment import parse_experiment
+
+    focal = build_loss_from_toml('type = "sigmoid_focal"\nalpha = "none"\nreduction = "none"')
+    assert focal.alpha is None and focal.reduction == "none"
+    assert build_loss_from_toml('type = "dice"\nactivation = "none"').activation == "none"
+    ce = build_loss_from_toml('type = "binary_cross_entropy_with_logits"\nignore_index = "none"')
+    assert ce.ignore_index is None
+    with pytest.raises(TypeError, match="label_smoothing"):
+        build_loss_from_toml('type = "cross_entropy"\nlabel_smoothing = "none"')
+    total = build_loss_from_toml(
+        'type = "loss_sum"\n[losses.a]\ntype = "sigmoid_focal"\nalpha = "none"\n'
+    )
+    assert total.losses["a"].alpha is None
+    exp = parse_experiment({"loss": [{"type": "sigmoid_focal", "alpha": "none"}]})
+    assert exp.losses[0].params == {"alpha": None}
+
+
 def test_toml_path_holding_an_equals_sign(tmp_path: Any) -> None:
     """Hydra's run directories hold "=" (runs/lr=0.1/): such a path is a file, not TOML text,
     whether it exists or not; one line of TOML text is still text."""

@@ -291,7 +291,38 @@ def build_loss_from_toml(source: str | Path, table: str | None = None) -> Any:
             "the name of a table (a [section] holding `type` and the loss's parameters)",
             f"{table!r}, a {type(doc).__name__} value",
         )
-    return build_loss(doc)
+    return build_loss(toml_nones(doc))
+
+
+def toml_nones(spec: Any) -> Any:
+    """A spec from TOML, which has no null, with ``"none"`` read as ``None`` where a parameter
+    takes ``None`` and not the string (``alpha = "none"`` turns focal's alpha off; a
+    ``reduction = "none"`` or an activation choice named ``"none"`` stay strings); nested
+    ``loss_sum`` specs too. Anything else is returned as it is (``build_loss`` judges it)."""
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("type"), str):
+        return spec
+    cls = _composite(spec["type"])
+    if cls is not None:
+        losses = spec.get("losses")
+        if not isinstance(losses, Mapping):
+            return spec
+        return {**spec, "losses": {k: toml_nones(v) for k, v in losses.items()}}
+    try:
+        cls = get_loss(spec["type"])
+    except ValueError:
+        return spec
+    domains: Mapping[str, Any] = getattr(cls, "_domains", {})
+    return {
+        k: None if v == "none" and _none_is_meant(domains.get(k)) else v for k, v in spec.items()
+    }
+
+
+def _none_is_meant(domain: object) -> bool:
+    from lossforge._params import AnyOf, Choice
+
+    if not isinstance(domain, AnyOf) or not domain.optional:
+        return False
+    return not any(isinstance(m, Choice) and "none" in m.choices for m in domain.members)
 
 
 def _is_toml_text(source: str) -> bool:

@@ -578,6 +578,9 @@ def _loss_spec(table: Any, index: int, origin: str) -> LossSpec:
     if not isinstance(label, str) or not isinstance(kind, str):
         raise ConfigError(f"{where}: expected 'label' and 'kind' to be strings")
     _check_loss_name(type_, where)
+    from lossforge.registry import toml_nones
+
+    params = {k: v for k, v in toml_nones({"type": type_, **params}).items() if k != "type"}
     try:
         return LossSpec(type_, params, label, kind)
     except ConfigError as err:
