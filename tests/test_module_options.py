@@ -61,3 +61,22 @@ def test_numpy_arrays_are_sequences_of_numbers(cls, key, values) -> None:
             assert_close(from_array(x, y), from_list(x, y))
     assert N.SigmoidFocalLoss(alpha=np.array(0.5)).alpha == 0.5  # a 0-d array is its number
     assert N.SigmoidFocalLoss(alpha=np.float32(0.5)).alpha == 0.5
+
+
+def test_repr_is_what_the_user_wrote() -> None:
+    """Float32 buffers print as the decimals that were given (not 0.10000000149011612), more than
+    8 values as an unquoted shape, a NumPy string option as a plain string; GradNorm shows a
+    non-default min_weight."""
+    from lossforge.multitask import GradNorm
+
+    focal = N.SigmoidFocalLoss(alpha=[0.1, 0.2, 0.3, 1 / 3])
+    assert "alpha=[0.1, 0.2, 0.3, 0.33333334]," in repr(focal)
+    assert torch.tensor(0.33333334).item() == focal.alpha[3].item()  # the shortest that rounds
+    many = N.CrossEntropyLoss(class_weight=[0.1] * 10)
+    assert "class_weight=tensor(shape=(10,))," in repr(many)
+    exact = N.CrossEntropyLoss(class_weight=torch.tensor([0.1, 1 / 3], dtype=torch.float64))
+    assert "class_weight=[0.1, 0.3333333333333333]," in repr(exact)
+    ce = N.CrossEntropyLoss(reduction=np.str_("sum"))
+    assert type(ce.reduction) is str and "reduction='sum'" in repr(ce)
+    assert "min_weight=0.1" in repr(GradNorm(2, min_weight=0.1))
+    assert "min_weight" not in repr(GradNorm(2))

@@ -321,7 +321,7 @@ def check_same_shape(fn: str, name: str, x: Tensor, ref_name: str, ref: Tensor) 
 def check_reduction(fn: str, reduction: object, name: str = "reduction") -> str:
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         fail(fn, name, "one of 'none', 'mean', 'sum'", repr(reduction))
-    return reduction
+    return str(reduction)  # (a str subclass such as NumPy's str_ becomes the plain string)
 
 
 def check_number(
@@ -390,7 +390,7 @@ def check_bool(fn: str, name: str, value: object) -> bool:
 def check_choice(fn: str, name: str, value: object, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
         fail(fn, name, "one of " + ", ".join(repr(c) for c in choices), repr(value))
-    return value
+    return str(value)
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:

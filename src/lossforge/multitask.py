@@ -1080,4 +1080,5 @@ class GradNorm(Weighting):
         w.copy_(clamped * (self.num_tasks / clamped.sum()))
 
     def extra_repr(self) -> str:
-        return f"num_tasks={self.num_tasks}, asymmetry={self.asymmetry}"
+        extra = f", min_weight={self.min_weight}" if self.min_weight != 1e-6 else ""
+        return f"num_tasks={self.num_tasks}, asymmetry={self.asymmetry}{extra}"

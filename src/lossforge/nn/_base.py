@@ -32,6 +32,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -300,14 +301,37 @@ class Loss(nn.Module):
         for key in type(self).config:
             value = getattr(self, key)
             if isinstance(value, Tensor):
-                value = (
-                    value.tolist() if value.numel() <= 8 else f"tensor(shape={tuple(value.shape)})"
-                )
-            parts.append(f"{key}={value!r}")
+                parts.append(f"{key}={_tensor_repr(value)}")
+            else:
+                parts.append(f"{key}={value!r}")
         parts.append(f"reduction={self.reduction!r}")
         if self.loss_weight != 1.0:
             parts.append(f"loss_weight={self.loss_weight!r}")
         return ", ".join(parts)
+
+
+def _tensor_repr(value: Tensor) -> str:
+    """A tensor option in a module's repr: its values up to 8 (a float32 one as the shortest
+    decimal that rounds to it, ``0.1`` rather than ``0.10000000149011612``), else its shape."""
+    if value.numel() > 8:
+        return f"tensor(shape={tuple(value.shape)})"
+    values = value.detach().cpu().tolist()
+    if value.dtype in (torch.float16, torch.bfloat16, torch.float32):
+        values = _shortest(values, value.dtype)
+    return repr(values)
+
+
+def _shortest(values: Any, dtype: torch.dtype) -> Any:
+    """Each float as the shortest decimal that rounds to it in ``dtype`` (nested lists kept)."""
+    if isinstance(values, list):
+        return [_shortest(v, dtype) for v in values]
+    if not isinstance(values, float) or not math.isfinite(values):
+        return values
+    for digits in range(1, 10):
+        short = float(f"{values:.{digits}g}")
+        if torch.tensor(short, dtype=dtype).item() == values:
+            return short
+    return values
 
 
 def _check_keywords(
