@@ -212,6 +212,31 @@ def test_register_loss_third_party() -> None:
     del registry._REGISTRY["test_config_my_loss"]
 
 
+def test_register_subclass_forwarding_kwargs() -> None:
+    """A third-party subclass whose constructor forwards ``**kwargs`` to a lossforge module takes
+    the module's parameters through ``build_loss`` and shows them in ``list_losses`` (they were
+    refused as unknown)."""
+
+    class Scaled(lnn.SigmoidFocalLoss):
+        def __init__(self, *, scale: float = 2.0, **kw: Any) -> None:
+            super().__init__(**kw)
+            self.scale = scale
+
+    register_loss("test_config_scaled_focal", Scaled)
+    try:
+        built = build_loss({"type": "test_config_scaled_focal", "gamma": 1.0, "scale": 3.0})
+        assert type(built) is Scaled and built.gamma == 1.0 and built.scale == 3.0
+        (info,) = [i for i in list_losses() if i.name == "test_config_scaled_focal"]
+        assert list(info.params)[:3] == ["scale", "alpha", "gamma"]
+        assert info.params["gamma"] == 2.0
+        with pytest.raises(ValueError, match="unknown 'scal'"):
+            build_loss({"type": "test_config_scaled_focal", "scal": 2.0})
+    finally:
+        from lossforge import registry
+
+        del registry._REGISTRY["test_config_scaled_focal"]
+
+
 # --------------------------------------------------------------------------------------------------
 # mmengine
 # --------------------------------------------------------------------------------------------------

@@ -178,12 +178,24 @@ def _suggestions(key: str, names: list[str], limit: int = 3) -> list[str]:
 
 
 def _params(cls: type) -> dict[str, Any]:
-    sig = inspect.signature(cls)  # the constructor's parameters, without self
-    return {
-        p.name: p.default
-        for p in sig.parameters.values()
-        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-    }
+    """The constructor's keyword parameters and defaults. A constructor that forwards
+    ``**kwargs`` (a third-party subclass: ``def __init__(self, *, scale=2.0, **kw):
+    super().__init__(**kw)``) also takes its base classes' parameters, as mmengine's registry
+    assumes: they are added, the subclass's own first."""
+    out: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        if klass is object or "__init__" not in vars(klass) and klass is not cls:
+            continue
+        sig = inspect.signature(klass)  # the constructor's parameters, without self
+        forwards = False
+        for p in sig.parameters.values():
+            if p.kind == inspect.Parameter.VAR_KEYWORD:
+                forwards = True
+            elif p.kind != inspect.Parameter.VAR_POSITIONAL:
+                out.setdefault(p.name, p.default)
+        if not forwards:
+            break
+    return out
 
 
 def list_losses() -> list[LossInfo]:
