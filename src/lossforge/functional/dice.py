@@ -49,6 +49,11 @@ def _is_non_negative(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value) >= 0
 
 
+#: The smallest positive smoothing term: float32's ``tiny`` (low-precision inputs are computed in
+#: float32).
+_SMOOTH_MIN = torch.finfo(torch.float32).tiny
+
+
 def _smoothing(values: Mapping[str, Any], default: float) -> tuple[float, float]:
     """``(smooth_nr, smooth_dr)``: each is its own value when given, else ``smooth``, else the
     loss's default."""
@@ -73,6 +78,15 @@ def _check_smoothing(default: float) -> Callable[[str, Mapping[str, Any]], None]
                 f"smooth={smooth!r} with {given}",
             )
         s_nr, s_dr = _smoothing(values, default)
+        for key, v in (("smooth_nr", s_nr), ("smooth_dr", s_dr)):
+            if 0.0 < v < _SMOOTH_MIN:
+                fail(
+                    owner,
+                    "smooth" if smooth is not None else key,
+                    f"0 or >= {_SMOOTH_MIN:.3g} (float32's smallest normal number: a subnormal "
+                    "smoothing term underflows in float32 and gives NaN gradients)",
+                    v,
+                )
         if s_nr > s_dr:
             fail(
                 owner,
