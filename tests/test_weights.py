@@ -349,3 +349,70 @@ def test_counts_whose_sum_overflows_are_refused() -> None:
     for method in ("inverse", "median", "enet"):
         with pytest.raises(ValueError, match=r"`counts` counts whose sum is finite"):
             class_weights([1e308, 1e308, 0.0], method=method)
+
+
+# --------------------------------------------------------------------------------------------------
+# class_counts: the counts from labels (FEATURES (d)-7)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_class_counts_of_indices_match_a_plain_count() -> None:
+    from collections import Counter
+
+    gen = torch.Generator().manual_seed(0)
+    maps = [torch.randint(0, 5, (2, 7, 9), generator=gen) for _ in range(3)]
+    for m in maps:
+        m[m == 4] = 255  # class 4 never appears: num_classes pads it
+    want = Counter(v for m in maps for v in m.flatten().tolist() if v != 255)
+    expected = torch.tensor([want[c] for c in range(5)])
+    got = lf.class_counts((m for m in maps), num_classes=5, ignore_index=255)
+    assert got.dtype == torch.int64 and torch.equal(got, expected)
+    assert torch.equal(lf.class_counts(maps[0].flatten().tolist(), 5, ignore_index=255),
+                       lf.class_counts(maps[0], 5, ignore_index=255))  # fmt: skip
+    assert torch.equal(lf.class_counts(np.array([0, 2, 2])), torch.tensor([1, 0, 2]))
+    # without num_classes: up to the largest label seen; batches of growing range add up
+    assert torch.equal(
+        lf.class_counts([torch.tensor([0, 1]), torch.tensor([3])]),
+        torch.tensor([1, 1, 0, 1]),
+    )
+
+
+def test_class_counts_of_dense_targets_sum_the_other_dimensions() -> None:
+    gen = torch.Generator().manual_seed(1)
+    multi_hot = torch.rand(6, 4, generator=gen) < 0.4
+    got = lf.class_counts(multi_hot)
+    assert got.dtype == torch.int64 and got.tolist() == multi_hot.sum(0).tolist()
+    soft = torch.rand(2, 3, 4, 4, generator=gen, dtype=torch.float64)
+    got = lf.class_counts([soft, soft], num_classes=3)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, 2 * soft.sum(dim=(0, 2, 3)))
+    last = lf.class_counts(soft.movedim(1, -1), class_dim=-1)  # channels last
+    torch.testing.assert_close(last, soft.sum(dim=(0, 2, 3)))
+
+
+@pytest.mark.parametrize(
+    ("labels", "kw", "message"),
+    [
+        (torch.tensor([0, -1, 1]), {}, "non-negative class indices \\(pass ignore_index"),
+        (torch.tensor([0, 3]), {"num_classes": 3}, "class indices in \\[0, 3\\), got 3"),
+        ([], {}, "at least one batch"),
+        ([torch.tensor([0]), torch.tensor([[1.0]])], {}, "labels\\[1\\]` index labels"),
+        (torch.rand(3), {}, "dense targets \\(N, C, ...\\) with a class dimension"),
+        (torch.rand(2, 3), {"num_classes": 4}, "the labels' 3 classes, got 4"),
+        (torch.tensor([[-1.0, 1.0]]), {}, "finite non-negative targets"),
+        ([torch.rand(2, 3), torch.rand(2, 4)], {}, "3 classes as before"),
+    ],
+)
+def test_class_counts_refuses_what_is_not_labels(labels, kw, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        lf.class_counts(labels, **kw)
+
+
+def test_class_counts_feed_class_weights() -> None:
+    counts = lf.class_counts(torch.tensor([0, 1, 1, 2, 2, 2]))
+    torch.testing.assert_close(
+        lf.class_weights(counts, method="inverse"),
+        lf.class_weights([1, 2, 3], method="inverse"),
+    )
+    with pytest.raises(TypeError, match="labels\\[0\\]` a tensor of labels"):
+        lf.class_counts([1.5, 2.5])

@@ -1,4 +1,5 @@
-r"""Class weights from class counts (inverse frequency, median frequency, ENet, effective number).
+r"""Class weights from class counts (inverse frequency, median frequency, ENet, effective number),
+and the counts from labels (``class_counts``).
 
 The weights feed ``class_weight`` of ``cross_entropy``, ``softmax_focal_loss``, ``dice_loss`` and
 the modules. This is set-up code, run once per dataset: it reads the counts' values (a host sync for
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal, cast
 
 import torch
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from lossforge._checks import check_choice, check_int, check_number, fail
 
-__all__ = ["class_weights", "drw_class_weights"]
+__all__ = ["class_counts", "class_weights", "drw_class_weights"]
 
 Method = Literal["inverse", "inverse_sqrt", "median", "enet", "effective_number"]
 Normalize = Literal["mean_one", "sum_one", "max_one"]
@@ -79,6 +80,147 @@ def _as_counts(counts: object, fn: str = _FN) -> tuple[Tensor, torch.dtype, torc
     if not bool((values > 0).any()):
         fail(fn, "counts", "at least one positive count", values.tolist())
     return values, out_dtype, device
+
+
+def class_counts(
+    labels: Tensor | Iterable[Tensor],
+    num_classes: int | None = None,
+    *,
+    ignore_index: int | None = None,
+    class_dim: int = 1,
+) -> Tensor:
+    r"""Examples per class, counted from labels: the ``counts`` of :func:`class_weights` and the
+    ``class_counts`` of the long-tail losses.
+
+    ``labels`` is a tensor or an iterable of tensors (the label batches of a data loader:
+    ``class_counts(y for _, y in loader, num_classes=C)``), each of one of two kinds:
+
+    * integer class indices of any shape (``(N,)`` labels, ``(N, H, W)`` segmentation maps):
+      each value ``0 .. C-1`` counts once, ``ignore_index`` is skipped, and any other value is
+      an error (a label tensor is never mistaken for counts);
+    * floating or bool targets with the classes on ``class_dim`` (``(N, C)`` multi-hot, ``(N, C,
+      H, W)`` masks, soft labels): the sum over every other dimension (positives per label).
+
+    Args:
+        labels: A tensor or an iterable of tensors of one kind.
+        num_classes: ``C``. Needed for class indices unless the largest label seen is the last
+            class (a class absent from every batch would otherwise be missing at the end);
+            checked against the class dimension of dense targets.
+        ignore_index: Class indices only: the label value to skip.
+        class_dim: Dense targets only: the class dimension (1: lossforge's ``(N, C, ...)``).
+
+    Returns:
+        ``(C,)`` counts on the CPU: int64 for class indices and bool targets, float64 for
+        floating (possibly soft) targets.
+
+    Raises:
+        ValueError: an index outside ``[0, C)`` other than ``ignore_index``, no labels, or
+            batches of different kinds or class numbers.
+        TypeError: a batch that is not a tensor.
+
+    Example:
+        >>> class_counts(torch.tensor([0, 2, 2, 255]), num_classes=3, ignore_index=255)
+        tensor([1, 0, 2])
+        >>> class_counts(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+        tensor([2., 1.], dtype=torch.float64)
+    """
+    fn = "class_counts"
+    if num_classes is not None:
+        num_classes = check_int(fn, "num_classes", num_classes, low=1)
+    if ignore_index is not None:
+        ignore_index = check_int(fn, "ignore_index", ignore_index)
+    class_dim = check_int(fn, "class_dim", class_dim)
+    if _is_array(labels) or (
+        isinstance(labels, Sequence)
+        and labels
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in labels)
+    ):
+        labels = torch.as_tensor(labels)  # a NumPy array, or a list of class indices
+    batches: Iterable[object] = [labels] if isinstance(labels, Tensor) else labels
+    if not isinstance(batches, Iterable) or isinstance(batches, (str, bytes)):
+        fail(fn, "labels", "a tensor or an iterable of tensors", type(labels).__name__, TypeError)
+    total: Tensor | None = None
+    kind = ""
+    for i, batch in enumerate(batches):
+        where = "labels" if isinstance(labels, Tensor) else f"labels[{i}]"
+        if _is_array(batch):
+            batch = torch.as_tensor(batch)
+        if not isinstance(batch, Tensor):
+            fail(fn, where, "a tensor of labels", type(batch).__name__, TypeError)
+        if batch.is_complex():
+            fail(fn, where, "class indices or real targets", f"dtype {batch.dtype}", TypeError)
+        dense = batch.is_floating_point() or batch.dtype == torch.bool
+        this = "dense" if dense else "index"
+        if kind and this != kind:
+            fail(fn, where, f"{kind} labels as the batches before it", f"{this} labels")
+        kind = this
+        counts = _dense_counts(fn, where, batch, class_dim) if dense else None
+        if counts is None:
+            counts = _index_counts(fn, where, batch, num_classes, ignore_index)
+        if total is not None and counts.numel() != total.numel():
+            if dense:
+                fail(fn, where, f"{total.numel()} classes as before", counts.numel())
+            grown = torch.zeros(max(counts.numel(), total.numel()), dtype=total.dtype)
+            grown[: total.numel()] += total
+            grown[: counts.numel()] += counts
+            total = grown
+        else:
+            total = counts if total is None else total + counts
+    if total is None:
+        fail(fn, "labels", "at least one batch of labels", "an empty iterable")
+    if num_classes is not None and total.numel() != num_classes:
+        if kind == "dense":
+            fail(fn, "num_classes", f"the labels' {total.numel()} classes", num_classes)
+        grown = torch.zeros(num_classes, dtype=total.dtype)
+        grown[: total.numel()] = total
+        total = grown
+    return total
+
+
+def _is_array(value: object) -> bool:
+    return type(value).__name__ == "ndarray" and type(value).__module__ == "numpy"
+
+
+def _index_counts(
+    fn: str, where: str, batch: Tensor, num_classes: int | None, ignore_index: int | None
+) -> Tensor:
+    idx = batch.detach().reshape(-1).to("cpu", torch.int64)
+    if ignore_index is not None:
+        idx = idx[idx != ignore_index]
+    if idx.numel():
+        low, high = (int(v) for v in torch.aminmax(idx))
+        limit = num_classes if num_classes is not None else high + 1
+        if low < 0 or high >= limit:
+            bad = low if low < 0 else high
+            expected = (
+                f"class indices in [0, {num_classes})"
+                if num_classes is not None
+                else "non-negative class indices"
+            )
+            if ignore_index is None and bad < 0:
+                expected += " (pass ignore_index for an ignore label)"
+            fail(fn, where, expected, bad)
+    return torch.bincount(idx, minlength=num_classes or 0)
+
+
+def _dense_counts(fn: str, where: str, batch: Tensor, class_dim: int) -> Tensor:
+    if batch.ndim < 2:
+        fail(
+            fn,
+            where,
+            "class indices (an integer tensor) or dense targets (N, C, ...) with a class "
+            "dimension",
+            f"a {batch.dtype} tensor of shape {tuple(batch.shape)}",
+        )
+    if not -batch.ndim <= class_dim < batch.ndim:
+        fail(fn, "class_dim", f"a dimension of the {batch.ndim}-d targets", class_dim)
+    t = batch.detach().to("cpu")
+    t = t.to(torch.int64) if t.dtype == torch.bool else t.to(torch.float64)
+    dims = [d for d in range(t.ndim) if d != class_dim % t.ndim]
+    counts = t.sum(dim=dims)
+    if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()):
+        fail(fn, where, "finite non-negative targets", counts.tolist())
+    return counts
 
 
 def _median(x: Tensor) -> float:
