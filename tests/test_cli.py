@@ -674,6 +674,14 @@ def test_list_shows_every_loss(capsys: pytest.CaptureFixture[str]) -> None:
     rows = json.loads(out)
     assert [r["name"] for r in rows] == names
     assert rows[names.index("sigmoid_focal")]["params"]["gamma"] == 2.0
+    # family and input convention (ECOSYSTEM: "logits or probabilities") for every loss
+    by_name = {r["name"]: r for r in rows}
+    assert all(r["family"] and r["input"] for r in rows), [r["name"] for r in rows]
+    assert by_name["cross_entropy"]["input"] == "logits (softmax)"
+    assert by_name["binary_cross_entropy"]["input"] == "probabilities"
+    assert by_name["nll"]["input"] == "log-probabilities"
+    assert by_name["sigmoid_focal"]["family"] == "focal"
+    assert "activation" in by_name["dice"]["input"]
 
 
 def test_bench_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

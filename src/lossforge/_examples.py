@@ -111,3 +111,20 @@ def segmentation_binary(n: int, dtype: torch.dtype, g: torch.Generator) -> tuple
 
 
 EXAMPLES["segmentation_binary"] = segmentation_binary
+
+
+#: What each example's first input is, as ``lossforge list`` states it (the loss's input
+#: convention: logits through a sigmoid or a softmax, probabilities, log-probabilities, boxes).
+INPUT_KINDS: dict[str, str] = {
+    "sigmoid_dense": "logits (sigmoid)",
+    "sigmoid_index": "logits (sigmoid)",
+    "quality_dense": "logits (sigmoid)",
+    "segmentation_binary": "logits (sigmoid)",
+    "probs_dense": "probabilities",
+    "softmax_index": "logits (softmax)",
+    "segmentation_index": "logits (softmax)",
+    "log_probs_index": "log-probabilities",
+    "regression": "predictions",
+    "boxes": "boxes (x1, y1, x2, y2)",
+    "distribution": "bin logits (softmax)",
+}

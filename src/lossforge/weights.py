@@ -208,8 +208,7 @@ def _dense_counts(fn: str, where: str, batch: Tensor, class_dim: int) -> Tensor:
         fail(
             fn,
             where,
-            "class indices (an integer tensor) or dense targets (N, C, ...) with a class "
-            "dimension",
+            "class indices (an integer tensor) or dense targets (N, C, ...) with a class dimension",
             f"a {batch.dtype} tensor of shape {tuple(batch.shape)}",
         )
     if not -batch.ndim <= class_dim < batch.ndim:

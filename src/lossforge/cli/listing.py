@@ -15,8 +15,29 @@ def _default(value: Any) -> Any:
     return value
 
 
+def _input_kind(info: Any) -> str | None:
+    """The loss's input convention (``_examples.INPUT_KINDS``); a loss with an ``activation``
+    option names it (dice: softmax by default, or sigmoid, or probabilities)."""
+    from lossforge._examples import INPUT_KINDS
+
+    if info.traits is None:
+        return None
+    kind = INPUT_KINDS.get(info.traits.example)
+    activation = info.params.get("activation")
+    if kind is not None and isinstance(activation, str):
+        kind = f"logits ({activation} by default; activation=)"
+    return kind
+
+
+def _family(info: Any) -> str | None:
+    """The loss's family: the module of its functional (``classification``, ``dice``, ...)."""
+    functional = getattr(info.cls, "functional", None)
+    return None if functional is None else str(functional.__module__).rsplit(".", 1)[-1]
+
+
 def loss_table() -> list[dict[str, Any]]:
-    """One entry per registered loss: name, class, task kind, summary, parameters and defaults."""
+    """One entry per registered loss: name, class, family, input convention, task kind, summary,
+    parameters and defaults."""
     from lossforge.registry import list_losses
 
     rows = []
@@ -25,6 +46,8 @@ def loss_table() -> list[dict[str, Any]]:
             {
                 "name": info.name,
                 "class": info.cls.__name__,
+                "family": _family(info),
+                "input": _input_kind(info),
                 "compare_kind": info.traits.task if info.traits else None,
                 "plot": info.traits.plot if info.traits else None,
                 "summary": info.summary,
@@ -49,7 +72,8 @@ def run_list(args: Any) -> int:
     for row in rows:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in row["params"].items() if k not in common)
         fused = "  [backend]" if "backend" in row["params"] else ""
-        print(f"{row['name']:<{width}}  {row['class']}{fused}")
+        about = ", ".join(v for v in (row["family"], row["input"]) if v)
+        print(f"{row['name']:<{width}}  {row['class']}  ({about}){fused}")
         print(f"{'':<{width}}  {params or '(no parameters)'}")
     print()
     print(
