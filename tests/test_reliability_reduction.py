@@ -17,6 +17,7 @@ from _reliability import F64, INFOS, example, fn_of, name_of, params, takes
 from torch import Tensor
 
 import lossforge
+import lossforge.functional as F
 from lossforge.registry import LossInfo
 
 BAD = {
@@ -79,3 +80,30 @@ def test_nothing_valid_with_a_zero_avg_factor_is_exactly_zero(info: LossInfo, ch
             for af in (0.0, torch.tensor(0.0), None):
                 loss = fn_of(info)(x, ignored, ignore_index=-1, avg_factor=af, **params(info))
                 _exact_zero(loss, x)
+
+
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [
+        ("cross_entropy", {}),
+        ("softmax_focal_loss", {}),
+        ("balanced_softmax_loss", {"class_counts": [10.0, 5.0, 3.0, 2.0, 1.0]}),
+        ("logit_adjusted_loss", {"class_counts": [10.0, 5.0, 3.0, 2.0, 1.0]}),
+        ("ldam_loss", {"class_counts": [10.0, 5.0, 3.0, 2.0, 1.0]}),
+        ("poly1_cross_entropy", {}),
+        ("ohem_cross_entropy", {}),
+    ],
+)
+def test_class_weighted_mean_divides_by_the_summed_class_weights(name: str, kw: Any) -> None:
+    """The documented exception to "mean divides by the valid count" (README, docs/contract.md):
+    the cross-entropy family with ``class_weight`` divides by the class weights of the valid
+    targets, as PyTorch's cross-entropy does; ignored positions count in neither."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 5, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 5, (8,), generator=gen)
+    y[2] = -100
+    w = torch.rand(5, generator=gen, dtype=torch.float64) + 0.5
+    fn = getattr(F, name)
+    total = fn(x, y, class_weight=w, reduction="sum", **kw)
+    mean = fn(x, y, class_weight=w, reduction="mean", **kw)
+    torch.testing.assert_close(mean, total / w[y[y != -100]].sum())
