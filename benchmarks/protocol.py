@@ -66,7 +66,10 @@ __all__ = [
     "PROTOCOL_WORKLOADS",
     "Provider",
     "Row",
+    "match_rows",
+    "row_key",
     "run_protocol",
+    "select_rows",
     "select_workloads",
     "workloads",
     "write",
@@ -125,6 +128,56 @@ class Row:
     # before timing (targets in the logits' dtype for the eager references, class weights, ...)
     make: Callable[[], dict[str, Any]]
     providers: dict[str, Call | Provider]
+
+
+def row_key(row: Row) -> str:
+    """``WORKLOAD:loss:dtype:target:shape``, e.g. ``DET:sigmoid_focal_g2:float32:index:1600000x80``:
+    what ``--rows`` / ``--skip-rows`` / ``--compile-rows`` match."""
+    shape = "x".join(str(n) for n in row.shape)
+    return f"{row.workload}:{row.loss}:{row.dtype}:{row.target_format}:{shape}"
+
+
+def _part_matches(pattern: str, part: str) -> bool:
+    if pattern in ("", "*") or pattern == part:
+        return True
+    return pattern.endswith("*") and part.startswith(pattern[:-1])
+
+
+def _key_matches(pattern: str, key: str) -> bool:
+    """``pattern``: ``:``-separated parts of a ``row_key``, each exact, ``*``, or a prefix ending in
+    ``*``; missing trailing parts match anything (``DET:bce`` is every DET bce row). No other
+    wildcard, so the brackets of ``ce_ignore[NCHW]`` are literal."""
+    pats, parts = pattern.strip().split(":"), key.split(":")
+    if len(pats) > len(parts):
+        return False
+    return all(_part_matches(p, k) for p, k in zip(pats, parts, strict=False))
+
+
+def match_rows(patterns: Sequence[str] | None, rows: Sequence[Row]) -> list[Row]:
+    """The rows matching any of ``patterns`` (see ``_key_matches``), ordered by the first pattern
+    each matches, then in protocol order: the caller sets the priority. None = all rows."""
+    if patterns is None:
+        return list(rows)
+    ranked = []
+    for i, row in enumerate(rows):
+        key = row_key(row)
+        first = next((j for j, p in enumerate(patterns) if _key_matches(p, key)), None)
+        if first is not None:
+            ranked.append((first, i, row))
+    return [row for _, _, row in sorted(ranked, key=lambda r: (r[0], r[1]))]
+
+
+def select_rows(
+    all_rows: Sequence[Row],
+    only: set[str] | None = None,
+    rows: Sequence[str] | None = None,
+    skip_rows: Sequence[str] | None = None,
+) -> list[Row]:
+    """The rows of the workloads ``only`` that match ``rows`` and not ``skip_rows``, in the order
+    of ``match_rows``."""
+    chosen = match_rows(rows, [r for r in all_rows if only is None or r.workload in only])
+    skip = skip_rows or ()
+    return [r for r in chosen if not any(_key_matches(p, row_key(r)) for p in skip)]
 
 
 def _kern(name: str) -> Callable[..., torch.Tensor]:
@@ -713,6 +766,9 @@ def run_protocol(
     compile_ref: bool = True,
     count_launches: bool = True,
     on_row: Callable[[dict[str, Any]], Any] | None = None,
+    rows: Sequence[str] | None = None,
+    skip_rows: Sequence[str] | None = None,
+    compile_rows: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Run the protocol on ``dev`` (``"cuda"``: full shapes; ``"cpu"``: the smoke shapes).
 
@@ -724,6 +780,11 @@ def run_protocol(
         compile_ref: Also time ``torch.compile`` of the eager reference (CUDA only).
         count_launches: Count CUDA kernel launches with the profiler.
         on_row: Called with ``{"header", "results"}`` so far after every row.
+        rows: Row patterns (``row_key``; see ``match_rows``) to run, in the patterns' order;
+            None = every row of ``only``.
+        skip_rows: Row patterns not to run.
+        compile_rows: With ``compile_ref``, only these rows get the ``torch.compile`` reference;
+            None = every row.
 
     Returns:
         ``{"header": ..., "results": [one dict per (row, provider)]}``.
@@ -732,11 +793,12 @@ def run_protocol(
     hdr = header(dev, smoke)
     bw = bandwidth() if dev == "cuda" else None
     hdr["bandwidth_TBps"] = bw
-    rows = [r for r in workloads(dev, smoke) if only is None or r.workload in only]
+    selected = select_rows(workloads(dev, smoke), only, rows, skip_rows)
     reps = reps or (3 if smoke else 20)
     iters = iters or (1 if smoke else 5)
+    hdr["reps"], hdr["iters"] = reps, iters
     results = []
-    for row in rows:
+    for row in selected:
         try:
             torch.manual_seed(0)
             d = row.make()
@@ -744,7 +806,9 @@ def run_protocol(
             provs = {k: _as_provider(v) for k, v in row.providers.items()}
             if smoke:
                 provs = {k: v for k, v in provs.items() if k in ("eager_ref", "lossforge_torch")}
-            elif compile_ref:
+            elif compile_ref and (
+                compile_rows is None or any(_key_matches(p, row_key(row)) for p in compile_rows)
+            ):
                 # Rows built in loops share lambda code objects: reset dynamo so no row hits the
                 # recompile limit and silently falls back to eager.
                 torch._dynamo.reset()

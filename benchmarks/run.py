@@ -5,6 +5,8 @@
     python -m benchmarks.run --smoke               # tiny CPU version (torch backend vs eager)
     python -m benchmarks.run --only DET --stem h100-DET --out /tmp/results
     python -m benchmarks.run --list                # the workload ids
+    python -m benchmarks.run --rows 'DET:bce:float32,LLM:ce_ls0' --compile-rows DET
+                                                   # these rows, in this order (--list-rows)
 
 Run it from the repository root (``-m`` puts the current folder on ``sys.path``). Results go to
 ``benchmarks/results/<stem>.{json,csv,md}`` unless ``--out`` says otherwise; ``<stem>`` defaults to
@@ -36,6 +38,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _patterns(text: str | None) -> list[str] | None:
+    return None if text is None else [p.strip() for p in text.split(",") if p.strip()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of the protocol."""
     p = argparse.ArgumentParser(
@@ -57,6 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="subset of the workloads (see --list)",
     )
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
+    p.add_argument(
+        "--rows",
+        metavar="PAT[,PAT]",
+        help="only the rows matching a pattern, in the patterns' order: WORKLOAD:loss:dtype:"
+        "target:shape, each part exact, '*' or a prefix ending in '*', trailing parts optional "
+        "(e.g. DET:sigmoid_focal_g2:float32:index; see --list-rows)",
+    )
+    p.add_argument("--skip-rows", metavar="PAT[,PAT]", help="leave out the rows matching these")
+    p.add_argument(
+        "--compile-rows",
+        metavar="PAT[,PAT]",
+        help="the torch.compile reference on these rows only (default: every row)",
+    )
+    p.add_argument(
+        "--list-rows", action="store_true", help="list the row keys (with --smoke: the CPU rows)"
+    )
     p.add_argument(
         "--smoke",
         action="store_true",
@@ -92,13 +114,27 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from benchmarks.protocol import PROTOCOL_WORKLOADS, run_protocol, select_workloads, write
+    from benchmarks.protocol import (
+        PROTOCOL_WORKLOADS,
+        row_key,
+        run_protocol,
+        select_rows,
+        select_workloads,
+        workloads,
+        write,
+    )
     from lossforge.cli.bench import output_dir, resolve_device
 
     only = select_workloads(args.only)
     if args.list:
         for name, what in PROTOCOL_WORKLOADS.items():
             print(f"{name:<6} {what}")
+        return 0
+    rows, skip = _patterns(args.rows), _patterns(args.skip_rows)
+    compile_rows = _patterns(args.compile_rows)
+    if args.list_rows:  # the rows are built lazily: listing them allocates nothing
+        for row in select_rows(workloads("meta", args.smoke), only, rows, skip):
+            print(row_key(row))
         return 0
     if args.smoke and args.device == "cuda":
         raise ValueError("--smoke runs the tiny shapes on the CPU; drop --device cuda")
@@ -120,6 +156,9 @@ def _run(args: argparse.Namespace) -> int:
             count_launches=not args.no_launches,
             # Rewritten after every row, so a run cut short by a time limit keeps its results.
             on_row=lambda partial: write(partial, out_dir, stem),
+            rows=rows,
+            skip_rows=skip,
+            compile_rows=compile_rows,
         )
     finally:
         torch.set_num_threads(threads)
