@@ -273,6 +273,59 @@ def test_ohem_module_takes_mask_in_forward() -> None:
     )
 
 
+@pytest.mark.parametrize("ratio", [0.5, 3.0, 1000.0])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("fallback", [0, 4])
+def test_ohem_per_image_matches_reference(ratio: float, reduction: str, fallback: int) -> None:
+    """Per-image mining: each sample's k from its own counts (a sample without positives keeps
+    its fallback negatives however many positives the others have), pooled normalisation."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(3, 6, 5, generator=g, dtype=torch.float64) * 3
+    y = (torch.rand(3, 6, 5, generator=g) < 0.15).double()
+    y[1] = 0.0  # one image without positives
+    m = (torch.rand(3, 6, 5, generator=g) < 0.8).double()
+    for mask in (m, None):
+        kw = {"negative_ratio": ratio, "fallback_negative_num": fallback, "reduction": reduction}
+        got = OHEM(x, y, mask=mask, per_image=True, **kw)
+        assert_close(got, ref.ohem_bce_per_image(x, y, mask, **kw), torch.float64)
+        whole = OHEM(x, y, mask=mask, **kw)
+        if reduction == "none" and ratio == 0.5:
+            assert not torch.equal(got, whole)  # the two minings differ on this batch
+    one = OHEM(x[:1], y[:1], per_image=True, negative_ratio=ratio)
+    assert_close(one, OHEM(x[:1], y[:1], negative_ratio=ratio), torch.float64)  # N = 1: equal
+
+
+def test_ohem_index_targets_and_ignore_index() -> None:
+    """The shared sigmoid target rules: (N,) class indices equal their one-hot rows (value C: all
+    negative); ignore_index drops an index row, and a dense ignore value is like a 0 in mask."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(6, 4, generator=g, dtype=torch.float64) * 2
+    idx = torch.tensor([0, 4, 2, 4, 1, 3])
+    onehot = torch.nn.functional.one_hot(idx, 5)[:, :4].double()
+    for per_image in (False, True):
+        for reduction in ("none", "mean", "sum"):
+            kw = {"reduction": reduction, "per_image": per_image, "negative_ratio": 1.0}
+            assert_close(OHEM(x, idx, **kw), OHEM(x, onehot, **kw), torch.float64)
+    dropped = idx.clone()
+    dropped[2] = 255
+    keep = torch.ones(6, 4, dtype=torch.float64)
+    keep[2] = 0.0
+    for reduction in ("none", "mean", "sum"):
+        got = OHEM(x, dropped, ignore_index=255, reduction=reduction, negative_ratio=1.0)
+        exp = OHEM(x, onehot, mask=keep, reduction=reduction, negative_ratio=1.0)
+        assert_close(got, exp, torch.float64)
+        dense = onehot.clone()
+        dense[0, 1] = dense[3, 2] = -1.0  # a dense ignore value
+        mask = torch.ones_like(dense)
+        mask[0, 1] = mask[3, 2] = 0.0
+        got = OHEM(x, dense, ignore_index=-1, reduction=reduction, negative_ratio=1.0)
+        exp = OHEM(x, onehot, mask=mask, reduction=reduction, negative_ratio=1.0)
+        assert_close(got, exp, torch.float64)
+    module = lf.OHEMBinaryCrossEntropyLoss(per_image=True, ignore_index=255, negative_ratio=1.0)
+    assert_close(module(x, dropped), OHEM(x, dropped, per_image=True, ignore_index=255,
+                                          negative_ratio=1.0), torch.float64)  # fmt: skip
+
+
 def test_ohem_validation() -> None:
     x, y = torch.zeros(2, 3), torch.zeros(2, 3)
     with pytest.raises(
@@ -283,8 +336,10 @@ def test_ohem_validation() -> None:
         OHEM(x, y, negative_ratio=-1.0)
     with pytest.raises(ValueError, match=r"expected `mask` to have the shape of `logits` \(2, 3\)"):
         OHEM(x, y, mask=torch.ones(3))
-    with pytest.raises(ValueError, match=r"expected `target` to have the shape of `logits`"):
-        OHEM(x, torch.zeros(2))
+    with pytest.raises(TypeError, match=r"expected `target` an integer tensor of class indices"):
+        OHEM(x, torch.zeros(2))  # (N,) targets are class indices, as for every sigmoid loss
+    with pytest.raises(ValueError, match=r"expected `per_image` logits with a sample dimension"):
+        OHEM(torch.zeros(5), torch.zeros(5), per_image=True)
     with pytest.raises(ValueError, match=r"expected `target` values in \[0, 1\]"):
         OHEM(x, torch.full((2, 3), 2.0))
     with pytest.raises(ValueError, match=r"expected `mask` values in \[0, 1\]"):

@@ -87,3 +87,42 @@ def ohem_bce(
     if reduction == "sum":
         return torch.tensor(total, dtype=torch.float64)
     return torch.tensor(total / (n_pos + k + eps), dtype=torch.float64)
+
+
+def ohem_bce_per_image(
+    logits: Tensor,
+    target: Tensor,
+    mask: Tensor | None = None,
+    *,
+    negative_ratio: float = 3.0,
+    fallback_negative_num: int = 0,
+    eps: float = 1e-6,
+    reduction: str = "mean",
+) -> Tensor:
+    """Per-image mining (PSENet's OHEM applied to DB's balanced BCE): each sample's hard negatives
+    chosen from its own counts, the kept losses pooled over the batch with the pooled count."""
+    outs, kept = [], 0.0
+    for j in range(logits.shape[0]):
+        mj = None if mask is None else mask[j]
+        outs.append(
+            ohem_bce(
+                logits[j],
+                target[j],
+                mj,
+                negative_ratio=negative_ratio,
+                fallback_negative_num=fallback_negative_num,
+                reduction="none",
+            )
+        )
+        ms = [1.0] * logits[j].numel() if mj is None else mj.double().reshape(-1).tolist()
+        ys = target[j].double().reshape(-1).tolist()
+        n_pos = sum(1 for y, m in zip(ys, ms, strict=True) if y == 1 and m == 1)
+        n_neg = sum(1 for y, m in zip(ys, ms, strict=True) if y == 0 and m == 1)
+        k = min(n_neg, int(n_pos * negative_ratio) if n_pos else fallback_negative_num)
+        kept += n_pos + k
+    out = torch.stack(outs)
+    if reduction == "none":
+        return out
+    if reduction == "sum":
+        return out.sum()
+    return out.sum() / (kept + eps)

@@ -189,8 +189,10 @@ def _ohem(
     ratio: float,
     k0: int,
     eps: float,
+    per_image: bool,
 ) -> Unreduced:
-    """The OHEM-selected element losses and the default denominator ``n_pos + k + eps``."""
+    """The OHEM-selected element losses and the default denominator ``n_pos + k + eps`` (with
+    ``per_image``, each sample's counts and selection, the denominator their sum plus eps)."""
     if _reduction._denominator_hook is not None:
         # The selection is per rank (each rank's k hardest negatives, its own eps): no global
         # denominator makes K ranks equal one process, so the scope is refused, not ignored.
@@ -215,29 +217,34 @@ def _ohem(
             fail(fn, "mask", "a real or bool tensor", f"dtype {mk.dtype}", TypeError)
         m = mk.to(z.dtype)
         check_unit_interval(fn, "mask", m)
+    if t.valid is not None:  # ignored elements (ignore_index) are neither positive nor negative
+        m = m * t.valid.to(z.dtype)
     bce = -(y * TF.logsigmoid(z) + (1.0 - y) * TF.logsigmoid(-z))
     pos = y * m
     neg = (1.0 - y) * m
+    # One row per sample with ``per_image``, else one row: the counts, k and the ranking per row.
+    rows = x.shape[0] if per_image else 1
     # Counts in float64 so they stay exact integers beyond 2**24 elements.
-    n_pos = pos.sum(dtype=torch.float64)
-    n_neg = neg.sum(dtype=torch.float64)
+    n_pos = pos.reshape(rows, -1).sum(dim=1, dtype=torch.float64)
+    n_neg = neg.reshape(rows, -1).sum(dim=1, dtype=torch.float64)
     wanted = torch.where(n_pos > 0, torch.floor(n_pos * ratio), torch.full_like(n_pos, float(k0)))
     k = torch.minimum(torch.floor(n_neg), wanted)
     # Rank the negatives by their (unweighted) loss, hardest first; a stable sort makes ties go to
     # the lower flat index. Non-negatives sort last (key -1 < any loss).
-    is_neg = (neg > 0).reshape(-1)
+    is_neg = (neg > 0).reshape(rows, -1)
     key = torch.where(
-        is_neg, (neg * bce).detach().reshape(-1), torch.full_like(is_neg, -1.0, dtype=z.dtype)
+        is_neg,
+        (neg * bce).detach().reshape(rows, -1),
+        torch.full_like(is_neg, -1.0, dtype=z.dtype),
     )
-    order = torch.sort(key, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(
-        0, order, torch.arange(order.numel(), device=order.device)
-    )
-    selected = (is_neg & (rank < k)).reshape(y.shape)
+    order = torch.sort(key, dim=1, descending=True, stable=True).indices
+    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, positions)
+    selected = (is_neg & (rank < k.unsqueeze(1))).reshape(y.shape)
     loss = pos * bce + torch.where(
         selected, neg * bce, torch.zeros((), dtype=z.dtype, device=z.device)
     )
-    return Unreduced(loss, (n_pos + k + eps).to(z.dtype))
+    return Unreduced(loss, ((n_pos + k).sum() + eps).to(z.dtype))
 
 
 @loss_function
@@ -249,6 +256,9 @@ def ohem_binary_cross_entropy(
     negative_ratio: Positive = 3.0,
     fallback_negative_num: Count = 0,
     eps: NonNegative = 1e-6,
+    per_image: bool = False,
+    ignore_index: int | None = None,
+    index_target: bool | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
     avg_factor: AvgFactor = None,
@@ -258,7 +268,8 @@ def ohem_binary_cross_entropy(
 
     With the element-wise BCE $b_i = -[y_i \log p_i + (1 - y_i)\log(1 - p_i)]$, mask $M$,
     positives $P_i = y_i M_i$ and negatives $Q_i = (1 - y_i) M_i$, counts
-    $n_+ = \sum_i P_i$ and $n_- = \sum_i Q_i$ over the **whole batch** (as DB does), the number of
+    $n_+ = \sum_i P_i$ and $n_- = \sum_i Q_i$ over the **whole batch** (as DB does; with
+    ``per_image``, over each sample, the first dimension, as PSENet's OHEM does), the number of
     kept negatives is
 
     $$
@@ -274,6 +285,11 @@ def ohem_binary_cross_entropy(
     L = \frac{\sum_i P_i b_i + \sum_{i \in S_k} Q_i b_i}{n_+ + k + \epsilon}.
     $$
 
+    With ``per_image`` every sample $j$ has its own $n_{+,j}$, $n_{-,j}$, $k_j$ and $S_{k_j}$ (a
+    sample without positives keeps $\min(n_{-,j}, k_0)$ negatives however many the others
+    have), and the denominator is $\sum_j (n_{+,j} + k_j) + \epsilon$: the same pooled
+    normalisation over the kept elements.
+
     ``"mean"`` is $L$ (``avg_factor``, if given, replaces $n_+ + k + \epsilon$); ``"sum"`` is the
     numerator; ``"none"`` is the per-element $P_i b_i + [i \in S_k]\, Q_i b_i$ (unselected negatives
     and masked elements are 0), so ``none.sum() == sum``. ``weight`` multiplies the element losses
@@ -288,13 +304,21 @@ def ohem_binary_cross_entropy(
     host sync on k). Call it outside the scope: per-rank mining, as DB and mmocr do under DDP.
 
     Args:
-        logits: Raw scores, any shape (e.g. ``(N, H, W)`` probability maps' logits).
-        target: The logits' shape, values in ``[0, 1]`` (binary in DB/mmocr).
+        logits: Raw scores, any shape (e.g. ``(N, H, W)`` probability maps' logits); at least
+            2-d with ``per_image``.
+        target: The logits' shape, values in ``[0, 1]`` (binary in DB/mmocr), or class indices
+            ``(N,)`` for ``(N, C)`` logits (value ``C``: all negative), as every sigmoid loss
+            takes them.
         mask: Optional training mask of the logits' shape, values in ``[0, 1]`` (bool allowed);
             ``None`` = everything.
         negative_ratio: $r > 0$ (DB: 3).
         fallback_negative_num: $k_0 \ge 0$, negatives kept when there are no positives.
         eps: $\epsilon \ge 0$ in the denominator (DB/mmocr: 1e-6).
+        per_image: Mine each sample (the first dimension) on its own instead of the whole batch.
+        ignore_index: Dense targets: the target value of elements that are neither positive nor
+            negative (like a 0 in ``mask``); class indices: the index of a row to drop.
+        index_target: Whether a target without the class dimension holds class indices (needed
+            with one logit channel, as for every sigmoid loss).
         weight: Element-wise weight (the logits' shape, its leading dims, or a same-rank
             broadcastable shape).
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
@@ -317,18 +341,30 @@ def ohem_binary_cross_entropy(
         tensor(0.8048)
     """
     fn = "ohem_binary_cross_entropy"
-    if isinstance(logits, Tensor) and isinstance(target, Tensor):
-        check_same_shape(fn, "target", target, "logits", logits)  # dense targets only
+    if per_image and isinstance(logits, Tensor) and logits.ndim < 2:
+        fail(
+            fn,
+            "per_image",
+            "logits with a sample dimension (at least 2-d, the first dimension the samples)",
+            f"per_image=True with {logits.ndim}-d logits",
+        )
     return pipeline.sigmoid(
         fn,
         logits,
         target,
         loss=partial(
-            _ohem, fn=fn, mask=mask, ratio=negative_ratio, k0=fallback_negative_num, eps=eps
+            _ohem,
+            fn=fn,
+            mask=mask,
+            ratio=negative_ratio,
+            k0=fallback_negative_num,
+            eps=eps,
+            per_image=per_image,
         ),
-        ignore_index=None,
+        ignore_index=ignore_index,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,
         backend=backend,
+        index_target=index_target,
     )
