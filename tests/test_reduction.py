@@ -326,3 +326,27 @@ def test_ohem_bce_nan_target_is_loud_with_value_checks_off() -> None:
         assert torch.isfinite(F.ohem_binary_cross_entropy(x, y.nan_to_num(0.0)))
     with lf.value_checks(True), pytest.raises(ValueError, match="target"):
         F.ohem_binary_cross_entropy(x, y)
+
+
+@pytest.mark.parametrize("checks", [True, False])
+def test_avg_factor_tensor_requiring_grad_is_read_without_a_warning(checks: bool) -> None:
+    """A 0-d ``avg_factor`` that requires grad (a learned normaliser, or the output of a
+    differentiable count) is read with ``.item()`` where it is read: ``float()`` warned
+    "Converting a tensor with requires_grad=True to a scalar" on every call. Every loss that
+    takes ``avg_factor``, on its example."""
+    import warnings
+
+    from _reliability import INFOS, example, fn_of, params, takes
+
+    import lossforge
+
+    for info in INFOS:
+        if not takes(info, "avg_factor"):
+            continue
+        x, y = example(info, n=4)
+        avg = torch.tensor(2.0, dtype=x.dtype, requires_grad=True)
+        with warnings.catch_warnings(), lossforge.value_checks(checks):
+            warnings.simplefilter("error")
+            loss = fn_of(info)(x, y, **params(info), avg_factor=avg)
+        loss.backward()
+        assert avg.grad is not None, info.name

@@ -152,7 +152,7 @@ def check_avg_factor(fn: str, avg_factor: object, reduction: str) -> float | Ten
         if avg_factor.is_complex() or avg_factor.dtype == torch.bool:
             fail(fn, "avg_factor", "a real tensor", f"dtype {avg_factor.dtype}", TypeError)
         if value_checks_on(avg_factor):
-            v = float(avg_factor)
+            v = avg_factor.item()  # (float() warns for a tensor that requires grad)
             if not is_finite(v) or v < 0:
                 fail(fn, "avg_factor", "a finite number >= 0", v)
         return avg_factor
@@ -311,7 +311,7 @@ def divide(fn: str, total: Tensor, denom: Denominator) -> Tensor:
         zero = d == 0
     else:
         if value_checks_on(d, total):
-            _check_zero_avg_factor(fn, total, float(d))
+            _check_zero_avg_factor(fn, total, d.item())  # (float() warns if d needs grad)
         # 0 only for d == 0 with nothing to sum; NaN for a zero divisor of a non-zero sum, or
         # d < 0.
         zero = (d == 0) & (total == 0)
