@@ -451,7 +451,8 @@ def _bin_index(g: Tensor, bins: int) -> Tensor:
     """Bin ``i`` of ``g`` such that ``i / bins <= g < (i + 1) / bins`` (the last bin also holds
     ``g >= 1``): mmdetection's edges."""
     edges = torch.arange(1, bins, device=g.device, dtype=g.dtype) / bins
-    return torch.bucketize(g, edges, right=True)
+    # (bucketize copies a non-contiguous input itself, with a UserWarning: the copy made here)
+    return torch.bucketize(g.contiguous(), edges, right=True)
 
 
 def _counted(valid: Tensor | None, weight: Tensor | None) -> Tensor | None:
