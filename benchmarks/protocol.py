@@ -903,6 +903,7 @@ def run_protocol(
                 and x["loss"] == row.loss
                 and x["dtype"] == row.dtype
                 and x["target"] == row.target_format
+                and x["shape"] == list(row.shape)  # (ML-L runs two shapes of one loss)
                 and x["status"] == "ok"
             ]
             by = {x["provider"]: x for x in same}

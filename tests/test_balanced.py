@@ -291,6 +291,10 @@ def test_ohem_per_image_matches_reference(ratio: float, reduction: str, fallback
         whole = OHEM(x, y, mask=mask, **kw)
         if reduction == "none" and ratio == 0.5:
             assert not torch.equal(got, whole)  # the two minings differ on this batch
+    for empty in (torch.zeros(0, 8), torch.zeros(0, 4, 4), torch.zeros(2, 0)):
+        e = empty.double().requires_grad_(True)
+        out = OHEM(e, torch.zeros_like(empty).double(), per_image=True)
+        assert out.item() == 0.0 and out.requires_grad  # nothing valid: 0, attached
     one = OHEM(x[:1], y[:1], per_image=True, negative_ratio=ratio)
     assert_close(one, OHEM(x[:1], y[:1], negative_ratio=ratio), torch.float64)  # N = 1: equal
 

@@ -228,6 +228,9 @@ def test_loss_option_strings_keep_their_commas() -> None:
     # an apostrophe inside an unquoted value does not open a string
     spec = parse_loss_option("sigmoid_focal:label=Lin's focal,gamma=3")
     assert (spec.label, spec.params) == ("Lin's focal", {"gamma": 3})
+    # an unclosed string would swallow every parameter after it: an error, not a silent default
+    with pytest.raises(ConfigError, match='a string opened with " is not closed'):
+        parse_loss_option('sigmoid_focal:label="focal g1,gamma=1,alpha=none')
 
 
 def test_labels_are_unique() -> None:

@@ -231,6 +231,9 @@ def test_register_subclass_forwarding_kwargs() -> None:
         assert info.params["gamma"] == 2.0
         with pytest.raises(ValueError, match="unknown 'scal'"):
             build_loss({"type": "test_config_scaled_focal", "scal": 2.0})
+        # Hydra's target is the class's own import path, not a lossforge.nn name it lacks
+        assert target_of("test_config_scaled_focal") == f"{__name__}.{Scaled.__qualname__}"
+        assert target_of("sigmoid_focal") == "lossforge.nn.SigmoidFocalLoss"
     finally:
         from lossforge import registry
 

@@ -80,3 +80,21 @@ def test_ghm_running_counts_do_not_overflow_in_fp16(cls: type[torch.nn.Module]) 
         assert_close(got, want)
     assert cast.acc_sum.dtype == torch.float32
     assert_close(cast.acc_sum, reference.acc_sum)
+
+
+def test_casts_leave_low_precision_buffers_given_so_and_materialise_from_meta() -> None:
+    """A buffer given in fp16 stays fp16 through a device move (only a cast to fp16 / bf16 is
+    undone); a module built on the meta device, cast and materialised with ``to_empty`` gets
+    float32 buffers (it failed: a meta tensor has no values to copy); repr works on the meta
+    device and inside a meta default-device scope."""
+    given = N.SoftmaxFocalLoss(alpha=torch.tensor([0.1, 0.2]).half())
+    assert given.to("cpu").alpha.dtype == torch.float16
+    with torch.device("meta"):
+        deferred = N.SoftmaxFocalLoss(alpha=[0.1, 0.2])
+        assert "alpha=tensor(shape=(2,))" in repr(deferred)
+        assert "alpha=[0.25, 0.5]" in repr(N_OUTSIDE)
+    materialised = deferred.half().to_empty(device="cpu")
+    assert materialised.alpha.dtype == torch.float32 and materialised.alpha.device.type == "cpu"
+
+
+N_OUTSIDE = N.SoftmaxFocalLoss(alpha=[0.25, 0.5])

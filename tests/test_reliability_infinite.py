@@ -320,6 +320,16 @@ def test_without_checks_a_finite_loss_has_finite_gradients(info: LossInfo) -> No
                     assert torch.isfinite(g).all(), (value, pos, reduction, loss, g)
 
 
+def test_iou_loss_overflowing_area_is_nan_with_or_without_checks() -> None:
+    """Finite sides whose area overflows the dtype (an infinite union): NaN whatever the
+    value-check mode (the NaN was added only with checks off, so CPU and CUDA differed)."""
+    p = torch.tensor([[0.0, 0.0, 1e20, 1e20]])
+    t = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+    for checks in (True, False):
+        with lossforge.value_checks(checks):
+            assert torch.isnan(F.iou_loss(p, t, reduction="sum")), checks
+
+
 def test_iou_loss_infinite_side_is_nan_without_checks() -> None:
     """The box with an overflowed side is NaN in every mode; the other boxes keep their values
     and gradients; a -inf x2 (an empty box) keeps its finite limit, -log(eps) with no gradient."""

@@ -401,6 +401,7 @@ def test_class_counts_of_dense_targets_sum_the_other_dimensions() -> None:
         (torch.rand(2, 3), {"num_classes": 4}, "the labels' 3 classes, got 4"),
         (torch.tensor([[-1.0, 1.0]]), {}, "finite non-negative targets"),
         ([torch.rand(2, 3), torch.rand(2, 4)], {}, "3 classes as before"),
+        (torch.tensor([255, 255]), {"ignore_index": 255}, "`num_classes` the number of classes"),
     ],
 )
 def test_class_counts_refuses_what_is_not_labels(labels, kw, message) -> None:

@@ -24,10 +24,20 @@ _LOW = (torch.float16, torch.bfloat16)
 def apply_keeping_float32(module: nn.Module, apply: Callable[[], object]) -> None:
     """Run ``apply`` (the module's ``nn.Module._apply``) and undo a cast of its own floating
     buffers to fp16 / bf16: each gets its value from before the cast in float32, on the device
-    the cast put it on."""
-    before = {k: b for k, b in module._buffers.items() if b is not None and b.is_floating_point()}
+    the cast put it on. A buffer that was fp16 / bf16 already (given so) is left as it is; one
+    materialised from the meta device (``to_empty``) is uninitialised float32 memory, as
+    ``to_empty`` gives."""
+    before = {
+        k: b
+        for k, b in module._buffers.items()
+        if b is not None and b.is_floating_point() and b.dtype not in _LOW
+    }
     apply()
     for name, old in before.items():
         new: Tensor | None = module._buffers[name]
-        if new is not None and new.dtype in _LOW:
+        if new is None or new.dtype not in _LOW:
+            continue
+        if old.device.type == "meta":
+            module._buffers[name] = torch.empty_like(new, dtype=torch.float32)
+        else:
             module._buffers[name] = old.to(device=new.device, dtype=torch.float32)

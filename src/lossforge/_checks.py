@@ -318,6 +318,11 @@ def check_same_shape(fn: str, name: str, x: Tensor, ref_name: str, ref: Tensor) 
         fail(fn, name, f"to have the shape of `{ref_name}` {tuple(ref.shape)}", tuple(x.shape))
 
 
+def is_ndarray(value: object) -> bool:
+    """Whether ``value`` is a NumPy array (without importing NumPy: none is needed otherwise)."""
+    return type(value).__name__ == "ndarray" and type(value).__module__ == "numpy"
+
+
 def check_reduction(fn: str, reduction: object, name: str = "reduction") -> str:
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         fail(fn, name, "one of 'none', 'mean', 'sum'", repr(reduction))

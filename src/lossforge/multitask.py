@@ -64,6 +64,7 @@ from lossforge._checks import (
     check_int,
     check_number,
     fail,
+    is_ndarray,
     value_checks_enabled,
 )
 
@@ -751,7 +752,7 @@ class DynamicTaskPrioritization(Weighting):
         average is kept in float32 (float64 for a float64 module).
         """
         fn = f"{type(self).__name__}.update"
-        if type(kpis).__module__ == "numpy" and hasattr(kpis, "ndim"):
+        if is_ndarray(kpis):
             kpis = torch.as_tensor(kpis)  # a NumPy array: as the (T,) tensor it holds
         if isinstance(kpis, Tensor):
             if kpis.ndim != 1 or kpis.shape[0] != self.num_tasks:

@@ -16,7 +16,7 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor
 
-from lossforge._checks import check_choice, check_int, check_number, fail
+from lossforge._checks import check_choice, check_int, check_number, fail, is_ndarray
 
 __all__ = ["class_counts", "class_weights", "drw_class_weights"]
 
@@ -130,7 +130,7 @@ def class_counts(
     if ignore_index is not None:
         ignore_index = check_int(fn, "ignore_index", ignore_index)
     class_dim = check_int(fn, "class_dim", class_dim)
-    if _is_array(labels) or (
+    if is_ndarray(labels) or (
         isinstance(labels, Sequence)
         and labels
         and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in labels)
@@ -143,7 +143,7 @@ def class_counts(
     kind = ""
     for i, batch in enumerate(batches):
         where = "labels" if isinstance(labels, Tensor) else f"labels[{i}]"
-        if _is_array(batch):
+        if is_ndarray(batch):
             batch = torch.as_tensor(batch)
         if not isinstance(batch, Tensor):
             fail(fn, where, "a tensor of labels", type(batch).__name__, TypeError)
@@ -168,6 +168,8 @@ def class_counts(
             total = counts if total is None else total + counts
     if total is None:
         fail(fn, "labels", "at least one batch of labels", "an empty iterable")
+    if total.numel() == 0 and num_classes is None:
+        fail(fn, "num_classes", "the number of classes (no label was counted)", None)
     if num_classes is not None and total.numel() != num_classes:
         if kind == "dense":
             fail(fn, "num_classes", f"the labels' {total.numel()} classes", num_classes)
@@ -175,10 +177,6 @@ def class_counts(
         grown[: total.numel()] = total
         total = grown
     return total
-
-
-def _is_array(value: object) -> bool:
-    return type(value).__name__ == "ndarray" and type(value).__module__ == "numpy"
 
 
 def _index_counts(

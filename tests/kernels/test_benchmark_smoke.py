@@ -188,3 +188,24 @@ def test_cuda_measurements_prepare_before_the_clock(monkeypatch: pytest.MonkeyPa
     assert P.memory(p, d, "cuda") == (0, 4096)
     assert log.index("prepare") < log.index("call")
     assert d["x"].grad is None  # memory() leaves no gradient behind
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the smoke path is the CPU path")
+def test_ratios_compare_rows_of_one_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two rows of one workload, loss, dtype and target that differ in shape (ML-L runs 256 and
+    4096 rows) each get ratios against their own references: the later row's reference overwrote
+    the earlier row's ratios (found by a review: speed-ups of ~57x for equal providers)."""
+    import dataclasses
+
+    import benchmarks.protocol as protocol
+
+    base = next(r for r in workloads("cpu", True) if r.workload == "REG" and r.loss == "l1")
+    small = dataclasses.replace(base, shape=(64, 4), make=protocol._reg(64, torch.float32, "cpu"))
+    large = dataclasses.replace(
+        base, shape=(65536, 4), make=protocol._reg(65536, torch.float32, "cpu")
+    )
+    monkeypatch.setattr(protocol, "workloads", lambda *a, **k: [small, large])
+    out = protocol.run_protocol("cpu", reps=1, iters=1, count_launches=False)
+    ok = [r for r in out["results"] if r["status"] == "ok" and r["provider"] == "eager_ref"]
+    assert len(ok) == 2
+    assert all(r["speedup_vs_eager"] == 1.0 for r in ok), [r["speedup_vs_eager"] for r in ok]

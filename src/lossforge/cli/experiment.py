@@ -733,6 +733,9 @@ def split_top_level(text: str, sep: str = ",") -> list[str]:
             current = []
         else:
             current.append(ch)
+    if quote:
+        # (the rest would be one string: every parameter after it silently dropped)
+        raise ConfigError(f"{text!r}: a string opened with {quote} is not closed")
     parts.append("".join(current))
     return [p for p in (s.strip() for s in parts) if p]
 

@@ -73,7 +73,8 @@ def run_list(args: Any) -> int:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in row["params"].items() if k not in common)
         fused = "  [backend]" if "backend" in row["params"] else ""
         about = ", ".join(v for v in (row["family"], row["input"]) if v)
-        print(f"{row['name']:<{width}}  {row['class']}  ({about}){fused}")
+        about = f"  ({about})" if about else ""
+        print(f"{row['name']:<{width}}  {row['class']}{about}{fused}")
         print(f"{'':<{width}}  {params or '(no parameters)'}")
     print()
     print(

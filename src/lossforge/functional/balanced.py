@@ -223,18 +223,19 @@ def _ohem(
     pos = y * m
     neg = (1.0 - y) * m
     # One row per sample with ``per_image``, else one row: the counts, k and the ranking per row.
-    rows = x.shape[0] if per_image else 1
+    rows = max(x.shape[0], 1) if per_image else 1  # (an empty batch: one empty row)
+    width = y.numel() // rows
     # Counts in float64 so they stay exact integers beyond 2**24 elements.
-    n_pos = pos.reshape(rows, -1).sum(dim=1, dtype=torch.float64)
-    n_neg = neg.reshape(rows, -1).sum(dim=1, dtype=torch.float64)
+    n_pos = pos.reshape(rows, width).sum(dim=1, dtype=torch.float64)
+    n_neg = neg.reshape(rows, width).sum(dim=1, dtype=torch.float64)
     wanted = torch.where(n_pos > 0, torch.floor(n_pos * ratio), torch.full_like(n_pos, float(k0)))
     k = torch.minimum(torch.floor(n_neg), wanted)
     # Rank the negatives by their (unweighted) loss, hardest first; a stable sort makes ties go to
     # the lower flat index. Non-negatives sort last (key -1 < any loss).
-    is_neg = (neg > 0).reshape(rows, -1)
+    is_neg = (neg > 0).reshape(rows, width)
     key = torch.where(
         is_neg,
-        (neg * bce).detach().reshape(rows, -1),
+        (neg * bce).detach().reshape(rows, width),
         torch.full_like(is_neg, -1.0, dtype=z.dtype),
     )
     order = torch.sort(key, dim=1, descending=True, stable=True).indices

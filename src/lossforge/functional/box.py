@@ -120,15 +120,12 @@ def _aspect_angle(w: Tensor, h: Tensor) -> Tensor:
 def _iou(p: Tensor, t: Tensor, _total: str | None, *, fn: str, mode: str, eps: float) -> Tensor:
     _check_target_boxes(fn, t)
     q = _pair(p, t, eps)
-    iou = q.iou
-    if not value_checks_on(p):
-        # (Under value checks an infinite ``pred`` has raised.) An infinite side makes the union
-        # infinite and I / U = 0: the clamped loss would be a finite -log(eps) with NaN
-        # gradients (inf * 0 in the area's backward). 0 * U makes that box's loss NaN, loud as
-        # GIoU's and DIoU's are; a finite union adds 0 (and a -inf x2, an empty box, keeps its
-        # finite limit).
-        iou = iou + 0.0 * q.union
-    iou = iou.clamp(min=eps)
+    # An infinite union (a side at +inf with value checks off, or finite sides whose area
+    # overflows) makes I / U = 0: the clamped loss would be a finite -log(eps) with NaN
+    # gradients (inf * 0 in the area's backward). 0 * U makes that box's loss NaN, loud as
+    # GIoU's and DIoU's are, with or without value checks; a finite union adds 0 (and a -inf x2,
+    # an empty box, keeps its finite limit).
+    iou = (q.iou + 0.0 * q.union).clamp(min=eps)
     if mode == "linear":
         return 1.0 - iou
     if mode == "square":

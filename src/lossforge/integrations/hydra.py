@@ -37,7 +37,11 @@ def target_of(name: str) -> str:
     from lossforge.registry import _composite, get_loss
 
     cls = _composite(name) or get_loss(name, caller="to_hydra", argument="type", composites=True)
-    return f"lossforge.nn.{cls.__name__}"
+    import lossforge.nn
+
+    if getattr(lossforge.nn, cls.__name__, None) is cls:
+        return f"lossforge.nn.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"  # a registered third-party class
 
 
 def to_hydra(spec: Mapping[str, Any] | str) -> dict[str, Any]:

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from lossforge._buffers import apply_keeping_float32
-from lossforge._checks import check_number, check_reduction, fail, fail_missing
+from lossforge._checks import check_number, check_reduction, fail, fail_missing, is_ndarray
 from lossforge._params import AnyOf, Batch, ClassVector, Domain, Unchecked, signature_domains
 from lossforge._traits import Traits
 
@@ -75,11 +75,6 @@ def _as_buffer(owner: str, name: str, value: object) -> Tensor:
     if tensor.is_complex() or tensor.dtype == torch.bool:
         fail(owner, name, "a real tensor", f"dtype {tensor.dtype}", TypeError)
     return tensor if tensor.is_floating_point() else tensor.float()
-
-
-def _is_ndarray(value: object) -> bool:
-    """Whether ``value`` is a NumPy array (without importing NumPy: none is needed otherwise)."""
-    return type(value).__name__ == "ndarray" and type(value).__module__ == "numpy"
 
 
 #: A key absent from a dict of defaults (never a configuration value).
@@ -186,7 +181,7 @@ class Loss(nn.Module):
         owner = type(self).__name__
         domain = self._domains[key]
         vector = _class_vector(domain)
-        if vector is not None and _is_ndarray(value):
+        if vector is not None and is_ndarray(value):
             # NumPy (sklearn's compute_class_weight returns an array): a sequence of numbers
             value = value.item() if value.ndim == 0 else value.tolist()  # type: ignore[attr-defined]
         is_tensorish = isinstance(value, Tensor) or (
@@ -313,7 +308,7 @@ class Loss(nn.Module):
 def _tensor_repr(value: Tensor) -> str:
     """A tensor option in a module's repr: its values up to 8 (a float32 one as the shortest
     decimal that rounds to it, ``0.1`` rather than ``0.10000000149011612``), else its shape."""
-    if value.numel() > 8:
+    if value.numel() > 8 or value.device.type == "meta":  # (meta: no values to print)
         return f"tensor(shape={tuple(value.shape)})"
     values = value.detach().cpu().tolist()
     if value.dtype in (torch.float16, torch.bfloat16, torch.float32):
@@ -329,7 +324,7 @@ def _shortest(values: Any, dtype: torch.dtype) -> Any:
         return values
     for digits in range(1, 10):
         short = float(f"{values:.{digits}g}")
-        if torch.tensor(short, dtype=dtype).item() == values:
+        if torch.tensor(short, dtype=dtype, device="cpu").item() == values:  # (any default device)
             return short
     return values
 
