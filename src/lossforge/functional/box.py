@@ -95,14 +95,21 @@ def _check_target_boxes(fn: str, t: Tensor) -> None:
 def _pair(p: Tensor, t: Tensor, eps: float) -> _Pair:
     px1, py1, px2, py2 = p.unbind(-1)
     tx1, ty1, tx2, ty2 = t.unbind(-1)
-    w, h = (px2 - px1).clamp(min=0), (py2 - py1).clamp(min=0)
+    pw, ph = px2 - px1, py2 - py1
+    w, h = pw.clamp(min=0), ph.clamp(min=0)
     tw, th = (tx2 - tx1).clamp(min=0), (ty2 - ty1).clamp(min=0)
     iw = (torch.minimum(px2, tx2) - torch.maximum(px1, tx1)).clamp(min=0)
     ih = (torch.minimum(py2, ty2) - torch.maximum(py1, ty1)).clamp(min=0)
     inter = iw * ih
     union = w * h + tw * th - inter
-    cw = (torch.maximum(px2, tx2) - torch.minimum(px1, tx1)).clamp(min=0)
-    ch = (torch.maximum(py2, ty2) - torch.minimum(py1, ty1)).clamp(min=0)
+    # The enclosing box holds all four corners of both boxes: for a predicted box with x2 < x1
+    # (an empty box) its centre stays inside it, so DIoU's rho^2 / c^2 stays <= 1 (with the
+    # target's corners only, an inverted prediction's centre left it: a loss growing with the
+    # square of the inversion, fp16 gradients overflowing). The prediction's corners in order
+    # are (x1 + n, x2 - n) with n = min(x2 - x1, 0): for x1 <= x2 (n = 0) the usual box.
+    nx, ny = pw.clamp(max=0), ph.clamp(max=0)
+    cw = torch.maximum(px2 - nx, tx2) - torch.minimum(px1 + nx, tx1)
+    ch = torch.maximum(py2 - ny, ty2) - torch.minimum(py1 + ny, ty1)
     # (sum of x-coordinates difference)^2 / 4 = squared distance of the centres along x
     dx = (px1 + px2) - (tx1 + tx2)
     dy = (py1 + py2) - (ty1 + ty2)
