@@ -80,3 +80,31 @@ def test_repr_is_what_the_user_wrote() -> None:
     assert type(ce.reduction) is str and "reduction='sum'" in repr(ce)
     assert "min_weight=0.1" in repr(GradNorm(2, min_weight=0.1))
     assert "min_weight" not in repr(GradNorm(2))
+
+
+def test_every_module_takes_every_configuration_keyword_of_its_functional() -> None:
+    """CONTRACT: a module takes every keyword of its functional except the per-call ``weight``
+    / ``avg_factor``, its per-batch inputs (``forward`` keywords such as OHEM's ``mask``) and
+    the running state it keeps itself (GHM's ``bin_counts``). SeesawLoss, whose constructor is
+    written by hand, lacked ``backend`` (found by a fuzzer)."""
+    import inspect
+
+    state = {"ghmc": {"bin_counts"}, "ghmr": {"bin_counts"}}
+    for info in INFOS:
+        sig = inspect.signature(info.cls.functional).parameters
+        keywords = {n for n, p in sig.items() if p.kind == p.KEYWORD_ONLY}
+        missing = keywords - set(info.params) - {"weight", "avg_factor"}
+        missing -= set(info.cls.inputs) | state.get(info.name, set())
+        assert not missing, (info.name, sorted(missing))
+
+
+def test_seesaw_checks_its_initial_counts_in_every_value_check_mode() -> None:
+    """Host counts cost no device read, so they are checked with value checks off too (they
+    were cast to int64 unchecked: inf became -2**63, 0.5 became 0, -3 stayed)."""
+    import lossforge
+
+    for bad in ([float("inf"), 1, 1], [0.5, 2, 3], [-3.0, 1, 1]):
+        with lossforge.value_checks(False), pytest.raises(ValueError, match="integer counts"):
+            N.SeesawLoss(class_counts=bad)
+    seesaw = N.SeesawLoss(class_counts=[5, 4, 3], backend="auto")
+    assert seesaw.backend == "auto" and "backend='auto'" in repr(seesaw)

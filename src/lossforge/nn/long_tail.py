@@ -91,7 +91,7 @@ class Poly1FocalLoss(
     """
 
 
-_SEESAW_OPTIONS = ("p", "q", "eps", "ignore_index")
+_SEESAW_OPTIONS = ("p", "q", "eps", "ignore_index", "backend")
 
 
 class SeesawLoss(Loss):
@@ -158,6 +158,7 @@ class SeesawLoss(Loss):
     q: float
     eps: float
     ignore_index: int | None
+    backend: str
 
     def __init__(
         self,
@@ -168,13 +169,14 @@ class SeesawLoss(Loss):
         q: float = 2.0,
         eps: float = 1e-2,
         ignore_index: int | None = -100,
+        backend: str = "torch",
         reduction: str = "mean",
         loss_weight: float = 1.0,
     ) -> None:
         super().__init__(reduction=reduction, loss_weight=loss_weight)
         name = type(self).__name__
         domains = signature_domains(F.seesaw_loss)
-        given = {"p": p, "q": q, "eps": eps, "ignore_index": ignore_index}
+        given = {"p": p, "q": q, "eps": eps, "ignore_index": ignore_index, "backend": backend}
         for key in _SEESAW_OPTIONS:
             setattr(self, key, domains[key].check(name, key, given[key]))
         self.register_buffer("cum_samples", _initial_counts(name, num_classes, class_counts))
@@ -252,6 +254,7 @@ class SeesawLoss(Loss):
                 weight=weight,
                 reduction=reduction,  # type: ignore[arg-type]  # checked above
                 avg_factor=avg_factor,
+                backend=self.backend,  # type: ignore[arg-type]  # checked at construction
             )
         )
 
@@ -302,7 +305,8 @@ def _initial_counts(name: str, num_classes: object, class_counts: object) -> Ten
         fail(name, "class_counts", "a real tensor", f"dtype {t.dtype}", TypeError)
     if t.ndim != 1 or t.shape[0] < 2:
         fail(name, "class_counts", "a 1-d sequence of C >= 2 counts", f"shape {tuple(t.shape)}")
-    if value_checks_enabled(t):
+    # host values are always checked (no device read), as every module's options are
+    if t.device.type == "cpu" or value_checks_enabled(t):
         ok = torch.isfinite(t) & (t >= 0) & (t == torch.round(t))
         if not bool(ok.all()):
             fail(name, "class_counts", "non-negative integer counts", t.tolist())
