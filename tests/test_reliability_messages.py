@@ -12,7 +12,7 @@ import inspect
 from typing import Any
 
 import pytest
-from _reliability import INFOS, name_of, params
+from _reliability import INFOS, example, fn_of, name_of, params
 
 from lossforge.registry import LossInfo, build_loss, build_loss_from_toml
 
@@ -118,3 +118,29 @@ def test_registry_level_messages() -> None:
         assert msg.startswith(start), msg
     msg = _message(lambda: build_loss_from_toml('[loss]\ntype = "l1"', table="los"))
     assert msg.startswith("build_loss_from_toml: expected `table`"), msg
+
+
+@pytest.mark.parametrize("info", INFOS, ids=name_of)
+def test_call_binding_errors_follow_the_template(info: LossInfo) -> None:
+    """A misspelled or missing keyword, an option passed positionally, an input given twice:
+    ``TypeError`` in the library's template naming the function (Python's own binding errors
+    came through, e.g. "cross_entropy() got an unexpected keyword argument 'gama'")."""
+    fn = fn_of(info)
+    name = fn.__name__
+    x, y = example(info, n=3)
+    kw = params(info)
+    with pytest.raises(TypeError, match=rf"^{name}: expected `keywords` keywords of {name}: .*"
+                       r"got unknown 'reductoin' \(did you mean 'reduction'\?\)$"):  # fmt: skip
+        fn(x, y, **kw, reductoin="sum")
+    with pytest.raises(TypeError, match=rf"^{name}: expected `arguments` 2 positional arguments"):
+        fn(x, y, "sum", **kw)
+    first, second = list(inspect.signature(fn).parameters)[:2]
+    with pytest.raises(TypeError, match=rf"^{name}: expected `{second}` one value, got one "):
+        fn(x, y, **kw, **{second: y})
+    sig = inspect.signature(fn).parameters
+    required = [k for k, p in sig.items() if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    for key in required:  # (class_counts of balanced softmax, LDAM, ...)
+        rest = {k: v for k, v in kw.items() if k != key}
+        with pytest.raises(TypeError, match=rf"^{name}: expected `{key}` a value \(it has no"):
+            fn(x, y, **rest)
+    assert first

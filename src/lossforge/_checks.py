@@ -210,6 +210,30 @@ def fail(
     raise exc(f"{fn}: expected `{name}` {expected}, got {got}")
 
 
+def check_keywords(owner: str, params: Sequence[Any], kwargs: Any) -> None:
+    """Unknown and missing keywords of a call of ``owner`` (``params``: its
+    ``inspect.Parameter`` s), in the library's template instead of Python's anonymous binding
+    error: the unknown keyword with the closest names, or the first required one missing."""
+    import difflib
+    import inspect
+
+    names = [p.name for p in params]
+    unknown = [k for k in kwargs if k not in names]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], names, n=2, cutoff=0.6)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        fail(
+            owner,
+            "keywords",
+            f"keywords of {owner}: " + ", ".join(names),
+            "unknown " + ", ".join(repr(k) for k in unknown) + hint,
+            TypeError,
+        )
+    for p in params:
+        if p.default is inspect.Parameter.empty and p.name not in kwargs:
+            fail_missing(owner, p.name)
+
+
 def fail_missing(owner: str, name: str) -> NoReturn:
     """A required constructor parameter that was not given (a loss module, or a composite that
     ``build_loss`` builds): ``TypeError`` in the template."""

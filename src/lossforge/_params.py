@@ -31,7 +31,14 @@ from typing import Annotated, Any, Literal, ParamSpec, TypeVar, Union
 import torch
 from torch import Tensor
 
-from lossforge._checks import check_bool, check_choice, check_int, check_number, fail
+from lossforge._checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_keywords,
+    check_number,
+    fail,
+)
 
 __all__ = [
     "BatchTensor",
@@ -336,6 +343,35 @@ def loss_function(
     return _wrap(fn, check, plain)
 
 
+def _binding_error(name: str, signature: Any, args: tuple, kwargs: dict) -> None:
+    """A ``TypeError`` came out of a loss call: when the call itself cannot bind to the
+    signature (an unknown or missing keyword, an option passed positionally, an input given
+    twice), raise that in the library's template, naming the function; else return (an error
+    from inside the loss, re-raised as it is)."""
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError:
+        pass
+    else:
+        return
+    params = list(signature.parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(args) > len(positional):
+        fail(
+            name,
+            "arguments",
+            f"{len(positional)} positional arguments ({', '.join(p.name for p in positional)}) "
+            "and the options as keywords (e.g. gamma=2.0)",
+            f"{len(args)} positional arguments",
+            TypeError,
+        )
+    bound = {p.name for p in positional[: len(args)]}
+    for key in kwargs:
+        if key in bound:
+            fail(name, key, "one value", "one positionally and one as a keyword", TypeError)
+    check_keywords(name, [p for p in params if p.name not in bound], kwargs)
+
+
 #: Argument types whose checked values ``loss_function`` remembers (immutable, hashable, compared
 #: by value), and how many it remembers per function at most.
 _SCALARS = frozenset({int, float, str, bool, type(None)})
@@ -363,6 +399,8 @@ def _wrap(fn: Callable[P, R], check: Constraint | None, plain: PlainCall | None)
     # call (a module its configuration). Keyed by type as well (1, 1.0 and True are equal keys).
     passed: dict[tuple[str, type, object], object] = {}
 
+    signature = inspect.signature(fn)
+
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         if plain is not None:
@@ -388,7 +426,11 @@ def _wrap(fn: Callable[P, R], check: Constraint | None, plain: PlainCall | None)
                 kwargs[key] = domain.check(name, key, value)
         if check is not None:
             check(name, {**defaults, **kwargs})
-        return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except TypeError:
+            _binding_error(name, signature, args, kwargs)  # raises if the call cannot bind
+            raise
 
     wrapper.constraint = check  # type: ignore[attr-defined]
     wrapper.plain = plain  # type: ignore[attr-defined]

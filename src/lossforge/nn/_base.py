@@ -29,7 +29,6 @@ themselves: they keep ``reduction``, ``loss_weight`` and the ``reduction_overrid
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 import math
@@ -40,7 +39,13 @@ import torch
 from torch import Tensor, nn
 
 from lossforge._buffers import apply_keeping_float32
-from lossforge._checks import check_number, check_reduction, fail, fail_missing, is_ndarray
+from lossforge._checks import (
+    check_keywords,
+    check_number,
+    check_reduction,
+    fail,
+    is_ndarray,
+)
 from lossforge._params import AnyOf, Batch, ClassVector, Domain, Unchecked, signature_domains
 from lossforge._traits import Traits
 
@@ -334,21 +339,7 @@ def _check_keywords(
 ) -> None:
     """Unknown and missing constructor keywords, in the library's message template (naming the
     class the user built, not Python's anonymous ``bind`` error)."""
-    names = [p.name for p in params]
-    unknown = [k for k in kwargs if k not in names]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], names, n=2, cutoff=0.6)
-        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-        fail(
-            owner,
-            "keywords",
-            f"keywords of {owner}: " + ", ".join(names),
-            "unknown " + ", ".join(repr(k) for k in unknown) + hint,
-            TypeError,
-        )
-    for p in params:
-        if p.default is inspect.Parameter.empty and p.name not in kwargs:
-            fail_missing(owner, p.name)
+    check_keywords(owner, params, kwargs)
 
 
 def _checked_init(init: Callable[..., None]) -> Callable[..., None]:
