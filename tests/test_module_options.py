@@ -108,3 +108,34 @@ def test_seesaw_checks_its_initial_counts_in_every_value_check_mode() -> None:
             N.SeesawLoss(class_counts=bad)
     seesaw = N.SeesawLoss(class_counts=[5, 4, 3], backend="auto")
     assert seesaw.backend == "auto" and "backend='auto'" in repr(seesaw)
+
+
+def test_functional_per_class_options_take_arrays_and_keep_float64() -> None:
+    """The functionals take a NumPy array where they take a list (the modules did, the
+    functionals refused it), and a list for float64 inputs keeps its float64 values (it was
+    rounded to float32 first: cross-entropy with class weights differed from PyTorch's by 1e-8
+    relative; found by a fuzzer)."""
+    import lossforge.functional as F
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    cw = [0.1, 0.3, 0.7, 1.1, 1.3]
+    want = torch.nn.functional.cross_entropy(x, y, weight=torch.tensor(cw, dtype=torch.float64))
+    assert F.cross_entropy(x, y, class_weight=cw) == want  # exactly: no float32 rounding
+    assert F.cross_entropy(x, y, class_weight=np.array(cw)) == want
+    dense = torch.zeros(6, 5, dtype=torch.float64)
+    counts = [50.0, 20.0, 7.0, 3.0, 1.0]
+    for name, key, values in (
+        ("sigmoid_focal_loss", "alpha", [0.25, 0.5, 0.1, 0.9, 0.3]),
+        ("binary_cross_entropy_with_logits", "pos_weight", [1.0, 2.0, 0.5, 3.0, 1.5]),
+    ):
+        fn = getattr(F, name)
+        ref = fn(x, dense, **{key: torch.tensor(values, dtype=torch.float64)})
+        assert fn(x, dense, **{key: np.array(values)}) == ref
+        assert fn(x, dense, **{key: values}) == ref
+    for name in ("balanced_softmax_loss", "logit_adjusted_loss", "ldam_loss"):
+        fn = getattr(F, name)
+        ref = fn(x, y, class_counts=torch.tensor(counts, dtype=torch.float64))
+        assert fn(x, y, class_counts=np.array(counts)) == ref
+        assert fn(x, y, class_counts=counts) == ref

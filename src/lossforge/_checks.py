@@ -347,6 +347,23 @@ def is_ndarray(value: object) -> bool:
     return type(value).__name__ == "ndarray" and type(value).__module__ == "numpy"
 
 
+def host_vector(
+    fn: str, name: str, values: object, like: Tensor, *, items: str, kinds: str
+) -> Tensor:
+    """A list, tuple or NumPy array of numbers as a CPU tensor in ``like``'s compute dtype (a
+    float64 input gets float64 values, not float32-rounded ones). ``TypeError``: ``items`` for
+    a sequence of anything else, ``kinds`` for a value that is no sequence (the caller has
+    handled tensors and numbers before)."""
+    if is_ndarray(values):
+        values = values.tolist()  # type: ignore[attr-defined]
+    if not isinstance(values, (list, tuple)):
+        fail(fn, name, kinds, type(values).__name__, TypeError)
+    try:
+        return torch.tensor([float(v) for v in values], dtype=compute_dtype(like))
+    except (TypeError, ValueError):
+        fail(fn, name, items, repr(values), TypeError)
+
+
 def check_reduction(fn: str, reduction: object, name: str = "reduction") -> str:
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         fail(fn, name, "one of 'none', 'mean', 'sum'", repr(reduction))
@@ -466,18 +483,14 @@ def as_class_weight(
         return None
     if isinstance(class_weight, Tensor):
         w = class_weight
-    elif isinstance(class_weight, (list, tuple)):
-        try:
-            w = torch.tensor([float(v) for v in class_weight])
-        except (TypeError, ValueError):
-            fail(fn, name, "a sequence of numbers", repr(class_weight), TypeError)
     else:
-        fail(
+        w = host_vector(
             fn,
             name,
-            "a 1-d tensor or a sequence of numbers",
-            type(class_weight).__name__,
-            TypeError,
+            class_weight,
+            like,
+            items="a sequence of numbers",
+            kinds="a 1-d tensor or a sequence of numbers",
         )
     if w.is_complex() or w.dtype == torch.bool:
         fail(fn, name, "a real tensor", f"dtype {w.dtype}", TypeError)

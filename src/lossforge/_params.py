@@ -38,6 +38,7 @@ from lossforge._checks import (
     check_keywords,
     check_number,
     fail,
+    is_ndarray,
 )
 
 __all__ = [
@@ -151,8 +152,10 @@ class ClassVector(Domain):
     noun = "a per-class sequence / 1-d tensor"
 
     def accepts(self, value: object) -> bool:
-        return isinstance(value, Tensor) or (
-            isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+        return (
+            isinstance(value, Tensor)
+            or is_ndarray(value)
+            or (isinstance(value, Sequence) and not isinstance(value, (str, bytes)))
         )
 
     def check(self, owner: str, name: str, value: object) -> Any:

@@ -28,6 +28,7 @@ from lossforge._checks import (
     as_class_weight,
     fail,
     in_compute_dtype,
+    is_ndarray,
     value_checks_enabled,
 )
 from lossforge._dispatch import kernel_eligible, unsupported
@@ -39,9 +40,12 @@ KERNEL_DECLINES = "a per-class alpha or a pos_weight (the fused focal kernel tak
 
 
 def is_per_class(alpha: object) -> bool:
-    """Whether ``alpha`` is a per-class vector (a tensor or a sequence), not a float or None."""
-    return isinstance(alpha, Tensor) or (
-        isinstance(alpha, Sequence) and not isinstance(alpha, (str, bytes))
+    """Whether ``alpha`` is a per-class vector (a tensor, a sequence or a NumPy array), not a
+    float or None."""
+    return (
+        isinstance(alpha, Tensor)
+        or is_ndarray(alpha)
+        or (isinstance(alpha, Sequence) and not isinstance(alpha, (str, bytes)))
     )
 
 

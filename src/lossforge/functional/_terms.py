@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as TF
 from torch import Tensor
 
-from lossforge._checks import compute_dtype, fail, value_checks_on
+from lossforge._checks import compute_dtype, fail, host_vector, value_checks_on
 from lossforge._pipeline import SoftmaxInput, Total
 from lossforge._targets import DenseTarget, class_view
 from lossforge.functional._closed_form import (
@@ -439,18 +439,14 @@ def as_pos_weight(fn: str, pos_weight: object, like: Tensor) -> Tensor:
             fail(fn, "pos_weight", f"on the device of `logits` ({like.device})", pw.device)
     elif isinstance(pos_weight, numbers.Real) and not isinstance(pos_weight, bool):
         pw = torch.tensor(float(pos_weight))
-    elif isinstance(pos_weight, (list, tuple)):
-        try:
-            pw = torch.tensor([float(v) for v in pos_weight])
-        except (TypeError, ValueError):
-            fail(fn, "pos_weight", "a sequence of numbers", repr(pos_weight), TypeError)
     else:
-        fail(
+        pw = host_vector(
             fn,
             "pos_weight",
-            "a number, a tensor or a sequence of numbers",
-            type(pos_weight).__name__,
-            TypeError,
+            pos_weight,
+            like,
+            items="a sequence of numbers",
+            kinds="a number, a tensor or a sequence of numbers",
         )
     if pw.is_complex() or pw.dtype == torch.bool:
         fail(fn, "pos_weight", "a real tensor", f"dtype {pw.dtype}", TypeError)

@@ -21,6 +21,7 @@ from lossforge._checks import (
     check_unit_interval,
     compute_dtype,
     fail,
+    host_vector,
     in_compute_dtype,
     value_checks_on,
 )
@@ -484,13 +485,15 @@ def _log_prior(fn: str, values: object, name: str, like: Tensor) -> Tensor:
         v = values
         if v.device != like.device:
             fail(fn, name, f"on the device of `logits` ({like.device})", v.device)
-    elif isinstance(values, (list, tuple)):
-        try:
-            v = torch.tensor([float(a) for a in values])
-        except (TypeError, ValueError):
-            fail(fn, name, "a sequence of numbers", repr(values), TypeError)
     else:
-        fail(fn, name, "a 1-d tensor or a sequence of numbers", type(values).__name__, TypeError)
+        v = host_vector(
+            fn,
+            name,
+            values,
+            like,
+            items="a sequence of numbers",
+            kinds="a 1-d tensor or a sequence of numbers",
+        )
     if v.is_complex() or v.dtype == torch.bool:
         fail(fn, name, "a real tensor", f"dtype {v.dtype}", TypeError)
     if like.ndim == 0:

@@ -21,7 +21,6 @@ Both multiply a cross-entropy term by the modulating factor $(1 - p_t)^\gamma$. 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
 from functools import partial
 from typing import Any, cast
 
@@ -29,7 +28,7 @@ import torch
 from torch import Tensor
 
 from lossforge import _pipeline as pipeline
-from lossforge._checks import check_number, compute_dtype, fail, value_checks_on
+from lossforge._checks import check_number, compute_dtype, fail, host_vector, value_checks_on
 from lossforge._params import (
     ClassProbabilities,
     ClassValues,
@@ -209,18 +208,14 @@ def _alpha_vector(
         if alpha.device != like.device:
             fail(fn, "alpha", f"on the device of `logits` ({like.device})", alpha.device)
         vec = alpha
-    elif isinstance(alpha, Sequence) and not isinstance(alpha, str):
-        try:
-            vec = torch.tensor([float(v) for v in alpha])
-        except (TypeError, ValueError):
-            fail(fn, "alpha", "None, a float or a sequence of numbers", repr(alpha), TypeError)
     else:
-        fail(
+        vec = host_vector(
             fn,
             "alpha",
-            "None, a float, or a per-class sequence / 1-d tensor",
-            type(alpha).__name__,
-            TypeError,
+            alpha,
+            like,
+            items="None, a float or a sequence of numbers",
+            kinds="None, a float, or a per-class sequence / 1-d tensor",
         )
     if vec.ndim != 1 or vec.shape[0] != num_classes:
         fail(

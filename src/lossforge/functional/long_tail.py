@@ -15,7 +15,6 @@ cumulative class counts are the state of ``lossforge.nn.SeesawLoss``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Annotated, cast
@@ -24,7 +23,13 @@ import torch
 from torch import Tensor
 
 from lossforge import _pipeline as pipeline
-from lossforge._checks import compute_dtype, fail, in_compute_dtype, value_checks_enabled
+from lossforge._checks import (
+    compute_dtype,
+    fail,
+    host_vector,
+    in_compute_dtype,
+    value_checks_enabled,
+)
 from lossforge._params import (
     ClassProbabilities,
     ClassValues,
@@ -65,13 +70,15 @@ def class_counts_vector(
         n = counts
         if n.device != like.device:
             fail(fn, name, f"on the device of `logits` ({like.device})", n.device)
-    elif isinstance(counts, Sequence) and not isinstance(counts, (str, bytes)):
-        try:
-            n = torch.tensor([float(v) for v in counts])
-        except (TypeError, ValueError):
-            fail(fn, name, "a sequence of numbers", repr(counts), TypeError)
     else:
-        fail(fn, name, "a 1-d tensor or a sequence of numbers", type(counts).__name__, TypeError)
+        n = host_vector(
+            fn,
+            name,
+            counts,
+            like,
+            items="a sequence of numbers",
+            kinds="a 1-d tensor or a sequence of numbers",
+        )
     if n.is_complex() or n.dtype == torch.bool:
         fail(fn, name, "a real tensor", f"dtype {n.dtype}", TypeError)
     if n.ndim != 1 or n.shape[0] != c:
