@@ -240,7 +240,7 @@ def _ohem(
     )
     order = torch.sort(key, dim=1, descending=True, stable=True).indices
     positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
-    rank = torch.empty_like(order).scatter_(1, order, positions)
+    rank = torch.scatter(torch.empty_like(order), 1, order, positions)  # (vmap: not scatter_)
     selected = (is_neg & (rank < k.unsqueeze(1))).reshape(y.shape)
     loss = pos * bce + torch.where(
         selected, neg * bce, torch.zeros((), dtype=z.dtype, device=z.device)

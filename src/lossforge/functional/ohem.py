@@ -40,8 +40,9 @@ def _ohem_ce(inp: SoftmaxInput, want_total: bool, *, thresh: float, min_kept: in
         # (-1), so it is kept and its NaN reaches the loss instead of being mined away.
         key = torch.where(usable, p_y.nan_to_num(nan=-1.0), 2.0)
         order = torch.sort(key, stable=True).indices
-        rank = torch.empty_like(order).scatter_(
-            0, order, torch.arange(order.numel(), device=order.device)
+        # (out of place: in-place scatter_ has no vmap batching rule, a slow fallback loop)
+        rank = torch.scatter(
+            torch.empty_like(order), 0, order, torch.arange(order.numel(), device=order.device)
         )
         keep = (usable & ((key < thresh) | (rank < min_kept))).reshape(idx.shape)
     loss = torch.where(keep, ce, torch.zeros((), dtype=ce.dtype, device=ce.device))
