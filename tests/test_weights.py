@@ -417,3 +417,64 @@ def test_class_counts_feed_class_weights() -> None:
     )
     with pytest.raises(TypeError, match="labels\\[0\\]` a tensor of labels"):
         lf.class_counts([1.5, 2.5])
+
+
+# --------------------------------------------------------------------------------------------------
+# median_frequency_weights: Eigen & Fergus's frequencies over the images where a class appears
+# --------------------------------------------------------------------------------------------------
+
+
+def _median_frequency_reference(maps: list[torch.Tensor], c: int, ignore: int | None) -> list:
+    """The published definition, written with Python loops: freq(c) = pixels of c / pixels of
+    the images containing c; w = median over present classes / freq."""
+    pixels = [0] * c
+    support = [0] * c
+    for image in (m for batch in maps for m in batch):
+        values = [v for v in image.flatten().tolist() if v != ignore]
+        for k in set(values):
+            pixels[k] += values.count(k)
+            support[k] += len(values)
+    freq = {k: pixels[k] / support[k] for k in range(c) if pixels[k] > 0}
+    f = sorted(freq.values())
+    m = len(f) // 2
+    med = f[m] if len(f) % 2 else 0.5 * (f[m - 1] + f[m])
+    weights = {k: med / v for k, v in freq.items()}
+    top = max(weights.values())
+    return [weights.get(k, top) for k in range(c)]
+
+
+def test_median_frequency_weights_match_the_published_definition() -> None:
+    gen = torch.Generator().manual_seed(2)
+    maps = []
+    for _ in range(3):
+        batch = torch.randint(0, 4, (4, 6, 5), generator=gen)
+        batch[0][batch[0] == 3] = 1  # class 3 absent from some images: where the two differ
+        batch[1, :2] = 255
+        maps.append(batch)
+    maps[0][2] = 5  # class 5 in one image only
+    want = _median_frequency_reference(maps, 7, 255)  # class 6 never appears: "max"
+    got = lf.median_frequency_weights(iter(maps), 7, ignore_index=255)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float32))
+    one = lf.median_frequency_weights(torch.cat(maps), 7, ignore_index=255)
+    torch.testing.assert_close(one, got)  # batches add up
+    global_median = lf.class_weights(
+        lf.class_counts(torch.cat(maps), 7, ignore_index=255), method="median", normalize=None
+    )
+    assert not torch.allclose(global_median, got)  # the global-frequency variant differs
+    assert lf.median_frequency_weights(maps[0], 7, ignore_index=255, zero_count="zero")[6] == 0
+
+
+@pytest.mark.parametrize(
+    ("labels", "kw", "message"),
+    [
+        (torch.tensor([0, 1, 2]), {}, "label maps with the images along dim 0"),
+        (torch.tensor([[0, 3]]), {}, "class indices in \\[0, 3\\), got 3"),
+        (torch.full((2, 2), 255), {"ignore_index": 255}, "at least one class pixel"),
+    ],
+)
+def test_median_frequency_weights_refuse_what_is_not_label_maps(labels, kw, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        lf.median_frequency_weights(labels, 3, **kw)
+    with pytest.raises(TypeError, match="a tensor of class indices"):
+        lf.median_frequency_weights(torch.rand(2, 3), 3)

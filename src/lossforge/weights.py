@@ -18,7 +18,7 @@ from torch import Tensor
 
 from lossforge._checks import check_choice, check_int, check_number, fail, is_ndarray
 
-__all__ = ["class_counts", "class_weights", "drw_class_weights"]
+__all__ = ["class_counts", "class_weights", "drw_class_weights", "median_frequency_weights"]
 
 Method = Literal["inverse", "inverse_sqrt", "median", "enet", "effective_number"]
 Normalize = Literal["mean_one", "sum_one", "max_one"]
@@ -185,6 +185,14 @@ def _index_counts(
     idx = batch.detach().reshape(-1).to("cpu", torch.int64)
     if ignore_index is not None:
         idx = idx[idx != ignore_index]
+    _check_indices(fn, where, idx, num_classes, ignore_index)
+    return torch.bincount(idx, minlength=num_classes or 0)
+
+
+def _check_indices(
+    fn: str, where: str, idx: Tensor, num_classes: int | None, ignore_index: int | None
+) -> None:
+    """Class indices (ignored ones removed) within ``[0, num_classes)``, or non-negative."""
     if idx.numel():
         low, high = (int(v) for v in torch.aminmax(idx))
         limit = num_classes if num_classes is not None else high + 1
@@ -198,7 +206,103 @@ def _index_counts(
             if ignore_index is None and bad < 0:
                 expected += " (pass ignore_index for an ignore label)"
             fail(fn, where, expected, bad)
-    return torch.bincount(idx, minlength=num_classes or 0)
+
+
+def median_frequency_weights(
+    labels: Tensor | Iterable[Tensor],
+    num_classes: int,
+    *,
+    ignore_index: int | None = None,
+    normalize: Normalize | None = None,
+    zero_count: ZeroCount = "max",
+) -> Tensor:
+    r"""Median frequency balancing as Eigen & Fergus define it (and SegNet uses): class weights
+    from label maps, with each class's frequency taken over the images in which it appears.
+
+    With $n_c$ the pixels of class $c$ and $T_c$ the (non-ignored) pixels of the images that
+    contain class $c$,
+
+    $$
+    f_c = n_c / T_c, \qquad w_c = \operatorname{median}_{k: n_k > 0}(f_k) / f_c .
+    $$
+
+    :func:`class_weights` with ``method="median"`` divides by all pixels instead ($f_c = n_c /
+    N$), which makes a class that appears in few images look rarer than it is where it appears;
+    this is the published definition. Classes that never appear get the ``zero_count`` rule of
+    :func:`class_weights` (default ``"max"``: the largest weight among the others; ``"as_one"``
+    would treat a frequency like a count).
+
+    Args:
+        labels: Class-index maps with the images along the first dimension (``(N, H, W)``, or
+            ``(N, D, H, W)``), or an iterable of such batches (a data loader's label batches).
+        num_classes: ``C``.
+        ignore_index: The label value to skip (neither a class pixel nor an image pixel).
+        normalize: As in :func:`class_weights`; ``None`` (default) is the published weights, the
+            median class at 1.
+        zero_count: As in :func:`class_weights`: ``"max"`` (default) or ``"zero"``.
+
+    Returns:
+        ``(C,)`` float32 weights on the CPU.
+
+    Raises:
+        ValueError: an index outside ``[0, C)`` other than ``ignore_index``, labels without an
+            image dimension, no class pixel at all.
+        TypeError: a batch that is not a tensor of integers.
+
+    References:
+        Eigen & Fergus, "Predicting Depth, Surface Normals and Semantic Labels with a Common
+        Multi-Scale Convolutional Architecture", ICCV 2015, arXiv:1411.4734 (section 4.4);
+        Badrinarayanan et al., "SegNet", TPAMI 2017, arXiv:1511.00561.
+
+    Example:
+        >>> maps = torch.tensor([[[0, 0], [0, 1]], [[0, 0], [2, 2]]])  # two 2 x 2 images
+        >>> median_frequency_weights(maps, 3)  # f = 5/8, 1/4, 2/4: median 1/2
+        tensor([0.8000, 2.0000, 1.0000])
+    """
+    fn = "median_frequency_weights"
+    c = check_int(fn, "num_classes", num_classes, low=1)
+    if ignore_index is not None:
+        ignore_index = check_int(fn, "ignore_index", ignore_index)
+    check_choice(fn, "zero_count", zero_count, ZERO_COUNT)
+    if is_ndarray(labels):
+        labels = torch.as_tensor(labels)
+    batches: Iterable[object] = [labels] if isinstance(labels, Tensor) else labels
+    if not isinstance(batches, Iterable) or isinstance(batches, (str, bytes)):
+        fail(fn, "labels", "a tensor or an iterable of tensors", type(labels).__name__, TypeError)
+    pixels = torch.zeros(c, dtype=torch.float64)
+    support = torch.zeros(c, dtype=torch.float64)
+    for i, batch in enumerate(batches):
+        where = "labels" if isinstance(labels, Tensor) else f"labels[{i}]"
+        if is_ndarray(batch):
+            batch = torch.as_tensor(batch)
+        if not isinstance(batch, Tensor) or batch.is_floating_point() or batch.is_complex():
+            kind = batch.dtype if isinstance(batch, Tensor) else type(batch).__name__
+            fail(fn, where, "a tensor of class indices", kind, TypeError)
+        if batch.ndim < 2:
+            fail(fn, where, "label maps with the images along dim 0", f"shape {tuple(batch.shape)}")
+        if batch.numel() == 0:
+            continue  # (an empty batch: no image, no pixel)
+        idx = batch.detach().to("cpu", torch.int64).reshape(batch.shape[0], -1)
+        valid = (
+            torch.ones_like(idx, dtype=torch.bool) if ignore_index is None else idx != ignore_index
+        )
+        _check_indices(fn, where, idx[valid], c, ignore_index)
+        image = torch.arange(idx.shape[0]).unsqueeze(1).expand_as(idx)
+        per_image = (
+            torch.bincount((image * c + idx)[valid], minlength=idx.shape[0] * c)
+            .reshape(idx.shape[0], c)
+            .to(torch.float64)
+        )
+        pixels += per_image.sum(0)
+        support += ((per_image > 0) * per_image.sum(1, keepdim=True)).sum(0)
+    if not bool((pixels > 0).any()):
+        fail(fn, "labels", "at least one class pixel", "none (empty or all ignored)")
+    freq = torch.where(support > 0, pixels / support.clamp_min(1), 0.0)
+    # median(f) / f_c does not depend on the scale of f: class_weights' "median" of these
+    # frequencies is the published weight
+    return class_weights(
+        freq.to(torch.float32), method="median", normalize=normalize, zero_count=zero_count
+    )
 
 
 def _dense_counts(fn: str, where: str, batch: Tensor, class_dim: int) -> Tensor:
@@ -252,7 +356,9 @@ def class_weights(
 
     ``"median"`` is median frequency balancing (Eigen & Fergus 2015; SegNet): the median runs over
     the classes that occur and is the mean of the two middle values for an even number of them, so
-    with ``normalize=None`` the median class gets weight 1. ``"enet"`` bounds the weights by
+    with ``normalize=None`` the median class gets weight 1. Its frequencies are over all the
+    counts; :func:`median_frequency_weights` takes each class's frequency over the images that
+    contain it, as the paper defines it. ``"enet"`` bounds the weights by
     $1/\ln c$ (about 50.5 for $c = 1.02$); it needs $c > 1$ so that $\ln(c + f_c) > 0$ for every
     frequency. ``"effective_number"`` is the class-balanced weight of Cui et al. (the inverse of
     $E_n = (1 - \beta^n)/(1 - \beta)$, the expected number of distinct samples): $\beta = 0$ gives
