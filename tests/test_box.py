@@ -607,3 +607,35 @@ def test_enclosing_box_of_ordered_boxes_is_unchanged() -> None:
     gen = torch.Generator().manual_seed(4)
     p, t = make_boxes(64, F64, gen)
     assert_close(F.diou_loss(p, t, reduction="none", eps=1e-7), ref.diou(p, t, 1e-7), F64)
+
+
+@pytest.mark.parametrize("name", ["giou_loss", "diou_loss"])  # (CIoU shares DIoU's terms)
+def test_zero_width_prediction_keeps_the_usual_subgradient(name: str) -> None:
+    """The ordered-corner enclosure adds nothing at x1 == x2: the enclosing side's gradient
+    stays on x2 (a clamp at 0 passed it to x1 instead; found by a review), as the usual
+    enclosing box (mmdetection's formula) gives it."""
+    fn = getattr(F, name)
+    target = torch.tensor([[0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 4.0, 4.0]], dtype=F64)
+    pred = torch.tensor([[5.0, 5.0, 5.0, 5.0], [-2.0, 1.0, -2.0, 3.0]], dtype=F64)
+
+    def usual(p: torch.Tensor) -> torch.Tensor:  # the loss with the usual enclosing box
+        px1, py1, px2, py2 = p.unbind(-1)
+        tx1, ty1, tx2, ty2 = target.unbind(-1)
+        w, h = (px2 - px1).clamp(min=0), (py2 - py1).clamp(min=0)
+        inter = (torch.minimum(px2, tx2) - torch.maximum(px1, tx1)).clamp(min=0) * (
+            torch.minimum(py2, ty2) - torch.maximum(py1, ty1)
+        ).clamp(min=0)
+        union = w * h + 16.0 - inter
+        iou = inter / (union + 1e-7)
+        cw = (torch.maximum(px2, tx2) - torch.minimum(px1, tx1)).clamp(min=0)
+        ch = (torch.maximum(py2, ty2) - torch.minimum(py1, ty1)).clamp(min=0)
+        if name == "giou_loss":
+            return 1 - iou + (cw * ch - union) / (cw * ch + 1e-7)
+        rho2 = 0.25 * (((px1 + px2) - (tx1 + tx2)) ** 2 + ((py1 + py2) - (ty1 + ty2)) ** 2)
+        return 1 - iou + rho2 / (cw * cw + ch * ch + 1e-7)
+
+    x = pred.clone().requires_grad_(True)
+    fn(x, target, reduction="sum", eps=1e-7).backward()
+    y = pred.clone().requires_grad_(True)
+    usual(y).sum().backward()
+    assert_close(x.grad, y.grad, F64)

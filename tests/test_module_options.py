@@ -139,3 +139,30 @@ def test_functional_per_class_options_take_arrays_and_keep_float64() -> None:
         ref = fn(x, y, class_counts=torch.tensor(counts, dtype=torch.float64))
         assert fn(x, y, class_counts=np.array(counts)) == ref
         assert fn(x, y, class_counts=counts) == ref
+
+
+def test_review_fixes_of_the_numpy_and_float64_options() -> None:
+    """A number pos_weight keeps a float64 input's precision; 0-d arrays are numbers for alpha
+    and pos_weight; a bool array is refused as weights; Seesaw takes an array of counts and
+    refuses counts beyond int64; a misspelled keyword of a loss with a constraint is reported
+    as the misspelling, not as the constraint."""
+    import lossforge.functional as F
+
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    zeros = torch.zeros(4, 3, dtype=torch.float64)
+    want = torch.nn.functional.binary_cross_entropy_with_logits(
+        x, zeros, pos_weight=torch.tensor(0.1, dtype=torch.float64)
+    )
+    assert F.binary_cross_entropy_with_logits(x, zeros, pos_weight=0.1) == want
+    assert F.binary_cross_entropy_with_logits(x, zeros, pos_weight=np.array(0.1)) == want
+    assert F.sigmoid_focal_loss(x, zeros, alpha=np.array(0.25)) == F.sigmoid_focal_loss(
+        x, zeros, alpha=0.25
+    )
+    with pytest.raises(TypeError, match="expected `class_weight` a real array, got dtype bool"):
+        F.cross_entropy(x, torch.tensor([0, 1, 2, 0]), class_weight=np.array([True, False, True]))
+    assert N.SeesawLoss(class_counts=np.array([3, 4, 5])).cum_samples.tolist() == [3, 4, 5]
+    with pytest.raises(ValueError, match="integer counts"):
+        N.SeesawLoss(class_counts=[1e19, 1.0])
+    with pytest.raises(TypeError, match="unknown 'prior' \\(did you mean 'priors'\\?\\)"):
+        F.logit_adjusted_loss(x, torch.tensor([0, 1, 2, 0]), prior=[0.2, 0.3, 0.5])

@@ -478,3 +478,10 @@ def test_median_frequency_weights_refuse_what_is_not_label_maps(labels, kw, mess
         lf.median_frequency_weights(labels, 3, **kw)
     with pytest.raises(TypeError, match="a tensor of class indices"):
         lf.median_frequency_weights(torch.rand(2, 3), 3)
+    with pytest.raises(TypeError, match="a tensor of class indices"):
+        lf.median_frequency_weights(torch.ones(2, 3, dtype=torch.bool), 3)
+    maps = torch.tensor([[[0, 1]]])
+    with pytest.raises(ValueError, match="median_frequency_weights: expected `normalize`"):
+        lf.median_frequency_weights(maps, 3, normalize="bogus")
+    with pytest.raises(ValueError, match="expected `zero_count` one of 'max', 'zero'"):
+        lf.median_frequency_weights(maps, 3, zero_count="as_one")

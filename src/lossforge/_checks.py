@@ -355,6 +355,8 @@ def host_vector(
     a sequence of anything else, ``kinds`` for a value that is no sequence (the caller has
     handled tensors and numbers before)."""
     if is_ndarray(values):
+        if values.dtype.kind not in "iuf":  # type: ignore[attr-defined]
+            fail(fn, name, "a real array", f"dtype {values.dtype}", TypeError)  # type: ignore[attr-defined]
         values = values.tolist()  # type: ignore[attr-defined]
     if not isinstance(values, (list, tuple)):
         fail(fn, name, kinds, type(values).__name__, TypeError)

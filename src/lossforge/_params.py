@@ -86,9 +86,16 @@ class Number(Domain):
 
     def accepts(self, value: object) -> bool:
         t = type(value)
-        return t is float or t is int or (isinstance(value, numbers.Real) and t is not bool)
+        return (
+            t is float
+            or t is int
+            or (isinstance(value, numbers.Real) and t is not bool)
+            or (is_ndarray(value) and value.ndim == 0)  # type: ignore[attr-defined]
+        )
 
     def check(self, owner: str, name: str, value: object) -> float:
+        if is_ndarray(value) and value.ndim == 0:  # type: ignore[attr-defined]
+            value = value.item()  # type: ignore[attr-defined]  # a NumPy scalar array
         return check_number(
             owner,
             name,
@@ -154,7 +161,7 @@ class ClassVector(Domain):
     def accepts(self, value: object) -> bool:
         return (
             isinstance(value, Tensor)
-            or is_ndarray(value)
+            or (is_ndarray(value) and value.ndim > 0)  # type: ignore[attr-defined]
             or (isinstance(value, Sequence) and not isinstance(value, (str, bytes)))
         )
 
@@ -360,11 +367,16 @@ def _binding_error(name: str, signature: Any, args: tuple, kwargs: dict) -> None
     params = list(signature.parameters.values())
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if len(args) > len(positional):
+        option = next(
+            (p for p in params if p.kind is p.KEYWORD_ONLY and p.default not in (p.empty, None)),
+            None,
+        )
+        example = "" if option is None else f" (e.g. {option.name}={option.default!r})"
         fail(
             name,
             "arguments",
             f"{len(positional)} positional arguments ({', '.join(p.name for p in positional)}) "
-            "and the options as keywords (e.g. gamma=2.0)",
+            f"and the options as keywords{example}",
             f"{len(args)} positional arguments",
             TypeError,
         )
@@ -403,6 +415,7 @@ def _wrap(fn: Callable[P, R], check: Constraint | None, plain: PlainCall | None)
     passed: dict[tuple[str, type, object], object] = {}
 
     signature = inspect.signature(fn)
+    keywords = set(signature.parameters)
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -428,6 +441,8 @@ def _wrap(fn: Callable[P, R], check: Constraint | None, plain: PlainCall | None)
             else:
                 kwargs[key] = domain.check(name, key, value)
         if check is not None:
+            if not kwargs.keys() <= keywords:  # a misspelled keyword, before the constraint
+                _binding_error(name, signature, args, kwargs)
             check(name, {**defaults, **kwargs})
         try:
             return fn(*args, **kwargs)

@@ -263,7 +263,10 @@ def median_frequency_weights(
     c = check_int(fn, "num_classes", num_classes, low=1)
     if ignore_index is not None:
         ignore_index = check_int(fn, "ignore_index", ignore_index)
-    check_choice(fn, "zero_count", zero_count, ZERO_COUNT)
+    # (a frequency is no count: "as_one" would give a never-seen class the smallest weight)
+    check_choice(fn, "zero_count", zero_count, ("max", "zero"))
+    if normalize is not None:
+        check_choice(fn, "normalize", normalize, NORMALIZE)
     if is_ndarray(labels):
         labels = torch.as_tensor(labels)
     batches: Iterable[object] = [labels] if isinstance(labels, Tensor) else labels
@@ -275,7 +278,12 @@ def median_frequency_weights(
         where = "labels" if isinstance(labels, Tensor) else f"labels[{i}]"
         if is_ndarray(batch):
             batch = torch.as_tensor(batch)
-        if not isinstance(batch, Tensor) or batch.is_floating_point() or batch.is_complex():
+        if (
+            not isinstance(batch, Tensor)
+            or batch.is_floating_point()
+            or batch.is_complex()
+            or batch.dtype == torch.bool
+        ):
             kind = batch.dtype if isinstance(batch, Tensor) else type(batch).__name__
             fail(fn, where, "a tensor of class indices", kind, TypeError)
         if batch.ndim < 2:

@@ -44,7 +44,7 @@ def is_per_class(alpha: object) -> bool:
     float or None."""
     return (
         isinstance(alpha, Tensor)
-        or is_ndarray(alpha)
+        or (is_ndarray(alpha) and alpha.ndim > 0)  # type: ignore[attr-defined]
         or (isinstance(alpha, Sequence) and not isinstance(alpha, (str, bytes)))
     )
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as TF
 from torch import Tensor
 
-from lossforge._checks import compute_dtype, fail, host_vector, value_checks_on
+from lossforge._checks import compute_dtype, fail, host_vector, is_ndarray, value_checks_on
 from lossforge._pipeline import SoftmaxInput, Total
 from lossforge._targets import DenseTarget, class_view
 from lossforge.functional._closed_form import (
@@ -437,8 +437,11 @@ def as_pos_weight(fn: str, pos_weight: object, like: Tensor) -> Tensor:
         pw = pos_weight
         if pw.device != like.device:
             fail(fn, "pos_weight", f"on the device of `logits` ({like.device})", pw.device)
-    elif isinstance(pos_weight, numbers.Real) and not isinstance(pos_weight, bool):
-        pw = torch.tensor(float(pos_weight))
+    elif (isinstance(pos_weight, numbers.Real) and not isinstance(pos_weight, bool)) or (
+        is_ndarray(pos_weight) and pos_weight.ndim == 0  # type: ignore[attr-defined]
+    ):
+        # (in the compute dtype: a float64 input's number is not rounded to float32)
+        pw = torch.tensor(float(pos_weight), dtype=compute_dtype(like))  # type: ignore[arg-type]
     else:
         pw = host_vector(
             fn,

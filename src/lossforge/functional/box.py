@@ -18,7 +18,10 @@ The numerics, shared by the four losses:
 
 * Widths and heights are clamped at 0: a predicted box with ``x2 < x1`` (or ``y2 < y1``) is an
   empty box (area 0, no intersection), not a negative area that could make the union vanish.
-  Intersection and enclosing-box sides are clamped at 0 too (mmdetection, torchvision).
+  The intersection's sides are clamped at 0 too (mmdetection, torchvision); the enclosing box
+  holds all four corners of both boxes (for ``x1 <= x2`` the usual enclosing box; for an
+  inverted prediction it keeps the prediction's centre inside it, so DIoU's centre term stays
+  at most 1).
 * Every denominator is a sum of non-negative terms plus ``eps > 0``, so degenerate boxes (zero
   width or height, points, two identical points) and non-overlapping boxes give finite values and
   finite gradients. ``eps`` enters where torchvision puts it (``I / (U + eps)``,
@@ -107,7 +110,7 @@ def _pair(p: Tensor, t: Tensor, eps: float) -> _Pair:
     # target's corners only, an inverted prediction's centre left it: a loss growing with the
     # square of the inversion, fp16 gradients overflowing). The prediction's corners in order
     # are (x1 + n, x2 - n) with n = min(x2 - x1, 0): for x1 <= x2 (n = 0) the usual box.
-    nx, ny = pw.clamp(max=0), ph.clamp(max=0)
+    nx, ny = pw - w, ph - h  # (min(d, 0) with no gradient at d = 0, where x1 == x2)
     cw = torch.maximum(px2 - nx, tx2) - torch.minimum(px1 + nx, tx1)
     ch = torch.maximum(py2 - ny, ty2) - torch.minimum(py1 + ny, ty1)
     # (sum of x-coordinates difference)^2 / 4 = squared distance of the centres along x

@@ -13,6 +13,7 @@ from lossforge._checks import (
     check_floating,
     check_int,
     fail,
+    is_ndarray,
     refuse_state_update_under_transforms,
     value_checks_enabled,
 )
@@ -292,6 +293,8 @@ def _initial_counts(name: str, num_classes: object, class_counts: object) -> Ten
             if isinstance(counts, torch.nn.Parameter)
             else "a tensor that requires grad",
         )
+    if is_ndarray(counts):
+        counts = counts.tolist()  # a NumPy array: its numbers, as for every module option
     if isinstance(counts, Tensor):
         t = counts.detach()
     elif isinstance(counts, Sequence) and not isinstance(counts, (str, bytes)):
@@ -307,7 +310,7 @@ def _initial_counts(name: str, num_classes: object, class_counts: object) -> Ten
         fail(name, "class_counts", "a 1-d sequence of C >= 2 counts", f"shape {tuple(t.shape)}")
     # host values are always checked (no device read), as every module's options are
     if t.device.type == "cpu" or value_checks_enabled(t):
-        ok = torch.isfinite(t) & (t >= 0) & (t == torch.round(t))
+        ok = torch.isfinite(t) & (t >= 0) & (t == torch.round(t)) & (t < 2.0**63)  # (int64)
         if not bool(ok.all()):
             fail(name, "class_counts", "non-negative integer counts", t.tolist())
     return t.to(torch.int64).clone()
