@@ -71,6 +71,7 @@ class Scenario:
     loss: Callable[[Tensor, Tensor, Any], Tensor]
     shards: tuple[tuple[int, int], tuple[int, int]] = ((0, 4), (4, 8))
     count: Callable[[Tensor], Any] | None = None
+    scale_grad: bool = True  # False: the scope's sum-of-gradients mode (compared as sums)
     mode: str = "scope"
     clamp: float = 0.0
 
@@ -229,6 +230,20 @@ SCENARIOS: list[Scenario] = [
         "ce_ignore_rank_all_ignored", "cross_entropy", _ce_data(ignore_rows=range(4, 8)), _ce()
     ),
     Scenario("ce_rank_empty", "cross_entropy", _ce_data(), _ce(), shards=((0, 8), (8, 8))),
+    # fewer valid targets than ranks, beside ignored ones: the rank-mean count (1/2) must not be
+    # clamped to 1 (the loss and gradients came out halved; found by an audit)
+    Scenario(
+        "ce_one_valid_fewer_than_ranks",
+        "cross_entropy",
+        _ce_data(ignore_rows=range(1, 8), ignore_frac=0.0),
+        _ce(),
+    ),
+    Scenario(
+        "softmax_focal_one_valid_fewer_than_ranks",
+        "softmax_focal_loss",
+        _ce_data(ignore_rows=range(1, 8), ignore_frac=0.0),
+        _softmax_focal,
+    ),
     Scenario(
         "ce_dense_uneven", "cross_entropy", _ce_data(spatial=(3, 2)), _ce(), shards=((0, 3), (3, 8))
     ),
@@ -400,6 +415,11 @@ SCENARIOS: list[Scenario] = [
     Scenario(
         "dice_batch_rank_empty", "dice_loss", _seg(), _dice(batch=True), shards=((0, 8), (8, 8))
     ),
+    # scale_grad=False (gradients summed): the entry count is summed over the ranks, so the local
+    # gradient of the global sums needs K as well (it came out K times too small; found by an
+    # audit); the summed losses equal the single process
+    Scenario("dice_batch_sum_grads", "dice_loss", _seg(), _dice(batch=True), scale_grad=False),
+    Scenario("ce_sum_grads", "cross_entropy", _ce_data(), _ce(), scale_grad=False),
     Scenario(
         "dice_batch_squared_uneven",
         "dice_loss",
@@ -453,7 +473,7 @@ def _run(sc: Scenario, rank: int | None) -> dict[str, Any]:
         avg = global_avg_factor(count, min_value=sc.clamp) if count is not None else None
         loss = sc.loss(_apply(x, w), t, avg)
     else:
-        with global_normalization(min_avg_factor=sc.clamp):
+        with global_normalization(min_avg_factor=sc.clamp, scale_grad=sc.scale_grad):
             loss = sc.loss(_apply(x, w), t, count)
     loss.backward()
     out["loss"] = loss.detach()
@@ -657,6 +677,8 @@ def test_ranks_equal_single_process(sc: Scenario, ddp_results: dict[str, Any]) -
     if not _available(sc.needs):
         pytest.skip(f"lossforge.functional.{sc.needs} has not landed")
     loss, grad, per_rank = _combine(ddp_results, sc.name)
+    if not sc.scale_grad:  # gradients (and losses) summed over the ranks, not averaged
+        loss, grad = loss * WORLD, None if grad is None else grad * WORLD
     ref = _run(sc, None)
     torch.testing.assert_close(loss, ref["loss"], rtol=0, atol=ATOL)
     torch.testing.assert_close(grad, ref["grad"], rtol=0, atol=ATOL)
@@ -876,3 +898,16 @@ def test_lightning_example() -> None:
     model = module.LongTailClassifier(loss=spec, class_counts=[100.0, 10.0, 1.0] + [5.0] * 7)
     assert isinstance(model.loss_fn.class_weight, torch.Tensor)
     assert "loss_fn.class_weight" in model.state_dict()  # a buffer: follows .to() and checkpoints
+
+
+def test_batch_region_loss_refuses_avg_factor_in_the_scope() -> None:
+    """dice with batch=True sums its statistics over the ranks inside the scope; a per-rank
+    avg_factor then has no global meaning (the loss came out K times too large): refused on
+    every rank alike (it depends on the arguments only, so no rank is left in a collective)."""
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    t = torch.randint(0, 3, (2, 4, 4))
+    with global_normalization(), pytest.raises(ValueError, match="`avg_factor` None with batch"):
+        LF.dice_loss(x, t, batch=True, avg_factor=2.0)
+    with global_normalization():
+        LF.dice_loss(x, t, batch=False, avg_factor=2.0)  # per-sample entries: local, allowed
+    LF.dice_loss(x, t, batch=True, avg_factor=2.0)  # outside the scope: as before

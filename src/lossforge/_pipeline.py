@@ -1413,10 +1413,24 @@ def region(
     if valid is not None:
         count = _sum(valid.to(p.dtype), dims).expand_as(sums[0])
     if batch and _reduction._denominator_hook is not None:
-        from lossforge.distributed import maybe_global_sum
+        from lossforge.distributed import _scope_scale_grad, global_sum
 
+        if avg is not None and reduction == "mean":
+            fail(
+                fn,
+                "avg_factor",
+                "None with batch=True inside global_normalization() (the batch statistics are "
+                "summed over the ranks already: a per-rank avg_factor has no global meaning)",
+                avg,
+            )
         parts = sums if count is None else [*sums, count]
-        summed = maybe_global_sum(torch.stack(parts))
+        # A "mean" over the entries divides by their count summed over the ranks (K times the
+        # entries): each rank's loss is the global loss / K without DDP's averaging, so the
+        # local gradient is scaled by K in both scale_grad modes (the gradients K times too
+        # small with scale_grad=False otherwise); "sum" follows the scope's scale_grad.
+        summed = global_sum(
+            torch.stack(parts), scale_grad=True if reduction == "mean" else _scope_scale_grad()
+        )
         sums = list(summed[: len(sums)])
         if count is not None:
             count = summed[len(sums)]

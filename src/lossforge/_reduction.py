@@ -280,6 +280,10 @@ def mean_denominator(
         if isinstance(local, Tensor):
             local = local.reshape(()).to(device=device, dtype=dtype)
         local = global_denominator(local, is_avg_factor=strict, device=device, dtype=dtype)
+        # The global count over K (the rank mean) may lie in (0, 1) when the whole batch has
+        # fewer valid elements than ranks: the count's max(d, 1) shortcut would clamp it there,
+        # so the general rule (0 only for d == 0) applies.
+        count = False
     elif isinstance(local, Tensor) and local.ndim:
         local = local.reshape(())
     return Denominator(local, strict, count)

@@ -36,7 +36,7 @@ Counts are all-reduced with ``torch.distributed.all_reduce`` on a detached clone
 ``torch.distributed.nn.all_reduce``, whose backward scales gradients unexpectedly, pytorch#58005),
 with no host synchronisation, and the caller's tensor is never modified. Every rank issues the same
 collectives whatever its data, so a rank with an empty or fully ignored batch cannot deadlock the
-others.
+others (a rank that raises on bad data stops issuing them: see docs/distributed.md).
 
 Example:
     >>> import torch
@@ -245,6 +245,11 @@ def maybe_global_sum(x: Tensor) -> Tensor:
 
 _state_min_avg_factor: float = 0.0
 _state_scale_grad: bool = True
+
+
+def _scope_scale_grad() -> bool:
+    """The ``scale_grad`` of the active ``global_normalization()`` scope (True outside it)."""
+    return _state_scale_grad
 
 
 def _hook(local: Tensor, is_avg_factor: bool) -> Tensor:
