@@ -1376,6 +1376,15 @@ def region(
     x, avg = _region_checks(
         fn, logits, activation, include_background, class_weight, reduction, avg_factor
     )
+    if batch and avg is not None and reduction == "mean" and _reduction._denominator_hook:
+        # (before the routing: both backends refuse it alike)
+        fail(
+            fn,
+            "avg_factor",
+            "None with batch=True inside global_normalization() (the batch statistics are "
+            "summed over the ranks already: a per-rank avg_factor has no global meaning)",
+            avg,
+        )
     target = resolve_target(fn, x, target, index_target=index_target)
     if fused is not None and kernel_eligible(fn, backend, x):
         out = None
@@ -1415,14 +1424,6 @@ def region(
     if batch and _reduction._denominator_hook is not None:
         from lossforge.distributed import _scope_scale_grad, global_sum
 
-        if avg is not None and reduction == "mean":
-            fail(
-                fn,
-                "avg_factor",
-                "None with batch=True inside global_normalization() (the batch statistics are "
-                "summed over the ranks already: a per-rank avg_factor has no global meaning)",
-                avg,
-            )
         parts = sums if count is None else [*sums, count]
         # A "mean" over the entries divides by their count summed over the ranks (K times the
         # entries): each rank's loss is the global loss / K without DDP's averaging, so the
