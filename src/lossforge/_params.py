@@ -353,16 +353,21 @@ def loss_function(
     return _wrap(fn, check, plain)
 
 
+def _binds(signature: Any, args: tuple, kwargs: dict) -> bool:
+    """Whether ``args`` / ``kwargs`` bind to ``signature`` (Python's own binding rules)."""
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError:
+        return False
+    return True
+
+
 def _binding_error(name: str, signature: Any, args: tuple, kwargs: dict) -> None:
     """A ``TypeError`` came out of a loss call: when the call itself cannot bind to the
     signature (an unknown or missing keyword, an option passed positionally, an input given
     twice), raise that in the library's template, naming the function; else return (an error
     from inside the loss, re-raised as it is)."""
-    try:
-        signature.bind(*args, **kwargs)
-    except TypeError:
-        pass
-    else:
+    if _binds(signature, args, kwargs):
         return
     params = list(signature.parameters.values())
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
