@@ -103,3 +103,51 @@ def test_math_renders_with_katex(site: Path, tmp_path: Path) -> None:
     result = json.loads(proc.stdout)
     assert result["n"] == len(formulas)
     assert not result["bad"], "KaTeX cannot render:\n" + "\n".join(result["bad"])
+
+
+_FENCE = re.compile(r"^\s*(`{3,}|~{3,})(.*)$")
+
+
+def _markdown_files() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def test_code_fences_are_well_formed() -> None:
+    """Every fenced block closes on a line of its own: text after a closing fence (```` ``` Every
+    loss...````) is not a fence to Markdown, so the block runs on over the following sections,
+    which the strict build does not report."""
+    for path in _markdown_files():
+        open_fence: str | None = None
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            m = _FENCE.match(line)
+            if m is None:
+                continue
+            fence, rest = m.groups()
+            if open_fence is None:
+                assert re.fullmatch(r"[\w+-]*(\s*\{.*\})?\s*", rest), (
+                    f"{path.name}:{n}: an opening fence takes a language name only, got {rest!r}"
+                )
+                open_fence = fence
+            elif fence.startswith(open_fence[0]) and len(fence) >= len(open_fence):
+                assert not rest.strip(), f"{path.name}:{n}: text after a closing fence: {rest!r}"
+                open_fence = None
+        assert open_fence is None, f"{path.name}: a fenced block is never closed"
+
+
+def test_referenced_markdown_files_exist() -> None:
+    """A document the README or the docs name as one (``PERFORMANCE.md``, in capitals) or link
+    to (``[...](docs/x.md)``, from the README, whose links the site build does not check) is a file
+    of this repository: the design notes behind the project are not, and what the docs take from
+    them is in docs/design.md. (Lower-case names elsewhere are files commands write.)"""
+    named = re.compile(r"(?<![\w/.-])([A-Z][A-Z_-]*\.md)\b")
+    linked = re.compile(r"\]\(([^)#\s]+\.md)(?:#[^)]*)?\)")
+    skip = {".venv", "build", "site"}
+    known = {p.name for p in ROOT.rglob("*.md") if not skip.intersection(p.parts)}
+    for path in _markdown_files():
+        text = path.read_text(encoding="utf-8")
+        for n, line in enumerate(text.splitlines(), 1):
+            for ref in named.findall(line):
+                assert ref in known, f"{path.name}:{n}: {ref} is not a file of this repository"
+            for ref in linked.findall(line) if path.name == "README.md" else []:
+                target = ROOT / ref
+                assert target.is_file(), f"README.md:{n}: the link {ref} points to no file"

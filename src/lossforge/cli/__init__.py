@@ -327,7 +327,7 @@ def _add_bench(sub: Any) -> None:
             "interleaved rounds (speed-up: median and quartiles of the per-round ratios);\n"
             "lossforge's functional with backend='torch' (CPU: also with value checks off;\n"
             "CUDA: also the triton kernels), and its module. The full benchmark protocol of the\n"
-            "design (PERFORMANCE.md section 6: DET, SEG, ML-L, LLM, ML-S, REG with CUDA events,\n"
+            "design (docs/design.md: DET, SEG, ML-L, LLM, ML-S, REG with CUDA events,\n"
             "roofline, torch.compile and Liger references) is not part of the installed\n"
             "package: from a repository checkout run\n"
             "`python -m benchmarks.run --help`."

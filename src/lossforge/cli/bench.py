@@ -722,7 +722,7 @@ def _markdown(rows: list[dict[str, Any]], header: Mapping[str, Any]) -> list[str
 #: Options that cli/__init__.py still parses for the protocol, which moved to the repository.
 _PROTOCOL_ONLY = ("smoke", "reps", "iters", "no_compile", "no_launches")
 _PROTOCOL_MOVED = (
-    "the benchmark protocol (PERFORMANCE.md section 6) is not part of the installed package: "
+    "the benchmark protocol (docs/design.md) is not part of the installed package: "
     "from a repository checkout run `python -m benchmarks.run` (options --only, --smoke, --out, "
     "--stem, --reps, --iters, --no-compile, --no-launches; see its --help)"
 )
