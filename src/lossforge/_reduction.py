@@ -273,7 +273,10 @@ def mean_denominator(
     elif denominator is not None:
         local, strict = denominator, False
     elif valid is None:
-        local, strict = float(numel), False
+        # (a symbolic size under torch.export / dynamic shapes stays symbolic: float() of it
+        # would specialise the batch size to a constant)
+        local = float(numel) if type(numel) is int else torch.sym_float(numel)
+        strict = False
     else:
         local, strict, count = _valid_count(valid, numel), False, True
     if _denominator_hook is not None:

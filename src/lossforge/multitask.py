@@ -532,7 +532,9 @@ class UncertaintyWeighting(Weighting):
         log_var_bounds: Optional ``(low, high)`` clamp of $s$ in the forward pass (``init_log_var``
             must lie within). Outside the bounds the gradient still passes when a descent step
             would bring $s$ back, so a parameter an optimizer step carried past a bound returns
-            once the losses ask for it (a plain clamp's zero gradient would freeze it).
+            once the losses ask for it (a plain clamp's zero gradient would freeze it). A
+            program made by ``torch.export`` keeps the forward operations only, so there the
+            bounds are a plain clamp.
 
     Example:
         >>> import torch
@@ -749,7 +751,9 @@ class DynamicTaskPrioritization(Weighting):
         validation set). KPIs may be Python numbers (always checked) or a ``(T,)`` tensor (checked
         under the value-check mode; with checks off a KPI outside ``[0, 1]`` becomes NaN in the
         average, so the weights and the total turn NaN instead of silently clipping it). The
-        average is kept in float32 (float64 for a float64 module).
+        average is kept in float32 (float64 for a float64 module). Inside ``torch.compile`` pass
+        the tensor: Python numbers are constants of the compiled graph, so every new value would
+        compile anew.
         """
         fn = f"{type(self).__name__}.update"
         if is_ndarray(kpis):
@@ -868,6 +872,8 @@ class DynamicWeightAverage(Weighting):
 
         Tensors are checked under the value-check mode; with checks off a non-positive loss is
         recorded as NaN (the ratios divide by it), so the next weights are NaN, not garbage.
+        Inside ``torch.compile`` pass tensors: Python numbers are constants of the compiled graph,
+        so every new value would compile anew.
         """
         fn = f"{type(self).__name__}.update"
         if isinstance(epoch_losses, Sequence) and not isinstance(epoch_losses, str):

@@ -167,8 +167,15 @@ def closed_form_loss(x: Tensor, y: Tensor, spec: ClosedForm) -> Tensor:
     """The element-wise loss of the logits ``x`` (own dtype) against the dense target ``y``, in the
     compute dtype, by the cheapest route with exact gradients: ``ElementwiseLoss`` when ``x``
     needs a gradient, the closed-form loss alone when nothing does, the composite when the target
-    requires grad, under functorch transforms and for forward-mode AD (dual tensors)."""
-    if y.requires_grad or torch._C._are_functorch_transforms_active() or has_tangent(x, y):
+    requires grad, under functorch transforms, for forward-mode AD (dual tensors) and while
+    ``torch.export`` traces (it records a custom Function's forward, whose in-place operations
+    run without grad, in place of its backward: the exported program's gradients would fail)."""
+    if (
+        y.requires_grad
+        or torch._C._are_functorch_transforms_active()
+        or has_tangent(x, y)
+        or torch.compiler.is_exporting()
+    ):
         return spec.composite(in_compute_dtype(x), y)
     if torch.is_grad_enabled() and x.requires_grad:
         return cast(Tensor, ElementwiseLoss.apply(x, y, spec))

@@ -94,9 +94,24 @@ class _FocalTermWithJvp(_FocalTerm):
 
 
 def _focal_term_composite(log_p: Tensor, _unused: Tensor, *, gamma: float) -> Tensor:
+    if torch.compiler.is_exporting():
+        # torch.export records a custom Function's forward in place of its backward: the
+        # formula itself, with a derivative that stays finite at saturation.
+        return _focal_term_traced(log_p, gamma)
     if torch.compiler.is_compiling():
         return _FocalTerm.apply(log_p, gamma)
     return _FocalTermWithJvp.apply(log_p, gamma)
+
+
+def _focal_term_traced(log_p: Tensor, gamma: float) -> Tensor:
+    """phi(l) with differentiable operations only, for tracers that differentiate the formula:
+    at ``1 - e^l = 0`` (a saturated, correct prediction) ``q^gamma`` is taken of a stand-in 1 and
+    replaced by 0, so its derivative there is 0 (the limit of phi') instead of ``inf * 0`` for
+    ``0 < gamma < 1``."""
+    q = _one_minus_exp(log_p)
+    positive = q > 0
+    qg = torch.where(positive, torch.where(positive, q, 1.0).pow(gamma), 0.0)
+    return -qg * log_p
 
 
 def _focal_term_closed(
