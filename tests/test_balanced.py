@@ -273,6 +273,25 @@ def test_ohem_module_takes_mask_in_forward() -> None:
     )
 
 
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_ohem_soft_mask_matches_reference(reduction: str, per_image: bool) -> None:
+    """A soft mask counts fractionally and ranks the negatives by mask * loss (a mask of 0.1 on
+    the two hardest negatives moves them behind the others)."""
+    x = torch.tensor([[2.0, 3.0, 2.5, 1.0, 0.5, 0.2, -1.0, 0.0]] * 2, dtype=torch.float64)
+    x[1] = x[1].flip(0)
+    y = torch.tensor([[1.0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 1.0]], dtype=torch.float64)
+    m = torch.tensor([[1.0, 0.1, 0.1, 1.0, 1.0, 1.0, 1.0, 1.0]] * 2, dtype=torch.float64)
+    m[1] = m[1].flip(0)
+    g = torch.Generator().manual_seed(9)
+    soft = torch.rand(2, 8, generator=g, dtype=torch.float64)
+    for mask in (m, soft):
+        kw = {"negative_ratio": 3.0, "reduction": reduction}
+        want = (ref.ohem_bce_per_image if per_image else ref.ohem_bce)(x, y, mask, **kw)
+        got = OHEM(x, y, mask=mask, per_image=per_image, **kw)
+        assert_close(got, want, torch.float64)
+
+
 @pytest.mark.parametrize("ratio", [0.5, 3.0, 1000.0])
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 @pytest.mark.parametrize("fallback", [0, 4])

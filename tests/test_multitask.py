@@ -353,6 +353,12 @@ def test_gradnorm_later_step_hand_computed_and_renormalize() -> None:
     r = [v / (sum(lt) / 2) for v in lt]  # (1.6, 0.4)
     expected = abs(g1 - g_bar * r[0] ** alpha) + abs(g2 - g_bar * r[1] ** alpha)
     assert float(out.detach()) == pytest.approx(expected, rel=1e-9)
+    # The target is a constant (detached): d/dw_i |w_i n_i - target_i| = sign(G_i - target_i) n_i.
+    # (At the first step with two tasks and r = 1 the target's own gradient cancels: only a later
+    # step tells a detached target from an attached one.)
+    (gw,) = torch.autograd.grad(out, gn.task_weight, retain_graph=True)
+    signs = [math.copysign(1.0, g - g_bar * v**alpha) for g, v in zip((g1, g2), r, strict=True)]
+    assert gw.tolist() == pytest.approx([signs[0] * n1, signs[1] * n2], rel=1e-9)
     # forward uses the weights as constants
     total = gn(losses)
     assert float(total.detach()) == pytest.approx(0.5 * 3.0 + 1.5 * 5.0)

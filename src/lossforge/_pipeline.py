@@ -74,6 +74,7 @@ from lossforge._targets import (
     check_sigmoid_target,
     check_softmax_target,
     class_view,
+    ignore_for,
     region_target,
     resolve_target,
     sigmoid_target,
@@ -524,6 +525,7 @@ def _sigmoid_fused(
 ) -> Tensor | None:
     # Metadata only: a dense target's values are checked below without a full-size temporary.
     t, index = check_sigmoid_target(fn, x, target, ignore_index=ignore, check_range=False)
+    ignore = ignore_for(t, ignore)  # (the kernels compare in int32: no wrap-around either)
     params = dict(fused.params)
     if options is not None:
         params.update(_host_constant(options, (), x))
@@ -1059,6 +1061,7 @@ def _softmax_fused(
 ) -> Tensor | None:
     kernels = _kernel_module(fused.family)
     t, index, cdim = check_softmax_target(fn, x, target, ignore_index=ignore)
+    ignore = ignore_for(t, ignore) if index else ignore
     why = _grad_reason(x, t, weight, class_weight, avg) or kernels._reason(
         x, t, kind=fused.kind, **fused.params
     )
@@ -1082,7 +1085,7 @@ def _softmax_fused(
     if index and reduction == "mean" and avg is None:
         valid = None if ignore is None else t != ignore
         if w is not None:  # (ignored positions are masked by `valid`: any class id will do)
-            denominator = class_weight_denominator(w[t.clamp(0, c - 1)], valid)
+            denominator = class_weight_denominator(w[t.clamp(0, c - 1).long()], valid)
     numel = t.numel() if index else x.numel() // max(c, 1)
     denom = _mean(reduction, avg, numel, valid, x, denominator)
     out = kernels._loss(

@@ -152,6 +152,21 @@ def resolve_target(fn: str, logits: Tensor, target: object, *, index_target: boo
     )
 
 
+def ignore_for(t: Tensor, ignore_index: int | None) -> int | None:
+    """``ignore_index`` as a value of ``t``'s dtype, or None when no value of that dtype equals it.
+
+    A comparison in the target's own dtype would wrap the number first (``-1`` is ``255`` in
+    uint8, ``255`` is ``-1`` in int8), so a uint8 mask with ``ignore_index=-1`` would silently drop
+    its 255s on one route and not on another. Floating targets compare exactly; int64 holds every
+    accepted ``ignore_index``."""
+    if ignore_index is None or t.is_floating_point() or t.dtype == torch.int64:
+        return ignore_index
+    if t.dtype == torch.bool:
+        return ignore_index if ignore_index in (0, 1) else None
+    info = torch.iinfo(t.dtype)
+    return ignore_index if info.min <= ignore_index <= info.max else None
+
+
 def check_dense_ignore(fn: str, ignore_index: int | None) -> None:
     """``ignore_index`` with a dense target must not be a target value (0 or 1): it would silently
     drop every negative or every positive element. Structural: no value is read."""
@@ -182,7 +197,7 @@ def check_sigmoid_target(
             fail(fn, "target", "a real tensor", f"dtype {t.dtype}", TypeError)
         check_dense_ignore(fn, ignore_index)
         if check_range and t.dtype != torch.bool:
-            check_unit_interval(fn, "target", t, ignore_value=ignore_index)
+            check_unit_interval(fn, "target", t, ignore_value=ignore_for(t, ignore_index))
         return t, False
     cdim = class_dim(logits)
     if logits.ndim >= 1 and tuple(t.shape) == _shape_without(logits.shape, cdim):
@@ -217,6 +232,7 @@ def sigmoid_target(
         if t.is_complex():
             fail(fn, "target", "a real tensor", f"dtype {t.dtype}", TypeError)
         check_dense_ignore(fn, ignore_index)
+        ignore_index = ignore_for(t, ignore_index)
         valid = None
         if ignore_index is not None:
             valid = t != ignore_index

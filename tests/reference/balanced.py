@@ -65,22 +65,26 @@ def ohem_bce(
     eps: float = 1e-6,
     reduction: str = "mean",
 ) -> Tensor:
-    """DB/mmocr OHEM balanced BCE for binary targets and masks."""
+    """DB/mmocr OHEM balanced BCE. For binary targets and 0/1 masks: every positive, and the
+    k = min(#negatives, floor(#positives * ratio)) negatives of largest loss (the fallback count
+    without positives), normalised by their number. A soft mask (or target) counts fractionally:
+    an element is q_i = y_i m_i positive and Q_i = (1 - y_i) m_i negative, the counts are sums of
+    those, k = min(floor(sum Q), floor(sum q * ratio)), the negatives (Q_i > 0) are ranked by
+    Q_i * loss_i (ties: the lower index first) and the kept terms are q_i loss_i and Q_i loss_i."""
     xs = logits.detach().double().reshape(-1).tolist()
     ys = target.detach().double().reshape(-1).tolist()
     ms = [1.0] * len(xs) if mask is None else mask.detach().double().reshape(-1).tolist()
     losses = [bce_element(a, b) for a, b in zip(xs, ys, strict=True)]
-    positives = [i for i in range(len(xs)) if ys[i] == 1 and ms[i] == 1]
-    negatives = [i for i in range(len(xs)) if ys[i] == 0 and ms[i] == 1]
-    n_pos = len(positives)
-    if n_pos > 0:
-        k = min(len(negatives), int(n_pos * negative_ratio))
-    else:
-        k = min(len(negatives), fallback_negative_num)
-    hardest = sorted(negatives, key=lambda i: (-losses[i], i))[:k]
-    out = [0.0] * len(xs)
-    for i in positives + hardest:
-        out[i] = losses[i]
+    q = [y * m for y, m in zip(ys, ms, strict=True)]
+    big_q = [(1.0 - y) * m for y, m in zip(ys, ms, strict=True)]
+    n_pos, n_neg = sum(q), sum(big_q)
+    wanted = math.floor(n_pos * negative_ratio) if n_pos > 0 else fallback_negative_num
+    k = min(math.floor(n_neg), wanted)
+    negatives = [i for i in range(len(xs)) if big_q[i] > 0]
+    hardest = sorted(negatives, key=lambda i: (-big_q[i] * losses[i], i))[:k]
+    out = [q[i] * losses[i] for i in range(len(xs))]
+    for i in hardest:
+        out[i] += big_q[i] * losses[i]
     if reduction == "none":
         return torch.tensor(out, dtype=torch.float64).reshape(logits.shape)
     total = sum(out)
@@ -116,10 +120,10 @@ def ohem_bce_per_image(
         )
         ms = [1.0] * logits[j].numel() if mj is None else mj.double().reshape(-1).tolist()
         ys = target[j].double().reshape(-1).tolist()
-        n_pos = sum(1 for y, m in zip(ys, ms, strict=True) if y == 1 and m == 1)
-        n_neg = sum(1 for y, m in zip(ys, ms, strict=True) if y == 0 and m == 1)
-        k = min(n_neg, int(n_pos * negative_ratio) if n_pos else fallback_negative_num)
-        kept += n_pos + k
+        n_pos = sum(y * m for y, m in zip(ys, ms, strict=True))
+        n_neg = sum((1.0 - y) * m for y, m in zip(ys, ms, strict=True))
+        wanted = math.floor(n_pos * negative_ratio) if n_pos > 0 else fallback_negative_num
+        kept += n_pos + min(math.floor(n_neg), wanted)
     out = torch.stack(outs)
     if reduction == "none":
         return out

@@ -230,7 +230,7 @@ def _ohem(
     n_neg = neg.reshape(rows, width).sum(dim=1, dtype=torch.float64)
     wanted = torch.where(n_pos > 0, torch.floor(n_pos * ratio), torch.full_like(n_pos, float(k0)))
     k = torch.minimum(torch.floor(n_neg), wanted)
-    # Rank the negatives by their (unweighted) loss, hardest first; a stable sort makes ties go to
+    # Rank the negatives by their mask-weighted loss, hardest first; a stable sort makes ties go to
     # the lower flat index. Non-negatives sort last (key -1 < any loss).
     is_neg = (neg > 0).reshape(rows, width)
     key = torch.where(

@@ -84,7 +84,8 @@ def _regression_fwd_kernel(
             small = ad < beta
             sm = tl.minimum(ad, beta)
             loss = tl.where(small, 0.5 * sm * sm / beta, ad - 0.5 * beta)
-            grad = tl.where(small, d / beta, sgn)
+            # (PyTorch's L1 gradient of a NaN difference is 0, its smooth L1 gradient NaN)
+            grad = tl.where(small | (d != d), d / beta, sgn)
         else:
             loss = d * d
             grad = 2.0 * d

@@ -236,7 +236,8 @@ def _sigmoid_fwd_kernel(
             loss = -(a_pos * y * log_p + p_neg * (1.0 - y) * log_q)
             grad = p_neg * (1.0 - y) * p - a_pos * y * q1
         elif LOSS == 1:  # sigmoid focal (torchvision): alpha_t * ce * (1 - p_t) ** gamma
-            ce = -(y * log_p + (1.0 - y) * log_q)
+            # a zero factor adds 0, not 0 * -inf (a logit at -inf with y = 0, +inf with y = 1)
+            ce = -(tl.where(y != 0.0, y * log_p, 0.0) + tl.where(y != 1.0, (1.0 - y) * log_q, 0.0))
             q = y * q1 + (1.0 - y) * p  # 1 - p_t
             sgn = 2.0 * y - 1.0
             if GMODE_POS == 0:

@@ -191,9 +191,9 @@ def _softmax_fwd_kernel(
         if HAS_SMOOTH:
             if HAS_CW:
                 cwv = tl.load(cw_ptr + cols, mask=cm, other=0.0)
-                wx = tl.sum(tl.where(mask2, x, 0.0) * cwv[None, :], axis=1)
+                wx = tl.sum(tl.where(mask2, x - x_t[:, None], 0.0) * cwv[None, :], axis=1)
             else:
-                wx = tl.sum(tl.where(mask2, x, 0.0), axis=1)
+                wx = tl.sum(tl.where(mask2, x - x_t[:, None], 0.0), axis=1)
     else:
         mx = tl.full([BLOCK_P], float("-inf"), tl.float32)
         d = tl.zeros([BLOCK_P], tl.float32)
@@ -223,16 +223,28 @@ def _softmax_fwd_kernel(
                     wx += tl.sum(tl.where(mask2, x, 0.0) * cwv[None, :], axis=1)
                 else:
                     wx += tl.sum(tl.where(mask2, x, 0.0), axis=1)
+        if HAS_SMOOTH:
+            # relative to the target logit as in the one-block variant (there exactly; here after
+            # the absolute sum, which keeps the long-row loop's registers free of spills)
+            wx = wx - x_t * wsum
     d = tl.where(pm, d, 1.0)
     lse = mx + tl.log(d)
     inv_d = 1.0 / d
 
     if LOSS == 0:
-        nll = w_t * (lse - x_t)
+        # -log p_y = lse - x_y as log d + (m - x_y), with no large offset shared by the logits
+        # absorbed into lse, and (one block) as -log1p(-q) (q = 1 - p_y, no cancellation) for a
+        # small loss
+        nll0 = tl.log(d) + (mx - x_t)
+        if SINGLE:  # (the long-row loop keeps no sum of the other classes for cross-entropy)
+            q = s_other * inv_d
+            nll0 = tl.where(q < 1e-3, q * (1.0 + q * (0.5 + q / 3.0)), nll0)
+        nll = w_t * nll0
         coef_p = w_t  # gradient: coef_p * p_c - coef_t * [c == y] - coef_w * w_c
         coef_t = w_t
         if HAS_SMOOTH:
-            loss = (1.0 - smooth) * nll + (smooth / C) * (lse * wsum - wx)
+            # sum_c w_c (lse - x_c) = wsum (lse - x_y) - sum_c w_c (x_c - x_y)
+            loss = (1.0 - smooth) * nll + (smooth / C) * (nll0 * wsum - wx)
             coef_p = (1.0 - smooth) * w_t + (smooth / C) * wsum
             coef_t = (1.0 - smooth) * w_t
         else:
@@ -241,7 +253,7 @@ def _softmax_fwd_kernel(
         q = s_other * inv_d  # 1 - p_y without cancellation
         p_y = tl.exp(x_t - lse)
         small = q < 1e-3
-        lpy = tl.where(small, -q * (1.0 + q * (0.5 + q / 3.0)), x_t - lse)  # log p_y = log1p(-q)
+        lpy = tl.where(small, -q * (1.0 + q * (0.5 + q / 3.0)), (x_t - mx) - tl.log(d))  # log1p(-q)
         ratio = tl.where(small, -(1.0 + q * (0.5 + q / 3.0)), lpy / tl.where(small, 1.0, q))
         if GMODE == 0:
             mod = tl.full([BLOCK_P], 1.0, tl.float32)
@@ -279,8 +291,8 @@ def _softmax_fwd_kernel(
         okf = tl.where(ok, gs, 0.0)
         if GO_MODE == 2:
             okf = okf * tl.load(go_ptr + p, mask=pm, other=0.0).to(tl.float32)
-        coef_p = coef_p * okf * inv_d
-        coef_t = coef_t * okf
+        coef_p = tl.where(ok, coef_p * okf * inv_d, 0.0)
+        coef_t = tl.where(ok, coef_t * okf, 0.0)
         if LOSS == 0 and HAS_SMOOTH:
             wt_s = wt_s * okf
         for c0 in range(0, C, BLOCK_C):
@@ -380,14 +392,17 @@ def _softmax_probs_kernel(
             tv = tl.where(mask2, tv * (1.0 - smooth) + smooth / C, 0.0)
         if HAS_CW:
             tv = tv * tl.load(cw_ptr + cc, mask=cm, other=0.0)[None, :]
-        a += tl.sum(tv, axis=1)
-        b += tl.sum(tv * tl.where(mask2, x, 0.0), axis=1)
         new_m = tl.where(pm, tl.maximum(mx, tl.max(x, axis=1)), 0.0)
+        # B is kept relative to the running max (sum_c t'_c (x_c - m)), so a large offset shared
+        # by every logit cancels exactly instead of in A lse - B; a zero target weight adds 0
+        # (not 0 * -inf) for a masked class.
+        b += tl.where(a == 0.0, 0.0, (mx - new_m) * a)
+        b += tl.sum(tl.where(mask2 & (tv != 0.0), tv * (x - new_m[:, None]), 0.0), axis=1)
+        a += tl.sum(tv, axis=1)
         d = d * tl.exp(mx - new_m) + tl.sum(tl.exp(x - new_m[:, None]), axis=1)
         mx = new_m
     d = tl.where(pm, d, 1.0)
-    lse = mx + tl.log(d)
-    loss = tl.where(pm, a * lse - b, 0.0)
+    loss = tl.where(pm, a * tl.log(d) - b, 0.0)
     if WEIGHT_MODE > 0:
         wt = _position_weight(w_ptr, start, p, pm, w_inner, BLOCK_P, WEIGHT_MODE)
         loss = loss * wt
