@@ -157,8 +157,9 @@ def ignore_for(t: Tensor, ignore_index: int | None) -> int | None:
 
     A comparison in the target's own dtype would wrap the number first (``-1`` is ``255`` in
     uint8, ``255`` is ``-1`` in int8), so a uint8 mask with ``ignore_index=-1`` would silently drop
-    its 255s on one route and not on another. Floating targets compare exactly; int64 holds every
-    accepted ``ignore_index``."""
+    its 255s on one route and not on another. Floating targets compare in their own dtype on every
+    route (exact for the usual -100, -1, 255; a half-precision target rounds a large
+    ``ignore_index`` as it rounds its own values); int64 holds every accepted ``ignore_index``."""
     if ignore_index is None or t.is_floating_point() or t.dtype == torch.int64:
         return ignore_index
     if t.dtype == torch.bool:

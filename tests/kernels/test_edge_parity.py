@@ -152,3 +152,34 @@ def test_regression_nan_prediction_gradient(fn):
     pred = torch.tensor([float("nan"), 1.0, -1.0])
     with lossforge.value_checks(False):
         _assert_same(_both(fn, pred, torch.tensor([0.0, 0.0, 1.0]), reduction="none"))
+
+
+@pytest.mark.parametrize(
+    ("fn", "kw", "probs"),
+    [
+        ("cross_entropy", {}, False),
+        ("cross_entropy", {"label_smoothing": 0.1}, False),
+        ("softmax_focal_loss", {"gamma": 2.0}, False),
+        ("cross_entropy", {}, True),
+    ],
+)
+def test_long_row_variant_with_a_masked_leading_chunk(monkeypatch, fn, kw, probs):
+    """The multi-block (online softmax) variant, forced with 4-class chunks: a first chunk whose
+    classes are all masked left the running max at -inf and made the row NaN (-inf - (-inf))."""
+    from lossforge.kernels import softmax as K
+
+    monkeypatch.setattr(K, "SINGLE_PASS_MAX_C", 4)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 10, generator=g)
+    x[0, :4] = -INF
+    if probs:
+        t = torch.softmax(torch.randn(2, 10, generator=g), 1)
+        t[0, :4] = 0.0
+        t = t / t.sum(1, keepdim=True)
+    else:
+        t = torch.tensor([6, 1])
+    for offset in (0.0, 1e4):
+        pairs = _both(fn, x + offset, t, reduction="none", **kw)
+        if "label_smoothing" not in kw:  # (smoothing over a masked class: inf, on both routes)
+            assert torch.isfinite(pairs[1][0]).all()
+        _assert_same(pairs, rtol=1e-5 if offset == 0.0 else 2e-3)

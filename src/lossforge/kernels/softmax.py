@@ -211,8 +211,10 @@ def _softmax_fwd_kernel(
                 x = x + tl.load(b_ptr + cc, mask=cm, other=0.0)[None, :]
             new_m = tl.maximum(mx, tl.max(x, axis=1))
             new_m = tl.where(pm, new_m, 0.0)
-            alpha = tl.exp(mx - new_m)
-            e = tl.exp(x - new_m[:, None])
+            # a leading chunk of masked (-inf) classes leaves the running max at -inf: rescale
+            # nothing then (the sums are 0) and never form -inf - (-inf)
+            alpha = tl.where(mx == float("-inf"), 0.0, tl.exp(mx - new_m))
+            e = tl.exp(x - tl.where(new_m == float("-inf"), 0.0, new_m)[:, None])
             is_t = cc[None, :] == ts[:, None]
             d = d * alpha + tl.sum(e, axis=1)
             s_other = s_other * alpha + tl.sum(tl.where(is_t, 0.0, e), axis=1)
@@ -395,11 +397,15 @@ def _softmax_probs_kernel(
         new_m = tl.where(pm, tl.maximum(mx, tl.max(x, axis=1)), 0.0)
         # B is kept relative to the running max (sum_c t'_c (x_c - m)), so a large offset shared
         # by every logit cancels exactly instead of in A lse - B; a zero target weight adds 0
-        # (not 0 * -inf) for a masked class.
-        b += tl.where(a == 0.0, 0.0, (mx - new_m) * a)
-        b += tl.sum(tl.where(mask2 & (tv != 0.0), tv * (x - new_m[:, None]), 0.0), axis=1)
+        # (not 0 * -inf) for a masked class. While every class so far is masked (-inf) the
+        # reference is 0 instead (the sums are 0, or B is -inf for target mass on a masked class).
+        ref_old = tl.where(mx == float("-inf"), 0.0, mx)
+        ref = tl.where(new_m == float("-inf"), 0.0, new_m)
+        b += tl.where(a == 0.0, 0.0, (ref_old - ref) * a)
+        b += tl.sum(tl.where(mask2 & (tv != 0.0), tv * (x - ref[:, None]), 0.0), axis=1)
         a += tl.sum(tv, axis=1)
-        d = d * tl.exp(mx - new_m) + tl.sum(tl.exp(x - new_m[:, None]), axis=1)
+        alpha = tl.where(mx == float("-inf"), 0.0, tl.exp(mx - new_m))
+        d = d * alpha + tl.sum(tl.exp(x - ref[:, None]), axis=1)
         mx = new_m
     d = tl.where(pm, d, 1.0)
     loss = tl.where(pm, a * tl.log(d) - b, 0.0)
