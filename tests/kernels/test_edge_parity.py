@@ -101,6 +101,11 @@ def test_softmax_focal_masked_class_zero_at_an_ignored_position(gamma):
     pairs = _both("softmax_focal_loss", x, torch.tensor([-100, 2]), gamma=gamma)
     assert torch.equal(pairs[1][1][0], torch.zeros(3))
     _assert_same(pairs)
+    # the target class itself masked: an infinite loss on both routes, and the same gradient
+    # (the limit of p log p at p = 0), not NaN
+    pairs = _both("softmax_focal_loss", x, torch.tensor([0, 2]), gamma=gamma)
+    assert torch.isinf(pairs[1][0]) and torch.isfinite(pairs[1][1]).all()
+    _assert_same(pairs)
 
 
 def _exact_ce(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -266,7 +266,10 @@ def _softmax_fwd_kernel(
         else:
             mod = tl.where(q > 0, tl.exp2(gamma * tl.log2(tl.maximum(q, 1e-38))), 0.0)
         loss = -w_t * mod * lpy
-        fac = w_t * mod * (1.0 - gamma * p_y * ratio)  # dL/dx_c = fac * (p_c - [c == y])
+        # p_y * ratio = p_y log p_y / (1 - p_y) -> 0 as p_y -> 0 (a masked target class: the
+        # loss is inf, its gradient the limit, as on the torch route, not 0 * -inf)
+        p_ratio = tl.where(p_y == 0.0, 0.0, p_y * ratio)
+        fac = w_t * mod * (1.0 - gamma * p_ratio)  # dL/dx_c = fac * (p_c - [c == y])
         coef_p = fac
         coef_t = fac
 
