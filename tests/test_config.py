@@ -180,6 +180,21 @@ def test_toml_none_is_null_where_the_parameter_takes_none() -> None:
     assert exp.losses[0].params == {"alpha": None}
 
 
+def test_toml_none_reaches_the_hand_written_modules() -> None:
+    """Seesaw and GHM-C declare no domains (their constructors are written by hand): ``"none"``
+    is None where their constructor's annotation takes None (it reached them as the string: a
+    TypeError for ignore_index, and "both" for Seesaw's num_classes with class_counts)."""
+    seesaw = build_loss_from_toml('type = "seesaw"\nnum_classes = 3\nignore_index = "none"')
+    assert seesaw.ignore_index is None
+    ghmc = build_loss_from_toml('type = "ghmc"\nignore_index = "none"')
+    assert ghmc.ignore_index is None
+    counted = build_loss_from_toml(
+        'type = "seesaw"\nnum_classes = "none"\nclass_counts = [10, 5, 1]'
+    )
+    assert counted.cum_samples.tolist() == [10, 5, 1]
+    assert build_loss_from_toml('type = "ghmc"\nreduction = "none"').reduction == "none"
+
+
 def test_toml_path_holding_an_equals_sign(tmp_path: Any) -> None:
     """Hydra's run directories hold "=" (runs/lr=0.1/): such a path is a file, not TOML text,
     whether it exists or not; one line of TOML text is still text."""

@@ -110,6 +110,52 @@ def test_seesaw_checks_its_initial_counts_in_every_value_check_mode() -> None:
     assert seesaw.backend == "auto" and "backend='auto'" in repr(seesaw)
 
 
+def test_host_options_are_checked_whatever_the_default_device() -> None:
+    """A list option is built on the CPU and checked there, then placed on torch's default
+    device: under ``with torch.device(...)`` (any accelerator; meta here) its values were not
+    read (the check skips tensors off the CPU) and a negative or NaN weight was accepted."""
+    with torch.device("meta"):
+        with pytest.raises(ValueError, match="class_weight"):
+            N.CrossEntropyLoss(class_weight=[-1.0, float("nan")])
+        with pytest.raises(ValueError, match="integer counts"):
+            N.SeesawLoss(class_counts=[-3, 2.5])
+        ce = N.CrossEntropyLoss(class_weight=[1.0, 2.0])
+        seesaw = N.SeesawLoss(class_counts=[3, 2])
+    assert ce.class_weight.device.type == "meta"
+    assert seesaw.cum_samples.device.type == "meta" and seesaw.cum_samples.dtype == torch.int64
+    assert N.CrossEntropyLoss(class_weight=[1.0, 2.0]).class_weight.device.type == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "match"),
+    [
+        (N.DiceLoss, {"smooth_nr": np.array(5.0)}, "smooth_nr"),
+        (N.JaccardLoss, {"smooth_nr": np.array(5.0), "smooth_dr": np.array(1.0)}, "smooth_nr"),
+        (N.TverskyLoss, {"smooth": np.array(1e-40)}, "smooth"),
+    ],
+)
+def test_constraints_see_the_converted_options(cls, kwargs, match) -> None:
+    """A module checks the constraint between its options on the values its domains converted
+    (a 0-d NumPy array is a float), as the functional does: the NumPy form of a refused float
+    was accepted at construction and failed at the first forward."""
+    with pytest.raises(ValueError, match=match):
+        cls(**kwargs)
+
+
+def test_a_forwarding_subclass_lists_its_own_keywords() -> None:
+    """The documented subclass pattern (``__init__(self, *, scale=2.0, **kw)``): an unknown
+    keyword's message lists the subclass's own keywords too and suggests them."""
+
+    class MyL1(N.L1Loss):
+        def __init__(self, *, scale: float = 2.0, **kw: object) -> None:
+            super().__init__(**kw)
+            self.scale = scale
+
+    with pytest.raises(TypeError, match=r"MyL1: scale, reduction.*'scal' \(did you mean 'scale'"):
+        MyL1(scal=3.0)
+    assert MyL1(scale=3.0, reduction="sum").reduction == "sum"
+
+
 def test_functional_per_class_options_take_arrays_and_keep_float64() -> None:
     """The functionals take a NumPy array where they take a list (the modules did, the
     functionals refused it), and a list for float64 inputs keeps its float64 values (it was

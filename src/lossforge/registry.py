@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -324,9 +325,34 @@ def toml_nones(spec: Any) -> Any:
     except ValueError:
         return spec
     domains: Mapping[str, Any] = getattr(cls, "_domains", {})
+    optional = _optional_keywords(cls)
     return {
-        k: None if v == "none" and _none_is_meant(domains.get(k)) else v for k, v in spec.items()
+        k: None
+        if v == "none" and (_none_is_meant(domains[k]) if k in domains else k in optional)
+        else v
+        for k, v in spec.items()
     }
+
+
+def _optional_keywords(cls: type) -> frozenset[str]:
+    """The constructor keywords annotated as taking ``None`` (``int | None``, ``Optional[...]``):
+    the hand-written modules (Seesaw, GHM), which declare no domains, and the keywords of a
+    declared module's own ``__init__``. A keyword whose annotation also names the string
+    ``"none"`` (a choice) keeps the string."""
+    try:
+        params = inspect.signature(cls.__init__).parameters.values()  # type: ignore[misc]
+    except (TypeError, ValueError):
+        return frozenset()
+    out = set()
+    for p in params:
+        if p.annotation is inspect.Parameter.empty:
+            continue
+        text = p.annotation if isinstance(p.annotation, str) else repr(p.annotation)
+        if re.search(r"\bNone(Type)?\b|Optional\[", text) and not re.search(
+            r"['\"]none['\"]", text
+        ):
+            out.add(p.name)
+    return frozenset(out)
 
 
 def _none_is_meant(domain: object) -> bool:

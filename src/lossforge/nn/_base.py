@@ -66,12 +66,14 @@ def _class_vector(domain: Domain) -> ClassVector | None:
 
 
 def _as_buffer(owner: str, name: str, value: object) -> Tensor:
-    """A tensor option as a float tensor buffer (lists, tuples and OmegaConf ListConfig too)."""
+    """A tensor option as a float tensor buffer (lists, tuples and OmegaConf ListConfig too).
+    Numbers from Python become a CPU tensor, whatever torch's default device: ``_set_option``
+    checks their values there (no device read) and then moves the buffer to the default device."""
     if isinstance(value, Tensor):
         tensor = value.detach().clone()
     elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         try:
-            tensor = torch.tensor([float(v) for v in value])
+            tensor = torch.tensor([float(v) for v in value], device="cpu")
         except (TypeError, ValueError):
             fail(owner, name, "a sequence of numbers or a tensor", repr(value), TypeError)
     else:
@@ -153,16 +155,20 @@ class Loss(nn.Module):
         }
 
         def __init__(self: Loss, **kwargs: Any) -> None:  # noqa: N807
-            _check_keywords(type(self).__name__, init_params[1:], kwargs)
+            _check_keywords(
+                type(self).__name__, _with_subclass_keywords(self, init_params[1:]), kwargs
+            )
             values = {**defaults, **kwargs}
             Loss.__init__(
                 self, reduction=values.pop("reduction"), loss_weight=values.pop("loss_weight")
             )
-            constraint = getattr(functional, "constraint", None)
-            if constraint is not None:
-                constraint(type(self).__name__, values)
             for key in type(self).config:
                 self._set_option(key, values[key])
+            constraint = getattr(functional, "constraint", None)
+            if constraint is not None:
+                # on the values as the domains converted them (a 0-d NumPy array a float), as the
+                # functional checks them after its domains
+                constraint(type(self).__name__, {k: getattr(self, k) for k in type(self).config})
 
         __init__.__signature__ = signature  # type: ignore[attr-defined]
         __init__.__qualname__ = f"{cls.__qualname__}.__init__"
@@ -215,6 +221,10 @@ class Loss(nn.Module):
         if vector is not None and is_tensorish:
             buffer = _as_buffer(owner, key, value)
             vector.check_buffer(owner, key, buffer)
+            if not isinstance(value, Tensor):
+                # host numbers, checked on the CPU above: placed as torch places a new tensor
+                # (``with torch.device(...)``, ``torch.set_default_device``)
+                buffer = buffer.to(torch.get_default_device())
             self.register_buffer(key, buffer)
             return
         if vector is not None and value is None and not _has_scalar_member(domain):
@@ -340,6 +350,27 @@ def _check_keywords(
     """Unknown and missing constructor keywords, in the library's message template (naming the
     class the user built, not Python's anonymous ``bind`` error)."""
     check_keywords(owner, params, kwargs)
+
+
+def _with_subclass_keywords(
+    module: Loss, params: list[inspect.Parameter]
+) -> list[inspect.Parameter]:
+    """``params`` and, for a subclass whose own ``__init__`` takes keywords and forwards the rest
+    (``def __init__(self, *, scale=2.0, **kw)``), that ``__init__``'s named keywords too: an
+    unknown keyword's message lists (and suggests) every keyword the user could have meant. They
+    are listed as optional (the subclass's own ``__init__`` has taken them already)."""
+    try:
+        own = list(inspect.signature(type(module).__init__).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return params
+    names = {p.name for p in params}
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    extra = [
+        p if p.default is not inspect.Parameter.empty else p.replace(default=None)
+        for p in own
+        if p.kind in kinds and p.name not in names
+    ]
+    return [*extra, *params] if extra else params
 
 
 def _checked_init(init: Callable[..., None]) -> Callable[..., None]:

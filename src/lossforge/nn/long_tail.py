@@ -299,7 +299,7 @@ def _initial_counts(name: str, num_classes: object, class_counts: object) -> Ten
         t = counts.detach()
     elif isinstance(counts, Sequence) and not isinstance(counts, (str, bytes)):
         try:
-            t = torch.tensor([float(v) for v in counts], dtype=torch.float64)
+            t = torch.tensor([float(v) for v in counts], dtype=torch.float64, device="cpu")
         except (TypeError, ValueError):
             fail(name, "class_counts", "a sequence of numbers", repr(counts), TypeError)
     else:
@@ -313,4 +313,8 @@ def _initial_counts(name: str, num_classes: object, class_counts: object) -> Ten
         ok = torch.isfinite(t) & (t >= 0) & (t == torch.round(t)) & (t < 2.0**63)  # (int64)
         if not bool(ok.all()):
             fail(name, "class_counts", "non-negative integer counts", t.tolist())
-    return t.to(torch.int64).clone()
+    counts_buffer = t.to(torch.int64).clone()
+    if not isinstance(counts, Tensor):
+        # host numbers, checked on the CPU above: placed as torch places a new tensor
+        counts_buffer = counts_buffer.to(torch.get_default_device())
+    return counts_buffer
