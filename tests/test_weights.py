@@ -465,10 +465,44 @@ def test_median_frequency_weights_match_the_published_definition() -> None:
     assert lf.median_frequency_weights(maps[0], 7, ignore_index=255, zero_count="zero")[6] == 0
 
 
+def test_median_frequency_weights_know_where_the_images_are() -> None:
+    """A single (H, W) map is one image, and a dataset's maps one image each (they were read as
+    H one-row images: [1.0, 1.67, 0.83] for weights that are [0.4, 2.0, 1.0]); volumes and
+    sequences say so with ``spatial_dims``; a map of any other rank is refused."""
+    gen = torch.Generator().manual_seed(5)
+    maps = [torch.randint(0, 4, (6, 5), generator=gen) for _ in range(4)]
+    maps[0][maps[0] == 3] = 0  # class 3 absent from one image
+    want = torch.tensor(_median_frequency_reference([maps], 4, None), dtype=torch.float32)
+    torch.testing.assert_close(lf.median_frequency_weights(iter(maps), 4), want)
+    torch.testing.assert_close(lf.median_frequency_weights(torch.stack(maps), 4), want)
+    single = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 1], [0, 2, 2, 1], [0, 0, 2, 1]])
+    torch.testing.assert_close(
+        lf.median_frequency_weights(single, 3),
+        torch.tensor(_median_frequency_reference([[single]], 3, None), dtype=torch.float32),
+    )
+    volume = torch.stack(maps[:3])  # one (D, H, W) volume
+    torch.testing.assert_close(
+        lf.median_frequency_weights(volume, 4, spatial_dims=3),
+        lf.class_weights(lf.class_counts(volume, 4), method="median", normalize=None),
+    )  # one image: the frequencies are the global ones
+    torch.testing.assert_close(
+        lf.median_frequency_weights(volume[None], 4, spatial_dims=3),
+        lf.median_frequency_weights(volume, 4, spatial_dims=3),
+    )
+    seqs = torch.stack(maps).flatten(1)  # (N, L) sequences
+    torch.testing.assert_close(lf.median_frequency_weights(seqs, 4, spatial_dims=1), want)
+    with pytest.raises(ValueError, match=r"spatial_dims=2 .* got shape \(1, 3, 6, 5\)"):
+        lf.median_frequency_weights(volume[None], 4)
+    with pytest.raises(ValueError, match=r"`labels\[1\]` one label map"):
+        lf.median_frequency_weights([maps[0], maps[1][0]], 4)
+    with pytest.raises(ValueError, match="spatial_dims"):
+        lf.median_frequency_weights(single, 3, spatial_dims=0)
+
+
 @pytest.mark.parametrize(
     ("labels", "kw", "message"),
     [
-        (torch.tensor([0, 1, 2]), {}, "label maps with the images along dim 0"),
+        (torch.tensor([0, 1, 2]), {}, "one label map of spatial_dims=2 dimensions"),
         (torch.tensor([[0, 3]]), {}, "class indices in \\[0, 3\\), got 3"),
         (torch.full((2, 2), 255), {"ignore_index": 255}, "at least one class pixel"),
     ],

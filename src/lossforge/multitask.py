@@ -1017,7 +1017,12 @@ class GradNorm(Weighting):
             losses: The ``T`` task losses of this step, still attached to the graph (the graph is
                 retained, so ``forward(losses).backward()`` works afterwards). Non-negative, not
                 all zero: the relative training rates $L_i / L_i(0)$ are divided by their mean
-                and raised to the power $\alpha$ (checked under value checks; NaN without).
+                and raised to the power $\alpha$ (checked under value checks; NaN without). The
+                first call also takes them as $\mathcal{L}_i(0)$ unless
+                :meth:`set_initial_losses` was called, and then every loss must be positive: a
+                task whose first loss is 0 raises under value checks and, without them, stores
+                NaN, which makes every later objective NaN until :meth:`set_initial_losses`
+                sets it (e.g. $\log C$ for a classification task).
             shared_params: The shared parameters $W$ (e.g. ``model.trunk[-1].parameters()``).
 
         Returns:

@@ -215,6 +215,7 @@ def median_frequency_weights(
     ignore_index: int | None = None,
     normalize: Normalize | None = None,
     zero_count: ZeroCount = "max",
+    spatial_dims: int = 2,
 ) -> Tensor:
     r"""Median frequency balancing as Eigen & Fergus define it (and SegNet uses): class weights
     from label maps, with each class's frequency taken over the images in which it appears.
@@ -233,20 +234,26 @@ def median_frequency_weights(
     would treat a frequency like a count).
 
     Args:
-        labels: Class-index maps with the images along the first dimension (``(N, H, W)``, or
-            ``(N, D, H, W)``), or an iterable of such batches (a data loader's label batches).
+        labels: Class-index maps: one image (``spatial_dims`` dimensions, ``(H, W)``), a batch
+            with the images along the first dimension (``(N, H, W)``), or an iterable of either
+            (a data loader's label batches, a dataset's label maps).
         num_classes: ``C``.
         ignore_index: The label value to skip (neither a class pixel nor an image pixel).
         normalize: As in :func:`class_weights`; ``None`` (default) is the published weights, the
             median class at 1.
         zero_count: As in :func:`class_weights`: ``"max"`` (default) or ``"zero"``.
+        spatial_dims: The dimensions of one image: 2 (default) for ``(H, W)`` maps, 3 for
+            ``(D, H, W)`` volumes, 1 for sequences. The frequencies are per image, so a map
+            must say where its images are: a tensor of ``spatial_dims`` dimensions is one image,
+            one of ``spatial_dims + 1`` a batch of them, any other is refused (a single
+            ``(H, W)`` map was read as ``H`` one-row images).
 
     Returns:
         ``(C,)`` float32 weights on the CPU.
 
     Raises:
-        ValueError: an index outside ``[0, C)`` other than ``ignore_index``, labels without an
-            image dimension, no class pixel at all.
+        ValueError: an index outside ``[0, C)`` other than ``ignore_index``, labels of neither
+            ``spatial_dims`` nor ``spatial_dims + 1`` dimensions, no class pixel at all.
         TypeError: a batch that is not a tensor of integers.
 
     References:
@@ -263,6 +270,7 @@ def median_frequency_weights(
     c = check_int(fn, "num_classes", num_classes, low=1)
     if ignore_index is not None:
         ignore_index = check_int(fn, "ignore_index", ignore_index)
+    dims = check_int(fn, "spatial_dims", spatial_dims, low=1)
     # (a frequency is no count: "as_one" would give a never-seen class the smallest weight)
     check_choice(fn, "zero_count", zero_count, ("max", "zero"))
     if normalize is not None:
@@ -286,8 +294,17 @@ def median_frequency_weights(
         ):
             kind = batch.dtype if isinstance(batch, Tensor) else type(batch).__name__
             fail(fn, where, "a tensor of class indices", kind, TypeError)
-        if batch.ndim < 2:
-            fail(fn, where, "label maps with the images along dim 0", f"shape {tuple(batch.shape)}")
+        if batch.ndim == dims:
+            batch = batch.unsqueeze(0)  # one image
+        elif batch.ndim != dims + 1:
+            fail(
+                fn,
+                where,
+                f"one label map of spatial_dims={dims} dimensions or a batch of them "
+                f"({dims + 1} dimensions, the images along dim 0; spatial_dims=3 for volumes, "
+                "1 for sequences)",
+                f"shape {tuple(batch.shape)}",
+            )
         if batch.numel() == 0:
             continue  # (an empty batch: no image, no pixel)
         idx = batch.detach().to("cpu", torch.int64).reshape(batch.shape[0], -1)
@@ -378,8 +395,9 @@ def class_weights(
     * ``"as_one"`` (default): the weight the class would get with a count of 1 (keeping $N$ and
       the median of the other classes): the largest finite weight of the formula for integer
       counts (not for counts below 1, such as frequencies, where a count of 1 is a large one; use
-      ``"max"`` there). A class that never appears in the counts still has its false positives
-      penalised (this matters for dice).
+      ``"max"`` there), except for ``"enet"``, whose own value at 0, $1/\ln c$, is slightly
+      larger. A class that never appears in the counts still has its false positives penalised
+      (this matters for dice).
     * ``"max"``: the largest weight among the classes that occur.
     * ``"zero"``: weight 0 (the class is left out of the loss).
 
