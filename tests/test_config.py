@@ -95,6 +95,16 @@ def test_unknown_name_lists_valid_ones() -> None:
         build_loss({"type": 3})
 
 
+def test_near_misses_are_suggested() -> None:
+    """A name one word short of a registered one is offered first (the word-containment rule
+    offered only the shorter names it contains), and a misspelled parameter gets its closest
+    spelling, as a constructor's message gives it."""
+    with pytest.raises(ValueError, match="did you mean 'binary_cross_entropy_with_logits'"):
+        build_loss({"type": "binary_cross_entropy_logits"})
+    with pytest.raises(ValueError, match=r"unknown 'betta' \(did you mean 'beta'\?\)"):
+        build_loss({"type": "smooth_l1", "betta": 1.0})
+
+
 def test_unknown_parameter_lists_valid_ones() -> None:
     with pytest.raises(ValueError, match="unknown 'gama'") as err:
         build_loss({"type": "smooth_l1", "gama": 2.0})

@@ -148,6 +148,8 @@ def _suggestions(key: str, names: list[str], limit: int = 3) -> list[str]:
        failing that, whose name up to its convention prefix is: ``"focal"``, ``"focall"`` or
        ``"focal_typo"`` -> ``sigmoid_focal``, ``softmax_focal``, not the many losses that
        merely contain the word (``quality_focal``, ``focal_tversky``, ...).
+       A name within a small edit of ``key`` as a whole is offered too
+       (``binary_cross_entropy_logits`` -> ``binary_cross_entropy_with_logits`` first).
     2. Otherwise the closest names by spelling (``difflib``'s ratio), among those sharing a word
        of at least 3 letters with ``key`` and difflib's close matches: at most ``limit``.
 
@@ -169,10 +171,12 @@ def _suggestions(key: str, names: list[str], limit: int = 3) -> list[str]:
     def closest_first(found: set[str]) -> list[str]:
         return sorted(found, key=lambda n: (-difflib.SequenceMatcher(None, norm, n).ratio(), n))
 
+    # a near-exact spelling of a whole name (``binary_cross_entropy_logits``) is always offered
+    near = set(difflib.get_close_matches(norm, names, n=1, cutoff=0.85))
     for whole in (lambda n: n, stem):  # a name written in full beats one without its prefix
         named = {n for n in names if set(whole(n).split("_")) <= words}
         if named:
-            return closest_first(named)
+            return closest_first(named | near)[:limit]
     pool = {n for n in names if {w for w in words if len(w) >= 3} & set(n.split("_"))}
     pool.update(difflib.get_close_matches(norm, names, n=limit, cutoff=0.5))
     return closest_first(pool)[:limit]
@@ -244,11 +248,13 @@ def build_loss(spec: Mapping[str, Any] | str) -> Any:
     allowed = _params(cls)
     unknown = sorted(set(params) - set(allowed))
     if unknown:
+        close = difflib.get_close_matches(unknown[0], list(allowed), n=2, cutoff=0.6)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
         fail(
             "build_loss",
             "parameters",
             f"parameters of {cls.__name__}: " + ", ".join(sorted(allowed)),
-            "unknown " + ", ".join(repr(u) for u in unknown),
+            "unknown " + ", ".join(repr(u) for u in unknown) + hint,
         )
     for key, default in allowed.items():
         # (the loss modules say this themselves; a composite such as LossSum too, here)
