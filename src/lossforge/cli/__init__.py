@@ -249,7 +249,8 @@ def _add_compare(sub: Any) -> None:
         "--jobs",
         type=_positive_int,
         metavar="N",
-        help="worker processes for the (task, seed) jobs (default: the CPUs, at most 8)",
+        help="worker processes for the jobs (a task's seeds, or a group of them; default: "
+        "the CPUs, at most 8)",
     )
     run.add_argument(
         "--threads",

@@ -1,8 +1,9 @@
 """``lossforge compare``: train a small head with each loss, several seeds, and compare the losses.
 
-A job is one (task, seed): the heads of all its losses train together as one stacked model
-(``lossforge.cli.train``), so for a given seed every loss sees the same data split, the same
-initial weights and the same mini-batches. Jobs are independent and run in ``--jobs`` processes.
+A job is a task's seeds, or a group of them (``plan_jobs``): the heads of all its losses train
+together as one stacked model (``lossforge.cli.train``), so for a given seed every loss sees the
+same data split, the same initial weights and the same mini-batches. Jobs are independent and run
+in ``--jobs`` processes.
 
 Each loss is reported as a paired difference to the task's baseline (the first loss of its kind:
 cross-entropy or BCE by default) with a 95 % Student-t interval over the seeds
@@ -347,7 +348,7 @@ def run_compare(
         out_dir: Output folder (created); ``None`` writes nothing.
         progress: ``"bar"`` (tqdm on stderr), ``"lines"`` (one line per finished job) or ``"off"``.
         plot: Draw the PNG chart.
-        jobs: Worker processes for the (task, seed) jobs.
+        jobs: Worker processes for the jobs (a task's seeds, or a group of them).
         echo: Where the report goes.
         log: Where progress lines go (default: stderr).
         argv: Recorded in the results file.

@@ -175,7 +175,8 @@ class _AdamW:
             ([torch.zeros_like(p) for p in ps], [torch.zeros_like(p) for p in ps])
             for ps, _ in self.groups
         ]
-        self.steps = [[torch.zeros(()) for _ in ps] for ps, _ in self.groups]
+        # the fused kernel's step counts: one per row of each stacked tensor (see _fused_adamw)
+        self.steps = [[torch.zeros(()) for p in ps for _ in range(len(p))] for ps, _ in self.groups]
         self.t = 0
         self.fused = fused
 
@@ -205,13 +206,24 @@ def _fused_adamw(
 ) -> None:
     from torch.optim.adamw import adamw
 
-    grads = []
     for p in ps:
         if p.grad is None:
             raise RuntimeError("missing gradient")
-        grads.append(p.grad)
+    # Row by row of the stacked tensors (a seed's, or a seed and loss's, parameters): the kernel
+    # rounds an element by where it falls in its tensor (vector body or scalar tail), so a whole
+    # stacked tensor would give a seed's parameters other values with other seeds beside them
+    # (--jobs, --seeds); a row's size does not depend on how many seeds are stacked.
+    params: list[torch.Tensor] = []
+    grads: list[torch.Tensor] = []
+    avgs: list[torch.Tensor] = []
+    sqs: list[torch.Tensor] = []
+    for p, m, v in zip(ps, ms, vs, strict=True):
+        params += p.unbind()
+        grads += p.grad.unbind()  # type: ignore[union-attr]
+        avgs += m.unbind()
+        sqs += v.unbind()
     adamw(  # the fused kernel counts the steps itself
-        ps, grads, ms, vs, [], steps, foreach=False, fused=True, capturable=False,
+        params, grads, avgs, sqs, [], steps, foreach=False, fused=True, capturable=False,
         differentiable=False, grad_scale=None, found_inf=None, amsgrad=False, beta1=BETAS[0],
         beta2=BETAS[1], lr=lr, weight_decay=wd, eps=EPS, maximize=False,
     )  # fmt: skip
@@ -391,9 +403,11 @@ def train_stacked(
         # vmap runs an op without a batching rule in a loop and says so; the result is the same
         warnings.filterwarnings("ignore", message="There is a performance drop because we have")
         batch = min(head.batch_size, n)
+        # One seed too goes through vmap: a loss's batched route rounds differently from its plain
+        # call (closed forms vs composites), so a seed's results would depend on how many seeds
+        # share its process (``--jobs``, ``--seeds``); vmap's own results do not depend on it.
         vmapped = [
             head.vmap
-            and s > 1
             and _interchangeable(per_seed)
             and _vmappable(per_seed[0], logits[:, i, :batch], y_train[:, :batch])
             for i, per_seed in enumerate(losses)
