@@ -1256,3 +1256,81 @@ def test_bench_heap_reuse_end_to_end(tmp_path: Path) -> None:
     header = json.loads((tmp_path / "bench.json").read_text())["header"]
     assert header["heap"].startswith("reuse (glibc mmap threshold 32 MiB")
     assert "heap reuse (glibc" in (tmp_path / "bench.md").read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--lr", "inf"), "--lr: expected a finite number > 0, got 'inf'"),
+        (("--weight-decay", "1e400"), "--weight-decay: expected a finite number >= 0"),
+        (("--model", "linear", "--hidden", "64"), "a linear head has no hidden layer"),
+        (("--imbalance-ratios", "10,10"), "distinct finite numbers >= 1, got \\[10.0, 10.0\\]"),
+    ],
+)
+def test_compare_refuses_what_it_would_fail_on_or_ignore(
+    argv: tuple[str, ...], message: str, capsys: pytest.CaptureFixture[str], monkeypatch: Any
+) -> None:
+    """Refused before any training: an infinite learning rate or weight decay trained and then
+    failed in the report's formatting; --hidden with a linear head was ignored silently; a
+    repeated ratio ran the task twice under one key of results.json."""
+    import lossforge.cli.compare as compare
+
+    monkeypatch.setattr(compare, "train_stacked", _no_training)
+    code, _, err = run(capsys, "compare", "--no-plot", "--quiet", *argv)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    import re
+
+    assert re.search(message, err), err
+
+
+def _no_training(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("the run trained before refusing its options")
+
+
+def test_output_folders_are_proven_writable_before_the_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
+) -> None:
+    """An existing folder that takes no files (read-only: simulated, the tests may run as root)
+    failed only when the results were written, after the training (compare) or the timing
+    (bench); plot gave a raw errno message."""
+    import tempfile
+
+    import lossforge.cli.compare as compare
+    from lossforge.cli._paths import writable_dir
+
+    def read_only(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(compare, "train_stacked", _no_training)
+    with pytest.raises(OSError, match="cannot write to output folder .*Permission denied"):
+        writable_dir(tmp_path)
+    compare_dir, bench_dir, plot_dir = (tmp_path / name for name in ("c", "b", "p"))
+    for folder in (compare_dir, bench_dir, plot_dir):
+        folder.mkdir()
+    for out, argv in (
+        (compare_dir, ("compare", "--task", "multi-label", "--seeds", "1", "--steps", "5",
+                       "--no-plot", "--quiet", "--out", str(compare_dir))),
+        (bench_dir, ("bench", "--workloads", "bce-multilabel", "--min-run-time", "0.01",
+                     "--out", str(bench_dir))),
+        (plot_dir, ("plot", "sigmoid_focal", "--out", str(plot_dir / "p.png"))),
+    ):  # fmt: skip
+        code, _, err = run(capsys, *argv)
+        assert code == 2, (argv, err)
+        assert f"cannot write to output folder '{out}': Permission denied" in err, err
+
+
+def test_a_zero_width_interval_is_flagged() -> None:
+    """Identical per-seed differences (a 60-row CSV, 2 seeds) printed -5.6 [-5.6, -5.6] worse
+    without a word: the report now says that the width 0 comes from a coarse metric."""
+    from lossforge.cli.compare import _interval, _zero_width_notes
+
+    board = [
+        {"label": "ce", "baseline": True},
+        {"label": "focal", "difference": {"balanced_accuracy": _interval([0.4, 0.5], [0.5, 0.6])}},
+        {"label": "ls", "difference": {"balanced_accuracy": _interval([0.4, 0.5], [0.5, 0.5])}},
+        {"label": "one", "difference": {"balanced_accuracy": _interval([0.4], [0.5])}},
+    ]
+    (note,) = _zero_width_notes(board, ["balanced_accuracy"])
+    assert note.startswith("focal: every seed gave the same bal. acc difference")

@@ -738,13 +738,11 @@ def resolve_device(choice: str) -> torch.device:
 
 
 def output_dir(path: str | Path) -> Path:
-    """Create the folder ``path`` (and parents); an ``OSError`` naming it when that fails."""
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OSError(f"cannot create output folder {str(out)!r}: {err.strerror or err}") from None
-    return out
+    """Create the folder ``path`` (and parents) and check that it takes files; an ``OSError``
+    naming it when that fails (``lossforge.cli._paths.writable_dir``)."""
+    from lossforge.cli._paths import writable_dir
+
+    return writable_dir(path)
 
 
 def run_bench(args: Any) -> int:
@@ -823,6 +821,7 @@ def _run_quick(args: Any) -> int:
         else "torch.profiler memory events",
         "heap": heap,
     }
+    out = output_dir(args.out) if args.out else None  # before the timing, not after it
     rows = run_workloads(
         workloads,
         device,
@@ -832,8 +831,7 @@ def _run_quick(args: Any) -> int:
     )
     for line in _markdown(rows, header):
         print(line)
-    if args.out:
-        out = output_dir(args.out)
+    if out is not None:
         stem = getattr(args, "stem", None) or "bench"
         paths = [out / f"{stem}.{ext}" for ext in ("json", "csv", "md")]
         paths[0].write_text(json.dumps({"header": header, "rows": rows}, indent=2) + "\n")

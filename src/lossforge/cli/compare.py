@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lossforge.cli._paths import writable_dir
 from lossforge.cli.data import (
     DataError,
     Task,
@@ -399,12 +400,7 @@ def run_compare(
         for t in first
     ]
     if out_dir is not None:
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise OSError(
-                f"cannot create output folder {str(out_dir)!r}: {err.strerror or err}"
-            ) from None
+        writable_dir(out_dir)  # before the training: an unwritable folder fails now, not after it
 
     processes = max(1, jobs)
     items = plan_jobs(first, plan, len(exp.seeds), processes)
@@ -496,6 +492,24 @@ def _interval(values: Sequence[float], base: Sequence[float]) -> dict[str, Any]:
     return {"mean": iv.mean, "low": iv.low, "high": iv.high, "n": iv.n, "verdict": verdict(iv)}
 
 
+def _zero_width_notes(board: list[dict[str, Any]], metrics: list[str]) -> list[str]:
+    """A note for each loss whose every seed gave the same difference to the baseline: its
+    interval has width 0 and its verdict looks certain, but a metric that moves in coarse steps
+    (a small test split) hides the seeds' spread rather than proving the difference."""
+    notes = []
+    for row in board:
+        d = row.get("difference", {}).get(metrics[0])
+        # (equal up to the rounding of the metric's differences)
+        if d and d["n"] >= 2 and d["low"] is not None and d["high"] - d["low"] <= 1e-9:
+            notes.append(
+                f"{row['label']}: every seed gave the same {METRIC_NAMES[metrics[0]]} difference, "
+                "so its interval has width 0; a metric that moves in coarse steps (a small test "
+                "split) hides the seeds' spread, and the verdict is less certain than it looks: "
+                "use more test data or seeds"
+            )
+    return notes
+
+
 def _per_class_mean(runs: list[dict[str, Any]]) -> list[float | None]:
     out: list[float | None] = []
     for j in range(len(runs[0]["per_class"])):
@@ -567,6 +581,7 @@ def _report(
             ]
             boards.append((step, runs, _leaderboard(specs, runs, metrics)))
         step, runs, board = boards[0]
+        metric_notes = [*metric_notes, *_zero_width_notes(board, metrics)]
         fit = [min(r["train_fit"] for r in runs[k]) for k in range(len(specs))]
         diverged = sorted(
             {
@@ -885,6 +900,8 @@ def experiment_from_args(args: Any) -> Experiment:
     if args.model:
         model = replace(model, kind=args.model)
     if args.hidden:
+        if model.kind == "linear":
+            raise ValueError("--hidden sets the MLP's width; a linear head has no hidden layer")
         model = replace(model, hidden=args.hidden)
     overrides = {
         k: v

@@ -489,9 +489,16 @@ def check_experiment(exp: Experiment, origin: str = "") -> None:
             "'digits', 'digits-lt', 'digits-multilabel' or a .npz/.csv path",
             d.source,
         )
-    if not d.imbalance_ratios or any(r < 1 for r in d.imbalance_ratios):
+    if (
+        not d.imbalance_ratios
+        or any(not 1 <= r < math.inf for r in d.imbalance_ratios)
+        or len(set(d.imbalance_ratios)) != len(d.imbalance_ratios)
+    ):
         raise bad(
-            "data", "imbalance_ratios", "a non-empty list of numbers >= 1", list(d.imbalance_ratios)
+            "data",
+            "imbalance_ratios",
+            "a non-empty list of distinct finite numbers >= 1",
+            list(d.imbalance_ratios),
         )
     if d.lt_max_per_class < 1:
         raise bad("data", "lt_max_per_class", "an integer >= 1", d.lt_max_per_class)
@@ -521,10 +528,10 @@ def check_experiment(exp: Experiment, origin: str = "") -> None:
         raise bad("train", "steps", "an integer >= 1 (or 0 for the task's budget)", t.steps)
     if t.batch_size < 1:
         raise bad("train", "batch_size", "an integer >= 1", t.batch_size)
-    if not t.lr > 0:
-        raise bad("train", "lr", "a number > 0", t.lr)
-    if t.weight_decay < 0:
-        raise bad("train", "weight_decay", "a number >= 0", t.weight_decay)
+    if not 0 < t.lr < math.inf:
+        raise bad("train", "lr", "a finite number > 0", t.lr)
+    if not 0 <= t.weight_decay < math.inf:
+        raise bad("train", "weight_decay", "a finite number >= 0", t.weight_decay)
     if not exp.seeds:
         raise bad("experiment", "seeds", "at least one seed", list(exp.seeds))
     if any(s < 0 for s in exp.seeds):

@@ -25,6 +25,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from lossforge.cli._paths import writable_dir
 from lossforge.cli.chart import figure
 
 __all__ = [
@@ -223,10 +224,7 @@ def run_plot(args: Any) -> int:
     path = Path(args.out) if args.out else Path("lossforge-out") / f"plot-{args.loss}.png"
     if path.suffix.lower() != ".png":
         raise ValueError(f"--out {str(path)!r}: expected a .png file name")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OSError(f"cannot create folder {str(path.parent)!r}: {err.strerror or err}") from None
+    writable_dir(path.parent)
     draw_loss_plot(args.loss, family, data, fixed, path)
     print(f"plot: {path}")
     return 0
