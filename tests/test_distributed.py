@@ -770,7 +770,7 @@ def test_no_group_is_noop() -> None:
 def test_global_avg_factor_types_and_no_mutation() -> None:
     c = torch.tensor(3, dtype=torch.int64)
     out = global_avg_factor(c)
-    assert out.dtype == torch.get_default_dtype()
+    assert out.dtype == torch.float64  # an integer count stays exact
     assert out.ndim == 0
     assert not out.requires_grad
     assert c.dtype == torch.int64
@@ -783,6 +783,21 @@ def test_global_avg_factor_types_and_no_mutation() -> None:
     out.add_(1)  # the result is a new tensor
     assert float(f.detach()) == 2.5
     assert global_avg_factor(torch.tensor(0.3)).item() == 1.0  # clamped
+
+
+def test_global_avg_factor_keeps_integer_counts_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """7 positives over 3 ranks: the float32 default made it 2.3333332538604736 (a float64 loss
+    then differed from one process by 1.5e-7); integer and Python counts are float64 now. The
+    all-reduce is stood in for (its sum is the count given), the world size is 3."""
+    import lossforge.distributed as D
+
+    monkeypatch.setattr(D, "world_size", lambda: 3)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t, op=None: t)
+    for count in (7, torch.tensor(7), torch.tensor([7], dtype=torch.int32)):
+        out = global_avg_factor(count)
+        assert out.dtype == torch.float64 and out.item() == 7 / 3
+    assert global_avg_factor(torch.tensor(7.0)).dtype == torch.float32  # a float count's dtype
+    assert global_avg_factor(7, dtype=torch.float32).item() == float(torch.tensor(7 / 3))
 
 
 @pytest.mark.parametrize(

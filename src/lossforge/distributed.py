@@ -101,7 +101,9 @@ def _as_count(
         if count.is_complex() or count.dtype == torch.bool:
             fail(fn, "count", "a real tensor (not bool)", f"dtype {count.dtype}", TypeError)
         if dtype is None:
-            dtype = count.dtype if count.is_floating_point() else torch.get_default_dtype()
+            # integer counts in float64: exact (below 2**53) through the sum and the division by
+            # the world size; the losses divide in their own dtype
+            dtype = count.dtype if count.is_floating_point() else torch.float64
         # .to() may return the same tensor; clone so the in-place all_reduce never touches it.
         return count.detach().reshape(()).to(device=device or count.device, dtype=dtype).clone()
     if isinstance(count, bool) or not isinstance(count, numbers.Real):
@@ -109,9 +111,7 @@ def _as_count(
     v = float(count)
     if not (0 <= v < math.inf):
         fail(fn, "count", "a finite number >= 0 (a count of elements or a sum of weights)", v)
-    return torch.tensor(
-        v, dtype=dtype or torch.get_default_dtype(), device=device or _reduce_device(None)
-    )
+    return torch.tensor(v, dtype=dtype or torch.float64, device=device or _reduce_device(None))
 
 
 def all_reduce_sum(x: Tensor) -> Tensor:
@@ -157,8 +157,9 @@ def global_avg_factor(
             ``max(num_pos, 1)`` done right; ``0.0`` keeps the raw sum).
         device: Device of the result for a Python-number ``count`` (default: the current CUDA
             device under NCCL, else the CPU); a tensor's own device otherwise.
-        dtype: Floating dtype of the result (default: ``count``'s if floating, else the default
-            dtype).
+        dtype: Floating dtype of the result (default: ``count``'s if floating, else float64:
+            an integer or Python count stays exact through the sum and the division by the world
+            size, 7 / 3 included; a loss given it divides in its own dtype).
 
     Returns:
         A detached 0-d floating tensor, no host synchronisation.
@@ -169,7 +170,7 @@ def global_avg_factor(
 
     Example:
         >>> global_avg_factor(3)
-        tensor(3.)
+        tensor(3., dtype=torch.float64)
     """
     fn = "global_avg_factor"
     if _reduction._denominator_hook is not None:
