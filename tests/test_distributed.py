@@ -31,6 +31,7 @@ import torch.multiprocessing as mp
 from torch import Tensor
 
 import lossforge.functional as LF
+import lossforge.nn as N
 from lossforge import _reduction
 from lossforge.distributed import (
     all_reduce_sum,
@@ -508,6 +509,37 @@ def _run_mmdet_clamp(rank: int | None) -> dict[str, Any]:
     return out
 
 
+def _subgroup_data(rank: int) -> tuple[Tensor, Tensor, Tensor]:
+    g = _gen(40 + rank)
+    x = torch.randn(5 + 3 * rank, 4, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 4, (5 + 3 * rank,), generator=g)
+    t[: rank + 1] = IGNORE
+    return x, t, (t >= 0).sum()
+
+
+def _run_subgroups(rank: int) -> dict[str, Any]:
+    """Two models in one job, one rank each (groups {0} and {1}): inside
+    ``global_normalization(group=...)`` each rank's losses are its own model's, as one process on
+    its own batch; the default group mixes the two models' counts."""
+    groups = [dist.new_group([0]), dist.new_group([1])]  # (every rank creates every group)
+    mine = groups[rank]
+    x, t, count = _subgroup_data(rank)
+    x = x.requires_grad_(True)
+    out: dict[str, Any] = {}
+    with global_normalization(group=mine):
+        ce = LF.cross_entropy(x, t, ignore_index=IGNORE)
+        dice = LF.dice_loss(x.unsqueeze(-1), t.clamp_min(0).unsqueeze(-1), batch=True)
+        seesaw = N.SeesawLoss(num_classes=4, ignore_index=IGNORE).train()
+        seesaw(x, t)
+    (grad,) = torch.autograd.grad(ce, x)
+    out["ce"], out["ce_grad"], out["dice"] = ce.detach(), grad, dice.detach()
+    out["seesaw_counts"] = seesaw.cum_samples.clone()
+    out["factor"] = global_avg_factor(count, group=mine)
+    with global_normalization():  # the default group: both ranks' counts
+        out["ce_world"] = LF.cross_entropy(x, t, ignore_index=IGNORE).detach()
+    return out
+
+
 def _run_compiled(rank: int) -> dict[str, Any]:
     """torch.compile(fullgraph=True) with a live process group: dynamo traces the all-reduces."""
     g = _gen(30 + rank)
@@ -599,6 +631,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         jobs.append((MMDET_CLAMP, lambda: _run_mmdet_clamp(rank)))
         jobs.append(("ddp_wrapper_cross_entropy", lambda: _run_ddp_wrapper(rank)))
         jobs.append(("compiled", lambda: _run_compiled(rank)))
+        jobs.append(("subgroups", lambda: _run_subgroups(rank)))
         jobs.append((EXAMPLE, lambda: {"history": _example().train(rank, world, EXAMPLE_ARGS)}))
         t0 = time.perf_counter()
         for name, job in jobs:
@@ -717,6 +750,31 @@ def test_compiled_with_process_group(ddp_results: dict[str, Any]) -> None:
 
 
 @pytest.mark.subprocess  # reads the one DDP spawn (ddp_results)
+def test_global_normalization_over_a_process_group(ddp_results: dict[str, Any]) -> None:
+    """``group=``: every reduction of the scope (denominators, dice's batch sums, Seesaw's class
+    counts) and global_avg_factor run over the given group, K its size. Without it the default
+    group was always used: two models trained by disjoint groups got each other's counts,
+    silently."""
+    for rank, r in enumerate(ddp_results["ranks"]):
+        res = r["subgroups"]
+        if "error" in res:
+            pytest.fail(res["error"])
+        x, t, count = _subgroup_data(rank)
+        x = x.requires_grad_(True)
+        ce = LF.cross_entropy(x, t, ignore_index=IGNORE)
+        (grad,) = torch.autograd.grad(ce, x)
+        torch.testing.assert_close(res["ce"], ce.detach(), rtol=0, atol=ATOL)
+        torch.testing.assert_close(res["ce_grad"], grad, rtol=0, atol=ATOL)
+        dice = LF.dice_loss(x.unsqueeze(-1), t.clamp_min(0).unsqueeze(-1), batch=True)
+        torch.testing.assert_close(res["dice"], dice.detach(), rtol=0, atol=ATOL)
+        seesaw = N.SeesawLoss(num_classes=4, ignore_index=IGNORE).train()
+        seesaw(x, t)
+        assert torch.equal(res["seesaw_counts"], seesaw.cum_samples)
+        assert res["factor"].item() == float(count)
+        assert not torch.allclose(res["ce_world"], ce.detach())  # the world scope mixes them
+
+
+@pytest.mark.subprocess  # reads the one DDP spawn (ddp_results)
 def test_rank_mean_clamp_is_wrong_when_positives_are_scarce(ddp_results: dict[str, Any]) -> None:
     """max(reduce_mean(num_pos), 1) vs max(sum(num_pos), 1) / K with one positive on two ranks."""
     ranks = ddp_results["ranks"]
@@ -791,7 +849,7 @@ def test_global_avg_factor_keeps_integer_counts_exact(monkeypatch: pytest.Monkey
     all-reduce is stood in for (its sum is the count given), the world size is 3."""
     import lossforge.distributed as D
 
-    monkeypatch.setattr(D, "world_size", lambda: 3)
+    monkeypatch.setattr(D, "world_size", lambda group=None: 3)
     monkeypatch.setattr(torch.distributed, "all_reduce", lambda t, op=None: t)
     for count in (7, torch.tensor(7), torch.tensor([7], dtype=torch.int32)):
         out = global_avg_factor(count)

@@ -1425,7 +1425,7 @@ def region(
     if valid is not None:
         count = _sum(valid.to(p.dtype), dims).expand_as(sums[0])
     if batch and _reduction._denominator_hook is not None:
-        from lossforge.distributed import _scope_scale_grad, global_sum
+        from lossforge.distributed import _scope_scale_grad, global_sum, scope_group
 
         parts = sums if count is None else [*sums, count]
         # A "mean" over the entries divides by their count summed over the ranks (K times the
@@ -1433,7 +1433,9 @@ def region(
         # local gradient is scaled by K in both scale_grad modes (the gradients K times too
         # small with scale_grad=False otherwise); "sum" follows the scope's scale_grad.
         summed = global_sum(
-            torch.stack(parts), scale_grad=True if reduction == "mean" else _scope_scale_grad()
+            torch.stack(parts),
+            scale_grad=True if reduction == "mean" else _scope_scale_grad(),
+            group=scope_group(),
         )
         sums = list(summed[: len(sums)])
         if count is not None:

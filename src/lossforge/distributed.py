@@ -51,6 +51,7 @@ import contextlib
 import math
 import numbers
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -66,6 +67,7 @@ __all__ = [
     "global_sum",
     "is_distributed",
     "maybe_global_sum",
+    "scope_group",
     "world_size",
 ]
 
@@ -76,9 +78,23 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def world_size() -> int:
-    """Number of ranks in the default process group (1 without one)."""
-    return torch.distributed.get_world_size() if is_distributed() else 1
+def world_size(group: Any = None) -> int:
+    """Number of ranks in ``group`` (default: the default process group; 1 without one)."""
+    if not is_distributed():
+        return 1
+    return (
+        torch.distributed.get_world_size()
+        if group is None
+        else torch.distributed.get_world_size(group)
+    )
+
+
+def _all_reduce(x: Tensor, group: Any) -> None:
+    # (the default group as a plain call: the path torch.compile has always traced)
+    if group is None:
+        torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.SUM)
+    else:
+        torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.SUM, group=group)
 
 
 def _reduce_device(like: Tensor | None) -> torch.device:
@@ -114,18 +130,20 @@ def _as_count(
     return torch.tensor(v, dtype=dtype or torch.float64, device=device or _reduce_device(None))
 
 
-def all_reduce_sum(x: Tensor) -> Tensor:
-    """Sum of ``x`` over the ranks, detached, in a new tensor (``x`` itself without a group).
+def all_reduce_sum(x: Tensor, *, group: Any = None) -> Tensor:
+    """Sum of ``x`` over the ranks of ``group`` (default: the default process group), detached,
+    in a new tensor (``x`` itself without a process group).
 
     Uses ``torch.distributed.all_reduce`` on a detached clone: no gradient flows through it and the
-    argument is never modified. Every rank must call it with a tensor of the same shape and dtype.
+    argument is never modified. Every rank of the group must call it with a tensor of the same
+    shape and dtype.
     """
     if not isinstance(x, Tensor):
         fail("all_reduce_sum", "x", "a torch.Tensor", type(x).__name__, TypeError)
     if not is_distributed():
         return x.detach()
     out = x.detach().clone()
-    torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.SUM)
+    _all_reduce(out, group)
     return out
 
 
@@ -135,6 +153,7 @@ def global_avg_factor(
     min_value: float = 1.0,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    group: Any = None,
 ) -> Tensor:
     r"""The global ``avg_factor`` for a per-rank count (positives, boxes, valid pixels).
 
@@ -160,6 +179,8 @@ def global_avg_factor(
         dtype: Floating dtype of the result (default: ``count``'s if floating, else float64:
             an integer or Python count stays exact through the sum and the division by the world
             size, 7 / 3 included; a loss given it divides in its own dtype).
+        group: The process group whose ranks share the batch (default: the default group), e.g.
+            the group a DDP model was built with; $K$ is its size. Only its ranks call this.
 
     Returns:
         A detached 0-d floating tensor, no host synchronisation.
@@ -184,9 +205,9 @@ def global_avg_factor(
     _check_bound(fn, "min_value", min_value)
     dev = torch.device(device) if device is not None else None
     c = _as_count(fn, count, dev, dtype)
-    k = world_size()
+    k = world_size(group)
     if k > 1:
-        torch.distributed.all_reduce(c, op=torch.distributed.ReduceOp.SUM)
+        _all_reduce(c, group)
     c = torch.clamp(c, min=float(min_value))
     return c / k if k > 1 else c
 
@@ -200,7 +221,7 @@ def _check_bound(fn: str, name: str, value: object) -> None:
         fail(fn, name, "a finite number >= 0", repr(value))
 
 
-def global_sum(x: Tensor, *, scale_grad: bool = True) -> Tensor:
+def global_sum(x: Tensor, *, scale_grad: bool = True, group: Any = None) -> Tensor:
     r"""Sum of ``x`` over the ranks, differentiable through this rank's part.
 
     $$
@@ -219,6 +240,7 @@ def global_sum(x: Tensor, *, scale_grad: bool = True) -> Tensor:
     Args:
         x: This rank's partial sums; same shape and dtype on every rank.
         scale_grad: Scale the local gradient by the world size (see above).
+        group: The process group to sum over (default: the default group); $K$ is its size.
 
     Returns:
         A tensor of ``x``'s shape.
@@ -227,8 +249,8 @@ def global_sum(x: Tensor, *, scale_grad: bool = True) -> Tensor:
         fail("global_sum", "x", "a torch.Tensor", type(x).__name__, TypeError)
     if not is_distributed():
         return x
-    total = all_reduce_sum(x)
-    k = world_size()
+    total = all_reduce_sum(x, group=group)
+    k = world_size(group)
     local = x * k if scale_grad and k > 1 else x
     return local + (total - local.detach())
 
@@ -241,11 +263,19 @@ def maybe_global_sum(x: Tensor) -> Tensor:
     """
     if _reduction._denominator_hook is None:
         return x
-    return global_sum(x, scale_grad=_state_scale_grad)
+    return global_sum(x, scale_grad=_state_scale_grad, group=_state_group)
 
 
 _state_min_avg_factor: float = 0.0
 _state_scale_grad: bool = True
+_state_group: Any = None
+
+
+def scope_group() -> Any:
+    """The process group of the active ``global_normalization()`` scope (``None``: the default
+    group, also outside a scope): what a loss with statistics of its own (Seesaw's class counts,
+    GHM's histogram) all-reduces them over inside the scope."""
+    return _state_group
 
 
 def _scope_scale_grad() -> bool:
@@ -254,8 +284,8 @@ def _scope_scale_grad() -> bool:
 
 
 def _hook(local: Tensor, is_avg_factor: bool) -> Tensor:
-    k = world_size()
-    glob = all_reduce_sum(local) if k > 1 else local.detach()
+    k = world_size(_state_group)
+    glob = all_reduce_sum(local, group=_state_group) if k > 1 else local.detach()
     if is_avg_factor and _state_min_avg_factor > 0:
         glob = torch.clamp(glob, min=_state_min_avg_factor)
     if k > 1 and _state_scale_grad:
@@ -270,7 +300,11 @@ def global_normalization_enabled() -> bool:
 
 @contextlib.contextmanager
 def global_normalization(
-    enabled: bool = True, *, min_avg_factor: float = 0.0, scale_grad: bool = True
+    enabled: bool = True,
+    *,
+    min_avg_factor: float = 0.0,
+    scale_grad: bool = True,
+    group: Any = None,
 ) -> Iterator[None]:
     r"""Scope in which every lossforge ``"mean"`` uses the global denominator.
 
@@ -294,6 +328,10 @@ def global_normalization(
             ``1.0`` for a number of positives); the default ``0.0`` keeps the sum.
         scale_grad: Divide the global denominator by the world size (and scale ``global_sum``
             gradients by it) because DDP averages gradients. ``False`` when gradients are summed.
+        group: The process group whose ranks share the batch (default: the default group): the
+            group a DDP model was built with (``DistributedDataParallel(process_group=...)``) when
+            several models train in one job. Every reduction of the scope runs over it and $K$ is
+            its size; only its ranks may enter the scope with it.
 
     Example:
         >>> import torch
@@ -302,7 +340,7 @@ def global_normalization(
         ...     l1_loss(torch.tensor([1.0, 3.0]), torch.zeros(2))  # no group: unchanged
         tensor(2.)
     """
-    global _state_min_avg_factor, _state_scale_grad
+    global _state_min_avg_factor, _state_scale_grad, _state_group
     if not isinstance(enabled, bool):
         fail("global_normalization", "enabled", "a bool", repr(enabled), TypeError)
     if not isinstance(scale_grad, bool):
@@ -311,11 +349,17 @@ def global_normalization(
     if not enabled:
         yield
         return
-    saved = (_reduction._denominator_hook, _state_min_avg_factor, _state_scale_grad)
+    saved = (_reduction._denominator_hook, _state_min_avg_factor, _state_scale_grad, _state_group)
     _state_min_avg_factor = float(min_avg_factor)
     _state_scale_grad = bool(scale_grad)
+    _state_group = group
     _reduction._denominator_hook = _hook
     try:
         yield
     finally:
-        _reduction._denominator_hook, _state_min_avg_factor, _state_scale_grad = saved
+        (
+            _reduction._denominator_hook,
+            _state_min_avg_factor,
+            _state_scale_grad,
+            _state_group,
+        ) = saved

@@ -474,9 +474,9 @@ def _histogram(g: Tensor, counted: Tensor | None, bins: int) -> tuple[Tensor, Te
     )
     local = ones.sum()
     if _reduction._denominator_hook is not None:
-        from lossforge.distributed import all_reduce_sum
+        from lossforge.distributed import all_reduce_sum, scope_group
 
-        counts = all_reduce_sum(counts)
+        counts = all_reduce_sum(counts, group=scope_group())
     return idx, local, counts
 
 

@@ -20,7 +20,7 @@ from lossforge._checks import (
 from lossforge._params import signature_domains
 from lossforge._targets import softmax_target
 from lossforge._traits import Traits
-from lossforge.distributed import all_reduce_sum, global_normalization_enabled
+from lossforge.distributed import all_reduce_sum, global_normalization_enabled, scope_group
 from lossforge.nn._base import Loss
 
 __all__ = ["LDAMLoss", "Poly1CrossEntropyLoss", "Poly1FocalLoss", "SeesawLoss"]
@@ -218,7 +218,7 @@ class SeesawLoss(Loss):
             0, st.index.reshape(-1), keep.reshape(-1).to(self.cum_samples.dtype)
         )
         if global_normalization_enabled():
-            batch = all_reduce_sum(batch)
+            batch = all_reduce_sum(batch, group=scope_group())
         self.cum_samples.add_(batch)
 
     def forward(
