@@ -212,3 +212,30 @@ def test_review_fixes_of_the_numpy_and_float64_options() -> None:
         N.SeesawLoss(class_counts=[1e19, 1.0])
     with pytest.raises(TypeError, match="unknown 'prior' \\(did you mean 'priors'\\?\\)"):
         F.logit_adjusted_loss(x, torch.tensor([0, 1, 2, 0]), prior=[0.2, 0.3, 0.5])
+
+
+def test_pos_weight_of_any_shape_from_nested_lists() -> None:
+    """A (C, 1, 1) pos_weight for (N, C, H, W) logits, written as nested lists (a TOML array of
+    arrays) or a 3-d NumPy array: taken as the tensor would be (both were refused, though a 2-d
+    tensor is accepted); ragged nesting and bools are refused."""
+    import lossforge.functional as LF
+
+    gen = torch.Generator().manual_seed(0)
+    x, t = torch.randn(3, 2, 4, 4, generator=gen), torch.rand(3, 2, 4, 4, generator=gen)
+    want = LF.binary_cross_entropy_with_logits(
+        x, t, pos_weight=torch.tensor([1.0, 2.0]).view(2, 1, 1)
+    )
+    for pw in ([[[1.0]], [[2.0]]], np.array([1.0, 2.0]).reshape(2, 1, 1)):
+        assert_close(LF.binary_cross_entropy_with_logits(x, t, pos_weight=pw), want)
+        module = N.BinaryCrossEntropyWithLogitsLoss(pos_weight=pw)
+        assert module.pos_weight.shape == (2, 1, 1)
+        assert_close(module(x, t), want)
+        assert_close(
+            LF.sigmoid_focal_loss(x, t, pos_weight=pw),
+            LF.sigmoid_focal_loss(x, t, pos_weight=torch.tensor([1.0, 2.0]).view(2, 1, 1)),
+        )
+    for bad in ([[[1.0]], [2.0]], [[[True]], [[2.0]]]):
+        with pytest.raises(TypeError, match="pos_weight"):
+            LF.binary_cross_entropy_with_logits(x, t, pos_weight=bad)
+        with pytest.raises(TypeError, match="pos_weight"):
+            N.BinaryCrossEntropyWithLogitsLoss(pos_weight=bad)

@@ -348,12 +348,20 @@ def is_ndarray(value: object) -> bool:
 
 
 def host_vector(
-    fn: str, name: str, values: object, like: Tensor, *, items: str, kinds: str
+    fn: str,
+    name: str,
+    values: object,
+    like: Tensor,
+    *,
+    items: str,
+    kinds: str,
+    nested: bool = False,
 ) -> Tensor:
     """A list, tuple or NumPy array of numbers as a CPU tensor in ``like``'s compute dtype (a
     float64 input gets float64 values, not float32-rounded ones). ``TypeError``: ``items`` for
     a sequence of anything else, ``kinds`` for a value that is no sequence (the caller has
-    handled tensors and numbers before)."""
+    handled tensors and numbers before). ``nested``: nested sequences of equal lengths too (an
+    option of any shape, such as a ``(C, 1, 1)`` ``pos_weight`` written in TOML)."""
     if is_ndarray(values):
         if values.dtype.kind not in "iuf":  # type: ignore[attr-defined]
             fail(fn, name, "a real array", f"dtype {values.dtype}", TypeError)  # type: ignore[attr-defined]
@@ -361,9 +369,21 @@ def host_vector(
     if not isinstance(values, (list, tuple)):
         fail(fn, name, kinds, type(values).__name__, TypeError)
     try:
-        return torch.tensor([float(v) for v in values], dtype=compute_dtype(like))
+        floats = nested_floats(values) if nested else [float(v) for v in values]
+        return torch.tensor(floats, dtype=compute_dtype(like))
     except (TypeError, ValueError):
         fail(fn, name, items, repr(values), TypeError)
+
+
+def nested_floats(values: object) -> Any:
+    """``values``, a number or (nested) lists / tuples of numbers, with every number a float;
+    ``TypeError`` for anything else (a bool, a string, a dict). ``torch.tensor`` then refuses
+    ragged nesting with a ``ValueError``."""
+    if isinstance(values, (list, tuple)):
+        return [nested_floats(v) for v in values]
+    if isinstance(values, bool) or not isinstance(values, numbers.Real):
+        raise TypeError(f"not a number: {values!r}")
+    return float(values)
 
 
 def check_reduction(fn: str, reduction: object, name: str = "reduction") -> str:

@@ -463,8 +463,9 @@ def as_pos_weight(fn: str, pos_weight: object, like: Tensor) -> Tensor:
             "pos_weight",
             pos_weight,
             like,
-            items="a sequence of numbers",
+            items="a (nested) sequence of numbers",
             kinds="a number, a tensor or a sequence of numbers",
+            nested=True,
         )
     if pw.is_complex() or pw.dtype == torch.bool:
         fail(fn, "pos_weight", "a real tensor", f"dtype {pw.dtype}", TypeError)

@@ -45,6 +45,7 @@ from lossforge._checks import (
     check_reduction,
     fail,
     is_ndarray,
+    nested_floats,
 )
 from lossforge._params import AnyOf, Batch, ClassVector, Domain, Unchecked, signature_domains
 from lossforge._traits import Traits
@@ -65,7 +66,7 @@ def _class_vector(domain: Domain) -> ClassVector | None:
     return None
 
 
-def _as_buffer(owner: str, name: str, value: object) -> Tensor:
+def _as_buffer(owner: str, name: str, value: object, *, nested: bool = False) -> Tensor:
     """A tensor option as a float tensor buffer (lists, tuples and OmegaConf ListConfig too).
     Numbers from Python become a CPU tensor, whatever torch's default device: ``_set_option``
     checks their values there (no device read) and then moves the buffer to the default device."""
@@ -73,7 +74,8 @@ def _as_buffer(owner: str, name: str, value: object) -> Tensor:
         tensor = value.detach().clone()
     elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         try:
-            tensor = torch.tensor([float(v) for v in value], device="cpu")
+            floats = nested_floats(value) if nested else [float(v) for v in value]
+            tensor = torch.tensor(floats, device="cpu")
         except (TypeError, ValueError):
             fail(owner, name, "a sequence of numbers or a tensor", repr(value), TypeError)
     else:
@@ -219,7 +221,7 @@ class Loss(nn.Module):
             self.register_parameter(key, value)
             return
         if vector is not None and is_tensorish:
-            buffer = _as_buffer(owner, key, value)
+            buffer = _as_buffer(owner, key, value, nested=vector.ndim is None)
             vector.check_buffer(owner, key, buffer)
             if not isinstance(value, Tensor):
                 # host numbers, checked on the CPU above: placed as torch places a new tensor
