@@ -239,3 +239,11 @@ def test_pos_weight_of_any_shape_from_nested_lists() -> None:
             LF.binary_cross_entropy_with_logits(x, t, pos_weight=bad)
         with pytest.raises(TypeError, match="pos_weight"):
             N.BinaryCrossEntropyWithLogitsLoss(pos_weight=bad)
+
+
+def test_loss_weight_takes_a_0d_array_as_gamma_does() -> None:
+    """A 0-d NumPy loss_weight (a config read with NumPy) was refused while gamma took one."""
+    module = N.SigmoidFocalLoss(gamma=np.array(2.0), loss_weight=np.array(0.5))
+    assert module.loss_weight == 0.5 and type(module.loss_weight) is float
+    with pytest.raises(TypeError, match="loss_weight"):
+        N.SigmoidFocalLoss(loss_weight=np.array([0.5, 1.0]))

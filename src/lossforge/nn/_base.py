@@ -181,6 +181,8 @@ class Loss(nn.Module):
         super().__init__()
         name = type(self).__name__
         self.reduction = check_reduction(name, reduction)
+        if is_ndarray(loss_weight) and loss_weight.ndim == 0:  # type: ignore[attr-defined]
+            loss_weight = loss_weight.item()  # type: ignore[attr-defined]  # (as gamma takes it)
         self.loss_weight = check_number(name, "loss_weight", loss_weight)
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Loss:
