@@ -650,7 +650,9 @@ def test_ghm_state_training_eval_and_state_dict() -> None:
     again.load_state_dict(loss.state_dict())
     assert torch.equal(again.acc_sum, loss.acc_sum)
     assert "acc_sum" in loss.state_dict()
-    assert repr(loss) == "GHMCLoss(bins=5, momentum=0.75, ignore_index=None, reduction='mean')"
+    assert repr(loss) == (
+        "GHMCLoss(bins=5, momentum=0.75, ignore_index=None, index_target=None, reduction='mean')"
+    )
     # momentum 0 keeps no state
     stateless = lf.GHMCLoss(bins=5, momentum=0.0)
     stateless(x, y)
@@ -915,3 +917,34 @@ def test_ddp_outside_the_scope_ranks_keep_their_own_histogram() -> None:
     )
     assert not torch.allclose(whole[lo:hi], part)
     assert math.isfinite(float(part.sum()))
+
+
+def test_one_channel_index_targets_take_index_target() -> None:
+    """A one-logit head with integer labels (0 = the class, 1 = background): the loss's error
+    tells the user to pass index_target=True, which QFL, VFL, GHM-C and Poly-1 focal refused
+    (TypeError). With it each equals its dense form, the (N, 1) mask (times the score)."""
+    import lossforge.nn as N
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 1, generator=gen, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 0, 1, 1, 0])
+    mask = (labels == 0).to(torch.float64).unsqueeze(1)
+    score = torch.rand(6, generator=gen, dtype=torch.float64)
+    cases = [
+        (F.quality_focal_loss, {"score": score}, mask * score.unsqueeze(1), {}),
+        (F.varifocal_loss, {"score": score}, mask * score.unsqueeze(1), {}),
+        (F.ghmc_loss, {"bins": 3}, mask, {"bins": 3}),
+        (F.poly1_focal_loss, {}, mask, {}),
+    ]
+    for fn, kw, dense, dense_kw in cases:
+        with pytest.raises(ValueError, match="index_target=True"):
+            fn(x, labels, **kw)
+        torch.testing.assert_close(fn(x, labels, index_target=True, **kw), fn(x, dense, **dense_kw))
+    torch.testing.assert_close(
+        F.ghmc_histogram(x, labels, index_target=True, bins=3), F.ghmc_histogram(x, mask, bins=3)
+    )
+    module = N.GHMCLoss(index_target=True, bins=3, momentum=0.5).train()
+    reference = N.GHMCLoss(bins=3, momentum=0.5).train()
+    torch.testing.assert_close(module(x, labels), reference(x, mask))
+    assert torch.equal(module.acc_sum, reference.acc_sum)
+    assert N.Poly1FocalLoss(index_target=True)(x, labels) == F.poly1_focal_loss(x, mask)

@@ -52,7 +52,7 @@ from lossforge._checks import (
 from lossforge._params import BatchTensor, Integer, NonNegative, Number, Positive, loss_function
 from lossforge._pipeline import SoftmaxInput, Unreduced
 from lossforge._reduction import AvgFactor, Reduction, expand_weight
-from lossforge._targets import DenseTarget, class_dim, sigmoid_target
+from lossforge._targets import DenseTarget, class_dim, resolve_target, sigmoid_target
 
 __all__ = [
     "distribution_focal_loss",
@@ -168,6 +168,7 @@ def quality_focal_loss(
     beta: NonNegative = 2.0,
     score: BatchTensor | None = None,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
     avg_factor: AvgFactor = None,
@@ -202,6 +203,11 @@ def quality_focal_loss(
         score: The quality in ``[0, 1]`` of each index target's positive class, shape
             ``(N, *)``; ``None`` = 1 (hard targets). Not allowed with dense targets.
         ignore_index: Ignored target value (indices: the row; dense: the element).
+        index_target: What a target without the class dimension holds. ``None`` (default):
+            class indices, except with one logit channel, where an integer target is ambiguous
+            and raises (a float or bool one is a mask); ``True``: class indices (``C`` =
+            background; a single-class detector's labels); ``False``: a mask (with one channel
+            the channel dimension may be left out).
         weight: Element-wise weight: the logits' shape or its leading dims (``(N,)`` = per row).
         reduction: ``"none"`` | ``"mean"`` (over valid elements) | ``"sum"``.
         avg_factor: Denominator of ``"mean"`` (GFL: the number of positives).
@@ -227,6 +233,7 @@ def quality_focal_loss(
         loss=partial(_qfl, beta=beta),
         options=_score_option(fn, index_or_dense, row_score, ignore_index),
         ignore_index=ignore_index,
+        index_target=index_target,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,
@@ -261,6 +268,7 @@ def varifocal_loss(
     iou_weighted: bool = True,
     score: BatchTensor | None = None,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
     avg_factor: AvgFactor = None,
@@ -295,6 +303,11 @@ def varifocal_loss(
         iou_weighted: Weight positives by their target IoU (else by 1).
         score: The IoU of each index target's positive class, ``(N, *)``; ``None`` = 1.
         ignore_index: Ignored target value (indices: the row; dense: the element).
+        index_target: What a target without the class dimension holds. ``None`` (default):
+            class indices, except with one logit channel, where an integer target is ambiguous
+            and raises (a float or bool one is a mask); ``True``: class indices (``C`` =
+            background; a single-class detector's labels); ``False``: a mask (with one channel
+            the channel dimension may be left out).
         weight: Element-wise weight: the logits' shape or its leading dims.
         reduction: ``"none"`` | ``"mean"`` (over valid elements) | ``"sum"``.
         avg_factor: Denominator of ``"mean"`` (VFNet: the number of positives).
@@ -319,6 +332,7 @@ def varifocal_loss(
         loss=partial(_vfl, alpha=alpha, gamma=gamma, iou_weighted=iou_weighted),
         options=_score_option(fn, index_or_dense, row_score, ignore_index),
         ignore_index=ignore_index,
+        index_target=index_target,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,
@@ -565,6 +579,7 @@ def ghmc_loss(
     momentum: Momentum = 0.0,
     bin_counts: BatchTensor | None = None,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
     avg_factor: AvgFactor = None,
@@ -606,6 +621,11 @@ def ghmc_loss(
         momentum: Weight of ``bin_counts`` in the density, in ``[0, 1]``.
         bin_counts: Running per-bin counts ``(bins,)`` before this batch, or ``None``.
         ignore_index: Ignored target value (indices: the row; dense: the element).
+        index_target: What a target without the class dimension holds. ``None`` (default):
+            class indices, except with one logit channel, where an integer target is ambiguous
+            and raises (a float or bool one is a mask); ``True``: class indices (``C`` =
+            background; a single-class detector's labels); ``False``: a mask (with one channel
+            the channel dimension may be left out).
         weight: Element-wise weight: the logits' shape or its leading dims.
         reduction: ``"none"`` | ``"mean"`` (divided by $N$, or ``avg_factor``) | ``"sum"``.
         avg_factor: Denominator of ``"mean"`` instead of $N$.
@@ -628,6 +648,7 @@ def ghmc_loss(
         loss=partial(_ghmc, bins=bins, momentum=momentum),
         options=_ghmc_options(fn, bins, bin_counts, weight),
         ignore_index=ignore_index,
+        index_target=index_target,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,
@@ -640,6 +661,7 @@ def ghmc_histogram(
     *,
     bins: int = 10,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     weight: Tensor | None = None,
 ) -> Tensor:
     r"""The per-bin counts of $g = \lvert\sigma(x) - y\rvert$ that :func:`ghmc_loss` weighs by.
@@ -654,6 +676,7 @@ def ghmc_histogram(
         target: Binary targets of the logits' shape, or class indices ``(N, *)``.
         bins: Number of bins, ``>= 1``.
         ignore_index: Ignored target value.
+        index_target: As in :func:`ghmc_loss` (what a target without the class dimension holds).
         weight: Element weight; elements with weight 0 are not counted.
 
     Returns:
@@ -667,7 +690,8 @@ def ghmc_histogram(
     fn = "ghmc_histogram"
     bins = check_int(fn, "bins", bins, low=1)
     x = check_floating(fn, "logits", logits)
-    t = sigmoid_target(fn, x, target, ignore_index=ignore_index)
+    resolved = resolve_target(fn, x, target, index_target=index_target)
+    t = sigmoid_target(fn, x, resolved, ignore_index=ignore_index)
     w = None if weight is None else expand_weight(fn, weight, x.shape, x)
     with torch.no_grad():
         g = (torch.sigmoid(x.detach().to(compute_dtype(x))) - t.target).abs()

@@ -473,6 +473,7 @@ def poly1_focal_loss(
     gamma: NonNegative = 2.0,
     pos_weight: NonNegative | Weights | None = None,
     ignore_index: int | None = None,
+    index_target: bool | None = None,
     weight: Tensor | None = None,
     reduction: Reduction = "mean",
     avg_factor: AvgFactor = None,
@@ -506,6 +507,11 @@ def poly1_focal_loss(
         gamma: Focusing parameter $\gamma \ge 0$.
         pos_weight: Positive-term weight of the cross-entropy, as in ``sigmoid_focal_loss``.
         ignore_index: Ignored target value; ``None`` = off.
+        index_target: What a target without the class dimension holds. ``None`` (default):
+            class indices, except with one logit channel, where an integer target is ambiguous
+            and raises (a float or bool one is a mask); ``True``: class indices (``C`` =
+            background; a single-class detector's labels); ``False``: a mask (with one channel
+            the channel dimension may be left out).
         weight: Element-wise weight (the logits' shape, its leading dims or same-rank
             broadcastable).
         reduction: ``"none"`` | ``"mean"`` (over valid elements) | ``"sum"``.
@@ -532,6 +538,7 @@ def poly1_focal_loss(
         loss=partial(_poly1_focal, epsilon=epsilon, gamma=gamma),
         options=opt.focal_options(fn, alpha, pos_weight),
         ignore_index=ignore_index,
+        index_target=index_target,
         weight=weight,
         reduction=reduction,
         avg_factor=avg_factor,

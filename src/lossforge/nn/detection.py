@@ -209,6 +209,8 @@ class GHMCLoss(
         momentum: Running-average momentum in ``[0, 1]``; mmdetection's class default is 0, its
             configs use 0.75.
         ignore_index: Ignored target value.
+        index_target: What a target without the class dimension holds, as in
+            :func:`lossforge.functional.ghmc_loss` (``True`` for a one-channel head's labels).
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``.
         loss_weight: Scalar multiplier.
 
@@ -222,8 +224,9 @@ class GHMCLoss(
     registry_name: ClassVar[str] = "ghmc"
     functional = staticmethod(F.ghmc_loss)
     histogram = staticmethod(F.ghmc_histogram)
-    config: ClassVar[tuple[str, ...]] = ("bins", "momentum", "ignore_index")
+    config: ClassVar[tuple[str, ...]] = ("bins", "momentum", "ignore_index", "index_target")
     ignore_index: int | None
+    index_target: bool | None
 
     def __init__(
         self,
@@ -231,11 +234,19 @@ class GHMCLoss(
         bins: int = 10,
         momentum: float = 0.75,
         ignore_index: int | None = None,
+        index_target: bool | None = None,
         reduction: str = "mean",
         loss_weight: float = 1.0,
     ) -> None:
         super().__init__(reduction=reduction, loss_weight=loss_weight)
-        self._configure({"bins": bins, "momentum": momentum, "ignore_index": ignore_index})
+        self._configure(
+            {
+                "bins": bins,
+                "momentum": momentum,
+                "ignore_index": ignore_index,
+                "index_target": index_target,
+            }
+        )
 
 
 class GHMRLoss(
