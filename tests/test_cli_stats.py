@@ -216,3 +216,23 @@ def test_one_seed_has_no_standard_deviation() -> None:
     assert one["std"] is None and _pct(one) == " 90.0 ± n/a"
     two = _summary([0.9, 0.8])
     assert _pct(two) == " 85.0 ± 7.1"
+
+
+def test_t_critical_beyond_the_table_is_within_1e_5() -> None:
+    for df in range(31, 301):  # the expansion's documented accuracy, not the table's rounding
+        assert t_critical(df) == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=1e-5), df
+
+
+def test_paired_interval_refuses_no_values() -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        paired_interval([], [])
+
+
+def test_a_difference_significant_at_one_budget_only_changes_places() -> None:
+    base = [0.80, 0.81, 0.79, 0.80, 0.82]
+    a_up = [v + 0.05 for v in base]  # +0.05 on every seed: significant
+    noise = [0.02, -0.05, 0.01, -0.03, 0.0]  # mean -0.01, sd 0.029: within noise
+    a_down = [v + d for v, d in zip(base, noise, strict=True)]
+    reorders, verdicts = budget_changes(["CE", "A"], [base, a_up], [base, a_down])
+    assert reorders == ["A ahead of CE -> behind"]
+    assert verdicts == []

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lossforge import drw_class_weights
-from lossforge.cli.train import Head, train_stacked
+from lossforge.cli.train import BETAS, EPS, Head, _AdamW, train_stacked
 from lossforge.registry import build_loss
 
 # ----------------------------------------------------------------------------------------------
@@ -277,3 +277,111 @@ def test_switch_refuses_what_it_cannot_assign() -> None:
     for losses, sw, message in cases:
         with pytest.raises(ValueError, match=message):
             train_stacked(x, y, x, 3, losses, head, [0, 1], [4], [sw])
+
+
+# From a mutation audit of cli/train.py.
+
+
+class _CountingCE(torch.nn.Module):
+    """Cross-entropy that counts its calls in a buffer: vmap runs it, but it keeps state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return torch.nn.functional.cross_entropy(logits, target)
+
+
+def test_a_stateful_loss_that_vmap_runs_is_still_called_seed_by_seed() -> None:
+    s, n, f, c = 3, 40, 5, 4
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(s, n, f, generator=gen)
+    y = torch.randint(0, c, (s, n), generator=gen)
+    losses = [[_CountingCE() for _ in range(s)]]
+    train_stacked(x, y, x, c, losses, Head(kind="linear", batch_size=8), range(s), [25])
+    # one call per step on each seed's own module (the value check and the vmap probe restore)
+    assert [int(m.calls) for m in losses[0]] == [25, 25, 25]
+
+
+def test_seeds_with_different_hyperparameters_are_not_vmapped_as_one() -> None:
+    s, n, f, c = 2, 40, 6, 3
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(s, n, f, generator=gen)
+    y = torch.randint(0, c, (s, n), generator=gen)
+    head = Head(kind="linear", batch_size=8)
+    specs = [{"type": "cross_entropy"}, {"type": "cross_entropy", "label_smoothing": 0.3}]
+    (both,) = train_stacked(x, y, x, c, [[build_loss(sp) for sp in specs]], head, [0, 1], [20])
+    (alone,) = train_stacked(x[1:], y[1:], x[1:], c, [[build_loss(specs[1])]], head, [1], [20])
+    torch.testing.assert_close(both.test_logits[1], alone.test_logits[0], rtol=1e-5, atol=1e-6)
+
+
+@dataclass(frozen=True)
+class _Sw:
+    step: int
+    key: str
+    value: tuple[float, ...]
+
+
+def test_switch_keeps_the_buffer_dtype() -> None:
+    s, n, f, c = 2, 16, 3, 3
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(s, n, f, generator=gen)
+    y = torch.randint(0, c, (s, n), generator=gen)
+    losses = [[build_loss({"type": "cross_entropy", "class_weight": [1.0] * c}) for _ in range(s)]]
+    sw = [[[_Sw(2, "class_weight", (0.1, 0.2, 0.3))]] * s]
+    train_stacked(x, y, x, c, losses, Head(kind="linear", batch_size=4), range(s), [4], sw)
+    for m in losses[0]:
+        assert m.class_weight.dtype == torch.float32
+        assert torch.equal(m.class_weight, torch.tensor([0.1, 0.2, 0.3], dtype=torch.float32))
+
+
+def test_fused_adamw_is_taken_and_matches_torch_row_by_row() -> None:
+    try:
+        torch.optim.AdamW([torch.zeros(1, requires_grad=True)], fused=True)
+    except RuntimeError:
+        pytest.skip("no fused AdamW here")
+    gen = torch.Generator().manual_seed(8)
+    w = torch.randn(3, 4, 5, generator=gen).requires_grad_(True)
+    b = torch.randn(3, 1, 5, generator=gen).requires_grad_(True)
+    w_rows = [r.clone().requires_grad_(True) for r in w.detach()]
+    b_rows = [r.clone().requires_grad_(True) for r in b.detach()]
+    opt = _AdamW([w], [b], lr=1e-2, wd=0.1, fused=True)
+    ref = torch.optim.AdamW(
+        [{"params": w_rows, "weight_decay": 0.1}, {"params": b_rows, "weight_decay": 0.0}],
+        lr=1e-2, betas=BETAS, eps=EPS, fused=True,
+    )  # fmt: skip
+    for _ in range(3):
+        gw, gb = torch.randn(w.shape, generator=gen), torch.randn(b.shape, generator=gen)
+        w.grad, b.grad = gw.clone(), gb.clone()
+        for r, g in zip(w_rows + b_rows, list(gw) + list(gb), strict=True):
+            r.grad = g.clone()
+        opt.step()
+        ref.step()
+    assert opt.fused  # no silent fallback to the plain update
+    assert torch.equal(w.detach(), torch.stack([r.detach() for r in w_rows]))
+    assert torch.equal(b.detach(), torch.stack([r.detach() for r in b_rows]))
+
+
+class _Drifting(torch.nn.Module):
+    """Cross-entropy scaled by 1 + 1e-3 * (its number of calls): vmap's single call and a loop
+    over the seeds disagree by ~1e-3, so the probe must call it seed by seed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return torch.nn.functional.cross_entropy(logits, target) * (1 + 1e-3 * self.calls)
+
+
+def test_a_loss_whose_vmap_disagrees_with_the_loop_is_called_seed_by_seed() -> None:
+    s, n, f, c = 3, 16, 3, 3
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(s, n, f, generator=gen)
+    y = torch.randint(0, c, (s, n), generator=gen)
+    losses = [[_Drifting() for _ in range(s)]]
+    train_stacked(x, y, x, c, losses, Head(kind="linear", batch_size=4), range(s), [10])
+    assert [m.calls for m in losses[0][1:]] == [1 + 10, 1 + 10]  # the value check, 10 steps

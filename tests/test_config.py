@@ -395,3 +395,39 @@ def test_hydra_instantiate_module_and_partial() -> None:
     )
     x, y = torch.tensor([0.25, 3.0]), torch.zeros(2)
     torch.testing.assert_close(fn(x, y), LF.smooth_l1_loss(x, y, beta=0.5))
+
+
+# From a mutation audit of registry.py.
+
+
+def test_spelling_suggestions_are_at_most_three() -> None:
+    # "entropy" is a word of seven registered names, none of which is "entropy" alone
+    with pytest.raises(ValueError, match="did you mean") as err:
+        build_loss("entropy_xyz")
+    hint = str(err.value).rsplit("did you mean", 1)[1]
+    assert hint.count("'") == 2 * 3
+
+
+def test_register_subclass_not_forwarding_takes_only_its_own_keywords() -> None:
+    class Fixed(lnn.Loss):
+        def __init__(self, *, scale: float = 2.0) -> None:
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.scale * (x - y).abs().mean()
+
+    register_loss("test_config_fixed", Fixed)
+    try:
+        (info,) = [i for i in list_losses() if i.name == "test_config_fixed"]
+        assert list(info.params) == ["scale"]
+        with pytest.raises(ValueError, match="unknown 'reduction'"):
+            build_loss({"type": "test_config_fixed", "reduction": "sum"})
+    finally:
+        del __import__("lossforge.registry").registry._REGISTRY["test_config_fixed"]
+
+
+def _registry_module():  # noqa: ANN202
+    import lossforge.registry
+
+    return lossforge.registry

@@ -30,6 +30,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor
 
+import lossforge.distributed as D
 import lossforge.functional as LF
 import lossforge.nn as N
 from lossforge import _reduction
@@ -41,6 +42,7 @@ from lossforge.distributed import (
     global_sum,
     is_distributed,
     maybe_global_sum,
+    scope_group,
     world_size,
 )
 
@@ -984,3 +986,71 @@ def test_batch_region_loss_refuses_avg_factor_in_the_scope() -> None:
     with global_normalization():
         LF.dice_loss(x, t, batch=False, avg_factor=2.0)  # per-sample entries: local, allowed
     LF.dice_loss(x, t, batch=True, avg_factor=2.0)  # outside the scope: as before
+
+
+# From a mutation audit of distributed.py, with a stand-in two-rank reduce (the spawn tests'
+# groups of one rank skip every collective).
+
+
+@pytest.fixture
+def two_ranks(monkeypatch: pytest.MonkeyPatch) -> list:
+    """A stand-in 2-rank group whose ranks hold equal values: the all-reduce doubles its argument
+    in place, as torch.distributed.all_reduce writes into its argument; the groups are recorded."""
+    groups: list = []
+
+    def all_reduce(t: torch.Tensor, op=None, group=None) -> None:
+        groups.append(group)
+        t.mul_(2)
+
+    monkeypatch.setattr(D, "is_distributed", lambda: True)
+    monkeypatch.setattr(D, "world_size", lambda group=None: 2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    return groups
+
+
+def test_reductions_never_write_into_the_callers_tensor(two_ranks: list) -> None:
+    x = torch.tensor([1.0, 2.0])
+    assert all_reduce_sum(x).tolist() == [2.0, 4.0]
+    assert x.tolist() == [1.0, 2.0]
+    c = torch.tensor(3.0)
+    assert global_avg_factor(c).item() == 3.0  # (3 + 3) / 2
+    assert c.item() == 3.0
+
+
+@pytest.mark.parametrize(("scale_grad", "grad"), [(True, 2.0), (False, 1.0)])
+def test_maybe_global_sum_follows_the_scope(two_ranks: list, scale_grad: bool, grad: float) -> None:
+    group = object()
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    with global_normalization(scale_grad=scale_grad, group=group):
+        total = maybe_global_sum(x)
+    assert total.tolist() == [2.0, 4.0]  # the sum over the two ranks
+    total.sum().backward()
+    assert x.grad.tolist() == [grad, grad]  # scaled by K = 2 only with scale_grad
+    assert two_ranks == [group]  # reduced over the scope's group
+
+
+def test_min_avg_factor_clamps_avg_factor_only() -> None:
+    x, y = torch.tensor([1.0, 3.0], dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    with global_normalization(min_avg_factor=5.0):
+        plain = LF.l1_loss(x, y)  # the valid count, 2: not an avg_factor, not clamped
+        given = LF.l1_loss(x, y, avg_factor=2.0)  # clamped to 5
+    assert plain.item() == 2.0  # (1 + 3) / 2
+    assert given.item() == 0.8  # (1 + 3) / 5
+
+
+def test_the_scope_reduces_denominators_over_its_group(two_ranks: list) -> None:
+    group = object()
+    x, y = torch.tensor([1.0, 3.0], dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    with global_normalization(group=group):
+        loss = LF.l1_loss(x, y)
+    assert loss.item() == 2.0  # 4 / ((2 + 2) / 2): both ranks hold two elements
+    assert two_ranks == [group]  # a group of 2 ranks, not the default group
+
+
+def test_the_scope_group_is_restored_on_exit() -> None:
+    outer, inner = object(), object()
+    with global_normalization(group=outer):
+        with global_normalization(group=inner):
+            assert scope_group() is inner
+        assert scope_group() is outer
+    assert scope_group() is None

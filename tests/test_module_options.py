@@ -247,3 +247,60 @@ def test_loss_weight_takes_a_0d_array_as_gamma_does() -> None:
     assert module.loss_weight == 0.5 and type(module.loss_weight) is float
     with pytest.raises(TypeError, match="loss_weight"):
         N.SigmoidFocalLoss(loss_weight=np.array([0.5, 1.0]))
+
+
+# From a mutation audit of nn/_base.py: each kills a mutation the suite let through.
+
+
+def test_a_tensor_option_is_copied_not_aliased() -> None:
+    w = torch.tensor([1.0, 2.0, 3.0])
+    m = N.CrossEntropyLoss(class_weight=w)
+    w[0] = 10.0  # the caller reuses its tensor
+    assert m.class_weight.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_an_integer_tensor_option_becomes_float() -> None:
+    m = N.CrossEntropyLoss(class_weight=torch.tensor([1, 2, 3]))
+    assert m.class_weight.dtype == torch.float32
+    assert m.class_weight.tolist() == [1.0, 2.0, 3.0]
+
+
+def test_an_option_that_may_be_a_number_set_to_none_can_become_a_number() -> None:
+    m = N.SoftmaxFocalLoss(alpha=None)
+    m.alpha = 0.5  # a plain attribute, not a None buffer that refuses a float
+    x, t = torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 1, 2, 1])
+    torch.testing.assert_close(
+        m(x, t), __import__("lossforge.functional").functional.softmax_focal_loss(x, t, alpha=0.5)
+    )
+
+
+def test_repr_shows_eight_values_and_no_default_loss_weight() -> None:
+    m = N.CrossEntropyLoss(class_weight=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+    assert "class_weight=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]" in repr(m)
+    assert "loss_weight" not in repr(m)
+    assert "loss_weight=2.0" in repr(N.CrossEntropyLoss(loss_weight=2.0))
+
+
+def test_a_forwarding_subclass_with_a_required_keyword_builds() -> None:
+    class Scaled(N.SigmoidFocalLoss):
+        def __init__(self, *, scale: float, **kw) -> None:
+            super().__init__(**kw)
+            self.scale = scale
+
+    m = Scaled(scale=3.0, gamma=1.0)
+    assert (m.scale, m.gamma) == (3.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [([-1.0, 1.0], "finite non-negative"), ([[1.0, 2.0]], "1-d"), ([], "at least one value")],
+)
+def test_a_learned_option_is_checked_like_a_buffer(values: list, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        N.CrossEntropyLoss(class_weight=torch.nn.Parameter(torch.tensor(values)))
+
+
+def test_an_unknown_forward_keyword_is_named_with_the_valid_ones() -> None:
+    x, t = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    with pytest.raises(TypeError, match=r"forward keywords.*got mask"):
+        N.CrossEntropyLoss()(x, t, mask=torch.ones(4))

@@ -519,3 +519,18 @@ def test_median_frequency_weights_refuse_what_is_not_label_maps(labels, kw, mess
         lf.median_frequency_weights(maps, 3, normalize="bogus")
     with pytest.raises(ValueError, match="expected `zero_count` one of 'max', 'zero'"):
         lf.median_frequency_weights(maps, 3, zero_count="as_one")
+
+
+def test_median_frequency_weights_skip_an_empty_batch() -> None:
+    maps = torch.tensor([[[0, 0], [0, 1]], [[0, 0], [2, 2]]])  # f = 5/8, 1/4, 2/4: median 1/2
+    empty = torch.zeros((0, 2, 2), dtype=torch.int64)  # a loader's last, empty batch
+    got = lf.median_frequency_weights([empty, maps], 3)
+    torch.testing.assert_close(got, torch.tensor([0.8, 2.0, 1.0]))
+
+
+def test_ignore_index_hint_only_without_ignore_index() -> None:
+    with pytest.raises(ValueError, match="pass ignore_index"):
+        lf.class_counts(torch.tensor([0, -1]), 3)
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\), got -1") as err:
+        lf.class_counts(torch.tensor([0, -1, 255]), 3, ignore_index=255)
+    assert "pass ignore_index" not in str(err.value)
