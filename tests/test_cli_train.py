@@ -67,6 +67,16 @@ def _separate_run(
     return out
 
 
+def _features_and_labels(
+    s: int, n: int, f: int, c: int, *, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(S, N, F)`` normal features and ``(S, N)`` labels in ``[0, C)`` from one seeded
+    generator (features first, then labels)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(s, n, f, generator=gen)
+    return x, torch.randint(0, c, (s, n), generator=gen)
+
+
 @pytest.mark.parametrize("fused", [True, False], ids=["fused-adamw", "plain-adamw"])
 def test_stacked_training_equals_separate_heads(fused: bool) -> None:
     s, n, m, f, c = 3, 50, 20, 12, 5
@@ -94,9 +104,7 @@ def test_stacked_training_equals_separate_heads(fused: bool) -> None:
 
 def test_vmap_and_per_seed_loss_calls_agree() -> None:
     s, n, f, c = 4, 40, 6, 3
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(s, n, f, generator=gen)
-    y = torch.randint(0, c, (s, n), generator=gen)
+    x, y = _features_and_labels(s, n, f, c, seed=1)
     spec = {"type": "cross_entropy", "class_weight": [1.0, 2.0, 3.0]}
     losses = [[build_loss(spec) for _ in range(s)]]
     runs = [
@@ -144,9 +152,7 @@ def test_stateful_loss_keeps_one_state_per_seed() -> None:
     """Seesaw counts the classes it has seen: each seed's module counts its own batches only
     (not the other seeds', not the value check before training)."""
     s, n, f, c = 3, 40, 5, 4
-    gen = torch.Generator().manual_seed(3)
-    x = torch.randn(s, n, f, generator=gen)
-    y = torch.randint(0, c, (s, n), generator=gen)
+    x, y = _features_and_labels(s, n, f, c, seed=3)
     losses = [[build_loss({"type": "seesaw", "num_classes": c}) for _ in range(s)]]
     train_stacked(x, y, x, c, losses, Head(kind="linear", batch_size=8), range(s), [25])
     for j in range(s):  # 25 steps of 8 = 5 passes over the 40 examples of seed j
@@ -158,9 +164,7 @@ def test_protocol_does_not_depend_on_the_loss_scale() -> None:
     """AdamW normalises the gradient and decays the weights apart from it: a loss multiplied by
     100 trains the same head (the reason coupled L2 was replaced)."""
     s, n, f, c = 2, 60, 8, 4
-    gen = torch.Generator().manual_seed(2)
-    x = torch.randn(s, n, f, generator=gen)
-    y = torch.randint(0, c, (s, n), generator=gen)
+    x, y = _features_and_labels(s, n, f, c, seed=2)
     head = Head(kind="mlp", hidden=16, lr=3e-3, weight_decay=0.01, batch_size=16)
     one = build_loss({"type": "softmax_focal", "gamma": 2.0})
     hundred = build_loss({"type": "softmax_focal", "gamma": 2.0, "loss_weight": 100.0})
@@ -193,9 +197,7 @@ def test_switch_assigns_the_buffer_at_its_step(vmap: bool) -> None:
     """Weights 1 for the first ``step`` updates, the new value from update ``step + 1`` on, for
     every seed's module; the value is assigned between steps, not inside a loss call."""
     s, n, f, c, switch, total = 3, 40, 5, 4, 6, 10
-    gen = torch.Generator().manual_seed(4)
-    x = torch.randn(s, n, f, generator=gen)
-    y = torch.randint(0, c, (s, n), generator=gen)
+    x, y = _features_and_labels(s, n, f, c, seed=4)
     new = (0.5, 1.0, 1.5, 1.0)
     losses = [[build_loss({"type": "ldam", "class_counts": [9, 5, 3, 1], "class_weight": [1.0] * c})
                for _ in range(s)]]  # fmt: skip
@@ -241,9 +243,7 @@ def test_switch_to_different_values_per_seed_leaves_vmap() -> None:
     """Modules that agree at the start (vmapped) but switch to different weights per seed are
     called seed by seed after the switch: the run equals the per-seed run."""
     s, n, f, c = 3, 40, 6, 3
-    gen = torch.Generator().manual_seed(6)
-    x = torch.randn(s, n, f, generator=gen)
-    y = torch.randint(0, c, (s, n), generator=gen)
+    x, y = _features_and_labels(s, n, f, c, seed=6)
     spec = {"type": "cross_entropy", "class_weight": [1.0] * c}
     per_seed = [[_Sw(5, "class_weight", (1.0 + j, 1.0, 0.5))] for j in range(s)]
     runs = []
@@ -296,9 +296,7 @@ class _CountingCE(torch.nn.Module):
 
 def test_a_stateful_loss_that_vmap_runs_is_still_called_seed_by_seed() -> None:
     s, n, f, c = 3, 40, 5, 4
-    gen = torch.Generator().manual_seed(5)
-    x = torch.randn(s, n, f, generator=gen)
-    y = torch.randint(0, c, (s, n), generator=gen)
+    x, y = _features_and_labels(s, n, f, c, seed=5)
     losses = [[_CountingCE() for _ in range(s)]]
     train_stacked(x, y, x, c, losses, Head(kind="linear", batch_size=8), range(s), [25])
     # one call per step on each seed's own module (the value check and the vmap probe restore)
@@ -307,9 +305,7 @@ def test_a_stateful_loss_that_vmap_runs_is_still_called_seed_by_seed() -> None:
 
 def test_seeds_with_different_hyperparameters_are_not_vmapped_as_one() -> None:
     s, n, f, c = 2, 40, 6, 3
-    gen = torch.Generator().manual_seed(6)
-    x = torch.randn(s, n, f, generator=gen)
-    y = torch.randint(0, c, (s, n), generator=gen)
+    x, y = _features_and_labels(s, n, f, c, seed=6)
     head = Head(kind="linear", batch_size=8)
     specs = [{"type": "cross_entropy"}, {"type": "cross_entropy", "label_smoothing": 0.3}]
     (both,) = train_stacked(x, y, x, c, [[build_loss(sp) for sp in specs]], head, [0, 1], [20])
@@ -326,9 +322,7 @@ class _Sw:
 
 def test_switch_keeps_the_buffer_dtype() -> None:
     s, n, f, c = 2, 16, 3, 3
-    gen = torch.Generator().manual_seed(7)
-    x = torch.randn(s, n, f, generator=gen)
-    y = torch.randint(0, c, (s, n), generator=gen)
+    x, y = _features_and_labels(s, n, f, c, seed=7)
     losses = [[build_loss({"type": "cross_entropy", "class_weight": [1.0] * c}) for _ in range(s)]]
     sw = [[[_Sw(2, "class_weight", (0.1, 0.2, 0.3))]] * s]
     train_stacked(x, y, x, c, losses, Head(kind="linear", batch_size=4), range(s), [4], sw)
@@ -379,9 +373,7 @@ class _Drifting(torch.nn.Module):
 
 def test_a_loss_whose_vmap_disagrees_with_the_loop_is_called_seed_by_seed() -> None:
     s, n, f, c = 3, 16, 3, 3
-    gen = torch.Generator().manual_seed(9)
-    x = torch.randn(s, n, f, generator=gen)
-    y = torch.randint(0, c, (s, n), generator=gen)
+    x, y = _features_and_labels(s, n, f, c, seed=9)
     losses = [[_Drifting() for _ in range(s)]]
     train_stacked(x, y, x, c, losses, Head(kind="linear", batch_size=4), range(s), [10])
     assert [m.calls for m in losses[0][1:]] == [1 + 10, 1 + 10]  # the value check, 10 steps
