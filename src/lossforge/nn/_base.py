@@ -156,10 +156,13 @@ class Loss(nn.Module):
             p.name: p.default for p in init_params[1:] if p.default is not inspect.Parameter.empty
         }
 
+        names = {p.name for p in init_params[1:]}
+
         def __init__(self: Loss, **kwargs: Any) -> None:  # noqa: N807
-            _check_keywords(
-                type(self).__name__, _with_subclass_keywords(self, init_params[1:]), kwargs
-            )
+            params = init_params[1:]
+            if not kwargs.keys() <= names:  # (the subclass's keywords only for the message)
+                params = _with_subclass_keywords(self, params)
+            _check_keywords(type(self).__name__, params, kwargs)
             values = {**defaults, **kwargs}
             Loss.__init__(
                 self, reduction=values.pop("reduction"), loss_weight=values.pop("loss_weight")
