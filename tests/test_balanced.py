@@ -440,3 +440,50 @@ def test_per_sample_balance_refuses_one_element_samples() -> None:
     assert float(flat) > 0
     assert float(BAL(x, y, beta=0.5)) > 0
     assert float(BAL(x[:0], y[:0])) == 0.0
+
+
+@pytest.mark.parametrize("beta", [None, 0.9])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_reduced_closed_form_keeps_tiny_losses_and_gradients(beta, reduction) -> None:
+    """A plain reduced call (no weight, nothing ignored) takes the reduced closed form: the
+    forward keeps no gradient-sized buffer (``TotalLoss`` saves the inputs), the backward
+    computes the derivative. Confident, correct logits (|z| = 30: loss and gradient ~1e-13)
+    keep their values to float32 precision against float64: each term is a softplus of its own
+    sign and each gradient term a sigmoid of its own sign (no ``z - softplus`` or ``1 - sigma``
+    cancellation, which would give 0)."""
+    z = torch.tensor([[30.0, -30.0, 25.0, -28.0], [-30.0, 30.0, -27.0, 26.0]])
+    y = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]])
+    x = z.clone().requires_grad_(True)
+    with lf.value_checks(False):
+        out = F.balanced_binary_cross_entropy(x, y, beta=beta, reduction=reduction)
+    assert type(out.grad_fn).__name__ == "TotalLossBackward"
+    expected = ref.balanced_bce(z, y, beta=beta, reduction=reduction)
+    assert float(expected) > 0
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=0.0)
+    out.backward()
+    zd, yd = z.double(), y.double()
+    b = (1.0 - yd).sum(dim=1, keepdim=True) / yd.shape[1] if beta is None else beta
+    grad = (1.0 - b) * (1.0 - yd) * torch.sigmoid(zd) - b * yd * torch.sigmoid(-zd)
+    grad = grad / z.numel() if reduction == "mean" else grad
+    assert bool((grad.abs() < 1e-10).all())  # every element confident: tiny gradients
+    torch.testing.assert_close(x.grad.double(), grad, rtol=1e-5, atol=0.0)
+
+
+def test_reduced_closed_form_saves_no_gradient_buffer() -> None:
+    """The reduced form's graph holds the logits and the target only; the element-wise form
+    (a weight) keeps its derivative as well."""
+    x = torch.randn(64, 32, requires_grad=True)
+    y = (torch.rand(64, 32) < 0.1).float()
+    saved: list[int] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        F.balanced_binary_cross_entropy(x, y, beta=0.98)
+    assert set(saved) <= {x.untyped_storage().data_ptr(), y.untyped_storage().data_ptr()}
+    saved.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        F.balanced_binary_cross_entropy(x, y, beta=0.98, weight=torch.ones(64, 32))
+    assert not set(saved) <= {x.untyped_storage().data_ptr(), y.untyped_storage().data_ptr()}

@@ -7,6 +7,7 @@ negative losses plus a rank comparison against a count that stays on the device.
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
@@ -30,10 +31,16 @@ from lossforge._params import (
     Probability,
     loss_function,
 )
-from lossforge._pipeline import Fused, Unreduced
+from lossforge._pipeline import Fused, Total, Unreduced
 from lossforge._reduction import AvgFactor, Backend, Reduction
 from lossforge._targets import DenseTarget
-from lossforge.functional._closed_form import ClosedForm, closed_form_loss, upcast
+from lossforge.functional._closed_form import (
+    ClosedForm,
+    ClosedTotal,
+    closed_form_loss,
+    closed_form_total,
+    upcast,
+)
 
 __all__ = ["balanced_binary_cross_entropy", "ohem_binary_cross_entropy"]
 
@@ -44,10 +51,15 @@ def _per_sample_beta(y: Tensor, valid: Tensor | None) -> Tensor:
     Samples are along dim 0 for inputs with >= 2 dims; a 1-d input is one sample. A sample with no
     valid element gets 0.5 (it contributes nothing anyway), so there is never a 0/0.
     """
-    v = torch.ones_like(y) if valid is None else valid.expand(y.shape).to(y.dtype)
     dims = tuple(range(1, y.ndim)) if y.ndim >= 2 else tuple(range(y.ndim))
-    n_valid = v.sum(dim=dims, keepdim=True)
-    n_neg = ((1.0 - y) * v).sum(dim=dims, keepdim=True)
+    if valid is None:  # every element counts: no mask-sized temporaries
+        per_sample = math.prod(y.shape[1:]) if y.ndim >= 2 else y.numel()
+        n_neg = y.sum(dim=dims, keepdim=True).neg_().add_(per_sample)
+        n_valid = torch.full_like(n_neg, per_sample)
+    else:
+        v = valid.expand(y.shape).to(y.dtype)
+        n_valid = v.sum(dim=dims, keepdim=True)
+        n_neg = ((1.0 - y) * v).sum(dim=dims, keepdim=True)
     has = n_valid > 0
     return torch.where(
         has,
@@ -76,9 +88,58 @@ def _balanced_bce_closed(
     return loss, grad
 
 
-def _balanced_bce(x: Tensor, t: DenseTarget, want_total: bool, *, beta: float | None) -> Tensor:
+def _balanced_total(z: Tensor, y: Tensor, mean: bool, *, beta: Tensor | float) -> Tensor:
+    """The sum (``mean``: over every element, divided by their number) of
+    ``beta y softplus(-z) + (1 - beta)(1 - y) softplus(z)``, without autograd: two softplus
+    passes on ``z`` itself (``beta=-1`` gives ``log sigma(z) = -softplus(-z)``; above the
+    threshold softplus returns its input, whose error e^-40 is below the ulp in float64 too), two
+    in-place products and two sums. Both terms are non-negative, so a confident, correct logit
+    keeps its tiny loss (no ``z - softplus`` cancellation)."""
+    pos = TF.softplus(z, beta=-1.0, threshold=40.0).mul_(y)  # y log sigma(z), <= 0
+    neg = TF.softplus(z, threshold=40.0)  # -log(1 - sigma(z))
+    neg.addcmul_(y, neg, value=-1.0)  # (1 - y) softplus(z), in place (element by element)
+    if isinstance(beta, Tensor):  # per-sample beta, (N, 1, ...)
+        total = neg.mul_(1.0 - beta).sum() - pos.mul_(beta).sum()
+    else:
+        total = neg.sum() * (1.0 - beta) - pos.sum() * beta
+    return total / max(z.numel(), 1) if mean else total
+
+
+def _balanced_derivative(z: Tensor, y: Tensor, *, beta: Tensor | float) -> Tensor:
+    """d loss / dz = (1 - beta)(1 - y) sigma(z) - beta y sigma(-z), into a new tensor (each
+    sigmoid of its own sign: no 1 - sigma cancellation)."""
+    grad = torch.sigmoid(z)
+    grad.addcmul_(y, grad, value=-1.0)  # (1 - y) sigma(z)
+    pos = torch.neg(z).sigmoid_().mul_(y)  # y sigma(-z)
+    if isinstance(beta, Tensor):
+        grad.mul_(1.0 - beta).addcmul_(pos, beta, value=-1.0)
+    else:
+        grad.mul_(1.0 - beta).add_(pos, alpha=-beta)
+    return grad
+
+
+def _balanced_bce(
+    x: Tensor, t: DenseTarget, want_total: bool | str, *, beta: float | None
+) -> Tensor | Total:
     y = t.target
     beta_t: Tensor | float = _per_sample_beta(y, t.valid) if beta is None else beta
+    if want_total:
+        # Nothing element-wise to apply: the reduced closed form. The forward keeps no
+        # gradient-sized buffer (two temporaries, PyTorch's BCE with a weight makes six and keeps
+        # the weight); the backward computes the derivative (``TotalLoss``).
+        mean = want_total == "mean"
+        total = closed_form_total(
+            in_compute_dtype(x),
+            y,
+            ClosedTotal(
+                partial(_balanced_total, beta=beta_t),
+                partial(_balanced_derivative, beta=beta_t),
+                partial(_balanced_bce_composite, beta=beta_t),
+            ),
+            mean,
+        )
+        if total is not None:
+            return Total(total, mean)
     spec = ClosedForm(
         upcast(partial(_balanced_bce_closed, beta=beta_t)),
         partial(_balanced_bce_composite, beta=beta_t),
