@@ -51,6 +51,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+import lossforge as lf
 import lossforge.functional as LF
 from lossforge.cli.bench import (
     asl_repo_loss,
@@ -113,6 +114,16 @@ class Provider:
 
 def _as_provider(p: Call | Provider) -> Provider:
     return p if isinstance(p, Provider) else Provider(p)
+
+
+def _unchecked(p: Provider) -> Provider:
+    """``p`` with lossforge's value checks off around each call (the CPU's default is on)."""
+
+    def call(d: dict[str, Any]) -> torch.Tensor:
+        with lf.value_checks(False):
+            return p.call(d)
+
+    return Provider(call, p.prepare)
 
 
 @dataclasses.dataclass
@@ -289,12 +300,30 @@ def liger_provider(module: Callable[[torch.Tensor, torch.Tensor], torch.Tensor])
     )
 
 
-def workloads(dev: str, smoke: bool, dtypes: Sequence[torch.dtype] | None = None) -> list[Row]:
-    """The rows of the protocol (``smoke``: the tiny CPU shapes, float32 unless ``dtypes``)."""
+def _scaled(n: int, scale: float) -> int:
+    """A batch size of the protocol times ``scale``, at least 1."""
+    return max(1, round(n * scale))
+
+
+def workloads(
+    dev: str,
+    smoke: bool,
+    dtypes: Sequence[torch.dtype] | None = None,
+    scale: float | None = None,
+) -> list[Row]:
+    """The rows of the protocol (``smoke``: the tiny CPU shapes, float32 unless ``dtypes``).
+
+    ``scale`` (the CPU table of the protocol's shapes, ``--cpu-scale``): the batch sizes of the
+    large rows (DET anchors, the 4096-image ML-L row, SEG images, REG boxes) times ``scale``; the
+    256-image ML rows, the class and the spatial sizes as they are; float32 unless ``dtypes``;
+    no LLM row (its 1.05G-logit bf16 cross-entropy is a GPU workload)."""
     rows: list[Row] = []
+    if scale is not None and smoke:
+        raise ValueError("scale is for the protocol's shapes, not the smoke shapes")
+    k = 1.0 if scale is None else scale
     if dtypes is None:
-        dtypes = [torch.float32] if smoke else [torch.float32, torch.bfloat16]
-    det_n = 2048 if smoke else 1_600_000
+        dtypes = [torch.float32] if smoke or scale is not None else [torch.float32, torch.bfloat16]
+    det_n = 2048 if smoke else _scaled(1_600_000, k)
     for dt in dtypes:
         dn = str(dt).replace("torch.", "")
         for gamma in (2.0, 1.5):
@@ -350,9 +379,9 @@ def workloads(dev: str, smoke: bool, dtypes: Sequence[torch.dtype] | None = None
             [(256, 80, 0.03, 0.0, 1.0)]
             if smoke
             else [
-                (256, 80, 0.03, 0.0, 1.0),
+                (256, 80, 0.03, 0.0, 1.0),  # (the small rows as they are)
                 (256, 9605, 0.003, -3.0, 2.0),
-                (4096, 9605, 0.003, -3.0, 2.0),
+                (_scaled(4096, k), 9605, 0.003, -3.0, 2.0),
             ]
         )
         for n, c, frac, mu, sd in ml_shapes:
@@ -405,7 +434,7 @@ def workloads(dev: str, smoke: bool, dtypes: Sequence[torch.dtype] | None = None
                     },
                 )
             )
-        seg = (1, 19, 32, 64) if smoke else (8, 19, 512, 1024)
+        seg = (1, 19, 32, 64) if smoke else (_scaled(8, k), 19, 512, 1024)
         for cl in (False, True) if not smoke else (False,):
             lay = "channels_last" if cl else "NCHW"
             mk = _seg(seg, dt, dev, cl)
@@ -489,7 +518,7 @@ def workloads(dev: str, smoke: bool, dtypes: Sequence[torch.dtype] | None = None
                     },
                 )
             )
-        reg_n = 4096 if smoke else 1_600_000
+        reg_n = 4096 if smoke else _scaled(1_600_000, k)
         mk = _reg(reg_n, dt, dev)
         rows.append(
             Row(
@@ -518,7 +547,7 @@ def workloads(dev: str, smoke: bool, dtypes: Sequence[torch.dtype] | None = None
                 },
             )
         )
-    if not smoke:
+    if not smoke and scale is None:
         llm = (8192, 128256)
         for ls in (0.0, 0.1):
             provs = {
@@ -769,8 +798,14 @@ def run_protocol(
     rows: Sequence[str] | None = None,
     skip_rows: Sequence[str] | None = None,
     compile_rows: Sequence[str] | None = None,
+    scale: float | None = None,
 ) -> dict[str, Any]:
-    """Run the protocol on ``dev`` (``"cuda"``: full shapes; ``"cpu"``: the smoke shapes).
+    """Run the protocol on ``dev`` (``"cuda"``: full shapes; ``"cpu"``: the smoke shapes, or the
+    protocol's shapes with the batch sizes times ``scale``).
+
+    On the CPU the providers are the eager reference and lossforge's ``backend="torch"`` with
+    value checks on (the CPU's default) and off (``lossforge_torch_unchecked``: the mode set
+    around each call).
 
     Args:
         dev: ``"cuda"`` or ``"cpu"``.
@@ -785,17 +820,22 @@ def run_protocol(
         skip_rows: Row patterns not to run.
         compile_rows: With ``compile_ref``, only these rows get the ``torch.compile`` reference;
             None = every row.
+        scale: CPU only: the protocol's shapes (``workloads``' ``scale``) instead of the smoke
+            shapes; default reps 7.
 
     Returns:
         ``{"header": ..., "results": [one dict per (row, provider)]}``.
     """
-    smoke = dev != "cuda"
+    if scale is not None and (dev == "cuda" or not 0 < scale <= 1):
+        raise ValueError(f"scale is a CPU option in (0, 1], got {scale!r} on {dev!r}")
+    smoke = dev != "cuda" and scale is None
     hdr = header(dev, smoke)
+    hdr["scale"] = scale
     bw = bandwidth() if dev == "cuda" else None
     hdr["bandwidth_TBps"] = bw
-    selected = select_rows(workloads(dev, smoke), only, rows, skip_rows)
-    reps = reps or (3 if smoke else 20)
-    iters = iters or (1 if smoke else 5)
+    selected = select_rows(workloads(dev, smoke, scale=scale), only, rows, skip_rows)
+    reps = reps or (20 if dev == "cuda" else 3 if smoke else 7)
+    iters = iters or (5 if dev == "cuda" else 1)
     hdr["reps"], hdr["iters"] = reps, iters
     results = []
     for row in selected:
@@ -804,8 +844,9 @@ def run_protocol(
             d = row.make()
             d["meta"] = {}
             provs = {k: _as_provider(v) for k, v in row.providers.items()}
-            if smoke:
+            if dev != "cuda":
                 provs = {k: v for k, v in provs.items() if k in ("eager_ref", "lossforge_torch")}
+                provs["lossforge_torch_unchecked"] = _unchecked(provs["lossforge_torch"])
             elif compile_ref and (
                 compile_rows is None or any(_key_matches(p, row_key(row)) for p in compile_rows)
             ):

@@ -3,6 +3,7 @@
     python -m benchmarks.run                       # every workload, GPU protocol (needs CUDA)
     python -m benchmarks.run --only DET,SEG        # a subset
     python -m benchmarks.run --smoke               # tiny CPU version (torch backend vs eager)
+    python -m benchmarks.run --cpu-scale 0.25      # the protocol's shapes on the CPU, batch / 4
     python -m benchmarks.run --only DET --stem h100-DET --out /tmp/results
     python -m benchmarks.run --list                # the workload ids
     python -m benchmarks.run --rows 'DET:bce:float32,LLM:ce_ls0' --compile-rows DET
@@ -38,6 +39,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:  # (also refuses nan)
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
 def _patterns(text: str | None) -> list[str] | None:
     return None if text is None else [p.strip() for p in text.split(",") if p.strip()]
 
@@ -51,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
             "ML-S, REG; eager reference, torch.compile of it, Liger (LLM), lossforge torch and\n"
             "triton backends, interleaved in one process; CUDA events, fwd/bwd split, kernel\n"
             "launches, peak memory, roofline. Writes <stem>.json/.csv/.md after every row. On the\n"
-            "CPU (--smoke, or no CUDA) tiny shapes, eager reference vs backend='torch'."
+            "CPU (--smoke, or no CUDA) tiny shapes, eager reference vs backend='torch' with value\n"
+            "checks on and off; --cpu-scale S: the CPU table at the protocol's shapes, batch\n"
+            "sizes times S (float32, no LLM row)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -85,18 +98,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="tiny shapes on the CPU, eager vs backend='torch' (the default without CUDA)",
     )
     p.add_argument(
+        "--cpu-scale",
+        type=_scale,
+        metavar="S",
+        help="the CPU table of the protocol's shapes (PERFORMANCE.md: the torch backend against "
+        "the eager reference on the CPU) with every batch size times S in (0, 1]; float32, no "
+        "LLM row; reps default 7",
+    )
+    p.add_argument(
         "--out",
         metavar="DIR",
         default=str(RESULTS),
         help="write <stem>.json, .csv and .md here (default: benchmarks/results)",
     )
     p.add_argument(
-        "--stem", metavar="NAME", help="file name stem (default: a timestamp on CUDA, smoke on CPU)"
+        "--stem",
+        metavar="NAME",
+        help="file name stem (default: a timestamp on CUDA, smoke on CPU, cpu-scale<S> with "
+        "--cpu-scale)",
     )
     p.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: cuda if present"
     )
-    p.add_argument("--reps", type=_positive_int, metavar="N", help="timed reps (20 CUDA, 3 CPU)")
+    p.add_argument(
+        "--reps",
+        type=_positive_int,
+        metavar="N",
+        help="timed reps (20 CUDA, 3 CPU smoke, 7 --cpu-scale)",
+    )
     p.add_argument(
         "--iters",
         type=_positive_int,
@@ -132,19 +161,30 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     rows, skip = _patterns(args.rows), _patterns(args.skip_rows)
     compile_rows = _patterns(args.compile_rows)
+    if args.smoke and args.cpu_scale is not None:
+        raise ValueError("--smoke and --cpu-scale are two CPU shape sets: give one")
     if args.list_rows:  # the rows are built lazily: listing them allocates nothing
-        for row in select_rows(workloads("meta", args.smoke), only, rows, skip):
+        for row in select_rows(
+            workloads("meta", args.smoke, scale=args.cpu_scale), only, rows, skip
+        ):
             print(row_key(row))
         return 0
-    if args.smoke and args.device == "cuda":
-        raise ValueError("--smoke runs the tiny shapes on the CPU; drop --device cuda")
-    dev = "cpu" if args.smoke else resolve_device(args.device).type
-    stem = args.stem or (time.strftime("%Y%m%d-%H%M%S") if dev == "cuda" else "smoke")
+    cpu_only = "--smoke" if args.smoke else "--cpu-scale" if args.cpu_scale is not None else None
+    if cpu_only and args.device == "cuda":
+        raise ValueError(f"{cpu_only} runs on the CPU; drop --device cuda")
+    dev = "cpu" if cpu_only else resolve_device(args.device).type
+    stem = args.stem or (
+        time.strftime("%Y%m%d-%H%M%S")
+        if dev == "cuda"
+        else "smoke"
+        if args.cpu_scale is None
+        else f"cpu-scale{args.cpu_scale:g}"
+    )
     out_dir = output_dir(args.out)
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
-    elif dev == "cpu":
+    elif dev == "cpu" and args.cpu_scale is None:
         torch.set_num_threads(1)  # the tiny smoke shapes run faster on one thread of a small box
     try:
         out = run_protocol(
@@ -159,6 +199,7 @@ def _run(args: argparse.Namespace) -> int:
             rows=rows,
             skip_rows=skip,
             compile_rows=compile_rows,
+            scale=args.cpu_scale,
         )
     finally:
         torch.set_num_threads(threads)

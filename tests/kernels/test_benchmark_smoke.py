@@ -26,7 +26,11 @@ def test_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     data = json.loads((tmp_path / "t.json").read_text())
     ok = [r for r in data["results"] if r["status"] == "ok"]
     assert {r["workload"] for r in ok} == {"ML-S", "SEG", "REG"}
-    assert {r["provider"] for r in ok} == {"eager_ref", "lossforge_torch"}
+    assert {r["provider"] for r in ok} == {
+        "eager_ref",
+        "lossforge_torch",
+        "lossforge_torch_unchecked",
+    }
     assert data["header"]["device"] == "cpu"
     assert all(r["median_ms"] > 0 for r in ok)
     assert all(r["peak_extra_bytes"] > 0 and r["peak_B_per_logit"] >= 4 for r in ok)
@@ -51,6 +55,69 @@ def test_command_defaults_list_and_usage_errors(
     assert main(["--reps", "0"]) == 2
     assert "positive integer" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing written by a usage error
+
+
+def test_cpu_scale_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--cpu-scale S``: the protocol's shapes on the CPU, the large rows' batch sizes times S
+    (the 256-image ML rows, classes and spatial sizes as they are), float32, no LLM row; S in
+    (0, 1]; not with ``--smoke`` or ``--device cuda``."""
+    assert main(["--cpu-scale", "0.25", "--list-rows"]) == 0
+    keys = capsys.readouterr().out.split()
+    assert "DET:bce:float32:dense:400000x80" in keys
+    assert "ML-S:asl:float32:dense:256x80" in keys and "ML-L:bce:float32:dense:256x9605" in keys
+    assert "ML-L:bce:float32:dense:1024x9605" in keys
+    assert "SEG:ce_ignore[NCHW]:float32:index:2x19x512x1024" in keys
+    assert "REG:l1:float32:dense:400000x4" in keys
+    assert not any(k.startswith("LLM") or "bfloat16" in k for k in keys)
+    for bad in ("0", "1.5", "nan", "-0.5", "x"):
+        assert main(["--cpu-scale", bad, "--out", str(tmp_path)]) == 2
+        assert "expected a number in (0, 1]" in capsys.readouterr().err
+    assert main(["--cpu-scale", "0.5", "--smoke", "--out", str(tmp_path)]) == 2
+    assert "give one" in capsys.readouterr().err
+    assert main(["--cpu-scale", "0.5", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "--cpu-scale runs on the CPU; drop --device cuda" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+    full = {(r.workload, r.loss, r.target_format): r.shape for r in workloads("meta", False)}
+    tiny = workloads("meta", False, scale=1e-7)
+    assert all(r.shape[0] == 1 or r.workload == "ML-L" or r.workload == "ML-S" for r in tiny)
+    assert all(
+        full[(r.workload, r.loss, r.target_format)][1:] == r.shape[1:] for r in tiny
+    )  # (classes, spatial sizes kept)
+    with pytest.raises(ValueError, match="not the smoke shapes"):
+        workloads("meta", True, scale=0.5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path")
+def test_cpu_scale_run_times_value_checks_on_and_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scaled CPU run (one tiny REG row standing in for the protocol's rows): the eager
+    reference and the torch backend with value checks on and off (the unchecked provider really
+    runs with them off), ratios against the reference, the scale in the header."""
+    import dataclasses
+
+    import benchmarks.protocol as protocol
+    import lossforge as lf
+
+    seen: list[bool] = []
+    base = next(r for r in workloads("cpu", True) if r.workload == "REG" and r.loss == "l1")
+
+    def torch_backend(d: dict[str, Any]) -> torch.Tensor:
+        seen.append(lf.value_checks_enabled(d["x"]))
+        return torch.nn.functional.l1_loss(d["x"], d["t"])
+
+    row = dataclasses.replace(
+        base,
+        make=protocol._reg(64, torch.float32, "cpu"),
+        providers={**base.providers, "lossforge_torch": torch_backend},
+    )
+    monkeypatch.setattr(protocol, "workloads", lambda *a, **k: [row])
+    out = protocol.run_protocol("cpu", reps=2, iters=1, count_launches=False, scale=0.5)
+    assert out["header"]["scale"] == 0.5 and out["header"]["smoke"] is False
+    ok = {r["provider"]: r for r in out["results"] if r["status"] == "ok"}
+    assert set(ok) == {"eager_ref", "lossforge_torch", "lossforge_torch_unchecked"}
+    assert all(r["speedup_vs_eager"] > 0 for r in ok.values())
+    assert True in seen and False in seen  # the checked and the unchecked provider
+    with pytest.raises(ValueError, match=r"CPU option in \(0, 1\]"):
+        protocol.run_protocol("cpu", scale=2.0)
 
 
 class _Preparation(TorchDispatchMode):
