@@ -54,6 +54,8 @@ import torch.nn.functional as F
 import lossforge as lf
 import lossforge.functional as LF
 from lossforge.cli.bench import (
+    _median_ci,
+    _quartiles,
     asl_repo_loss,
     balanced_bce_eager,
     cpu_memory,
@@ -781,6 +783,25 @@ def header(dev: str, smoke: bool = False) -> dict[str, Any]:
     return h
 
 
+def _paired(mine: list[float], ref: list[float] | None) -> dict[str, float | None]:
+    """The paired speed-up against the eager reference: the median, quartiles and the 95 %
+    confidence interval of the median (order statistics) of ``ref[r] / mine[r]`` over the reps,
+    each rep having timed every provider moments apart (so a load swing that spans a rep hits
+    both sides of its ratio). Empty without a reference."""
+    if not ref or len(ref) != len(mine) or not all(t > 0 for t in mine):
+        return {}
+    ratios = [a / b for a, b in zip(ref, mine, strict=True)]
+    q1, med, q3 = _quartiles(ratios)
+    low, high = _median_ci(ratios)
+    return {
+        "speedup_paired": med,
+        "speedup_paired_q1": q1,
+        "speedup_paired_q3": q3,
+        "speedup_ci_low": low,
+        "speedup_ci_high": high,
+    }
+
+
 def _q(v: list[float], q: float) -> float:
     v = sorted(v)
     return v[min(len(v) - 1, max(0, round(q * (len(v) - 1))))]
@@ -899,6 +920,8 @@ def run_protocol(
                     "median_ms": med,
                     "p20_ms": _q(times[k], 0.2),
                     "p80_ms": _q(times[k], 0.8),
+                    "times_ms": list(times[k]),
+                    **_paired(times[k], times.get("eager_ref")),
                     "single_shot_ms": statistics.median(single),
                     "fwd_ms": statistics.median(fwd),
                     "bwd_ms": statistics.median(bwd),
@@ -1015,6 +1038,9 @@ COLUMNS = [
     "floor_ms",
     "x_floor",
     "speedup_vs_eager",
+    "speedup_paired",
+    "speedup_ci_low",
+    "speedup_ci_high",
     "speedup_vs_compile",
     "speedup_vs_liger",
     "mem_ratio_vs_eager",

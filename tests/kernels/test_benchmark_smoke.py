@@ -116,6 +116,8 @@ def test_cpu_scale_run_times_value_checks_on_and_off(monkeypatch: pytest.MonkeyP
     assert set(ok) == {"eager_ref", "lossforge_torch", "lossforge_torch_unchecked"}
     assert all(r["speedup_vs_eager"] > 0 for r in ok.values())
     assert True in seen and False in seen  # the checked and the unchecked provider
+    assert all(len(r["times_ms"]) == 2 and r["speedup_paired"] > 0 for r in ok.values())
+    assert ok["eager_ref"]["speedup_paired"] == 1.0
     with pytest.raises(ValueError, match=r"CPU option in \(0, 1\]"):
         protocol.run_protocol("cpu", scale=2.0)
 
@@ -276,3 +278,19 @@ def test_ratios_compare_rows_of_one_shape(monkeypatch: pytest.MonkeyPatch) -> No
     ok = [r for r in out["results"] if r["status"] == "ok" and r["provider"] == "eager_ref"]
     assert len(ok) == 2
     assert all(r["speedup_vs_eager"] == 1.0 for r in ok), [r["speedup_vs_eager"] for r in ok]
+
+
+def test_paired_speedups_pair_the_reps() -> None:
+    """The paired speed-up is the median of per-rep ratios (not the ratio of medians), with its
+    quartiles and the order-statistics interval of the median (none for fewer than 6 reps)."""
+    from benchmarks.protocol import _paired
+
+    ref = [10.0, 20.0, 10.0, 20.0, 10.0, 20.0, 10.0]
+    mine = [5.0, 10.0, 5.0, 10.0, 5.0, 10.0, 5.0]  # each rep twice as fast as its reference
+    out = _paired(mine, ref)
+    assert out["speedup_paired"] == 2.0
+    assert out["speedup_ci_low"] == out["speedup_ci_high"] == 2.0
+    swing = [20.0, 10.0, 20.0, 10.0, 20.0, 10.0, 20.0]  # load swings hit both sides of a rep
+    assert _paired(swing, swing)["speedup_paired"] == 1.0
+    assert _paired(mine[:3], ref[:3])["speedup_ci_low"] is None
+    assert _paired(mine, None) == {} and _paired(mine, ref[:3]) == {}
