@@ -487,3 +487,45 @@ def test_reduced_closed_form_saves_no_gradient_buffer() -> None:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         F.balanced_binary_cross_entropy(x, y, beta=0.98, weight=torch.ones(64, 32))
     assert not set(saved) <= {x.untyped_storage().data_ptr(), y.untyped_storage().data_ptr()}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_reduced_closed_form_equals_the_element_wise_form(seed) -> None:
+    """Differential, float64: random shapes (1-d to 4-d), soft and hard targets, a float or
+    per-sample beta, "mean" and "sum", and float16 / bfloat16 logits (computed in float32): the
+    reduced closed form (a plain call) equals the element-wise form (the same call with an
+    all-ones weight), values and gradients, first and second order."""
+    g = torch.Generator().manual_seed(seed)
+    ndim = 1 + seed % 4
+    shape = [int(v) for v in torch.randint(1, 6, (ndim,), generator=g)]
+    shape[0] = max(shape[0], 2)
+    x64 = torch.randn(shape, generator=g, dtype=torch.float64) * 4
+    y = torch.rand(shape, generator=g, dtype=torch.float64)
+    if seed % 2:
+        y = (y > 0.7).double()
+    beta = None if seed % 3 else 0.3
+    reduction = ("mean", "sum")[seed // 2 % 2]
+    dtype = (torch.float64, torch.float64, torch.float16, torch.bfloat16)[seed % 4]
+    xs = x64.to(dtype)
+    a = xs.clone().requires_grad_(True)
+    b = xs.clone().requires_grad_(True)
+    yt = y.to(torch.float32) if dtype != torch.float64 else y
+    plain = F.balanced_binary_cross_entropy(a, yt, beta=beta, reduction=reduction)
+    assert type(plain.grad_fn).__name__ == "TotalLossBackward"
+    ones = torch.ones(shape, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    element = F.balanced_binary_cross_entropy(b, yt, beta=beta, reduction=reduction, weight=ones)
+    tol = {"rtol": 1e-12, "atol": 1e-14} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-7}
+    torch.testing.assert_close(plain, element, **tol)
+    # First order by the closed-form derivative (a plain backward), then second order through
+    # the composite (create_graph=True differentiates the specification).
+    (ga,) = torch.autograd.grad(plain, a, retain_graph=True)
+    (gb,) = torch.autograd.grad(element, b, retain_graph=True)
+    gtol = tol if dtype == torch.float64 else {"rtol": 1e-2, "atol": 1e-3}  # (half gradients)
+    torch.testing.assert_close(ga, gb, **gtol)
+    if dtype == torch.float64:
+        (ga,) = torch.autograd.grad(plain, a, create_graph=True)
+        (gb,) = torch.autograd.grad(element, b, create_graph=True)
+        torch.testing.assert_close(ga, gb, **tol)
+        (ha,) = torch.autograd.grad(ga.sum(), a)
+        (hb,) = torch.autograd.grad(gb.sum(), b)
+        torch.testing.assert_close(ha, hb, **tol)
