@@ -561,6 +561,36 @@ def test_plain_entry_leaves_everything_else_to_the_checked_route(name, routed) -
 
 
 @pytest.mark.parametrize("name", ENTRIES)
+def test_plain_entry_serves_an_explicit_torch_backend(name, routed) -> None:
+    """``backend="torch"`` spelled out (the default; code that pins its backend, the benchmark
+    protocol) is still a plain call, with the same value and gradient, under value checks too;
+    any other backend value or type takes the checked route, which serves or reports it."""
+    import inspect
+
+    fn, _, (a, b), kw = _entry_cases()[name]
+    if "backend" not in inspect.signature(fn).parameters:  # Huber: no backend to pin
+        with pytest.raises(TypeError, match="unknown 'backend'"):
+            fn(a, b, backend="torch", **kw)
+        return
+    x = a.detach().clone().requires_grad_(True)
+    for checks in (True, False):
+        with lf.value_checks(checks):
+            value, grad = _grad(fn, x, b, **kw)
+            routed.clear()
+            pinned, pinned_grad = _grad(fn, x, b, backend="torch", **kw)
+            assert routed == ([] if not (checks and name == "nll_loss") else ["nll_loss"])
+            assert torch.equal(value, pinned) and torch.equal(grad, pinned_grad)
+            routed.clear()
+            auto, _ = _grad(fn, x, b, backend="auto", **kw)  # CPU inputs: the torch backend
+            assert routed == [fn.__name__] and torch.equal(auto, value)
+    for bad in ("Torch", "cuda"):
+        with pytest.raises(ValueError, match="backend"):
+            fn(a, b, backend=bad, **kw)
+    with pytest.raises(ValueError, match="triton"):
+        fn(a, b, backend="triton", **kw)  # CPU inputs: no kernel serves them
+
+
+@pytest.mark.parametrize("name", ENTRIES)
 def test_plain_entry_keeps_the_value_checks_and_their_messages(name) -> None:
     """Under value checks the entry reports what the checked route reports, with its message:
     a NaN input, an index out of range, a target outside [0, 1]; without them NaN, not an
@@ -610,7 +640,7 @@ def test_plain_entry_serves_modules_and_refuses_a_constraint(routed) -> None:
 def test_softmax_focal_plain_entry(gamma, reduction, checks, routed) -> None:
     """Softmax focal's entry serves ``gamma`` (a float), ``ignore_index`` and ``reduction``
     without the pipeline, bit for bit the checked route's value and gradient (forced by an
-    explicit ``backend="torch"``), and the float64 row reference; an int ``gamma`` or any
+    explicit ``weight=None``), and the float64 row reference; an int ``gamma`` or any
     other keyword takes the checked route."""
     from reference.focal import softmax_focal_rows
 
@@ -622,7 +652,7 @@ def test_softmax_focal_plain_entry(gamma, reduction, checks, routed) -> None:
     with lf.value_checks(checks):
         value, grad = _grad(F.softmax_focal_loss, x, y, **kw)
         assert routed == []
-        forced, forced_grad = _grad(F.softmax_focal_loss, x, y, backend="torch", **kw)
+        forced, forced_grad = _grad(F.softmax_focal_loss, x, y, weight=None, **kw)
         assert routed == ["softmax_focal_loss"]
         routed.clear()
         F.softmax_focal_loss(x, y, gamma=2, ignore_index=255)
