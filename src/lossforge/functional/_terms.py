@@ -350,9 +350,10 @@ def binary_values(y: Tensor) -> bool:
     """Whether a float target holds only the values 0 and 1, read on the CPU (a host read without
     a device sync): then the hard-target form of the focal loss is exact and about twice as fast
     as the soft one (one log-sigmoid and two sigmoid passes of ``(2y - 1) z`` against the soft
-    form's exp, log1p and mixing), for three cheap passes here. Never while ``torch.compile`` traces, under
-    ``torch.func`` transforms, off the CPU, or for a target that requires grad (the soft formulas
-    carry its gradient). ``y (y - 1)`` is exactly 0 only at 0 and 1 (NaN counts as not)."""
+    form's exp, log1p and mixing), for three cheap passes here. Never while ``torch.compile``
+    traces, under ``torch.func`` transforms, off the CPU, or for a target that requires grad (the
+    soft formulas carry its gradient). ``y (y - 1)`` is exactly 0 only at 0 and 1 (NaN counts
+    as not)."""
     if (
         not y.is_cpu
         or y.requires_grad
