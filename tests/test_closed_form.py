@@ -94,6 +94,35 @@ def test_sigmoid_focal_closed_form_low_precision(dtype, gamma) -> None:
     assert err_fast <= 2 * err_comp + step, (float(err_fast), float(err_comp))
 
 
+@pytest.mark.parametrize("gamma", [1.0, 2.0])
+def test_sigmoid_focal_soft_form_keeps_relative_precision_at_confident_logits(gamma) -> None:
+    """Soft targets (one 0.5 keeps the target off the hard form) with exact 0 / 1 elements at
+    confident logits, |z| from 5 to 25 on both sides: each float32 loss and derivative, down to
+    1e-33, within 1e-4 relative of the float64 formula (written here with torch's float64
+    sigmoid and log-sigmoid). Forming 1 - p_t by subtraction (sigma(-z) as 1 - sigma(z)) loses
+    all of them on the confident side."""
+    z = torch.tensor([5.0, 10.0, 15.0, 20.0, 25.0])
+    z = torch.cat([z, -z, z, -z, torch.zeros(1)])
+    y = torch.cat(
+        [torch.ones(5), torch.zeros(5), torch.zeros(5), torch.ones(5), torch.full((1,), 0.5)]
+    )
+    assert not focal_mod.binary_values(y)
+    x = z.clone().requires_grad_(True)
+    out = F.sigmoid_focal_loss(x, y, gamma=gamma, alpha=0.25, reduction="none")
+    (g,) = torch.autograd.grad(out.sum(), x)
+
+    x64, y64 = z.double().requires_grad_(True), y.double()
+    ce = -(
+        y64 * torch.nn.functional.logsigmoid(x64) + (1 - y64) * torch.nn.functional.logsigmoid(-x64)
+    )
+    m = y64 * torch.sigmoid(-x64) + (1 - y64) * torch.sigmoid(x64)
+    ref = ce * m**gamma * (0.25 * y64 + 0.75 * (1 - y64))
+    (g_ref,) = torch.autograd.grad(ref.sum(), x64)
+    assert (ref[:5].abs() > 0).all() and ref.abs().min() > 1e-36  # nothing near float32's floor
+    torch.testing.assert_close(out.double(), ref.detach(), rtol=1e-4, atol=0.0)
+    torch.testing.assert_close(g.double(), g_ref, rtol=1e-4, atol=0.0)
+
+
 @pytest.mark.parametrize("hard", [False, True])
 @pytest.mark.parametrize("gamma", [0.5, 2.0])
 def test_sigmoid_focal_closed_form_gradcheck_and_second_derivatives(hard, gamma) -> None:

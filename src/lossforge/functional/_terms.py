@@ -13,6 +13,7 @@ family needs lives here, and each family's file keeps its signature, docstring a
 
 from __future__ import annotations
 
+import math
 import numbers
 from functools import partial
 from typing import Any, cast
@@ -303,30 +304,26 @@ def sigmoid_focal_closed(
         loss = log_pt.mul_(mg).neg_()
         del log_pt, mg, sign
         return _times_alpha_t(loss, grad, y, alpha)
-    # One exp and one log1p for everything: with e = exp(-|z|), sigma(|z|) = 1 / (1 + e),
-    # sigma(-|z|) = e / (1 + e), and -log sigma(+-z) = relu(-+z) + log1p(e) (two
-    # logsigmoid and two sigmoid passes would be four transcendental passes).
-    # (Temporaries are freed as soon as they are used: the peak stays below the composite's.)
+    # Soft targets: sigma(+-z) from two sigmoid passes (each with full relative precision, also
+    # where it underflows), log1p(e^-|z|) from one softplus pass, and the cross-entropy as
+    # non-negative terms, y relu(-z) + (1 - y) relu(z) + log1p(e^-|z|): no cancellation.
+    # (An earlier form took sigma(+-z) from e = exp(-|z|) and picked p and q with two torch.where
+    # on a z >= 0 mask: 2.5x slower on the CPU, where where and comparisons are the slowest
+    # element-wise kernels; the float32 errors against float64 are the same.)
     ny = 1.0 - y
-    e = torch.abs(z).neg_().exp_()
-    # ce = y (relu(-z) + sp) + (1 - y) (relu(z) + sp), sp = log1p(e): non-negative terms, no
-    # cancellation
+    p = torch.sigmoid(z)
+    q = torch.sigmoid(z.neg())
     ce = torch.relu(z).mul_(ny)
-    ce.addcmul_(torch.clamp(z, max=0.0).neg_(), y).add_(torch.log1p(e))
-    big = e.add(1.0).reciprocal_()  # sigma(|z|)
-    small = e.mul_(big)  # sigma(-|z|), relative precision kept where it underflows
-    nonneg = z >= 0
-    p = torch.where(nonneg, big, small)
-    q = torch.where(nonneg, small, big)
-    del e, big, small, nonneg
+    ce.addcmul_(torch.clamp(z, max=0.0).neg_(), y).add_(TF.softplus(z.abs().neg_()))
     m = q * y
     m.addcmul_(p, ny)
     mg = m.pow(gamma)
     loss = ce * mg
     if not need_grad:
         return _times_alpha_t(loss, None, y, alpha)
-    # p q / m, set to 1 where m underflowed to 0 (0/0 there).
-    ratio = torch.mul(p, q).div_(m).masked_fill_(m <= 0, 1.0)
+    # p q / m is at most 1; where m underflowed to 0 it is 0/0, set to 1 (any finite value: m^gamma
+    # = 0 there for gamma > 0). A NaN logit still gives NaN through ce, p and m^gamma.
+    ratio = torch.mul(p, q).div_(m).nan_to_num_(nan=1.0, posinf=math.inf, neginf=-math.inf)
     del m
     focus = ce.mul_(ratio).mul_(gamma).mul_(ny - y)  # gamma ce (pq/m)(1 - 2y)
     del ratio
