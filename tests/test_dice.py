@@ -1016,3 +1016,95 @@ def test_family_compiles_without_graph_breaks(name: str, kw: dict) -> None:
     (ga,) = torch.autograd.grad(a, xa)
     (gb,) = torch.autograd.grad(b, xb)
     assert_close(ga, gb, F64)
+
+
+# --------------------------------------------------------------------------------------------------
+# Class-index targets on the CPU: the overlap sums without the one-hot target.
+# --------------------------------------------------------------------------------------------------
+
+
+def _as_one_hot(t: torch.Tensor, c: int, ignore: int | None) -> torch.Tensor:
+    """The dense target of class indices ``t``: one-hot, every channel ``ignore`` at an ignored
+    pixel (with a dense target, ignore_index is element-wise)."""
+    hit = torch.nn.functional.one_hot(torch.where(t == IGNORE, 0, t), c).movedim(-1, 1).to(F64)
+    if ignore is None:
+        return hit
+    return torch.where((t == ignore).unsqueeze(1), float(ignore), hit)
+
+
+_OVERLAP = {
+    "dice": lambda x, t, **kw: F.dice_loss(x, t, **kw),
+    "dice_squared": lambda x, t, **kw: F.dice_loss(x, t, squared=True, **kw),
+    "dice_pooled": lambda x, t, **kw: F.dice_loss(x, t, pool_classes=True, **kw),
+    "jaccard": lambda x, t, **kw: F.jaccard_loss(x, t, **kw),
+    "jaccard_squared": lambda x, t, **kw: F.jaccard_loss(x, t, squared=True, **kw),
+    "generalized_dice": lambda x, t, **kw: F.generalized_dice_loss(x, t, **kw),
+}
+
+
+@pytest.mark.parametrize("loss", sorted(_OVERLAP))
+@pytest.mark.parametrize("ignore", [None, IGNORE])
+@pytest.mark.parametrize("background", [True, False])
+@pytest.mark.parametrize("batch", [False, True])
+def test_index_targets_match_their_one_hot_target(
+    loss: str, ignore: int | None, background: bool, batch: bool
+) -> None:
+    """Class indices take the gather / scatter-add sums on the CPU, a dense target the
+    element-wise terms: the same losses and gradients (a class absent from a sample, a sample
+    with every pixel ignored, class weights)."""
+    g = torch.Generator().manual_seed(31)
+    x = 3 * torch.randn(4, 4, 5, 6, generator=g, dtype=F64)
+    t = torch.randint(0, 4, (4, 5, 6), generator=g)
+    t[0][t[0] == 2] = 1  # class 2 absent from sample 0
+    if ignore is not None:
+        t[1, :2] = ignore
+        t[3] = ignore  # nothing valid in sample 3
+    kw = {
+        "ignore_index": ignore,
+        "include_background": background,
+        "batch": batch,
+        "reduction": "none",
+    }
+    if loss != "generalized_dice":
+        kw["class_weight"] = [0.5, 1.0, 2.0, 1.5]
+    fn = _OVERLAP[loss]
+    xi = x.clone().requires_grad_(True)
+    xd = x.clone().requires_grad_(True)
+    got = fn(xi, t, **kw)
+    want = fn(xd, _as_one_hot(t, 4, ignore), **kw)
+    assert_close(got, want, F64, rtol=1e-12, atol=1e-14)
+    up = torch.rand(got.shape, generator=g, dtype=F64)
+    (gi,) = torch.autograd.grad((got * up).sum(), xi)
+    (gd,) = torch.autograd.grad((want * up).sum(), xd)
+    assert_close(gi, gd, F64, rtol=1e-10, atol=1e-14)
+    # the mean skips the entries with no valid pixel alike
+    mean = {**kw, "reduction": "mean"}
+    assert_close(fn(x, t, **mean), fn(x, _as_one_hot(t, 4, ignore), **mean), F64)
+
+
+@pytest.mark.parametrize("loss", sorted(_OVERLAP))
+@pytest.mark.parametrize("ignore", [None, IGNORE])
+def test_index_out_of_range_with_checks_off_is_nan_in_its_sample(
+    loss: str, ignore: int | None
+) -> None:
+    """Value checks off: an index out of range (never read by the gather or the scatter-add)
+    makes every entry of its sample NaN, as the dense target's NaN does; the other samples keep
+    their values, and with ``batch=True`` every entry is NaN."""
+    g = torch.Generator().manual_seed(32)
+    x = torch.randn(3, 4, 2, 3, generator=g, dtype=F64)
+    t = torch.randint(0, 4, (3, 2, 3), generator=g)
+    if ignore is not None:
+        t[0, 0, 0] = ignore
+    fn = _OVERLAP[loss]
+    clean = fn(x, t, ignore_index=ignore, reduction="none")
+    for bad in (4, -1, 254):
+        tb = t.clone()
+        tb[1, 1, 2] = bad
+        with value_checks(False):
+            got = fn(x, tb, ignore_index=ignore, reduction="none")
+            batched = fn(x, tb, ignore_index=ignore, batch=True, reduction="none")
+        assert torch.isnan(got[1]).all(), (bad, got)
+        assert_close(got[[0, 2]], clean[[0, 2]], F64, rtol=1e-12, atol=1e-14)
+        assert torch.isnan(batched).all()
+        with pytest.raises(ValueError, match="expected `target` class indices in"):
+            fn(x, tb, ignore_index=ignore)

@@ -75,6 +75,7 @@ from lossforge._targets import (
     check_softmax_target,
     class_view,
     ignore_for,
+    region_index,
     region_target,
     resolve_target,
     sigmoid_target,
@@ -83,6 +84,7 @@ from lossforge._targets import (
 
 __all__ = [
     "Fused",
+    "OverlapStats",
     "RegionInput",
     "SoftmaxInput",
     "Total",
@@ -1236,6 +1238,29 @@ def _sum(t: Tensor, dims: tuple[int, ...]) -> Tensor:
 
 
 @dataclass(frozen=True)
+class OverlapStats:
+    """The statistics of the overlap losses (dice, Jaccard, generalized dice) as ``region``'s
+    ``stats``: the three sums ``[sum p g, sum p^k, sum g^k]`` per entry (``k = 2`` when
+    ``squared``), the intersection being ``sum min(p, g)`` with ``soft_label`` (the same for
+    0/1 targets).
+
+    Called as ``stats(p, g)`` it gives the element-wise terms of a dense target. Being these
+    three sums, the pipeline may also compute them from class indices without the dense one-hot
+    target (``_indexed_overlap_sums``): the intersection gathers ``p`` at each pixel's class and
+    scatter-adds it per class, ``sum g^k`` counts the pixels of each class."""
+
+    squared: bool = False
+    soft_label: bool = False
+
+    def __call__(self, p: Tensor, g: Tensor) -> list[Tensor]:
+        if self.squared:
+            return [p * g, p * p, g * g]
+        # min(p, g) equals p * g for hard (0/1) targets; for soft targets it makes the overlap of
+        # p with itself complete (Wang & Blaschko 2023), so the loss is 0 exactly at p = g.
+        return [torch.minimum(p, g) if self.soft_label else p * g, p, g]
+
+
+@dataclass(frozen=True)
 class RegionInput:
     """What the region pipeline prepared for a loss's math (``region_entries``).
 
@@ -1415,15 +1440,33 @@ def region(
         _no_kernel(fn, backend, x)
     # class weights after the routing: the fused path keeps list options as device constants
     w = _device_option(as_class_weight, (fn, class_weight, x.shape[1]), x)
-    inp, w = _region_prepare(fn, x, target, activation, ignore_index, w, include_background, batch)
-    p, g, valid = inp.p, inp.g, inp.valid
     dims = tuple(range(2, x.ndim))
     if batch:
         dims = (0,) + dims
-    sums = [_sum(term, dims) for term in stats(p, g)]
+    valid: Tensor | None
+    if (
+        isinstance(stats, OverlapStats)
+        and activation == "softmax"
+        and x.is_cpu
+        and isinstance(target, Tensor)
+        and target.shape != x.shape
+    ):
+        sums, valid = _indexed_overlap_sums(fn, x, target, ignore_index, stats.squared)
+        if not include_background:
+            sums = [s[:, 1:] for s in sums]
+            if w is not None:
+                w = w[1:]
+        if batch:
+            sums = [s.sum(dim=0) for s in sums]
+    else:
+        inp, w = _region_prepare(
+            fn, x, target, activation, ignore_index, w, include_background, batch
+        )
+        valid = inp.valid
+        sums = [_sum(term, dims) for term in stats(inp.p, inp.g)]
     count = None
     if valid is not None:
-        count = _sum(valid.to(p.dtype), dims).expand_as(sums[0])
+        count = _sum(valid.to(sums[0].dtype), dims).expand_as(sums[0])
     if batch and _reduction._denominator_hook is not None:
         from lossforge.distributed import _scope_scale_grad, global_sum, scope_group
 
@@ -1452,6 +1495,45 @@ def region(
     return reduce_loss(
         loss, fn=fn, reduction=reduction, weight=weight, avg_factor=avg, valid=entry_valid
     )
+
+
+def _indexed_overlap_sums(
+    fn: str, x: Tensor, target: Tensor, ignore: int | None, squared: bool
+) -> tuple[list[Tensor], Tensor | None]:
+    """``OverlapStats``' sums ``[sum p g, sum p^k, sum g]`` of a softmax over class indices,
+    ``(N, C)`` each, every class kept, and the valid-pixel mask ``(N, 1, *)``: the sums of the
+    dense one-hot target without building it (CPU only: ``scatter_add`` adds in a fixed order
+    there, while on CUDA its atomic adds would make the sums vary from run to run).
+
+    ``p`` is gathered at each pixel's class (1 / C of it) and scatter-added per class; the
+    pixels of each class are counted the same way. With the one-hot target that is 3 full-size
+    tensors fewer forward (the bool and float one-hot, ``p g``) and one fewer backward
+    (``scatter_add``'s gradient is a gather, the gather's a scatter into one zero tensor).
+    Ignored pixels have ``p = 0`` and count 0; an out-of-range index (value checks off) makes
+    its sample's intersection and class counts NaN in every class, as the dense target's NaN
+    does."""
+    idx, valid, out = region_index(fn, x, target, "softmax", ignore)
+    p = torch.softmax(in_compute_dtype(x), dim=1)
+    zero = torch.zeros((), dtype=p.dtype, device=p.device)
+    if valid is not None:
+        p = torch.where(valid, p, zero)
+    n, c, size = p.shape[0], p.shape[1], math.prod(p.shape[2:])
+    # Ignored and out-of-range pixels read some class (their p is 0, or the sample is NaN) and
+    # count 0.
+    keep = valid if out is None else (~out if valid is None else valid & ~out)
+    rows = (idx if keep is None else idx.clamp(0, c - 1)).reshape(n, size)
+    flat = p.reshape(n, c, size)
+    at_class = flat.gather(1, rows.unsqueeze(1)).squeeze(1)
+    counted = torch.ones_like(at_class) if keep is None else keep.reshape(n, size).to(p.dtype)
+    sums = p.new_zeros(n, c)
+    inter = sums.scatter_add(1, rows, at_class)
+    volume = sums.scatter_add(1, rows, counted)
+    total = (flat * flat if squared else flat).sum(dim=-1)
+    if out is not None:
+        poisoned = out.reshape(n, size).any(dim=1, keepdim=True)
+        nan = torch.full((), float("nan"), dtype=p.dtype, device=p.device)
+        inter, volume = torch.where(poisoned, nan, inter), torch.where(poisoned, nan, volume)
+    return [inter, total, volume], valid
 
 
 def region_entries(

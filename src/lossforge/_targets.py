@@ -438,12 +438,7 @@ def region_target(
     ``(N, C, *)`` for dense targets (element-wise). Out-of-range class indices met while value
     checks are off become NaN in the dense target, so the loss of the affected entries is NaN.
     """
-    t = check_tensor(fn, "target", target)
-    if t.device != x.device:
-        fail(fn, "target", f"on the device of `logits` ({x.device})", t.device)
-    if t.is_complex():
-        fail(fn, "target", "a real tensor", f"dtype {t.dtype}", TypeError)
-    c = x.shape[1]
+    t = _region_tensor(fn, x, target)
     cdtype = compute_dtype(x)
     if t.shape == x.shape:
         check_dense_ignore(fn, ignore)
@@ -454,6 +449,35 @@ def region_target(
         dense = as_dtype(t, cdtype)
         check_unit_interval(fn, "target", dense)
         return dense, valid
+    idx, valid, out = region_index(fn, x, t, activation, ignore)
+    c = x.shape[1]
+    classes = torch.arange(c, device=x.device).view((1, c) + (1,) * (x.ndim - 2))
+    hit = idx == classes
+    if valid is not None:
+        hit = hit & valid  # ignore_index may be a valid class id
+    dense = as_dtype(hit, cdtype)
+    if out is not None:
+        dense = torch.where(out, torch.full((), float("nan"), dtype=cdtype, device=x.device), dense)
+    return dense, valid
+
+
+def _region_tensor(fn: str, x: Tensor, target: object) -> Tensor:
+    t = check_tensor(fn, "target", target)
+    if t.device != x.device:
+        fail(fn, "target", f"on the device of `logits` ({x.device})", t.device)
+    if t.is_complex():
+        fail(fn, "target", "a real tensor", f"dtype {t.dtype}", TypeError)
+    return t
+
+
+def region_index(
+    fn: str, x: Tensor, target: object, activation: str, ignore: int | None
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """A region-loss target of class indices (the logits' shape without the class dim), checked:
+    ``(idx, valid, out)``, the int64 indices as ``(N, 1, *)``, the valid-pixel mask
+    (``ignore_index`` given, else ``None``) and, while value checks are off, the mask of valid
+    pixels whose index is out of range (``None`` with checks on: out-of-range indices raise)."""
+    t = _region_tensor(fn, x, target)
     if tuple(t.shape) != _index_shape(x):
         fail(
             fn,
@@ -462,20 +486,17 @@ def region_target(
             f"{_index_shape(x)}",
             f"shape {tuple(t.shape)}",
         )
+    c = x.shape[1]
     idx = as_index_target(fn, t)
     background = activation == "sigmoid"
     check_index_range(fn, idx, c, ignore_index=ignore, allow_background=background)
     idx = idx.unsqueeze(1)
-    classes = torch.arange(c, device=x.device).view((1, c) + (1,) * (x.ndim - 2))
-    hit = idx == classes
     valid = None
     if ignore is not None:
         valid = idx != ignore
-        hit = hit & valid  # ignore_index may be a valid class id
-    dense = as_dtype(hit, cdtype)
+    out = None
     if not value_checks_on(idx):
         out = (idx < 0) | (idx > (c if background else c - 1))
         if valid is not None:
             out = out & valid
-        dense = torch.where(out, torch.full((), float("nan"), dtype=cdtype, device=x.device), dense)
-    return dense, valid
+    return idx, valid, out

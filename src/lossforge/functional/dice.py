@@ -113,22 +113,9 @@ def _ratio(num: Tensor, den: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
-def _intersection(p: Tensor, g: Tensor, soft_label: bool) -> Tensor:
-    # min(p, g) equals p * g for hard (0/1) targets; for soft targets it makes the overlap of p with
-    # itself complete (Wang & Blaschko 2023), so the loss is 0 exactly at p = g.
-    return torch.minimum(p, g) if soft_label else p * g
-
-
-def _dice_stats(p: Tensor, g: Tensor, *, squared: bool, soft_label: bool) -> list[Tensor]:
-    """Intersection and cardinality."""
-    if squared:
-        return [p * g, p * p + g * g]
-    return [_intersection(p, g, soft_label), p + g]
-
-
 def _dice_combine(sums: list[Tensor], *, smooth_nr: float, smooth_dr: float) -> Tensor:
-    inter, card = sums
-    return 1.0 - _ratio(2.0 * inter + smooth_nr, card + smooth_dr)
+    inter, sum_p, sum_g = sums
+    return 1.0 - _ratio(2.0 * inter + smooth_nr, sum_p + sum_g + smooth_dr)
 
 
 def _pooled_dice(
@@ -147,7 +134,8 @@ def _pooled_dice(
 def _dice_pooled_combine(
     sums: list[Tensor], class_weight: Tensor | None, *, smooth_nr: float, smooth_dr: float
 ) -> Tensor:
-    return _pooled_dice(sums[0], sums[1], class_weight, smooth_nr, smooth_dr)
+    inter, sum_p, sum_g = sums
+    return _pooled_dice(inter, sum_p + sum_g, class_weight, smooth_nr, smooth_dr)
 
 
 def _tversky_stats(p: Tensor, g: Tensor, *, soft_label: bool) -> list[Tensor]:
@@ -180,23 +168,13 @@ def _focal_tversky_combine(sums: list[Tensor], *, gamma: float, **kw: float) -> 
     return torch.where(pos, safe.pow(gamma), torch.where(base.isnan(), base, 0.0))
 
 
-def _jaccard_stats(p: Tensor, g: Tensor, *, squared: bool, soft_label: bool) -> list[Tensor]:
-    """Intersection and union (each element-wise non-negative)."""
-    if squared:
-        return [p * g, p * p + g * g - p * g]
-    if soft_label:
-        return [torch.minimum(p, g), torch.maximum(p, g)]
-    return [p * g, p + g - p * g]
-
-
 def _jaccard_combine(sums: list[Tensor], *, smooth_nr: float, smooth_dr: float) -> Tensor:
-    inter, union = sums
-    return 1.0 - _ratio(inter + smooth_nr, union + smooth_dr)
-
-
-def _gdl_stats(p: Tensor, g: Tensor, *, soft_label: bool) -> list[Tensor]:
-    """Intersection, cardinality and the target volume (for the class weights)."""
-    return [_intersection(p, g, soft_label), p + g, g]
+    """From the overlap sums (``pipeline.OverlapStats``): the union is ``P + G - I``
+    (``p + g - p g``, squared ``p^2 + g^2 - p g``, soft ``max(p, g) = p + g - min(p, g)``),
+    never below ``(P + G) / 2`` since ``I <= min(P, G)``, so the subtraction cancels no
+    digits."""
+    inter, sum_p, sum_g = sums
+    return 1.0 - _ratio(inter + smooth_nr, sum_p + sum_g - inter + smooth_dr)
 
 
 def _gdl_weights(volume: Tensor, weight_type: str) -> Tensor:
@@ -220,11 +198,11 @@ def _gdl_combine(
     smooth_nr: float,
     smooth_dr: float,
 ) -> Tensor:
-    inter, card, volume = sums
+    inter, sum_p, volume = sums
     w = _gdl_weights(volume.detach(), weight_type)
     if class_weight is not None:
         w = w * class_weight
-    return _pooled_dice(inter, card, w, smooth_nr, smooth_dr)
+    return _pooled_dice(inter, sum_p + volume, w, smooth_nr, smooth_dr)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -399,7 +377,7 @@ def dice_loss(
         "dice_loss",
         logits,
         target,
-        stats=partial(_dice_stats, squared=squared, soft_label=soft_label),
+        stats=pipeline.OverlapStats(squared, soft_label),
         combine=partial(
             _dice_pooled_combine if pool_classes else _dice_combine,
             smooth_nr=s_nr,
@@ -773,7 +751,7 @@ def jaccard_loss(
         "jaccard_loss",
         logits,
         target,
-        stats=partial(_jaccard_stats, squared=squared, soft_label=soft_label),
+        stats=pipeline.OverlapStats(squared, soft_label),
         combine=partial(_jaccard_combine, smooth_nr=s_nr, smooth_dr=s_dr),
         activation=activation,
         ignore_index=ignore_index,
@@ -904,7 +882,7 @@ def generalized_dice_loss(
         "generalized_dice_loss",
         logits,
         target,
-        stats=partial(_gdl_stats, soft_label=soft_label),
+        stats=pipeline.OverlapStats(False, soft_label),
         combine=partial(_gdl_combine, weight_type=weight_type, smooth_nr=s_nr, smooth_dr=s_dr),
         pool_classes=True,
         activation=activation,
