@@ -139,10 +139,15 @@ def _dice_pooled_combine(
 
 
 def _tversky_stats(p: Tensor, g: Tensor, *, soft_label: bool) -> list[Tensor]:
-    """True positives, false positives, false negatives (each element-wise non-negative)."""
+    """True positives, false positives, false negatives (each element-wise non-negative).
+
+    Without ``soft_label``, ``p - p g`` and ``g - p g`` are ``p (1 - g)`` and ``(1 - p) g``
+    exactly for 0/1 targets (and within the rounding of ``p`` itself for soft ones): three
+    full-size temporaries instead of five."""
     if soft_label:
         return [torch.minimum(p, g), (p - g).clamp(min=0.0), (g - p).clamp(min=0.0)]
-    return [p * g, p * (1.0 - g), (1.0 - p) * g]
+    tp = p * g
+    return [tp, p - tp, g - tp]
 
 
 def _tversky_index(
