@@ -479,3 +479,98 @@ def test_one_channel_integer_target_is_never_guessed() -> None:
         assert_close(fn(x, m.to(F64)), want, F64)
         assert_close(fn(x, m.long(), index_target=False), want, F64)
         assert_close(fn(x, (~m).long(), index_target=True), want, F64)  # 1 = background
+
+
+# --------------------------------------------------------------------------------------------------
+# The radix-sorted order (float32 on the CPU from 2^15 errors) against the float sort.
+# --------------------------------------------------------------------------------------------------
+
+
+def _both_orders(monkeypatch: pytest.MonkeyPatch, call, x: torch.Tensor):
+    """(loss, gradient) by the integer-key order and by the float sort (the radix check off)."""
+    import lossforge.functional.lovasz as lovasz
+
+    out = []
+    for radix in (True, False):
+        monkeypatch.setattr(lovasz, "_radix_sort", lambda radix=radix: radix)
+        leaf = x.detach().clone().requires_grad_(True)
+        loss = call(leaf)
+        (grad,) = torch.autograd.grad(loss.nansum(), leaf)
+        out.append((loss.detach(), grad))
+    return out
+
+
+@pytest.mark.parametrize("batch", [False, True])
+@pytest.mark.parametrize("ignore", [False, True])
+def test_radix_order_matches_the_float_sort_softmax(
+    monkeypatch: pytest.MonkeyPatch, batch: bool, ignore: bool
+) -> None:
+    """2 x 4 x 64 x 64 float32 logits (2^15 errors per call): the same losses and gradients as
+    the float sort, and the float64 reference's within float32 rounding."""
+    g = torch.Generator().manual_seed(40)
+    x = 3 * torch.randn(2, 4, 64, 64, generator=g)
+    t = torch.randint(0, 4, (2, 64, 64), generator=g)
+    t[1][t[1] == 3] = 0  # class 3 absent from image 1
+    if ignore:
+        t[0, :10] = IGNORE
+    kw = {"batch": batch, "ignore_index": IGNORE if ignore else None, "reduction": "none"}
+    (radix, radix_grad), (plain, plain_grad) = _both_orders(
+        monkeypatch, lambda z: LS(z, t, **kw), x
+    )
+    assert_close(radix, plain, torch.float32)
+    torch.testing.assert_close(radix_grad, plain_grad, rtol=0, atol=0)  # ties in the same order
+    assert_close(radix, LS(x.double(), t, **kw), torch.float32)
+
+
+def test_radix_order_matches_the_float_sort_hinge_with_inf_and_nan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Hinge errors above 1, +inf (a logit of -inf at a positive pixel) and NaN (value checks
+    off) take the same places in both orders: NaN first (its entry's loss NaN), +inf next (a
+    finite step of 0 at the top of an empty entry stays 0)."""
+    g = torch.Generator().manual_seed(41)
+    x = 4 * torch.randn(2, 2, 96, 96, generator=g)
+    t = (torch.rand(2, 2, 96, 96, generator=g) < 0.3).float()
+    x[0, 0, 0, 0] = float("nan")
+    x[1, 1, 5, 5] = -float("inf")
+    t[1, 1, 5, 5] = 1.0
+    x[1, 0, 3, :] = -0.0
+    with lf.value_checks(False):
+        (radix, _), (plain, _) = _both_orders(monkeypatch, lambda z: LH(z, t, reduction="none"), x)
+    assert torch.isnan(radix[0, 0]) and torch.isnan(plain[0, 0])
+    torch.testing.assert_close(radix, plain, equal_nan=True)
+    finite = x.clone()
+    finite[0, 0, 0, 0] = 0.0
+    finite[1, 1, 5, 5] = 0.0
+    (r, r_grad), (p, p_grad) = _both_orders(monkeypatch, lambda z: LH(z, t, batch=True), finite)
+    assert_close(r, p, torch.float32)
+    torch.testing.assert_close(r_grad, p_grad, rtol=0, atol=0)
+
+
+def test_radix_order_of_signed_zeros_nans_and_infinities(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The order itself, on crafted rows of 2^14 errors: -0.0 ties with 0.0, a NaN of either sign
+    sorts first (as the float sort puts NaN), +inf next, and no element leaves its row."""
+    import lossforge.functional.lovasz as lovasz
+
+    g = torch.Generator().manual_seed(42)
+    errors = torch.rand(2, 1 << 14, generator=g) * 3.0
+    errors[:, :64] = 0.0
+    errors[0, 7] = -0.0
+    errors[1, 9] = -0.0
+    errors[0, 100] = float("nan")
+    errors[0, 101] = -float("nan")
+    errors[1, 200] = -float("nan")
+    errors[1, 300] = float("inf")
+    assert torch.signbit(errors[0, 101]) and torch.signbit(errors[0, 7])
+    target = torch.arange(errors.numel(), dtype=torch.float32).view(errors.shape)
+    got = []
+    for radix in (True, False):
+        monkeypatch.setattr(lovasz, "_radix_sort", lambda radix=radix: radix)
+        got.append(lovasz._sorted_decreasing(errors, target))
+    (m_radix, g_radix), (m_float, g_float) = got
+    # the positions (carried by the target) in the same order; the errors equal, NaN included
+    torch.testing.assert_close(g_radix, g_float, rtol=0, atol=0)
+    torch.testing.assert_close(m_radix, m_float, rtol=0, atol=0, equal_nan=True)
+    assert (g_radix[0] < (1 << 14)).all() and (g_radix[1] >= (1 << 14)).all()
+    assert torch.isnan(m_radix[0, :2]).all() and torch.isnan(m_radix[1, 0])
+    assert m_radix[1, 1] == float("inf")

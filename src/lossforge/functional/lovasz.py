@@ -20,6 +20,7 @@ if they were dropped (Berman's ``ignore``).
 
 from __future__ import annotations
 
+import functools
 from functools import partial
 from typing import Literal
 
@@ -54,10 +55,51 @@ def _check_binary(fn: str, g: Tensor) -> None:
         )
 
 
+@functools.cache
+def _radix_sort() -> bool:
+    """Whether PyTorch sorts a long 1-d integer tensor by radix sort on the CPU (its FBGEMM
+    radix sort with OpenMP; asked at the first Lovasz call, not at import)."""
+    engines = torch.backends.quantized.supported_engines
+    return "fbgemm" in engines and torch.backends.openmp.is_available()
+
+
+def _sorted_decreasing(errors: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    """The errors and the targets of each row (last dimension) in the order of decreasing error.
+
+    A float sort of many rows compares floats row by row. For float32 errors on the CPU (none
+    negative: ``|g - p|`` or a clamped hinge) the order is instead one stable sort of 1-d int64
+    keys, row number above the error's bits read as an integer and reversed (for non-negative
+    floats the order of the bit patterns is the order of the values, +inf and NaN above every
+    finite value): PyTorch radix-sorts such a tensor, 3-4x faster at 19 x 131072 than the float
+    sort. The errors are then gathered through the permutation (the gradient flows through that
+    gather). Both orders are stable: tied errors keep their positions' order, so the two give the
+    same gradient (at a tie the Lovasz extension's subgradient depends on the order; its value
+    does not)."""
+    shape = errors.shape
+    size = shape[-1] if errors.ndim else 1
+    rows = errors.numel() // size if size else 0
+    if (
+        errors.dtype != torch.float32
+        or not errors.is_cpu
+        or not 2**15 <= errors.numel() < 2**31
+        or torch.compiler.is_compiling()
+        or torch._C._are_functorch_transforms_active()
+        or not _radix_sort()
+    ):
+        m_sorted, order = torch.sort(errors, dim=-1, descending=True, stable=True)
+        return m_sorted, torch.gather(g.detach(), -1, order)
+    # The sign bit is cleared: -0.0 is 0, and a NaN sorts first with either sign.
+    bits = errors.detach().reshape(rows, size).view(torch.int32) & 0x7FFF_FFFF
+    key = (0x7FFF_FFFF - bits).to(torch.int64)
+    key += torch.arange(rows, dtype=torch.int64, device=key.device).unsqueeze(1) << 31
+    perm = torch.sort(key.view(-1), stable=True)[1]
+    m_sorted = errors.reshape(-1).gather(0, perm).view(shape)
+    return m_sorted, g.detach().reshape(-1).gather(0, perm).view(shape)
+
+
 def _lovasz_extension(errors: Tensor, g: Tensor) -> Tensor:
     """The Lovasz extension of the Jaccard loss along the last dimension (Algorithm 1)."""
-    m_sorted, order = torch.sort(errors, dim=-1, descending=True)
-    g_sorted = torch.gather(g.detach(), -1, order)
+    m_sorted, g_sorted = _sorted_decreasing(errors, g)
     total = g_sorted.sum(dim=-1, keepdim=True)
     # After the first k pixels: |G \ M| = total - cumsum(g), |G u M| = total + cumsum(1 - g) > 0.
     inter = total - g_sorted.cumsum(dim=-1)
