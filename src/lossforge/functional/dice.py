@@ -99,12 +99,13 @@ def _check_smoothing(default: float) -> Callable[[str, Mapping[str, Any]], None]
     return check
 
 
-def _ratio(num: Tensor, den: Tensor) -> Tensor:
-    """``num / den`` with 0/0 (only possible without smoothing: nothing to compare) defined as 1,
-    with a safe denominator so that no NaN gradient leaks from the unused branch."""
-    empty = den == 0
+def _ratio(num: Tensor, den: Tensor, empty: float = 1.0) -> Tensor:
+    """``num / den`` with 0/0 (only possible without smoothing: nothing to compare) defined as
+    ``empty`` (a perfect score: 1 for an overlap ratio, 0 for a loss), with a safe denominator so
+    that no NaN gradient leaks from the unused branch."""
+    zero = den == 0
     return torch.where(
-        empty, torch.ones_like(num), num / torch.where(empty, torch.ones_like(den), den)
+        zero, torch.full_like(num, empty), num / torch.where(zero, torch.ones_like(den), den)
     )
 
 
@@ -139,30 +140,47 @@ def _dice_pooled_combine(
 
 
 def _tversky_stats(p: Tensor, g: Tensor, *, soft_label: bool) -> list[Tensor]:
-    """True positives, false positives, false negatives (each element-wise non-negative).
+    """True positives, false positives and false negatives (each element-wise non-negative).
 
-    Without ``soft_label``, ``p - p g`` and ``g - p g`` are ``p (1 - g)`` and ``(1 - p) g``
-    exactly for 0/1 targets (and within the rounding of ``p`` itself for soft ones): three
-    full-size temporaries instead of five."""
+    Without ``soft_label``: ``p g``, ``p`` and ``g``, whose sums carry the gradient
+    (``FP = P - TP``, ``FN = G - TP``: the backward is one product and one sum of full-size
+    tensors), and ``p - p g`` and ``g - p g`` without gradient, whose sums are the values of FP
+    and FN (``_tversky_sums``). The subtraction of sums alone would lose the relative precision
+    of a small FP or FN; ``p - p g`` and ``g - p g`` are ``p (1 - g)`` and ``(1 - p) g`` exactly
+    for 0/1 targets (within the rounding of ``p`` itself for soft ones)."""
     if soft_label:
         return [torch.minimum(p, g), (p - g).clamp(min=0.0), (g - p).clamp(min=0.0)]
     tp = p * g
-    return [tp, p - tp, g - tp]
+    with torch.no_grad():
+        fp, fn = p - tp, g - tp
+    return [tp, p, g, fp, fn]
 
 
-def _tversky_index(
+def _tversky_sums(sums: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """TP, FP and FN from ``_tversky_stats``' sums. With the five sums of hard targets, FP's
+    value is the direct sum and its derivative that of ``P - TP`` (``d + (v - d)`` with the
+    correction detached: ``v`` to within an ulp, as ``v - d`` is tiny); FN the same."""
+    if len(sums) == 3:
+        tp, fp, fn = sums
+        return tp, fp, fn
+    tp, total_p, total_g, fp_value, fn_value = sums
+    fp, fn = total_p - tp, total_g - tp
+    return tp, fp + (fp_value - fp).detach(), fn + (fn_value - fn).detach()
+
+
+def _tversky_combine(
     sums: list[Tensor], *, alpha: float, beta: float, smooth_nr: float, smooth_dr: float
 ) -> Tensor:
-    tp, fp, fn = sums
-    return _ratio(tp + smooth_nr, tp + alpha * fp + beta * fn + smooth_dr)
-
-
-def _tversky_combine(sums: list[Tensor], **kw: float) -> Tensor:
-    return 1.0 - _tversky_index(sums, **kw)
+    """``1 - TI`` as ``(alpha FP + beta FN + s_dr - s_nr) / (TP + alpha FP + beta FN + s_dr)``:
+    the same value without the cancellation of ``1 - TI`` near a perfect score (there it keeps
+    its relative precision, where ``1 - TI`` in float32 rounds to 0 from about 1e-7); 0/0 is 0."""
+    tp, fp, fn = _tversky_sums(sums)
+    miss = alpha * fp + beta * fn
+    return _ratio(miss + (smooth_dr - smooth_nr), tp + miss + smooth_dr, empty=0.0)
 
 
 def _focal_tversky_combine(sums: list[Tensor], *, gamma: float, **kw: float) -> Tensor:
-    base = (1.0 - _tversky_index(sums, **kw)).clamp(min=0.0)  # rounding can leave -1 ulp
+    base = _tversky_combine(sums, **kw).clamp(min=0.0)  # (a NaN stays NaN)
     if gamma == 1.0:
         return base
     # The derivative gamma * base^(gamma - 1) is infinite at base = 0 for gamma < 1: take the
