@@ -403,6 +403,33 @@ def test_dfl_matches_reference_and_mmdetection() -> None:
         _record("distribution_focal", ours, theirs)
 
 
+def test_dfl_masked_bins() -> None:
+    """A -inf logit (a masked bin) adds nothing where its weight is 0 (an integer distance's
+    right neighbour, the end point's left one, any bin away from the target): finite, the
+    cross-entropy over the other bins, with finite gradients; under the target's mass it makes
+    the loss inf."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(3, 6, generator=g, dtype=F64)
+    y = torch.tensor([2.0, 5.0, 1.5], dtype=F64)
+    masked = x.clone()
+    masked[0, 3] = -math.inf  # right neighbour of y = 2 (weight 0)
+    masked[1, 4] = -math.inf  # left neighbour of the end point y = 5 (weight 0)
+    masked[2, 5] = -math.inf  # away from the target
+    with lf.value_checks(False):
+        loss, grad = _value_and_grad(
+            lambda v: F.distribution_focal_loss(v, y, reduction="sum"), masked
+        )
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    ls = torch.log_softmax(masked, dim=1)  # -inf at the masked bins, exact elsewhere
+    want = -float(ls[0, 2] + ls[1, 5] + 0.5 * (ls[2, 1] + ls[2, 2]))
+    assert math.isclose(float(loss), want, rel_tol=1e-12)
+    target_masked = x.clone()
+    target_masked[2, 2] = -math.inf  # half of y = 1.5's mass
+    with lf.value_checks(False):
+        out = F.distribution_focal_loss(target_masked, y, reduction="none")
+    assert torch.isfinite(out[:2]).all() and out[2] == math.inf
+
+
 def test_dfl_identities_and_layouts() -> None:
     g = torch.Generator().manual_seed(11)
     x = torch.randn(10, 8, generator=g, dtype=F64)

@@ -592,6 +592,7 @@ def softmax(
     input_name: str = "logits",
     nll: str | None = None,
     nll_term: Callable[[Tensor, float], Tensor] | None = None,
+    index_in_range: bool = False,
 ) -> Tensor:
     """Run a softmax-family loss.
 
@@ -617,6 +618,8 @@ def softmax(
             ``class_factor`` giving ``None`` and no class weights, with ``phi(0) == 0`` (an
             ignored position, whose NLL value is 0, adds 0): on the CPU PyTorch's NLL kernel then
             gathers, range-checks and masks the ignored positions (``_cpu_nll``).
+        index_in_range: The class indices are the loss's own, every one in ``[0, C)`` (no
+            ``ignore_index``): not range-checked or poisoned (``softmax_target``'s ``in_range``).
 
     ``-inf`` logits (masked classes) are accepted; ``+inf`` and a position with every class at
     ``-inf`` are refused under value checks (``_checks.INFINITE_RULES``: ``"masked"``).
@@ -704,7 +707,9 @@ def softmax(
         return _nll_checked(fn, input_name, x, target, quick, count)
     if deferred:
         check_floating(fn, input_name, x, infinite="masked", class_dim=cdim)
-    st = softmax_target(fn, x, target, ignore_index=ignore_index, input_name=input_name)
+    st = softmax_target(
+        fn, x, target, ignore_index=ignore_index, input_name=input_name, in_range=index_in_range
+    )
     c = x.shape[st.cdim]
     w = _device_option(as_class_weight, (fn, class_weight, c), x)
     a = None if class_factor is None else _device_option(class_factor, (c,), x)

@@ -379,11 +379,14 @@ def softmax_target(
     ignore_index: int | None,
     default_ignore: int | None = -100,
     input_name: str = "logits",
+    in_range: bool = False,
 ) -> SoftmaxTarget:
     """Normalise a softmax-loss target (class indices or probabilities) to a ``SoftmaxTarget``.
 
     ``ignore_index`` applies to class-index targets only; passing a non-default value together with
-    probability targets raises (PyTorch raises a RuntimeError there).
+    probability targets raises (PyTorch raises a RuntimeError there). ``in_range``: class
+    indices the loss built itself, every one in ``[0, C)`` and none ignored (distribution focal's
+    bins): neither read nor clamped.
     """
     t = check_tensor(fn, "target", target)
     _check_device(fn, t, logits, input_name)
@@ -400,6 +403,8 @@ def softmax_target(
 
     if tuple(t.shape) == index_shape:
         idx = as_index_target(fn, t)
+        if in_range and ignore_index is None:
+            return SoftmaxTarget(idx, None, None, None, cdim, raw=idx, raw_ignore=-100)
         may_ignore = check_index_range(fn, idx, c, ignore_index=ignore_index)
         # may_ignore is False when the values were read and none equals ignore_index: no mask.
         mask_ignore = ignore_index if may_ignore is not False else None

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as TF
@@ -344,10 +344,20 @@ def varifocal_loss(
 # --------------------------------------------------------------------------------------------------
 
 
-def _two_hot(fn: str, logits: object, target: object) -> Tensor:
-    """The distance ``y`` in ``[0, n]`` as probabilities ``(i + 1 - y, y - i)`` on its two
-    neighbouring bins ``i = min(floor(y), n - 1)`` and ``i + 1``; shape and dtype of the logits'
-    compute copy. Out-of-range distances raise (value checks on) or make their row NaN."""
+class _TwoHot(NamedTuple):
+    """A distance ``y`` as its two neighbouring bins: the left bin ``i = min(floor(y), n - 1)``
+    (int64, the target's shape), the right bin's weight ``y - i`` (the left's is ``1 - w``) in
+    the logits' compute dtype, and the positions whose distance was out of range (value checks
+    off; ``None`` otherwise)."""
+
+    left: Tensor
+    right_w: Tensor
+    bad: Tensor | None
+
+
+def _two_hot(fn: str, logits: object, target: object) -> _TwoHot:
+    """The distances, checked: in ``[0, n]`` (value checks on: out-of-range distances raise;
+    off: their rows become NaN)."""
     x = check_tensor(fn, "logits", logits)
     if not x.is_floating_point():
         fail(fn, "logits", "to be a floating-point tensor", f"dtype {x.dtype}", TypeError)
@@ -375,25 +385,25 @@ def _two_hot(fn: str, logits: object, target: object) -> Tensor:
         bad = ~((y >= 0) & (y <= n))
         y = torch.where(bad, 0.0, y)
     left = torch.floor(y).clamp(max=n - 1)
-    right_w = (y - left).unsqueeze(cdim)
-    # The two-hot rows by comparison with the bin numbers, out of place (no scatter into a fresh
-    # buffer, which vmap cannot batch): exactly 1 - w and w on the two bins, 0 elsewhere.
-    shape = [1] * x.ndim
-    shape[cdim] = c
-    bins = torch.arange(c, dtype=y.dtype, device=y.device).reshape(shape)
-    left = left.unsqueeze(cdim)
-    zero = torch.zeros((), dtype=y.dtype, device=y.device)
-    probs = torch.where(bins == left, 1.0 - right_w, torch.where(bins == left + 1, right_w, zero))
-    if bad is not None:
-        probs = torch.where(bad.unsqueeze(cdim), float("nan"), probs)
-    return probs
+    return _TwoHot(left.long(), y - left, bad)
 
 
-def _dfl(inputs: SoftmaxInput, _want_total: bool) -> Tensor:
-    log_p = torch.log_softmax(inputs.z, dim=inputs.cdim)
-    q = cast(Tensor, inputs.target.probs)  # _two_hot always hands probabilities over
-    # q != 0 (not q > 0) keeps a NaN row of an out-of-range target NaN
-    return -torch.where(q != 0, q * log_p, 0.0).sum(dim=inputs.cdim)
+def _dfl(inputs: SoftmaxInput, _want_total: bool, *, two_hot: _TwoHot) -> Tensor:
+    """``-[(1 - w) log S_i + w log S_{i+1}]`` from the log-softmax at the two bins (a gather of
+    2 of the n + 1 bins: the two-hot distribution is never built, and the gradient of the gather
+    is one scatter into the logits' shape)."""
+    cdim = inputs.cdim
+    left = cast(Tensor, inputs.target.index)  # the left bins, passed as class indices
+    log_p = torch.log_softmax(inputs.z, dim=cdim)
+    pair = log_p.gather(cdim, torch.stack((left, left + 1), dim=cdim))
+    w = two_hot.right_w
+    weights = torch.stack((1.0 - w, w), dim=cdim)
+    # A bin of weight 0 (w = 0 at an integer distance, 1 - w = 0 at the end point n) adds 0
+    # whatever its log-probability (-inf for a masked bin).
+    loss = -torch.where(weights != 0, weights * pair, 0.0).sum(dim=cdim)
+    if two_hot.bad is not None:
+        loss = torch.where(two_hot.bad, float("nan"), loss)
+    return loss
 
 
 @loss_function
@@ -444,11 +454,13 @@ def distribution_focal_loss(
         tensor(1.6094)
     """
     fn = "distribution_focal_loss"
+    two_hot = _two_hot(fn, logits, target)
     return pipeline.softmax(
         fn,
         logits,
-        _two_hot(fn, logits, target),
-        loss=_dfl,
+        two_hot.left,
+        loss=partial(_dfl, two_hot=two_hot),
+        index_in_range=True,  # the left bins, in [0, n - 1]
         ignore_index=None,
         weight=weight,
         reduction=reduction,
