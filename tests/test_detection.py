@@ -153,19 +153,26 @@ def test_qfl_identities() -> None:
     x = _logits()
     labels, scores = _labels_scores()
     dense = _dense(labels, scores, 5)
-    # beta = 0: BCE with soft targets
-    assert_close(
-        F.quality_focal_loss(x, dense, beta=0.0, reduction="none"),
-        TF.binary_cross_entropy_with_logits(x, dense, reduction="none"),
-        F64,
+    # beta = 0: BCE with soft targets (values and gradients)
+    ours, g_ours = _value_and_grad(
+        lambda v: F.quality_focal_loss(v, dense, beta=0.0, reduction="sum"), x
     )
-    # hard targets: the sigmoid focal loss with gamma = beta and no alpha
-    for beta in (0.5, 2.0):
-        assert_close(
-            F.quality_focal_loss(x, labels, beta=beta, reduction="none"),
-            F.sigmoid_focal_loss(x, labels, gamma=beta, alpha=None, reduction="none"),
-            F64,
+    bce, g_bce = _value_and_grad(
+        lambda v: TF.binary_cross_entropy_with_logits(v, dense, reduction="sum"), x
+    )
+    assert_close(ours, bce, F64)
+    assert_close(g_ours, g_bce, F64)
+    # hard targets: the sigmoid focal loss with gamma = beta and no alpha (values and gradients)
+    for beta in (0.5, 2.0, 3.0):
+        ours, g_ours = _value_and_grad(
+            lambda v, b=beta: F.quality_focal_loss(v, labels, beta=b, reduction="sum"), x
         )
+        focal, g_focal = _value_and_grad(
+            lambda v, b=beta: F.sigmoid_focal_loss(v, labels, gamma=b, alpha=None, reduction="sum"),
+            x,
+        )
+        assert_close(ours, focal, F64)
+        assert_close(g_ours, g_focal, F64)
 
 
 def test_qfl_gradient_finite_where_score_equals_sigmoid() -> None:

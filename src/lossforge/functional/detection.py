@@ -53,6 +53,7 @@ from lossforge._params import BatchTensor, Integer, NonNegative, Number, Positiv
 from lossforge._pipeline import SoftmaxInput, Unreduced
 from lossforge._reduction import AvgFactor, Reduction, expand_weight
 from lossforge._targets import DenseTarget, class_dim, resolve_target, sigmoid_target
+from lossforge.functional._closed_form import ClosedForm, closed_form_loss, upcast
 
 __all__ = [
     "distribution_focal_loss",
@@ -151,13 +152,47 @@ def _quality(x: Tensor, t: DenseTarget, score: Tensor | None) -> Tensor:
     return t.target * score.unsqueeze(class_dim(x))
 
 
+def _qfl_composite(z: Tensor, y: Tensor, *, beta: float) -> Tensor:
+    """The quality focal loss with differentiable operations (the specification)."""
+    bce = TF.binary_cross_entropy_with_logits(z, y, reduction="none")
+    return bce * _abs_pow(torch.sigmoid(z) - y, beta)
+
+
+def _qfl_closed(
+    z: Tensor, y: Tensor, need_grad: bool, *, beta: float
+) -> tuple[Tensor, Tensor | None]:
+    r"""The composite's loss and its derivative together, without autograd.
+
+    With $p = \sigma(z)$, $d = p - y$ and $b = \operatorname{BCE}(z, y)$, $\ell = |d|^\beta b$
+    and $\partial\ell/\partial z = |d|^\beta d + \beta |d|^{\beta - 1} \operatorname{sign}(d)\,
+    p\,\sigma(-z)\, b$, the second term 0 at $d = 0$ (the composite's convention). The loss's
+    operations are the composite's (PyTorch's BCE kernel, ``sigmoid(z) - y``); the derivative
+    takes $\sigma(-z)$ from its own sigmoid pass (the composite's autograd forms $1 - p$) and
+    is formed in place: 6 element-sized allocations for loss and derivative where the
+    composite's autograd makes 12."""
+    bce = TF.binary_cross_entropy_with_logits(z, y, reduction="none")
+    p = torch.sigmoid(z)
+    d = p - y
+    focus = d * d if beta == 2.0 else _abs_pow(d, beta)
+    loss = bce * focus
+    if not need_grad:
+        return loss, None
+    if beta == 0.0:
+        return loss, p.sub_(y)  # plain BCE: p - y
+    if beta == 2.0:
+        slope = d * 2.0
+    else:
+        # beta |d|^(beta - 1) sign(d), 0 at d = 0 (where the power is inf for beta < 1)
+        slope = torch.where(d != 0, d.abs().pow_(beta - 1.0).mul_(d.sign()).mul_(beta), 0.0)
+    slope.mul_(torch.sigmoid_(z.neg())).mul_(p).mul_(bce)
+    return loss, focus.mul_(d).add_(slope)
+
+
 def _qfl(
     x: Tensor, t: DenseTarget, _want_total: bool, *, beta: float, score: Tensor | None
 ) -> Tensor:
-    z = in_compute_dtype(x)
-    y = _quality(x, t, score)
-    bce = TF.binary_cross_entropy_with_logits(z, y, reduction="none")
-    return bce * _abs_pow(torch.sigmoid(z) - y, beta)
+    spec = ClosedForm(upcast(partial(_qfl_closed, beta=beta)), partial(_qfl_composite, beta=beta))
+    return closed_form_loss(x, _quality(x, t, score), spec)
 
 
 @loss_function
