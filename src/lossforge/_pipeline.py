@@ -642,10 +642,12 @@ def softmax(
     cdim = 1 if _ndim(logits) >= 2 else 0
     # Cross-entropy on the CPU without class weights may read its logits' check off the loss
     # (``_cpu_nll``, below); every other case checks the logits first.
+    # (A finite logit bias, the prior-adjusted losses', keeps where the logits are NaN or
+    # infinite, so the check read off the shifted logits' loss is the logits' own.)
     deferred = (
         (nll == "logits" or nll_term is not None)
         and class_weight is None
-        and logit_bias is None
+        and (logit_bias is None or nll_term is None)
         and (class_factor is None or nll_term is not None)
         and isinstance(logits, Tensor)
         and logits.is_cpu
@@ -699,10 +701,21 @@ def softmax(
             nll_term,
             class_factor,
         )
-    elif not tried and nll is not None and logit_bias is None and class_factor is None:
-        quick = _cpu_nll(
-            fn, x, target, nll, ignore_index, class_weight, weight, reduction, avg, count=count
-        )
+    elif not tried and nll is not None and class_factor is None:
+        shifted = _shifted_for_nll(x, logit_bias, cdim, reduction, weight, avg)
+        if shifted is not None:
+            quick = _cpu_nll(
+                fn,
+                shifted,
+                target,
+                nll,
+                ignore_index,
+                class_weight,
+                weight,
+                reduction,
+                avg,
+                count=count,
+            )
     if quick is not None:
         return _nll_checked(fn, input_name, x, target, quick, count)
     if deferred:
@@ -751,6 +764,27 @@ def softmax(
         valid=st.valid,
         denominator=denominator,
     )
+
+
+def _shifted_for_nll(
+    x: Tensor,
+    logit_bias: ClassOption | None,
+    cdim: int,
+    reduction: str,
+    weight: Tensor | None,
+    avg: float | Tensor | None,
+) -> Tensor | None:
+    """The input of ``_cpu_nll``: the logits, plus the loss's ``logit_bias`` (the prior-adjusted
+    cross-entropies; the logits were checked before, as with every bias), or ``None`` where
+    ``_cpu_nll`` would decline (off the CPU, unreduced, a ``weight`` or an ``avg_factor``)
+    before the bias costs a pass."""
+    if logit_bias is None:
+        return x
+    if not x.is_cpu or x.ndim == 0 or reduction == "none" or weight is not None or avg is not None:
+        return None
+    bias = _device_option(logit_bias, (x.shape[cdim],), x)
+    z = in_compute_dtype(x)
+    return z if bias is None else z + class_view(bias.to(z.dtype), x.ndim, cdim)
 
 
 def _plain_nll(

@@ -618,6 +618,8 @@ def _prior_ce(
         loss=partial(softmax_ce, eps=label_smoothing, log_softmax=True),
         fused=Fused("softmax", "ce", {"label_smoothing": label_smoothing}),
         logit_bias=bias,
+        # without smoothing, PyTorch's cross-entropy of the shifted logits (CPU: ``_cpu_nll``)
+        nll="logits" if label_smoothing == 0.0 else None,
         class_weight=class_weight,
         ignore_index=ignore_index,
         weight=weight,
