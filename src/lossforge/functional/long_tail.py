@@ -14,6 +14,7 @@ cumulative class counts are the state of ``lossforge.nn.SeesawLoss``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import replace
 from functools import partial
@@ -341,11 +342,14 @@ def seesaw_loss(
 
 
 def _poly1_ce(inp: SoftmaxInput, want_total: bool, *, epsilon: float, eps: float) -> Tensor:
-    ce = cast(Tensor, softmax_ce(inp, False, eps=eps, log_softmax=True))
     if epsilon == 0.0:
-        return ce
+        return cast(Tensor, softmax_ce(inp, False, eps=eps, log_softmax=True))
     st, z, cdim, c, w = inp.target, inp.z, inp.cdim, inp.c, inp.class_weight
+    # One log-softmax for both terms: the cross-entropy is the NLL of it.
     logp = torch.log_softmax(z, dim=cdim)
+    ce = cast(
+        Tensor, softmax_ce(dataclasses.replace(inp, z=logp), False, eps=eps, log_softmax=False)
+    )
     w_c = None if w is None else class_view(w, z.ndim, cdim)
     if st.probs is not None:
         # sum_c q_c w_c (1 - p_c) with q the (smoothed) target distribution.
