@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as TF
 from torch import Tensor
 
 import lossforge
@@ -145,6 +146,82 @@ def tv_ciou(b: Tensor, t: Tensor, eps: float = 1e-7) -> Tensor:
     with torch.no_grad():
         alpha = v / (1 - iou + v + eps)
     return (diou + alpha * v).mean()
+
+
+# mmdetection's dense-detection formulas (mmdet/models/losses: gfocal_loss.py, varifocal_loss.py),
+# written from their definitions: QFL on (labels, scores) targets, summed over the classes and
+# divided by the number of positives (GFL's avg_factor); VFL on dense IoU-aware targets; DFL as
+# two weighted cross-entropies.
+
+
+def mm_quality_focal(
+    pred: Tensor, labels: Tensor, scores: Tensor, avg: float, beta: float = 2.0
+) -> Tensor:
+    sig = pred.sigmoid()
+    loss = TF.binary_cross_entropy_with_logits(pred, torch.zeros_like(pred), reduction="none")
+    loss = loss * sig.pow(beta)
+    pos = ((labels >= 0) & (labels < pred.size(1))).nonzero().squeeze(1)
+    cls = labels[pos]
+    scale = scores[pos] - sig[pos, cls]
+    loss[pos, cls] = TF.binary_cross_entropy_with_logits(
+        pred[pos, cls], scores[pos], reduction="none"
+    ) * scale.abs().pow(beta)
+    return loss.sum() / avg
+
+
+def mm_varifocal(
+    pred: Tensor, target: Tensor, avg: float, alpha: float = 0.75, gamma: float = 2.0
+) -> Tensor:
+    sig = pred.sigmoid()
+    positive = (target > 0.0).float()
+    weight = target * positive + alpha * (sig - target).abs().pow(gamma) * (1.0 - positive)
+    return (
+        TF.binary_cross_entropy_with_logits(pred, target, reduction="none") * weight
+    ).sum() / avg
+
+
+def mm_distribution_focal(pred: Tensor, label: Tensor) -> Tensor:
+    left = label.long()
+    right = left + 1
+    w_left = right.float() - label
+    w_right = label - left.float()
+    ce_left = TF.cross_entropy(pred, left, reduction="none")
+    return (ce_left * w_left + TF.cross_entropy(pred, right, reduction="none") * w_right).mean()
+
+
+# Long-tail losses from their papers' formulas: poly-1 (Leng et al. 2022: CE + eps (1 - p_t)),
+# LDAM (Cao et al. 2019: margins C / n_j^(1/4) scaled to max_margin, subtracted from the target
+# logit, times s), balanced softmax (Ren et al. 2020: CE of the logits plus log prior).
+
+
+def poly1_formula(z: Tensor, t: Tensor, eps: float = 1.0) -> Tensor:
+    ce = TF.cross_entropy(z, t, reduction="none")
+    p_t = torch.softmax(z, dim=1).gather(1, t[:, None]).squeeze(1)
+    return (ce + eps * (1.0 - p_t)).mean()
+
+
+def ldam_formula(
+    z: Tensor, t: Tensor, counts: Tensor, max_margin: float = 0.5, s: float = 30.0
+) -> Tensor:
+    margins = counts.pow(-0.25)
+    margins = margins * (max_margin / margins.max())
+    at_target = torch.zeros_like(z, dtype=torch.bool).scatter_(1, t[:, None], True)
+    return TF.cross_entropy(s * torch.where(at_target, z - margins[t][:, None], z), t)
+
+
+def _detection(n: int, c: int, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
+    """RetinaNet-like logits, 5 % positive rows with a quality score (labels: C = background),
+    the dense quality target and the number of positives."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, generator=g) - 4.0
+    positive = torch.rand(n, generator=g) < 0.05
+    positive[0] = True
+    labels = torch.full((n,), c)
+    labels[positive] = torch.randint(0, c, (int(positive.sum()),), generator=g)
+    scores = torch.rand(n, generator=g) * positive
+    dense = torch.zeros(n, c)
+    dense[positive, labels[positive]] = scores[positive]
+    return x, labels, scores, dense, float(positive.sum())
 
 
 def _segmentation(n: int, c: int, h: int, w: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -268,6 +345,71 @@ def rows(smoke: bool = False) -> list[Row]:
                 scale=1.0 / c,  # kornia's mean runs over the classes too, as MONAI's
             ),
         ]
+    dn, dc = (64, 8) if smoke else (20_000, 80)
+    dx, labels, scores, dense, npos = _detection(dn, dc, seed=2)
+    det = f"{dn} x {dc}"
+    bins, sides = 17, (64 if smoke else 20_000)
+    gd = torch.Generator().manual_seed(3)
+    dfl_x = torch.randn(sides, bins, generator=gd)
+    dfl_y = torch.rand(sides, generator=gd) * (bins - 1.01)
+    ln, lc = (64, 10) if smoke else (4096, 1000)
+    gl = torch.Generator().manual_seed(4)
+    lx = torch.randn(ln, lc, generator=gl)
+    lt = torch.randint(0, lc, (ln,), generator=gl)
+    counts = torch.randint(1, 1000, (lc,), generator=gl).float()
+    log_prior = (counts / counts.sum()).log()
+    tail = f"{ln} x {lc}"
+    mm = "mmdetection's formula"
+    out += [
+        Row(
+            "quality_focal",
+            mm,
+            det,
+            lambda z: F.quality_focal_loss(z, (labels, scores), avg_factor=npos),
+            lambda z: mm_quality_focal(z, labels, scores, npos),
+            dx,
+        ),
+        Row(
+            "varifocal",
+            mm,
+            det,
+            lambda z: F.varifocal_loss(z, dense, avg_factor=npos),
+            lambda z: mm_varifocal(z, dense, npos),
+            dx,
+        ),
+        Row(
+            "distribution_focal",
+            mm,
+            f"{sides} x {bins}",
+            lambda z: F.distribution_focal_loss(z, dfl_y),
+            lambda z: mm_distribution_focal(z, dfl_y),
+            dfl_x,
+        ),
+        Row(
+            "poly1_cross_entropy",
+            "the paper's formula",
+            tail,
+            lambda z: F.poly1_cross_entropy(z, lt, epsilon=1.0),
+            lambda z: poly1_formula(z, lt),
+            lx,
+        ),
+        Row(
+            "ldam",
+            "the paper's formula",
+            tail,
+            lambda z: F.ldam_loss(z, lt, class_counts=counts),
+            lambda z: ldam_formula(z, lt, counts),
+            lx,
+        ),
+        Row(
+            "balanced_softmax",
+            "F.cross_entropy(x + log prior)",
+            tail,
+            lambda z: F.balanced_softmax_loss(z, lt, class_counts=counts),
+            lambda z: TF.cross_entropy(z + log_prior, lt),
+            lx,
+        ),
+    ]
     box = f"{boxes} x 4"
     out += [
         Row(
@@ -394,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         res = results[-1]
         print(
-            f"{row.id:16s} vs {row.peer_name:26s} {row.shape:18s} "
+            f"{row.id:20s} vs {row.peer_name:32s} {row.shape:18s} "
             f"peer {res['peer_ms']:8.2f} ms  lossforge {res['lossforge_ms']:8.2f} ms  "
             f"{res['speedup']:.2f}x ({speedups[0]:.2f}-{speedups[-1]:.2f})",
             flush=True,

@@ -21,6 +21,7 @@ def test_peers_smoke_writes_every_row(tmp_path: Path, capsys: pytest.CaptureFixt
     assert {("giou", "torchvision's formula"), ("ciou", "torchvision's formula")} <= got
     assert {("dice", "MONAI DiceLoss"), ("dice", "SMP DiceLoss")} <= got
     assert ("softmax_focal", "kornia focal_loss") in got
+    assert {("quality_focal", "mmdetection's formula"), ("ldam", "the paper's formula")} <= got
     assert all(r["peer_ms"] > 0 and r["lossforge_ms"] > 0 for r in data["rows"])
     assert all(r["speedup_range"][0] <= r["speedup"] <= r["speedup_range"][1] for r in data["rows"])
     assert "| loss | peer |" in (tmp_path / "t.md").read_text()
