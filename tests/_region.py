@@ -3,10 +3,6 @@ Lovasz)."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
-import types
 from typing import Any
 
 import pytest
@@ -95,14 +91,11 @@ def kornia_losses() -> Any:
 
 
 def smp_losses() -> Any:
-    """``segmentation_models_pytorch.losses`` without running the package's ``__init__`` (which
-    imports timm and torchvision for the models; the losses only need torch)."""
-    spec = importlib.util.find_spec("segmentation_models_pytorch")
-    if spec is None or not spec.submodule_search_locations:
+    """``segmentation_models_pytorch.losses`` without running the package's ``__init__`` (the
+    peers benchmark's loader, ``benchmarks.peers.smp_losses``); skips when SMP is missing."""
+    from benchmarks.peers import smp_losses as load
+
+    losses = load()
+    if losses is None:
         pytest.skip("segmentation_models_pytorch is not installed")
-    name = "_lossforge_smp_losses_only"
-    if name not in sys.modules:
-        stub = types.ModuleType(name)
-        stub.__path__ = list(spec.submodule_search_locations)
-        sys.modules[name] = stub
-    return importlib.import_module(f"{name}.losses")
+    return losses
