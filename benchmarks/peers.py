@@ -148,10 +148,10 @@ def tv_ciou(b: Tensor, t: Tensor, eps: float = 1e-7) -> Tensor:
     return (diou + alpha * v).mean()
 
 
-# mmdetection's dense-detection formulas (mmdet/models/losses: gfocal_loss.py, varifocal_loss.py),
-# written from their definitions: QFL on (labels, scores) targets, summed over the classes and
-# divided by the number of positives (GFL's avg_factor); VFL on dense IoU-aware targets; DFL as
-# two weighted cross-entropies.
+# mmdetection's dense-detection formulas (mmdet/models/losses: gfocal_loss.py, varifocal_loss.py,
+# ghm_loss.py), written from their definitions: QFL on (labels, scores) targets, summed over the
+# classes and divided by the number of positives (GFL's avg_factor); VFL on dense IoU-aware
+# targets; GHM-C with its loop over the bins; DFL as two weighted cross-entropies.
 
 
 def mm_quality_focal(
@@ -180,6 +180,27 @@ def mm_varifocal(
     ).sum() / avg
 
 
+def mm_ghmc(pred: Tensor, target: Tensor, bins: int = 10) -> Tensor:
+    """mmdetection's ``GHMC`` without momentum, every element valid: each element weighted by
+    the number of elements over the count of its gradient-norm bin, over the non-empty bins."""
+    edges = torch.arange(bins + 1, dtype=pred.dtype) / bins
+    edges[-1] += 1e-6
+    weights = torch.zeros_like(pred)
+    norm = (pred.sigmoid().detach() - target).abs()
+    total = float(pred.numel())
+    filled = 0
+    for i in range(bins):
+        inside = (norm >= edges[i]) & (norm < edges[i + 1])
+        count = int(inside.sum())
+        if count > 0:
+            weights[inside] = total / count
+            filled += 1
+    if filled:
+        weights = weights / filled
+    bce = TF.binary_cross_entropy_with_logits(pred, target, reduction="none")
+    return (bce * weights).sum() / total
+
+
 def mm_distribution_focal(pred: Tensor, label: Tensor) -> Tensor:
     left = label.long()
     right = left + 1
@@ -189,9 +210,10 @@ def mm_distribution_focal(pred: Tensor, label: Tensor) -> Tensor:
     return (ce_left * w_left + TF.cross_entropy(pred, right, reduction="none") * w_right).mean()
 
 
-# Long-tail losses from their papers' formulas: poly-1 (Leng et al. 2022: CE + eps (1 - p_t)),
-# LDAM (Cao et al. 2019: margins C / n_j^(1/4) scaled to max_margin, subtracted from the target
-# logit, times s), balanced softmax (Ren et al. 2020: CE of the logits plus log prior).
+# Long-tail losses from their papers' formulas (seesaw: mmdetection's, above): poly-1 (Leng et
+# al. 2022: CE + eps (1 - p_t)), LDAM (Cao et al. 2019: margins C / n_j^(1/4) scaled to
+# max_margin, subtracted from the target logit, times s), balanced softmax (Ren et al. 2020: CE
+# of the logits plus log prior).
 
 
 def poly1_formula(z: Tensor, t: Tensor, eps: float = 1.0) -> Tensor:
@@ -207,6 +229,23 @@ def ldam_formula(
     margins = margins * (max_margin / margins.max())
     at_target = torch.zeros_like(z, dtype=torch.bool).scatter_(1, t[:, None], True)
     return TF.cross_entropy(s * torch.where(at_target, z - margins[t][:, None], z), t)
+
+
+def mm_seesaw(z: Tensor, t: Tensor, counts: Tensor, p: float = 0.8, q: float = 2.0) -> Tensor:
+    """mmdetection's ``seesaw_ce_loss`` (seesaw_loss.py), mean over the samples: the non-target
+    logits shifted by log of the mitigation factor (count ratios below 1, to the power p) times
+    the compensation factor (score ratios above 1, to the power q, from detached scores)."""
+    c = z.size(1)
+    one_hot = TF.one_hot(t, c)
+    ratio = counts[None, :].clamp(min=1) / counts[:, None].clamp(min=1)
+    below = (ratio < 1.0).float()
+    weights = (ratio.pow(p) * below + (1 - below))[t, :]
+    scores = TF.softmax(z.detach(), dim=1)
+    own = scores[torch.arange(len(scores)), t]
+    relative = scores / own[:, None].clamp(min=1e-2)
+    above = (relative > 1.0).float()
+    weights = weights * (relative.pow(q) * above + (1 - above))
+    return TF.cross_entropy(z + weights.log() * (1 - one_hot), t)
 
 
 def _detection(n: int, c: int, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
@@ -348,6 +387,7 @@ def rows(smoke: bool = False) -> list[Row]:
     dn, dc = (64, 8) if smoke else (20_000, 80)
     dx, labels, scores, dense, npos = _detection(dn, dc, seed=2)
     det = f"{dn} x {dc}"
+    ghm_y = (dense > 0).float()  # GHM-C's binary targets: the positives' classes
     bins, sides = 17, (64 if smoke else 20_000)
     gd = torch.Generator().manual_seed(3)
     dfl_x = torch.randn(sides, bins, generator=gd)
@@ -359,6 +399,10 @@ def rows(smoke: bool = False) -> list[Row]:
     counts = torch.randint(1, 1000, (lc,), generator=gl).float()
     log_prior = (counts / counts.sum()).log()
     tail = f"{ln} x {lc}"
+    sc = 12 if smoke else 1203  # LVIS
+    sx = torch.randn(ln, sc, generator=gl)
+    st_ = torch.randint(0, sc, (ln,), generator=gl)
+    s_counts = torch.randint(1, 5000, (sc,), generator=gl).float()
     mm = "mmdetection's formula"
     out += [
         Row(
@@ -375,6 +419,14 @@ def rows(smoke: bool = False) -> list[Row]:
             det,
             lambda z: F.varifocal_loss(z, dense, avg_factor=npos),
             lambda z: mm_varifocal(z, dense, npos),
+            dx,
+        ),
+        Row(
+            "ghmc",
+            mm,
+            det,
+            lambda z: F.ghmc_loss(z, ghm_y),
+            lambda z: mm_ghmc(z, ghm_y),
             dx,
         ),
         Row(
@@ -400,6 +452,14 @@ def rows(smoke: bool = False) -> list[Row]:
             lambda z: F.ldam_loss(z, lt, class_counts=counts),
             lambda z: ldam_formula(z, lt, counts),
             lx,
+        ),
+        Row(
+            "seesaw",
+            mm,
+            f"{ln} x {sc}",
+            lambda z: F.seesaw_loss(z, st_, class_counts=s_counts),
+            lambda z: mm_seesaw(z, st_, s_counts),
+            sx,
         ),
         Row(
             "balanced_softmax",
