@@ -98,6 +98,44 @@ def test_equals_pytorch_and_the_reference(name, kw, reduction, checks, taken) ->
         assert_close(out.detach(), rv.detach(), F64)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("ignore", [None, 255])
+@pytest.mark.parametrize("name", sorted(SHAPES))
+@pytest.mark.parametrize("checks", [True, False])
+def test_label_smoothing_equals_pytorch_and_the_reference(name, ignore, reduction, checks, taken):
+    """Without class weights, cross-entropy with label smoothing is PyTorch's too: one call of
+    its composite with value checks off, the log-softmax, the NLL kernel and the smoothing term
+    (the summed -log p of the counted positions, reduced as the NLL) with them on."""
+    shape, tshape = SHAPES[name]
+    x, y = _inputs(shape, tshape, seed=3, ignore=ignore)
+    kw = {} if ignore is None else {"ignore_index": ignore}
+    for eps in (0.1, 0.7):
+        taken.clear()
+        a = x.detach().clone().requires_grad_(True)
+        b = x.detach().clone().requires_grad_(True)
+        with lf.value_checks(checks):
+            out = F.cross_entropy(a, y, label_smoothing=eps, reduction=reduction, **kw)
+        assert taken == [True], (eps, taken)
+        expected = TF.cross_entropy(b, y, label_smoothing=eps, reduction=reduction, **kw)
+        assert_close(out, expected, F64)
+        out.backward(torch.tensor(1.3, dtype=F64))
+        expected.backward(torch.tensor(1.3, dtype=F64))
+        assert_close(a.grad, b.grad, F64)
+        rv = ref.cross_entropy(x, y, label_smoothing=eps, reduction=reduction, **kw)
+        assert_close(out.detach(), rv, F64)
+
+
+def test_label_smoothing_over_nothing_valid_is_zero(taken) -> None:
+    """Every position ignored: PyTorch's 0 / 0 is NaN; here 0 (the general path), with checks on
+    and off."""
+    x, y = _inputs((4, 3), (4,))
+    y[:] = 255
+    for checks in (True, False):
+        with lf.value_checks(checks):
+            out = F.cross_entropy(x, y, label_smoothing=0.2, ignore_index=255)
+        assert float(out) == 0.0
+
+
 def test_channels_last_and_integer_dtypes(taken) -> None:
     x, y = _inputs((2, 5, 3, 4), (2, 3, 4))
     xc = x.to(memory_format=torch.channels_last)
@@ -178,9 +216,10 @@ def test_not_taken_where_it_does_not_apply(taken) -> None:
         taken.clear()
         F.cross_entropy(x, y.clamp_min(0) if kw.get("ignore_index", -100) is None else y, **kw)
         assert taken in ([], [False]), kw
-    # label smoothing is not PyTorch's NLL: the pipeline is not asked
+    # label smoothing with class weights (whose all-zero "mean" is 0 here, NaN in PyTorch): the
+    # pipeline is not asked
     taken.clear()
-    F.cross_entropy(x, y, label_smoothing=0.1)
+    F.cross_entropy(x, y, label_smoothing=0.1, class_weight=[1.0] * 5)
     assert taken == []
     # probability targets
     F.cross_entropy(x, torch.softmax(torch.randn(6, 5, dtype=F64), 1))

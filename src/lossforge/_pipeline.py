@@ -593,6 +593,7 @@ def softmax(
     nll: str | None = None,
     nll_term: Callable[[Tensor, float], Tensor] | None = None,
     index_in_range: bool = False,
+    nll_smoothing: float = 0.0,
 ) -> Tensor:
     """Run a softmax-family loss.
 
@@ -618,6 +619,9 @@ def softmax(
             ``class_factor`` giving ``None`` and no class weights, with ``phi(0) == 0`` (an
             ignored position, whose NLL value is 0, adds 0): on the CPU PyTorch's NLL kernel then
             gathers, range-checks and masks the ignored positions (``_cpu_nll``).
+        nll_smoothing: With ``nll="logits"`` and no class weights: the loss is PyTorch's
+            cross-entropy with this label smoothing (``_cpu_nll`` adds the smoothing term; the
+            plain-call steps, which have none, are skipped).
         index_in_range: The class indices are the loss's own, every one in ``[0, C)`` (no
             ``ignore_index``): not range-checked or poisoned (``softmax_target``'s ``in_range``).
 
@@ -627,6 +631,7 @@ def softmax(
     tried = False  # whether ``_cpu_nll`` said no to these inputs already (not asked again)
     if (
         (nll is not None or nll_term is not None)
+        and nll_smoothing == 0.0
         and backend == "torch"
         and weight is None
         and avg_factor is None
@@ -715,6 +720,7 @@ def softmax(
                 reduction,
                 avg,
                 count=count,
+                smoothing=nll_smoothing,
             )
     if quick is not None:
         return _nll_checked(fn, input_name, x, target, quick, count)
@@ -933,7 +939,13 @@ def _lean_nll(
 
 
 def _composite_nll(
-    z: Tensor, idx: Tensor, w: Tensor | None, nll: str, mean: bool, ignore_index: int
+    z: Tensor,
+    idx: Tensor,
+    w: Tensor | None,
+    nll: str,
+    mean: bool,
+    ignore_index: int,
+    smoothing: float = 0.0,
 ) -> Tensor | None:
     """PyTorch's composite, reduced (``cross_entropy_loss`` of logits / ``nll_loss_nd`` of
     log-probabilities, as ``F.cross_entropy`` / ``F.nll_loss`` call it: one call from Python).
@@ -943,7 +955,7 @@ def _composite_nll(
     reduction = 1 if mean else 2
     try:
         if nll == "logits":
-            out = _nn.cross_entropy_loss(z, idx, w, reduction, ignore_index, 0.0)
+            out = _nn.cross_entropy_loss(z, idx, w, reduction, ignore_index, smoothing)
         else:
             out = _nn.nll_loss_nd(z, idx, w, reduction, ignore_index)
     except IndexError:
@@ -980,6 +992,7 @@ def _cpu_nll(
     class_factor: ClassOption | None = None,
     *,
     count: bool = True,
+    smoothing: float = 0.0,
 ) -> tuple[Tensor, float | None, Tensor | None] | None:
     """Cross-entropy / NLL of class indices, reduced, on the CPU: PyTorch's own operations only;
     ``(loss, denominator, log_probs)``, the denominator being the summed class weights of the
@@ -991,6 +1004,10 @@ def _cpu_nll(
     adds 0 and the kernel's backward gives no gradient), ``divisor`` the number of valid
     positions for ``"mean"`` (one comparison and one host read) and 1 for ``"sum"``. Not when
     ``class_factor`` gives per-class factors.
+
+    ``smoothing``: cross-entropy of logits with PyTorch's label smoothing (no class weights, no
+    ``term``): ``(1 - eps) NLL + eps / C`` times the summed ``-log p`` over the classes of the
+    counted positions, reduced as the NLL (PyTorch's formula; one more read of the log-softmax).
 
     Without ``count`` (no deferred logits check needs the number of counted positions), no
     ``term`` and an ``ignore_index``, the loss is one call of PyTorch's composite
@@ -1036,6 +1053,8 @@ def _cpu_nll(
         return None
     if class_factor is not None and class_factor(c, x) is not None:
         return None
+    if smoothing and (nll != "logits" or w is not None or term is not None):
+        return None
     one_call = not count and term is None and ignore_index is not None
     z = x if x.dtype in _COMPUTE_DTYPES else x.float()
     if nll == "logits":
@@ -1046,7 +1065,7 @@ def _cpu_nll(
     idx = target if target.dtype == torch.int64 else target.long()
     kernel_reduction = 0 if term is not None else 1 if mean else 2  # none / mean / sum
     if one_call:
-        out = _composite_nll(z, idx, w, nll, mean, ignore_index)  # type: ignore[arg-type]
+        out = _composite_nll(z, idx, w, nll, mean, ignore_index, smoothing)  # type: ignore[arg-type]
         return None if out is None else (out, None, None)
     ignore = _NO_INDEX if ignore_index is None else ignore_index
     try:
@@ -1059,6 +1078,12 @@ def _cpu_nll(
         return None
     if term is not None:
         out = term(out, d if mean else 1.0)
+    if smoothing:
+        rows = z.sum(dim=cdim)  # sum over the classes of log p (z is the log-softmax here)
+        if ignore_index is not None:
+            rows = torch.where(idx != ignore_index, rows, 0.0)
+        smooth = rows.sum().neg_()
+        out = out * (1.0 - smoothing) + (smooth / d if mean else smooth) * (smoothing / c)
     return out, d, z if nll == "logits" else None
 
 

@@ -161,7 +161,10 @@ def cross_entropy(
         target,
         loss=partial(softmax_ce, eps=label_smoothing, log_softmax=True),
         fused=Fused("softmax", "ce", {"label_smoothing": label_smoothing}),
-        nll="logits" if label_smoothing == 0.0 else None,
+        # PyTorch's cross-entropy on the CPU; with smoothing only without class weights (where
+        # the "mean" of an all-zero weight sum differs: 0 here, NaN there)
+        nll="logits" if label_smoothing == 0.0 or class_weight is None else None,
+        nll_smoothing=label_smoothing if class_weight is None else 0.0,
         class_weight=class_weight,
         ignore_index=ignore_index,
         weight=weight,
