@@ -286,6 +286,11 @@ def rows(smoke: bool = False) -> list[Row]:
     seg = f"{n} x {c} x {h} x {w}"
     boxes = 64 if smoke else 200_000
     bp, bt = _boxes(boxes, seed=1)
+    mn, mc = (16, 8) if smoke else (4096, 80)
+    gm = torch.Generator().manual_seed(5)
+    ml_x = torch.randn(mn, mc, generator=gm) - 2.0
+    ml_y = (torch.rand(mn, mc, generator=gm) < 0.05).float()
+    ml_shape = f"{mn} x {mc}"
     out: list[Row] = []
     monai = _module("monai.losses")
     if monai is not None:
@@ -293,6 +298,13 @@ def rows(smoke: bool = False) -> list[Row]:
         gdl = monai.GeneralizedDiceLoss(to_onehot_y=True, softmax=True)
         tversky = monai.TverskyLoss(to_onehot_y=True, softmax=True, alpha=0.3, beta=0.7)
         focal = monai.FocalLoss(to_onehot_y=True, use_softmax=True, gamma=2.0)
+        dice_ce = monai.DiceCELoss(to_onehot_y=True, softmax=True)
+        ours_dice_ce = lossforge.LossSum(
+            {
+                "dice": {"type": "dice", "smooth_nr": 1e-5, "smooth_dr": 1e-5},
+                "ce": {"type": "cross_entropy"},
+            }
+        )
         out += [
             Row(
                 "dice",
@@ -300,6 +312,14 @@ def rows(smoke: bool = False) -> list[Row]:
                 seg,
                 lambda z: F.dice_loss(z, t, smooth_nr=1e-5, smooth_dr=1e-5),
                 lambda z: dice(z, t1),
+                x,
+            ),
+            Row(
+                "dice + cross_entropy",
+                "MONAI DiceCELoss",
+                seg,
+                lambda z: ours_dice_ce(z, t),
+                lambda z: dice_ce(z, t1),
                 x,
             ),
             Row(
@@ -334,6 +354,8 @@ def rows(smoke: bool = False) -> list[Row]:
         sdice = smp.DiceLoss("multiclass")
         sjac = smp.JaccardLoss("multiclass")
         slov = smp.LovaszLoss("multiclass")
+        sfocal = smp.FocalLoss("multilabel", alpha=0.25, gamma=2.0)
+        ssoft = smp.SoftCrossEntropyLoss(smooth_factor=0.1)
         # (every class occurs in the batch: SMP's zeroing of absent classes changes nothing)
         out += [
             Row(
@@ -360,6 +382,22 @@ def rows(smoke: bool = False) -> list[Row]:
                 lambda z: slov(z, t),
                 x,
             ),
+            Row(
+                "cross_entropy, smoothing 0.1",
+                "SMP SoftCrossEntropyLoss",
+                seg,
+                lambda z: F.cross_entropy(z, t, label_smoothing=0.1),
+                lambda z: ssoft(z, t),
+                x,
+            ),
+            Row(
+                "sigmoid_focal",
+                "SMP FocalLoss (multilabel)",
+                ml_shape,
+                lambda z: F.sigmoid_focal_loss(z, ml_y, alpha=0.25, gamma=2.0),
+                lambda z: sfocal(z, ml_y),
+                ml_x,
+            ),
         ]
     kornia = _module("kornia.losses")
     if kornia is not None:
@@ -382,6 +420,16 @@ def rows(smoke: bool = False) -> list[Row]:
                 lambda z: kornia.focal_loss(z, t, alpha=None, gamma=2.0, reduction="mean"),
                 x,
                 scale=1.0 / c,  # kornia's mean runs over the classes too, as MONAI's
+            ),
+            Row(
+                "sigmoid_focal",
+                "kornia binary_focal_loss_with_logits",
+                ml_shape,
+                lambda z: F.sigmoid_focal_loss(z, ml_y, alpha=0.25, gamma=2.0),
+                lambda z: kornia.binary_focal_loss_with_logits(
+                    z, ml_y, alpha=0.25, gamma=2.0, reduction="mean"
+                ),
+                ml_x,
             ),
         ]
     dn, dc = (64, 8) if smoke else (20_000, 80)
@@ -596,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         res = results[-1]
         print(
-            f"{row.id:20s} vs {row.peer_name:32s} {row.shape:18s} "
+            f"{row.id:28s} vs {row.peer_name:38s} {row.shape:18s} "
             f"peer {res['peer_ms']:8.2f} ms  lossforge {res['lossforge_ms']:8.2f} ms  "
             f"{res['speedup']:.2f}x ({speedups[0]:.2f}-{speedups[-1]:.2f})",
             flush=True,
